@@ -1,0 +1,156 @@
+//! Body plumbing shared by both directions of the proxy.
+//!
+//! [`GuardedBody`] enforces the two limits a relayed body needs: a maximum total size (request
+//! bodies, `max_body`) and a maximum silence between frames (`client_body` for requests, `idle`
+//! for upstream responses). Frames pass through one by one as they arrive; nothing is buffered, so
+//! an SSE event is written to the client as soon as the upstream sends it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+/// The body type every response and upstream request carries.
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a guarded body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body exceeds {0} bytes")]
+    TooLarge(u64),
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+    #[error("body stream failed: {0}")]
+    Stream(BoxError),
+}
+
+impl BodyError {
+    /// Finds a `BodyError` anywhere in an error's source chain (hyper wraps body errors).
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if let Some(b) = e.downcast_ref::<BodyError>() {
+                return Some(b);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+pin_project! {
+    /// A body with a size cap and an idle timeout between frames.
+    pub struct GuardedBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+        idle: Duration,
+        limit: Option<u64>,
+        seen: u64,
+    }
+}
+
+impl<B> GuardedBody<B> {
+    pub fn new(inner: B, idle: Duration, limit: Option<u64>) -> Self {
+        Self {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl<B> Body for GuardedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if let Some(limit) = *this.limit
+                        && *this.seen > limit
+                    {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+                    }
+                }
+                this.sleep.as_mut().reset(Instant::now() + *this.idle);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e.into())))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(this.sleep.poll(cx));
+                Poll::Ready(Some(Err(BodyError::Idle(*this.idle))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    #[tokio::test]
+    async fn passes_small_bodies_and_rejects_oversized_ones() {
+        let ok = GuardedBody::new(
+            Full::new(Bytes::from_static(b"12345")),
+            Duration::from_secs(1),
+            Some(5),
+        );
+        assert_eq!(ok.collect().await.unwrap().to_bytes(), "12345");
+        let big = GuardedBody::new(
+            Full::new(Bytes::from_static(b"123456")),
+            Duration::from_secs(1),
+            Some(5),
+        );
+        assert!(matches!(big.collect().await, Err(BodyError::TooLarge(5))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_longer_than_idle_is_an_error_but_steady_frames_are_not() {
+        let frames = futures_util::stream::unfold(0, |i| async move {
+            if i == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(if i == 2 { 500 } else { 50 })).await;
+            Some((
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x"))),
+                i + 1,
+            ))
+        });
+        let mut body = GuardedBody::new(StreamBody::new(frames), Duration::from_millis(100), None);
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(matches!(
+            body.frame().await.unwrap(),
+            Err(BodyError::Idle(_))
+        ));
+    }
+}

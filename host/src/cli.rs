@@ -1,0 +1,173 @@
+//! Command line: `run`, `check`, `key-id`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Gateway for OpenAI-compatible LLM APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+        /// Overrides `logging.level` (e.g. `debug`, `tollgate=debug,access=off`).
+        #[arg(long, env = "TOLLGATE_LOG")]
+        log_level: Option<String>,
+    },
+    /// Validate a config file and list every error; exits 1 if there are any.
+    Check {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+    },
+    /// Print the key id (HMAC-SHA256 under the config's secret) of the key read from stdin, for
+    /// `auth.keys[].key_id`.
+    KeyId {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::KeyId { config } => key_id(&config),
+        Command::Run { config, log_level } => run(&config, log_level),
+    }
+}
+
+/// Loads the config and everything `run` would load from disk (TLS files), reporting all errors.
+fn load_checked(path: &std::path::Path) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some(tls) = &config.server.tls
+        && let Err(e) = crate::tls::load_certified_key(&tls.cert, &tls.key)
+    {
+        return Err(format!("{}: 1 error\n  server.tls: {e}\n", path.display()));
+    }
+    Ok(config)
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match load_checked(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn key_id(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut key = String::new();
+    if std::io::stdin().read_to_string(&mut key).is_err() {
+        eprintln!("cannot read the key from stdin");
+        return ExitCode::FAILURE;
+    }
+    let ring = crate::auth::KeyRing::new(&config.auth);
+    println!(
+        "{}",
+        ring.id_of(key.trim_end_matches(['\r', '\n'])).to_hex()
+    );
+    ExitCode::SUCCESS
+}
+
+fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
+    let config = match load_checked(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let level = log_level.unwrap_or_else(|| config.logging.level.clone());
+    if let Err(e) = crate::telemetry::init(&level, config.logging.format) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let gateway = match Gateway::new(&config) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid configuration");
+                return ExitCode::FAILURE;
+            }
+        };
+        let server = match Server::bind(&config.server).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            listen = %server.local_addr(),
+            tls = config.server.tls.is_some(),
+            config = %path.display(),
+            "tollgate listening"
+        );
+        server.serve(gateway, shutdown_signal()).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Completes on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; ctrl-c only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}

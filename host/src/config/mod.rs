@@ -1,0 +1,396 @@
+//! The gateway's one YAML config file: typed structs, loading and validation.
+//!
+//! Loading has two phases. Deserialization (serde, `deny_unknown_fields`) rejects unknown keys and
+//! wrong types, stopping at the first such error, which carries its YAML path and line. Validation
+//! then checks what types cannot express (references between sections, duplicates, ranges) and
+//! collects *every* error with its YAML path, so `tollgate check` lists them all at once.
+//! This module depends on nothing else in the crate.
+
+pub mod env;
+pub mod types;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use types::{ByteSize, Cidr, Duration, ListenAddr, Secret, UpstreamUrl, canonical_ip};
+
+/// The whole config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+/// Listener, client identity and limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: ListenAddr,
+    pub tls: Option<TlsConfig>,
+    /// Peers allowed to tell us the client's address in `real_ip_header`.
+    pub trusted_proxies: Vec<Cidr>,
+    pub real_ip_header: RealIpHeader,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body: ByteSize,
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Accept HTTP/2 (ALPN `h2` over TLS, prior-knowledge h2c on plain TCP).
+    pub http2: bool,
+    pub timeouts: Timeouts,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 8317))),
+            tls: None,
+            trusted_proxies: Vec::new(),
+            real_ip_header: RealIpHeader::XForwardedFor,
+            max_body: ByteSize(50 * 1024 * 1024),
+            max_connections: 10_000,
+            http2: true,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Which header a trusted proxy uses to pass the client address.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RealIpHeader {
+    /// Walk `X-Forwarded-For` from the right, skipping trusted proxies (nginx `real_ip_recursive on`).
+    XForwardedFor,
+    /// Take `X-Real-IP` as set by the trusted proxy.
+    XRealIp,
+}
+
+/// Every timeout the gateway enforces.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Time a client has to send the complete request head (slowloris guard).
+    pub client_header: Duration,
+    /// Longest gap between two chunks of a request body.
+    pub client_body: Duration,
+    /// Time a client has to finish the TLS handshake.
+    pub tls_handshake: Duration,
+    /// Time to open a TCP (and TLS) connection to an upstream.
+    pub connect: Duration,
+    /// Time from sending the request until the upstream's response head arrives.
+    pub response_head: Duration,
+    /// Longest gap between two chunks of an upstream response body (streams may last long;
+    /// silence is what counts).
+    pub idle: Duration,
+    /// On SIGTERM/ctrl-c, how long in-flight requests and streams may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client_header: Duration::secs(30),
+            client_body: Duration::secs(60),
+            tls_handshake: Duration::secs(10),
+            connect: Duration::secs(10),
+            response_head: Duration::secs(300),
+            idle: Duration::secs(300),
+            shutdown_grace: Duration::secs(30),
+        }
+    }
+}
+
+/// TLS termination. Files are re-read when they change on disk.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first), e.g. certbot's `fullchain.pem`.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Client API keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Server secret: keys are identified by `HMAC-SHA256(secret, key)`. Changing it changes
+    /// every key id.
+    pub secret: Secret,
+    pub keys: Vec<KeyConfig>,
+}
+
+/// One client API key, given either as the key itself or as its key id.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    #[serde(deserialize_with = "env::string")]
+    pub name: String,
+    /// The key as clients send it (use `${ENV}`).
+    pub key: Option<Secret>,
+    /// Hex `HMAC-SHA256(secret, key)` (`tollgate key-id`), so the file need not hold the key.
+    pub key_id: Option<String>,
+}
+
+/// One upstream account or server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(deserialize_with = "env::string")]
+    pub name: String,
+    /// Base URL; exactly one of `url` and `mock` is set.
+    pub url: Option<UpstreamUrl>,
+    /// The built-in mock upstream (canned completions, for trying the gateway without an account).
+    pub mock: Option<MockConfig>,
+    /// Credential sent upstream in place of the client's key; empty sends none.
+    #[serde(default)]
+    pub credential: Secret,
+    #[serde(default)]
+    pub auth_scheme: AuthScheme,
+    /// Models served: exact names or prefixes ending in `*`. Empty serves every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Consecutive failures (connect error, timeout, 5xx) that mark the upstream unhealthy.
+    #[serde(default = "three")]
+    pub max_fails: u32,
+    /// How long an unhealthy upstream is skipped before it is tried again.
+    #[serde(default = "ten_seconds")]
+    pub fail_timeout: Duration,
+}
+
+fn one() -> u32 {
+    1
+}
+fn three() -> u32 {
+    3
+}
+fn ten_seconds() -> Duration {
+    Duration::secs(10)
+}
+
+/// How the upstream credential is presented.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <credential>` (OpenAI and compatibles).
+    #[default]
+    Bearer,
+    /// `x-api-key: <credential>` (Anthropic).
+    XApiKey,
+}
+
+/// Built-in mock upstream behaviour.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockConfig {
+    /// Text of every completion.
+    #[serde(deserialize_with = "env::string")]
+    pub reply: String,
+    /// Pause between streamed events, to make streaming visible.
+    pub delay: Duration,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            reply: "Hello from Tollgate's built-in mock upstream. Configure a real upstream to talk to a model.".into(),
+            delay: Duration(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Maps a path prefix to a pool of upstreams.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Requests whose path starts with this are served by the route; the longest prefix wins.
+    #[serde(deserialize_with = "env::string")]
+    pub path_prefix: String,
+    /// Upstream names, in order of preference.
+    pub upstreams: Vec<String>,
+    /// Upstreams tried for one request when earlier ones fail before answering.
+    #[serde(default = "two")]
+    pub max_attempts: u32,
+}
+
+fn two() -> u32 {
+    2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `tollgate=debug`.
+    #[serde(deserialize_with = "env::string")]
+    pub level: String,
+    pub format: LogFormat,
+    /// One JSON line per request on the `access` target.
+    pub access_log: bool,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Json,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// YAML path such as `routes[0].upstreams[1]`; empty for the document itself.
+    pub path: String,
+    /// 1-based line and column, when known.
+    pub location: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "(document)"
+        } else {
+            &self.path
+        };
+        match self.location {
+            Some((line, col)) => write!(f, "{path} (line {line}, column {col}): {}", self.message),
+            None => write!(f, "{path}: {}", self.message),
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    pub source_name: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} error{}",
+            self.source_name,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`, expanding `${VAR}` from the environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source_name: name.clone(),
+            errors: vec![ConfigError {
+                path: String::new(),
+                location: None,
+                message: format!("cannot read file: {e}"),
+            }],
+        })?;
+        Self::parse(&text, &name, Box::new(|k| std::env::var(k).ok()))
+    }
+
+    /// Parses and validates `text`; `lookup` supplies `${VAR}` values.
+    pub fn parse(
+        text: &str,
+        source_name: &str,
+        lookup: Box<dyn Fn(&str) -> Option<String>>,
+    ) -> Result<Self, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            source_name: source_name.to_owned(),
+            errors,
+        };
+        let config = env::with_lookup(lookup, || deserialize(text)).map_err(|e| fail(vec![e]))?;
+        let errors = validate::validate(&config);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(errors))
+        }
+    }
+}
+
+fn deserialize(text: &str) -> Result<Config, ConfigError> {
+    let de = yaml_serde::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let mut path = err.path().to_string();
+        if path == "." {
+            path.clear();
+        }
+        let inner = err.into_inner();
+        let location = inner.location().map(|l| (l.line(), l.column()));
+        let mut message = inner.to_string();
+        // The location is reported separately; drop the parser's own " at line N column M".
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        // Point at the unknown key itself rather than at its parent.
+        if let Some(rest) = message.strip_prefix("unknown field `")
+            && let Some(end) = rest.find('`')
+        {
+            let key = &rest[..end];
+            path = if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            };
+        }
+        ConfigError {
+            path,
+            location,
+            message,
+        }
+    })
+}
+
+impl UpstreamConfig {
+    /// Whether this upstream serves `model` (exact name or `prefix*`; empty list serves all).
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.is_empty()
+            || self.models.iter().any(|m| match m.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => m == model,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests;

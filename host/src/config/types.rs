@@ -1,0 +1,248 @@
+//! Value types for the config file: each parses and validates one kind of value, so the rest of the
+//! host never sees a raw string where a duration, size, network or URL is meant.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+use super::env::expand;
+
+/// Deserializes through `FromStr` after `${VAR}` expansion; the parse error becomes the message.
+fn parse_expanded<'de, D, T>(d: D, what: &str) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let raw = String::deserialize(d)?;
+    let value = expand(&raw).map_err(D::Error::custom)?;
+    value
+        .parse()
+        .map_err(|e| D::Error::custom(format!("invalid {what} {value:?}: {e}")))
+}
+
+/// A duration written as `"10s"`, `"250ms"`, `"5m"`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn secs(s: u64) -> Self {
+        Self(std::time::Duration::from_secs(s))
+    }
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl fmt::Debug for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let parsed: humantime::Duration = parse_expanded(d, "duration (e.g. \"10s\", \"250ms\")")?;
+        Ok(Self(parsed.into()))
+    }
+}
+
+/// A size written as `"50MiB"`, `"512KiB"`, or a plain number of bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(Self(n)),
+            Raw::Text(t) => {
+                let value = expand(&t).map_err(D::Error::custom)?;
+                let parsed: bytesize::ByteSize = value.parse().map_err(|e| {
+                    D::Error::custom(format!("invalid size {value:?} (e.g. \"50MiB\"): {e}"))
+                })?;
+                Ok(Self(parsed.as_u64()))
+            }
+        }
+    }
+}
+
+/// An IP network; a bare address means that single host (`/32` or `/128`). IPv4-mapped IPv6
+/// addresses are normalised to IPv4 so `::ffff:10.0.0.1` and `10.0.0.1` are the same client.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&canonical_ip(ip))
+    }
+}
+
+/// The one canonical form of an address: IPv4-mapped IPv6 becomes IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(net) = s.parse::<ipnet::IpNet>() {
+            return Ok(Self(net.trunc()));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| Self(ipnet::IpNet::from(canonical_ip(ip))))
+            .map_err(|_| "expected an IP address or CIDR such as 10.0.0.0/8".to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_expanded(d, "network")
+    }
+}
+
+/// A secret (API key, credential, HMAC key). `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<empty>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand(&raw).map(Self).map_err(D::Error::custom)
+    }
+}
+
+/// An upstream base URL: `http` or `https`, with a host, no query or fragment. Its path (if any)
+/// is prepended to every proxied request path, like nginx's `proxy_pass` with a URI.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct UpstreamUrl {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Base path without a trailing slash ("" for none).
+    pub base_path: String,
+}
+
+impl FromStr for UpstreamUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let uri: http::Uri = s.parse().map_err(|e| format!("{e}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or("missing scheme (http:// or https://)")?;
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(format!("scheme must be http or https, not {scheme}"));
+        }
+        let authority = uri.authority().cloned().ok_or("missing host")?;
+        if authority.as_str().contains('@') {
+            return Err("credentials in the URL are not allowed; use `credential`".into());
+        }
+        if uri.query().is_some() {
+            return Err("a query string is not allowed".into());
+        }
+        Ok(Self {
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_expanded(d, "URL")
+    }
+}
+
+/// `host:port` to listen on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ListenAddr(pub std::net::SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_expanded(d, "listen address (e.g. 127.0.0.1:8317)").map(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_accepts_bare_addresses_and_truncates_host_bits() {
+        assert_eq!(
+            "10.1.2.3/8".parse::<Cidr>().unwrap().0.to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            "10.1.2.3".parse::<Cidr>().unwrap().0.to_string(),
+            "10.1.2.3/32"
+        );
+        assert_eq!("::1".parse::<Cidr>().unwrap().0.to_string(), "::1/128");
+        assert_eq!(
+            "::ffff:10.0.0.1".parse::<Cidr>().unwrap().0.to_string(),
+            "10.0.0.1/32"
+        );
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn cidr_matches_ipv4_mapped_ipv6_clients() {
+        let net: Cidr = "192.168.0.0/16".parse().unwrap();
+        assert!(net.contains("::ffff:192.168.4.5".parse().unwrap()));
+        assert!(!net.contains("::ffff:10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn upstream_url_keeps_base_path_without_trailing_slash() {
+        let u: UpstreamUrl = "https://api.example.com/openai/v1/".parse().unwrap();
+        assert_eq!(u.authority.as_str(), "api.example.com");
+        assert_eq!(u.base_path, "/openai/v1");
+        assert_eq!(
+            "http://h:8000".parse::<UpstreamUrl>().unwrap().base_path,
+            ""
+        );
+        assert!("ftp://h".parse::<UpstreamUrl>().is_err());
+        assert!("https://u:p@h".parse::<UpstreamUrl>().is_err());
+        assert!("h:80".parse::<UpstreamUrl>().is_err());
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Secret::new("sk-live")), "<redacted>");
+    }
+}

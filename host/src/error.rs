@@ -1,0 +1,133 @@
+//! Failures the gateway answers itself, and the one place they become HTTP responses.
+//!
+//! Every response body has the OpenAI error shape `{"error":{"message","type","param","code"}}`
+//! so SDKs surface it normally. Internal details are logged where they happen and never echoed.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+
+/// Where a failure came from; decides who is blamed in logs and whether a retry may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Client,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("no route for this path")]
+    NoRoute,
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("request body is not valid JSON")]
+    InvalidJson,
+    #[error("client sent the request body too slowly or broke off")]
+    ClientBody,
+    #[error("no upstream serves model {0:?}")]
+    ModelNotFound(String),
+    #[error("no healthy upstream is available")]
+    NoHealthyUpstream,
+    #[error("upstream could not be reached")]
+    UpstreamConnect,
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("upstream answered with an invalid response")]
+    UpstreamProtocol,
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    pub fn source(&self) -> Source {
+        use GatewayError::*;
+        match self {
+            Unauthorized
+            | NoRoute
+            | BodyTooLarge { .. }
+            | InvalidJson
+            | ClientBody
+            | ModelNotFound(_) => Source::Client,
+            NoHealthyUpstream | UpstreamConnect | UpstreamTimeout | UpstreamProtocol => {
+                Source::Upstream
+            }
+            ShuttingDown | Internal => Source::Internal,
+        }
+    }
+
+    /// Whether another upstream could serve the same request (nothing was sent to the client yet).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamConnect | Self::UpstreamTimeout | Self::UpstreamProtocol
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            NoRoute | ModelNotFound(_) => StatusCode::NOT_FOUND,
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            InvalidJson => StatusCode::BAD_REQUEST,
+            ClientBody => StatusCode::REQUEST_TIMEOUT,
+            NoHealthyUpstream | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamConnect | UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable `code` of the error body (also logged).
+    pub fn code(&self) -> &'static str {
+        self.kind().1
+    }
+
+    /// `(type, code)` as OpenAI clients expect them.
+    fn kind(&self) -> (&'static str, &'static str) {
+        use GatewayError::*;
+        match self {
+            Unauthorized => ("invalid_request_error", "invalid_api_key"),
+            NoRoute => ("invalid_request_error", "unknown_url"),
+            BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            InvalidJson => ("invalid_request_error", "invalid_json"),
+            ClientBody => ("invalid_request_error", "request_timeout"),
+            ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
+            NoHealthyUpstream => ("server_error", "no_healthy_upstream"),
+            UpstreamConnect => ("server_error", "upstream_unavailable"),
+            UpstreamTimeout => ("server_error", "upstream_timeout"),
+            UpstreamProtocol => ("server_error", "bad_upstream_response"),
+            ShuttingDown => ("server_error", "shutting_down"),
+            Internal => ("server_error", "internal_error"),
+        }
+    }
+}
+
+/// An OpenAI-shaped error response with the given fields.
+pub fn error_response(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": code }
+    });
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let (kind, code) = self.kind();
+        let mut resp = error_response(self.status(), &self.to_string(), kind, code);
+        if matches!(self, Self::Unauthorized) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

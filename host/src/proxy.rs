@@ -1,0 +1,376 @@
+//! The request pipeline: one path for every proxied request, streaming or not.
+//!
+//! Phases, in order (each may end the request with a [`GatewayError`]):
+//!
+//! 1. **identify** — client IP from the socket, or from the trusted proxy's header
+//!    ([`crate::client_ip`]); request id (a trusted proxy's `x-request-id`, else a new one).
+//! 2. **route** — longest matching path prefix; none → 404 `unknown_url`.
+//! 3. **authenticate** — the client's key by HMAC id; missing or unknown → 401 `invalid_api_key`,
+//!    the same answer for both so keys cannot be probed.
+//! 4. **read body** — JSON bodies are read whole (bounded by `max_body`, 413 past it; `client_body`
+//!    idle limit, 408) because routing needs `model` and failover needs to replay the body. Other
+//!    bodies (uploads) stream to the upstream under the same limits and are never replayed.
+//! 5. **select** — the route's upstreams that serve the model, healthy ones first; none serves the
+//!    model → 404 `model_not_found`. If every serving upstream is marked unhealthy they are tried
+//!    anyway (nginx does the same), since a stale mark is better than a certain failure.
+//! 6. **forward** — up to `max_attempts` upstreams in order. Only a failure to *connect* moves on to
+//!    the next one: the request was never sent, so it is safe to repeat. Once sent, a timeout or a
+//!    broken response is final (502/504): an LLM request may have been processed and billed.
+//! 7. **relay** — the response head goes back with hop-by-hop headers removed and the request id
+//!    set; the body is relayed frame by frame as it arrives (SSE events are never coalesced),
+//!    under the `idle` limit. A client that goes away drops the relay, which drops the upstream
+//!    request at once (h1: connection closed; h2: stream reset).
+//!
+//! Each request writes one access-log line when it ends ([`crate::access_log`]).
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, Method, header};
+use http_body_util::{BodyExt, Full};
+use serde::Deserialize;
+
+use crate::access_log::{AccessRecord, Logged};
+use crate::auth::ClientKey;
+use crate::body::{BodyError, BoxBody, GuardedBody};
+use crate::error::GatewayError;
+use crate::gateway::{ConnInfo, Gateway, Limits, Route, Runtime};
+use crate::headers::{self, Forwarding, X_REQUEST_ID};
+use crate::upstream::{ConnectTiming, Target, Upstream};
+
+/// Longest request id accepted from a trusted proxy.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The fields of a JSON request body the gateway acts on; everything else is passed through
+/// untouched.
+#[derive(Deserialize, Default)]
+struct Probe {
+    model: Option<String>,
+}
+
+/// The request body as the forward phase sees it.
+enum RequestBody {
+    /// Read whole; can be sent again to another upstream.
+    Buffered(Bytes),
+    /// Streamed through once.
+    Streaming(Option<GuardedBody<axum::body::Body>>),
+}
+
+impl RequestBody {
+    fn replayable(&self) -> bool {
+        matches!(self, Self::Buffered(_))
+    }
+
+    fn take(&mut self) -> BoxBody {
+        match self {
+            Self::Buffered(b) => Full::new(b.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            Self::Streaming(s) => match s.take() {
+                Some(body) => body.map_err(Into::into).boxed_unsync(),
+                None => http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            },
+        }
+    }
+}
+
+pub async fn handle(gw: &Gateway, req: Request) -> Response {
+    let rt = gw.runtime();
+    let conn = req
+        .extensions()
+        .get::<ConnInfo>()
+        .copied()
+        .unwrap_or(ConnInfo {
+            peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            tls: false,
+        });
+    let (parts, body) = req.into_parts();
+
+    // Phase 1: identify.
+    let trusted_peer = rt.client_ip.is_trusted(conn.peer.ip());
+    let client_ip = rt.client_ip.resolve(conn.peer.ip(), &parts.headers);
+    let request_id: Arc<str> = parts
+        .headers
+        .get(&X_REQUEST_ID)
+        .filter(|_| trusted_peer)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
+        .map_or_else(
+            || uuid::Uuid::new_v4().simple().to_string().into(),
+            Into::into,
+        );
+    let mut rec = Box::new(AccessRecord::new(
+        rt.access_log,
+        request_id.clone(),
+        client_ip,
+        &parts,
+    ));
+
+    let ctx = Ctx {
+        gw,
+        rt: &rt,
+        conn,
+        trusted_peer,
+        client_ip,
+        request_id: &request_id,
+    };
+    let result = ctx.run(parts, body, &mut rec).await;
+    let mut resp = result.unwrap_or_else(|e| {
+        rec.error = Some(e.code());
+        if e.source() == crate::error::Source::Internal {
+            tracing::error!(request_id = %request_id, error = %e, "request failed");
+        }
+        e.into_response()
+    });
+    rec.status = resp.status().as_u16();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().entry(X_REQUEST_ID).or_insert(v);
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, axum::body::Body::new(Logged::new(body, rec)))
+}
+
+struct Ctx<'a> {
+    gw: &'a Gateway,
+    rt: &'a Runtime,
+    conn: ConnInfo,
+    trusted_peer: bool,
+    client_ip: std::net::IpAddr,
+    request_id: &'a Arc<str>,
+}
+
+impl Ctx<'_> {
+    async fn run(
+        &self,
+        parts: http::request::Parts,
+        body: axum::body::Body,
+        rec: &mut AccessRecord,
+    ) -> Result<Response, GatewayError> {
+        // Phase 2: route.
+        let route = self
+            .rt
+            .route_for(parts.uri.path())
+            .ok_or(GatewayError::NoRoute)?;
+        rec.route = Some(route.prefix.clone());
+
+        // Phase 3: authenticate.
+        let key: Arc<ClientKey> = self
+            .rt
+            .keys
+            .authenticate(&parts.headers)
+            .ok_or(GatewayError::Unauthorized)?;
+        rec.key_prefix = Some(key.id.prefix());
+
+        // Phase 4: read body.
+        let (mut body, probe) = read_body(&parts, body, &self.rt.limits).await?;
+        if let RequestBody::Buffered(b) = &body {
+            rec.bytes_in = b.len() as u64;
+        }
+        rec.model = probe.model.clone();
+
+        // Phase 5: select.
+        let candidates = select(route, probe.model.as_deref())?;
+
+        // Phase 6: forward.
+        let attempts = candidates.len().min(route.max_attempts as usize);
+        for (i, upstream) in candidates.iter().take(attempts).enumerate() {
+            rec.upstream = Some(upstream.name.clone());
+            rec.attempts = i as u32 + 1;
+            match self.forward(upstream, &parts, &mut body, rec).await {
+                Err(GatewayError::UpstreamConnect) if body.replayable() && i + 1 < attempts => {
+                    tracing::warn!(request_id = %self.request_id, upstream = %upstream.name, "connect failed; trying next upstream");
+                }
+                other => return other,
+            }
+        }
+        Err(GatewayError::UpstreamConnect)
+    }
+
+    /// Sends the request to one upstream and returns its response, ready to relay (phase 6, 7).
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        parts: &http::request::Parts,
+        body: &mut RequestBody,
+        rec: &mut AccessRecord,
+    ) -> Result<Response, GatewayError> {
+        let (url, credential) = match &upstream.target {
+            Target::Mock(cfg) => {
+                let json = match body {
+                    RequestBody::Buffered(b) => serde_json::from_slice(b).ok(),
+                    RequestBody::Streaming(_) => None,
+                };
+                let resp = crate::mock::respond(
+                    cfg,
+                    self.request_id,
+                    &parts.method,
+                    parts.uri.path(),
+                    json.as_ref(),
+                );
+                rec.upstream_head = Some(rec.start.elapsed());
+                return Ok(self.relay(resp));
+            }
+            Target::Http { url, credential } => (url, credential.as_ref()),
+        };
+
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = format!(
+            "{}://{}{}{}",
+            url.scheme, url.authority, url.base_path, path_and_query
+        )
+        .parse::<http::Uri>()
+        .map_err(|_| GatewayError::Internal)?;
+        let mut req = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(body.take())
+            .map_err(|_| GatewayError::Internal)?;
+        *req.headers_mut() = parts.headers.clone();
+        headers::to_upstream(
+            req.headers_mut(),
+            &Forwarding {
+                client_ip: self.client_ip,
+                peer_ip: self.conn.peer.ip(),
+                trusted_peer: self.trusted_peer,
+                tls: self.conn.tls,
+                request_id: self.request_id,
+                credential,
+            },
+        );
+
+        let sent =
+            tokio::time::timeout(self.rt.limits.response_head, self.gw.client.request(req)).await;
+        rec.upstream_head = Some(rec.start.elapsed());
+        let resp = match sent {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(classify_send_error(upstream, &e, self.request_id)),
+            Err(_elapsed) => {
+                upstream.record_failure();
+                return Err(GatewayError::UpstreamTimeout);
+            }
+        };
+        rec.upstream_connect = resp
+            .extensions()
+            .get::<ConnectTiming>()
+            .map(ConnectTiming::take);
+        if resp.status().is_server_error() {
+            upstream.record_failure();
+        } else {
+            upstream.record_success();
+        }
+        let (head, incoming) = resp.into_parts();
+        let relayed = GuardedBody::new(incoming, self.rt.limits.upstream_idle, None)
+            .map_err(Into::into)
+            .boxed_unsync();
+        Ok(self.relay(http::Response::from_parts(head, relayed)))
+    }
+
+    /// Phase 7: the upstream's response as the client will see it.
+    fn relay(&self, resp: http::Response<BoxBody>) -> Response {
+        let (mut head, body) = resp.into_parts();
+        let id = HeaderValue::from_str(self.request_id).unwrap_or(HeaderValue::from_static("-"));
+        headers::to_client(&mut head.headers, &id);
+        Response::from_parts(head, axum::body::Body::new(body))
+    }
+}
+
+/// Maps a failed upstream exchange to what the client is told, and charges the upstream's health
+/// where the upstream is to blame.
+fn classify_send_error(
+    upstream: &Upstream,
+    e: &hyper_util::client::legacy::Error,
+    request_id: &str,
+) -> GatewayError {
+    if let Some(body_err) = BodyError::find(e) {
+        // The client's body failed while we streamed it; the upstream is not to blame.
+        return match body_err {
+            BodyError::TooLarge(limit) => GatewayError::BodyTooLarge { limit: *limit },
+            BodyError::Idle(_) | BodyError::Stream(_) => GatewayError::ClientBody,
+        };
+    }
+    upstream.record_failure();
+    if e.is_connect() {
+        tracing::warn!(request_id, upstream = %upstream.name, error = %error_chain(e), "upstream connect failed");
+        GatewayError::UpstreamConnect
+    } else {
+        tracing::warn!(request_id, upstream = %upstream.name, error = %error_chain(e), "upstream exchange failed");
+        GatewayError::UpstreamProtocol
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Phase 4. JSON is read whole (bounded); anything else streams.
+async fn read_body(
+    parts: &http::request::Parts,
+    body: axum::body::Body,
+    limits: &Limits,
+) -> Result<(RequestBody, Probe), GatewayError> {
+    let too_large = GatewayError::BodyTooLarge {
+        limit: limits.max_body,
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body) {
+        return Err(too_large);
+    }
+    let guarded = GuardedBody::new(body, limits.client_body_idle, Some(limits.max_body));
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.len() >= 16 && ct[..16].eq_ignore_ascii_case("application/json"));
+    let bodiless = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+    );
+    if !is_json && !bodiless {
+        return Ok((RequestBody::Streaming(Some(guarded)), Probe::default()));
+    }
+    let bytes = match guarded.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(BodyError::TooLarge(_)) => return Err(too_large),
+        Err(_) => return Err(GatewayError::ClientBody),
+    };
+    let probe = if is_json && !bytes.is_empty() {
+        serde_json::from_slice(&bytes).map_err(|_| GatewayError::InvalidJson)?
+    } else {
+        Probe::default()
+    };
+    Ok((RequestBody::Buffered(bytes), probe))
+}
+
+/// Phase 5: the route's upstreams that serve `model`, healthy ones first, each once.
+fn select(route: &Route, model: Option<&str>) -> Result<Vec<Arc<Upstream>>, GatewayError> {
+    let serving: Vec<Arc<Upstream>> = route
+        .upstreams
+        .iter()
+        .filter(|u| u.serves(model))
+        .cloned()
+        .collect();
+    if serving.is_empty() {
+        return Err(GatewayError::ModelNotFound(
+            model.unwrap_or_default().to_owned(),
+        ));
+    }
+    let (mut healthy, unhealthy): (Vec<_>, Vec<_>) =
+        serving.into_iter().partition(|u| u.is_healthy());
+    healthy.extend(unhealthy);
+    Ok(healthy)
+}
