@@ -1,1 +1,157 @@
+//! Test harness: a controllable mock OpenAI-compatible upstream, and the gateway started in process
+//! on a loopback port. Everything talks real HTTP over loopback.
 
+pub mod mock_upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tollgate::{Config, Gateway, Server};
+
+pub use mock_upstream::MockUpstream;
+
+/// The key every test config accepts.
+pub const CLIENT_KEY: &str = "sk-test-client-key";
+/// The credential test configs give upstreams.
+pub const UPSTREAM_CREDENTIAL: &str = "sk-upstream-credential";
+
+/// A config with one route `/v1/` over the given upstream URLs (named `u0`, `u1`, …), plus
+/// `extra_server` lines under `server:` (indented by the caller with 2 spaces).
+pub fn config_yaml(upstream_urls: &[String], extra_server: &str) -> String {
+    let mut upstreams = String::new();
+    let mut names = Vec::new();
+    for (i, url) in upstream_urls.iter().enumerate() {
+        upstreams.push_str(&format!(
+            "  - name: u{i}\n    url: {url}\n    credential: {UPSTREAM_CREDENTIAL}\n    max_fails: 100\n"
+        ));
+        names.push(format!("u{i}"));
+    }
+    format!(
+        "server:\n  listen: 127.0.0.1:0\n{extra_server}\nauth:\n  secret: test-secret-0123456789\n  keys:\n    - name: tester\n      key: {CLIENT_KEY}\nupstreams:\n{upstreams}routes:\n  - path_prefix: /v1/\n    upstreams: [{}]\nlogging:\n  access_log: false\n",
+        names.join(", ")
+    )
+}
+
+/// A gateway serving in this process.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestGateway {
+    pub async fn start(yaml: &str) -> Self {
+        let config =
+            Config::parse(yaml, "test.yaml", Box::new(|_| None)).unwrap_or_else(|e| panic!("{e}"));
+        let gateway = Gateway::new(&config).expect("gateway builds");
+        let server = Server::bind(&config.server).await.expect("gateway binds");
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.serve(gateway, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts the graceful shutdown; the returned handle completes when the server has stopped.
+    pub fn begin_shutdown(&mut self) -> &mut JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        &mut self.task
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A reqwest client that sends the test key.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("client builds")
+}
+
+pub fn chat_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": "gpt-test", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// Reads an SSE response, returning each event's data with the time it arrived after `start`.
+pub async fn read_events(
+    resp: reqwest::Response,
+    start: Instant,
+) -> Result<Vec<(Duration, String)>, reqwest::Error> {
+    use futures_util::StreamExt;
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event)
+                .trim()
+                .trim_start_matches("data: ")
+                .to_owned();
+            events.push((start.elapsed(), text));
+        }
+    }
+    Ok(events)
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, written as PEM files.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub cert_der: Vec<u8>,
+    pub key_pem: String,
+}
+
+impl TestCert {
+    pub fn generate() -> Self {
+        let key = rcgen::KeyPair::generate().expect("key pair");
+        let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("params");
+        let cert = params.self_signed(&key).expect("self-signed");
+        Self {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Writes `cert.pem` and `key.pem` in `dir` (atomically, as certbot does), returning the paths.
+    pub fn write(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        for (path, text) in [(&cert, &self.cert_pem), (&key, &self.key_pem)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).expect("write pem");
+            std::fs::rename(&tmp, path).expect("rename pem");
+        }
+        (cert, key)
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}

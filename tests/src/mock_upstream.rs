@@ -1,0 +1,170 @@
+//! A mock OpenAI-compatible upstream over real HTTP, driven per request by headers the test sends
+//! through the gateway:
+//!
+//! - `x-mock-status: 429` answers that status with an OpenAI error body (and `retry-after: 1`);
+//! - `x-mock-head-delay-ms: N` waits before sending the response head;
+//! - `x-mock-events: N` and `x-mock-delay-ms: N` shape a stream (N word events, N ms apart);
+//! - `x-mock-stall-after: K` stops sending (without closing) after K events.
+//!
+//! It records what it received and counts streams (or pending heads) that were dropped before they
+//! completed — which is how a test sees that the gateway cancelled the upstream request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+use tollgate::mock;
+
+#[derive(Default)]
+pub struct Recorded {
+    pub requests: AtomicUsize,
+    /// Responses (or response heads) abandoned before they were complete.
+    pub cancelled: AtomicUsize,
+    pub completed: AtomicUsize,
+    pub last_headers: Mutex<Option<HeaderMap>>,
+    pub last_body: Mutex<Option<Bytes>>,
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub state: Arc<Recorded>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let state = Arc::new(Recorded::default());
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("mock binds");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn cancelled(&self) -> usize {
+        self.state.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn last_headers(&self) -> HeaderMap {
+        self.state
+            .last_headers
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
+/// Counts as cancelled unless marked complete before it is dropped.
+struct CancelGuard {
+    state: Arc<Recorded>,
+    done: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let counter = if self.done {
+            &self.state.completed
+        } else {
+            &self.state.cancelled
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.parse().ok()
+}
+
+async fn handle(State(state): State<Arc<Recorded>>, headers: HeaderMap, body: Bytes) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    *state.last_headers.lock().expect("lock") = Some(headers.clone());
+    *state.last_body.lock().expect("lock") = Some(body.clone());
+    let mut guard = CancelGuard {
+        state: state.clone(),
+        done: false,
+    };
+
+    if let Some(ms) = header_num(&headers, "x-mock-head-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(status) = header_num(&headers, "x-mock-status") {
+        guard.done = true;
+        let status =
+            StatusCode::from_u16(status as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({"error": {"message": "mock error", "type": "mock", "param": null, "code": status.as_u16()}});
+        return (
+            status,
+            [("retry-after", "1"), ("content-type", "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+    }
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = json.get("model").and_then(Value::as_str).unwrap_or("mock");
+    if !json.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        guard.done = true;
+        let body = mock::chat_completion("chatcmpl-mock", model, "mock answer");
+        return ([("content-type", "application/json")], body.to_string()).into_response();
+    }
+
+    let n = header_num(&headers, "x-mock-events").unwrap_or(5) as usize;
+    let delay = Duration::from_millis(header_num(&headers, "x-mock-delay-ms").unwrap_or(0));
+    let stall_after = header_num(&headers, "x-mock-stall-after").map(|k| k as usize);
+    let text: String = (0..n).map(|i| format!("w{i} ")).collect();
+    let events = mock::chat_stream_events("chatcmpl-mock", model, text.trim_end(), false);
+    let stream = futures_util::stream::unfold(
+        (events.into_iter().enumerate(), guard),
+        move |(mut it, mut guard)| async move {
+            let Some((i, event)) = it.next() else {
+                guard.done = true;
+                drop(guard);
+                return None;
+            };
+            if stall_after.is_some_and(|k| i >= k) {
+                std::future::pending::<()>().await;
+            }
+            if i > 0 {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<_, std::convert::Infallible>(event), (it, guard)))
+        },
+    );
+    (
+        [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}

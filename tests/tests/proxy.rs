@@ -1,0 +1,415 @@
+//! The proxy end to end: client → gateway → mock upstream, all over loopback HTTP.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tollgate_tests::*;
+
+async fn setup(extra_server: &str) -> (MockUpstream, TestGateway) {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&config_yaml(&[mock.url()], extra_server)).await;
+    (mock, gw)
+}
+
+fn chat(gw: &TestGateway, stream: bool) -> reqwest::RequestBuilder {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(stream))
+}
+
+#[tokio::test]
+async fn non_streaming_completion_is_proxied_with_the_upstream_credential() {
+    let (mock, gw) = setup("").await;
+    let resp = chat(&gw, false).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "mock answer");
+
+    let seen = mock.last_headers();
+    assert_eq!(
+        seen["authorization"],
+        format!("Bearer {UPSTREAM_CREDENTIAL}")
+    );
+    assert!(
+        !format!("{seen:?}").contains(CLIENT_KEY),
+        "client key leaked upstream: {seen:?}"
+    );
+    assert_eq!(seen["x-request-id"], request_id.as_str());
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    let sent: Value =
+        serde_json::from_slice(mock.state.last_body.lock().unwrap().as_ref().unwrap()).unwrap();
+    assert_eq!(
+        sent,
+        chat_body(false),
+        "body must reach the upstream unchanged"
+    );
+}
+
+#[tokio::test]
+async fn sse_events_arrive_one_by_one_as_the_upstream_sends_them() {
+    let (_mock, gw) = setup("").await;
+    let start = Instant::now();
+    let resp = chat(&gw, true)
+        .header("x-mock-events", "4")
+        .header("x-mock-delay-ms", "150")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let events = read_events(resp, start).await.unwrap();
+    // role, 4 words, finish, [DONE]: 7 events, 6 gaps of 150 ms.
+    assert_eq!(events.len(), 7, "{events:?}");
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    assert!(
+        events[0].0 < Duration::from_millis(120),
+        "first event held back: {:?}",
+        events[0].0
+    );
+    for pair in events.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_millis(100),
+            "events coalesced: {:?}",
+            events.iter().map(|e| e.0).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_stream_cancels_the_upstream_request() {
+    let (mock, gw) = setup("").await;
+    let resp = chat(&gw, true)
+        .header("x-mock-events", "50")
+        .header("x-mock-delay-ms", "200")
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    use futures_util::StreamExt;
+    stream.next().await.unwrap().unwrap();
+    assert_eq!(mock.cancelled(), 0);
+    drop(stream);
+    assert!(
+        eventually(Duration::from_secs(2), || mock.cancelled() == 1).await,
+        "upstream stream was not cancelled"
+    );
+}
+
+#[tokio::test]
+async fn client_disconnect_before_the_response_head_cancels_the_upstream_request() {
+    let (mock, gw) = setup("").await;
+    let fut = chat(&gw, false)
+        .header("x-mock-head-delay-ms", "10000")
+        .send();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), fut)
+            .await
+            .is_err()
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || mock.cancelled() == 1).await,
+        "pending upstream request was not cancelled"
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_max_body_get_413_whether_declared_or_streamed() {
+    let (mock, gw) = setup("  max_body: 1KiB").await;
+    let big = serde_json::json!({"model": "m", "pad": "x".repeat(2000)});
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "request_too_large");
+
+    // Chunked, no Content-Length: the limit is enforced while reading.
+    let chunks =
+        futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b' '; 600])));
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+
+    // A non-JSON upload streams to the upstream and is cut at the limit too.
+    let chunks =
+        futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 600])));
+    let resp = client()
+        .post(gw.url("/v1/files"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(
+        mock.state
+            .completed
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_gets_400_in_openai_shape() {
+    let (mock, gw) = setup("").await;
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(mock.requests(), 0);
+}
+
+#[tokio::test]
+async fn missing_unknown_and_malformed_keys_get_the_same_401() {
+    let (mock, gw) = setup("").await;
+    let url = gw.url("/v1/chat/completions");
+    let mut bodies = Vec::new();
+    for auth in [
+        None,
+        Some("Bearer sk-wrong-key"),
+        Some("Basic abc"),
+        Some("Bearer "),
+    ] {
+        let mut req = client().post(&url).json(&chat_body(false));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{auth:?}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        bodies.push(resp.text().await.unwrap());
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+    let body: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert_eq!(mock.requests(), 0);
+
+    let ok = client()
+        .post(&url)
+        .header("x-api-key", CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn unknown_paths_get_404_in_openai_shape() {
+    let (_mock, gw) = setup("").await;
+    let resp = client()
+        .get(gw.url("/v2/other"))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unknown_url");
+}
+
+#[tokio::test]
+async fn untrusted_peers_cannot_choose_their_client_ip_but_trusted_proxies_can() {
+    let (mock, gw) = setup("  trusted_proxies: [127.0.0.2]").await;
+    let spoof = |local: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(local.parse().unwrap()))
+            .build()
+            .unwrap()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-forwarded-for", "203.0.113.50")
+            .header("x-real-ip", "203.0.113.51")
+            .json(&chat_body(false))
+    };
+    assert_eq!(spoof("127.0.0.1").send().await.unwrap().status(), 200);
+    let seen = mock.last_headers();
+    assert_eq!(seen["x-real-ip"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+
+    assert_eq!(spoof("127.0.0.2").send().await.unwrap().status(), 200);
+    let seen = mock.last_headers();
+    assert_eq!(seen["x-real-ip"], "203.0.113.50");
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.50, 127.0.0.2");
+}
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_mock, gw) = setup("  timeouts:\n    client_header: 300ms").await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after 3 s");
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn slow_upstream_head_gets_504() {
+    let (_mock, gw) = setup("  timeouts:\n    response_head: 300ms").await;
+    let resp = chat(&gw, false)
+        .header("x-mock-head-delay-ms", "3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn a_stream_that_goes_silent_is_cut_after_the_idle_timeout() {
+    let (mock, gw) = setup("  timeouts:\n    idle: 300ms").await;
+    let start = Instant::now();
+    let resp = chat(&gw, true)
+        .header("x-mock-stall-after", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let result = read_events(resp, start).await;
+    assert!(
+        result.is_err(),
+        "a silent upstream must end the client's stream with an error"
+    );
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(eventually(Duration::from_secs(2), || mock.cancelled() == 1).await);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_fails_over_to_the_next_one() {
+    // A port nobody listens on: bind, note the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&config_yaml(&[format!("http://{dead}"), mock.url()], "")).await;
+    let resp = chat(&gw, false).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.requests(), 1);
+
+    // With no live upstream at all the client gets 502 in OpenAI shape.
+    let gw = TestGateway::start(&config_yaml(&[format!("http://{dead}")], "")).await;
+    let resp = chat(&gw, false).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unavailable");
+}
+
+#[tokio::test]
+async fn upstream_errors_are_relayed_unchanged() {
+    let (_mock, gw) = setup("").await;
+    let resp = chat(&gw, false)
+        .header("x-mock-status", "429")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "mock error");
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_streams_too() {
+    let (_mock, gw) = setup("").await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let resp = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-events", "3")
+        .header("x-mock-delay-ms", "100")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let events = read_events(resp, start).await.unwrap();
+    assert_eq!(events.len(), 6);
+    assert!(events[1].0 - events[0].0 >= Duration::from_millis(70));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_in_flight_stream_finish_and_refuses_new_connections() {
+    let (_mock, mut gw) = setup("").await;
+    let start = Instant::now();
+    let resp = chat(&gw, true)
+        .header("x-mock-events", "6")
+        .header("x-mock-delay-ms", "100")
+        .send()
+        .await
+        .unwrap();
+    let reader = tokio::spawn(read_events(resp, start));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let addr = gw.addr;
+    let stopped = gw.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "new connections must be refused while draining"
+    );
+    let events = reader.await.unwrap().unwrap();
+    assert_eq!(
+        events.last().unwrap().1,
+        "[DONE]",
+        "stream was cut: {events:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(2), stopped)
+        .await
+        .expect("server stops after draining")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn health_and_ready_answer_without_a_key() {
+    let (_mock, gw) = setup("").await;
+    let health: Value = client()
+        .get(gw.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health, serde_json::json!({"status": "ok"}));
+    let ready: Value = client()
+        .get(gw.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["upstreams"][0]["name"], "u0");
+}
