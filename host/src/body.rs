@@ -145,7 +145,11 @@ mod tests {
                 i + 1,
             ))
         });
-        let mut body = GuardedBody::new(StreamBody::new(frames), Duration::from_millis(100), None);
+        let mut body = std::pin::pin!(GuardedBody::new(
+            StreamBody::new(frames),
+            Duration::from_millis(100),
+            None
+        ));
         assert!(body.frame().await.unwrap().is_ok());
         assert!(body.frame().await.unwrap().is_ok());
         assert!(matches!(

@@ -78,7 +78,7 @@ impl Runtime {
                 max_attempts: r.max_attempts,
             })
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let s = &config.server;
         Ok(Self {
             keys: KeyRing::new(&config.auth),

@@ -1,6 +1,8 @@
 //! Test harness: a controllable mock OpenAI-compatible upstream, and the gateway started in process
 //! on a loopback port. Everything talks real HTTP over loopback.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 pub mod mock_upstream;
 
 use std::net::SocketAddr;

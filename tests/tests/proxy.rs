@@ -1,5 +1,7 @@
 //! The proxy end to end: client → gateway → mock upstream, all over loopback HTTP.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;

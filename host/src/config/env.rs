@@ -7,17 +7,15 @@
 use std::cell::RefCell;
 
 /// Where `${VAR}` values come from during one config load.
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub type EnvSource = Box<dyn Fn(&str) -> Option<String>>;
+type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 thread_local! {
-    static LOOKUP: RefCell<Option<Box<dyn Fn(&str) -> Option<String>>>> = const { RefCell::new(None) };
+    static LOOKUP: RefCell<Option<EnvSource>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with `lookup` as the variable source for every expansion on this thread.
-pub(crate) fn with_lookup<R>(
-    lookup: Box<dyn Fn(&str) -> Option<String>>,
-    f: impl FnOnce() -> R,
-) -> R {
+pub(crate) fn with_lookup<R>(lookup: EnvSource, f: impl FnOnce() -> R) -> R {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {

@@ -332,7 +332,7 @@ impl Config {
     pub fn parse(
         text: &str,
         source_name: &str,
-        lookup: Box<dyn Fn(&str) -> Option<String>>,
+        lookup: env::EnvSource,
     ) -> Result<Self, ConfigErrors> {
         let fail = |errors| ConfigErrors {
             source_name: source_name.to_owned(),
@@ -362,16 +362,16 @@ fn deserialize(text: &str) -> Result<Config, ConfigError> {
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
         }
-        // Point at the unknown key itself rather than at its parent.
-        if let Some(rest) = message.strip_prefix("unknown field `")
-            && let Some(end) = rest.find('`')
+        // The parser prefixes its own, coarser path ("server.trusted_proxies: …"); ours is exact.
+        if let Some((theirs, rest)) = message.split_once(": ")
+            && !theirs.contains(' ')
+            && path.starts_with(theirs)
         {
-            let key = &rest[..end];
-            path = if path.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{path}.{key}")
-            };
+            message = rest.to_owned();
+        }
+        // A syntax error has no key yet; serde_path_to_error marks that segment `?`.
+        while let Some(stripped) = path.strip_suffix(".?").or_else(|| path.strip_suffix('?')) {
+            path = stripped.to_owned();
         }
         ConfigError {
             path,

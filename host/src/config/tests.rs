@@ -67,7 +67,7 @@ fn unknown_key_names_its_full_path_and_line() {
         "{}",
         e.message
     );
-    assert_eq!(e.location.map(|l| l.0), Some(19));
+    assert_eq!(e.location.map(|l| l.0), Some(16));
 }
 
 #[test]

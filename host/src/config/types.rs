@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 use super::env::expand;
 
 /// Deserializes through `FromStr` after `${VAR}` expansion; the parse error becomes the message.
-fn parse_expanded<'de, D, T>(d: D, what: &str) -> Result<T, D::Error>
+fn parse_expanded<'de, D, T>(d: D, what: &str, example: &str) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr,
@@ -19,9 +19,11 @@ where
 {
     let raw = String::deserialize(d)?;
     let value = expand(&raw).map_err(D::Error::custom)?;
-    value
-        .parse()
-        .map_err(|e| D::Error::custom(format!("invalid {what} {value:?}: {e}")))
+    value.parse().map_err(|e| {
+        D::Error::custom(format!(
+            "invalid {what} {value:?}: {e} (expected e.g. {example})"
+        ))
+    })
 }
 
 /// A duration written as `"10s"`, `"250ms"`, `"5m"`.
@@ -45,7 +47,7 @@ impl fmt::Debug for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let parsed: humantime::Duration = parse_expanded(d, "duration (e.g. \"10s\", \"250ms\")")?;
+        let parsed: humantime::Duration = parse_expanded(d, "duration", "\"10s\" or \"250ms\"")?;
         Ok(Self(parsed.into()))
     }
 }
@@ -103,13 +105,13 @@ impl FromStr for Cidr {
         }
         s.parse::<IpAddr>()
             .map(|ip| Self(ipnet::IpNet::from(canonical_ip(ip))))
-            .map_err(|_| "expected an IP address or CIDR such as 10.0.0.0/8".to_owned())
+            .map_err(|_| "not an IP address or CIDR".to_owned())
     }
 }
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        parse_expanded(d, "network")
+        parse_expanded(d, "network", "10.0.0.0/8 or 192.0.2.7")
     }
 }
 
@@ -184,7 +186,7 @@ impl FromStr for UpstreamUrl {
 
 impl<'de> Deserialize<'de> for UpstreamUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        parse_expanded(d, "URL")
+        parse_expanded(d, "URL", "https://api.openai.com")
     }
 }
 
@@ -194,7 +196,7 @@ pub struct ListenAddr(pub std::net::SocketAddr);
 
 impl<'de> Deserialize<'de> for ListenAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        parse_expanded(d, "listen address (e.g. 127.0.0.1:8317)").map(Self)
+        parse_expanded(d, "listen address", "127.0.0.1:8317").map(Self)
     }
 }
 

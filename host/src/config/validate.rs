@@ -126,7 +126,8 @@ fn validate_routes(c: &Config, e: &mut Errors) {
     if c.routes.is_empty() {
         e.add("routes", "at least one route is required");
     }
-    let defined: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let mut defined: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+    defined.dedup();
     let mut prefixes = HashMap::new();
     for (i, r) in c.routes.iter().enumerate() {
         let path = format!("routes[{i}]");

@@ -1,0 +1,162 @@
+//! The `tollgate` binary: `check` with golden error output, `key-id`, and SIGTERM draining.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tollgate_tests::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Every `tests/fixtures/config/*.yaml` is an invalid config; `tollgate check` must fail and print
+/// exactly the matching `.err` file. `UPDATE_GOLDEN=1` rewrites the `.err` files.
+#[test]
+fn invalid_configs_produce_their_golden_errors() {
+    let dir = repo_root().join("tests/fixtures/config");
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= 6, "fixtures missing in {}", dir.display());
+    let mut mismatches = Vec::new();
+    for yaml in fixtures {
+        let name = yaml.file_name().unwrap().to_str().unwrap().to_owned();
+        let out = Command::new(BIN)
+            .args(["check", "--config", &name])
+            .current_dir(&dir)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name} must be rejected");
+        let got = String::from_utf8(out.stderr).unwrap();
+        let golden = yaml.with_extension("err");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&golden).unwrap_or_default();
+        if got != want {
+            mismatches.push(format!("--- {name}: expected\n{want}--- got\n{got}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", "policies.example.yaml"])
+        .current_dir(repo_root())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn key_id_matches_what_the_gateway_computes() {
+    let root = repo_root();
+    let mut child = Command::new(BIN)
+        .args(["key-id", "--config", "policies.example.yaml"])
+        .current_dir(&root)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"sk-tollgate-demo\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(id.len(), 64);
+    let config = tollgate::Config::load(&root.join("policies.example.yaml")).unwrap();
+    let ring = tollgate::auth::KeyRing::new(&config.auth);
+    assert_eq!(id, ring.id_of("sk-tollgate-demo").to_hex());
+}
+
+/// Runs the real binary, starts a stream, sends SIGTERM, and checks the stream completes and the
+/// process exits 0.
+#[tokio::test]
+async fn sigterm_drains_an_in_flight_stream_then_exits() {
+    let mock = MockUpstream::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = config_yaml(&[mock.url()], "")
+        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--log-level",
+            "warn",
+        ])
+        .env_clear()
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let ready = eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(ready, "gateway did not start");
+
+    let start = Instant::now();
+    let resp = client()
+        .post(&url)
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-events", "8")
+        .header("x-mock-delay-ms", "100")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let reader = tokio::spawn(read_events(resp, start));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let events = reader.await.unwrap().unwrap();
+    assert_eq!(
+        events.last().unwrap().1,
+        "[DONE]",
+        "stream cut by shutdown: {events:?}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("exits after draining")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

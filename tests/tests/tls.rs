@@ -1,0 +1,160 @@
+//! TLS termination: ALPN h2 and http/1.1, minimum version, and certificate reload from disk.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, ServerName};
+use tollgate_tests::*;
+
+async fn start_tls(
+    dir: &std::path::Path,
+    cert: &TestCert,
+    min_version: &str,
+) -> (MockUpstream, TestGateway) {
+    let (cert_path, key_path) = cert.write(dir);
+    let mock = MockUpstream::start().await;
+    let extra = format!(
+        "  tls:\n    cert: {}\n    key: {}\n    min_version: \"{min_version}\"",
+        cert_path.display(),
+        key_path.display()
+    );
+    let gw = TestGateway::start(&config_yaml(&[mock.url()], &extra)).await;
+    (mock, gw)
+}
+
+fn https_client(cert: &TestCert, http1_only: bool) -> reqwest::Client {
+    let root = reqwest::Certificate::from_pem(cert.cert_pem.as_bytes()).unwrap();
+    let b = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .use_rustls_tls();
+    let b = if http1_only { b.http1_only() } else { b };
+    b.build().unwrap()
+}
+
+/// Handshakes with raw rustls and returns the leaf certificate the server presented.
+async fn presented_cert(
+    addr: std::net::SocketAddr,
+    trust: &[&TestCert],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Vec<u8>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in trust {
+        roots.add(CertificateDer::from(c.cert_der.clone())).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+}
+
+#[tokio::test]
+async fn serves_http2_and_http1_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate();
+    let (mock, gw) = start_tls(dir.path(), &cert, "1.2").await;
+    let url = format!("https://localhost:{}/v1/chat/completions", gw.addr.port());
+    for (http1_only, version) in [
+        (false, reqwest::Version::HTTP_2),
+        (true, reqwest::Version::HTTP_11),
+    ] {
+        let resp = https_client(&cert, http1_only)
+            .post(&url)
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), version);
+    }
+    assert_eq!(mock.last_headers()["x-forwarded-proto"], "https");
+}
+
+#[tokio::test]
+async fn min_version_1_3_refuses_tls_1_2_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate();
+    let (_mock, gw) = start_tls(dir.path(), &cert, "1.3").await;
+    assert!(
+        presented_cert(gw.addr, &[&cert], &[&rustls::version::TLS12])
+            .await
+            .is_err()
+    );
+    assert!(
+        presented_cert(gw.addr, &[&cert], &[&rustls::version::TLS13])
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn renewed_certificate_is_served_without_a_restart_and_open_connections_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = TestCert::generate();
+    let (_mock, gw) = start_tls(dir.path(), &old, "1.2").await;
+    assert_eq!(
+        presented_cert(gw.addr, &[&old], &[&rustls::version::TLS13])
+            .await
+            .unwrap(),
+        old.cert_der
+    );
+
+    // A keep-alive connection opened before the renewal.
+    let client = https_client(&old, true);
+    let url = format!("https://localhost:{}/v1/chat/completions", gw.addr.port());
+    let send = || {
+        client
+            .post(&url)
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+
+    let new = TestCert::generate();
+    new.write(dir.path());
+    let mut served = Vec::new();
+    for _ in 0..50 {
+        served = presented_cert(gw.addr, &[&old, &new], &[&rustls::version::TLS13])
+            .await
+            .unwrap();
+        if served == new.cert_der {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        served, new.cert_der,
+        "renewed certificate not served within 2.5 s"
+    );
+    // The old connection is still usable (reqwest reuses it; a new handshake would fail to verify
+    // against the old root only).
+    assert_eq!(send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_broken_renewal_keeps_the_current_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate();
+    let (_mock, gw) = start_tls(dir.path(), &cert, "1.2").await;
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        presented_cert(gw.addr, &[&cert], &[&rustls::version::TLS13])
+            .await
+            .unwrap(),
+        cert.cert_der
+    );
+}
