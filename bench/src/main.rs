@@ -1,1 +1,236 @@
-fn main() {}
+//! Load generator for `bench/run.sh`. Two workloads, each against one target URL:
+//!
+//! - `rps`: `concurrency` keep-alive HTTP/1.1 connections each send small non-streaming
+//!   `POST /v1/chat/completions` back to back for `duration`; prints requests/s and p50/p99 latency.
+//! - `sse`: `streams` concurrent streaming requests, each asking the mock upstream for `events`
+//!   events `delay_ms` apart; prints time-to-first-event and inter-event gap percentiles, and how
+//!   many reads carried more than one event (coalescing).
+//!
+//! Output is one JSON object per run on stdout so the script can compute ratios.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand)]
+enum Workload {
+    Rps {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value = "10")]
+        seconds: u64,
+        #[arg(long, default_value = "")]
+        key: String,
+    },
+    Sse {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 200)]
+        streams: usize,
+        #[arg(long, default_value_t = 20)]
+        events: usize,
+        #[arg(long, default_value_t = 50)]
+        delay_ms: u64,
+        #[arg(long, default_value = "")]
+        key: String,
+    },
+}
+
+const BODY: &str = r#"{"model":"gpt-bench","messages":[{"role":"user","content":"Say hello."}]}"#;
+const STREAM_BODY: &str =
+    r#"{"model":"gpt-bench","stream":true,"messages":[{"role":"user","content":"Say hello."}]}"#;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(uri: &hyper::Uri) -> Result<Sender> {
+    let host = uri.host().context("url host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+fn request(
+    uri: &hyper::Uri,
+    key: &str,
+    body: &'static str,
+    extra: &[(&str, String)],
+) -> Request<Full<Bytes>> {
+    let mut b = Request::post(uri.clone())
+        .header("host", uri.authority().map_or("localhost", |a| a.as_str()))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"));
+    for (k, v) in extra {
+        b = b.header(*k, v);
+    }
+    b.body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("valid request")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+async fn rps(url: &str, concurrency: usize, seconds: u64, key: &str) -> Result<()> {
+    let uri: hyper::Uri = url.parse()?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let uri = uri.clone();
+        let key = key.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(&uri).await?;
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                // A server may close a keep-alive connection at any time (nginx after
+                // `keepalive_requests`): count it and reconnect.
+                let outcome = async {
+                    sender.ready().await?;
+                    let resp = sender.send_request(request(&uri, &key, BODY, &[])).await?;
+                    let ok = resp.status().is_success();
+                    resp.into_body().collect().await?;
+                    anyhow::Ok(ok)
+                }
+                .await;
+                match outcome {
+                    Ok(true) => latencies.push(start.elapsed()),
+                    Ok(false) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        sender = connect(&uri).await?;
+                    }
+                }
+            }
+            anyhow::Ok((latencies, errors))
+        }));
+    }
+    let began = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await??;
+        all.extend(l);
+        errors += e;
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    all.sort();
+    println!(
+        "{}",
+        serde_json::json!({"requests": all.len(), "errors": errors, "rps": all.len() as f64 / elapsed,
+            "p50_ms": percentile(&all, 0.5), "p99_ms": percentile(&all, 0.99)})
+    );
+    Ok(())
+}
+
+async fn sse(url: &str, streams: usize, events: usize, delay_ms: u64, key: &str) -> Result<()> {
+    let uri: hyper::Uri = url.parse()?;
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let uri = uri.clone();
+        let key = key.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(&uri).await?;
+            let extra = [
+                ("x-mock-events", events.to_string()),
+                ("x-mock-delay-ms", delay_ms.to_string()),
+            ];
+            let start = Instant::now();
+            let resp = sender
+                .send_request(request(&uri, &key, STREAM_BODY, &extra))
+                .await?;
+            if !resp.status().is_success() {
+                bail!("status {}", resp.status());
+            }
+            let mut body = resp.into_body();
+            let mut arrivals = Vec::new();
+            let mut coalesced_reads = 0u64;
+            let mut pending = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame?.into_data() else {
+                    continue;
+                };
+                let now = start.elapsed();
+                pending.extend_from_slice(&data);
+                let mut in_read = 0;
+                while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                    pending.drain(..end + 2);
+                    arrivals.push(now);
+                    in_read += 1;
+                }
+                if in_read > 1 {
+                    coalesced_reads += 1;
+                }
+            }
+            anyhow::Ok((arrivals, coalesced_reads))
+        }));
+    }
+    let mut ttfb = Vec::new();
+    let mut gaps = Vec::new();
+    let mut coalesced = 0;
+    let mut total_events = 0;
+    for t in tasks {
+        let (arrivals, c) = t.await??;
+        coalesced += c;
+        total_events += arrivals.len();
+        if let Some(first) = arrivals.first() {
+            ttfb.push(*first);
+        }
+        gaps.extend(arrivals.windows(2).map(|w| w[1] - w[0]));
+    }
+    ttfb.sort();
+    gaps.sort();
+    println!(
+        "{}",
+        serde_json::json!({"streams": streams, "events": total_events, "coalesced_reads": coalesced,
+            "ttfb_p50_ms": percentile(&ttfb, 0.5), "ttfb_p99_ms": percentile(&ttfb, 0.99),
+            "gap_p50_ms": percentile(&gaps, 0.5), "gap_p99_ms": percentile(&gaps, 0.99)})
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // One worker thread: the generator takes one core at most, the same for every target.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match args.workload {
+            Workload::Rps {
+                url,
+                concurrency,
+                seconds,
+                key,
+            } => rps(&url, concurrency, seconds, &key).await,
+            Workload::Sse {
+                url,
+                streams,
+                events,
+                delay_ms,
+                key,
+            } => sse(&url, streams, events, delay_ms, &key).await,
+        }
+    })
+}

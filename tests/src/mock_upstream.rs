@@ -18,6 +18,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use serde_json::Value;
 use tollgate::mock;
@@ -57,6 +58,11 @@ impl MockUpstream {
             .expect("mock binds");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
+            // Like real OpenAI-compatible servers (asyncio sets it by default): without it, small
+            // SSE writes on a reused connection wait for our delayed ACK (~40 ms).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         Self { addr, state, task }

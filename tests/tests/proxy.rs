@@ -133,36 +133,36 @@ async fn bodies_over_max_body_get_413_whether_declared_or_streamed() {
     assert_eq!(body["error"]["code"], "request_too_large");
 
     // Chunked, no Content-Length: the limit is enforced while reading.
-    let chunks =
-        futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b' '; 600])));
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
-
+    assert_eq!(
+        post_chunked(&gw, "/v1/chat/completions", "application/json").await,
+        413
+    );
     // A non-JSON upload streams to the upstream and is cut at the limit too.
-    let chunks =
-        futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 600])));
-    let resp = client()
-        .post(gw.url("/v1/files"))
-        .bearer_auth(CLIENT_KEY)
-        .header("content-type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
+    assert_eq!(
+        post_chunked(&gw, "/v1/files", "application/octet-stream").await,
+        413
+    );
     assert_eq!(
         mock.state
             .completed
             .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
+}
+
+/// POSTs 2400 bytes in four chunks with no Content-Length.
+async fn post_chunked(gw: &TestGateway, path: &str, content_type: &str) -> reqwest::StatusCode {
+    let chunks =
+        futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b' '; 600])));
+    client()
+        .post(gw.url(path))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", content_type)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap()
+        .status()
 }
 
 #[tokio::test]
@@ -414,4 +414,30 @@ async fn health_and_ready_answer_without_a_key() {
         .unwrap();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["upstreams"][0]["name"], "u0");
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_body_gets_408() {
+    let (mock, gw) = setup("  timeouts:\n    client_body: 300ms").await;
+    let chunks = futures_util::stream::unfold(0, |i| async move {
+        match i {
+            0 => Some((Ok::<_, std::io::Error>(b"{\"model\":".to_vec()), 1)),
+            _ => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                None
+            }
+        }
+    });
+    let start = Instant::now();
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 408);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(mock.requests(), 0);
 }

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Benchmark: the same workloads, in one run, against the mock upstream directly, against nginx as
+# an equivalent streaming reverse proxy, and against Tollgate. Prints figures and ratios.
+# Not a test: it never fails on timing. Loopback only.
+#
+#   bench/run.sh            # 3 rounds of: 5 s RPS run, 200 SSE streams, per target
+#   ROUNDS=5 SECONDS_PER_RUN=10 STREAMS=100 bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
+CONCURRENCY=${CONCURRENCY:-32}
+STREAMS=${STREAMS:-200}
+EVENTS=${EVENTS:-20}
+DELAY_MS=${DELAY_MS:-50}
+KEY=sk-bench-key-0001
+MOCK=127.0.0.1:19000 NGINX=127.0.0.1:19001 GATE=127.0.0.1:19002
+out=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$out/nginx.pid" ] && kill "$(cat "$out/nginx.pid")" 2>/dev/null || true; }
+trap cleanup EXIT
+
+if ! command -v nginx >/dev/null; then
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+fi
+NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --locked -q -p tollgate -p tollgate-tests -p tollgate-bench
+bin=target/release
+
+"$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
+
+cat > "$out/nginx.conf" <<NGINX
+worker_processes auto;
+pid $out/nginx.pid;
+error_log $out/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream mock { server $MOCK; keepalive 128; }
+  server {
+    listen $NGINX;
+    location /v1/ {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer sk-upstream";
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_buffering off;
+      proxy_request_buffering on;
+      proxy_read_timeout 300s;
+    }
+  }
+}
+NGINX
+"$NGINX_BIN" -c "$out/nginx.conf" -p "$out" -e "$out/nginx-error.log"
+
+cat > "$out/tollgate.yaml" <<YAML
+server:
+  listen: $GATE
+auth:
+  secret: bench-secret-0123456789
+  keys: [{name: bench, key: $KEY}]
+upstreams:
+  - name: mock
+    url: http://$MOCK
+    credential: sk-upstream
+routes:
+  - path_prefix: /v1/
+    upstreams: [mock]
+logging:
+  level: warn
+  access_log: false
+YAML
+"$bin/tollgate" run --config "$out/tollgate.yaml" & pids+=($!)
+
+for addr in $MOCK $NGINX $GATE; do
+  for _ in $(seq 100); do (echo >/dev/tcp/${addr%:*}/${addr#*:}) 2>/dev/null && break; sleep 0.1; done
+done
+
+# Targets are interleaved round by round and each figure is the median over ROUNDS, because a
+# shared 2-core machine drifts by ±15% between runs of the same binary.
+results="$out/results.jsonl"
+for round in $(seq "$ROUNDS"); do
+  for target in direct:$MOCK nginx:$NGINX tollgate:$GATE; do
+    name=${target%%:*} addr=${target#*:}
+    url="http://$addr/v1/chat/completions"
+    "$bin/tollgate-bench" rps --url "$url" --concurrency 8 --seconds 1 --key $KEY >/dev/null  # warm-up
+    r=$("$bin/tollgate-bench" rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --key $KEY)
+    s=$("$bin/tollgate-bench" sse --url "$url" --streams "$STREAMS" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY)
+    echo "{\"round\":$round,\"target\":\"$name\",\"rps\":$r,\"sse\":$s}" | tee -a "$results"
+  done
+done
+
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(target, kind, key):
+    return statistics.median(r[kind][key] for r in rows if r["target"] == target)
+names = ("direct", "nginx", "tollgate")
+print(f"\n== non-streaming POST, fixed concurrency (median of {len(rows)//3} rounds)")
+print(f"{'':10}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+for n in names:
+    print(f"{n:10}{med(n,'rps','rps'):>10.0f}{med(n,'rps','p50_ms'):>10.3f}{med(n,'rps','p99_ms'):>10.3f}{med(n,'rps','errors'):>8.0f}")
+for base in ("nginx", "direct"):
+    print(f"tollgate/{base}: rps {med('tollgate','rps','rps')/med(base,'rps','rps'):.2f}x, "
+          f"p99 {med('tollgate','rps','p99_ms')/med(base,'rps','p99_ms'):.2f}x")
+print("\n== concurrent SSE streams (ms)")
+print(f"{'':10}{'ttfb p50':>10}{'ttfb p99':>10}{'gap p50':>10}{'gap p99':>10}{'coalesced':>10}")
+for n in names:
+    print(f"{n:10}{med(n,'sse','ttfb_p50_ms'):>10.3f}{med(n,'sse','ttfb_p99_ms'):>10.3f}"
+          f"{med(n,'sse','gap_p50_ms'):>10.3f}{med(n,'sse','gap_p99_ms'):>10.3f}{med(n,'sse','coalesced_reads'):>10.0f}")
+d, g, x = (med(n, 'sse', 'ttfb_p99_ms') for n in names)
+print(f"tollgate TTFB p99: {x-d:+.3f} ms vs direct, {x-g:+.3f} ms vs nginx")
+PY

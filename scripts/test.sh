@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian 12 machine that has only the Rust toolchain.
+# Installs what the tests need first (idempotent), then builds and tests every crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages the tests drive (none are services the suite expects to be running).
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v kill >/dev/null || need+=(procps)
+if [ ${#need[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+# WebAssembly policy plugins (plugins/*) are built for wasm32-wasip2 before the tests use them.
+if compgen -G "plugins/*/Cargo.toml" >/dev/null; then
+  rustup target add wasm32-wasip2
+  for p in plugins/*/Cargo.toml; do
+    cargo build --locked --release --target wasm32-wasip2 --manifest-path "$p"
+  done
+fi
+
+cargo test --workspace --locked "$@"
