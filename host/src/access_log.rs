@@ -141,6 +141,14 @@ pin_project! {
 }
 
 impl<B> Logged<B> {
+    /// A body that is relayed without an access record (the gateway's own endpoints).
+    pub fn untracked(inner: B) -> Self {
+        Self {
+            inner,
+            record: None,
+        }
+    }
+
     pub fn new(inner: B, mut record: Box<AccessRecord>) -> Self
     where
         B: Body,

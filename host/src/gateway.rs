@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
@@ -125,18 +125,24 @@ impl Gateway {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// The HTTP application: the gateway's own endpoints, then every routed path.
-    pub fn router(self: &Arc<Self>) -> Router {
+    /// The gateway's own endpoints (`/health`, `/ready`); everything else is proxied.
+    pub fn own_endpoints(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/health", get(health))
             .route("/ready", get(ready))
-            .fallback(proxy)
             .with_state(self.clone())
     }
-}
 
-async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    crate::proxy::handle(&gw, req).await
+    /// Whether `path` is answered by [`Gateway::own_endpoints`] rather than proxied.
+    pub fn is_own_endpoint(path: &str) -> bool {
+        crate::config::RESERVED_PATHS.iter().any(|own| {
+            if own.ends_with('/') {
+                path.starts_with(own)
+            } else {
+                path == *own
+            }
+        })
+    }
 }
 
 /// Liveness: the process is up and serving HTTP.

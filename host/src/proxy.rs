@@ -25,11 +25,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use http::{HeaderValue, Method, header};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::access_log::{AccessRecord, Logged};
@@ -55,7 +55,7 @@ enum RequestBody {
     /// Read whole; can be sent again to another upstream.
     Buffered(Bytes),
     /// Streamed through once.
-    Streaming(Option<GuardedBody<axum::body::Body>>),
+    Streaming(Option<GuardedBody<Incoming>>),
 }
 
 impl RequestBody {
@@ -78,16 +78,11 @@ impl RequestBody {
     }
 }
 
-pub async fn handle(gw: &Gateway, req: Request) -> Response {
+/// The response type of every request the gateway serves; the body is boxed exactly once.
+pub type Response = http::Response<Logged<BoxBody>>;
+
+pub async fn handle(gw: &Gateway, req: http::Request<Incoming>, conn: ConnInfo) -> Response {
     let rt = gw.runtime();
-    let conn = req
-        .extensions()
-        .get::<ConnInfo>()
-        .copied()
-        .unwrap_or(ConnInfo {
-            peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            tls: false,
-        });
     let (parts, body) = req.into_parts();
 
     // Phase 1: identify.
@@ -125,13 +120,13 @@ pub async fn handle(gw: &Gateway, req: Request) -> Response {
             tracing::error!(request_id = %request_id, error = %e, "request failed");
         }
         e.into_response()
+            .map(|b| b.map_err(Into::into).boxed_unsync())
     });
     rec.status = resp.status().as_u16();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().entry(X_REQUEST_ID).or_insert(v);
     }
-    let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, axum::body::Body::new(Logged::new(body, rec)))
+    resp.map(|body| Logged::new(body, rec))
 }
 
 struct Ctx<'a> {
@@ -146,10 +141,10 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     async fn run(
         &self,
-        parts: http::request::Parts,
-        body: axum::body::Body,
+        mut parts: http::request::Parts,
+        body: Incoming,
         rec: &mut AccessRecord,
-    ) -> Result<Response, GatewayError> {
+    ) -> Result<http::Response<BoxBody>, GatewayError> {
         // Phase 2: route.
         let route = self
             .rt
@@ -180,8 +175,12 @@ impl Ctx<'_> {
         for (i, upstream) in candidates.iter().take(attempts).enumerate() {
             rec.upstream = Some(upstream.name.clone());
             rec.attempts = i as u32 + 1;
-            match self.forward(upstream, &parts, &mut body, rec).await {
-                Err(GatewayError::UpstreamConnect) if body.replayable() && i + 1 < attempts => {
+            let may_retry = body.replayable() && i + 1 < attempts;
+            match self
+                .forward(upstream, &mut parts, may_retry, &mut body, rec)
+                .await
+            {
+                Err(GatewayError::UpstreamConnect) if may_retry => {
                     tracing::warn!(request_id = %self.request_id, upstream = %upstream.name, "connect failed; trying next upstream");
                 }
                 other => return other,
@@ -194,10 +193,11 @@ impl Ctx<'_> {
     async fn forward(
         &self,
         upstream: &Upstream,
-        parts: &http::request::Parts,
+        parts: &mut http::request::Parts,
+        may_retry: bool,
         body: &mut RequestBody,
         rec: &mut AccessRecord,
-    ) -> Result<Response, GatewayError> {
+    ) -> Result<http::Response<BoxBody>, GatewayError> {
         let (url, credential) = match &upstream.target {
             Target::Mock(cfg) => {
                 let json = match body {
@@ -217,19 +217,18 @@ impl Ctx<'_> {
             Target::Http { url, credential } => (url, credential.as_ref()),
         };
 
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!(
-            "{}://{}{}{}",
-            url.scheme, url.authority, url.base_path, path_and_query
-        )
-        .parse::<http::Uri>()
-        .map_err(|_| GatewayError::Internal)?;
+        let uri = upstream_uri(url, &parts.uri)?;
         let mut req = http::Request::builder()
             .method(parts.method.clone())
             .uri(uri)
             .body(body.take())
             .map_err(|_| GatewayError::Internal)?;
-        *req.headers_mut() = parts.headers.clone();
+        // The headers are needed again only if another attempt may follow.
+        *req.headers_mut() = if may_retry {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
         headers::to_upstream(
             req.headers_mut(),
             &Forwarding {
@@ -270,12 +269,35 @@ impl Ctx<'_> {
     }
 
     /// Phase 7: the upstream's response as the client will see it.
-    fn relay(&self, resp: http::Response<BoxBody>) -> Response {
-        let (mut head, body) = resp.into_parts();
+    fn relay(&self, mut resp: http::Response<BoxBody>) -> http::Response<BoxBody> {
         let id = HeaderValue::from_str(self.request_id).unwrap_or(HeaderValue::from_static("-"));
-        headers::to_client(&mut head.headers, &id);
-        Response::from_parts(head, axum::body::Body::new(body))
+        headers::to_client(resp.headers_mut(), &id);
+        resp
     }
+}
+
+/// The upstream request URI: the upstream's scheme, host and base path, then the client's path
+/// and query. Without a base path the client's already-parsed path is reused as is.
+fn upstream_uri(
+    url: &crate::config::UpstreamUrl,
+    client: &http::Uri,
+) -> Result<http::Uri, GatewayError> {
+    let path_and_query = client
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let path_and_query = if url.base_path.is_empty() {
+        path_and_query
+    } else {
+        format!("{}{}", url.base_path, path_and_query)
+            .parse()
+            .map_err(|_| GatewayError::Internal)?
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(url.scheme.clone());
+    parts.authority = Some(url.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    http::Uri::from_parts(parts).map_err(|_| GatewayError::Internal)
 }
 
 /// Maps a failed upstream exchange to what the client is told, and charges the upstream's health
@@ -316,7 +338,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Phase 4. JSON is read whole (bounded); anything else streams.
 async fn read_body(
     parts: &http::request::Parts,
-    body: axum::body::Body,
+    body: Incoming,
     limits: &Limits,
 ) -> Result<(RequestBody, Probe), GatewayError> {
     let too_large = GatewayError::BodyTooLarge {

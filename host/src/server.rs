@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
+use crate::access_log::Logged;
 use crate::config::ServerConfig;
 use crate::gateway::{ConnInfo, Gateway};
 use crate::tls::{self, TlsError};
@@ -103,7 +105,7 @@ impl Server {
 
     /// Serves until `shutdown` completes, then drains.
     pub async fn serve(self, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
-        let router = gateway.router();
+        let router = gateway.own_endpoints();
         let graceful = GracefulShutdown::new();
         let permits = Arc::new(Semaphore::new(self.max_connections));
         let mut conns = JoinSet::new();
@@ -128,6 +130,7 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let conn = Connection {
+                gateway: gateway.clone(),
                 router: router.clone(),
                 builder: builder.clone(),
                 tls: self.tls.clone(),
@@ -163,6 +166,7 @@ impl Server {
 }
 
 struct Connection {
+    gateway: Arc<Gateway>,
     router: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
@@ -176,11 +180,21 @@ impl Connection {
             peer: self.peer,
             tls: self.tls.is_some(),
         };
-        let router = self.router;
-        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(info);
+        let (gateway, router) = (self.gateway, self.router);
+        // Proxied requests go straight to the pipeline; axum serves the gateway's own endpoints.
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let gateway = gateway.clone();
             let mut router = router.clone();
-            router.call(req)
+            async move {
+                if Gateway::is_own_endpoint(req.uri().path()) {
+                    let resp = router.call(req).await?;
+                    Ok::<_, std::convert::Infallible>(
+                        resp.map(|b| Logged::untracked(b.map_err(Into::into).boxed_unsync())),
+                    )
+                } else {
+                    Ok(crate::proxy::handle(&gateway, req, info).await)
+                }
+            }
         });
         let result = match self.tls {
             Some(acceptor) => {

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Paths the gateway answers itself; routes may not claim them. An entry ending in `/` is a prefix.
+pub const RESERVED_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/admin/"];
+
 pub use types::{ByteSize, Cidr, Duration, ListenAddr, Secret, UpstreamUrl, canonical_ip};
 
 /// The whole config file.

@@ -8,8 +8,7 @@ use super::{Config, ConfigError};
 const MIN_SECRET_LEN: usize = 16;
 /// Shortest client API key accepted.
 const MIN_KEY_LEN: usize = 8;
-/// Paths the gateway answers itself.
-pub const RESERVED: [&str; 4] = ["/health", "/ready", "/metrics", "/admin/"];
+pub use super::RESERVED_PATHS as RESERVED;
 
 struct Errors(Vec<ConfigError>);
 
