@@ -3,11 +3,11 @@
 # an equivalent streaming reverse proxy, and against Tollgate. Prints figures and ratios.
 # Not a test: it never fails on timing. Loopback only.
 #
-#   bench/run.sh            # 3 rounds of: 5 s RPS run, 200 SSE streams, per target
+#   bench/run.sh            # 5 rounds of: 5 s RPS run, 200 SSE streams, per target
 #   ROUNDS=5 SECONDS_PER_RUN=10 STREAMS=100 bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 CONCURRENCY=${CONCURRENCY:-32}
 STREAMS=${STREAMS:-200}
@@ -105,9 +105,16 @@ print(f"\n== non-streaming POST, fixed concurrency (median of {len(rows)//3} rou
 print(f"{'':10}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
 for n in names:
     print(f"{n:10}{med(n,'rps','rps'):>10.0f}{med(n,'rps','p50_ms'):>10.3f}{med(n,'rps','p99_ms'):>10.3f}{med(n,'rps','errors'):>8.0f}")
+def ratios(kind, key, base):
+    """Tollgate/base within each round (paired, so slow drift of the machine cancels out)."""
+    by_round = {}
+    for r in rows:
+        by_round.setdefault(r["round"], {})[r["target"]] = r[kind][key]
+    vals = sorted(v["tollgate"] / v[base] for v in by_round.values())
+    return statistics.median(vals), vals[0], vals[-1]
 for base in ("nginx", "direct"):
-    print(f"tollgate/{base}: rps {med('tollgate','rps','rps')/med(base,'rps','rps'):.2f}x, "
-          f"p99 {med('tollgate','rps','p99_ms')/med(base,'rps','p99_ms'):.2f}x")
+    (rm, rlo, rhi), (pm, plo, phi) = ratios("rps", "rps", base), ratios("rps", "p99_ms", base)
+    print(f"tollgate/{base} per round: rps {rm:.2f}x (range {rlo:.2f}-{rhi:.2f}), p99 {pm:.2f}x (range {plo:.2f}-{phi:.2f})")
 print("\n== concurrent SSE streams (ms)")
 print(f"{'':10}{'ttfb p50':>10}{'ttfb p99':>10}{'gap p50':>10}{'gap p99':>10}{'coalesced':>10}")
 for n in names:
