@@ -15,6 +15,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod mock;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;

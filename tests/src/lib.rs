@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 pub mod mock_upstream;
+pub mod plugins;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

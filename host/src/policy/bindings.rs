@@ -1,0 +1,13 @@
+//! The one place the WIT package is turned into Rust (`bindgen!`). Everything else in the host
+//! uses these types.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "host",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+pub use exports::tollgate::policy::{header_rewrite, ip_binding, plugin, quota, router};
+pub use tollgate::policy::types;
+pub use tollgate::policy::{bindings as binding_store, clock, kv, log};

@@ -1,0 +1,500 @@
+//! The WebAssembly policy runtime.
+//!
+//! One [`PolicyEngine`] per process: a wasmtime `Engine` with the component model, async host
+//! calls, the pooling allocator and epoch interruption, and a `Linker` with the host imports. A
+//! [`Plugin`] is one loaded *version* of a plugin file: compiled once, checked against its kind's
+//! world, configured, and then called through a pool of ready instances.
+//!
+//! Instance model (measured in the spike: ~35 µs to instantiate per call vs ~2 µs on a
+//! reused instance): a pool of configured instances per version. An instance serves up to
+//! `max_calls` calls, then is dropped (bounding what a plugin can accumulate); any trap, deadline
+//! or out-of-memory drops it at once, since a trapped instance cannot be entered again. A request
+//! holds an `Arc<Plugin>`, so one that outlives a reload finishes on the version it started with.
+//!
+//! Failure never takes the host down: the call returns [`PolicyError`] and the caller applies the
+//! plugin's `on_error` (fail closed or open).
+
+mod bindings;
+mod state;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+
+pub use bindings::types;
+use bindings::{header_rewrite, ip_binding, plugin, quota, router};
+use state::PluginState;
+pub use state::{HostServices, MemoryBindings, MemoryKv};
+
+/// Epoch tick: the granularity of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Largest memory any plugin may be configured with; also the pooling allocator's slot size.
+pub const MAX_MEMORY_LIMIT: u64 = 256 << 20;
+
+/// Instances the pooling allocator can hold at once, across all plugins and versions.
+const POOL_INSTANCES: u32 = 1_000;
+
+/// The four kinds of policy, each with its own WIT world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    IpBinding,
+    Router,
+    Quota,
+    HeaderRewrite,
+}
+
+impl PolicyKind {
+    pub fn world(self) -> &'static str {
+        match self {
+            Self::IpBinding => "ip-binding-policy",
+            Self::Router => "router-policy",
+            Self::Quota => "quota-policy",
+            Self::HeaderRewrite => "header-rewrite-policy",
+        }
+    }
+}
+
+/// Why a plugin could not be loaded. The running version (if any) stays in service.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("module is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("sha256 is {actual}, but the config pins {expected}")]
+    Pin { expected: String, actual: String },
+    #[error("not a valid component: {0}")]
+    Compile(String),
+    #[error("imports something the host does not provide: {0}")]
+    Link(String),
+    #[error("does not export the `{world}` world's interface: {reason}")]
+    WrongKind { world: &'static str, reason: String },
+    #[error("configure failed: {0}")]
+    Configure(String),
+    #[error("crashed while configuring: {0}")]
+    Trap(String),
+}
+
+/// Why a call into a plugin failed. The instance is discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("plugin {plugin} exceeded its {deadline:?} deadline")]
+    Deadline {
+        plugin: Arc<str>,
+        deadline: Duration,
+    },
+    #[error("plugin {plugin} trapped: {reason}")]
+    Trap { plugin: Arc<str>, reason: String },
+    #[error("plugin {plugin} could not be instantiated: {reason}")]
+    Instantiate { plugin: Arc<str>, reason: String },
+}
+
+/// How a plugin is loaded and run.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub name: Arc<str>,
+    pub kind: PolicyKind,
+    /// JSON passed to `configure`.
+    pub config_json: String,
+    pub sha256: Option<String>,
+    pub max_module_size: u64,
+    pub memory_limit: u64,
+    pub deadline: Duration,
+    /// Calls an instance serves before it is replaced.
+    pub max_calls: u32,
+}
+
+/// The process-wide engine, linker and shared host services.
+pub struct PolicyEngine {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    services: Arc<HostServices>,
+    _ticker: EpochTicker,
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PolicyEngine {
+    pub fn new(services: Arc<HostServices>) -> wasmtime::Result<Self> {
+        let mut pooling = wasmtime::PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 8)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(32)
+            .max_memory_size(MAX_MEMORY_LIMIT as usize);
+        let mut config = wasmtime::Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::Host_::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (weak, flag) = (engine.weak(), stop.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker,
+            services,
+            _ticker: EpochTicker(stop),
+        })
+    }
+
+    pub fn services(&self) -> &Arc<HostServices> {
+        &self.services
+    }
+
+    /// Reads, checks, compiles and configures a plugin. Compilation is CPU-heavy: call this off
+    /// the request path (it blocks the calling thread).
+    pub fn load(&self, path: &Path, spec: PluginSpec) -> Result<Plugin, LoadError> {
+        let read_err = |source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(read_err)?.len();
+        if size > spec.max_module_size {
+            return Err(LoadError::TooLarge {
+                size,
+                limit: spec.max_module_size,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if let Some(expected) = &spec.sha256
+            && !expected.eq_ignore_ascii_case(&digest)
+        {
+            return Err(LoadError::Pin {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let wrong = |e: wasmtime::Error| LoadError::WrongKind {
+            world: spec.kind.world(),
+            reason: format!("{e:#}"),
+        };
+        let plugin_idx = plugin::GuestIndices::new(&pre).map_err(wrong)?;
+        let kind_idx = match spec.kind {
+            PolicyKind::IpBinding => {
+                KindIndices::IpBinding(ip_binding::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+            PolicyKind::Router => {
+                KindIndices::Router(router::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+            PolicyKind::Quota => KindIndices::Quota(quota::GuestIndices::new(&pre).map_err(wrong)?),
+            PolicyKind::HeaderRewrite => {
+                KindIndices::HeaderRewrite(header_rewrite::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+        };
+        Ok(Plugin {
+            spec,
+            sha256: digest,
+            engine: self.engine.clone(),
+            services: self.services.clone(),
+            pre,
+            plugin_idx,
+            kind_idx,
+            idle: Mutex::new(Vec::new()),
+            stats: PluginStats::default(),
+        })
+    }
+}
+
+enum KindIndices {
+    IpBinding(ip_binding::GuestIndices),
+    Router(router::GuestIndices),
+    Quota(quota::GuestIndices),
+    HeaderRewrite(header_rewrite::GuestIndices),
+}
+
+enum KindGuest {
+    IpBinding(ip_binding::Guest),
+    Router(router::Guest),
+    Quota(quota::Guest),
+    HeaderRewrite(header_rewrite::Guest),
+}
+
+/// A configured instance, ready for calls.
+struct Instance {
+    store: Store<PluginState>,
+    guest: KindGuest,
+    calls: u32,
+}
+
+/// Counters for metrics and the admin API.
+#[derive(Default, Debug)]
+pub struct PluginStats {
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub instantiations: AtomicU64,
+}
+
+/// One loaded version of a plugin.
+pub struct Plugin {
+    pub spec: PluginSpec,
+    /// Hex sha256 of the module file.
+    pub sha256: String,
+    engine: Engine,
+    services: Arc<HostServices>,
+    pre: InstancePre<PluginState>,
+    plugin_idx: plugin::GuestIndices,
+    kind_idx: KindIndices,
+    idle: Mutex<Vec<Instance>>,
+    pub stats: PluginStats,
+}
+
+impl Plugin {
+    /// Creates and configures a fresh instance.
+    async fn instantiate(&self) -> Result<Instance, LoadError> {
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.spec.memory_limit as usize)
+            .instances(64)
+            .tables(64)
+            .memories(8)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            PluginState::new(self.spec.name.clone(), self.services.clone(), limits),
+        );
+        store.limiter(|s| &mut s.limits);
+        // Each epoch tick yields to the async executor (other requests keep moving while a guest
+        // spins); past the call's deadline the guest traps.
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(wasmtime::Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        store.data_mut().deadline = Instant::now() + self.spec.deadline;
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| LoadError::Trap(format!("{e:#}")))?;
+        let configure = self
+            .plugin_idx
+            .load(&mut store, &instance)
+            .map_err(|e| LoadError::Trap(format!("{e:#}")))?;
+        let guest = match &self.kind_idx {
+            KindIndices::IpBinding(i) => i.load(&mut store, &instance).map(KindGuest::IpBinding),
+            KindIndices::Router(i) => i.load(&mut store, &instance).map(KindGuest::Router),
+            KindIndices::Quota(i) => i.load(&mut store, &instance).map(KindGuest::Quota),
+            KindIndices::HeaderRewrite(i) => {
+                i.load(&mut store, &instance).map(KindGuest::HeaderRewrite)
+            }
+        }
+        .map_err(|e| LoadError::Trap(format!("{e:#}")))?;
+        store.data_mut().deadline = Instant::now() + self.spec.deadline;
+        configure
+            .call_configure(&mut store, &self.spec.config_json)
+            .await
+            .map_err(|e| LoadError::Trap(format!("{e:#}")))?
+            .map_err(LoadError::Configure)?;
+        Ok(Instance {
+            store,
+            guest,
+            calls: 0,
+        })
+    }
+
+    /// Checks that the plugin instantiates and accepts its configuration, and keeps that instance
+    /// for the first calls. Run before a version is put into service.
+    pub async fn validate(&self) -> Result<(), LoadError> {
+        let instance = self.instantiate().await?;
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(instance);
+        Ok(())
+    }
+
+    async fn checkout(&self, request_id: &str) -> Result<Instance, PolicyError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut instance = match pooled {
+            Some(i) => i,
+            None => self
+                .instantiate()
+                .await
+                .map_err(|e| PolicyError::Instantiate {
+                    plugin: self.spec.name.clone(),
+                    reason: e.to_string(),
+                })?,
+        };
+        let state = instance.store.data_mut();
+        state.request_id.clear();
+        state.request_id.push_str(request_id);
+        state.deadline = Instant::now() + self.spec.deadline;
+        instance.store.set_epoch_deadline(1);
+        Ok(instance)
+    }
+
+    /// Returns a healthy instance to the pool, or drops a failed or worn-out one.
+    fn checkin<R>(
+        &self,
+        mut instance: Instance,
+        result: wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(r) => {
+                instance.calls += 1;
+                if instance.calls < self.spec.max_calls {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(instance);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let plugin = self.spec.name.clone();
+                let err = if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
+                {
+                    PolicyError::Deadline {
+                        plugin,
+                        deadline: self.spec.deadline,
+                    }
+                } else {
+                    PolicyError::Trap {
+                        plugin,
+                        reason: format!("{e:#}"),
+                    }
+                };
+                tracing::warn!(target: "plugin", request_id = %instance.store.data().request_id, error = %err, "plugin call failed; instance discarded");
+                Err(err)
+            }
+        }
+    }
+
+    fn kind_mismatch(&self) -> PolicyError {
+        PolicyError::Trap {
+            plugin: self.spec.name.clone(),
+            reason: "called as the wrong policy kind".into(),
+        }
+    }
+
+    pub async fn check(
+        &self,
+        request: &types::RequestView,
+    ) -> Result<types::BindingDecision, PolicyError> {
+        let mut i = self.checkout(&request.id).await?;
+        let r = match &i.guest {
+            KindGuest::IpBinding(g) => g.call_check(&mut i.store, request).await,
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+
+    pub async fn select(
+        &self,
+        request: &types::RequestView,
+        candidates: &[types::UpstreamView],
+    ) -> Result<types::RouteDecision, PolicyError> {
+        let mut i = self.checkout(&request.id).await?;
+        let r = match &i.guest {
+            KindGuest::Router(g) => g.call_select(&mut i.store, request, candidates).await,
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+
+    pub async fn on_response(
+        &self,
+        request: &types::RequestView,
+        upstream: &types::UpstreamView,
+        status: u16,
+        headers: &[types::Header],
+        first_event: Option<&str>,
+    ) -> Result<types::QuotaDecision, PolicyError> {
+        let mut i = self.checkout(&request.id).await?;
+        let r = match &i.guest {
+            KindGuest::Quota(g) => {
+                g.call_on_response(
+                    &mut i.store,
+                    request,
+                    upstream,
+                    status,
+                    headers,
+                    first_event,
+                )
+                .await
+            }
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+
+    pub async fn rewrite_request(
+        &self,
+        request: &types::RequestView,
+    ) -> Result<Vec<types::HeaderOp>, PolicyError> {
+        let mut i = self.checkout(&request.id).await?;
+        let r = match &i.guest {
+            KindGuest::HeaderRewrite(g) => g.call_on_request(&mut i.store, request).await,
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+
+    pub async fn rewrite_response(
+        &self,
+        request: &types::RequestView,
+        upstream: &str,
+        status: u16,
+        headers: &[types::Header],
+    ) -> Result<Vec<types::HeaderOp>, PolicyError> {
+        let mut i = self.checkout(&request.id).await?;
+        let r = match &i.guest {
+            KindGuest::HeaderRewrite(g) => {
+                g.call_on_response(&mut i.store, request, upstream, status, headers)
+                    .await
+            }
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+}

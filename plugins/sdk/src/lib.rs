@@ -1,0 +1,118 @@
+//! Tollgate's plugin SDK.
+//!
+//! A plugin is a crate with `crate-type = ["cdylib", "rlib"]` that depends on this one with the
+//! feature of its kind (`ip-binding`, `router`, `quota` or `header-rewrite`), implements
+//! [`Plugin`] and its kind's trait, and calls [`export!`]:
+//!
+//! ```ignore
+//! struct First;
+//! impl tollgate_sdk::Plugin for First {
+//!     fn configure(_config: String) -> Result<(), String> { Ok(()) }
+//! }
+//! impl tollgate_sdk::Router for First {
+//!     fn select(_req: RequestView, c: Vec<UpstreamView>) -> RouteDecision {
+//!         RouteDecision::Pick((0..c.len() as u32).collect())
+//!     }
+//! }
+//! tollgate_sdk::export!(First);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
+//! `target/wasm32-wasip2/release/` is the component to list in the gateway's YAML.
+
+#[cfg(not(any(
+    feature = "ip-binding",
+    feature = "router",
+    feature = "quota",
+    feature = "header-rewrite"
+)))]
+compile_error!("enable exactly one of the features: ip-binding, router, quota, header-rewrite");
+
+#[cfg(feature = "ip-binding")]
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "ip-binding-policy",
+    pub_export_macro: true,
+    export_macro_name: "__export_component",
+    default_bindings_module: "tollgate_sdk",
+});
+#[cfg(feature = "router")]
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "router-policy",
+    pub_export_macro: true,
+    export_macro_name: "__export_component",
+    default_bindings_module: "tollgate_sdk",
+});
+#[cfg(feature = "quota")]
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "quota-policy",
+    pub_export_macro: true,
+    export_macro_name: "__export_component",
+    default_bindings_module: "tollgate_sdk",
+});
+#[cfg(feature = "header-rewrite")]
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "header-rewrite-policy",
+    pub_export_macro: true,
+    export_macro_name: "__export_component",
+    default_bindings_module: "tollgate_sdk",
+});
+
+pub use exports::tollgate::policy::plugin::Guest as Plugin;
+pub use tollgate::policy::types::*;
+/// Host services: key-value store, bindings table, log, clock.
+pub mod host {
+    pub use crate::tollgate::policy::bindings::{self, Binding, BindingStatus};
+    pub use crate::tollgate::policy::clock::now_ms;
+    pub use crate::tollgate::policy::kv;
+    pub use crate::tollgate::policy::log::{Level, log};
+}
+
+#[cfg(feature = "header-rewrite")]
+pub use exports::tollgate::policy::header_rewrite::Guest as HeaderRewrite;
+#[cfg(feature = "ip-binding")]
+pub use exports::tollgate::policy::ip_binding::Guest as IpBinding;
+#[cfg(feature = "quota")]
+pub use exports::tollgate::policy::quota::Guest as Quota;
+#[cfg(feature = "router")]
+pub use exports::tollgate::policy::router::Guest as Router;
+
+/// Exports a type implementing [`Plugin`] and its kind's trait as the component's implementation.
+/// Only wasm builds export anything, so the same crate also builds natively for unit tests.
+#[macro_export]
+macro_rules! export {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::__export_component!($ty);
+        /// Native builds: checks that the type implements its kind's traits.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn __tollgate_exported() {
+            $crate::__assert_exportable::<$ty>()
+        }
+    };
+}
+
+#[cfg(feature = "ip-binding")]
+#[doc(hidden)]
+pub use IpBinding as __Kind;
+#[cfg(feature = "router")]
+#[doc(hidden)]
+pub use Router as __Kind;
+#[cfg(feature = "quota")]
+#[doc(hidden)]
+pub use Quota as __Kind;
+#[cfg(feature = "header-rewrite")]
+#[doc(hidden)]
+pub use HeaderRewrite as __Kind;
+
+#[doc(hidden)]
+pub fn __assert_exportable<T: Plugin + __Kind>() {}
+
+/// Parses a plugin's JSON config into `T`, with an error message fit for `configure`.
+pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, String> {
+    serde_json::from_str(config).map_err(|e| format!("invalid plugin config: {e}"))
+}

@@ -1,0 +1,33 @@
+//! Access to the real plugin components built from `plugins/` (by `scripts/test.sh`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate::policy::{PluginSpec, PolicyKind};
+
+/// Path of the built component for crate `name` (e.g. `tollgate_round_robin`).
+pub fn wasm(name: &str) -> PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+pub fn spec(name: &str, kind: PolicyKind, config: &str) -> PluginSpec {
+    PluginSpec {
+        name: Arc::from(name),
+        kind,
+        config_json: config.to_owned(),
+        sha256: None,
+        max_module_size: 32 << 20,
+        memory_limit: 32 << 20,
+        deadline: Duration::from_millis(20),
+        max_calls: 1000,
+    }
+}

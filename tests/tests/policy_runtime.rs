@@ -1,0 +1,266 @@
+//! The WebAssembly policy runtime against real components built from `plugins/`.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate::policy::types::{RequestView, RouteDecision, UpstreamView};
+use tollgate::policy::{HostServices, LoadError, PolicyEngine, PolicyError, PolicyKind};
+use tollgate_tests::plugins::{spec, wasm};
+
+fn engine() -> PolicyEngine {
+    PolicyEngine::new(Arc::new(HostServices::default())).unwrap()
+}
+
+fn request(id: &str) -> RequestView {
+    RequestView {
+        id: id.into(),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        headers: vec![],
+        client_ip: "127.0.0.1".into(),
+        key_id: "00".repeat(32),
+        key_name: "k".into(),
+        model: Some("gpt-test".into()),
+        stream: false,
+        session_hint: None,
+    }
+}
+
+fn upstream(name: &str) -> UpstreamView {
+    UpstreamView {
+        name: name.into(),
+        weight: 1,
+        models: vec![],
+        in_flight: 0,
+        latency_ewma_us: 0,
+        error_rate: 0.0,
+        cooling_until_ms: 0,
+    }
+}
+
+fn candidates() -> Vec<UpstreamView> {
+    vec![upstream("a"), upstream("b"), upstream("c")]
+}
+
+#[tokio::test]
+async fn round_robin_rotates_across_calls_and_pooled_instances() {
+    let e = engine();
+    let p = e
+        .load(
+            &wasm("tollgate_round_robin"),
+            spec("rr", PolicyKind::Router, "{}"),
+        )
+        .unwrap();
+    p.validate().await.unwrap();
+    let mut firsts = Vec::new();
+    for i in 0..6 {
+        match p
+            .select(&request(&format!("r{i}")), &candidates())
+            .await
+            .unwrap()
+        {
+            RouteDecision::Pick(order) => {
+                assert_eq!(order.len(), 3);
+                firsts.push(order[0]);
+            }
+            RouteDecision::None(r) => panic!("no pick: {r}"),
+        }
+    }
+    assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
+    assert_eq!(
+        p.stats
+            .instantiations
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "instance not reused"
+    );
+}
+
+#[tokio::test]
+async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
+    let e = engine();
+    let looping = Arc::new(
+        e.load(
+            &wasm("tollgate_hostile"),
+            spec("loop", PolicyKind::Router, r#"{"behaviour":"loop"}"#),
+        )
+        .unwrap(),
+    );
+    let fine = Arc::new(
+        e.load(
+            &wasm("tollgate_hostile"),
+            spec("fine", PolicyKind::Router, r#"{"behaviour":"ok"}"#),
+        )
+        .unwrap(),
+    );
+    looping.validate().await.unwrap();
+    fine.validate().await.unwrap();
+
+    let start = Instant::now();
+    let spinner = {
+        let looping = looping.clone();
+        tokio::spawn(async move { looping.select(&request("spin"), &candidates()).await })
+    };
+    // While the guest spins, other calls on the same runtime still complete.
+    for i in 0..20 {
+        assert!(
+            fine.select(&request(&format!("f{i}")), &candidates())
+                .await
+                .is_ok()
+        );
+    }
+    let result = spinner.await.unwrap();
+    assert!(
+        matches!(result, Err(PolicyError::Deadline { .. })),
+        "{result:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "deadline not enforced: {:?}",
+        start.elapsed()
+    );
+    // The next call gets a fresh instance (and spins again: the plugin is consistently broken).
+    assert!(matches!(
+        looping.select(&request("again"), &candidates()).await,
+        Err(PolicyError::Deadline { .. })
+    ));
+}
+
+#[tokio::test]
+async fn growing_memory_past_the_limit_traps_and_the_host_survives() {
+    let e = engine();
+    let p = e
+        .load(
+            &wasm("tollgate_hostile"),
+            spec("grow", PolicyKind::Router, r#"{"behaviour":"grow"}"#),
+        )
+        .unwrap();
+    p.validate().await.unwrap();
+    let r = p.select(&request("g"), &candidates()).await;
+    assert!(matches!(r, Err(PolicyError::Trap { .. })), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_trap_discards_the_instance_and_the_next_call_gets_a_new_one() {
+    let e = engine();
+    let p = e
+        .load(
+            &wasm("tollgate_hostile"),
+            spec("trap", PolicyKind::Router, r#"{"behaviour":"trap"}"#),
+        )
+        .unwrap();
+    p.validate().await.unwrap();
+    assert!(matches!(
+        p.select(&request("t1"), &candidates()).await,
+        Err(PolicyError::Trap { .. })
+    ));
+    assert!(matches!(
+        p.select(&request("t2"), &candidates()).await,
+        Err(PolicyError::Trap { .. })
+    ));
+    assert_eq!(
+        p.stats
+            .instantiations
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert_eq!(
+        p.stats.failures.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_refused_configuration_is_reported() {
+    let e = engine();
+    let p = e
+        .load(
+            &wasm("tollgate_hostile"),
+            spec(
+                "cfg",
+                PolicyKind::Router,
+                r#"{"behaviour":"reject-config"}"#,
+            ),
+        )
+        .unwrap();
+    match p.validate().await {
+        Err(LoadError::Configure(msg)) => assert!(msg.contains("refused on purpose")),
+        other => panic!("{other:?}"),
+    }
+    let bad_json = e
+        .load(
+            &wasm("tollgate_hostile"),
+            spec("cfg", PolicyKind::Router, "{"),
+        )
+        .unwrap();
+    assert!(matches!(
+        bad_json.validate().await,
+        Err(LoadError::Configure(_))
+    ));
+}
+
+#[test]
+fn oversized_modules_are_refused_before_compiling() {
+    let e = engine();
+    let mut s = spec("big", PolicyKind::Router, "{}");
+    s.max_module_size = 1024;
+    assert!(matches!(
+        e.load(&wasm("tollgate_round_robin"), s),
+        Err(LoadError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn a_plugin_of_another_kind_is_refused() {
+    let e = engine();
+    let r = e.load(
+        &wasm("tollgate_round_robin"),
+        spec("rr", PolicyKind::IpBinding, "{}"),
+    );
+    assert!(
+        matches!(
+            r,
+            Err(LoadError::WrongKind {
+                world: "ip-binding-policy",
+                ..
+            })
+        ),
+        "{:?}",
+        r.err()
+    );
+}
+
+#[test]
+fn a_sha256_pin_mismatch_is_refused() {
+    let e = engine();
+    let mut s = spec("rr", PolicyKind::Router, "{}");
+    s.sha256 = Some("00".repeat(32));
+    assert!(matches!(
+        e.load(&wasm("tollgate_round_robin"), s),
+        Err(LoadError::Pin { .. })
+    ));
+}
+
+#[test]
+fn unknown_imports_and_garbage_are_refused() {
+    let e = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("evil.wasm");
+    std::fs::write(
+        &evil,
+        r#"(component (import "evil:thing/backdoor" (instance (export "open" (func)))))"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        e.load(&evil, spec("evil", PolicyKind::Router, "{}")),
+        Err(LoadError::Link(_))
+    ));
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    assert!(matches!(
+        e.load(&junk, spec("junk", PolicyKind::Router, "{}")),
+        Err(LoadError::Compile(_))
+    ));
+}
