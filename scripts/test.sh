@@ -18,7 +18,7 @@ fi
 # WebAssembly policy plugins (plugins/) are built for wasm32-wasip2: the host's tests load the real
 # components. Their pure logic is unit-tested natively.
 rustup target add wasm32-wasip2
-cargo build --locked --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
-cargo test --locked --manifest-path plugins/Cargo.toml
+plugins/build.sh build
+plugins/build.sh test
 
 cargo test --workspace --locked "$@"

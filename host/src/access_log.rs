@@ -60,6 +60,8 @@ pub struct AccessRecord {
     pub first_byte: Option<Duration>,
     /// Why the gateway answered itself, when it did.
     pub error: Option<&'static str>,
+    /// Holds the upstream's in-flight count for as long as the response is relayed.
+    pub in_flight: Option<crate::upstream::InFlight>,
     pub outcome: Outcome,
 }
 
@@ -90,6 +92,7 @@ impl AccessRecord {
             upstream_head: None,
             first_byte: None,
             error: None,
+            in_flight: None,
             // Until the body says otherwise: a record dropped before its response was handed to
             // the client belongs to a client that left.
             outcome: Outcome::ClientAborted,

@@ -64,9 +64,30 @@ fn load_checked(path: &std::path::Path) -> Result<Config, String> {
     Ok(config)
 }
 
+/// Builds the whole gateway from `config` (compiling and configuring plugins), with errors
+/// attributed to the file at `path`.
+async fn build(path: &std::path::Path, config: &Config) -> Result<std::sync::Arc<Gateway>, String> {
+    Gateway::new(config).await.map_err(|e| match e {
+        crate::gateway::BuildError::Config(mut errors) => {
+            errors.source_name = path.display().to_string();
+            errors.to_string()
+        }
+        other => format!("{other}\n"),
+    })
+}
+
+fn async_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
-    match load_checked(path) {
-        Ok(_) => {
+    let checked = load_checked(path)
+        .and_then(|config| async_runtime()?.block_on(build(path, &config)).map(drop));
+    match checked {
+        Ok(()) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
@@ -111,21 +132,18 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async move {
-        let gateway = match Gateway::new(&config) {
+        let gateway = match build(path, &config).await {
             Ok(g) => g,
             Err(e) => {
-                tracing::error!(error = %e, "invalid configuration");
+                eprint!("{e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -142,7 +160,9 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
             config = %path.display(),
             "tollgate listening"
         );
+        let reloader = crate::reload::spawn(gateway.clone(), path.to_path_buf(), &config);
         server.serve(gateway, shutdown_signal()).await;
+        reloader.abort();
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

@@ -38,6 +38,22 @@ pub enum GatewayError {
     UpstreamProtocol,
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// A policy refused the request with its own status, code and message.
+    #[error("{message}")]
+    PolicyDenied {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    /// A policy failed (trap, deadline, memory) and its `on_error` is `deny`.
+    #[error("a gateway policy failed")]
+    PolicyFailed,
+    /// The router found no acceptable upstream.
+    #[error("no upstream can serve this request: {0}")]
+    NoUpstream(String),
+    /// Every upstream that serves the model is cooling down after a quota error.
+    #[error("every upstream for this model is over quota; retry after {retry_after_secs} s")]
+    AllCooling { retry_after_secs: u64 },
     #[error("internal error")]
     Internal,
 }
@@ -51,11 +67,15 @@ impl GatewayError {
             | BodyTooLarge { .. }
             | InvalidJson
             | ClientBody
-            | ModelNotFound(_) => Source::Client,
-            NoHealthyUpstream | UpstreamConnect | UpstreamTimeout | UpstreamProtocol => {
-                Source::Upstream
-            }
-            ShuttingDown | Internal => Source::Internal,
+            | ModelNotFound(_)
+            | PolicyDenied { .. } => Source::Client,
+            NoHealthyUpstream
+            | UpstreamConnect
+            | UpstreamTimeout
+            | UpstreamProtocol
+            | NoUpstream(_)
+            | AllCooling { .. } => Source::Upstream,
+            ShuttingDown | Internal | PolicyFailed => Source::Internal,
         }
     }
 
@@ -79,6 +99,9 @@ impl GatewayError {
             UpstreamConnect | UpstreamProtocol => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            PolicyDenied { status, .. } => *status,
+            PolicyFailed | NoUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AllCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -103,6 +126,10 @@ impl GatewayError {
             UpstreamProtocol => ("server_error", "bad_upstream_response"),
             ShuttingDown => ("server_error", "shutting_down"),
             Internal => ("server_error", "internal_error"),
+            PolicyDenied { .. } => ("invalid_request_error", "policy_denied"),
+            PolicyFailed => ("server_error", "policy_error"),
+            NoUpstream(_) => ("server_error", "no_upstream"),
+            AllCooling { .. } => ("rate_limit_error", "upstream_quota_exhausted"),
         }
     }
 }
@@ -122,8 +149,16 @@ pub fn error_response(status: StatusCode, message: &str, kind: &str, code: &str)
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        let (kind, code) = self.kind();
+        let (kind, mut code) = self.kind();
+        if let Self::PolicyDenied { code: own, .. } = &self {
+            code = own;
+        }
         let mut resp = error_response(self.status(), &self.to_string(), kind, code);
+        if let Self::AllCooling { retry_after_secs } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         if matches!(self, Self::Unauthorized) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -20,8 +20,9 @@ use serde_json::json;
 
 use crate::auth::KeyRing;
 use crate::client_ip::ClientIpResolver;
-use crate::config::Config;
-use crate::upstream::{BadCredential, Upstream, UpstreamClient};
+use crate::config::{Config, ConfigError, ConfigErrors, OnError, PluginKind};
+use crate::policy::{HostServices, LoadError, Plugin, PluginSpec, PolicyEngine};
+use crate::upstream::{Upstream, UpstreamClient};
 
 /// Facts about the connection a request arrived on, attached by the server to every request.
 #[derive(Debug, Clone, Copy)]
@@ -30,12 +31,37 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+/// A plugin as a route uses it.
+pub struct PolicyRef {
+    pub plugin: Arc<Plugin>,
+    pub on_error: OnError,
+}
+
+/// A route's policies, grouped by the phase they run in, each group in configured order.
+#[derive(Default)]
+pub struct RoutePolicies {
+    pub ip_binding: Vec<PolicyRef>,
+    pub header_rewrite: Vec<PolicyRef>,
+    pub router: Option<PolicyRef>,
+    pub quota: Option<PolicyRef>,
+}
+
+impl RoutePolicies {
+    pub fn is_empty(&self) -> bool {
+        self.ip_binding.is_empty()
+            && self.header_rewrite.is_empty()
+            && self.router.is_none()
+            && self.quota.is_none()
+    }
+}
+
 /// A path prefix and the upstreams that serve it.
 pub struct Route {
     pub prefix: Arc<str>,
     /// In configured order of preference.
     pub upstreams: Vec<Arc<Upstream>>,
     pub max_attempts: u32,
+    pub policies: RoutePolicies,
 }
 
 /// Limits applied on the request path.
@@ -54,21 +80,82 @@ pub struct Runtime {
     /// Longest prefix first, so the first match is the most specific.
     pub routes: Vec<Route>,
     pub upstreams: Vec<Arc<Upstream>>,
+    pub plugins: Vec<Arc<Plugin>>,
     pub limits: Limits,
     pub access_log: bool,
 }
 
+fn config_error(path: String, message: String) -> ConfigError {
+    ConfigError {
+        path,
+        location: None,
+        message,
+    }
+}
+
 impl Runtime {
-    pub fn new(config: &Config) -> Result<Self, BadCredential> {
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| Upstream::new(u.clone()).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut routes: Vec<Route> = config
-            .routes
-            .iter()
-            .map(|r| Route {
+    /// Builds a runtime from `config`. Plugins are compiled off the async workers and must accept
+    /// their configuration. With `previous`, unchanged upstreams (keeping their health, cooldowns
+    /// and averages) and unchanged plugins (same spec and file hash: no recompile) carry over.
+    pub async fn build(
+        config: &Config,
+        engine: &Arc<PolicyEngine>,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut upstreams = Vec::new();
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let kept = previous
+                .and_then(|p| p.upstreams.iter().find(|old| old.config == *u))
+                .cloned();
+            match kept.map_or_else(|| Upstream::new(u.clone()).map(Arc::new), Ok) {
+                Ok(up) => upstreams.push(up),
+                Err(e) => errors.push(config_error(
+                    format!("upstreams[{i}].credential"),
+                    e.to_string(),
+                )),
+            }
+        }
+        let mut plugins: Vec<Arc<Plugin>> = Vec::new();
+        for (i, p) in config.plugins.iter().enumerate() {
+            match load_plugin(config, p, engine, previous).await {
+                Ok(plugin) => plugins.push(plugin),
+                Err(e) => errors.push(config_error(
+                    format!("plugins[{i}]"),
+                    format!("{}: {e}", p.module.display()),
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let find_plugin = |name: &str| {
+            let cfg = config.plugins.iter().find(|p| p.name == name)?;
+            let plugin = plugins.iter().find(|p| &*p.spec.name == name)?.clone();
+            Some((
+                cfg.kind,
+                PolicyRef {
+                    plugin,
+                    on_error: cfg.on_error,
+                },
+            ))
+        };
+        let mut routes: Vec<Route> = Vec::new();
+        for r in &config.routes {
+            let mut policies = RoutePolicies::default();
+            for name in &r.policies {
+                // Validated: every name refers to a plugin, at most one router and quota.
+                let Some((kind, p)) = find_plugin(name) else {
+                    continue;
+                };
+                match kind {
+                    PluginKind::IpBinding => policies.ip_binding.push(p),
+                    PluginKind::HeaderRewrite => policies.header_rewrite.push(p),
+                    PluginKind::Router => policies.router = Some(p),
+                    PluginKind::Quota => policies.quota = Some(p),
+                }
+            }
+            routes.push(Route {
                 prefix: r.path_prefix.as_str().into(),
                 upstreams: r
                     .upstreams
@@ -76,8 +163,9 @@ impl Runtime {
                     .filter_map(|name| upstreams.iter().find(|u| &*u.name == name).cloned())
                     .collect(),
                 max_attempts: r.max_attempts,
-            })
-            .collect();
+                policies,
+            });
+        }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let s = &config.server;
         Ok(Self {
@@ -85,6 +173,7 @@ impl Runtime {
             client_ip: ClientIpResolver::new(s.trusted_proxies.clone(), s.real_ip_header),
             routes,
             upstreams,
+            plugins,
             limits: Limits {
                 max_body: s.max_body.0,
                 client_body_idle: s.timeouts.client_body.get(),
@@ -100,19 +189,76 @@ impl Runtime {
     }
 }
 
+/// Loads one plugin, or reuses the previous runtime's if nothing about it changed.
+async fn load_plugin(
+    config: &Config,
+    p: &crate::config::PluginConfig,
+    engine: &Arc<PolicyEngine>,
+    previous: Option<&Runtime>,
+) -> Result<Arc<Plugin>, LoadError> {
+    let spec = PluginSpec::from_config(p);
+    let path = config.resolve(&p.module);
+    if let Some(old) = previous.and_then(|prev| prev.plugins.iter().find(|old| old.spec == spec))
+        && old.is_file_unchanged(&path)
+    {
+        return Ok(old.clone());
+    }
+    let engine = engine.clone();
+    let plugin = tokio::task::spawn_blocking(move || engine.load(&path, spec))
+        .await
+        .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))??;
+    plugin.validate().await?;
+    Ok(Arc::new(plugin))
+}
+
+/// Why a gateway could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("cannot start the WebAssembly runtime: {0}")]
+    Engine(String),
+}
+
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub(crate) client: UpstreamClient,
+    engine: Arc<PolicyEngine>,
     draining: AtomicBool,
+    /// Serialises reloads so two never build from different configs at once.
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Result<Arc<Self>, BadCredential> {
+    pub async fn new(config: &Config) -> Result<Arc<Self>, BuildError> {
+        let engine = PolicyEngine::new(Arc::new(HostServices::default()))
+            .map_err(|e| BuildError::Engine(format!("{e:#}")))?;
+        let engine = Arc::new(engine);
+        let runtime = Runtime::build(config, &engine, None)
+            .await
+            .map_err(|errors| ConfigErrors {
+                source_name: "config".into(),
+                errors,
+            })?;
         Ok(Arc::new(Self {
-            runtime: ArcSwap::from_pointee(Runtime::new(config)?),
+            runtime: ArcSwap::from_pointee(runtime),
             client: UpstreamClient::new(config.server.timeouts.connect.get()),
+            engine,
             draining: AtomicBool::new(false),
+            reload_lock: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Builds a runtime from `config` and swaps it in atomically. On any error the running
+    /// runtime stays in service and the errors are returned. Requests in flight finish on the
+    /// runtime they started with. Listener settings (`server.listen`, TLS files) are not
+    /// reloaded: they need a restart.
+    pub async fn reload(&self, config: &Config) -> Result<(), Vec<ConfigError>> {
+        let _serial = self.reload_lock.lock().await;
+        let current = self.runtime();
+        let next = Runtime::build(config, &self.engine, Some(&current)).await?;
+        self.runtime.store(Arc::new(next));
+        Ok(())
     }
 
     /// The config snapshot a new request should use.

@@ -35,9 +35,14 @@ use serde::Deserialize;
 use crate::access_log::{AccessRecord, Logged};
 use crate::auth::ClientKey;
 use crate::body::{BodyError, BoxBody, GuardedBody};
+use crate::config::OnError;
 use crate::error::GatewayError;
-use crate::gateway::{ConnInfo, Gateway, Limits, Route, Runtime};
+use crate::gateway::{ConnInfo, Gateway, Limits, PolicyRef, Route, Runtime};
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
+use crate::policy::types::{
+    AfterCooldown, BindingDecision, CooldownScope, QuotaDecision, RouteDecision,
+};
+use crate::policy_view::{self, ViewInput};
 use crate::upstream::{ConnectTiming, Target, Upstream};
 
 /// Longest request id accepted from a trusted proxy.
@@ -48,6 +53,9 @@ const MAX_REQUEST_ID: usize = 128;
 #[derive(Deserialize, Default)]
 struct Probe {
     model: Option<String>,
+    stream: Option<bool>,
+    prompt_cache_key: Option<String>,
+    user: Option<String>,
 }
 
 /// The request body as the forward phase sees it.
@@ -167,24 +175,120 @@ impl Ctx<'_> {
         }
         rec.model = probe.model.clone();
 
-        // Phase 5: select.
-        let candidates = select(route, probe.model.as_deref())?;
+        // Policies see the request as one view, built once and only on routes that have any.
+        let policies = &route.policies;
+        let model = probe.model.as_deref();
+        let view = (!policies.is_empty()).then(|| {
+            policy_view::request_view(ViewInput {
+                id: self.request_id,
+                parts: &parts,
+                client_ip: self.client_ip,
+                key_id: key.id.to_hex(),
+                key_name: &key.name,
+                model,
+                stream: probe.stream.unwrap_or(false),
+                session_hint: probe.prompt_cache_key.as_deref().or(probe.user.as_deref()),
+            })
+        });
 
-        // Phase 6: forward.
+        if let Some(view) = &view {
+            // Phase 4a: ip-binding policies, in order; the first refusal ends the request.
+            for p in &policies.ip_binding {
+                match p.plugin.check(view).await {
+                    Ok(BindingDecision::Allow) => {}
+                    Ok(BindingDecision::Deny(d)) => return Err(denied(d)),
+                    Err(_) => on_error(p)?,
+                }
+            }
+            // Phase 4b: request header rewrites, in order.
+            for p in &policies.header_rewrite {
+                match p.plugin.rewrite_request(view).await {
+                    Ok(ops) => policy_view::apply_ops(&mut parts.headers, ops, &p.plugin.spec.name),
+                    Err(_) => on_error(p)?,
+                }
+            }
+        }
+
+        // Phase 5: select, then let the router order the candidates.
+        let mut candidates = select(route, model)?;
+        if let (Some(router), Some(view)) = (&policies.router, &view) {
+            let views: Vec<_> = candidates
+                .iter()
+                .map(|u| policy_view::upstream_view(u, model))
+                .collect();
+            match router.plugin.select(view, &views).await {
+                Ok(RouteDecision::Pick(order)) => {
+                    candidates = reorder(&candidates, &order);
+                    if candidates.is_empty() {
+                        return Err(GatewayError::NoUpstream(
+                            "the router picked no candidate".into(),
+                        ));
+                    }
+                }
+                Ok(RouteDecision::None(reason)) => return Err(GatewayError::NoUpstream(reason)),
+                Err(_) => on_error(router)?,
+            }
+        }
+
+        // Phase 6: forward, in order; a connect failure or a quota decision moves on to the next
+        // candidate while the client has received nothing.
         let attempts = candidates.len().min(route.max_attempts as usize);
         for (i, upstream) in candidates.iter().take(attempts).enumerate() {
             rec.upstream = Some(upstream.name.clone());
             rec.attempts = i as u32 + 1;
             let may_retry = body.replayable() && i + 1 < attempts;
-            match self
+            let mut resp = match self
                 .forward(upstream, &mut parts, may_retry, &mut body, rec)
                 .await
             {
                 Err(GatewayError::UpstreamConnect) if may_retry => {
                     tracing::warn!(request_id = %self.request_id, upstream = %upstream.name, "connect failed; trying next upstream");
+                    continue;
                 }
-                other => return other,
+                other => other?,
+            };
+            let Some(view) = &view else { return Ok(resp) };
+            if let Some(q) = &policies.quota {
+                let up = policy_view::upstream_view(upstream, model);
+                let headers = policy_view::header_list(resp.headers());
+                let retry = match q
+                    .plugin
+                    .on_response(view, &up, resp.status().as_u16(), &headers, None)
+                    .await
+                {
+                    Ok(QuotaDecision::Pass) => false,
+                    Ok(QuotaDecision::RetryOther) => true,
+                    Ok(QuotaDecision::Cooldown(c)) => {
+                        let scope = match c.scope {
+                            CooldownScope::Model => model,
+                            CooldownScope::Upstream => None,
+                        };
+                        upstream.cool_down(scope, c.until_ms);
+                        tracing::info!(request_id = %self.request_id, upstream = %upstream.name, model = scope, until_ms = c.until_ms, "upstream cooling down");
+                        c.then == AfterCooldown::RetryOther
+                    }
+                    Err(_) => {
+                        on_error(q)?;
+                        false
+                    }
+                };
+                if retry && may_retry {
+                    continue;
+                }
             }
+            // Phase 7a: response header rewrites, in order.
+            for p in &policies.header_rewrite {
+                let headers = policy_view::header_list(resp.headers());
+                match p
+                    .plugin
+                    .rewrite_response(view, &upstream.name, resp.status().as_u16(), &headers)
+                    .await
+                {
+                    Ok(ops) => policy_view::apply_ops(resp.headers_mut(), ops, &p.plugin.spec.name),
+                    Err(_) => on_error(p)?,
+                }
+            }
+            return Ok(resp);
         }
         Err(GatewayError::UpstreamConnect)
     }
@@ -200,6 +304,7 @@ impl Ctx<'_> {
     ) -> Result<http::Response<BoxBody>, GatewayError> {
         let (url, credential) = match &upstream.target {
             Target::Mock(cfg) => {
+                rec.in_flight = Some(upstream.start_request());
                 let json = match body {
                     RequestBody::Buffered(b) => serde_json::from_slice(b).ok(),
                     RequestBody::Streaming(_) => None,
@@ -241,6 +346,8 @@ impl Ctx<'_> {
             },
         );
 
+        rec.in_flight = Some(upstream.start_request());
+        let attempt_start = std::time::Instant::now();
         let sent =
             tokio::time::timeout(self.rt.limits.response_head, self.gw.client.request(req)).await;
         rec.upstream_head = Some(rec.start.elapsed());
@@ -260,6 +367,7 @@ impl Ctx<'_> {
             upstream.record_failure();
         } else {
             upstream.record_success();
+            upstream.record_latency(attempt_start.elapsed());
         }
         let (head, incoming) = resp.into_parts();
         let relayed = GuardedBody::new(incoming, self.rt.limits.upstream_idle, None)
@@ -378,21 +486,66 @@ async fn read_body(
     Ok((RequestBody::Buffered(bytes), probe))
 }
 
-/// Phase 5: the route's upstreams that serve `model`, healthy ones first, each once.
+/// Phase 5: the route's upstreams that serve `model` and are not cooling down, healthy ones
+/// first. None serves the model → 404; all of those are cooling → 429 with the shortest wait.
 fn select(route: &Route, model: Option<&str>) -> Result<Vec<Arc<Upstream>>, GatewayError> {
-    let serving: Vec<Arc<Upstream>> = route
-        .upstreams
-        .iter()
-        .filter(|u| u.serves(model))
-        .cloned()
-        .collect();
+    let serving: Vec<&Arc<Upstream>> = route.upstreams.iter().filter(|u| u.serves(model)).collect();
     if serving.is_empty() {
         return Err(GatewayError::ModelNotFound(
             model.unwrap_or_default().to_owned(),
         ));
     }
+    let (ready, cooling): (Vec<_>, Vec<_>) = serving
+        .into_iter()
+        .partition(|u| u.cooling_until(model) == 0);
+    if ready.is_empty() {
+        let soonest = cooling
+            .iter()
+            .map(|u| u.cooling_until(model))
+            .filter(|&t| t > 0)
+            .min()
+            .unwrap_or(0);
+        let wait_ms = soonest.saturating_sub(crate::upstream::unix_ms());
+        return Err(GatewayError::AllCooling {
+            retry_after_secs: wait_ms.div_ceil(1000).max(1),
+        });
+    }
     let (mut healthy, unhealthy): (Vec<_>, Vec<_>) =
-        serving.into_iter().partition(|u| u.is_healthy());
+        ready.into_iter().cloned().partition(|u| u.is_healthy());
     healthy.extend(unhealthy);
     Ok(healthy)
+}
+
+/// The candidates in the router's order; out-of-range and repeated indices are ignored.
+fn reorder(candidates: &[Arc<Upstream>], order: &[u32]) -> Vec<Arc<Upstream>> {
+    let mut seen = vec![false; candidates.len()];
+    order
+        .iter()
+        .filter_map(|&i| {
+            let i = i as usize;
+            (i < candidates.len() && !std::mem::replace(&mut seen[i], true))
+                .then(|| candidates[i].clone())
+        })
+        .collect()
+}
+
+/// A policy failed: its `on_error` decides whether the request goes on.
+fn on_error(p: &PolicyRef) -> Result<(), GatewayError> {
+    match p.on_error {
+        OnError::Deny => Err(GatewayError::PolicyFailed),
+        OnError::Skip => Ok(()),
+    }
+}
+
+/// A policy's refusal as the client will see it; a status outside 400–599 becomes 403.
+fn denied(d: crate::policy::types::Denial) -> GatewayError {
+    let status = http::StatusCode::from_u16(d.status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(http::StatusCode::FORBIDDEN);
+    GatewayError::PolicyDenied {
+        status,
+        code: d.code,
+        message: d.message,
+    }
 }

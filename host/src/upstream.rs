@@ -171,15 +171,41 @@ pub enum Target {
     Mock(MockConfig),
 }
 
-/// One configured upstream and its passive health (nginx `max_fails` / `fail_timeout`).
+/// One configured upstream: passive health (nginx `max_fails` / `fail_timeout`), and the live
+/// signals policies read (in-flight requests, latency and error averages, cooldowns).
 pub struct Upstream {
     pub name: Arc<str>,
     pub target: Target,
-    config: UpstreamConfig,
+    pub config: UpstreamConfig,
     fails: AtomicU32,
     /// Milliseconds since `epoch` until which the upstream is skipped; 0 when healthy.
     down_until_ms: AtomicU64,
     epoch: Instant,
+    in_flight: Arc<AtomicU32>,
+    /// EWMA of time to response head, microseconds.
+    latency_ewma_us: AtomicU64,
+    /// EWMA of failures (0.0–1.0), as f32 bits.
+    error_rate: AtomicU32,
+    /// Cooldowns: `None` = every model. Values are Unix milliseconds.
+    cooldowns: std::sync::Mutex<std::collections::HashMap<Option<String>, u64>>,
+}
+
+/// Weight of a new sample in the moving averages: about the last ten requests count.
+const EWMA_ALPHA: f64 = 0.2;
+
+/// Counts a request in flight on an upstream until dropped.
+pub struct InFlight(Arc<AtomicU32>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +248,67 @@ impl Upstream {
             fails: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            latency_ewma_us: AtomicU64::new(0),
+            error_rate: AtomicU32::new(0f32.to_bits()),
+            cooldowns: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Marks a request in flight until the returned guard is dropped.
+    pub fn start_request(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn observe(&self, failed: bool) {
+        let old = f32::from_bits(self.error_rate.load(Ordering::Relaxed)) as f64;
+        let new = old + EWMA_ALPHA * (if failed { 1.0 } else { 0.0 } - old);
+        self.error_rate
+            .store((new as f32).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Records the time to response head of a successful exchange.
+    pub fn record_latency(&self, head: Duration) {
+        let sample = head.as_micros() as f64;
+        let old = self.latency_ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old as f64 + EWMA_ALPHA * (sample - old as f64)
+        };
+        self.latency_ewma_us.store(new as u64, Ordering::Relaxed);
+    }
+
+    pub fn latency_ewma_us(&self) -> u64 {
+        self.latency_ewma_us.load(Ordering::Relaxed)
+    }
+
+    pub fn error_rate(&self) -> f32 {
+        f32::from_bits(self.error_rate.load(Ordering::Relaxed))
+    }
+
+    /// Cools the upstream down until `until_ms` (Unix ms) for `model`, or for every model.
+    pub fn cool_down(&self, model: Option<&str>, until_ms: u64) {
+        let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(model.map(str::to_owned)).or_insert(0);
+        *entry = (*entry).max(until_ms);
+    }
+
+    /// Unix ms until which the upstream is cooling for `model` (or for every model); 0 if not.
+    pub fn cooling_until(&self, model: Option<&str>) -> u64 {
+        let now = unix_ms();
+        let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, until| *until > now);
+        let all = map.get(&None).copied().unwrap_or(0);
+        let one = model
+            .and_then(|m| map.get(&Some(m.to_owned())).copied())
+            .unwrap_or(0);
+        all.max(one)
     }
 
     pub fn serves(&self, model: Option<&str>) -> bool {
@@ -243,6 +329,7 @@ impl Upstream {
 
     /// A response came back (below 500): the failure streak ends.
     pub fn record_success(&self) {
+        self.observe(false);
         if self.fails.load(Ordering::Relaxed) != 0 {
             self.fails.store(0, Ordering::Relaxed);
         }
@@ -251,6 +338,7 @@ impl Upstream {
     /// A connect error, timeout or 5xx. After `max_fails` in a row the upstream is skipped for
     /// `fail_timeout`.
     pub fn record_failure(&self) {
+        self.observe(true);
         let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= self.config.max_fails {
             self.fails.store(0, Ordering::Relaxed);

@@ -49,7 +49,27 @@ impl TestGateway {
     pub async fn start(yaml: &str) -> Self {
         let config =
             Config::parse(yaml, "test.yaml", Box::new(|_| None)).unwrap_or_else(|e| panic!("{e}"));
-        let gateway = Gateway::new(&config).expect("gateway builds");
+        Self::start_config(config, None).await
+    }
+
+    /// Starts from a config file and reloads it (and its plugins) when they change, as `run` does.
+    pub async fn start_file(path: &Path) -> Self {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        Self::start_config(config, Some(path)).await
+    }
+
+    async fn start_config(config: Config, reload_from: Option<&Path>) -> Self {
+        let gateway = Gateway::new(&config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Some(path) = reload_from {
+            // Runs until the test's runtime ends.
+            drop(tollgate::reload::spawn(
+                gateway.clone(),
+                path.to_path_buf(),
+                &config,
+            ));
+        }
         let server = Server::bind(&config.server).await.expect("gateway binds");
         let addr = server.local_addr();
         let (tx, rx) = oneshot::channel();
@@ -157,4 +177,42 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cond()
+}
+
+/// A plugin entry for [`policy_config_yaml`].
+pub struct PluginDef<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    /// Crate name of the built component, e.g. `tollgate_round_robin`.
+    pub wasm: &'a str,
+    /// Plugin config as inline YAML/JSON.
+    pub config: &'a str,
+    pub on_error: &'a str,
+}
+
+/// [`config_yaml`] plus `plugins:` and the route's `policies:` (in this order).
+pub fn policy_config_yaml(
+    upstream_urls: &[String],
+    plugins: &[PluginDef<'_>],
+    policies: &[&str],
+) -> String {
+    let mut yaml = config_yaml(upstream_urls, "").replace(
+        "\nlogging:",
+        &format!(
+            "\n    policies: [{}]\n    max_attempts: 3\nlogging:",
+            policies.join(", ")
+        ),
+    );
+    yaml.push_str("plugins:\n");
+    for p in plugins {
+        yaml.push_str(&format!(
+            "  - name: {}\n    kind: {}\n    module: {}\n    config: {}\n    on_error: {}\n",
+            p.name,
+            p.kind,
+            plugins::wasm(p.wasm).display(),
+            p.config,
+            p.on_error
+        ));
+    }
+    yaml
 }

@@ -31,6 +31,9 @@ pub struct Recorded {
     pub completed: AtomicUsize,
     pub last_headers: Mutex<Option<HeaderMap>>,
     pub last_body: Mutex<Option<Bytes>>,
+    /// When non-zero, every request is answered with this status (and `retry-after: 1`), as an
+    /// upstream over its quota would.
+    pub force_status: std::sync::atomic::AtomicU16,
 }
 
 pub struct MockUpstream {
@@ -80,6 +83,11 @@ impl MockUpstream {
         self.state.requests.load(Ordering::SeqCst)
     }
 
+    /// Answers every request with `status` from now on (0 to stop).
+    pub fn force_status(&self, status: u16) {
+        self.state.force_status.store(status, Ordering::SeqCst);
+    }
+
     pub fn last_headers(&self) -> HeaderMap {
         self.state
             .last_headers
@@ -123,7 +131,11 @@ async fn handle(State(state): State<Arc<Recorded>>, headers: HeaderMap, body: By
     if let Some(ms) = header_num(&headers, "x-mock-head-delay-ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(status) = header_num(&headers, "x-mock-status") {
+    let forced = state.force_status.load(Ordering::SeqCst);
+    if let Some(status) = (forced != 0)
+        .then_some(u64::from(forced))
+        .or_else(|| header_num(&headers, "x-mock-status"))
+    {
         guard.done = true;
         let status =
             StatusCode::from_u16(status as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_tests::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

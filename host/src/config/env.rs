@@ -94,6 +94,20 @@ pub(crate) fn string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D
     expand(&raw).map_err(serde::de::Error::custom)
 }
 
+/// `deserialize_with` helper for optional strings that allow `${VAR}`.
+pub(crate) fn opt_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    let raw = <Option<String> as serde::Deserialize>::deserialize(d)?;
+    raw.map(|r| expand(&r).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// `deserialize_with` helper for paths that allow `${VAR}`.
+pub(crate) fn path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::path::PathBuf, D::Error> {
+    string(d).map(Into::into)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

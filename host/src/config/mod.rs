@@ -29,8 +29,87 @@ pub struct Config {
     pub auth: AuthConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// WebAssembly policy plugins, referenced by name from routes.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Directory of the config file; relative plugin paths are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// The kind of a policy plugin: which WIT world it implements.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    IpBinding,
+    Router,
+    Quota,
+    HeaderRewrite,
+}
+
+/// What happens to a request when a plugin traps, times out or runs out of memory.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Fail closed: the client gets 503.
+    #[default]
+    Deny,
+    /// Fail open: carry on as if the plugin were not there.
+    Skip,
+}
+
+/// One WebAssembly policy plugin.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    #[serde(deserialize_with = "env::string")]
+    pub name: String,
+    pub kind: PluginKind,
+    /// Path of the component (`.wasm`), relative to the config file's directory.
+    #[serde(deserialize_with = "env::path")]
+    pub module: PathBuf,
+    /// Expected hex sha256 of the module file; a different file is refused.
+    #[serde(default, deserialize_with = "env::opt_string")]
+    pub sha256: Option<String>,
+    /// Passed to the plugin's `configure` as JSON, verbatim: no `${VAR}` expansion, because
+    /// plugins use `${…}` for their own per-request templates (e.g. `${request_id}`).
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default)]
+    pub limits: PluginLimits,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// Sandbox limits for one plugin.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Linear memory the plugin may grow to.
+    pub memory: ByteSize,
+    /// Longest a single call may run before it is stopped.
+    pub deadline: Duration,
+    /// Largest module file accepted (checked before compiling).
+    pub module_size: ByteSize,
+    /// Calls one instance serves before it is replaced by a fresh one.
+    pub max_calls: u32,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            memory: ByteSize(32 << 20),
+            deadline: Duration(std::time::Duration::from_millis(5)),
+            module_size: ByteSize(32 << 20),
+            max_calls: 10_000,
+        }
+    }
 }
 
 /// Listener, client identity and limits.
@@ -155,7 +234,7 @@ pub struct KeyConfig {
 }
 
 /// One upstream account or server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     #[serde(deserialize_with = "env::string")]
@@ -204,7 +283,7 @@ pub enum AuthScheme {
 }
 
 /// Built-in mock upstream behaviour.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MockConfig {
     /// Text of every completion.
@@ -232,9 +311,14 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Upstream names, in order of preference.
     pub upstreams: Vec<String>,
-    /// Upstreams tried for one request when earlier ones fail before answering.
+    /// Upstreams tried for one request when earlier ones fail before answering (or a quota
+    /// policy asks for another).
     #[serde(default = "two")]
     pub max_attempts: u32,
+    /// Plugin names, run in this order within their phase: ip-binding, then header-rewrite, then
+    /// the router (at most one), then quota (at most one) on each upstream answer.
+    #[serde(default)]
+    pub policies: Vec<String>,
 }
 
 fn two() -> u32 {
@@ -320,6 +404,7 @@ impl Config {
     /// Reads, parses and validates the file at `path`, expanding `${VAR}` from the environment.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let name = path.display().to_string();
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             source_name: name.clone(),
             errors: vec![ConfigError {
@@ -328,7 +413,18 @@ impl Config {
                 message: format!("cannot read file: {e}"),
             }],
         })?;
-        Self::parse(&text, &name, Box::new(|k| std::env::var(k).ok()))
+        let mut config = Self::parse(&text, &name, Box::new(|k| std::env::var(k).ok()))?;
+        config.base_dir = base_dir;
+        Ok(config)
+    }
+
+    /// `path` as given, or relative to the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
     }
 
     /// Parses and validates `text`; `lookup` supplies `${VAR}` values.

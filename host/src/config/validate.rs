@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, PluginKind};
 
 /// Shortest server secret accepted: 16 bytes keeps HMAC key ids unguessable offline.
 const MIN_SECRET_LEN: usize = 16;
@@ -27,6 +27,7 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     validate_server(c, &mut e);
     validate_auth(c, &mut e);
     validate_upstreams(c, &mut e);
+    validate_plugins(c, &mut e);
     validate_routes(c, &mut e);
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&c.logging.level) {
         e.add(
@@ -169,6 +170,57 @@ fn validate_routes(c: &Config, e: &mut Errors) {
         }
         if r.max_attempts == 0 {
             e.add(format!("{path}.max_attempts"), "must be at least 1");
+        }
+        let mut singletons: HashMap<PluginKind, usize> = HashMap::new();
+        for (j, name) in r.policies.iter().enumerate() {
+            let Some(plugin) = c.plugins.iter().find(|p| &p.name == name) else {
+                let defined: Vec<&str> = c.plugins.iter().map(|p| p.name.as_str()).collect();
+                e.add(
+                    format!("{path}.policies[{j}]"),
+                    format!("unknown plugin {name:?} (defined: {})", defined.join(", ")),
+                );
+                continue;
+            };
+            if matches!(plugin.kind, PluginKind::Router | PluginKind::Quota)
+                && let Some(first) = singletons.insert(plugin.kind, j)
+            {
+                e.add(
+                    format!("{path}.policies[{j}]"),
+                    format!(
+                        "a route takes one {:?} policy (another at policies[{first}])",
+                        plugin.kind
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn validate_plugins(c: &Config, e: &mut Errors) {
+    let mut names = HashMap::new();
+    for (i, p) in c.plugins.iter().enumerate() {
+        let path = format!("plugins[{i}]");
+        check_name(&p.name, &format!("{path}.name"), "plugin", &mut names, e);
+        if let Some(pin) = &p.sha256
+            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            e.add(format!("{path}.sha256"), "must be 64 hex digits");
+        }
+        let l = &p.limits;
+        if l.memory.0 == 0 || l.memory.0 > crate::policy::MAX_MEMORY_LIMIT {
+            e.add(
+                format!("{path}.limits.memory"),
+                format!(
+                    "must be between 1 byte and {} MiB",
+                    crate::policy::MAX_MEMORY_LIMIT >> 20
+                ),
+            );
+        }
+        if l.deadline.get().is_zero() {
+            e.add(format!("{path}.limits.deadline"), "must be greater than 0");
+        }
+        if l.max_calls == 0 {
+            e.add(format!("{path}.limits.max_calls"), "must be at least 1");
         }
     }
 }

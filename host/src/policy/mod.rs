@@ -20,7 +20,7 @@ mod state;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
@@ -28,7 +28,7 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 
 pub use bindings::types;
 use bindings::{header_rewrite, ip_binding, plugin, quota, router};
-use state::PluginState;
+use state::{CallBudget, PluginState};
 pub use state::{HostServices, MemoryBindings, MemoryKv};
 
 /// Epoch tick: the granularity of call deadlines.
@@ -40,17 +40,10 @@ pub const MAX_MEMORY_LIMIT: u64 = 256 << 20;
 /// Instances the pooling allocator can hold at once, across all plugins and versions.
 const POOL_INSTANCES: u32 = 1_000;
 
-/// The four kinds of policy, each with its own WIT world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PolicyKind {
-    IpBinding,
-    Router,
-    Quota,
-    HeaderRewrite,
-}
+pub use crate::config::PluginKind as PolicyKind;
 
 impl PolicyKind {
+    /// The WIT world a plugin of this kind implements.
     pub fn world(self) -> &'static str {
         match self {
             Self::IpBinding => "ip-binding-policy",
@@ -100,7 +93,7 @@ pub enum PolicyError {
 }
 
 /// How a plugin is loaded and run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginSpec {
     pub name: Arc<str>,
     pub kind: PolicyKind,
@@ -112,6 +105,21 @@ pub struct PluginSpec {
     pub deadline: Duration,
     /// Calls an instance serves before it is replaced.
     pub max_calls: u32,
+}
+
+impl PluginSpec {
+    pub fn from_config(c: &crate::config::PluginConfig) -> Self {
+        Self {
+            name: c.name.as_str().into(),
+            kind: c.kind,
+            config_json: c.config.to_string(),
+            sha256: c.sha256.clone(),
+            max_module_size: c.limits.module_size.0,
+            memory_limit: c.limits.memory.0,
+            deadline: c.limits.deadline.get(),
+            max_calls: c.limits.max_calls,
+        }
+    }
 }
 
 /// The process-wide engine, linker and shared host services.
@@ -299,16 +307,16 @@ impl Plugin {
         );
         store.limiter(|s| &mut s.limits);
         // Each epoch tick yields to the async executor (other requests keep moving while a guest
-        // spins); past the call's deadline the guest traps.
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Err(wasmtime::Trap::Interrupt.into())
-            } else {
+        // spins); once the call's running-time budget is spent the guest traps.
+        store.epoch_deadline_callback(|mut ctx| {
+            if ctx.data_mut().budget.step() {
                 Ok(UpdateDeadline::Yield(1))
+            } else {
+                Err(wasmtime::Trap::Interrupt.into())
             }
         });
         store.set_epoch_deadline(1);
-        store.data_mut().deadline = Instant::now() + self.spec.deadline;
+        store.data_mut().budget = CallBudget::new(self.spec.deadline);
         let instance = self
             .pre
             .instantiate_async(&mut store)
@@ -327,7 +335,7 @@ impl Plugin {
             }
         }
         .map_err(|e| LoadError::Trap(format!("{e:#}")))?;
-        store.data_mut().deadline = Instant::now() + self.spec.deadline;
+        store.data_mut().budget = CallBudget::new(self.spec.deadline);
         configure
             .call_configure(&mut store, &self.spec.config_json)
             .await
@@ -338,6 +346,11 @@ impl Plugin {
             guest,
             calls: 0,
         })
+    }
+
+    /// Whether the file at `path` still has the contents this version was compiled from.
+    pub fn is_file_unchanged(&self, path: &Path) -> bool {
+        std::fs::read(path).is_ok_and(|bytes| hex::encode(Sha256::digest(&bytes)) == self.sha256)
     }
 
     /// Checks that the plugin instantiates and accepts its configuration, and keeps that instance
@@ -366,7 +379,7 @@ impl Plugin {
         let state = instance.store.data_mut();
         state.request_id.clear();
         state.request_id.push_str(request_id);
-        state.deadline = Instant::now() + self.spec.deadline;
+        state.budget = CallBudget::new(self.spec.deadline);
         instance.store.set_epoch_deadline(1);
         Ok(instance)
     }

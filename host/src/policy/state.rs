@@ -130,13 +130,46 @@ pub struct HostServices {
     pub bindings: MemoryBindings,
 }
 
+/// A call's deadline, counted in the plugin's *running* time. The epoch callback fires only while
+/// the guest executes; each firing adds the time since the previous one, capped at
+/// [`CallBudget::MAX_STEP`], so time spent waiting for a CPU (the executor's run queue after a
+/// yield, or OS preemption on a busy machine) is not charged to the plugin. A spinning guest
+/// still accrues about one tick per tick and is stopped at its deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct CallBudget {
+    limit: Duration,
+    used: Duration,
+    last: Instant,
+}
+
+impl CallBudget {
+    /// Largest charge for one epoch step: two ticks.
+    pub const MAX_STEP: Duration = Duration::from_millis(2);
+
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            used: Duration::ZERO,
+            last: Instant::now(),
+        }
+    }
+
+    /// Charges the time since the last step; `false` once the budget is spent.
+    pub fn step(&mut self) -> bool {
+        let now = Instant::now();
+        self.used += now.saturating_duration_since(self.last).min(Self::MAX_STEP);
+        self.last = now;
+        self.used < self.limit
+    }
+}
+
 /// The data of one plugin instance's store.
 pub struct PluginState {
     pub plugin: Arc<str>,
     /// Request the current call serves (for log lines).
     pub request_id: String,
-    /// When the current call must have returned.
-    pub deadline: Instant,
+    /// Running time the current call may use, and what it has used so far.
+    pub budget: CallBudget,
     pub services: Arc<HostServices>,
     pub limits: StoreLimits,
     wasi: WasiCtx,
@@ -151,7 +184,7 @@ impl PluginState {
         Self {
             plugin,
             request_id: String::new(),
-            deadline: Instant::now(),
+            budget: CallBudget::new(Duration::ZERO),
             services,
             limits,
             wasi,
@@ -253,6 +286,22 @@ mod tests {
         kv.set("t".into(), "v".into(), Some(0));
         assert_eq!(kv.get("t"), None);
         assert_eq!(kv.incr("t".into(), 2, None), 2);
+    }
+
+    #[test]
+    fn budget_ignores_long_pauses_but_not_steady_running() {
+        let mut b = CallBudget::new(Duration::from_millis(5));
+        b.last -= Duration::from_secs(1); // a long wait for a CPU counts as one capped step (2 ms)
+        assert!(b.step());
+        for _ in 0..2 {
+            b.last -= Duration::from_millis(1);
+            assert!(b.step(), "{b:?}");
+        }
+        b.last -= Duration::from_millis(1);
+        assert!(
+            !b.step(),
+            "5 ms of running must exhaust a 5 ms budget: {b:?}"
+        );
     }
 
     #[test]

@@ -96,18 +96,18 @@ macro_rules! export {
     };
 }
 
-#[cfg(feature = "ip-binding")]
-#[doc(hidden)]
-pub use IpBinding as __Kind;
-#[cfg(feature = "router")]
-#[doc(hidden)]
-pub use Router as __Kind;
-#[cfg(feature = "quota")]
-#[doc(hidden)]
-pub use Quota as __Kind;
 #[cfg(feature = "header-rewrite")]
 #[doc(hidden)]
 pub use HeaderRewrite as __Kind;
+#[cfg(feature = "ip-binding")]
+#[doc(hidden)]
+pub use IpBinding as __Kind;
+#[cfg(feature = "quota")]
+#[doc(hidden)]
+pub use Quota as __Kind;
+#[cfg(feature = "router")]
+#[doc(hidden)]
+pub use Router as __Kind;
 
 #[doc(hidden)]
 pub fn __assert_exportable<T: Plugin + __Kind>() {}

@@ -1,0 +1,196 @@
+//! Quota switch: when an upstream answers 429 (rate limit or `insufficient_quota`) or an overload
+//! status, cool it down and retry the request on the router's next pick. The cooldown lasts as
+//! long as the upstream says (`Retry-After`, or OpenAI's `x-ratelimit-reset-requests/-tokens`),
+//! capped at `max_cooldown_ms`, else `default_cooldown_ms`.
+//! Config (defaults shown): `{"statuses": [429], "overload_statuses": [503, 529],
+//! "scope": "model", "default_cooldown_ms": 60000, "max_cooldown_ms": 3600000}`; overloads cool
+//! the whole upstream, quota errors the scope given.
+
+use serde::Deserialize;
+use tollgate_sdk::host;
+use tollgate_sdk::{
+    AfterCooldown, Cooldown, CooldownScope, Header, Plugin, Quota, QuotaDecision, RequestView,
+    UpstreamView,
+};
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    Model,
+    Upstream,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub statuses: Vec<u16>,
+    pub overload_statuses: Vec<u16>,
+    pub scope: Scope,
+    pub default_cooldown_ms: u64,
+    pub max_cooldown_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            statuses: vec![429],
+            overload_statuses: vec![503, 529],
+            scope: Scope::Model,
+            default_cooldown_ms: 60_000,
+            max_cooldown_ms: 3_600_000,
+        }
+    }
+}
+
+/// Parses OpenAI-style reset durations: `"1s"`, `"6m0s"`, `"20ms"`, `"1h2m3.5s"`.
+pub fn parse_reset(v: &str) -> Option<u64> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = v.trim().chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let n: f64 = num.parse().ok()?;
+        num.clear();
+        let unit_ms = match c {
+            'h' => 3_600_000.0,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1.0
+            }
+            'm' => 60_000.0,
+            's' => 1_000.0,
+            _ => return None,
+        };
+        total += n * unit_ms;
+        any = true;
+    }
+    (any && num.is_empty()).then_some(total.ceil() as u64)
+}
+
+/// How long the upstream asked us to wait, in milliseconds, if it said.
+pub fn requested_wait_ms(headers: &[(String, String)]) -> Option<u64> {
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(secs) = get("retry-after").and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Some(secs * 1000);
+    }
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Some(ms);
+    }
+    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+        .iter()
+        .filter_map(|h| get(h).and_then(parse_reset))
+        .max()
+}
+
+/// The decision for an answer with `status` and `headers` at `now_ms`.
+pub fn decide(c: &Config, status: u16, headers: &[(String, String)], now_ms: u64) -> QuotaDecision {
+    let overload = c.overload_statuses.contains(&status);
+    if !overload && !c.statuses.contains(&status) {
+        return QuotaDecision::Pass;
+    }
+    let wait = requested_wait_ms(headers)
+        .unwrap_or(c.default_cooldown_ms)
+        .min(c.max_cooldown_ms);
+    let scope = if overload || c.scope == Scope::Upstream {
+        CooldownScope::Upstream
+    } else {
+        CooldownScope::Model
+    };
+    QuotaDecision::Cooldown(Cooldown {
+        scope,
+        until_ms: now_ms + wait.max(1),
+        then: AfterCooldown::RetryOther,
+    })
+}
+
+static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+
+struct Switch;
+
+impl Plugin for Switch {
+    fn configure(config: String) -> Result<(), String> {
+        let _ = CONFIG.set(tollgate_sdk::parse_config(&config)?);
+        Ok(())
+    }
+}
+
+impl Quota for Switch {
+    fn on_response(
+        _request: RequestView,
+        _upstream: UpstreamView,
+        status: u16,
+        headers: Vec<Header>,
+        _first_event: Option<String>,
+    ) -> QuotaDecision {
+        let c = CONFIG.get().cloned().unwrap_or_default();
+        let headers: Vec<(String, String)> =
+            headers.into_iter().map(|h| (h.name, h.value)).collect();
+        decide(&c, status, &headers, host::now_ms())
+    }
+}
+
+tollgate_sdk::export!(Switch);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reset_durations_parse() {
+        assert_eq!(parse_reset("1s"), Some(1000));
+        assert_eq!(parse_reset("6m0s"), Some(360_000));
+        assert_eq!(parse_reset("20ms"), Some(20));
+        assert_eq!(parse_reset("1h2m3.5s"), Some(3_723_500));
+        assert_eq!(parse_reset("soon"), None);
+        assert_eq!(parse_reset("5"), None);
+    }
+
+    #[test]
+    fn retry_after_sets_the_cooldown_capped_and_scoped() {
+        let c = Config::default();
+        match decide(&c, 429, &h(&[("Retry-After", "7")]), 1000) {
+            QuotaDecision::Cooldown(cd) => {
+                assert_eq!(cd.until_ms, 8000);
+                assert_eq!(cd.scope, CooldownScope::Model);
+                assert_eq!(cd.then, AfterCooldown::RetryOther);
+            }
+            other => panic!("{other:?}"),
+        }
+        let capped = Config {
+            max_cooldown_ms: 2000,
+            ..Config::default()
+        };
+        assert!(
+            matches!(decide(&capped, 429, &h(&[("retry-after", "99")]), 0), QuotaDecision::Cooldown(c) if c.until_ms == 2000)
+        );
+        assert!(
+            matches!(decide(&c, 503, &[], 0), QuotaDecision::Cooldown(c) if c.scope == CooldownScope::Upstream && c.until_ms == 60_000)
+        );
+        assert!(
+            matches!(decide(&c, 429, &h(&[("x-ratelimit-reset-tokens", "1m30s")]), 0), QuotaDecision::Cooldown(c) if c.until_ms == 90_000)
+        );
+    }
+
+    #[test]
+    fn success_and_other_errors_pass() {
+        let c = Config::default();
+        assert!(matches!(decide(&c, 200, &[], 0), QuotaDecision::Pass));
+        assert!(matches!(decide(&c, 400, &[], 0), QuotaDecision::Pass));
+    }
+}

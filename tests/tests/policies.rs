@@ -1,0 +1,326 @@
+//! Built-in policy plugins running in the gateway's pipeline, end to end over loopback HTTP.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tollgate_tests::*;
+
+fn plugin<'a>(name: &'a str, kind: &'a str, wasm: &'a str, config: &'a str) -> PluginDef<'a> {
+    PluginDef {
+        name,
+        kind,
+        wasm,
+        config,
+        on_error: "deny",
+    }
+}
+
+async fn chat_from(gw: &TestGateway, local: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = reqwest::Client::builder()
+        .local_address(Some(local.parse().unwrap()))
+        .build()
+        .unwrap()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false));
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+async fn chat(gw: &TestGateway, extra: &[(&str, &str)]) -> reqwest::Response {
+    chat_from(gw, "127.0.0.1", extra).await
+}
+
+#[tokio::test]
+async fn ip_binding_binds_the_first_network_and_refuses_others() {
+    let mock = MockUpstream::start().await;
+    let yaml = policy_config_yaml(
+        &[mock.url()],
+        &[plugin(
+            "bind",
+            "ip-binding",
+            "tollgate_ip_binding",
+            r#"{"prefix_v4": 32}"#,
+        )],
+        &["bind"],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(chat_from(&gw, "127.0.0.2", &[]).await.status(), 200);
+    let refused = chat_from(&gw, "127.0.0.3", &[]).await;
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ip_not_allowed");
+    assert_eq!(chat_from(&gw, "127.0.0.2", &[]).await.status(), 200);
+    assert_eq!(
+        mock.requests(),
+        2,
+        "a refused request must not reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn header_rewrite_changes_request_and_response_headers() {
+    let mock = MockUpstream::start().await;
+    let config = r#"{"request": [{"set": {"name": "x-gw-id", "value": "${request_id}"}}, {"remove": "x-debug"}],
+                     "response": [{"set": {"name": "x-served-by", "value": "${upstream}"}}]}"#;
+    let yaml = policy_config_yaml(
+        &[mock.url()],
+        &[plugin(
+            "hdr",
+            "header-rewrite",
+            "tollgate_header_rewrite",
+            config,
+        )],
+        &["hdr"],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let resp = chat(&gw, &[("x-debug", "1")]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-served-by"], "u0");
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let seen = mock.last_headers();
+    assert_eq!(seen["x-gw-id"], id.as_str());
+    assert!(!seen.contains_key("x-debug"));
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_evenly() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = policy_config_yaml(
+        &[a.url(), b.url()],
+        &[plugin("rr", "router", "tollgate_round_robin", "{}")],
+        &["rr"],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for _ in 0..6 {
+        assert_eq!(chat(&gw, &[]).await.status(), 200);
+    }
+    assert_eq!((a.requests(), b.requests()), (3, 3));
+}
+
+#[tokio::test]
+async fn session_affinity_keeps_a_session_on_one_upstream() {
+    let ups = [
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+    ];
+    let urls: Vec<String> = ups.iter().map(MockUpstream::url).collect();
+    let yaml = policy_config_yaml(
+        &urls,
+        &[plugin(
+            "sticky",
+            "router",
+            "tollgate_session_affinity",
+            "{}",
+        )],
+        &["sticky"],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for _ in 0..5 {
+        assert_eq!(chat(&gw, &[("x-session-id", "alice")]).await.status(), 200);
+    }
+    let counts: Vec<usize> = ups.iter().map(MockUpstream::requests).collect();
+    assert_eq!(
+        counts.iter().filter(|&&n| n == 5).count(),
+        1,
+        "one upstream must serve the whole session: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn quota_switch_fails_over_and_skips_the_cooling_upstream_until_it_recovers() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = policy_config_yaml(
+        &[a.url(), b.url()],
+        &[
+            plugin("first", "router", "tollgate_fill_first", "{}"),
+            plugin("quota", "quota", "tollgate_quota_switch", "{}"),
+        ],
+        &["first", "quota"],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    a.force_status(429); // A is over quota and says: retry after 1 s.
+    let resp = chat(&gw, &[]).await;
+    assert_eq!(resp.status(), 200, "served by B after A's 429");
+    assert_eq!((a.requests(), b.requests()), (1, 1));
+
+    // A is cooling: skipped without being asked.
+    assert_eq!(chat(&gw, &[]).await.status(), 200);
+    assert_eq!((a.requests(), b.requests()), (1, 2));
+
+    // After the cooldown A (first in order) serves again.
+    a.force_status(0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(chat(&gw, &[]).await.status(), 200);
+    assert_eq!((a.requests(), b.requests()), (2, 2));
+}
+
+#[tokio::test]
+async fn when_every_upstream_is_cooling_the_client_gets_429_with_retry_after() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = policy_config_yaml(
+        &[a.url(), b.url()],
+        &[plugin("quota", "quota", "tollgate_quota_switch", "{}")],
+        &["quota"],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    a.force_status(429);
+    b.force_status(429);
+    // Both answer 429: the last answer goes back to the client as it is.
+    assert_eq!(chat(&gw, &[]).await.status(), 429);
+    // Now both are cooling: the gateway answers without asking them.
+    let resp = chat(&gw, &[]).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_quota_exhausted");
+    assert_eq!((a.requests(), b.requests()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_failing_policy_fails_closed_or_open_as_configured() {
+    let mock = MockUpstream::start().await;
+    for (on_error, expected) in [("deny", 503), ("skip", 200)] {
+        let hostile = PluginDef {
+            name: "bad",
+            kind: "router",
+            wasm: "tollgate_hostile",
+            config: r#"{"behaviour": "trap"}"#,
+            on_error,
+        };
+        let gw = TestGateway::start(&policy_config_yaml(&[mock.url()], &[hostile], &["bad"])).await;
+        let resp = chat(&gw, &[]).await;
+        assert_eq!(resp.status(), expected, "on_error: {on_error}");
+        if expected == 503 {
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "policy_error");
+        }
+    }
+}
+
+#[tokio::test]
+async fn editing_the_router_while_requests_flow_drops_nothing_and_takes_effect_within_a_second() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let urls = [a.url(), b.url()];
+    // Responses name the upstream that served them, so a probe needs no counters.
+    let tag = || {
+        plugin(
+            "tag",
+            "header-rewrite",
+            "tollgate_header_rewrite",
+            r#"{"response": [{"set": {"name": "x-served-by", "value": "${upstream}"}}]}"#,
+        )
+    };
+    let rr = policy_config_yaml(
+        &urls,
+        &[tag(), plugin("r", "router", "tollgate_round_robin", "{}")],
+        &["tag", "r"],
+    );
+    let sticky = policy_config_yaml(
+        &urls,
+        &[
+            tag(),
+            plugin("r", "router", "tollgate_session_affinity", "{}"),
+        ],
+        &["tag", "r"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(&path, &rr).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+
+    // Background load for the whole test: every response must be a 200.
+    let url = gw.url("/v1/chat/completions");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let c = client();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match c
+                    .post(&url)
+                    .bearer_auth(CLIENT_KEY)
+                    .json(&chat_body(false))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!(
+                        "{} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+
+    let served_by = |session: String| {
+        let gw_url = gw.url("/v1/chat/completions");
+        async move {
+            let mut sides = Vec::new();
+            for _ in 0..6 {
+                let r = client()
+                    .post(&gw_url)
+                    .bearer_auth(CLIENT_KEY)
+                    .header("x-session-id", &session)
+                    .json(&chat_body(false))
+                    .send()
+                    .await
+                    .unwrap();
+                sides.push(r.headers()["x-served-by"].to_str().unwrap().to_owned());
+            }
+            sides
+        }
+    };
+    // Round-robin: one session's requests are spread over both upstreams.
+    let spread = served_by("s".into()).await;
+    assert!(
+        spread.iter().any(|s| s == "u0") && spread.iter().any(|s| s == "u1"),
+        "{spread:?}"
+    );
+
+    std::fs::write(&path, &sticky).unwrap();
+    let switched = std::time::Instant::now();
+    let mut sticky_seen = false;
+    while switched.elapsed() < Duration::from_secs(1) && !sticky_seen {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sides = served_by(format!("probe-{}", switched.elapsed().as_millis())).await;
+        sticky_seen = sides.windows(2).all(|w| w[0] == w[1]);
+    }
+    assert!(
+        sticky_seen,
+        "session affinity not in effect within 1 s of the edit"
+    );
+    for session in ["x", "y", "z"] {
+        let sides = served_by(session.into()).await;
+        assert!(
+            sides.windows(2).all(|w| w[0] == w[1]),
+            "session {session} not sticky: {sides:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "requests failed during the reload ({ok} succeeded): {failed:?}"
+    );
+    assert!(ok > 10);
+
+    // A broken edit is refused and the running config keeps serving.
+    std::fs::write(
+        &path,
+        sticky.replace("tollgate_session_affinity", "does_not_exist"),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(chat(&gw, &[]).await.status(), 200);
+}
