@@ -36,11 +36,26 @@ enum Command {
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
         config: PathBuf,
     },
+    /// Work with policy plugins offline.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Print the key id (HMAC-SHA256 under the config's secret) of the key read from stdin, for
     /// `auth.keys[].key_id`.
     KeyId {
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Describe a component: kind, exports, imports, and whether the gateway can load it.
+    Inspect { file: PathBuf },
+    /// Run a plugin against request fixtures (see docs/plugins.md) and compare its decisions.
+    Test {
+        file: PathBuf,
+        #[arg(long)]
+        cases: PathBuf,
     },
 }
 
@@ -50,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::KeyId { config } => key_id(&config),
         Command::Run { config, log_level } => run(&config, log_level),
+        Command::Plugin(cmd) => plugin(cmd),
     }
 }
 
@@ -166,6 +182,59 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+fn plugin(cmd: PluginCommand) -> ExitCode {
+    use crate::policy::{HostServices, PolicyEngine};
+    let outcome = async_runtime().and_then(|rt| {
+        rt.block_on(async {
+            let engine = PolicyEngine::new(std::sync::Arc::new(HostServices::default()))
+                .map_err(|e| format!("cannot start the WebAssembly runtime: {e:#}"))?;
+            match cmd {
+                PluginCommand::Inspect { file } => {
+                    let i = engine.inspect(&file)?;
+                    println!("file:    {} ({} bytes)", file.display(), i.size);
+                    println!("sha256:  {}", i.sha256);
+                    let kind = i
+                        .kind
+                        .map_or("none (exports no tollgate:policy interface)", |k| k.world());
+                    println!("kind:    {kind}");
+                    println!("exports: {}", i.exports.join(", "));
+                    println!("imports: {}", i.imports.join(", "));
+                    match &i.link_error {
+                        None => println!("links:   ok"),
+                        Some(e) => println!("links:   NO: {e}"),
+                    }
+                    Ok(i.kind.is_some() && i.link_error.is_none())
+                }
+                PluginCommand::Test { file, cases } => {
+                    let results =
+                        crate::policy::fixtures::run_cases(&engine, &file, &cases).await?;
+                    let failed = results.iter().filter(|r| !r.passed).count();
+                    for r in &results {
+                        if r.passed {
+                            println!("ok      {}", r.name);
+                        } else {
+                            println!(
+                                "FAILED  {}\n        expected: {}\n        actual:   {}",
+                                r.name, r.expected, r.actual
+                            );
+                        }
+                    }
+                    println!("{} passed, {failed} failed", results.len() - failed);
+                    Ok(failed == 0)
+                }
+            }
+        })
+    });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Completes on SIGTERM or ctrl-c.

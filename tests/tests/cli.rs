@@ -160,3 +160,81 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn plugin_inspect_reports_kind_and_linkability() {
+    let wasm = tollgate_tests::plugins::wasm("tollgate_round_robin");
+    let out = Command::new(BIN)
+        .args(["plugin", "inspect"])
+        .arg(&wasm)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("kind:    router-policy"), "{text}");
+    assert!(text.contains("links:   ok"), "{text}");
+}
+
+/// Every `plugins/<name>/cases/*.yaml` runs against the built `tollgate_<name>.wasm` and passes.
+#[test]
+fn every_plugin_fixture_file_passes() {
+    let plugins = repo_root().join("plugins");
+    let mut ran = 0;
+    for dir in std::fs::read_dir(&plugins)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+    {
+        let Ok(cases) = std::fs::read_dir(dir.join("cases")) else {
+            continue;
+        };
+        let crate_name = format!(
+            "tollgate_{}",
+            dir.file_name().unwrap().to_str().unwrap().replace('-', "_")
+        );
+        let wasm = tollgate_tests::plugins::wasm(&crate_name);
+        for case in cases.map(|e| e.unwrap().path()) {
+            let out = Command::new(BIN)
+                .args(["plugin", "test"])
+                .arg(&wasm)
+                .arg("--cases")
+                .arg(&case)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}:\n{text}{}",
+                case.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ran += 1;
+        }
+    }
+    assert!(
+        ran >= 2,
+        "no fixture files found under {}",
+        plugins.display()
+    );
+}
+
+#[test]
+fn plugin_test_fails_on_a_wrong_expectation_and_shows_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(&cases, "cases:\n  - name: wrong\n    candidates: [{name: a}, {name: b}]\n    expect: {pick: [1, 0]}\n").unwrap();
+    let wasm = tollgate_tests::plugins::wasm("tollgate_fill_first");
+    let out = Command::new(BIN)
+        .args(["plugin", "test"])
+        .arg(&wasm)
+        .arg("--cases")
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAILED  wrong") && text.contains(r#"{"pick":[0,1]}"#),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("0 passed, 1 failed"), "{text}");
+}

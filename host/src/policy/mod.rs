@@ -15,6 +15,7 @@
 //! plugin's `on_error` (fail closed or open).
 
 mod bindings;
+pub mod fixtures;
 mod state;
 
 use std::path::Path;
