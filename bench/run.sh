@@ -3,7 +3,8 @@
 # an equivalent streaming reverse proxy, and against Tollgate. Prints figures and ratios.
 # Not a test: it never fails on timing. Loopback only.
 #
-#   bench/run.sh            # 5 rounds of: 5 s RPS run, 200 SSE streams, per target
+#   bench/run.sh            # 5 rounds of: 5 s RPS run, 200 SSE streams, per target; then a
+#                           # micro-benchmark of one call into each policy kind
 #   ROUNDS=5 SECONDS_PER_RUN=10 STREAMS=100 bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ STREAMS=${STREAMS:-200}
 EVENTS=${EVENTS:-20}
 DELAY_MS=${DELAY_MS:-50}
 KEY=sk-bench-key-0001
-MOCK=127.0.0.1:19000 NGINX=127.0.0.1:19001 GATE=127.0.0.1:19002
+MOCK=127.0.0.1:19000 NGINX=127.0.0.1:19001 GATE=127.0.0.1:19002 CHAIN=127.0.0.1:19003
 out=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$out/nginx.pid" ] && kill "$(cat "$out/nginx.pid")" 2>/dev/null || true; }
@@ -27,6 +28,8 @@ fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --locked -q -p tollgate -p tollgate-tests -p tollgate-bench
+rustup target add wasm32-wasip2 >/dev/null 2>&1
+plugins/build.sh build >/dev/null 2>&1
 bin=target/release
 
 "$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
@@ -75,9 +78,39 @@ logging:
   level: warn
   access_log: false
 YAML
-"$bin/tollgate" run --config "$out/tollgate.yaml" & pids+=($!)
+"$bin/tollgate" run --config "$out/tollgate.yaml" & pids+=($!); gate_pid=$!
 
-for addr in $MOCK $NGINX $GATE; do
+# The same gateway with all four policy kinds on the route (two upstream names for the router to
+# choose between, both the mock).
+W=$PWD/plugins/target/wasm32-wasip2/release
+cat > "$out/chain.yaml" <<YAML
+server:
+  listen: $CHAIN
+auth:
+  secret: bench-secret-0123456789
+  keys: [{name: bench, key: $KEY}]
+upstreams:
+  - {name: mock-a, url: "http://$MOCK", credential: sk-upstream}
+  - {name: mock-b, url: "http://$MOCK", credential: sk-upstream}
+routes:
+  - path_prefix: /v1/
+    upstreams: [mock-a, mock-b]
+    policies: [bind, stamp, rotate, quota]
+plugins:
+  - {name: bind, kind: ip-binding, module: $W/tollgate_ip_binding.wasm}
+  - {name: stamp, kind: header-rewrite, module: $W/tollgate_header_rewrite.wasm, config: {request: [{set: {name: x-gw, value: "\${request_id}"}}]}}
+  - {name: rotate, kind: router, module: $W/tollgate_round_robin.wasm}
+  - {name: quota, kind: quota, module: $W/tollgate_quota_switch.wasm}
+logging:
+  level: warn
+  access_log: false
+YAML
+"$bin/tollgate" run --config "$out/chain.yaml" & pids+=($!); chain_pid=$!
+
+# CPU seconds (user + system) a process has used so far.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+
+for addr in $MOCK $NGINX $GATE $CHAIN; do
   for _ in $(seq 100); do (echo >/dev/tcp/${addr%:*}/${addr#*:}) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -85,13 +118,16 @@ done
 # shared 2-core machine drifts by ±15% between runs of the same binary.
 results="$out/results.jsonl"
 for round in $(seq "$ROUNDS"); do
-  for target in direct:$MOCK nginx:$NGINX tollgate:$GATE; do
+  for target in direct:$MOCK nginx:$NGINX tollgate:$GATE chain:$CHAIN; do
     name=${target%%:*} addr=${target#*:}
     url="http://$addr/v1/chat/completions"
     "$bin/tollgate-bench" rps --url "$url" --concurrency 8 --seconds 1 --key $KEY >/dev/null  # warm-up
+    pid=""; [ "$name" = tollgate ] && pid=$gate_pid; [ "$name" = chain ] && pid=$chain_pid
+    c0=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
     r=$("$bin/tollgate-bench" rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --key $KEY)
+    c1=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
     s=$("$bin/tollgate-bench" sse --url "$url" --streams "$STREAMS" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY)
-    echo "{\"round\":$round,\"target\":\"$name\",\"rps\":$r,\"sse\":$s}" | tee -a "$results"
+    echo "{\"round\":$round,\"target\":\"$name\",\"cpu_s\":$(awk "BEGIN{print $c1-$c0}"),\"rps\":$r,\"sse\":$s}" | tee -a "$results"
   done
 done
 
@@ -100,8 +136,8 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(target, kind, key):
     return statistics.median(r[kind][key] for r in rows if r["target"] == target)
-names = ("direct", "nginx", "tollgate")
-print(f"\n== non-streaming POST, fixed concurrency (median of {len(rows)//3} rounds)")
+names = ("direct", "nginx", "tollgate", "chain")
+print(f"\n== non-streaming POST, fixed concurrency (median of {len({r['round'] for r in rows})} rounds)")
 print(f"{'':10}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
 for n in names:
     print(f"{n:10}{med(n,'rps','rps'):>10.0f}{med(n,'rps','p50_ms'):>10.3f}{med(n,'rps','p99_ms'):>10.3f}{med(n,'rps','errors'):>8.0f}")
@@ -115,11 +151,23 @@ def ratios(kind, key, base):
 for base in ("nginx", "direct"):
     (rm, rlo, rhi), (pm, plo, phi) = ratios("rps", "rps", base), ratios("rps", "p99_ms", base)
     print(f"tollgate/{base} per round: rps {rm:.2f}x (range {rlo:.2f}-{rhi:.2f}), p99 {pm:.2f}x (range {plo:.2f}-{phi:.2f})")
+by_round = {}
+for r in rows:
+    by_round.setdefault(r["round"], {})[r["target"]] = r
+chain_vs_plain = sorted(v["chain"]["rps"]["rps"] / v["tollgate"]["rps"]["rps"] for v in by_round.values())
+cpu_us = lambda t: statistics.median(v[t]["cpu_s"] / v[t]["rps"]["requests"] * 1e6 for v in by_round.values())
+print(f"chain/tollgate per round: rps {statistics.median(chain_vs_plain):.2f}x (range {chain_vs_plain[0]:.2f}-{chain_vs_plain[-1]:.2f})")
+print(f"gateway CPU per request: tollgate {cpu_us('tollgate'):.1f} us, with the 4-policy chain {cpu_us('chain'):.1f} us "
+      f"(chain adds {cpu_us('chain') - cpu_us('tollgate'):.1f} us)")
 print("\n== concurrent SSE streams (ms)")
 print(f"{'':10}{'ttfb p50':>10}{'ttfb p99':>10}{'gap p50':>10}{'gap p99':>10}{'coalesced':>10}")
 for n in names:
     print(f"{n:10}{med(n,'sse','ttfb_p50_ms'):>10.3f}{med(n,'sse','ttfb_p99_ms'):>10.3f}"
           f"{med(n,'sse','gap_p50_ms'):>10.3f}{med(n,'sse','gap_p99_ms'):>10.3f}{med(n,'sse','coalesced_reads'):>10.0f}")
-d, g, x = (med(n, 'sse', 'ttfb_p99_ms') for n in names)
+d, g, x, _ = (med(n, 'sse', 'ttfb_p99_ms') for n in names)
 print(f"tollgate TTFB p99: {x-d:+.3f} ms vs direct, {x-g:+.3f} ms vs nginx")
 PY
+
+echo
+echo "== one policy call (µs, through the real runtime)"
+"$bin/tollgate-bench" policy

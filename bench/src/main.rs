@@ -35,6 +35,14 @@ enum Workload {
         #[arg(long, default_value = "")]
         key: String,
     },
+    /// Micro-benchmark: time of one call into each built-in policy kind through the real runtime.
+    Policy {
+        /// Directory with the built plugin components.
+        #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        iterations: u32,
+    },
     Sse {
         #[arg(long)]
         url: String,
@@ -209,6 +217,102 @@ async fn sse(url: &str, streams: usize, events: usize, delay_ms: u64, key: &str)
     Ok(())
 }
 
+async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
+    use std::sync::Arc;
+    use tollgate::policy::types::{RequestView, UpstreamView};
+    use tollgate::policy::{HostServices, PluginSpec, PolicyEngine, PolicyKind};
+    let engine = PolicyEngine::new(Arc::new(HostServices::default()))
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let spec = |name: &str, kind, config: &str| PluginSpec {
+        name: name.into(),
+        kind,
+        config_json: config.into(),
+        sha256: None,
+        max_module_size: 32 << 20,
+        memory_limit: 32 << 20,
+        deadline: Duration::from_millis(50),
+        max_calls: u32::MAX,
+    };
+    let load = |file: &str, s| -> Result<tollgate::policy::Plugin> {
+        engine
+            .load(&dir.join(file), s)
+            .map_err(|e| anyhow::anyhow!("{file}: {e}"))
+    };
+    let bind = load(
+        "tollgate_ip_binding.wasm",
+        spec("bind", PolicyKind::IpBinding, "{}"),
+    )?;
+    let rewrite = load(
+        "tollgate_header_rewrite.wasm",
+        spec(
+            "hdr",
+            PolicyKind::HeaderRewrite,
+            r#"{"request":[{"set":{"name":"x-gw","value":"${request_id}"}}]}"#,
+        ),
+    )?;
+    let router = load(
+        "tollgate_round_robin.wasm",
+        spec("rr", PolicyKind::Router, "{}"),
+    )?;
+    let quota = load(
+        "tollgate_quota_switch.wasm",
+        spec("q", PolicyKind::Quota, "{}"),
+    )?;
+    for p in [&bind, &rewrite, &router, &quota] {
+        p.validate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let req = RequestView {
+        id: "bench".into(),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        headers: vec![],
+        client_ip: "127.0.0.1".into(),
+        key_id: "ab".repeat(32),
+        key_name: "bench".into(),
+        model: Some("gpt-bench".into()),
+        stream: false,
+        session_hint: None,
+    };
+    let up = |name: &str| UpstreamView {
+        name: name.into(),
+        weight: 1,
+        models: vec![],
+        in_flight: 0,
+        latency_ewma_us: 0,
+        error_rate: 0.0,
+        cooling_until_ms: 0,
+    };
+    let cands = vec![up("a"), up("b")];
+    let mut out = serde_json::Map::new();
+    macro_rules! time {
+        ($name:literal, $call:expr) => {{
+            for _ in 0..1000 {
+                $call.await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            let start = Instant::now();
+            for _ in 0..iterations {
+                $call.await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            let ns = start.elapsed().as_nanos() as f64 / f64::from(iterations);
+            out.insert($name.into(), serde_json::json!((ns / 10.0).round() / 100.0));
+        }};
+    }
+    time!("ip_binding_us", bind.check(&req));
+    time!("header_rewrite_us", rewrite.rewrite_request(&req));
+    time!("router_us", router.select(&req, &cands));
+    time!(
+        "quota_us",
+        quota.on_response(&req, &cands[0], 200, &[], None)
+    );
+    let total: f64 = out.values().filter_map(serde_json::Value::as_f64).sum();
+    out.insert(
+        "chain_us".into(),
+        serde_json::json!((total * 100.0).round() / 100.0),
+    );
+    println!("{}", serde_json::Value::Object(out));
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     // One worker thread: the generator takes one core at most, the same for every target.
@@ -231,6 +335,7 @@ fn main() -> Result<()> {
                 delay_ms,
                 key,
             } => sse(&url, streams, events, delay_ms, &key).await,
+            Workload::Policy { dir, iterations } => policy(&dir, iterations).await,
         }
     })
 }

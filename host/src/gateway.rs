@@ -276,6 +276,8 @@ impl Gateway {
         Router::new()
             .route("/health", get(health))
             .route("/ready", get(ready))
+            // Reserved paths with nothing behind them yet answer like any unknown path.
+            .fallback(|| async { crate::error::GatewayError::NoRoute })
             .with_state(self.clone())
     }
 

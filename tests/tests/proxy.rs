@@ -220,15 +220,17 @@ async fn missing_unknown_and_malformed_keys_get_the_same_401() {
 #[tokio::test]
 async fn unknown_paths_get_404_in_openai_shape() {
     let (_mock, gw) = setup("").await;
-    let resp = client()
-        .get(gw.url("/v2/other"))
-        .bearer_auth(CLIENT_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "unknown_url");
+    for path in ["/v2/other", "/admin/api/nothing", "/metrics"] {
+        let resp = client()
+            .get(gw.url(path))
+            .bearer_auth(CLIENT_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unknown_url", "{path}");
+    }
 }
 
 #[tokio::test]
