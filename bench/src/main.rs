@@ -219,7 +219,7 @@ async fn sse(url: &str, streams: usize, events: usize, delay_ms: u64, key: &str)
 
 async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
     use std::sync::Arc;
-    use tollgate::policy::types::{RequestView, UpstreamView};
+    use tollgate::policy::fixtures::{sample_request, sample_upstream};
     use tollgate::policy::{HostServices, PluginSpec, PolicyEngine, PolicyKind};
     let engine = PolicyEngine::new(Arc::new(HostServices::default()))
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
@@ -261,27 +261,8 @@ async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
     for p in [&bind, &rewrite, &router, &quota] {
         p.validate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let req = RequestView {
-        id: "bench".into(),
-        method: "POST".into(),
-        path: "/v1/chat/completions".into(),
-        headers: vec![],
-        client_ip: "127.0.0.1".into(),
-        key_id: "ab".repeat(32),
-        key_name: "bench".into(),
-        model: Some("gpt-bench".into()),
-        stream: false,
-        session_hint: None,
-    };
-    let up = |name: &str| UpstreamView {
-        name: name.into(),
-        weight: 1,
-        models: vec![],
-        in_flight: 0,
-        latency_ewma_us: 0,
-        error_rate: 0.0,
-        cooling_until_ms: 0,
-    };
+    let req = sample_request("bench");
+    let up = sample_upstream;
     let cands = vec![up("a"), up("b")];
     let mut out = serde_json::Map::new();
     macro_rules! time {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tollgate::policy::fixtures::{sample_request, sample_upstream};
 use tollgate::policy::types::{RequestView, RouteDecision, UpstreamView};
 use tollgate::policy::{HostServices, LoadError, PolicyEngine, PolicyError, PolicyKind};
 use tollgate_tests::plugins::{spec, wasm};
@@ -14,34 +15,15 @@ fn engine() -> PolicyEngine {
 }
 
 fn request(id: &str) -> RequestView {
-    RequestView {
-        id: id.into(),
-        method: "POST".into(),
-        path: "/v1/chat/completions".into(),
-        headers: vec![],
-        client_ip: "127.0.0.1".into(),
-        key_id: "00".repeat(32),
-        key_name: "k".into(),
-        model: Some("gpt-test".into()),
-        stream: false,
-        session_hint: None,
-    }
-}
-
-fn upstream(name: &str) -> UpstreamView {
-    UpstreamView {
-        name: name.into(),
-        weight: 1,
-        models: vec![],
-        in_flight: 0,
-        latency_ewma_us: 0,
-        error_rate: 0.0,
-        cooling_until_ms: 0,
-    }
+    sample_request(id)
 }
 
 fn candidates() -> Vec<UpstreamView> {
-    vec![upstream("a"), upstream("b"), upstream("c")]
+    vec![
+        sample_upstream("a"),
+        sample_upstream("b"),
+        sample_upstream("c"),
+    ]
 }
 
 #[tokio::test]

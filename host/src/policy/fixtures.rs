@@ -233,6 +233,22 @@ fn candidate(c: CandidateFixture) -> UpstreamView {
     }
 }
 
+/// A request view with the fixture defaults and the given id (for tests and benchmarks).
+pub fn sample_request(id: &str) -> RequestView {
+    request(RequestFixture {
+        id: id.to_owned(),
+        ..RequestFixture::default()
+    })
+}
+
+/// An upstream view with the fixture defaults (weight 1, idle, healthy) and the given name.
+pub fn sample_upstream(name: &str) -> UpstreamView {
+    candidate(CandidateFixture {
+        name: name.to_owned(),
+        ..CandidateFixture::default()
+    })
+}
+
 /// Decisions as JSON, in the same shape `expect` uses.
 fn binding_json(d: BindingDecision) -> Value {
     match d {
