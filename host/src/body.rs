@@ -112,6 +112,89 @@ where
     }
 }
 
+pin_project! {
+    /// A body that first yields `prefix`, then everything `inner` yields: a response whose first
+    /// bytes were read ahead (stream bootstrap) is relayed unchanged.
+    pub struct Prefixed<B> {
+        prefix: Option<Bytes>,
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> Prefixed<B> {
+    pub fn new(prefix: Bytes, inner: B) -> Self {
+        Self {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            inner,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Prefixed<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        this.inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+}
+
+/// Largest amount read ahead to find a stream's first event.
+pub const MAX_BOOTSTRAP: usize = 64 << 10;
+
+/// Reads `body` until the first complete server-sent event (or its end, or [`MAX_BOOTSTRAP`]).
+/// Returns what was read and the first event's `data` (lines joined with `\n`), if complete.
+pub async fn read_first_event<B>(body: &mut B) -> Result<(Bytes, Option<String>), B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while buf.len() < MAX_BOOTSTRAP {
+        let Some(frame) = body.frame().await.transpose()? else {
+            break;
+        };
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+        if let Some(end) = find_event_end(&buf) {
+            let event = first_event_data(&buf[..end]);
+            return Ok((buf.freeze(), Some(event)));
+        }
+    }
+    Ok((buf.freeze(), None))
+}
+
+fn find_event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n");
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn first_event_data(event: &[u8]) -> String {
+    String::from_utf8_lossy(event)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +214,23 @@ mod tests {
             Some(5),
         );
         assert!(matches!(big.collect().await, Err(BodyError::TooLarge(5))));
+    }
+
+    #[tokio::test]
+    async fn the_first_event_is_found_and_nothing_is_lost() {
+        let chunks = ["data: {\"a\"", ":1}\n\nda", "ta: 2\n\n"];
+        let frames = futures_util::stream::iter(
+            chunks.map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(c)))),
+        );
+        let mut body = StreamBody::new(frames);
+        let (read, event) = read_first_event(&mut body).await.unwrap();
+        assert_eq!(event.as_deref(), Some("{\"a\":1}"));
+        let all = Prefixed::new(read, body)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(all, chunks.concat());
     }
 
     #[tokio::test(start_paused = true)]

@@ -61,6 +61,7 @@ pub struct Route {
     /// In configured order of preference.
     pub upstreams: Vec<Arc<Upstream>>,
     pub max_attempts: u32,
+    pub stream_bootstrap: bool,
     pub policies: RoutePolicies,
 }
 
@@ -163,6 +164,7 @@ impl Runtime {
                     .filter_map(|name| upstreams.iter().find(|u| &*u.name == name).cloned())
                     .collect(),
                 max_attempts: r.max_attempts,
+                stream_bootstrap: r.stream_bootstrap,
                 policies,
             });
         }

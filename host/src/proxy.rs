@@ -34,7 +34,7 @@ use serde::Deserialize;
 
 use crate::access_log::{AccessRecord, Logged};
 use crate::auth::ClientKey;
-use crate::body::{BodyError, BoxBody, GuardedBody};
+use crate::body::{BodyError, BoxBody, GuardedBody, Prefixed};
 use crate::config::OnError;
 use crate::error::GatewayError;
 use crate::gateway::{ConnInfo, Gateway, Limits, PolicyRef, Route, Runtime};
@@ -249,11 +249,40 @@ impl Ctx<'_> {
             };
             let Some(view) = &view else { return Ok(resp) };
             if let Some(q) = &policies.quota {
+                // Stream bootstrap: read ahead to the first event so the policy can see an error
+                // sent inside a 200 stream; the bytes read are relayed first, unchanged.
+                let mut first_event = None;
+                if route.stream_bootstrap && is_event_stream(resp.headers()) {
+                    let (head, mut stream) = resp.into_parts();
+                    match crate::body::read_first_event(&mut stream).await {
+                        Ok((read, event)) => {
+                            first_event = event;
+                            resp = http::Response::from_parts(
+                                head,
+                                Prefixed::new(read, stream).boxed_unsync(),
+                            );
+                        }
+                        Err(_) => {
+                            // Broken before its first event: nothing reached the client yet.
+                            upstream.record_failure();
+                            if may_retry {
+                                continue;
+                            }
+                            return Err(GatewayError::UpstreamProtocol);
+                        }
+                    }
+                }
                 let up = policy_view::upstream_view(upstream, model);
                 let headers = policy_view::header_list(resp.headers());
                 let retry = match q
                     .plugin
-                    .on_response(view, &up, resp.status().as_u16(), &headers, None)
+                    .on_response(
+                        view,
+                        &up,
+                        resp.status().as_u16(),
+                        &headers,
+                        first_event.as_deref(),
+                    )
                     .await
                 {
                     Ok(QuotaDecision::Pass) => false,
@@ -527,6 +556,12 @@ fn reorder(candidates: &[Arc<Upstream>], order: &[u32]) -> Vec<Arc<Upstream>> {
                 .then(|| candidates[i].clone())
         })
         .collect()
+}
+
+fn is_event_stream(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
 }
 
 /// A policy failed: its `on_error` decides whether the request goes on.

@@ -34,6 +34,9 @@ pub struct Recorded {
     /// When non-zero, every request is answered with this status (and `retry-after: 1`), as an
     /// upstream over its quota would.
     pub force_status: std::sync::atomic::AtomicU16,
+    /// When set, streams answer 200 and then an in-band `overloaded_error` event (as Anthropic
+    /// does under load), then end.
+    pub force_error_event: std::sync::atomic::AtomicBool,
 }
 
 pub struct MockUpstream {
@@ -155,6 +158,15 @@ async fn handle(State(state): State<Arc<Recorded>>, headers: HeaderMap, body: By
         return ([("content-type", "application/json")], body.to_string()).into_response();
     }
 
+    if state.force_error_event.load(Ordering::SeqCst) {
+        guard.done = true;
+        let event = serde_json::json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+        return (
+            [("content-type", "text/event-stream")],
+            mock::sse_event(&event),
+        )
+            .into_response();
+    }
     let n = header_num(&headers, "x-mock-events").unwrap_or(5) as usize;
     let delay = Duration::from_millis(header_num(&headers, "x-mock-delay-ms").unwrap_or(0));
     let stall_after = header_num(&headers, "x-mock-stall-after").map(|k| k as usize);

@@ -183,6 +183,46 @@ async fn when_every_upstream_is_cooling_the_client_gets_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn stream_bootstrap_fails_over_on_an_error_inside_a_200_stream() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.state
+        .force_error_event
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let plugins = [
+        plugin("first", "router", "tollgate_fill_first", "{}"),
+        plugin("quota", "quota", "tollgate_quota_switch", "{}"),
+    ];
+    let yaml = policy_config_yaml(&[a.url(), b.url()], &plugins, &["first", "quota"]);
+    let stream = |gw: &TestGateway| {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(true))
+            .send()
+    };
+
+    // Without bootstrap the head has gone out before the error: the client sees it.
+    let plain = TestGateway::start(&yaml).await;
+    let events = read_events(stream(&plain).await.unwrap(), std::time::Instant::now())
+        .await
+        .unwrap();
+    assert!(events[0].1.contains("overloaded_error"), "{events:?}");
+
+    // With bootstrap the error is seen first: A cools down, B serves a clean stream.
+    let gw = TestGateway::start(&yaml.replace(
+        "    max_attempts: 3\n",
+        "    max_attempts: 3\n    stream_bootstrap: true\n",
+    ))
+    .await;
+    let resp = stream(&gw).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = read_events(resp, std::time::Instant::now()).await.unwrap();
+    assert!(events.iter().all(|e| !e.1.contains("error")), "{events:?}");
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    assert_eq!((a.requests(), b.requests()), (2, 1));
+}
+
+#[tokio::test]
 async fn a_failing_policy_fails_closed_or_open_as_configured() {
     let mock = MockUpstream::start().await;
     for (on_error, expected) in [("deny", 503), ("skip", 200)] {

@@ -315,6 +315,11 @@ pub struct RouteConfig {
     /// policy asks for another).
     #[serde(default = "two")]
     pub max_attempts: u32,
+    /// Hold a streamed (SSE) response until its first event and show that event to the route's
+    /// quota policy, so an error sent inside a 200 stream can still fail over. Adds the time to
+    /// the first event to the time to first byte.
+    #[serde(default)]
+    pub stream_bootstrap: bool,
     /// Plugin names, run in this order within their phase: ip-binding, then header-rewrite, then
     /// the router (at most one), then quota (at most one) on each upstream answer.
     #[serde(default)]

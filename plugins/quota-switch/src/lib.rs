@@ -28,6 +28,9 @@ pub struct Config {
     pub scope: Scope,
     pub default_cooldown_ms: u64,
     pub max_cooldown_ms: u64,
+    /// Substrings that mark a stream's first event as an overload or quota error (seen only on
+    /// routes with `stream_bootstrap`).
+    pub event_errors: Vec<String>,
 }
 
 impl Default for Config {
@@ -38,6 +41,11 @@ impl Default for Config {
             scope: Scope::Model,
             default_cooldown_ms: 60_000,
             max_cooldown_ms: 3_600_000,
+            event_errors: vec![
+                "overloaded_error".into(),
+                "rate_limit".into(),
+                "insufficient_quota".into(),
+            ],
         }
     }
 }
@@ -91,9 +99,22 @@ pub fn requested_wait_ms(headers: &[(String, String)]) -> Option<u64> {
         .max()
 }
 
-/// The decision for an answer with `status` and `headers` at `now_ms`.
-pub fn decide(c: &Config, status: u16, headers: &[(String, String)], now_ms: u64) -> QuotaDecision {
-    let overload = c.overload_statuses.contains(&status);
+/// Whether a stream's first event is an error the config names.
+pub fn is_error_event(c: &Config, event: &str) -> bool {
+    event.contains("\"error\"") && c.event_errors.iter().any(|m| event.contains(m.as_str()))
+}
+
+/// The decision for an answer with `status`, `headers` and (with stream bootstrap) its first
+/// event, at `now_ms`. An error event inside a 200 stream counts as an overload.
+pub fn decide(
+    c: &Config,
+    status: u16,
+    headers: &[(String, String)],
+    first_event: Option<&str>,
+    now_ms: u64,
+) -> QuotaDecision {
+    let overload =
+        c.overload_statuses.contains(&status) || first_event.is_some_and(|e| is_error_event(c, e));
     if !overload && !c.statuses.contains(&status) {
         return QuotaDecision::Pass;
     }
@@ -129,12 +150,12 @@ impl Quota for Switch {
         _upstream: UpstreamView,
         status: u16,
         headers: Vec<Header>,
-        _first_event: Option<String>,
+        first_event: Option<String>,
     ) -> QuotaDecision {
         let c = CONFIG.get().cloned().unwrap_or_default();
         let headers: Vec<(String, String)> =
             headers.into_iter().map(|h| (h.name, h.value)).collect();
-        decide(&c, status, &headers, host::now_ms())
+        decide(&c, status, &headers, first_event.as_deref(), host::now_ms())
     }
 }
 
@@ -164,7 +185,7 @@ mod tests {
     #[test]
     fn retry_after_sets_the_cooldown_capped_and_scoped() {
         let c = Config::default();
-        match decide(&c, 429, &h(&[("Retry-After", "7")]), 1000) {
+        match decide(&c, 429, &h(&[("Retry-After", "7")]), None, 1000) {
             QuotaDecision::Cooldown(cd) => {
                 assert_eq!(cd.until_ms, 8000);
                 assert_eq!(cd.scope, CooldownScope::Model);
@@ -177,20 +198,40 @@ mod tests {
             ..Config::default()
         };
         assert!(
-            matches!(decide(&capped, 429, &h(&[("retry-after", "99")]), 0), QuotaDecision::Cooldown(c) if c.until_ms == 2000)
+            matches!(decide(&capped, 429, &h(&[("retry-after", "99")]), None, 0), QuotaDecision::Cooldown(c) if c.until_ms == 2000)
         );
         assert!(
-            matches!(decide(&c, 503, &[], 0), QuotaDecision::Cooldown(c) if c.scope == CooldownScope::Upstream && c.until_ms == 60_000)
+            matches!(decide(&c, 503, &[], None, 0), QuotaDecision::Cooldown(c) if c.scope == CooldownScope::Upstream && c.until_ms == 60_000)
         );
         assert!(
-            matches!(decide(&c, 429, &h(&[("x-ratelimit-reset-tokens", "1m30s")]), 0), QuotaDecision::Cooldown(c) if c.until_ms == 90_000)
+            matches!(decide(&c, 429, &h(&[("x-ratelimit-reset-tokens", "1m30s")]), None, 0), QuotaDecision::Cooldown(c) if c.until_ms == 90_000)
         );
+    }
+
+    #[test]
+    fn an_error_event_inside_a_200_stream_cools_the_upstream() {
+        let c = Config::default();
+        let overloaded =
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert!(
+            matches!(decide(&c, 200, &[], Some(overloaded), 0), QuotaDecision::Cooldown(cd) if cd.scope == CooldownScope::Upstream)
+        );
+        assert!(matches!(
+            decide(
+                &c,
+                200,
+                &[],
+                Some(r#"{"choices":[{"delta":{"content":"rate_limit"}}]}"#),
+                0
+            ),
+            QuotaDecision::Pass
+        ));
     }
 
     #[test]
     fn success_and_other_errors_pass() {
         let c = Config::default();
-        assert!(matches!(decide(&c, 200, &[], 0), QuotaDecision::Pass));
-        assert!(matches!(decide(&c, 400, &[], 0), QuotaDecision::Pass));
+        assert!(matches!(decide(&c, 200, &[], None, 0), QuotaDecision::Pass));
+        assert!(matches!(decide(&c, 400, &[], None, 0), QuotaDecision::Pass));
     }
 }
