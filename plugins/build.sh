@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 mode=${1:-build}
+# Always plugins/target, whatever CARGO_TARGET_DIR says: the example config, the tests and the
+# benchmark load the components from there.
+export CARGO_TARGET_DIR=$PWD/target
 for manifest in */Cargo.toml; do
   dir=${manifest%/Cargo.toml}
   [ "$dir" = sdk ] && continue
