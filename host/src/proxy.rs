@@ -13,8 +13,9 @@
 //! 5. **select** — the route's upstreams that serve the model, healthy ones first; none serves the
 //!    model → 404 `model_not_found`. If every serving upstream is marked unhealthy they are tried
 //!    anyway (nginx does the same), since a stale mark is better than a certain failure.
-//! 6. **forward** — up to `max_attempts` upstreams in order. Only a failure to *connect* moves on to
-//!    the next one: the request was never sent, so it is safe to repeat. Once sent, a timeout or a
+//! 6. **forward** — up to `max_attempts` upstreams in order. A failure to *connect* moves on to the
+//!    next one (the request was never sent, so it is safe to repeat), and so does a quota policy's
+//!    `retry-other`/`cooldown` (the upstream refused it). Otherwise, once sent, a timeout or a
 //!    broken response is final (502/504): an LLM request may have been processed and billed.
 //! 7. **relay** — the response head goes back with hop-by-hop headers removed and the request id
 //!    set; the body is relayed frame by frame as it arrives (SSE events are never coalesced),
