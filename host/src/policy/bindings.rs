@@ -8,6 +8,6 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::tollgate::policy::{header_rewrite, ip_binding, plugin, quota, router};
-pub use tollgate::policy::types;
-pub use tollgate::policy::{bindings as binding_store, clock, kv, log};
+pub use self::exports::tollgate::policy::{header_rewrite, ip_binding, plugin, quota, router};
+pub use self::tollgate::policy::types;
+pub use self::tollgate::policy::{bindings as binding_store, clock, kv, log};
