@@ -188,6 +188,9 @@ pub struct Upstream {
     error_rate: AtomicU32,
     /// Cooldowns: `None` = every model. Values are Unix milliseconds.
     cooldowns: std::sync::Mutex<std::collections::HashMap<Option<String>, u64>>,
+    /// The latest end of any cooldown: while it is in the past, `cooling_until` answers without
+    /// taking the lock (the common case, on every request).
+    cooling_max_ms: AtomicU64,
 }
 
 /// Weight of a new sample in the moving averages: about the last ten requests count.
@@ -199,6 +202,34 @@ pub struct InFlight(Arc<AtomicU32>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        let yaml = "name: a\nmock: {}\n";
+        Upstream::new(yaml_serde::from_str(yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn cooldowns_apply_per_model_or_to_every_model_and_expire() {
+        let u = upstream();
+        assert_eq!(u.cooling_until(Some("m")), 0);
+        let later = unix_ms() + 60_000;
+        u.cool_down(Some("m"), later);
+        assert_eq!(u.cooling_until(Some("m")), later);
+        assert_eq!(u.cooling_until(Some("other")), 0);
+        u.cool_down(None, later + 1);
+        assert_eq!(u.cooling_until(Some("other")), later + 1);
+        u.cool_down(Some("x"), unix_ms().saturating_sub(1));
+        assert_eq!(
+            u.cooling_until(Some("x")),
+            later + 1,
+            "the all-models cooldown still applies"
+        );
     }
 }
 
@@ -252,6 +283,7 @@ impl Upstream {
             latency_ewma_us: AtomicU64::new(0),
             error_rate: AtomicU32::new(0f32.to_bits()),
             cooldowns: std::sync::Mutex::new(std::collections::HashMap::new()),
+            cooling_max_ms: AtomicU64::new(0),
         })
     }
 
@@ -297,11 +329,15 @@ impl Upstream {
         let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
         let entry = map.entry(model.map(str::to_owned)).or_insert(0);
         *entry = (*entry).max(until_ms);
+        self.cooling_max_ms.fetch_max(until_ms, Ordering::Relaxed);
     }
 
     /// Unix ms until which the upstream is cooling for `model` (or for every model); 0 if not.
     pub fn cooling_until(&self, model: Option<&str>) -> u64 {
         let now = unix_ms();
+        if self.cooling_max_ms.load(Ordering::Relaxed) <= now {
+            return 0;
+        }
         let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, until| *until > now);
         let all = map.get(&None).copied().unwrap_or(0);
