@@ -6,7 +6,7 @@
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
-/// Where a failure came from; decides who is blamed in logs and whether a retry may help.
+/// Where a failure came from; decides who is blamed in logs (internal failures are logged as errors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Client,
@@ -28,16 +28,12 @@ pub enum GatewayError {
     ClientBody,
     #[error("no upstream serves model {0:?}")]
     ModelNotFound(String),
-    #[error("no healthy upstream is available")]
-    NoHealthyUpstream,
     #[error("upstream could not be reached")]
     UpstreamConnect,
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
     #[error("upstream answered with an invalid response")]
     UpstreamProtocol,
-    #[error("the gateway is shutting down")]
-    ShuttingDown,
     /// A policy refused the request with its own status, code and message.
     #[error("{message}")]
     PolicyDenied {
@@ -69,22 +65,13 @@ impl GatewayError {
             | ClientBody
             | ModelNotFound(_)
             | PolicyDenied { .. } => Source::Client,
-            NoHealthyUpstream
-            | UpstreamConnect
+            UpstreamConnect
             | UpstreamTimeout
             | UpstreamProtocol
             | NoUpstream(_)
             | AllCooling { .. } => Source::Upstream,
-            ShuttingDown | Internal | PolicyFailed => Source::Internal,
+            Internal | PolicyFailed => Source::Internal,
         }
-    }
-
-    /// Whether another upstream could serve the same request (nothing was sent to the client yet).
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::UpstreamConnect | Self::UpstreamTimeout | Self::UpstreamProtocol
-        )
     }
 
     pub fn status(&self) -> StatusCode {
@@ -95,7 +82,6 @@ impl GatewayError {
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             InvalidJson => StatusCode::BAD_REQUEST,
             ClientBody => StatusCode::REQUEST_TIMEOUT,
-            NoHealthyUpstream | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamConnect | UpstreamProtocol => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,11 +106,9 @@ impl GatewayError {
             InvalidJson => ("invalid_request_error", "invalid_json"),
             ClientBody => ("invalid_request_error", "request_timeout"),
             ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
-            NoHealthyUpstream => ("server_error", "no_healthy_upstream"),
             UpstreamConnect => ("server_error", "upstream_unavailable"),
             UpstreamTimeout => ("server_error", "upstream_timeout"),
             UpstreamProtocol => ("server_error", "bad_upstream_response"),
-            ShuttingDown => ("server_error", "shutting_down"),
             Internal => ("server_error", "internal_error"),
             PolicyDenied { .. } => ("invalid_request_error", "policy_denied"),
             PolicyFailed => ("server_error", "policy_error"),
