@@ -218,11 +218,12 @@ async fn sse(url: &str, streams: usize, events: usize, delay_ms: u64, key: &str)
 }
 
 async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
-    use std::sync::Arc;
     use tollgate::policy::fixtures::{sample_request, sample_upstream};
-    use tollgate::policy::{HostServices, PluginSpec, PolicyEngine, PolicyKind};
-    let engine = PolicyEngine::new(Arc::new(HostServices::default()))
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    use tollgate::policy::{PluginSpec, PolicyEngine, PolicyKind};
+    let stores = tollgate::state::Stores::ephemeral()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = PolicyEngine::new(stores).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let spec = |name: &str, kind, config: &str| PluginSpec {
         name: name.into(),
         kind,

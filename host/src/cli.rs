@@ -185,10 +185,13 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
 }
 
 fn plugin(cmd: PluginCommand) -> ExitCode {
-    use crate::policy::{HostServices, PolicyEngine};
+    use crate::policy::PolicyEngine;
     let outcome = async_runtime().and_then(|rt| {
         rt.block_on(async {
-            let engine = PolicyEngine::new(std::sync::Arc::new(HostServices::default()))
+            let stores = crate::state::Stores::ephemeral()
+                .await
+                .map_err(|e| format!("cannot open in-memory stores: {e}"))?;
+            let engine = PolicyEngine::new(stores)
                 .map_err(|e| format!("cannot start the WebAssembly runtime: {e:#}"))?;
             match cmd {
                 PluginCommand::Inspect { file } => {

@@ -44,6 +44,9 @@ pub enum GatewayError {
     /// A policy failed (trap, deadline, memory) and its `on_error` is `deny`.
     #[error("a gateway policy failed")]
     PolicyFailed,
+    /// The stores could not decide (database down, nothing cached) and the failsafe is `closed`.
+    #[error("the gateway cannot verify this key right now; retry shortly")]
+    StateUnavailable,
     /// The router found no acceptable upstream.
     #[error("no upstream can serve this request: {0}")]
     NoUpstream(String),
@@ -70,7 +73,7 @@ impl GatewayError {
             | UpstreamProtocol
             | NoUpstream(_)
             | AllCooling { .. } => Source::Upstream,
-            Internal | PolicyFailed => Source::Internal,
+            Internal | PolicyFailed | StateUnavailable => Source::Internal,
         }
     }
 
@@ -86,7 +89,7 @@ impl GatewayError {
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             PolicyDenied { status, .. } => *status,
-            PolicyFailed | NoUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            PolicyFailed | NoUpstream(_) | StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AllCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -112,6 +115,7 @@ impl GatewayError {
             Internal => ("server_error", "internal_error"),
             PolicyDenied { .. } => ("invalid_request_error", "policy_denied"),
             PolicyFailed => ("server_error", "policy_error"),
+            StateUnavailable => ("server_error", "state_unavailable"),
             NoUpstream(_) => ("server_error", "no_upstream"),
             AllCooling { .. } => ("rate_limit_error", "upstream_quota_exhausted"),
         }

@@ -21,7 +21,8 @@ use serde_json::json;
 use crate::auth::KeyRing;
 use crate::client_ip::ClientIpResolver;
 use crate::config::{Config, ConfigError, ConfigErrors, OnError, PluginKind};
-use crate::policy::{HostServices, LoadError, Plugin, PluginSpec, PolicyEngine};
+use crate::policy::{LoadError, Plugin, PluginSpec, PolicyEngine};
+use crate::state::{StoreError, Stores};
 use crate::upstream::{Upstream, UpstreamClient};
 
 /// Facts about the connection a request arrived on, attached by the server to every request.
@@ -220,12 +221,16 @@ pub enum BuildError {
     Config(#[from] ConfigErrors),
     #[error("cannot start the WebAssembly runtime: {0}")]
     Engine(String),
+    #[error("cannot open the stores: {0}")]
+    Stores(#[from] StoreError),
 }
 
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub(crate) client: UpstreamClient,
     engine: Arc<PolicyEngine>,
+    /// Bindings, intercepts, caches; opened once (storage settings are not reloaded).
+    pub stores: Arc<Stores>,
     draining: AtomicBool,
     /// Serialises reloads so two never build from different configs at once.
     reload_lock: tokio::sync::Mutex<()>,
@@ -233,8 +238,16 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn new(config: &Config) -> Result<Arc<Self>, BuildError> {
-        let engine = PolicyEngine::new(Arc::new(HostServices::default()))
-            .map_err(|e| BuildError::Engine(format!("{e:#}")))?;
+        let client = UpstreamClient::new(config.server.timeouts.connect.get());
+        let stores = Stores::open(
+            &config.storage,
+            &config.base_dir,
+            &config.alerts,
+            client.clone(),
+        )
+        .await?;
+        let engine =
+            PolicyEngine::new(stores.clone()).map_err(|e| BuildError::Engine(format!("{e:#}")))?;
         let engine = Arc::new(engine);
         let runtime = Runtime::build(config, &engine, None)
             .await
@@ -244,8 +257,9 @@ impl Gateway {
             })?;
         Ok(Arc::new(Self {
             runtime: ArcSwap::from_pointee(runtime),
-            client: UpstreamClient::new(config.server.timeouts.connect.get()),
+            client,
             engine,
+            stores,
             draining: AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),
         }))

@@ -20,6 +20,7 @@ pub mod policy_view;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

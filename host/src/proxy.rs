@@ -36,14 +36,16 @@ use serde::Deserialize;
 use crate::access_log::{AccessRecord, Logged};
 use crate::auth::ClientKey;
 use crate::body::{BodyError, BoxBody, GuardedBody, Prefixed};
-use crate::config::OnError;
+use crate::config::{Failsafe, OnError};
 use crate::error::GatewayError;
 use crate::gateway::{ConnInfo, Gateway, Limits, PolicyRef, Route, Runtime};
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
+use crate::policy::PolicyError;
 use crate::policy::types::{
     AfterCooldown, BindingDecision, CooldownScope, QuotaDecision, RouteDecision,
 };
 use crate::policy_view::{self, ViewInput};
+use crate::state::{Intercept, KEY_ID_PREFIX_LEN};
 use crate::upstream::{ConnectTiming, Target, Upstream};
 
 /// Longest request id accepted from a trusted proxy.
@@ -148,6 +150,19 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The intercept-log entry for a refused request.
+    fn intercept(&self, parts: &http::request::Parts, key_id: &str, code: &str) -> Intercept {
+        Intercept {
+            at_ms: crate::upstream::unix_ms(),
+            key_id_prefix: key_id.chars().take(KEY_ID_PREFIX_LEN).collect(),
+            bound_cidr: None,
+            attempted_ip: self.client_ip.to_string(),
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            reason: code.to_owned(),
+        }
+    }
+
     async fn run(
         &self,
         mut parts: http::request::Parts,
@@ -193,13 +208,37 @@ impl Ctx<'_> {
         });
 
         if let Some(view) = &view {
-            // Phase 4a: ip-binding policies, in order; the first refusal ends the request.
+            // Phase 4a: ip-binding policies, in order; the first refusal ends the request and is
+            // written to the intercept log. A request every policy allowed counts as a use of the
+            // key's binding (batched). When the stores cannot answer, the failsafe decides.
+            let stores = &self.gw.stores;
             for p in &policies.ip_binding {
                 match p.plugin.check(view).await {
                     Ok(BindingDecision::Allow) => {}
-                    Ok(BindingDecision::Deny(d)) => return Err(denied(d)),
+                    Ok(BindingDecision::Deny(d)) => {
+                        stores.record_intercept(
+                            &view.key_id,
+                            self.intercept(&parts, &view.key_id, &d.code),
+                        );
+                        return Err(denied(d));
+                    }
+                    Err(PolicyError::StoreUnavailable { source, .. }) => {
+                        stores.note_failsafe();
+                        match stores.failsafe() {
+                            Failsafe::Closed => {
+                                tracing::warn!(request_id = %self.request_id, error = %source, "stores unavailable; refused (failsafe closed)");
+                                return Err(GatewayError::StateUnavailable);
+                            }
+                            Failsafe::Open => {
+                                tracing::warn!(request_id = %self.request_id, error = %source, "stores unavailable; let through unchecked (failsafe open)");
+                            }
+                        }
+                    }
                     Err(_) => on_error(p)?,
                 }
+            }
+            if !policies.ip_binding.is_empty() {
+                stores.record_use(&view.key_id, self.client_ip);
             }
             // Phase 4b: request header rewrites, in order.
             for p in &policies.header_rewrite {

@@ -162,6 +162,8 @@ impl Server {
             );
         }
         conns.shutdown().await;
+        // Write what the request path queued (usage, intercepts) before the process exits.
+        gateway.stores.shutdown().await;
     }
 }
 

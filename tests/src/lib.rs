@@ -8,6 +8,7 @@ pub mod plugins;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -41,15 +42,24 @@ pub fn config_yaml(upstream_urls: &[String], extra_server: &str) -> String {
 /// A gateway serving in this process.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// Holds the embedded database of a gateway started from a string.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestGateway {
+    /// Starts from a config string. Relative paths (the default SQLite file) resolve in a fresh
+    /// temporary directory, so gateways never share state by accident.
     pub async fn start(yaml: &str) -> Self {
-        let config =
+        let mut config =
             Config::parse(yaml, "test.yaml", Box::new(|_| None)).unwrap_or_else(|e| panic!("{e}"));
-        Self::start_config(config, None).await
+        let dir = tempfile::tempdir().expect("temp dir");
+        config.base_dir = dir.path().to_path_buf();
+        let mut gw = Self::start_config(config, None).await;
+        gw._dir = Some(dir);
+        gw
     }
 
     /// Starts from a config file and reloads it (and its plugins) when they change, as `run` does.
@@ -73,13 +83,15 @@ impl TestGateway {
         let server = Server::bind(&config.server).await.expect("gateway binds");
         let addr = server.local_addr();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(server.serve(gateway, async {
+        let task = tokio::spawn(server.serve(gateway.clone(), async {
             let _ = rx.await;
         }));
         Self {
             addr,
+            gateway,
             shutdown: Some(tx),
             task,
+            _dir: None,
         }
     }
 

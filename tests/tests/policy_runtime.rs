@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use tollgate::policy::fixtures::{sample_request, sample_upstream};
 use tollgate::policy::types::{RequestView, RouteDecision, UpstreamView};
-use tollgate::policy::{HostServices, LoadError, PolicyEngine, PolicyError, PolicyKind};
+use tollgate::policy::{LoadError, PolicyEngine, PolicyError, PolicyKind};
+use tollgate::state::Stores;
 use tollgate_tests::plugins::{spec, wasm};
 
-fn engine() -> PolicyEngine {
-    PolicyEngine::new(Arc::new(HostServices::default())).unwrap()
+async fn engine() -> PolicyEngine {
+    PolicyEngine::new(Stores::ephemeral().await.unwrap()).unwrap()
 }
 
 fn request(id: &str) -> RequestView {
@@ -28,7 +29,7 @@ fn candidates() -> Vec<UpstreamView> {
 
 #[tokio::test]
 async fn round_robin_rotates_across_calls_and_pooled_instances() {
-    let e = engine();
+    let e = engine().await;
     let p = e
         .load(
             &wasm("tollgate_round_robin"),
@@ -62,7 +63,7 @@ async fn round_robin_rotates_across_calls_and_pooled_instances() {
 
 #[tokio::test]
 async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
-    let e = engine();
+    let e = engine().await;
     let looping = Arc::new(
         e.load(
             &wasm("tollgate_hostile"),
@@ -112,7 +113,7 @@ async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
 
 #[tokio::test]
 async fn growing_memory_past_the_limit_traps_and_the_host_survives() {
-    let e = engine();
+    let e = engine().await;
     let p = e
         .load(
             &wasm("tollgate_hostile"),
@@ -126,7 +127,7 @@ async fn growing_memory_past_the_limit_traps_and_the_host_survives() {
 
 #[tokio::test]
 async fn a_trap_discards_the_instance_and_the_next_call_gets_a_new_one() {
-    let e = engine();
+    let e = engine().await;
     let p = e
         .load(
             &wasm("tollgate_hostile"),
@@ -156,7 +157,7 @@ async fn a_trap_discards_the_instance_and_the_next_call_gets_a_new_one() {
 
 #[tokio::test]
 async fn a_refused_configuration_is_reported() {
-    let e = engine();
+    let e = engine().await;
     let p = e
         .load(
             &wasm("tollgate_hostile"),
@@ -183,9 +184,9 @@ async fn a_refused_configuration_is_reported() {
     ));
 }
 
-#[test]
-fn oversized_modules_are_refused_before_compiling() {
-    let e = engine();
+#[tokio::test]
+async fn oversized_modules_are_refused_before_compiling() {
+    let e = engine().await;
     let mut s = spec("big", PolicyKind::Router, "{}");
     s.max_module_size = 1024;
     assert!(matches!(
@@ -194,9 +195,9 @@ fn oversized_modules_are_refused_before_compiling() {
     ));
 }
 
-#[test]
-fn a_plugin_of_another_kind_is_refused() {
-    let e = engine();
+#[tokio::test]
+async fn a_plugin_of_another_kind_is_refused() {
+    let e = engine().await;
     let r = e.load(
         &wasm("tollgate_round_robin"),
         spec("rr", PolicyKind::IpBinding, "{}"),
@@ -214,9 +215,9 @@ fn a_plugin_of_another_kind_is_refused() {
     );
 }
 
-#[test]
-fn a_sha256_pin_mismatch_is_refused() {
-    let e = engine();
+#[tokio::test]
+async fn a_sha256_pin_mismatch_is_refused() {
+    let e = engine().await;
     let mut s = spec("rr", PolicyKind::Router, "{}");
     s.sha256 = Some("00".repeat(32));
     assert!(matches!(
@@ -225,9 +226,9 @@ fn a_sha256_pin_mismatch_is_refused() {
     ));
 }
 
-#[test]
-fn unknown_imports_and_garbage_are_refused() {
-    let e = engine();
+#[tokio::test]
+async fn unknown_imports_and_garbage_are_refused() {
+    let e = engine().await;
     let dir = tempfile::tempdir().unwrap();
     let evil = dir.path().join("evil.wasm");
     std::fs::write(

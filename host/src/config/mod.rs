@@ -18,7 +18,9 @@ use serde::Deserialize;
 /// Paths the gateway answers itself; routes may not claim them. An entry ending in `/` is a prefix.
 pub const RESERVED_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/admin/"];
 
-pub use types::{ByteSize, Cidr, Duration, ListenAddr, Secret, UpstreamUrl, canonical_ip};
+pub use types::{
+    ByteSize, CacheUrl, Cidr, DatabaseUrl, Duration, ListenAddr, Secret, UpstreamUrl, canonical_ip,
+};
 
 /// The whole config file.
 #[derive(Debug, Deserialize)]
@@ -34,6 +36,12 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Bindings, intercepts, caches and counters. Read at start only (a change needs a restart).
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Webhook alerts on repeated intercepts.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     /// Directory of the config file; relative plugin paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -328,6 +336,78 @@ pub struct RouteConfig {
 
 fn two() -> u32 {
     2
+}
+
+/// What happens to a request the stores cannot decide (a first use while the database is down, or a
+/// key neither the cache nor the database can answer for).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failsafe {
+    /// Refuse with 503.
+    #[default]
+    Closed,
+    /// Let it through (no binding is made) and log it.
+    Open,
+}
+
+/// Stores: see `tollgate::state`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Source of truth for bindings and the intercept log.
+    pub database: DatabaseUrl,
+    /// Cache, counters and plugin key-value data. Never the source of truth for bindings.
+    pub cache: CacheUrl,
+    pub failsafe: Failsafe,
+    /// How often batched `last_used` updates and intercepts are written.
+    pub flush_interval: Duration,
+    /// How long a binding read from the database is served from the cache.
+    pub binding_cache_ttl: Duration,
+    /// Active bindings unused for this many days are archived (0 = never); the key binds afresh
+    /// on its next request. Banned keys are never archived.
+    pub archive_days: u32,
+    /// How often the archive job runs.
+    pub retention_interval: Duration,
+    /// Longest a single database or cache operation may take before it counts as a failure.
+    pub op_timeout: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            database: DatabaseUrl::Sqlite("tollgate.db".into()),
+            cache: CacheUrl::Memory,
+            failsafe: Failsafe::Closed,
+            flush_interval: Duration::secs(2),
+            binding_cache_ttl: Duration::secs(300),
+            archive_days: 90,
+            retention_interval: Duration::secs(3600),
+            op_timeout: Duration(std::time::Duration::from_millis(1000)),
+        }
+    }
+}
+
+/// Alerts on repeated intercepts: when one key is refused `threshold` times within `window`, a
+/// JSON document is POSTed to `webhook`, once per key per window.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub webhook: Option<UpstreamUrl>,
+    pub threshold: u32,
+    pub window: Duration,
+    /// Delivery attempts after the first, with exponential backoff from 500 ms.
+    pub retries: u32,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            threshold: 5,
+            window: Duration::secs(600),
+            retries: 5,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

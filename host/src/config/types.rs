@@ -248,3 +248,90 @@ mod tests {
         assert_eq!(format!("{:?}", Secret::new("sk-live")), "<redacted>");
     }
 }
+
+/// Where bindings, intercepts and usage are stored: `sqlite://PATH` (embedded; a relative path is
+/// resolved against the config file's directory, the file is created on first run),
+/// `sqlite::memory:` (nothing kept), or `postgres://…` (shared by several gateways).
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(std::path::PathBuf),
+    SqliteMemory,
+    Postgres(Secret),
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            Self::SqliteMemory => f.write_str("sqlite::memory:"),
+            // The URL may carry a password.
+            Self::Postgres(_) => f.write_str("postgres://…"),
+        }
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "sqlite::memory:" {
+            return Ok(Self::SqliteMemory);
+        }
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("missing file path".into());
+            }
+            return Ok(Self::Sqlite(path.into()));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Self::Postgres(Secret::new(s)));
+        }
+        Err("must start with sqlite:// or postgres://".into())
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_expanded(
+            d,
+            "database URL",
+            "sqlite://tollgate.db or postgres://tollgate@db/tollgate",
+        )
+    }
+}
+
+/// Where caches, counters and plugin key-value data live: `memory` (this process only) or
+/// `redis://…` / `rediss://…` (shared by several gateways).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum CacheUrl {
+    #[default]
+    Memory,
+    Redis(Secret),
+}
+
+impl fmt::Debug for CacheUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Redis(_) => f.write_str("redis://…"),
+        }
+    }
+}
+
+impl FromStr for CacheUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "memory" {
+            Ok(Self::Memory)
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+            Ok(Self::Redis(Secret::new(s)))
+        } else {
+            Err("must be `memory` or start with redis:// or rediss://".into())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CacheUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_expanded(d, "cache", "memory or redis://127.0.0.1:6379")
+    }
+}

@@ -29,6 +29,7 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     validate_upstreams(c, &mut e);
     validate_plugins(c, &mut e);
     validate_routes(c, &mut e);
+    validate_storage(c, &mut e);
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&c.logging.level) {
         e.add(
             "logging.level",
@@ -36,6 +37,26 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         );
     }
     e.0
+}
+
+fn validate_storage(c: &Config, e: &mut Errors) {
+    let s = &c.storage;
+    for (name, d) in [
+        ("flush_interval", s.flush_interval),
+        ("binding_cache_ttl", s.binding_cache_ttl),
+        ("retention_interval", s.retention_interval),
+        ("op_timeout", s.op_timeout),
+    ] {
+        if d.get().is_zero() {
+            e.add(format!("storage.{name}"), "must be greater than 0");
+        }
+    }
+    if c.alerts.threshold == 0 {
+        e.add("alerts.threshold", "must be greater than 0");
+    }
+    if c.alerts.window.get().is_zero() {
+        e.add("alerts.window", "must be greater than 0");
+    }
 }
 
 fn validate_server(c: &Config, e: &mut Errors) {

@@ -27,10 +27,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 
+use crate::state::{StoreError, Stores};
 pub use bindings::types;
 use bindings::{header_rewrite, ip_binding, plugin, quota, router};
 use state::{CallBudget, PluginState};
-pub use state::{HostServices, MemoryBindings, MemoryKv};
 
 /// Epoch tick: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -91,6 +91,13 @@ pub enum PolicyError {
     Trap { plugin: Arc<str>, reason: String },
     #[error("plugin {plugin} could not be instantiated: {reason}")]
     Instantiate { plugin: Arc<str>, reason: String },
+    /// A host import needed a store that could not answer; the deployment's failsafe decides,
+    /// not the plugin's `on_error`.
+    #[error("plugin {plugin} could not reach the stores: {source}")]
+    StoreUnavailable {
+        plugin: Arc<str>,
+        source: StoreError,
+    },
 }
 
 /// How a plugin is loaded and run.
@@ -127,7 +134,7 @@ impl PluginSpec {
 pub struct PolicyEngine {
     engine: Engine,
     linker: Linker<PluginState>,
-    services: Arc<HostServices>,
+    stores: Arc<Stores>,
     _ticker: EpochTicker,
 }
 
@@ -141,7 +148,7 @@ impl Drop for EpochTicker {
 }
 
 impl PolicyEngine {
-    pub fn new(services: Arc<HostServices>) -> wasmtime::Result<Self> {
+    pub fn new(stores: Arc<Stores>) -> wasmtime::Result<Self> {
         let mut pooling = wasmtime::PoolingAllocationConfig::default();
         pooling
             .total_component_instances(POOL_INSTANCES)
@@ -178,13 +185,13 @@ impl PolicyEngine {
         Ok(Self {
             engine,
             linker,
-            services,
+            stores,
             _ticker: EpochTicker(stop),
         })
     }
 
-    pub fn services(&self) -> &Arc<HostServices> {
-        &self.services
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
     }
 
     /// Reads, checks, compiles and configures a plugin. Compilation is CPU-heavy: call this off
@@ -238,7 +245,7 @@ impl PolicyEngine {
             spec,
             sha256: digest,
             engine: self.engine.clone(),
-            services: self.services.clone(),
+            stores: self.stores.clone(),
             pre,
             plugin_idx,
             kind_idx,
@@ -283,7 +290,7 @@ pub struct Plugin {
     /// Hex sha256 of the module file.
     pub sha256: String,
     engine: Engine,
-    services: Arc<HostServices>,
+    stores: Arc<Stores>,
     pre: InstancePre<PluginState>,
     plugin_idx: plugin::GuestIndices,
     kind_idx: KindIndices,
@@ -304,7 +311,7 @@ impl Plugin {
             .build();
         let mut store = Store::new(
             &self.engine,
-            PluginState::new(self.spec.name.clone(), self.services.clone(), limits),
+            PluginState::new(self.spec.name.clone(), self.stores.clone(), limits),
         );
         store.limiter(|s| &mut s.limits);
         // Each epoch tick yields to the async executor (other requests keep moving while a guest
@@ -404,8 +411,15 @@ impl Plugin {
                 Ok(r)
             }
             Err(e) => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 let plugin = self.spec.name.clone();
+                if let Some(source) = e.downcast_ref::<StoreError>() {
+                    // Not the plugin's fault; the instance is still unusable after the trap.
+                    return Err(PolicyError::StoreUnavailable {
+                        plugin,
+                        source: source.clone(),
+                    });
+                }
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 let err = if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
                 {
                     PolicyError::Deadline {

@@ -1,134 +1,23 @@
 //! What a plugin instance's store holds, and the host imports it may call.
 //!
 //! Mechanism lives here, policy in the plugin: the host owns the key-value store and the bindings
-//! table and keeps them exact under concurrency; plugins only read and request changes. The
-//! in-process stores below serve a single gateway; shared stores (Redis, PostgreSQL) implement the
-//! same calls for clusters.
+//! table ([`crate::state::Stores`]) and keeps them exact under concurrency, across gateways when
+//! the stores are shared; plugins only read and request changes.
+//!
+//! A bindings call the stores cannot answer (database down and nothing cached) traps the plugin
+//! call with the [`crate::state::StoreError`]; the caller sees [`super::PolicyError::StoreUnavailable`] and
+//! applies the deployment's failsafe, not the plugin's `on_error`. Key-value calls never fail:
+//! a shared cache that is down is replaced by an in-process one.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{binding_store, clock, kv, log};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// In-process key-value store with TTLs, shared by every plugin (keys are namespaced per plugin).
-#[derive(Default)]
-pub struct MemoryKv {
-    entries: Mutex<HashMap<String, (String, Option<Instant>)>>,
-}
-
-impl MemoryKv {
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, (String, Option<Instant>)>) -> R) -> R {
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut map)
-    }
-
-    fn live<'a>(
-        map: &'a mut HashMap<String, (String, Option<Instant>)>,
-        key: &str,
-    ) -> Option<&'a mut (String, Option<Instant>)> {
-        let expired = map
-            .get(key)
-            .is_some_and(|(_, exp)| exp.is_some_and(|e| e <= Instant::now()));
-        if expired {
-            map.remove(key);
-        }
-        map.get_mut(key)
-    }
-
-    fn expiry(ttl_ms: Option<u64>) -> Option<Instant> {
-        ttl_ms.map(|ms| Instant::now() + Duration::from_millis(ms))
-    }
-
-    pub fn get(&self, key: &str) -> Option<String> {
-        self.with(|m| Self::live(m, key).map(|(v, _)| v.clone()))
-    }
-
-    pub fn set(&self, key: String, value: String, ttl_ms: Option<u64>) {
-        self.with(|m| m.insert(key, (value, Self::expiry(ttl_ms))));
-    }
-
-    pub fn delete(&self, key: &str) {
-        self.with(|m| m.remove(key));
-    }
-
-    pub fn incr(&self, key: String, delta: i64, ttl_ms: Option<u64>) -> i64 {
-        self.with(|m| {
-            if let Some((v, _)) = Self::live(m, &key) {
-                let n = v.parse::<i64>().unwrap_or(0).wrapping_add(delta);
-                *v = n.to_string();
-                n
-            } else {
-                m.insert(key, (delta.to_string(), Self::expiry(ttl_ms)));
-                delta
-            }
-        })
-    }
-
-    pub fn compare_and_set(
-        &self,
-        key: String,
-        expected: Option<String>,
-        new: String,
-        ttl_ms: Option<u64>,
-    ) -> bool {
-        self.with(|m| {
-            let current = Self::live(m, &key).map(|(v, _)| v.clone());
-            if current == expected {
-                m.insert(key, (new, Self::expiry(ttl_ms)));
-                true
-            } else {
-                false
-            }
-        })
-    }
-}
-
-/// In-process key → network bindings. First use is atomic: the first writer wins.
-#[derive(Default)]
-pub struct MemoryBindings {
-    table: Mutex<HashMap<String, binding_store::Binding>>,
-}
-
-impl MemoryBindings {
-    pub fn get(&self, key_id: &str) -> Option<binding_store::Binding> {
-        self.table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key_id)
-            .cloned()
-    }
-
-    pub fn bind_first(&self, key_id: String, cidr: &str) -> Result<binding_store::Binding, String> {
-        let net: crate::config::Cidr = cidr.parse()?;
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(table
-            .entry(key_id)
-            .or_insert_with(|| binding_store::Binding {
-                cidr: net.0.to_string(),
-                status: binding_store::BindingStatus::Active,
-                created_ms: now_ms(),
-            })
-            .clone())
-    }
-}
-
-/// Services shared by every plugin instance.
-#[derive(Default)]
-pub struct HostServices {
-    pub kv: MemoryKv,
-    pub bindings: MemoryBindings,
-}
+use crate::state::{Binding, BindingStatus, PluginKv, Stores};
 
 /// A call's deadline, counted in the plugin's *running* time. The epoch callback fires only while
 /// the guest executes; each firing adds the time since the previous one, capped at
@@ -170,30 +59,33 @@ pub struct PluginState {
     pub request_id: String,
     /// Running time the current call may use, and what it has used so far.
     pub budget: CallBudget,
-    pub services: Arc<HostServices>,
+    pub stores: Arc<Stores>,
+    /// This plugin's key namespace in the shared cache.
+    kv_prefix: String,
     pub limits: StoreLimits,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 impl PluginState {
-    pub fn new(plugin: Arc<str>, services: Arc<HostServices>, limits: StoreLimits) -> Self {
+    pub fn new(plugin: Arc<str>, stores: Arc<Stores>, limits: StoreLimits) -> Self {
         // No preopened directories, environment, arguments, sockets or stdio: a plugin that
         // imports WASI (as every Rust wasm32-wasip2 build does) links, but can reach nothing.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
         Self {
+            kv_prefix: Stores::kv_prefix(&plugin),
             plugin,
             request_id: String::new(),
             budget: CallBudget::new(Duration::ZERO),
-            services,
+            stores,
             limits,
             wasi,
             table: ResourceTable::new(),
         }
     }
 
-    fn key(&self, key: &str) -> String {
-        format!("{}\u{0}{key}", self.plugin)
+    fn kv(&self) -> PluginKv<'_> {
+        self.stores.plugin_kv(&self.kv_prefix)
     }
 }
 
@@ -207,17 +99,29 @@ impl WasiView for PluginState {
 }
 
 impl kv::Host for PluginState {
-    async fn get(&mut self, key: String) -> Option<String> {
-        self.services.kv.get(&self.key(&key))
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.kv().get(&key).await)
     }
-    async fn set(&mut self, key: String, value: String, ttl_ms: Option<u64>) {
-        self.services.kv.set(self.key(&key), value, ttl_ms);
+    async fn set(
+        &mut self,
+        key: String,
+        value: String,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<()> {
+        self.kv().set(&key, &value, ttl_ms).await;
+        Ok(())
     }
-    async fn delete(&mut self, key: String) {
-        self.services.kv.delete(&self.key(&key));
+    async fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.kv().delete(&key).await;
+        Ok(())
     }
-    async fn incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> i64 {
-        self.services.kv.incr(self.key(&key), delta, ttl_ms)
+    async fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<i64> {
+        Ok(self.kv().incr(&key, delta, ttl_ms).await)
     }
     async fn compare_and_set(
         &mut self,
@@ -225,28 +129,44 @@ impl kv::Host for PluginState {
         expected: Option<String>,
         new: String,
         ttl_ms: Option<u64>,
-    ) -> bool {
-        self.services
-            .kv
-            .compare_and_set(self.key(&key), expected, new, ttl_ms)
+    ) -> wasmtime::Result<bool> {
+        Ok(self
+            .kv()
+            .compare_and_set(&key, expected.as_deref(), &new, ttl_ms)
+            .await)
+    }
+}
+
+fn to_wit(b: Binding) -> binding_store::Binding {
+    binding_store::Binding {
+        cidr: b.cidr.to_string(),
+        status: match b.status {
+            BindingStatus::Active => binding_store::BindingStatus::Active,
+            BindingStatus::Banned => binding_store::BindingStatus::Banned,
+        },
+        created_ms: b.created_ms,
     }
 }
 
 impl binding_store::Host for PluginState {
-    async fn get(&mut self, key_id: String) -> Option<binding_store::Binding> {
-        self.services.bindings.get(&key_id)
+    async fn get(&mut self, key_id: String) -> wasmtime::Result<Option<binding_store::Binding>> {
+        Ok(self.stores.binding(&key_id).await?.map(to_wit))
     }
     async fn bind_first(
         &mut self,
         key_id: String,
         cidr: String,
-    ) -> Result<binding_store::Binding, String> {
-        self.services.bindings.bind_first(key_id, &cidr)
+    ) -> wasmtime::Result<Result<binding_store::Binding, String>> {
+        let net: crate::config::Cidr = match cidr.parse() {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(Ok(to_wit(self.stores.bind_first(&key_id, net.0).await?)))
     }
 }
 
 impl log::Host for PluginState {
-    async fn log(&mut self, level: log::Level, message: String) {
+    async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let (plugin, request_id) = (&*self.plugin, self.request_id.as_str());
         match level {
             log::Level::Debug => tracing::debug!(target: "plugin", plugin, request_id, "{message}"),
@@ -254,12 +174,13 @@ impl log::Host for PluginState {
             log::Level::Warn => tracing::warn!(target: "plugin", plugin, request_id, "{message}"),
             log::Level::Error => tracing::error!(target: "plugin", plugin, request_id, "{message}"),
         }
+        Ok(())
     }
 }
 
 impl clock::Host for PluginState {
-    async fn now_ms(&mut self) -> u64 {
-        now_ms()
+    async fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(crate::upstream::unix_ms())
     }
 }
 
@@ -268,25 +189,6 @@ impl super::bindings::tollgate::policy::types::Host for PluginState {}
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kv_incr_and_cas_are_exact() {
-        let kv = MemoryKv::default();
-        assert_eq!(kv.incr("n".into(), 1, None), 1);
-        assert_eq!(kv.incr("n".into(), 5, None), 6);
-        assert!(kv.compare_and_set("k".into(), None, "a".into(), None));
-        assert!(!kv.compare_and_set("k".into(), None, "b".into(), None));
-        assert!(kv.compare_and_set("k".into(), Some("a".into()), "c".into(), None));
-        assert_eq!(kv.get("k").as_deref(), Some("c"));
-    }
-
-    #[test]
-    fn kv_entries_expire() {
-        let kv = MemoryKv::default();
-        kv.set("t".into(), "v".into(), Some(0));
-        assert_eq!(kv.get("t"), None);
-        assert_eq!(kv.incr("t".into(), 2, None), 2);
-    }
 
     #[test]
     fn budget_ignores_long_pauses_but_not_steady_running() {
@@ -302,15 +204,5 @@ mod tests {
             !b.step(),
             "5 ms of running must exhaust a 5 ms budget: {b:?}"
         );
-    }
-
-    #[test]
-    fn first_binding_wins() {
-        let b = MemoryBindings::default();
-        let first = b.bind_first("k".into(), "10.1.2.3").unwrap();
-        let second = b.bind_first("k".into(), "10.9.9.9").unwrap();
-        assert_eq!(first.cidr, "10.1.2.3/32");
-        assert_eq!(second.cidr, "10.1.2.3/32");
-        assert!(b.bind_first("x".into(), "nonsense").is_err());
     }
 }

@@ -1,0 +1,182 @@
+//! The shared cache: Redis through one multiplexed, self-reconnecting connection.
+//!
+//! Every operation has a timeout. After a failure the cache reports itself down for
+//! [`RETRY_AFTER`] without trying, so a dead Redis costs each request nothing instead of a timeout
+//! (callers fall back at once); the first operation after that tries again, and recovery needs no
+//! restart. Multi-step operations (`incr` with a TTL on creation, compare-and-set) are Lua scripts,
+//! so they are atomic across gateways.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{Kv, StoreError, StoreResult};
+use crate::upstream::unix_ms;
+
+/// How long a failed Redis is left alone before the next attempt.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Prefix of every key this gateway writes, so a Redis can be shared with other software.
+const PREFIX: &str = "tollgate:";
+
+const INCR: &str = r"
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if created and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v";
+
+const CAS: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if (ARGV[1] == '0' and cur == false) or (ARGV[1] == '1' and cur == ARGV[2]) then
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  else
+    redis.call('SET', KEYS[1], ARGV[3])
+  end
+  return 1
+end
+return 0";
+
+pub struct RedisKv {
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    connecting: AtomicBool,
+    /// Unix ms until which the cache counts as down.
+    down_until: AtomicU64,
+    timeout: Duration,
+    incr: redis::Script,
+    cas: redis::Script,
+}
+
+impl RedisKv {
+    /// Checks the URL and tries to connect. A Redis that is down at start is not an error: the
+    /// gateway starts on the database alone and connects when Redis comes back.
+    pub async fn connect(url: &str, timeout: Duration) -> StoreResult<Self> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::new("redis", e))?;
+        let kv = Self {
+            client,
+            conn: ArcSwapOption::empty(),
+            connecting: AtomicBool::new(false),
+            down_until: AtomicU64::new(0),
+            timeout,
+            incr: redis::Script::new(INCR),
+            cas: redis::Script::new(CAS),
+        };
+        if let Err(e) = kv.connection().await {
+            tracing::warn!(target: "state", error = %e, "redis is down at start; using the database until it is back");
+        }
+        Ok(kv)
+    }
+
+    async fn connection(&self) -> StoreResult<ConnectionManager> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return Err(StoreError::new("redis", "connecting"));
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        let result = self.client.get_connection_manager_with_config(config).await;
+        self.connecting.store(false, Ordering::Release);
+        let conn = result.map_err(|e| StoreError::new("redis", e))?;
+        self.conn.store(Some(std::sync::Arc::new(conn.clone())));
+        Ok(conn)
+    }
+
+    /// Runs one operation with the timeout and the down-window bookkeeping.
+    async fn run<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        F: AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
+    {
+        let now = unix_ms();
+        if now < self.down_until.load(Ordering::Relaxed) {
+            return Err(StoreError::new("redis", "down; retrying shortly"));
+        }
+        let result = match self.connection().await {
+            Ok(conn) => match tokio::time::timeout(self.timeout, op(conn)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(StoreError::new("redis", e)),
+                Err(_) => Err(StoreError::new("redis", "timed out")),
+            },
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.down_until
+                .store(now + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn key(key: &str) -> String {
+        format!("{PREFIX}{key}")
+    }
+}
+
+#[async_trait::async_trait]
+impl Kv for RedisKv {
+    async fn get(&self, key: &str) -> StoreResult<Option<String>> {
+        let k = Self::key(key);
+        self.run(async |mut c| redis::cmd("GET").arg(&k).query_async(&mut c).await)
+            .await
+    }
+
+    async fn set(&self, key: &str, value: &str, ttl_ms: Option<u64>) -> StoreResult<()> {
+        let k = Self::key(key);
+        self.run(async |mut c| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&k).arg(value);
+            if let Some(ttl) = ttl_ms {
+                cmd.arg("PX").arg(ttl.max(1));
+            }
+            cmd.query_async(&mut c).await
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let k = Self::key(key);
+        self.run(async |mut c| redis::cmd("DEL").arg(&k).query_async(&mut c).await)
+            .await
+    }
+
+    async fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> StoreResult<i64> {
+        let k = Self::key(key);
+        self.run(async |mut c| {
+            self.incr
+                .key(&k)
+                .arg(delta)
+                .arg(ttl_ms.unwrap_or(0))
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: &str,
+        ttl_ms: Option<u64>,
+    ) -> StoreResult<bool> {
+        let k = Self::key(key);
+        let set: i64 = self
+            .run(async |mut c| {
+                self.cas
+                    .key(&k)
+                    .arg(if expected.is_some() { "1" } else { "0" })
+                    .arg(expected.unwrap_or(""))
+                    .arg(new)
+                    .arg(ttl_ms.unwrap_or(0))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set == 1)
+    }
+}
