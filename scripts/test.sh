@@ -6,10 +6,14 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# System packages the tests drive (none are services the suite expects to be running).
+# System packages the tests drive. None needs to be running: the state tests start their own
+# `redis-server` and `postgres` (as the `postgres` user when run as root) on free loopback ports.
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v kill >/dev/null || need+=(procps)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v redis-server >/dev/null || need+=(redis-server)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -1,4 +1,4 @@
-//! Command line: `run`, `check`, `key-id`.
+//! Command line: `run`, `check`, `migrate`, `key-id`, `plugin`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -36,6 +36,11 @@ enum Command {
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
         config: PathBuf,
     },
+    /// Apply pending database migrations (the gateway also applies them at start).
+    Migrate {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+    },
     /// Work with policy plugins offline.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -66,6 +71,36 @@ pub fn main() -> ExitCode {
         Command::KeyId { config } => key_id(&config),
         Command::Run { config, log_level } => run(&config, log_level),
         Command::Plugin(cmd) => plugin(cmd),
+        Command::Migrate { config } => migrate(&config),
+    }
+}
+
+fn migrate(path: &std::path::Path) -> ExitCode {
+    let result = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            async_runtime()?.block_on(async {
+                let s = &config.storage;
+                let db = crate::state::SqlStore::connect(
+                    &s.database,
+                    &config.base_dir,
+                    s.op_timeout.get(),
+                )
+                .await
+                .map_err(|e| format!("{e}\n"))?;
+                db.migrate().await.map_err(|e| format!("{e}\n"))?;
+                Ok::<_, String>(format!("{:?}", s.database))
+            })
+        });
+    match result {
+        Ok(db) => {
+            println!("{db}: migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -81,9 +116,22 @@ fn load_checked(path: &std::path::Path) -> Result<Config, String> {
 }
 
 /// Builds the whole gateway from `config` (compiling and configuring plugins), with errors
-/// attributed to the file at `path`.
-async fn build(path: &std::path::Path, config: &Config) -> Result<std::sync::Arc<Gateway>, String> {
-    Gateway::new(config).await.map_err(|e| match e {
+/// attributed to the file at `path`. `ephemeral` builds it on throwaway stores (for `check`).
+async fn build(
+    path: &std::path::Path,
+    config: &Config,
+    ephemeral: bool,
+) -> Result<std::sync::Arc<Gateway>, String> {
+    let built = if ephemeral {
+        let stores = crate::state::Stores::ephemeral()
+            .await
+            .map_err(|e| format!("cannot open in-memory stores: {e}\n"))?;
+        let client = crate::upstream::UpstreamClient::new(config.server.timeouts.connect.get());
+        Gateway::with_stores(config, stores, client).await
+    } else {
+        Gateway::new(config).await
+    };
+    built.map_err(|e| match e {
         crate::gateway::BuildError::Config(mut errors) => {
             errors.source_name = path.display().to_string();
             errors.to_string()
@@ -100,8 +148,11 @@ fn async_runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let checked = load_checked(path)
-        .and_then(|config| async_runtime()?.block_on(build(path, &config)).map(drop));
+    let checked = load_checked(path).and_then(|config| {
+        async_runtime()?
+            .block_on(build(path, &config, true))
+            .map(drop)
+    });
     match checked {
         Ok(()) => {
             println!("{}: ok", path.display());
@@ -156,7 +207,7 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let gateway = match build(path, &config).await {
+        let gateway = match build(path, &config, false).await {
             Ok(g) => g,
             Err(e) => {
                 eprint!("{e}");

@@ -237,6 +237,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Opens the configured stores (running migrations) and builds the gateway on them.
     pub async fn new(config: &Config) -> Result<Arc<Self>, BuildError> {
         let client = UpstreamClient::new(config.server.timeouts.connect.get());
         let stores = Stores::open(
@@ -246,6 +247,16 @@ impl Gateway {
             client.clone(),
         )
         .await?;
+        Self::with_stores(config, stores, client).await
+    }
+
+    /// Builds the gateway on stores opened by the caller (`tollgate check` uses throwaway ones,
+    /// so checking a config never touches the real database).
+    pub async fn with_stores(
+        config: &Config,
+        stores: Arc<Stores>,
+        client: UpstreamClient,
+    ) -> Result<Arc<Self>, BuildError> {
         let engine =
             PolicyEngine::new(stores.clone()).map_err(|e| BuildError::Engine(format!("{e:#}")))?;
         let engine = Arc::new(engine);

@@ -5,6 +5,7 @@
 
 pub mod mock_upstream;
 pub mod plugins;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -94,6 +94,73 @@ fn key_id_matches_what_the_gateway_computes() {
     assert_eq!(id, ring.id_of("sk-tollgate-demo").to_hex());
 }
 
+#[tokio::test]
+async fn migrate_creates_the_embedded_database_and_check_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config_yaml(&["http://127.0.0.1:9".into()], "")
+        + "storage:\n  database: sqlite://state/gw.db\n";
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let db = dir.path().join("state/gw.db");
+
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!db.exists(), "check must not create the database");
+
+    for _ in 0..2 {
+        // Twice: applying migrations is idempotent.
+        let out = Command::new(BIN)
+            .arg("migrate")
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+    }
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for t in ["bindings", "bindings_archive", "intercepts"] {
+        assert!(tables.iter().any(|n| n == t), "{t} missing from {tables:?}");
+    }
+
+    // A database that cannot be reached is a clear error, not a hang.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        config_yaml(&["http://127.0.0.1:9".into()], "")
+            + "storage:\n  database: postgres://nobody@127.0.0.1:1/none\n  op_timeout: 2s\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .arg("-c")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database unavailable"));
+}
+
 /// Runs the real binary, starts a stream, sends SIGTERM, and checks the stream completes and the
 /// process exits 0.
 #[tokio::test]

@@ -43,6 +43,12 @@ impl CallBudget {
         }
     }
 
+    /// Restarts the clock without charging: called when a host import returns, because time the
+    /// host spent (waiting on Redis or the database) is not the plugin's running time.
+    pub fn resume(&mut self) {
+        self.last = Instant::now();
+    }
+
     /// Charges the time since the last step; `false` once the budget is spent.
     pub fn step(&mut self) -> bool {
         let now = Instant::now();
@@ -98,9 +104,14 @@ impl WasiView for PluginState {
     }
 }
 
+// Every import that may wait on a store restarts the call's budget clock when it returns: the
+// wait is the host's time, not the plugin's.
+
 impl kv::Host for PluginState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.kv().get(&key).await)
+        let out = self.kv().get(&key).await;
+        self.budget.resume();
+        Ok(out)
     }
     async fn set(
         &mut self,
@@ -109,10 +120,12 @@ impl kv::Host for PluginState {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<()> {
         self.kv().set(&key, &value, ttl_ms).await;
+        self.budget.resume();
         Ok(())
     }
     async fn delete(&mut self, key: String) -> wasmtime::Result<()> {
         self.kv().delete(&key).await;
+        self.budget.resume();
         Ok(())
     }
     async fn incr(
@@ -121,7 +134,9 @@ impl kv::Host for PluginState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<i64> {
-        Ok(self.kv().incr(&key, delta, ttl_ms).await)
+        let out = self.kv().incr(&key, delta, ttl_ms).await;
+        self.budget.resume();
+        Ok(out)
     }
     async fn compare_and_set(
         &mut self,
@@ -130,10 +145,12 @@ impl kv::Host for PluginState {
         new: String,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<bool> {
-        Ok(self
+        let out = self
             .kv()
             .compare_and_set(&key, expected.as_deref(), &new, ttl_ms)
-            .await)
+            .await;
+        self.budget.resume();
+        Ok(out)
     }
 }
 
@@ -150,7 +167,9 @@ fn to_wit(b: Binding) -> binding_store::Binding {
 
 impl binding_store::Host for PluginState {
     async fn get(&mut self, key_id: String) -> wasmtime::Result<Option<binding_store::Binding>> {
-        Ok(self.stores.binding(&key_id).await?.map(to_wit))
+        let found = self.stores.binding(&key_id).await;
+        self.budget.resume();
+        Ok(found?.map(to_wit))
     }
     async fn bind_first(
         &mut self,
@@ -161,7 +180,9 @@ impl binding_store::Host for PluginState {
             Ok(n) => n,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(Ok(to_wit(self.stores.bind_first(&key_id, net.0).await?)))
+        let bound = self.stores.bind_first(&key_id, net.0).await;
+        self.budget.resume();
+        Ok(Ok(to_wit(bound?)))
     }
 }
 

@@ -1,0 +1,623 @@
+//! State: bindings, intercepts, usage, retention, plugin kv, alerts, cluster behaviour and store
+//! failures, against real SQLite files and real `postgres` and `redis-server` processes.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tollgate::Config;
+use tollgate::auth::KeyRing;
+use tollgate::config::{
+    AlertsConfig, CacheUrl, DatabaseUrl, Duration as CfgDuration, Secret, StorageConfig,
+};
+use tollgate::state::{BindingStatus, Intercept, Stores};
+use tollgate::upstream::{UpstreamClient, unix_ms};
+use tollgate_tests::services::{Postgres, Redis};
+use tollgate_tests::*;
+
+// ---------------------------------------------------------------------------------------------
+// The behaviour suite: the same checks on the embedded and the production backends.
+
+fn storage(database: DatabaseUrl, cache: CacheUrl) -> StorageConfig {
+    StorageConfig {
+        database,
+        cache,
+        archive_days: 1,
+        op_timeout: CfgDuration(Duration::from_millis(500)),
+        ..StorageConfig::default()
+    }
+}
+
+async fn open(config: &StorageConfig) -> Arc<Stores> {
+    Stores::open(
+        config,
+        std::path::Path::new("/nonexistent"),
+        &AlertsConfig::default(),
+        UpstreamClient::new(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap()
+}
+
+fn net(s: &str) -> ipnet::IpNet {
+    s.parse().unwrap()
+}
+
+async fn behaviour_suite(stores: Arc<Stores>) {
+    let key = "a".repeat(64);
+    assert_eq!(stores.binding(&key).await.unwrap(), None);
+
+    // First use is atomic: 32 racing first uses from different networks agree on one binding.
+    let racers: Vec<_> = (0..32)
+        .map(|i| {
+            let (stores, key) = (stores.clone(), key.clone());
+            tokio::spawn(async move {
+                stores
+                    .bind_first(&key, net(&format!("10.0.{i}.1/32")))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut cidrs = Vec::new();
+    for r in racers {
+        cidrs.push(r.await.unwrap().cidr);
+    }
+    assert!(cidrs.iter().all(|c| *c == cidrs[0]), "{cidrs:?}");
+    let in_db = stores.database().binding(&key).await.unwrap().unwrap();
+    assert_eq!(in_db.cidr, cidrs[0]);
+    assert_eq!(stores.binding(&key).await.unwrap().unwrap().cidr, cidrs[0]);
+    assert_eq!(stores.database().bindings(100).await.unwrap().len(), 1);
+
+    // IPv4-mapped IPv6 is stored as IPv4; host bits are cleared.
+    let mapped = stores
+        .bind_first(&"b".repeat(64), net("::ffff:10.9.8.7/120"))
+        .await
+        .unwrap();
+    assert_eq!(mapped.cidr.to_string(), "10.9.8.0/24");
+
+    // Usage is batched and applied on flush.
+    let ip: IpAddr = "10.0.0.42".parse().unwrap();
+    for _ in 0..3 {
+        stores.record_use(&key, ip);
+    }
+    stores.flush().await;
+    let used = stores.database().binding(&key).await.unwrap().unwrap();
+    assert_eq!(used.request_count, 3);
+    assert_eq!(used.last_ip.as_deref(), Some("10.0.0.42"));
+    assert!(used.last_used_ms >= used.created_ms);
+
+    // Intercepts are stored with the bound network filled in, and queryable per key.
+    stores.record_intercept(
+        &key,
+        Intercept {
+            at_ms: unix_ms(),
+            key_id_prefix: key[..12].to_owned(),
+            bound_cidr: None,
+            attempted_ip: "192.0.2.9".into(),
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            reason: "ip_not_allowed".into(),
+        },
+    );
+    stores.flush().await;
+    let logged = stores
+        .database()
+        .intercepts(Some(&key[..12]), 10)
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].bound_cidr, Some(cidrs[0].to_string()));
+    assert_eq!(logged[0].attempted_ip, "192.0.2.9");
+    assert!(
+        stores
+            .database()
+            .intercepts(Some("ffffffffffff"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A ban replaces the cached copy at once.
+    assert!(
+        stores
+            .set_status(&key, BindingStatus::Banned)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        stores.binding(&key).await.unwrap().unwrap().status,
+        BindingStatus::Banned
+    );
+
+    // Retention: an active binding unused for longer than archive_days is archived (and leaves
+    // the cache); a banned one stays; the archived key binds afresh.
+    let old = unix_ms() - 3 * 86_400_000;
+    let stale = "c".repeat(64);
+    let banned_stale = "d".repeat(64);
+    stores
+        .database()
+        .bind_first(&stale, net("10.1.1.1/32"), old)
+        .await
+        .unwrap();
+    assert!(stores.binding(&stale).await.unwrap().is_some()); // now cached
+    stores
+        .database()
+        .bind_first(&banned_stale, net("10.1.1.2/32"), old)
+        .await
+        .unwrap();
+    stores
+        .set_status(&banned_stale, BindingStatus::Banned)
+        .await
+        .unwrap();
+    assert_eq!(stores.archive_inactive().await.unwrap(), 1);
+    assert_eq!(stores.binding(&stale).await.unwrap(), None);
+    assert_eq!(stores.database().archived_count(&stale).await.unwrap(), 1);
+    assert!(stores.binding(&banned_stale).await.unwrap().is_some());
+    let rebound = stores.bind_first(&stale, net("10.2.2.2/32")).await.unwrap();
+    assert_eq!(rebound.cidr.to_string(), "10.2.2.2/32");
+
+    // Plugin kv: namespaced, atomic, with TTLs.
+    let prefix_a = Stores::kv_prefix("plugin-a");
+    let prefix_b = Stores::kv_prefix("plugin-b");
+    let (a, b) = (stores.plugin_kv(&prefix_a), stores.plugin_kv(&prefix_b));
+    assert_eq!(a.incr("n", 2, None).await, 2);
+    assert_eq!(a.incr("n", 3, None).await, 5);
+    assert_eq!(
+        b.get("n").await,
+        None,
+        "plugins must not see each other's keys"
+    );
+    assert!(a.compare_and_set("c", None, "x", None).await);
+    assert!(!a.compare_and_set("c", None, "y", None).await);
+    assert!(a.compare_and_set("c", Some("x"), "z", None).await);
+    assert_eq!(a.get("c").await.as_deref(), Some("z"));
+    a.set("t", "v", Some(50)).await;
+    assert_eq!(a.get("t").await.as_deref(), Some("v"));
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(a.get("t").await, None);
+    a.delete("c").await;
+    assert_eq!(a.get("c").await, None);
+    assert_eq!(
+        stores
+            .stats
+            .cache_fallbacks
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn embedded_backend_passes_the_behaviour_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = storage(
+        DatabaseUrl::Sqlite(dir.path().join("sub/state.db")),
+        CacheUrl::Memory,
+    );
+    behaviour_suite(open(&config).await).await;
+    assert!(
+        dir.path().join("sub/state.db").exists(),
+        "the file is created on first run"
+    );
+}
+
+#[tokio::test]
+async fn production_backend_passes_the_behaviour_suite() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let url = pg.create_database("suite").await;
+    let config = storage(
+        DatabaseUrl::Postgres(Secret::new(url)),
+        CacheUrl::Redis(Secret::new(redis.url())),
+    );
+    let stores = open(&config).await;
+    behaviour_suite(stores.clone()).await;
+    // The cache really is Redis.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let cached: Option<String> = redis::cmd("GET")
+        .arg(format!("tollgate:b:{}", "b".repeat(64)))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        cached.as_deref().map(|s| s.ends_with("10.9.8.0/24")),
+        Some(true)
+    );
+    // Migrations are idempotent (a second gateway, or `tollgate migrate`, runs them again).
+    stores.database().migrate().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the gateway.
+
+const SECRET: &str = "test-secret-0123456789";
+
+fn key(i: usize) -> String {
+    format!("sk-state-test-key-{i:04}")
+}
+
+/// A gateway config with `keys` client keys, the ip-binding plugin on `/v1/`, and `extra`
+/// top-level sections (storage, alerts).
+fn gateway_yaml(upstream: &str, keys: usize, extra: &str) -> String {
+    let mut y = format!("server:\n  listen: 127.0.0.1:0\nauth:\n  secret: {SECRET}\n  keys:\n");
+    for i in 0..keys {
+        y.push_str(&format!("    - name: k{i}\n      key: {}\n", key(i)));
+    }
+    y.push_str(&format!(
+        "upstreams:\n  - name: u0\n    url: {upstream}\n    credential: {UPSTREAM_CREDENTIAL}\n    max_fails: 1000\n\
+         routes:\n  - path_prefix: /v1/\n    upstreams: [u0]\n    policies: [bind]\n\
+         plugins:\n  - name: bind\n    kind: ip-binding\n    module: {}\n\
+         logging:\n  access_log: false\n{extra}",
+        plugins::wasm("tollgate_ip_binding").display()
+    ));
+    y
+}
+
+fn key_id(i: usize) -> String {
+    let config = Config::parse(
+        &gateway_yaml("http://127.0.0.1:9", i + 1, ""),
+        "t",
+        Box::new(|_| None),
+    )
+    .unwrap();
+    KeyRing::new(&config.auth).id_of(&key(i)).to_hex()
+}
+
+fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(Some(local.parse().unwrap()))
+        .build()
+        .unwrap()
+}
+
+async fn send(client: &reqwest::Client, gw: &TestGateway, k: &str) -> (u16, Value) {
+    let resp = client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(k)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_cluster_binds_each_key_exactly_once_under_racing_first_requests() {
+    const KEYS: usize = 40;
+    let (pg, redis, mock) = (
+        Postgres::start(),
+        Redis::start(),
+        MockUpstream::start().await,
+    );
+    let db = pg.create_database("cluster").await;
+    let extra = format!("storage:\n  database: {db}\n  cache: {}\n", redis.url());
+    let yaml = gateway_yaml(&mock.url(), KEYS, &extra);
+    let (a, b) = (
+        TestGateway::start(&yaml).await,
+        TestGateway::start(&yaml).await,
+    );
+    let (from2, from3) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+
+    // Every key's first two requests race: one via A from 127.0.0.2, one via B from 127.0.0.3.
+    let mut races = Vec::new();
+    for i in 0..KEYS {
+        let (c2, c3, k) = (from2.clone(), from3.clone(), key(i));
+        let (ua, ub) = (a.url("/v1/chat/completions"), b.url("/v1/chat/completions"));
+        races.push(tokio::spawn(async move {
+            let go = |c: reqwest::Client, url: String, k: String| async move {
+                c.post(url)
+                    .bearer_auth(k)
+                    .json(&chat_body(false))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            };
+            tokio::join!(go(c2, ua, k.clone()), go(c3, ub, k))
+        }));
+    }
+    let mut winners = HashMap::new();
+    for (i, race) in races.into_iter().enumerate() {
+        let (via_a, via_b) = race.await.unwrap();
+        let winner = match (via_a, via_b) {
+            (200, 403) => "127.0.0.2/32",
+            (403, 200) => "127.0.0.3/32",
+            other => panic!("key {i}: expected exactly one 200 and one 403, got {other:?}"),
+        };
+        winners.insert(key_id(i), winner);
+    }
+
+    // PostgreSQL holds exactly one binding per key, the winner's; Redis agrees.
+    let check = Stores::open(
+        &storage(
+            DatabaseUrl::Postgres(Secret::new(db.clone())),
+            CacheUrl::Redis(Secret::new(redis.url())),
+        ),
+        std::path::Path::new("."),
+        &AlertsConfig::default(),
+        UpstreamClient::new(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let rows = check.database().bindings(1000).await.unwrap();
+    assert_eq!(rows.len(), KEYS);
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for row in &rows {
+        assert_eq!(row.cidr.to_string(), winners[&row.key_id], "{}", row.key_id);
+        let cached: Option<String> = redis::cmd("GET")
+            .arg(format!("tollgate:b:{}", row.key_id))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let cached = cached.expect("the binding is cached in Redis");
+        assert!(cached.ends_with(&format!("|{}", row.cidr)), "{cached}");
+    }
+
+    // Each loser was logged as an intercept; each winner's use was counted, across instances.
+    a.gateway.stores.flush().await;
+    b.gateway.stores.flush().await;
+    assert_eq!(
+        check.database().intercepts(None, 1000).await.unwrap().len(),
+        KEYS
+    );
+    let rows = check.database().bindings(1000).await.unwrap();
+    assert!(rows.iter().all(|r| r.request_count == 1), "{rows:?}");
+
+    // A key bound through one instance is refused from another network on the other.
+    let k0_winner_is_2 = winners[&key_id(0)] == "127.0.0.2/32";
+    let (good, bad) = if k0_winner_is_2 {
+        (&from2, &from3)
+    } else {
+        (&from3, &from2)
+    };
+    assert_eq!(send(good, &b, &key(0)).await.0, 200);
+    assert_eq!(send(bad, &a, &key(0)).await.0, 403);
+    assert_eq!(mock.requests(), KEYS + 1);
+}
+
+#[tokio::test]
+async fn store_failures_follow_the_failsafe_and_recover() {
+    let (mut pg, mut redis, mock) = (
+        Postgres::start(),
+        Redis::start(),
+        MockUpstream::start().await,
+    );
+    let db = pg.create_database("faults").await;
+    let stores = |failsafe: &str| {
+        format!(
+            "storage:\n  database: {db}\n  cache: {}\n  failsafe: {failsafe}\n  op_timeout: 300ms\n",
+            redis.url()
+        )
+    };
+    let closed = TestGateway::start(&gateway_yaml(&mock.url(), 20, &stores("closed"))).await;
+    let open = TestGateway::start(&gateway_yaml(&mock.url(), 20, &stores("open"))).await;
+    let (from2, from3) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+    for i in 0..10 {
+        assert_eq!(send(&from2, &closed, &key(i)).await.0, 200);
+    }
+
+    // Load on bound keys while Redis is killed and restarted: the database answers instead.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let mut load = Vec::new();
+    for w in 0..4 {
+        let (c, url, stop, statuses) = (
+            from2.clone(),
+            closed.url("/v1/chat/completions"),
+            stop.clone(),
+            statuses.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let mut n = w;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = c
+                    .post(&url)
+                    .bearer_auth(key(n % 10))
+                    .json(&chat_body(false))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                statuses.lock().unwrap().push(s);
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    assert!(statuses.len() > 50, "too little load: {}", statuses.len());
+    let failed: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        statuses.len()
+    );
+    assert!(
+        closed
+            .gateway
+            .stores
+            .stats
+            .cache_fallbacks
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "Redis was down, so some reads must have fallen back"
+    );
+
+    // Refill the (restarted, empty) Redis, then take PostgreSQL away.
+    for i in 0..10 {
+        assert_eq!(send(&from2, &closed, &key(i)).await.0, 200);
+    }
+    pg.stop();
+    // Cached decisions keep working both ways.
+    assert_eq!(send(&from2, &closed, &key(0)).await.0, 200);
+    assert_eq!(send(&from3, &closed, &key(0)).await.0, 403);
+    // A first use cannot be decided: closed refuses with 503, open lets it through.
+    let (status, body) = send(&from2, &closed, &key(10)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "state_unavailable");
+    assert_eq!(send(&from2, &open, &key(11)).await.0, 200);
+
+    // PostgreSQL comes back: first uses bind again without a restart.
+    pg.restart();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if send(&from2, &closed, &key(10)).await.0 == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "first uses must bind again once PostgreSQL is back"
+    );
+    assert_eq!(send(&from3, &open, &key(10)).await.0, 403);
+
+    // No acknowledged binding was lost.
+    let check = Stores::open(
+        &storage(
+            DatabaseUrl::Postgres(Secret::new(db.clone())),
+            CacheUrl::Memory,
+        ),
+        std::path::Path::new("."),
+        &AlertsConfig::default(),
+        UpstreamClient::new(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    for i in 0..=10 {
+        let b = check.database().binding(&key_id(i)).await.unwrap();
+        assert_eq!(
+            b.map(|b| b.cidr.to_string()).as_deref(),
+            Some("127.0.0.2/32"),
+            "key {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn repeated_intercepts_send_one_webhook_alert_with_retries() {
+    use axum::routing::post;
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = {
+        let (received, attempts) = (received.clone(), attempts.clone());
+        axum::Router::new().route(
+            "/hook",
+            post(move |axum::Json(v): axum::Json<Value>| {
+                let (received, attempts) = (received.clone(), attempts.clone());
+                async move {
+                    // The first two deliveries fail: the gateway must retry.
+                    if attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                        return http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    received.lock().unwrap().push(v);
+                    http::StatusCode::NO_CONTENT
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mock = MockUpstream::start().await;
+    let extra = format!("alerts:\n  webhook: {hook}\n  threshold: 3\n  window: 1m\n");
+    let gw = TestGateway::start(&gateway_yaml(&mock.url(), 1, &extra)).await;
+    assert_eq!(send(&client_from("127.0.0.2"), &gw, &key(0)).await.0, 200);
+    let intruder = client_from("127.0.0.3");
+    for _ in 0..5 {
+        assert_eq!(send(&intruder, &gw, &key(0)).await.0, 403);
+    }
+    let delivered = eventually(Duration::from_secs(10), || {
+        !received.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(
+        delivered,
+        "no alert after {} attempts",
+        attempts.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let received = received.lock().unwrap().clone();
+    assert_eq!(
+        received.len(),
+        1,
+        "one alert per key per window: {received:?}"
+    );
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let alert = &received[0];
+    assert_eq!(alert["event"], "key_intercepts");
+    assert_eq!(alert["intercepts"], 3);
+    assert_eq!(alert["threshold"], 3);
+    assert_eq!(alert["key_id_prefix"], key_id(0)[..12]);
+    assert_eq!(alert["last_attempted_ip"], "127.0.0.3");
+    assert_eq!(alert["last_bound_cidr"], "127.0.0.2/32");
+    assert_eq!(alert["last_reason"], "ip_not_allowed");
+}
+
+#[tokio::test]
+async fn the_retention_job_archives_idle_bindings_and_the_key_binds_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("state.db");
+    let mock = MockUpstream::start().await;
+    let extra = format!(
+        "storage:\n  database: sqlite://{}\n  archive_days: 1\n  retention_interval: 200ms\n",
+        file.display()
+    );
+    let gw = TestGateway::start(&gateway_yaml(&mock.url(), 1, &extra)).await;
+    let (from2, from3) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+    assert_eq!(send(&from2, &gw, &key(0)).await.0, 200);
+    assert_eq!(send(&from3, &gw, &key(0)).await.0, 403);
+    gw.gateway.stores.flush().await;
+
+    // Age the binding as if it had been idle for three days.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE bindings SET last_used_ms = $1")
+        .bind((unix_ms() - 3 * 86_400_000) as i64)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The job runs every 200 ms; poll the archive table for its work.
+    let mut rebound = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bindings_archive")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if n == 1 {
+            rebound = send(&from3, &gw, &key(0)).await.0 == 200;
+            break;
+        }
+    }
+    assert!(
+        rebound,
+        "after archiving, the key must bind to its next network"
+    );
+    assert_eq!(send(&from2, &gw, &key(0)).await.0, 403);
+}
