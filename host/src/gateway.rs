@@ -266,14 +266,18 @@ impl Gateway {
                 source_name: "config".into(),
                 errors,
             })?;
-        Ok(Arc::new(Self {
+        let gateway = Arc::new(Self {
             runtime: ArcSwap::from_pointee(runtime),
             client,
             engine,
             stores,
             draining: AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),
-        }))
+        });
+        if let Some(feed) = gateway.stores.shared_cooldowns() {
+            tokio::spawn(apply_shared_cooldowns(Arc::downgrade(&gateway), feed));
+        }
+        Ok(gateway)
     }
 
     /// Builds a runtime from `config` and swaps it in atomically. On any error the running
@@ -317,6 +321,23 @@ impl Gateway {
                 path == *own
             }
         })
+    }
+}
+
+/// Applies cooldowns decided by other gateways of the cluster to this one's upstreams of the same
+/// name, until the gateway is dropped.
+async fn apply_shared_cooldowns(
+    gateway: std::sync::Weak<Gateway>,
+    mut feed: tokio::sync::mpsc::Receiver<crate::state::SharedCooldown>,
+) {
+    while let Some(c) = feed.recv().await {
+        let Some(gw) = gateway.upgrade() else {
+            return;
+        };
+        let runtime = gw.runtime();
+        if let Some(u) = runtime.upstreams.iter().find(|u| *u.name == *c.upstream) {
+            u.cool_down(c.model.as_deref(), c.until_ms);
+        }
     }
 }
 

@@ -45,7 +45,7 @@ use crate::policy::types::{
     AfterCooldown, BindingDecision, CooldownScope, QuotaDecision, RouteDecision,
 };
 use crate::policy_view::{self, ViewInput};
-use crate::state::{Intercept, KEY_ID_PREFIX_LEN};
+use crate::state::{Intercept, KEY_ID_PREFIX_LEN, SharedCooldown};
 use crate::upstream::{ConnectTiming, Target, Upstream};
 
 /// Longest request id accepted from a trusted proxy.
@@ -333,6 +333,11 @@ impl Ctx<'_> {
                             CooldownScope::Upstream => None,
                         };
                         upstream.cool_down(scope, c.until_ms);
+                        self.gw.stores.share_cooldown(SharedCooldown {
+                            upstream: upstream.name.to_string(),
+                            model: scope.map(str::to_owned),
+                            until_ms: c.until_ms,
+                        });
                         tracing::info!(request_id = %self.request_id, upstream = %upstream.name, model = scope, until_ms = c.until_ms, "upstream cooling down");
                         c.then == AfterCooldown::RetryOther
                     }

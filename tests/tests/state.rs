@@ -621,3 +621,49 @@ async fn the_retention_job_archives_idle_bindings_and_the_key_binds_again() {
     );
     assert_eq!(send(&from2, &gw, &key(0)).await.0, 403);
 }
+
+#[tokio::test]
+async fn a_cooldown_decided_by_one_gateway_is_honoured_by_the_other() {
+    let redis = Redis::start();
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let mut yaml = policy_config_yaml(
+        &[a.url(), b.url()],
+        &[PluginDef {
+            name: "quota",
+            kind: "quota",
+            wasm: "tollgate_quota_switch",
+            config: "{}",
+            on_error: "deny",
+        }],
+        &["quota"],
+    );
+    yaml.push_str(&format!("storage:\n  cache: {}\n", redis.url()));
+    let (x, y) = (
+        TestGateway::start(&yaml).await,
+        TestGateway::start(&yaml).await,
+    );
+    let send = async |gw: &TestGateway| {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+
+    // Y has not seen A fail yet: it asks A first.
+    assert_eq!(send(&y).await, 200);
+    assert_eq!((a.requests(), b.requests()), (1, 0));
+
+    // Through X, A answers 429 (retry after 1 s): X cools A down and is served by B.
+    a.force_status(429);
+    assert_eq!(send(&x).await, 200);
+    assert_eq!((a.requests(), b.requests()), (2, 1));
+
+    // Y learns of the cooldown through Redis and skips A without asking it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(send(&y).await, 200);
+    assert_eq!((a.requests(), b.requests()), (2, 2));
+}

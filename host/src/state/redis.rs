@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::mpsc;
 
 use super::{Kv, StoreError, StoreResult};
 use crate::upstream::unix_ms;
@@ -117,6 +118,39 @@ impl RedisKv {
     }
 }
 
+/// Relays one channel's messages to `tx`, reconnecting after [`RETRY_AFTER`] whenever the
+/// subscription breaks, until `tx` is closed.
+async fn relay(client: redis::Client, channel: String, tx: mpsc::Sender<String>) {
+    use futures_util::StreamExt;
+    while !tx.is_closed() {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        match msg.get_payload::<String>() {
+                            Ok(payload) => {
+                                if tx.send(payload).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(target: "state", error = %e, "unreadable message")
+                            }
+                        }
+                    }
+                    tracing::warn!(target: "state", channel, "redis subscription lost; resubscribing");
+                }
+                Err(e) => tracing::warn!(target: "state", error = %e, "redis subscribe failed"),
+            },
+            Err(e) => {
+                tracing::debug!(target: "state", error = %e, "redis unreachable for subscribe")
+            }
+        }
+        tokio::time::sleep(RETRY_AFTER).await;
+    }
+}
+
 #[async_trait::async_trait]
 impl Kv for RedisKv {
     async fn get(&self, key: &str) -> StoreResult<Option<String>> {
@@ -178,5 +212,24 @@ impl Kv for RedisKv {
             })
             .await?;
         Ok(set == 1)
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
+        let ch = Self::key(channel);
+        self.run(async |mut c| {
+            redis::cmd("PUBLISH")
+                .arg(&ch)
+                .arg(message)
+                .query_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    fn subscribe(&self, channel: &str) -> Option<mpsc::Receiver<String>> {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(relay(self.client.clone(), Self::key(channel), tx));
+        Some(rx)
     }
 }
