@@ -32,8 +32,12 @@ enum Workload {
         concurrency: usize,
         #[arg(long, default_value = "10")]
         seconds: u64,
+        /// Client key; with `--keys N`, `{n}` in it is replaced by the connection's number modulo
+        /// N, so N distinct keys share the load.
         #[arg(long, default_value = "")]
         key: String,
+        #[arg(long, default_value_t = 1)]
+        keys: usize,
     },
     /// Micro-benchmark: time of one call into each built-in policy kind through the real runtime.
     Policy {
@@ -98,13 +102,13 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-async fn rps(url: &str, concurrency: usize, seconds: u64, key: &str) -> Result<()> {
+async fn rps(url: &str, concurrency: usize, seconds: u64, key: &str, keys: usize) -> Result<()> {
     let uri: hyper::Uri = url.parse()?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
+    for c in 0..concurrency {
         let uri = uri.clone();
-        let key = key.to_owned();
+        let key = key.replace("{n}", &format!("{:04}", c % keys.max(1)));
         tasks.push(tokio::spawn(async move {
             let mut sender = connect(&uri).await?;
             let mut latencies = Vec::new();
@@ -309,7 +313,8 @@ fn main() -> Result<()> {
                 concurrency,
                 seconds,
                 key,
-            } => rps(&url, concurrency, seconds, &key).await,
+                keys,
+            } => rps(&url, concurrency, seconds, &key, keys).await,
             Workload::Sse {
                 url,
                 streams,

@@ -667,3 +667,38 @@ async fn a_cooldown_decided_by_one_gateway_is_honoured_by_the_other() {
     assert_eq!(send(&y).await, 200);
     assert_eq!((a.requests(), b.requests()), (2, 2));
 }
+
+#[tokio::test]
+async fn a_clean_shutdown_flushes_queued_usage_and_intercepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("state.db");
+    let mock = MockUpstream::start().await;
+    // Nothing would be written for an hour: only the shutdown flush can write it.
+    let extra = format!(
+        "storage:\n  database: sqlite://{}\n  flush_interval: 1h\n",
+        file.display()
+    );
+    let mut gw = TestGateway::start(&gateway_yaml(&mock.url(), 1, &extra)).await;
+    let (from2, from3) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+    for _ in 0..3 {
+        assert_eq!(send(&from2, &gw, &key(0)).await.0, 200);
+    }
+    assert_eq!(send(&from3, &gw, &key(0)).await.0, 403);
+    let db = gw.gateway.stores.database().clone();
+    assert_eq!(
+        db.binding(&key_id(0)).await.unwrap().unwrap().request_count,
+        0
+    );
+    assert!(db.intercepts(None, 10).await.unwrap().is_empty());
+
+    tokio::time::timeout(Duration::from_secs(10), gw.begin_shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    let b = db.binding(&key_id(0)).await.unwrap().unwrap();
+    assert_eq!(b.request_count, 3);
+    assert_eq!(b.last_ip.as_deref(), Some("127.0.0.2"));
+    let logged = db.intercepts(None, 10).await.unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].attempted_ip, "127.0.0.3");
+}
