@@ -438,6 +438,11 @@ async fn store_failures_follow_the_failsafe_and_recover() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.kill9();
+    // Bound keys are served from the gateway's near cache; first uses go to the database, and
+    // their cache writes fail over.
+    for i in 12..15 {
+        assert_eq!(send(&from2, &closed, &key(i)).await.0, 200);
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.restart();
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -462,7 +467,7 @@ async fn store_failures_follow_the_failsafe_and_recover() {
             .cache_fallbacks
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0,
-        "Redis was down, so some reads must have fallen back"
+        "Redis was down, so some cache operations must have fallen back"
     );
 
     // Refill the (restarted, empty) Redis, then take PostgreSQL away.
@@ -507,7 +512,7 @@ async fn store_failures_follow_the_failsafe_and_recover() {
     )
     .await
     .unwrap();
-    for i in 0..=10 {
+    for i in (0..=10).chain(12..15) {
         let b = check.database().binding(&key_id(i)).await.unwrap();
         assert_eq!(
             b.map(|b| b.cidr.to_string()).as_deref(),
@@ -701,4 +706,45 @@ async fn a_clean_shutdown_flushes_queued_usage_and_intercepts() {
     let logged = db.intercepts(None, 10).await.unwrap();
     assert_eq!(logged.len(), 1);
     assert_eq!(logged[0].attempted_ip, "127.0.0.3");
+}
+
+#[tokio::test]
+async fn a_ban_through_one_gateway_reaches_the_other_at_once() {
+    let (pg, redis, mock) = (
+        Postgres::start(),
+        Redis::start(),
+        MockUpstream::start().await,
+    );
+    let db = pg.create_database("bans").await;
+    let extra = format!("storage:\n  database: {db}\n  cache: {}\n", redis.url());
+    let yaml = gateway_yaml(&mock.url(), 1, &extra);
+    let (a, b) = (
+        TestGateway::start(&yaml).await,
+        TestGateway::start(&yaml).await,
+    );
+    let from2 = client_from("127.0.0.2");
+    // Both gateways have the binding in their near caches.
+    assert_eq!(send(&from2, &a, &key(0)).await.0, 200);
+    assert_eq!(send(&from2, &b, &key(0)).await.0, 200);
+
+    assert!(
+        a.gateway
+            .stores
+            .set_status(&key_id(0), BindingStatus::Banned)
+            .await
+            .unwrap()
+    );
+    // Well within the near cache's 10 s lifetime: the change message dropped B's copy.
+    let mut refused = None;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, body) = send(&from2, &b, &key(0)).await;
+        if status == 403 {
+            refused = Some(body);
+            break;
+        }
+    }
+    let body = refused.expect("B must refuse the banned key within a second");
+    assert_eq!(body["error"]["code"], "key_banned");
+    assert_eq!(send(&from2, &a, &key(0)).await.0, 403);
 }

@@ -174,6 +174,10 @@ pub struct Stores {
     cache: Arc<dyn Kv>,
     /// Stand-in for a shared cache that is down, so plugin counters keep working (per process).
     local: MemoryKv,
+    /// With a shared cache: bindings this gateway read recently, so a bound key costs no Redis
+    /// round trip per request. Entries live [`NEAR_TTL_MS`] at most and are dropped at once when
+    /// any gateway publishes a change of the binding (ban, archive).
+    near: Option<MemoryKv>,
     config: StorageConfig,
     queue: mpsc::Sender<Event>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -211,6 +215,11 @@ pub trait Kv: Send + Sync + 'static {
 
 /// The channel on which gateways tell each other about upstream cooldowns.
 const COOLDOWNS: &str = "cooldowns";
+/// The channel on which gateways tell each other that a binding changed (message: the key id).
+const BINDINGS: &str = "bindings";
+/// Longest a binding stays in a gateway's near cache in front of a shared cache; bounds how long a
+/// ban can go unseen by a gateway that missed the change message (disconnected from Redis).
+const NEAR_TTL_MS: u64 = 10_000;
 
 /// An upstream cooldown decided by some gateway of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -275,10 +284,12 @@ impl Stores {
         client: UpstreamClient,
     ) -> Arc<Self> {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let changes = cache.subscribe(BINDINGS);
         let stores = Arc::new(Self {
             db,
             cache,
             local: MemoryKv::default(),
+            near: changes.is_some().then(MemoryKv::default),
             config,
             queue,
             writer: std::sync::Mutex::new(None),
@@ -290,7 +301,28 @@ impl Stores {
         if stores.config.archive_days > 0 {
             tokio::spawn(retention(Arc::downgrade(&stores)));
         }
+        if let Some(mut changes) = changes {
+            let weak = Arc::downgrade(&stores);
+            tokio::spawn(async move {
+                while let Some(key_id) = changes.recv().await {
+                    let Some(stores) = weak.upgrade() else { return };
+                    if let Some(near) = &stores.near {
+                        near.delete_now(&Self::binding_key(&key_id));
+                    }
+                }
+            });
+        }
         stores
+    }
+
+    fn near_ttl_ms(&self) -> Option<u64> {
+        self.cache_ttl_ms().map(|t| t.min(NEAR_TTL_MS))
+    }
+
+    fn remember_near(&self, key: &str, b: &Binding) {
+        if let Some(near) = &self.near {
+            near.set_now(key, &b.encode(), self.near_ttl_ms());
+        }
     }
 
     pub fn failsafe(&self) -> Failsafe {
@@ -315,13 +347,22 @@ impl Stores {
         tracing::warn!(target: "state", op, error = %e, "cache failed; falling back");
     }
 
-    /// The binding in force for `key_id`: cache, then database.
+    /// The binding in force for `key_id`: near cache, shared cache, then database.
     pub async fn binding(&self, key_id: &str) -> StoreResult<Option<Binding>> {
         let key = Self::binding_key(key_id);
+        if let Some(b) = self
+            .near
+            .as_ref()
+            .and_then(|n| n.get_now(&key))
+            .and_then(|s| Binding::decode(key_id, &s))
+        {
+            return Ok(Some(b));
+        }
         let cached = self.cache.get(&key).await;
         match &cached {
             Ok(Some(s)) => {
                 if let Some(b) = Binding::decode(key_id, s) {
+                    self.remember_near(&key, &b);
                     return Ok(Some(b));
                 }
             }
@@ -329,11 +370,13 @@ impl Stores {
             Err(e) => self.cache_failed("get binding", e),
         }
         let found = self.db.binding(key_id).await?;
-        if let Some(b) = &found
-            && cached.is_ok()
-            && let Err(e) = self.cache.set(&key, &b.encode(), self.cache_ttl_ms()).await
-        {
-            self.cache_failed("fill binding", &e);
+        if let Some(b) = &found {
+            self.remember_near(&key, b);
+            if cached.is_ok()
+                && let Err(e) = self.cache.set(&key, &b.encode(), self.cache_ttl_ms()).await
+            {
+                self.cache_failed("fill binding", &e);
+            }
         }
         Ok(found)
     }
@@ -345,11 +388,9 @@ impl Stores {
             .db
             .bind_first(key_id, normalize_net(net), unix_ms())
             .await?;
-        if let Err(e) = self
-            .cache
-            .set(&Self::binding_key(key_id), &b.encode(), self.cache_ttl_ms())
-            .await
-        {
+        let key = Self::binding_key(key_id);
+        self.remember_near(&key, &b);
+        if let Err(e) = self.cache.set(&key, &b.encode(), self.cache_ttl_ms()).await {
             self.cache_failed("fill binding", &e);
         }
         Ok(b)
@@ -362,10 +403,18 @@ impl Stores {
         Ok(changed)
     }
 
-    /// Drops the cached copy of a binding.
+    /// Drops the cached copies of a binding, here and (through the shared cache) on every
+    /// gateway.
     async fn forget(&self, key_id: &str) {
-        if let Err(e) = self.cache.delete(&Self::binding_key(key_id)).await {
+        let key = Self::binding_key(key_id);
+        if let Some(near) = &self.near {
+            near.delete_now(&key);
+        }
+        if let Err(e) = self.cache.delete(&key).await {
             self.cache_failed("forget binding", &e);
+        }
+        if let Err(e) = self.cache.publish(BINDINGS, key_id).await {
+            self.cache_failed("publish binding change", &e);
         }
     }
 
