@@ -41,6 +41,14 @@ enum Command {
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
         config: PathBuf,
     },
+    /// See and manage key bindings in the configured stores (also reaches running gateways: their
+    /// cached copies are dropped).
+    Bindings {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: BindingsAction,
+    },
     /// Work with policy plugins offline.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -49,6 +57,31 @@ enum Command {
     KeyId {
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BindingsAction {
+    /// Bindings, most recently used first: key id, network, status, created, last used, last IP,
+    /// requests.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Refuse the key from everywhere (403 key_banned).
+    Ban { key_id: String },
+    /// Lift a ban; the key is bound to its network again.
+    Unban { key_id: String },
+    /// Forget the binding; the key's next request binds afresh.
+    Delete { key_id: String },
+    /// Refused requests, newest first: time, key id prefix, bound network, attempted IP, method,
+    /// path, reason.
+    Intercepts {
+        /// Only this key (its id or a prefix of 12 hex digits).
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
     },
 }
 
@@ -72,6 +105,105 @@ pub fn main() -> ExitCode {
         Command::Run { config, log_level } => run(&config, log_level),
         Command::Plugin(cmd) => plugin(cmd),
         Command::Migrate { config } => migrate(&config),
+        Command::Bindings { config, action } => bindings(&config, action),
+    }
+}
+
+fn ms_to_rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
+    use crate::state::{BindingStatus, KEY_ID_PREFIX_LEN, Stores};
+    let result = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            async_runtime()?.block_on(async {
+                let client =
+                    crate::upstream::UpstreamClient::new(config.server.timeouts.connect.get());
+                let stores =
+                    Stores::open(&config.storage, &config.base_dir, &config.alerts, client)
+                        .await
+                        .map_err(|e| format!("{e}\n"))?;
+                let changed = |done: bool, key_id: &str, what: &str| {
+                    if done {
+                        Ok(format!("{key_id}: {what}"))
+                    } else {
+                        Err(format!("{key_id}: no binding\n"))
+                    }
+                };
+                let out = match action {
+                    BindingsAction::List { limit } => {
+                        let rows = stores.database().bindings(limit).await;
+                        let rows = rows.map_err(|e| format!("{e}\n"))?;
+                        let lines: Vec<String> = rows
+                            .iter()
+                            .map(|b| {
+                                format!(
+                                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                                    b.key_id,
+                                    b.cidr,
+                                    b.status.as_str(),
+                                    ms_to_rfc3339(b.created_ms),
+                                    ms_to_rfc3339(b.last_used_ms),
+                                    b.last_ip.as_deref().unwrap_or("-"),
+                                    b.request_count
+                                )
+                            })
+                            .collect();
+                        Ok(lines.join("\n"))
+                    }
+                    BindingsAction::Ban { key_id } => {
+                        let done = stores.set_status(&key_id, BindingStatus::Banned).await;
+                        changed(done.map_err(|e| format!("{e}\n"))?, &key_id, "banned")
+                    }
+                    BindingsAction::Unban { key_id } => {
+                        let done = stores.set_status(&key_id, BindingStatus::Active).await;
+                        changed(done.map_err(|e| format!("{e}\n"))?, &key_id, "active")
+                    }
+                    BindingsAction::Delete { key_id } => {
+                        let done = stores.delete_binding(&key_id).await;
+                        changed(done.map_err(|e| format!("{e}\n"))?, &key_id, "deleted")
+                    }
+                    BindingsAction::Intercepts { key, limit } => {
+                        let prefix: Option<String> =
+                            key.map(|k| k.chars().take(KEY_ID_PREFIX_LEN).collect());
+                        let rows = stores.database().intercepts(prefix.as_deref(), limit).await;
+                        let rows = rows.map_err(|e| format!("{e}\n"))?;
+                        let lines: Vec<String> = rows
+                            .iter()
+                            .map(|i| {
+                                format!(
+                                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                                    ms_to_rfc3339(i.at_ms),
+                                    i.key_id_prefix,
+                                    i.bound_cidr.as_deref().unwrap_or("-"),
+                                    i.attempted_ip,
+                                    i.method,
+                                    i.path,
+                                    i.reason
+                                )
+                            })
+                            .collect();
+                        Ok(lines.join("\n"))
+                    }
+                };
+                stores.shutdown().await;
+                out
+            })
+        });
+    match result {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -748,3 +748,79 @@ async fn a_ban_through_one_gateway_reaches_the_other_at_once() {
     assert_eq!(body["error"]["code"], "key_banned");
     assert_eq!(send(&from2, &a, &key(0)).await.0, 403);
 }
+
+#[tokio::test]
+async fn operators_list_ban_and_delete_bindings_with_the_cli() {
+    const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start().await;
+    // A short cache lifetime: with `cache: memory` another process's change reaches a running
+    // gateway when its cached copy expires.
+    let extra = "storage:\n  database: sqlite://state.db\n  binding_cache_ttl: 300ms\n  flush_interval: 100ms\n";
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, gateway_yaml(&mock.url(), 1, extra)).unwrap();
+    let gw = TestGateway::start_file(&config).await;
+    let (from2, from3) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+    assert_eq!(send(&from2, &gw, &key(0)).await.0, 200);
+    assert_eq!(send(&from3, &gw, &key(0)).await.0, 403);
+    gw.gateway.stores.flush().await;
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("bindings")
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let id = key_id(0);
+    let (ok, listed, err) = cli(&["list"]);
+    assert!(ok, "{err}");
+    let row: Vec<&str> = listed.trim().split('\t').collect();
+    assert_eq!(
+        row[..3],
+        [id.as_str(), "127.0.0.2/32", "active"],
+        "{listed}"
+    );
+    assert_eq!(row[5..], ["127.0.0.2", "1"], "{listed}");
+    let (ok, intercepts, _) = cli(&["intercepts", "--key", &id]);
+    assert!(ok);
+    let row: Vec<&str> = intercepts.trim().split('\t').collect();
+    assert_eq!(
+        row[1..],
+        [
+            &id[..12],
+            "127.0.0.2/32",
+            "127.0.0.3",
+            "POST",
+            "/v1/chat/completions",
+            "ip_not_allowed"
+        ]
+    );
+
+    let (ok, out, _) = cli(&["ban", &id]);
+    assert!(ok && out.contains("banned"), "{out}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = send(&from2, &gw, &key(0)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("key_banned"))
+    );
+
+    let (ok, _, _) = cli(&["delete", &id]);
+    assert!(ok);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        send(&from3, &gw, &key(0)).await.0,
+        200,
+        "a deleted binding binds afresh"
+    );
+    let (ok, _, err) = cli(&["ban", &"0".repeat(64)]);
+    assert!(!ok && err.contains("no binding"), "{err}");
+}

@@ -403,6 +403,13 @@ impl Stores {
         Ok(changed)
     }
 
+    /// Removes a key's binding (its next request binds afresh); whether there was one.
+    pub async fn delete_binding(&self, key_id: &str) -> StoreResult<bool> {
+        let deleted = self.db.delete_binding(key_id).await?;
+        self.forget(key_id).await;
+        Ok(deleted)
+    }
+
     /// Drops the cached copies of a binding, here and (through the shared cache) on every
     /// gateway.
     async fn forget(&self, key_id: &str) {
