@@ -126,6 +126,7 @@ fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
                     Stores::open(&config.storage, &config.base_dir, &config.alerts, client)
                         .await
                         .map_err(|e| format!("{e}\n"))?;
+                let failed = |e: crate::state::StoreError| format!("{e}\n");
                 let changed = |done: bool, key_id: &str, what: &str| {
                     if done {
                         Ok(format!("{key_id}: {what}"))
@@ -136,7 +137,7 @@ fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
                 let out = match action {
                     BindingsAction::List { limit } => {
                         let rows = stores.database().bindings(limit).await;
-                        let rows = rows.map_err(|e| format!("{e}\n"))?;
+                        let rows = rows.map_err(failed)?;
                         let lines: Vec<String> = rows
                             .iter()
                             .map(|b| {
@@ -156,21 +157,21 @@ fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
                     }
                     BindingsAction::Ban { key_id } => {
                         let done = stores.set_status(&key_id, BindingStatus::Banned).await;
-                        changed(done.map_err(|e| format!("{e}\n"))?, &key_id, "banned")
+                        changed(done.map_err(failed)?, &key_id, "banned")
                     }
                     BindingsAction::Unban { key_id } => {
                         let done = stores.set_status(&key_id, BindingStatus::Active).await;
-                        changed(done.map_err(|e| format!("{e}\n"))?, &key_id, "active")
+                        changed(done.map_err(failed)?, &key_id, "active")
                     }
                     BindingsAction::Delete { key_id } => {
                         let done = stores.delete_binding(&key_id).await;
-                        changed(done.map_err(|e| format!("{e}\n"))?, &key_id, "deleted")
+                        changed(done.map_err(failed)?, &key_id, "deleted")
                     }
                     BindingsAction::Intercepts { key, limit } => {
                         let prefix: Option<String> =
                             key.map(|k| k.chars().take(KEY_ID_PREFIX_LEN).collect());
                         let rows = stores.database().intercepts(prefix.as_deref(), limit).await;
-                        let rows = rows.map_err(|e| format!("{e}\n"))?;
+                        let rows = rows.map_err(failed)?;
                         let lines: Vec<String> = rows
                             .iter()
                             .map(|i| {
@@ -193,18 +194,7 @@ fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
                 out
             })
         });
-    match result {
-        Ok(out) => {
-            if !out.is_empty() {
-                println!("{out}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprint!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    report(result)
 }
 
 fn migrate(path: &std::path::Path) -> ExitCode {
@@ -224,9 +214,16 @@ fn migrate(path: &std::path::Path) -> ExitCode {
                 Ok::<_, String>(format!("{:?}", s.database))
             })
         });
+    report(result.map(|db| format!("{db}: migrations applied")))
+}
+
+/// Prints a command's output (stdout) or error (stderr) and turns it into the exit code.
+fn report(result: Result<String, String>) -> ExitCode {
     match result {
-        Ok(db) => {
-            println!("{db}: migrations applied");
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -285,16 +282,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             .block_on(build(path, &config, true))
             .map(drop)
     });
-    match checked {
-        Ok(()) => {
-            println!("{}: ok", path.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprint!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    report(checked.map(|()| format!("{}: ok", path.display())))
 }
 
 fn key_id(path: &std::path::Path) -> ExitCode {

@@ -103,12 +103,15 @@ async fn migrate_creates_the_embedded_database_and_check_leaves_it_alone() {
     std::fs::write(&config, yaml).unwrap();
     let db = dir.path().join("state/gw.db");
 
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg("-c")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let run = |command: &str, config: &Path| {
+        Command::new(BIN)
+            .arg(command)
+            .arg("-c")
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let out = run("check", &config);
     assert!(
         out.status.success(),
         "{}",
@@ -118,12 +121,7 @@ async fn migrate_creates_the_embedded_database_and_check_leaves_it_alone() {
 
     for _ in 0..2 {
         // Twice: applying migrations is idempotent.
-        let out = Command::new(BIN)
-            .arg("migrate")
-            .arg("-c")
-            .arg(&config)
-            .output()
-            .unwrap();
+        let out = run("migrate", &config);
         assert!(
             out.status.success(),
             "{}",
@@ -151,12 +149,7 @@ async fn migrate_creates_the_embedded_database_and_check_leaves_it_alone() {
             + "storage:\n  database: postgres://nobody@127.0.0.1:1/none\n  op_timeout: 2s\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("migrate")
-        .arg("-c")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = run("migrate", &bad);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("database unavailable"));
 }
