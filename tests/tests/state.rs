@@ -32,7 +32,7 @@ fn storage(database: DatabaseUrl, cache: CacheUrl) -> StorageConfig {
     }
 }
 
-async fn open(config: &StorageConfig) -> Arc<Stores> {
+async fn open_stores(config: &StorageConfig) -> Arc<Stores> {
     Stores::open(
         config,
         std::path::Path::new("/nonexistent"),
@@ -198,7 +198,7 @@ async fn embedded_backend_passes_the_behaviour_suite() {
         DatabaseUrl::Sqlite(dir.path().join("sub/state.db")),
         CacheUrl::Memory,
     );
-    behaviour_suite(open(&config).await).await;
+    behaviour_suite(open_stores(&config).await).await;
     assert!(
         dir.path().join("sub/state.db").exists(),
         "the file is created on first run"
@@ -213,7 +213,7 @@ async fn production_backend_passes_the_behaviour_suite() {
         DatabaseUrl::Postgres(Secret::new(url)),
         CacheUrl::Redis(Secret::new(redis.url())),
     );
-    let stores = open(&config).await;
+    let stores = open_stores(&config).await;
     behaviour_suite(stores.clone()).await;
     // The cache really is Redis.
     let mut conn = redis::Client::open(redis.url())
@@ -337,17 +337,11 @@ async fn a_cluster_binds_each_key_exactly_once_under_racing_first_requests() {
     }
 
     // PostgreSQL holds exactly one binding per key, the winner's; Redis agrees.
-    let check = Stores::open(
-        &storage(
-            DatabaseUrl::Postgres(Secret::new(db.clone())),
-            CacheUrl::Redis(Secret::new(redis.url())),
-        ),
-        std::path::Path::new("."),
-        &AlertsConfig::default(),
-        UpstreamClient::new(Duration::from_secs(1)),
-    )
-    .await
-    .unwrap();
+    let check = open_stores(&storage(
+        DatabaseUrl::Postgres(Secret::new(db.clone())),
+        CacheUrl::Redis(Secret::new(redis.url())),
+    ))
+    .await;
     let rows = check.database().bindings(1000).await.unwrap();
     assert_eq!(rows.len(), KEYS);
     let mut conn = redis::Client::open(redis.url())
@@ -501,17 +495,11 @@ async fn store_failures_follow_the_failsafe_and_recover() {
     assert_eq!(send(&from3, &open, &key(10)).await.0, 403);
 
     // No acknowledged binding was lost.
-    let check = Stores::open(
-        &storage(
-            DatabaseUrl::Postgres(Secret::new(db.clone())),
-            CacheUrl::Memory,
-        ),
-        std::path::Path::new("."),
-        &AlertsConfig::default(),
-        UpstreamClient::new(Duration::from_secs(1)),
-    )
-    .await
-    .unwrap();
+    let check = open_stores(&storage(
+        DatabaseUrl::Postgres(Secret::new(db.clone())),
+        CacheUrl::Memory,
+    ))
+    .await;
     for i in (0..=10).chain(12..15) {
         let b = check.database().binding(&key_id(i)).await.unwrap();
         assert_eq!(
