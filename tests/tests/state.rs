@@ -646,6 +646,28 @@ async fn a_cooldown_decided_by_one_gateway_is_honoured_by_the_other() {
             .status()
     };
 
+    // Both gateways are subscribed to the cooldown channel before anything cools down.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut subscribed = false;
+    for _ in 0..100 {
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("tollgate:cooldowns")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if counts.first().is_some_and(|(_, n)| *n == 2) {
+            subscribed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(subscribed, "both gateways subscribe to tollgate:cooldowns");
+
     // Y has not seen A fail yet: it asks A first.
     assert_eq!(send(&y).await, 200);
     assert_eq!((a.requests(), b.requests()), (1, 0));
@@ -655,8 +677,12 @@ async fn a_cooldown_decided_by_one_gateway_is_honoured_by_the_other() {
     assert_eq!(send(&x).await, 200);
     assert_eq!((a.requests(), b.requests()), (2, 1));
 
-    // Y learns of the cooldown through Redis and skips A without asking it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Y learns of the cooldown through Redis (well within A's 1 s) and skips A without asking it.
+    let y_sees = eventually(Duration::from_millis(800), || {
+        y.gateway.runtime().upstreams[0].cooling_until(Some("gpt-test")) > 0
+    })
+    .await;
+    assert!(y_sees, "the cooldown must reach the other gateway");
     assert_eq!(send(&y).await, 200);
     assert_eq!((a.requests(), b.requests()), (2, 2));
 }
