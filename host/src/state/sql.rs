@@ -96,13 +96,6 @@ impl SqlStore {
         migrator.run(&self.pool).await.map_err(db_err)
     }
 
-    /// Whether the database answers.
-    pub async fn ping(&self) -> StoreResult<()> {
-        self.timed(sqlx::query("SELECT 1").execute(&self.pool))
-            .await
-            .map(drop)
-    }
-
     async fn timed<T, E: std::fmt::Display>(
         &self,
         fut: impl std::future::Future<Output = Result<T, E>>,
