@@ -44,7 +44,7 @@ use crate::policy::PolicyError;
 use crate::policy::types::{
     AfterCooldown, BindingDecision, CooldownScope, QuotaDecision, RouteDecision,
 };
-use crate::policy_view::{self, ViewInput};
+use crate::policy_view::{self, RequestInfo, ResponseInfo};
 use crate::state::{Intercept, KEY_ID_PREFIX_LEN, SharedCooldown};
 use crate::upstream::{ConnectTiming, Target, Upstream};
 
@@ -191,19 +191,25 @@ impl Ctx<'_> {
         }
         rec.model = probe.model.clone();
 
-        // Policies see the request as one view, built once and only on routes that have any.
+        // Policies see the request as one shared `RequestInfo`, built once and only on routes
+        // that have any.
         let policies = &route.policies;
         let model = probe.model.as_deref();
         let view = (!policies.is_empty()).then(|| {
-            policy_view::request_view(ViewInput {
-                id: self.request_id,
-                parts: &parts,
-                client_ip: self.client_ip,
-                key_id: key.id.to_hex(),
-                key_name: &key.name,
-                model,
+            Arc::new(RequestInfo {
+                model: probe.model.clone(),
                 stream: probe.stream.unwrap_or(false),
-                session_hint: probe.prompt_cache_key.as_deref().or(probe.user.as_deref()),
+                session_hint: probe
+                    .prompt_cache_key
+                    .clone()
+                    .or_else(|| probe.user.clone()),
+                ..RequestInfo::new(
+                    self.request_id,
+                    &parts,
+                    self.client_ip,
+                    key.id.to_hex(),
+                    &key.name,
+                )
             })
         });
 
@@ -240,8 +246,12 @@ impl Ctx<'_> {
             if !policies.ip_binding.is_empty() {
                 stores.record_use(&view.key_id, self.client_ip);
             }
-            // Phase 4b: request header rewrites, in order.
+            // Phase 4b: request header rewrites, in order (policies that rewrite only responses
+            // are not called).
             for p in &policies.header_rewrite {
+                if !p.plugin.rewrites_requests() {
+                    continue;
+                }
                 match p.plugin.rewrite_request(view).await {
                     Ok(ops) => policy_view::apply_ops(&mut parts.headers, ops, &p.plugin.spec.name),
                     Err(_) => on_error(p)?,
@@ -312,52 +322,51 @@ impl Ctx<'_> {
                         }
                     }
                 }
-                let up = policy_view::upstream_view(upstream, model);
-                let headers = policy_view::header_list(resp.headers());
-                let retry = match q
+                // Only the responses the policy watches (and every bootstrapped stream) are
+                // shown to it; the others pass.
+                let retry = if !q
                     .plugin
-                    .on_response(
-                        view,
-                        &up,
-                        resp.status().as_u16(),
-                        &headers,
-                        first_event.as_deref(),
-                    )
-                    .await
+                    .watches(resp.status().as_u16(), first_event.is_some())
                 {
-                    Ok(QuotaDecision::Pass) => false,
-                    Ok(QuotaDecision::RetryOther) => true,
-                    Ok(QuotaDecision::Cooldown(c)) => {
-                        let scope = match c.scope {
-                            CooldownScope::Model => model,
-                            CooldownScope::Upstream => None,
-                        };
-                        upstream.cool_down(scope, c.until_ms);
-                        self.gw.stores.share_cooldown(SharedCooldown {
-                            upstream: upstream.name.to_string(),
-                            model: scope.map(str::to_owned),
-                            until_ms: c.until_ms,
-                        });
-                        tracing::info!(request_id = %self.request_id, upstream = %upstream.name, model = scope, until_ms = c.until_ms, "upstream cooling down");
-                        c.then == AfterCooldown::RetryOther
-                    }
-                    Err(_) => {
-                        on_error(q)?;
-                        false
+                    false
+                } else {
+                    let up = policy_view::upstream_view(upstream, model);
+                    let answer = Arc::new(ResponseInfo::new(&upstream.name, &resp, first_event));
+                    match q.plugin.on_response(view, &up, &answer).await {
+                        Ok(QuotaDecision::Pass) => false,
+                        Ok(QuotaDecision::RetryOther) => true,
+                        Ok(QuotaDecision::Cooldown(c)) => {
+                            let scope = match c.scope {
+                                CooldownScope::Model => model,
+                                CooldownScope::Upstream => None,
+                            };
+                            upstream.cool_down(scope, c.until_ms);
+                            self.gw.stores.share_cooldown(SharedCooldown {
+                                upstream: upstream.name.to_string(),
+                                model: scope.map(str::to_owned),
+                                until_ms: c.until_ms,
+                            });
+                            tracing::info!(request_id = %self.request_id, upstream = %upstream.name, model = scope, until_ms = c.until_ms, "upstream cooling down");
+                            c.then == AfterCooldown::RetryOther
+                        }
+                        Err(_) => {
+                            on_error(q)?;
+                            false
+                        }
                     }
                 };
                 if retry && may_retry {
                     continue;
                 }
             }
-            // Phase 7a: response header rewrites, in order.
+            // Phase 7a: response header rewrites, in order (policies that rewrite only requests
+            // are not called). Each one sees the headers as the previous one left them.
             for p in &policies.header_rewrite {
-                let headers = policy_view::header_list(resp.headers());
-                match p
-                    .plugin
-                    .rewrite_response(view, &upstream.name, resp.status().as_u16(), &headers)
-                    .await
-                {
+                if !p.plugin.rewrites_responses() {
+                    continue;
+                }
+                let answer = Arc::new(ResponseInfo::new(&upstream.name, &resp, None));
+                match p.plugin.rewrite_response(view, &answer).await {
                     Ok(ops) => policy_view::apply_ops(resp.headers_mut(), ops, &p.plugin.spec.name),
                     Err(_) => on_error(p)?,
                 }

@@ -62,6 +62,13 @@ async fn ip_binding_binds_the_first_network_and_refuses_others() {
     );
 }
 
+/// Calls the gateway has made into the plugin named `name`.
+fn plugin_calls(gw: &TestGateway, name: &str) -> u64 {
+    let rt = gw.gateway.runtime();
+    let p = rt.plugins.iter().find(|p| &*p.spec.name == name).unwrap();
+    p.stats.calls.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[tokio::test]
 async fn header_rewrite_changes_request_and_response_headers() {
     let mock = MockUpstream::start().await;
@@ -81,10 +88,35 @@ async fn header_rewrite_changes_request_and_response_headers() {
     let resp = chat(&gw, &[("x-debug", "1")]).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-served-by"], "u0");
+    assert_eq!(plugin_calls(&gw, "hdr"), 2, "one call per phase");
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     let seen = mock.last_headers();
     assert_eq!(seen["x-gw-id"], id.as_str());
     assert!(!seen.contains_key("x-debug"));
+}
+
+#[tokio::test]
+async fn header_rewrite_is_called_only_for_the_phases_it_has_rules_for() {
+    let mock = MockUpstream::start().await;
+    let config =
+        r#"{"response": [{"set": {"name": "x-key", "value": "${key_name}/${client_ip}"}}]}"#;
+    let yaml = policy_config_yaml(
+        &[mock.url()],
+        &[plugin(
+            "hdr",
+            "header-rewrite",
+            "tollgate_header_rewrite",
+            config,
+        )],
+        &["hdr"],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for _ in 0..3 {
+        let resp = chat(&gw, &[]).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-key"], "tester/127.0.0.1");
+    }
+    assert_eq!(plugin_calls(&gw, "hdr"), 3, "no request-phase calls");
 }
 
 #[tokio::test]
@@ -148,6 +180,9 @@ async fn quota_switch_fails_over_and_skips_the_cooling_upstream_until_it_recover
     let resp = chat(&gw, &[]).await;
     assert_eq!(resp.status(), 200, "served by B after A's 429");
     assert_eq!((a.requests(), b.requests()), (1, 1));
+    // quota-switch watches only quota and overload statuses: A's 429 was shown to it, B's 200
+    // passed without a call.
+    assert_eq!(plugin_calls(&gw, "quota"), 1);
 
     // A is cooling: skipped without being asked.
     assert_eq!(chat(&gw, &[]).await.status(), 200);

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate::policy::fixtures::{sample_request, sample_upstream};
-use tollgate::policy::types::{RequestView, RouteDecision, UpstreamView};
+use tollgate::policy::types::{RouteDecision, UpstreamView};
 use tollgate::policy::{LoadError, PolicyEngine, PolicyError, PolicyKind};
+use tollgate::policy_view::RequestInfo;
 use tollgate::state::Stores;
 use tollgate_tests::plugins::{spec, wasm};
 
@@ -15,7 +16,7 @@ async fn engine() -> PolicyEngine {
     PolicyEngine::new(Stores::ephemeral().await.unwrap()).unwrap()
 }
 
-fn request(id: &str) -> RequestView {
+fn request(id: &str) -> Arc<RequestInfo> {
     sample_request(id)
 }
 

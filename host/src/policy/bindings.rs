@@ -1,11 +1,23 @@
 //! The one place the WIT package is turned into Rust (`bindgen!`). Everything else in the host
 //! uses these types.
+//!
+//! Imports that may wait on a store (`kv`, `bindings`) are async; the rest (the request and
+//! response accessors, `log`, `clock`) answer from memory and are plain calls, which are cheaper.
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "host",
-    imports: { default: async | trappable },
+    imports: {
+        "tollgate:policy/types": trappable,
+        "tollgate:policy/log": trappable,
+        "tollgate:policy/clock": trappable,
+        default: async | trappable,
+    },
     exports: { default: async },
+    with: {
+        "tollgate:policy/types.request": crate::policy_view::RequestInfo,
+        "tollgate:policy/types.response": crate::policy_view::ResponseInfo,
+    },
 });
 
 pub use self::exports::tollgate::policy::{header_rewrite, ip_binding, plugin, quota, router};

@@ -22,17 +22,21 @@
 //! left out are not checked.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::types::{
-    BindingDecision, CooldownScope, Header, HeaderOp, QuotaDecision, RequestView, RouteDecision,
-    UpstreamView,
+    BindingDecision, CooldownScope, HeaderOp, QuotaDecision, RouteDecision, UpstreamView,
 };
 use super::{PluginSpec, PolicyEngine, PolicyKind};
+use crate::policy_view::{RequestInfo, ResponseInfo};
 
 /// What `inspect` reports about a component.
 #[derive(Debug)]
@@ -142,7 +146,7 @@ struct RequestFixture {
     method: String,
     path: String,
     headers: BTreeMap<String, String>,
-    client_ip: String,
+    client_ip: IpAddr,
     key_id: String,
     key_name: String,
     model: Option<String>,
@@ -157,7 +161,7 @@ impl Default for RequestFixture {
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
             headers: BTreeMap::new(),
-            client_ip: "127.0.0.1".into(),
+            client_ip: IpAddr::from([127, 0, 0, 1]),
             key_id: "0".repeat(64),
             key_name: "test".into(),
             model: Some("gpt-4o-mini".into()),
@@ -197,28 +201,46 @@ impl Default for ResponseFixture {
     }
 }
 
-fn headers(map: &BTreeMap<String, String>) -> Vec<Header> {
+fn header_map(map: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
     map.iter()
-        .map(|(n, v)| Header {
-            name: n.to_ascii_lowercase(),
-            value: v.clone(),
+        .map(|(n, v)| {
+            let name = HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| format!("`{n}` is not a header name"))?;
+            let value =
+                HeaderValue::from_str(v).map_err(|_| format!("`{v}` is not a header value"))?;
+            Ok((name, value))
         })
         .collect()
 }
 
-fn request(r: RequestFixture) -> RequestView {
-    RequestView {
+fn request(r: RequestFixture) -> Result<RequestInfo, String> {
+    Ok(RequestInfo {
         id: r.id,
         method: r.method,
         path: r.path,
-        headers: headers(&r.headers),
+        headers: header_map(&r.headers)?,
         client_ip: r.client_ip,
+        client_ip_text: r.client_ip.to_string(),
         key_id: r.key_id,
         key_name: r.key_name,
         model: r.model,
         stream: r.stream,
         session_hint: r.session_hint,
-    }
+    })
+}
+
+fn response(upstream: &str, r: &ResponseFixture) -> Result<ResponseInfo, String> {
+    Ok(ResponseInfo {
+        upstream: upstream.to_owned(),
+        status: r.status,
+        headers: header_map(&r.headers)?,
+        first_event: r.first_event.clone(),
+    })
+}
+
+/// Names the case a fixture error comes from.
+fn in_case<T>(case: &str, r: Result<T, String>) -> Result<T, String> {
+    r.map_err(|e| format!("case `{case}`: {e}"))
 }
 
 fn candidate(c: CandidateFixture) -> UpstreamView {
@@ -233,11 +255,24 @@ fn candidate(c: CandidateFixture) -> UpstreamView {
     }
 }
 
-/// A request view with the fixture defaults and the given id (for tests and benchmarks).
-pub fn sample_request(id: &str) -> RequestView {
-    request(RequestFixture {
-        id: id.to_owned(),
-        ..RequestFixture::default()
+/// A request with the fixture defaults and the given id (for tests and benchmarks).
+pub fn sample_request(id: &str) -> Arc<RequestInfo> {
+    Arc::new(
+        request(RequestFixture {
+            id: id.to_owned(),
+            ..RequestFixture::default()
+        })
+        .expect("the defaults are valid"),
+    )
+}
+
+/// A response from `upstream` with `status` and no headers (for tests and benchmarks).
+pub fn sample_response(upstream: &str, status: u16) -> Arc<ResponseInfo> {
+    Arc::new(ResponseInfo {
+        upstream: upstream.to_owned(),
+        status,
+        headers: HeaderMap::new(),
+        first_event: None,
     })
 }
 
@@ -345,7 +380,10 @@ pub async fn run_cases(
     plugin.validate().await.map_err(|e| e.to_string())?;
     let mut results = Vec::new();
     for case in file.cases {
-        let req = request(case.request);
+        // Calls the gateway would skip (a status the quota policy does not watch, a phase the
+        // header rewrite does not rewrite) give what the gateway does instead: pass, no ops.
+        let name = case.name.clone();
+        let req = Arc::new(in_case(&name, request(case.request))?);
         let actual = match kind {
             PolicyKind::IpBinding => plugin.check(&req).await.map(binding_json),
             PolicyKind::Router => {
@@ -364,27 +402,22 @@ pub async fn run_cases(
                             ..Default::default()
                         })
                     });
-                let r = &case.response;
-                plugin
-                    .on_response(
-                        &req,
-                        &up,
-                        r.status,
-                        &headers(&r.headers),
-                        r.first_event.as_deref(),
-                    )
-                    .await
-                    .map(quota_json)
+                let resp = Arc::new(in_case(&name, response(&up.name, &case.response))?);
+                if plugin.watches(resp.status, resp.first_event.is_some()) {
+                    plugin.on_response(&req, &up, &resp).await.map(quota_json)
+                } else {
+                    Ok(quota_json(QuotaDecision::Pass))
+                }
             }
             PolicyKind::HeaderRewrite => match case.phase {
-                Phase::Request => plugin.rewrite_request(&req).await.map(ops_json),
-                Phase::Response => {
-                    let r = &case.response;
-                    plugin
-                        .rewrite_response(&req, &case.upstream, r.status, &headers(&r.headers))
-                        .await
-                        .map(ops_json)
+                Phase::Request if plugin.rewrites_requests() => {
+                    plugin.rewrite_request(&req).await.map(ops_json)
                 }
+                Phase::Response if plugin.rewrites_responses() => {
+                    let resp = Arc::new(in_case(&name, response(&case.upstream, &case.response))?);
+                    plugin.rewrite_response(&req, &resp).await.map(ops_json)
+                }
+                Phase::Request | Phase::Response => Ok(ops_json(Vec::new())),
             },
         };
         let actual = actual.unwrap_or_else(|e| json!({"error": e.to_string()}));

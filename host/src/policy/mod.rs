@@ -20,13 +20,14 @@ mod state;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, Resource};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 
+use crate::policy_view::{RequestInfo, ResponseInfo};
 use crate::state::{StoreError, Stores};
 pub use bindings::types;
 use bindings::{header_rewrite, ip_binding, plugin, quota, router};
@@ -160,8 +161,16 @@ impl PolicyEngine {
             .max_core_instances_per_component(32)
             .max_memory_size(MAX_MEMORY_LIMIT as usize);
         let mut config = wasmtime::Config::new();
+        // `TOLLGATE_PERFMAP=1` writes /tmp/perf-<pid>.map so `perf` can name plugin code (for
+        // profiling; see bench/README.md).
+        let profiler = if std::env::var_os("TOLLGATE_PERFMAP").is_some() {
+            wasmtime::ProfilingStrategy::PerfMap
+        } else {
+            wasmtime::ProfilingStrategy::None
+        };
         config
             .epoch_interruption(true)
+            .profiler(profiler)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config)?;
 
@@ -249,6 +258,7 @@ impl PolicyEngine {
             pre,
             plugin_idx,
             kind_idx,
+            interest: OnceLock::new(),
             idle: Mutex::new(Vec::new()),
             stats: PluginStats::default(),
         })
@@ -284,6 +294,27 @@ pub struct PluginStats {
     pub instantiations: AtomicU64,
 }
 
+/// Which calls a loaded version asked for (quota `watch`, header-rewrite `phases`), read once
+/// from its first instance. Kinds without such a query are called for everything.
+#[derive(Debug, Clone)]
+struct Interest {
+    /// Quota: the statuses `on-response` is called for; `None` = every response.
+    statuses: Option<Vec<u16>>,
+    /// Header-rewrite: whether `on-request` / `on-response` are called.
+    request_phase: bool,
+    response_phase: bool,
+}
+
+impl Default for Interest {
+    fn default() -> Self {
+        Self {
+            statuses: None,
+            request_phase: true,
+            response_phase: true,
+        }
+    }
+}
+
 /// One loaded version of a plugin.
 pub struct Plugin {
     pub spec: PluginSpec,
@@ -294,8 +325,19 @@ pub struct Plugin {
     pre: InstancePre<PluginState>,
     plugin_idx: plugin::GuestIndices,
     kind_idx: KindIndices,
+    interest: OnceLock<Interest>,
     idle: Mutex<Vec<Instance>>,
     pub stats: PluginStats,
+}
+
+/// The handles a call lends the guest. Their data is the store's `request`/`response`, so the
+/// representation carries nothing.
+fn request_handle() -> Resource<RequestInfo> {
+    Resource::new_borrow(0)
+}
+
+fn response_handle() -> Resource<ResponseInfo> {
+    Resource::new_borrow(0)
 }
 
 impl Plugin {
@@ -325,15 +367,9 @@ impl Plugin {
         });
         store.set_epoch_deadline(1);
         store.data_mut().budget = CallBudget::new(self.spec.deadline);
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| LoadError::Trap(format!("{e:#}")))?;
-        let configure = self
-            .plugin_idx
-            .load(&mut store, &instance)
-            .map_err(|e| LoadError::Trap(format!("{e:#}")))?;
+        let trap = |e: wasmtime::Error| LoadError::Trap(format!("{e:#}"));
+        let instance = self.pre.instantiate_async(&mut store).await.map_err(trap)?;
+        let configure = self.plugin_idx.load(&mut store, &instance).map_err(trap)?;
         let guest = match &self.kind_idx {
             KindIndices::IpBinding(i) => i.load(&mut store, &instance).map(KindGuest::IpBinding),
             KindIndices::Router(i) => i.load(&mut store, &instance).map(KindGuest::Router),
@@ -342,13 +378,31 @@ impl Plugin {
                 i.load(&mut store, &instance).map(KindGuest::HeaderRewrite)
             }
         }
-        .map_err(|e| LoadError::Trap(format!("{e:#}")))?;
+        .map_err(trap)?;
         store.data_mut().budget = CallBudget::new(self.spec.deadline);
         configure
             .call_configure(&mut store, &self.spec.config_json)
             .await
-            .map_err(|e| LoadError::Trap(format!("{e:#}")))?
+            .map_err(trap)?
             .map_err(LoadError::Configure)?;
+        if self.interest.get().is_none() {
+            let interest = match &guest {
+                KindGuest::Quota(g) => Interest {
+                    statuses: g.call_watch(&mut store).await.map_err(trap)?,
+                    ..Interest::default()
+                },
+                KindGuest::HeaderRewrite(g) => {
+                    let phases = g.call_rewrites(&mut store).await.map_err(trap)?;
+                    Interest {
+                        request_phase: phases.contains(header_rewrite::Phases::REQUEST),
+                        response_phase: phases.contains(header_rewrite::Phases::RESPONSE),
+                        ..Interest::default()
+                    }
+                }
+                _ => Interest::default(),
+            };
+            let _ = self.interest.set(interest);
+        }
         Ok(Instance {
             store,
             guest,
@@ -372,7 +426,40 @@ impl Plugin {
         Ok(())
     }
 
-    async fn checkout(&self, request_id: &str) -> Result<Instance, PolicyError> {
+    fn interest(&self) -> &Interest {
+        static EVERYTHING: OnceLock<Interest> = OnceLock::new();
+        self.interest
+            .get()
+            .unwrap_or_else(|| EVERYTHING.get_or_init(Interest::default))
+    }
+
+    /// Quota: whether `on_response` wants a response with `status` (streams whose first event was
+    /// read are always wanted).
+    pub fn watches(&self, status: u16, first_event: bool) -> bool {
+        first_event
+            || self
+                .interest()
+                .statuses
+                .as_ref()
+                .is_none_or(|s| s.contains(&status))
+    }
+
+    /// Header-rewrite: whether the plugin rewrites requests.
+    pub fn rewrites_requests(&self) -> bool {
+        self.interest().request_phase
+    }
+
+    /// Header-rewrite: whether the plugin rewrites responses.
+    pub fn rewrites_responses(&self) -> bool {
+        self.interest().response_phase
+    }
+
+    /// Takes a ready instance (or makes one) and lends it the call's request and response.
+    async fn checkout(
+        &self,
+        request: &Arc<RequestInfo>,
+        response: Option<&Arc<ResponseInfo>>,
+    ) -> Result<Instance, PolicyError> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match pooled {
             Some(i) => i,
@@ -385,8 +472,8 @@ impl Plugin {
                 })?,
         };
         let state = instance.store.data_mut();
-        state.request_id.clear();
-        state.request_id.push_str(request_id);
+        state.request = Some(request.clone());
+        state.response = response.cloned();
         state.budget = CallBudget::new(self.spec.deadline);
         instance.store.set_epoch_deadline(1);
         Ok(instance)
@@ -399,6 +486,9 @@ impl Plugin {
         result: wasmtime::Result<R>,
     ) -> Result<R, PolicyError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let state = instance.store.data_mut();
+        let request = state.request.take();
+        state.response = None;
         match result {
             Ok(r) => {
                 instance.calls += 1;
@@ -432,7 +522,8 @@ impl Plugin {
                         reason: format!("{e:#}"),
                     }
                 };
-                tracing::warn!(target: "plugin", request_id = %instance.store.data().request_id, error = %err, "plugin call failed; instance discarded");
+                let request_id = request.as_ref().map_or("", |r| r.id.as_str());
+                tracing::warn!(target: "plugin", request_id, error = %err, "plugin call failed; instance discarded");
                 Err(err)
             }
         }
@@ -445,80 +536,77 @@ impl Plugin {
         }
     }
 
+    /// ip-binding `check`.
     pub async fn check(
         &self,
-        request: &types::RequestView,
+        request: &Arc<RequestInfo>,
     ) -> Result<types::BindingDecision, PolicyError> {
-        let mut i = self.checkout(&request.id).await?;
+        let mut i = self.checkout(request, None).await?;
         let r = match &i.guest {
-            KindGuest::IpBinding(g) => g.call_check(&mut i.store, request).await,
+            KindGuest::IpBinding(g) => g.call_check(&mut i.store, request_handle()).await,
             _ => return Err(self.kind_mismatch()),
         };
         self.checkin(i, r)
     }
 
+    /// router `select`.
     pub async fn select(
         &self,
-        request: &types::RequestView,
+        request: &Arc<RequestInfo>,
         candidates: &[types::UpstreamView],
     ) -> Result<types::RouteDecision, PolicyError> {
-        let mut i = self.checkout(&request.id).await?;
+        let mut i = self.checkout(request, None).await?;
         let r = match &i.guest {
-            KindGuest::Router(g) => g.call_select(&mut i.store, request, candidates).await,
-            _ => return Err(self.kind_mismatch()),
-        };
-        self.checkin(i, r)
-    }
-
-    pub async fn on_response(
-        &self,
-        request: &types::RequestView,
-        upstream: &types::UpstreamView,
-        status: u16,
-        headers: &[types::Header],
-        first_event: Option<&str>,
-    ) -> Result<types::QuotaDecision, PolicyError> {
-        let mut i = self.checkout(&request.id).await?;
-        let r = match &i.guest {
-            KindGuest::Quota(g) => {
-                g.call_on_response(
-                    &mut i.store,
-                    request,
-                    upstream,
-                    status,
-                    headers,
-                    first_event,
-                )
-                .await
+            KindGuest::Router(g) => {
+                g.call_select(&mut i.store, request_handle(), candidates)
+                    .await
             }
             _ => return Err(self.kind_mismatch()),
         };
         self.checkin(i, r)
     }
 
-    pub async fn rewrite_request(
+    /// quota `on-response`. The caller checks [`Plugin::watches`] first.
+    pub async fn on_response(
         &self,
-        request: &types::RequestView,
-    ) -> Result<Vec<types::HeaderOp>, PolicyError> {
-        let mut i = self.checkout(&request.id).await?;
+        request: &Arc<RequestInfo>,
+        upstream: &types::UpstreamView,
+        response: &Arc<ResponseInfo>,
+    ) -> Result<types::QuotaDecision, PolicyError> {
+        let mut i = self.checkout(request, Some(response)).await?;
         let r = match &i.guest {
-            KindGuest::HeaderRewrite(g) => g.call_on_request(&mut i.store, request).await,
+            KindGuest::Quota(g) => {
+                g.call_on_response(&mut i.store, request_handle(), upstream, response_handle())
+                    .await
+            }
             _ => return Err(self.kind_mismatch()),
         };
         self.checkin(i, r)
     }
 
+    /// header-rewrite `on-request`. The caller checks [`Plugin::rewrites_requests`] first.
+    pub async fn rewrite_request(
+        &self,
+        request: &Arc<RequestInfo>,
+    ) -> Result<Vec<types::HeaderOp>, PolicyError> {
+        let mut i = self.checkout(request, None).await?;
+        let r = match &i.guest {
+            KindGuest::HeaderRewrite(g) => g.call_on_request(&mut i.store, request_handle()).await,
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+
+    /// header-rewrite `on-response`. The caller checks [`Plugin::rewrites_responses`] first.
     pub async fn rewrite_response(
         &self,
-        request: &types::RequestView,
-        upstream: &str,
-        status: u16,
-        headers: &[types::Header],
+        request: &Arc<RequestInfo>,
+        response: &Arc<ResponseInfo>,
     ) -> Result<Vec<types::HeaderOp>, PolicyError> {
-        let mut i = self.checkout(&request.id).await?;
+        let mut i = self.checkout(request, Some(response)).await?;
         let r = match &i.guest {
             KindGuest::HeaderRewrite(g) => {
-                g.call_on_response(&mut i.store, request, upstream, status, headers)
+                g.call_on_response(&mut i.store, request_handle(), response_handle())
                     .await
             }
             _ => return Err(self.kind_mismatch()),

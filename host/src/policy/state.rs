@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::StoreLimits;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{binding_store, clock, kv, log};
+use super::bindings::{binding_store, clock, kv, log, types};
+use crate::policy_view::{RequestInfo, ResponseInfo};
 use crate::state::{Binding, BindingStatus, PluginKv, Stores};
 
 /// A call's deadline, counted in the plugin's *running* time. The epoch callback fires only while
@@ -61,8 +62,10 @@ impl CallBudget {
 /// The data of one plugin instance's store.
 pub struct PluginState {
     pub plugin: Arc<str>,
-    /// Request the current call serves (for log lines).
-    pub request_id: String,
+    /// The request the current call serves (the `request` resource; its id tags log lines).
+    pub request: Option<Arc<RequestInfo>>,
+    /// The response the current call is about, if any (the `response` resource).
+    pub response: Option<Arc<ResponseInfo>>,
     /// Running time the current call may use, and what it has used so far.
     pub budget: CallBudget,
     pub stores: Arc<Stores>,
@@ -81,7 +84,8 @@ impl PluginState {
         Self {
             kv_prefix: Stores::kv_prefix(&plugin),
             plugin,
-            request_id: String::new(),
+            request: None,
+            response: None,
             budget: CallBudget::new(Duration::ZERO),
             stores,
             limits,
@@ -92,6 +96,23 @@ impl PluginState {
 
     fn kv(&self) -> PluginKv<'_> {
         self.stores.plugin_kv(&self.kv_prefix)
+    }
+
+    /// Id of the request the current call serves, for log lines.
+    pub fn request_id(&self) -> &str {
+        self.request.as_ref().map_or("", |r| r.id.as_str())
+    }
+
+    fn request(&self) -> wasmtime::Result<&RequestInfo> {
+        self.request
+            .as_deref()
+            .ok_or_else(|| wasmtime::format_err!("request handle used outside its call"))
+    }
+
+    fn response(&self) -> wasmtime::Result<&ResponseInfo> {
+        self.response
+            .as_deref()
+            .ok_or_else(|| wasmtime::format_err!("response handle used outside its call"))
     }
 }
 
@@ -187,8 +208,8 @@ impl binding_store::Host for PluginState {
 }
 
 impl log::Host for PluginState {
-    async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        let (plugin, request_id) = (&*self.plugin, self.request_id.as_str());
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let (plugin, request_id) = (&*self.plugin, self.request_id());
         match level {
             log::Level::Debug => tracing::debug!(target: "plugin", plugin, request_id, "{message}"),
             log::Level::Info => tracing::info!(target: "plugin", plugin, request_id, "{message}"),
@@ -200,12 +221,84 @@ impl log::Host for PluginState {
 }
 
 impl clock::Host for PluginState {
-    async fn now_ms(&mut self) -> wasmtime::Result<u64> {
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
         Ok(crate::upstream::unix_ms())
     }
 }
 
-impl super::bindings::tollgate::policy::types::Host for PluginState {}
+// The request and response handles are borrows the host lends for one call; the data is the
+// store's `request`/`response`, set by the caller for that call. A guest never owns one, so the
+// destructors have nothing to do.
+
+impl types::HostRequest for PluginState {
+    fn id(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<String> {
+        Ok(self.request()?.id.clone())
+    }
+    fn method(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<String> {
+        Ok(self.request()?.method.clone())
+    }
+    fn path(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<String> {
+        Ok(self.request()?.path.clone())
+    }
+    fn header(
+        &mut self,
+        _: Resource<RequestInfo>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.request()?.header(&name))
+    }
+    fn headers(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(self.request()?.header_list())
+    }
+    fn client_ip(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<String> {
+        Ok(self.request()?.client_ip_text.clone())
+    }
+    fn key_id(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<String> {
+        Ok(self.request()?.key_id.clone())
+    }
+    fn key_name(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<String> {
+        Ok(self.request()?.key_name.clone())
+    }
+    fn model(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<Option<String>> {
+        Ok(self.request()?.model.clone())
+    }
+    fn stream(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<bool> {
+        Ok(self.request()?.stream)
+    }
+    fn session_hint(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<Option<String>> {
+        Ok(self.request()?.session_hint.clone())
+    }
+    fn drop(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl types::HostResponse for PluginState {
+    fn upstream(&mut self, _: Resource<ResponseInfo>) -> wasmtime::Result<String> {
+        Ok(self.response()?.upstream.clone())
+    }
+    fn status(&mut self, _: Resource<ResponseInfo>) -> wasmtime::Result<u16> {
+        Ok(self.response()?.status)
+    }
+    fn header(
+        &mut self,
+        _: Resource<ResponseInfo>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.response()?.header(&name))
+    }
+    fn headers(&mut self, _: Resource<ResponseInfo>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(self.response()?.header_list())
+    }
+    fn first_event(&mut self, _: Resource<ResponseInfo>) -> wasmtime::Result<Option<String>> {
+        Ok(self.response()?.first_event.clone())
+    }
+    fn drop(&mut self, _: Resource<ResponseInfo>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl types::Host for PluginState {}
 
 #[cfg(test)]
 mod tests {

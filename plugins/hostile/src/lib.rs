@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::Deserialize;
-use tollgate_sdk::{Plugin, RequestView, RouteDecision, Router, UpstreamView};
+use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -44,7 +44,7 @@ impl Plugin for Hostile {
 }
 
 impl Router for Hostile {
-    fn select(_request: RequestView, candidates: Vec<UpstreamView>) -> RouteDecision {
+    fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
         match MODE.load(Ordering::Relaxed) {
             1 => {
                 let mut i: u64 = 0;

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 use tollgate_sdk::host::{self, BindingStatus, Level};
-use tollgate_sdk::{BindingDecision, Denial, IpBinding, Plugin, RequestView};
+use tollgate_sdk::{BindingDecision, Denial, IpBinding, Plugin, Request};
 
 #[derive(Deserialize, Clone, Copy)]
 #[serde(deny_unknown_fields, default)]
@@ -67,19 +67,20 @@ impl Plugin for Binder {
 }
 
 impl IpBinding for Binder {
-    fn check(request: RequestView) -> BindingDecision {
-        let Ok(ip) = request.client_ip.parse::<IpAddr>() else {
+    fn check(request: &Request) -> BindingDecision {
+        let Ok(ip) = request.client_ip().parse::<IpAddr>() else {
             return deny("ip_not_allowed", "client address not recognised");
         };
         let config = CONFIG.get().copied().unwrap_or_default();
-        let binding = match host::bindings::get(&request.key_id) {
+        let key_id = request.key_id();
+        let binding = match host::bindings::get(&key_id) {
             Some(b) => b,
             None => {
                 let net = match network_of(ip, config) {
                     Ok(n) => n,
                     Err(e) => return deny("ip_not_allowed", &e),
                 };
-                match host::bindings::bind_first(&request.key_id, &net.to_string()) {
+                match host::bindings::bind_first(&key_id, &net.to_string()) {
                     Ok(b) => b,
                     Err(e) => {
                         host::log(Level::Error, &format!("binding failed: {e}"));
@@ -101,7 +102,7 @@ impl IpBinding for Binder {
                 Level::Warn,
                 &format!(
                     "key {} used from {ip}, bound to {}",
-                    &request.key_id[..8.min(request.key_id.len())],
+                    &key_id[..8.min(key_id.len())],
                     binding.cidr
                 ),
             );

@@ -1,7 +1,7 @@
 //! Least-busy router: fewest requests in flight first; ties by higher weight, then configured
 //! order.
 
-use tollgate_sdk::{Plugin, RequestView, RouteDecision, Router, UpstreamView};
+use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView};
 
 /// `(in_flight, weight)` per candidate → order.
 pub fn order(load: &[(u32, u32)]) -> Vec<u32> {
@@ -22,7 +22,7 @@ impl Plugin for LeastBusy {
 }
 
 impl Router for LeastBusy {
-    fn select(_request: RequestView, candidates: Vec<UpstreamView>) -> RouteDecision {
+    fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
         let load: Vec<(u32, u32)> = candidates.iter().map(|c| (c.in_flight, c.weight)).collect();
         RouteDecision::Pick(order(&load))
     }

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use tollgate_sdk::host;
 use tollgate_sdk::{
-    AfterCooldown, Cooldown, CooldownScope, Header, Plugin, Quota, QuotaDecision, RequestView,
+    AfterCooldown, Cooldown, CooldownScope, Plugin, Quota, QuotaDecision, Request, Response,
     UpstreamView,
 };
 
@@ -79,23 +79,18 @@ pub fn parse_reset(v: &str) -> Option<u64> {
     (any && num.is_empty()).then_some(total.ceil() as u64)
 }
 
-/// How long the upstream asked us to wait, in milliseconds, if it said.
-pub fn requested_wait_ms(headers: &[(String, String)]) -> Option<u64> {
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    if let Some(secs) = get("retry-after").and_then(|v| v.trim().parse::<u64>().ok()) {
+/// How long the upstream asked us to wait, in milliseconds, if it said; `header` gives a
+/// response header's value by name.
+pub fn requested_wait_ms(header: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    if let Some(secs) = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()) {
         return Some(secs * 1000);
     }
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<u64>().ok()) {
+    if let Some(ms) = header("retry-after-ms").and_then(|v| v.trim().parse::<u64>().ok()) {
         return Some(ms);
     }
     ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
         .iter()
-        .filter_map(|h| get(h).and_then(parse_reset))
+        .filter_map(|h| header(h).and_then(|v| parse_reset(&v)))
         .max()
 }
 
@@ -104,12 +99,22 @@ pub fn is_error_event(c: &Config, event: &str) -> bool {
     event.contains("\"error\"") && c.event_errors.iter().any(|m| event.contains(m.as_str()))
 }
 
-/// The decision for an answer with `status`, `headers` and (with stream bootstrap) its first
-/// event, at `now_ms`. An error event inside a 200 stream counts as an overload.
+/// The statuses the policy acts on: quota errors and overloads.
+pub fn watched(c: &Config) -> Vec<u16> {
+    c.statuses
+        .iter()
+        .chain(&c.overload_statuses)
+        .copied()
+        .collect()
+}
+
+/// The decision for an answer with `status`, headers (by name, from `header`) and (with stream
+/// bootstrap) its first event, at `now_ms`. An error event inside a 200 stream counts as an
+/// overload.
 pub fn decide(
     c: &Config,
     status: u16,
-    headers: &[(String, String)],
+    header: impl Fn(&str) -> Option<String>,
     first_event: Option<&str>,
     now_ms: u64,
 ) -> QuotaDecision {
@@ -118,7 +123,7 @@ pub fn decide(
     if !overload && !c.statuses.contains(&status) {
         return QuotaDecision::Pass;
     }
-    let wait = requested_wait_ms(headers)
+    let wait = requested_wait_ms(header)
         .unwrap_or(c.default_cooldown_ms)
         .min(c.max_cooldown_ms);
     let scope = if overload || c.scope == Scope::Upstream {
@@ -144,18 +149,27 @@ impl Plugin for Switch {
     }
 }
 
+fn config() -> &'static Config {
+    CONFIG.get_or_init(Config::default)
+}
+
 impl Quota for Switch {
+    fn watch() -> Option<Vec<u16>> {
+        Some(watched(config()))
+    }
+
     fn on_response(
-        _request: RequestView,
+        _request: &Request,
         _upstream: UpstreamView,
-        status: u16,
-        headers: Vec<Header>,
-        first_event: Option<String>,
+        response: &Response,
     ) -> QuotaDecision {
-        let c = CONFIG.get().cloned().unwrap_or_default();
-        let headers: Vec<(String, String)> =
-            headers.into_iter().map(|h| (h.name, h.value)).collect();
-        decide(&c, status, &headers, first_event.as_deref(), host::now_ms())
+        decide(
+            config(),
+            response.status(),
+            |name| response.header(name),
+            response.first_event().as_deref(),
+            host::now_ms(),
+        )
     }
 }
 
@@ -165,11 +179,14 @@ tollgate_sdk::export!(Switch);
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+    /// Response headers looked up by name, in any case.
+    fn h(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        |name| {
+            pairs
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -185,7 +202,7 @@ mod tests {
     #[test]
     fn retry_after_sets_the_cooldown_capped_and_scoped() {
         let c = Config::default();
-        match decide(&c, 429, &h(&[("Retry-After", "7")]), None, 1000) {
+        match decide(&c, 429, h(&[("Retry-After", "7")]), None, 1000) {
             QuotaDecision::Cooldown(cd) => {
                 assert_eq!(cd.until_ms, 8000);
                 assert_eq!(cd.scope, CooldownScope::Model);
@@ -198,13 +215,13 @@ mod tests {
             ..Config::default()
         };
         assert!(
-            matches!(decide(&capped, 429, &h(&[("retry-after", "99")]), None, 0), QuotaDecision::Cooldown(c) if c.until_ms == 2000)
+            matches!(decide(&capped, 429, h(&[("retry-after", "99")]), None, 0), QuotaDecision::Cooldown(c) if c.until_ms == 2000)
         );
         assert!(
-            matches!(decide(&c, 503, &[], None, 0), QuotaDecision::Cooldown(c) if c.scope == CooldownScope::Upstream && c.until_ms == 60_000)
+            matches!(decide(&c, 503, h(&[]), None, 0), QuotaDecision::Cooldown(c) if c.scope == CooldownScope::Upstream && c.until_ms == 60_000)
         );
         assert!(
-            matches!(decide(&c, 429, &h(&[("x-ratelimit-reset-tokens", "1m30s")]), None, 0), QuotaDecision::Cooldown(c) if c.until_ms == 90_000)
+            matches!(decide(&c, 429, h(&[("x-ratelimit-reset-tokens", "1m30s")]), None, 0), QuotaDecision::Cooldown(c) if c.until_ms == 90_000)
         );
     }
 
@@ -214,13 +231,13 @@ mod tests {
         let overloaded =
             r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         assert!(
-            matches!(decide(&c, 200, &[], Some(overloaded), 0), QuotaDecision::Cooldown(cd) if cd.scope == CooldownScope::Upstream)
+            matches!(decide(&c, 200, h(&[]), Some(overloaded), 0), QuotaDecision::Cooldown(cd) if cd.scope == CooldownScope::Upstream)
         );
         assert!(matches!(
             decide(
                 &c,
                 200,
-                &[],
+                h(&[]),
                 Some(r#"{"choices":[{"delta":{"content":"rate_limit"}}]}"#),
                 0
             ),
@@ -229,9 +246,20 @@ mod tests {
     }
 
     #[test]
+    fn only_quota_and_overload_statuses_are_watched() {
+        assert_eq!(watched(&Config::default()), [429, 503, 529]);
+    }
+
+    #[test]
     fn success_and_other_errors_pass() {
         let c = Config::default();
-        assert!(matches!(decide(&c, 200, &[], None, 0), QuotaDecision::Pass));
-        assert!(matches!(decide(&c, 400, &[], None, 0), QuotaDecision::Pass));
+        assert!(matches!(
+            decide(&c, 200, h(&[]), None, 0),
+            QuotaDecision::Pass
+        ));
+        assert!(matches!(
+            decide(&c, 400, h(&[]), None, 0),
+            QuotaDecision::Pass
+        ));
     }
 }

@@ -2,7 +2,7 @@
 //! it is exact across the plugin's pooled instances and, with a shared store, across gateways.
 //! Cooling candidates go last; the rest follow the rotation.
 
-use tollgate_sdk::{Plugin, RequestView, RouteDecision, Router, UpstreamView, host};
+use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView, host};
 
 /// The order for the `n`-th request: rotation by `n`, candidates cooling at `now_ms` last.
 pub fn order(n: u64, candidates: &[(u64,)], now_ms: u64) -> Vec<u32> {
@@ -26,7 +26,7 @@ impl Plugin for RoundRobin {
 }
 
 impl Router for RoundRobin {
-    fn select(_request: RequestView, candidates: Vec<UpstreamView>) -> RouteDecision {
+    fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
         let n = host::kv::incr("rr", 1, None) as u64;
         let cooling: Vec<(u64,)> = candidates.iter().map(|c| (c.cooling_until_ms,)).collect();
         RouteDecision::Pick(order(n.wrapping_sub(1), &cooling, host::now_ms()))

@@ -10,7 +10,7 @@
 //!     fn configure(_config: String) -> Result<(), String> { Ok(()) }
 //! }
 //! impl tollgate_sdk::Router for First {
-//!     fn select(_req: RequestView, c: Vec<UpstreamView>) -> RouteDecision {
+//!     fn select(_req: &Request, c: Vec<UpstreamView>) -> RouteDecision {
 //!         RouteDecision::Pick((0..c.len() as u32).collect())
 //!     }
 //! }
@@ -19,6 +19,12 @@
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component to list in the gateway's YAML.
+//!
+//! The [`Request`] and [`Response`] a call receives are handles into the host: each method call
+//! (`request.key_id()`, `response.header("retry-after")`) fetches one field, so read what the
+//! decision needs and nothing more. They only work inside the call (and only in the wasm build),
+//! so keep the decision itself in plain functions over plain values, and unit-test those
+//! natively, as the built-in plugins do.
 
 #[cfg(not(any(
     feature = "ip-binding",
@@ -72,7 +78,7 @@ pub mod host {
 }
 
 #[cfg(feature = "header-rewrite")]
-pub use exports::tollgate::policy::header_rewrite::Guest as HeaderRewrite;
+pub use exports::tollgate::policy::header_rewrite::{Guest as HeaderRewrite, Phases};
 #[cfg(feature = "ip-binding")]
 pub use exports::tollgate::policy::ip_binding::Guest as IpBinding;
 #[cfg(feature = "quota")]

@@ -6,7 +6,7 @@
 //! Config: `{"header": "x-session-id", "ttl_ms": 3600000}` (the defaults).
 
 use serde::Deserialize;
-use tollgate_sdk::{Plugin, RequestView, RouteDecision, Router, UpstreamView, host};
+use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView, host};
 
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields, default)]
@@ -24,14 +24,14 @@ impl Default for Config {
     }
 }
 
-/// The session key of a request, if it has one.
-pub fn session_key(c: &Config, headers: &[(String, String)], hint: Option<&str>) -> Option<String> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(&c.header))
-        .map(|(_, v)| v.clone())
-        .filter(|v| !v.is_empty())
-        .or_else(|| hint.map(str::to_owned))
+/// The session key of a request, if it has one: the configured header's value (from `header`),
+/// else the session hint (from `hint`, asked only when the header is missing or empty).
+pub fn session_key(
+    c: &Config,
+    header: impl FnOnce(&str) -> Option<String>,
+    hint: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    header(&c.header).filter(|v| !v.is_empty()).or_else(hint)
 }
 
 /// Candidate order: the bound upstream first if present, else rotation by `n`.
@@ -60,16 +60,11 @@ impl Plugin for Affinity {
 }
 
 impl Router for Affinity {
-    fn select(request: RequestView, candidates: Vec<UpstreamView>) -> RouteDecision {
-        let c = CONFIG.get().cloned().unwrap_or_default();
+    fn select(request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
+        let c = CONFIG.get_or_init(Config::default);
         let names: Vec<&str> = candidates.iter().map(|u| u.name.as_str()).collect();
-        let headers: Vec<(String, String)> = request
-            .headers
-            .iter()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect();
         let n = (host::kv::incr("rr", 1, None) as u64).wrapping_sub(1);
-        let Some(session) = session_key(&c, &headers, request.session_hint.as_deref()) else {
+        let Some(session) = session_key(c, |h| request.header(h), || request.session_hint()) else {
             return RouteDecision::Pick(order(&names, None, n));
         };
         let kv_key = format!("s:{session}");
@@ -94,13 +89,13 @@ mod tests {
     #[test]
     fn header_beats_hint_and_empty_headers_fall_back() {
         let c = Config::default();
-        let h = vec![("X-Session-Id".to_string(), "s1".to_string())];
-        assert_eq!(session_key(&c, &h, Some("u")), Some("s1".into()));
-        assert_eq!(session_key(&c, &[], Some("u")), Some("u".into()));
-        assert_eq!(
-            session_key(&c, &[("x-session-id".into(), String::new())], None),
-            None
-        );
+        let hint = || Some("u".to_string());
+        let header = |value: &'static str| {
+            move |name: &str| (name == "x-session-id").then(|| value.to_string())
+        };
+        assert_eq!(session_key(&c, header("s1"), hint), Some("s1".into()));
+        assert_eq!(session_key(&c, |_| None, hint), Some("u".into()));
+        assert_eq!(session_key(&c, header(""), || None), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The smallest useful plugin: a router that keeps the candidates in configured order.
-use tollgate_sdk::{Plugin, RequestView, RouteDecision, Router, UpstreamView};
+use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView};
 
 struct InOrder;
 
@@ -10,7 +10,7 @@ impl Plugin for InOrder {
 }
 
 impl Router for InOrder {
-    fn select(_request: RequestView, candidates: Vec<UpstreamView>) -> RouteDecision {
+    fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
         RouteDecision::Pick((0..candidates.len() as u32).collect())
     }
 }
