@@ -5,7 +5,14 @@
 #
 #   bench/run.sh            # 5 rounds of: 5 s RPS run, 200 SSE streams, per target; then a
 #                           # micro-benchmark of one call into each policy kind
-#   ROUNDS=5 SECONDS_PER_RUN=10 STREAMS=100 bench/run.sh
+#   ROUNDS=5 SECONDS_PER_RUN=10 STREAMS=100 RATE=5000 bench/run.sh
+#
+# On a machine with 2 or more cores the proxies (nginx, both Tollgates) are pinned to core 0 and
+# the mock upstream and the load generator to core 1, so a proxy's figures are its own and not a
+# share of a core it fights the load generator for. CPU per request is measured twice: at
+# saturation, and at a fixed offered rate (RATE, below every proxy's capacity), where it is
+# comparable between targets (a saturated proxy batches more work per wakeup, so it looks cheaper
+# per request). See bench/README.md for how to read the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
@@ -14,6 +21,7 @@ CONCURRENCY=${CONCURRENCY:-32}
 STREAMS=${STREAMS:-200}
 EVENTS=${EVENTS:-20}
 DELAY_MS=${DELAY_MS:-50}
+RATE=${RATE:-5000}
 KEY=sk-bench-key-0001
 MOCK=127.0.0.1:19000 NGINX=127.0.0.1:19001 GATE=127.0.0.1:19002 CHAIN=127.0.0.1:19003
 out=$(mktemp -d)
@@ -31,8 +39,13 @@ cargo build --release --locked -q -p tollgate -p tollgate-tests -p tollgate-benc
 rustup target add wasm32-wasip2 >/dev/null 2>&1
 plugins/build.sh build >/dev/null 2>&1
 bin=target/release
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  proxy_cpu=(taskset -c 0) load_cpu=(taskset -c 1)
+else
+  proxy_cpu=() load_cpu=()
+fi
 
-"$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
+"${load_cpu[@]}" "$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
 
 cat > "$out/nginx.conf" <<NGINX
 worker_processes auto;
@@ -59,7 +72,7 @@ http {
   }
 }
 NGINX
-"$NGINX_BIN" -c "$out/nginx.conf" -p "$out" -e "$out/nginx-error.log"
+"${proxy_cpu[@]}" "$NGINX_BIN" -c "$out/nginx.conf" -p "$out" -e "$out/nginx-error.log"
 
 cat > "$out/tollgate.yaml" <<YAML
 server:
@@ -78,7 +91,7 @@ logging:
   level: warn
   access_log: false
 YAML
-"$bin/tollgate" run --config "$out/tollgate.yaml" & pids+=($!); gate_pid=$!
+"${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/tollgate.yaml" & pids+=($!); gate_pid=$!
 
 # The same gateway with all four policy kinds on the route (two upstream names for the router to
 # choose between, both the mock).
@@ -105,7 +118,7 @@ logging:
   level: warn
   access_log: false
 YAML
-"$bin/tollgate" run --config "$out/chain.yaml" & pids+=($!); chain_pid=$!
+"${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/chain.yaml" & pids+=($!); chain_pid=$!
 
 # CPU seconds (user + system) a process has used so far.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
@@ -121,13 +134,16 @@ for round in $(seq "$ROUNDS"); do
   for target in direct:$MOCK nginx:$NGINX tollgate:$GATE chain:$CHAIN; do
     name=${target%%:*} addr=${target#*:}
     url="http://$addr/v1/chat/completions"
-    "$bin/tollgate-bench" rps --url "$url" --concurrency 8 --seconds 1 --key $KEY >/dev/null  # warm-up
+    load() { "${load_cpu[@]}" "$bin/tollgate-bench" "$@"; }
+    load rps --url "$url" --concurrency 8 --seconds 1 --key $KEY >/dev/null  # warm-up
     pid=""; [ "$name" = tollgate ] && pid=$gate_pid; [ "$name" = chain ] && pid=$chain_pid
     c0=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
-    r=$("$bin/tollgate-bench" rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --key $KEY)
+    r=$(load rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --key $KEY)
     c1=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
-    s=$("$bin/tollgate-bench" sse --url "$url" --streams "$STREAMS" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY)
-    echo "{\"round\":$round,\"target\":\"$name\",\"cpu_s\":$(awk "BEGIN{print $c1-$c0}"),\"rps\":$r,\"sse\":$s}" | tee -a "$results"
+    f=$(load rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --key $KEY --rate "$RATE")
+    c2=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
+    s=$(load sse --url "$url" --streams "$STREAMS" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY)
+    echo "{\"round\":$round,\"target\":\"$name\",\"cpu_s\":$(awk "BEGIN{print $c1-$c0}"),\"rps\":$r,\"fixed_cpu_s\":$(awk "BEGIN{print $c2-$c1}"),\"fixed\":$f,\"sse\":$s}" | tee -a "$results"
   done
 done
 
@@ -155,10 +171,13 @@ by_round = {}
 for r in rows:
     by_round.setdefault(r["round"], {})[r["target"]] = r
 chain_vs_plain = sorted(v["chain"]["rps"]["rps"] / v["tollgate"]["rps"]["rps"] for v in by_round.values())
-cpu_us = lambda t: statistics.median(v[t]["cpu_s"] / v[t]["rps"]["requests"] * 1e6 for v in by_round.values())
+cpu_us = lambda t, cpu="cpu_s", run="rps": statistics.median(v[t][cpu] / v[t][run]["requests"] * 1e6 for v in by_round.values())
 print(f"chain/tollgate per round: rps {statistics.median(chain_vs_plain):.2f}x (range {chain_vs_plain[0]:.2f}-{chain_vs_plain[-1]:.2f})")
-print(f"gateway CPU per request: tollgate {cpu_us('tollgate'):.1f} us, with the 4-policy chain {cpu_us('chain'):.1f} us "
-      f"(chain adds {cpu_us('chain') - cpu_us('tollgate'):.1f} us)")
+for label, cpu, run in (("at saturation", "cpu_s", "rps"), ("at a fixed rate", "fixed_cpu_s", "fixed")):
+    rate = statistics.median(r[run]["rps"] for r in rows if r["target"] == "tollgate")
+    t, c = cpu_us("tollgate", cpu, run), cpu_us("chain", cpu, run)
+    print(f"gateway CPU per request {label} ({rate:.0f} rps): tollgate {t:.1f} us, with the 4-policy chain {c:.1f} us "
+          f"(chain adds {c - t:.1f} us)")
 print("\n== concurrent SSE streams (ms)")
 print(f"{'':10}{'ttfb p50':>10}{'ttfb p99':>10}{'gap p50':>10}{'gap p99':>10}{'coalesced':>10}")
 for n in names:
