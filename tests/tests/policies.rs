@@ -69,22 +69,18 @@ fn plugin_calls(gw: &TestGateway, name: &str) -> u64 {
     p.stats.calls.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A gateway whose route runs the header-rewrite plugin `hdr` with `config`.
+async fn rewrite_gateway(mock: &MockUpstream, config: &str) -> TestGateway {
+    let hdr = plugin("hdr", "header-rewrite", "tollgate_header_rewrite", config);
+    TestGateway::start(&policy_config_yaml(&[mock.url()], &[hdr], &["hdr"])).await
+}
+
 #[tokio::test]
 async fn header_rewrite_changes_request_and_response_headers() {
     let mock = MockUpstream::start().await;
     let config = r#"{"request": [{"set": {"name": "x-gw-id", "value": "${request_id}"}}, {"remove": "x-debug"}],
                      "response": [{"set": {"name": "x-served-by", "value": "${upstream}"}}]}"#;
-    let yaml = policy_config_yaml(
-        &[mock.url()],
-        &[plugin(
-            "hdr",
-            "header-rewrite",
-            "tollgate_header_rewrite",
-            config,
-        )],
-        &["hdr"],
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let gw = rewrite_gateway(&mock, config).await;
     let resp = chat(&gw, &[("x-debug", "1")]).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-served-by"], "u0");
@@ -100,17 +96,7 @@ async fn header_rewrite_is_called_only_for_the_phases_it_has_rules_for() {
     let mock = MockUpstream::start().await;
     let config =
         r#"{"response": [{"set": {"name": "x-key", "value": "${key_name}/${client_ip}"}}]}"#;
-    let yaml = policy_config_yaml(
-        &[mock.url()],
-        &[plugin(
-            "hdr",
-            "header-rewrite",
-            "tollgate_header_rewrite",
-            config,
-        )],
-        &["hdr"],
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let gw = rewrite_gateway(&mock, config).await;
     for _ in 0..3 {
         let resp = chat(&gw, &[]).await;
         assert_eq!(resp.status(), 200);
