@@ -249,14 +249,9 @@ async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = PolicyEngine::new(stores).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let spec = |name: &str, kind, config: &str| PluginSpec {
-        name: name.into(),
-        kind,
-        config_json: config.into(),
-        sha256: None,
-        max_module_size: 32 << 20,
-        memory_limit: 32 << 20,
         deadline: Duration::from_millis(50),
         max_calls: u32::MAX,
+        ..PluginSpec::with_defaults(name, kind, config)
     };
     let load = |file: &str, s| -> Result<tollgate::policy::Plugin> {
         engine

@@ -25,6 +25,8 @@ pub enum BodyError {
     TooLarge(u64),
     #[error("no data for {0:?}")]
     Idle(Duration),
+    #[error("body arrives slower than {0} bytes/s")]
+    TooSlow(u64),
     #[error("body stream failed: {0}")]
     Stream(BoxError),
 }
@@ -44,7 +46,7 @@ impl BodyError {
 }
 
 pin_project! {
-    /// A body with a size cap and an idle timeout between frames.
+    /// A body with a size cap, an idle timeout between frames and, optionally, a minimum rate.
     pub struct GuardedBody<B> {
         #[pin]
         inner: B,
@@ -53,6 +55,8 @@ pin_project! {
         idle: Duration,
         limit: Option<u64>,
         seen: u64,
+        start: Instant,
+        min_rate: u64,
     }
 }
 
@@ -64,8 +68,22 @@ impl<B> GuardedBody<B> {
             idle,
             limit,
             seen: 0,
+            start: Instant::now(),
+            min_rate: 0,
         }
     }
+
+    /// Also requires the body to arrive at `bytes_per_sec` on average, after a first `idle` of
+    /// grace (0 = no minimum): a body trickled just fast enough to dodge `idle` is cut too.
+    pub fn with_min_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.min_rate = bytes_per_sec;
+        self
+    }
+}
+
+/// When a body that has delivered `seen` bytes since `start` falls behind `rate`.
+fn rate_deadline(start: Instant, grace: Duration, seen: u64, rate: u64) -> Option<Instant> {
+    (rate > 0).then(|| start + grace + Duration::from_millis(seen.saturating_mul(1000) / rate))
 }
 
 impl<B> Body for GuardedBody<B>
@@ -91,14 +109,26 @@ where
                         return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
                     }
                 }
-                this.sleep.as_mut().reset(Instant::now() + *this.idle);
+                let mut next = Instant::now() + *this.idle;
+                if let Some(behind) =
+                    rate_deadline(*this.start, *this.idle, *this.seen, *this.min_rate)
+                {
+                    next = next.min(behind);
+                }
+                this.sleep.as_mut().reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e.into())))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 ready!(this.sleep.poll(cx));
-                Poll::Ready(Some(Err(BodyError::Idle(*this.idle))))
+                let behind = rate_deadline(*this.start, *this.idle, *this.seen, *this.min_rate)
+                    .is_some_and(|at| Instant::now() >= at);
+                Poll::Ready(Some(Err(if behind {
+                    BodyError::TooSlow(*this.min_rate)
+                } else {
+                    BodyError::Idle(*this.idle)
+                })))
             }
         }
     }
@@ -198,6 +228,7 @@ fn first_event_data(event: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use http_body_util::{BodyExt, Full, StreamBody};
 
     #[tokio::test]
@@ -256,5 +287,33 @@ mod tests {
             body.frame().await.unwrap(),
             Err(BodyError::Idle(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_trickled_under_the_idle_limit_is_cut_by_the_minimum_rate() {
+        // One byte every 400 ms never trips a 500 ms idle limit, but is far below 100 B/s.
+        let frames = futures_util::stream::unfold(0, |i| async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Some((
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x"))),
+                i + 1,
+            ))
+        });
+        let body = GuardedBody::new(StreamBody::new(frames), Duration::from_millis(500), None)
+            .with_min_rate(100);
+        let start = Instant::now();
+        assert!(matches!(body.collect().await, Err(BodyError::TooSlow(100))));
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // The same trickle without a minimum rate keeps going past that.
+        let frames = futures_util::stream::iter(0..5).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x")))
+        });
+        let body = GuardedBody::new(StreamBody::new(frames), Duration::from_millis(500), None);
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 5);
     }
 }

@@ -32,7 +32,7 @@ impl ClientIpResolver {
             RealIpHeader::XRealIp => headers
                 .get("x-real-ip")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok())
+                .and_then(parse_entry)
                 .map_or(peer, canonical_ip),
             RealIpHeader::XForwardedFor => self.walk_forwarded_for(peer, headers),
         }
@@ -54,7 +54,7 @@ impl ClientIpResolver {
             if entry.is_empty() {
                 continue;
             }
-            let Ok(ip) = entry.parse::<IpAddr>().map(canonical_ip) else {
+            let Some(ip) = parse_entry(entry).map(canonical_ip) else {
                 break;
             };
             client = ip;
@@ -64,6 +64,16 @@ impl ClientIpResolver {
         }
         client
     }
+}
+
+/// One address as proxies write it: `192.0.2.1`, `2001:db8::1`, or with a port, `192.0.2.1:4711`
+/// and `[2001:db8::1]:4711` (Azure and some load balancers append the client's port).
+pub fn parse_entry(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip())
 }
 
 #[cfg(test)]
@@ -131,6 +141,66 @@ mod tests {
             ip("10.1.1.1")
         );
         assert_eq!(r.resolve(ip("10.0.0.2"), &HeaderMap::new()), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn entries_with_ports_are_read_as_their_address() {
+        let r = resolver(RealIpHeader::XForwardedFor);
+        let h = xff(&["198.51.100.7:4711, [2001:db8::5]:80, 10.1.1.1:443"]);
+        assert_eq!(r.resolve(ip("10.0.0.2"), &h), ip("2001:db8::5"));
+        let h = xff(&["198.51.100.7:4711, 10.1.1.1:443"]);
+        assert_eq!(r.resolve(ip("10.0.0.2"), &h), ip("198.51.100.7"));
+    }
+
+    use proptest::prelude::*;
+
+    fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+        ]
+    }
+
+    proptest! {
+        /// An untrusted peer is its own client, whatever it sends.
+        #[test]
+        fn untrusted_peers_never_choose_their_address(
+            peer in any_ip(),
+            lines in proptest::collection::vec("[0-9a-f.:, \\[\\]]{0,40}", 0..4),
+        ) {
+            let r = resolver(RealIpHeader::XForwardedFor);
+            prop_assume!(!r.is_trusted(peer));
+            let mut h = HeaderMap::new();
+            for l in &lines {
+                if let Ok(v) = l.parse() {
+                    h.append("x-forwarded-for", v);
+                }
+            }
+            prop_assert_eq!(r.resolve(peer, &h), canonical_ip(peer));
+        }
+
+        /// Behind a trusted peer the answer is always an address from the list or the peer, and
+        /// the client cannot put itself to the right of a proxy: a forged prefix never wins over
+        /// the untrusted hop our proxy saw.
+        #[test]
+        fn trusted_walks_stop_at_the_first_untrusted_hop(
+            forged in proptest::collection::vec(any_ip(), 0..4),
+            real in any_ip(),
+            proxies in proptest::collection::vec(0u8..255, 0..3),
+        ) {
+            let r = resolver(RealIpHeader::XForwardedFor);
+            prop_assume!(!r.is_trusted(real));
+            let mut list: Vec<String> = forged.iter().map(ToString::to_string).collect();
+            list.push(real.to_string());
+            list.extend(proxies.iter().map(|p| format!("10.0.0.{p}")));
+            let h = xff(&[&list.join(", ")]);
+            prop_assert_eq!(r.resolve(ip("10.0.0.2"), &h), canonical_ip(real));
+        }
+
+        #[test]
+        fn parse_entry_never_panics(s in "\\PC{0,60}") {
+            let _ = parse_entry(&s);
+        }
     }
 
     #[test]

@@ -20,13 +20,25 @@ pub enum GatewayError {
     Unauthorized,
     #[error("no route for this path")]
     NoRoute,
+    /// A request head the gateway refuses (framing, Host, path); the text says what is wrong.
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("a request header is larger than the gateway accepts")]
+    HeaderTooLarge,
+    /// The route does not accept this method; `allow` lists the ones it does.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed { allow: String },
+    /// The route restricts models and the request names none the gateway can read.
+    #[error("this route serves only some models: send a JSON body that names a `model`")]
+    ModelRequired,
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("request body is not valid JSON")]
     InvalidJson,
     #[error("client sent the request body too slowly or broke off")]
     ClientBody,
-    #[error("no upstream serves model {0:?}")]
+    /// The model as the client named it, cut to [`MAX_ECHO`] characters.
+    #[error("no upstream serves model {:?}", truncate(.0))]
     ModelNotFound(String),
     #[error("upstream could not be reached")]
     UpstreamConnect,
@@ -63,6 +75,10 @@ impl GatewayError {
         match self {
             Unauthorized
             | NoRoute
+            | BadRequest(_)
+            | HeaderTooLarge
+            | MethodNotAllowed { .. }
+            | ModelRequired
             | BodyTooLarge { .. }
             | InvalidJson
             | ClientBody
@@ -83,7 +99,9 @@ impl GatewayError {
             Unauthorized => StatusCode::UNAUTHORIZED,
             NoRoute | ModelNotFound(_) => StatusCode::NOT_FOUND,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            InvalidJson => StatusCode::BAD_REQUEST,
+            InvalidJson | BadRequest(_) | ModelRequired => StatusCode::BAD_REQUEST,
+            HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ClientBody => StatusCode::REQUEST_TIMEOUT,
             UpstreamConnect | UpstreamProtocol => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -107,6 +125,10 @@ impl GatewayError {
             NoRoute => ("invalid_request_error", "unknown_url"),
             BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
             InvalidJson => ("invalid_request_error", "invalid_json"),
+            BadRequest(_) => ("invalid_request_error", "bad_request"),
+            HeaderTooLarge => ("invalid_request_error", "request_header_fields_too_large"),
+            MethodNotAllowed { .. } => ("invalid_request_error", "method_not_allowed"),
+            ModelRequired => ("invalid_request_error", "model_required"),
             ClientBody => ("invalid_request_error", "request_timeout"),
             ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             UpstreamConnect => ("server_error", "upstream_unavailable"),
@@ -122,12 +144,29 @@ impl GatewayError {
     }
 }
 
+/// Longest client-supplied value echoed back in an error message, in characters.
+pub const MAX_ECHO: usize = 256;
+
+/// `s` cut to [`MAX_ECHO`] characters (with `…` when cut): client values echoed in answers and
+/// logs never make them large.
+pub fn truncate(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(MAX_ECHO) {
+        None => s.into(),
+        Some((end, _)) => format!("{}…", &s[..end]).into(),
+    }
+}
+
+/// The OpenAI error shape as JSON text.
+pub fn error_body(message: &str, kind: &str, code: &str) -> String {
+    serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": code }
+    })
+    .to_string()
+}
+
 /// An OpenAI-shaped error response with the given fields.
 pub fn error_response(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
-    let body = serde_json::json!({
-        "error": { "message": message, "type": kind, "param": null, "code": code }
-    });
-    let mut resp = (status, body.to_string()).into_response();
+    let mut resp = (status, error_body(message, kind, code)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -146,6 +185,11 @@ impl IntoResponse for GatewayError {
             && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Self::MethodNotAllowed { allow } = &self
+            && let Ok(v) = HeaderValue::from_str(allow)
+        {
+            resp.headers_mut().insert(header::ALLOW, v);
         }
         if matches!(self, Self::Unauthorized) {
             resp.headers_mut()

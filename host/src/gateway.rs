@@ -64,12 +64,21 @@ pub struct Route {
     pub max_attempts: u32,
     pub stream_bootstrap: bool,
     pub policies: RoutePolicies,
+    /// Methods the route accepts, and the same as an `Allow` header value.
+    pub methods: Vec<http::Method>,
+    pub allow: String,
+    /// Some upstream of the route serves only listed models, so every request body must be
+    /// read for its `model`.
+    pub restricts_models: bool,
 }
 
 /// Limits applied on the request path.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body: u64,
+    pub max_header_size: u64,
+    /// Bytes per second a request body must average (0 = no minimum).
+    pub min_body_rate: u64,
     pub client_body_idle: Duration,
     pub response_head: Duration,
     pub upstream_idle: Duration,
@@ -157,16 +166,25 @@ impl Runtime {
                     PluginKind::Quota => policies.quota = Some(p),
                 }
             }
+            let route_upstreams: Vec<Arc<Upstream>> = r
+                .upstreams
+                .iter()
+                .filter_map(|name| upstreams.iter().find(|u| &*u.name == name).cloned())
+                .collect();
+            let methods: Vec<http::Method> = r.methods.iter().map(|m| m.0.clone()).collect();
             routes.push(Route {
                 prefix: r.path_prefix.as_str().into(),
-                upstreams: r
-                    .upstreams
-                    .iter()
-                    .filter_map(|name| upstreams.iter().find(|u| &*u.name == name).cloned())
-                    .collect(),
+                restricts_models: route_upstreams.iter().any(|u| !u.config.models.is_empty()),
+                upstreams: route_upstreams,
                 max_attempts: r.max_attempts,
                 stream_bootstrap: r.stream_bootstrap,
                 policies,
+                allow: methods
+                    .iter()
+                    .map(http::Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                methods,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -179,6 +197,8 @@ impl Runtime {
             plugins,
             limits: Limits {
                 max_body: s.max_body.0,
+                max_header_size: s.max_header_size.0,
+                min_body_rate: s.min_body_rate.0,
                 client_body_idle: s.timeouts.client_body.get(),
                 response_head: s.timeouts.response_head.get(),
                 upstream_idle: s.timeouts.idle.get(),
@@ -309,6 +329,11 @@ impl Gateway {
             .route("/ready", get(ready))
             // Reserved paths with nothing behind them yet answer like any unknown path.
             .fallback(|| async { crate::error::GatewayError::NoRoute })
+            .method_not_allowed_fallback(|| async {
+                crate::error::GatewayError::MethodNotAllowed {
+                    allow: "GET, HEAD".into(),
+                }
+            })
             .with_state(self.clone())
     }
 

@@ -51,9 +51,14 @@ pub struct Forwarding<'a> {
     pub credential: Option<&'a (HeaderName, HeaderValue)>,
 }
 
-/// Turns the client's request headers into the upstream request's headers, in place.
+/// Turns the request headers into the upstream request's headers, in place. The client's
+/// hop-by-hop headers (and those its `Connection` named) were removed when the request arrived,
+/// before any policy ran; here only the fixed hop-by-hop set is removed again, so a header a
+/// policy set is never dropped because the client named it.
 pub fn to_upstream(h: &mut HeaderMap, f: &Forwarding<'_>) {
-    strip_hop_by_hop(h);
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
     // hyper derives Host/:authority from the upstream URI and Content-Length from the body.
     h.remove(header::HOST);
     h.remove(header::CONTENT_LENGTH);
@@ -64,9 +69,18 @@ pub fn to_upstream(h: &mut HeaderMap, f: &Forwarding<'_>) {
         h.insert(name.clone(), value.clone());
     }
 
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if f.trusted_peer => format!("{prev}, {}", f.peer_ip),
-        _ => f.client_ip.to_string(),
+    // Several X-Forwarded-For lines are one list, in order (as the client IP was read).
+    let prev: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let xff = if f.trusted_peer && !prev.is_empty() {
+        format!("{}, {}", prev.join(", "), f.peer_ip)
+    } else {
+        f.client_ip.to_string()
     };
     h.remove(&X_FORWARDED_FOR);
     insert(h, X_FORWARDED_FOR, &xff);
@@ -138,6 +152,8 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer upstream-cred"),
         );
+        // As the pipeline does: the client's hop-by-hop headers on arrival, then forwarding.
+        strip_hop_by_hop(&mut h);
         to_upstream(&mut h, &fwd(false, Some(&cred)));
         assert_eq!(h[header::AUTHORIZATION], "Bearer upstream-cred");
         assert!(!h.contains_key("x-api-key"));
@@ -164,6 +180,33 @@ mod tests {
         to_upstream(&mut h, &fwd(true, None));
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn several_forwarded_for_lines_are_forwarded_as_one_list() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "203.0.113.1".parse().unwrap());
+        h.append("x-forwarded-for", "198.51.100.7, 10.1.1.1".parse().unwrap());
+        to_upstream(&mut h, &fwd(true, None));
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.1, 198.51.100.7, 10.1.1.1, 10.0.0.2"
+        );
+    }
+
+    #[test]
+    fn headers_a_policy_set_survive_the_clients_connection_header() {
+        // The client's Connection header was applied on arrival; what a policy sets afterwards
+        // under the same names reaches the upstream.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "x-tenant".parse().unwrap());
+        h.insert("x-tenant", "from-client".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("x-tenant"));
+        h.insert("x-tenant", "from-policy".parse().unwrap());
+        to_upstream(&mut h, &fwd(false, None));
+        assert_eq!(h["x-tenant"], "from-policy");
     }
 
     #[test]

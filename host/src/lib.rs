@@ -19,6 +19,7 @@ pub mod policy;
 pub mod policy_view;
 pub mod proxy;
 pub mod reload;
+pub mod screen;
 pub mod server;
 pub mod state;
 pub mod telemetry;

@@ -4,14 +4,21 @@
 //!
 //! 1. **identify** — client IP from the socket, or from the trusted proxy's header
 //!    ([`crate::client_ip`]); request id (a trusted proxy's `x-request-id`, else a new one).
-//! 2. **route** — longest matching path prefix; none → 404 `unknown_url`.
+//!    Then **screen**: the client's hop-by-hop headers (and any its `Connection` names) are
+//!    removed before anything else reads the request, and the head is checked and its path
+//!    normalised ([`crate::screen`]; 400/431).
+//! 2. **route** — longest matching prefix of the normalised path; none → 404 `unknown_url`; a
+//!    method the route does not list → 405 `method_not_allowed` with `Allow`.
 //! 3. **authenticate** — the client's key by HMAC id; missing or unknown → 401 `invalid_api_key`,
 //!    the same answer for both so keys cannot be probed.
 //! 4. **read body** — JSON bodies are read whole (bounded by `max_body`, 413 past it; `client_body`
-//!    idle limit, 408) because routing needs `model` and failover needs to replay the body. Other
-//!    bodies (uploads) stream to the upstream under the same limits and are never replayed.
+//!    idle limit and `min_body_rate`, 408) because routing needs `model` and failover needs to
+//!    replay the body. On a route whose upstreams restrict models, every body is read whole and
+//!    probed as JSON whatever its Content-Type. Other bodies (uploads) stream to the upstream
+//!    under the same limits and are never replayed.
 //! 5. **select** — the route's upstreams that serve the model, healthy ones first; none serves the
-//!    model → 404 `model_not_found`. If every serving upstream is marked unhealthy they are tried
+//!    model → 404 `model_not_found`; a body on a model-restricted route that names no readable
+//!    model → 400 `model_required` (a request without a body names no model and may go to any). If every serving upstream is marked unhealthy they are tried
 //!    anyway (nginx does the same), since a stale mark is better than a certain failure.
 //! 6. **forward** — up to `max_attempts` upstreams in order. A failure to *connect* moves on to the
 //!    next one (the request was never sent, so it is safe to repeat), and so does a quota policy's
@@ -45,6 +52,7 @@ use crate::policy::types::{
     AfterCooldown, BindingDecision, CooldownScope, QuotaDecision, RouteDecision,
 };
 use crate::policy_view::{self, RequestInfo, ResponseInfo};
+use crate::screen;
 use crate::state::{Intercept, KEY_ID_PREFIX_LEN, SharedCooldown};
 use crate::upstream::{ConnectTiming, Target, Upstream};
 
@@ -116,6 +124,10 @@ pub async fn handle(gw: &Gateway, req: http::Request<Incoming>, conn: ConnInfo) 
         &parts,
     ));
 
+    // Screen: nothing below (policies included) sees the client's hop-by-hop headers.
+    let mut parts = parts;
+    headers::strip_hop_by_hop(&mut parts.headers);
+
     let ctx = Ctx {
         gw,
         rt: &rt,
@@ -126,6 +138,9 @@ pub async fn handle(gw: &Gateway, req: http::Request<Incoming>, conn: ConnInfo) 
     };
     let result = ctx.run(parts, body, &mut rec).await;
     let mut resp = result.unwrap_or_else(|e| {
+        if let GatewayError::ModelNotFound(m) = &e {
+            rec.model = Some(crate::error::truncate(m).into_owned());
+        }
         rec.error = Some(e.code());
         if e.source() == crate::error::Source::Internal {
             tracing::error!(request_id = %request_id, error = %e, "request failed");
@@ -169,12 +184,24 @@ impl Ctx<'_> {
         body: Incoming,
         rec: &mut AccessRecord,
     ) -> Result<http::Response<BoxBody>, GatewayError> {
+        // Phase 1, screen: sizes, framing, Host; then the path everything below sees.
+        screen::check_head(&parts, self.rt.limits.max_header_size)?;
+        if let std::borrow::Cow::Owned(normal) = screen::normalize_path(parts.uri.path())? {
+            parts.uri = with_path(&parts.uri, &normal)?;
+            rec.path = normal;
+        }
+
         // Phase 2: route.
         let route = self
             .rt
             .route_for(parts.uri.path())
             .ok_or(GatewayError::NoRoute)?;
         rec.route = Some(route.prefix.clone());
+        if !route.methods.contains(&parts.method) {
+            return Err(GatewayError::MethodNotAllowed {
+                allow: route.allow.clone(),
+            });
+        }
 
         // Phase 3: authenticate.
         let key: Arc<ClientKey> = self
@@ -185,11 +212,18 @@ impl Ctx<'_> {
         rec.key_prefix = Some(key.id.prefix());
 
         // Phase 4: read body.
-        let (mut body, probe) = read_body(&parts, body, &self.rt.limits).await?;
+        let (mut body, probe) =
+            read_body(&parts, body, &self.rt.limits, route.restricts_models).await?;
         if let RequestBody::Buffered(b) = &body {
             rec.bytes_in = b.len() as u64;
+            if route.restricts_models && probe.model.is_none() && !b.is_empty() {
+                return Err(GatewayError::ModelRequired);
+            }
         }
-        rec.model = probe.model.clone();
+        rec.model = probe
+            .model
+            .as_deref()
+            .map(|m| crate::error::truncate(m).into_owned());
 
         // Policies see the request as one shared `RequestInfo`, built once and only on routes
         // that have any.
@@ -502,7 +536,9 @@ fn classify_send_error(
         // The client's body failed while we streamed it; the upstream is not to blame.
         return match body_err {
             BodyError::TooLarge(limit) => GatewayError::BodyTooLarge { limit: *limit },
-            BodyError::Idle(_) | BodyError::Stream(_) => GatewayError::ClientBody,
+            BodyError::Idle(_) | BodyError::TooSlow(_) | BodyError::Stream(_) => {
+                GatewayError::ClientBody
+            }
         };
     }
     upstream.record_failure();
@@ -526,11 +562,44 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Phase 4. JSON is read whole (bounded); anything else streams.
+/// The request URI with its path replaced (the query is kept).
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| GatewayError::Internal)?);
+    http::Uri::from_parts(parts).map_err(|_| GatewayError::Internal)
+}
+
+/// Phase 1 for the gateway's own endpoints: the same head checks as proxied requests.
+pub fn screen_own(gw: &Gateway, req: &http::Request<Incoming>) -> Result<(), GatewayError> {
+    let (parts, ()) = http::Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version())
+        .body(())
+        .map_err(|_| GatewayError::Internal)?
+        .into_parts();
+    let mut parts = parts;
+    parts.headers = req.headers().clone();
+    screen::check_head(&parts, gw.runtime().limits.max_header_size)
+}
+
+/// An error answer outside the pipeline (no access record).
+pub fn untracked_error(e: GatewayError) -> Response {
+    e.into_response()
+        .map(|b| Logged::untracked(b.map_err(Into::into).boxed_unsync()))
+}
+
+/// Phase 4. JSON is read whole (bounded); so is every body when the route must know the model
+/// (`probe_any`); anything else streams.
 async fn read_body(
     parts: &http::request::Parts,
     body: Incoming,
     limits: &Limits,
+    probe_any: bool,
 ) -> Result<(RequestBody, Probe), GatewayError> {
     let too_large = GatewayError::BodyTooLarge {
         limit: limits.max_body,
@@ -543,7 +612,8 @@ async fn read_body(
     if declared.is_some_and(|n| n > limits.max_body) {
         return Err(too_large);
     }
-    let guarded = GuardedBody::new(body, limits.client_body_idle, Some(limits.max_body));
+    let guarded = GuardedBody::new(body, limits.client_body_idle, Some(limits.max_body))
+        .with_min_rate(limits.min_body_rate);
     let is_json = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -553,7 +623,7 @@ async fn read_body(
         parts.method,
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
     );
-    if !is_json && !bodiless {
+    if !is_json && !bodiless && !probe_any {
         return Ok((RequestBody::Streaming(Some(guarded)), Probe::default()));
     }
     let bytes = match guarded.collect().await {
@@ -561,10 +631,13 @@ async fn read_body(
         Err(BodyError::TooLarge(_)) => return Err(too_large),
         Err(_) => return Err(GatewayError::ClientBody),
     };
-    let probe = if is_json && !bytes.is_empty() {
+    let probe = if bytes.is_empty() {
+        Probe::default()
+    } else if is_json {
         serde_json::from_slice(&bytes).map_err(|_| GatewayError::InvalidJson)?
     } else {
-        Probe::default()
+        // Not declared JSON: whatever parses as a JSON object still names its model.
+        serde_json::from_slice(&bytes).unwrap_or_default()
     };
     Ok((RequestBody::Buffered(bytes), probe))
 }

@@ -1,7 +1,6 @@
 //! Access to the real plugin components built from `plugins/` (by `scripts/test.sh`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate::policy::{PluginSpec, PolicyKind};
@@ -21,13 +20,8 @@ pub fn wasm(name: &str) -> PathBuf {
 
 pub fn spec(name: &str, kind: PolicyKind, config: &str) -> PluginSpec {
     PluginSpec {
-        name: Arc::from(name),
-        kind,
-        config_json: config.to_owned(),
-        sha256: None,
-        max_module_size: 32 << 20,
-        memory_limit: 32 << 20,
         deadline: Duration::from_millis(20),
         max_calls: 1000,
+        ..PluginSpec::with_defaults(name, kind, config)
     }
 }

@@ -107,6 +107,17 @@ pub struct PluginLimits {
     pub module_size: ByteSize,
     /// Calls one instance serves before it is replaced by a fresh one.
     pub max_calls: u32,
+    /// Calls of this plugin running at once; further calls wait for a slot up to `queue_timeout`,
+    /// then fail (the plugin's `on_error` decides).
+    pub max_concurrency: u32,
+    /// Longest a call waits for a free slot.
+    pub queue_timeout: Duration,
+    /// Circuit breaker: this many failures (deadline, trap, memory) within `breaker_window`
+    /// stop calls to the plugin for `breaker_cooldown`; meanwhile `on_error` applies at once.
+    /// 0 = no breaker.
+    pub breaker_failures: u32,
+    pub breaker_window: Duration,
+    pub breaker_cooldown: Duration,
 }
 
 impl Default for PluginLimits {
@@ -116,6 +127,11 @@ impl Default for PluginLimits {
             deadline: Duration(std::time::Duration::from_millis(5)),
             module_size: ByteSize(32 << 20),
             max_calls: 10_000,
+            max_concurrency: 64,
+            queue_timeout: Duration(std::time::Duration::from_millis(100)),
+            breaker_failures: 5,
+            breaker_window: Duration::secs(10),
+            breaker_cooldown: Duration::secs(30),
         }
     }
 }
@@ -133,8 +149,23 @@ pub struct ServerConfig {
     pub max_body: ByteSize,
     /// Connections served at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed as soon as they are
+    /// accepted. Peers in `trusted_proxies` are exempt (they carry many clients). 0 = no cap.
+    pub max_connections_per_ip: usize,
+    /// Largest single request header (name and value); a larger one gets 431.
+    pub max_header_size: ByteSize,
+    /// Largest request head (request line and all headers); a larger one gets 431.
+    pub max_head_size: ByteSize,
+    /// Slowest average rate (bytes per second) a request body may arrive at, after a first
+    /// `timeouts.client_body` of grace; a slower body gets 408. 0 = no minimum.
+    pub min_body_rate: ByteSize,
     /// Accept HTTP/2 (ALPN `h2` over TLS, prior-knowledge h2c on plain TCP).
     pub http2: bool,
+    /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub http2_max_streams: u32,
+    /// Streams an HTTP/2 client may cancel on one connection (a burst, refilled at a tenth of it
+    /// per second) before the connection is closed with GOAWAY (reset flood guard).
+    pub http2_max_cancels: u32,
     pub timeouts: Timeouts,
 }
 
@@ -147,7 +178,13 @@ impl Default for ServerConfig {
             real_ip_header: RealIpHeader::XForwardedFor,
             max_body: ByteSize(50 * 1024 * 1024),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
+            max_header_size: ByteSize(8 << 10),
+            max_head_size: ByteSize(32 << 10),
+            min_body_rate: ByteSize(1 << 10),
             http2: true,
+            http2_max_streams: 100,
+            http2_max_cancels: 100,
             timeouts: Timeouts::default(),
         }
     }
@@ -167,8 +204,16 @@ pub enum RealIpHeader {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
-    /// Time a client has to send the complete request head (slowloris guard).
+    /// Time a client has to send the complete request head (slowloris guard): from accept until
+    /// the first request head, whatever the protocol, and for each later HTTP/1 head.
     pub client_header: Duration,
+    /// Longest a connection may stay open with no request in flight (idle keep-alive, idle
+    /// HTTP/2); then HTTP/1 is closed and HTTP/2 gets GOAWAY.
+    pub client_idle: Duration,
+    /// Longest the gateway may be unable to write anything to a client (a reader that stopped
+    /// reading, an HTTP/2 stream with a zero window); then the exchange ends and the upstream
+    /// request is cancelled.
+    pub client_write: Duration,
     /// Longest gap between two chunks of a request body.
     pub client_body: Duration,
     /// Time a client has to finish the TLS handshake.
@@ -188,6 +233,8 @@ impl Default for Timeouts {
     fn default() -> Self {
         Self {
             client_header: Duration::secs(30),
+            client_idle: Duration::secs(60),
+            client_write: Duration::secs(60),
             client_body: Duration::secs(60),
             tls_handshake: Duration::secs(10),
             connect: Duration::secs(10),
@@ -332,10 +379,39 @@ pub struct RouteConfig {
     /// the router (at most one), then quota (at most one) on each upstream answer.
     #[serde(default)]
     pub policies: Vec<String>,
+    /// Methods the route accepts; others get 405 with an `Allow` header.
+    #[serde(default = "default_methods")]
+    pub methods: Vec<HttpMethod>,
 }
 
 fn two() -> u32 {
     2
+}
+
+fn default_methods() -> Vec<HttpMethod> {
+    ["GET", "POST", "HEAD", "OPTIONS", "DELETE"]
+        .into_iter()
+        .map(|m| HttpMethod(http::Method::from_bytes(m.as_bytes()).expect("valid method")))
+        .collect()
+}
+
+/// An HTTP method name, as written in the config (`GET`, `POST`, …; case-sensitive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpMethod(pub http::Method);
+
+impl<'de> Deserialize<'de> for HttpMethod {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let raw = String::deserialize(d)?;
+        if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(D::Error::custom(format!(
+                "invalid method {raw:?} (expected e.g. GET or POST, in capitals)"
+            )));
+        }
+        http::Method::from_bytes(raw.as_bytes())
+            .map(Self)
+            .map_err(|e| D::Error::custom(format!("invalid method {raw:?}: {e}")))
+    }
 }
 
 /// What happens to a request the stores cannot decide (a first use while the database is down, or a

@@ -67,9 +67,23 @@ fn validate_server(c: &Config, e: &mut Errors) {
     if s.max_connections == 0 {
         e.add("server.max_connections", "must be greater than 0");
     }
+    if s.max_head_size.0 < 1024 {
+        e.add("server.max_head_size", "must be at least 1KiB");
+    }
+    if s.max_header_size.0 == 0 || s.max_header_size.0 > s.max_head_size.0 {
+        e.add(
+            "server.max_header_size",
+            "must be greater than 0 and at most server.max_head_size",
+        );
+    }
+    if s.http2_max_streams == 0 {
+        e.add("server.http2_max_streams", "must be greater than 0");
+    }
     let t = &s.timeouts;
     for (name, d) in [
         ("client_header", t.client_header),
+        ("client_idle", t.client_idle),
+        ("client_write", t.client_write),
         ("client_body", t.client_body),
         ("tls_handshake", t.tls_handshake),
         ("connect", t.connect),
@@ -192,6 +206,9 @@ fn validate_routes(c: &Config, e: &mut Errors) {
         if r.max_attempts == 0 {
             e.add(format!("{path}.max_attempts"), "must be at least 1");
         }
+        if r.methods.is_empty() {
+            e.add(format!("{path}.methods"), "at least one method is required");
+        }
         let mut singletons: HashMap<PluginKind, usize> = HashMap::new();
         for (j, name) in r.policies.iter().enumerate() {
             let Some(plugin) = c.plugins.iter().find(|p| &p.name == name) else {
@@ -242,6 +259,20 @@ fn validate_plugins(c: &Config, e: &mut Errors) {
         }
         if l.max_calls == 0 {
             e.add(format!("{path}.limits.max_calls"), "must be at least 1");
+        }
+        if l.max_concurrency == 0 {
+            e.add(
+                format!("{path}.limits.max_concurrency"),
+                "must be at least 1",
+            );
+        }
+        if l.breaker_failures > 0
+            && (l.breaker_window.get().is_zero() || l.breaker_cooldown.get().is_zero())
+        {
+            e.add(
+                format!("{path}.limits"),
+                "breaker_window and breaker_cooldown must be greater than 0 when breaker_failures is set",
+            );
         }
     }
 }

@@ -367,14 +367,12 @@ pub async fn run_cases(
             .ok_or("the component exports no tollgate:policy interface")?,
     };
     let spec = PluginSpec {
-        name: "under-test".into(),
-        kind,
-        config_json: file.config.to_string(),
-        sha256: None,
         max_module_size: 256 << 20,
         memory_limit: 64 << 20,
         deadline: Duration::from_millis(100),
         max_calls: u32::MAX,
+        breaker_failures: 0,
+        ..PluginSpec::with_defaults("under-test", kind, &file.config.to_string())
     };
     let plugin = engine.load(path, spec).map_err(|e| e.to_string())?;
     plugin.validate().await.map_err(|e| e.to_string())?;

@@ -13,6 +13,13 @@
 //!
 //! Failure never takes the host down: the call returns [`PolicyError`] and the caller applies the
 //! plugin's `on_error` (fail closed or open).
+//!
+//! Isolation between plugins: each version admits at most `max_concurrency` calls at once (more
+//! wait up to `queue_timeout`, then fail as [`PolicyError::Overloaded`]), and a circuit breaker
+//! stops calling a version that failed `breaker_failures` times within `breaker_window`: for
+//! `breaker_cooldown` every call fails at once as [`PolicyError::CircuitOpen`], so a plugin that
+//! runs to its deadline on every call costs other routes nothing while it is open. Each failure is
+//! one `warn` line (the wasm backtrace goes to `debug`); each opening is one more.
 
 mod bindings;
 pub mod fixtures;
@@ -92,6 +99,12 @@ pub enum PolicyError {
     Trap { plugin: Arc<str>, reason: String },
     #[error("plugin {plugin} could not be instantiated: {reason}")]
     Instantiate { plugin: Arc<str>, reason: String },
+    /// The breaker is open after repeated failures; the plugin was not called.
+    #[error("plugin {plugin} is not called for now: it failed repeatedly")]
+    CircuitOpen { plugin: Arc<str> },
+    /// `max_concurrency` calls were running and none finished within `queue_timeout`.
+    #[error("plugin {plugin} is at its concurrency limit")]
+    Overloaded { plugin: Arc<str> },
     /// A host import needed a store that could not answer; the deployment's failsafe decides,
     /// not the plugin's `on_error`.
     #[error("plugin {plugin} could not reach the stores: {source}")]
@@ -114,19 +127,45 @@ pub struct PluginSpec {
     pub deadline: Duration,
     /// Calls an instance serves before it is replaced.
     pub max_calls: u32,
+    pub max_concurrency: u32,
+    pub queue_timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_window: Duration,
+    pub breaker_cooldown: Duration,
 }
 
 impl PluginSpec {
     pub fn from_config(c: &crate::config::PluginConfig) -> Self {
         Self {
-            name: c.name.as_str().into(),
-            kind: c.kind,
             config_json: c.config.to_string(),
             sha256: c.sha256.clone(),
-            max_module_size: c.limits.module_size.0,
-            memory_limit: c.limits.memory.0,
-            deadline: c.limits.deadline.get(),
-            max_calls: c.limits.max_calls,
+            ..Self::with_limits(&c.name, c.kind, &c.limits)
+        }
+    }
+
+    /// A spec with the config file's default limits and an empty config (tests, fixtures, bench).
+    pub fn with_defaults(name: &str, kind: PolicyKind, config_json: &str) -> Self {
+        Self {
+            config_json: config_json.to_owned(),
+            ..Self::with_limits(name, kind, &crate::config::PluginLimits::default())
+        }
+    }
+
+    fn with_limits(name: &str, kind: PolicyKind, l: &crate::config::PluginLimits) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            config_json: "{}".into(),
+            sha256: None,
+            max_module_size: l.module_size.0,
+            memory_limit: l.memory.0,
+            deadline: l.deadline.get(),
+            max_calls: l.max_calls,
+            max_concurrency: l.max_concurrency,
+            queue_timeout: l.queue_timeout.get(),
+            breaker_failures: l.breaker_failures,
+            breaker_window: l.breaker_window.get(),
+            breaker_cooldown: l.breaker_cooldown.get(),
         }
     }
 }
@@ -251,7 +290,6 @@ impl PolicyEngine {
             }
         };
         Ok(Plugin {
-            spec,
             sha256: digest,
             engine: self.engine.clone(),
             stores: self.stores.clone(),
@@ -260,7 +298,10 @@ impl PolicyEngine {
             kind_idx,
             interest: OnceLock::new(),
             idle: Mutex::new(Vec::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(spec.max_concurrency as usize)),
+            breaker: Breaker::new(),
             stats: PluginStats::default(),
+            spec,
         })
     }
 }
@@ -284,6 +325,8 @@ struct Instance {
     store: Store<PluginState>,
     guest: KindGuest,
     calls: u32,
+    /// The concurrency slot of the call in progress (none while pooled).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Counters for metrics and the admin API.
@@ -292,6 +335,59 @@ pub struct PluginStats {
     pub calls: AtomicU64,
     pub failures: AtomicU64,
     pub instantiations: AtomicU64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// Calls refused without running: breaker open or concurrency limit.
+    pub rejected: AtomicU64,
+}
+
+/// The circuit breaker of one plugin version.
+struct Breaker {
+    born: std::time::Instant,
+    /// Milliseconds since `born` until which calls are refused (0 = closed).
+    open_until: AtomicU64,
+    /// Failures in the current window: (window start, count).
+    window: Mutex<(std::time::Instant, u32)>,
+}
+
+impl Breaker {
+    fn new() -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            born: now,
+            open_until: AtomicU64::new(0),
+            window: Mutex::new((now, 0)),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    fn is_open(&self) -> bool {
+        let until = self.open_until.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
+    }
+
+    /// Records a failure; true if it opened the breaker.
+    fn failure(&self, spec: &PluginSpec) -> bool {
+        if spec.breaker_failures == 0 || self.is_open() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(w.0) > spec.breaker_window {
+            *w = (now, 0);
+        }
+        w.1 += 1;
+        if w.1 < spec.breaker_failures {
+            return false;
+        }
+        *w = (now, 0);
+        let until = self.now_ms() + spec.breaker_cooldown.as_millis() as u64;
+        self.open_until.store(until.max(1), Ordering::Relaxed);
+        true
+    }
 }
 
 /// Which calls a loaded version asked for (quota `watch`, header-rewrite `phases`), read once
@@ -327,6 +423,8 @@ pub struct Plugin {
     kind_idx: KindIndices,
     interest: OnceLock<Interest>,
     idle: Mutex<Vec<Instance>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    breaker: Breaker,
     pub stats: PluginStats,
 }
 
@@ -407,6 +505,7 @@ impl Plugin {
             store,
             guest,
             calls: 0,
+            slot: None,
         })
     }
 
@@ -454,12 +553,39 @@ impl Plugin {
         self.interest().response_phase
     }
 
+    /// Whether the circuit breaker currently refuses calls.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// A concurrency slot for one call, unless the breaker is open or no slot frees in time.
+    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PolicyError> {
+        let plugin = || self.spec.name.clone();
+        if self.breaker.is_open() {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(PolicyError::CircuitOpen { plugin: plugin() });
+        }
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        match tokio::time::timeout(self.spec.queue_timeout, self.slots.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(PolicyError::Overloaded { plugin: plugin() })
+            }
+        }
+    }
+
     /// Takes a ready instance (or makes one) and lends it the call's request and response.
     async fn checkout(
         &self,
         request: &Arc<RequestInfo>,
         response: Option<&Arc<ResponseInfo>>,
     ) -> Result<Instance, PolicyError> {
+        let slot = self.admit().await?;
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match pooled {
             Some(i) => i,
@@ -471,6 +597,7 @@ impl Plugin {
                     reason: e.to_string(),
                 })?,
         };
+        instance.slot = Some(slot);
         let state = instance.store.data_mut();
         state.request = Some(request.clone());
         state.response = response.cloned();
@@ -486,6 +613,7 @@ impl Plugin {
         result: wasmtime::Result<R>,
     ) -> Result<R, PolicyError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        instance.slot = None;
         let state = instance.store.data_mut();
         let request = state.request.take();
         state.response = None;
@@ -517,13 +645,19 @@ impl Plugin {
                         deadline: self.spec.deadline,
                     }
                 } else {
+                    // The top-level message only; the wasm backtrace is logged at debug.
                     PolicyError::Trap {
                         plugin,
-                        reason: format!("{e:#}"),
+                        reason: e.to_string(),
                     }
                 };
                 let request_id = request.as_ref().map_or("", |r| r.id.as_str());
                 tracing::warn!(target: "plugin", request_id, error = %err, "plugin call failed; instance discarded");
+                tracing::debug!(target: "plugin", request_id, plugin = %self.spec.name, details = ?e, "plugin failure details");
+                if self.breaker.failure(&self.spec) {
+                    self.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: "plugin", plugin = %self.spec.name, failures = self.spec.breaker_failures, window = ?self.spec.breaker_window, cooldown = ?self.spec.breaker_cooldown, "plugin circuit breaker open: calls fail at once (on_error) until the cooldown ends");
+                }
                 Err(err)
             }
         }

@@ -1,9 +1,11 @@
 //! The shared cache: Redis through one multiplexed, self-reconnecting connection.
 //!
-//! Every operation has a timeout. After a failure the cache reports itself down for
-//! [`RETRY_AFTER`] without trying, so a dead Redis costs each request nothing instead of a timeout
-//! (callers fall back at once); the first operation after that tries again, and recovery needs no
-//! restart. Multi-step operations (`incr` with a TTL on creation, compare-and-set) are Lua scripts,
+//! Every operation has a timeout. A circuit breaker sits in front: after a failure (an error or
+//! a timeout, e.g. a Redis that hangs) the cache reports itself down for [`RETRY_AFTER`], counted
+//! from when the failure was *noticed*, without trying, so a dead or hung Redis costs each request
+//! nothing instead of a timeout (callers fall back at once). After that one operation probes
+//! (half-open) while every other one still falls back at once; the probe's success closes the
+//! breaker, its failure opens it again. Recovery needs no restart. Multi-step operations (`incr` with a TTL on creation, compare-and-set) are Lua scripts,
 //! so they are atomic across gateways.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +48,8 @@ pub struct RedisKv {
     connecting: AtomicBool,
     /// Unix ms until which the cache counts as down.
     down_until: AtomicU64,
+    /// An operation is probing a Redis that was down; the others fall back meanwhile.
+    probing: AtomicBool,
     timeout: Duration,
     incr: redis::Script,
     cas: redis::Script,
@@ -61,6 +65,7 @@ impl RedisKv {
             conn: ArcSwapOption::empty(),
             connecting: AtomicBool::new(false),
             down_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
             timeout,
             incr: redis::Script::new(INCR),
             cas: redis::Script::new(CAS),
@@ -89,15 +94,21 @@ impl RedisKv {
         Ok(conn)
     }
 
-    /// Runs one operation with the timeout and the down-window bookkeeping.
+    /// Runs one operation with the timeout and the circuit breaker.
     async fn run<T, F>(&self, op: F) -> StoreResult<T>
     where
         F: AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
     {
-        let now = unix_ms();
-        if now < self.down_until.load(Ordering::Relaxed) {
-            return Err(StoreError::new("redis", "down; retrying shortly"));
+        let down_until = self.down_until.load(Ordering::Relaxed);
+        let probe = down_until != 0;
+        if probe {
+            // Open: fall back at once. Half-open: one operation probes, the rest fall back.
+            if unix_ms() < down_until || self.probing.swap(true, Ordering::AcqRel) {
+                return Err(StoreError::new("redis", "down; retrying shortly"));
+            }
         }
+        // Ends the probe however this operation ends (a dropped request included).
+        let _probing = probe.then(|| ProbeGuard(&self.probing));
         let result = match self.connection().await {
             Ok(conn) => match tokio::time::timeout(self.timeout, op(conn)).await {
                 Ok(Ok(v)) => Ok(v),
@@ -106,15 +117,29 @@ impl RedisKv {
             },
             Err(e) => Err(e),
         };
+        // The window starts when the failure is known, not when the operation began: after a
+        // timeout as long as the window, callers must still fall back at once.
         if result.is_err() {
-            self.down_until
-                .store(now + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+            self.down_until.store(
+                unix_ms() + RETRY_AFTER.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+        } else if probe {
+            self.down_until.store(0, Ordering::Relaxed);
         }
         result
     }
 
     fn key(key: &str) -> String {
         format!("{PREFIX}{key}")
+    }
+}
+
+struct ProbeGuard<'a>(&'a AtomicBool);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
