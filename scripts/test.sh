@@ -14,6 +14,9 @@ command -v kill >/dev/null || need+=(procps)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v redis-server >/dev/null || need+=(redis-server)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
+# The deploy files are checked by their own tools (`nginx -t`, `caddy validate`).
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v caddy >/dev/null || need+=(caddy)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -124,10 +124,6 @@ pub async fn handle(gw: &Gateway, req: http::Request<Incoming>, conn: ConnInfo) 
         &parts,
     ));
 
-    // Screen: nothing below (policies included) sees the client's hop-by-hop headers.
-    let mut parts = parts;
-    headers::strip_hop_by_hop(&mut parts.headers);
-
     let ctx = Ctx {
         gw,
         rt: &rt,
@@ -184,8 +180,10 @@ impl Ctx<'_> {
         body: Incoming,
         rec: &mut AccessRecord,
     ) -> Result<http::Response<BoxBody>, GatewayError> {
-        // Phase 1, screen: sizes, framing, Host; then the path everything below sees.
+        // Phase 1, screen: sizes, framing, Host; then nothing below (policies included) sees the
+        // client's hop-by-hop headers; then the path everything below sees.
         screen::check_head(&parts, self.rt.limits.max_header_size)?;
+        headers::strip_hop_by_hop(&mut parts.headers);
         if let std::borrow::Cow::Owned(normal) = screen::normalize_path(parts.uri.path())? {
             parts.uri = with_path(&parts.uri, &normal)?;
             rec.path = normal;

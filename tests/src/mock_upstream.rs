@@ -30,6 +30,8 @@ pub struct Recorded {
     pub cancelled: AtomicUsize,
     pub completed: AtomicUsize,
     pub last_headers: Mutex<Option<HeaderMap>>,
+    /// Method and path (with query) of every request, in order.
+    pub seen: Mutex<Vec<(String, String)>>,
     pub last_body: Mutex<Option<Bytes>>,
     /// When non-zero, every request is answered with this status (and `retry-after: 1`), as an
     /// upstream over its quota would.
@@ -91,6 +93,11 @@ impl MockUpstream {
         self.state.force_status.store(status, Ordering::SeqCst);
     }
 
+    /// Method and path of every request received so far.
+    pub fn seen(&self) -> Vec<(String, String)> {
+        self.state.seen.lock().expect("lock").clone()
+    }
+
     pub fn last_headers(&self) -> HeaderMap {
         self.state
             .last_headers
@@ -122,8 +129,18 @@ fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get(name)?.to_str().ok()?.parse().ok()
 }
 
-async fn handle(State(state): State<Arc<Recorded>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<Arc<Recorded>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    state.seen.lock().expect("lock").push((
+        method.to_string(),
+        uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+    ));
     *state.last_headers.lock().expect("lock") = Some(headers.clone());
     *state.last_body.lock().expect("lock") = Some(body.clone());
     let mut guard = CancelGuard {
@@ -183,7 +200,7 @@ async fn handle(State(state): State<Arc<Recorded>>, headers: HeaderMap, body: By
             if stall_after.is_some_and(|k| i >= k) {
                 std::future::pending::<()>().await;
             }
-            if i > 0 {
+            if i > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             Some((Ok::<_, std::convert::Infallible>(event), (it, guard)))

@@ -83,9 +83,24 @@ impl Redis {
         self.child = Some(child);
     }
 
+    /// `SIGSTOP`: the server keeps its socket open but answers nothing (a hung Redis).
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            signal(c, "-STOP");
+        }
+    }
+
+    /// `SIGCONT` after [`Redis::pause`].
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            signal(c, "-CONT");
+        }
+    }
+
     /// `kill -9`, and waits for it to be gone.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            signal(&c, "-CONT");
             signal(&c, "-KILL");
             let _ = c.wait();
         }

@@ -248,3 +248,78 @@ async fn unknown_imports_and_garbage_are_refused() {
         Err(LoadError::Compile(_))
     ));
 }
+
+#[tokio::test]
+async fn repeated_failures_open_the_breaker_and_calls_fail_at_once() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let e = engine().await;
+    let p = e
+        .load(
+            &wasm("tollgate_hostile"),
+            tollgate::policy::PluginSpec {
+                breaker_failures: 3,
+                breaker_window: Duration::from_secs(10),
+                breaker_cooldown: Duration::from_millis(600),
+                ..spec("loop", PolicyKind::Router, r#"{"behaviour":"loop"}"#)
+            },
+        )
+        .unwrap();
+    p.validate().await.unwrap();
+    for i in 0..3 {
+        let r = p.select(&request(&format!("l{i}")), &candidates()).await;
+        assert!(matches!(r, Err(PolicyError::Deadline { .. })), "{r:?}");
+    }
+    assert!(p.breaker_open());
+    // Open: refused without running, well under the 20 ms deadline each.
+    let start = Instant::now();
+    for i in 0..50 {
+        let r = p.select(&request(&format!("o{i}")), &candidates()).await;
+        assert!(matches!(r, Err(PolicyError::CircuitOpen { .. })), "{r:?}");
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(p.stats.failures.load(Relaxed), 3, "the plugin did not run");
+    assert_eq!(p.stats.rejected.load(Relaxed), 50);
+    assert_eq!(p.stats.breaker_opened.load(Relaxed), 1);
+    // After the cooldown the plugin is called again (and, still broken, fails again).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!p.breaker_open());
+    let r = p.select(&request("again"), &candidates()).await;
+    assert!(matches!(r, Err(PolicyError::Deadline { .. })), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_the_concurrency_limit_wait_then_fail() {
+    let e = engine().await;
+    let p = Arc::new(
+        e.load(
+            &wasm("tollgate_hostile"),
+            tollgate::policy::PluginSpec {
+                max_concurrency: 1,
+                queue_timeout: Duration::from_millis(5),
+                deadline: Duration::from_millis(200),
+                breaker_failures: 0,
+                ..spec("loop", PolicyKind::Router, r#"{"behaviour":"loop"}"#)
+            },
+        )
+        .unwrap(),
+    );
+    p.validate().await.unwrap();
+    let spinner = {
+        let p = p.clone();
+        tokio::spawn(async move { p.select(&request("spin"), &candidates()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = p.select(&request("second"), &candidates()).await;
+    assert!(matches!(r, Err(PolicyError::Overloaded { .. })), "{r:?}");
+    assert!(matches!(
+        spinner.await.unwrap(),
+        Err(PolicyError::Deadline { .. })
+    ));
+    // The slot is free again.
+    let r = p.select(&request("third"), &candidates()).await;
+    assert!(matches!(r, Err(PolicyError::Deadline { .. })), "{r:?}");
+}

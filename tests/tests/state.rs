@@ -838,3 +838,65 @@ async fn operators_list_ban_and_delete_bindings_with_the_cli() {
     let (ok, _, err) = cli(&["ban", &"0".repeat(64)]);
     assert!(!ok && err.contains("no binding"), "{err}");
 }
+
+/// A hung Redis (stopped, not killed) costs one `op_timeout`, then the breaker answers at once
+/// until a single probe finds it back.
+#[tokio::test]
+async fn a_hung_redis_opens_the_breaker_on_the_first_timeout_and_recovers() {
+    use tollgate::state::{Kv, RedisKv};
+    let redis = Redis::start();
+    let kv = Arc::new(
+        RedisKv::connect(&redis.url(), Duration::from_millis(500))
+            .await
+            .unwrap(),
+    );
+    kv.set("k", "v", None).await.unwrap();
+    redis.pause();
+    let start = std::time::Instant::now();
+    assert!(kv.get("k").await.is_err());
+    let first = start.elapsed();
+    assert!(first >= Duration::from_millis(400), "{first:?}");
+    // Open: every caller falls back at once, concurrently too.
+    let start = std::time::Instant::now();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let kv = kv.clone();
+            tokio::spawn(async move { kv.get("k").await.is_err() })
+        })
+        .collect();
+    for c in calls {
+        assert!(c.await.unwrap());
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "callers waited {:?} while the breaker was open",
+        start.elapsed()
+    );
+    // Half-open (after the 1 s window): one probe waits, the others still fall back at once.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let probe = {
+        let kv = kv.clone();
+        tokio::spawn(async move { kv.get("k").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = std::time::Instant::now();
+    assert!(kv.get("k").await.is_err());
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(probe.await.unwrap().is_err());
+    // Back: the next probe after the window closes the breaker.
+    redis.resume();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        if kv.get("k").await.ok().flatten().as_deref() == Some("v") {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "Redis came back but the cache never recovered");
+}

@@ -1,0 +1,752 @@
+//! The gateway tried as an attacker would: raw sockets and hand-made HTTP/2 frames over loopback,
+//! against a mock upstream that counts every request it receives.
+//!
+//! Each test names the defect it guards against (see `docs/limits.md` for every limit and
+//! timeout and its default).
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tollgate_tests::*;
+
+async fn setup(extra_server: &str) -> (MockUpstream, TestGateway) {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&config_yaml(&[mock.url()], extra_server)).await;
+    (mock, gw)
+}
+
+/// Sends `raw` on a fresh connection and reads until the gateway closes it (or `within` passes).
+async fn exchange(gw: &TestGateway, raw: &[u8], within: Duration) -> String {
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(raw).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(within, tcp.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Whether the peer closed `tcp` within `within` (EOF or reset).
+async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP response: {response:?}"))
+}
+
+/// The JSON body of the first response in `response`, which must be in the OpenAI error shape.
+fn error_code(response: &str) -> String {
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let len = response
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(body.len());
+    let json: Value = serde_json::from_str(&body[..len.min(body.len())])
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {response:?}"));
+    json["error"]["code"].as_str().unwrap().to_owned()
+}
+
+fn post(path: &str, headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\n{headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+const CHAT: &str = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#;
+
+// --- 1. Silent connections, idle connections, per-address cap ---
+
+#[tokio::test]
+async fn silent_and_slow_preface_connections_are_closed_while_clients_are_served() {
+    // http2 is on (the default): before the fix, protocol detection waited forever.
+    let (_mock, gw) = setup("  max_connections: 40\n  timeouts:\n    client_header: 400ms").await;
+    let mut sockets = Vec::new();
+    for i in 0..30 {
+        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+        match i % 3 {
+            0 => {}                                                   // silent
+            1 => tcp.write_all(b"P").await.unwrap(),                  // one byte
+            _ => tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap(), // part of the h2 preface
+        }
+        sockets.push(tcp);
+    }
+    // A legitimate client is served meanwhile (10 slots are left).
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let start = Instant::now();
+    for (i, tcp) in sockets.iter_mut().enumerate() {
+        assert!(
+            closed_within(tcp, Duration::from_secs(3)).await,
+            "socket {i} still open"
+        );
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn silent_connections_cannot_hold_every_slot() {
+    let (_mock, gw) = setup("  max_connections: 10\n  timeouts:\n    client_header: 300ms").await;
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    // Every slot is taken; once the timer frees them, /health answers.
+    let start = Instant::now();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(3),
+        client().get(gw.url("/health")).send(),
+    )
+    .await
+    .expect("health answered within 3 s")
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_more_than_its_share_of_connections() {
+    let (_mock, gw) = setup("  max_connections_per_ip: 5").await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    let mut sixth = TcpStream::connect(gw.addr).await.unwrap();
+    assert!(
+        closed_within(&mut sixth, Duration::from_secs(1)).await,
+        "the sixth connection from one address is closed at once"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = exchange(
+        &gw,
+        b"GET /health HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(status_of(&r), 200, "a freed slot is usable: {r}");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_client_idle() {
+    let (_mock, gw) = setup("  timeouts:\n    client_idle: 400ms").await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let start = Instant::now();
+    assert!(closed_within(&mut tcp, Duration::from_secs(3)).await);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn idle_http2_connections_get_goaway_after_client_idle() {
+    let (_mock, gw) = setup("  timeouts:\n    client_idle: 400ms").await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/health", gw.addr))
+        .body(())
+        .unwrap();
+    let (resp, _) = h2.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(3), conn).await;
+    assert!(ended.is_ok(), "the idle h2 connection was not closed");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+}
+
+// --- 2. The upstream's `models` restriction ---
+
+async fn restricted() -> (MockUpstream, TestGateway) {
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "").replace(
+        "    max_fails: 100\n",
+        "    max_fails: 100\n    models: [gpt-allowed]\n",
+    );
+    (mock, TestGateway::start(&yaml).await)
+}
+
+#[tokio::test]
+async fn the_models_restriction_holds_whatever_the_content_type_or_framing() {
+    let (mock, gw) = restricted().await;
+    let body = r#"{"model":"gpt-forbidden","messages":[]}"#;
+    for ct in [
+        "content-type: text/plain\r\n",
+        "",
+        "content-type: application/vnd.api+json\r\n",
+        "content-type: application/x-www-form-urlencoded\r\n",
+    ] {
+        let r = exchange(
+            &gw,
+            &post(
+                "/v1/chat/completions",
+                &format!("{ct}connection: close\r\n"),
+                body,
+            ),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(status_of(&r), 404, "{ct:?}: {r}");
+        assert_eq!(error_code(&r), "model_not_found");
+    }
+    // Chunked, no Content-Type.
+    let chunked = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let r = exchange(&gw, chunked.as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(status_of(&r), 404, "{r}");
+    // A body that names no readable model is refused, not sent to a restricted upstream.
+    let r = exchange(
+        &gw,
+        &post(
+            "/v1/chat/completions",
+            "content-type: text/plain\r\nconnection: close\r\n",
+            "hello",
+        ),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&r), 400, "{r}");
+    assert_eq!(error_code(&r), "model_required");
+    assert_eq!(mock.requests(), 0, "nothing reached the upstream");
+
+    // The allowed model passes whatever the content type; a bodiless GET names no model.
+    let allowed = r#"{"model":"gpt-allowed","messages":[]}"#;
+    let r = exchange(
+        &gw,
+        &post(
+            "/v1/chat/completions",
+            "content-type: text/plain\r\nconnection: close\r\n",
+            allowed,
+        ),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&r), 200, "{r}");
+    let resp = client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.requests(), 2);
+}
+
+// --- 4. Paths ---
+
+#[tokio::test]
+async fn dot_segments_are_resolved_before_routing_and_encoded_slashes_refused() {
+    let (mock, gw) = setup("").await;
+    for path in [
+        "/v1/../restricted/x",
+        "/v1/%2e%2e/admin",
+        "/v1/%2E%2e/%2e%2e/etc",
+    ] {
+        let r = exchange(
+            &gw,
+            &post(path, "connection: close\r\n", CHAT),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(status_of(&r), 404, "{path}: {r}");
+        assert_eq!(error_code(&r), "unknown_url", "{path}");
+    }
+    for path in ["/v1/..%2f..%2fetc", "/v1/%2fchat", "/v1/%5c..", "/v1/%zz"] {
+        let r = exchange(
+            &gw,
+            &post(path, "connection: close\r\n", CHAT),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(status_of(&r), 400, "{path}: {r}");
+        assert_eq!(error_code(&r), "bad_request", "{path}");
+    }
+    assert_eq!(mock.requests(), 0);
+    // A path that stays under the route is forwarded normalised, query intact.
+    let r = exchange(
+        &gw,
+        &post(
+            "/v1/./x/../chat//completions?a=%2e",
+            "content-type: application/json\r\nconnection: close\r\n",
+            CHAT,
+        ),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert_eq!(
+        mock.seen(),
+        vec![("POST".into(), "/v1/chat/completions?a=%2e".into())]
+    );
+}
+
+// --- 5. Clients that stop reading ---
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_stream_cancels_the_upstream_generation() {
+    let (mock, gw) = setup("  timeouts:\n    client_write: 500ms").await;
+    let body = r#"{"model":"gpt-test","stream":true,"messages":[]}"#;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    // 200,000 events: far more than the socket buffers hold, so writes block.
+    tcp.write_all(&post(
+        "/v1/chat/completions",
+        "content-type: application/json\r\nx-mock-events: 200000\r\n",
+        body,
+    ))
+    .await
+    .unwrap();
+    // Read nothing.
+    assert!(
+        eventually(Duration::from_secs(8), || mock.cancelled() == 1).await,
+        "the upstream stream was not cancelled (cancelled={}, completed={})",
+        mock.cancelled(),
+        mock.state
+            .completed
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
+    drop(tcp);
+}
+
+#[tokio::test]
+async fn http2_streams_with_a_zero_window_are_cancelled_upstream() {
+    let (mock, gw) = setup("  timeouts:\n    client_write: 500ms").await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let body = bytes::Bytes::from_static(br#"{"model":"gpt-test","stream":true,"messages":[]}"#);
+    let mut pending = Vec::new();
+    for _ in 0..20 {
+        let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+            .header("authorization", format!("Bearer {CLIENT_KEY}"))
+            .header("content-type", "application/json")
+            .header("x-mock-events", "1000")
+            .header("x-mock-delay-ms", "10")
+            .body(())
+            .unwrap();
+        let mut h2c = h2.clone().ready().await.unwrap();
+        let (resp, mut send) = h2c.send_request(req, false).unwrap();
+        send.send_data(body.clone(), true).unwrap();
+        pending.push(resp);
+        h2 = h2c;
+    }
+    // The heads arrive (headers are not flow-controlled); the bodies never can.
+    for resp in pending.iter_mut() {
+        let r = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(8), || mock.cancelled() == 20).await,
+        "upstream streams still open: cancelled {} of 20",
+        mock.cancelled()
+    );
+}
+
+// --- 7. Header limits, error bodies, methods, framing ---
+
+#[tokio::test]
+async fn oversized_headers_get_431_in_openai_shape_and_never_reach_the_upstream() {
+    let (mock, gw) = setup("").await;
+    // One header over max_header_size (8 KiB) but the head under max_head_size (32 KiB).
+    let big = "a".repeat(20 << 10);
+    let r = exchange(
+        &gw,
+        &post(
+            "/v1/chat/completions",
+            &format!("x-big: {big}\r\nconnection: close\r\n"),
+            CHAT,
+        ),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&r), 431, "{}", &r[..r.len().min(200)]);
+    assert_eq!(error_code(&r), "request_header_fields_too_large");
+    // A head over max_head_size: hyper refuses it; the answer still has the JSON shape.
+    let huge = "a".repeat(100 << 10);
+    let r = exchange(
+        &gw,
+        &post("/v1/chat/completions", &format!("x-big: {huge}\r\n"), CHAT),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&r), 431, "{}", &r[..r.len().min(200)]);
+    assert_eq!(error_code(&r), "request_header_fields_too_large");
+    assert_eq!(mock.requests(), 0);
+}
+
+#[tokio::test]
+async fn parser_level_errors_have_json_bodies() {
+    let (_mock, gw) = setup("").await;
+    let r = exchange(
+        &gw,
+        b"GET /v1/models HTTP/1.1\r\nhost gw\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&r), 400, "{r}");
+    assert_eq!(error_code(&r), "bad_request");
+    let long = format!(
+        "GET /v1/{} HTTP/1.1\r\nhost: gw\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let r = exchange(&gw, long.as_bytes(), Duration::from_secs(3)).await;
+    assert!(
+        matches!(status_of(&r), 414 | 431),
+        "{}",
+        &r[..r.len().min(200)]
+    );
+    error_code(&r);
+    // 405 from the gateway's own endpoints, and from a route.
+    let r = exchange(
+        &gw,
+        b"POST /health HTTP/1.1\r\nhost: gw\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&r), 405, "{r}");
+    assert_eq!(error_code(&r), "method_not_allowed");
+}
+
+#[tokio::test]
+async fn methods_a_route_does_not_list_get_405_with_allow() {
+    let (mock, gw) = setup("").await;
+    for method in ["TRACE", "PUT", "PATCH", "FOO"] {
+        let raw = format!(
+            "{method} /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let r = exchange(&gw, raw.as_bytes(), Duration::from_secs(3)).await;
+        assert_eq!(status_of(&r), 405, "{method}: {r}");
+        assert!(
+            r.to_ascii_lowercase()
+                .contains("allow: get, post, head, options, delete")
+        );
+        assert_eq!(error_code(&r), "method_not_allowed");
+    }
+    assert_eq!(mock.requests(), 0);
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_refused() {
+    let (mock, gw) = setup("").await;
+    for te in [
+        "gzip, chunked",
+        "identity, chunked",
+        "chunked, chunked",
+        "x-custom, chunked",
+    ] {
+        let raw = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: {te}\r\nconnection: close\r\n\r\n{:x}\r\n{CHAT}\r\n0\r\n\r\n",
+            CHAT.len()
+        );
+        let r = exchange(&gw, raw.as_bytes(), Duration::from_secs(3)).await;
+        assert_eq!(status_of(&r), 400, "{te}: {r}");
+        error_code(&r);
+    }
+    assert_eq!(mock.requests(), 0);
+    // Plain chunked passes, and the upstream never sees both framings.
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{CHAT}\r\n0\r\n\r\n",
+        CHAT.len()
+    );
+    let r = exchange(&gw, raw.as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(status_of(&r), 200, "{r}");
+    let seen = mock.last_headers();
+    assert!(
+        !(seen.contains_key("transfer-encoding") && seen.contains_key("content-length")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_trickled_under_the_idle_limit_is_cut() {
+    let (mock, gw) = setup("  min_body_rate: 1KiB\n  timeouts:\n    client_body: 1s").await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        CHAT.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    // One byte every 400 ms: never idle for 1 s, but far under 1 KiB/s.
+    for b in CHAT.bytes() {
+        if tcp.write_all(&[b]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(400), tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Ok(_) => break,
+            Err(_) => {}
+        }
+        assert!(start.elapsed() < Duration::from_secs(6), "body never cut");
+    }
+    let r = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&r), 408, "{r}");
+    assert_eq!(mock.requests(), 0);
+}
+
+#[tokio::test]
+async fn echoed_values_are_truncated() {
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "").replace(
+        "    max_fails: 100\n",
+        "    max_fails: 100\n    models: [gpt-allowed]\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let model = "m".repeat(900 << 10);
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&serde_json::json!({"model": model, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let text = resp.text().await.unwrap();
+    assert!(text.len() < 2048, "{} bytes echoed", text.len());
+}
+
+#[tokio::test]
+async fn forwarded_for_lines_reach_the_upstream_as_the_list_the_client_ip_was_read_from() {
+    let (mock, gw) = setup("  trusted_proxies: [\"127.0.0.1\"]").await;
+    let r = exchange(
+        &gw,
+        &post(
+            "/v1/chat/completions",
+            "content-type: application/json\r\nx-forwarded-for: 203.0.113.9\r\nx-forwarded-for: 198.51.100.7:4711\r\nconnection: close\r\n",
+            CHAT,
+        ),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&r), 200, "{r}");
+    let seen = mock.last_headers();
+    assert_eq!(seen["x-real-ip"], "198.51.100.7");
+    assert_eq!(
+        seen["x-forwarded-for"],
+        "203.0.113.9, 198.51.100.7:4711, 127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn http11_requests_need_one_host() {
+    let (mock, gw) = setup("").await;
+    let no_host = format!(
+        "GET /v1/models HTTP/1.1\r\nauthorization: Bearer {CLIENT_KEY}\r\nconnection: close\r\n\r\n"
+    );
+    let r = exchange(&gw, no_host.as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(status_of(&r), 400, "{r}");
+    let two = format!(
+        "GET /v1/models HTTP/1.1\r\nhost: a\r\nhost: b\r\nauthorization: Bearer {CLIENT_KEY}\r\nconnection: close\r\n\r\n"
+    );
+    let r = exchange(&gw, two.as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(status_of(&r), 400, "{r}");
+    assert_eq!(mock.requests(), 0);
+}
+
+// --- 8. HTTP/2 abuse ---
+
+#[tokio::test]
+async fn http2_host_must_match_authority() {
+    let (mock, gw) = setup("").await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/v1/models", gw.addr))
+        .header("host", "evil.example")
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .body(())
+        .unwrap();
+    let (resp, _) = h2.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 400);
+    assert_eq!(mock.requests(), 0);
+}
+
+#[tokio::test]
+async fn http2_clients_that_cancel_accepted_streams_get_goaway() {
+    let (mock, gw) = setup("  http2_max_cancels: 50").await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut h2 = h2;
+    let mut sent = 0;
+    let start = Instant::now();
+    // HEADERS + body, then RST_STREAM(CANCEL) once the gateway has accepted the stream.
+    while start.elapsed() < Duration::from_secs(10) {
+        let Ok(ready) = h2.clone().ready().await else {
+            break;
+        };
+        h2 = ready;
+        let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+            .header("authorization", format!("Bearer {CLIENT_KEY}"))
+            .header("content-type", "application/json")
+            .header("x-mock-head-delay-ms", "1000")
+            .body(())
+            .unwrap();
+        let Ok((resp, mut body)) = h2.send_request(req, false) else {
+            break;
+        };
+        let _ = body.send_data(bytes::Bytes::from_static(CHAT.as_bytes()), true);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        body.send_reset(h2::Reason::CANCEL);
+        drop(resp);
+        sent += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        ended.is_ok(),
+        "connection still open after {sent} cancelled streams"
+    );
+    assert!(sent < 500, "{sent} streams were accepted before GOAWAY");
+    assert!(
+        mock.requests() <= 200,
+        "{} requests reached the upstream",
+        mock.requests()
+    );
+}
+
+// --- 10. Smuggling ---
+
+/// Transfer-Encoding spellings that must never make the gateway read a body differently from a
+/// server behind it.
+const TE_MUTATIONS: [&str; 32] = [
+    "Transfer-Encoding: chunked",
+    "Transfer-Encoding : chunked",
+    "Transfer-Encoding:chunked",
+    "Transfer-Encoding: xchunked",
+    "Transfer-Encoding: chunked ",
+    "Transfer-Encoding:\tchunked",
+    "Transfer-Encoding: CHUNKED",
+    "Transfer-Encoding: chunked, identity",
+    "Transfer-Encoding: identity, chunked",
+    "Transfer-Encoding: gzip, chunked",
+    "Transfer-Encoding: chunked\r\nTransfer-Encoding: x",
+    "Transfer-Encoding: x\r\nTransfer-Encoding: chunked",
+    "Transfer-Encoding: \"chunked\"",
+    "Transfer-Encoding: chunk",
+    "Transfer-Encoding: chunked;q=1",
+    "Transfer-Encoding:\x0bchunked",
+    "Transfer-Encoding:\x0cchunked",
+    " Transfer-Encoding: chunked",
+    "Transfer-Encoding\r\n : chunked",
+    "X: y\r\nTransfer-Encoding: chunked",
+    "Transfer_Encoding: chunked",
+    "Transfer-Encoding: chu\x00nked",
+    "Transfer-Encoding: chunked\r\n\tx",
+    "Transfer-encoding: cHuNkEd",
+    "TRANSFER-ENCODING: chunked",
+    "Transfer-Encoding: ,chunked",
+    "Transfer-Encoding: chunked,",
+    "Transfer-Encoding: chunked\x00",
+    "Transfer-Encoding: \r\n chunked",
+    "Transfer-Encoding:  chunked",
+    "Transfer-Encoding: identity",
+    "Transfer-Encoding: chunked, chunked",
+];
+
+#[tokio::test]
+async fn content_length_and_transfer_encoding_mutations_smuggle_nothing() {
+    let (mock, gw) = setup("").await;
+    let smuggled = "GET /v1/smuggled HTTP/1.1\r\nhost: gw\r\n\r\n";
+    for te in TE_MUTATIONS {
+        // The body as chunked: "0\r\n\r\n" then a smuggled request; as Content-Length it is
+        // a different split.
+        let raw = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: 4\r\n{te}\r\n\r\n0\r\n\r\n{smuggled}"
+        );
+        let _ = exchange(&gw, raw.as_bytes(), Duration::from_millis(800)).await;
+    }
+    // Duplicate Content-Length, HTTP/1.0 + TE, bare LF, NUL, obs-fold, Upgrade + pipelined.
+    let others = [
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: 4\r\ncontent-length: 40\r\n\r\nABCD{smuggled}"
+        ),
+        format!(
+            "POST /v1/chat/completions HTTP/1.0\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\nhost: gw\nauthorization: Bearer {CLIENT_KEY}\ncontent-length: 0\n\n{smuggled}"
+        ),
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx: a\0b\r\ncontent-length: 0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx: a\rb\r\ncontent-length: 0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length:\r\n 4\r\n\r\nABCD{smuggled}"
+        ),
+        format!(
+            "GET /v1/models HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\nauthorization: Bearer {CLIENT_KEY}\r\n\r\n{smuggled}"
+        ),
+        // Early 401 with an unread body and a request pipelined behind it.
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        ),
+    ];
+    for raw in &others {
+        let _ = exchange(&gw, raw.as_bytes(), Duration::from_millis(800)).await;
+    }
+    let smuggled_seen = mock
+        .seen()
+        .iter()
+        .filter(|(_, p)| p.contains("smuggled"))
+        .count();
+    assert_eq!(
+        smuggled_seen,
+        0,
+        "smuggled requests reached the upstream: {:?}",
+        mock.seen()
+    );
+}
