@@ -205,4 +205,46 @@ mod tests {
         });
         assert_ne!(ring().id_of("sk-alice-1"), other.id_of("sk-alice-1"));
     }
+
+    proptest::proptest! {
+        /// Whatever the headers hold, parsing never panics, and a key is only ever what follows
+        /// a `Bearer` scheme or the whole `x-api-key` value, trimmed.
+        #[test]
+        fn presented_keys_come_only_from_the_two_headers(
+            auth in "\\PC{0,40}",
+            api in "\\PC{0,40}",
+            use_auth in proptest::bool::ANY,
+        ) {
+            let mut h = HeaderMap::new();
+            if use_auth {
+                if let Ok(v) = auth.parse() { h.insert(http::header::AUTHORIZATION, v); }
+            } else if let Ok(v) = api.parse() {
+                h.insert("x-api-key", v);
+            }
+            match presented_key(&h) {
+                None => {}
+                Some(k) if use_auth => {
+                    let (scheme, rest) = auth.split_once(' ').unwrap();
+                    proptest::prop_assert!(scheme.eq_ignore_ascii_case("bearer"));
+                    proptest::prop_assert_eq!(k, rest.trim());
+                }
+                Some(k) => proptest::prop_assert_eq!(k, api.trim()),
+            }
+            let _ = ring().authenticate(&h);
+        }
+
+        #[test]
+        fn a_configured_key_is_found_in_either_header(key in "[!-~]{1,64}") {
+            let r = KeyRing::new(&AuthConfig {
+                secret: Secret::new("0123456789abcdef"),
+                keys: vec![KeyConfig { name: "k".into(), key: Some(Secret::new(key.clone())), key_id: None }],
+            });
+            let bearer = format!("Bearer {key}");
+            let basic = format!("Basic {key}");
+            let by_bearer = r.authenticate(&headers("authorization", &bearer)).is_some();
+            let by_api_key = r.authenticate(&headers("x-api-key", &key)).is_some();
+            let by_basic = r.authenticate(&headers("authorization", &basic)).is_some();
+            proptest::prop_assert!(by_bearer && by_api_key && !by_basic);
+        }
+    }
 }

@@ -84,6 +84,11 @@ impl MockUpstream {
         self.state.cancelled.load(Ordering::SeqCst)
     }
 
+    /// Responses the mock finished sending.
+    pub fn completed(&self) -> usize {
+        self.state.completed.load(Ordering::SeqCst)
+    }
+
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
     }

@@ -1,0 +1,324 @@
+//! HTTP/2 abuse with hand-made frames: floods and resets a well-behaved client library would never
+//! send. Each test checks that the gateway answers with GOAWAY or stays bounded, that the upstream
+//! sees a bounded number of requests, and (for floods) that another client keeps being served.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tollgate_tests::*;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK "literal without indexing" with an indexed name (static table index < 15).
+fn literal(index: u8, value: &str) -> Vec<u8> {
+    let mut b = vec![index];
+    b.push(value.len() as u8);
+    b.extend_from_slice(value.as_bytes());
+    b
+}
+
+/// HPACK literal without indexing, new name.
+fn literal_new(name: &str, value: &str) -> Vec<u8> {
+    let mut b = vec![0u8, name.len() as u8];
+    b.extend_from_slice(name.as_bytes());
+    b.push(value.len() as u8);
+    b.extend_from_slice(value.as_bytes());
+    b
+}
+
+/// A header block for `POST /v1/chat/completions` with the test key.
+fn request_block(extra: &[u8]) -> Vec<u8> {
+    let mut b = vec![0x83, 0x86]; // :method POST, :scheme http
+    b.extend(literal(0x04, "/v1/chat/completions")); // :path
+    b.extend(literal(0x01, "gw")); // :authority
+    b.extend(literal_new(
+        "authorization",
+        &format!("Bearer {CLIENT_KEY}"),
+    ));
+    b.extend(literal_new("x-mock-head-delay-ms", "500"));
+    b.extend_from_slice(extra);
+    b
+}
+
+async fn open(gw: &TestGateway) -> TcpStream {
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(PREFACE).await.unwrap();
+    tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    tcp
+}
+
+/// Reads frames until the connection closes or `within` passes; returns the GOAWAY error code
+/// if one was received.
+async fn read_until_goaway(tcp: &mut TcpStream, within: Duration) -> Option<u32> {
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + within;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        // Parse what we have.
+        let mut at = 0;
+        while buf.len() >= at + 9 {
+            let len = (usize::from(buf[at]) << 16)
+                | (usize::from(buf[at + 1]) << 8)
+                | usize::from(buf[at + 2]);
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            if buf[at + 3] == GOAWAY && len >= 8 {
+                let p = &buf[at + 9..at + 9 + len];
+                return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            }
+            at += 9 + len;
+        }
+        buf.drain(..at);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// p99 latency of `n` sequential `/health` requests over HTTP/1.
+async fn p99(gw: &TestGateway, n: usize) -> Duration {
+    let c = client();
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let r = c.get(gw.url("/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        times.push(start.elapsed());
+    }
+    times.sort();
+    times[(n * 99 / 100).min(n - 1)]
+}
+
+async fn setup() -> (MockUpstream, TestGateway) {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&config_yaml(&[mock.url()], "")).await;
+    (mock, gw)
+}
+
+#[tokio::test]
+async fn rapid_reset_before_accept_gets_goaway() {
+    let (mock, gw) = setup().await;
+    let mut tcp = open(&gw).await;
+    let mut burst = Vec::new();
+    for i in 0..1000u32 {
+        let id = 2 * i + 1;
+        burst.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &request_block(&[]),
+        ));
+        burst.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
+    }
+    let _ = tcp.write_all(&burst).await;
+    let code = read_until_goaway(&mut tcp, Duration::from_secs(5)).await;
+    assert_eq!(code, Some(0xb), "expected GOAWAY(ENHANCE_YOUR_CALM)");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        mock.requests() < 200,
+        "{} reached the upstream",
+        mock.requests()
+    );
+}
+
+#[tokio::test]
+async fn continuation_floods_get_goaway() {
+    let (mock, gw) = setup().await;
+    let mut tcp = open(&gw).await;
+    let _ = tcp
+        .write_all(&frame(HEADERS, END_STREAM, 1, &request_block(&[])))
+        .await;
+    let block = literal_new("x-flood", "0123456789abcdef");
+    let mut flood = Vec::new();
+    for _ in 0..20_000 {
+        flood.extend(frame(CONTINUATION, 0, 1, &block));
+    }
+    let writer = tokio::spawn(async move {
+        let _ = tcp.write_all(&flood).await;
+        tcp
+    });
+    let mut tcp = tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("the gateway stopped reading but did not close")
+        .unwrap();
+    let start = Instant::now();
+    let goaway = read_until_goaway(&mut tcp, Duration::from_secs(3)).await;
+    assert!(
+        goaway.is_some() || start.elapsed() < Duration::from_secs(3),
+        "neither GOAWAY nor close"
+    );
+    assert_eq!(mock.requests(), 0);
+}
+
+/// Sends `frames` as fast as the gateway reads them for `secs`, while another client's p99 is
+/// measured; returns (baseline p99, p99 under the flood).
+async fn under_flood(gw: &TestGateway, one: Vec<u8>) -> (Duration, Duration) {
+    let base = p99(gw, 100).await;
+    let mut tcp = open(gw).await;
+    let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
+    let flood = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut sent = 0usize;
+        while start.elapsed() < Duration::from_secs(3) {
+            match tokio::time::timeout(Duration::from_millis(200), tcp.write_all(&batch)).await {
+                Ok(Ok(())) => sent += 1000,
+                Ok(Err(_)) => break, // closed by the gateway
+                Err(_) => {}         // the gateway stopped reading: bounded
+            }
+        }
+        sent
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during = p99(gw, 100).await;
+    let _ = flood.await.unwrap();
+    (base, during)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_floods_are_bounded_and_other_clients_stay_fast() {
+    let (_mock, gw) = setup().await;
+    let (base, during) = under_flood(&gw, frame(PING, 0, 0, &[7; 8])).await;
+    assert!(
+        during <= base * 2 + Duration::from_millis(25),
+        "p99 {base:?} → {during:?} under a PING flood"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_floods_are_bounded_and_other_clients_stay_fast() {
+    let (_mock, gw) = setup().await;
+    let (base, during) = under_flood(&gw, frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100])).await;
+    assert!(
+        during <= base * 2 + Duration::from_millis(25),
+        "p99 {base:?} → {during:?} under a SETTINGS flood"
+    );
+}
+
+/// RFC 9113 §8.1.1: a malformed request is a stream error; other streams carry on.
+#[tokio::test]
+async fn a_malformed_request_does_not_cut_other_streams() {
+    let (mock, gw) = setup().await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // Stream 1: a stream that takes ~1 s.
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("content-type", "application/json")
+        .header("x-mock-events", "10")
+        .header("x-mock-delay-ms", "100")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = h2.send_request(req, false).unwrap();
+    body.send_data(
+        bytes::Bytes::from_static(br#"{"model":"m","stream":true,"messages":[]}"#),
+        true,
+    )
+    .unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Meanwhile a malformed request on the same connection, written by hand: `content-length`
+    // that contradicts the body (RFC 9113 §8.1.1 malformed).
+    let bad = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("content-length", "1000")
+        .body(())
+        .unwrap();
+    let mut h2b = h2.clone().ready().await.unwrap();
+    if let Ok((bad_resp, mut bad_body)) = h2b.send_request(bad, false) {
+        let _ = bad_body.send_data(bytes::Bytes::from_static(b"{}"), true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), bad_resp).await;
+    }
+    // Stream 1 still completes.
+    let mut data = resp.into_body();
+    let mut got = 0;
+    while let Some(chunk) = data.data().await {
+        let chunk = chunk.expect("the in-flight stream was cut");
+        got += chunk.len();
+        let _ = data.flow_control().release_capacity(chunk.len());
+    }
+    assert!(got > 0);
+    assert!(!conn.is_finished(), "the connection was closed");
+    assert_eq!(mock.completed(), 1);
+}
+
+/// The same with a malformed header written by hand (an upper-case name, which RFC 9113 §8.2.1
+/// makes malformed): the bad stream should be reset and the stream in flight answered. The `h2`
+/// crate under hyper fails the header block's decoding instead and answers GOAWAY(PROTOCOL_ERROR),
+/// a connection error that cuts every stream (Envoy had the same default; envoy#20575). Kept as
+/// the known gap it is (docs/limits.md); run with `--ignored` to see it.
+#[tokio::test]
+#[ignore = "h2 treats an invalid header name as a connection error; see docs/limits.md"]
+async fn a_malformed_header_resets_its_stream_only() {
+    let (_mock, gw) = setup().await;
+    let mut tcp = open(&gw).await;
+    // Stream 1: answered after ~500 ms (the mock's head delay).
+    tcp.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block(&[]),
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let bad = request_block(&literal_new("X-Bad", "1"));
+    tcp.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &bad))
+        .await
+        .unwrap();
+    // Read frames: stream 1's response HEADERS must come, and no GOAWAY before it.
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 << 10];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut answered = false;
+    'read: while Instant::now() < deadline {
+        let n = match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while buf.len() >= at + 9 {
+            let len = (usize::from(buf[at]) << 16)
+                | (usize::from(buf[at + 1]) << 8)
+                | usize::from(buf[at + 2]);
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]);
+            match buf[at + 3] {
+                GOAWAY => panic!("GOAWAY before stream 1 was answered"),
+                HEADERS if stream == 1 => {
+                    answered = true;
+                    break 'read;
+                }
+                _ => {}
+            }
+            at += 9 + len;
+        }
+        buf.drain(..at);
+    }
+    assert!(answered, "stream 1 was never answered");
+}
