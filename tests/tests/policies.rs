@@ -91,6 +91,30 @@ async fn header_rewrite_changes_request_and_response_headers() {
     assert!(!seen.contains_key("x-debug"));
 }
 
+/// Headers the client names in `Connection` are removed on arrival, before the policy runs, so a
+/// client cannot delete what the operator's policy sets.
+#[tokio::test]
+async fn a_clients_connection_header_cannot_remove_headers_a_policy_sets() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockUpstream::start().await;
+    let config = r#"{"request": [{"set": {"name": "x-tenant", "value": "acme"}},
+                                 {"set": {"name": "openai-organization", "value": "org-1"}}]}"#;
+    let gw = rewrite_gateway(&mock, config).await;
+    let body = serde_json::to_string(&chat_body(false)).unwrap();
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\nconnection: close, x-tenant, openai-organization\r\nx-tenant: forged\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    let seen = mock.last_headers();
+    assert_eq!(seen["x-tenant"], "acme");
+    assert_eq!(seen["openai-organization"], "org-1");
+}
+
 #[tokio::test]
 async fn header_rewrite_is_called_only_for_the_phases_it_has_rules_for() {
     let mock = MockUpstream::start().await;

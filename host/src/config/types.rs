@@ -243,6 +243,30 @@ mod tests {
         assert!("h:80".parse::<UpstreamUrl>().is_err());
     }
 
+    proptest::proptest! {
+        /// A network contains every address it was written from, in plain or IPv4-mapped form,
+        /// and never an address outside its prefix.
+        #[test]
+        fn cidr_membership_matches_the_prefix(
+            a in proptest::prelude::any::<[u8; 4]>(),
+            b in proptest::prelude::any::<[u8; 4]>(),
+            prefix in 0u8..=32,
+        ) {
+            let net: Cidr = format!("{}/{prefix}", IpAddr::from(a)).parse().unwrap();
+            proptest::prop_assert!(net.contains(IpAddr::from(a)));
+            let mapped = IpAddr::from(std::net::Ipv4Addr::from(a).to_ipv6_mapped());
+            proptest::prop_assert!(net.contains(mapped));
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+            let same = u32::from_be_bytes(a) & mask == u32::from_be_bytes(b) & mask;
+            proptest::prop_assert_eq!(net.contains(IpAddr::from(b)), same);
+        }
+
+        #[test]
+        fn cidr_parsing_never_panics(s in "\\PC{0,50}") {
+            let _ = s.parse::<Cidr>();
+        }
+    }
+
     #[test]
     fn secret_debug_is_redacted() {
         assert_eq!(format!("{:?}", Secret::new("sk-live")), "<redacted>");

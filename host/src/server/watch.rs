@@ -272,10 +272,9 @@ impl Body for Watched {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(conn) = self.guard.as_ref().map(|g| g.conn.clone()) else {
+        let Some(now) = self.guard.as_ref().map(|g| g.conn.now_ms()) else {
             return Poll::Ready(None);
         };
-        let now = conn.now_ms();
         let polled = {
             let mut body = self.stream.body.lock().unwrap_or_else(|p| p.into_inner());
             match body.as_mut() {
