@@ -643,6 +643,10 @@ async fn http2_clients_that_cancel_accepted_streams_get_goaway() {
         sent += 1;
     }
     let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    eprintln!(
+        "GOAWAY after {sent} cancelled streams; {} reached the upstream",
+        mock.requests()
+    );
     assert!(
         ended.is_ok(),
         "connection still open after {sent} cancelled streams"

@@ -109,7 +109,11 @@ async fn a_clients_connection_header_cannot_remove_headers_a_policy_sets() {
     tcp.write_all(raw.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     tcp.read_to_end(&mut answer).await.unwrap();
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     let seen = mock.last_headers();
     assert_eq!(seen["x-tenant"], "acme");
     assert_eq!(seen["openai-organization"], "org-1");
