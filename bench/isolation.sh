@@ -49,6 +49,7 @@ plugins:
     config: {behaviour: $2}
     on_error: skip
     limits: {deadline: 5ms, breaker_failures: $1}
+admin: {enabled: false}
 logging:
   level: error
   access_log: false

@@ -87,6 +87,7 @@ upstreams:
 routes:
   - path_prefix: /v1/
     upstreams: [mock]
+admin: {enabled: false}
 logging:
   level: warn
   access_log: false
@@ -114,6 +115,7 @@ plugins:
   - {name: stamp, kind: header-rewrite, module: $W/tollgate_header_rewrite.wasm, config: {request: [{set: {name: x-gw, value: "\${request_id}"}}]}}
   - {name: rotate, kind: router, module: $W/tollgate_round_robin.wasm}
   - {name: quota, kind: quota, module: $W/tollgate_quota_switch.wasm}
+admin: {enabled: false}
 logging:
   level: warn
   access_log: false

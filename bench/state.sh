@@ -41,6 +41,7 @@ keys() { for i in $(seq 0 $((KEYS - 1))); do printf '    - {name: k%d, key: sk-b
 gateway() { # name listen policies storage
   cat > "$out/$1.yaml" <<YAML
 server: {listen: "$2"}
+admin: {enabled: false}
 auth:
   secret: bench-secret-0123456789
   keys:

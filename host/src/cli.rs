@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::app::Listeners;
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::server::Server;
 
 #[derive(Parser)]
 #[command(
@@ -334,7 +334,7 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let server = match Server::bind(&config.server).await {
+        let listeners = match Listeners::bind(&config).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
@@ -342,13 +342,14 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
             }
         };
         tracing::info!(
-            listen = %server.local_addr(),
+            listen = %listeners.data_addr(),
+            admin = listeners.admin_addr().map(|a| a.to_string()),
             tls = config.server.tls.is_some(),
             config = %path.display(),
             "tollgate listening"
         );
         let reloader = crate::reload::spawn(gateway.clone(), path.to_path_buf(), &config);
-        server.serve(gateway, shutdown_signal()).await;
+        listeners.serve(gateway, shutdown_signal()).await;
         reloader.abort();
         tracing::info!("stopped");
         ExitCode::SUCCESS

@@ -5,7 +5,6 @@
 //! rules under a request in flight. The upstream connection pool lives outside the snapshot and
 //! survives reloads.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,13 +23,6 @@ use crate::config::{Config, ConfigError, ConfigErrors, OnError, PluginKind};
 use crate::policy::{LoadError, Plugin, PluginSpec, PolicyEngine};
 use crate::state::{StoreError, Stores};
 use crate::upstream::{Upstream, UpstreamClient};
-
-/// Facts about the connection a request arrived on, attached by the server to every request.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-}
 
 /// A plugin as a route uses it.
 pub struct PolicyRef {

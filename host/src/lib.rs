@@ -3,9 +3,12 @@
 //! The host is a library so the binary and the tests drive the same code. Dependencies point one
 //! way: [`config`] knows nothing else; [`auth`], [`client_ip`], [`tls`] and [`upstream`] know only
 //! the config; [`proxy`] wires them into the request pipeline; [`gateway`] holds the state that
-//! pipeline reads; [`server`] accepts connections for it; [`cli`] is the binary's front.
+//! pipeline reads; [`server`] accepts connections for any [`server::Handler`]; [`app`] runs the
+//! data plane and the [`admin`] plane on their two listeners; [`cli`] is the binary's front.
 
 pub mod access_log;
+pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod body;
 pub mod cli;

@@ -45,7 +45,7 @@ use crate::auth::ClientKey;
 use crate::body::{BodyError, BoxBody, GuardedBody, Prefixed};
 use crate::config::{Failsafe, OnError};
 use crate::error::GatewayError;
-use crate::gateway::{ConnInfo, Gateway, Limits, PolicyRef, Route, Runtime};
+use crate::gateway::{Gateway, Limits, PolicyRef, Route, Runtime};
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::policy::PolicyError;
 use crate::policy::types::{
@@ -53,6 +53,7 @@ use crate::policy::types::{
 };
 use crate::policy_view::{self, RequestInfo, ResponseInfo};
 use crate::screen;
+use crate::server::ConnInfo;
 use crate::state::{Intercept, KEY_ID_PREFIX_LEN, SharedCooldown};
 use crate::upstream::{ConnectTiming, Target, Upstream};
 
@@ -185,6 +186,11 @@ impl Ctx<'_> {
         screen::check_head(&parts, self.rt.limits.max_header_size)?;
         headers::strip_hop_by_hop(&mut parts.headers);
         if let std::borrow::Cow::Owned(normal) = screen::normalize_path(parts.uri.path())? {
+            // A path that only normalises into the gateway's own (`/v1/../admin/…`) is not
+            // proxied either.
+            if Gateway::is_own_endpoint(&normal) {
+                return Err(GatewayError::NoRoute);
+            }
             parts.uri = with_path(&parts.uri, &normal)?;
             rec.path = normal;
         }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tollgate::{Config, Gateway, Server};
+use tollgate::app::Listeners;
+use tollgate::{Config, Gateway};
 
 pub use mock_upstream::MockUpstream;
 
@@ -35,7 +36,7 @@ pub fn config_yaml(upstream_urls: &[String], extra_server: &str) -> String {
         names.push(format!("u{i}"));
     }
     format!(
-        "server:\n  listen: 127.0.0.1:0\n{extra_server}\nauth:\n  secret: test-secret-0123456789\n  keys:\n    - name: tester\n      key: {CLIENT_KEY}\nupstreams:\n{upstreams}routes:\n  - path_prefix: /v1/\n    upstreams: [{}]\nlogging:\n  access_log: false\n",
+        "server:\n  listen: 127.0.0.1:0\n{extra_server}\nauth:\n  secret: test-secret-0123456789\n  keys:\n    - name: tester\n      key: {CLIENT_KEY}\nupstreams:\n{upstreams}routes:\n  - path_prefix: /v1/\n    upstreams: [{}]\nadmin:\n  listen: 127.0.0.1:0\nlogging:\n  access_log: false\n",
         names.join(", ")
     )
 }
@@ -43,6 +44,8 @@ pub fn config_yaml(upstream_urls: &[String], extra_server: &str) -> String {
 /// A gateway serving in this process.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The admin plane's listener (tests bind it on a free port), unless the config turns it off.
+    pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -69,7 +72,9 @@ impl TestGateway {
         Self::start_config(config, Some(path)).await
     }
 
-    async fn start_config(config: Config, reload_from: Option<&Path>) -> Self {
+    async fn start_config(mut config: Config, reload_from: Option<&Path>) -> Self {
+        // Tests run many gateways at once: the admin listener gets a free port, not 8318.
+        config.admin.listen = tollgate::config::ListenAddr("127.0.0.1:0".parse().unwrap());
         let gateway = Gateway::new(&config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -81,14 +86,16 @@ impl TestGateway {
                 &config,
             ));
         }
-        let server = Server::bind(&config.server).await.expect("gateway binds");
-        let addr = server.local_addr();
+        let listeners = Listeners::bind(&config).await.expect("gateway binds");
+        let addr = listeners.data_addr();
+        let admin_addr = listeners.admin_addr();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(server.serve(gateway.clone(), async {
+        let task = tokio::spawn(listeners.serve(gateway.clone(), async {
             let _ = rx.await;
         }));
         Self {
             addr,
+            admin_addr,
             gateway,
             shutdown: Some(tx),
             task,

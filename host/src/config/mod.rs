@@ -42,6 +42,9 @@ pub struct Config {
     /// Webhook alerts on repeated intercepts.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The admin plane's own listener (operators, not LLM clients).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Directory of the config file; relative plugin paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -132,6 +135,26 @@ impl Default for PluginLimits {
             breaker_failures: 5,
             breaker_window: Duration::secs(10),
             breaker_cooldown: Duration::secs(30),
+        }
+    }
+}
+
+/// The admin plane: `/metrics`, `/admin/api/…`, `/admin/ui/…` are served here and never on the
+/// data-plane listener. Read at start only.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin listener at all.
+    pub enabled: bool,
+    /// Where it listens; keep it on loopback or a private network.
+    pub listen: ListenAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: ListenAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 8318))),
         }
     }
 }

@@ -79,6 +79,13 @@ fn validate_server(c: &Config, e: &mut Errors) {
     if s.http2_max_streams == 0 {
         e.add("server.http2_max_streams", "must be greater than 0");
     }
+    let admin = &c.admin;
+    if admin.enabled && admin.listen.0.port() != 0 && admin.listen == s.listen {
+        e.add(
+            "admin.listen",
+            "must differ from server.listen (the admin plane has its own listener)",
+        );
+    }
     let t = &s.timeouts;
     for (name, d) in [
         ("client_header", t.client_header),

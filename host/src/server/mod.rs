@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,11 +30,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch as signal};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tower_service::Service;
 
-use crate::access_log::Logged;
 use crate::config::ServerConfig;
-use crate::gateway::{ConnInfo, Gateway};
+use crate::proxy::Response;
 use crate::tls::{self, TlsError};
 use io::ClientIo;
 use per_ip::PerIpLimit;
@@ -47,6 +44,23 @@ const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After a GOAWAY for abuse (reset flood), how long the connection's streams may still run.
 const ABUSE_GRACE: Duration = Duration::from_secs(1);
+/// Facts about the connection a request arrived on, given to the handler with every request.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// What a listener serves: one request in, one response out. The listener knows nothing else of
+/// the gateway; the data plane and the admin plane are two handlers (`crate::app`).
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn handle(
+        &self,
+        req: http::Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response> + Send;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
@@ -135,9 +149,13 @@ impl Server {
             .expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then drains.
-    pub async fn serve(self, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
-        let router = gateway.own_endpoints();
+    /// Serves `handler` until `shutdown` completes, then calls `on_drain` and drains.
+    pub async fn serve<H: Handler>(
+        self,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+        on_drain: impl FnOnce(),
+    ) {
         let (drain_tx, drain_rx) = signal::channel(false);
         let permits = Arc::new(Semaphore::new(self.max_connections));
         let mut conns = JoinSet::new();
@@ -167,8 +185,7 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let conn = Connection {
-                gateway: gateway.clone(),
-                router: router.clone(),
+                handler: handler.clone(),
                 builder: builder.clone(),
                 tls: self.tls.clone(),
                 tls_handshake: self.tls_handshake,
@@ -185,7 +202,7 @@ impl Server {
         }
 
         drop(self.listener);
-        gateway.start_draining();
+        on_drain();
         if let Some(w) = self.cert_watch {
             w.abort();
         }
@@ -199,14 +216,11 @@ impl Server {
             );
         }
         conns.shutdown().await;
-        // Write what the request path queued (usage, intercepts) before the process exits.
-        gateway.stores.shutdown().await;
     }
 }
 
-struct Connection {
-    gateway: Arc<Gateway>,
-    router: axum::Router,
+struct Connection<H> {
+    handler: H,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
     tls_handshake: Duration,
@@ -214,34 +228,22 @@ struct Connection {
     peer: SocketAddr,
 }
 
-impl Connection {
+impl<H: Handler> Connection<H> {
     async fn run(self, tcp: TcpStream, drain: signal::Receiver<bool>) {
         let watch = ConnWatch::new(self.limits);
         let info = ConnInfo {
             peer: self.peer,
             tls: self.tls.is_some(),
         };
-        let (gateway, router) = (self.gateway.clone(), self.router.clone());
+        let handler = self.handler.clone();
         let conn_watch = watch.clone();
-        // Proxied requests go straight to the pipeline; axum serves the gateway's own endpoints.
         // Every response body is watched, and holds its request as in flight until it ends.
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let gateway = gateway.clone();
-            let mut router = router.clone();
+            let handler = handler.clone();
             let watch = conn_watch.clone();
             let guard = watch.request();
             async move {
-                let resp = if Gateway::is_own_endpoint(req.uri().path()) {
-                    match crate::proxy::screen_own(&gateway, &req) {
-                        Err(e) => crate::proxy::untracked_error(e),
-                        Ok(()) => {
-                            let resp = router.call(req).await?;
-                            resp.map(|b| Logged::untracked(b.map_err(Into::into).boxed_unsync()))
-                        }
-                    }
-                } else {
-                    crate::proxy::handle(&gateway, req, info).await
-                };
+                let resp = handler.handle(req, info).await;
                 Ok::<_, std::convert::Infallible>(resp.map(|b| watch.watch_body(b, guard)))
             }
         });
