@@ -52,12 +52,21 @@ enum Command {
     /// Work with policy plugins offline.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The config file as a published contract.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print the key id (HMAC-SHA256 under the config's secret) of the key read from stdin, for
     /// `auth.keys[].key_id`.
     KeyId {
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the JSON Schema of the config file (for editors: see docs/config-schema.md).
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +111,18 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::KeyId { config } => key_id(&config),
+        Command::Config(ConfigCommand::Schema) => {
+            match serde_json::to_string_pretty(&crate::config::json_schema()) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config, log_level } => run(&config, log_level),
         Command::Plugin(cmd) => plugin(cmd),
         Command::Migrate { config } => migrate(&config),

@@ -164,8 +164,11 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
         .local_addr()
         .unwrap()
         .port();
-    let yaml = config_yaml(&[mock.url()], "")
-        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+    let yaml = config_yaml(&[mock.url()], "").replacen(
+        "listen: 127.0.0.1:0",
+        &format!("listen: 127.0.0.1:{port}"),
+        1,
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.yaml");
     std::fs::write(&path, yaml).unwrap();

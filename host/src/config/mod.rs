@@ -18,12 +18,19 @@ use serde::Deserialize;
 /// Paths the gateway answers itself; routes may not claim them. An entry ending in `/` is a prefix.
 pub const RESERVED_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/admin/"];
 
+/// The JSON Schema of the config file (draft 2020-12), for editors: `tollgate config schema`.
+/// It checks shapes and types; what it cannot express (references between sections, ranges)
+/// `tollgate check` reports.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
+}
+
 pub use types::{
     ByteSize, CacheUrl, Cidr, DatabaseUrl, Duration, ListenAddr, Secret, UpstreamUrl, canonical_ip,
 };
 
 /// The whole config file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -51,7 +58,7 @@ pub struct Config {
 }
 
 /// The kind of a policy plugin: which WIT world it implements.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PluginKind {
     IpBinding,
@@ -61,7 +68,7 @@ pub enum PluginKind {
 }
 
 /// What happens to a request when a plugin traps, times out or runs out of memory.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnError {
     /// Fail closed: the client gets 503.
@@ -72,7 +79,7 @@ pub enum OnError {
 }
 
 /// One WebAssembly policy plugin.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     #[serde(deserialize_with = "env::string")]
@@ -99,7 +106,7 @@ fn empty_object() -> serde_json::Value {
 }
 
 /// Sandbox limits for one plugin.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
     /// Linear memory the plugin may grow to.
@@ -141,7 +148,7 @@ impl Default for PluginLimits {
 
 /// The admin plane: `/metrics`, `/admin/api/…`, `/admin/ui/…` are served here and never on the
 /// data-plane listener. Read at start only.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Serve the admin listener at all.
@@ -160,7 +167,7 @@ impl Default for AdminConfig {
 }
 
 /// Listener, client identity and limits.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: ListenAddr,
@@ -214,7 +221,7 @@ impl Default for ServerConfig {
 }
 
 /// Which header a trusted proxy uses to pass the client address.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RealIpHeader {
     /// Walk `X-Forwarded-For` from the right, skipping trusted proxies (nginx `real_ip_recursive on`).
@@ -224,7 +231,7 @@ pub enum RealIpHeader {
 }
 
 /// Every timeout the gateway enforces.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Time a client has to send the complete request head (slowloris guard): from accept until
@@ -269,7 +276,7 @@ impl Default for Timeouts {
 }
 
 /// TLS termination. Files are re-read when they change on disk.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain (leaf first), e.g. certbot's `fullchain.pem`.
@@ -280,7 +287,7 @@ pub struct TlsConfig {
     pub min_version: TlsVersion,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 pub enum TlsVersion {
     #[default]
     #[serde(rename = "1.2")]
@@ -290,7 +297,7 @@ pub enum TlsVersion {
 }
 
 /// Client API keys.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Server secret: keys are identified by `HMAC-SHA256(secret, key)`. Changing it changes
@@ -300,7 +307,7 @@ pub struct AuthConfig {
 }
 
 /// One client API key, given either as the key itself or as its key id.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     #[serde(deserialize_with = "env::string")]
@@ -312,7 +319,7 @@ pub struct KeyConfig {
 }
 
 /// One upstream account or server.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     #[serde(deserialize_with = "env::string")]
@@ -350,7 +357,7 @@ fn ten_seconds() -> Duration {
 }
 
 /// How the upstream credential is presented.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthScheme {
     /// `Authorization: Bearer <credential>` (OpenAI and compatibles).
@@ -361,7 +368,7 @@ pub enum AuthScheme {
 }
 
 /// Built-in mock upstream behaviour.
-#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Deserialize, Clone, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MockConfig {
     /// Text of every completion.
@@ -381,7 +388,7 @@ impl Default for MockConfig {
 }
 
 /// Maps a path prefix to a pool of upstreams.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Requests whose path starts with this are served by the route; the longest prefix wins.
@@ -422,6 +429,19 @@ fn default_methods() -> Vec<HttpMethod> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpMethod(pub http::Method);
 
+impl schemars::JsonSchema for HttpMethod {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HttpMethod".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[A-Z]+$",
+            "description": "an HTTP method in capitals, e.g. GET or POST"
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for HttpMethod {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
@@ -439,7 +459,7 @@ impl<'de> Deserialize<'de> for HttpMethod {
 
 /// What happens to a request the stores cannot decide (a first use while the database is down, or a
 /// key neither the cache nor the database can answer for).
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Failsafe {
     /// Refuse with 503.
@@ -450,7 +470,7 @@ pub enum Failsafe {
 }
 
 /// Stores: see `tollgate::state`.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Source of truth for bindings and the intercept log.
@@ -488,7 +508,7 @@ impl Default for StorageConfig {
 
 /// Alerts on repeated intercepts: when one key is refused `threshold` times within `window`, a
 /// JSON document is POSTed to `webhook`, once per key per window.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     pub webhook: Option<UpstreamUrl>,
@@ -509,7 +529,7 @@ impl Default for AlertsConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `tollgate=debug`.
@@ -530,7 +550,7 @@ impl Default for LoggingConfig {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     Json,

@@ -10,6 +10,65 @@ use serde::{Deserialize, Deserializer};
 
 use super::env::expand;
 
+/// A config value written as a string (any string may also be a `${VAR}` reference).
+macro_rules! string_schema {
+    ($t:ty, $name:literal, $description:literal) => {
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "string", "description": $description})
+            }
+        }
+    };
+}
+
+string_schema!(
+    Duration,
+    "Duration",
+    "a duration such as \"10s\", \"250ms\" or \"5m\""
+);
+string_schema!(
+    Cidr,
+    "Cidr",
+    "an IP address or network, e.g. 10.0.0.0/8 or 192.0.2.7"
+);
+string_schema!(
+    Secret,
+    "Secret",
+    "a secret; use ${VAR} to keep it out of the file"
+);
+string_schema!(
+    UpstreamUrl,
+    "UpstreamUrl",
+    "an http:// or https:// base URL"
+);
+string_schema!(
+    ListenAddr,
+    "ListenAddr",
+    "host:port to listen on, e.g. 127.0.0.1:8317"
+);
+string_schema!(
+    DatabaseUrl,
+    "DatabaseUrl",
+    "sqlite://PATH, sqlite::memory: or postgres://…"
+);
+string_schema!(CacheUrl, "CacheUrl", "memory, or redis://… / rediss://…");
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["string", "integer"],
+            "minimum": 0,
+            "description": "a size such as \"50MiB\" or \"512KiB\", or a number of bytes"
+        })
+    }
+}
+
 /// Deserializes through `FromStr` after `${VAR}` expansion; the parse error becomes the message.
 fn parse_expanded<'de, D, T>(d: D, what: &str, example: &str) -> Result<T, D::Error>
 where

@@ -1,0 +1,91 @@
+//! The config's JSON Schema (`tollgate config schema`) against real files: the example config
+//! passes, files with shape or type errors fail where `tollgate check` fails them too.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The schema as the CLI prints it.
+fn schema() -> Value {
+    let out = Command::new(BIN)
+        .args(["config", "schema"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn yaml(text: &str) -> Value {
+    yaml_serde::from_str(text).unwrap()
+}
+
+fn errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+    validator
+        .iter_errors(instance)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+#[test]
+fn the_example_config_satisfies_the_schema() {
+    let validator = jsonschema::validator_for(&schema()).unwrap();
+    let example = std::fs::read_to_string(root().join("policies.example.yaml")).unwrap();
+    let errs = errors(&validator, &yaml(&example));
+    assert!(errs.is_empty(), "{errs:#?}");
+}
+
+#[test]
+fn shape_and_type_errors_fail_the_schema_as_they_fail_check() {
+    let validator = jsonschema::validator_for(&schema()).unwrap();
+    // The golden file with an unknown key.
+    let unknown =
+        std::fs::read_to_string(root().join("tests/fixtures/config/unknown_key.yaml")).unwrap();
+    let errs = errors(&validator, &yaml(&unknown));
+    assert!(errs.iter().any(|e| e.contains("lisen")), "{errs:#?}");
+    // Wrong types and values the schema can express.
+    let base = std::fs::read_to_string(root().join("policies.example.yaml")).unwrap();
+    for (what, from, to) in [
+        (
+            "a number as text",
+            "max_connections: 10000",
+            "max_connections: many",
+        ),
+        (
+            "an unknown plugin kind",
+            "kind: ip-binding",
+            "kind: firewall",
+        ),
+        ("a lower-case method", "methods: [GET,", "methods: [get,"),
+        ("a boolean as a list", "http2: true", "http2: [yes]"),
+    ] {
+        assert!(
+            base.contains(from),
+            "{what}: the example no longer has {from:?}"
+        );
+        let broken = base.replacen(from, to, 1);
+        assert!(
+            !validator.is_valid(&yaml(&broken)),
+            "{what} passed the schema"
+        );
+        // `tollgate check` refuses the same file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, &broken).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{what}: check accepted it");
+    }
+}
