@@ -36,7 +36,7 @@ pub fn config_yaml(upstream_urls: &[String], extra_server: &str) -> String {
         names.push(format!("u{i}"));
     }
     format!(
-        "server:\n  listen: 127.0.0.1:0\n{extra_server}\nauth:\n  secret: test-secret-0123456789\n  keys:\n    - name: tester\n      key: {CLIENT_KEY}\nupstreams:\n{upstreams}routes:\n  - path_prefix: /v1/\n    upstreams: [{}]\nadmin:\n  listen: 127.0.0.1:0\nlogging:\n  access_log: false\n",
+        "server:\n  listen: 127.0.0.1:0\n{extra_server}\nadmin:\n  listen: 127.0.0.1:0\nauth:\n  secret: test-secret-0123456789\n  keys:\n    - name: tester\n      key: {CLIENT_KEY}\nupstreams:\n{upstreams}routes:\n  - path_prefix: /v1/\n    upstreams: [{}]\nlogging:\n  access_log: false\n",
         names.join(", ")
     )
 }
