@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Largest linear memory a plugin may be configured with (`plugins[].limits.memory`).
+pub const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
+
 /// Paths the gateway answers itself; routes may not claim them. An entry ending in `/` is a prefix.
 pub const RESERVED_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/admin/"];
 

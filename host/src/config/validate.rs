@@ -252,12 +252,12 @@ fn validate_plugins(c: &Config, e: &mut Errors) {
             e.add(format!("{path}.sha256"), "must be 64 hex digits");
         }
         let l = &p.limits;
-        if l.memory.0 == 0 || l.memory.0 > crate::policy::MAX_MEMORY_LIMIT {
+        if l.memory.0 == 0 || l.memory.0 > super::MAX_PLUGIN_MEMORY {
             e.add(
                 format!("{path}.limits.memory"),
                 format!(
                     "must be between 1 byte and {} MiB",
-                    crate::policy::MAX_MEMORY_LIMIT >> 20
+                    super::MAX_PLUGIN_MEMORY >> 20
                 ),
             );
         }

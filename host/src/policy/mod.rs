@@ -44,7 +44,8 @@ use state::{CallBudget, PluginState};
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Largest memory any plugin may be configured with; also the pooling allocator's slot size.
-pub const MAX_MEMORY_LIMIT: u64 = 256 << 20;
+/// The config owns the number (it validates against it); the runtime sizes its pool by it.
+pub use crate::config::MAX_PLUGIN_MEMORY as MAX_MEMORY_LIMIT;
 
 /// Instances the pooling allocator can hold at once, across all plugins and versions.
 const POOL_INSTANCES: u32 = 1_000;
