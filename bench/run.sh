@@ -6,6 +6,7 @@
 #   bench/run.sh            # 5 rounds of: 5 s RPS run, 200 SSE streams, per target; then a
 #                           # micro-benchmark of one call into each policy kind
 #   ROUNDS=5 SECONDS_PER_RUN=10 STREAMS=100 RATE=5000 bench/run.sh
+#   PIN=0 bench/run.sh      # unpinned: every process shares every core
 #
 # On a machine with 2 or more cores the proxies (nginx, both Tollgates) are pinned to core 0 and
 # the mock upstream and the load generator to core 1, so a proxy's figures are its own and not a
@@ -39,7 +40,9 @@ cargo build --release --locked -q -p tollgate -p tollgate-tests -p tollgate-benc
 rustup target add wasm32-wasip2 >/dev/null 2>&1
 plugins/build.sh build >/dev/null 2>&1
 bin=target/release
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+# PIN=0: every process unpinned, sharing the machine's cores (how a gateway is deployed).
+PIN=${PIN:-1}
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   proxy_cpu=(taskset -c 0) load_cpu=(taskset -c 1)
 else
   proxy_cpu=() load_cpu=()

@@ -183,7 +183,12 @@ impl Ctx<'_> {
     ) -> Result<http::Response<BoxBody>, GatewayError> {
         // Phase 1, screen: sizes, framing, Host; then nothing below (policies included) sees the
         // client's hop-by-hop headers; then the path everything below sees.
-        screen::check_head(&parts, self.rt.limits.max_header_size)?;
+        screen::check_head(
+            parts.version,
+            &parts.uri,
+            &parts.headers,
+            self.rt.limits.max_header_size,
+        )?;
         headers::strip_hop_by_hop(&mut parts.headers);
         if let std::borrow::Cow::Owned(normal) = screen::normalize_path(parts.uri.path())? {
             // A path that only normalises into the gateway's own (`/v1/../admin/…`) is not
@@ -579,16 +584,12 @@ fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
 
 /// Phase 1 for the gateway's own endpoints: the same head checks as proxied requests.
 pub fn screen_own(gw: &Gateway, req: &http::Request<Incoming>) -> Result<(), GatewayError> {
-    let (parts, ()) = http::Request::builder()
-        .method(req.method().clone())
-        .uri(req.uri().clone())
-        .version(req.version())
-        .body(())
-        .map_err(|_| GatewayError::Internal)?
-        .into_parts();
-    let mut parts = parts;
-    parts.headers = req.headers().clone();
-    screen::check_head(&parts, gw.runtime().limits.max_header_size)
+    screen::check_head(
+        req.version(),
+        req.uri(),
+        req.headers(),
+        gw.runtime().limits.max_header_size,
+    )
 }
 
 /// An error answer outside the pipeline (no access record).

@@ -19,9 +19,14 @@ use http::{HeaderMap, Version, header};
 use crate::error::GatewayError;
 
 /// Checks sizes, framing and Host of a request head.
-pub fn check_head(parts: &http::request::Parts, max_header_size: u64) -> Result<(), GatewayError> {
-    check_headers(&parts.headers, max_header_size)?;
-    check_host(parts)
+pub fn check_head(
+    version: Version,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    max_header_size: u64,
+) -> Result<(), GatewayError> {
+    check_headers(headers, max_header_size)?;
+    check_host(version, uri, headers)
 }
 
 fn check_headers(h: &HeaderMap, max_header_size: u64) -> Result<(), GatewayError> {
@@ -45,21 +50,21 @@ fn check_headers(h: &HeaderMap, max_header_size: u64) -> Result<(), GatewayError
     }
 }
 
-fn check_host(parts: &http::request::Parts) -> Result<(), GatewayError> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
+fn check_host(version: Version, uri: &http::Uri, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(GatewayError::BadRequest("more than one Host header"));
     }
-    match parts.version {
-        Version::HTTP_2 | Version::HTTP_3 => match (parts.uri.authority(), host) {
+    match version {
+        Version::HTTP_2 | Version::HTTP_3 => match (uri.authority(), host) {
             (None, None) => Err(GatewayError::BadRequest("missing :authority and Host")),
             (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
                 Err(GatewayError::BadRequest("Host does not match :authority"))
             }
             _ => Ok(()),
         },
-        Version::HTTP_11 if host.is_none() && parts.uri.authority().is_none() => {
+        Version::HTTP_11 if host.is_none() && uri.authority().is_none() => {
             Err(GatewayError::BadRequest("missing Host header"))
         }
         _ => Ok(()),

@@ -66,14 +66,17 @@ async fn open(gw: &TestGateway) -> TcpStream {
     tcp
 }
 
-/// Reads frames until the connection closes or `within` passes; returns the GOAWAY error code
-/// if one was received.
-async fn read_until_goaway(tcp: &mut TcpStream, within: Duration) -> Option<u32> {
+/// Reads the server's frames until `stop` returns `Some` for one (its answer is returned), the
+/// connection closes, or `within` passes (`None`). `stop` sees (type, stream id, payload).
+async fn read_frames<T>(
+    tcp: &mut TcpStream,
+    within: Duration,
+    mut stop: impl FnMut(u8, u32, &[u8]) -> Option<T>,
+) -> Option<T> {
     let mut buf = Vec::new();
     let deadline = Instant::now() + within;
     let mut chunk = vec![0u8; 64 << 10];
     loop {
-        // Parse what we have.
         let mut at = 0;
         while buf.len() >= at + 9 {
             let len = (usize::from(buf[at]) << 16)
@@ -82,9 +85,9 @@ async fn read_until_goaway(tcp: &mut TcpStream, within: Duration) -> Option<u32>
             if buf.len() < at + 9 + len {
                 break;
             }
-            if buf[at + 3] == GOAWAY && len >= 8 {
-                let p = &buf[at + 9..at + 9 + len];
-                return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]);
+            if let Some(answer) = stop(buf[at + 3], stream, &buf[at + 9..at + 9 + len]) {
+                return Some(answer);
             }
             at += 9 + len;
         }
@@ -95,6 +98,14 @@ async fn read_until_goaway(tcp: &mut TcpStream, within: Duration) -> Option<u32>
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// The error code of the first GOAWAY the server sends within `within`, if any.
+async fn read_until_goaway(tcp: &mut TcpStream, within: Duration) -> Option<u32> {
+    read_frames(tcp, within, |kind, _, p| {
+        (kind == GOAWAY && p.len() >= 8).then(|| u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+    })
+    .await
 }
 
 /// p99 latency of `n` sequential `/health` requests over HTTP/1.
@@ -290,36 +301,16 @@ async fn a_malformed_header_resets_its_stream_only() {
         .await
         .unwrap();
     // Read frames: stream 1's response HEADERS must come, and no GOAWAY before it.
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 16 << 10];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut answered = false;
-    'read: while Instant::now() < deadline {
-        let n = match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => break,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        let mut at = 0;
-        while buf.len() >= at + 9 {
-            let len = (usize::from(buf[at]) << 16)
-                | (usize::from(buf[at + 1]) << 8)
-                | usize::from(buf[at + 2]);
-            if buf.len() < at + 9 + len {
-                break;
-            }
-            let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]);
-            match buf[at + 3] {
-                GOAWAY => panic!("GOAWAY before stream 1 was answered"),
-                HEADERS if stream == 1 => {
-                    answered = true;
-                    break 'read;
-                }
-                _ => {}
-            }
-            at += 9 + len;
-        }
-        buf.drain(..at);
-    }
+    let answered = read_frames(
+        &mut tcp,
+        Duration::from_secs(5),
+        |kind, stream, _| match kind {
+            GOAWAY => panic!("GOAWAY before stream 1 was answered"),
+            HEADERS if stream == 1 => Some(()),
+            _ => None,
+        },
+    )
+    .await
+    .is_some();
     assert!(answered, "stream 1 was never answered");
 }
