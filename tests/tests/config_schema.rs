@@ -89,3 +89,68 @@ fn shape_and_type_errors_fail_the_schema_as_they_fail_check() {
         assert!(!out.status.success(), "{what}: check accepted it");
     }
 }
+
+/// The limits this gateway added refuse bad values with their YAML path (and say why).
+#[test]
+fn bad_values_of_the_edge_and_plugin_limits_are_refused_with_their_path() {
+    let base = std::fs::read_to_string(root().join("policies.example.yaml")).unwrap();
+    for (from, to, path) in [
+        (
+            "max_header_size: 8KiB",
+            "max_header_size: 64KiB",
+            "server.max_header_size",
+        ),
+        (
+            "max_head_size: 32KiB",
+            "max_head_size: 100",
+            "server.max_head_size",
+        ),
+        (
+            "http2_max_streams: 100",
+            "http2_max_streams: 0",
+            "server.http2_max_streams",
+        ),
+        (
+            "client_idle: 60s",
+            "client_idle: 0s",
+            "server.timeouts.client_idle",
+        ),
+        (
+            "client_write: 60s",
+            "client_write: 0s",
+            "server.timeouts.client_write",
+        ),
+        (
+            "methods: [GET, POST, HEAD, OPTIONS, DELETE]",
+            "methods: []",
+            "routes[0].methods",
+        ),
+        ("methods: [GET,", "methods: [get,", "routes[0].methods[0]"),
+        (
+            "max_concurrency: 64",
+            "max_concurrency: 0",
+            "plugins[0].limits.max_concurrency",
+        ),
+        (
+            "breaker_window: 10s",
+            "breaker_window: 0s",
+            "plugins[0].limits",
+        ),
+        (
+            "listen: ${TOLLGATE_ADMIN_LISTEN:-127.0.0.1:8318}",
+            "listen: ${TOLLGATE_LISTEN:-127.0.0.1:8317}",
+            "admin.listen",
+        ),
+    ] {
+        assert!(base.contains(from), "the example no longer has {from:?}");
+        let config = base.replacen(from, to, 1);
+        let err = tollgate::Config::parse(&config, "c.yaml", Box::new(|_| None))
+            .map(|_| ())
+            .expect_err(to)
+            .to_string();
+        assert!(
+            err.lines().any(|l| l.trim_start().starts_with(path)),
+            "{to}: expected an error at {path}, got:\n{err}"
+        );
+    }
+}
