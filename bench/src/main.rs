@@ -243,7 +243,7 @@ async fn sse(url: &str, streams: usize, events: usize, delay_ms: u64, key: &str)
 
 async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
     use tollgate::policy::fixtures::{sample_request, sample_response, sample_upstream};
-    use tollgate::policy::{PluginSpec, PolicyEngine, PolicyKind};
+    use tollgate::policy::{PluginKind, PluginSpec, PolicyEngine};
     let stores = tollgate::state::Stores::ephemeral()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -260,23 +260,23 @@ async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
     };
     let bind = load(
         "tollgate_ip_binding.wasm",
-        spec("bind", PolicyKind::IpBinding, "{}"),
+        spec("bind", PluginKind::IpBinding, "{}"),
     )?;
     let rewrite = load(
         "tollgate_header_rewrite.wasm",
         spec(
             "hdr",
-            PolicyKind::HeaderRewrite,
+            PluginKind::HeaderRewrite,
             r#"{"request":[{"set":{"name":"x-gw","value":"${request_id}"}}]}"#,
         ),
     )?;
     let router = load(
         "tollgate_round_robin.wasm",
-        spec("rr", PolicyKind::Router, "{}"),
+        spec("rr", PluginKind::Router, "{}"),
     )?;
     let quota = load(
         "tollgate_quota_switch.wasm",
-        spec("q", PolicyKind::Quota, "{}"),
+        spec("q", PluginKind::Quota, "{}"),
     )?;
     for p in [&bind, &rewrite, &router, &quota] {
         p.validate().await.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,7 +1,13 @@
 //! Failures the gateway answers itself, and the one place they become HTTP responses.
 //!
+//! A [`GatewayError`] is what went wrong ([`ErrorKind`], which fixes the status, the OpenAI
+//! `type`/`code` and the message the client sees), who is to blame ([`Source`]), whether the
+//! request may be sent to another upstream ([`GatewayError::retryable`], the one fact the forward
+//! loop retries on, as in Pingora), and the cause chain behind it. The cause is logged by the
+//! pipeline when the request ends ([`GatewayError::log_line`]); it never reaches the client.
+//!
 //! Every response body has the OpenAI error shape `{"error":{"message","type","param","code"}}`
-//! so SDKs surface it normally. Internal details are logged where they happen and never echoed.
+//! so SDKs surface it normally.
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
@@ -14,8 +20,9 @@ pub enum Source {
     Internal,
 }
 
+/// What went wrong, as the client is told.
 #[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
+pub enum ErrorKind {
     #[error("missing or invalid API key")]
     Unauthorized,
     #[error("no route for this path")]
@@ -69,9 +76,9 @@ pub enum GatewayError {
     Internal,
 }
 
-impl GatewayError {
+impl ErrorKind {
     pub fn source(&self) -> Source {
-        use GatewayError::*;
+        use ErrorKind::*;
         match self {
             Unauthorized
             | NoRoute
@@ -94,7 +101,7 @@ impl GatewayError {
     }
 
     pub fn status(&self) -> StatusCode {
-        use GatewayError::*;
+        use ErrorKind::*;
         match self {
             Unauthorized => StatusCode::UNAUTHORIZED,
             NoRoute | ModelNotFound(_) => StatusCode::NOT_FOUND,
@@ -119,7 +126,7 @@ impl GatewayError {
 
     /// `(type, code)` as OpenAI clients expect them.
     fn kind(&self) -> (&'static str, &'static str) {
-        use GatewayError::*;
+        use ErrorKind::*;
         match self {
             Unauthorized => ("invalid_request_error", "invalid_api_key"),
             NoRoute => ("invalid_request_error", "unknown_url"),
@@ -174,24 +181,106 @@ pub fn error_response(status: StatusCode, message: &str, kind: &str, code: &str)
     resp
 }
 
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failure of the request pipeline: its kind, whether another upstream may be tried, and why.
+#[derive(Debug)]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    retryable: bool,
+    cause: Option<Cause>,
+}
+
+impl From<ErrorKind> for GatewayError {
+    fn from(kind: ErrorKind) -> Self {
+        Self {
+            kind,
+            retryable: false,
+            cause: None,
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
+impl std::error::Error for GatewayError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|c| c as _)
+    }
+}
+
+impl GatewayError {
+    /// The request never reached the upstream (or the upstream refused it before doing any work):
+    /// the forward loop may send it to the next candidate if its body can be replayed.
+    pub fn retryable(mut self) -> Self {
+        self.retryable = true;
+        self
+    }
+
+    /// Attaches the underlying failure; it is logged, never sent.
+    pub fn caused_by(mut self, cause: impl Into<Cause>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+
+    pub fn has_cause(&self) -> bool {
+        self.cause.is_some()
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    pub fn source(&self) -> Source {
+        self.kind.source()
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.kind.code()
+    }
+
+    /// The message and cause chain for the log (`kind: cause: cause's cause…`).
+    pub fn log_line(&self) -> String {
+        let mut s = self.kind.to_string();
+        let mut cur = self.cause.as_deref().map(|c| c as &dyn std::error::Error);
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    }
+}
+
+impl IntoResponse for ErrorKind {
+    fn into_response(self) -> Response {
+        GatewayError::from(self).into_response()
+    }
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        let (kind, mut code) = self.kind();
-        if let Self::PolicyDenied { code: own, .. } = &self {
+        let this = self.kind;
+        let (kind, mut code) = this.kind();
+        if let ErrorKind::PolicyDenied { code: own, .. } = &this {
             code = own;
         }
-        let mut resp = error_response(self.status(), &self.to_string(), kind, code);
-        if let Self::AllCooling { retry_after_secs } = &self
+        let mut resp = error_response(this.status(), &this.to_string(), kind, code);
+        if let ErrorKind::AllCooling { retry_after_secs } = &this
             && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        if let Self::MethodNotAllowed { allow } = &self
+        if let ErrorKind::MethodNotAllowed { allow } = &this
             && let Ok(v) = HeaderValue::from_str(allow)
         {
             resp.headers_mut().insert(header::ALLOW, v);
         }
-        if matches!(self, Self::Unauthorized) {
+        if matches!(this, ErrorKind::Unauthorized) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

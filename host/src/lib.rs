@@ -1,35 +1,43 @@
 //! Tollgate: a gateway for OpenAI-compatible (and Anthropic-style) LLM APIs.
 //!
-//! The host is a library so the binary and the tests drive the same code. Dependencies point one
-//! way: [`config`] knows nothing else; [`auth`], [`client_ip`], [`tls`] and [`upstream`] know only
-//! the config; [`proxy`] wires them into the request pipeline; [`gateway`] holds the state that
-//! pipeline reads; [`server`] accepts connections for any [`server::Handler`]; [`app`] runs the
-//! data plane and the [`admin`] plane on their two listeners; [`cli`] is the binary's front.
+//! The host is split by layer; each depends only on the ones listed before it (see
+//! `docs/architecture.md` for the graph and the request path):
+//!
+//! | layer | where | what |
+//! |---|---|---|
+//! | config | crate `tollgate-config` | the YAML file: types, validation, JSON Schema |
+//! | state | crate `tollgate-state` | stores: bindings, intercepts, usage, caches, plugin kv |
+//! | policy | crate `tollgate-policy` | the WebAssembly plugin runtime and its host imports |
+//! | [`error`] | here | the gateway's own answers in the OpenAI error shape |
+//! | [`listen`] | here | TCP, TLS, HTTP/1.1 and HTTP/2, connection limits; knows no gateway |
+//! | [`upstream`] | here | the pooled client, each upstream's health, the built-in mock |
+//! | [`pipeline`] | here | the request phases and the [`pipeline::Filter`] trait |
+//! | [`telemetry`] | here | logging setup and the access-log filter |
+//! | [`gateway`] | here | the config snapshot, reloads, probes, the two planes |
+//! | [`admin`] | here | the admin plane's router |
+//! | [`cli`] | here | the binary's commands |
+//!
+//! The three lower layers are crates so an upward import cannot compile. Inside this crate
+//! modules are `pub(crate)`; what the binary and the tests use is re-exported below.
 
-pub mod access_log;
-pub mod admin;
-pub mod app;
-pub mod auth;
-pub mod body;
+pub(crate) mod admin;
 pub mod cli;
-pub mod client_ip;
-pub mod config;
-pub mod error;
-pub mod gateway;
-pub mod headers;
-pub mod mock;
-pub mod policy;
-pub mod policy_view;
-pub mod proxy;
-pub mod reload;
-pub mod screen;
-pub mod server;
-pub mod state;
-pub mod telemetry;
-pub mod tls;
-pub mod upstream;
-pub mod watch;
+pub(crate) mod error;
+pub(crate) mod fs_watch;
+pub(crate) mod gateway;
+pub(crate) mod listen;
+pub(crate) mod pipeline;
+pub(crate) mod telemetry;
+pub(crate) mod upstream;
+
+pub use tollgate_config as config;
+pub use tollgate_policy as policy;
+pub use tollgate_state as state;
 
 pub use config::Config;
 pub use gateway::Gateway;
-pub use server::Server;
+pub use gateway::planes::Listeners;
+pub use gateway::reload;
+pub use pipeline::auth::KeyRing;
+pub use upstream::UpstreamClient;
+pub use upstream::mock;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tollgate::app::Listeners;
+use tollgate::Listeners;
 use tollgate::{Config, Gateway};
 
 pub use mock_upstream::MockUpstream;

@@ -177,7 +177,20 @@ async fn handle(
     if !json.get("stream").and_then(Value::as_bool).unwrap_or(false) {
         guard.done = true;
         let body = mock::chat_completion("chatcmpl-mock", model, "mock answer");
-        return ([("content-type", "application/json")], body.to_string()).into_response();
+        let mut resp = ([("content-type", "application/json")], body.to_string()).into_response();
+        // `x-mock-reply-header: name: value` adds that header to the answer.
+        if let Some((name, value)) = headers
+            .get("x-mock-reply-header")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(": "))
+            && let (Ok(n), Ok(v)) = (
+                axum::http::HeaderName::try_from(name),
+                axum::http::HeaderValue::try_from(value),
+            )
+        {
+            resp.headers_mut().insert(n, v);
+        }
+        return resp;
     }
 
     if state.force_error_event.load(Ordering::SeqCst) {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tollgate::policy::{PluginSpec, PolicyKind};
+use tollgate::policy::{PluginKind, PluginSpec};
 
 /// Path of the built component for crate `name` (e.g. `tollgate_round_robin`).
 pub fn wasm(name: &str) -> PathBuf {
@@ -18,7 +18,7 @@ pub fn wasm(name: &str) -> PathBuf {
     path
 }
 
-pub fn spec(name: &str, kind: PolicyKind, config: &str) -> PluginSpec {
+pub fn spec(name: &str, kind: PluginKind, config: &str) -> PluginSpec {
     PluginSpec {
         deadline: Duration::from_millis(20),
         max_calls: 1000,

@@ -90,7 +90,7 @@ fn key_id_matches_what_the_gateway_computes() {
     let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert_eq!(id.len(), 64);
     let config = tollgate::Config::load(&root.join("policies.example.yaml")).unwrap();
-    let ring = tollgate::auth::KeyRing::new(&config.auth);
+    let ring = tollgate::KeyRing::new(&config.auth);
     assert_eq!(id, ring.id_of("sk-tollgate-demo").to_hex());
 }
 

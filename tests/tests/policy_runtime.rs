@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tollgate::policy::RequestInfo;
 use tollgate::policy::fixtures::{sample_request, sample_upstream};
 use tollgate::policy::types::{RouteDecision, UpstreamView};
-use tollgate::policy::{LoadError, PolicyEngine, PolicyError, PolicyKind};
-use tollgate::policy_view::RequestInfo;
+use tollgate::policy::{LoadError, PluginKind, PolicyEngine, PolicyError};
 use tollgate::state::Stores;
 use tollgate_tests::plugins::{spec, wasm};
 
@@ -34,7 +34,7 @@ async fn round_robin_rotates_across_calls_and_pooled_instances() {
     let p = e
         .load(
             &wasm("tollgate_round_robin"),
-            spec("rr", PolicyKind::Router, "{}"),
+            spec("rr", PluginKind::Router, "{}"),
         )
         .unwrap();
     p.validate().await.unwrap();
@@ -68,14 +68,14 @@ async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
     let looping = Arc::new(
         e.load(
             &wasm("tollgate_hostile"),
-            spec("loop", PolicyKind::Router, r#"{"behaviour":"loop"}"#),
+            spec("loop", PluginKind::Router, r#"{"behaviour":"loop"}"#),
         )
         .unwrap(),
     );
     let fine = Arc::new(
         e.load(
             &wasm("tollgate_hostile"),
-            spec("fine", PolicyKind::Router, r#"{"behaviour":"ok"}"#),
+            spec("fine", PluginKind::Router, r#"{"behaviour":"ok"}"#),
         )
         .unwrap(),
     );
@@ -118,7 +118,7 @@ async fn growing_memory_past_the_limit_traps_and_the_host_survives() {
     let p = e
         .load(
             &wasm("tollgate_hostile"),
-            spec("grow", PolicyKind::Router, r#"{"behaviour":"grow"}"#),
+            spec("grow", PluginKind::Router, r#"{"behaviour":"grow"}"#),
         )
         .unwrap();
     p.validate().await.unwrap();
@@ -132,7 +132,7 @@ async fn a_trap_discards_the_instance_and_the_next_call_gets_a_new_one() {
     let p = e
         .load(
             &wasm("tollgate_hostile"),
-            spec("trap", PolicyKind::Router, r#"{"behaviour":"trap"}"#),
+            spec("trap", PluginKind::Router, r#"{"behaviour":"trap"}"#),
         )
         .unwrap();
     p.validate().await.unwrap();
@@ -164,7 +164,7 @@ async fn a_refused_configuration_is_reported() {
             &wasm("tollgate_hostile"),
             spec(
                 "cfg",
-                PolicyKind::Router,
+                PluginKind::Router,
                 r#"{"behaviour":"reject-config"}"#,
             ),
         )
@@ -176,7 +176,7 @@ async fn a_refused_configuration_is_reported() {
     let bad_json = e
         .load(
             &wasm("tollgate_hostile"),
-            spec("cfg", PolicyKind::Router, "{"),
+            spec("cfg", PluginKind::Router, "{"),
         )
         .unwrap();
     assert!(matches!(
@@ -188,7 +188,7 @@ async fn a_refused_configuration_is_reported() {
 #[tokio::test]
 async fn oversized_modules_are_refused_before_compiling() {
     let e = engine().await;
-    let mut s = spec("big", PolicyKind::Router, "{}");
+    let mut s = spec("big", PluginKind::Router, "{}");
     s.max_module_size = 1024;
     assert!(matches!(
         e.load(&wasm("tollgate_round_robin"), s),
@@ -201,7 +201,7 @@ async fn a_plugin_of_another_kind_is_refused() {
     let e = engine().await;
     let r = e.load(
         &wasm("tollgate_round_robin"),
-        spec("rr", PolicyKind::IpBinding, "{}"),
+        spec("rr", PluginKind::IpBinding, "{}"),
     );
     assert!(
         matches!(
@@ -219,7 +219,7 @@ async fn a_plugin_of_another_kind_is_refused() {
 #[tokio::test]
 async fn a_sha256_pin_mismatch_is_refused() {
     let e = engine().await;
-    let mut s = spec("rr", PolicyKind::Router, "{}");
+    let mut s = spec("rr", PluginKind::Router, "{}");
     s.sha256 = Some("00".repeat(32));
     assert!(matches!(
         e.load(&wasm("tollgate_round_robin"), s),
@@ -238,13 +238,13 @@ async fn unknown_imports_and_garbage_are_refused() {
     )
     .unwrap();
     assert!(matches!(
-        e.load(&evil, spec("evil", PolicyKind::Router, "{}")),
+        e.load(&evil, spec("evil", PluginKind::Router, "{}")),
         Err(LoadError::Link(_))
     ));
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm not really").unwrap();
     assert!(matches!(
-        e.load(&junk, spec("junk", PolicyKind::Router, "{}")),
+        e.load(&junk, spec("junk", PluginKind::Router, "{}")),
         Err(LoadError::Compile(_))
     ));
 }
@@ -260,7 +260,7 @@ async fn repeated_failures_open_the_breaker_and_calls_fail_at_once() {
                 breaker_failures: 3,
                 breaker_window: Duration::from_secs(10),
                 breaker_cooldown: Duration::from_millis(600),
-                ..spec("loop", PolicyKind::Router, r#"{"behaviour":"loop"}"#)
+                ..spec("loop", PluginKind::Router, r#"{"behaviour":"loop"}"#)
             },
         )
         .unwrap();
@@ -302,7 +302,7 @@ async fn calls_past_the_concurrency_limit_wait_then_fail() {
                 queue_timeout: Duration::from_millis(5),
                 deadline: Duration::from_millis(200),
                 breaker_failures: 0,
-                ..spec("loop", PolicyKind::Router, r#"{"behaviour":"loop"}"#)
+                ..spec("loop", PluginKind::Router, r#"{"behaviour":"loop"}"#)
             },
         )
         .unwrap(),

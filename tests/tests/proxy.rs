@@ -443,3 +443,49 @@ async fn a_client_that_stalls_mid_body_gets_408() {
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(mock.requests(), 0);
 }
+
+#[tokio::test]
+async fn the_request_id_travels_in_the_configured_response_header() {
+    // The built-in `request_id` filter: `server.request_id_header` names the header on every
+    // answer; the upstream's own value under that name is kept as `x-upstream-request-id`.
+    let (mock, gw) = setup("  request_id_header: X-Trace-Id").await;
+    let resp = chat(&gw, false)
+        .header("x-mock-reply-header", "x-trace-id: upstream-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ours = resp.headers()["x-trace-id"].to_str().unwrap().to_owned();
+    assert_eq!(
+        ours.len(),
+        32,
+        "a fresh request id, not the upstream's: {ours}"
+    );
+    assert_eq!(resp.headers()["x-upstream-request-id"], "upstream-123");
+    assert!(!resp.headers().contains_key("x-request-id"));
+    // The upstream was told the same id.
+    assert_eq!(mock.last_headers()["x-request-id"], ours.as_str());
+
+    // The gateway's own answers carry it too.
+    let refused = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let id = refused.headers()["x-trace-id"].to_str().unwrap();
+    assert!(id.len() == 32 && id != ours, "{id}");
+}
+
+#[tokio::test]
+async fn a_request_id_header_that_is_not_a_header_name_is_refused_with_its_path() {
+    let yaml = config_yaml(
+        &["http://127.0.0.1:9".into()],
+        "  request_id_header: \"bad header\"",
+    );
+    let err = tollgate::Config::parse(&yaml, "c.yaml", Box::new(|_| None))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.request_id_header"), "{err}");
+}

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tollgate::Config;
-use tollgate::auth::KeyRing;
+use tollgate::KeyRing;
+use tollgate::UpstreamClient;
 use tollgate::config::{
     AlertsConfig, CacheUrl, DatabaseUrl, Duration as CfgDuration, Secret, StorageConfig,
 };
+use tollgate::state::unix_ms;
 use tollgate::state::{BindingStatus, Intercept, Stores};
-use tollgate::upstream::{UpstreamClient, unix_ms};
 use tollgate_tests::services::{Postgres, Redis};
 use tollgate_tests::*;
 
@@ -37,7 +38,7 @@ async fn open_stores(config: &StorageConfig) -> Arc<Stores> {
         config,
         std::path::Path::new("/nonexistent"),
         &AlertsConfig::default(),
-        UpstreamClient::new(Duration::from_secs(1)),
+        std::sync::Arc::new(UpstreamClient::new(Duration::from_secs(1))),
     )
     .await
     .unwrap()

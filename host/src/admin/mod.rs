@@ -10,15 +10,15 @@ use std::sync::Arc;
 
 use axum::Router;
 
-use crate::error::GatewayError;
+use crate::error::ErrorKind;
 use crate::gateway::Gateway;
 
 /// The admin plane's routes. Every path it does not serve answers 404 in the OpenAI error shape.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
-        .fallback(|| async { GatewayError::NoRoute })
+        .fallback(|| async { ErrorKind::NoRoute })
         .method_not_allowed_fallback(|| async {
-            GatewayError::MethodNotAllowed {
+            ErrorKind::MethodNotAllowed {
                 allow: "GET, HEAD".into(),
             }
         })

@@ -1,0 +1,321 @@
+//! Checks that types cannot express. Every error found is returned, each with its YAML path.
+
+use std::collections::HashMap;
+
+use super::{Config, ConfigError, PluginKind};
+
+/// Shortest server secret accepted: 16 bytes keeps HMAC key ids unguessable offline.
+const MIN_SECRET_LEN: usize = 16;
+/// Shortest client API key accepted.
+const MIN_KEY_LEN: usize = 8;
+use super::RESERVED_PATHS;
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            location: None,
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
+    let mut e = Errors(Vec::new());
+    validate_server(c, &mut e);
+    validate_auth(c, &mut e);
+    validate_upstreams(c, &mut e);
+    validate_plugins(c, &mut e);
+    validate_routes(c, &mut e);
+    validate_storage(c, &mut e);
+    if let Err(err) = tracing_subscriber::EnvFilter::try_new(&c.logging.level) {
+        e.add(
+            "logging.level",
+            format!("invalid log filter {:?}: {err}", c.logging.level),
+        );
+    }
+    e.0
+}
+
+fn validate_storage(c: &Config, e: &mut Errors) {
+    let s = &c.storage;
+    for (name, d) in [
+        ("flush_interval", s.flush_interval),
+        ("binding_cache_ttl", s.binding_cache_ttl),
+        ("retention_interval", s.retention_interval),
+        ("op_timeout", s.op_timeout),
+    ] {
+        if d.get().is_zero() {
+            e.add(format!("storage.{name}"), "must be greater than 0");
+        }
+    }
+    if c.alerts.threshold == 0 {
+        e.add("alerts.threshold", "must be greater than 0");
+    }
+    if c.alerts.window.get().is_zero() {
+        e.add("alerts.window", "must be greater than 0");
+    }
+}
+
+fn validate_server(c: &Config, e: &mut Errors) {
+    let s = &c.server;
+    if s.max_body.0 == 0 {
+        e.add("server.max_body", "must be greater than 0");
+    }
+    if s.max_connections == 0 {
+        e.add("server.max_connections", "must be greater than 0");
+    }
+    if s.max_head_size.0 < 1024 {
+        e.add("server.max_head_size", "must be at least 1KiB");
+    }
+    if http::HeaderName::from_bytes(s.request_id_header.as_bytes()).is_err() {
+        e.add(
+            "server.request_id_header",
+            format!("{:?} is not an HTTP header name", s.request_id_header),
+        );
+    }
+    if s.max_header_size.0 == 0 || s.max_header_size.0 > s.max_head_size.0 {
+        e.add(
+            "server.max_header_size",
+            "must be greater than 0 and at most server.max_head_size",
+        );
+    }
+    if s.http2_max_streams == 0 {
+        e.add("server.http2_max_streams", "must be greater than 0");
+    }
+    let admin = &c.admin;
+    if admin.enabled && admin.listen.0.port() != 0 && admin.listen == s.listen {
+        e.add(
+            "admin.listen",
+            "must differ from server.listen (the admin plane has its own listener)",
+        );
+    }
+    let t = &s.timeouts;
+    for (name, d) in [
+        ("client_header", t.client_header),
+        ("client_idle", t.client_idle),
+        ("client_write", t.client_write),
+        ("client_body", t.client_body),
+        ("tls_handshake", t.tls_handshake),
+        ("connect", t.connect),
+        ("response_head", t.response_head),
+        ("idle", t.idle),
+    ] {
+        if d.get().is_zero() {
+            e.add(format!("server.timeouts.{name}"), "must be greater than 0");
+        }
+    }
+}
+
+fn validate_auth(c: &Config, e: &mut Errors) {
+    if c.auth.secret.expose().len() < MIN_SECRET_LEN {
+        e.add(
+            "auth.secret",
+            format!("must be at least {MIN_SECRET_LEN} characters"),
+        );
+    }
+    if c.auth.keys.is_empty() {
+        e.add("auth.keys", "at least one key is required");
+    }
+    let mut names = HashMap::new();
+    for (i, k) in c.auth.keys.iter().enumerate() {
+        let path = format!("auth.keys[{i}]");
+        check_name(&k.name, &format!("{path}.name"), "key", &mut names, e);
+        match (&k.key, &k.key_id) {
+            (Some(_), Some(_)) => e.add(&path, "set either `key` or `key_id`, not both"),
+            (None, None) => e.add(&path, "one of `key` or `key_id` is required"),
+            (Some(key), None) if key.expose().len() < MIN_KEY_LEN => {
+                e.add(
+                    format!("{path}.key"),
+                    format!("must be at least {MIN_KEY_LEN} characters"),
+                );
+            }
+            (None, Some(id)) if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                e.add(
+                    format!("{path}.key_id"),
+                    "must be 64 hex digits (see `tollgate key-id`)",
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+fn validate_upstreams(c: &Config, e: &mut Errors) {
+    if c.upstreams.is_empty() {
+        e.add("upstreams", "at least one upstream is required");
+    }
+    let mut names = HashMap::new();
+    for (i, u) in c.upstreams.iter().enumerate() {
+        let path = format!("upstreams[{i}]");
+        check_name(&u.name, &format!("{path}.name"), "upstream", &mut names, e);
+        match (&u.url, &u.mock) {
+            (Some(_), Some(_)) => e.add(&path, "set either `url` or `mock`, not both"),
+            (None, None) => e.add(&path, "one of `url` or `mock` is required"),
+            _ => {}
+        }
+        if u.weight == 0 {
+            e.add(format!("{path}.weight"), "must be greater than 0");
+        }
+        for (j, m) in u.models.iter().enumerate() {
+            if m.is_empty() || m[..m.len() - 1].contains('*') {
+                e.add(
+                    format!("{path}.models[{j}]"),
+                    "must be a model name, or a prefix followed by a single trailing `*`",
+                );
+            }
+        }
+    }
+}
+
+fn validate_routes(c: &Config, e: &mut Errors) {
+    if c.routes.is_empty() {
+        e.add("routes", "at least one route is required");
+    }
+    let mut defined: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+    defined.dedup();
+    let mut prefixes = HashMap::new();
+    for (i, r) in c.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !r.path_prefix.starts_with('/') {
+            e.add(format!("{path}.path_prefix"), "must start with `/`");
+        }
+        // The gateway's own endpoints are matched before routes; a prefix inside one could never
+        // receive a request.
+        if let Some(own) = RESERVED_PATHS
+            .iter()
+            .find(|own| r.path_prefix.starts_with(*own))
+        {
+            e.add(
+                format!("{path}.path_prefix"),
+                format!("is inside the gateway's own `{own}`"),
+            );
+        }
+        if let Some(first) = prefixes.insert(r.path_prefix.as_str(), i) {
+            e.add(
+                format!("{path}.path_prefix"),
+                format!(
+                    "duplicate prefix {:?} (first at routes[{first}])",
+                    r.path_prefix
+                ),
+            );
+        }
+        if r.upstreams.is_empty() {
+            e.add(
+                format!("{path}.upstreams"),
+                "at least one upstream is required",
+            );
+        }
+        for (j, name) in r.upstreams.iter().enumerate() {
+            if !defined.contains(&name.as_str()) {
+                e.add(
+                    format!("{path}.upstreams[{j}]"),
+                    format!(
+                        "unknown upstream {name:?} (defined: {})",
+                        defined.join(", ")
+                    ),
+                );
+            }
+        }
+        if r.max_attempts == 0 {
+            e.add(format!("{path}.max_attempts"), "must be at least 1");
+        }
+        if r.methods.is_empty() {
+            e.add(format!("{path}.methods"), "at least one method is required");
+        }
+        let mut singletons: HashMap<PluginKind, usize> = HashMap::new();
+        for (j, name) in r.policies.iter().enumerate() {
+            let Some(plugin) = c.plugins.iter().find(|p| &p.name == name) else {
+                let defined: Vec<&str> = c.plugins.iter().map(|p| p.name.as_str()).collect();
+                e.add(
+                    format!("{path}.policies[{j}]"),
+                    format!("unknown plugin {name:?} (defined: {})", defined.join(", ")),
+                );
+                continue;
+            };
+            if matches!(plugin.kind, PluginKind::Router | PluginKind::Quota)
+                && let Some(first) = singletons.insert(plugin.kind, j)
+            {
+                e.add(
+                    format!("{path}.policies[{j}]"),
+                    format!(
+                        "a route takes one {:?} policy (another at policies[{first}])",
+                        plugin.kind
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn validate_plugins(c: &Config, e: &mut Errors) {
+    let mut names = HashMap::new();
+    for (i, p) in c.plugins.iter().enumerate() {
+        let path = format!("plugins[{i}]");
+        check_name(&p.name, &format!("{path}.name"), "plugin", &mut names, e);
+        if let Some(pin) = &p.sha256
+            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            e.add(format!("{path}.sha256"), "must be 64 hex digits");
+        }
+        let l = &p.limits;
+        if l.memory.0 == 0 || l.memory.0 > super::MAX_PLUGIN_MEMORY {
+            e.add(
+                format!("{path}.limits.memory"),
+                format!(
+                    "must be between 1 byte and {} MiB",
+                    super::MAX_PLUGIN_MEMORY >> 20
+                ),
+            );
+        }
+        if l.deadline.get().is_zero() {
+            e.add(format!("{path}.limits.deadline"), "must be greater than 0");
+        }
+        if l.max_calls == 0 {
+            e.add(format!("{path}.limits.max_calls"), "must be at least 1");
+        }
+        if l.max_concurrency == 0 {
+            e.add(
+                format!("{path}.limits.max_concurrency"),
+                "must be at least 1",
+            );
+        }
+        if l.breaker_failures > 0
+            && (l.breaker_window.get().is_zero() || l.breaker_cooldown.get().is_zero())
+        {
+            e.add(
+                format!("{path}.limits"),
+                "breaker_window and breaker_cooldown must be greater than 0 when breaker_failures is set",
+            );
+        }
+    }
+}
+
+/// Names are identifiers that appear in logs, metrics and the admin API.
+fn check_name<'a>(
+    name: &'a str,
+    path: &str,
+    what: &str,
+    seen: &mut HashMap<&'a str, String>,
+    e: &mut Errors,
+) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok {
+        e.add(
+            path,
+            format!("{what} name must be 1-64 characters of A-Z a-z 0-9 - _ ."),
+        );
+    }
+    if let Some(first) = seen.insert(name, path.to_owned()) {
+        e.add(
+            path,
+            format!("duplicate {what} name {name:?} (first at {first})"),
+        );
+    }
+}

@@ -1,0 +1,449 @@
+//! Offline tools for plugin authors: `tollgate plugin inspect` and `tollgate plugin test`.
+//!
+//! A cases file runs a plugin through the real runtime (same sandbox, same host imports, state
+//! carried from case to case, so "first use binds, second IP is refused" can be written down):
+//!
+//! ```yaml
+//! kind: ip-binding            # optional: inferred from the component's exports
+//! config: {prefix_v4: 24}     # passed to configure
+//! cases:
+//!   - name: first use binds
+//!     request: {client_ip: 203.0.113.7}
+//!     expect: allow
+//!   - name: another network is refused
+//!     request: {client_ip: 198.51.100.1}
+//!     expect: {deny: {status: 403, code: ip_not_allowed}}
+//! ```
+//!
+//! Routers take `candidates: [{name: a, weight: 2, in_flight: 0, latency_ewma_us: 0,
+//! error_rate: 0, cooling_until_ms: 0, models: []}]`; quota policies take `response: {status,
+//! headers: {name: value}, first_event}`; header-rewrite takes `phase: request|response` and, for
+//! responses, `upstream`, `response: {status, headers}`. `expect` is compared as a subset: fields
+//! left out are not checked.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::types::{
+    BindingDecision, CooldownScope, HeaderOp, QuotaDecision, RouteDecision, UpstreamView,
+};
+use super::{PluginKind, PluginSpec, PolicyEngine};
+use crate::view::{RequestInfo, ResponseInfo};
+
+/// What `inspect` reports about a component.
+#[derive(Debug)]
+pub struct Inspection {
+    pub size: u64,
+    pub sha256: String,
+    pub kind: Option<PluginKind>,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// Why the host could not link it, if it cannot.
+    pub link_error: Option<String>,
+}
+
+const KINDS: [(&str, PluginKind); 4] = [
+    ("ip-binding", PluginKind::IpBinding),
+    ("router", PluginKind::Router),
+    ("quota", PluginKind::Quota),
+    ("header-rewrite", PluginKind::HeaderRewrite),
+];
+
+impl PolicyEngine {
+    /// Compiles the component at `path` and describes it.
+    pub fn inspect(&self, path: &Path) -> Result<Inspection, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let sha256 = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&bytes))
+        };
+        let component = wasmtime::component::Component::new(&self.engine, &bytes)
+            .map_err(|e| format!("not a valid component: {e:#}"))?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let kind = KINDS
+            .iter()
+            .find(|(name, _)| {
+                exports
+                    .iter()
+                    .any(|e| e.starts_with(&format!("tollgate:policy/{name}@")))
+            })
+            .map(|(_, k)| *k);
+        let link_error = self
+            .linker
+            .instantiate_pre(&component)
+            .err()
+            .map(|e| format!("{e:#}"));
+        Ok(Inspection {
+            size: bytes.len() as u64,
+            sha256,
+            kind,
+            imports,
+            exports,
+            link_error,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasesFile {
+    kind: Option<PluginKind>,
+    #[serde(default = "empty")]
+    config: Value,
+    cases: Vec<Case>,
+}
+
+fn empty() -> Value {
+    json!({})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    #[serde(default)]
+    request: RequestFixture,
+    #[serde(default)]
+    candidates: Vec<CandidateFixture>,
+    #[serde(default)]
+    response: ResponseFixture,
+    #[serde(default)]
+    phase: Phase,
+    #[serde(default)]
+    upstream: String,
+    expect: Value,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Phase {
+    #[default]
+    Request,
+    Response,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RequestFixture {
+    id: String,
+    method: String,
+    path: String,
+    headers: BTreeMap<String, String>,
+    client_ip: IpAddr,
+    key_id: String,
+    key_name: String,
+    model: Option<String>,
+    stream: bool,
+    session_hint: Option<String>,
+}
+
+impl Default for RequestFixture {
+    fn default() -> Self {
+        Self {
+            id: "test-request".into(),
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            headers: BTreeMap::new(),
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            key_id: "0".repeat(64),
+            key_name: "test".into(),
+            model: Some("gpt-4o-mini".into()),
+            stream: false,
+            session_hint: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct CandidateFixture {
+    name: String,
+    weight: Option<u32>,
+    models: Vec<String>,
+    in_flight: u32,
+    latency_ewma_us: u64,
+    error_rate: f32,
+    cooling_until_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ResponseFixture {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    first_event: Option<String>,
+}
+
+impl Default for ResponseFixture {
+    fn default() -> Self {
+        Self {
+            status: 200,
+            headers: BTreeMap::new(),
+            first_event: None,
+        }
+    }
+}
+
+fn header_map(map: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
+    map.iter()
+        .map(|(n, v)| {
+            let name = HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| format!("`{n}` is not a header name"))?;
+            let value =
+                HeaderValue::from_str(v).map_err(|_| format!("`{v}` is not a header value"))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+fn request(r: RequestFixture) -> Result<RequestInfo, String> {
+    Ok(RequestInfo {
+        id: r.id,
+        method: r.method,
+        path: r.path,
+        headers: header_map(&r.headers)?,
+        client_ip: r.client_ip,
+        client_ip_text: r.client_ip.to_string(),
+        key_id: r.key_id,
+        key_name: r.key_name,
+        model: r.model,
+        stream: r.stream,
+        session_hint: r.session_hint,
+    })
+}
+
+fn response(upstream: &str, r: &ResponseFixture) -> Result<ResponseInfo, String> {
+    Ok(ResponseInfo {
+        upstream: upstream.to_owned(),
+        status: r.status,
+        headers: header_map(&r.headers)?,
+        first_event: r.first_event.clone(),
+    })
+}
+
+/// Names the case a fixture error comes from.
+fn in_case<T>(case: &str, r: Result<T, String>) -> Result<T, String> {
+    r.map_err(|e| format!("case `{case}`: {e}"))
+}
+
+fn candidate(c: CandidateFixture) -> UpstreamView {
+    UpstreamView {
+        name: c.name,
+        weight: c.weight.unwrap_or(1),
+        models: c.models,
+        in_flight: c.in_flight,
+        latency_ewma_us: c.latency_ewma_us,
+        error_rate: c.error_rate,
+        cooling_until_ms: c.cooling_until_ms,
+    }
+}
+
+/// A request with the fixture defaults and the given id (for tests and benchmarks).
+pub fn sample_request(id: &str) -> Arc<RequestInfo> {
+    Arc::new(
+        request(RequestFixture {
+            id: id.to_owned(),
+            ..RequestFixture::default()
+        })
+        .expect("the defaults are valid"),
+    )
+}
+
+/// A response from `upstream` with `status` and no headers (for tests and benchmarks).
+pub fn sample_response(upstream: &str, status: u16) -> Arc<ResponseInfo> {
+    Arc::new(ResponseInfo {
+        upstream: upstream.to_owned(),
+        status,
+        headers: HeaderMap::new(),
+        first_event: None,
+    })
+}
+
+/// An upstream view with the fixture defaults (weight 1, idle, healthy) and the given name.
+pub fn sample_upstream(name: &str) -> UpstreamView {
+    candidate(CandidateFixture {
+        name: name.to_owned(),
+        ..CandidateFixture::default()
+    })
+}
+
+/// Decisions as JSON, in the same shape `expect` uses.
+fn binding_json(d: BindingDecision) -> Value {
+    match d {
+        BindingDecision::Allow => json!("allow"),
+        BindingDecision::Deny(d) => {
+            json!({"deny": {"status": d.status, "code": d.code, "message": d.message}})
+        }
+    }
+}
+
+fn route_json(d: RouteDecision) -> Value {
+    match d {
+        RouteDecision::Pick(order) => json!({"pick": order}),
+        RouteDecision::None(reason) => json!({"none": reason}),
+    }
+}
+
+fn quota_json(d: QuotaDecision) -> Value {
+    match d {
+        QuotaDecision::Pass => json!("pass"),
+        QuotaDecision::RetryOther => json!("retry-other"),
+        QuotaDecision::Cooldown(c) => json!({"cooldown": {
+            "scope": match c.scope { CooldownScope::Model => "model", CooldownScope::Upstream => "upstream" },
+            "until_ms": c.until_ms,
+            "then": match c.then { super::types::AfterCooldown::RetryOther => "retry-other", super::types::AfterCooldown::Pass => "pass" },
+        }}),
+    }
+}
+
+fn ops_json(ops: Vec<HeaderOp>) -> Value {
+    Value::Array(
+        ops.into_iter()
+            .map(|op| match op {
+                HeaderOp::Set(h) => json!({"set": {"name": h.name, "value": h.value}}),
+                HeaderOp::Append(h) => json!({"append": {"name": h.name, "value": h.value}}),
+                HeaderOp::Remove(n) => json!({"remove": n}),
+                HeaderOp::Rename((from, to)) => json!({"rename": {"from": from, "to": to}}),
+            })
+            .collect(),
+    )
+}
+
+/// Whether `actual` has everything `expected` says (objects: listed keys; arrays: same length).
+pub fn matches(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => e
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| matches(v, av))),
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(x, y)| matches(x, y))
+        }
+        (Value::Number(e), Value::Number(a)) => e.as_f64() == a.as_f64(),
+        _ => expected == actual,
+    }
+}
+
+/// One case's outcome.
+pub struct CaseResult {
+    pub name: String,
+    pub passed: bool,
+    pub actual: Value,
+    pub expected: Value,
+}
+
+/// Runs the cases file against the plugin at `path`.
+pub async fn run_cases(
+    engine: &PolicyEngine,
+    path: &Path,
+    cases_path: &Path,
+) -> Result<Vec<CaseResult>, String> {
+    let text = std::fs::read_to_string(cases_path)
+        .map_err(|e| format!("cannot read {}: {e}", cases_path.display()))?;
+    let file: CasesFile =
+        serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(&text))
+            .map_err(|e| format!("{}: {e}", cases_path.display()))?;
+    let kind = match file.kind {
+        Some(k) => k,
+        None => engine
+            .inspect(path)?
+            .kind
+            .ok_or("the component exports no tollgate:policy interface")?,
+    };
+    let spec = PluginSpec {
+        max_module_size: 256 << 20,
+        memory_limit: 64 << 20,
+        deadline: Duration::from_millis(100),
+        max_calls: u32::MAX,
+        breaker_failures: 0,
+        ..PluginSpec::with_defaults("under-test", kind, &file.config.to_string())
+    };
+    let plugin = engine.load(path, spec).map_err(|e| e.to_string())?;
+    plugin.validate().await.map_err(|e| e.to_string())?;
+    let mut results = Vec::new();
+    for case in file.cases {
+        // Calls the gateway would skip (a status the quota policy does not watch, a phase the
+        // header rewrite does not rewrite) give what the gateway does instead: pass, no ops.
+        let name = case.name.clone();
+        let req = Arc::new(in_case(&name, request(case.request))?);
+        let actual = match kind {
+            PluginKind::IpBinding => plugin.check(&req).await.map(binding_json),
+            PluginKind::Router => {
+                let cands: Vec<UpstreamView> = case.candidates.into_iter().map(candidate).collect();
+                plugin.select(&req, &cands).await.map(route_json)
+            }
+            PluginKind::Quota => {
+                let up = case
+                    .candidates
+                    .into_iter()
+                    .next()
+                    .map(candidate)
+                    .unwrap_or_else(|| {
+                        candidate(CandidateFixture {
+                            name: "upstream".into(),
+                            ..Default::default()
+                        })
+                    });
+                let resp = Arc::new(in_case(&name, response(&up.name, &case.response))?);
+                if plugin.watches(resp.status, resp.first_event.is_some()) {
+                    plugin.on_response(&req, &up, &resp).await.map(quota_json)
+                } else {
+                    Ok(quota_json(QuotaDecision::Pass))
+                }
+            }
+            PluginKind::HeaderRewrite => match case.phase {
+                Phase::Request if plugin.rewrites_requests() => {
+                    plugin.rewrite_request(&req).await.map(ops_json)
+                }
+                Phase::Response if plugin.rewrites_responses() => {
+                    let resp = Arc::new(in_case(&name, response(&case.upstream, &case.response))?);
+                    plugin.rewrite_response(&req, &resp).await.map(ops_json)
+                }
+                Phase::Request | Phase::Response => Ok(ops_json(Vec::new())),
+            },
+        };
+        let actual = actual.unwrap_or_else(|e| json!({"error": e.to_string()}));
+        results.push(CaseResult {
+            passed: matches(&case.expect, &actual),
+            name: case.name,
+            actual,
+            expected: case.expect,
+        });
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_match_as_subsets() {
+        let actual =
+            json!({"cooldown": {"scope": "model", "until_ms": 123, "then": "retry-other"}});
+        assert!(matches(&json!({"cooldown": {"scope": "model"}}), &actual));
+        assert!(!matches(
+            &json!({"cooldown": {"scope": "upstream"}}),
+            &actual
+        ));
+        assert!(matches(&json!({"pick": [1, 0]}), &json!({"pick": [1, 0]})));
+        assert!(!matches(&json!({"pick": [1]}), &json!({"pick": [1, 0]})));
+        assert!(matches(&json!("allow"), &json!("allow")));
+    }
+}

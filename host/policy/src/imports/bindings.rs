@@ -1,0 +1,38 @@
+//! `bindings`: the key→network table. A call the stores cannot answer traps the plugin call with
+//! the store error, so the caller applies the failsafe. Each call restarts the budget clock.
+
+use super::InstanceData;
+use crate::wit::binding_store;
+use tollgate_state::{Binding, BindingStatus};
+
+fn to_wit(b: Binding) -> binding_store::Binding {
+    binding_store::Binding {
+        cidr: b.cidr.to_string(),
+        status: match b.status {
+            BindingStatus::Active => binding_store::BindingStatus::Active,
+            BindingStatus::Banned => binding_store::BindingStatus::Banned,
+        },
+        created_ms: b.created_ms,
+    }
+}
+
+impl binding_store::Host for InstanceData {
+    async fn get(&mut self, key_id: String) -> wasmtime::Result<Option<binding_store::Binding>> {
+        let found = self.stores.binding(&key_id).await;
+        self.budget.resume();
+        Ok(found?.map(to_wit))
+    }
+    async fn bind_first(
+        &mut self,
+        key_id: String,
+        cidr: String,
+    ) -> wasmtime::Result<Result<binding_store::Binding, String>> {
+        let net: tollgate_config::Cidr = match cidr.parse() {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        let bound = self.stores.bind_first(&key_id, net.0).await;
+        self.budget.resume();
+        Ok(Ok(to_wit(bound?)))
+    }
+}

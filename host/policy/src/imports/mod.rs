@@ -1,0 +1,154 @@
+//! What a plugin instance's wasmtime store holds ([`InstanceData`]), and the host imports it may
+//! call, one file per capability (in the spirit of Spin's factors): `kv`, `bindings`, `log`,
+//! `clock`, and the `request`/`response` resources (`request`).
+//!
+//! Mechanism lives here, policy in the plugin: the host owns the key-value store and the bindings
+//! table ([`tollgate_state::Stores`]) and keeps them exact under concurrency, across gateways when
+//! the stores are shared; plugins only read and request changes.
+//!
+//! A bindings call the stores cannot answer (database down and nothing cached) traps the plugin
+//! call with the [`tollgate_state::StoreError`]; the caller sees [`crate::PolicyError::StoreUnavailable`] and
+//! applies the deployment's failsafe, not the plugin's `on_error`. Key-value calls never fail:
+//! a shared cache that is down is replaced by an in-process one.
+
+mod bindings;
+mod clock;
+mod kv;
+mod log;
+mod request;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::view::{RequestInfo, ResponseInfo};
+use tollgate_state::{PluginKv, Stores};
+
+/// A call's deadline, counted in the plugin's *running* time. The epoch callback fires only while
+/// the guest executes; each firing adds the time since the previous one, capped at
+/// [`CallBudget::MAX_STEP`], so time spent waiting for a CPU (the executor's run queue after a
+/// yield, or OS preemption on a busy machine) is not charged to the plugin. A spinning guest
+/// still accrues about one tick per tick and is stopped at its deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct CallBudget {
+    limit: Duration,
+    used: Duration,
+    last: Instant,
+}
+
+impl CallBudget {
+    /// Largest charge for one epoch step: two ticks.
+    pub const MAX_STEP: Duration = Duration::from_millis(2);
+
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            used: Duration::ZERO,
+            last: Instant::now(),
+        }
+    }
+
+    /// Restarts the clock without charging: called when a host import returns, because time the
+    /// host spent (waiting on Redis or the database) is not the plugin's running time.
+    pub fn resume(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// Charges the time since the last step; `false` once the budget is spent.
+    pub fn step(&mut self) -> bool {
+        let now = Instant::now();
+        self.used += now.saturating_duration_since(self.last).min(Self::MAX_STEP);
+        self.last = now;
+        self.used < self.limit
+    }
+}
+
+/// The data of one plugin instance's store.
+pub struct InstanceData {
+    pub plugin: Arc<str>,
+    /// The request the current call serves (the `request` resource; its id tags log lines).
+    pub request: Option<Arc<RequestInfo>>,
+    /// The response the current call is about, if any (the `response` resource).
+    pub response: Option<Arc<ResponseInfo>>,
+    /// Running time the current call may use, and what it has used so far.
+    pub budget: CallBudget,
+    pub stores: Arc<Stores>,
+    /// This plugin's key namespace in the shared cache.
+    kv_prefix: String,
+    pub limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl InstanceData {
+    pub fn new(plugin: Arc<str>, stores: Arc<Stores>, limits: StoreLimits) -> Self {
+        // No preopened directories, environment, arguments, sockets or stdio: a plugin that
+        // imports WASI (as every Rust wasm32-wasip2 build does) links, but can reach nothing.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
+        Self {
+            kv_prefix: Stores::kv_prefix(&plugin),
+            plugin,
+            request: None,
+            response: None,
+            budget: CallBudget::new(Duration::ZERO),
+            stores,
+            limits,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+
+    pub(crate) fn kv(&self) -> PluginKv<'_> {
+        self.stores.plugin_kv(&self.kv_prefix)
+    }
+
+    /// Id of the request the current call serves, for log lines.
+    pub fn request_id(&self) -> &str {
+        self.request.as_ref().map_or("", |r| r.id.as_str())
+    }
+
+    pub(crate) fn request(&self) -> wasmtime::Result<&RequestInfo> {
+        self.request
+            .as_deref()
+            .ok_or_else(|| wasmtime::format_err!("request handle used outside its call"))
+    }
+
+    pub(crate) fn response(&self) -> wasmtime::Result<&ResponseInfo> {
+        self.response
+            .as_deref()
+            .ok_or_else(|| wasmtime::format_err!("response handle used outside its call"))
+    }
+}
+
+impl WasiView for InstanceData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_ignores_long_pauses_but_not_steady_running() {
+        let mut b = CallBudget::new(Duration::from_millis(5));
+        b.last -= Duration::from_secs(1); // a long wait for a CPU counts as one capped step (2 ms)
+        assert!(b.step());
+        for _ in 0..2 {
+            b.last -= Duration::from_millis(1);
+            assert!(b.step(), "{b:?}");
+        }
+        b.last -= Duration::from_millis(1);
+        assert!(
+            !b.step(),
+            "5 ms of running must exhaust a 5 ms budget: {b:?}"
+        );
+    }
+}

@@ -1,0 +1,750 @@
+//! The WebAssembly policy runtime.
+//!
+//! One [`PolicyEngine`] per process: a wasmtime `Engine` with the component model, async host
+//! calls, the pooling allocator and epoch interruption, and a `Linker` with the host imports. A
+//! [`Plugin`] is one loaded *version* of a plugin file: compiled once, checked against its kind's
+//! world, configured, and then called through a pool of ready instances.
+//!
+//! Instance model (measured in the spike: ~35 µs to instantiate per call vs ~2 µs on a
+//! reused instance): a pool of configured instances per version. An instance serves up to
+//! `max_calls` calls, then is dropped (bounding what a plugin can accumulate); any trap, deadline
+//! or out-of-memory drops it at once, since a trapped instance cannot be entered again. A request
+//! holds an `Arc<Plugin>`, so one that outlives a reload finishes on the version it started with.
+//!
+//! Failure never takes the host down: the call returns [`PolicyError`] and the caller applies the
+//! plugin's `on_error` (fail closed or open).
+//!
+//! Isolation between plugins: each version admits at most `max_concurrency` calls at once (more
+//! wait up to `queue_timeout`, then fail as [`PolicyError::Overloaded`]), and a circuit breaker
+//! stops calling a version that failed `breaker_failures` times within `breaker_window`: for
+//! `breaker_cooldown` every call fails at once as [`PolicyError::CircuitOpen`], so a plugin that
+//! runs to its deadline on every call costs other routes nothing while it is open. Each failure is
+//! one `warn` line (the wasm backtrace goes to `debug`); each opening is one more.
+
+pub mod fixtures;
+mod imports;
+pub mod view;
+mod wit;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, Resource};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+
+use imports::{CallBudget, InstanceData};
+use tollgate_state::{StoreError, Stores};
+pub use view::{RequestInfo, ResponseInfo};
+pub use wit::types;
+use wit::{header_rewrite, ip_binding, plugin, quota, router};
+
+/// Epoch tick: the granularity of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Largest memory any plugin may be configured with; also the pooling allocator's slot size.
+/// The config owns the number (it validates against it); the runtime sizes its pool by it.
+pub use tollgate_config::MAX_PLUGIN_MEMORY as MAX_MEMORY_LIMIT;
+
+/// Instances the pooling allocator can hold at once, across all plugins and versions.
+const POOL_INSTANCES: u32 = 1_000;
+
+pub use tollgate_config::PluginKind;
+
+/// The WIT world a plugin of `kind` implements.
+pub fn world(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::IpBinding => "ip-binding-policy",
+        PluginKind::Router => "router-policy",
+        PluginKind::Quota => "quota-policy",
+        PluginKind::HeaderRewrite => "header-rewrite-policy",
+    }
+}
+
+/// Why a plugin could not be loaded. The running version (if any) stays in service.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("module is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("sha256 is {actual}, but the config pins {expected}")]
+    Pin { expected: String, actual: String },
+    #[error("not a valid component: {0}")]
+    Compile(String),
+    #[error("imports something the host does not provide: {0}")]
+    Link(String),
+    #[error("does not export the `{world}` world's interface: {reason}")]
+    WrongKind { world: &'static str, reason: String },
+    #[error("configure failed: {0}")]
+    Configure(String),
+    #[error("crashed while configuring: {0}")]
+    Trap(String),
+}
+
+/// Why a call into a plugin failed. The instance is discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("plugin {plugin} exceeded its {deadline:?} deadline")]
+    Deadline {
+        plugin: Arc<str>,
+        deadline: Duration,
+    },
+    #[error("plugin {plugin} trapped: {reason}")]
+    Trap { plugin: Arc<str>, reason: String },
+    #[error("plugin {plugin} could not be instantiated: {reason}")]
+    Instantiate { plugin: Arc<str>, reason: String },
+    /// The breaker is open after repeated failures; the plugin was not called.
+    #[error("plugin {plugin} is not called for now: it failed repeatedly")]
+    CircuitOpen { plugin: Arc<str> },
+    /// `max_concurrency` calls were running and none finished within `queue_timeout`.
+    #[error("plugin {plugin} is at its concurrency limit")]
+    Overloaded { plugin: Arc<str> },
+    /// A host import needed a store that could not answer; the deployment's failsafe decides,
+    /// not the plugin's `on_error`.
+    #[error("plugin {plugin} could not reach the stores: {source}")]
+    StoreUnavailable {
+        plugin: Arc<str>,
+        source: StoreError,
+    },
+}
+
+/// How a plugin is loaded and run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSpec {
+    pub name: Arc<str>,
+    pub kind: PluginKind,
+    /// JSON passed to `configure`.
+    pub config_json: String,
+    pub sha256: Option<String>,
+    pub max_module_size: u64,
+    pub memory_limit: u64,
+    pub deadline: Duration,
+    /// Calls an instance serves before it is replaced.
+    pub max_calls: u32,
+    pub max_concurrency: u32,
+    pub queue_timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_window: Duration,
+    pub breaker_cooldown: Duration,
+}
+
+impl PluginSpec {
+    pub fn from_config(c: &tollgate_config::PluginConfig) -> Self {
+        Self {
+            config_json: c.config.to_string(),
+            sha256: c.sha256.clone(),
+            ..Self::with_limits(&c.name, c.kind, &c.limits)
+        }
+    }
+
+    /// A spec with the config file's default limits and an empty config (tests, fixtures, bench).
+    pub fn with_defaults(name: &str, kind: PluginKind, config_json: &str) -> Self {
+        Self {
+            config_json: config_json.to_owned(),
+            ..Self::with_limits(name, kind, &tollgate_config::PluginLimits::default())
+        }
+    }
+
+    fn with_limits(name: &str, kind: PluginKind, l: &tollgate_config::PluginLimits) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            config_json: "{}".into(),
+            sha256: None,
+            max_module_size: l.module_size.0,
+            memory_limit: l.memory.0,
+            deadline: l.deadline.get(),
+            max_calls: l.max_calls,
+            max_concurrency: l.max_concurrency,
+            queue_timeout: l.queue_timeout.get(),
+            breaker_failures: l.breaker_failures,
+            breaker_window: l.breaker_window.get(),
+            breaker_cooldown: l.breaker_cooldown.get(),
+        }
+    }
+}
+
+/// The process-wide engine, linker and shared host services.
+pub struct PolicyEngine {
+    engine: Engine,
+    linker: Linker<InstanceData>,
+    stores: Arc<Stores>,
+    _ticker: EpochTicker,
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PolicyEngine {
+    pub fn new(stores: Arc<Stores>) -> wasmtime::Result<Self> {
+        let mut pooling = wasmtime::PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 8)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(32)
+            .max_memory_size(MAX_MEMORY_LIMIT as usize);
+        let mut config = wasmtime::Config::new();
+        // `TOLLGATE_PERFMAP=1` writes /tmp/perf-<pid>.map so `perf` can name plugin code (for
+        // profiling; see bench/README.md).
+        let profiler = if std::env::var_os("TOLLGATE_PERFMAP").is_some() {
+            wasmtime::ProfilingStrategy::PerfMap
+        } else {
+            wasmtime::ProfilingStrategy::None
+        };
+        config
+            .epoch_interruption(true)
+            .profiler(profiler)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wit::Host_::add_to_linker::<InstanceData, HasSelf<InstanceData>>(&mut linker, |s| s)?;
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (weak, flag) = (engine.weak(), stop.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker,
+            stores,
+            _ticker: EpochTicker(stop),
+        })
+    }
+
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
+    }
+
+    /// Reads, checks, compiles and configures a plugin. Compilation is CPU-heavy: call this off
+    /// the request path (it blocks the calling thread).
+    pub fn load(&self, path: &Path, spec: PluginSpec) -> Result<Plugin, LoadError> {
+        let read_err = |source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(read_err)?.len();
+        if size > spec.max_module_size {
+            return Err(LoadError::TooLarge {
+                size,
+                limit: spec.max_module_size,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if let Some(expected) = &spec.sha256
+            && !expected.eq_ignore_ascii_case(&digest)
+        {
+            return Err(LoadError::Pin {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let wrong = |e: wasmtime::Error| LoadError::WrongKind {
+            world: world(spec.kind),
+            reason: format!("{e:#}"),
+        };
+        let plugin_idx = plugin::GuestIndices::new(&pre).map_err(wrong)?;
+        let kind_idx = match spec.kind {
+            PluginKind::IpBinding => {
+                KindIndices::IpBinding(ip_binding::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+            PluginKind::Router => {
+                KindIndices::Router(router::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+            PluginKind::Quota => KindIndices::Quota(quota::GuestIndices::new(&pre).map_err(wrong)?),
+            PluginKind::HeaderRewrite => {
+                KindIndices::HeaderRewrite(header_rewrite::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+        };
+        Ok(Plugin {
+            sha256: digest,
+            engine: self.engine.clone(),
+            stores: self.stores.clone(),
+            pre,
+            plugin_idx,
+            kind_idx,
+            interest: OnceLock::new(),
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(spec.max_concurrency as usize)),
+            breaker: Breaker::new(),
+            stats: PluginStats::default(),
+            spec,
+        })
+    }
+}
+
+enum KindIndices {
+    IpBinding(ip_binding::GuestIndices),
+    Router(router::GuestIndices),
+    Quota(quota::GuestIndices),
+    HeaderRewrite(header_rewrite::GuestIndices),
+}
+
+enum KindGuest {
+    IpBinding(ip_binding::Guest),
+    Router(router::Guest),
+    Quota(quota::Guest),
+    HeaderRewrite(header_rewrite::Guest),
+}
+
+/// A configured instance, ready for calls.
+struct Instance {
+    store: Store<InstanceData>,
+    guest: KindGuest,
+    calls: u32,
+    /// The concurrency slot of the call in progress (none while pooled).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Counters for metrics and the admin API.
+#[derive(Default, Debug)]
+pub struct PluginStats {
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub instantiations: AtomicU64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// Calls refused without running: breaker open or concurrency limit.
+    pub rejected: AtomicU64,
+}
+
+/// The circuit breaker of one plugin version.
+struct Breaker {
+    born: std::time::Instant,
+    /// Milliseconds since `born` until which calls are refused (0 = closed).
+    open_until: AtomicU64,
+    /// Failures in the current window: (window start, count).
+    window: Mutex<(std::time::Instant, u32)>,
+}
+
+impl Breaker {
+    fn new() -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            born: now,
+            open_until: AtomicU64::new(0),
+            window: Mutex::new((now, 0)),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    fn is_open(&self) -> bool {
+        let until = self.open_until.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
+    }
+
+    /// Records a failure; true if it opened the breaker.
+    fn failure(&self, spec: &PluginSpec) -> bool {
+        if spec.breaker_failures == 0 || self.is_open() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(w.0) > spec.breaker_window {
+            *w = (now, 0);
+        }
+        w.1 += 1;
+        if w.1 < spec.breaker_failures {
+            return false;
+        }
+        *w = (now, 0);
+        let until = self.now_ms() + spec.breaker_cooldown.as_millis() as u64;
+        self.open_until.store(until.max(1), Ordering::Relaxed);
+        true
+    }
+}
+
+/// Which calls a loaded version asked for (quota `watch`, header-rewrite `phases`), read once
+/// from its first instance. Kinds without such a query are called for everything.
+#[derive(Debug, Clone)]
+struct Interest {
+    /// Quota: the statuses `on-response` is called for; `None` = every response.
+    statuses: Option<Vec<u16>>,
+    /// Header-rewrite: whether `on-request` / `on-response` are called.
+    request_phase: bool,
+    response_phase: bool,
+}
+
+impl Default for Interest {
+    fn default() -> Self {
+        Self {
+            statuses: None,
+            request_phase: true,
+            response_phase: true,
+        }
+    }
+}
+
+/// One loaded version of a plugin.
+pub struct Plugin {
+    pub spec: PluginSpec,
+    /// Hex sha256 of the module file.
+    pub sha256: String,
+    engine: Engine,
+    stores: Arc<Stores>,
+    pre: InstancePre<InstanceData>,
+    plugin_idx: plugin::GuestIndices,
+    kind_idx: KindIndices,
+    interest: OnceLock<Interest>,
+    idle: Mutex<Vec<Instance>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    breaker: Breaker,
+    pub stats: PluginStats,
+}
+
+/// The handles a call lends the guest. Their data is the store's `request`/`response`, so the
+/// representation carries nothing.
+fn request_handle() -> Resource<RequestInfo> {
+    Resource::new_borrow(0)
+}
+
+fn response_handle() -> Resource<ResponseInfo> {
+    Resource::new_borrow(0)
+}
+
+impl Plugin {
+    /// Creates and configures a fresh instance.
+    async fn instantiate(&self) -> Result<Instance, LoadError> {
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.spec.memory_limit as usize)
+            .instances(64)
+            .tables(64)
+            .memories(8)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            InstanceData::new(self.spec.name.clone(), self.stores.clone(), limits),
+        );
+        store.limiter(|s| &mut s.limits);
+        // Each epoch tick yields to the async executor (other requests keep moving while a guest
+        // spins); once the call's running-time budget is spent the guest traps.
+        store.epoch_deadline_callback(|mut ctx| {
+            if ctx.data_mut().budget.step() {
+                Ok(UpdateDeadline::Yield(1))
+            } else {
+                Err(wasmtime::Trap::Interrupt.into())
+            }
+        });
+        store.set_epoch_deadline(1);
+        store.data_mut().budget = CallBudget::new(self.spec.deadline);
+        let trap = |e: wasmtime::Error| LoadError::Trap(format!("{e:#}"));
+        let instance = self.pre.instantiate_async(&mut store).await.map_err(trap)?;
+        let configure = self.plugin_idx.load(&mut store, &instance).map_err(trap)?;
+        let guest = match &self.kind_idx {
+            KindIndices::IpBinding(i) => i.load(&mut store, &instance).map(KindGuest::IpBinding),
+            KindIndices::Router(i) => i.load(&mut store, &instance).map(KindGuest::Router),
+            KindIndices::Quota(i) => i.load(&mut store, &instance).map(KindGuest::Quota),
+            KindIndices::HeaderRewrite(i) => {
+                i.load(&mut store, &instance).map(KindGuest::HeaderRewrite)
+            }
+        }
+        .map_err(trap)?;
+        store.data_mut().budget = CallBudget::new(self.spec.deadline);
+        configure
+            .call_configure(&mut store, &self.spec.config_json)
+            .await
+            .map_err(trap)?
+            .map_err(LoadError::Configure)?;
+        if self.interest.get().is_none() {
+            let interest = match &guest {
+                KindGuest::Quota(g) => Interest {
+                    statuses: g.call_watch(&mut store).await.map_err(trap)?,
+                    ..Interest::default()
+                },
+                KindGuest::HeaderRewrite(g) => {
+                    let phases = g.call_rewrites(&mut store).await.map_err(trap)?;
+                    Interest {
+                        request_phase: phases.contains(header_rewrite::Phases::REQUEST),
+                        response_phase: phases.contains(header_rewrite::Phases::RESPONSE),
+                        ..Interest::default()
+                    }
+                }
+                _ => Interest::default(),
+            };
+            let _ = self.interest.set(interest);
+        }
+        Ok(Instance {
+            store,
+            guest,
+            calls: 0,
+            slot: None,
+        })
+    }
+
+    /// Whether the file at `path` still has the contents this version was compiled from.
+    pub fn is_file_unchanged(&self, path: &Path) -> bool {
+        std::fs::read(path).is_ok_and(|bytes| hex::encode(Sha256::digest(&bytes)) == self.sha256)
+    }
+
+    /// Checks that the plugin instantiates and accepts its configuration, and keeps that instance
+    /// for the first calls. Run before a version is put into service.
+    pub async fn validate(&self) -> Result<(), LoadError> {
+        let instance = self.instantiate().await?;
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(instance);
+        Ok(())
+    }
+
+    fn interest(&self) -> &Interest {
+        static EVERYTHING: OnceLock<Interest> = OnceLock::new();
+        self.interest
+            .get()
+            .unwrap_or_else(|| EVERYTHING.get_or_init(Interest::default))
+    }
+
+    /// Quota: whether `on_response` wants a response with `status` (streams whose first event was
+    /// read are always wanted).
+    pub fn watches(&self, status: u16, first_event: bool) -> bool {
+        first_event
+            || self
+                .interest()
+                .statuses
+                .as_ref()
+                .is_none_or(|s| s.contains(&status))
+    }
+
+    /// Header-rewrite: whether the plugin rewrites requests.
+    pub fn rewrites_requests(&self) -> bool {
+        self.interest().request_phase
+    }
+
+    /// Header-rewrite: whether the plugin rewrites responses.
+    pub fn rewrites_responses(&self) -> bool {
+        self.interest().response_phase
+    }
+
+    /// Whether the circuit breaker currently refuses calls.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// A concurrency slot for one call, unless the breaker is open or no slot frees in time.
+    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PolicyError> {
+        let plugin = || self.spec.name.clone();
+        if self.breaker.is_open() {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(PolicyError::CircuitOpen { plugin: plugin() });
+        }
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        match tokio::time::timeout(self.spec.queue_timeout, self.slots.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(PolicyError::Overloaded { plugin: plugin() })
+            }
+        }
+    }
+
+    /// Takes a ready instance (or makes one) and lends it the call's request and response.
+    async fn checkout(
+        &self,
+        request: &Arc<RequestInfo>,
+        response: Option<&Arc<ResponseInfo>>,
+    ) -> Result<Instance, PolicyError> {
+        let slot = self.admit().await?;
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut instance = match pooled {
+            Some(i) => i,
+            None => self
+                .instantiate()
+                .await
+                .map_err(|e| PolicyError::Instantiate {
+                    plugin: self.spec.name.clone(),
+                    reason: e.to_string(),
+                })?,
+        };
+        instance.slot = Some(slot);
+        let state = instance.store.data_mut();
+        state.request = Some(request.clone());
+        state.response = response.cloned();
+        state.budget = CallBudget::new(self.spec.deadline);
+        instance.store.set_epoch_deadline(1);
+        Ok(instance)
+    }
+
+    /// Returns a healthy instance to the pool, or drops a failed or worn-out one.
+    fn checkin<R>(
+        &self,
+        mut instance: Instance,
+        result: wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        instance.slot = None;
+        let state = instance.store.data_mut();
+        let request = state.request.take();
+        state.response = None;
+        match result {
+            Ok(r) => {
+                instance.calls += 1;
+                if instance.calls < self.spec.max_calls {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(instance);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                let plugin = self.spec.name.clone();
+                if let Some(source) = e.downcast_ref::<StoreError>() {
+                    // Not the plugin's fault; the instance is still unusable after the trap.
+                    return Err(PolicyError::StoreUnavailable {
+                        plugin,
+                        source: source.clone(),
+                    });
+                }
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let err = if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
+                {
+                    PolicyError::Deadline {
+                        plugin,
+                        deadline: self.spec.deadline,
+                    }
+                } else {
+                    // The top-level message only; the wasm backtrace is logged at debug.
+                    PolicyError::Trap {
+                        plugin,
+                        reason: e.to_string(),
+                    }
+                };
+                let request_id = request.as_ref().map_or("", |r| r.id.as_str());
+                tracing::warn!(target: "plugin", request_id, error = %err, "plugin call failed; instance discarded");
+                tracing::debug!(target: "plugin", request_id, plugin = %self.spec.name, details = ?e, "plugin failure details");
+                if self.breaker.failure(&self.spec) {
+                    self.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: "plugin", plugin = %self.spec.name, failures = self.spec.breaker_failures, window = ?self.spec.breaker_window, cooldown = ?self.spec.breaker_cooldown, "plugin circuit breaker open: calls fail at once (on_error) until the cooldown ends");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn kind_mismatch(&self) -> PolicyError {
+        PolicyError::Trap {
+            plugin: self.spec.name.clone(),
+            reason: "called as the wrong policy kind".into(),
+        }
+    }
+
+    /// ip-binding `check`.
+    pub async fn check(
+        &self,
+        request: &Arc<RequestInfo>,
+    ) -> Result<types::BindingDecision, PolicyError> {
+        let mut i = self.checkout(request, None).await?;
+        let r = match &i.guest {
+            KindGuest::IpBinding(g) => g.call_check(&mut i.store, request_handle()).await,
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+
+    /// router `select`.
+    pub async fn select(
+        &self,
+        request: &Arc<RequestInfo>,
+        candidates: &[types::UpstreamView],
+    ) -> Result<types::RouteDecision, PolicyError> {
+        let mut i = self.checkout(request, None).await?;
+        let r = match &i.guest {
+            KindGuest::Router(g) => {
+                g.call_select(&mut i.store, request_handle(), candidates)
+                    .await
+            }
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+
+    /// quota `on-response`. The caller checks [`Plugin::watches`] first.
+    pub async fn on_response(
+        &self,
+        request: &Arc<RequestInfo>,
+        upstream: &types::UpstreamView,
+        response: &Arc<ResponseInfo>,
+    ) -> Result<types::QuotaDecision, PolicyError> {
+        let mut i = self.checkout(request, Some(response)).await?;
+        let r = match &i.guest {
+            KindGuest::Quota(g) => {
+                g.call_on_response(&mut i.store, request_handle(), upstream, response_handle())
+                    .await
+            }
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+
+    /// header-rewrite `on-request`. The caller checks [`Plugin::rewrites_requests`] first.
+    pub async fn rewrite_request(
+        &self,
+        request: &Arc<RequestInfo>,
+    ) -> Result<Vec<types::HeaderOp>, PolicyError> {
+        let mut i = self.checkout(request, None).await?;
+        let r = match &i.guest {
+            KindGuest::HeaderRewrite(g) => g.call_on_request(&mut i.store, request_handle()).await,
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+
+    /// header-rewrite `on-response`. The caller checks [`Plugin::rewrites_responses`] first.
+    pub async fn rewrite_response(
+        &self,
+        request: &Arc<RequestInfo>,
+        response: &Arc<ResponseInfo>,
+    ) -> Result<Vec<types::HeaderOp>, PolicyError> {
+        let mut i = self.checkout(request, Some(response)).await?;
+        let r = match &i.guest {
+            KindGuest::HeaderRewrite(g) => {
+                g.call_on_response(&mut i.store, request_handle(), response_handle())
+                    .await
+            }
+            _ => return Err(self.kind_mismatch()),
+        };
+        self.checkin(i, r)
+    }
+}

@@ -1,0 +1,25 @@
+//! The one place the WIT package is turned into Rust (`bindgen!`). Everything else in the host
+//! uses these types.
+//!
+//! Imports that may wait on a store (`kv`, `bindings`) are async; the rest (the request and
+//! response accessors, `log`, `clock`) answer from memory and are plain calls, which are cheaper.
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "host",
+    imports: {
+        "tollgate:policy/types": trappable,
+        "tollgate:policy/log": trappable,
+        "tollgate:policy/clock": trappable,
+        default: async | trappable,
+    },
+    exports: { default: async },
+    with: {
+        "tollgate:policy/types.request": crate::view::RequestInfo,
+        "tollgate:policy/types.response": crate::view::ResponseInfo,
+    },
+});
+
+pub use self::exports::tollgate::policy::{header_rewrite, ip_binding, plugin, quota, router};
+pub use self::tollgate::policy::types;
+pub use self::tollgate::policy::{bindings as binding_store, clock, kv, log};

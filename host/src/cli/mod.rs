@@ -1,0 +1,463 @@
+//! Command line: `run`, `check`, `migrate`, `key-id`, `plugin`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::gateway::planes::Listeners;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Gateway for OpenAI-compatible LLM APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+        /// Overrides `logging.level` (e.g. `debug`, `tollgate=debug,access=off`).
+        #[arg(long, env = "TOLLGATE_LOG")]
+        log_level: Option<String>,
+    },
+    /// Validate a config file and list every error; exits 1 if there are any.
+    Check {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+    },
+    /// Apply pending database migrations (the gateway also applies them at start).
+    Migrate {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+    },
+    /// See and manage key bindings in the configured stores (also reaches running gateways: their
+    /// cached copies are dropped).
+    Bindings {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: BindingsAction,
+    },
+    /// Work with policy plugins offline.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// The config file as a published contract.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print the key id (HMAC-SHA256 under the config's secret) of the key read from stdin, for
+    /// `auth.keys[].key_id`.
+    KeyId {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the JSON Schema of the config file (for editors: see docs/config-schema.md).
+    Schema,
+}
+
+#[derive(Subcommand)]
+enum BindingsAction {
+    /// Bindings, most recently used first: key id, network, status, created, last used, last IP,
+    /// requests.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Refuse the key from everywhere (403 key_banned).
+    Ban { key_id: String },
+    /// Lift a ban; the key is bound to its network again.
+    Unban { key_id: String },
+    /// Forget the binding; the key's next request binds afresh.
+    Delete { key_id: String },
+    /// Refused requests, newest first: time, key id prefix, bound network, attempted IP, method,
+    /// path, reason.
+    Intercepts {
+        /// Only this key (its id or a prefix of 12 hex digits).
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Describe a component: kind, exports, imports, and whether the gateway can load it.
+    Inspect { file: PathBuf },
+    /// Run a plugin against request fixtures (see docs/plugins.md) and compare its decisions.
+    Test {
+        file: PathBuf,
+        #[arg(long)]
+        cases: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::KeyId { config } => key_id(&config),
+        Command::Config(ConfigCommand::Schema) => {
+            match serde_json::to_string_pretty(&crate::config::json_schema()) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config, log_level } => run(&config, log_level),
+        Command::Plugin(cmd) => plugin(cmd),
+        Command::Migrate { config } => migrate(&config),
+        Command::Bindings { config, action } => bindings(&config, action),
+    }
+}
+
+fn ms_to_rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
+    use crate::state::{BindingStatus, KEY_ID_PREFIX_LEN, Stores};
+    let result = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            async_runtime()?.block_on(async {
+                let client =
+                    crate::upstream::UpstreamClient::new(config.server.timeouts.connect.get());
+                let stores = Stores::open(
+                    &config.storage,
+                    &config.base_dir,
+                    &config.alerts,
+                    std::sync::Arc::new(client),
+                )
+                .await
+                .map_err(|e| format!("{e}\n"))?;
+                let failed = |e: crate::state::StoreError| format!("{e}\n");
+                let changed = |done: bool, key_id: &str, what: &str| {
+                    if done {
+                        Ok(format!("{key_id}: {what}"))
+                    } else {
+                        Err(format!("{key_id}: no binding\n"))
+                    }
+                };
+                let out = match action {
+                    BindingsAction::List { limit } => {
+                        let rows = stores.database().bindings(limit).await;
+                        let rows = rows.map_err(failed)?;
+                        let lines: Vec<String> = rows
+                            .iter()
+                            .map(|b| {
+                                format!(
+                                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                                    b.key_id,
+                                    b.cidr,
+                                    b.status.as_str(),
+                                    ms_to_rfc3339(b.created_ms),
+                                    ms_to_rfc3339(b.last_used_ms),
+                                    b.last_ip.as_deref().unwrap_or("-"),
+                                    b.request_count
+                                )
+                            })
+                            .collect();
+                        Ok(lines.join("\n"))
+                    }
+                    BindingsAction::Ban { key_id } => {
+                        let done = stores.set_status(&key_id, BindingStatus::Banned).await;
+                        changed(done.map_err(failed)?, &key_id, "banned")
+                    }
+                    BindingsAction::Unban { key_id } => {
+                        let done = stores.set_status(&key_id, BindingStatus::Active).await;
+                        changed(done.map_err(failed)?, &key_id, "active")
+                    }
+                    BindingsAction::Delete { key_id } => {
+                        let done = stores.delete_binding(&key_id).await;
+                        changed(done.map_err(failed)?, &key_id, "deleted")
+                    }
+                    BindingsAction::Intercepts { key, limit } => {
+                        let prefix: Option<String> =
+                            key.map(|k| k.chars().take(KEY_ID_PREFIX_LEN).collect());
+                        let rows = stores.database().intercepts(prefix.as_deref(), limit).await;
+                        let rows = rows.map_err(failed)?;
+                        let lines: Vec<String> = rows
+                            .iter()
+                            .map(|i| {
+                                format!(
+                                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                                    ms_to_rfc3339(i.at_ms),
+                                    i.key_id_prefix,
+                                    i.bound_cidr.as_deref().unwrap_or("-"),
+                                    i.attempted_ip,
+                                    i.method,
+                                    i.path,
+                                    i.reason
+                                )
+                            })
+                            .collect();
+                        Ok(lines.join("\n"))
+                    }
+                };
+                stores.shutdown().await;
+                out
+            })
+        });
+    report(result)
+}
+
+fn migrate(path: &std::path::Path) -> ExitCode {
+    let result = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            async_runtime()?.block_on(async {
+                let s = &config.storage;
+                let db = crate::state::SqlStore::connect(
+                    &s.database,
+                    &config.base_dir,
+                    s.op_timeout.get(),
+                )
+                .await
+                .map_err(|e| format!("{e}\n"))?;
+                db.migrate().await.map_err(|e| format!("{e}\n"))?;
+                Ok::<_, String>(format!("{:?}", s.database))
+            })
+        });
+    report(result.map(|db| format!("{db}: migrations applied")))
+}
+
+/// Prints a command's output (stdout) or error (stderr) and turns it into the exit code.
+fn report(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the config and everything `run` would load from disk (TLS files), reporting all errors.
+fn load_checked(path: &std::path::Path) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some(tls) = &config.server.tls
+        && let Err(e) = crate::listen::tls::load_certified_key(&tls.cert, &tls.key)
+    {
+        return Err(format!("{}: 1 error\n  server.tls: {e}\n", path.display()));
+    }
+    Ok(config)
+}
+
+/// Builds the whole gateway from `config` (compiling and configuring plugins), with errors
+/// attributed to the file at `path`. `ephemeral` builds it on throwaway stores (for `check`).
+async fn build(
+    path: &std::path::Path,
+    config: &Config,
+    ephemeral: bool,
+) -> Result<std::sync::Arc<Gateway>, String> {
+    let built = if ephemeral {
+        let stores = crate::state::Stores::ephemeral()
+            .await
+            .map_err(|e| format!("cannot open in-memory stores: {e}\n"))?;
+        let client = crate::upstream::UpstreamClient::new(config.server.timeouts.connect.get());
+        Gateway::with_stores(config, stores, client).await
+    } else {
+        Gateway::new(config).await
+    };
+    built.map_err(|e| match e {
+        crate::gateway::BuildError::Config(mut errors) => {
+            errors.source_name = path.display().to_string();
+            errors.to_string()
+        }
+        other => format!("{other}\n"),
+    })
+}
+
+fn async_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let checked = load_checked(path).and_then(|config| {
+        async_runtime()?
+            .block_on(build(path, &config, true))
+            .map(drop)
+    });
+    report(checked.map(|()| format!("{}: ok", path.display())))
+}
+
+fn key_id(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut key = String::new();
+    if std::io::stdin().read_to_string(&mut key).is_err() {
+        eprintln!("cannot read the key from stdin");
+        return ExitCode::FAILURE;
+    }
+    let ring = crate::pipeline::auth::KeyRing::new(&config.auth);
+    println!(
+        "{}",
+        ring.id_of(key.trim_end_matches(['\r', '\n'])).to_hex()
+    );
+    ExitCode::SUCCESS
+}
+
+fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
+    let config = match load_checked(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let level = log_level.unwrap_or_else(|| config.logging.level.clone());
+    if let Err(e) = crate::telemetry::init(&level, config.logging.format) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match async_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let gateway = match build(path, &config, false).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprint!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listeners = match Listeners::bind(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            listen = %listeners.data_addr(),
+            admin = listeners.admin_addr().map(|a| a.to_string()),
+            tls = config.server.tls.is_some(),
+            config = %path.display(),
+            "tollgate listening"
+        );
+        let reloader = crate::gateway::reload::spawn(gateway.clone(), path.to_path_buf(), &config);
+        listeners.serve(gateway, shutdown_signal()).await;
+        reloader.abort();
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn plugin(cmd: PluginCommand) -> ExitCode {
+    use crate::policy::PolicyEngine;
+    let outcome = async_runtime().and_then(|rt| {
+        rt.block_on(async {
+            let stores = crate::state::Stores::ephemeral()
+                .await
+                .map_err(|e| format!("cannot open in-memory stores: {e}"))?;
+            let engine = PolicyEngine::new(stores)
+                .map_err(|e| format!("cannot start the WebAssembly runtime: {e:#}"))?;
+            match cmd {
+                PluginCommand::Inspect { file } => {
+                    let i = engine.inspect(&file)?;
+                    println!("file:    {} ({} bytes)", file.display(), i.size);
+                    println!("sha256:  {}", i.sha256);
+                    let kind = i.kind.map_or(
+                        "none (exports no tollgate:policy interface)",
+                        crate::policy::world,
+                    );
+                    println!("kind:    {kind}");
+                    println!("exports: {}", i.exports.join(", "));
+                    println!("imports: {}", i.imports.join(", "));
+                    match &i.link_error {
+                        None => println!("links:   ok"),
+                        Some(e) => println!("links:   NO: {e}"),
+                    }
+                    Ok(i.kind.is_some() && i.link_error.is_none())
+                }
+                PluginCommand::Test { file, cases } => {
+                    let results =
+                        crate::policy::fixtures::run_cases(&engine, &file, &cases).await?;
+                    let failed = results.iter().filter(|r| !r.passed).count();
+                    for r in &results {
+                        if r.passed {
+                            println!("ok      {}", r.name);
+                        } else {
+                            println!(
+                                "FAILED  {}\n        expected: {}\n        actual:   {}",
+                                r.name, r.expected, r.actual
+                            );
+                        }
+                    }
+                    println!("{} passed, {failed} failed", results.len() - failed);
+                    Ok(failed == 0)
+                }
+            }
+        })
+    });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; ctrl-c only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,147 @@
+//! The gateway as a value: built from a [`Config`], served by [`crate::listen`], testable in
+//! process.
+//!
+//! Everything derived from the config lives in a [`Runtime`] snapshot (`runtime.rs`) behind an
+//! `ArcSwap`. A request takes the snapshot once at its start and uses it to the end, so a config
+//! reload never changes the rules under a request in flight. The upstream connection pool and the
+//! stores live outside the snapshot and survive reloads. Also here: the probes (`probes.rs`), the
+//! config file watcher (`reload.rs`) and the two listeners (`planes.rs`).
+
+pub(crate) mod planes;
+mod probes;
+pub mod reload;
+mod runtime;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::routing::get;
+
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::pipeline::route::Runtime;
+use crate::policy::PolicyEngine;
+use crate::state::{StoreError, Stores};
+use crate::upstream::UpstreamClient;
+
+/// Why a gateway could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("cannot start the WebAssembly runtime: {0}")]
+    Engine(String),
+    #[error("cannot open the stores: {0}")]
+    Stores(#[from] StoreError),
+}
+
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    pub(crate) client: UpstreamClient,
+    engine: Arc<PolicyEngine>,
+    /// Bindings, intercepts, caches; opened once (storage settings are not reloaded).
+    pub stores: Arc<Stores>,
+    pub(crate) draining: AtomicBool,
+    /// Serialises reloads so two never build from different configs at once.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Gateway {
+    /// Opens the configured stores (running migrations) and builds the gateway on them.
+    pub async fn new(config: &Config) -> Result<Arc<Self>, BuildError> {
+        let client = UpstreamClient::new(config.server.timeouts.connect.get());
+        let stores = Stores::open(
+            &config.storage,
+            &config.base_dir,
+            &config.alerts,
+            Arc::new(client.clone()),
+        )
+        .await?;
+        Self::with_stores(config, stores, client).await
+    }
+
+    /// Builds the gateway on stores opened by the caller (`tollgate check` uses throwaway ones,
+    /// so checking a config never touches the real database).
+    pub async fn with_stores(
+        config: &Config,
+        stores: Arc<Stores>,
+        client: UpstreamClient,
+    ) -> Result<Arc<Self>, BuildError> {
+        let engine =
+            PolicyEngine::new(stores.clone()).map_err(|e| BuildError::Engine(format!("{e:#}")))?;
+        let engine = Arc::new(engine);
+        let runtime = runtime::build(config, &engine, None)
+            .await
+            .map_err(|errors| ConfigErrors {
+                source_name: "config".into(),
+                errors,
+            })?;
+        let gateway = Arc::new(Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            client,
+            engine,
+            stores,
+            draining: AtomicBool::new(false),
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+        if let Some(feed) = gateway.stores.shared_cooldowns() {
+            tokio::spawn(apply_shared_cooldowns(Arc::downgrade(&gateway), feed));
+        }
+        Ok(gateway)
+    }
+
+    /// Builds a runtime from `config` and swaps it in atomically. On any error the running
+    /// runtime stays in service and the errors are returned. Requests in flight finish on the
+    /// runtime they started with. Listener settings (`server.listen`, TLS files) are not
+    /// reloaded: they need a restart.
+    pub async fn reload(&self, config: &Config) -> Result<(), Vec<ConfigError>> {
+        let _serial = self.reload_lock.lock().await;
+        let current = self.runtime();
+        let next = runtime::build(config, &self.engine, Some(&current)).await?;
+        self.runtime.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// The config snapshot a new request should use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Marks the gateway as shutting down: `/ready` fails so load balancers stop sending traffic.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The gateway's own endpoints (`/health`, `/ready`); everything else is proxied.
+    pub fn own_endpoints(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/health", get(probes::health))
+            .route("/ready", get(probes::ready))
+            // Reserved paths with nothing behind them yet answer like any unknown path.
+            .fallback(|| async { crate::error::ErrorKind::NoRoute })
+            .method_not_allowed_fallback(|| async {
+                crate::error::ErrorKind::MethodNotAllowed {
+                    allow: "GET, HEAD".into(),
+                }
+            })
+            .with_state(self.clone())
+    }
+}
+
+/// Applies cooldowns decided by other gateways of the cluster to this one's upstreams of the same
+/// name, until the gateway is dropped.
+async fn apply_shared_cooldowns(
+    gateway: std::sync::Weak<Gateway>,
+    mut feed: tokio::sync::mpsc::Receiver<crate::state::SharedCooldown>,
+) {
+    while let Some(c) = feed.recv().await {
+        let Some(gw) = gateway.upgrade() else {
+            return;
+        };
+        let runtime = gw.runtime();
+        if let Some(u) = runtime.upstreams.iter().find(|u| *u.name == *c.upstream) {
+            u.cool_down(c.model.as_deref(), c.until_ms);
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The application: the data-plane and admin-plane listeners, each with its [`Handler`], started
+//! together and drained together.
+//!
+//! | listener | config | serves |
+//! |---|---|---|
+//! | data plane | `server.listen` | `/health`, `/ready`, and every route (the proxy pipeline) |
+//! | admin plane | `admin.listen` (off with `admin.enabled: false`) | [`crate::admin::router`] |
+//!
+//! Both listeners get the same connection protections (`crate::listen`); the admin one has no TLS
+//! and no trusted proxies: keep it on loopback or a private network.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tower_service::Service;
+
+use crate::config::{Config, ServerConfig};
+use crate::gateway::Gateway;
+use crate::listen::{ConnInfo, Handler, Response, ServeError, Server};
+use crate::pipeline;
+
+/// The data plane: the gateway's own probes, and the proxy pipeline for everything else.
+#[derive(Clone)]
+pub struct DataPlane {
+    gateway: Arc<Gateway>,
+    own: Router,
+}
+
+impl Handler for DataPlane {
+    async fn handle(&self, req: http::Request<Incoming>, conn: ConnInfo) -> Response {
+        if crate::config::is_reserved_path(req.uri().path()) {
+            own_endpoint(&self.gateway, self.own.clone(), req).await
+        } else {
+            let rt = self.gateway.runtime();
+            pipeline::handle(&rt, &self.gateway.client, req, conn).await
+        }
+    }
+}
+
+/// The admin plane.
+#[derive(Clone)]
+pub struct AdminPlane {
+    gateway: Arc<Gateway>,
+    router: Router,
+}
+
+impl Handler for AdminPlane {
+    async fn handle(&self, req: http::Request<Incoming>, _conn: ConnInfo) -> Response {
+        own_endpoint(&self.gateway, self.router.clone(), req).await
+    }
+}
+
+/// A request the gateway answers itself through an axum router, after the same head screening
+/// proxied requests get.
+async fn own_endpoint(
+    gateway: &Gateway,
+    mut router: Router,
+    req: http::Request<Incoming>,
+) -> Response {
+    if let Err(e) = pipeline::screen_own(&gateway.runtime().limits, &req) {
+        return axum::response::IntoResponse::into_response(e)
+            .map(|b| b.map_err(Into::into).boxed_unsync());
+    }
+    match router.call(req).await {
+        Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed_unsync()),
+        Err(never) => match never {},
+    }
+}
+
+/// Both listeners, bound.
+pub struct Listeners {
+    data: Server,
+    admin: Option<Server>,
+}
+
+impl Listeners {
+    /// Binds `server.listen` and, unless turned off, `admin.listen`.
+    pub async fn bind(config: &Config) -> Result<Self, ServeError> {
+        let data = Server::bind(&config.server).await?;
+        let admin = if config.admin.enabled {
+            let admin_server = ServerConfig {
+                listen: config.admin.listen,
+                tls: None,
+                trusted_proxies: Vec::new(),
+                ..ServerConfig::default()
+            };
+            Some(Server::bind(&admin_server).await?)
+        } else {
+            None
+        };
+        Ok(Self { data, admin })
+    }
+
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Server::local_addr)
+    }
+
+    /// Serves both planes until `shutdown` completes, drains both (the gateway reports itself
+    /// draining on `/ready`), then flushes what the request path queued to the stores.
+    pub async fn serve(self, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let data = DataPlane {
+            own: gateway.own_endpoints(),
+            gateway: gateway.clone(),
+        };
+        let draining = gateway.clone();
+        let data_plane = self.data.serve(data, stopped(stop_rx.clone()), move || {
+            draining.start_draining()
+        });
+        let admin_plane = async {
+            if let Some(admin) = self.admin {
+                let plane = AdminPlane {
+                    router: crate::admin::router(gateway.clone()),
+                    gateway: gateway.clone(),
+                };
+                admin.serve(plane, stopped(stop_rx.clone()), || {}).await;
+            }
+        };
+        let signal = async {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(data_plane, admin_plane, signal);
+        // Write what the request path queued (usage, intercepts) before the process exits.
+        gateway.stores.shutdown().await;
+    }
+}

@@ -1,0 +1,179 @@
+//! Builds the [`Runtime`] snapshot the pipeline reads from a [`Config`]: upstreams (kept across
+//! reloads when unchanged), plugins (reused when their spec and file are unchanged), and each
+//! route's filter chain: the built-in filters around the route's policies.
+
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError, PluginKind};
+use crate::pipeline::Chain;
+use crate::pipeline::Filter;
+use crate::pipeline::auth::KeyRing;
+use crate::pipeline::client_ip::ClientIpResolver;
+use crate::pipeline::filters::{self, policies};
+use crate::pipeline::route::{Limits, Route, Runtime};
+use crate::policy::{LoadError, Plugin, PluginSpec, PolicyEngine};
+use crate::state::Stores;
+use crate::upstream::Upstream;
+
+fn config_error(path: String, message: String) -> ConfigError {
+    ConfigError {
+        path,
+        location: None,
+        message,
+    }
+}
+
+/// Builds a runtime from `config`. Plugins are compiled off the async workers and must accept
+/// their configuration. With `previous`, unchanged upstreams (keeping their health, cooldowns
+/// and averages) and unchanged plugins (same spec and file hash: no recompile) carry over.
+pub(crate) async fn build(
+    config: &Config,
+    engine: &Arc<PolicyEngine>,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut upstreams = Vec::new();
+    for (i, u) in config.upstreams.iter().enumerate() {
+        let kept = previous
+            .and_then(|p| p.upstreams.iter().find(|old| old.config == *u))
+            .cloned();
+        match kept.map_or_else(|| Upstream::new(u.clone()).map(Arc::new), Ok) {
+            Ok(up) => upstreams.push(up),
+            Err(e) => errors.push(config_error(
+                format!("upstreams[{i}].credential"),
+                e.to_string(),
+            )),
+        }
+    }
+    let mut plugins: Vec<Arc<Plugin>> = Vec::new();
+    for (i, p) in config.plugins.iter().enumerate() {
+        match load_plugin(config, p, engine, previous).await {
+            Ok(plugin) => plugins.push(plugin),
+            Err(e) => errors.push(config_error(
+                format!("plugins[{i}]"),
+                format!("{}: {e}", p.module.display()),
+            )),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let stores = engine.stores();
+    let filters::Builtin { first, last } = filters::builtin(config);
+    let mut routes: Vec<Route> = Vec::new();
+    for r in &config.routes {
+        let chain = Chain::new(
+            first
+                .iter()
+                .cloned()
+                .chain(route_policies(config, &r.policies, &plugins, stores))
+                .chain(last.iter().cloned()),
+        );
+        let route_upstreams: Vec<Arc<Upstream>> = r
+            .upstreams
+            .iter()
+            .filter_map(|name| upstreams.iter().find(|u| &*u.name == name).cloned())
+            .collect();
+        let methods: Vec<http::Method> = r.methods.iter().map(|m| m.0.clone()).collect();
+        routes.push(Route {
+            prefix: r.path_prefix.as_str().into(),
+            restricts_models: route_upstreams.iter().any(|u| !u.config.models.is_empty()),
+            upstreams: route_upstreams,
+            max_attempts: r.max_attempts,
+            stream_bootstrap: r.stream_bootstrap,
+            chain: Arc::new(chain),
+            allow: methods
+                .iter()
+                .map(http::Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            methods,
+        });
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    let s = &config.server;
+    Ok(Runtime {
+        global: Arc::new(Chain::new(first.into_iter().chain(last))),
+        keys: KeyRing::new(&config.auth),
+        client_ip: ClientIpResolver::new(s.trusted_proxies.clone(), s.real_ip_header),
+        routes,
+        upstreams,
+        plugins,
+        limits: Limits {
+            max_body: s.max_body.0,
+            max_header_size: s.max_header_size.0,
+            min_body_rate: s.min_body_rate.0,
+            client_body_idle: s.timeouts.client_body.get(),
+            response_head: s.timeouts.response_head.get(),
+            upstream_idle: s.timeouts.idle.get(),
+        },
+    })
+}
+
+/// Loads one plugin, or reuses the previous runtime's if nothing about it changed.
+async fn load_plugin(
+    config: &Config,
+    p: &crate::config::PluginConfig,
+    engine: &Arc<PolicyEngine>,
+    previous: Option<&Runtime>,
+) -> Result<Arc<Plugin>, LoadError> {
+    let spec = PluginSpec::from_config(p);
+    let path = config.resolve(&p.module);
+    if let Some(old) = previous.and_then(|prev| prev.plugins.iter().find(|old| old.spec == spec))
+        && old.is_file_unchanged(&path)
+    {
+        return Ok(old.clone());
+    }
+    let engine = engine.clone();
+    let plugin = tokio::task::spawn_blocking(move || engine.load(&path, spec))
+        .await
+        .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))??;
+    plugin.validate().await?;
+    Ok(Arc::new(plugin))
+}
+
+/// A route's policies as filters (one adapter per kind), in configured order.
+fn route_policies(
+    config: &Config,
+    names: &[String],
+    plugins: &[Arc<Plugin>],
+    stores: &Arc<Stores>,
+) -> Vec<Arc<dyn Filter>> {
+    let found: Vec<(PluginKind, policies::PolicyRef)> = names
+        .iter()
+        .filter_map(|name| {
+            // Validated: every name refers to a plugin.
+            let cfg = config.plugins.iter().find(|p| &p.name == name)?;
+            let plugin = plugins.iter().find(|p| &*p.spec.name == name)?.clone();
+            Some((
+                cfg.kind,
+                policies::PolicyRef {
+                    plugin,
+                    on_error: cfg.on_error,
+                },
+            ))
+        })
+        .collect();
+    let last_binding = found
+        .iter()
+        .rposition(|(kind, _)| *kind == PluginKind::IpBinding);
+    found
+        .into_iter()
+        .enumerate()
+        .map(|(i, (kind, policy))| -> Arc<dyn Filter> {
+            match kind {
+                PluginKind::IpBinding => Arc::new(policies::IpBinding {
+                    policy,
+                    stores: stores.clone(),
+                    records_use: Some(i) == last_binding,
+                }),
+                PluginKind::Router => Arc::new(policies::Router { policy }),
+                PluginKind::HeaderRewrite => Arc::new(policies::HeaderRewrite { policy }),
+                PluginKind::Quota => Arc::new(policies::Quota {
+                    policy,
+                    stores: stores.clone(),
+                }),
+            }
+        })
+        .collect()
+}

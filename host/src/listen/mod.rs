@@ -1,0 +1,351 @@
+//! The listener: accepts TCP connections, terminates TLS, serves HTTP/1.1 and HTTP/2, and drains
+//! gracefully.
+//!
+//! Per connection: a permit from the connection cap and one from the client address's cap
+//! (`max_connections_per_ip`; trusted proxies are exempt), then the TLS handshake (bounded by
+//! `tls_handshake`), then hyper's auto protocol detection (ALPN `h2`, or the h2 preface on plain
+//! TCP, else HTTP/1.1). From accept on, the connection's watchdog ([`watch`]) bounds it: a first
+//! request head within `client_header` whatever the protocol, no request in flight for at most
+//! `client_idle`, a client that takes nothing for `client_write` is cut, and an HTTP/2 client that
+//! cancels streams faster than `http2_max_cancels` allows gets GOAWAY.
+//!
+//! Shutdown: stop accepting, mark the gateway draining (`/ready` fails), ask every connection to
+//! finish its in-flight requests and close (HTTP/1: after the current response; HTTP/2: GOAWAY),
+//! and after `shutdown_grace` cut whatever is left.
+
+mod io;
+mod per_ip;
+pub(crate) mod tls;
+pub(crate) mod watch;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch as signal};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use self::tls::TlsError;
+use crate::config::ServerConfig;
+use io::ClientIo;
+use per_ip::PerIpLimit;
+use watch::{ConnLimits, ConnWatch, Verdict};
+
+/// Interval of HTTP/2 PINGs to a client that has sent nothing, to find dead peers.
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered before the HTTP/2 connection is closed.
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// After a GOAWAY for abuse (reset flood), how long the connection's streams may still run.
+const ABUSE_GRACE: Duration = Duration::from_secs(1);
+/// The body type every response the listeners send, and every upstream request, carries.
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a listener's handler returns.
+pub type Response = http::Response<BoxBody>;
+
+/// Facts about the connection a request arrived on, given to the handler with every request.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// What a listener serves: one request in, one response out. The listener knows nothing else of
+/// the gateway; the data plane and the admin plane are two handlers (`crate::gateway::planes`).
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn handle(
+        &self,
+        req: http::Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot watch certificate files: {0}")]
+    Watch(std::io::Error),
+}
+
+/// A bound listener, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    cert_watch: Option<tokio::task::JoinHandle<()>>,
+    builder: auto::Builder<TokioExecutor>,
+    max_connections: usize,
+    per_ip: Arc<PerIpLimit>,
+    limits: ConnLimits,
+    tls_handshake: Duration,
+    grace: Duration,
+}
+
+impl Server {
+    /// Binds the configured address and loads TLS material.
+    pub async fn bind(config: &ServerConfig) -> Result<Self, ServeError> {
+        let addr = config.listen.0;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let (tls, cert_watch) = match &config.tls {
+            Some(t) => {
+                let (server_config, certs) = tls::server_config(t, config.http2)?;
+                let watch = certs.spawn_watcher().map_err(ServeError::Watch)?;
+                (Some(TlsAcceptor::from(server_config)), Some(watch))
+            }
+            None => (None, None),
+        };
+        let head = config.max_head_size.0.clamp(8192, u64::from(u32::MAX)) as usize;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.timeouts.client_header.get())
+            // The read buffer bounds the whole head: past it hyper answers 431.
+            .max_buf_size(head)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEPALIVE)
+            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+            .max_concurrent_streams(config.http2_max_streams)
+            .max_header_list_size(head as u32);
+        if !config.http2 {
+            builder = builder.http1_only();
+        }
+        Ok(Self {
+            listener,
+            tls,
+            cert_watch,
+            builder,
+            max_connections: config.max_connections,
+            per_ip: Arc::new(PerIpLimit::new(
+                config.max_connections_per_ip,
+                config.trusted_proxies.clone(),
+            )),
+            limits: ConnLimits {
+                client_header: config.timeouts.client_header.get(),
+                client_idle: config.timeouts.client_idle.get(),
+                client_write: config.timeouts.client_write.get(),
+                upstream_idle: config.timeouts.idle.get(),
+                max_cancels: config.http2_max_cancels,
+            },
+            tls_handshake: config.timeouts.tls_handshake.get(),
+            grace: config.timeouts.shutdown_grace.get(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves `handler` until `shutdown` completes, then calls `on_drain` and drains.
+    pub async fn serve<H: Handler>(
+        self,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+        on_drain: impl FnOnce(),
+    ) {
+        let (drain_tx, drain_rx) = signal::channel(false);
+        let permits = Arc::new(Semaphore::new(self.max_connections));
+        let mut conns = JoinSet::new();
+        let builder = Arc::new(self.builder);
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(ip_permit) = self.per_ip.acquire(peer.ip()) else {
+                tracing::debug!(peer = %peer, "connection refused: max_connections_per_ip");
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let conn = Connection {
+                handler: handler.clone(),
+                builder: builder.clone(),
+                tls: self.tls.clone(),
+                tls_handshake: self.tls_handshake,
+                limits: self.limits,
+                peer,
+            };
+            let drain = drain_rx.clone();
+            conns.spawn(async move {
+                conn.run(tcp, drain).await;
+                drop((permit, ip_permit));
+            });
+            // Reap finished connection tasks so the set does not grow without bound.
+            while conns.try_join_next().is_some() {}
+        }
+
+        drop(self.listener);
+        on_drain();
+        if let Some(w) = self.cert_watch {
+            w.abort();
+        }
+        tracing::info!(in_flight = conns.len(), grace = ?self.grace, "shutting down: draining connections");
+        let _ = drain_tx.send(true);
+        let drained = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.grace, drained).await.is_err() {
+            tracing::warn!(
+                left = conns.len(),
+                "grace period over; closing remaining connections"
+            );
+        }
+        conns.shutdown().await;
+    }
+}
+
+struct Connection<H> {
+    handler: H,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    tls_handshake: Duration,
+    limits: ConnLimits,
+    peer: SocketAddr,
+}
+
+impl<H: Handler> Connection<H> {
+    async fn run(self, tcp: TcpStream, drain: signal::Receiver<bool>) {
+        let watch = ConnWatch::new(self.limits);
+        let info = ConnInfo {
+            peer: self.peer,
+            tls: self.tls.is_some(),
+        };
+        let handler = self.handler.clone();
+        let conn_watch = watch.clone();
+        // Every response body is watched, and holds its request as in flight until it ends.
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let handler = handler.clone();
+            let watch = conn_watch.clone();
+            let guard = watch.request();
+            async move {
+                let resp = handler.handle(req, info).await;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| watch.watch_body(b, guard)))
+            }
+        });
+        match self.tls.clone() {
+            Some(acceptor) => {
+                let deadline = self.tls_handshake.min(self.limits.client_header);
+                match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = ClientIo::new(stream, watch.clone(), h2);
+                        self.serve(io, service, watch, drain).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                    }
+                }
+            }
+            None => {
+                let io = ClientIo::new(tcp, watch.clone(), false);
+                self.serve(io, service, watch, drain).await;
+            }
+        }
+    }
+
+    /// Drives one connection under its watchdog and the server's drain signal.
+    async fn serve<I, S>(
+        &self,
+        io: ClientIo<I>,
+        service: S,
+        watch: Arc<ConnWatch>,
+        mut drain: signal::Receiver<bool>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                http::Request<Incoming>,
+                Response = http::Response<watch::Watched>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let mut closing = false;
+        let mut hard_stop: Option<tokio::time::Instant> = None;
+        let mut next = tokio::time::Instant::now();
+        let draining = *drain.borrow();
+        if draining {
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+        }
+        loop {
+            let stop = hard_stop.unwrap_or_else(|| next + Duration::from_secs(86_400));
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = drain.changed(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = watch.abuse.notified(), if hard_stop.is_none() => {
+                    tracing::warn!(peer = %self.peer, "client cancelled too many streams; GOAWAY");
+                    if !closing {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    hard_stop = Some(tokio::time::Instant::now() + ABUSE_GRACE);
+                }
+                _ = tokio::time::sleep_until(stop), if hard_stop.is_some() => return,
+                _ = tokio::time::sleep_until(next) => {
+                    let (verdict, at) = watch.check();
+                    next = at.into();
+                    match verdict {
+                        Verdict::Continue => {}
+                        Verdict::Close(why) => {
+                            tracing::debug!(peer = %self.peer, why, "connection closed");
+                            return;
+                        }
+                        Verdict::Drain(why) if !closing => {
+                            tracing::debug!(peer = %self.peer, why, "connection closing");
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                        Verdict::Drain(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}

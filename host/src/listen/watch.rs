@@ -1,0 +1,341 @@
+//! The connection watchdog: every timer a client connection is bounded by, whatever its protocol.
+//!
+//! hyper bounds an HTTP/1 head once it has started to read one, but nothing bounds the time before
+//! protocol detection, an HTTP/2 client that never sends a request, an idle HTTP/2 connection, a
+//! client that stops reading, or an HTTP/2 stream whose flow-control window stays at zero. One
+//! [`ConnWatch`] per connection records what the connection is doing (from the service, the
+//! response bodies and the socket wrapper), and the connection task asks it, at the next deadline,
+//! what to do ([`Verdict`]):
+//!
+//! | rule | deadline | verdict |
+//! |---|---|---|
+//! | no complete request head yet | accept + `client_header` | close |
+//! | nothing could be written to the socket | first blocked write + `client_write` | close |
+//! | no request in flight | end of the last one + `client_idle` | graceful close (h1) / GOAWAY (h2) |
+//! | a response body hyper stopped taking | last frame handed over + `client_write` | cancel that exchange |
+//! | too many streams cancelled by the client | token bucket of `http2_max_cancels` | GOAWAY |
+//!
+//! Cancelling an exchange drops its response body, which drops the upstream request (the paid
+//! generation stops); the client's stream ends with an error the next time hyper polls it.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+
+use super::{BoxBody, BoxError};
+
+/// The limits one connection is held to (from `server:` at bind time).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub client_header: Duration,
+    pub client_idle: Duration,
+    pub client_write: Duration,
+    /// The upstream `idle` limit: a body not polled for `idle + client_write` while it waits on
+    /// the upstream can only be stuck behind the client.
+    pub upstream_idle: Duration,
+    pub max_cancels: u32,
+}
+
+/// What the connection task should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing is due.
+    Continue,
+    /// Drop the connection at once.
+    Close(&'static str),
+    /// Finish in-flight requests, then close (HTTP/2: GOAWAY).
+    Drain(&'static str),
+}
+
+/// Shared between the connection task, its service, its response bodies and its socket.
+pub struct ConnWatch {
+    start: Instant,
+    limits: ConnLimits,
+    /// A complete request head has been received (the service was called).
+    seen_request: AtomicBool,
+    /// Requests whose response has not finished.
+    active: AtomicUsize,
+    /// When the last request finished (ms since `start`).
+    idle_since: AtomicU64,
+    /// When a socket write first returned `Pending` (ms since `start`, plus 1; 0 = not blocked).
+    write_blocked_since: AtomicU64,
+    cancels: Mutex<Bucket>,
+    /// Woken when the client has cancelled too many streams.
+    pub abuse: Notify,
+    streams: Mutex<Vec<Weak<Stream>>>,
+}
+
+/// A token bucket: `capacity` at once, refilled at `capacity / 10` per second.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl ConnWatch {
+    pub fn new(limits: ConnLimits) -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(Self {
+            start: now,
+            limits,
+            seen_request: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            write_blocked_since: AtomicU64::new(0),
+            cancels: Mutex::new(Bucket {
+                tokens: f64::from(limits.max_cancels),
+                at: now,
+            }),
+            abuse: Notify::new(),
+            streams: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// A request head arrived: the returned guard keeps it counted as in flight until dropped.
+    pub fn request(self: &Arc<Self>) -> RequestGuard {
+        if !self.seen_request.load(Ordering::Relaxed) {
+            self.seen_request.store(true, Ordering::Relaxed);
+        }
+        self.active.fetch_add(1, Ordering::Relaxed);
+        RequestGuard {
+            conn: self.clone(),
+            finished: false,
+        }
+    }
+
+    /// A socket write could not proceed.
+    pub fn write_blocked(&self) {
+        if self.write_blocked_since.load(Ordering::Relaxed) == 0 {
+            self.write_blocked_since
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// A socket write made progress.
+    pub fn write_progressed(&self) {
+        if self.write_blocked_since.load(Ordering::Relaxed) != 0 {
+            self.write_blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a stream the client gave up on; past the budget, wakes the connection task.
+    fn client_cancelled(&self) {
+        let cap = f64::from(self.limits.max_cancels);
+        let mut b = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * cap / 10.0).min(cap);
+        b.at = now;
+        b.tokens -= 1.0;
+        if b.tokens < 0.0 {
+            self.abuse.notify_one();
+        }
+    }
+
+    /// Applies every rule that is due and returns what the connection must do, and when to ask
+    /// again.
+    pub fn check(&self) -> (Verdict, Instant) {
+        let now = self.now_ms();
+        let l = &self.limits;
+        let ms = |d: Duration| d.as_millis() as u64;
+        let at = |ms: u64| self.start + Duration::from_millis(ms);
+        let tick = ms(l.client_write / 4).max(50);
+
+        if !self.seen_request.load(Ordering::Relaxed) {
+            let due = ms(l.client_header);
+            if now >= due {
+                return (
+                    Verdict::Close("no request head within client_header"),
+                    at(now),
+                );
+            }
+            return (Verdict::Continue, at(due.min(now + tick)));
+        }
+        let blocked = self.write_blocked_since.load(Ordering::Relaxed);
+        if blocked != 0 && now >= blocked - 1 + ms(l.client_write) {
+            return (
+                Verdict::Close("client took nothing for client_write"),
+                at(now),
+            );
+        }
+        self.cancel_stalled_streams(now);
+        if self.active.load(Ordering::Relaxed) == 0 {
+            let due = self.idle_since.load(Ordering::Relaxed) + ms(l.client_idle);
+            if now >= due {
+                return (Verdict::Drain("idle for client_idle"), at(now));
+            }
+            return (Verdict::Continue, at(due.min(now + tick)));
+        }
+        (Verdict::Continue, at(now + tick))
+    }
+
+    fn cancel_stalled_streams(&self, now: u64) {
+        let write = self.limits.client_write.as_millis() as u64;
+        let stuck = write + self.limits.upstream_idle.as_millis() as u64;
+        let streams: Vec<Arc<Stream>> = {
+            let mut list = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            list.retain(|s| s.strong_count() > 0);
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        for s in streams {
+            let (last, waiting) = decode(s.state.load(Ordering::Relaxed));
+            let idle_for = now.saturating_sub(last);
+            if (waiting && idle_for >= write) || idle_for >= stuck {
+                s.cancel();
+            }
+        }
+    }
+}
+
+/// Holds a request as in flight; counts a client cancellation if dropped before it finished.
+pub struct RequestGuard {
+    conn: Arc<ConnWatch>,
+    finished: bool,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.client_cancelled();
+        }
+        if self.conn.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.conn
+                .idle_since
+                .store(self.conn.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+fn encode(ms: u64, waiting: bool) -> u64 {
+    ms << 1 | u64::from(waiting)
+}
+
+fn decode(v: u64) -> (u64, bool) {
+    (v >> 1, v & 1 == 1)
+}
+
+/// The response body type every connection relays.
+type Inner = BoxBody;
+
+/// One response body as the watchdog sees it.
+struct Stream {
+    /// When hyper last polled the body (ms since the connection's start) and whether it is
+    /// waiting on the client (a frame or the head was handed over and not yet followed by a poll).
+    state: AtomicU64,
+    /// The body itself, so the watchdog can drop it (and the upstream request) from outside.
+    body: Mutex<Option<Inner>>,
+    cancelled: AtomicBool,
+}
+
+impl Stream {
+    fn cancel(&self) {
+        if !self.cancelled.swap(true, Ordering::Relaxed) {
+            tracing::debug!("client took no data for client_write; exchange cancelled");
+            let body = self.body.lock().unwrap_or_else(|p| p.into_inner()).take();
+            drop(body);
+        }
+    }
+}
+
+/// The client stopped taking the response for `client_write`.
+#[derive(Debug, thiserror::Error)]
+#[error("client took no data for client_write")]
+pub struct ClientStalled;
+
+/// A response body under the watchdog: records each poll, and finishes its request's guard.
+pub struct Watched {
+    stream: Arc<Stream>,
+    guard: Option<RequestGuard>,
+}
+
+impl Watched {
+    fn finish(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            g.finished = true;
+        }
+    }
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(now) = self.guard.as_ref().map(|g| g.conn.now_ms()) else {
+            return Poll::Ready(None);
+        };
+        let polled = {
+            let mut body = self.stream.body.lock().unwrap_or_else(|p| p.into_inner());
+            match body.as_mut() {
+                Some(b) => Pin::new(b).poll_frame(cx),
+                None => Poll::Ready(Some(Err(ClientStalled.into()))),
+            }
+        };
+        let waiting = matches!(polled, Poll::Ready(Some(Ok(_))));
+        self.stream
+            .state
+            .store(encode(now, waiting), Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.finish(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream
+            .body
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.stream
+            .body
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or_else(SizeHint::default, Body::size_hint)
+    }
+}
+
+impl ConnWatch {
+    /// Wraps a response body so a client that stops taking it is noticed. A body that is already
+    /// complete (hyper will not poll it) finishes its request at once.
+    pub fn watch_body(self: &Arc<Self>, body: Inner, guard: RequestGuard) -> Watched {
+        let done = body.is_end_stream();
+        let stream = Arc::new(Stream {
+            state: AtomicU64::new(encode(self.now_ms(), true)),
+            body: Mutex::new(Some(body)),
+            cancelled: AtomicBool::new(false),
+        });
+        let mut w = Watched {
+            stream,
+            guard: Some(guard),
+        };
+        if done {
+            w.finish();
+            return w;
+        }
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if streams.len() >= 32 {
+            streams.retain(|s| s.strong_count() > 0);
+        }
+        streams.push(Arc::downgrade(&w.stream));
+        w
+    }
+}

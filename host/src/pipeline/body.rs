@@ -1,0 +1,410 @@
+//! Body plumbing shared by both directions of the proxy.
+//!
+//! [`GuardedBody`] enforces the two limits a relayed body needs: a maximum total size (request
+//! bodies, `max_body`) and a maximum silence between frames (`client_body` for requests, `idle`
+//! for upstream responses). Frames pass through one by one as they arrive; nothing is buffered, so
+//! an SSE event is written to the client as soon as the upstream sends it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::listen::BoxError;
+
+/// Why a guarded body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body exceeds {0} bytes")]
+    TooLarge(u64),
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+    #[error("body arrives slower than {0} bytes/s")]
+    TooSlow(u64),
+    #[error("body stream failed: {0}")]
+    Stream(BoxError),
+}
+
+impl BodyError {
+    /// Finds a `BodyError` anywhere in an error's source chain (hyper wraps body errors).
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if let Some(b) = e.downcast_ref::<BodyError>() {
+                return Some(b);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+pin_project! {
+    /// A body with a size cap, an idle timeout between frames and, optionally, a minimum rate.
+    pub struct GuardedBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+        idle: Duration,
+        limit: Option<u64>,
+        seen: u64,
+        start: Instant,
+        min_rate: u64,
+    }
+}
+
+impl<B> GuardedBody<B> {
+    pub fn new(inner: B, idle: Duration, limit: Option<u64>) -> Self {
+        Self {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+            limit,
+            seen: 0,
+            start: Instant::now(),
+            min_rate: 0,
+        }
+    }
+
+    /// Also requires the body to arrive at `bytes_per_sec` on average, after a first `idle` of
+    /// grace (0 = no minimum): a body trickled just fast enough to dodge `idle` is cut too.
+    pub fn with_min_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.min_rate = bytes_per_sec;
+        self
+    }
+}
+
+/// When a body that has delivered `seen` bytes since `start` falls behind `rate`.
+fn rate_deadline(start: Instant, grace: Duration, seen: u64, rate: u64) -> Option<Instant> {
+    (rate > 0).then(|| start + grace + Duration::from_millis(seen.saturating_mul(1000) / rate))
+}
+
+impl<B> Body for GuardedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if let Some(limit) = *this.limit
+                        && *this.seen > limit
+                    {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+                    }
+                }
+                let mut next = Instant::now() + *this.idle;
+                if let Some(behind) =
+                    rate_deadline(*this.start, *this.idle, *this.seen, *this.min_rate)
+                {
+                    next = next.min(behind);
+                }
+                this.sleep.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e.into())))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(this.sleep.poll(cx));
+                let behind = rate_deadline(*this.start, *this.idle, *this.seen, *this.min_rate)
+                    .is_some_and(|at| Instant::now() >= at);
+                Poll::Ready(Some(Err(if behind {
+                    BodyError::TooSlow(*this.min_rate)
+                } else {
+                    BodyError::Idle(*this.idle)
+                })))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A body that first yields `prefix`, then everything `inner` yields: a response whose first
+    /// bytes were read ahead (stream bootstrap) is relayed unchanged.
+    pub struct Prefixed<B> {
+        prefix: Option<Bytes>,
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> Prefixed<B> {
+    pub fn new(prefix: Bytes, inner: B) -> Self {
+        Self {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            inner,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Prefixed<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        this.inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+}
+
+/// Largest amount read ahead to find a stream's first event.
+pub const MAX_BOOTSTRAP: usize = 64 << 10;
+
+/// Reads `body` until the first complete server-sent event (or its end, or [`MAX_BOOTSTRAP`]).
+/// Returns what was read and the first event's `data` (lines joined with `\n`), if complete.
+pub async fn read_first_event<B>(body: &mut B) -> Result<(Bytes, Option<String>), B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while buf.len() < MAX_BOOTSTRAP {
+        let Some(frame) = body.frame().await.transpose()? else {
+            break;
+        };
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+        if let Some(end) = find_event_end(&buf) {
+            let event = first_event_data(&buf[..end]);
+            return Ok((buf.freeze(), Some(event)));
+        }
+    }
+    Ok((buf.freeze(), None))
+}
+
+/// Splits `buf` into lines as the SSE format does: a line ends at CRLF, LF or a lone CR. Yields
+/// each line and the index just past its terminator; a last line without a terminator is not
+/// yielded (more bytes may complete it).
+fn sse_lines(buf: &[u8]) -> impl Iterator<Item = (&[u8], usize)> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let rel = buf[start..]
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')?;
+        let end = start + rel;
+        let next = if buf[end] == b'\r' && buf.get(end + 1) == Some(&b'\n') {
+            end + 2
+        } else {
+            end + 1
+        };
+        let line = &buf[start..end];
+        start = next;
+        Some((line, next))
+    })
+}
+
+/// The end (just past its blank line) of the first complete event, ignoring blank lines before
+/// any field.
+fn find_event_end(buf: &[u8]) -> Option<usize> {
+    let mut fields = false;
+    for (line, next) in sse_lines(buf) {
+        if !line.is_empty() {
+            fields = true;
+        } else if fields {
+            return Some(next);
+        }
+    }
+    None
+}
+
+fn first_event_data(event: &[u8]) -> String {
+    let mut data: Vec<&[u8]> = Vec::new();
+    for (line, _) in sse_lines(event) {
+        if let Some(d) = line.strip_prefix(b"data:") {
+            data.push(d.strip_prefix(b" ").unwrap_or(d));
+        }
+    }
+    String::from_utf8_lossy(&data.join(&b'\n')).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    #[tokio::test]
+    async fn passes_small_bodies_and_rejects_oversized_ones() {
+        let ok = GuardedBody::new(
+            Full::new(Bytes::from_static(b"12345")),
+            Duration::from_secs(1),
+            Some(5),
+        );
+        assert_eq!(ok.collect().await.unwrap().to_bytes(), "12345");
+        let big = GuardedBody::new(
+            Full::new(Bytes::from_static(b"123456")),
+            Duration::from_secs(1),
+            Some(5),
+        );
+        assert!(matches!(big.collect().await, Err(BodyError::TooLarge(5))));
+    }
+
+    #[tokio::test]
+    async fn the_first_event_is_found_and_nothing_is_lost() {
+        let chunks = ["data: {\"a\"", ":1}\n\nda", "ta: 2\n\n"];
+        let frames = futures_util::stream::iter(
+            chunks.map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(c)))),
+        );
+        let mut body = StreamBody::new(frames);
+        let (read, event) = read_first_event(&mut body).await.unwrap();
+        assert_eq!(event.as_deref(), Some("{\"a\":1}"));
+        let all = Prefixed::new(read, body)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(all, chunks.concat());
+    }
+
+    fn chunked(
+        chunks: Vec<Vec<u8>>,
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+        StreamBody::new(futures_util::stream::iter(chunks.into_iter().map(|c| {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(c)))
+        })))
+    }
+
+    #[tokio::test]
+    async fn events_end_at_any_line_ending_the_sse_format_allows() {
+        for (stream, first) in [
+            ("data: a\n\ndata: b\n\n", "a"),
+            ("data: a\r\n\r\ndata: b\r\n\r\n", "a"),
+            ("data: a\r\rdata: b\r\r", "a"),
+            ("data: a\rdata: c\r\n\ndata: b\n\n", "a\nc"),
+            ("\n\r\nevent: x\ndata:a\n\n", "a"),
+        ] {
+            let mut body = chunked(vec![stream.as_bytes().to_vec()]);
+            let (_, event) = read_first_event(&mut body).await.unwrap();
+            assert_eq!(event.as_deref(), Some(first), "{stream:?}");
+        }
+        let mut body = chunked(vec![b"data: a\n".to_vec()]);
+        assert_eq!(read_first_event(&mut body).await.unwrap().1, None);
+    }
+
+    proptest::proptest! {
+        /// However the stream is cut into frames and whichever line endings it uses, the first
+        /// event is found and every byte is relayed unchanged.
+        #[test]
+        fn the_first_event_survives_any_framing(
+            events in proptest::collection::vec(
+                proptest::collection::vec("[a-z0-9{}\":, ]{0,12}", 1..3), 1..4),
+            ending in 0usize..3,
+            cuts in proptest::collection::vec(1usize..40, 0..10),
+        ) {
+            let eol = ["\n", "\r\n", "\r"][ending];
+            let mut text = String::new();
+            for lines in &events {
+                for l in lines {
+                    text.push_str(&format!("data: {l}{eol}"));
+                }
+                text.push_str(eol);
+            }
+            let bytes = text.as_bytes().to_vec();
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                if at >= bytes.len() { break; }
+                let end = (at + c).min(bytes.len());
+                chunks.push(bytes[at..end].to_vec());
+                at = end;
+            }
+            if at < bytes.len() { chunks.push(bytes[at..].to_vec()); }
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (read, event, all) = rt.block_on(async {
+                let mut body = chunked(chunks);
+                let (read, event) = read_first_event(&mut body).await.unwrap();
+                let all = Prefixed::new(read.clone(), body).collect().await.unwrap().to_bytes();
+                (read, event, all)
+            });
+            proptest::prop_assert_eq!(event, Some(events[0].join("\n")));
+            proptest::prop_assert_eq!(all.as_ref(), bytes.as_slice());
+            proptest::prop_assert!(read.len() <= bytes.len());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_longer_than_idle_is_an_error_but_steady_frames_are_not() {
+        let frames = futures_util::stream::unfold(0, |i| async move {
+            if i == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(if i == 2 { 500 } else { 50 })).await;
+            Some((
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x"))),
+                i + 1,
+            ))
+        });
+        let mut body = std::pin::pin!(GuardedBody::new(
+            StreamBody::new(frames),
+            Duration::from_millis(100),
+            None
+        ));
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(matches!(
+            body.frame().await.unwrap(),
+            Err(BodyError::Idle(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_trickled_under_the_idle_limit_is_cut_by_the_minimum_rate() {
+        // One byte every 400 ms never trips a 500 ms idle limit, but is far below 100 B/s.
+        let frames = futures_util::stream::unfold(0, |i| async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Some((
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x"))),
+                i + 1,
+            ))
+        });
+        let body = GuardedBody::new(StreamBody::new(frames), Duration::from_millis(500), None)
+            .with_min_rate(100);
+        let start = Instant::now();
+        assert!(matches!(body.collect().await, Err(BodyError::TooSlow(100))));
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // The same trickle without a minimum rate keeps going past that.
+        let frames = futures_util::stream::iter(0..5).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x")))
+        });
+        let body = GuardedBody::new(StreamBody::new(frames), Duration::from_millis(500), None);
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 5);
+    }
+}

@@ -1,0 +1,237 @@
+//! The request lifecycle as a trait: every feature on the request path is a [`Filter`].
+//!
+//! In the spirit of Pingora's `ProxyHttp`, a filter implements the hooks of the phases it takes
+//! part in and says which in [`Filter::hooks`]; the pipeline calls each phase's filters in order
+//! and never calls a filter in a phase it did not name (so a hook it leaves at its default costs
+//! nothing). Every hook has a default that does nothing.
+//!
+//! Phases, in the order a request meets them (see `pipeline/mod.rs` for the steps between them):
+//!
+//! | hook | runs | can |
+//! |---|---|---|
+//! | [`on_request`](Filter::on_request) | after routing, before authentication | refuse by client IP, path, method |
+//! | [`on_authenticated`](Filter::on_authenticated) | key known, body read, model known | refuse by key or model |
+//! | [`on_select`](Filter::on_select) | once, candidates chosen | reorder or drop candidates |
+//! | [`on_upstream_request`](Filter::on_upstream_request) | before each attempt | change the outgoing headers |
+//! | [`on_upstream_response`](Filter::on_upstream_response) | after each attempt's response head | ask for another upstream |
+//! | [`on_response_head`](Filter::on_response_head) | once, on the head the client gets | change its headers |
+//! | [`on_body_chunk`](Filter::on_body_chunk) | each relayed data frame | observe (never delay) |
+//! | [`on_done`](Filter::on_done) | exactly once, when the request ends | record the outcome |
+//!
+//! A hook that returns an error ends the request with that error (an OpenAI-shaped answer); from
+//! `on_upstream_response` an error is final, a [`Verdict::Retry`] moves on to the next candidate
+//! when there is one and the body can be replayed. Retrying is one mechanism: a failed attempt
+//! whose [`GatewayError::is_retryable`] is set, or a `Retry` verdict.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use super::session::{Ctx, Session};
+use crate::error::GatewayError;
+use crate::upstream::Upstream;
+
+/// The hooks a filter implements: the phases the pipeline calls it in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hooks(u8);
+
+impl Hooks {
+    pub const REQUEST: Self = Self(1);
+    pub const AUTHENTICATED: Self = Self(1 << 1);
+    pub const SELECT: Self = Self(1 << 2);
+    pub const UPSTREAM_REQUEST: Self = Self(1 << 3);
+    pub const UPSTREAM_RESPONSE: Self = Self(1 << 4);
+    pub const RESPONSE_HEAD: Self = Self(1 << 5);
+    pub const BODY_CHUNK: Self = Self(1 << 6);
+    pub const DONE: Self = Self(1 << 7);
+
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for Hooks {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+/// An upstream's response head as [`Filter::on_upstream_response`] sees it.
+pub struct UpstreamResponse<'a> {
+    pub status: http::StatusCode,
+    pub headers: &'a HeaderMap,
+    /// The first SSE event of a stream, when the route reads it before relaying
+    /// (`stream_bootstrap`); an error sent inside a 200 stream shows here.
+    pub first_event: Option<&'a str>,
+}
+
+/// What [`Filter::on_upstream_response`] decides about an attempt's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Relay it (or let the next filter decide).
+    Continue,
+    /// Try the next candidate instead, if there is one and the body can be replayed; otherwise the
+    /// response is relayed as it is.
+    Retry,
+}
+
+/// One feature on the request path. See the module documentation for the phases.
+#[async_trait::async_trait]
+pub trait Filter: Send + Sync + 'static {
+    /// Names the filter in logs.
+    fn name(&self) -> &str;
+
+    /// The hooks the pipeline calls; the others are never called.
+    fn hooks(&self) -> Hooks;
+
+    /// After the route is known, before the key is checked: the client IP, the method and the
+    /// normalised path are known. An error refuses the request (no key was checked, so it is
+    /// cheap to refuse here). Default: nothing.
+    async fn on_request(&self, _s: &mut Session<'_>) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// After authentication and after the body was read: the key, the model and the rest of the
+    /// body probe are known. An error refuses the request. Default: nothing.
+    async fn on_authenticated(&self, _s: &mut Session<'_>) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// Once, with the route's upstreams that serve the model, healthy ones first; the filter may
+    /// reorder or remove candidates (the first is tried first). An error refuses the request.
+    /// Default: leaves the order.
+    async fn on_select(
+        &self,
+        _s: &mut Session<'_>,
+        _candidates: &mut Vec<Arc<Upstream>>,
+    ) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// Before each attempt, with the headers about to be sent to `upstream` (the client's, after
+    /// the hop-by-hop ones were removed; forwarding headers and the upstream's credential are
+    /// added after this hook, so a filter cannot change them). An error refuses the request.
+    /// Default: nothing.
+    async fn on_upstream_request(
+        &self,
+        _s: &mut Session<'_>,
+        _upstream: &Upstream,
+        _headers: &mut HeaderMap,
+    ) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// After each attempt's response head (and first event, see [`UpstreamResponse`]), before
+    /// anything reaches the client. [`Verdict::Retry`] asks for the next candidate; an error ends
+    /// the request. Default: [`Verdict::Continue`].
+    async fn on_upstream_response(
+        &self,
+        _s: &mut Session<'_>,
+        _upstream: &Upstream,
+        _response: &UpstreamResponse<'_>,
+    ) -> Result<Verdict, GatewayError> {
+        Ok(Verdict::Continue)
+    }
+
+    /// Once, on the head the client will receive: the chosen upstream's (`from` names it) or the
+    /// gateway's own error answer (`from` is `None`). On an upstream's head an error replaces the
+    /// response with the error's; on the gateway's own answer errors are logged and ignored.
+    /// Default: nothing.
+    async fn on_response_head(
+        &self,
+        _s: &mut Session<'_>,
+        _head: &mut http::response::Parts,
+        _from: Option<&Upstream>,
+    ) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// Each data frame relayed to the client, as it passes (an SSE event is one or more frames).
+    /// Must be quick: the frame waits for it. Default: nothing.
+    fn on_body_chunk(&self, _ctx: &mut Ctx, _chunk: &Bytes) {}
+
+    /// Exactly once per request that reached the pipeline, when it ends, whatever ended it:
+    /// `ctx.record.outcome` says how (complete, client aborted, upstream aborted, refused).
+    /// Default: nothing.
+    fn on_done(&self, _ctx: &mut Ctx) {}
+}
+
+/// A list of filters split by hook, in order: what the pipeline iterates in each phase.
+#[derive(Default)]
+pub struct Chain {
+    pub(super) request: Vec<Arc<dyn Filter>>,
+    pub(super) authenticated: Vec<Arc<dyn Filter>>,
+    pub(super) select: Vec<Arc<dyn Filter>>,
+    pub(super) upstream_request: Vec<Arc<dyn Filter>>,
+    pub(super) upstream_response: Vec<Arc<dyn Filter>>,
+    pub(super) response_head: Vec<Arc<dyn Filter>>,
+    pub(super) body_chunk: Vec<Arc<dyn Filter>>,
+    pub(super) done: Vec<Arc<dyn Filter>>,
+}
+
+impl Chain {
+    /// The chain of `filters`, each phase keeping their order.
+    pub fn new(filters: impl IntoIterator<Item = Arc<dyn Filter>>) -> Self {
+        let mut c = Self::default();
+        for f in filters {
+            let h = f.hooks();
+            let lists: [(Hooks, &mut Vec<Arc<dyn Filter>>); 8] = [
+                (Hooks::REQUEST, &mut c.request),
+                (Hooks::AUTHENTICATED, &mut c.authenticated),
+                (Hooks::SELECT, &mut c.select),
+                (Hooks::UPSTREAM_REQUEST, &mut c.upstream_request),
+                (Hooks::UPSTREAM_RESPONSE, &mut c.upstream_response),
+                (Hooks::RESPONSE_HEAD, &mut c.response_head),
+                (Hooks::BODY_CHUNK, &mut c.body_chunk),
+                (Hooks::DONE, &mut c.done),
+            ];
+            for (hook, list) in lists {
+                if h.contains(hook) {
+                    list.push(f.clone());
+                }
+            }
+        }
+        c
+    }
+
+    /// Whether any filter needs the relayed body or the end of the request.
+    pub(super) fn watches_body(&self) -> bool {
+        !self.body_chunk.is_empty() || !self.done.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Named(&'static str, Hooks);
+
+    #[async_trait::async_trait]
+    impl Filter for Named {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn hooks(&self) -> Hooks {
+            self.1
+        }
+    }
+
+    #[test]
+    fn a_chain_calls_each_filter_only_in_its_phases_and_keeps_order() {
+        let chain = Chain::new([
+            Arc::new(Named("a", Hooks::REQUEST | Hooks::DONE)) as Arc<dyn Filter>,
+            Arc::new(Named("b", Hooks::DONE)),
+            Arc::new(Named("c", Hooks::REQUEST | Hooks::BODY_CHUNK)),
+        ]);
+        let names =
+            |l: &[Arc<dyn Filter>]| l.iter().map(|f| f.name().to_owned()).collect::<Vec<_>>();
+        assert_eq!(names(&chain.request), ["a", "c"]);
+        assert_eq!(names(&chain.done), ["a", "b"]);
+        assert_eq!(names(&chain.body_chunk), ["c"]);
+        assert!(chain.select.is_empty() && chain.response_head.is_empty());
+        assert!(chain.watches_body());
+        assert!(!Chain::new([]).watches_body());
+    }
+}

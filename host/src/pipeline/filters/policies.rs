@@ -1,0 +1,313 @@
+//! The WebAssembly policy kinds as filters: one adapter per kind, each calling its plugin at the
+//! hook where that kind acts, and applying the plugin's `on_error` (`deny` → 503
+//! `policy_error`; `skip` → go on as if the policy were absent) when a call fails.
+//!
+//! | kind | adapter | hook |
+//! |---|---|---|
+//! | ip-binding | [`IpBinding`] | `on_authenticated` |
+//! | router | [`Router`] | `on_select` |
+//! | header-rewrite | [`HeaderRewrite`] | `on_upstream_request` (request rules), `on_response_head` (response rules, upstream answers only) |
+//! | quota | [`Quota`] | `on_upstream_response` |
+//!
+//! Policies see the request as one shared `RequestInfo`, built on the first call of a request
+//! ([`Session::policy_request`]).
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use crate::config::{Failsafe, OnError};
+use crate::error::{ErrorKind, GatewayError};
+use crate::pipeline::{Filter, Hooks, Session, UpstreamResponse, Verdict};
+use crate::policy::types::{
+    AfterCooldown, BindingDecision, CooldownScope, Denial, QuotaDecision, RouteDecision,
+    UpstreamView,
+};
+use crate::policy::view::apply_ops;
+use crate::policy::{Plugin, PolicyError, ResponseInfo};
+use crate::state::{Intercept, KEY_ID_PREFIX_LEN, SharedCooldown, Stores};
+use crate::upstream::Upstream;
+
+/// A plugin as a route uses it.
+pub(crate) struct PolicyRef {
+    pub(crate) plugin: Arc<Plugin>,
+    pub(crate) on_error: OnError,
+}
+
+impl PolicyRef {
+    /// A failed call: the policy's `on_error` decides whether the request goes on.
+    fn failed(&self, e: PolicyError) -> Result<(), GatewayError> {
+        match self.on_error {
+            OnError::Deny => Err(GatewayError::from(ErrorKind::PolicyFailed).caused_by(e)),
+            OnError::Skip => Ok(()),
+        }
+    }
+}
+
+/// A policy's refusal as the client will see it; a status outside 400–599 becomes 403.
+fn denied(d: Denial) -> GatewayError {
+    let status = http::StatusCode::from_u16(d.status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(http::StatusCode::FORBIDDEN);
+    ErrorKind::PolicyDenied {
+        status,
+        code: d.code,
+        message: d.message,
+    }
+    .into()
+}
+
+/// What a router or quota policy sees of an upstream.
+fn upstream_view(u: &Upstream, model: Option<&str>) -> UpstreamView {
+    UpstreamView {
+        name: u.name.to_string(),
+        weight: u.weight(),
+        models: u.config.models.clone(),
+        in_flight: u.in_flight(),
+        latency_ewma_us: u.latency_ewma_us(),
+        error_rate: u.error_rate(),
+        cooling_until_ms: u.cooling_until(model),
+    }
+}
+
+/// ip-binding: the first refusal ends the request and is written to the intercept log. When the
+/// stores cannot answer, the deployment's failsafe decides (not `on_error`). A request the last
+/// ip-binding policy of the route allowed counts as one use of the key's binding (batched).
+pub(crate) struct IpBinding {
+    pub(crate) policy: PolicyRef,
+    pub(crate) stores: Arc<Stores>,
+    /// The route's last ip-binding policy records the use.
+    pub(crate) records_use: bool,
+}
+
+#[async_trait::async_trait]
+impl Filter for IpBinding {
+    fn name(&self) -> &str {
+        &self.policy.plugin.spec.name
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::AUTHENTICATED
+    }
+
+    async fn on_authenticated(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
+        let view = s.policy_request();
+        match self.policy.plugin.check(&view).await {
+            Ok(BindingDecision::Allow) => {}
+            Ok(BindingDecision::Deny(d)) => {
+                self.stores.record_intercept(
+                    &view.key_id,
+                    Intercept {
+                        at_ms: crate::state::unix_ms(),
+                        key_id_prefix: view.key_id.chars().take(KEY_ID_PREFIX_LEN).collect(),
+                        bound_cidr: None,
+                        attempted_ip: view.client_ip_text.clone(),
+                        method: s.head.method.to_string(),
+                        path: s.head.uri.path().to_owned(),
+                        reason: d.code.clone(),
+                    },
+                );
+                return Err(denied(d));
+            }
+            Err(PolicyError::StoreUnavailable { source, .. }) => {
+                self.stores.note_failsafe();
+                match self.stores.failsafe() {
+                    Failsafe::Closed => {
+                        tracing::warn!(request_id = %s.request_id, error = %source, "stores unavailable; refused (failsafe closed)");
+                        return Err(ErrorKind::StateUnavailable.into());
+                    }
+                    Failsafe::Open => {
+                        tracing::warn!(request_id = %s.request_id, error = %source, "stores unavailable; let through unchecked (failsafe open)");
+                    }
+                }
+            }
+            Err(e) => self.policy.failed(e)?,
+        }
+        if self.records_use {
+            self.stores.record_use(&view.key_id, s.client_ip);
+        }
+        Ok(())
+    }
+}
+
+/// router: orders the candidates; `none` refuses the request (503 `no_upstream`).
+pub(crate) struct Router {
+    pub(crate) policy: PolicyRef,
+}
+
+#[async_trait::async_trait]
+impl Filter for Router {
+    fn name(&self) -> &str {
+        &self.policy.plugin.spec.name
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::SELECT
+    }
+
+    async fn on_select(
+        &self,
+        s: &mut Session<'_>,
+        candidates: &mut Vec<Arc<Upstream>>,
+    ) -> Result<(), GatewayError> {
+        let view = s.policy_request();
+        let model = s.model();
+        let views: Vec<_> = candidates.iter().map(|u| upstream_view(u, model)).collect();
+        match self.policy.plugin.select(&view, &views).await {
+            Ok(RouteDecision::Pick(order)) => {
+                *candidates = reorder(candidates, &order);
+                if candidates.is_empty() {
+                    return Err(
+                        ErrorKind::NoUpstream("the router picked no candidate".into()).into(),
+                    );
+                }
+                Ok(())
+            }
+            Ok(RouteDecision::None(reason)) => Err(ErrorKind::NoUpstream(reason).into()),
+            Err(e) => self.policy.failed(e),
+        }
+    }
+}
+
+/// header-rewrite: applies the plugin's header operations to each outgoing request and to the
+/// upstream's response head (not to the gateway's own error answers). Each policy sees the
+/// headers as the previous one left them.
+pub(crate) struct HeaderRewrite {
+    pub(crate) policy: PolicyRef,
+}
+
+#[async_trait::async_trait]
+impl Filter for HeaderRewrite {
+    fn name(&self) -> &str {
+        &self.policy.plugin.spec.name
+    }
+
+    /// Only the phases the plugin has rules for (read once per loaded version).
+    fn hooks(&self) -> Hooks {
+        let mut h = Hooks::default();
+        if self.policy.plugin.rewrites_requests() {
+            h = h | Hooks::UPSTREAM_REQUEST;
+        }
+        if self.policy.plugin.rewrites_responses() {
+            h = h | Hooks::RESPONSE_HEAD;
+        }
+        h
+    }
+
+    async fn on_upstream_request(
+        &self,
+        s: &mut Session<'_>,
+        _upstream: &Upstream,
+        headers: &mut HeaderMap,
+    ) -> Result<(), GatewayError> {
+        let view = s.policy_request();
+        match self.policy.plugin.rewrite_request(&view).await {
+            Ok(ops) => {
+                apply_ops(headers, ops, &self.policy.plugin.spec.name);
+                Ok(())
+            }
+            Err(e) => self.policy.failed(e),
+        }
+    }
+
+    async fn on_response_head(
+        &self,
+        s: &mut Session<'_>,
+        head: &mut http::response::Parts,
+        from: Option<&Upstream>,
+    ) -> Result<(), GatewayError> {
+        let Some(upstream) = from else {
+            return Ok(());
+        };
+        let view = s.policy_request();
+        let answer = Arc::new(ResponseInfo {
+            upstream: upstream.name.to_string(),
+            status: head.status.as_u16(),
+            headers: head.headers.clone(),
+            first_event: None,
+        });
+        match self.policy.plugin.rewrite_response(&view, &answer).await {
+            Ok(ops) => {
+                apply_ops(&mut head.headers, ops, &self.policy.plugin.spec.name);
+                Ok(())
+            }
+            Err(e) => self.policy.failed(e),
+        }
+    }
+}
+
+/// quota: sees the responses it watches (and every bootstrapped stream), and may cool the
+/// upstream down (shared with the cluster) and ask for another one.
+pub(crate) struct Quota {
+    pub(crate) policy: PolicyRef,
+    pub(crate) stores: Arc<Stores>,
+}
+
+#[async_trait::async_trait]
+impl Filter for Quota {
+    fn name(&self) -> &str {
+        &self.policy.plugin.spec.name
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::UPSTREAM_RESPONSE
+    }
+
+    async fn on_upstream_response(
+        &self,
+        s: &mut Session<'_>,
+        upstream: &Upstream,
+        response: &UpstreamResponse<'_>,
+    ) -> Result<Verdict, GatewayError> {
+        let plugin = &self.policy.plugin;
+        if !plugin.watches(response.status.as_u16(), response.first_event.is_some()) {
+            return Ok(Verdict::Continue);
+        }
+        let view = s.policy_request();
+        let model = s.model();
+        let up = upstream_view(upstream, model);
+        let answer = Arc::new(ResponseInfo {
+            upstream: upstream.name.to_string(),
+            status: response.status.as_u16(),
+            headers: response.headers.clone(),
+            first_event: response.first_event.map(str::to_owned),
+        });
+        match plugin.on_response(&view, &up, &answer).await {
+            Ok(QuotaDecision::Pass) => Ok(Verdict::Continue),
+            Ok(QuotaDecision::RetryOther) => Ok(Verdict::Retry),
+            Ok(QuotaDecision::Cooldown(c)) => {
+                let scope = match c.scope {
+                    CooldownScope::Model => model,
+                    CooldownScope::Upstream => None,
+                };
+                upstream.cool_down(scope, c.until_ms);
+                self.stores.share_cooldown(SharedCooldown {
+                    upstream: upstream.name.to_string(),
+                    model: scope.map(str::to_owned),
+                    until_ms: c.until_ms,
+                });
+                tracing::info!(request_id = %s.request_id, upstream = %upstream.name, model = scope, until_ms = c.until_ms, "upstream cooling down");
+                Ok(if c.then == AfterCooldown::RetryOther {
+                    Verdict::Retry
+                } else {
+                    Verdict::Continue
+                })
+            }
+            Err(e) => self.policy.failed(e).map(|()| Verdict::Continue),
+        }
+    }
+}
+
+/// The candidates in the router's order; out-of-range and repeated indices are ignored.
+fn reorder(candidates: &[Arc<Upstream>], order: &[u32]) -> Vec<Arc<Upstream>> {
+    let mut seen = vec![false; candidates.len()];
+    order
+        .iter()
+        .filter_map(|&i| {
+            let i = i as usize;
+            (i < candidates.len() && !std::mem::replace(&mut seen[i], true))
+                .then(|| candidates[i].clone())
+        })
+        .collect()
+}

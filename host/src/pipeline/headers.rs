@@ -1,0 +1,213 @@
+//! Header hygiene between client and upstream: hop-by-hop headers never cross the gateway, the
+//! client's credential never reaches an upstream, and forwarding headers say what we know.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy
+/// credentials that are meant for us.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&listed) {
+        h.remove(name);
+    }
+}
+
+/// What the gateway knows about the request it forwards.
+pub struct Forwarding<'a> {
+    pub client_ip: IpAddr,
+    pub peer_ip: IpAddr,
+    /// The peer is a trusted proxy, so its forwarding headers are extended, not replaced.
+    pub trusted_peer: bool,
+    pub tls: bool,
+    pub request_id: &'a str,
+}
+
+/// Turns the request headers into the upstream request's headers, in place. The client's
+/// hop-by-hop headers (and those its `Connection` named) were removed when the request arrived,
+/// before any policy ran; here only the fixed hop-by-hop set is removed again, so a header a
+/// policy set is never dropped because the client named it.
+pub fn to_upstream(h: &mut HeaderMap, f: &Forwarding<'_>) {
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+    // hyper derives Host/:authority from the upstream URI and Content-Length from the body.
+    h.remove(header::HOST);
+    h.remove(header::CONTENT_LENGTH);
+    // The client's key is for us; the upstream gets the upstream's credential
+    // (`Upstream::send` sets it).
+    h.remove(header::AUTHORIZATION);
+    h.remove(X_API_KEY);
+
+    // Several X-Forwarded-For lines are one list, in order (as the client IP was read).
+    let prev: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let xff = if f.trusted_peer && !prev.is_empty() {
+        format!("{}, {}", prev.join(", "), f.peer_ip)
+    } else {
+        f.client_ip.to_string()
+    };
+    h.remove(&X_FORWARDED_FOR);
+    insert(h, X_FORWARDED_FOR, &xff);
+    insert(h, X_REAL_IP, &f.client_ip.to_string());
+    if !(f.trusted_peer && h.contains_key(&X_FORWARDED_PROTO)) {
+        h.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if f.tls { "https" } else { "http" }),
+        );
+    }
+    h.remove(header::FORWARDED);
+    insert(h, X_REQUEST_ID, f.request_id);
+}
+
+/// Turns an upstream's response headers into the client's, in place (the request id is the
+/// `request_id` filter's).
+pub fn to_client(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+    let is_sse = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if is_sse {
+        // Tells an nginx in front of us not to buffer the stream either.
+        h.insert(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
+    }
+}
+
+fn insert(h: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd(trusted: bool) -> Forwarding<'static> {
+        Forwarding {
+            client_ip: "198.51.100.7".parse().unwrap(),
+            peer_ip: "10.0.0.2".parse().unwrap(),
+            trusted_peer: trusted,
+            tls: true,
+            request_id: "rid",
+        }
+    }
+
+    #[test]
+    fn client_key_and_hop_by_hop_headers_never_reach_upstream() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer client-key".parse().unwrap());
+        h.insert("x-api-key", "client-key".parse().unwrap());
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("anthropic-version", "2023-06-01".parse().unwrap());
+        // As the pipeline does: the client's hop-by-hop headers on arrival, then forwarding.
+        strip_hop_by_hop(&mut h);
+        to_upstream(&mut h, &fwd(false));
+        assert!(!h.contains_key(header::AUTHORIZATION));
+        assert!(!h.contains_key("x-api-key"));
+        assert!(!h.contains_key("x-secret-hop"));
+        assert!(!h.contains_key(header::CONNECTION));
+        assert!(!h.contains_key(header::TE));
+        assert_eq!(h["anthropic-version"], "2023-06-01");
+        assert_eq!(h["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn forwarded_for_is_replaced_for_untrusted_peers_and_extended_for_trusted_ones() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("x-forwarded-proto", "gopher".parse().unwrap());
+        to_upstream(&mut h, &fwd(false));
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-real-ip"], "198.51.100.7");
+
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
+        h.insert("x-forwarded-proto", "http".parse().unwrap());
+        to_upstream(&mut h, &fwd(true));
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn several_forwarded_for_lines_are_forwarded_as_one_list() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "203.0.113.1".parse().unwrap());
+        h.append("x-forwarded-for", "198.51.100.7, 10.1.1.1".parse().unwrap());
+        to_upstream(&mut h, &fwd(true));
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.1, 198.51.100.7, 10.1.1.1, 10.0.0.2"
+        );
+    }
+
+    #[test]
+    fn headers_a_policy_set_survive_the_clients_connection_header() {
+        // The client's Connection header was applied on arrival; what a policy sets afterwards
+        // under the same names reaches the upstream.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "x-tenant".parse().unwrap());
+        h.insert("x-tenant", "from-client".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("x-tenant"));
+        h.insert("x-tenant", "from-policy".parse().unwrap());
+        to_upstream(&mut h, &fwd(false));
+        assert_eq!(h["x-tenant"], "from-policy");
+    }
+
+    #[test]
+    fn streams_tell_a_proxy_in_front_not_to_buffer() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "text/event-stream; charset=utf-8".parse().unwrap(),
+        );
+        to_client(&mut h);
+        assert!(!h.contains_key(header::CONNECTION));
+        assert_eq!(h["x-accel-buffering"], "no");
+    }
+}

@@ -1,0 +1,504 @@
+//! The request pipeline: one path for every proxied request, streaming or not.
+//!
+//! Steps, in order; between them the route's [`Filter`]s run at their hooks (`filter.rs`). Each
+//! step and each hook may end the request with a [`GatewayError`], answered in the OpenAI error
+//! shape (`crate::error`).
+//!
+//! 1. **identify** — client IP from the socket, or from a trusted proxy's header
+//!    ([`client_ip`]); request id (a trusted proxy's `x-request-id`, else a new one). Then
+//!    **screen**: the client's hop-by-hop headers (and any its `Connection` names) are removed
+//!    before anything else reads the request, and the head is checked and its path normalised
+//!    ([`screen`]; 400/431).
+//! 2. **route** — longest matching prefix of the normalised path; none → 404 `unknown_url`; a
+//!    method the route does not list → 405 `method_not_allowed` with `Allow`.
+//!    → hook `on_request`.
+//! 3. **authenticate** — the client's key by HMAC id; missing or unknown → 401 `invalid_api_key`,
+//!    the same answer for both so keys cannot be probed.
+//! 4. **read body** — JSON bodies are read whole (bounded by `max_body`, 413 past it; `client_body`
+//!    idle limit and `min_body_rate`, 408) because routing needs `model` and failover needs to
+//!    replay the body. On a route whose upstreams restrict models, every body is read whole and
+//!    probed as JSON whatever its Content-Type; one that names no readable model → 400
+//!    `model_required` (a request without a body names no model and may go to any upstream).
+//!    Other bodies (uploads) stream to the upstream under the same limits and are never replayed.
+//!    → hook `on_authenticated`.
+//! 5. **select** — the route's upstreams that serve the model and are not cooling down, healthy
+//!    ones first; none serves the model → 404 `model_not_found`; all cooling → 429. If every
+//!    serving upstream is marked unhealthy they are tried anyway (nginx does the same).
+//!    → hook `on_select`.
+//! 6. **forward** — up to `max_attempts` candidates in order: → hook `on_upstream_request`, send,
+//!    (first SSE event if `stream_bootstrap`), → hook `on_upstream_response`. An attempt whose
+//!    error is retryable (the request never reached the upstream: connect failure; a stream broken
+//!    before its first event) or whose response a filter answers [`Verdict::Retry`] for moves on to
+//!    the next candidate, if the body can be replayed. Otherwise, once sent, a timeout or a broken
+//!    response is final (502/504): an LLM request may have been processed and billed.
+//! 7. **relay** — → hook `on_response_head` on the head the client gets (the upstream's, hop-by-hop
+//!    headers removed, or the gateway's own error); the body is relayed frame by frame as it
+//!    arrives (SSE events are never coalesced) under the `idle` limit, → hook `on_body_chunk` on
+//!    each frame. A client that goes away drops the relay, which drops the upstream request at once
+//!    (h1: connection closed; h2: stream reset). → hook `on_done` exactly once, however it ended.
+
+pub(crate) mod auth;
+pub(crate) mod body;
+pub(crate) mod client_ip;
+pub(crate) mod filter;
+pub(crate) mod filters;
+pub(crate) mod headers;
+mod relay;
+pub(crate) mod route;
+pub(crate) mod screen;
+pub(crate) mod session;
+
+use std::sync::Arc;
+
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http::{Method, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use self::body::{BodyError, GuardedBody, Prefixed};
+pub use self::filter::{Chain, Filter, Hooks, UpstreamResponse, Verdict};
+use self::headers::{Forwarding, X_REQUEST_ID};
+use self::relay::{Relay, Tail};
+use self::route::{Limits, Route, Runtime};
+use self::session::Probe;
+pub use self::session::{Ctx, Session};
+use crate::error::{ErrorKind, GatewayError, Source};
+use crate::listen::{BoxBody, ConnInfo};
+use crate::upstream::{ConnectTiming, SendError, Upstream, UpstreamClient};
+
+/// Longest request id accepted from a trusted proxy.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request body as the forward step sees it.
+enum RequestBody {
+    /// Read whole; can be sent again to another upstream.
+    Buffered(Bytes),
+    /// Streamed through once.
+    Streaming(Option<GuardedBody<Incoming>>),
+}
+
+impl RequestBody {
+    fn replayable(&self) -> bool {
+        matches!(self, Self::Buffered(_))
+    }
+
+    fn take(&mut self) -> BoxBody {
+        match self {
+            Self::Buffered(b) => Full::new(b.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            Self::Streaming(s) => match s.take() {
+                Some(body) => body.map_err(Into::into).boxed_unsync(),
+                None => http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            },
+        }
+    }
+}
+
+/// Serves one proxied request on the config snapshot `rt`.
+pub async fn handle(
+    rt: &Runtime,
+    client: &UpstreamClient,
+    req: http::Request<Incoming>,
+    conn: ConnInfo,
+) -> http::Response<BoxBody> {
+    let (head, body) = req.into_parts();
+
+    // Step 1: identify.
+    let trusted_peer = rt.client_ip.is_trusted(conn.peer.ip());
+    let client_ip = rt.client_ip.resolve(conn.peer.ip(), &head.headers);
+    let request_id: Arc<str> = head
+        .headers
+        .get(&X_REQUEST_ID)
+        .filter(|_| trusted_peer)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
+        .map_or_else(
+            || uuid::Uuid::new_v4().simple().to_string().into(),
+            Into::into,
+        );
+    let mut s = Session::new(rt, conn, trusted_peer, client_ip, request_id, head);
+
+    let result = run(&mut s, client, body).await;
+    let chain = s.route.map_or(&rt.global, |r| &r.chain).clone();
+    let (resp, from) = match result {
+        Ok((resp, upstream)) => (resp, Some(upstream)),
+        Err(e) => (refuse(&mut s, e), None),
+    };
+
+    // Step 7: the head the client gets.
+    let (mut head, mut body) = resp.into_parts();
+    for f in &chain.response_head {
+        if let Err(e) = f.on_response_head(&mut s, &mut head, from.as_deref()).await {
+            if from.is_none() {
+                tracing::warn!(request_id = %s.request_id, filter = f.name(), error = %e.log_line(), "filter failed on an error answer; ignored");
+                continue;
+            }
+            // The upstream's answer is replaced by the filter's error; the remaining filters see
+            // the error answer.
+            let (h, b) = refuse(&mut s, e).into_parts();
+            (head, body) = (h, b);
+        }
+    }
+    s.ctx.record.status = head.status.as_u16();
+    if !chain.watches_body() {
+        // Nothing to tell when it ends: the body goes out as it is.
+        drop(s);
+        return http::Response::from_parts(head, body);
+    }
+    let tail = Tail { ctx: s.ctx, chain };
+    http::Response::from_parts(head, Relay::new(body, tail).boxed_unsync())
+}
+
+/// The gateway's own answer for `e`, recorded; internal and upstream causes are logged here, once.
+fn refuse(s: &mut Session<'_>, e: GatewayError) -> http::Response<BoxBody> {
+    if let ErrorKind::ModelNotFound(m) = &e.kind {
+        s.ctx.record.model = Some(crate::error::truncate(m).into_owned());
+    }
+    s.ctx.record.error = Some(e.code());
+    match e.source() {
+        Source::Internal => {
+            tracing::error!(request_id = %s.request_id, error = %e.log_line(), "request failed")
+        }
+        Source::Upstream if e.has_cause() => {
+            tracing::warn!(request_id = %s.request_id, upstream = s.ctx.record.upstream.as_deref(), error = %e.log_line(), "upstream failed")
+        }
+        Source::Upstream | Source::Client => {}
+    }
+    e.into_response()
+        .map(|b| b.map_err(Into::into).boxed_unsync())
+}
+
+/// Steps 1 (screen) to 6; the response to relay and the upstream that gave it.
+async fn run(
+    s: &mut Session<'_>,
+    client: &UpstreamClient,
+    body: Incoming,
+) -> Result<(http::Response<BoxBody>, Arc<Upstream>), GatewayError> {
+    let rt = s.rt;
+    // Step 1, screen: sizes, framing, Host; then nothing below (filters included) sees the
+    // client's hop-by-hop headers; then the path everything below sees.
+    screen::check_head(
+        s.head.version,
+        &s.head.uri,
+        &s.head.headers,
+        rt.limits.max_header_size,
+    )?;
+    headers::strip_hop_by_hop(&mut s.head.headers);
+    if let std::borrow::Cow::Owned(normal) =
+        screen::normalize_path(s.head.uri.path()).map_err(ErrorKind::from)?
+    {
+        // A path that only normalises into the gateway's own (`/v1/../health`) is not proxied
+        // either.
+        if crate::config::is_reserved_path(&normal) {
+            return Err(ErrorKind::NoRoute.into());
+        }
+        s.head.uri = with_path(&s.head.uri, &normal)?;
+        s.ctx.record.path = normal;
+    }
+
+    // Step 2: route.
+    let route = rt.route_for(s.head.uri.path()).ok_or(ErrorKind::NoRoute)?;
+    s.route = Some(route);
+    s.ctx.record.route = Some(route.prefix.clone());
+    if !route.methods.contains(&s.head.method) {
+        return Err(ErrorKind::MethodNotAllowed {
+            allow: route.allow.clone(),
+        }
+        .into());
+    }
+    let chain = &*route.chain;
+    for f in &chain.request {
+        f.on_request(s).await?;
+    }
+
+    // Step 3: authenticate.
+    let key = rt
+        .keys
+        .authenticate(&s.head.headers)
+        .ok_or(ErrorKind::Unauthorized)?;
+    s.ctx.record.key_prefix = Some(key.id.prefix());
+    s.key = Some(key);
+
+    // Step 4: read body.
+    let (mut body, probe) = read_body(&s.head, body, &rt.limits, route.restricts_models).await?;
+    if let RequestBody::Buffered(b) = &body {
+        s.ctx.record.bytes_in = b.len() as u64;
+        if route.restricts_models && probe.model.is_none() && !b.is_empty() {
+            return Err(ErrorKind::ModelRequired.into());
+        }
+    }
+    s.ctx.record.model = probe
+        .model
+        .as_deref()
+        .map(|m| crate::error::truncate(m).into_owned());
+    s.probe = probe;
+    for f in &chain.authenticated {
+        f.on_authenticated(s).await?;
+    }
+
+    // Step 5: select.
+    let mut candidates = select(route, s.model())?;
+    for f in &chain.select {
+        f.on_select(s, &mut candidates).await?;
+    }
+    if candidates.is_empty() {
+        return Err(ErrorKind::NoUpstream("no candidate is left".into()).into());
+    }
+
+    // Step 6: forward, in order, while the client has received nothing.
+    let attempts = candidates.len().min(route.max_attempts as usize);
+    for (i, upstream) in candidates.iter().take(attempts).enumerate() {
+        let may_retry = body.replayable() && i + 1 < attempts;
+        match attempt(s, client, route, upstream, may_retry, &mut body, i).await {
+            Ok(Some(resp)) => return Ok((resp, upstream.clone())),
+            Ok(None) => continue,
+            Err(e) if may_retry && e.is_retryable() => {
+                tracing::warn!(request_id = %s.request_id, upstream = %upstream.name, error = %e.log_line(), "attempt failed; trying the next upstream");
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ErrorKind::UpstreamConnect.into())
+}
+
+/// One attempt on `upstream`: the response to relay, or `None` when a filter asked for the next
+/// candidate and one may be tried.
+async fn attempt(
+    s: &mut Session<'_>,
+    client: &UpstreamClient,
+    route: &Route,
+    upstream: &Arc<Upstream>,
+    may_retry: bool,
+    body: &mut RequestBody,
+    index: usize,
+) -> Result<Option<http::Response<BoxBody>>, GatewayError> {
+    let chain = &*route.chain;
+    s.ctx.record.upstream = Some(upstream.name.clone());
+    s.ctx.record.attempts = index as u32 + 1;
+
+    // The headers are needed again only if another attempt may follow.
+    let mut headers = if may_retry {
+        s.head.headers.clone()
+    } else {
+        std::mem::take(&mut s.head.headers)
+    };
+    for f in &chain.upstream_request {
+        f.on_upstream_request(s, upstream, &mut headers).await?;
+    }
+    headers::to_upstream(
+        &mut headers,
+        &Forwarding {
+            client_ip: s.client_ip,
+            peer_ip: s.conn.peer.ip(),
+            trusted_peer: s.trusted_peer,
+            tls: s.conn.tls,
+            request_id: &s.request_id,
+        },
+    );
+    let mut req = http::Request::new(body.take());
+    *req.method_mut() = s.head.method.clone();
+    *req.uri_mut() = s.head.uri.clone();
+    *req.headers_mut() = headers;
+
+    s.ctx.in_flight = Some(upstream.start_request());
+    let attempt_start = std::time::Instant::now();
+    let sent = upstream.send(client, req, s.rt.limits.response_head).await;
+    s.ctx.record.upstream_head = Some(s.ctx.record.start.elapsed());
+    let resp = sent.map_err(|e| send_failed(upstream, e))?;
+    s.ctx.record.upstream_connect = resp
+        .extensions()
+        .get::<ConnectTiming>()
+        .map(ConnectTiming::take);
+    if resp.status().is_server_error() {
+        upstream.record_failure();
+    } else {
+        upstream.record_success();
+        upstream.record_latency(attempt_start.elapsed());
+    }
+    let (mut head, incoming) = resp.into_parts();
+    let mut relayed = GuardedBody::new(incoming, s.rt.limits.upstream_idle, None)
+        .map_err(Into::into)
+        .boxed_unsync();
+    headers::to_client(&mut head.headers);
+
+    if chain.upstream_response.is_empty() {
+        return Ok(Some(http::Response::from_parts(head, relayed)));
+    }
+    // A streamed answer may carry its error in the first event: read it first (when the route
+    // asks) so filters can see it; the bytes read are relayed first, unchanged.
+    let mut first_event = None;
+    if route.stream_bootstrap && is_event_stream(&head.headers) {
+        match body::read_first_event(&mut relayed).await {
+            Ok((read, event)) => {
+                first_event = event;
+                relayed = Prefixed::new(read, relayed).boxed_unsync();
+            }
+            Err(e) => {
+                // Broken before its first event: nothing reached the client yet.
+                upstream.record_failure();
+                return Err(GatewayError::from(ErrorKind::UpstreamProtocol)
+                    .caused_by(e)
+                    .retryable());
+            }
+        }
+    }
+    let answer = UpstreamResponse {
+        status: head.status,
+        headers: &head.headers,
+        first_event: first_event.as_deref(),
+    };
+    let mut retry = false;
+    for f in &chain.upstream_response {
+        if f.on_upstream_response(s, upstream, &answer).await? == Verdict::Retry {
+            retry = true;
+            break;
+        }
+    }
+    if retry && may_retry {
+        return Ok(None);
+    }
+    Ok(Some(http::Response::from_parts(head, relayed)))
+}
+
+/// Maps a failed send to what the client is told, and charges the upstream's health where the
+/// upstream is to blame. Only a connect failure is retryable: the request never left.
+fn send_failed(upstream: &Upstream, e: SendError) -> GatewayError {
+    if let SendError::Exchange(inner) = &e
+        && let Some(body_err) = BodyError::find(inner)
+    {
+        // The client's body failed while we streamed it; the upstream is not to blame.
+        let kind = match body_err {
+            BodyError::TooLarge(limit) => ErrorKind::BodyTooLarge { limit: *limit },
+            BodyError::Idle(_) | BodyError::TooSlow(_) | BodyError::Stream(_) => {
+                ErrorKind::ClientBody
+            }
+        };
+        return GatewayError::from(kind).caused_by(e);
+    }
+    upstream.record_failure();
+    match &e {
+        SendError::Timeout(_) => GatewayError::from(ErrorKind::UpstreamTimeout).caused_by(e),
+        SendError::Exchange(inner) if inner.is_connect() => {
+            GatewayError::from(ErrorKind::UpstreamConnect)
+                .caused_by(e)
+                .retryable()
+        }
+        SendError::Exchange(_) => GatewayError::from(ErrorKind::UpstreamProtocol).caused_by(e),
+        SendError::Uri => GatewayError::from(ErrorKind::Internal).caused_by(e),
+    }
+}
+
+/// Step 1 for the gateway's own endpoints: the same head checks as proxied requests.
+pub fn screen_own(limits: &Limits, req: &http::Request<Incoming>) -> Result<(), GatewayError> {
+    screen::check_head(
+        req.version(),
+        req.uri(),
+        req.headers(),
+        limits.max_header_size,
+    )
+    .map_err(Into::into)
+}
+
+/// Phase 4. JSON is read whole (bounded); so is every body when the route must know the model
+/// (`probe_any`); anything else streams.
+async fn read_body(
+    parts: &http::request::Parts,
+    body: Incoming,
+    limits: &Limits,
+    probe_any: bool,
+) -> Result<(RequestBody, Probe), GatewayError> {
+    let too_large = ErrorKind::BodyTooLarge {
+        limit: limits.max_body,
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body) {
+        return Err(too_large.into());
+    }
+    let guarded = GuardedBody::new(body, limits.client_body_idle, Some(limits.max_body))
+        .with_min_rate(limits.min_body_rate);
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.len() >= 16 && ct[..16].eq_ignore_ascii_case("application/json"));
+    let bodiless = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+    );
+    if !is_json && !bodiless && !probe_any {
+        return Ok((RequestBody::Streaming(Some(guarded)), Probe::default()));
+    }
+    let bytes = match guarded.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(BodyError::TooLarge(_)) => return Err(too_large.into()),
+        Err(e) => return Err(GatewayError::from(ErrorKind::ClientBody).caused_by(e)),
+    };
+    let probe = if bytes.is_empty() {
+        Probe::default()
+    } else if is_json {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| GatewayError::from(ErrorKind::InvalidJson).caused_by(e))?
+    } else {
+        // Not declared JSON: whatever parses as a JSON object still names its model.
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    };
+    Ok((RequestBody::Buffered(bytes), probe))
+}
+
+/// Phase 5: the route's upstreams that serve `model` and are not cooling down, healthy ones
+/// first. None serves the model → 404; all of those are cooling → 429 with the shortest wait.
+fn select(route: &Route, model: Option<&str>) -> Result<Vec<Arc<Upstream>>, GatewayError> {
+    let serving: Vec<&Arc<Upstream>> = route.upstreams.iter().filter(|u| u.serves(model)).collect();
+    if serving.is_empty() {
+        return Err(ErrorKind::ModelNotFound(model.unwrap_or_default().to_owned()).into());
+    }
+    let (ready, cooling): (Vec<_>, Vec<_>) = serving
+        .into_iter()
+        .partition(|u| u.cooling_until(model) == 0);
+    if ready.is_empty() {
+        let soonest = cooling
+            .iter()
+            .map(|u| u.cooling_until(model))
+            .filter(|&t| t > 0)
+            .min()
+            .unwrap_or(0);
+        let wait_ms = soonest.saturating_sub(crate::state::unix_ms());
+        return Err(ErrorKind::AllCooling {
+            retry_after_secs: wait_ms.div_ceil(1000).max(1),
+        }
+        .into());
+    }
+    let (mut healthy, unhealthy): (Vec<_>, Vec<_>) =
+        ready.into_iter().cloned().partition(|u| u.is_healthy());
+    healthy.extend(unhealthy);
+    Ok(healthy)
+}
+
+/// The request URI with its path replaced (the query is kept).
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|_| GatewayError::from(ErrorKind::Internal))?,
+    );
+    http::Uri::from_parts(parts).map_err(|_| ErrorKind::Internal.into())
+}
+
+fn is_event_stream(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}

@@ -1,0 +1,116 @@
+//! The response body the client receives: the upstream's (or the gateway's own) body, relayed
+//! frame by frame, shown to the `on_body_chunk` filters as it passes, and ending the request
+//! exactly once for the `on_done` filters, however it ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::filter::Chain;
+use super::session::{Ctx, Outcome};
+
+/// The end of a request: its context and the filters to tell. Dropping it runs the `on_done`
+/// filters, so a request that completes, fails, or is abandoned by its client mid-stream ends
+/// exactly once, with the outcome that happened.
+pub(super) struct Tail {
+    pub(super) ctx: Box<Ctx>,
+    pub(super) chain: Arc<Chain>,
+}
+
+impl Tail {
+    fn finish(&mut self, outcome: Outcome) {
+        self.ctx.record.outcome = match outcome {
+            Outcome::Complete if self.ctx.record.error.is_some() => Outcome::Refused,
+            other => other,
+        };
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        // The upstream's in-flight count ends with the relay, before anyone reads the record.
+        self.ctx.in_flight = None;
+        for f in &self.chain.done {
+            f.on_done(&mut self.ctx);
+        }
+    }
+}
+
+pin_project! {
+    /// A body relayed to the client under the request's filters.
+    pub struct Relay<B> {
+        #[pin]
+        inner: B,
+        tail: Option<Tail>,
+    }
+}
+
+impl<B: Body> Relay<B> {
+    pub(super) fn new(inner: B, mut tail: Tail) -> Self {
+        // hyper never polls a body that is already at its end; it is complete as handed over.
+        if inner.is_end_stream() {
+            tail.finish(Outcome::Complete);
+        }
+        Self {
+            inner,
+            tail: Some(tail),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Relay<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let polled = inner.as_mut().poll_frame(cx);
+        if let Some(tail) = this.tail.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        let rec = &mut tail.ctx.record;
+                        if rec.first_byte.is_none() && !data.is_empty() {
+                            rec.first_byte = Some(rec.start.elapsed());
+                        }
+                        rec.bytes_out += data.len() as u64;
+                        for f in &tail.chain.body_chunk {
+                            f.on_body_chunk(&mut tail.ctx, data);
+                        }
+                    }
+                    // hyper stops polling once the body reports its end.
+                    if inner.is_end_stream() {
+                        tail.finish(Outcome::Complete);
+                        *this.tail = None;
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    tail.finish(Outcome::UpstreamAborted);
+                    *this.tail = None;
+                }
+                Poll::Ready(None) => {
+                    tail.finish(Outcome::Complete);
+                    *this.tail = None;
+                }
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,60 @@
+//! What the pipeline reads from one version of the config: the [`Runtime`] snapshot. The gateway
+//! builds it (`gateway/runtime.rs`) and swaps it atomically on reload; a request takes it once at
+//! its start and keeps it to its end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::auth::KeyRing;
+use super::client_ip::ClientIpResolver;
+use super::filter::Chain;
+use crate::policy::Plugin;
+use crate::upstream::Upstream;
+
+/// A path prefix, the upstreams that serve it, and its filters.
+pub struct Route {
+    pub prefix: Arc<str>,
+    /// In configured order of preference.
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub max_attempts: u32,
+    pub stream_bootstrap: bool,
+    /// The built-in filters and the route's policies, in phase order.
+    pub chain: Arc<Chain>,
+    /// Methods the route accepts, and the same as an `Allow` header value.
+    pub methods: Vec<http::Method>,
+    pub allow: String,
+    /// Some upstream of the route serves only listed models, so every request body must be
+    /// read for its `model`.
+    pub restricts_models: bool,
+}
+
+/// Limits applied on the request path.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body: u64,
+    pub max_header_size: u64,
+    /// Bytes per second a request body must average (0 = no minimum).
+    pub min_body_rate: u64,
+    pub client_body_idle: Duration,
+    pub response_head: Duration,
+    pub upstream_idle: Duration,
+}
+
+/// Everything the request path needs from one version of the config.
+pub struct Runtime {
+    pub keys: KeyRing,
+    pub client_ip: ClientIpResolver,
+    /// Longest prefix first, so the first match is the most specific.
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub plugins: Vec<Arc<Plugin>>,
+    pub limits: Limits,
+    /// The built-in filters alone: the chain of a request refused before it has a route.
+    pub global: Arc<Chain>,
+}
+
+impl Runtime {
+    pub fn route_for(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| path.starts_with(&*r.prefix))
+    }
+}

@@ -1,0 +1,208 @@
+//! What one request carries through the pipeline: the [`Session`] while the request is decided,
+//! and its [`Ctx`] (the [`RequestRecord`] and filters' per-request data), which the response body
+//! takes over and hands to [`super::Filter::on_done`] when the request ends.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::auth::ClientKey;
+use super::route::{Route, Runtime};
+use crate::listen::ConnInfo;
+use crate::policy::RequestInfo;
+use crate::upstream::InFlight;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The whole response was sent.
+    Complete,
+    /// The client went away before the response finished.
+    ClientAborted,
+    /// The upstream failed or went silent mid-body; the client got a truncated response.
+    UpstreamAborted,
+    /// The gateway answered itself with an error (refused, or could not proxy), and sent it.
+    Refused,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::ClientAborted => "client_aborted",
+            Self::UpstreamAborted => "upstream_aborted",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// The facts of one request, filled in as the pipeline learns them; what `on_done` filters
+/// (the access log, later metrics and audit) read.
+#[derive(Debug)]
+pub struct RequestRecord {
+    pub request_id: Arc<str>,
+    pub start: Instant,
+    pub client_ip: IpAddr,
+    pub method: http::Method,
+    /// The normalised path.
+    pub path: String,
+    pub http_version: http::Version,
+    pub key_prefix: Option<String>,
+    pub route: Option<Arc<str>>,
+    /// As the client named it, cut to `error::MAX_ECHO` characters.
+    pub model: Option<String>,
+    pub upstream: Option<Arc<str>>,
+    pub attempts: u32,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Time to open the upstream connection (0 when a pooled one was reused).
+    pub upstream_connect: Option<Duration>,
+    /// From the start of the request until the upstream's response head.
+    pub upstream_head: Option<Duration>,
+    /// From the start of the request until the first body byte went to the client.
+    pub first_byte: Option<Duration>,
+    /// Why the gateway answered itself, when it did (the error's `code`).
+    pub error: Option<&'static str>,
+    pub outcome: Outcome,
+}
+
+/// The per-request context that outlives the decision: it travels with the response body.
+pub struct Ctx {
+    pub record: RequestRecord,
+    /// Filters' own per-request data, keyed by type (e.g. a token counter fed by
+    /// `on_body_chunk` and read in `on_done`).
+    pub ext: http::Extensions,
+    /// Holds the upstream's in-flight count for as long as the response is relayed.
+    pub(super) in_flight: Option<InFlight>,
+}
+
+impl Ctx {
+    pub(super) fn new(
+        request_id: Arc<str>,
+        client_ip: IpAddr,
+        parts: &http::request::Parts,
+    ) -> Self {
+        Self {
+            record: RequestRecord {
+                request_id,
+                start: Instant::now(),
+                client_ip,
+                method: parts.method.clone(),
+                path: parts.uri.path().to_owned(),
+                http_version: parts.version,
+                key_prefix: None,
+                route: None,
+                model: None,
+                upstream: None,
+                attempts: 0,
+                status: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                upstream_connect: None,
+                upstream_head: None,
+                first_byte: None,
+                error: None,
+                // Until the body says otherwise: a context dropped before its response reached
+                // the client belongs to a client that left.
+                outcome: Outcome::ClientAborted,
+            },
+            ext: http::Extensions::new(),
+            in_flight: None,
+        }
+    }
+}
+
+/// The fields of a JSON request body the gateway acts on; everything else passes untouched.
+#[derive(Deserialize, Default, Debug)]
+pub struct Probe {
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+    pub prompt_cache_key: Option<String>,
+    pub user: Option<String>,
+}
+
+/// One request while the pipeline decides it.
+pub struct Session<'a> {
+    /// The config snapshot the request started with; it keeps it to the end.
+    pub rt: &'a Runtime,
+    pub conn: ConnInfo,
+    /// The socket peer is a trusted proxy (its forwarding headers were believed).
+    pub trusted_peer: bool,
+    pub client_ip: IpAddr,
+    pub request_id: Arc<str>,
+    /// The request head: hop-by-hop headers removed, path normalised.
+    pub head: http::request::Parts,
+    /// Set from routing on.
+    pub route: Option<&'a Route>,
+    /// Set from authentication on.
+    pub key: Option<Arc<ClientKey>>,
+    /// Set when the body was read (empty when it streams).
+    pub probe: Probe,
+    /// The request as policies see it, built on first use ([`Session::policy_request`]).
+    policy_view: Option<Arc<RequestInfo>>,
+    pub ctx: Box<Ctx>,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(
+        rt: &'a Runtime,
+        conn: ConnInfo,
+        trusted_peer: bool,
+        client_ip: IpAddr,
+        request_id: Arc<str>,
+        head: http::request::Parts,
+    ) -> Self {
+        let ctx = Box::new(Ctx::new(request_id.clone(), client_ip, &head));
+        Self {
+            rt,
+            conn,
+            trusted_peer,
+            client_ip,
+            request_id,
+            head,
+            route: None,
+            key: None,
+            probe: Probe::default(),
+            policy_view: None,
+            ctx,
+        }
+    }
+
+    /// The request as WebAssembly policies see it: built once, on the first call (after
+    /// authentication), and shared by every policy of the request.
+    pub fn policy_request(&mut self) -> Arc<RequestInfo> {
+        if let Some(v) = &self.policy_view {
+            return v.clone();
+        }
+        let (key_id, key_name) = self
+            .key
+            .as_ref()
+            .map_or((String::new(), ""), |k| (k.id.to_hex(), &*k.name));
+        let view = Arc::new(RequestInfo {
+            model: self.probe.model.clone(),
+            stream: self.probe.stream.unwrap_or(false),
+            session_hint: self
+                .probe
+                .prompt_cache_key
+                .clone()
+                .or_else(|| self.probe.user.clone()),
+            ..RequestInfo::new(
+                &self.request_id,
+                &self.head,
+                self.client_ip,
+                key_id,
+                key_name,
+            )
+        });
+        self.policy_view = Some(view.clone());
+        view
+    }
+
+    /// The model the client named, if any.
+    pub fn model(&self) -> Option<&str> {
+        self.probe.model.as_deref()
+    }
+}

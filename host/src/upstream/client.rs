@@ -1,0 +1,182 @@
+//! The pooled HTTP client that reaches every upstream (and the alert webhook), kept across
+//! config reloads, and the connect-time measurement behind `upstream_connect_ms`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnectorBuilder;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::listen::BoxBody;
+use crate::state::{Delivery, Webhook};
+
+/// How long an idle pooled upstream connection is kept. Below the 120 s many providers' load
+/// balancers use, so we close first and never send on a connection they just dropped.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+type Connector = TimedConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
+
+/// The connection pool shared by every upstream and kept across config reloads.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<Connector, BoxBody>,
+}
+
+impl UpstreamClient {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let builder = HttpsConnectorBuilder::new();
+        // System roots where the OS has them; the bundled Mozilla roots otherwise (slim containers).
+        let builder = match builder.with_native_roots() {
+            Ok(b) => b,
+            Err(_) => HttpsConnectorBuilder::new().with_webpki_roots(),
+        };
+        let https = builder
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(TimedConnector(https));
+        Self { client }
+    }
+
+    pub fn request(
+        &self,
+        req: http::Request<BoxBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        self.client.request(req)
+    }
+}
+
+/// Connect time of the connection a response came on, reported for its first response only, so a
+/// reused pooled connection counts as 0 (nginx's `$upstream_connect_time` semantics).
+#[derive(Clone, Debug)]
+pub struct ConnectTiming {
+    took: Duration,
+    reported: Arc<AtomicBool>,
+}
+
+impl ConnectTiming {
+    pub fn take(&self) -> Duration {
+        if self.reported.swap(true, Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            self.took
+        }
+    }
+}
+
+/// Wraps a connector to time each new connection.
+#[derive(Clone)]
+pub struct TimedConnector<C>(C);
+
+impl<C> tower_service::Service<Uri> for TimedConnector<C>
+where
+    C: tower_service::Service<Uri> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+{
+    type Response = TimedConn<C::Response>;
+    type Error = C::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let start = Instant::now();
+        let fut = self.0.call(uri);
+        Box::pin(async move {
+            let io = fut.await?;
+            let timing = ConnectTiming {
+                took: start.elapsed(),
+                reported: Arc::new(AtomicBool::new(false)),
+            };
+            Ok(TimedConn { io, timing })
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct TimedConn<T> {
+        #[pin]
+        io: T,
+        timing: ConnectTiming,
+    }
+}
+
+impl<T: Connection> Connection for TimedConn<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected().extra(self.timing.clone())
+    }
+}
+
+impl<T: hyper::rt::Read> hyper::rt::Read for TimedConn<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write> hyper::rt::Write for TimedConn<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+}
+
+/// Alerts are delivered through the same pool.
+impl Webhook for UpstreamClient {
+    fn post_json(&self, uri: &str, body: Bytes) -> Delivery<'_> {
+        let request = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "tollgate-alerts")
+            .body(Full::new(body).map_err(|e| match e {}).boxed_unsync());
+        Box::pin(async move {
+            let request = request.map_err(|e| e.to_string())?;
+            self.request(request)
+                .await
+                .map(|r| r.status())
+                .map_err(|e| e.to_string())
+        })
+    }
+}

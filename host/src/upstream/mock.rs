@@ -1,0 +1,185 @@
+//! The built-in `mock` upstream: canned OpenAI-style answers served inside the gateway, so a
+//! newcomer's first `curl` or SDK call works end to end without an account. It is an upstream like
+//! any other (auth, routing, limits and logging all apply); it is not meant for production.
+//!
+//! The JSON builders are public so test and benchmark mock servers produce the same shapes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
+use serde_json::{Value, json};
+
+use crate::config::MockConfig;
+use crate::listen::BoxBody;
+
+pub const DEFAULT_MODEL: &str = "tollgate-mock";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+/// A non-streaming `chat.completion`.
+pub fn chat_completion(id: &str, model: &str, text: &str) -> Value {
+    json!({
+        "id": id, "object": "chat.completion", "created": now(), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": usage(8, text.split_whitespace().count()),
+    })
+}
+
+/// One `chat.completion.chunk`; `delta` is the content piece, `finish` ends the choice.
+pub fn chat_chunk(id: &str, model: &str, delta: Option<&str>, finish: bool) -> Value {
+    let delta = match delta {
+        Some(d) => json!({"content": d}),
+        None if finish => json!({}),
+        None => json!({"role": "assistant", "content": ""}),
+    };
+    json!({
+        "id": id, "object": "chat.completion.chunk", "created": now(), "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": if finish { Some("stop") } else { None }}],
+    })
+}
+
+/// A server-sent event carrying `data`.
+pub fn sse_event(data: &Value) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// The events of a streamed chat completion: role, one per word, finish, usage (if asked), done.
+pub fn chat_stream_events(id: &str, model: &str, text: &str, include_usage: bool) -> Vec<Bytes> {
+    let mut events = vec![sse_event(&chat_chunk(id, model, None, false))];
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    events.extend(
+        words
+            .iter()
+            .map(|w| sse_event(&chat_chunk(id, model, Some(w), false))),
+    );
+    events.push(sse_event(&chat_chunk(id, model, None, true)));
+    if include_usage {
+        let mut u = chat_chunk(id, model, None, true);
+        u["choices"] = json!([]);
+        u["usage"] = usage(8, words.len());
+        events.push(sse_event(&u));
+    }
+    events.push(Bytes::from_static(SSE_DONE));
+    events
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<BoxBody> {
+    let body = Full::new(Bytes::from(body.to_string()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("static"),
+    );
+    resp
+}
+
+/// A streamed `text/event-stream` response sending `events` with `delay` between them.
+pub fn sse_response(events: Vec<Bytes>, delay: std::time::Duration) -> Response<BoxBody> {
+    let frames = futures_util::stream::unfold(
+        (events.into_iter(), true),
+        move |(mut it, first)| async move {
+            let next = it.next()?;
+            if !first {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok(Frame::data(next)), (it, false)))
+        },
+    );
+    let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames)));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        "text/event-stream".parse().expect("static"),
+    );
+    h.insert(header::CACHE_CONTROL, "no-cache".parse().expect("static"));
+    resp
+}
+
+/// Answers one request the way an OpenAI-compatible server would.
+pub fn respond(
+    config: &MockConfig,
+    request_id: &str,
+    method: &Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Response<BoxBody> {
+    let model = body
+        .and_then(|b| b.get("model"))
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_MODEL);
+    let stream = body
+        .and_then(|b| b.get("stream"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let id = format!("chatcmpl-{request_id}");
+    match (method, path.rsplit('/').next().unwrap_or_default()) {
+        (&Method::GET, "models") => json_response(
+            StatusCode::OK,
+            &json!({"object": "list", "data": [{"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "tollgate"}]}),
+        ),
+        (&Method::POST, "completions") if path.ends_with("/chat/completions") => {
+            if stream {
+                let include_usage = body
+                    .and_then(|b| b.pointer("/stream_options/include_usage"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                sse_response(
+                    chat_stream_events(&id, model, &config.reply, include_usage),
+                    config.delay.get(),
+                )
+            } else {
+                json_response(StatusCode::OK, &chat_completion(&id, model, &config.reply))
+            }
+        }
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": {"message": format!("the mock upstream does not serve {method} {path}"),
+                               "type": "invalid_request_error", "param": null, "code": "unknown_url"}}),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_events_carry_every_word_then_done() {
+        let events = chat_stream_events("c1", "m", "a b c", true);
+        // role + 3 words + finish + usage + [DONE]
+        assert_eq!(events.len(), 7);
+        assert!(
+            events
+                .iter()
+                .all(|e| e.starts_with(b"data: ") && e.ends_with(b"\n\n"))
+        );
+        let text: String = events[1..4]
+            .iter()
+            .map(|e| {
+                let v: Value = serde_json::from_slice(&e[6..]).unwrap();
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(text, "a b c");
+        assert_eq!(&events[6][..], SSE_DONE);
+    }
+}

@@ -1,0 +1,348 @@
+//! Upstreams: each one's target and runtime state (health, in-flight, latency and error
+//! averages, cooldowns), and [`Upstream::send`], the one way a request reaches one, whether it is
+//! a URL ([`client`]) or the built-in [`mock`].
+
+mod client;
+pub mod mock;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use http_body_util::BodyExt;
+
+pub use self::client::{ConnectTiming, UpstreamClient};
+use crate::config::{AuthScheme, MockConfig, UpstreamConfig, UpstreamUrl};
+use crate::listen::BoxBody;
+use crate::state::unix_ms;
+
+/// An upstream's response body: the connection's, or the mock's (not boxed again).
+pub enum UpstreamBody {
+    Http(hyper::body::Incoming),
+    Mock(BoxBody),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = crate::listen::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Http(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Mock(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http(b) => b.is_end_stream(),
+            Self::Mock(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Http(b) => b.size_hint(),
+            Self::Mock(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Why [`Upstream::send`] got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no response head within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Exchange(#[from] hyper_util::client::legacy::Error),
+    #[error("cannot build the upstream URI")]
+    Uri,
+}
+
+/// Where an upstream's requests go.
+pub enum Target {
+    Http {
+        url: UpstreamUrl,
+        /// Header that carries the credential, ready to insert; `None` sends no credential.
+        credential: Option<(http::HeaderName, HeaderValue)>,
+    },
+    Mock(MockConfig),
+}
+
+/// One configured upstream: passive health (nginx `max_fails` / `fail_timeout`), and the live
+/// signals policies read (in-flight requests, latency and error averages, cooldowns).
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub target: Target,
+    pub config: UpstreamConfig,
+    fails: AtomicU32,
+    /// Milliseconds since `epoch` until which the upstream is skipped; 0 when healthy.
+    down_until_ms: AtomicU64,
+    epoch: Instant,
+    in_flight: Arc<AtomicU32>,
+    /// EWMA of time to response head, microseconds.
+    latency_ewma_us: AtomicU64,
+    /// EWMA of failures (0.0–1.0), as f32 bits.
+    error_rate: AtomicU32,
+    /// Cooldowns: `None` = every model. Values are Unix milliseconds.
+    cooldowns: std::sync::Mutex<std::collections::HashMap<Option<String>, u64>>,
+    /// The latest end of any cooldown: while it is in the past, `cooling_until` answers without
+    /// taking the lock (the common case, on every request).
+    cooling_max_ms: AtomicU64,
+}
+
+/// Weight of a new sample in the moving averages: about the last ten requests count.
+const EWMA_ALPHA: f64 = 0.2;
+
+/// Counts a request in flight on an upstream until dropped.
+pub struct InFlight(Arc<AtomicU32>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The mock's answer to `req`: it reads the JSON body (if any) the way an upstream would.
+async fn respond_mock(cfg: &MockConfig, req: http::Request<BoxBody>) -> http::Response<BoxBody> {
+    let (head, body) = req.into_parts();
+    let json = match body.collect().await {
+        Ok(c) => serde_json::from_slice(&c.to_bytes()).ok(),
+        Err(_) => None,
+    };
+    let request_id = head
+        .headers
+        .get(crate::pipeline::headers::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    mock::respond(
+        cfg,
+        request_id,
+        &head.method,
+        head.uri.path(),
+        json.as_ref(),
+    )
+}
+
+/// The upstream request URI: the upstream's scheme, host and base path, then the client's path
+/// and query. Without a base path the client's already-parsed path is reused as is.
+fn upstream_uri(url: &UpstreamUrl, client: &http::Uri) -> Option<http::Uri> {
+    let path_and_query = client
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let path_and_query = if url.base_path.is_empty() {
+        path_and_query
+    } else {
+        format!("{}{}", url.base_path, path_and_query)
+            .parse()
+            .ok()?
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(url.scheme.clone());
+    parts.authority = Some(url.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    http::Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        let yaml = "name: a\nmock: {}\n";
+        Upstream::new(yaml_serde::from_str(yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn cooldowns_apply_per_model_or_to_every_model_and_expire() {
+        let u = upstream();
+        assert_eq!(u.cooling_until(Some("m")), 0);
+        let later = unix_ms() + 60_000;
+        u.cool_down(Some("m"), later);
+        assert_eq!(u.cooling_until(Some("m")), later);
+        assert_eq!(u.cooling_until(Some("other")), 0);
+        u.cool_down(None, later + 1);
+        assert_eq!(u.cooling_until(Some("other")), later + 1);
+        u.cool_down(Some("x"), unix_ms().saturating_sub(1));
+        assert_eq!(
+            u.cooling_until(Some("x")),
+            later + 1,
+            "the all-models cooldown still applies"
+        );
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("credential for upstream {0:?} is not a valid header value")]
+pub struct BadCredential(pub String);
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Result<Self, BadCredential> {
+        let target = match (&config.url, &config.mock) {
+            (Some(url), _) => {
+                let credential = if config.credential.is_empty() {
+                    None
+                } else {
+                    let (name, value) = match config.auth_scheme {
+                        AuthScheme::Bearer => (
+                            http::header::AUTHORIZATION,
+                            format!("Bearer {}", config.credential.expose()),
+                        ),
+                        AuthScheme::XApiKey => (
+                            http::HeaderName::from_static("x-api-key"),
+                            config.credential.expose().to_owned(),
+                        ),
+                    };
+                    let mut value = HeaderValue::from_str(&value)
+                        .map_err(|_| BadCredential(config.name.clone()))?;
+                    value.set_sensitive(true);
+                    Some((name, value))
+                };
+                Target::Http {
+                    url: url.clone(),
+                    credential,
+                }
+            }
+            (None, mock) => Target::Mock(mock.clone().unwrap_or_default()),
+        };
+        Ok(Self {
+            name: config.name.as_str().into(),
+            target,
+            config,
+            fails: AtomicU32::new(0),
+            down_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            latency_ewma_us: AtomicU64::new(0),
+            error_rate: AtomicU32::new(0f32.to_bits()),
+            cooldowns: std::sync::Mutex::new(std::collections::HashMap::new()),
+            cooling_max_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Sends `req` to this upstream and returns its response head (the body follows as it
+    /// arrives). `req` carries the client's path and query and the headers to forward; here the
+    /// URI becomes the upstream's and its credential is set. The mock answers in process.
+    pub async fn send(
+        &self,
+        client: &UpstreamClient,
+        mut req: http::Request<BoxBody>,
+        head_timeout: Duration,
+    ) -> Result<http::Response<UpstreamBody>, SendError> {
+        let (url, credential) = match &self.target {
+            Target::Http { url, credential } => (url, credential),
+            Target::Mock(cfg) => return Ok(respond_mock(cfg, req).await.map(UpstreamBody::Mock)),
+        };
+        *req.uri_mut() = upstream_uri(url, req.uri()).ok_or(SendError::Uri)?;
+        if let Some((name, value)) = credential {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
+        match tokio::time::timeout(head_timeout, client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::Http)),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(SendError::Timeout(head_timeout)),
+        }
+    }
+
+    /// Marks a request in flight until the returned guard is dropped.
+    pub fn start_request(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn observe(&self, failed: bool) {
+        let old = f32::from_bits(self.error_rate.load(Ordering::Relaxed)) as f64;
+        let new = old + EWMA_ALPHA * (if failed { 1.0 } else { 0.0 } - old);
+        self.error_rate
+            .store((new as f32).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Records the time to response head of a successful exchange.
+    pub fn record_latency(&self, head: Duration) {
+        let sample = head.as_micros() as f64;
+        let old = self.latency_ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old as f64 + EWMA_ALPHA * (sample - old as f64)
+        };
+        self.latency_ewma_us.store(new as u64, Ordering::Relaxed);
+    }
+
+    pub fn latency_ewma_us(&self) -> u64 {
+        self.latency_ewma_us.load(Ordering::Relaxed)
+    }
+
+    pub fn error_rate(&self) -> f32 {
+        f32::from_bits(self.error_rate.load(Ordering::Relaxed))
+    }
+
+    /// Cools the upstream down until `until_ms` (Unix ms) for `model`, or for every model.
+    pub fn cool_down(&self, model: Option<&str>, until_ms: u64) {
+        let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(model.map(str::to_owned)).or_insert(0);
+        *entry = (*entry).max(until_ms);
+        self.cooling_max_ms.fetch_max(until_ms, Ordering::Relaxed);
+    }
+
+    /// Unix ms until which the upstream is cooling for `model` (or for every model); 0 if not.
+    pub fn cooling_until(&self, model: Option<&str>) -> u64 {
+        let now = unix_ms();
+        if self.cooling_max_ms.load(Ordering::Relaxed) <= now {
+            return 0;
+        }
+        let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, until| *until > now);
+        let all = map.get(&None).copied().unwrap_or(0);
+        let one = model
+            .and_then(|m| map.get(&Some(m.to_owned())).copied())
+            .unwrap_or(0);
+        all.max(one)
+    }
+
+    pub fn serves(&self, model: Option<&str>) -> bool {
+        model.is_none_or(|m| self.config.serves(m))
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.config.weight
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// A response came back (below 500): the failure streak ends.
+    pub fn record_success(&self) {
+        self.observe(false);
+        if self.fails.load(Ordering::Relaxed) != 0 {
+            self.fails.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A connect error, timeout or 5xx. After `max_fails` in a row the upstream is skipped for
+    /// `fail_timeout`.
+    pub fn record_failure(&self) {
+        self.observe(true);
+        let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.config.max_fails {
+            self.fails.store(0, Ordering::Relaxed);
+            let until = self.now_ms() + self.config.fail_timeout.get().as_millis() as u64;
+            self.down_until_ms.store(until, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.name, for_ = ?self.config.fail_timeout, "upstream marked unhealthy");
+        }
+    }
+}

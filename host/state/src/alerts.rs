@@ -1,0 +1,152 @@
+//! Alerts on repeated intercepts: each key's refusals are counted in fixed windows in the cache
+//! (Redis when shared, so a cluster counts once); the refusal that reaches the threshold sends one
+//! JSON document to the webhook. Delivery runs in its own task, with retries and exponential
+//! backoff, and never touches the request path.
+
+use std::time::Duration;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{Intercept, Stores};
+use tollgate_config::{AlertsConfig, UpstreamUrl};
+
+/// The future a [`Webhook`] returns: the answer's status, or why there was none.
+pub type Delivery<'a> = Pin<Box<dyn Future<Output = Result<http::StatusCode, String>> + Send + 'a>>;
+
+/// Where alerts go: one POST of a JSON document. The stores do not own an HTTP client; the
+/// gateway hands them its upstream client (which implements this), so alerts share its pool and
+/// TLS roots and this crate stays below the upstream layer.
+pub trait Webhook: Send + Sync + 'static {
+    fn post_json(&self, uri: &str, body: Bytes) -> Delivery<'_>;
+}
+
+/// For stores with no alerts configured (offline tools): every delivery fails.
+pub struct NoWebhook;
+
+impl Webhook for NoWebhook {
+    fn post_json(&self, _uri: &str, _body: Bytes) -> Delivery<'_> {
+        Box::pin(async { Err("no webhook client".to_owned()) })
+    }
+}
+
+/// First retry delay; doubled on each further attempt.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Time one delivery attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The webhook's JSON body.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub event: &'static str,
+    pub key_id_prefix: String,
+    pub intercepts: i64,
+    pub threshold: u32,
+    pub window_secs: u64,
+    pub window_start_ms: u64,
+    /// The refusal that reached the threshold.
+    pub last_attempted_ip: String,
+    pub last_bound_cidr: Option<String>,
+    pub last_method: String,
+    pub last_path: String,
+    pub last_reason: String,
+    pub last_at_ms: u64,
+}
+
+pub(super) struct Alerts {
+    config: AlertsConfig,
+    client: Arc<dyn Webhook>,
+}
+
+impl Alerts {
+    pub(super) fn new(config: AlertsConfig, client: Arc<dyn Webhook>) -> Self {
+        Self { config, client }
+    }
+
+    /// Counts one intercept of `key_id`; sends the alert if it is the one reaching the threshold.
+    pub(super) async fn observe(&self, stores: &Stores, key_id: &str, i: &Intercept) {
+        let Some(webhook) = &self.config.webhook else {
+            return;
+        };
+        let window_ms = (self.config.window.get().as_millis() as u64).max(1);
+        let window_start_ms = i.at_ms / window_ms * window_ms;
+        let key = format!("a:{key_id}:{window_start_ms}");
+        let counted = stores.cache.incr(&key, 1, Some(window_ms)).await;
+        let count = stores.or_local("alert count", counted, |m| {
+            m.incr_now(&key, 1, Some(window_ms))
+        });
+        if count != i64::from(self.config.threshold) {
+            return;
+        }
+        let alert = Alert {
+            event: "key_intercepts",
+            key_id_prefix: i.key_id_prefix.clone(),
+            intercepts: count,
+            threshold: self.config.threshold,
+            window_secs: window_ms / 1000,
+            window_start_ms,
+            last_attempted_ip: i.attempted_ip.clone(),
+            last_bound_cidr: i.bound_cidr.clone(),
+            last_method: i.method.clone(),
+            last_path: i.path.clone(),
+            last_reason: i.reason.clone(),
+            last_at_ms: i.at_ms,
+        };
+        tokio::spawn(deliver(
+            self.client.clone(),
+            webhook.clone(),
+            alert,
+            self.config.retries,
+        ));
+    }
+}
+
+/// POSTs `alert` until a 2xx answer or the retries run out.
+async fn deliver(client: Arc<dyn Webhook>, webhook: UpstreamUrl, alert: Alert, retries: u32) {
+    let body = match serde_json::to_vec(&alert) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => {
+            tracing::error!(target: "alerts", error = %e, "cannot encode alert");
+            return;
+        }
+    };
+    let uri = format!(
+        "{}://{}{}",
+        webhook.scheme,
+        webhook.authority,
+        if webhook.base_path.is_empty() {
+            "/"
+        } else {
+            &webhook.base_path
+        }
+    );
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 0..=retries {
+        let outcome =
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, client.post_json(&uri, body.clone())).await
+            {
+                Ok(Ok(status)) if status.is_success() => Ok(()),
+                Ok(Ok(status)) => Err(format!("webhook answered {status}")),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("timed out".to_owned()),
+            };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(target: "alerts", key_id_prefix = %alert.key_id_prefix, attempt, "alert delivered");
+                return;
+            }
+            Err(e) if attempt < retries => {
+                tracing::warn!(target: "alerts", error = %e, attempt, "alert delivery failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = backoff.saturating_mul(2);
+            }
+            Err(e) => {
+                tracing::error!(target: "alerts", error = %e, key_id_prefix = %alert.key_id_prefix, "alert not delivered; giving up");
+            }
+        }
+    }
+}

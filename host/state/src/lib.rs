@@ -1,0 +1,544 @@
+//! State: bindings, the intercept log, usage, caches, counters and plugin key-value data.
+//!
+//! Two stores, each behind one abstraction:
+//! - the **database** ([`SqlStore`]) is the source of truth for bindings and the intercept log:
+//!   SQLite (embedded default, a file created on first run) or PostgreSQL (several gateways). One
+//!   implementation serves both through sqlx's `Any` driver; the SQL is the common dialect and
+//!   each backend has its own versioned migrations in `migrations/`;
+//! - the **cache** ([`Kv`]) holds cached bindings, alert counters and plugin `kv` data: in process
+//!   ([`MemoryKv`]) or Redis ([`RedisKv`]). It is never the source of truth for a binding.
+//!
+//! [`Stores`] combines them and owns the failure policy:
+//! - reads of a binding go cache first, then the database (cache-aside); a cache failure falls
+//!   back to the database, a database failure with a cache hit still decides;
+//! - first use is atomic in the database (`INSERT … ON CONFLICT DO NOTHING`, then read back), so
+//!   two racing first requests, on any gateway of a cluster, get the same binding;
+//! - what neither store can answer is a [`StoreError`]; the caller applies the deployment's
+//!   failsafe (`closed` → 503, `open` → let through and log);
+//! - usage (`last_used`, count, last IP) and intercepts go through a bounded queue to a writer
+//!   task that flushes every `flush_interval`; the request path never waits for them, and
+//!   [`Stores::shutdown`] flushes what is queued.
+
+mod alerts;
+mod clock;
+mod cooldowns;
+mod memory;
+mod plugin_kv;
+mod redis;
+mod sql;
+mod writer;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+
+use tollgate_config::{AlertsConfig, CacheUrl, Failsafe, StorageConfig};
+
+pub use self::alerts::{Alert, Delivery, NoWebhook, Webhook};
+pub use self::clock::unix_ms;
+pub use self::cooldowns::SharedCooldown;
+pub use self::memory::MemoryKv;
+pub use self::plugin_kv::PluginKv;
+pub use self::redis::RedisKv;
+pub use self::sql::SqlStore;
+use self::writer::{Event, Writer};
+
+/// A store could not answer (down, timed out, or refused the operation). Details are logged by
+/// whoever decides what to do; they never reach a client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{backend} unavailable: {reason}")]
+pub struct StoreError {
+    pub backend: &'static str,
+    pub reason: String,
+}
+
+impl StoreError {
+    pub fn new(backend: &'static str, reason: impl std::fmt::Display) -> Self {
+        Self {
+            backend,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Whether a binding is in force or the key is banned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindingStatus {
+    Active,
+    Banned,
+}
+
+impl BindingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Banned => "banned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "banned" => Some(Self::Banned),
+            _ => None,
+        }
+    }
+}
+
+/// One key's binding as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// HMAC-SHA256 key id (hex); never the key.
+    pub key_id: String,
+    pub cidr: IpNet,
+    pub status: BindingStatus,
+    pub created_ms: u64,
+    pub last_used_ms: u64,
+    pub last_ip: Option<String>,
+    pub request_count: u64,
+}
+
+impl Binding {
+    /// The compact form kept in the cache: `status|created_ms|cidr`.
+    fn encode(&self) -> String {
+        format!("{}|{}|{}", self.status.as_str(), self.created_ms, self.cidr)
+    }
+
+    fn decode(key_id: &str, s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '|');
+        let status = BindingStatus::parse(parts.next()?)?;
+        let created_ms = parts.next()?.parse().ok()?;
+        let cidr = parts.next()?.parse().ok()?;
+        Some(Self {
+            key_id: key_id.to_owned(),
+            cidr,
+            status,
+            created_ms,
+            last_used_ms: created_ms,
+            last_ip: None,
+            request_count: 0,
+        })
+    }
+}
+
+/// One refused request, as stored in the intercept log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intercept {
+    pub at_ms: u64,
+    /// First 12 hex digits of the key id: enough to find the binding, useless to an attacker.
+    pub key_id_prefix: String,
+    /// The network the key is bound to, if it was known when the intercept was written.
+    pub bound_cidr: Option<String>,
+    pub attempted_ip: String,
+    pub method: String,
+    pub path: String,
+    /// The refusal's error code, e.g. `ip_not_allowed` or `key_banned`.
+    pub reason: String,
+}
+
+/// Length of the key id prefix kept in intercepts and alerts.
+pub const KEY_ID_PREFIX_LEN: usize = 12;
+
+/// Normalises a network: IPv4-mapped IPv6 (`::ffff:a.b.c.d/120`) becomes IPv4 (`a.b.c.d/24`),
+/// host bits are cleared.
+pub fn normalize_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+        && let Ok(n) = IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96)
+    {
+        return n.trunc();
+    }
+    net.trunc()
+}
+
+/// Request counters the stores keep for metrics and tests.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Usage updates or intercepts dropped because the write queue was full.
+    pub queue_full: AtomicU64,
+    /// Cache operations that failed and fell back (to the database or the local cache).
+    pub cache_fallbacks: AtomicU64,
+    /// Requests decided by the failsafe because the stores could not answer.
+    pub failsafe: AtomicU64,
+}
+
+/// Capacity of the write queue; beyond it, usage updates and intercepts are dropped and counted.
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// The database, the cache, and the background work around them.
+pub struct Stores {
+    db: SqlStore,
+    cache: Arc<dyn Kv>,
+    /// Stand-in for a shared cache that is down, so plugin counters keep working (per process).
+    local: MemoryKv,
+    /// With a shared cache: bindings this gateway read recently, so a bound key costs no Redis
+    /// round trip per request. Entries live [`NEAR_TTL_MS`] at most and are dropped at once when
+    /// any gateway publishes a change of the binding (ban, archive).
+    near: Option<MemoryKv>,
+    config: StorageConfig,
+    queue: mpsc::Sender<Event>,
+    writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub stats: StoreStats,
+}
+
+/// The small key-value interface the caches implement. TTLs are in milliseconds.
+#[async_trait::async_trait]
+pub trait Kv: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn set(&self, key: &str, value: &str, ttl_ms: Option<u64>) -> StoreResult<()>;
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+    /// Adds `delta` to the integer at `key` (absent = 0) atomically; `ttl_ms` applies on creation.
+    async fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> StoreResult<i64>;
+    /// Sets `key` to `new` if its value is `expected` (none = absent); whether it did.
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: &str,
+        ttl_ms: Option<u64>,
+    ) -> StoreResult<bool>;
+    /// Tells every gateway sharing this cache (this one included) `message` on `channel`. An
+    /// in-process cache has nobody else to tell.
+    async fn publish(&self, _channel: &str, _message: &str) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Messages published on `channel` by any gateway sharing the cache, until the receiver is
+    /// dropped; `None` when the cache is not shared. Survives reconnects; messages published
+    /// while disconnected are missed.
+    fn subscribe(&self, _channel: &str) -> Option<mpsc::Receiver<String>> {
+        None
+    }
+}
+
+/// The channel on which gateways tell each other that a binding changed (message: the key id).
+const BINDINGS: &str = "bindings";
+/// Longest a binding stays in a gateway's near cache in front of a shared cache; bounds how long a
+/// ban can go unseen by a gateway that missed the change message (disconnected from Redis).
+const NEAR_TTL_MS: u64 = 10_000;
+
+impl Stores {
+    /// Connects to the configured stores, runs pending migrations, and starts the writer (usage,
+    /// intercepts, alerts) and retention tasks. Must run inside a tokio runtime.
+    pub async fn open(
+        config: &StorageConfig,
+        base_dir: &Path,
+        alerts: &AlertsConfig,
+        webhook: Arc<dyn Webhook>,
+    ) -> StoreResult<Arc<Self>> {
+        let db = SqlStore::connect(&config.database, base_dir, config.op_timeout.get()).await?;
+        db.migrate().await?;
+        let cache: Arc<dyn Kv> = match &config.cache {
+            CacheUrl::Memory => Arc::new(MemoryKv::default()),
+            CacheUrl::Redis(url) => {
+                Arc::new(RedisKv::connect(url.expose(), config.op_timeout.get()).await?)
+            }
+        };
+        Ok(Self::start(
+            db,
+            cache,
+            config.clone(),
+            alerts.clone(),
+            webhook,
+        ))
+    }
+
+    /// Stores that keep nothing: an in-memory SQLite database and an in-process cache. For
+    /// offline plugin tests and benchmarks.
+    pub async fn ephemeral() -> StoreResult<Arc<Self>> {
+        let config = StorageConfig {
+            database: tollgate_config::DatabaseUrl::SqliteMemory,
+            ..StorageConfig::default()
+        };
+        let db =
+            SqlStore::connect(&config.database, Path::new("."), config.op_timeout.get()).await?;
+        db.migrate().await?;
+        Ok(Self::start(
+            db,
+            Arc::new(MemoryKv::default()),
+            config,
+            AlertsConfig::default(),
+            Arc::new(NoWebhook),
+        ))
+    }
+
+    fn start(
+        db: SqlStore,
+        cache: Arc<dyn Kv>,
+        config: StorageConfig,
+        alerts: AlertsConfig,
+        webhook: Arc<dyn Webhook>,
+    ) -> Arc<Self> {
+        let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let changes = cache.subscribe(BINDINGS);
+        let stores = Arc::new(Self {
+            db,
+            cache,
+            local: MemoryKv::default(),
+            near: changes.is_some().then(MemoryKv::default),
+            config,
+            queue,
+            writer: std::sync::Mutex::new(None),
+            stats: StoreStats::default(),
+        });
+        let writer = Writer::new(Arc::downgrade(&stores), alerts, webhook);
+        let handle = tokio::spawn(writer.run(rx));
+        *stores.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        if stores.config.archive_days > 0 {
+            tokio::spawn(retention(Arc::downgrade(&stores)));
+        }
+        if let Some(mut changes) = changes {
+            let weak = Arc::downgrade(&stores);
+            tokio::spawn(async move {
+                while let Some(key_id) = changes.recv().await {
+                    let Some(stores) = weak.upgrade() else { return };
+                    if let Some(near) = &stores.near {
+                        near.delete_now(&Self::binding_key(&key_id));
+                    }
+                }
+            });
+        }
+        stores
+    }
+
+    fn near_ttl_ms(&self) -> Option<u64> {
+        self.cache_ttl_ms().map(|t| t.min(NEAR_TTL_MS))
+    }
+
+    fn remember_near(&self, key: &str, b: &Binding) {
+        if let Some(near) = &self.near {
+            near.set_now(key, &b.encode(), self.near_ttl_ms());
+        }
+    }
+
+    pub fn failsafe(&self) -> Failsafe {
+        self.config.failsafe
+    }
+
+    /// The database, for administration (listing, banning) and tests.
+    pub fn database(&self) -> &SqlStore {
+        &self.db
+    }
+
+    fn binding_key(key_id: &str) -> String {
+        format!("b:{key_id}")
+    }
+
+    fn cache_ttl_ms(&self) -> Option<u64> {
+        Some(self.config.binding_cache_ttl.get().as_millis() as u64)
+    }
+
+    fn cache_failed(&self, op: &str, e: &StoreError) {
+        self.stats.cache_fallbacks.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(target: "state", op, error = %e, "cache failed; falling back");
+    }
+
+    /// The binding in force for `key_id`: near cache, shared cache, then database.
+    pub async fn binding(&self, key_id: &str) -> StoreResult<Option<Binding>> {
+        let key = Self::binding_key(key_id);
+        if let Some(b) = self
+            .near
+            .as_ref()
+            .and_then(|n| n.get_now(&key))
+            .and_then(|s| Binding::decode(key_id, &s))
+        {
+            return Ok(Some(b));
+        }
+        let cached = self.cache.get(&key).await;
+        match &cached {
+            Ok(Some(s)) => {
+                if let Some(b) = Binding::decode(key_id, s) {
+                    self.remember_near(&key, &b);
+                    return Ok(Some(b));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.cache_failed("get binding", e),
+        }
+        let found = self.db.binding(key_id).await?;
+        if let Some(b) = &found {
+            self.remember_near(&key, b);
+            if cached.is_ok()
+                && let Err(e) = self.cache.set(&key, &b.encode(), self.cache_ttl_ms()).await
+            {
+                self.cache_failed("fill binding", &e);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Binds `key_id` to `net` unless it is bound already; returns the binding in force. Atomic
+    /// across every gateway sharing the database.
+    pub async fn bind_first(&self, key_id: &str, net: IpNet) -> StoreResult<Binding> {
+        let b = self
+            .db
+            .bind_first(key_id, normalize_net(net), unix_ms())
+            .await?;
+        let key = Self::binding_key(key_id);
+        self.remember_near(&key, &b);
+        if let Err(e) = self.cache.set(&key, &b.encode(), self.cache_ttl_ms()).await {
+            self.cache_failed("fill binding", &e);
+        }
+        Ok(b)
+    }
+
+    /// Bans or reinstates a key; whether a binding existed. The cached copy is dropped.
+    pub async fn set_status(&self, key_id: &str, status: BindingStatus) -> StoreResult<bool> {
+        let changed = self.db.set_status(key_id, status).await?;
+        self.forget(key_id).await;
+        Ok(changed)
+    }
+
+    /// Removes a key's binding (its next request binds afresh); whether there was one.
+    pub async fn delete_binding(&self, key_id: &str) -> StoreResult<bool> {
+        let deleted = self.db.delete_binding(key_id).await?;
+        self.forget(key_id).await;
+        Ok(deleted)
+    }
+
+    /// Drops the cached copies of a binding, here and (through the shared cache) on every
+    /// gateway.
+    async fn forget(&self, key_id: &str) {
+        let key = Self::binding_key(key_id);
+        if let Some(near) = &self.near {
+            near.delete_now(&key);
+        }
+        if let Err(e) = self.cache.delete(&key).await {
+            self.cache_failed("forget binding", &e);
+        }
+        if let Err(e) = self.cache.publish(BINDINGS, key_id).await {
+            self.cache_failed("publish binding change", &e);
+        }
+    }
+
+    /// Notes that `key_id` was used from `ip` (batched; never waits).
+    pub fn record_use(&self, key_id: &str, ip: IpAddr) {
+        self.enqueue(Event::Used {
+            key_id: key_id.to_owned(),
+            ip,
+            at_ms: unix_ms(),
+        });
+    }
+
+    /// Logs a refusal (batched; never waits). Also counts it towards the key's alert threshold.
+    pub fn record_intercept(&self, key_id: &str, intercept: Intercept) {
+        self.enqueue(Event::Intercept {
+            key_id: key_id.to_owned(),
+            intercept,
+        });
+    }
+
+    fn enqueue(&self, event: Event) {
+        if self.queue.try_send(event).is_err() {
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request decided by the failsafe.
+    pub fn note_failsafe(&self) {
+        self.stats.failsafe.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `result` from the shared cache, or `local` computed on the in-process stand-in if the
+    /// shared cache failed.
+    fn or_local<T>(
+        &self,
+        op: &str,
+        result: StoreResult<T>,
+        local: impl FnOnce(&MemoryKv) -> T,
+    ) -> T {
+        result.unwrap_or_else(|e| {
+            self.cache_failed(op, &e);
+            local(&self.local)
+        })
+    }
+
+    /// Stops taking writes and flushes what is queued. Call once, on shutdown.
+    pub async fn shutdown(&self) {
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            // The writer drains the queue and flushes once every sender is gone or this is sent.
+            let _ = self.queue.send(Event::Flush).await;
+            let _ = self.queue.send(Event::Stop).await;
+            let _ = handle.await;
+        }
+    }
+
+    /// Flushes queued usage and intercepts now (used by tests and `shutdown`).
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.queue.send(Event::FlushAck(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Archives active bindings unused for `archive_days`; returns how many.
+    pub async fn archive_inactive(&self) -> StoreResult<usize> {
+        let days = u64::from(self.config.archive_days);
+        let now = unix_ms();
+        let cutoff = now.saturating_sub(days * 86_400_000);
+        let archived = self.db.archive_inactive(cutoff, now).await?;
+        for key_id in &archived {
+            self.forget(key_id).await;
+        }
+        if !archived.is_empty() {
+            tracing::info!(target: "state", count = archived.len(), "archived inactive bindings");
+        }
+        Ok(archived.len())
+    }
+}
+
+/// Runs the archive job every `retention_interval` while the stores are alive.
+async fn retention(stores: std::sync::Weak<Stores>) {
+    let period = match stores.upgrade() {
+        Some(s) => s.config.retention_interval.get(),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(stores) = stores.upgrade() else {
+            return;
+        };
+        if let Err(e) = stores.archive_inactive().await {
+            tracing::warn!(target: "state", error = %e, "archiving inactive bindings failed; will retry");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_ipv6_networks_become_ipv4() {
+        let n: IpNet = "::ffff:10.1.2.3/120".parse().unwrap();
+        assert_eq!(normalize_net(n).to_string(), "10.1.2.0/24");
+        let n: IpNet = "2001:db8::1/64".parse().unwrap();
+        assert_eq!(normalize_net(n).to_string(), "2001:db8::/64");
+        let n: IpNet = "10.1.2.3/16".parse().unwrap();
+        assert_eq!(normalize_net(n).to_string(), "10.1.0.0/16");
+    }
+
+    #[test]
+    fn cached_bindings_round_trip() {
+        let b = Binding {
+            key_id: "k".into(),
+            cidr: "2001:db8::/64".parse().unwrap(),
+            status: BindingStatus::Banned,
+            created_ms: 42,
+            last_used_ms: 42,
+            last_ip: None,
+            request_count: 0,
+        };
+        assert_eq!(Binding::decode("k", &b.encode()), Some(b));
+        assert_eq!(Binding::decode("k", "bogus"), None);
+    }
+}

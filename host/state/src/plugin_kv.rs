@@ -1,0 +1,80 @@
+//! The plugin `kv` namespace: each plugin reads and writes only keys under its own prefix, in the
+//! shared cache when there is one, in process when that cache fails.
+
+use super::Stores;
+
+impl Stores {
+    /// The cache key prefix of `plugin`'s namespace.
+    pub fn kv_prefix(plugin: &str) -> String {
+        format!("p:{plugin}\u{0}")
+    }
+
+    /// Plugin key-value access within `prefix` (from [`Stores::kv_prefix`]). A shared cache that
+    /// fails falls back to an in-process one, so counters degrade to per-gateway instead of
+    /// failing requests.
+    pub fn plugin_kv<'a>(&'a self, prefix: &'a str) -> PluginKv<'a> {
+        PluginKv {
+            stores: self,
+            prefix,
+        }
+    }
+}
+
+/// A plugin's view of the cache: its keys only.
+pub struct PluginKv<'a> {
+    stores: &'a Stores,
+    prefix: &'a str,
+}
+
+impl PluginKv<'_> {
+    fn key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + key.len());
+        k.push_str(self.prefix);
+        k.push_str(key);
+        k
+    }
+
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let k = self.key(key);
+        let r = self.stores.cache.get(&k).await;
+        self.stores.or_local("kv get", r, |m| m.get_now(&k))
+    }
+
+    pub async fn set(&self, key: &str, value: &str, ttl_ms: Option<u64>) {
+        let k = self.key(key);
+        let r = self.stores.cache.set(&k, value, ttl_ms).await;
+        self.stores
+            .or_local("kv set", r, |m| m.set_now(&k, value, ttl_ms));
+    }
+
+    pub async fn delete(&self, key: &str) {
+        let k = self.key(key);
+        let r = self.stores.cache.delete(&k).await;
+        self.stores.or_local("kv delete", r, |m| m.delete_now(&k));
+    }
+
+    pub async fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
+        let k = self.key(key);
+        let r = self.stores.cache.incr(&k, delta, ttl_ms).await;
+        self.stores
+            .or_local("kv incr", r, |m| m.incr_now(&k, delta, ttl_ms))
+    }
+
+    pub async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: &str,
+        ttl_ms: Option<u64>,
+    ) -> bool {
+        let k = self.key(key);
+        let r = self
+            .stores
+            .cache
+            .compare_and_set(&k, expected, new, ttl_ms)
+            .await;
+        self.stores.or_local("kv compare-and-set", r, |m| {
+            m.compare_and_set_now(&k, expected, new, ttl_ms)
+        })
+    }
+}

@@ -1,0 +1,260 @@
+//! The shared cache: Redis through one multiplexed, self-reconnecting connection.
+//!
+//! Every operation has a timeout. A circuit breaker sits in front: after a failure (an error or
+//! a timeout, e.g. a Redis that hangs) the cache reports itself down for [`RETRY_AFTER`], counted
+//! from when the failure was *noticed*, without trying, so a dead or hung Redis costs each request
+//! nothing instead of a timeout (callers fall back at once). After that one operation probes
+//! (half-open) while every other one still falls back at once; the probe's success closes the
+//! breaker, its failure opens it again. Recovery needs no restart. Multi-step operations (`incr` with a TTL on creation, compare-and-set) are Lua scripts,
+//! so they are atomic across gateways.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::mpsc;
+
+use super::{Kv, StoreError, StoreResult};
+use crate::clock::unix_ms;
+
+/// How long a failed Redis is left alone before the next attempt.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Prefix of every key this gateway writes, so a Redis can be shared with other software.
+const PREFIX: &str = "tollgate:";
+
+const INCR: &str = r"
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if created and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v";
+
+const CAS: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if (ARGV[1] == '0' and cur == false) or (ARGV[1] == '1' and cur == ARGV[2]) then
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  else
+    redis.call('SET', KEYS[1], ARGV[3])
+  end
+  return 1
+end
+return 0";
+
+pub struct RedisKv {
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    connecting: AtomicBool,
+    /// Unix ms until which the cache counts as down.
+    down_until: AtomicU64,
+    /// An operation is probing a Redis that was down; the others fall back meanwhile.
+    probing: AtomicBool,
+    timeout: Duration,
+    incr: redis::Script,
+    cas: redis::Script,
+}
+
+impl RedisKv {
+    /// Checks the URL and tries to connect. A Redis that is down at start is not an error: the
+    /// gateway starts on the database alone and connects when Redis comes back.
+    pub async fn connect(url: &str, timeout: Duration) -> StoreResult<Self> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::new("redis", e))?;
+        let kv = Self {
+            client,
+            conn: ArcSwapOption::empty(),
+            connecting: AtomicBool::new(false),
+            down_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            timeout,
+            incr: redis::Script::new(INCR),
+            cas: redis::Script::new(CAS),
+        };
+        if let Err(e) = kv.connection().await {
+            tracing::warn!(target: "state", error = %e, "redis is down at start; using the database until it is back");
+        }
+        Ok(kv)
+    }
+
+    async fn connection(&self) -> StoreResult<ConnectionManager> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return Err(StoreError::new("redis", "connecting"));
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        let result = self.client.get_connection_manager_with_config(config).await;
+        self.connecting.store(false, Ordering::Release);
+        let conn = result.map_err(|e| StoreError::new("redis", e))?;
+        self.conn.store(Some(std::sync::Arc::new(conn.clone())));
+        Ok(conn)
+    }
+
+    /// Runs one operation with the timeout and the circuit breaker.
+    async fn run<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        F: AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
+    {
+        let down_until = self.down_until.load(Ordering::Relaxed);
+        let probe = down_until != 0;
+        if probe {
+            // Open: fall back at once. Half-open: one operation probes, the rest fall back.
+            if unix_ms() < down_until || self.probing.swap(true, Ordering::AcqRel) {
+                return Err(StoreError::new("redis", "down; retrying shortly"));
+            }
+        }
+        // Ends the probe however this operation ends (a dropped request included).
+        let _probing = probe.then(|| ProbeGuard(&self.probing));
+        let result = match self.connection().await {
+            Ok(conn) => match tokio::time::timeout(self.timeout, op(conn)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(StoreError::new("redis", e)),
+                Err(_) => Err(StoreError::new("redis", "timed out")),
+            },
+            Err(e) => Err(e),
+        };
+        // The window starts when the failure is known, not when the operation began: after a
+        // timeout as long as the window, callers must still fall back at once.
+        if result.is_err() {
+            self.down_until.store(
+                unix_ms() + RETRY_AFTER.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+        } else if probe {
+            self.down_until.store(0, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn key(key: &str) -> String {
+        format!("{PREFIX}{key}")
+    }
+}
+
+struct ProbeGuard<'a>(&'a AtomicBool);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Relays one channel's messages to `tx`, reconnecting after [`RETRY_AFTER`] whenever the
+/// subscription breaks, until `tx` is closed.
+async fn relay(client: redis::Client, channel: String, tx: mpsc::Sender<String>) {
+    use futures_util::StreamExt;
+    while !tx.is_closed() {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        match msg.get_payload::<String>() {
+                            Ok(payload) => {
+                                if tx.send(payload).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(target: "state", error = %e, "unreadable message")
+                            }
+                        }
+                    }
+                    tracing::warn!(target: "state", channel, "redis subscription lost; resubscribing");
+                }
+                Err(e) => tracing::warn!(target: "state", error = %e, "redis subscribe failed"),
+            },
+            Err(e) => {
+                tracing::debug!(target: "state", error = %e, "redis unreachable for subscribe")
+            }
+        }
+        tokio::time::sleep(RETRY_AFTER).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Kv for RedisKv {
+    async fn get(&self, key: &str) -> StoreResult<Option<String>> {
+        let k = Self::key(key);
+        self.run(async |mut c| redis::cmd("GET").arg(&k).query_async(&mut c).await)
+            .await
+    }
+
+    async fn set(&self, key: &str, value: &str, ttl_ms: Option<u64>) -> StoreResult<()> {
+        let k = Self::key(key);
+        self.run(async |mut c| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&k).arg(value);
+            if let Some(ttl) = ttl_ms {
+                cmd.arg("PX").arg(ttl.max(1));
+            }
+            cmd.query_async(&mut c).await
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let k = Self::key(key);
+        self.run(async |mut c| redis::cmd("DEL").arg(&k).query_async(&mut c).await)
+            .await
+    }
+
+    async fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> StoreResult<i64> {
+        let k = Self::key(key);
+        self.run(async |mut c| {
+            self.incr
+                .key(&k)
+                .arg(delta)
+                .arg(ttl_ms.unwrap_or(0))
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: &str,
+        ttl_ms: Option<u64>,
+    ) -> StoreResult<bool> {
+        let k = Self::key(key);
+        let set: i64 = self
+            .run(async |mut c| {
+                self.cas
+                    .key(&k)
+                    .arg(if expected.is_some() { "1" } else { "0" })
+                    .arg(expected.unwrap_or(""))
+                    .arg(new)
+                    .arg(ttl_ms.unwrap_or(0))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set == 1)
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
+        let ch = Self::key(channel);
+        self.run(async |mut c| {
+            redis::cmd("PUBLISH")
+                .arg(&ch)
+                .arg(message)
+                .query_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    fn subscribe(&self, channel: &str) -> Option<mpsc::Receiver<String>> {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(relay(self.client.clone(), Self::key(channel), tx));
+        Some(rx)
+    }
+}

@@ -1,0 +1,315 @@
+//! The database: SQLite or PostgreSQL through sqlx's `Any` driver, so one set of queries (written
+//! in the dialect both share: `$N` parameters, `ON CONFLICT`, `RETURNING`, `CASE`) serves both.
+//! Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`), embedded in
+//! the binary and applied at start or by `tollgate migrate`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+
+use super::{Binding, BindingStatus, Intercept, StoreError, StoreResult};
+use tollgate_config::DatabaseUrl;
+
+static SQLITE: Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+const BINDING_COLUMNS: &str =
+    "key_id, cidr, status, created_ms, last_used_ms, last_ip, request_count";
+
+/// One aggregated usage update: the key's latest use and how many uses since the last flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub key_id: String,
+    pub last_used_ms: u64,
+    pub last_ip: String,
+    pub count: u64,
+}
+
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    postgres: bool,
+    timeout: Duration,
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::new("database", e)
+}
+
+impl SqlStore {
+    /// Opens a pool. A SQLite file (and its directory) is created if missing; a relative path is
+    /// resolved against `base_dir`.
+    pub async fn connect(
+        url: &DatabaseUrl,
+        base_dir: &Path,
+        timeout: Duration,
+    ) -> StoreResult<Self> {
+        static DRIVERS: std::sync::Once = std::sync::Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let options = AnyPoolOptions::new().acquire_timeout(timeout);
+        let (options, url, postgres) = match url {
+            DatabaseUrl::Postgres(u) => (options.max_connections(16), u.expose().to_owned(), true),
+            DatabaseUrl::SqliteMemory => (
+                // Every connection to `:memory:` is a separate database: keep exactly one, forever.
+                options
+                    .min_connections(1)
+                    .max_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None),
+                "sqlite::memory:".to_owned(),
+                false,
+            ),
+            DatabaseUrl::Sqlite(path) => {
+                let path = if path.is_absolute() {
+                    path.clone()
+                } else {
+                    base_dir.join(path)
+                };
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(db_err)?;
+                }
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                (options.max_connections(4), url, false)
+            }
+        };
+        let pool = options.connect(&url).await.map_err(db_err)?;
+        let store = Self {
+            pool,
+            postgres,
+            timeout,
+        };
+        if !postgres {
+            // WAL: readers do not wait for the writer. Persistent in the file.
+            store
+                .timed(sqlx::query("PRAGMA journal_mode = WAL").execute(&store.pool))
+                .await?;
+        }
+        Ok(store)
+    }
+
+    /// Applies pending migrations (idempotent; concurrent gateways serialise on sqlx's lock).
+    pub async fn migrate(&self) -> StoreResult<()> {
+        let migrator = if self.postgres { &POSTGRES } else { &SQLITE };
+        migrator.run(&self.pool).await.map_err(db_err)
+    }
+
+    async fn timed<T, E: std::fmt::Display>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(db_err),
+            Err(_) => Err(db_err("timed out")),
+        }
+    }
+
+    pub async fn binding(&self, key_id: &str) -> StoreResult<Option<Binding>> {
+        let sql = format!("SELECT {BINDING_COLUMNS} FROM bindings WHERE key_id = $1");
+        let row = self
+            .timed(sqlx::query(&sql).bind(key_id).fetch_optional(&self.pool))
+            .await?;
+        row.map(|r| binding_from(&r)).transpose()
+    }
+
+    /// Inserts the binding unless the key has one, then reads back whichever is in force.
+    pub async fn bind_first(
+        &self,
+        key_id: &str,
+        net: ipnet::IpNet,
+        now_ms: u64,
+    ) -> StoreResult<Binding> {
+        let insert = "INSERT INTO bindings (key_id, cidr, status, created_ms, last_used_ms, request_count) \
+                      VALUES ($1, $2, 'active', $3, $3, 0) ON CONFLICT (key_id) DO NOTHING";
+        self.timed(
+            sqlx::query(insert)
+                .bind(key_id)
+                .bind(net.to_string())
+                .bind(now_ms as i64)
+                .execute(&self.pool),
+        )
+        .await?;
+        self.binding(key_id)
+            .await?
+            .ok_or_else(|| db_err("binding vanished right after insert"))
+    }
+
+    /// Sets a key's status; whether the key had a binding.
+    pub async fn set_status(&self, key_id: &str, status: BindingStatus) -> StoreResult<bool> {
+        let done = self
+            .timed(
+                sqlx::query("UPDATE bindings SET status = $2 WHERE key_id = $1")
+                    .bind(key_id)
+                    .bind(status.as_str())
+                    .execute(&self.pool),
+            )
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Removes a key's binding (its next request binds afresh); whether there was one.
+    pub async fn delete_binding(&self, key_id: &str) -> StoreResult<bool> {
+        let done = self
+            .timed(
+                sqlx::query("DELETE FROM bindings WHERE key_id = $1")
+                    .bind(key_id)
+                    .execute(&self.pool),
+            )
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Bindings, most recently used first.
+    pub async fn bindings(&self, limit: u32) -> StoreResult<Vec<Binding>> {
+        let sql = format!(
+            "SELECT {BINDING_COLUMNS} FROM bindings ORDER BY last_used_ms DESC, key_id LIMIT $1"
+        );
+        let rows = self
+            .timed(
+                sqlx::query(&sql)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.iter().map(binding_from).collect()
+    }
+
+    /// Applies aggregated usage in one transaction. Keys without a binding are ignored.
+    pub async fn record_usage(&self, usage: &[Usage]) -> StoreResult<()> {
+        let sql = "UPDATE bindings SET \
+                   last_used_ms = CASE WHEN last_used_ms < $2 THEN $2 ELSE last_used_ms END, \
+                   last_ip = $3, request_count = request_count + $4 WHERE key_id = $1";
+        self.timed(async {
+            let mut tx = self.pool.begin().await?;
+            for u in usage {
+                sqlx::query(sql)
+                    .bind(&u.key_id)
+                    .bind(u.last_used_ms as i64)
+                    .bind(&u.last_ip)
+                    .bind(u.count as i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    pub async fn record_intercepts(&self, intercepts: &[Intercept]) -> StoreResult<()> {
+        let sql = "INSERT INTO intercepts (at_ms, key_id_prefix, bound_cidr, attempted_ip, method, path, reason) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        self.timed(async {
+            let mut tx = self.pool.begin().await?;
+            for i in intercepts {
+                sqlx::query(sql)
+                    .bind(i.at_ms as i64)
+                    .bind(&i.key_id_prefix)
+                    .bind(&i.bound_cidr)
+                    .bind(&i.attempted_ip)
+                    .bind(&i.method)
+                    .bind(&i.path)
+                    .bind(&i.reason)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// The newest intercepts first, optionally for one key id prefix.
+    pub async fn intercepts(
+        &self,
+        key_id_prefix: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Intercept>> {
+        let sql = "SELECT at_ms, key_id_prefix, bound_cidr, attempted_ip, method, path, reason \
+                   FROM intercepts WHERE ($1 = '' OR key_id_prefix = $1) ORDER BY id DESC LIMIT $2";
+        let rows = self
+            .timed(
+                sqlx::query(sql)
+                    .bind(key_id_prefix.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Intercept {
+                    at_ms: r.try_get::<i64, _>("at_ms").map_err(db_err)? as u64,
+                    key_id_prefix: r.try_get("key_id_prefix").map_err(db_err)?,
+                    bound_cidr: r.try_get("bound_cidr").map_err(db_err)?,
+                    attempted_ip: r.try_get("attempted_ip").map_err(db_err)?,
+                    method: r.try_get("method").map_err(db_err)?,
+                    path: r.try_get("path").map_err(db_err)?,
+                    reason: r.try_get("reason").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Moves active bindings last used before `cutoff_ms` to the archive, in one transaction;
+    /// returns their key ids. Banned keys stay.
+    pub async fn archive_inactive(&self, cutoff_ms: u64, now_ms: u64) -> StoreResult<Vec<String>> {
+        let delete = format!(
+            "DELETE FROM bindings WHERE status = 'active' AND last_used_ms < $1 RETURNING {BINDING_COLUMNS}"
+        );
+        let insert = "INSERT INTO bindings_archive \
+                      (key_id, cidr, created_ms, last_used_ms, last_ip, request_count, archived_ms) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        self.timed(async {
+            let mut tx = self.pool.begin().await?;
+            let rows = sqlx::query(&delete)
+                .bind(cutoff_ms as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut archived = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let b = binding_from(row).map_err(|e| sqlx::Error::Protocol(e.reason))?;
+                sqlx::query(insert)
+                    .bind(&b.key_id)
+                    .bind(b.cidr.to_string())
+                    .bind(b.created_ms as i64)
+                    .bind(b.last_used_ms as i64)
+                    .bind(&b.last_ip)
+                    .bind(b.request_count as i64)
+                    .bind(now_ms as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                archived.push(b.key_id);
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(archived)
+        })
+        .await
+    }
+
+    /// How many bindings a key has had archived (for tests and the admin API).
+    pub async fn archived_count(&self, key_id: &str) -> StoreResult<u64> {
+        let row = self
+            .timed(
+                sqlx::query("SELECT COUNT(*) AS n FROM bindings_archive WHERE key_id = $1")
+                    .bind(key_id)
+                    .fetch_one(&self.pool),
+            )
+            .await?;
+        Ok(row.try_get::<i64, _>("n").map_err(db_err)? as u64)
+    }
+}
+
+fn binding_from(r: &AnyRow) -> StoreResult<Binding> {
+    let status: String = r.try_get("status").map_err(db_err)?;
+    let cidr: String = r.try_get("cidr").map_err(db_err)?;
+    Ok(Binding {
+        key_id: r.try_get("key_id").map_err(db_err)?,
+        cidr: cidr.parse().map_err(db_err)?,
+        status: BindingStatus::parse(&status)
+            .ok_or_else(|| db_err(format!("unknown binding status {status:?}")))?,
+        created_ms: r.try_get::<i64, _>("created_ms").map_err(db_err)? as u64,
+        last_used_ms: r.try_get::<i64, _>("last_used_ms").map_err(db_err)? as u64,
+        last_ip: r.try_get("last_ip").map_err(db_err)?,
+        request_count: r.try_get::<i64, _>("request_count").map_err(db_err)? as u64,
+    })
+}

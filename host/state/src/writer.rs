@@ -1,0 +1,143 @@
+//! The writer task: everything the request path hands off (usage, intercepts) is aggregated here
+//! and written every `flush_interval` in one transaction per kind. Alerts are counted as
+//! intercepts arrive. When the database is down, the pending batch is kept (bounded) and retried
+//! on the next flush.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::alerts::Alerts;
+use super::sql::Usage;
+use super::{Intercept, Stores};
+use tollgate_config::AlertsConfig;
+
+use super::alerts::Webhook;
+
+/// Intercepts kept while the database is down; older ones are dropped beyond this.
+const MAX_PENDING_INTERCEPTS: usize = 10_000;
+
+pub(super) enum Event {
+    Used {
+        key_id: String,
+        ip: IpAddr,
+        at_ms: u64,
+    },
+    Intercept {
+        key_id: String,
+        intercept: Intercept,
+    },
+    Flush,
+    FlushAck(oneshot::Sender<()>),
+    Stop,
+}
+
+pub(super) struct Writer {
+    stores: Weak<Stores>,
+    alerts: Alerts,
+    usage: HashMap<String, Usage>,
+    intercepts: Vec<Intercept>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        stores: Weak<Stores>,
+        alerts: AlertsConfig,
+        client: Arc<dyn Webhook>,
+    ) -> Self {
+        Self {
+            stores,
+            alerts: Alerts::new(alerts, client),
+            usage: HashMap::new(),
+            intercepts: Vec::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        let period = match self.stores.upgrade() {
+            Some(s) => s.config.flush_interval.get(),
+            None => return,
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Some(Event::Used { key_id, ip, at_ms }) => self.used(key_id, ip, at_ms),
+                    Some(Event::Intercept { key_id, intercept }) => {
+                        self.intercept(&key_id, intercept).await;
+                    }
+                    Some(Event::Flush) => self.flush().await,
+                    Some(Event::FlushAck(done)) => {
+                        self.flush().await;
+                        let _ = done.send(());
+                    }
+                    Some(Event::Stop) | None => {
+                        self.flush().await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => self.flush().await,
+            }
+        }
+    }
+
+    fn used(&mut self, key_id: String, ip: IpAddr, at_ms: u64) {
+        let u = self.usage.entry(key_id).or_insert_with_key(|k| Usage {
+            key_id: k.clone(),
+            last_used_ms: 0,
+            last_ip: String::new(),
+            count: 0,
+        });
+        u.count += 1;
+        if at_ms >= u.last_used_ms {
+            u.last_used_ms = at_ms;
+            u.last_ip = ip.to_string();
+        }
+    }
+
+    async fn intercept(&mut self, key_id: &str, mut intercept: Intercept) {
+        let Some(stores) = self.stores.upgrade() else {
+            return;
+        };
+        if intercept.bound_cidr.is_none()
+            && let Ok(Some(b)) = stores.binding(key_id).await
+        {
+            intercept.bound_cidr = Some(b.cidr.to_string());
+        }
+        self.alerts.observe(&stores, key_id, &intercept).await;
+        if self.intercepts.len() >= MAX_PENDING_INTERCEPTS {
+            self.intercepts.remove(0);
+            stores
+                .stats
+                .queue_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.intercepts.push(intercept);
+    }
+
+    async fn flush(&mut self) {
+        let Some(stores) = self.stores.upgrade() else {
+            return;
+        };
+        if !self.usage.is_empty() {
+            let batch: Vec<Usage> = self.usage.values().cloned().collect();
+            match stores.db.record_usage(&batch).await {
+                Ok(()) => self.usage.clear(),
+                Err(e) => {
+                    tracing::warn!(target: "state", error = %e, keys = batch.len(), "usage flush failed; will retry");
+                }
+            }
+        }
+        if !self.intercepts.is_empty() {
+            match stores.db.record_intercepts(&self.intercepts).await {
+                Ok(()) => self.intercepts.clear(),
+                Err(e) => {
+                    tracing::warn!(target: "state", error = %e, pending = self.intercepts.len(), "intercept flush failed; will retry");
+                }
+            }
+        }
+    }
+}
