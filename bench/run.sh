@@ -7,6 +7,10 @@
 #                           # micro-benchmark of one call into each policy kind
 #   ROUNDS=5 SECONDS_PER_RUN=10 STREAMS=100 RATE=5000 bench/run.sh
 #   PIN=0 bench/run.sh      # unpinned: every process shares every core
+#   BASELINE=/path/to/old/tollgate bench/run.sh
+#                           # also runs that binary (auth only and chain), interleaved with this
+#                           # build, and prints this build's figures as ratios of it (before/after
+#                           # a refactor, on the same machine at the same time)
 #
 # On a machine with 2 or more cores the proxies (nginx, both Tollgates) are pinned to core 0 and
 # the mock upstream and the load generator to core 1, so a proxy's figures are its own and not a
@@ -25,6 +29,8 @@ DELAY_MS=${DELAY_MS:-50}
 RATE=${RATE:-5000}
 KEY=sk-bench-key-0001
 MOCK=127.0.0.1:19000 NGINX=127.0.0.1:19001 GATE=127.0.0.1:19002 CHAIN=127.0.0.1:19003
+BASE=127.0.0.1:19004 BASE_CHAIN=127.0.0.1:19005
+BASELINE=${BASELINE:-}
 out=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$out/nginx.pid" ] && kill "$(cat "$out/nginx.pid")" 2>/dev/null || true; }
@@ -125,10 +131,19 @@ logging:
 YAML
 "${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/chain.yaml" & pids+=($!); chain_pid=$!
 
+targets="direct:$MOCK nginx:$NGINX tollgate:$GATE chain:$CHAIN"
+if [ -n "$BASELINE" ]; then
+  sed "s/$GATE/$BASE/" "$out/tollgate.yaml" > "$out/base.yaml"
+  sed "s/$CHAIN/$BASE_CHAIN/" "$out/chain.yaml" > "$out/base-chain.yaml"
+  "${proxy_cpu[@]}" "$BASELINE" run --config "$out/base.yaml" & pids+=($!); base_pid=$!
+  "${proxy_cpu[@]}" "$BASELINE" run --config "$out/base-chain.yaml" & pids+=($!); base_chain_pid=$!
+  targets="$targets base:$BASE base-chain:$BASE_CHAIN"
+fi
+
 # CPU seconds (user + system) a process has used so far.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
-for addr in $MOCK $NGINX $GATE $CHAIN; do
+for addr in $MOCK $NGINX $GATE $CHAIN $([ -n "$BASELINE" ] && echo "$BASE $BASE_CHAIN"); do
   for _ in $(seq 100); do (echo >/dev/tcp/${addr%:*}/${addr#*:}) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -136,12 +151,15 @@ done
 # shared 2-core machine drifts by ±15% between runs of the same binary.
 results="$out/results.jsonl"
 for round in $(seq "$ROUNDS"); do
-  for target in direct:$MOCK nginx:$NGINX tollgate:$GATE chain:$CHAIN; do
+  for target in $targets; do
     name=${target%%:*} addr=${target#*:}
     url="http://$addr/v1/chat/completions"
     load() { "${load_cpu[@]}" "$bin/tollgate-bench" "$@"; }
     load rps --url "$url" --concurrency 8 --seconds 1 --key $KEY >/dev/null  # warm-up
-    pid=""; [ "$name" = tollgate ] && pid=$gate_pid; [ "$name" = chain ] && pid=$chain_pid
+    case $name in
+      tollgate) pid=$gate_pid ;; chain) pid=$chain_pid ;;
+      base) pid=$base_pid ;; base-chain) pid=$base_chain_pid ;; *) pid="" ;;
+    esac
     c0=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
     r=$(load rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --key $KEY)
     c1=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
@@ -190,6 +208,15 @@ for n in names:
           f"{med(n,'sse','gap_p50_ms'):>10.3f}{med(n,'sse','gap_p99_ms'):>10.3f}{med(n,'sse','coalesced_reads'):>10.0f}")
 d, g, x, _ = (med(n, 'sse', 'ttfb_p99_ms') for n in names)
 print(f"tollgate TTFB p99: {x-d:+.3f} ms vs direct, {x-g:+.3f} ms vs nginx")
+if any(r["target"] == "base" for r in rows):
+    print("\n== this build vs BASELINE (per round, paired; median and range)")
+    for new, old in (("tollgate", "base"), ("chain", "base-chain")):
+        def paired(f):
+            vals = sorted(f(v[new]) / f(v[old]) for v in by_round.values())
+            return f"{statistics.median(vals):.3f}x (range {vals[0]:.3f}-{vals[-1]:.3f})"
+        print(f"{new:9} rps {paired(lambda t: t['rps']['rps'])}, p99 {paired(lambda t: t['rps']['p99_ms'])}, "
+              f"CPU/request at saturation {paired(lambda t: t['cpu_s'] / t['rps']['requests'])}, "
+              f"at a fixed rate {paired(lambda t: t['fixed_cpu_s'] / t['fixed']['requests'])}")
 PY
 
 echo

@@ -62,10 +62,7 @@ impl PolicyEngine {
     pub fn inspect(&self, path: &Path) -> Result<Inspection, String> {
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let sha256 = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&bytes))
-        };
+        let sha256 = crate::sha256_hex(&bytes);
         let component = wasmtime::component::Component::new(&self.engine, &bytes)
             .map_err(|e| format!("not a valid component: {e:#}"))?;
         let ty = component.component_type();

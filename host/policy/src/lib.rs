@@ -53,6 +53,11 @@ const POOL_INSTANCES: u32 = 1_000;
 
 pub use tollgate_config::PluginKind;
 
+/// A module's identity as configs pin it (`plugins[].sha256`) and reloads compare it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// The WIT world a plugin of `kind` implements.
 pub fn world(kind: PluginKind) -> &'static str {
     match kind {
@@ -257,7 +262,7 @@ impl PolicyEngine {
             });
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
-        let digest = hex::encode(Sha256::digest(&bytes));
+        let digest = sha256_hex(&bytes);
         if let Some(expected) = &spec.sha256
             && !expected.eq_ignore_ascii_case(&digest)
         {
@@ -511,7 +516,7 @@ impl Plugin {
 
     /// Whether the file at `path` still has the contents this version was compiled from.
     pub fn is_file_unchanged(&self, path: &Path) -> bool {
-        std::fs::read(path).is_ok_and(|bytes| hex::encode(Sha256::digest(&bytes)) == self.sha256)
+        std::fs::read(path).is_ok_and(|bytes| sha256_hex(&bytes) == self.sha256)
     }
 
     /// Checks that the plugin instantiates and accepts its configuration, and keeps that instance
