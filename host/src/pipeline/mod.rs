@@ -144,8 +144,8 @@ pub async fn handle(
         }
     }
     s.ctx.record.status = head.status.as_u16();
-    if !chain.watches_body() {
-        // Nothing to tell when it ends: the body goes out as it is.
+    if !chain.watches_body() && s.ctx.in_flight.is_none() {
+        // Nothing to tell when it ends, no upstream to hold: the body goes out as it is.
         drop(s);
         return http::Response::from_parts(head, body);
     }
