@@ -149,6 +149,41 @@ async fn round_robin_spreads_requests_evenly() {
 }
 
 #[tokio::test]
+async fn least_busy_sees_a_stream_in_flight_until_its_body_ends() {
+    // An upstream's in-flight count covers the whole relay, not just the head: while a slow
+    // stream is open on one upstream, least-busy sends the next requests to the other.
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = policy_config_yaml(
+        &[a.url(), b.url()],
+        &[plugin("lb", "router", "tollgate_least_busy", "{}")],
+        &["lb"],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut stream = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-events", "6")
+        .header("x-mock-delay-ms", "300")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // The head has arrived; the body is still streaming from the busy upstream.
+    let busy_is_a = a.requests() == 1;
+    for _ in 0..4 {
+        assert_eq!(chat(&gw, &[]).await.status(), 200);
+    }
+    let (busy, idle) = if busy_is_a { (&a, &b) } else { (&b, &a) };
+    assert_eq!(
+        (busy.requests(), idle.requests()),
+        (1, 4),
+        "requests went to the upstream that was still streaming"
+    );
+    while stream.chunk().await.unwrap().is_some() {}
+}
+
+#[tokio::test]
 async fn session_affinity_keeps_a_session_on_one_upstream() {
     let ups = [
         MockUpstream::start().await,
