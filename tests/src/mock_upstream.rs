@@ -174,9 +174,14 @@ async fn handle(
     }
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = json.get("model").and_then(Value::as_str).unwrap_or("mock");
+    let anthropic = uri.path().ends_with("/messages");
     if !json.get("stream").and_then(Value::as_bool).unwrap_or(false) {
         guard.done = true;
-        let body = mock::chat_completion("chatcmpl-mock", model, "mock answer");
+        let body = if anthropic {
+            mock::message("msg_mock", model, "mock answer")
+        } else {
+            mock::chat_completion("chatcmpl-mock", model, "mock answer")
+        };
         let mut resp = ([("content-type", "application/json")], body.to_string()).into_response();
         // `x-mock-reply-header: name: value` adds that header to the answer.
         if let Some((name, value)) = headers
@@ -206,7 +211,15 @@ async fn handle(
     let delay = Duration::from_millis(header_num(&headers, "x-mock-delay-ms").unwrap_or(0));
     let stall_after = header_num(&headers, "x-mock-stall-after").map(|k| k as usize);
     let text: String = (0..n).map(|i| format!("w{i} ")).collect();
-    let events = mock::chat_stream_events("chatcmpl-mock", model, text.trim_end(), false);
+    let include_usage = json
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let events = if anthropic {
+        mock::message_stream_events("msg_mock", model, text.trim_end())
+    } else {
+        mock::chat_stream_events("chatcmpl-mock", model, text.trim_end(), include_usage)
+    };
     let stream = futures_util::stream::unfold(
         (events.into_iter().enumerate(), guard),
         move |(mut it, mut guard)| async move {

@@ -137,7 +137,7 @@ async fn migrate_creates_the_embedded_database_and_check_leaves_it_alone() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    for t in ["bindings", "bindings_archive", "intercepts"] {
+    for t in ["bindings", "bindings_archive", "intercepts", "token_usage"] {
         assert!(tables.iter().any(|n| n == t), "{t} missing from {tables:?}");
     }
 
@@ -152,6 +152,50 @@ async fn migrate_creates_the_embedded_database_and_check_leaves_it_alone() {
     let out = run("migrate", &bad);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("database unavailable"));
+}
+
+#[tokio::test]
+async fn usage_prints_tokens_per_key_name_and_per_model() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        config_yaml(&[mock.url()], "") + "storage:\n  database: sqlite://state/gw.db\n",
+    )
+    .unwrap();
+    let gw = TestGateway::start_file(&config).await;
+    for _ in 0..2 {
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    gw.gateway.stores.flush().await;
+    let usage = |by: &str| {
+        let out = Command::new(BIN)
+            .args(["usage", "--by", by, "--since", "1h", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The mock answers 8 prompt and 2 completion tokens ("mock answer").
+    let by_key = usage("key");
+    assert!(by_key.starts_with("name\trequests\terrors"), "{by_key}");
+    assert!(by_key.contains("\ntester\t2\t0\t0\t16\t4\t0\t"), "{by_key}");
+    let by_model = usage("model");
+    let model = chat_body(false)["model"].as_str().unwrap().to_owned();
+    assert!(by_model.contains(&format!("\n{model}\t2\t")), "{by_model}");
 }
 
 /// Runs the real binary, starts a stream, sends SIGTERM, and checks the stream completes and the

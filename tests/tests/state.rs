@@ -16,7 +16,7 @@ use tollgate::config::{
     AlertsConfig, CacheUrl, DatabaseUrl, Duration as CfgDuration, Secret, StorageConfig,
 };
 use tollgate::state::unix_ms;
-use tollgate::state::{BindingStatus, Intercept, Stores};
+use tollgate::state::{BindingStatus, Intercept, Stores, TokenUsage, UsageBy};
 use tollgate_tests::services::{Postgres, Redis};
 use tollgate_tests::*;
 
@@ -183,6 +183,54 @@ async fn behaviour_suite(stores: Arc<Stores>) {
     assert_eq!(a.get("t").await, None);
     a.delete("c").await;
     assert_eq!(a.get("c").await, None);
+
+    // Token usage: summed per hour, key, upstream and model, across flushes.
+    let hour = 1_700_000_000_000 / 3_600_000 * 3_600_000;
+    let used = |key: &str, model: &str, at: u64, input: u64, errors: u64| TokenUsage {
+        at_ms: at,
+        key_id: key.into(),
+        upstream: "up".into(),
+        model: model.into(),
+        requests: 1,
+        errors,
+        partial: 0,
+        input_tokens: input,
+        output_tokens: 2,
+        cached_tokens: 1,
+    };
+    stores.record_tokens(used("ka", "m1", hour + 10, 100, 0));
+    stores.record_tokens(used("ka", "m1", hour + 20, 50, 1));
+    stores.flush().await;
+    stores.record_tokens(used("ka", "m2", hour + 30, 7, 0));
+    stores.record_tokens(used("kb", "m1", hour + 3_600_000, 5, 0));
+    stores.flush().await;
+    let db = stores.database();
+    let by_key = db.token_usage(UsageBy::Key, hour, hour).await.unwrap();
+    assert_eq!(
+        by_key.len(),
+        1,
+        "the next hour is outside the range: {by_key:?}"
+    );
+    let ka = &by_key[0];
+    assert_eq!(
+        (
+            ka.key_id.as_str(),
+            ka.requests,
+            ka.errors,
+            ka.input_tokens,
+            ka.output_tokens,
+            ka.cached_tokens,
+            ka.at_ms
+        ),
+        ("ka", 3, 1, 157, 6, 3, hour + 30)
+    );
+    let by_model = db.token_usage(UsageBy::Model, 0, u64::MAX).await.unwrap();
+    let m: Vec<_> = by_model
+        .iter()
+        .map(|u| (u.model.as_str(), u.requests, u.input_tokens))
+        .collect();
+    assert_eq!(m, [("m1", 3, 155), ("m2", 1, 7)], "most tokens first");
+
     assert_eq!(
         stores
             .stats

@@ -59,7 +59,7 @@ pub(crate) async fn build(
         return Err(errors);
     }
     let stores = engine.stores();
-    let filters::Builtin { first, last } = filters::builtin(config);
+    let filters::Builtin { first, last } = filters::builtin(config, stores);
     let mut routes: Vec<Route> = Vec::new();
     for r in &config.routes {
         let chain = Chain::new(

@@ -92,6 +92,13 @@ impl KeyRing {
         bool::from(found.id.0.ct_eq(&id.0)).then(|| found.clone())
     }
 
+    /// The configured name of the key whose id is `hex_id` (for reports).
+    pub fn name_of_id(&self, hex_id: &str) -> Option<String> {
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(hex_id, &mut id).ok()?;
+        self.keys.get(&KeyId(id)).map(|k| k.name.to_string())
+    }
+
     /// The id of `key` under this ring's secret (for `tollgate key-id`).
     pub fn id_of(&self, key: &str) -> KeyId {
         key_id(&self.mac, key)

@@ -62,7 +62,7 @@ use self::headers::{Forwarding, X_REQUEST_ID};
 use self::relay::{Relay, Tail};
 use self::route::{Limits, Route, Runtime};
 use self::session::Probe;
-pub use self::session::{Ctx, Session};
+pub use self::session::{Ctx, Outcome, Session};
 use crate::error::{ErrorKind, GatewayError, Source};
 use crate::listen::{BoxBody, ConnInfo};
 use crate::upstream::{ConnectTiming, SendError, Upstream, UpstreamClient};

@@ -66,6 +66,8 @@ pub struct RequestRecord {
     pub first_byte: Option<Duration>,
     /// Why the gateway answered itself, when it did (the error's `code`).
     pub error: Option<&'static str>,
+    /// Tokens the upstream's answer reported (the `usage` filter fills it in at the end).
+    pub tokens: Option<crate::telemetry::usage::RecordedTokens>,
     pub outcome: Outcome,
 }
 
@@ -105,6 +107,7 @@ impl Ctx {
                 upstream_head: None,
                 first_byte: None,
                 error: None,
+                tokens: None,
                 // Until the body says otherwise: a context dropped before its response reached
                 // the client belongs to a client that left.
                 outcome: Outcome::ClientAborted,

@@ -1,7 +1,8 @@
 //! `access_log`: one structured line per request on the `access` tracing target, with
 //! nginx-style timings, written when the request ends (`on_done`), so a request that completes,
 //! is refused, or is abandoned by its client mid-stream is logged exactly once, with the outcome
-//! that happened. On by default (`logging.access_log`).
+//! that happened, and the tokens the answer reported (after the `usage` filter, which runs
+//! first). On by default (`logging.access_log`).
 
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ impl Filter for AccessLog {
             upstream_head_ms = ms(r.upstream_head),
             first_byte_ms = ms(r.first_byte),
             error = r.error,
+            input_tokens = r.tokens.map(|t| t.tokens.input),
+            output_tokens = r.tokens.map(|t| t.tokens.output),
+            cached_tokens = r.tokens.map(|t| t.tokens.cached),
+            tokens_partial = r.tokens.map(|t| t.partial),
             outcome = r.outcome.as_str(),
         );
     }

@@ -76,6 +76,62 @@ pub fn chat_stream_events(id: &str, model: &str, text: &str, include_usage: bool
     events
 }
 
+/// A non-streaming Anthropic Messages answer.
+pub fn message(id: &str, model: &str, text: &str) -> Value {
+    json!({
+        "id": id, "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 8, "output_tokens": text.split_whitespace().count()},
+    })
+}
+
+/// A server-sent event with an event name, as Anthropic sends them.
+pub fn named_event(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+/// The events of a streamed Anthropic message: `message_start` (input tokens), one text delta
+/// per word, `message_delta` (cumulative output tokens), `message_stop`.
+pub fn message_stream_events(id: &str, model: &str, text: &str) -> Vec<Bytes> {
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    let mut start = message(id, model, "");
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    start["usage"] = json!({"input_tokens": 8, "output_tokens": 1});
+    let mut events = vec![
+        named_event(
+            "message_start",
+            &json!({"type": "message_start", "message": start}),
+        ),
+        named_event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        named_event("ping", &json!({"type": "ping"})),
+    ];
+    events.extend(words.iter().map(|w| {
+        named_event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
+        )
+    }));
+    events.push(named_event(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(named_event(
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"output_tokens": words.len()}}),
+    ));
+    events.push(named_event(
+        "message_stop",
+        &json!({"type": "message_stop"}),
+    ));
+    events
+}
+
 fn json_response(status: StatusCode, body: &Value) -> Response<BoxBody> {
     let body = Full::new(Bytes::from(body.to_string()))
         .map_err(|never| match never {})
@@ -111,7 +167,8 @@ pub fn sse_response(events: Vec<Bytes>, delay: std::time::Duration) -> Response<
     resp
 }
 
-/// Answers one request the way an OpenAI-compatible server would.
+/// Answers one request the way an OpenAI-compatible server (or, on `…/messages`, Anthropic's
+/// Messages API) would.
 pub fn respond(
     config: &MockConfig,
     request_id: &str,
@@ -147,6 +204,17 @@ pub fn respond(
                 json_response(StatusCode::OK, &chat_completion(&id, model, &config.reply))
             }
         }
+        (&Method::POST, "messages") => {
+            let id = format!("msg_{request_id}");
+            if stream {
+                sse_response(
+                    message_stream_events(&id, model, &config.reply),
+                    config.delay.get(),
+                )
+            } else {
+                json_response(StatusCode::OK, &message(&id, model, &config.reply))
+            }
+        }
         _ => json_response(
             StatusCode::NOT_FOUND,
             &json!({"error": {"message": format!("the mock upstream does not serve {method} {path}"),
@@ -158,6 +226,17 @@ pub fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_stream_starts_with_input_and_ends_with_cumulative_output() {
+        let events = message_stream_events("m1", "claude", "a b c");
+        let first = std::str::from_utf8(&events[0]).unwrap();
+        assert!(first.starts_with("event: message_start\ndata: "), "{first}");
+        assert!(first.contains("\"input_tokens\":8"), "{first}");
+        let delta = std::str::from_utf8(&events[events.len() - 2]).unwrap();
+        assert!(delta.contains("\"output_tokens\":3"), "{delta}");
+        assert!(events.last().unwrap().starts_with(b"event: message_stop\n"));
+    }
 
     #[test]
     fn stream_events_carry_every_word_then_done() {

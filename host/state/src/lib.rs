@@ -44,7 +44,7 @@ pub use self::cooldowns::SharedCooldown;
 pub use self::memory::MemoryKv;
 pub use self::plugin_kv::PluginKv;
 pub use self::redis::RedisKv;
-pub use self::sql::SqlStore;
+pub use self::sql::{SqlStore, TokenUsage, UsageBy};
 use self::writer::{Event, Writer};
 
 /// A store could not answer (down, timed out, or refused the operation). Details are logged by
@@ -432,6 +432,12 @@ impl Stores {
             key_id: key_id.to_owned(),
             intercept,
         });
+    }
+
+    /// Queues one request's token usage (summed per hour, key, upstream and model by the
+    /// writer).
+    pub fn record_tokens(&self, usage: TokenUsage) {
+        self.enqueue(Event::Tokens(usage));
     }
 
     fn enqueue(&self, event: Event) {

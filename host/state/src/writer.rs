@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::{mpsc, oneshot};
 
 use super::alerts::Alerts;
-use super::sql::Usage;
+use super::sql::{TokenUsage, Usage};
 use super::{Intercept, Stores};
 use tollgate_config::AlertsConfig;
 
@@ -29,6 +29,7 @@ pub(super) enum Event {
         key_id: String,
         intercept: Intercept,
     },
+    Tokens(TokenUsage),
     Flush,
     FlushAck(oneshot::Sender<()>),
     Stop,
@@ -39,6 +40,8 @@ pub(super) struct Writer {
     alerts: Alerts,
     usage: HashMap<String, Usage>,
     intercepts: Vec<Intercept>,
+    /// Token usage summed per (hour, key, upstream, model) until the next flush.
+    tokens: HashMap<(u64, String, String, String), TokenUsage>,
 }
 
 impl Writer {
@@ -52,6 +55,7 @@ impl Writer {
             alerts: Alerts::new(alerts, client),
             usage: HashMap::new(),
             intercepts: Vec::new(),
+            tokens: HashMap::new(),
         }
     }
 
@@ -69,6 +73,7 @@ impl Writer {
                     Some(Event::Intercept { key_id, intercept }) => {
                         self.intercept(&key_id, intercept).await;
                     }
+                    Some(Event::Tokens(t)) => self.tokens(t),
                     Some(Event::Flush) => self.flush().await,
                     Some(Event::FlushAck(done)) => {
                         self.flush().await;
@@ -95,6 +100,21 @@ impl Writer {
         if at_ms >= u.last_used_ms {
             u.last_used_ms = at_ms;
             u.last_ip = ip.to_string();
+        }
+    }
+
+    fn tokens(&mut self, t: TokenUsage) {
+        let group = (
+            t.hour_ms(),
+            t.key_id.clone(),
+            t.upstream.clone(),
+            t.model.clone(),
+        );
+        match self.tokens.get_mut(&group) {
+            Some(sum) => sum.add(&t),
+            None => {
+                self.tokens.insert(group, t);
+            }
         }
     }
 
@@ -128,6 +148,16 @@ impl Writer {
                 Ok(()) => self.usage.clear(),
                 Err(e) => {
                     tracing::warn!(target: "state", error = %e, keys = batch.len(), "usage flush failed; will retry");
+                }
+            }
+        }
+        if !self.tokens.is_empty() {
+            let batch: Vec<TokenUsage> = self.tokens.values().cloned().collect();
+            match stores.db.record_token_usage(&batch).await {
+                Ok(()) => self.tokens.clear(),
+                Err(e) => {
+                    // Kept (one row per group, so bounded by the groups of the outage) and retried.
+                    tracing::warn!(target: "state", error = %e, groups = batch.len(), "token usage flush failed; will retry");
                 }
             }
         }

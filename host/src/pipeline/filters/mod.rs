@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::Filter;
 use crate::config::Config;
+use crate::state::Stores;
 
 /// The built-in filters every request meets, in order, around the route's policies.
 pub(crate) struct Builtin {
@@ -21,11 +22,15 @@ pub(crate) struct Builtin {
     pub(crate) last: Vec<Arc<dyn Filter>>,
 }
 
-pub(crate) fn builtin(config: &Config) -> Builtin {
+pub(crate) fn builtin(config: &Config, stores: &Arc<Stores>) -> Builtin {
     let first: Vec<Arc<dyn Filter>> = Vec::new();
-    let mut last: Vec<Arc<dyn Filter>> = vec![Arc::new(request_id::RequestIdHeader::new(
-        &config.server.request_id_header,
-    ))];
+    let mut last: Vec<Arc<dyn Filter>> = vec![
+        Arc::new(request_id::RequestIdHeader::new(
+            &config.server.request_id_header,
+        )),
+        // Before the access log, whose line carries the counts.
+        Arc::new(crate::telemetry::usage::Usage::new(stores.clone())),
+    ];
     if config.logging.access_log {
         last.push(Arc::new(crate::telemetry::access_log::AccessLog));
     }

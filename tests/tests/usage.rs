@@ -1,0 +1,197 @@
+//! Token usage accounting end to end: the counts the upstream reports (OpenAI JSON and streams,
+//! Anthropic streams) reach the database, summed per key, upstream and model; a stream the client
+//! abandons keeps what it had seen and is marked partial.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tollgate::state::{TokenUsage, UsageBy};
+use tollgate_tests::*;
+
+async fn setup() -> (MockUpstream, TestGateway) {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&config_yaml(&[mock.url()], "")).await;
+    (mock, gw)
+}
+
+/// Everything recorded so far, grouped as asked, after the writer flushed.
+async fn usage(gw: &TestGateway, by: UsageBy) -> Vec<TokenUsage> {
+    let stores = &gw.gateway.stores;
+    stores.flush().await;
+    stores
+        .database()
+        .token_usage(by, 0, u64::MAX)
+        .await
+        .unwrap()
+}
+
+async fn only_row(gw: &TestGateway) -> TokenUsage {
+    let rows = usage(gw, UsageBy::Key).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows.into_iter().next().unwrap()
+}
+
+fn post(gw: &TestGateway, path: &str, body: &Value) -> reqwest::RequestBuilder {
+    client()
+        .post(gw.url(path))
+        .bearer_auth(CLIENT_KEY)
+        .json(body)
+}
+
+#[tokio::test]
+async fn openai_json_answer_counts_its_usage_object() {
+    let (_mock, gw) = setup().await;
+    let resp = post(&gw, "/v1/chat/completions", &chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let u = only_row(&gw).await;
+    assert_eq!(u.requests, 1);
+    assert_eq!(
+        (u.input_tokens, u.output_tokens),
+        (
+            body["usage"]["prompt_tokens"].as_u64().unwrap(),
+            body["usage"]["completion_tokens"].as_u64().unwrap()
+        )
+    );
+    assert!(u.input_tokens > 0 && u.output_tokens > 0);
+    assert_eq!((u.errors, u.partial), (0, 0));
+}
+
+#[tokio::test]
+async fn openai_stream_counts_only_when_usage_was_asked_for() {
+    let (_mock, gw) = setup().await;
+    // Without stream_options the upstream sends no usage: the request counts, its tokens do not.
+    let resp = post(&gw, "/v1/chat/completions", &chat_body(true))
+        .header("x-mock-events", "4")
+        .send()
+        .await
+        .unwrap();
+    let _ = read_events(resp, Instant::now()).await.unwrap();
+    let u = only_row(&gw).await;
+    assert_eq!((u.requests, u.input_tokens, u.output_tokens), (1, 0, 0));
+
+    let mut body = chat_body(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = post(&gw, "/v1/chat/completions", &body)
+        .header("x-mock-events", "4")
+        .send()
+        .await
+        .unwrap();
+    let events = read_events(resp, Instant::now()).await.unwrap();
+    let last_usage: Value = events
+        .iter()
+        .filter_map(|(_, e)| serde_json::from_str::<Value>(e).ok())
+        .find(|v| v["usage"].is_object())
+        .expect("a usage chunk")["usage"]
+        .clone();
+    let u = only_row(&gw).await;
+    assert_eq!(u.requests, 2);
+    assert_eq!(
+        (u.input_tokens, u.output_tokens),
+        (
+            last_usage["prompt_tokens"].as_u64().unwrap(),
+            last_usage["completion_tokens"].as_u64().unwrap()
+        )
+    );
+    assert_eq!(u.output_tokens, 4);
+}
+
+#[tokio::test]
+async fn anthropic_stream_counts_input_from_the_start_and_output_from_the_last_delta() {
+    let (_mock, gw) = setup().await;
+    let body = json!({"model": "claude-test", "max_tokens": 64, "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let resp = post(&gw, "/v1/messages", &body)
+        .header("x-mock-events", "6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = read_events(resp, Instant::now()).await.unwrap();
+    assert!(events.last().unwrap().1.contains("message_stop"));
+    let u = only_row(&gw).await;
+    assert_eq!((u.input_tokens, u.output_tokens, u.partial), (8, 6, 0));
+    let models = usage(&gw, UsageBy::Model).await;
+    assert_eq!(models[0].model, "claude-test");
+    let upstreams = usage(&gw, UsageBy::Upstream).await;
+    assert_eq!(upstreams[0].upstream, "u0");
+}
+
+#[tokio::test]
+async fn a_stream_the_client_abandons_keeps_what_it_saw_and_is_partial() {
+    let (mock, gw) = setup().await;
+    let body = json!({"model": "claude-test", "max_tokens": 64, "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let mut resp = post(&gw, "/v1/messages", &body)
+        .header("x-mock-events", "50")
+        .header("x-mock-delay-ms", "100")
+        .send()
+        .await
+        .unwrap();
+    // The first frames (message_start with the input count) arrive; then the client leaves.
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(resp);
+    assert!(eventually(Duration::from_secs(5), || mock.cancelled() == 1).await);
+    let u = only_row(&gw).await;
+    assert_eq!((u.requests, u.partial), (1, 1));
+    assert_eq!(
+        u.input_tokens, 8,
+        "input was reported before the client left"
+    );
+    assert!(u.output_tokens < 50, "{u:?}");
+}
+
+#[tokio::test]
+async fn refused_requests_count_as_errors_of_their_key() {
+    let (_mock, gw) = setup().await;
+    let resp = post(&gw, "/v1/chat/completions", &chat_body(false))
+        .header("x-mock-status", "503")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let u = only_row(&gw).await;
+    assert_eq!((u.requests, u.errors, u.input_tokens), (1, 1, 0));
+}
+
+#[tokio::test]
+async fn the_built_in_mock_speaks_anthropic_messages_too() {
+    let yaml = config_yaml(&[], "").replace(
+        "upstreams:\n",
+        "upstreams:\n  - name: demo\n    mock: {reply: \"hello from the mock\"}\n",
+    );
+    let yaml = yaml.replace("upstreams: []", "upstreams: [demo]");
+    let gw = TestGateway::start(&yaml).await;
+    let body = json!({"model": "claude-test", "max_tokens": 64,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let answer: Value = post(&gw, "/v1/messages", &body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["type"], "message");
+    assert_eq!(answer["content"][0]["text"], "hello from the mock");
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let resp = post(&gw, "/v1/messages", &streamed).send().await.unwrap();
+    let events = read_events(resp, Instant::now()).await.unwrap();
+    let text: String = events
+        .iter()
+        .filter_map(|(_, e)| e.split_once("data: ").map(|(_, d)| d.to_owned()))
+        .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "hello from the mock");
+    let u = only_row(&gw).await;
+    assert_eq!(u.requests, 2);
+    assert_eq!((u.input_tokens, u.output_tokens), (16, 8));
+}
