@@ -59,7 +59,7 @@ use hyper::body::Incoming;
 use self::body::{BodyError, GuardedBody, Prefixed};
 pub use self::filter::{Chain, Filter, Hooks, UpstreamResponse, Verdict};
 use self::headers::{Forwarding, X_REQUEST_ID};
-use self::relay::{Relay, Tail};
+use self::relay::{Relay, Relayed, Tail};
 use self::route::{Limits, Route, Runtime};
 use self::session::Probe;
 pub use self::session::{Ctx, Outcome, Session};
@@ -126,7 +126,7 @@ pub async fn handle(
     let chain = s.route.map_or(&rt.global, |r| &r.chain).clone();
     let (resp, from) = match result {
         Ok((resp, upstream)) => (resp, Some(upstream)),
-        Err(e) => (refuse(&mut s, e), None),
+        Err(e) => (refuse(&mut s, e).map(Relayed::boxed), None),
     };
 
     // Step 7: the head the client gets.
@@ -140,14 +140,14 @@ pub async fn handle(
             // The upstream's answer is replaced by the filter's error; the remaining filters see
             // the error answer.
             let (h, b) = refuse(&mut s, e).into_parts();
-            (head, body) = (h, b);
+            (head, body) = (h, Relayed::boxed(b));
         }
     }
     s.ctx.record.status = head.status.as_u16();
     if !chain.watches_body() && s.ctx.in_flight.is_none() {
         // Nothing to tell when it ends, no upstream to hold: the body goes out as it is.
         drop(s);
-        return http::Response::from_parts(head, body);
+        return http::Response::from_parts(head, body.into_box());
     }
     let tail = Tail { ctx: s.ctx, chain };
     http::Response::from_parts(head, Relay::new(body, tail).boxed_unsync())
@@ -177,7 +177,7 @@ async fn run(
     s: &mut Session<'_>,
     client: &UpstreamClient,
     body: Incoming,
-) -> Result<(http::Response<BoxBody>, Arc<Upstream>), GatewayError> {
+) -> Result<(http::Response<Relayed>, Arc<Upstream>), GatewayError> {
     let rt = s.rt;
     // Step 1, screen: sizes, framing, Host; then nothing below (filters included) sees the
     // client's hop-by-hop headers; then the path everything below sees.
@@ -276,7 +276,7 @@ async fn attempt(
     may_retry: bool,
     body: &mut RequestBody,
     index: usize,
-) -> Result<Option<http::Response<BoxBody>>, GatewayError> {
+) -> Result<Option<http::Response<Relayed>>, GatewayError> {
     let chain = &*route.chain;
     s.ctx.record.upstream = Some(upstream.name.clone());
     s.ctx.record.attempts = index as u32 + 1;
@@ -321,14 +321,16 @@ async fn attempt(
         upstream.record_latency(attempt_start.elapsed());
     }
     let (mut head, incoming) = resp.into_parts();
-    let mut relayed = GuardedBody::new(incoming, s.rt.limits.upstream_idle, None)
-        .map_err(Into::into)
-        .boxed_unsync();
+    let guarded = GuardedBody::new(incoming, s.rt.limits.upstream_idle, None);
     headers::to_client(&mut head.headers);
 
     if chain.upstream_response.is_empty() {
-        return Ok(Some(http::Response::from_parts(head, relayed)));
+        return Ok(Some(http::Response::from_parts(
+            head,
+            Relayed::upstream(guarded),
+        )));
     }
+    let mut relayed = guarded.map_err(Into::into).boxed_unsync();
     // A streamed answer may carry its error in the first event: read it first (when the route
     // asks) so filters can see it; the bytes read are relayed first, unchanged.
     let mut first_event = None;
@@ -362,7 +364,10 @@ async fn attempt(
     if retry && may_retry {
         return Ok(None);
     }
-    Ok(Some(http::Response::from_parts(head, relayed)))
+    Ok(Some(http::Response::from_parts(
+        head,
+        Relayed::boxed(relayed),
+    )))
 }
 
 /// Maps a failed send to what the client is told, and charges the upstream's health where the

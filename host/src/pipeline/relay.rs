@@ -10,8 +10,70 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::body::GuardedBody;
 use super::filter::Chain;
 use super::session::{Ctx, Outcome};
+use crate::listen::{BoxBody, BoxError};
+use crate::upstream::UpstreamBody;
+
+pin_project! {
+    /// The body of the answer the pipeline chose: an upstream's, under the `idle` guard (not
+    /// boxed, so the relay boxes it once), or one already boxed (the gateway's own answers, a
+    /// stream whose first event was read ahead).
+    #[project = RelayedProj]
+    pub enum Relayed {
+        Upstream { #[pin] body: GuardedBody<UpstreamBody> },
+        Boxed { body: BoxBody },
+    }
+}
+
+impl Relayed {
+    pub(super) fn upstream(body: GuardedBody<UpstreamBody>) -> Self {
+        Self::Upstream { body }
+    }
+
+    pub(super) fn boxed(body: BoxBody) -> Self {
+        Self::Boxed { body }
+    }
+
+    /// As the listener's body type, boxing only what is not boxed yet.
+    pub(super) fn into_box(self) -> BoxBody {
+        use http_body_util::BodyExt;
+        match self {
+            Self::Upstream { body } => body.map_err(Into::into).boxed_unsync(),
+            Self::Boxed { body } => body,
+        }
+    }
+}
+
+impl Body for Relayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            RelayedProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
+            RelayedProj::Boxed { body } => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream { body } => body.is_end_stream(),
+            Self::Boxed { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Upstream { body } => body.size_hint(),
+            Self::Boxed { body } => body.size_hint(),
+        }
+    }
+}
 
 /// The end of a request: its context and the filters to tell. Dropping it runs the `on_done`
 /// filters, so a request that completes, fails, or is abandoned by its client mid-stream ends
