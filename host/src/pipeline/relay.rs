@@ -176,3 +176,96 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+    use crate::pipeline::{Filter, Hooks};
+
+    /// Counts `on_done` calls and remembers the outcomes and the chunks it saw.
+    #[derive(Default)]
+    struct Probe {
+        done: AtomicUsize,
+        outcomes: Mutex<Vec<Outcome>>,
+        chunks: AtomicUsize,
+    }
+
+    struct Watch(Arc<Probe>);
+
+    #[async_trait::async_trait]
+    impl Filter for Watch {
+        fn name(&self) -> &str {
+            "watch"
+        }
+        fn hooks(&self) -> crate::pipeline::Hooks {
+            Hooks::BODY_CHUNK | Hooks::DONE
+        }
+        fn on_body_chunk(&self, _ctx: &mut Ctx, _chunk: &Bytes) {
+            self.0.chunks.fetch_add(1, Ordering::SeqCst);
+        }
+        fn on_done(&self, ctx: &mut Ctx) {
+            self.0.done.fetch_add(1, Ordering::SeqCst);
+            self.0.outcomes.lock().unwrap().push(ctx.record.outcome);
+        }
+    }
+
+    fn relay(
+        frames: Vec<Result<&'static str, &'static str>>,
+        probe: &Arc<Probe>,
+        refused: bool,
+    ) -> Relay<BoxBody> {
+        let stream = futures_util::stream::iter(frames.into_iter().map(|f| {
+            f.map(|s| http_body::Frame::data(Bytes::from_static(s.as_bytes())))
+                .map_err(|e| BoxError::from(e))
+        }));
+        let head = http::Request::new(()).into_parts().0;
+        let mut ctx = Ctx::new("id".into(), "127.0.0.1".parse().unwrap(), &head);
+        if refused {
+            ctx.record.error = Some("bad_request");
+        }
+        let chain = Arc::new(Chain::new([
+            Arc::new(Watch(probe.clone())) as Arc<dyn Filter>
+        ]));
+        Relay::new(
+            StreamBody::new(stream).boxed_unsync(),
+            Tail {
+                ctx: Box::new(ctx),
+                chain,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn every_ending_tells_on_done_exactly_once_with_its_outcome() {
+        let probe = Arc::new(Probe::default());
+        // Complete.
+        let body = relay(vec![Ok("a"), Ok("b")], &probe, false);
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"ab");
+        // The upstream broke off.
+        let body = relay(vec![Ok("a"), Err("reset")], &probe, false);
+        assert!(body.collect().await.is_err());
+        // The client left after the first frame.
+        let mut body = relay(vec![Ok("a"), Ok("b")], &probe, false);
+        assert!(body.frame().await.is_some());
+        drop(body);
+        // The gateway's own answer, sent whole.
+        let body = relay(vec![Ok("{}")], &probe, true);
+        body.collect().await.unwrap();
+        assert_eq!(probe.done.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            *probe.outcomes.lock().unwrap(),
+            [
+                Outcome::Complete,
+                Outcome::UpstreamAborted,
+                Outcome::ClientAborted,
+                Outcome::Refused
+            ]
+        );
+        assert_eq!(probe.chunks.load(Ordering::SeqCst), 2 + 1 + 1 + 1);
+    }
+}
