@@ -221,7 +221,7 @@ mod tests {
     ) -> Relay<BoxBody> {
         let stream = futures_util::stream::iter(frames.into_iter().map(|f| {
             f.map(|s| http_body::Frame::data(Bytes::from_static(s.as_bytes())))
-                .map_err(|e| BoxError::from(e))
+                .map_err(BoxError::from)
         }));
         let head = http::Request::new(()).into_parts().0;
         let mut ctx = Ctx::new("id".into(), "127.0.0.1".parse().unwrap(), &head);
