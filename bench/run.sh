@@ -133,8 +133,9 @@ YAML
 
 targets="direct:$MOCK nginx:$NGINX tollgate:$GATE chain:$CHAIN"
 if [ -n "$BASELINE" ]; then
-  sed "s/$GATE/$BASE/" "$out/tollgate.yaml" > "$out/base.yaml"
-  sed "s/$CHAIN/$BASE_CHAIN/" "$out/chain.yaml" > "$out/base-chain.yaml"
+  # Its own database files: an older binary refuses a schema with newer migrations.
+  { sed "s/$GATE/$BASE/" "$out/tollgate.yaml"; echo 'storage: {database: "sqlite://base.db"}'; } > "$out/base.yaml"
+  { sed "s/$CHAIN/$BASE_CHAIN/" "$out/chain.yaml"; echo 'storage: {database: "sqlite://base-chain.db"}'; } > "$out/base-chain.yaml"
   "${proxy_cpu[@]}" "$BASELINE" run --config "$out/base.yaml" & pids+=($!); base_pid=$!
   "${proxy_cpu[@]}" "$BASELINE" run --config "$out/base-chain.yaml" & pids+=($!); base_chain_pid=$!
   targets="$targets base:$BASE base-chain:$BASE_CHAIN"

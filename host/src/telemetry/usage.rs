@@ -173,10 +173,18 @@ impl Meter {
     fn finish(self) -> Option<Tokens> {
         match self {
             Self::Json(parts, _) => {
+                /// Only the `usage` member is built; the rest of the answer is skipped unparsed.
+                #[derive(serde::Deserialize)]
+                struct Answer {
+                    usage: Option<Value>,
+                }
                 let parts = parts?;
-                let body: Vec<u8> = parts.concat();
-                let v: Value = serde_json::from_slice(&body).ok()?;
-                v.get("usage").and_then(from_usage)
+                let answer: Answer = match parts.as_slice() {
+                    [one] => serde_json::from_slice(one),
+                    _ => serde_json::from_slice(&parts.concat()),
+                }
+                .ok()?;
+                answer.usage.as_ref().and_then(from_usage)
             }
             Self::Sse {
                 mut carry,

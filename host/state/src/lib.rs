@@ -184,6 +184,9 @@ pub struct Stores {
     near: Option<MemoryKv>,
     config: StorageConfig,
     queue: mpsc::Sender<Event>,
+    /// Token usage of finished requests, taken by the writer at each flush. A plain buffer rather
+    /// than the queue: one push per request, and no wake-up of the writer task for each.
+    tokens: std::sync::Mutex<Vec<TokenUsage>>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub stats: StoreStats,
 }
@@ -284,6 +287,7 @@ impl Stores {
             near: changes.is_some().then(MemoryKv::default),
             config,
             queue,
+            tokens: std::sync::Mutex::new(Vec::new()),
             writer: std::sync::Mutex::new(None),
             stats: StoreStats::default(),
         });
@@ -437,7 +441,18 @@ impl Stores {
     /// Queues one request's token usage (summed per hour, key, upstream and model by the
     /// writer).
     pub fn record_tokens(&self, usage: TokenUsage) {
-        self.enqueue(Event::Tokens(usage));
+        let mut buffer = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if buffer.len() >= QUEUE_CAPACITY {
+            drop(buffer);
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        buffer.push(usage);
+    }
+
+    /// The token usage recorded since the last call (for the writer).
+    fn take_tokens(&self) -> Vec<TokenUsage> {
+        std::mem::take(&mut *self.tokens.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn enqueue(&self, event: Event) {

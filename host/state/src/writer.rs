@@ -29,7 +29,6 @@ pub(super) enum Event {
         key_id: String,
         intercept: Intercept,
     },
-    Tokens(TokenUsage),
     Flush,
     FlushAck(oneshot::Sender<()>),
     Stop,
@@ -73,7 +72,6 @@ impl Writer {
                     Some(Event::Intercept { key_id, intercept }) => {
                         self.intercept(&key_id, intercept).await;
                     }
-                    Some(Event::Tokens(t)) => self.tokens(t),
                     Some(Event::Flush) => self.flush().await,
                     Some(Event::FlushAck(done)) => {
                         self.flush().await;
@@ -142,6 +140,9 @@ impl Writer {
         let Some(stores) = self.stores.upgrade() else {
             return;
         };
+        for t in stores.take_tokens() {
+            self.tokens(t);
+        }
         if !self.usage.is_empty() {
             let batch: Vec<Usage> = self.usage.values().cloned().collect();
             match stores.db.record_usage(&batch).await {
