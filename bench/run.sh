@@ -42,7 +42,10 @@ if ! command -v nginx >/dev/null; then
 fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --locked -q -p tollgate -p tollgate-tests -p tollgate-bench
+# BUILD=0: measure the release binaries already built (e.g. while the tree has moved on).
+if [ "${BUILD:-1}" = 1 ]; then
+  cargo build --release --locked -q -p tollgate -p tollgate-tests -p tollgate-bench
+fi
 rustup target add wasm32-wasip2 >/dev/null 2>&1
 plugins/build.sh build >/dev/null 2>&1
 bin=target/release
@@ -96,6 +99,7 @@ upstreams:
 routes:
   - path_prefix: /v1/
     upstreams: [mock]
+storage: {database: "sqlite://gate.db"}
 admin: {enabled: false}
 logging:
   level: warn
@@ -119,6 +123,7 @@ routes:
   - path_prefix: /v1/
     upstreams: [mock-a, mock-b]
     policies: [bind, stamp, rotate, quota]
+storage: {database: "sqlite://chain.db"}
 plugins:
   - {name: bind, kind: ip-binding, module: $W/tollgate_ip_binding.wasm}
   - {name: stamp, kind: header-rewrite, module: $W/tollgate_header_rewrite.wasm, config: {request: [{set: {name: x-gw, value: "\${request_id}"}}]}}
@@ -133,9 +138,10 @@ YAML
 
 targets="direct:$MOCK nginx:$NGINX tollgate:$GATE chain:$CHAIN"
 if [ -n "$BASELINE" ]; then
-  # Its own database files: an older binary refuses a schema with newer migrations.
-  { sed "s/$GATE/$BASE/" "$out/tollgate.yaml"; echo 'storage: {database: "sqlite://base.db"}'; } > "$out/base.yaml"
-  { sed "s/$CHAIN/$BASE_CHAIN/" "$out/chain.yaml"; echo 'storage: {database: "sqlite://base-chain.db"}'; } > "$out/base-chain.yaml"
+  # Own database files (an older binary refuses a schema with newer migrations, and two
+  # processes must not migrate one SQLite file at once).
+  sed "s/$GATE/$BASE/; s/gate.db/base.db/" "$out/tollgate.yaml" > "$out/base.yaml"
+  sed "s/$CHAIN/$BASE_CHAIN/; s/chain.db/base-chain.db/" "$out/chain.yaml" > "$out/base-chain.yaml"
   "${proxy_cpu[@]}" "$BASELINE" run --config "$out/base.yaml" & pids+=($!); base_pid=$!
   "${proxy_cpu[@]}" "$BASELINE" run --config "$out/base-chain.yaml" & pids+=($!); base_chain_pid=$!
   targets="$targets base:$BASE base-chain:$BASE_CHAIN"
