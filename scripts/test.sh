@@ -21,6 +21,12 @@ if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
+# `promtool check metrics` (Prometheus's own parser and linter) checks the /metrics exposition;
+# only the package, not the exporters it recommends.
+if ! command -v promtool >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
 
 # WebAssembly policy plugins (plugins/) are built for wasm32-wasip2: the host's tests load the real
 # components. Their pure logic is unit-tested natively.

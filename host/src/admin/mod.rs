@@ -2,8 +2,8 @@
 //! (`admin.listen`, default `127.0.0.1:8318`) and never on the data plane, where `/metrics` and
 //! `/admin/` are reserved paths no route may claim (they answer 404 there).
 //!
-//! Empty for now: `/metrics`, `/admin/api/…` and `/admin/ui/…` arrive with the operator-plane
-//! issue. It changes the gateway only through the stores and a reload of the snapshot, so the
+//! Serves `GET /metrics` (Prometheus text, `crate::telemetry::metrics`); `/admin/api/…` and
+//! `/admin/ui/…` arrive with the rest of the operator-plane issue. It changes the gateway only through the stores and a reload of the snapshot, so the
 //! snapshot stays the one thing a request reads.
 
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use crate::gateway::Gateway;
 /// The admin plane's routes. Every path it does not serve answers 404 in the OpenAI error shape.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
+        .route("/metrics", axum::routing::get(metrics))
         .fallback(|| async { ErrorKind::NoRoute })
         .method_not_allowed_fallback(|| async {
             ErrorKind::MethodNotAllowed {
@@ -23,4 +24,17 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             }
         })
         .with_state(gateway)
+}
+
+/// The metrics in the OpenMetrics text format (which Prometheus scrapes natively).
+async fn metrics(
+    axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gateway.metrics.encode(),
+    )
 }

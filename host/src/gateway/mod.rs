@@ -23,6 +23,7 @@ use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::pipeline::route::Runtime;
 use crate::policy::PolicyEngine;
 use crate::state::{StoreError, Stores};
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 
 /// Why a gateway could not be built from a config.
@@ -43,6 +44,8 @@ pub struct Gateway {
     /// Bindings, intercepts, caches; opened once (storage settings are not reloaded).
     pub stores: Arc<Stores>,
     pub(crate) draining: AtomicBool,
+    /// Prometheus metrics (`/metrics` on the admin plane); kept across reloads.
+    pub(crate) metrics: Arc<Metrics>,
     /// Serialises reloads so two never build from different configs at once.
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -71,7 +74,8 @@ impl Gateway {
         let engine =
             PolicyEngine::new(stores.clone()).map_err(|e| BuildError::Engine(format!("{e:#}")))?;
         let engine = Arc::new(engine);
-        let runtime = runtime::build(config, &engine, None)
+        let metrics = Metrics::new();
+        let runtime = runtime::build(config, &engine, None, &metrics)
             .await
             .map_err(|errors| ConfigErrors {
                 source_name: "config".into(),
@@ -83,8 +87,10 @@ impl Gateway {
             engine,
             stores,
             draining: AtomicBool::new(false),
+            metrics,
             reload_lock: tokio::sync::Mutex::new(()),
         });
+        gateway.metrics.attach(&gateway);
         if let Some(feed) = gateway.stores.shared_cooldowns() {
             tokio::spawn(apply_shared_cooldowns(Arc::downgrade(&gateway), feed));
         }
@@ -98,8 +104,13 @@ impl Gateway {
     pub async fn reload(&self, config: &Config) -> Result<(), Vec<ConfigError>> {
         let _serial = self.reload_lock.lock().await;
         let current = self.runtime();
-        let next = runtime::build(config, &self.engine, Some(&current)).await?;
-        self.runtime.store(Arc::new(next));
+        let built = runtime::build(config, &self.engine, Some(&current), &self.metrics).await;
+        let counter = match &built {
+            Ok(_) => &self.metrics.reloads.ok,
+            Err(_) => &self.metrics.reloads.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.runtime.store(Arc::new(built?));
         Ok(())
     }
 

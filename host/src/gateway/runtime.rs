@@ -13,6 +13,7 @@ use crate::pipeline::filters::{self, policies};
 use crate::pipeline::route::{Limits, Route, Runtime};
 use crate::policy::{LoadError, Plugin, PluginSpec, PolicyEngine};
 use crate::state::Stores;
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 
 fn config_error(path: String, message: String) -> ConfigError {
@@ -30,6 +31,7 @@ pub(crate) async fn build(
     config: &Config,
     engine: &Arc<PolicyEngine>,
     previous: Option<&Runtime>,
+    metrics: &Arc<Metrics>,
 ) -> Result<Runtime, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut upstreams = Vec::new();
@@ -59,7 +61,7 @@ pub(crate) async fn build(
         return Err(errors);
     }
     let stores = engine.stores();
-    let filters::Builtin { first, last } = filters::builtin(config, stores);
+    let filters::Builtin { first, last } = filters::builtin(config, stores, metrics);
     let mut routes: Vec<Route> = Vec::new();
     for r in &config.routes {
         let chain = Chain::new(

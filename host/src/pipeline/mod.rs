@@ -221,6 +221,7 @@ async fn run(
         .authenticate(&s.head.headers)
         .ok_or(ErrorKind::Unauthorized)?;
     s.ctx.record.key_prefix = Some(key.id.prefix());
+    s.ctx.record.key_name = Some(key.name.clone());
     s.key = Some(key);
 
     // Step 4: read body.

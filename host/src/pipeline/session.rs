@@ -50,6 +50,8 @@ pub struct RequestRecord {
     pub path: String,
     pub http_version: http::Version,
     pub key_prefix: Option<String>,
+    /// The key's configured name (bounded: a metrics label).
+    pub key_name: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
     /// As the client named it, cut to `error::MAX_ECHO` characters.
     pub model: Option<String>,
@@ -96,6 +98,7 @@ impl Ctx {
                 path: parts.uri.path().to_owned(),
                 http_version: parts.version,
                 key_prefix: None,
+                key_name: None,
                 route: None,
                 model: None,
                 upstream: None,

@@ -1,6 +1,7 @@
 //! Log output: JSON lines (default, for log shippers) or human-readable text.
 
 pub(crate) mod access_log;
+pub(crate) mod metrics;
 pub(crate) mod usage;
 
 use tracing_subscriber::EnvFilter;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::Filter;
 use crate::config::Config;
 use crate::state::Stores;
+use crate::telemetry::metrics::{Metrics, MetricsFilter};
 
 /// The built-in filters every request meets, in order, around the route's policies.
 pub(crate) struct Builtin {
@@ -22,7 +23,7 @@ pub(crate) struct Builtin {
     pub(crate) last: Vec<Arc<dyn Filter>>,
 }
 
-pub(crate) fn builtin(config: &Config, stores: &Arc<Stores>) -> Builtin {
+pub(crate) fn builtin(config: &Config, stores: &Arc<Stores>, metrics: &Arc<Metrics>) -> Builtin {
     let first: Vec<Arc<dyn Filter>> = Vec::new();
     let mut last: Vec<Arc<dyn Filter>> = vec![
         Arc::new(request_id::RequestIdHeader::new(
@@ -30,6 +31,10 @@ pub(crate) fn builtin(config: &Config, stores: &Arc<Stores>) -> Builtin {
         )),
         // Before the access log, whose line carries the counts.
         Arc::new(crate::telemetry::usage::Usage::new(stores.clone())),
+        // After usage (it reads the tokens).
+        Arc::new(MetricsFilter {
+            metrics: metrics.clone(),
+        }),
     ];
     if config.logging.access_log {
         last.push(Arc::new(crate::telemetry::access_log::AccessLog));

@@ -1,0 +1,153 @@
+//! `/metrics` on the admin listener: real requests move the counters, label values stay bounded,
+//! and Prometheus's own checker (`promtool check metrics`, Debian's `prometheus` package) accepts
+//! the exposition.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use tollgate_tests::*;
+
+async fn scrape(gw: &TestGateway) -> (String, String) {
+    let resp = client()
+        .get(format!("http://{}/metrics", gw.admin_addr.unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    (ct, resp.text().await.unwrap())
+}
+
+fn line_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn requests_tokens_and_upstreams_are_exposed_with_bounded_labels() {
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "");
+    let gw = TestGateway::start(&yaml).await;
+    for _ in 0..2 {
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let refused = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    refused.bytes().await.unwrap();
+
+    let (content_type, text) = scrape(&gw).await;
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert_eq!(
+        line_value(
+            &text,
+            r#"tollgate_requests_total{route="/v1/",upstream="u0",status_class="2xx",outcome="complete"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        line_value(
+            &text,
+            r#"tollgate_requests_total{route="/v1/",upstream="",status_class="4xx",outcome="refused"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let model = chat_body(false)["model"].as_str().unwrap().to_owned();
+    let tokens = format!(
+        r#"gen_ai_client_token_usage_count{{key="tester",upstream="u0",model="{model}",type="input"}}"#
+    );
+    assert_eq!(line_value(&text, &tokens), Some(2.0), "{text}");
+    let input_sum = format!(
+        r#"gen_ai_client_token_usage_sum{{key="tester",upstream="u0",model="{model}",type="input"}}"#
+    );
+    assert_eq!(line_value(&text, &input_sum), Some(16.0), "8 prompt tokens each: {text}");
+    assert_eq!(
+        line_value(&text, r#"tollgate_upstream_healthy{upstream="u0"}"#),
+        Some(1.0)
+    );
+    assert!(text.contains("gen_ai_server_request_duration_seconds_bucket{"));
+    assert!(text.contains("gen_ai_server_time_to_first_token_seconds_bucket{"));
+    assert!(line_value(&text, "process_resident_memory_bytes").unwrap() > 0.0);
+    // No client address, key or key id ever becomes a label value.
+    assert!(!text.contains("127.0.0.1"));
+    assert!(!text.contains(CLIENT_KEY));
+    let config = tollgate::Config::parse(&yaml, "t.yaml", Box::new(|_| None)).unwrap();
+    let id = tollgate::KeyRing::new(&config.auth).id_of(CLIENT_KEY);
+    assert!(!text.contains(&id.prefix()));
+
+    // promtool (Prometheus's own parser and linter) accepts it.
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed by scripts/test.sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool refused the exposition:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Never on the data plane.
+    let on_data = client().get(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(on_data.status(), 404);
+}
+
+#[tokio::test]
+async fn model_names_past_the_cap_share_one_label_value() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&config_yaml(&[mock.url()], "")).await;
+    for i in 0..70 {
+        let mut body = chat_body(false);
+        body["model"] = format!("model-{i}").into();
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let (_, text) = scrape(&gw).await;
+    let models: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("gen_ai_client_token_usage_count{"))
+        .filter_map(|l| l.split("model=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(models.len(), 65, "64 names and `other`: {models:?}");
+    assert!(models.contains("other"));
+    assert_eq!(
+        line_value(
+            &text,
+            r#"gen_ai_client_token_usage_count{key="tester",upstream="u0",model="other",type="input"}"#
+        ),
+        Some(6.0)
+    );
+}
