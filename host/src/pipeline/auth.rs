@@ -43,6 +43,8 @@ impl fmt::Debug for KeyId {
 pub struct ClientKey {
     pub id: KeyId,
     pub name: Arc<str>,
+    /// `id` as hex, computed once (stores and policies use it on every request).
+    pub hex: Arc<str>,
 }
 
 /// All accepted keys, by id.
@@ -75,6 +77,7 @@ impl KeyRing {
                 Arc::new(ClientKey {
                     id,
                     name: k.name.as_str().into(),
+                    hex: id.to_hex().into(),
                 }),
             );
         }

@@ -186,7 +186,7 @@ impl<'a> Session<'a> {
         let (key_id, key_name) = self
             .key
             .as_ref()
-            .map_or((String::new(), ""), |k| (k.id.to_hex(), &*k.name));
+            .map_or((String::new(), ""), |k| (k.hex.to_string(), &*k.name));
         let view = Arc::new(RequestInfo {
             model: self.probe.model.clone(),
             stream: self.probe.stream.unwrap_or(false),

@@ -173,18 +173,16 @@ impl Meter {
     fn finish(self) -> Option<Tokens> {
         match self {
             Self::Json(parts, _) => {
-                /// Only the `usage` member is built; the rest of the answer is skipped unparsed.
-                #[derive(serde::Deserialize)]
-                struct Answer {
-                    usage: Option<Value>,
-                }
                 let parts = parts?;
-                let answer: Answer = match parts.as_slice() {
-                    [one] => serde_json::from_slice(one),
-                    _ => serde_json::from_slice(&parts.concat()),
-                }
-                .ok()?;
-                answer.usage.as_ref().and_then(from_usage)
+                let joined;
+                let body: &[u8] = match parts.as_slice() {
+                    [one] => one,
+                    _ => {
+                        joined = parts.concat();
+                        &joined
+                    }
+                };
+                usage_member(body)
             }
             Self::Sse {
                 mut carry,
@@ -198,6 +196,28 @@ impl Meter {
             }
         }
     }
+}
+
+/// The top-level `usage` object of a JSON answer. Providers put it last, so the document is
+/// searched from the end for `"usage"` and only the value after it is parsed (a quoted `usage` in
+/// content is escaped, so it never matches; an occurrence whose value is not a usage object is
+/// passed over for an earlier one).
+fn usage_member(body: &[u8]) -> Option<Tokens> {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut end = body.len();
+    while let Some(at) = body[..end].windows(KEY.len()).rposition(|w| w == KEY) {
+        let rest = body[at + KEY.len()..].trim_ascii_start();
+        if let Some(value) = rest.strip_prefix(b":") {
+            let mut de = serde_json::Deserializer::from_slice(value);
+            if let Ok(v) = <Value as serde::Deserialize>::deserialize(&mut de)
+                && let Some(t) = from_usage(&v)
+            {
+                return Some(t);
+            }
+        }
+        end = at;
+    }
+    None
 }
 
 /// One SSE line: a `data:` line that mentions usage is parsed.
@@ -277,7 +297,7 @@ impl Filter for Usage {
             }
         });
         s.ctx.ext.insert(Metered {
-            key_id: key.id.to_hex(),
+            key_id: key.hex.to_string(),
             meter,
         });
         Ok(())
@@ -357,6 +377,14 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((t.input, t.output), (9, 3));
+    }
+
+    #[test]
+    fn json_usage_is_found_from_the_end_past_content_that_mentions_it() {
+        let body = br#"{"choices":[{"message":{"content":"say \"usage\": {\"prompt_tokens\": 99}"}}],"usage":{"prompt_tokens":3,"completion_tokens":4},"meta":{"usage":"n/a"}}"#;
+        let t = usage_member(body).unwrap();
+        assert_eq!((t.input, t.output), (3, 4));
+        assert_eq!(usage_member(br#"{"usage":"n/a"}"#), None);
     }
 
     #[test]
