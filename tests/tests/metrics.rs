@@ -51,11 +51,14 @@ async fn requests_tokens_and_upstreams_are_exposed_with_bounded_labels() {
     refused.bytes().await.unwrap();
 
     let (content_type, text) = scrape(&gw).await;
-    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
     assert_eq!(
         line_value(
             &text,
-            r#"tollgate_requests_total{route="/v1/",upstream="u0",status_class="2xx",outcome="complete"}"#
+            r#"tollgate_requests_total{outcome="complete",route="/v1/",status_class="2xx",upstream="u0"}"#
         ),
         Some(2.0),
         "{text}"
@@ -63,20 +66,24 @@ async fn requests_tokens_and_upstreams_are_exposed_with_bounded_labels() {
     assert_eq!(
         line_value(
             &text,
-            r#"tollgate_requests_total{route="/v1/",upstream="",status_class="4xx",outcome="refused"}"#
+            r#"tollgate_requests_total{outcome="refused",route="/v1/",status_class="4xx",upstream=""}"#
         ),
         Some(1.0),
         "{text}"
     );
     let model = chat_body(false)["model"].as_str().unwrap().to_owned();
     let tokens = format!(
-        r#"gen_ai_client_token_usage_count{{key="tester",upstream="u0",model="{model}",type="input"}}"#
+        r#"gen_ai_client_token_usage_count{{key="tester",model="{model}",type="input",upstream="u0"}}"#
     );
     assert_eq!(line_value(&text, &tokens), Some(2.0), "{text}");
     let input_sum = format!(
-        r#"gen_ai_client_token_usage_sum{{key="tester",upstream="u0",model="{model}",type="input"}}"#
+        r#"gen_ai_client_token_usage_sum{{key="tester",model="{model}",type="input",upstream="u0"}}"#
     );
-    assert_eq!(line_value(&text, &input_sum), Some(16.0), "8 prompt tokens each: {text}");
+    assert_eq!(
+        line_value(&text, &input_sum),
+        Some(16.0),
+        "8 prompt tokens each: {text}"
+    );
     assert_eq!(
         line_value(&text, r#"tollgate_upstream_healthy{upstream="u0"}"#),
         Some(1.0)
@@ -146,7 +153,7 @@ async fn model_names_past_the_cap_share_one_label_value() {
     assert_eq!(
         line_value(
             &text,
-            r#"gen_ai_client_token_usage_count{key="tester",upstream="u0",model="other",type="input"}"#
+            r#"gen_ai_client_token_usage_count{key="tester",model="other",type="input",upstream="u0"}"#
         ),
         Some(6.0)
     );

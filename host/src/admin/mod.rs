@@ -26,14 +26,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// The metrics in the OpenMetrics text format (which Prometheus scrapes natively).
+/// The metrics in the Prometheus text format.
 async fn metrics(
     axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
 ) -> impl axum::response::IntoResponse {
     (
         [(
             http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         gateway.metrics.encode(),
     )

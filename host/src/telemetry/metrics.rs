@@ -1,5 +1,5 @@
-//! Prometheus metrics, served as text at `GET /metrics` on the admin listener
-//! (`prometheus-client` does the exposition).
+//! Prometheus metrics, served at `GET /metrics` on the admin listener in the Prometheus text format
+//! (the `prometheus` crate does the exposition; `promtool check metrics` accepts it).
 //!
 //! Two kinds:
 //! - per request, recorded by the `metrics` filter's `on_done` (after `usage`, so tokens are
@@ -19,59 +19,17 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 use crate::gateway::Gateway;
 use crate::pipeline::{Ctx, Filter, Hooks};
 
+const NO_LABELS: [&str; 0] = [];
+
 /// Distinct model names that get their own label value.
 pub const MAX_MODELS: usize = 64;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    route: String,
-    upstream: String,
-    status_class: &'static str,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TimingLabels {
-    route: String,
-    upstream: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TokenLabels {
-    key: String,
-    upstream: String,
-    model: String,
-    #[prometheus(flatten)]
-    kind: TokenType,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TokenType {
-    r#type: &'static str,
-}
-
-/// The request-path metrics and the registry they are exposed from.
-pub(crate) struct Metrics {
-    registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    duration: Family<TimingLabels, Histogram>,
-    first_token: Family<TimingLabels, Histogram>,
-    tokens: Family<TokenLabels, Histogram>,
-    models: Mutex<HashSet<String>>,
-    pub(crate) reloads: Arc<Reloads>,
-    gateway: Arc<OnceLock<Weak<Gateway>>>,
-}
 
 /// Config reloads by result.
 #[derive(Debug, Default)]
@@ -80,78 +38,223 @@ pub(crate) struct Reloads {
     pub(crate) failed: AtomicU64,
 }
 
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
+/// The gauges and counters read from the gateway at each scrape.
+struct Scraped {
+    upstream_in_flight: GaugeVec,
+    upstream_healthy: GaugeVec,
+    upstream_cooldown: GaugeVec,
+    plugin: [IntCounterVec; 4],
+    store: [IntCounterVec; 3],
+    reloads: IntCounterVec,
+    rss: GaugeVec,
+    fds: GaugeVec,
+    start: GaugeVec,
+    cpu: prometheus::CounterVec,
 }
 
-fn duration_histogram() -> Histogram {
-    // gen_ai.server.request.duration: 0.01 s … 81.92 s, doubling.
-    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+/// The request-path metrics and the registry they are exposed from.
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    first_token: HistogramVec,
+    tokens: HistogramVec,
+    models: Mutex<HashSet<String>>,
+    pub(crate) reloads: Arc<Reloads>,
+    gateway: OnceLock<Weak<Gateway>>,
+    /// Also serialises scrapes (the read-at-scrape values are reset and set).
+    scraped: Mutex<Scraped>,
 }
 
-fn first_token_histogram() -> Histogram {
-    Histogram::new([
-        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    ])
+fn registered<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    // Names are constants that differ from each other: registering cannot fail.
+    let _ = r.register(Box::new(c.clone()));
+    c
 }
 
-fn token_histogram() -> Histogram {
-    // gen_ai.client.token.usage: 1, 4, 16, … 67108864.
-    Histogram::new(exponential_buckets(1.0, 4.0, 14))
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    registered(
+        r,
+        GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    registered(
+        r,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .expect("valid metric"),
+    )
+}
+
+fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    (0..count).map(|i| start * factor.powi(i as i32)).collect()
 }
 
 impl Metrics {
     /// The registry with every family; [`Metrics::attach`] gives it the gateway whose counters it
     /// reads at scrape time.
     pub(crate) fn new() -> Arc<Self> {
-        let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "tollgate_requests",
+        let r = Registry::new();
+        let requests = counter_vec(
+            &r,
+            "tollgate_requests_total",
             "Requests that reached the pipeline, by route, upstream, status class and outcome",
-            requests.clone(),
+            &["route", "upstream", "status_class", "outcome"],
         );
-        let duration = Family::<TimingLabels, Histogram>::new_with_constructor(
-            duration_histogram as fn() -> Histogram,
-        );
-        registry.register(
+        let timing = ["route", "upstream"];
+        let duration = histogram_vec(
+            &r,
             "gen_ai_server_request_duration_seconds",
             "Time from the request's arrival until its answer ended",
-            duration.clone(),
+            &timing,
+            // gen_ai.server.request.duration: 0.01 s ... 81.92 s, doubling.
+            exponential(0.01, 2.0, 14),
         );
-        let first_token = Family::<TimingLabels, Histogram>::new_with_constructor(
-            first_token_histogram as fn() -> Histogram,
-        );
-        registry.register(
+        let first_token = histogram_vec(
+            &r,
             "gen_ai_server_time_to_first_token_seconds",
-            "Time from the request's arrival until the first byte of the answer's body was sent",
-            first_token.clone(),
+            "Time from the request's arrival until the first byte of an upstream's answer went out",
+            &timing,
+            vec![
+                0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                7.5, 10.0,
+            ],
         );
-        let tokens = Family::<TokenLabels, Histogram>::new_with_constructor(
-            token_histogram as fn() -> Histogram,
-        );
-        registry.register(
+        let tokens = histogram_vec(
+            &r,
             "gen_ai_client_token_usage",
             "Tokens per request as the upstream reported them, by key name, upstream, model and type",
-            tokens.clone(),
+            &["key", "upstream", "model", "type"],
+            // gen_ai.client.token.usage: 1, 4, 16, ... 67108864.
+            exponential(1.0, 4.0, 14),
         );
-        let reloads = Arc::new(Reloads::default());
-        let gateway = Arc::new(OnceLock::new());
-        registry.register_collector(Box::new(GatewayCollector {
-            gateway: gateway.clone(),
-            reloads: reloads.clone(),
-        }));
+        let up = ["upstream"];
+        let plugin = ["plugin"];
+        let scraped = Scraped {
+            upstream_in_flight: gauge_vec(
+                &r,
+                "tollgate_upstream_in_flight",
+                "Requests in flight on the upstream, bodies included",
+                &up,
+            ),
+            upstream_healthy: gauge_vec(
+                &r,
+                "tollgate_upstream_healthy",
+                "1 while the upstream is in selection (passive health), 0 while it is marked down",
+                &up,
+            ),
+            upstream_cooldown: gauge_vec(
+                &r,
+                "tollgate_upstream_cooldown_seconds",
+                "Seconds left of the upstream's all-models cooldown (quota policy), 0 if none",
+                &up,
+            ),
+            plugin: [
+                counter_vec(
+                    &r,
+                    "tollgate_plugin_calls_total",
+                    "Calls into the loaded version of the plugin",
+                    &plugin,
+                ),
+                counter_vec(
+                    &r,
+                    "tollgate_plugin_failures_total",
+                    "Calls that trapped, ran out of time or memory, or could not start",
+                    &plugin,
+                ),
+                counter_vec(
+                    &r,
+                    "tollgate_plugin_breaker_openings_total",
+                    "Times the plugin's circuit breaker opened",
+                    &plugin,
+                ),
+                counter_vec(
+                    &r,
+                    "tollgate_plugin_rejected_total",
+                    "Calls refused without running: breaker open or concurrency limit",
+                    &plugin,
+                ),
+            ],
+            store: [
+                counter_vec(
+                    &r,
+                    "tollgate_store_cache_fallbacks_total",
+                    "Cache operations that failed and fell back to the database or the in-process cache",
+                    &[],
+                ),
+                counter_vec(
+                    &r,
+                    "tollgate_store_failsafe_decisions_total",
+                    "Requests decided by storage.failsafe because the stores could not answer",
+                    &[],
+                ),
+                counter_vec(
+                    &r,
+                    "tollgate_store_writes_dropped_total",
+                    "Usage, intercept and token records dropped because the write queue was full",
+                    &[],
+                ),
+            ],
+            reloads: counter_vec(
+                &r,
+                "tollgate_config_reloads_total",
+                "Config reloads, by result (a failed one leaves the running config in service)",
+                &["result"],
+            ),
+            rss: gauge_vec(
+                &r,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                &[],
+            ),
+            fds: gauge_vec(
+                &r,
+                "process_open_fds",
+                "Number of open file descriptors",
+                &[],
+            ),
+            start: gauge_vec(
+                &r,
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                &[],
+            ),
+            cpu: registered(
+                &r,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        "process_cpu_seconds_total",
+                        "Total user and system CPU time spent in seconds",
+                    ),
+                    &[],
+                )
+                .expect("valid metric"),
+            ),
+        };
         Arc::new(Self {
-            registry,
+            registry: r,
             requests,
             duration,
             first_token,
             tokens,
             models: Mutex::new(HashSet::new()),
-            reloads,
-            gateway,
+            reloads: Arc::new(Reloads::default()),
+            gateway: OnceLock::new(),
+            scraped: Mutex::new(scraped),
         })
     }
 
@@ -159,13 +262,18 @@ impl Metrics {
         let _ = self.gateway.set(Arc::downgrade(gateway));
     }
 
-    /// The exposition text (Prometheus/OpenMetrics text format).
+    /// The exposition text (Prometheus text format 0.0.4), with the read-at-scrape values taken
+    /// now.
     pub(crate) fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let scraped = self.scraped.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gateway) = self.gateway.get().and_then(Weak::upgrade) {
+            scraped.read(&gateway, &self.reloads);
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
-        out
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// `model` as a label value: itself while fewer than [`MAX_MODELS`] names were seen.
@@ -182,21 +290,80 @@ impl Metrics {
     }
 }
 
-/// Reads the gateway's own counters at each scrape.
-#[derive(Debug)]
-struct GatewayCollector {
-    gateway: Arc<OnceLock<Weak<Gateway>>>,
-    reloads: Arc<Reloads>,
+/// Sets a counter that mirrors a count kept elsewhere.
+fn mirror(c: &prometheus::IntCounter, value: u64) {
+    c.reset();
+    c.inc_by(value);
 }
 
-/// One scrape's values, taken before encoding.
-#[derive(Debug)]
-struct Snapshot {
-    upstreams: Vec<(String, u64, bool, u64)>,
-    plugins: Vec<(String, [u64; 4])>,
-    store: [u64; 3],
-    reloads: [u64; 2],
-    process: Option<Process>,
+impl Scraped {
+    fn read(&self, gateway: &Gateway, reloads: &Reloads) {
+        let rt = gateway.runtime();
+        let now = crate::state::unix_ms();
+        for g in [
+            &self.upstream_in_flight,
+            &self.upstream_healthy,
+            &self.upstream_cooldown,
+        ] {
+            g.reset();
+        }
+        for u in &rt.upstreams {
+            let l = [&*u.name];
+            self.upstream_in_flight
+                .with_label_values(&l)
+                .set(f64::from(u.in_flight()));
+            self.upstream_healthy
+                .with_label_values(&l)
+                .set(f64::from(u8::from(u.is_healthy())));
+            self.upstream_cooldown
+                .with_label_values(&l)
+                .set(u.cooling_until(None).saturating_sub(now) as f64 / 1000.0);
+        }
+        for c in &self.plugin {
+            c.reset();
+        }
+        for p in &rt.plugins {
+            let s = &p.stats;
+            let l = [&*p.spec.name];
+            for (c, v) in
+                self.plugin
+                    .iter()
+                    .zip([&s.calls, &s.failures, &s.breaker_opened, &s.rejected])
+            {
+                mirror(&c.with_label_values(&l), v.load(Ordering::Relaxed));
+            }
+        }
+        let stats = &gateway.stores.stats;
+        for (c, v) in
+            self.store
+                .iter()
+                .zip([&stats.cache_fallbacks, &stats.failsafe, &stats.queue_full])
+        {
+            mirror(&c.with_label_values(&NO_LABELS), v.load(Ordering::Relaxed));
+        }
+        mirror(
+            &self.reloads.with_label_values(&["ok"]),
+            reloads.ok.load(Ordering::Relaxed),
+        );
+        mirror(
+            &self.reloads.with_label_values(&["failed"]),
+            reloads.failed.load(Ordering::Relaxed),
+        );
+        if let Some(p) = process() {
+            self.rss
+                .with_label_values(&NO_LABELS)
+                .set(p.rss_bytes as f64);
+            self.fds
+                .with_label_values(&NO_LABELS)
+                .set(p.open_fds as f64);
+            self.start
+                .with_label_values(&NO_LABELS)
+                .set(p.start_time_seconds);
+            let cpu = self.cpu.with_label_values(&NO_LABELS);
+            cpu.reset();
+            cpu.inc_by(p.cpu_seconds);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -229,199 +396,6 @@ fn process() -> Option<Process> {
     })
 }
 
-fn snapshot(gateway: &Gateway, reloads: &Reloads) -> Snapshot {
-        let rt = gateway.runtime();
-        let now = crate::state::unix_ms();
-        let stats = &gateway.stores.stats;
-        Snapshot {
-            upstreams: rt
-                .upstreams
-                .iter()
-                .map(|u| {
-                    let cooling_ms = u.cooling_until(None).saturating_sub(now);
-                    (
-                        u.name.to_string(),
-                        u64::from(u.in_flight()),
-                        u.is_healthy(),
-                        cooling_ms,
-                    )
-                })
-                .collect(),
-            plugins: rt
-                .plugins
-                .iter()
-                .map(|p| {
-                    let s = &p.stats;
-                    (
-                        p.spec.name.to_string(),
-                        [
-                            s.calls.load(Ordering::Relaxed),
-                            s.failures.load(Ordering::Relaxed),
-                            s.breaker_opened.load(Ordering::Relaxed),
-                            s.rejected.load(Ordering::Relaxed),
-                        ],
-                    )
-                })
-                .collect(),
-            store: [
-                stats.cache_fallbacks.load(Ordering::Relaxed),
-                stats.failsafe.load(Ordering::Relaxed),
-                stats.queue_full.load(Ordering::Relaxed),
-            ],
-            reloads: [
-                reloads.ok.load(Ordering::Relaxed),
-                reloads.failed.load(Ordering::Relaxed),
-            ],
-            process: process(),
-        }
-    }
-
-
-fn counter(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    rows: &[(&[(&str, &str)], u64)],
-) -> Result<(), std::fmt::Error> {
-    let c = ConstCounter::new(0u64);
-    let mut family = encoder.encode_descriptor(name, help, None, c.metric_type())?;
-    if let [(labels, value)] = rows && labels.is_empty() {
-        return ConstCounter::new(*value).encode(family);
-    }
-    for (labels, value) in rows {
-        let labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-fn gauge(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    rows: &[(&[(&str, &str)], f64)],
-) -> Result<(), std::fmt::Error> {
-    let g = ConstGauge::new(0f64);
-    let mut family = encoder.encode_descriptor(name, help, None, g.metric_type())?;
-    if let [(labels, value)] = rows && labels.is_empty() {
-        return ConstGauge::new(*value).encode(family);
-    }
-    for (labels, value) in rows {
-        let labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-impl Collector for GatewayCollector {
-    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Some(gateway) = self.gateway.get().and_then(Weak::upgrade) else {
-            return Ok(());
-        };
-        let snap = snapshot(&gateway, &self.reloads);
-        let s = &snap;
-        let by_upstream = |f: &dyn Fn(&(String, u64, bool, u64)) -> f64| {
-            s.upstreams
-                .iter()
-                .map(|u| (u.0.as_str(), f(u)))
-                .collect::<Vec<_>>()
-        };
-        for (name, help, values) in [
-            (
-                "tollgate_upstream_in_flight",
-                "Requests in flight on the upstream, bodies included",
-                by_upstream(&|u| u.1 as f64),
-            ),
-            (
-                "tollgate_upstream_healthy",
-                "1 while the upstream is in selection (passive health), 0 while it is marked down",
-                by_upstream(&|u| f64::from(u8::from(u.2))),
-            ),
-            (
-                "tollgate_upstream_cooldown_seconds",
-                "Seconds left of the upstream's all-models cooldown (quota policy), 0 if none",
-                by_upstream(&|u| u.3 as f64 / 1000.0),
-            ),
-        ] {
-            let rows: Vec<(&[(&str, &str)], f64)> = Vec::new();
-            let labels: Vec<[(&str, &str); 1]> =
-                values.iter().map(|(n, _)| [("upstream", *n)]).collect();
-            let mut rows = rows;
-            for (l, (_, v)) in labels.iter().zip(&values) {
-                rows.push((l.as_slice(), *v));
-            }
-            gauge(&mut e, name, help, &rows)?;
-        }
-        for (i, (name, help)) in [
-            ("tollgate_plugin_calls", "Calls into the plugin (current and earlier versions of this config)"),
-            ("tollgate_plugin_failures", "Calls that trapped, ran out of time or memory, or could not start"),
-            ("tollgate_plugin_breaker_openings", "Times the plugin's circuit breaker opened"),
-            ("tollgate_plugin_rejected", "Calls refused without running: breaker open or concurrency limit"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let labels: Vec<[(&str, &str); 1]> =
-                s.plugins.iter().map(|(n, _)| [("plugin", n.as_str())]).collect();
-            let rows: Vec<(&[(&str, &str)], u64)> = labels
-                .iter()
-                .zip(&s.plugins)
-                .map(|(l, (_, v))| (l.as_slice(), v[i]))
-                .collect();
-            counter(&mut e, name, help, &rows)?;
-        }
-        counter(
-            &mut e,
-            "tollgate_store_cache_fallbacks",
-            "Cache operations that failed and fell back to the database or the in-process cache",
-            &[(&[], s.store[0])],
-        )?;
-        counter(
-            &mut e,
-            "tollgate_store_failsafe_decisions",
-            "Requests decided by storage.failsafe because the stores could not answer",
-            &[(&[], s.store[1])],
-        )?;
-        counter(
-            &mut e,
-            "tollgate_store_writes_dropped",
-            "Usage, intercept and token records dropped because the write queue was full",
-            &[(&[], s.store[2])],
-        )?;
-        counter(
-            &mut e,
-            "tollgate_config_reloads",
-            "Config reloads, by result (a failed one leaves the running config in service)",
-            &[(&[("result", "ok")], s.reloads[0]), (&[("result", "failed")], s.reloads[1])],
-        )?;
-        if let Some(p) = &s.process {
-            gauge(&mut e, "process_resident_memory_bytes", "Resident memory", &[(&[], p.rss_bytes as f64)])?;
-            gauge(&mut e, "process_open_fds", "Open file descriptors", &[(&[], p.open_fds as f64)])?;
-            gauge(
-                &mut e,
-                "process_start_time_seconds",
-                "Start time of the process since the Unix epoch",
-                &[(&[], p.start_time_seconds)],
-            )?;
-            let c = prometheus_client::metrics::counter::ConstCounter::new(p.cpu_seconds);
-            let fam = e.encode_descriptor(
-                "process_cpu_seconds",
-                "User and system CPU time",
-                None,
-                c.metric_type(),
-            )?;
-            c.encode(fam)?;
-        }
-        Ok(())
-    }
-}
-
 /// The `metrics` filter: counts each request when it ends. Hook: `on_done`.
 pub(crate) struct MetricsFilter {
     pub(crate) metrics: Arc<Metrics>,
@@ -450,36 +424,25 @@ impl Filter for MetricsFilter {
             _ => "5xx",
         };
         m.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                upstream: upstream.clone(),
-                status_class,
-                outcome: r.outcome.as_str(),
-            })
+            .with_label_values(&[&route, &upstream, status_class, r.outcome.as_str()])
             .inc();
-        let timing = TimingLabels {
-            route,
-            upstream: upstream.clone(),
-        };
+        let timing = [route.as_str(), upstream.as_str()];
         m.duration
-            .get_or_create(&timing)
+            .with_label_values(&timing)
             .observe(r.start.elapsed().as_secs_f64());
         if let Some(first) = r.first_byte
             && r.error.is_none()
         {
-            m.first_token.get_or_create(&timing).observe(first.as_secs_f64());
+            m.first_token
+                .with_label_values(&timing)
+                .observe(first.as_secs_f64());
         }
         if let Some(t) = r.tokens {
             let key = r.key_name.as_deref().unwrap_or("").to_owned();
             let model = m.model_label(r.model.as_deref().unwrap_or(""));
             for (kind, n) in [("input", t.tokens.input), ("output", t.tokens.output)] {
                 m.tokens
-                    .get_or_create(&TokenLabels {
-                        key: key.clone(),
-                        upstream: upstream.clone(),
-                        model: model.clone(),
-                        kind: TokenType { r#type: kind },
-                    })
+                    .with_label_values(&[&key, &upstream, &model, kind])
                     .observe(n as f64);
             }
         }
