@@ -48,8 +48,18 @@ async fn the_admin_plane_has_its_own_listener_and_no_routes() {
     let (mock, gw) = catch_all().await;
     let admin = gw.admin_addr.expect("the admin listener is on by default");
     assert_ne!(admin, gw.addr);
-    // Nothing is served there yet, but it answers like the gateway does: 404 in OpenAI shape.
-    for path in ["/admin/api/anything", "/metrics", "/v1/chat/completions"] {
+    // It serves its own endpoints (`/metrics`); anything else answers like the gateway does:
+    // 404 in OpenAI shape.
+    assert_eq!(
+        client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in ["/admin/api/anything", "/metrics/x", "/v1/chat/completions"] {
         let (status, body) = get(format!("http://{admin}{path}")).await;
         assert_eq!(status, 404, "{path}");
         assert_eq!(body["error"]["code"], "unknown_url");
