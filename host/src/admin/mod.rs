@@ -35,6 +35,6 @@ async fn metrics(
             http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        gateway.metrics.encode(),
+        gateway.metrics.encode(&gateway.runtime(), &gateway.stores),
     )
 }

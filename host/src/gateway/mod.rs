@@ -90,7 +90,6 @@ impl Gateway {
             metrics,
             reload_lock: tokio::sync::Mutex::new(()),
         });
-        gateway.metrics.attach(&gateway);
         if let Some(feed) = gateway.stores.shared_cooldowns() {
             tokio::spawn(apply_shared_cooldowns(Arc::downgrade(&gateway), feed));
         }

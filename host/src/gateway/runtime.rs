@@ -14,6 +14,7 @@ use crate::pipeline::route::{Limits, Route, Runtime};
 use crate::policy::{LoadError, Plugin, PluginSpec, PolicyEngine};
 use crate::state::Stores;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::MetricsFilter;
 use crate::upstream::Upstream;
 
 fn config_error(path: String, message: String) -> ConfigError {
@@ -61,7 +62,7 @@ pub(crate) async fn build(
         return Err(errors);
     }
     let stores = engine.stores();
-    let filters::Builtin { first, last } = filters::builtin(config, stores, metrics);
+    let Builtin { first, last } = builtin(config, stores, metrics);
     let mut routes: Vec<Route> = Vec::new();
     for r in &config.routes {
         let chain = Chain::new(
@@ -178,4 +179,31 @@ fn route_policies(
             }
         })
         .collect()
+}
+
+/// The built-in filters every request meets, in order, around the route's policies.
+pub(crate) struct Builtin {
+    /// Before the policies (e.g. edge protection that should refuse before any plugin runs).
+    pub(crate) first: Vec<Arc<dyn Filter>>,
+    /// After the policies (response decoration, logging).
+    pub(crate) last: Vec<Arc<dyn Filter>>,
+}
+
+pub(crate) fn builtin(config: &Config, stores: &Arc<Stores>, metrics: &Arc<Metrics>) -> Builtin {
+    let first: Vec<Arc<dyn Filter>> = Vec::new();
+    let mut last: Vec<Arc<dyn Filter>> = vec![
+        Arc::new(filters::request_id::RequestIdHeader::new(
+            &config.server.request_id_header,
+        )),
+        // Before the access log, whose line carries the counts.
+        Arc::new(crate::telemetry::usage::Usage::new(stores.clone())),
+        // After usage (it reads the tokens).
+        Arc::new(MetricsFilter {
+            metrics: metrics.clone(),
+        }),
+    ];
+    if config.logging.access_log {
+        last.push(Arc::new(crate::telemetry::access_log::AccessLog));
+    }
+    Builtin { first, last }
 }

@@ -38,6 +38,30 @@ impl Outcome {
     }
 }
 
+/// Tokens one answer reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// Input (prompt) tokens, cached ones included.
+    pub input: u64,
+    pub output: u64,
+    /// Input tokens served from the provider's prompt cache.
+    pub cached: u64,
+}
+
+impl Tokens {
+    pub fn total(&self) -> u64 {
+        self.input + self.output
+    }
+}
+
+/// The tokens of a finished request, as the record and the access log carry them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedTokens {
+    pub tokens: Tokens,
+    /// The request ended before the answer did: the counts are what was seen.
+    pub partial: bool,
+}
+
 /// The facts of one request, filled in as the pipeline learns them; what `on_done` filters
 /// (the access log, later metrics and audit) read.
 #[derive(Debug)]
@@ -69,7 +93,7 @@ pub struct RequestRecord {
     /// Why the gateway answered itself, when it did (the error's `code`).
     pub error: Option<&'static str>,
     /// Tokens the upstream's answer reported (the `usage` filter fills it in at the end).
-    pub tokens: Option<crate::telemetry::usage::RecordedTokens>,
+    pub tokens: Option<RecordedTokens>,
     pub outcome: Outcome,
 }
 

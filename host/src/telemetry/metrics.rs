@@ -17,14 +17,15 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::gateway::Gateway;
+use crate::pipeline::route::Runtime;
 use crate::pipeline::{Ctx, Filter, Hooks};
+use crate::state::Stores;
 
 const NO_LABELS: [&str; 0] = [];
 
@@ -61,7 +62,6 @@ pub(crate) struct Metrics {
     tokens: HistogramVec,
     models: Mutex<HashSet<String>>,
     pub(crate) reloads: Arc<Reloads>,
-    gateway: OnceLock<Weak<Gateway>>,
     /// Also serialises scrapes (the read-at-scrape values are reset and set).
     scraped: Mutex<Scraped>,
 }
@@ -105,8 +105,7 @@ fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
 }
 
 impl Metrics {
-    /// The registry with every family; [`Metrics::attach`] gives it the gateway whose counters it
-    /// reads at scrape time.
+    /// The registry with every family.
     pub(crate) fn new() -> Arc<Self> {
         let r = Registry::new();
         let requests = counter_vec(
@@ -253,22 +252,15 @@ impl Metrics {
             tokens,
             models: Mutex::new(HashSet::new()),
             reloads: Arc::new(Reloads::default()),
-            gateway: OnceLock::new(),
             scraped: Mutex::new(scraped),
         })
     }
 
-    pub(crate) fn attach(&self, gateway: &Arc<Gateway>) {
-        let _ = self.gateway.set(Arc::downgrade(gateway));
-    }
-
     /// The exposition text (Prometheus text format 0.0.4), with the read-at-scrape values taken
-    /// now.
-    pub(crate) fn encode(&self) -> String {
+    /// now from `rt` (the running snapshot) and `stores`.
+    pub(crate) fn encode(&self, rt: &Runtime, stores: &Stores) -> String {
         let scraped = self.scraped.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(gateway) = self.gateway.get().and_then(Weak::upgrade) {
-            scraped.read(&gateway, &self.reloads);
-        }
+        scraped.read(rt, stores, &self.reloads);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
@@ -297,8 +289,7 @@ fn mirror(c: &prometheus::IntCounter, value: u64) {
 }
 
 impl Scraped {
-    fn read(&self, gateway: &Gateway, reloads: &Reloads) {
-        let rt = gateway.runtime();
+    fn read(&self, rt: &Runtime, stores: &Stores, reloads: &Reloads) {
         let now = crate::state::unix_ms();
         for g in [
             &self.upstream_in_flight,
@@ -333,7 +324,7 @@ impl Scraped {
                 mirror(&c.with_label_values(&l), v.load(Ordering::Relaxed));
             }
         }
-        let stats = &gateway.stores.stats;
+        let stats = &stores.stats;
         for (c, v) in
             self.store
                 .iter()

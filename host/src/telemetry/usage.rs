@@ -22,6 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::pipeline::session::{RecordedTokens, Tokens};
 use crate::pipeline::{Ctx, Filter, Hooks, Session};
 use crate::state::{Stores, TokenUsage};
 use crate::upstream::Upstream;
@@ -30,22 +31,6 @@ use crate::upstream::Upstream;
 pub const MAX_JSON: usize = 8 << 20;
 /// Longest SSE line kept across frames; a longer one (a huge content delta) is skipped.
 pub const MAX_LINE: usize = 64 << 10;
-
-/// Tokens one answer reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tokens {
-    /// Input (prompt) tokens, cached ones included.
-    pub input: u64,
-    pub output: u64,
-    /// Input tokens served from the provider's prompt cache.
-    pub cached: u64,
-}
-
-impl Tokens {
-    pub fn total(&self) -> u64 {
-        self.input + self.output
-    }
-}
 
 fn field(v: &Value, path: &[&str]) -> Option<u64> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_u64()
@@ -239,14 +224,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 struct Metered {
     key_id: String,
     meter: Option<Meter>,
-}
-
-/// The tokens of a finished request, as the record and the access log carry them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordedTokens {
-    pub tokens: Tokens,
-    /// The request ended before the answer did: the counts are what was seen.
-    pub partial: bool,
 }
 
 pub(crate) struct Usage {

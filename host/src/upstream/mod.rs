@@ -116,7 +116,7 @@ async fn respond_mock(cfg: &MockConfig, req: http::Request<BoxBody>) -> http::Re
     };
     let request_id = head
         .headers
-        .get(crate::pipeline::headers::X_REQUEST_ID)
+        .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     mock::respond(
