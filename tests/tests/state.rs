@@ -819,7 +819,9 @@ async fn operators_list_ban_and_delete_bindings_with_the_cli() {
     let mock = MockUpstream::start().await;
     // A short cache lifetime: with `cache: memory` another process's change reaches a running
     // gateway when its cached copy expires.
-    let extra = "storage:\n  database: sqlite://state.db\n  binding_cache_ttl: 300ms\n  flush_interval: 100ms\n";
+    // The CLI is a second process on the same SQLite file: a generous op_timeout, since a busy CI
+    // machine can take seconds to start it.
+    let extra = "storage:\n  database: sqlite://state.db\n  binding_cache_ttl: 300ms\n  flush_interval: 100ms\n  op_timeout: 10s\n";
     let config = dir.path().join("gw.yaml");
     std::fs::write(&config, gateway_yaml(&mock.url(), 1, extra)).unwrap();
     let gw = TestGateway::start_file(&config).await;
