@@ -269,16 +269,16 @@ impl Metrics {
     }
 
     /// `model` as a label value: itself while fewer than [`MAX_MODELS`] names were seen.
-    fn model_label(&self, model: &str) -> String {
+    fn model_label<'a>(&self, model: &'a str) -> &'a str {
         let mut seen = self.models.lock().unwrap_or_else(|p| p.into_inner());
         if seen.contains(model) {
-            return model.to_owned();
+            return model;
         }
         if seen.len() < MAX_MODELS {
             seen.insert(model.to_owned());
-            return model.to_owned();
+            return model;
         }
-        "other".to_owned()
+        "other"
     }
 }
 
@@ -405,8 +405,10 @@ impl Filter for MetricsFilter {
     fn on_done(&self, ctx: &mut Ctx) {
         let r = &ctx.record;
         let m = &self.metrics;
-        let route = r.route.as_deref().unwrap_or("").to_owned();
-        let upstream = r.upstream.as_deref().unwrap_or("").to_owned();
+        // Label values are borrowed: no string is built per request (the family keeps its own
+        // copy of a label set the first time it sees it).
+        let route = r.route.as_deref().unwrap_or("");
+        let upstream = r.upstream.as_deref().unwrap_or("");
         let status_class = match r.status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -415,9 +417,9 @@ impl Filter for MetricsFilter {
             _ => "5xx",
         };
         m.requests
-            .with_label_values(&[&route, &upstream, status_class, r.outcome.as_str()])
+            .with_label_values(&[route, upstream, status_class, r.outcome.as_str()])
             .inc();
-        let timing = [route.as_str(), upstream.as_str()];
+        let timing = [route, upstream];
         m.duration
             .with_label_values(&timing)
             .observe(r.start.elapsed().as_secs_f64());
@@ -429,11 +431,11 @@ impl Filter for MetricsFilter {
                 .observe(first.as_secs_f64());
         }
         if let Some(t) = r.tokens {
-            let key = r.key_name.as_deref().unwrap_or("").to_owned();
+            let key = r.key_name.as_deref().unwrap_or("");
             let model = m.model_label(r.model.as_deref().unwrap_or(""));
             for (kind, n) in [("input", t.tokens.input), ("output", t.tokens.output)] {
                 m.tokens
-                    .with_label_values(&[&key, &upstream, &model, kind])
+                    .with_label_values(&[key, upstream, model, kind])
                     .observe(n as f64);
             }
         }
