@@ -214,7 +214,7 @@ async fn behaviour_suite(stores: Arc<Stores>) {
     let ka = &by_key[0];
     assert_eq!(
         (
-            ka.key_id.as_str(),
+            &*ka.key_id,
             ka.requests,
             ka.errors,
             ka.input_tokens,
@@ -227,7 +227,7 @@ async fn behaviour_suite(stores: Arc<Stores>) {
     let by_model = db.token_usage(UsageBy::Model, 0, u64::MAX).await.unwrap();
     let m: Vec<_> = by_model
         .iter()
-        .map(|u| (u.model.as_str(), u.requests, u.input_tokens))
+        .map(|u| (&*u.model, u.requests, u.input_tokens))
         .collect();
     assert_eq!(m, [("m1", 3, 155), ("m2", 1, 7)], "most tokens first");
 

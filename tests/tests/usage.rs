@@ -117,9 +117,9 @@ async fn anthropic_stream_counts_input_from_the_start_and_output_from_the_last_d
     let u = only_row(&gw).await;
     assert_eq!((u.input_tokens, u.output_tokens, u.partial), (8, 6, 0));
     let models = usage(&gw, UsageBy::Model).await;
-    assert_eq!(models[0].model, "claude-test");
+    assert_eq!(&*models[0].model, "claude-test");
     let upstreams = usage(&gw, UsageBy::Upstream).await;
-    assert_eq!(upstreams[0].upstream, "u0");
+    assert_eq!(&*upstreams[0].upstream, "u0");
 }
 
 #[tokio::test]

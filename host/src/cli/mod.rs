@@ -181,8 +181,8 @@ fn usage(path: &std::path::Path, by: UsageGroup, since: std::time::Duration) -> 
                         UsageBy::Key => names
                             .name_of_id(&u.key_id)
                             .unwrap_or_else(|| u.key_id.chars().take(12).collect()),
-                        UsageBy::Upstream => u.upstream.clone(),
-                        UsageBy::Model => u.model.clone(),
+                        UsageBy::Upstream => u.upstream.to_string(),
+                        UsageBy::Model => u.model.to_string(),
                     };
                     format!(
                         "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",

@@ -198,9 +198,7 @@ pub(crate) fn builtin(config: &Config, stores: &Arc<Stores>, metrics: &Arc<Metri
         // Before the access log, whose line carries the counts.
         Arc::new(crate::telemetry::usage::Usage::new(stores.clone())),
         // After usage (it reads the tokens).
-        Arc::new(MetricsFilter {
-            metrics: metrics.clone(),
-        }),
+        Arc::new(MetricsFilter::new(metrics.clone(), config)),
     ];
     if config.logging.access_log {
         last.push(Arc::new(crate::telemetry::access_log::AccessLog));

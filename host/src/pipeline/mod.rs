@@ -47,6 +47,7 @@ mod relay;
 pub(crate) mod route;
 pub(crate) mod screen;
 pub(crate) mod session;
+pub(crate) mod tokens;
 
 use std::sync::Arc;
 
@@ -61,8 +62,8 @@ pub use self::filter::{Chain, Filter, Hooks, UpstreamResponse, Verdict};
 use self::headers::{Forwarding, X_REQUEST_ID};
 use self::relay::{Relay, Relayed, Tail};
 use self::route::{Limits, Route, Runtime};
-use self::session::Probe;
 pub use self::session::{Ctx, Outcome, Session};
+use self::session::{Probe, TokenMeter};
 use crate::error::{ErrorKind, GatewayError, Source};
 use crate::listen::{BoxBody, ConnInfo};
 use crate::upstream::{ConnectTiming, SendError, Upstream, UpstreamClient};
@@ -117,7 +118,10 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
         .map_or_else(
-            || uuid::Uuid::new_v4().simple().to_string().into(),
+            || {
+                let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+                Arc::from(&*uuid::Uuid::new_v4().simple().encode_lower(&mut buf))
+            },
             Into::into,
         );
     let mut s = Session::new(rt, conn, trusted_peer, client_ip, request_id, head);
@@ -144,6 +148,12 @@ pub async fn handle(
         }
     }
     s.ctx.record.status = head.status.as_u16();
+    if from.is_some() {
+        s.ctx.meter = head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|ct| TokenMeter::for_content_type(ct.as_bytes()));
+    }
     if !chain.watches_body() && s.ctx.in_flight.is_none() {
         // Nothing to tell when it ends, no upstream to hold: the body goes out as it is.
         drop(s);
@@ -156,7 +166,7 @@ pub async fn handle(
 /// The gateway's own answer for `e`, recorded; internal and upstream causes are logged here, once.
 fn refuse(s: &mut Session<'_>, e: GatewayError) -> http::Response<BoxBody> {
     if let ErrorKind::ModelNotFound(m) = &e.kind {
-        s.ctx.record.model = Some(crate::error::truncate(m).into_owned());
+        s.ctx.record.model = Some(Arc::from(&*crate::error::truncate(m)));
     }
     s.ctx.record.error = Some(e.code());
     match e.source() {
@@ -197,7 +207,7 @@ async fn run(
             return Err(ErrorKind::NoRoute.into());
         }
         s.head.uri = with_path(&s.head.uri, &normal)?;
-        s.ctx.record.path = normal;
+        s.ctx.record.uri = s.head.uri.clone();
     }
 
     // Step 2: route.
@@ -220,8 +230,7 @@ async fn run(
         .keys
         .authenticate(&s.head.headers)
         .ok_or(ErrorKind::Unauthorized)?;
-    s.ctx.record.key_prefix = Some(key.id.prefix());
-    s.ctx.record.key_name = Some(key.name.clone());
+    s.ctx.record.key = Some(key.clone());
     s.key = Some(key);
 
     // Step 4: read body.
@@ -235,7 +244,7 @@ async fn run(
     s.ctx.record.model = probe
         .model
         .as_deref()
-        .map(|m| crate::error::truncate(m).into_owned());
+        .map(|m| Arc::from(&*crate::error::truncate(m)));
     s.probe = probe;
     for f in &chain.authenticated {
         f.on_authenticated(s).await?;
@@ -463,30 +472,31 @@ async fn read_body(
 /// Phase 5: the route's upstreams that serve `model` and are not cooling down, healthy ones
 /// first. None serves the model → 404; all of those are cooling → 429 with the shortest wait.
 fn select(route: &Route, model: Option<&str>) -> Result<Vec<Arc<Upstream>>, GatewayError> {
-    let serving: Vec<&Arc<Upstream>> = route.upstreams.iter().filter(|u| u.serves(model)).collect();
-    if serving.is_empty() {
+    let mut ready = Vec::with_capacity(route.upstreams.len());
+    let mut serving = false;
+    let mut soonest = u64::MAX;
+    for u in route.upstreams.iter().filter(|u| u.serves(model)) {
+        serving = true;
+        match u.cooling_until(model) {
+            0 => ready.push(u.clone()),
+            until => soonest = soonest.min(until),
+        }
+    }
+    if !serving {
         return Err(ErrorKind::ModelNotFound(model.unwrap_or_default().to_owned()).into());
     }
-    let (ready, cooling): (Vec<_>, Vec<_>) = serving
-        .into_iter()
-        .partition(|u| u.cooling_until(model) == 0);
     if ready.is_empty() {
-        let soonest = cooling
-            .iter()
-            .map(|u| u.cooling_until(model))
-            .filter(|&t| t > 0)
-            .min()
-            .unwrap_or(0);
         let wait_ms = soonest.saturating_sub(crate::state::unix_ms());
         return Err(ErrorKind::AllCooling {
             retry_after_secs: wait_ms.div_ceil(1000).max(1),
         }
         .into());
     }
-    let (mut healthy, unhealthy): (Vec<_>, Vec<_>) =
-        ready.into_iter().cloned().partition(|u| u.is_healthy());
-    healthy.extend(unhealthy);
-    Ok(healthy)
+    // Healthy first, each group in configured order (a stable sort).
+    if ready.iter().any(|u| !u.is_healthy()) {
+        ready.sort_by_cached_key(|u| !u.is_healthy());
+    }
+    Ok(ready)
 }
 
 /// The request URI with its path replaced (the query is kept).

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 
 use super::body::GuardedBody;
 use super::filter::Chain;
-use super::session::{Ctx, Outcome};
+use super::session::{Ctx, Outcome, RecordedTokens};
 use crate::listen::{BoxBody, BoxError};
 use crate::upstream::UpstreamBody;
 
@@ -96,6 +96,13 @@ impl Drop for Tail {
     fn drop(&mut self) {
         // The upstream's in-flight count ends with the relay, before anyone reads the record.
         self.ctx.in_flight = None;
+        if let Some(meter) = self.ctx.meter.take() {
+            let r = &mut self.ctx.record;
+            let partial = !matches!(r.outcome, Outcome::Complete | Outcome::Refused);
+            r.tokens = meter
+                .finish()
+                .map(|tokens| RecordedTokens { tokens, partial });
+        }
         for f in &self.chain.done {
             f.on_done(&mut self.ctx);
         }
@@ -144,6 +151,9 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
                             rec.first_byte = Some(rec.start.elapsed());
                         }
                         rec.bytes_out += data.len() as u64;
+                        if let Some(meter) = &mut tail.ctx.meter {
+                            meter.feed(data);
+                        }
                         for f in &tail.chain.body_chunk {
                             f.on_body_chunk(&mut tail.ctx, data);
                         }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::auth::ClientKey;
 use super::route::{Route, Runtime};
+pub use super::tokens::{RecordedTokens, TokenMeter, Tokens};
 use crate::listen::ConnInfo;
 use crate::policy::RequestInfo;
 use crate::upstream::InFlight;
@@ -38,30 +39,6 @@ impl Outcome {
     }
 }
 
-/// Tokens one answer reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tokens {
-    /// Input (prompt) tokens, cached ones included.
-    pub input: u64,
-    pub output: u64,
-    /// Input tokens served from the provider's prompt cache.
-    pub cached: u64,
-}
-
-impl Tokens {
-    pub fn total(&self) -> u64 {
-        self.input + self.output
-    }
-}
-
-/// The tokens of a finished request, as the record and the access log carry them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordedTokens {
-    pub tokens: Tokens,
-    /// The request ended before the answer did: the counts are what was seen.
-    pub partial: bool,
-}
-
 /// The facts of one request, filled in as the pipeline learns them; what `on_done` filters
 /// (the access log, later metrics and audit) read.
 #[derive(Debug)]
@@ -70,15 +47,15 @@ pub struct RequestRecord {
     pub start: Instant,
     pub client_ip: IpAddr,
     pub method: http::Method,
-    /// The normalised path.
-    pub path: String,
+    /// The request's URI, its path normalised.
+    pub uri: http::Uri,
     pub http_version: http::Version,
-    pub key_prefix: Option<String>,
-    /// The key's configured name (bounded: a metrics label).
-    pub key_name: Option<Arc<str>>,
+    /// The client's key, once authenticated (its name is bounded: a metrics label; its id is
+    /// never logged whole).
+    pub key: Option<Arc<ClientKey>>,
     pub route: Option<Arc<str>>,
     /// As the client named it, cut to `error::MAX_ECHO` characters.
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub attempts: u32,
     pub status: u16,
@@ -92,7 +69,7 @@ pub struct RequestRecord {
     pub first_byte: Option<Duration>,
     /// Why the gateway answered itself, when it did (the error's `code`).
     pub error: Option<&'static str>,
-    /// Tokens the upstream's answer reported (the `usage` filter fills it in at the end).
+    /// Tokens the upstream's answer reported, set when the request ends (`tokens.rs`).
     pub tokens: Option<RecordedTokens>,
     pub outcome: Outcome,
 }
@@ -100,11 +77,29 @@ pub struct RequestRecord {
 /// The per-request context that outlives the decision: it travels with the response body.
 pub struct Ctx {
     pub record: RequestRecord,
-    /// Filters' own per-request data, keyed by type (e.g. a token counter fed by
-    /// `on_body_chunk` and read in `on_done`).
+    /// Filters' own per-request data, keyed by type (e.g. state fed by `on_body_chunk` and read
+    /// in `on_done`). Allocates only when a filter inserts something.
     pub ext: http::Extensions,
     /// Holds the upstream's in-flight count for as long as the response is relayed.
     pub(super) in_flight: Option<InFlight>,
+    /// Reads the tokens of an upstream's answer as it is relayed.
+    pub(super) meter: Option<TokenMeter>,
+}
+
+impl Ctx {
+    /// The tokens a streamed answer reported so far (for `on_body_chunk` filters that act while
+    /// the stream runs); `None` before any count was seen and for a JSON answer, which is read at
+    /// its end (then see `record.tokens`).
+    pub fn tokens_seen(&self) -> Option<Tokens> {
+        self.meter.as_ref().and_then(TokenMeter::seen)
+    }
+}
+
+impl RequestRecord {
+    /// The normalised path.
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
 }
 
 impl Ctx {
@@ -119,10 +114,9 @@ impl Ctx {
                 start: Instant::now(),
                 client_ip,
                 method: parts.method.clone(),
-                path: parts.uri.path().to_owned(),
+                uri: parts.uri.clone(),
                 http_version: parts.version,
-                key_prefix: None,
-                key_name: None,
+                key: None,
                 route: None,
                 model: None,
                 upstream: None,
@@ -141,6 +135,7 @@ impl Ctx {
             },
             ext: http::Extensions::new(),
             in_flight: None,
+            meter: None,
         }
     }
 }

@@ -15,16 +15,20 @@
 //! model name comes from the client, so only the first [`MAX_MODELS`] distinct names get their
 //! own label value and later ones count as `other`. No IP, key id or path is ever a label.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Registry, TextEncoder,
 };
+use rustc_hash::FxHasher;
 
 use crate::pipeline::route::Runtime;
-use crate::pipeline::{Ctx, Filter, Hooks};
+use crate::pipeline::session::Tokens;
+use crate::pipeline::{Ctx, Filter, Hooks, Outcome};
 use crate::state::Stores;
 
 const NO_LABELS: [&str; 0] = [];
@@ -387,9 +391,101 @@ fn process() -> Option<Process> {
     })
 }
 
+/// Status classes and outcomes: the `tollgate_requests_total` series of one route × upstream.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Complete,
+    Outcome::ClientAborted,
+    Outcome::UpstreamAborted,
+    Outcome::Refused,
+];
+
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// The request-path series of one route × upstream, resolved once per config so a request looks
+/// up one entry instead of hashing its label values into each family.
+struct Series {
+    route: Box<str>,
+    upstream: Box<str>,
+    duration: Histogram,
+    first_token: Histogram,
+    /// By status class × outcome, created on first use (so unused ones are not exposed).
+    requests: [OnceLock<IntCounter>; STATUS_CLASSES.len() * OUTCOMES.len()],
+    /// Input and output token histograms by key name, then model label.
+    tokens: RwLock<Map<Box<str>, Map<Box<str>, [Histogram; 2]>>>,
+}
+
+impl Series {
+    fn new(m: &Metrics, route: &str, upstream: &str) -> Self {
+        let timing = [route, upstream];
+        Self {
+            route: route.into(),
+            upstream: upstream.into(),
+            duration: m.duration.with_label_values(&timing),
+            first_token: m.first_token.with_label_values(&timing),
+            requests: Default::default(),
+            tokens: RwLock::default(),
+        }
+    }
+
+    fn requests(&self, m: &Metrics, class: usize, outcome: Outcome) -> &IntCounter {
+        let o = OUTCOMES.iter().position(|&x| x == outcome).unwrap_or(0);
+        self.requests[class * OUTCOMES.len() + o].get_or_init(|| {
+            m.requests.with_label_values(&[
+                &*self.route,
+                &*self.upstream,
+                STATUS_CLASSES[class],
+                outcome.as_str(),
+            ])
+        })
+    }
+
+    fn observe_tokens(&self, m: &Metrics, key: &str, model: &str, t: Tokens) {
+        let observe = |h: &[Histogram; 2]| {
+            h[0].observe(t.input as f64);
+            h[1].observe(t.output as f64);
+        };
+        {
+            let known = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = known.get(key).and_then(|by_model| by_model.get(model)) {
+                return observe(h);
+            }
+        }
+        let label = m.model_label(model);
+        let h = ["input", "output"].map(|kind| {
+            m.tokens
+                .with_label_values(&[key, &*self.upstream, label, kind])
+        });
+        observe(&h);
+        // Only admitted names are kept (an `other` model is looked up each time: past the cap).
+        if label == model {
+            let mut known = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+            known.entry(key.into()).or_default().insert(model.into(), h);
+        }
+    }
+}
+
 /// The `metrics` filter: counts each request when it ends. Hook: `on_done`.
 pub(crate) struct MetricsFilter {
-    pub(crate) metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
+    /// By route prefix, then upstream name (`""` for none).
+    series: Map<Box<str>, Map<Box<str>, Series>>,
+}
+
+impl MetricsFilter {
+    /// The filter for one config: a series for each route × its upstreams (and none).
+    pub(crate) fn new(metrics: Arc<Metrics>, config: &crate::config::Config) -> Self {
+        let mut series: Map<Box<str>, Map<Box<str>, Series>> = Map::default();
+        let no_route = series.entry("".into()).or_default();
+        no_route.insert("".into(), Series::new(&metrics, "", ""));
+        for r in &config.routes {
+            let by_upstream = series.entry(r.path_prefix.as_str().into()).or_default();
+            for u in r.upstreams.iter().map(String::as_str).chain([""]) {
+                by_upstream.insert(u.into(), Series::new(&metrics, &r.path_prefix, u));
+            }
+        }
+        Self { metrics, series }
+    }
 }
 
 #[async_trait::async_trait]
@@ -404,40 +500,29 @@ impl Filter for MetricsFilter {
 
     fn on_done(&self, ctx: &mut Ctx) {
         let r = &ctx.record;
-        let m = &self.metrics;
-        // Label values are borrowed: no string is built per request (the family keeps its own
-        // copy of a label set the first time it sees it).
+        let m = &*self.metrics;
         let route = r.route.as_deref().unwrap_or("");
         let upstream = r.upstream.as_deref().unwrap_or("");
-        let status_class = match r.status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+        let fallback;
+        let series = match self.series.get(route).and_then(|u| u.get(upstream)) {
+            Some(s) => s,
+            None => {
+                // Not in the config this filter was built for: resolved now.
+                fallback = Series::new(m, route, upstream);
+                &fallback
+            }
         };
-        m.requests
-            .with_label_values(&[route, upstream, status_class, r.outcome.as_str()])
-            .inc();
-        let timing = [route, upstream];
-        m.duration
-            .with_label_values(&timing)
-            .observe(r.start.elapsed().as_secs_f64());
+        let class = (usize::from(r.status / 100)).clamp(1, 5) - 1;
+        series.requests(m, class, r.outcome).inc();
+        series.duration.observe(r.start.elapsed().as_secs_f64());
         if let Some(first) = r.first_byte
             && r.error.is_none()
         {
-            m.first_token
-                .with_label_values(&timing)
-                .observe(first.as_secs_f64());
+            series.first_token.observe(first.as_secs_f64());
         }
         if let Some(t) = r.tokens {
-            let key = r.key_name.as_deref().unwrap_or("");
-            let model = m.model_label(r.model.as_deref().unwrap_or(""));
-            for (kind, n) in [("input", t.tokens.input), ("output", t.tokens.output)] {
-                m.tokens
-                    .with_label_values(&[key, upstream, model, kind])
-                    .observe(n as f64);
-            }
+            let key = r.key.as_ref().map_or("", |k| &*k.name);
+            series.observe_tokens(m, key, r.model.as_deref().unwrap_or(""), t.tokens);
         }
     }
 }

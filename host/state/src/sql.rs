@@ -4,6 +4,7 @@
 //! the binary and applied at start or by `tollgate migrate`.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -33,9 +34,9 @@ pub struct Usage {
 pub struct TokenUsage {
     /// When the request ended (for a sum: the latest).
     pub at_ms: u64,
-    pub key_id: String,
-    pub upstream: String,
-    pub model: String,
+    pub key_id: Arc<str>,
+    pub upstream: Arc<str>,
+    pub model: Arc<str>,
     pub requests: u64,
     pub errors: u64,
     pub partial: u64,
@@ -268,9 +269,9 @@ impl SqlStore {
             for u in sums {
                 sqlx::query(sql)
                     .bind(u.hour_ms() as i64)
-                    .bind(&u.key_id)
-                    .bind(&u.upstream)
-                    .bind(&u.model)
+                    .bind(&*u.key_id)
+                    .bind(&*u.upstream)
+                    .bind(&*u.model)
                     .bind(u.requests as i64)
                     .bind(u.errors as i64)
                     .bind(u.partial as i64)
@@ -316,7 +317,7 @@ impl SqlStore {
         rows.iter()
             .map(|r| {
                 let n = |c: &str| r.try_get::<i64, _>(c).map(|v| v as u64).map_err(db_err);
-                let grp: String = r.try_get("grp").map_err(db_err)?;
+                let grp: Arc<str> = r.try_get::<String, _>("grp").map_err(db_err)?.into();
                 let mut u = TokenUsage {
                     at_ms: n("last_used_ms")?,
                     requests: n("requests")?,

@@ -40,7 +40,7 @@ pub(super) struct Writer {
     usage: HashMap<String, Usage>,
     intercepts: Vec<Intercept>,
     /// Token usage summed per (hour, key, upstream, model) until the next flush.
-    tokens: HashMap<(u64, String, String, String), TokenUsage>,
+    tokens: HashMap<(u64, Arc<str>, Arc<str>, Arc<str>), TokenUsage>,
 }
 
 impl Writer {
