@@ -14,7 +14,8 @@
 //! | [`pipeline`] | here | the request phases and the [`pipeline::Filter`] trait |
 //! | [`telemetry`] | here | logging setup and the access-log filter |
 //! | [`gateway`] | here | the config snapshot, reloads, probes, the two planes |
-//! | [`admin`] | here | the admin plane's router |
+//! | [`service`] | here | operator operations shared by the admin API and the CLI (audited) |
+//! | [`admin`] | here | the admin plane: `/metrics`, the admin API, its authentication |
 //! | [`cli`] | here | the binary's commands |
 //!
 //! The three lower layers are crates so an upward import cannot compile. Inside this crate
@@ -27,6 +28,7 @@ pub(crate) mod fs_watch;
 pub(crate) mod gateway;
 pub(crate) mod listen;
 pub(crate) mod pipeline;
+pub(crate) mod service;
 pub(crate) mod telemetry;
 pub(crate) mod upstream;
 
@@ -34,6 +36,7 @@ pub use tollgate_config as config;
 pub use tollgate_policy as policy;
 pub use tollgate_state as state;
 
+pub use admin::auth::hash_password as admin_hash_password;
 pub use config::Config;
 pub use gateway::Gateway;
 pub use gateway::planes::Listeners;

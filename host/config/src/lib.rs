@@ -9,6 +9,7 @@
 pub mod env;
 pub mod types;
 mod validate;
+pub use validate::DEMO_ADMIN_PASSWORD;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -79,6 +80,18 @@ pub enum PluginKind {
     Router,
     Quota,
     HeaderRewrite,
+}
+
+impl PluginKind {
+    /// As the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IpBinding => "ip-binding",
+            Self::Router => "router",
+            Self::Quota => "quota",
+            Self::HeaderRewrite => "header-rewrite",
+        }
+    }
 }
 
 /// What happens to a request when a plugin traps, times out or runs out of memory.
@@ -169,6 +182,19 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Where it listens; keep it on loopback or a private network.
     pub listen: ListenAddr,
+    /// Client networks allowed to reach the admin listener at all (in addition to the login);
+    /// others get 403. Default: loopback only.
+    pub allow: Vec<Cidr>,
+    /// Operators who may log in to the admin API.
+    pub users: Vec<AdminUser>,
+    /// HS256 key that signs admin tokens (32+ characters). Unset: a random key per process, so
+    /// tokens end with a restart and are not accepted by the other gateways of a cluster; set it
+    /// (the same on every gateway) for a cluster.
+    pub jwt_secret: Option<Secret>,
+    /// Lifetime of an admin token.
+    pub token_ttl: Duration,
+    /// Wrong passwords tolerated per user and client IP before logins are refused.
+    pub lockout: LockoutConfig,
 }
 
 impl Default for AdminConfig {
@@ -176,6 +202,47 @@ impl Default for AdminConfig {
         Self {
             enabled: true,
             listen: ListenAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 8318))),
+            allow: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|c| c.parse().ok().map(Cidr))
+                .collect(),
+            users: Vec::new(),
+            jwt_secret: None,
+            token_ttl: Duration::secs(30 * 60),
+            lockout: LockoutConfig::default(),
+        }
+    }
+}
+
+/// An operator of the admin API. Exactly one of `password_hash` (preferred; an argon2 PHC string
+/// from `tollgate admin hash-password`) or `password` (hashed at start; for passwords given
+/// through the environment) is set.
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUser {
+    pub username: String,
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+/// Login lockout: `max_failures` wrong passwords for one user from one IP within `window` lock
+/// that pair out for `duration`. Counted in the cache, so it holds across a cluster.
+#[derive(Debug, Deserialize, Clone, Copy, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub duration: Duration,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            window: Duration::secs(30 * 60),
+            duration: Duration::secs(30 * 60),
         }
     }
 }

@@ -30,6 +30,7 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     validate_plugins(c, &mut e);
     validate_routes(c, &mut e);
     validate_storage(c, &mut e);
+    validate_admin(c, &mut e);
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&c.logging.level) {
         e.add(
             "logging.level",
@@ -37,6 +38,71 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         );
     }
     e.0
+}
+
+/// Shortest admin token signing key accepted (HS256 wants at least its 256-bit output size).
+const MIN_JWT_SECRET_LEN: usize = 32;
+/// The demo admin password of `policies.example.yaml`: refused off loopback.
+pub const DEMO_ADMIN_PASSWORD: &str = "tollgate-demo-admin";
+
+fn validate_admin(c: &Config, e: &mut Errors) {
+    let a = &c.admin;
+    if let Some(s) = &a.jwt_secret
+        && s.expose().len() < MIN_JWT_SECRET_LEN
+    {
+        e.add(
+            "admin.jwt_secret",
+            format!("must be at least {MIN_JWT_SECRET_LEN} characters"),
+        );
+    }
+    let ttl = a.token_ttl.get();
+    if ttl.is_zero() || ttl > std::time::Duration::from_secs(24 * 3600) {
+        e.add("admin.token_ttl", "must be greater than 0 and at most 24h");
+    }
+    if a.lockout.max_failures == 0 {
+        e.add("admin.lockout.max_failures", "must be greater than 0");
+    }
+    for (name, d) in [
+        ("window", a.lockout.window),
+        ("duration", a.lockout.duration),
+    ] {
+        if d.get().is_zero() {
+            e.add(format!("admin.lockout.{name}"), "must be greater than 0");
+        }
+    }
+    let mut names = HashMap::new();
+    for (i, u) in a.users.iter().enumerate() {
+        let path = format!("admin.users[{i}]");
+        check_name(
+            &u.username,
+            &format!("{path}.username"),
+            "admin user",
+            &mut names,
+            e,
+        );
+        match (&u.password_hash, &u.password) {
+            (Some(_), Some(_)) => e.add(&path, "set either `password_hash` or `password`, not both"),
+            (None, None) => e.add(&path, "one of `password_hash` or `password` is required"),
+            (Some(h), None) if !h.starts_with("$argon2") => e.add(
+                format!("{path}.password_hash"),
+                "must be an argon2 PHC string (see `tollgate admin hash-password`)",
+            ),
+            (None, Some(p)) if p.expose().len() < 12 => {
+                e.add(format!("{path}.password"), "must be at least 12 characters")
+            }
+            (None, Some(p))
+                if p.expose() == DEMO_ADMIN_PASSWORD
+                    && a.enabled
+                    && !a.listen.0.ip().is_loopback() =>
+            {
+                e.add(
+                    format!("{path}.password"),
+                    "the demo password is refused while admin.listen is not on loopback; set TOLLGATE_ADMIN_PASSWORD",
+                )
+            }
+            _ => {}
+        }
+    }
 }
 
 fn validate_storage(c: &Config, e: &mut Errors) {

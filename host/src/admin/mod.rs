@@ -2,9 +2,21 @@
 //! (`admin.listen`, default `127.0.0.1:8318`) and never on the data plane, where `/metrics` and
 //! `/admin/` are reserved paths no route may claim (they answer 404 there).
 //!
-//! Serves `GET /metrics` (Prometheus text, `crate::telemetry::metrics`); `/admin/api/…` and
-//! `/admin/ui/…` arrive with the rest of the operator-plane issue. It changes the gateway only through the stores and a reload of the snapshot, so the
-//! snapshot stays the one thing a request reads.
+//! Every request is first checked against `admin.allow` (403 otherwise). Serves:
+//! - `GET /metrics` (Prometheus text, `crate::telemetry::metrics`);
+//! - `/admin/api/…` (`api.rs`: login, bindings, usage, upstreams, plugins, audit, reload; OpenAPI
+//!   at `/admin/api/openapi.json`), behind a JWT (`auth.rs`).
+//!
+//! It changes the gateway only through the stores (`crate::service`) and a reload of the
+//! snapshot, so the snapshot stays the one thing a request reads.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod intercepts;
+
+/// Longest page any list endpoint serves at once.
+pub const MAX_PAGE: u32 = 1000;
 
 use std::sync::Arc;
 
@@ -14,9 +26,29 @@ use crate::error::ErrorKind;
 use crate::gateway::Gateway;
 
 /// The admin plane's routes. Every path it does not serve answers 404 in the OpenAI error shape.
-pub fn router(gateway: Arc<Gateway>) -> Router {
+pub fn router(gateway: Arc<Gateway>, auth: Arc<auth::AdminAuth>) -> Router {
+    let api = api::routes()
+        .fallback(|| async {
+            error::ApiError::new(
+                http::StatusCode::NOT_FOUND,
+                "unknown_url",
+                "no admin API endpoint at this path",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this path",
+            )
+        })
+        .with_state(api::AdminState {
+            gateway: gateway.clone(),
+            auth,
+        });
     Router::new()
         .route("/metrics", axum::routing::get(metrics))
+        .nest("/admin/api", api)
         .fallback(|| async { ErrorKind::NoRoute })
         .method_not_allowed_fallback(|| async {
             ErrorKind::MethodNotAllowed {

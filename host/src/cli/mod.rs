@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::gateway::planes::Listeners;
+use crate::service;
 
 #[derive(Parser)]
 #[command(
@@ -66,12 +67,21 @@ enum Command {
     /// The config file as a published contract.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Admin plane helpers.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Print the key id (HMAC-SHA256 under the config's secret) of the key read from stdin, for
     /// `auth.keys[].key_id`.
     KeyId {
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Print the argon2 hash of the password read from stdin, for `admin.users[].password_hash`.
+    HashPassword,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,6 +111,8 @@ enum BindingsAction {
     Unban { key_id: String },
     /// Forget the binding; the key's next request binds afresh.
     Delete { key_id: String },
+    /// Bind the key to another network (a CIDR or one address).
+    Move { key_id: String, cidr: String },
     /// Refused requests, newest first: time, key id prefix, bound network, attempted IP, method,
     /// path, reason.
     Intercepts {
@@ -146,6 +158,7 @@ pub fn main() -> ExitCode {
         Command::Migrate { config } => migrate(&config),
         Command::Bindings { config, action } => bindings(&config, action),
         Command::Usage { config, by, since } => usage(&config, by, since.into()),
+        Command::Admin(AdminCommand::HashPassword) => hash_password(),
     }
 }
 
@@ -202,13 +215,51 @@ fn usage(path: &std::path::Path, by: UsageGroup, since: std::time::Duration) -> 
     report(result)
 }
 
+fn hash_password() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("cannot read the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = input.trim_end_matches(['\r', '\n']);
+    if password.len() < 12 {
+        eprintln!("the password must be at least 12 characters");
+        return ExitCode::FAILURE;
+    }
+    match crate::admin::auth::hash_password(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn ms_to_rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
 }
 
+/// One audited change through the service layer the admin API uses.
+async fn change(
+    stores: &crate::state::Stores,
+    key_id: &str,
+    change: service::bindings::Change,
+    done: &str,
+) -> Result<String, String> {
+    match service::bindings::change(stores, &service::Actor::cli(), key_id, change).await {
+        Ok(_) => Ok(format!("{key_id}: {done}")),
+        Err(service::ServiceError::NotFound(_)) => Err(format!("{key_id}: no binding\n")),
+        Err(e) => Err(format!("{e}\n")),
+    }
+}
+
 fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
-    use crate::state::{BindingStatus, KEY_ID_PREFIX_LEN, Stores};
+    use crate::service::bindings::Change;
+    use crate::state::{KEY_ID_PREFIX_LEN, Stores};
     let result = Config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
@@ -224,13 +275,6 @@ fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
                 .await
                 .map_err(|e| format!("{e}\n"))?;
                 let failed = |e: crate::state::StoreError| format!("{e}\n");
-                let changed = |done: bool, key_id: &str, what: &str| {
-                    if done {
-                        Ok(format!("{key_id}: {what}"))
-                    } else {
-                        Err(format!("{key_id}: no binding\n"))
-                    }
-                };
                 let out = match action {
                     BindingsAction::List { limit } => {
                         let rows = stores.database().bindings(limit).await;
@@ -253,16 +297,19 @@ fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
                         Ok(lines.join("\n"))
                     }
                     BindingsAction::Ban { key_id } => {
-                        let done = stores.set_status(&key_id, BindingStatus::Banned).await;
-                        changed(done.map_err(failed)?, &key_id, "banned")
+                        change(&stores, &key_id, Change::Ban, "banned").await
                     }
                     BindingsAction::Unban { key_id } => {
-                        let done = stores.set_status(&key_id, BindingStatus::Active).await;
-                        changed(done.map_err(failed)?, &key_id, "active")
+                        change(&stores, &key_id, Change::Unban, "active").await
                     }
                     BindingsAction::Delete { key_id } => {
-                        let done = stores.delete_binding(&key_id).await;
-                        changed(done.map_err(failed)?, &key_id, "deleted")
+                        change(&stores, &key_id, Change::Unbind, "deleted").await
+                    }
+                    BindingsAction::Move { key_id, cidr } => {
+                        match service::bindings::parse_net(&cidr) {
+                            Ok(net) => change(&stores, &key_id, Change::Move(net), "moved").await,
+                            Err(e) => Err(format!("{e}\n")),
+                        }
                     }
                     BindingsAction::Intercepts { key, limit } => {
                         let prefix: Option<String> =

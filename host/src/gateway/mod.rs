@@ -48,6 +48,21 @@ pub struct Gateway {
     pub(crate) metrics: Arc<Metrics>,
     /// Serialises reloads so two never build from different configs at once.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Where the reloader takes requests from the admin API (set when it starts).
+    pub(crate) reload_requests: std::sync::OnceLock<tokio::sync::mpsc::Sender<ReloadReply>>,
+    last_reload: std::sync::Mutex<Option<ReloadStatus>>,
+}
+
+/// Where a requested reload's result goes.
+pub(crate) type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The result of the latest reload by the reloader (file change, SIGHUP or admin API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Unix ms.
+    pub at_ms: u64,
+    /// Why it was refused, verbatim; `None` when it went into service.
+    pub error: Option<String>,
 }
 
 impl Gateway {
@@ -89,6 +104,8 @@ impl Gateway {
             draining: AtomicBool::new(false),
             metrics,
             reload_lock: tokio::sync::Mutex::new(()),
+            reload_requests: std::sync::OnceLock::new(),
+            last_reload: std::sync::Mutex::new(None),
         });
         if let Some(feed) = gateway.stores.shared_cooldowns() {
             tokio::spawn(apply_shared_cooldowns(Arc::downgrade(&gateway), feed));
@@ -114,6 +131,30 @@ impl Gateway {
     }
 
     /// The config snapshot a new request should use.
+    /// Asks the reloader for a reload (the same path as SIGHUP) and waits for its result; `None`
+    /// when no reloader runs (the gateway was not started from a config file).
+    pub async fn request_reload(&self) -> Option<Result<(), String>> {
+        let tx = self.reload_requests.get()?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        tx.send(done).await.ok()?;
+        result.await.ok()
+    }
+
+    pub(crate) fn note_reload(&self, result: &Result<(), String>) {
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadStatus {
+            at_ms: crate::state::unix_ms(),
+            error: result.as_ref().err().cloned(),
+        });
+    }
+
+    /// The latest reload's result, if there was one.
+    pub fn last_reload(&self) -> Option<ReloadStatus> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
     }
@@ -151,7 +192,12 @@ async fn apply_shared_cooldowns(
         };
         let runtime = gw.runtime();
         if let Some(u) = runtime.upstreams.iter().find(|u| *u.name == *c.upstream) {
-            u.cool_down(c.model.as_deref(), c.until_ms);
+            // `until_ms` 0: an operator ended it (`/admin/api/upstreams/{name}/restore`).
+            if c.until_ms == 0 {
+                u.clear_cooldown(c.model.as_deref());
+            } else {
+                u.cool_down(c.model.as_deref(), c.until_ms);
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower_service::Service;
 
+use crate::admin::auth::AdminAuth;
 use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::listen::{ConnInfo, Handler, Response, ServeError, Server};
@@ -46,10 +47,22 @@ impl Handler for DataPlane {
 pub struct AdminPlane {
     gateway: Arc<Gateway>,
     router: Router,
+    auth: Arc<AdminAuth>,
 }
 
 impl Handler for AdminPlane {
-    async fn handle(&self, req: http::Request<Incoming>, _conn: ConnInfo) -> Response {
+    async fn handle(&self, mut req: http::Request<Incoming>, conn: ConnInfo) -> Response {
+        // `admin.allow` before anything else: other networks learn nothing about the plane.
+        if !self.auth.allows(conn.peer.ip()) {
+            let denied = crate::admin::error::ApiError::new(
+                http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "the admin plane is not open to this address (admin.allow)",
+            );
+            return axum::response::IntoResponse::into_response(denied)
+                .map(|b| b.map_err(Into::into).boxed_unsync());
+        }
+        req.extensions_mut().insert(conn);
         own_endpoint(&self.gateway, self.router.clone(), req).await
     }
 }
@@ -74,7 +87,7 @@ async fn own_endpoint(
 /// Both listeners, bound.
 pub struct Listeners {
     data: Server,
-    admin: Option<Server>,
+    admin: Option<(Server, Arc<AdminAuth>)>,
 }
 
 impl Listeners {
@@ -88,7 +101,8 @@ impl Listeners {
                 trusted_proxies: Vec::new(),
                 ..ServerConfig::default()
             };
-            Some(Server::bind(&admin_server).await?)
+            let auth = AdminAuth::new(&config.admin).map_err(ServeError::Admin)?;
+            Some((Server::bind(&admin_server).await?, auth))
         } else {
             None
         };
@@ -100,7 +114,7 @@ impl Listeners {
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(Server::local_addr)
+        self.admin.as_ref().map(|(s, _)| s.local_addr())
     }
 
     /// Serves both planes until `shutdown` completes, drains both (the gateway reports itself
@@ -119,10 +133,11 @@ impl Listeners {
             draining.start_draining()
         });
         let admin_plane = async {
-            if let Some(admin) = self.admin {
+            if let Some((admin, auth)) = self.admin {
                 let plane = AdminPlane {
-                    router: crate::admin::router(gateway.clone()),
+                    router: crate::admin::router(gateway.clone(), auth.clone()),
                     gateway: gateway.clone(),
+                    auth,
                 };
                 admin.serve(plane, stopped(stop_rx.clone()), || {}).await;
             }

@@ -32,13 +32,18 @@ pub async fn reload_once(gateway: &Gateway, config_path: &Path) -> Result<Config
     Ok(config)
 }
 
-/// Reloads on file changes and SIGHUP until the task is aborted.
+/// Reloads on file changes, SIGHUP and admin API requests ([`Gateway::request_reload`]) until
+/// the task is aborted; each reload's result is kept ([`Gateway::last_reload`]).
 pub fn spawn(
     gateway: Arc<Gateway>,
     config_path: PathBuf,
     initial: &Config,
 ) -> tokio::task::JoinHandle<()> {
     let mut files = watched_files(&config_path, Some(initial));
+    let (tx, mut requests) = tokio::sync::mpsc::channel(4);
+    if gateway.reload_requests.set(tx).is_err() {
+        tracing::warn!("a reloader already runs for this gateway; admin reloads go to the first");
+    }
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -65,18 +70,29 @@ pub fn spawn(
             };
             #[cfg(not(unix))]
             let hangup = std::future::pending::<Option<()>>();
+            let mut reply = None;
             tokio::select! {
                 c = changed => if c.is_none() { return },
                 _ = hangup => tracing::info!("SIGHUP: reloading"),
+                Some(done) = requests.recv() => {
+                    tracing::info!("admin API: reloading");
+                    reply = Some(done);
+                }
             }
-            match reload_once(&gateway, &config_path).await {
+            let result = match reload_once(&gateway, &config_path).await {
                 Ok(config) => {
                     tracing::info!(config = %config_path.display(), "configuration reloaded");
                     files = watched_files(&config_path, Some(&config));
+                    Ok(())
                 }
                 Err(e) => {
-                    tracing::error!(config = %config_path.display(), "reload refused; the running configuration stays in service:\n{e}")
+                    tracing::error!(config = %config_path.display(), "reload refused; the running configuration stays in service:\n{e}");
+                    Err(e)
                 }
+            };
+            gateway.note_reload(&result);
+            if let Some(done) = reply {
+                let _ = done.send(result);
             }
         }
     })

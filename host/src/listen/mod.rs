@@ -79,6 +79,9 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("cannot watch certificate files: {0}")]
     Watch(std::io::Error),
+    /// The admin plane's settings cannot be used (e.g. the demo password off loopback).
+    #[error("{0}")]
+    Admin(String),
 }
 
 /// A bound listener, ready to serve.

@@ -401,6 +401,8 @@ const OUTCOMES: [Outcome; 4] = [
 ];
 
 type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// Input and output token histograms by key name, then model label.
+type TokenSeries = Map<Box<str>, Map<Box<str>, [Histogram; 2]>>;
 
 /// The request-path series of one route × upstream, resolved once per config so a request looks
 /// up one entry instead of hashing its label values into each family.
@@ -412,7 +414,7 @@ struct Series {
     /// By status class × outcome, created on first use (so unused ones are not exposed).
     requests: [OnceLock<IntCounter>; STATUS_CLASSES.len() * OUTCOMES.len()],
     /// Input and output token histograms by key name, then model label.
-    tokens: RwLock<Map<Box<str>, Map<Box<str>, [Histogram; 2]>>>,
+    tokens: RwLock<TokenSeries>,
 }
 
 impl Series {

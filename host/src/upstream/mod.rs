@@ -309,6 +309,32 @@ impl Upstream {
         all.max(one)
     }
 
+    /// Ends the cooldown for `model`, or every cooldown when `None` (an operator's restore).
+    pub fn clear_cooldown(&self, model: Option<&str>) {
+        let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
+        match model {
+            None => map.clear(),
+            Some(m) => {
+                map.remove(&Some(m.to_owned()));
+            }
+        }
+        let latest = map.values().copied().max().unwrap_or(0);
+        self.cooling_max_ms.store(latest, Ordering::Relaxed);
+    }
+
+    /// The cooldowns in force: `(model or None for every model, until Unix ms)`.
+    pub fn cooldowns(&self) -> Vec<(Option<String>, u64)> {
+        let now = unix_ms();
+        let map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(m, until)| (m.clone(), *until))
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn serves(&self, model: Option<&str>) -> bool {
         model.is_none_or(|m| self.config.serves(m))
     }

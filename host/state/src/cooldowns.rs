@@ -16,6 +16,7 @@ pub struct SharedCooldown {
     pub upstream: String,
     /// `None`: every model.
     pub model: Option<String>,
+    /// Unix ms; 0 ends the cooldown (an operator's restore) instead.
     pub until_ms: u64,
 }
 

@@ -20,8 +20,10 @@
 //!   [`Stores::shutdown`] flushes what is queued.
 
 mod alerts;
+mod audit;
 mod clock;
 mod cooldowns;
+mod intercepts;
 mod memory;
 mod plugin_kv;
 mod redis;
@@ -39,12 +41,14 @@ use tokio::sync::mpsc;
 use tollgate_config::{AlertsConfig, CacheUrl, Failsafe, StorageConfig};
 
 pub use self::alerts::{Alert, Delivery, NoWebhook, Webhook};
+pub use self::audit::{AuditQuery, AuditRecord};
 pub use self::clock::unix_ms;
 pub use self::cooldowns::SharedCooldown;
+pub use self::intercepts::InterceptQuery;
 pub use self::memory::MemoryKv;
 pub use self::plugin_kv::PluginKv;
 pub use self::redis::RedisKv;
-pub use self::sql::{SqlStore, TokenUsage, UsageBy};
+pub use self::sql::{BindingQuery, SqlStore, TokenUsage, UsageBy};
 use self::writer::{Event, Writer};
 
 /// A store could not answer (down, timed out, or refused the operation). Details are logged by
@@ -390,6 +394,19 @@ impl Stores {
             self.cache_failed("fill binding", &e);
         }
         Ok(b)
+    }
+
+    /// Moves a key's binding to `net`; whether a binding existed. The cached copy is dropped.
+    pub async fn set_cidr(&self, key_id: &str, net: IpNet) -> StoreResult<bool> {
+        let changed = self.db.set_cidr(key_id, normalize_net(net)).await?;
+        self.forget(key_id).await;
+        Ok(changed)
+    }
+
+    /// The key-value namespace of the admin plane (login failures and lockouts), shared by the
+    /// gateways of a cluster through the cache.
+    pub fn admin_kv(&self) -> PluginKv<'_> {
+        self.plugin_kv("a:admin\u{0}")
     }
 
     /// Bans or reinstates a key; whether a binding existed. The cached copy is dropped.

@@ -20,6 +20,15 @@ static POSTGRES: Migrator = sqlx::migrate!("../../migrations/postgres");
 const BINDING_COLUMNS: &str =
     "key_id, cidr, status, created_ms, last_used_ms, last_ip, request_count";
 
+/// Which bindings to list.
+#[derive(Debug, Clone, Default)]
+pub struct BindingQuery {
+    pub search: Option<String>,
+    pub status: Option<BindingStatus>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
 /// One aggregated usage update: the key's latest use and how many uses since the last flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage {
@@ -83,12 +92,12 @@ impl UsageBy {
 
 #[derive(Clone)]
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     postgres: bool,
     timeout: Duration,
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::new("database", e)
 }
 
@@ -149,7 +158,7 @@ impl SqlStore {
         migrator.run(&self.pool).await.map_err(db_err)
     }
 
-    async fn timed<T, E: std::fmt::Display>(
+    pub(crate) async fn timed<T, E: std::fmt::Display>(
         &self,
         fut: impl std::future::Future<Output = Result<T, E>>,
     ) -> StoreResult<T> {
@@ -227,6 +236,58 @@ impl SqlStore {
             )
             .await?;
         rows.iter().map(binding_from).collect()
+    }
+
+    /// One page of bindings, most recently used first, and how many match in all. `search`
+    /// matches the start of the key id or the bound network's text.
+    pub async fn bindings_page(&self, q: &BindingQuery) -> StoreResult<(Vec<Binding>, u64)> {
+        let filter =
+            "WHERE ($1 = '' OR key_id LIKE $2 OR cidr LIKE $2) AND ($3 = '' OR status = $3)";
+        let search = q.search.clone().unwrap_or_default();
+        // LIKE wildcards in the search are taken literally: key ids and CIDRs never contain them.
+        let like = format!("{}%", search.replace(['%', '_'], ""));
+        let status = q.status.map(BindingStatus::as_str).unwrap_or("");
+        let total = self
+            .timed(
+                sqlx::query(&format!("SELECT COUNT(*) AS n FROM bindings {filter}"))
+                    .bind(&search)
+                    .bind(&like)
+                    .bind(status)
+                    .fetch_one(&self.pool),
+            )
+            .await?
+            .try_get::<i64, _>("n")
+            .map_err(db_err)? as u64;
+        let sql = format!(
+            "SELECT {BINDING_COLUMNS} FROM bindings {filter} \
+             ORDER BY last_used_ms DESC, key_id LIMIT $4 OFFSET $5"
+        );
+        let rows = self
+            .timed(
+                sqlx::query(&sql)
+                    .bind(&search)
+                    .bind(&like)
+                    .bind(status)
+                    .bind(i64::from(q.limit))
+                    .bind(q.offset.min(i64::MAX as u64) as i64)
+                    .fetch_all(&self.pool),
+            )
+            .await?;
+        let page = rows.iter().map(binding_from).collect::<StoreResult<_>>()?;
+        Ok((page, total))
+    }
+
+    /// Moves a key's binding to another network; whether the key had a binding.
+    pub async fn set_cidr(&self, key_id: &str, net: ipnet::IpNet) -> StoreResult<bool> {
+        let done = self
+            .timed(
+                sqlx::query("UPDATE bindings SET cidr = $2 WHERE key_id = $1")
+                    .bind(key_id)
+                    .bind(net.to_string())
+                    .execute(&self.pool),
+            )
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Applies aggregated usage in one transaction. Keys without a binding are ignored.

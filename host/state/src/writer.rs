@@ -11,6 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::alerts::Alerts;
 use super::sql::{TokenUsage, Usage};
+
+/// Token usage is summed per hour, key id, upstream and model.
+type TokenGroup = (u64, Arc<str>, Arc<str>, Arc<str>);
 use super::{Intercept, Stores};
 use tollgate_config::AlertsConfig;
 
@@ -40,7 +43,7 @@ pub(super) struct Writer {
     usage: HashMap<String, Usage>,
     intercepts: Vec<Intercept>,
     /// Token usage summed per (hour, key, upstream, model) until the next flush.
-    tokens: HashMap<(u64, Arc<str>, Arc<str>, Arc<str>), TokenUsage>,
+    tokens: HashMap<TokenGroup, TokenUsage>,
 }
 
 impl Writer {

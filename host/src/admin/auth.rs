@@ -1,0 +1,245 @@
+//! Who may use the admin API: the client network (`admin.allow`), then a JWT from `POST /login`.
+//!
+//! - Passwords are argon2 PHC strings (`tollgate admin hash-password`); a `password` given in the
+//!   config (through the environment) is hashed at start.
+//! - Tokens are HS256 JWTs, the algorithm pinned (a token naming any other, `none` included, is
+//!   refused), with `exp`, `nbf`, `iat`, `iss`, `aud` and `sub` required and checked, a lifetime of
+//!   `admin.token_ttl` and [`LEEWAY_SECS`] of clock leeway.
+//! - Lockout: `admin.lockout.max_failures` wrong passwords for one user name from one IP within
+//!   `window` lock that pair out for `duration`, counted in the cache (shared by a cluster). An
+//!   unknown user is counted, checked against a dummy hash and answered exactly like a wrong
+//!   password, so user names cannot be probed.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AdminConfig, Cidr, DEMO_ADMIN_PASSWORD, LockoutConfig};
+use crate::state::{AuditRecord, Stores, unix_ms};
+
+/// Clock leeway on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+const ISSUER: &str = "tollgate";
+const AUDIENCE: &str = "tollgate-admin";
+/// Longest user name and password looked at; longer ones fail like a wrong password.
+const MAX_USERNAME: usize = 64;
+const MAX_PASSWORD: usize = 1024;
+
+/// The claims of an admin token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub iss: String,
+    pub aud: String,
+    pub iat: u64,
+    pub nbf: u64,
+    pub exp: u64,
+}
+
+/// Hashes `password` as an argon2id PHC string (default parameters, random salt).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("cannot hash the password: {e}"))
+}
+
+fn verify(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// What a login attempt came to.
+#[derive(Debug)]
+pub enum Login {
+    /// A token and when it expires (Unix seconds).
+    Ok { token: String, expires_at: u64 },
+    /// Wrong user name or password (the same answer for both).
+    Denied,
+    /// Locked out for this many more seconds.
+    Locked { retry_after_secs: u64 },
+}
+
+/// The admin plane's authentication state, built once at start from `admin`.
+pub struct AdminAuth {
+    allow: Vec<Cidr>,
+    users: HashMap<String, String>,
+    /// Verified for unknown users so they take as long as known ones.
+    dummy_hash: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl_secs: u64,
+    lockout: LockoutConfig,
+}
+
+impl AdminAuth {
+    /// Hashes plain passwords, and refuses the demo password off loopback (also when it is given
+    /// as a hash).
+    pub fn new(c: &AdminConfig) -> Result<Arc<Self>, String> {
+        let mut users = HashMap::new();
+        let loopback = c.listen.0.ip().is_loopback();
+        for (i, u) in c.users.iter().enumerate() {
+            let hash = match (&u.password_hash, &u.password) {
+                (Some(h), _) => h.clone(),
+                (None, Some(p)) => hash_password(p.expose())?,
+                (None, None) => return Err(format!("admin.users[{i}]: no password")),
+            };
+            if PasswordHash::new(&hash).is_err() {
+                return Err(format!("admin.users[{i}].password_hash: not a PHC string"));
+            }
+            if c.enabled && !loopback && verify(DEMO_ADMIN_PASSWORD, &hash) {
+                return Err(format!(
+                    "admin.users[{i}]: the demo password is refused while admin.listen ({}) is not on loopback",
+                    c.listen.0
+                ));
+            }
+            users.insert(u.username.clone(), hash);
+        }
+        let secret: Vec<u8> = match &c.jwt_secret {
+            Some(s) => s.expose().as_bytes().to_vec(),
+            None => {
+                let mut b = vec![0u8; 32];
+                OsRng.fill_bytes(&mut b);
+                b
+            }
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        Ok(Arc::new(Self {
+            allow: c.allow.clone(),
+            users,
+            dummy_hash: hash_password("not a password of anyone")?,
+            encoding: EncodingKey::from_secret(&secret),
+            decoding: DecodingKey::from_secret(&secret),
+            validation,
+            ttl_secs: c.token_ttl.get().as_secs().max(1),
+            lockout: c.lockout,
+        }))
+    }
+
+    /// Whether `ip` may reach the admin listener at all.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|n| n.contains(ip))
+    }
+
+    /// The user a token was issued to, if it is valid now.
+    pub fn verify_token(&self, token: &str) -> Option<String> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
+        // A user removed from the config loses access at once.
+        self.users
+            .contains_key(&data.claims.sub)
+            .then_some(data.claims.sub)
+    }
+
+    fn issue(&self, user: &str) -> Option<(String, u64)> {
+        let now = unix_ms() / 1000;
+        let claims = Claims {
+            sub: user.to_owned(),
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            iat: now,
+            nbf: now,
+            exp: now + self.ttl_secs,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding);
+        token.ok().map(|t| (t, claims.exp))
+    }
+
+    /// Checks a login, counts failures, locks out, and audits every outcome (before answering).
+    pub async fn login(
+        self: &Arc<Self>,
+        stores: &Stores,
+        username: &str,
+        password: &str,
+        ip: IpAddr,
+    ) -> Result<Login, crate::state::StoreError> {
+        let kv = stores.admin_kv();
+        // User names are config identifiers (no ':'), so the key cannot collide across users.
+        let pair = format!(
+            "{}:{ip}",
+            username.chars().take(MAX_USERNAME).collect::<String>()
+        );
+        let audit = |action: &str, outcome: &str| {
+            AuditRecord::new(username, &ip.to_string(), action, username, outcome)
+        };
+        let now = unix_ms();
+        if let Some(until) = kv
+            .get(&format!("lock:{pair}"))
+            .await
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&until| until > now)
+        {
+            stores
+                .database()
+                .record_audit(audit("login", "locked"))
+                .await?;
+            return Ok(Login::Locked {
+                retry_after_secs: (until - now).div_ceil(1000).max(1),
+            });
+        }
+        let this = self.clone();
+        let (user, pass) = (username.to_owned(), password.to_owned());
+        // argon2 takes tens of milliseconds of CPU: off the async workers.
+        let ok = tokio::task::spawn_blocking(move || {
+            let known = this
+                .users
+                .get(&user)
+                .filter(|_| user.len() <= MAX_USERNAME && pass.len() <= MAX_PASSWORD);
+            let hash = known.unwrap_or(&this.dummy_hash);
+            let matched = verify(&pass[..pass.len().min(MAX_PASSWORD)], hash);
+            matched && known.is_some()
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            kv.delete(&format!("fail:{pair}")).await;
+            let Some((token, expires_at)) = self.issue(username) else {
+                stores
+                    .database()
+                    .record_audit(audit("login", "failed"))
+                    .await?;
+                return Ok(Login::Denied);
+            };
+            stores.database().record_audit(audit("login", "ok")).await?;
+            return Ok(Login::Ok { token, expires_at });
+        }
+        let l = &self.lockout;
+        let window_ms = l.window.get().as_millis() as u64;
+        let failures = kv.incr(&format!("fail:{pair}"), 1, Some(window_ms)).await;
+        stores
+            .database()
+            .record_audit(audit("login", "denied"))
+            .await?;
+        if failures >= i64::from(l.max_failures) {
+            let until = now + l.duration.get().as_millis() as u64;
+            kv.set(
+                &format!("lock:{pair}"),
+                &until.to_string(),
+                Some(l.duration.get().as_millis() as u64),
+            )
+            .await;
+            kv.delete(&format!("fail:{pair}")).await;
+            stores
+                .database()
+                .record_audit(audit("lockout", "ok"))
+                .await?;
+            tracing::warn!(target: "audit", user = %crate::error::truncate(username), %ip, "admin login locked out");
+        }
+        Ok(Login::Denied)
+    }
+}

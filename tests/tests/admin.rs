@@ -1,0 +1,871 @@
+//! The admin API over real HTTP on the admin listener: login and lockout, JWT attacks, bindings,
+//! usage, upstreams, plugins, reload, audit, `admin.allow`, the OpenAPI document.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use tollgate_tests::{CLIENT_KEY, MockUpstream, TestGateway, chat_body, client, config_yaml};
+
+const PASSWORD: &str = "correct horse battery";
+const JWT_SECRET: &str = "an-admin-signing-key-of-32-chars!!";
+
+/// The test config with an admin user `ops` and `admin` settings appended (`extra`, indented 2).
+fn admin_yaml(upstream: &str, extra: &str) -> String {
+    config_yaml(&[upstream.to_owned()], "").replace(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        &format!(
+            "admin:\n  listen: 127.0.0.1:0\n  jwt_secret: {JWT_SECRET}\n  users:\n    - username: ops\n      password: {PASSWORD}\n{extra}\n"
+        ),
+    )
+}
+
+struct Admin {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}/admin/api"),
+            http: client(),
+        }
+    }
+
+    async fn login(&self, user: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/login", self.base))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn token(&self) -> String {
+        let resp = self.login("ops", PASSWORD).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let exp = body["expires_at"].as_u64().unwrap();
+        assert!(
+            exp > now && exp <= now + 30 * 60 + 5,
+            "short lifetime: {exp}"
+        );
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        req.send().await.unwrap()
+    }
+}
+
+async fn error_of(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "error shape: {body}");
+    assert!(body["error"]["code"].is_string(), "error shape: {body}");
+    (status, body["error"].clone())
+}
+
+async fn audit(admin: &Admin, token: &str, query: &str) -> Vec<Value> {
+    let resp = admin.get(token, &format!("/audit?{query}")).await;
+    assert_eq!(resp.status(), 200);
+    let page: Value = resp.json().await.unwrap();
+    page["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn login_gives_a_token_that_opens_the_api_and_every_login_is_audited() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+
+    // Without a token, or with garbage, nothing is served.
+    let (status, err) = error_of(admin.get("", "/bindings").await).await;
+    assert_eq!((status, err["code"].as_str()), (401, Some("invalid_token")));
+    let (status, _) = error_of(admin.get("not.a.jwt", "/upstreams").await).await;
+    assert_eq!(status, 401);
+
+    let token = admin.token().await;
+    let resp = admin.get(&token, "/upstreams").await;
+    assert_eq!(resp.status(), 200);
+    let ups: Value = resp.json().await.unwrap();
+    assert_eq!(ups[0]["name"], "u0");
+    assert_eq!(ups[0]["healthy"], true);
+    assert_eq!(ups[0]["in_flight"], 0);
+
+    let wrong = admin.login("ops", "wrong password!").await;
+    assert_eq!(wrong.status(), 401);
+    let log = audit(&admin, &token, "action=login").await;
+    let outcomes: Vec<_> = log.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["denied", "ok"], "newest first: {log:?}");
+    assert_eq!(log[1]["actor"], "ops");
+    assert_eq!(log[1]["ip"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn unknown_users_and_wrong_passwords_get_identical_answers_in_similar_time() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(
+        &mock.url(),
+        "  lockout: {max_failures: 1000, window: 1h, duration: 1h}",
+    ))
+    .await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let answer = |resp: reqwest::Response| async move {
+        let mut headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .filter(|(n, _)| *n != "date")
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        headers.sort();
+        (resp.status(), headers, resp.bytes().await.unwrap())
+    };
+    let unknown = answer(admin.login("nobody", "wrong password!").await).await;
+    let wrong = answer(admin.login("ops", "wrong password!").await).await;
+    assert_eq!(
+        unknown, wrong,
+        "an unknown user must look like a wrong password"
+    );
+    assert_eq!(unknown.0, 401);
+
+    // Both check a password hash: neither answers much faster.
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..5 {
+        for (i, user) in ["nobody", "ops"].iter().enumerate() {
+            let start = Instant::now();
+            admin.login(user, "wrong password!").await;
+            times[i].push(start.elapsed());
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    };
+    let (a, b) = (median(&mut times[0]), median(&mut times[1]));
+    assert!(
+        a / b > 0.33 && a / b < 3.0,
+        "unknown user {a:.4}s vs wrong password {b:.4}s"
+    );
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_user_out_from_that_address_and_are_audited() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(
+        &mock.url(),
+        "  lockout: {max_failures: 3, window: 10m, duration: 30m}",
+    ))
+    .await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    // A token from before the lockout keeps working (the lockout is about logins).
+    let token = admin.token().await;
+    for _ in 0..3 {
+        assert_eq!(admin.login("ops", "wrong password!").await.status(), 401);
+    }
+    let locked = admin.login("ops", PASSWORD).await;
+    assert_eq!(
+        locked.status(),
+        429,
+        "the right password is refused while locked"
+    );
+    let retry: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 29 * 60 && retry <= 30 * 60, "{retry}");
+    let (_, err) = error_of(locked).await;
+    assert_eq!(err["code"], "login_locked");
+    // Another user name from the same address is not locked.
+    assert_eq!(admin.login("other", "wrong password!").await.status(), 401);
+
+    let lockouts = audit(&admin, &token, "action=lockout").await;
+    assert_eq!(lockouts.len(), 1, "{lockouts:?}");
+    assert_eq!(lockouts[0]["target"], "ops");
+    let refused = audit(&admin, &token, "action=login&actor=ops").await;
+    assert_eq!(refused[0]["outcome"], "locked");
+}
+
+type HmacSha256 = Hmac<sha2::Sha256>;
+type HmacSha384 = Hmac<sha2::Sha384>;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims() -> Value {
+    let now = now();
+    json!({"sub": "ops", "iss": "tollgate", "aud": "tollgate-admin", "iat": now, "nbf": now, "exp": now + 300})
+}
+
+/// A JWT with the given header and claims, signed with HMAC-SHA256 (or 384) under `secret`.
+fn forge(header: &Value, claims: &Value, secret: &str, sha384: bool) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
+    let sig = if sha384 {
+        let mut m = HmacSha384::new_from_slice(secret.as_bytes()).unwrap();
+        m.update(signing_input.as_bytes());
+        m.finalize().into_bytes().to_vec()
+    } else {
+        let mut m = HmacSha256::new_from_slice(secret.as_bytes()).unwrap();
+        m.update(signing_input.as_bytes());
+        m.finalize().into_bytes().to_vec()
+    };
+    format!("{signing_input}.{}", B64.encode(sig))
+}
+
+#[tokio::test]
+async fn forged_and_stale_tokens_are_refused() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let hs256 = json!({"alg": "HS256", "typ": "JWT"});
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = claims();
+        f(&mut c);
+        c
+    };
+
+    // Control: a token made the way the gateway makes them is accepted, so the refusals below
+    // are about what each one changes.
+    let good = forge(&hs256, &claims(), JWT_SECRET, false);
+    assert_eq!(admin.get(&good, "/plugins").await.status(), 200);
+
+    let unsigned = |alg: &str| {
+        format!(
+            "{}.{}.",
+            B64.encode(json!({"alg": alg, "typ": "JWT"}).to_string()),
+            B64.encode(claims().to_string())
+        )
+    };
+    let stripped = good.rsplit_once('.').unwrap().0.to_owned() + ".";
+    let now = now();
+    let attacks: Vec<(&str, String)> = vec![
+        ("alg none", unsigned("none")),
+        ("alg None", unsigned("None")),
+        ("alg NONE", unsigned("NONE")),
+        ("alg nOnE", unsigned("nOnE")),
+        ("signature stripped", stripped),
+        (
+            "another secret",
+            forge(
+                &hs256,
+                &claims(),
+                "some-other-secret-of-32-characters",
+                false,
+            ),
+        ),
+        (
+            "HS384 with the right secret",
+            forge(&json!({"alg": "HS384"}), &claims(), JWT_SECRET, true),
+        ),
+        (
+            "expired",
+            forge(
+                &hs256,
+                &with(&|c| c["exp"] = json!(now - 60)),
+                JWT_SECRET,
+                false,
+            ),
+        ),
+        (
+            "no exp",
+            forge(
+                &hs256,
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                }),
+                JWT_SECRET,
+                false,
+            ),
+        ),
+        (
+            "nbf in the future",
+            forge(
+                &hs256,
+                &with(&|c| c["nbf"] = json!(now + 120)),
+                JWT_SECRET,
+                false,
+            ),
+        ),
+        (
+            "wrong aud",
+            forge(
+                &hs256,
+                &with(&|c| c["aud"] = json!("someone-else")),
+                JWT_SECRET,
+                false,
+            ),
+        ),
+        (
+            "wrong iss",
+            forge(
+                &hs256,
+                &with(&|c| c["iss"] = json!("evil")),
+                JWT_SECRET,
+                false,
+            ),
+        ),
+        (
+            "no iss",
+            forge(
+                &hs256,
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("iss");
+                }),
+                JWT_SECRET,
+                false,
+            ),
+        ),
+        (
+            "unknown user",
+            forge(
+                &hs256,
+                &with(&|c| c["sub"] = json!("mallory")),
+                JWT_SECRET,
+                false,
+            ),
+        ),
+    ];
+    for (what, token) in attacks {
+        let resp = admin.get(&token, "/plugins").await;
+        assert_eq!(resp.status(), 401, "{what} must be refused");
+        let (_, err) = error_of(resp).await;
+        assert_eq!(err["code"], "invalid_token", "{what}");
+    }
+}
+
+#[tokio::test]
+async fn bindings_are_listed_changed_and_audited_through_the_api() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    let stores = &gw.gateway.stores;
+    let ids: Vec<String> = (0..3).map(|i| format!("{i:x}").repeat(64)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let net = format!("10.0.0.{}/32", i + 1).parse().unwrap();
+        stores.bind_first(id, net).await.unwrap();
+    }
+
+    let page: Value = admin
+        .get(&token, "/bindings?limit=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["total"], 3);
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let page: Value = admin
+        .get(&token, "/bindings?search=10.0.0.2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["items"][0]["key_id"], ids[1]);
+
+    // Ban, then filter by status.
+    let banned: Value = admin
+        .send(
+            reqwest::Method::POST,
+            &token,
+            &format!("/bindings/{}/ban", ids[0]),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(banned["status"], "banned");
+    let page: Value = admin
+        .get(&token, "/bindings?status=banned")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (page["total"].as_u64(), &page["items"][0]["key_id"]),
+        (Some(1), &json!(ids[0]))
+    );
+    let record = &audit(&admin, &token, "action=binding.ban").await[0];
+    assert_eq!(record["target"], ids[0]);
+    assert_eq!(record["actor"], "ops");
+    let before: Value = serde_json::from_str(record["before"].as_str().unwrap()).unwrap();
+    let after: Value = serde_json::from_str(record["after"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (before["status"].as_str(), after["status"].as_str()),
+        (Some("active"), Some("banned"))
+    );
+
+    // Move to another network; the gateway's view changes with it.
+    let moved = admin
+        .send(
+            reqwest::Method::PUT,
+            &token,
+            &format!("/bindings/{}", ids[1]),
+            Some(r#"{"cidr": "192.0.2.7"}"#),
+        )
+        .await;
+    assert_eq!(moved.status(), 200);
+    assert_eq!(
+        stores
+            .binding(&ids[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .cidr
+            .to_string(),
+        "192.0.2.7/32"
+    );
+
+    // Bad input names the field.
+    for (body, field) in [
+        (r#"{"cidr": "not-a-network"}"#, "cidr"),
+        (r#"{"cidr": 7}"#, "cidr"),
+        (r#"{"cidr": "10.0.0.0/8", "extra": 1}"#, "extra"),
+        (r#"{"cidr": "10.0.0.0/8""#, "body"),
+    ] {
+        let resp = admin
+            .send(
+                reqwest::Method::PUT,
+                &token,
+                &format!("/bindings/{}", ids[1]),
+                Some(body),
+            )
+            .await;
+        let (status, err) = error_of(resp).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(err["param"], field, "{body}: {err}");
+    }
+    let (status, err) = error_of(admin.get(&token, "/bindings/xyz").await).await;
+    assert_eq!((status, err["param"].as_str()), (400, Some("key_id")));
+    let (status, _) = error_of(admin.get(&token, "/bindings?status=sleepy").await).await;
+    assert_eq!(status, 400);
+    let (status, _) = error_of(
+        admin
+            .get(&token, &format!("/bindings/{}", "f".repeat(64)))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Unbind.
+    let gone = admin
+        .send(
+            reqwest::Method::DELETE,
+            &token,
+            &format!("/bindings/{}", ids[2]),
+            None,
+        )
+        .await;
+    assert_eq!(gone.status(), 204);
+    assert!(stores.binding(&ids[2]).await.unwrap().is_none());
+    let (status, _) = error_of(
+        admin
+            .send(
+                reqwest::Method::DELETE,
+                &token,
+                &format!("/bindings/{}", ids[2]),
+                None,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let unbinds = audit(&admin, &token, "action=binding.unbind").await;
+    let outcomes: Vec<_> = unbinds
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["not_found", "ok"]);
+}
+
+#[tokio::test]
+async fn usage_is_reported_per_key_name() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    // The usage record is written when the request ends, then flushed by the writer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        gw.gateway.stores.flush().await;
+        let rows: Value = admin
+            .get(&token, "/usage?by=key")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if let Some(row) = rows.as_array().unwrap().first() {
+            assert_eq!(row["name"], "tester");
+            assert_eq!(row["requests"], 1);
+            assert!(row["input_tokens"].as_u64().unwrap() > 0, "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "usage never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, err) = error_of(admin.get(&token, "/usage?by=colour").await).await;
+    assert_eq!((status, err["param"].as_str()), (400, Some("by")));
+}
+
+#[tokio::test]
+async fn admin_allow_refuses_other_networks_before_anything_else() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "  allow: [10.0.0.0/8]")).await;
+    let base = format!("http://{}", gw.admin_addr.unwrap());
+    for path in ["/admin/api/login", "/admin/api/openapi.json", "/metrics"] {
+        let (status, err) =
+            error_of(client().get(format!("{base}{path}")).send().await.unwrap()).await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (403, Some("forbidden")),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_generated_and_covers_every_endpoint() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let doc: Value = client()
+        .get(format!(
+            "http://{}/admin/api/openapi.json",
+            gw.admin_addr.unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/admin/api/login",
+        "/admin/api/bindings",
+        "/admin/api/bindings/{key_id}",
+        "/admin/api/bindings/{key_id}/ban",
+        "/admin/api/bindings/{key_id}/unban",
+        "/admin/api/usage",
+        "/admin/api/upstreams",
+        "/admin/api/plugins",
+        "/admin/api/audit",
+        "/admin/api/reload",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing from {:?}", paths.keys());
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["components"]["schemas"]["BindingView"].is_object());
+}
+
+#[tokio::test]
+async fn reload_through_the_api_reports_a_refused_config_verbatim() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    let yaml = admin_yaml(&mock.url(), "");
+    std::fs::write(&path, &yaml).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+
+    let ok: Value = admin
+        .send(reqwest::Method::POST, &token, "/reload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ok, json!({"ok": true, "error": null}));
+
+    // Written atomically so the file watcher never reads half a file.
+    let broken = yaml.clone() + "routes_typo: 1\n";
+    std::fs::write(dir.path().join("tmp.yaml"), &broken).unwrap();
+    std::fs::rename(dir.path().join("tmp.yaml"), &path).unwrap();
+    let refused: Value = admin
+        .send(reqwest::Method::POST, &token, "/reload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refused["ok"], false);
+    assert!(
+        refused["error"].as_str().unwrap().contains("routes_typo"),
+        "{refused}"
+    );
+    let plugins: Value = admin.get(&token, "/plugins").await.json().await.unwrap();
+    assert_eq!(plugins["last_reload"]["ok"], false);
+    let record = &audit(&admin, &token, "action=config.reload").await[0];
+    assert_eq!(record["outcome"], "failed");
+    // The running config still serves.
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn the_demo_password_is_refused_off_loopback() {
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "").replace(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        "admin:\n  listen: 0.0.0.0:0\n  users:\n    - username: admin\n      password: tollgate-demo-admin\n",
+    );
+    let err = tollgate::Config::parse(&yaml, "demo.yaml", Box::new(|_| None)).unwrap_err();
+    assert!(err.to_string().contains("admin.users[0].password"), "{err}");
+
+    // Given as a hash it is caught when the admin plane starts.
+    let hash = tollgate::admin_hash_password("tollgate-demo-admin").unwrap();
+    let yaml = config_yaml(&[mock.url()], "").replace(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        &format!("admin:\n  listen: 0.0.0.0:0\n  users:\n    - username: admin\n      password_hash: \"{hash}\"\n"),
+    );
+    let config = tollgate::Config::parse(&yaml, "demo.yaml", Box::new(|_| None)).unwrap();
+    let err = tollgate::Listeners::bind(&config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("demo password"), "{err}");
+}
+
+#[tokio::test]
+async fn intercepts_are_filtered_paged_and_exported_as_streamed_csv() {
+    use tollgate::state::Intercept;
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    const N: usize = 100_000;
+    let rows: Vec<Intercept> = (0..N)
+        .map(|i| Intercept {
+            at_ms: 1_700_000_000_000 + i as u64,
+            key_id_prefix: if i % 10 == 0 {
+                "aaaaaaaaaaaa"
+            } else {
+                "bbbbbbbbbbbb"
+            }
+            .into(),
+            bound_cidr: Some("10.0.0.0/8".into()),
+            attempted_ip: format!("192.0.2.{}", i % 200),
+            method: "POST".into(),
+            // A value that needs CSV quoting.
+            path: format!("/v1/chat,\"{i}\""),
+            reason: "ip_not_allowed".into(),
+        })
+        .collect();
+    for chunk in rows.chunks(10_000) {
+        gw.gateway
+            .stores
+            .database()
+            .record_intercepts(chunk)
+            .await
+            .unwrap();
+    }
+
+    let page: Value = admin
+        .get(&token, "/intercepts?key=aaaaaaaaaaaa&limit=3&offset=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["total"], N / 10);
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    // Newest first; the second-newest of the key is row N-20.
+    assert_eq!(items[0]["at_ms"], 1_700_000_000_000u64 + (N - 20) as u64);
+    let by_ip: Value = admin
+        .get(
+            &token,
+            "/intercepts?ip=192.0.2.7&from_ms=1700000000000&to_ms=1700000000999",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_ip["total"], 5, "rows 7, 207, 407, 607, 807");
+    let (status, err) = error_of(admin.get(&token, "/intercepts?ip=nope").await).await;
+    assert_eq!((status, err["param"].as_str()), (400, Some("ip")));
+
+    // The export arrives in many pieces (pages), not as one buffered body.
+    let resp = admin.get(&token, "/intercepts.csv").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    let mut chunks = 0;
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    use futures_util::StreamExt;
+    while let Some(c) = stream.next().await {
+        body.extend_from_slice(&c.unwrap());
+        chunks += 1;
+    }
+    assert!(chunks >= N / 1000, "streamed in {chunks} pieces");
+    let mut reader = csv_reader(&body);
+    let header = reader.headers().unwrap().clone();
+    assert_eq!(&header[1], "at");
+    let records: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(records.len(), N);
+    assert_eq!(
+        records[0][6],
+        format!("/v1/chat,\"{}\"", N - 1),
+        "quoted and newest first"
+    );
+    let ids: Vec<i64> = records.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "each row once, in order"
+    );
+    assert_eq!(
+        audit(&admin, &token, "action=intercepts.export")
+            .await
+            .len(),
+        1
+    );
+}
+
+fn csv_reader(body: &[u8]) -> csv::Reader<&[u8]> {
+    csv::Reader::from_reader(body)
+}
+
+#[tokio::test]
+async fn an_operator_cools_an_upstream_down_and_restores_it() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    let chat = || async {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(chat().await, 200);
+
+    let view: Value = admin
+        .send(
+            reqwest::Method::POST,
+            &token,
+            "/upstreams/u0/cooldown",
+            Some(r#"{"seconds": 60}"#),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["cooldowns"][0]["model"], Value::Null);
+    assert_eq!(chat().await, 429, "the only upstream is cooling down");
+
+    let view: Value = admin
+        .send(
+            reqwest::Method::POST,
+            &token,
+            "/upstreams/u0/restore",
+            Some("{}"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["cooldowns"], json!([]));
+    assert_eq!(chat().await, 200);
+
+    for (path, body, field) in [
+        ("/upstreams/u0/cooldown", r#"{"seconds": 0}"#, "seconds"),
+        ("/upstreams/u0/cooldown", r#"{"seconds": -5}"#, "seconds"),
+    ] {
+        let (status, err) = error_of(
+            admin
+                .send(reqwest::Method::POST, &token, path, Some(body))
+                .await,
+        )
+        .await;
+        assert_eq!(
+            (status, err["param"].as_str()),
+            (400, Some(field)),
+            "{body}"
+        );
+    }
+    let (status, _) = error_of(
+        admin
+            .send(
+                reqwest::Method::POST,
+                &token,
+                "/upstreams/nope/restore",
+                Some("{}"),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let actions: Vec<_> = audit(&admin, &token, "target=u0")
+        .await
+        .iter()
+        .map(|r| r["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["upstream.restore", "upstream.cooldown"]);
+}
