@@ -869,3 +869,79 @@ async fn an_operator_cools_an_upstream_down_and_restores_it() {
         .collect();
     assert_eq!(actions, ["upstream.restore", "upstream.cooldown"]);
 }
+
+#[tokio::test]
+async fn the_dashboard_sums_today_and_the_last_24_hours() {
+    use tollgate::state::Intercept;
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    let stores = &gw.gateway.stores;
+    for _ in 0..2 {
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        resp.bytes().await.unwrap();
+    }
+    let now_ms = now() * 1000;
+    let intercept = |at_ms| Intercept {
+        at_ms,
+        key_id_prefix: "aaaaaaaaaaaa".into(),
+        bound_cidr: None,
+        attempted_ip: "192.0.2.1".into(),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        reason: "ip_not_allowed".into(),
+    };
+    // One now, one two days ago (outside both ranges).
+    stores
+        .database()
+        .record_intercepts(&[intercept(now_ms), intercept(now_ms - 48 * 3_600_000)])
+        .await
+        .unwrap();
+    for (i, id) in ["1", "2"].iter().enumerate() {
+        stores
+            .bind_first(&id.repeat(64), format!("10.0.0.{i}/32").parse().unwrap())
+            .await
+            .unwrap();
+    }
+    stores
+        .set_status(&"2".repeat(64), tollgate::state::BindingStatus::Banned)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        stores.flush().await;
+        let d: Value = admin.get(&token, "/dashboard").await.json().await.unwrap();
+        if d["last_24h"]["requests"] == 2 {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "usage never arrived: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(d["last_24h"]["intercepts"], 1, "{d}");
+    // (Unless a UTC day or hour boundary fell inside the test.)
+    let same_hour = d["now_ms"].as_u64().unwrap() / 3_600_000 == now_ms / 3_600_000;
+    if same_hour && now_ms / 3_600_000 % 24 != 23 {
+        assert_eq!(d["today"]["requests"], 2);
+    }
+    assert!(d["last_24h"]["input_tokens"].as_u64().unwrap() > 0);
+    let hours = d["hours"].as_array().unwrap();
+    assert_eq!(hours.len(), 24);
+    let last_two = |f: &str| hours[22][f].as_u64().unwrap() + hours[23][f].as_u64().unwrap();
+    assert_eq!(last_two("requests"), 2, "the current hour is last");
+    assert_eq!(last_two("intercepts"), 1);
+    assert_eq!(
+        (d["active_bindings"].as_u64(), d["banned_bindings"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        (d["upstreams"].as_u64(), d["healthy_upstreams"].as_u64()),
+        (Some(1), Some(1))
+    );
+}

@@ -231,12 +231,153 @@ async fn behaviour_suite(stores: Arc<Stores>) {
         .collect();
     assert_eq!(m, [("m1", 3, 155), ("m2", 1, 7)], "most tokens first");
 
+    operator_queries(&stores, hour).await;
+
     assert_eq!(
         stores
             .stats
             .cache_fallbacks
             .load(std::sync::atomic::Ordering::Relaxed),
         0
+    );
+}
+
+/// What the admin API reads and writes, on this backend's SQL: the audit log, binding pages and
+/// moves, intercept pages, hourly totals and binding counts.
+async fn operator_queries(stores: &Stores, hour: u64) {
+    use tollgate::state::{AuditQuery, AuditRecord, BindingQuery, InterceptQuery};
+    let db = stores.database();
+    let first = db
+        .record_audit(AuditRecord::new(
+            "ops",
+            "127.0.0.1",
+            "binding.ban",
+            "k1",
+            "ok",
+        ))
+        .await
+        .unwrap();
+    let second = db
+        .record_audit(
+            AuditRecord::new("ops", "::1", "login", "ops", "denied")
+                .with_change(None, Some("{}".into())),
+        )
+        .await
+        .unwrap();
+    assert!(second.id > first.id);
+    let (rows, total) = db
+        .audit(&AuditQuery {
+            actor: Some("ops".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(total, 2);
+    assert_eq!(
+        (rows[0].action.as_str(), rows[0].after.as_str()),
+        ("login", "{}")
+    );
+    let (only, total) = db
+        .audit(&AuditQuery {
+            action: Some("binding.ban".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((total, only[0].id), (1, first.id));
+
+    let before = db.binding_counts().await.unwrap();
+    let ids: Vec<String> = ["e1", "e2", "f3"].iter().map(|p| p.repeat(32)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        stores
+            .bind_first(id, net(&format!("172.16.0.{i}/32")))
+            .await
+            .unwrap();
+    }
+    stores
+        .set_status(&ids[1], BindingStatus::Banned)
+        .await
+        .unwrap();
+    let page = |search: &str, status, offset| BindingQuery {
+        search: Some(search.into()),
+        status,
+        limit: 10,
+        offset,
+    };
+    let (found, total) = db.bindings_page(&page("e", None, 0)).await.unwrap();
+    assert_eq!((total, found.len()), (2, 2), "key ids starting with e");
+    let (found, total) = db
+        .bindings_page(&page("e", Some(BindingStatus::Banned), 0))
+        .await
+        .unwrap();
+    assert_eq!((total, found[0].key_id.as_str()), (1, ids[1].as_str()));
+    let (found, _) = db
+        .bindings_page(&page("172.16.0.2", None, 0))
+        .await
+        .unwrap();
+    assert_eq!(found[0].key_id, ids[2]);
+    let (found, total) = db.bindings_page(&page("", None, 2)).await.unwrap();
+    assert!(total >= 3 && found.len() as u64 == total - 2, "offset");
+    assert!(stores.set_cidr(&ids[0], net("192.0.2.0/24")).await.unwrap());
+    assert_eq!(
+        stores.binding(&ids[0]).await.unwrap().unwrap().cidr,
+        net("192.0.2.0/24")
+    );
+    assert!(
+        !stores
+            .set_cidr(&"9".repeat(64), net("192.0.2.0/24"))
+            .await
+            .unwrap()
+    );
+    let counts = db.binding_counts().await.unwrap();
+    assert_eq!(
+        (counts.active, counts.banned),
+        (before.active + 2, before.banned + 1)
+    );
+
+    let intercept = |at_ms, ip: &str| Intercept {
+        at_ms,
+        key_id_prefix: ids[0][..12].to_owned(),
+        bound_cidr: None,
+        attempted_ip: ip.into(),
+        method: "POST".into(),
+        path: "/v1/x".into(),
+        reason: "ip_not_allowed".into(),
+    };
+    db.record_intercepts(&[
+        intercept(hour + 1, "192.0.2.1"),
+        intercept(hour + 2, "192.0.2.2"),
+        intercept(hour + 3_600_000, "192.0.2.1"),
+    ])
+    .await
+    .unwrap();
+    let q = InterceptQuery {
+        key: Some(ids[0].clone()),
+        ip: Some("192.0.2.1".into()),
+        ..InterceptQuery::default()
+    };
+    assert_eq!(db.count_intercepts(&q).await.unwrap(), 2);
+    let newest = db.intercepts_page(&q, None, 0, 1).await.unwrap();
+    assert_eq!(newest[0].1.at_ms, hour + 3_600_000);
+    let next = db
+        .intercepts_page(&q, Some(newest[0].0), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1, "keyset paging continues below the last id");
+    assert_eq!(next[0].1.at_ms, hour + 1);
+
+    let hours = db.hourly_totals(hour).await.unwrap();
+    let first_hour = hours.iter().find(|h| h.hour_ms == hour).unwrap();
+    assert_eq!((first_hour.intercepts, first_hour.requests), (2, 3));
+    assert_eq!(
+        hours
+            .iter()
+            .find(|h| h.hour_ms == hour + 3_600_000)
+            .unwrap()
+            .intercepts,
+        1
     );
 }
 

@@ -72,6 +72,7 @@ pub fn routes() -> axum::Router<AdminState> {
     axum::Router::new()
         .route("/openapi.json", get(openapi))
         .route("/login", post(login))
+        .route("/dashboard", get(super::dashboard::dashboard))
         .route("/bindings", get(list_bindings))
         .route(
             "/bindings/{key_id}",
@@ -98,6 +99,7 @@ pub fn routes() -> axum::Router<AdminState> {
     ),
     paths(
         login,
+        super::dashboard::dashboard,
         list_bindings,
         get_binding,
         move_binding,

@@ -1,0 +1,112 @@
+//! `/admin/api/dashboard`: the figures an operator looks at first.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::api::{AdminState, Operator};
+use super::error::{ApiError, ErrorBody};
+use crate::state::HourTotals;
+
+const HOUR_MS: u64 = 3_600_000;
+
+#[derive(Serialize, ToSchema, Default, Clone, Copy)]
+pub struct Totals {
+    pub requests: u64,
+    /// Answers with status 400 or more, and streams the upstream broke off.
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Requests refused by IP binding (wrong network, banned key).
+    pub intercepts: u64,
+}
+
+impl Totals {
+    fn add(&mut self, h: &HourTotals) {
+        self.requests += h.requests;
+        self.errors += h.errors;
+        self.input_tokens += h.input_tokens;
+        self.output_tokens += h.output_tokens;
+        self.intercepts += h.intercepts;
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Hour {
+    /// Start of the hour, Unix ms.
+    pub hour_ms: u64,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Dashboard {
+    /// Unix ms when the figures were read.
+    pub now_ms: u64,
+    /// Since 00:00 UTC.
+    pub today: Totals,
+    pub last_24h: Totals,
+    /// The last 24 hours, oldest first, one entry per hour (the current hour last, so far).
+    pub hours: Vec<Hour>,
+    pub active_bindings: u64,
+    pub banned_bindings: u64,
+    pub upstreams: u64,
+    pub healthy_upstreams: u64,
+    pub cooling_upstreams: u64,
+    /// Requests in flight on every upstream of this gateway.
+    pub in_flight: u64,
+}
+
+/// Totals for today and the last 24 h, an hourly series, bindings and upstream state. Token and
+/// request counts are written in batches (`storage.flush_interval` behind).
+#[utoipa::path(get, path = "/admin/api/dashboard", tag = "dashboard",
+    security(("bearer" = [])),
+    responses((status = 200, body = Dashboard), (status = 401, body = ErrorBody)))]
+pub async fn dashboard(
+    State(st): State<AdminState>,
+    _op: Operator,
+) -> Result<Json<Dashboard>, ApiError> {
+    let now = crate::state::unix_ms();
+    let current_hour = now / HOUR_MS * HOUR_MS;
+    let first_hour = current_hour - 23 * HOUR_MS;
+    let midnight = now / (24 * HOUR_MS) * (24 * HOUR_MS);
+    let db = st.gateway.stores.database();
+    let rows = db.hourly_totals(first_hour.min(midnight)).await?;
+    let bindings = db.binding_counts().await?;
+    let (mut today, mut last_24h) = (Totals::default(), Totals::default());
+    let mut hours: Vec<Hour> = (0..24)
+        .map(|i| Hour {
+            hour_ms: first_hour + i * HOUR_MS,
+            totals: Totals::default(),
+        })
+        .collect();
+    for h in &rows {
+        if h.hour_ms >= midnight {
+            today.add(h);
+        }
+        if h.hour_ms >= first_hour {
+            last_24h.add(h);
+            if let Some(slot) = hours.get_mut(((h.hour_ms - first_hour) / HOUR_MS) as usize) {
+                slot.totals.add(h);
+            }
+        }
+    }
+    let rt = st.gateway.runtime();
+    Ok(Json(Dashboard {
+        now_ms: now,
+        today,
+        last_24h,
+        hours,
+        active_bindings: bindings.active,
+        banned_bindings: bindings.banned,
+        upstreams: rt.upstreams.len() as u64,
+        healthy_upstreams: rt.upstreams.iter().filter(|u| u.is_healthy()).count() as u64,
+        cooling_upstreams: rt
+            .upstreams
+            .iter()
+            .filter(|u| !u.cooldowns().is_empty())
+            .count() as u64,
+        in_flight: rt.upstreams.iter().map(|u| u64::from(u.in_flight())).sum(),
+    }))
+}
