@@ -945,3 +945,68 @@ async fn the_dashboard_sums_today_and_the_last_24_hours() {
         (Some(1), Some(1))
     );
 }
+
+#[tokio::test]
+async fn live_settings_are_validated_applied_and_audited() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    let current: Value = admin.get(&token, "/settings").await.json().await.unwrap();
+    assert_eq!(current["failsafe"], "closed");
+    assert_eq!(current["alert_threshold"], 5);
+
+    for (body, field) in [
+        (r#"{"failsafe": "sideways"}"#, "failsafe"),
+        (r#"{"alert_threshold": 0}"#, "alert_threshold"),
+        (r#"{"alert_window_secs": 0}"#, "alert_window_secs"),
+        (r#"{"archive_days": 99999}"#, "archive_days"),
+        (r#"{"log_level": "tollgate=loud"}"#, "log_level"),
+        (r#"{"colour": "blue"}"#, "colour"),
+    ] {
+        let (status, err) = error_of(
+            admin
+                .send(reqwest::Method::PUT, &token, "/settings", Some(body))
+                .await,
+        )
+        .await;
+        assert_eq!(
+            (status, err["param"].as_str()),
+            (400, Some(field)),
+            "{body}: {err}"
+        );
+    }
+    assert_eq!(
+        gw.gateway.stores.settings().failsafe,
+        "closed",
+        "nothing changed"
+    );
+
+    let after: Value = admin
+        .send(
+            reqwest::Method::PUT,
+            &token,
+            "/settings",
+            Some(r#"{"failsafe": "open", "archive_days": 30, "log_level": "debug"}"#),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (after["failsafe"].as_str(), after["archive_days"].as_u64()),
+        (Some("open"), Some(30))
+    );
+    assert_eq!(
+        gw.gateway.stores.failsafe(),
+        tollgate::config::Failsafe::Open
+    );
+    assert_eq!(gw.gateway.stores.settings().log_level, "debug");
+    let record = &audit(&admin, &token, "action=settings.update").await[0];
+    let before: Value = serde_json::from_str(record["before"].as_str().unwrap()).unwrap();
+    let now: Value = serde_json::from_str(record["after"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (before["failsafe"].as_str(), now["failsafe"].as_str()),
+        (Some("closed"), Some("open"))
+    );
+}

@@ -1092,3 +1092,77 @@ async fn a_hung_redis_opens_the_breaker_on_the_first_timeout_and_recovers() {
     }
     assert!(recovered, "Redis came back but the cache never recovered");
 }
+
+#[tokio::test]
+async fn live_settings_tokens_and_lockouts_hold_across_a_cluster() {
+    let (pg, redis, mock) = (
+        Postgres::start(),
+        Redis::start(),
+        MockUpstream::start().await,
+    );
+    let db = pg.create_database("settings").await;
+    let extra = format!(
+        "storage:\n  database: {db}\n  cache: {}\n  failsafe: closed\n\
+         admin:\n  jwt_secret: a-cluster-wide-admin-key-of-32-chars\n  users:\n    - username: ops\n      password: cluster-password-1\n  lockout: {{max_failures: 2, window: 10m, duration: 10m}}\n",
+        redis.url()
+    );
+    let yaml = gateway_yaml(&mock.url(), 1, &extra);
+    let (a, b) = (
+        TestGateway::start(&yaml).await,
+        TestGateway::start(&yaml).await,
+    );
+    let api =
+        |gw: &TestGateway, path: &str| format!("http://{}/admin/api{path}", gw.admin_addr.unwrap());
+    let login = |gw: &TestGateway, password: &str| {
+        client()
+            .post(api(gw, "/login"))
+            .json(&serde_json::json!({"username": "ops", "password": password}))
+            .send()
+    };
+    let resp = login(&a, "cluster-password-1").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let token = resp.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let settings = |gw: &TestGateway| {
+        client()
+            .get(api(gw, "/settings"))
+            .bearer_auth(&token)
+            .send()
+    };
+    // A token from one gateway is good on the other (same jwt_secret).
+    let before: Value = settings(&b).await.unwrap().json().await.unwrap();
+    assert_eq!(before["failsafe"], "closed");
+
+    let changed = client()
+        .put(api(&a, "/settings"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"failsafe": "open", "alert_threshold": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let start = std::time::Instant::now();
+    loop {
+        let now: Value = settings(&b).await.unwrap().json().await.unwrap();
+        if now["failsafe"] == "open" && now["alert_threshold"] == 7 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "B did not see the change within a second: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        b.gateway.stores.failsafe(),
+        tollgate::config::Failsafe::Open
+    );
+
+    // Wrong passwords on A lock the user out on B too.
+    for _ in 0..2 {
+        assert_eq!(login(&a, "wrong-password-x").await.unwrap().status(), 401);
+    }
+    assert_eq!(login(&b, "cluster-password-1").await.unwrap().status(), 429);
+}

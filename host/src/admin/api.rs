@@ -87,6 +87,10 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/intercepts.csv", get(super::intercepts::csv))
         .route("/upstreams/{name}/cooldown", post(cool_down))
         .route("/upstreams/{name}/restore", post(restore))
+        .route(
+            "/settings",
+            get(super::settings::get).put(super::settings::put),
+        )
         .route("/audit", get(audit))
         .route("/reload", put(reload).post(reload))
 }
@@ -113,6 +117,8 @@ pub fn routes() -> axum::Router<AdminState> {
         plugins,
         super::intercepts::list,
         super::intercepts::csv,
+        super::settings::get,
+        super::settings::put,
         audit,
         reload
     ),

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod intercepts;
+pub mod settings;
 
 /// Longest page any list endpoint serves at once.
 pub const MAX_PAGE: u32 = 1000;

@@ -451,14 +451,18 @@ fn key_id(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
-    let config = match load_checked(path) {
+    let mut config = match load_checked(path) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    let level = log_level.unwrap_or_else(|| config.logging.level.clone());
+    // The command line's level is the default the `log_level` live setting overrides.
+    if let Some(level) = log_level {
+        config.logging.level = level;
+    }
+    let level = config.logging.level.clone();
     if let Err(e) = crate::telemetry::init(&level, config.logging.format) {
         eprintln!("{e}");
         return ExitCode::FAILURE;

@@ -86,6 +86,10 @@ impl Gateway {
         stores: Arc<Stores>,
         client: UpstreamClient,
     ) -> Result<Arc<Self>, BuildError> {
+        if let Err(e) = stores.set_default_log_level(&config.logging.level).await {
+            tracing::warn!(error = %e, "cannot read live settings; using the config file's");
+        }
+        follow_log_level(&stores);
         let engine =
             PolicyEngine::new(stores.clone()).map_err(|e| BuildError::Engine(format!("{e:#}")))?;
         let engine = Arc::new(engine);
@@ -182,6 +186,23 @@ impl Gateway {
 
 /// Applies cooldowns decided by other gateways of the cluster to this one's upstreams of the same
 /// name, until the gateway is dropped.
+/// Applies the `log_level` live setting to the log output whenever it changes.
+fn follow_log_level(stores: &Stores) {
+    let mut changes = stores.settings_changes();
+    let apply = |level: &str| {
+        if let Err(e) = crate::telemetry::set_level(level) {
+            tracing::warn!(error = %e, "cannot apply the live log level");
+        }
+    };
+    apply(&changes.borrow_and_update().log_level);
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let level = changes.borrow_and_update().log_level.clone();
+            apply(&level);
+        }
+    });
+}
+
 async fn apply_shared_cooldowns(
     gateway: std::sync::Weak<Gateway>,
     mut feed: tokio::sync::mpsc::Receiver<crate::state::SharedCooldown>,

@@ -72,21 +72,23 @@ impl Alerts {
         let Some(webhook) = &self.config.webhook else {
             return;
         };
-        let window_ms = (self.config.window.get().as_millis() as u64).max(1);
+        // Threshold and window are live settings.
+        let window_ms = stores.live.alert_window_ms().max(1);
+        let threshold = stores.live.alert_threshold();
         let window_start_ms = i.at_ms / window_ms * window_ms;
         let key = format!("a:{key_id}:{window_start_ms}");
         let counted = stores.cache.incr(&key, 1, Some(window_ms)).await;
         let count = stores.or_local("alert count", counted, |m| {
             m.incr_now(&key, 1, Some(window_ms))
         });
-        if count != i64::from(self.config.threshold) {
+        if count != i64::from(threshold) {
             return;
         }
         let alert = Alert {
             event: "key_intercepts",
             key_id_prefix: i.key_id_prefix.clone(),
             intercepts: count,
-            threshold: self.config.threshold,
+            threshold,
             window_secs: window_ms / 1000,
             window_start_ms,
             last_attempted_ip: i.attempted_ip.clone(),

@@ -28,6 +28,7 @@ mod intercepts;
 mod memory;
 mod plugin_kv;
 mod redis;
+mod settings;
 mod sql;
 mod writer;
 
@@ -50,6 +51,7 @@ pub use self::intercepts::InterceptQuery;
 pub use self::memory::MemoryKv;
 pub use self::plugin_kv::PluginKv;
 pub use self::redis::RedisKv;
+pub use self::settings::{SETTINGS_POLL, Settings};
 pub use self::sql::{BindingQuery, SqlStore, TokenUsage, UsageBy};
 use self::writer::{Event, Writer};
 
@@ -194,6 +196,8 @@ pub struct Stores {
     /// than the queue: one push per request, and no wake-up of the writer task for each.
     tokens: std::sync::Mutex<Vec<TokenUsage>>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The live settings (failsafe, alerts, archive age, log level).
+    pub(crate) live: settings::Live,
     pub stats: StoreStats,
 }
 
@@ -249,13 +253,9 @@ impl Stores {
                 Arc::new(RedisKv::connect(url.expose(), config.op_timeout.get()).await?)
             }
         };
-        Ok(Self::start(
-            db,
-            cache,
-            config.clone(),
-            alerts.clone(),
-            webhook,
-        ))
+        let stores = Self::start(db, cache, config.clone(), alerts.clone(), webhook);
+        stores.refresh_settings().await?;
+        Ok(stores)
     }
 
     /// Stores that keep nothing: an in-memory SQLite database and an in-process cache. For
@@ -268,13 +268,15 @@ impl Stores {
         let db =
             SqlStore::connect(&config.database, Path::new("."), config.op_timeout.get()).await?;
         db.migrate().await?;
-        Ok(Self::start(
+        let stores = Self::start(
             db,
             Arc::new(MemoryKv::default()),
             config,
             AlertsConfig::default(),
             Arc::new(NoWebhook),
-        ))
+        );
+        stores.refresh_settings().await?;
+        Ok(stores)
     }
 
     fn start(
@@ -291,6 +293,7 @@ impl Stores {
             cache,
             local: MemoryKv::default(),
             near: changes.is_some().then(MemoryKv::default),
+            live: settings::Live::new(&config, &alerts),
             config,
             queue,
             tokens: std::sync::Mutex::new(Vec::new()),
@@ -300,9 +303,9 @@ impl Stores {
         let writer = Writer::new(Arc::downgrade(&stores), alerts, webhook);
         let handle = tokio::spawn(writer.run(rx));
         *stores.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-        if stores.config.archive_days > 0 {
-            tokio::spawn(retention(Arc::downgrade(&stores)));
-        }
+        // Always running: `archive_days` is a live setting (0 skips the job).
+        tokio::spawn(retention(Arc::downgrade(&stores)));
+        stores.follow_settings();
         if let Some(mut changes) = changes {
             let weak = Arc::downgrade(&stores);
             tokio::spawn(async move {
@@ -328,7 +331,7 @@ impl Stores {
     }
 
     pub fn failsafe(&self) -> Failsafe {
-        self.config.failsafe
+        self.live.failsafe()
     }
 
     /// The database, for administration (listing, banning) and tests.
@@ -520,7 +523,10 @@ impl Stores {
 
     /// Archives active bindings unused for `archive_days`; returns how many.
     pub async fn archive_inactive(&self) -> StoreResult<usize> {
-        let days = u64::from(self.config.archive_days);
+        let days = u64::from(self.live.archive_days());
+        if days == 0 {
+            return Ok(0);
+        }
         let now = unix_ms();
         let cutoff = now.saturating_sub(days * 86_400_000);
         let archived = self.db.archive_inactive(cutoff, now).await?;

@@ -1,0 +1,277 @@
+//! Live settings: the few settings safe to change while the gateway serves — the failsafe, the
+//! alert threshold and window, the archive age and the log level. Each starts from the config
+//! file; a value changed through the admin API is stored in the `settings` table, applied at once
+//! on the gateway that took the change, announced on the cache's `settings` channel, and re-read
+//! by every gateway sharing the database (on the announcement, and every
+//! [`SETTINGS_POLL`] in case it was missed).
+
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use tollgate_config::{AlertsConfig, Failsafe, StorageConfig};
+
+use super::sql::db_err;
+use super::{StoreResult, Stores, unix_ms};
+
+/// How often each gateway re-reads the settings table (besides the announcements).
+pub const SETTINGS_POLL: Duration = Duration::from_millis(500);
+const CHANNEL: &str = "settings";
+
+/// The live settings in effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// `closed` (503) or `open` (let through) when the stores cannot decide.
+    pub failsafe: String,
+    /// Intercepts of one key within the window that send one webhook alert.
+    pub alert_threshold: u32,
+    pub alert_window_secs: u64,
+    /// Active bindings unused this many days are archived (0: never).
+    pub archive_days: u32,
+    /// A tracing filter, e.g. `info` or `tollgate=debug,access=off`.
+    pub log_level: String,
+}
+
+/// The settings as atomics, read on the request path without a lock.
+pub(crate) struct Live {
+    failsafe_open: AtomicU8,
+    alert_threshold: AtomicU32,
+    alert_window_ms: AtomicU64,
+    archive_days: AtomicU32,
+    log_level: Mutex<String>,
+    /// The config file's values: what a setting without a row is.
+    defaults: Mutex<Settings>,
+    /// Tells the host (log level) about changes.
+    changed: tokio::sync::watch::Sender<Settings>,
+    /// Newest `updated_ms` applied, to skip re-applying an unchanged table.
+    seen_ms: AtomicU64,
+}
+
+fn failsafe_name(f: Failsafe) -> &'static str {
+    match f {
+        Failsafe::Closed => "closed",
+        Failsafe::Open => "open",
+    }
+}
+
+impl Live {
+    pub(crate) fn new(storage: &StorageConfig, alerts: &AlertsConfig) -> Self {
+        let defaults = Settings {
+            failsafe: failsafe_name(storage.failsafe).into(),
+            alert_threshold: alerts.threshold,
+            alert_window_secs: alerts.window.get().as_secs(),
+            archive_days: storage.archive_days,
+            log_level: "info".into(),
+        };
+        let live = Self {
+            failsafe_open: AtomicU8::new(0),
+            alert_threshold: AtomicU32::new(0),
+            alert_window_ms: AtomicU64::new(0),
+            archive_days: AtomicU32::new(0),
+            log_level: Mutex::new(String::new()),
+            changed: tokio::sync::watch::channel(defaults.clone()).0,
+            defaults: Mutex::new(defaults.clone()),
+            seen_ms: AtomicU64::new(0),
+        };
+        live.apply(&defaults);
+        live
+    }
+
+    fn apply(&self, s: &Settings) {
+        self.failsafe_open
+            .store(u8::from(s.failsafe == "open"), Ordering::Relaxed);
+        self.alert_threshold
+            .store(s.alert_threshold, Ordering::Relaxed);
+        self.alert_window_ms.store(
+            s.alert_window_secs.saturating_mul(1000).max(1),
+            Ordering::Relaxed,
+        );
+        self.archive_days.store(s.archive_days, Ordering::Relaxed);
+        *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) = s.log_level.clone();
+        self.changed.send_if_modified(|current| {
+            let differs = current != s;
+            if differs {
+                *current = s.clone();
+            }
+            differs
+        });
+    }
+
+    pub(crate) fn failsafe(&self) -> Failsafe {
+        if self.failsafe_open.load(Ordering::Relaxed) == 1 {
+            Failsafe::Open
+        } else {
+            Failsafe::Closed
+        }
+    }
+
+    pub(crate) fn alert_threshold(&self) -> u32 {
+        self.alert_threshold.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn alert_window_ms(&self) -> u64 {
+        self.alert_window_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn archive_days(&self) -> u32 {
+        self.archive_days.load(Ordering::Relaxed)
+    }
+
+    fn current(&self) -> Settings {
+        Settings {
+            failsafe: failsafe_name(self.failsafe()).into(),
+            alert_threshold: self.alert_threshold(),
+            alert_window_secs: self.alert_window_ms() / 1000,
+            archive_days: self.archive_days(),
+            log_level: self
+                .log_level
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// One stored setting: its name and its value as JSON.
+fn merge(base: &Settings, rows: &[(String, String)]) -> Settings {
+    let mut v = serde_json::to_value(base).unwrap_or_default();
+    for (name, value) in rows {
+        if let (Some(obj), Ok(parsed)) = (v.as_object_mut(), serde_json::from_str(value))
+            && obj.contains_key(name)
+        {
+            obj.insert(name.clone(), parsed);
+        }
+    }
+    serde_json::from_value(v).unwrap_or_else(|_| base.clone())
+}
+
+impl Stores {
+    /// The log level of the config file (or the command line): what `log_level` is while no
+    /// live value is stored. Applies the settings again.
+    pub async fn set_default_log_level(&self, level: &str) -> StoreResult<()> {
+        self.live
+            .defaults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .log_level = level.to_owned();
+        self.refresh_settings().await
+    }
+
+    /// The live settings in effect on this gateway.
+    pub fn settings(&self) -> Settings {
+        self.live.current()
+    }
+
+    /// Changes to the live settings as they happen (for what the host applies itself: the log
+    /// level).
+    pub fn settings_changes(&self) -> tokio::sync::watch::Receiver<Settings> {
+        self.live.changed.subscribe()
+    }
+
+    /// Stores `new` (already validated) for every gateway, applies it here and announces it;
+    /// returns what is in effect. Only settings that differ from the current ones get a row.
+    pub async fn save_settings(&self, new: &Settings, by: &str) -> StoreResult<Settings> {
+        let current = serde_json::to_value(self.settings()).unwrap_or_default();
+        let wanted = serde_json::to_value(new).unwrap_or_default();
+        let now = unix_ms();
+        let upsert = "INSERT INTO settings (name, value, updated_ms, updated_by) VALUES ($1, $2, $3, $4) \
+                      ON CONFLICT (name) DO UPDATE SET value = excluded.value, \
+                      updated_ms = excluded.updated_ms, updated_by = excluded.updated_by";
+        if let (Some(cur), Some(want)) = (current.as_object(), wanted.as_object()) {
+            for (name, value) in want {
+                if cur.get(name) != Some(value) {
+                    self.db
+                        .timed(
+                            sqlx::query(upsert)
+                                .bind(name.as_str())
+                                .bind(value.to_string())
+                                .bind(now as i64)
+                                .bind(by)
+                                .execute(&self.db.pool),
+                        )
+                        .await?;
+                }
+            }
+        }
+        self.refresh_settings().await?;
+        if let Err(e) = self.cache.publish(CHANNEL, "changed").await {
+            self.cache_failed("publish settings", &e);
+        }
+        Ok(self.settings())
+    }
+
+    /// Re-reads the settings table and applies it.
+    pub async fn refresh_settings(&self) -> StoreResult<()> {
+        let rows = self
+            .db
+            .timed(
+                sqlx::query("SELECT name, value, updated_ms FROM settings")
+                    .fetch_all(&self.db.pool),
+            )
+            .await?;
+        let mut pairs = Vec::with_capacity(rows.len());
+        let mut newest = 0u64;
+        for r in &rows {
+            pairs.push((
+                r.try_get::<String, _>("name").map_err(db_err)?,
+                r.try_get::<String, _>("value").map_err(db_err)?,
+            ));
+            newest = newest.max(r.try_get::<i64, _>("updated_ms").map_err(db_err)?.max(0) as u64);
+        }
+        self.live.seen_ms.store(newest, Ordering::Relaxed);
+        let defaults = self
+            .live
+            .defaults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.live.apply(&merge(&defaults, &pairs));
+        Ok(())
+    }
+
+    /// Keeps this gateway's settings in step with the table: on each announcement, and on a
+    /// poll of the newest change time.
+    pub(crate) fn follow_settings(self: &Arc<Self>) {
+        let mut announced = self.cache.subscribe(CHANNEL);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut poll = tokio::time::interval(SETTINGS_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let force = tokio::select! {
+                    _ = poll.tick() => false,
+                    Some(_) = async {
+                        match announced.as_mut() {
+                            Some(rx) => rx.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => true,
+                };
+                let Some(stores) = weak.upgrade() else { return };
+                if !force {
+                    // Cheap check first: has anything changed since we last read the table?
+                    let newest = stores
+                        .db
+                        .timed(
+                            sqlx::query("SELECT CAST(COALESCE(MAX(updated_ms), 0) AS BIGINT) AS n FROM settings")
+                                .fetch_one(&stores.db.pool),
+                        )
+                        .await
+                        .and_then(|r| r.try_get::<i64, _>("n").map_err(db_err));
+                    match newest {
+                        Ok(n) if n.max(0) as u64 <= stores.live.seen_ms.load(Ordering::Relaxed) => {
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(_) => continue,
+                    }
+                }
+                if let Err(e) = stores.refresh_settings().await {
+                    tracing::warn!(target: "state", error = %e, "cannot read live settings; keeping the current ones");
+                }
+            }
+        });
+    }
+}
