@@ -17,6 +17,8 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 # The deploy files are checked by their own tools (`nginx -t`, `caddy validate`).
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v caddy >/dev/null || need+=(caddy)
+# Python with venv, for schemathesis (below).
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -26,6 +28,12 @@ fi
 if ! command -v promtool >/dev/null; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
+
+# schemathesis (PyPI) checks the admin API against its OpenAPI document, from a venv under target/.
+if [ ! -x target/tools/venv/bin/schemathesis ]; then
+  python3 -m venv target/tools/venv
+  target/tools/venv/bin/pip install -q 'schemathesis>=4,<5'
 fi
 
 # WebAssembly policy plugins (plugins/) are built for wasm32-wasip2: the host's tests load the real

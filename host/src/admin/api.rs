@@ -172,7 +172,7 @@ pub struct LoginResponse {
 /// one IP lock the user name out there (`admin.lockout`).
 #[utoipa::path(post, path = "/admin/api/login", tag = "auth",
     request_body = LoginRequest,
-    responses(
+    responses((status = 415, description = "not sent as application/json", body = ErrorBody), 
         (status = 200, body = LoginResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 429, description = "locked out; see Retry-After", body = ErrorBody),
@@ -256,7 +256,7 @@ async fn list_bindings(
 
 /// Shows one key's binding.
 #[utoipa::path(get, path = "/admin/api/bindings/{key_id}", tag = "bindings",
-    params(("key_id" = String, Path, description = "64 hex digits")),
+    params(("key_id" = String, Path, description = "64 hex digits", pattern = "^[0-9a-fA-F]{64}$")),
     security(("bearer" = [])),
     responses((status = 200, body = BindingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_binding(
@@ -276,9 +276,9 @@ pub struct MoveRequest {
 
 /// Binds a key to another network.
 #[utoipa::path(put, path = "/admin/api/bindings/{key_id}", tag = "bindings",
-    params(("key_id" = String, Path, description = "64 hex digits")),
+    params(("key_id" = String, Path, description = "64 hex digits", pattern = "^[0-9a-fA-F]{64}$")),
     request_body = MoveRequest, security(("bearer" = [])),
-    responses((status = 200, body = BindingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 415, description = "not sent as application/json", body = ErrorBody), (status = 200, body = BindingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn move_binding(
     State(st): State<AdminState>,
     Operator(actor): Operator,
@@ -292,7 +292,7 @@ async fn move_binding(
 
 /// Forgets a key's binding; its next request binds afresh.
 #[utoipa::path(delete, path = "/admin/api/bindings/{key_id}", tag = "bindings",
-    params(("key_id" = String, Path, description = "64 hex digits")),
+    params(("key_id" = String, Path, description = "64 hex digits", pattern = "^[0-9a-fA-F]{64}$")),
     security(("bearer" = [])),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn unbind(
@@ -306,7 +306,7 @@ async fn unbind(
 
 /// Bans a key everywhere (403 `key_banned`).
 #[utoipa::path(post, path = "/admin/api/bindings/{key_id}/ban", tag = "bindings",
-    params(("key_id" = String, Path, description = "64 hex digits")),
+    params(("key_id" = String, Path, description = "64 hex digits", pattern = "^[0-9a-fA-F]{64}$")),
     security(("bearer" = [])),
     responses((status = 200, body = BindingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn ban(
@@ -321,7 +321,7 @@ async fn ban(
 
 /// Lifts a ban.
 #[utoipa::path(post, path = "/admin/api/bindings/{key_id}/unban", tag = "bindings",
-    params(("key_id" = String, Path, description = "64 hex digits")),
+    params(("key_id" = String, Path, description = "64 hex digits", pattern = "^[0-9a-fA-F]{64}$")),
     security(("bearer" = [])),
     responses((status = 200, body = BindingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn unban(
@@ -512,7 +512,7 @@ fn upstream_view(u: &crate::upstream::Upstream) -> UpstreamView {
 #[utoipa::path(post, path = "/admin/api/upstreams/{name}/cooldown", tag = "upstreams",
     params(("name" = String, Path, description = "upstream name")),
     request_body = CooldownRequest, security(("bearer" = [])),
-    responses((status = 200, body = UpstreamView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 415, description = "not sent as application/json", body = ErrorBody), (status = 200, body = UpstreamView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn cool_down(
     State(st): State<AdminState>,
     Operator(actor): Operator,
@@ -546,7 +546,7 @@ async fn cool_down(
 #[utoipa::path(post, path = "/admin/api/upstreams/{name}/restore", tag = "upstreams",
     params(("name" = String, Path, description = "upstream name")),
     request_body = RestoreRequest, security(("bearer" = [])),
-    responses((status = 200, body = UpstreamView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 415, description = "not sent as application/json", body = ErrorBody), (status = 200, body = UpstreamView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn restore(
     State(st): State<AdminState>,
     Operator(actor): Operator,

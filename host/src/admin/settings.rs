@@ -71,7 +71,7 @@ pub async fn get(State(st): State<AdminState>, _op: Operator) -> Json<SettingsVi
 /// Changes live settings for every gateway sharing the database.
 #[utoipa::path(put, path = "/admin/api/settings", tag = "settings",
     request_body = SettingsChange, security(("bearer" = [])),
-    responses((status = 200, body = SettingsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 415, description = "not sent as application/json", body = ErrorBody), (status = 200, body = SettingsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn put(
     State(st): State<AdminState>,
     Operator(actor): Operator,
