@@ -345,3 +345,125 @@ fn plugin_test_fails_on_a_wrong_expectation_and_shows_the_difference() {
     );
     assert!(text.trim_end().ends_with("0 passed, 1 failed"), "{text}");
 }
+
+/// `logging.file`: access and audit lines go to rotated files whose total stays under the cap.
+#[tokio::test]
+async fn the_log_goes_to_rotated_files_within_the_total_size_cap() {
+    let mock = MockUpstream::start().await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, admin_port) = (free(), free());
+    const CAP: u64 = 64 << 10;
+    let yaml = config_yaml(&[mock.url()], "")
+        .replacen("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"), 1)
+        .replace(
+            "admin:\n  listen: 127.0.0.1:0\n",
+            &format!(
+                "admin:\n  listen: 127.0.0.1:{admin_port}\n  users:\n    - username: ops\n      password: file-log-password\n"
+            ),
+        )
+        .replace(
+            "logging:\n  access_log: false\n",
+            "logging:\n  access_log: true\n  file: {path: logs/tollgate.log, max_total_size: 64KiB, max_files: 3}\n",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let child = tokio::process::Command::new(BIN)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env_clear()
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ready = eventually(Duration::from_secs(10), || {
+        [port, admin_port]
+            .iter()
+            .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+    })
+    .await;
+    assert!(ready, "gateway did not start");
+    let http = client();
+    // Each access line is ~600 bytes: 400 of them are several times the cap.
+    for _ in 0..400 {
+        let resp = http
+            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Last, so its audit line is in the newest file.
+    let login = http
+        .post(format!("http://127.0.0.1:{admin_port}/admin/api/login"))
+        .json(&serde_json::json!({"username": "ops", "password": "file-log-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("\"target\":\"access\""),
+        "access lines went to stderr: {stderr}"
+    );
+
+    let logs = dir.path().join("logs");
+    let mut files: Vec<_> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "tollgate.log",
+            "tollgate.log.1",
+            "tollgate.log.2",
+            "tollgate.log.3"
+        ],
+        "the current file and max_files rotated ones"
+    );
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(logs.join(f)).unwrap().len())
+        .sum();
+    // Each file may pass its share by the one line that crossed it.
+    assert!(total <= CAP + 4 * 2048, "{total} bytes");
+    assert!(total >= CAP / 2, "the files hold the log: {total} bytes");
+    let newest = std::fs::read_to_string(logs.join("tollgate.log")).unwrap()
+        + &std::fs::read_to_string(logs.join("tollgate.log.1")).unwrap();
+    let access = newest
+        .lines()
+        .filter(|l| l.contains("\"target\":\"access\""))
+        .count();
+    assert!(access > 10, "access lines in the newest files: {access}");
+    assert!(
+        newest
+            .lines()
+            .any(|l| l.contains("\"target\":\"audit\"") && l.contains("\"action\":\"login\"")),
+        "the login's audit line"
+    );
+    for l in newest.lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+    }
+}

@@ -31,6 +31,14 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     validate_routes(c, &mut e);
     validate_storage(c, &mut e);
     validate_admin(c, &mut e);
+    if let Some(f) = &c.logging.file {
+        if f.max_files == 0 || f.max_files > 1000 {
+            e.add("logging.file.max_files", "must be 1 to 1000");
+        }
+        if f.max_total_size.0 < 64 << 10 {
+            e.add("logging.file.max_total_size", "must be at least 64KiB");
+        }
+    }
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&c.logging.level) {
         e.add(
             "logging.level",

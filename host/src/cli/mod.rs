@@ -463,10 +463,18 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
         config.logging.level = level;
     }
     let level = config.logging.level.clone();
-    if let Err(e) = crate::telemetry::init(&level, config.logging.format) {
-        eprintln!("{e}");
-        return ExitCode::FAILURE;
-    }
+    let _log_guard = match crate::telemetry::init(
+        &level,
+        config.logging.format,
+        config.logging.file.as_ref(),
+        &config.base_dir,
+    ) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match async_runtime() {
         Ok(rt) => rt,
         Err(e) => {
