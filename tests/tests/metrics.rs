@@ -158,3 +158,111 @@ async fn model_names_past_the_cap_share_one_label_value() {
         Some(6.0)
     );
 }
+
+/// Put the text through `promtool check metrics`.
+fn promtool_accepts(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed by scripts/test.sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool refused the exposition:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn bindings_intercepts_plugin_call_times_and_model_cooldowns_are_exposed() {
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "").replace(
+        "    upstreams: [u0]\n",
+        &format!(
+            "    upstreams: [u0]\n    policies: [bind]\nplugins:\n  - name: bind\n    kind: ip-binding\n    module: {}\n",
+            plugins::wasm("tollgate_ip_binding").display()
+        ),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for ip in ["127.0.0.1", "127.0.0.1", "127.0.0.2"] {
+        let resp = from(ip)
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 403],
+        "bound on first use, then refused elsewhere"
+    );
+    let until = tollgate::state::unix_ms() + 60_000;
+    gw.gateway.runtime().upstreams[0].cool_down(Some("gpt-x"), until);
+
+    let (_, text) = scrape(&gw).await;
+    assert_eq!(
+        line_value(&text, "tollgate_binding_first_uses_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        line_value(&text, "tollgate_intercepts_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        line_value(
+            &text,
+            "tollgate_plugin_call_duration_seconds_count{plugin=\"bind\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        line_value(
+            &text,
+            "tollgate_plugin_call_duration_seconds_bucket{plugin=\"bind\",le=\"+Inf\"}"
+        ),
+        Some(3.0)
+    );
+    assert!(
+        line_value(
+            &text,
+            "tollgate_plugin_call_duration_seconds_sum{plugin=\"bind\"}"
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        line_value(&text, "tollgate_plugin_traps_total{plugin=\"bind\"}"),
+        Some(0.0)
+    );
+    let cooling = line_value(
+        &text,
+        "tollgate_upstream_model_cooldown_seconds{model=\"gpt-x\",upstream=\"u0\"}",
+    )
+    .unwrap_or_else(|| panic!("{text}"));
+    assert!(cooling > 50.0 && cooling <= 60.0, "{cooling}");
+    promtool_accepts(&text);
+}

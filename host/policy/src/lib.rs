@@ -332,6 +332,72 @@ struct Instance {
     calls: u32,
     /// The concurrency slot of the call in progress (none while pooled).
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// When the call in progress was handed this instance.
+    started: Option<std::time::Instant>,
+}
+
+/// Buckets of [`CallTimes`]: up to 1 µs, 2 µs, 4 µs, … 2^19 µs (0.52 s), and above.
+pub const CALL_BUCKETS: usize = 21;
+
+/// Call durations of one plugin version (checkout to checkin: the guest's run plus the host's
+/// setup), in power-of-two microsecond buckets: one atomic add per call.
+#[derive(Debug, Default)]
+pub struct CallTimes {
+    buckets: [AtomicU64; CALL_BUCKETS],
+    sum_ns: AtomicU64,
+}
+
+impl CallTimes {
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros() as u64;
+        let i = if us <= 1 {
+            0
+        } else {
+            (64 - (us - 1).leading_zeros()) as usize
+        };
+        self.buckets[i.min(CALL_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Upper bound of bucket `i` in seconds (`+Inf` for the last).
+    pub fn upper_secs(i: usize) -> f64 {
+        if i + 1 >= CALL_BUCKETS {
+            f64::INFINITY
+        } else {
+            (1u64 << i) as f64 / 1e6
+        }
+    }
+
+    /// The count in each bucket (not cumulative).
+    pub fn counts(&self) -> [u64; CALL_BUCKETS] {
+        std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
+    }
+
+    pub fn sum_secs(&self) -> f64 {
+        self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    /// The upper bound (seconds) of the bucket holding the `q` quantile; `None` before any call.
+    /// Past the last finite bucket it answers that bucket's bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let counts = self.counts();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::upper_secs(i.min(CALL_BUCKETS - 2)));
+            }
+        }
+        Some(Self::upper_secs(CALL_BUCKETS - 2))
+    }
 }
 
 /// Counters for metrics and the admin API.
@@ -339,6 +405,12 @@ struct Instance {
 pub struct PluginStats {
     pub calls: AtomicU64,
     pub failures: AtomicU64,
+    /// Failures that were traps (a panic, `unreachable`, out of memory), not deadlines.
+    pub traps: AtomicU64,
+    /// Failures that ran past the deadline.
+    pub timeouts: AtomicU64,
+    /// How long calls took.
+    pub call_time: CallTimes,
     pub instantiations: AtomicU64,
     /// Times the circuit breaker opened.
     pub breaker_opened: AtomicU64,
@@ -510,6 +582,7 @@ impl Plugin {
             store,
             guest,
             calls: 0,
+            started: None,
             slot: None,
         })
     }
@@ -603,6 +676,7 @@ impl Plugin {
                 })?,
         };
         instance.slot = Some(slot);
+        instance.started = Some(std::time::Instant::now());
         let state = instance.store.data_mut();
         state.request = Some(request.clone());
         state.response = response.cloned();
@@ -618,6 +692,9 @@ impl Plugin {
         result: wasmtime::Result<R>,
     ) -> Result<R, PolicyError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(started) = instance.started.take() {
+            self.stats.call_time.observe(started.elapsed());
+        }
         instance.slot = None;
         let state = instance.store.data_mut();
         let request = state.request.take();
@@ -645,11 +722,13 @@ impl Plugin {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 let err = if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
                 {
+                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                     PolicyError::Deadline {
                         plugin,
                         deadline: self.spec.deadline,
                     }
                 } else {
+                    self.stats.traps.fetch_add(1, Ordering::Relaxed);
                     // The top-level message only; the wasm backtrace is logged at debug.
                     PolicyError::Trap {
                         plugin,
@@ -751,5 +830,30 @@ impl Plugin {
             _ => return Err(self.kind_mismatch()),
         };
         self.checkin(i, r)
+    }
+}
+
+#[cfg(test)]
+mod call_time_tests {
+    use super::*;
+
+    #[test]
+    fn call_times_fall_in_power_of_two_buckets_and_answer_quantiles() {
+        let t = CallTimes::default();
+        assert_eq!(t.quantile(0.5), None);
+        for us in [1, 2, 3, 900, 1000, 1_000_000] {
+            t.observe(Duration::from_micros(us));
+        }
+        let c = t.counts();
+        // ≤1 µs, ≤2 µs, ≤4 µs (3), ≤1024 µs (900 and 1000), the last bucket (1 s).
+        assert_eq!(
+            (c[0], c[1], c[2], c[10], c[CALL_BUCKETS - 1]),
+            (1, 1, 1, 2, 1)
+        );
+        assert_eq!(c.iter().sum::<u64>(), 6);
+        assert_eq!(t.quantile(0.5), Some(4e-6));
+        assert_eq!(t.quantile(0.8), Some(1024e-6));
+        assert!((t.sum_secs() - 1.001906).abs() < 1e-9);
+        assert_eq!(CallTimes::upper_secs(CALL_BUCKETS - 1), f64::INFINITY);
     }
 }

@@ -585,6 +585,14 @@ pub struct PluginView {
     pub breaker_openings: u64,
     /// Calls refused without running (breaker open, concurrency limit).
     pub rejected: u64,
+    /// Failures that were traps (panic, unreachable, out of memory).
+    pub traps: u64,
+    /// Failures that ran past the deadline.
+    pub timeouts: u64,
+    /// Call time percentiles, ms: the upper bound of the power-of-two bucket holding them
+    /// (`null` before the first call).
+    pub call_p50_ms: Option<f64>,
+    pub call_p99_ms: Option<f64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -621,6 +629,10 @@ async fn plugins(State(st): State<AdminState>, _op: Operator) -> Json<PluginsVie
             failures: p.stats.failures.load(Relaxed),
             breaker_openings: p.stats.breaker_opened.load(Relaxed),
             rejected: p.stats.rejected.load(Relaxed),
+            traps: p.stats.traps.load(Relaxed),
+            timeouts: p.stats.timeouts.load(Relaxed),
+            call_p50_ms: p.stats.call_time.quantile(0.5).map(|s| s * 1000.0),
+            call_p99_ms: p.stats.call_time.quantile(0.99).map(|s| s * 1000.0),
         })
         .collect();
     let last_reload = st.gateway.last_reload().map(|r| LastReload {

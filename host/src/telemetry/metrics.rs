@@ -48,8 +48,10 @@ struct Scraped {
     upstream_in_flight: GaugeVec,
     upstream_healthy: GaugeVec,
     upstream_cooldown: GaugeVec,
-    plugin: [IntCounterVec; 4],
-    store: [IntCounterVec; 3],
+    plugin: [IntCounterVec; 6],
+    store: [IntCounterVec; 5],
+    /// Per-model cooldowns (the all-models one is `upstream_cooldown`).
+    model_cooldown: GaugeVec,
     reloads: IntCounterVec,
     rss: GaugeVec,
     fds: GaugeVec,
@@ -191,7 +193,25 @@ impl Metrics {
                     "Calls refused without running: breaker open or concurrency limit",
                     &plugin,
                 ),
+                counter_vec(
+                    &r,
+                    "tollgate_plugin_traps_total",
+                    "Failures that were traps (panic, unreachable, out of memory)",
+                    &plugin,
+                ),
+                counter_vec(
+                    &r,
+                    "tollgate_plugin_timeouts_total",
+                    "Failures that ran past the plugin's deadline",
+                    &plugin,
+                ),
             ],
+            model_cooldown: gauge_vec(
+                &r,
+                "tollgate_upstream_model_cooldown_seconds",
+                "Seconds left of the upstream's cooldown for one model (quota policy or operator)",
+                &["upstream", "model"],
+            ),
             store: [
                 counter_vec(
                     &r,
@@ -209,6 +229,18 @@ impl Metrics {
                     &r,
                     "tollgate_store_writes_dropped_total",
                     "Usage, intercept and token records dropped because the write queue was full",
+                    &[],
+                ),
+                counter_vec(
+                    &r,
+                    "tollgate_binding_first_uses_total",
+                    "Keys bound to a network on their first use by this gateway",
+                    &[],
+                ),
+                counter_vec(
+                    &r,
+                    "tollgate_intercepts_total",
+                    "Requests refused by IP binding (wrong network, banned key) and logged",
                     &[],
                 ),
             ],
@@ -265,8 +297,26 @@ impl Metrics {
     pub(crate) fn encode(&self, rt: &Runtime, stores: &Stores) -> String {
         let scraped = self.scraped.lock().unwrap_or_else(|p| p.into_inner());
         scraped.read(rt, stores, &self.reloads);
+        scraped.model_cooldown.reset();
+        let now = crate::state::unix_ms();
+        for u in &rt.upstreams {
+            for (model, until) in u.cooldowns() {
+                if let Some(m) = model {
+                    scraped
+                        .model_cooldown
+                        .with_label_values(&[&*u.name, self.model_label(&m)])
+                        .set(until.saturating_sub(now) as f64 / 1000.0);
+                }
+            }
+        }
+        let mut families = self.registry.gather();
+        // The encoder refuses a family without series (no plugin loaded).
+        if !rt.plugins.is_empty() {
+            families.push(plugin_call_times(rt));
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(out).unwrap_or_default()
@@ -284,6 +334,47 @@ impl Metrics {
         }
         "other"
     }
+}
+
+/// `tollgate_plugin_call_duration_seconds{plugin}`: a histogram read from each loaded plugin's
+/// call-time buckets (the policy runtime counts them; one atomic add per call).
+fn plugin_call_times(rt: &Runtime) -> prometheus::proto::MetricFamily {
+    use prometheus::proto;
+    use tollgate_policy::{CALL_BUCKETS, CallTimes};
+    let mut family = proto::MetricFamily::default();
+    family.set_name("tollgate_plugin_call_duration_seconds".into());
+    family.set_help("Time one call into the plugin took, instance checkout to checkin".into());
+    family.set_field_type(proto::MetricType::HISTOGRAM);
+    let metrics = rt
+        .plugins
+        .iter()
+        .map(|p| {
+            let t = &p.stats.call_time;
+            let counts = t.counts();
+            let mut cumulative = 0;
+            let buckets = (0..CALL_BUCKETS - 1)
+                .map(|i| {
+                    cumulative += counts[i];
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(CallTimes::upper_secs(i));
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect();
+            let mut h = proto::Histogram::default();
+            h.set_bucket(buckets);
+            h.set_sample_count(counts.iter().sum());
+            h.set_sample_sum(t.sum_secs());
+            let mut label = proto::LabelPair::default();
+            label.set_name("plugin".into());
+            label.set_value(p.spec.name.to_string());
+            let mut m = proto::Metric::from_label(vec![label]);
+            m.set_histogram(h);
+            m
+        })
+        .collect();
+    family.set_metric(metrics);
+    family
 }
 
 /// Sets a counter that mirrors a count kept elsewhere.
@@ -320,20 +411,25 @@ impl Scraped {
         for p in &rt.plugins {
             let s = &p.stats;
             let l = [&*p.spec.name];
-            for (c, v) in
-                self.plugin
-                    .iter()
-                    .zip([&s.calls, &s.failures, &s.breaker_opened, &s.rejected])
-            {
+            for (c, v) in self.plugin.iter().zip([
+                &s.calls,
+                &s.failures,
+                &s.breaker_opened,
+                &s.rejected,
+                &s.traps,
+                &s.timeouts,
+            ]) {
                 mirror(&c.with_label_values(&l), v.load(Ordering::Relaxed));
             }
         }
         let stats = &stores.stats;
-        for (c, v) in
-            self.store
-                .iter()
-                .zip([&stats.cache_fallbacks, &stats.failsafe, &stats.queue_full])
-        {
+        for (c, v) in self.store.iter().zip([
+            &stats.cache_fallbacks,
+            &stats.failsafe,
+            &stats.queue_full,
+            &stats.first_uses,
+            &stats.intercepts,
+        ]) {
             mirror(&c.with_label_values(&NO_LABELS), v.load(Ordering::Relaxed));
         }
         mirror(

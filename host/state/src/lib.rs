@@ -175,6 +175,10 @@ pub struct StoreStats {
     pub cache_fallbacks: AtomicU64,
     /// Requests decided by the failsafe because the stores could not answer.
     pub failsafe: AtomicU64,
+    /// Keys bound on their first use (by this gateway).
+    pub first_uses: AtomicU64,
+    /// Refused requests written to the intercept log (by this gateway).
+    pub intercepts: AtomicU64,
 }
 
 /// Capacity of the write queue; beyond it, usage updates and intercepts are dropped and counted.
@@ -389,10 +393,13 @@ impl Stores {
     /// Binds `key_id` to `net` unless it is bound already; returns the binding in force. Atomic
     /// across every gateway sharing the database.
     pub async fn bind_first(&self, key_id: &str, net: IpNet) -> StoreResult<Binding> {
-        let b = self
+        let (b, created) = self
             .db
             .bind_first(key_id, normalize_net(net), unix_ms())
             .await?;
+        if created {
+            self.stats.first_uses.fetch_add(1, Ordering::Relaxed);
+        }
         let key = Self::binding_key(key_id);
         self.remember_near(&key, &b);
         if let Err(e) = self.cache.set(&key, &b.encode(), self.cache_ttl_ms()).await {
@@ -454,6 +461,7 @@ impl Stores {
 
     /// Logs a refusal (batched; never waits). Also counts it towards the key's alert threshold.
     pub fn record_intercept(&self, key_id: &str, intercept: Intercept) {
+        self.stats.intercepts.fetch_add(1, Ordering::Relaxed);
         self.enqueue(Event::Intercept {
             key_id: key_id.to_owned(),
             intercept,

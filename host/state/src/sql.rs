@@ -176,26 +176,30 @@ impl SqlStore {
         row.map(|r| binding_from(&r)).transpose()
     }
 
-    /// Inserts the binding unless the key has one, then reads back whichever is in force.
+    /// Inserts the binding unless the key has one, then reads back whichever is in force, and
+    /// whether this call created it (a first use).
     pub async fn bind_first(
         &self,
         key_id: &str,
         net: ipnet::IpNet,
         now_ms: u64,
-    ) -> StoreResult<Binding> {
+    ) -> StoreResult<(Binding, bool)> {
         let insert = "INSERT INTO bindings (key_id, cidr, status, created_ms, last_used_ms, request_count) \
                       VALUES ($1, $2, 'active', $3, $3, 0) ON CONFLICT (key_id) DO NOTHING";
-        self.timed(
-            sqlx::query(insert)
-                .bind(key_id)
-                .bind(net.to_string())
-                .bind(now_ms as i64)
-                .execute(&self.pool),
-        )
-        .await?;
-        self.binding(key_id)
+        let done = self
+            .timed(
+                sqlx::query(insert)
+                    .bind(key_id)
+                    .bind(net.to_string())
+                    .bind(now_ms as i64)
+                    .execute(&self.pool),
+            )
+            .await?;
+        let binding = self
+            .binding(key_id)
             .await?
-            .ok_or_else(|| db_err("binding vanished right after insert"))
+            .ok_or_else(|| db_err("binding vanished right after insert"))?;
+        Ok((binding, done.rows_affected() > 0))
     }
 
     /// Sets a key's status; whether the key had a binding.
