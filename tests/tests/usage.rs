@@ -195,3 +195,73 @@ async fn the_built_in_mock_speaks_anthropic_messages_too() {
     assert_eq!(u.requests, 2);
     assert_eq!((u.input_tokens, u.output_tokens), (16, 8));
 }
+
+#[tokio::test]
+async fn stream_usage_inject_counts_streams_that_did_not_ask_and_hides_the_extra_chunk() {
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "").replace(
+        "    upstreams: [u0]\n",
+        "    upstreams: [u0]\n    stream_usage: inject\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let last_sent = || -> Value {
+        let body = mock.state.last_body.lock().unwrap().clone().unwrap();
+        serde_json::from_slice(&body).unwrap()
+    };
+
+    // A client that did not ask: the upstream is asked, the client sees no usage chunk.
+    let resp = post(&gw, "/v1/chat/completions", &chat_body(true))
+        .header("x-mock-events", "4")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().get("content-length").is_none());
+    let events = read_events(resp, Instant::now()).await.unwrap();
+    assert_eq!(last_sent()["stream_options"]["include_usage"], true);
+    assert_eq!(
+        last_sent()["messages"],
+        chat_body(true)["messages"],
+        "the rest is kept"
+    );
+    let data: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{data:?}");
+    assert!(
+        !events
+            .iter()
+            .filter_map(|(_, e)| serde_json::from_str::<Value>(e).ok())
+            .any(|v| v["usage"].is_object()),
+        "the usage-only chunk reached a client that did not ask: {data:?}"
+    );
+    let hidden_len = data.len();
+    let u = only_row(&gw).await;
+    assert!(u.input_tokens > 0 && u.output_tokens > 0, "counted: {u:?}");
+
+    // A client that asked gets its chunk, and the body goes as sent.
+    let mut asked = chat_body(true);
+    asked["stream_options"] = json!({"include_usage": true});
+    let resp = post(&gw, "/v1/chat/completions", &asked)
+        .header("x-mock-events", "4")
+        .send()
+        .await
+        .unwrap();
+    let events = read_events(resp, Instant::now()).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .filter_map(|(_, e)| serde_json::from_str::<Value>(e).ok())
+            .any(|v| v["usage"].is_object())
+    );
+    assert_eq!(
+        events.len(),
+        hidden_len + 1,
+        "the same stream, with the usage chunk: only that chunk was taken out before"
+    );
+    assert_eq!(last_sent(), asked);
+
+    // Anthropic's Messages API takes no stream_options: its body is left alone.
+    let anthropic = json!({"model": "claude-test", "max_tokens": 8, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = post(&gw, "/v1/messages", &anthropic).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    assert_eq!(last_sent(), anthropic);
+}

@@ -94,6 +94,15 @@ impl PluginKind {
     }
 }
 
+/// A route's handling of usage in OpenAI streams (see `RouteConfig::stream_usage`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamUsage {
+    #[default]
+    Pass,
+    Inject,
+}
+
 /// What happens to a request when a plugin traps, times out or runs out of memory.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -490,6 +499,12 @@ pub struct RouteConfig {
     /// the first event to the time to first byte.
     #[serde(default)]
     pub stream_bootstrap: bool,
+    /// `inject`: streaming OpenAI chat/text completion requests that do not ask for usage get
+    /// `stream_options.include_usage: true` (so their tokens are counted), and the usage-only
+    /// chunk this adds is taken out before the client sees it. `pass` (default): bodies go as
+    /// the client sent them.
+    #[serde(default)]
+    pub stream_usage: StreamUsage,
     /// Plugin names, run in this order within their phase: ip-binding, then header-rewrite, then
     /// the router (at most one), then quota (at most one) on each upstream answer.
     #[serde(default)]

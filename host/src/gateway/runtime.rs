@@ -84,6 +84,7 @@ pub(crate) async fn build(
             upstreams: route_upstreams,
             max_attempts: r.max_attempts,
             stream_bootstrap: r.stream_bootstrap,
+            inject_stream_usage: r.stream_usage == crate::config::StreamUsage::Inject,
             chain: Arc::new(chain),
             allow: methods
                 .iter()

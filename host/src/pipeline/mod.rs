@@ -47,6 +47,7 @@ mod relay;
 pub(crate) mod route;
 pub(crate) mod screen;
 pub(crate) mod session;
+pub(crate) mod stream_usage;
 pub(crate) mod tokens;
 
 use std::sync::Arc;
@@ -154,6 +155,13 @@ pub async fn handle(
             .get(header::CONTENT_TYPE)
             .and_then(|ct| TokenMeter::for_content_type(ct.as_bytes()));
     }
+    if from.is_none() || !is_event_stream(&head.headers) {
+        // Only an upstream's stream carries the chunk to take out.
+        s.ctx.strip_usage = None;
+    } else if s.ctx.strip_usage.is_some() {
+        // The body the client gets is shorter than the upstream's.
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
     if !chain.watches_body() && s.ctx.in_flight.is_none() {
         // Nothing to tell when it ends, no upstream to hold: the body goes out as it is.
         drop(s);
@@ -248,6 +256,15 @@ async fn run(
     s.probe = probe;
     for f in &chain.authenticated {
         f.on_authenticated(s).await?;
+    }
+    if route.inject_stream_usage
+        && s.probe.stream == Some(true)
+        && stream_usage::takes_stream_options(s.head.uri.path())
+        && let RequestBody::Buffered(b) = &body
+        && let Some(asking) = stream_usage::inject(b)
+    {
+        body = RequestBody::Buffered(asking);
+        s.ctx.strip_usage = Some(stream_usage::StripUsageChunk::default());
     }
 
     // Step 5: select.

@@ -13,6 +13,7 @@ use pin_project_lite::pin_project;
 use super::body::GuardedBody;
 use super::filter::Chain;
 use super::session::{Ctx, Outcome, RecordedTokens};
+use super::stream_usage::StripUsageChunk;
 use crate::listen::{BoxBody, BoxError};
 use crate::upstream::UpstreamBody;
 
@@ -115,6 +116,8 @@ pin_project! {
         #[pin]
         inner: B,
         tail: Option<Tail>,
+        // The inner body ended (it is not polled again).
+        ended: bool,
     }
 }
 
@@ -127,6 +130,7 @@ impl<B: Body> Relay<B> {
         Self {
             inner,
             tail: Some(tail),
+            ended: false,
         }
     }
 }
@@ -140,46 +144,84 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
         let mut inner = this.inner;
         let polled = inner.as_mut().poll_frame(cx);
-        if let Some(tail) = this.tail.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
+        let Some(tail) = this.tail.as_mut() else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_data() {
+                    Ok(data) => {
+                        // The meter and the filters see the upstream's bytes; the client gets
+                        // them less a stripped usage chunk (`stream_usage: inject`).
+                        if let Some(meter) = &mut tail.ctx.meter {
+                            meter.feed(&data);
+                        }
+                        for f in &tail.chain.body_chunk {
+                            f.on_body_chunk(&mut tail.ctx, &data);
+                        }
+                        let data = match &mut tail.ctx.strip_usage {
+                            Some(strip) => {
+                                let out = strip.push(&data);
+                                if inner.is_end_stream() {
+                                    [out, strip.finish()].concat().into()
+                                } else {
+                                    out
+                                }
+                            }
+                            None => data,
+                        };
                         let rec = &mut tail.ctx.record;
                         if rec.first_byte.is_none() && !data.is_empty() {
                             rec.first_byte = Some(rec.start.elapsed());
                         }
                         rec.bytes_out += data.len() as u64;
-                        if let Some(meter) = &mut tail.ctx.meter {
-                            meter.feed(data);
-                        }
-                        for f in &tail.chain.body_chunk {
-                            f.on_body_chunk(&mut tail.ctx, data);
-                        }
+                        Frame::data(data)
                     }
-                    // hyper stops polling once the body reports its end.
-                    if inner.is_end_stream() {
-                        tail.finish(Outcome::Complete);
-                        *this.tail = None;
-                    }
-                }
-                Poll::Ready(Some(Err(_))) => {
-                    tail.finish(Outcome::UpstreamAborted);
-                    *this.tail = None;
-                }
-                Poll::Ready(None) => {
+                    Err(other) => other,
+                };
+                // hyper stops polling once the body reports its end.
+                if inner.is_end_stream() {
                     tail.finish(Outcome::Complete);
                     *this.tail = None;
                 }
-                Poll::Pending => {}
+                Poll::Ready(Some(Ok(frame)))
             }
+            Poll::Ready(Some(Err(e))) => {
+                tail.finish(Outcome::UpstreamAborted);
+                *this.tail = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                // An unfinished last event held back by the usage stripper goes out as it is.
+                let rest = tail
+                    .ctx
+                    .strip_usage
+                    .as_mut()
+                    .map(StripUsageChunk::finish)
+                    .filter(|b| !b.is_empty());
+                tail.ctx.record.bytes_out += rest.as_ref().map_or(0, |b| b.len() as u64);
+                tail.finish(Outcome::Complete);
+                *this.tail = None;
+                *this.ended = true;
+                Poll::Ready(rest.map(|b| Ok(Frame::data(b))))
+            }
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended
+            || (self.inner.is_end_stream()
+                && self
+                    .tail
+                    .as_ref()
+                    .and_then(|t| t.ctx.strip_usage.as_ref())
+                    .is_none_or(StripUsageChunk::is_empty))
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -84,6 +84,9 @@ pub struct Ctx {
     pub(super) in_flight: Option<InFlight>,
     /// Reads the tokens of an upstream's answer as it is relayed.
     pub(super) meter: Option<TokenMeter>,
+    /// Takes the usage-only chunk out of a stream whose client did not ask for it
+    /// (`stream_usage: inject`).
+    pub(super) strip_usage: Option<super::stream_usage::StripUsageChunk>,
 }
 
 impl Ctx {
@@ -136,6 +139,7 @@ impl Ctx {
             ext: http::Extensions::new(),
             in_flight: None,
             meter: None,
+            strip_usage: None,
         }
     }
 }
