@@ -1010,3 +1010,43 @@ async fn live_settings_are_validated_applied_and_audited() {
         (Some("closed"), Some("open"))
     );
 }
+
+#[tokio::test]
+async fn the_audit_log_exports_as_csv_with_its_filters() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    for _ in 0..3 {
+        assert_eq!(admin.login("ops", "wrong password!").await.status(), 401);
+    }
+    let csv_of = |query: &'static str| {
+        let (admin, token) = (&admin, &token);
+        async move {
+            let resp = admin.get(token, &format!("/audit.csv{query}")).await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+            let body = resp.bytes().await.unwrap();
+            let mut r = csv::Reader::from_reader(&body[..]);
+            assert_eq!(
+                r.headers().unwrap().iter().collect::<Vec<_>>(),
+                [
+                    "id", "at", "actor", "ip", "action", "target", "outcome", "before", "after"
+                ]
+            );
+            r.records()
+                .map(|x| x.unwrap().iter().map(str::to_owned).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = csv_of("").await;
+    assert_eq!(all.len(), 4, "one login and three failures: {all:?}");
+    let denied: Vec<_> = all.iter().filter(|r| r[6] == "denied").collect();
+    assert_eq!(denied.len(), 3);
+    assert_eq!(all[3][6], "ok", "oldest last");
+    let ids: Vec<i64> = all.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]));
+    let filtered = csv_of("?action=login&ip=127.0.0.1&to_ms=99999999999999").await;
+    assert_eq!(filtered.len(), 4);
+    assert!(csv_of("?actor=nobody").await.is_empty());
+}

@@ -92,6 +92,7 @@ pub fn routes() -> axum::Router<AdminState> {
             get(super::settings::get).put(super::settings::put),
         )
         .route("/audit", get(audit))
+        .route("/audit.csv", get(audit_csv))
         .route("/reload", put(reload).post(reload))
 }
 
@@ -120,6 +121,7 @@ pub fn routes() -> axum::Router<AdminState> {
         super::settings::get,
         super::settings::put,
         audit,
+        audit_csv,
         reload
     ),
     modifiers(&BearerAuth)
@@ -702,21 +704,78 @@ async fn audit(
     _op: Operator,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<Json<Page<AuditView>>, ApiError> {
-    let q = AuditQuery {
-        actor: p.actor,
-        ip: p.ip,
-        action: p.action,
-        target: p.target,
-        from_ms: p.from_ms,
-        to_ms: p.to_ms,
-        limit: p.limit.unwrap_or(50).clamp(1, super::MAX_PAGE),
-        offset: p.offset.unwrap_or(0),
-    };
+    let q = p.query();
     let (items, total) = st.gateway.stores.database().audit(&q).await?;
     Ok(Json(Page {
         items: items.into_iter().map(Into::into).collect(),
         total,
     }))
+}
+
+impl AuditParams {
+    fn query(self) -> AuditQuery {
+        AuditQuery {
+            actor: self.actor,
+            ip: self.ip,
+            action: self.action,
+            target: self.target,
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+            limit: self.limit.unwrap_or(50).clamp(1, super::MAX_PAGE),
+            offset: self.offset.unwrap_or(0),
+            before_id: None,
+        }
+    }
+}
+
+impl super::export::CsvRow for AuditRecord {
+    fn id(&self) -> i64 {
+        self.id
+    }
+
+    fn fields(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            super::export::rfc3339_ms(self.at_ms),
+            self.actor.clone(),
+            self.ip.clone(),
+            self.action.clone(),
+            self.target.clone(),
+            self.outcome.clone(),
+            self.before.clone(),
+            self.after.clone(),
+        ]
+    }
+}
+
+/// The audit log as CSV (same filters; `limit` and `offset` are not used), streamed.
+#[utoipa::path(get, path = "/admin/api/audit.csv", tag = "audit", params(AuditParams),
+    security(("bearer" = [])),
+    responses((status = 200, content_type = "text/csv", body = String), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn audit_csv(
+    State(st): State<AdminState>,
+    _op: Operator,
+    ApiQuery(p): ApiQuery<AuditParams>,
+) -> axum::response::Response {
+    const HEADER: &[&str] = &[
+        "id", "at", "actor", "ip", "action", "target", "outcome", "before", "after",
+    ];
+    let base = AuditQuery {
+        limit: super::export::EXPORT_PAGE,
+        offset: 0,
+        ..p.query()
+    };
+    let stores = st.gateway.stores.clone();
+    super::export::csv_response("audit.csv", HEADER, move |before_id| {
+        let (stores, q) = (
+            stores.clone(),
+            AuditQuery {
+                before_id,
+                ..base.clone()
+            },
+        );
+        async move { stores.database().audit(&q).await.map(|(rows, _)| rows) }
+    })
 }
 
 #[derive(Serialize, ToSchema)]

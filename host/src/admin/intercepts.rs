@@ -1,21 +1,16 @@
 //! `/admin/api/intercepts`: refused requests (wrong network, banned key), filtered and paged, and
 //! the same as CSV, streamed page by page so an export of any size holds one page in memory.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::api::{AdminState, Operator, Page};
 use super::error::{ApiError, ApiQuery, ErrorBody};
-use crate::state::{AuditRecord, Intercept, InterceptQuery, Stores};
-
-/// Rows read per database round trip of an export.
-const EXPORT_PAGE: u32 = 1000;
+use super::export::{CsvRow, EXPORT_PAGE, csv_response, rfc3339_ms};
+use crate::state::{AuditRecord, Intercept, InterceptQuery};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -105,7 +100,7 @@ pub async fn list(
     }))
 }
 
-const CSV_HEADER: [&str; 8] = [
+const CSV_HEADER: &[&str] = &[
     "id",
     "at",
     "key_id_prefix",
@@ -116,38 +111,24 @@ const CSV_HEADER: [&str; 8] = [
     "reason",
 ];
 
-fn csv_page(rows: &[(i64, Intercept)], header: bool) -> Result<Bytes, csv::Error> {
-    let mut w = csv::Writer::from_writer(Vec::with_capacity(rows.len() * 128));
-    if header {
-        w.write_record(CSV_HEADER)?;
+impl CsvRow for (i64, Intercept) {
+    fn id(&self) -> i64 {
+        self.0
     }
-    for (id, i) in rows {
-        let at = humantime::format_rfc3339_millis(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(i.at_ms),
-        )
-        .to_string();
-        w.write_record([
-            id.to_string().as_str(),
-            &at,
-            &i.key_id_prefix,
-            i.bound_cidr.as_deref().unwrap_or(""),
-            &i.attempted_ip,
-            &i.method,
-            &i.path,
-            &i.reason,
-        ])?;
-    }
-    w.into_inner()
-        .map(Bytes::from)
-        .map_err(|e| e.into_error().into())
-}
 
-struct Export {
-    stores: Arc<Stores>,
-    q: InterceptQuery,
-    before: Option<i64>,
-    first: bool,
-    done: bool,
+    fn fields(&self) -> Vec<String> {
+        let (id, i) = self;
+        vec![
+            id.to_string(),
+            rfc3339_ms(i.at_ms),
+            i.key_id_prefix.clone(),
+            i.bound_cidr.clone().unwrap_or_default(),
+            i.attempted_ip.clone(),
+            i.method.clone(),
+            i.path.clone(),
+            i.reason.clone(),
+        ]
+    }
 }
 
 /// The same intercepts as CSV (RFC 4180, a header row, times in RFC 3339 UTC), streamed.
@@ -176,46 +157,13 @@ pub async fn csv(
             "ok",
         ))
         .await?;
-    let state = Export {
-        stores,
-        q,
-        before: None,
-        first: true,
-        done: false,
-    };
-    let pages = futures_util::stream::unfold(state, |mut s| async move {
-        if s.done {
-            return None;
+    Ok(csv_response("intercepts.csv", CSV_HEADER, move |before| {
+        let (stores, q) = (stores.clone(), q.clone());
+        async move {
+            stores
+                .database()
+                .intercepts_page(&q, before, 0, EXPORT_PAGE)
+                .await
         }
-        let rows = match s
-            .stores
-            .database()
-            .intercepts_page(&s.q, s.before, 0, EXPORT_PAGE)
-            .await
-        {
-            Ok(rows) => rows,
-            Err(e) => {
-                // The client sees a cut-off download; the cause stays in the log.
-                tracing::error!(error = %e, "intercept export failed");
-                s.done = true;
-                return Some((Err(std::io::Error::other("export failed")), s));
-            }
-        };
-        s.done = rows.len() < EXPORT_PAGE as usize;
-        s.before = rows.last().map(|(id, _)| *id);
-        let page = csv_page(&rows, s.first).map_err(std::io::Error::other);
-        s.first = false;
-        Some((page, s))
-    });
-    Ok((
-        [
-            (http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                http::header::CONTENT_DISPOSITION,
-                "attachment; filename=\"intercepts.csv\"",
-            ),
-        ],
-        axum::body::Body::from_stream(pages),
-    )
-        .into_response())
+    }))
 }

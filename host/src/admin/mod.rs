@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod export;
 pub mod intercepts;
 pub mod settings;
 

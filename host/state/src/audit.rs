@@ -62,6 +62,8 @@ pub struct AuditQuery {
     pub to_ms: Option<u64>,
     pub limit: u32,
     pub offset: u64,
+    /// Only records with an id below this one (keyset paging for exports).
+    pub before_id: Option<i64>,
 }
 
 impl SqlStore {
@@ -128,7 +130,7 @@ impl SqlStore {
             .map_err(db_err)? as u64;
         let sql = format!(
             "SELECT id, at_ms, actor, ip, action, target, outcome, before, after FROM audit_log \
-             {filter} ORDER BY id DESC LIMIT $7 OFFSET $8"
+             {filter} AND id < $9 ORDER BY id DESC LIMIT $7 OFFSET $8"
         );
         let rows = self
             .timed(
@@ -141,6 +143,7 @@ impl SqlStore {
                     .bind(args.5)
                     .bind(i64::from(q.limit))
                     .bind(q.offset.min(i64::MAX as u64) as i64)
+                    .bind(q.before_id.unwrap_or(i64::MAX))
                     .fetch_all(&self.pool),
             )
             .await?;
