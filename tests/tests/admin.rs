@@ -1050,3 +1050,33 @@ async fn the_audit_log_exports_as_csv_with_its_filters() {
     assert_eq!(filtered.len(), 4);
     assert!(csv_of("?actor=nobody").await.is_empty());
 }
+
+#[tokio::test]
+async fn upstreams_show_their_recent_errors() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    for status in [503u16, 429] {
+        mock.state
+            .force_status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+    }
+    let ups: Value = admin.get(&token, "/upstreams").await.json().await.unwrap();
+    let errors: Vec<&str> = ups[0]["recent_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["error"].as_str().unwrap())
+        .collect();
+    assert_eq!(errors, ["status 503", "status 429"]);
+    assert!(ups[0]["recent_errors"][0]["at_ms"].as_u64().unwrap() > 0);
+}

@@ -438,6 +438,14 @@ pub struct Cooldown {
 }
 
 #[derive(Serialize, ToSchema)]
+pub struct RecentError {
+    /// Unix ms.
+    pub at_ms: u64,
+    /// e.g. `status 503`, `connect failed`, `no response head in time`.
+    pub error: String,
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct UpstreamView {
     pub name: String,
     /// Base URL (no credential).
@@ -450,6 +458,8 @@ pub struct UpstreamView {
     /// Moving average of failed attempts (0–1).
     pub error_rate: f32,
     pub cooldowns: Vec<Cooldown>,
+    /// The last errors (failed attempts, 429 answers), oldest first.
+    pub recent_errors: Vec<RecentError>,
     /// Models it serves (empty: any).
     pub models: Vec<String>,
 }
@@ -505,6 +515,11 @@ fn upstream_view(u: &crate::upstream::Upstream) -> UpstreamView {
             .cooldowns()
             .into_iter()
             .map(|(model, until_ms)| Cooldown { model, until_ms })
+            .collect(),
+        recent_errors: u
+            .recent_errors()
+            .into_iter()
+            .map(|(at_ms, error)| RecentError { at_ms, error })
             .collect(),
         models: u.config.models.clone(),
     }

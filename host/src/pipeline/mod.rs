@@ -342,8 +342,11 @@ async fn attempt(
         .get::<ConnectTiming>()
         .map(ConnectTiming::take);
     if resp.status().is_server_error() {
-        upstream.record_failure();
+        upstream.record_failure(format!("status {}", resp.status().as_u16()));
     } else {
+        if resp.status() == http::StatusCode::TOO_MANY_REQUESTS {
+            upstream.note_error("status 429");
+        }
         upstream.record_success();
         upstream.record_latency(attempt_start.elapsed());
     }
@@ -369,7 +372,7 @@ async fn attempt(
             }
             Err(e) => {
                 // Broken before its first event: nothing reached the client yet.
-                upstream.record_failure();
+                upstream.record_failure("stream broke before its first event");
                 return Err(GatewayError::from(ErrorKind::UpstreamProtocol)
                     .caused_by(e)
                     .retryable());
@@ -412,7 +415,12 @@ fn send_failed(upstream: &Upstream, e: SendError) -> GatewayError {
         };
         return GatewayError::from(kind).caused_by(e);
     }
-    upstream.record_failure();
+    upstream.record_failure(match &e {
+        SendError::Timeout(_) => "no response head in time",
+        SendError::Exchange(inner) if inner.is_connect() => "connect failed",
+        SendError::Exchange(_) => "broken response",
+        SendError::Uri => "bad URI",
+    });
     match &e {
         SendError::Timeout(_) => GatewayError::from(ErrorKind::UpstreamTimeout).caused_by(e),
         SendError::Exchange(inner) if inner.is_connect() => {

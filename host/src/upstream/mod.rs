@@ -93,7 +93,13 @@ pub struct Upstream {
     /// The latest end of any cooldown: while it is in the past, `cooling_until` answers without
     /// taking the lock (the common case, on every request).
     cooling_max_ms: AtomicU64,
+    /// The last errors (failed attempts, quota answers), for the admin API.
+    recent_errors:
+        std::sync::Mutex<std::collections::VecDeque<(u64, std::borrow::Cow<'static, str>)>>,
 }
+
+/// Errors kept per upstream for operators.
+pub const RECENT_ERRORS: usize = 10;
 
 /// Weight of a new sample in the moving averages: about the last ten requests count.
 const EWMA_ALPHA: f64 = 0.2;
@@ -221,6 +227,7 @@ impl Upstream {
             latency_ewma_us: AtomicU64::new(0),
             error_rate: AtomicU32::new(0f32.to_bits()),
             cooldowns: std::sync::Mutex::new(std::collections::HashMap::new()),
+            recent_errors: std::sync::Mutex::new(std::collections::VecDeque::new()),
             cooling_max_ms: AtomicU64::new(0),
         })
     }
@@ -309,6 +316,21 @@ impl Upstream {
         all.max(one)
     }
 
+    /// Keeps `what` among the last [`RECENT_ERRORS`] errors (for operators), with the time.
+    pub fn note_error(&self, what: impl Into<std::borrow::Cow<'static, str>>) {
+        let mut recent = self.recent_errors.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back((unix_ms(), what.into()));
+    }
+
+    /// The last errors, oldest first: `(Unix ms, what)`.
+    pub fn recent_errors(&self) -> Vec<(u64, String)> {
+        let recent = self.recent_errors.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().map(|(at, w)| (*at, w.to_string())).collect()
+    }
+
     /// Ends the cooldown for `model`, or every cooldown when `None` (an operator's restore).
     pub fn clear_cooldown(&self, model: Option<&str>) {
         let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
@@ -361,7 +383,9 @@ impl Upstream {
 
     /// A connect error, timeout or 5xx. After `max_fails` in a row the upstream is skipped for
     /// `fail_timeout`.
-    pub fn record_failure(&self) {
+    /// Counts a failed attempt (`why`, e.g. `status 503`, is kept among the recent errors).
+    pub fn record_failure(&self, why: impl Into<std::borrow::Cow<'static, str>>) {
+        self.note_error(why);
         self.observe(true);
         let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= self.config.max_fails {
