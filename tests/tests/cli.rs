@@ -467,3 +467,50 @@ async fn the_log_goes_to_rotated_files_within_the_total_size_cap() {
         serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
     }
 }
+
+/// `tollgate admin hash-password` prints an argon2 hash the admin plane accepts; short passwords
+/// are refused.
+#[tokio::test]
+async fn admin_hash_password_prints_a_hash_that_logs_in() {
+    use std::io::Write as _;
+    let hash = |password: &str| {
+        let mut child = Command::new(BIN)
+            .args(["admin", "hash-password"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    let (ok, short) = hash("short");
+    assert!(!ok && short.is_empty());
+    let (ok, phc) = hash("a long operator password");
+    assert!(ok && phc.starts_with("$argon2id$"), "{phc}");
+
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "").replace(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        &format!("admin:\n  listen: 127.0.0.1:0\n  users:\n    - username: ops\n      password_hash: '{phc}'\n"),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let login = |password: &'static str| {
+        client()
+            .post(format!("http://{}/admin/api/login", gw.admin_addr.unwrap()))
+            .json(&serde_json::json!({"username": "ops", "password": password}))
+            .send()
+    };
+    assert_eq!(
+        login("a long operator password").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        login("a wrong operator password").await.unwrap().status(),
+        401
+    );
+}
