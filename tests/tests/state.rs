@@ -488,7 +488,12 @@ async fn a_cluster_binds_each_key_exactly_once_under_racing_first_requests() {
         MockUpstream::start().await,
     );
     let db = pg.create_database("cluster").await;
-    let extra = format!("storage:\n  database: {db}\n  cache: {}\n", redis.url());
+    // The race is the subject, not store latency: on a loaded CI machine a first use can take
+    // longer than the default op_timeout, which the failsafe would answer with 503.
+    let extra = format!(
+        "storage:\n  database: {db}\n  cache: {}\n  op_timeout: 10s\n",
+        redis.url()
+    );
     let yaml = gateway_yaml(&mock.url(), KEYS, &extra);
     let (a, b) = (
         TestGateway::start(&yaml).await,
