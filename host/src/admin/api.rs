@@ -789,7 +789,7 @@ async fn audit_csv(
                 ..base.clone()
             },
         );
-        async move { stores.database().audit(&q).await.map(|(rows, _)| rows) }
+        async move { stores.database().audit_page(&q).await }
     })
 }
 

@@ -66,6 +66,24 @@ pub struct AuditQuery {
     pub before_id: Option<i64>,
 }
 
+const AUDIT_FILTER: &str = "WHERE ($1 = '' OR actor = $1) AND ($2 = '' OR ip = $2) \
+                            AND ($3 = '' OR action = $3) AND ($4 = '' OR target = $4) \
+                            AND at_ms >= $5 AND at_ms <= $6";
+
+impl AuditQuery {
+    /// The bind values of [`AUDIT_FILTER`] ($1 to $6).
+    fn args(&self) -> (String, String, String, String, i64, i64) {
+        (
+            self.actor.clone().unwrap_or_default(),
+            self.ip.clone().unwrap_or_default(),
+            self.action.clone().unwrap_or_default(),
+            self.target.clone().unwrap_or_default(),
+            self.from_ms.unwrap_or(0).min(i64::MAX as u64) as i64,
+            self.to_ms.unwrap_or(u64::MAX).min(i64::MAX as u64) as i64,
+        )
+    }
+}
+
 impl SqlStore {
     /// Writes one record (and logs it on the `audit` target); its id.
     pub async fn record_audit(&self, mut r: AuditRecord) -> StoreResult<AuditRecord> {
@@ -102,18 +120,8 @@ impl SqlStore {
 
     /// Records matching `q`, newest first, and how many match in all.
     pub async fn audit(&self, q: &AuditQuery) -> StoreResult<(Vec<AuditRecord>, u64)> {
-        let filter = "WHERE ($1 = '' OR actor = $1) AND ($2 = '' OR ip = $2) \
-                      AND ($3 = '' OR action = $3) AND ($4 = '' OR target = $4) \
-                      AND at_ms >= $5 AND at_ms <= $6";
-        let args = (
-            q.actor.clone().unwrap_or_default(),
-            q.ip.clone().unwrap_or_default(),
-            q.action.clone().unwrap_or_default(),
-            q.target.clone().unwrap_or_default(),
-            q.from_ms.unwrap_or(0).min(i64::MAX as u64) as i64,
-            q.to_ms.unwrap_or(u64::MAX).min(i64::MAX as u64) as i64,
-        );
-        let count_sql = format!("SELECT COUNT(*) AS n FROM audit_log {filter}");
+        let args = q.args();
+        let count_sql = format!("SELECT COUNT(*) AS n FROM audit_log {AUDIT_FILTER}");
         let total = self
             .timed(
                 sqlx::query(&count_sql)
@@ -128,9 +136,15 @@ impl SqlStore {
             .await?
             .try_get::<i64, _>("n")
             .map_err(db_err)? as u64;
+        Ok((self.audit_page(q).await?, total))
+    }
+
+    /// Records matching `q`, newest first, without counting them all (for exports).
+    pub async fn audit_page(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        let args = q.args();
         let sql = format!(
             "SELECT id, at_ms, actor, ip, action, target, outcome, before, after FROM audit_log \
-             {filter} AND id < $9 ORDER BY id DESC LIMIT $7 OFFSET $8"
+             {AUDIT_FILTER} AND id < $9 ORDER BY id DESC LIMIT $7 OFFSET $8"
         );
         let rows = self
             .timed(
@@ -147,8 +161,7 @@ impl SqlStore {
                     .fetch_all(&self.pool),
             )
             .await?;
-        let records = rows
-            .iter()
+        rows.iter()
             .map(|r| {
                 let s = |c: &str| r.try_get::<String, _>(c).map_err(db_err);
                 Ok(AuditRecord {
@@ -163,7 +176,6 @@ impl SqlStore {
                     after: s("after")?,
                 })
             })
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok((records, total))
+            .collect()
     }
 }
