@@ -19,7 +19,7 @@ pub mod intercepts;
 pub mod settings;
 
 /// Longest page any list endpoint serves at once.
-pub const MAX_PAGE: u32 = 1000;
+pub use crate::service::bindings::MAX_PAGE;
 
 use std::sync::Arc;
 

@@ -16,7 +16,8 @@ const MAX_HELD: usize = 1 << 20;
 
 /// Whether `path` takes `stream_options` (OpenAI chat and text completions).
 pub fn takes_stream_options(path: &str) -> bool {
-    path.ends_with("/chat/completions") || path.ends_with("/completions")
+    // `…/chat/completions` ends the same way.
+    path.ends_with("/completions")
 }
 
 /// The body with `stream_options.include_usage: true`, or `None` if the request asks for it
@@ -103,7 +104,7 @@ impl StripUsageChunk {
         let mut start = 0;
         while start < complete.len() {
             let rest = &complete[start..];
-            let len = last_event_end_first(rest).unwrap_or(rest.len());
+            let len = first_event_end(rest).unwrap_or(rest.len());
             let event = &rest[..len];
             if !is_usage_chunk(event) {
                 out.extend_from_slice(event);
@@ -125,7 +126,7 @@ impl StripUsageChunk {
 }
 
 /// The end of the first complete event in `buf` (just past its blank line), if any.
-fn last_event_end_first(buf: &[u8]) -> Option<usize> {
+fn first_event_end(buf: &[u8]) -> Option<usize> {
     let lf = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
     let crlf = memchr::memmem::find(buf, b"\n\r\n").map(|i| i + 3);
     match (lf, crlf) {

@@ -134,17 +134,27 @@ impl Live {
     }
 }
 
-/// One stored setting: its name and its value as JSON.
+/// `base` with the stored settings (name, value as JSON) over it; an unknown name or a value of
+/// the wrong type leaves that setting as it was.
 fn merge(base: &Settings, rows: &[(String, String)]) -> Settings {
-    let mut v = serde_json::to_value(base).unwrap_or_default();
+    let mut merged = base.clone();
     for (name, value) in rows {
-        if let (Some(obj), Ok(parsed)) = (v.as_object_mut(), serde_json::from_str(value))
+        let (Ok(mut v), Ok(parsed)) = (
+            serde_json::to_value(&merged),
+            serde_json::from_str::<serde_json::Value>(value),
+        ) else {
+            continue;
+        };
+        if let Some(obj) = v.as_object_mut()
             && obj.contains_key(name)
         {
             obj.insert(name.clone(), parsed);
+            if let Ok(next) = serde_json::from_value(v) {
+                merged = next;
+            }
         }
     }
-    serde_json::from_value(v).unwrap_or_else(|_| base.clone())
+    merged
 }
 
 impl Stores {
@@ -273,5 +283,38 @@ impl Stores {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_settings_override_one_by_one_and_bad_rows_are_skipped() {
+        let base = Settings {
+            failsafe: "closed".into(),
+            alert_threshold: 5,
+            alert_window_secs: 60,
+            archive_days: 0,
+            log_level: "info".into(),
+        };
+        let rows = [
+            ("failsafe", "\"open\""),
+            ("alert_threshold", "\"many\""), // wrong type: skipped
+            ("archive_days", "30"),
+            ("colour", "\"blue\""), // unknown: skipped
+            ("log_level", "not json"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()));
+        let merged = merge(&base, &rows);
+        assert_eq!(
+            merged,
+            Settings {
+                failsafe: "open".into(),
+                archive_days: 30,
+                ..base
+            }
+        );
     }
 }
