@@ -25,8 +25,10 @@ mod clock;
 mod cooldowns;
 mod dashboard;
 mod intercepts;
+mod ip_rules;
 mod memory;
 mod plugin_kv;
+mod rate;
 mod redis;
 mod settings;
 mod sql;
@@ -48,8 +50,10 @@ pub use self::clock::unix_ms;
 pub use self::cooldowns::SharedCooldown;
 pub use self::dashboard::{BindingCounts, HourTotals};
 pub use self::intercepts::InterceptQuery;
+pub use self::ip_rules::{IP_RULES_POLL, IpAction, IpRule, IpTable};
 pub use self::memory::MemoryKv;
 pub use self::plugin_kv::PluginKv;
+pub use self::rate::{Decision, Gcra, LocalBuckets, Op};
 pub use self::redis::RedisKv;
 pub use self::settings::{SETTINGS_POLL, Settings};
 pub use self::sql::{BindingQuery, SqlStore, TokenUsage, UsageBy};
@@ -202,6 +206,11 @@ pub struct Stores {
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The live settings (failsafe, alerts, archive age, log level).
     pub(crate) live: settings::Live,
+    /// The gateway-wide IP allow/deny table.
+    pub(crate) ip_lists: ip_rules::IpLists,
+    /// Per-gateway state of the request path that outlives a config (rate limit buckets,
+    /// in-flight counts), by id.
+    kept: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
     pub stats: StoreStats,
 }
 
@@ -232,6 +241,11 @@ pub trait Kv: Send + Sync + 'static {
     fn subscribe(&self, _channel: &str) -> Option<mpsc::Receiver<String>> {
         None
     }
+    /// Applies `op` to the shared GCRA bucket at `key` (see [`rate`]); `None` when the cache is
+    /// not shared (the caller keeps the bucket in process).
+    async fn gcra(&self, _key: &str, _gcra: &Gcra, _op: Op) -> StoreResult<Option<Decision>> {
+        Ok(None)
+    }
 }
 
 /// The channel on which gateways tell each other that a binding changed (message: the key id).
@@ -259,6 +273,7 @@ impl Stores {
         };
         let stores = Self::start(db, cache, config.clone(), alerts.clone(), webhook);
         stores.refresh_settings().await?;
+        stores.refresh_ip_rules(true).await?;
         Ok(stores)
     }
 
@@ -298,6 +313,8 @@ impl Stores {
             local: MemoryKv::default(),
             near: changes.is_some().then(MemoryKv::default),
             live: settings::Live::new(&config, &alerts),
+            ip_lists: ip_rules::IpLists::new(),
+            kept: Default::default(),
             config,
             queue,
             tokens: std::sync::Mutex::new(Vec::new()),
@@ -310,6 +327,7 @@ impl Stores {
         // Always running: `archive_days` is a live setting (0 skips the job).
         tokio::spawn(retention(Arc::downgrade(&stores)));
         stores.follow_settings();
+        stores.follow_ip_rules();
         if let Some(mut changes) = changes {
             let weak = Arc::downgrade(&stores);
             tokio::spawn(async move {
@@ -508,6 +526,38 @@ impl Stores {
             self.cache_failed(op, &e);
             local(&self.local)
         })
+    }
+
+    /// Whether rate limit buckets are shared with other gateways (the cache is Redis).
+    pub fn shares_buckets(&self) -> bool {
+        self.near.is_some()
+    }
+
+    /// The state `id` of this gateway, made by `make` on first use: the same object for as long
+    /// as some config uses it, so a reload does not reset a limit. Ids name the type's owner and
+    /// parameters; objects no config holds any more are dropped.
+    pub fn kept<T: Send + Sync + 'static>(&self, id: &str, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut all = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, b| Arc::strong_count(b) > 1);
+        if let Some(found) = all.get(id).and_then(|a| a.clone().downcast::<T>().ok()) {
+            return found;
+        }
+        let made = Arc::new(make());
+        all.insert(id.to_owned(), made.clone());
+        made
+    }
+
+    /// Applies `op` to the bucket `key`: in the shared cache when there is one (one limit for the
+    /// cluster), else — or when the shared cache fails — in `local`.
+    pub async fn rate(&self, key: &str, gcra: &Gcra, op: Op, local: &LocalBuckets) -> Decision {
+        if self.near.is_some() {
+            match self.cache.gcra(key, gcra, op).await {
+                Ok(Some(d)) => return d,
+                Ok(None) => {}
+                Err(e) => self.cache_failed("rate limit", &e),
+            }
+        }
+        local.apply(key.as_bytes(), gcra, op)
     }
 
     /// Stops taking writes and flushes what is queued. Call once, on shutdown.

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::{Kv, StoreError, StoreResult};
 use crate::clock::unix_ms;
+use crate::rate::{Decision, GCRA_SCRIPT, Gcra, Op};
 
 /// How long a failed Redis is left alone before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -53,6 +54,7 @@ pub struct RedisKv {
     timeout: Duration,
     incr: redis::Script,
     cas: redis::Script,
+    gcra: redis::Script,
 }
 
 impl RedisKv {
@@ -69,6 +71,7 @@ impl RedisKv {
             timeout,
             incr: redis::Script::new(INCR),
             cas: redis::Script::new(CAS),
+            gcra: redis::Script::new(GCRA_SCRIPT),
         };
         if let Err(e) = kv.connection().await {
             tracing::warn!(target: "state", error = %e, "redis is down at start; using the database until it is back");
@@ -250,6 +253,31 @@ impl Kv for RedisKv {
         })
         .await
         .map(drop)
+    }
+
+    async fn gcra(&self, key: &str, gcra: &Gcra, op: Op) -> StoreResult<Option<Decision>> {
+        let k = Self::key(key);
+        let (name, n) = match op {
+            Op::Take(n) => ("take", n as i64),
+            Op::Adjust(d) => ("adjust", d),
+        };
+        let (allowed, wait, ahead): (i64, i64, i64) = self
+            .run(async |mut c| {
+                self.gcra
+                    .key(&k)
+                    .arg(gcra.t_us)
+                    .arg(gcra.tau_us)
+                    .arg(name)
+                    .arg(n)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(Some(Decision {
+            allowed: allowed == 1,
+            wait_us: wait.max(0) as u64,
+            ahead_us: ahead.max(0) as u64,
+        }))
     }
 
     fn subscribe(&self, channel: &str) -> Option<mpsc::Receiver<String>> {

@@ -32,6 +32,9 @@ pub struct Settings {
     pub archive_days: u32,
     /// A tracing filter, e.g. `info` or `tollgate=debug,access=off`.
     pub log_level: String,
+    /// Maintenance mode for every route, on top of the config file's `maintenance.enabled`.
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 /// The settings as atomics, read on the request path without a lock.
@@ -40,6 +43,7 @@ pub(crate) struct Live {
     alert_threshold: AtomicU32,
     alert_window_ms: AtomicU64,
     archive_days: AtomicU32,
+    maintenance: std::sync::atomic::AtomicBool,
     log_level: Mutex<String>,
     /// The config file's values: what a setting without a row is.
     defaults: Mutex<Settings>,
@@ -64,12 +68,14 @@ impl Live {
             alert_window_secs: alerts.window.get().as_secs(),
             archive_days: storage.archive_days,
             log_level: "info".into(),
+            maintenance: false,
         };
         let live = Self {
             failsafe_open: AtomicU8::new(0),
             alert_threshold: AtomicU32::new(0),
             alert_window_ms: AtomicU64::new(0),
             archive_days: AtomicU32::new(0),
+            maintenance: std::sync::atomic::AtomicBool::new(false),
             log_level: Mutex::new(String::new()),
             changed: tokio::sync::watch::channel(defaults.clone()).0,
             defaults: Mutex::new(defaults.clone()),
@@ -89,6 +95,7 @@ impl Live {
             Ordering::Relaxed,
         );
         self.archive_days.store(s.archive_days, Ordering::Relaxed);
+        self.maintenance.store(s.maintenance, Ordering::Relaxed);
         *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) = s.log_level.clone();
         self.changed.send_if_modified(|current| {
             let differs = current != s;
@@ -125,6 +132,7 @@ impl Live {
             alert_threshold: self.alert_threshold(),
             alert_window_secs: self.alert_window_ms() / 1000,
             archive_days: self.archive_days(),
+            maintenance: self.maintenance.load(Ordering::Relaxed),
             log_level: self
                 .log_level
                 .lock()
@@ -167,6 +175,11 @@ impl Stores {
             .unwrap_or_else(|p| p.into_inner())
             .log_level = level.to_owned();
         self.refresh_settings().await
+    }
+
+    /// Whether maintenance mode was turned on through the live settings.
+    pub fn maintenance(&self) -> bool {
+        self.live.maintenance.load(Ordering::Relaxed)
     }
 
     /// The live settings in effect on this gateway.
@@ -298,6 +311,7 @@ mod tests {
             alert_window_secs: 60,
             archive_days: 0,
             log_level: "info".into(),
+            maintenance: false,
         };
         let rows = [
             ("failsafe", "\"open\""),
