@@ -6,6 +6,7 @@
 //! collects *every* error with its YAML path, so `tollgate check` lists them all at once.
 //! This module depends on nothing else in the crate.
 
+pub mod edge;
 pub mod env;
 pub mod types;
 mod validate;
@@ -40,6 +41,10 @@ pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
 }
 
+pub use edge::{
+    AccessConfig, CorsConfig, Enforce, InFlightLimit, LimitBy, LimitScope, LimitsConfig,
+    MaintenanceConfig, Rate, RequestLimit, ResponseHeadersConfig, TokenEstimate, TokenLimit,
+};
 pub use types::{
     ByteSize, CacheUrl, Cidr, DatabaseUrl, Duration, ListenAddr, Secret, UpstreamUrl, canonical_ip,
 };
@@ -67,6 +72,16 @@ pub struct Config {
     /// The admin plane's own listener (operators, not LLM clients).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Request, token and concurrency limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// IP allow and deny lists for every route (checked before authentication); entries added
+    /// through the admin API or `tollgate ip` join them.
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// Maintenance mode for every route.
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
     /// Directory of the config file; relative plugin paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -289,6 +304,13 @@ pub struct ServerConfig {
     /// Response header that carries the request id on every answer (the upstream's own value
     /// under that name moves to `x-upstream-request-id`).
     pub request_id_header: String,
+    /// New connections one client address may open, e.g. `20/s` (burst: the same count); more
+    /// are closed as soon as they are accepted. Trusted proxies are exempt. Unset: no limit.
+    pub new_connections_per_ip: Option<Rate>,
+    /// Security headers on every answer.
+    pub response_headers: ResponseHeadersConfig,
+    /// Cross-origin access for browser clients; unset: none.
+    pub cors: Option<CorsConfig>,
     pub timeouts: Timeouts,
 }
 
@@ -309,6 +331,9 @@ impl Default for ServerConfig {
             http2_max_streams: 100,
             http2_max_cancels: 100,
             request_id_header: "x-request-id".to_owned(),
+            new_connections_per_ip: None,
+            response_headers: ResponseHeadersConfig::default(),
+            cors: None,
             timeouts: Timeouts::default(),
         }
     }
@@ -512,6 +537,13 @@ pub struct RouteConfig {
     /// Methods the route accepts; others get 405 with an `Allow` header.
     #[serde(default = "default_methods")]
     pub methods: Vec<HttpMethod>,
+    /// IP allow and deny lists of this route, checked after the global ones (`access`).
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// Maintenance mode for this route alone (see `maintenance`, whose `retry_after` and
+    /// `message` it uses).
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 fn two() -> u32 {

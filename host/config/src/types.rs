@@ -70,7 +70,7 @@ impl schemars::JsonSchema for ByteSize {
 }
 
 /// Deserializes through `FromStr` after `${VAR}` expansion; the parse error becomes the message.
-fn parse_expanded<'de, D, T>(d: D, what: &str, example: &str) -> Result<T, D::Error>
+pub(crate) fn parse_expanded<'de, D, T>(d: D, what: &str, example: &str) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr,

@@ -31,6 +31,7 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     validate_routes(c, &mut e);
     validate_storage(c, &mut e);
     validate_admin(c, &mut e);
+    validate_edge(c, &mut e);
     if let Some(f) = &c.logging.file {
         if f.max_files == 0 || f.max_files > 1000 {
             e.add("logging.file.max_files", "must be 1 to 1000");
@@ -391,5 +392,166 @@ fn check_name<'a>(
             path,
             format!("duplicate {what} name {name:?} (first at {first})"),
         );
+    }
+}
+
+/// Largest `burst` of a request limit (nginx accepts any; a bigger one is no limit).
+const MAX_BURST: u32 = 1_000_000;
+
+fn validate_edge(c: &Config, e: &mut Errors) {
+    use super::LimitBy;
+    let l = &c.limits;
+    if l.max_tracked_keys == 0 {
+        e.add("limits.max_tracked_keys", "must be at least 1");
+    }
+    if l.estimate.bytes_per_token == 0 {
+        e.add("limits.estimate.bytes_per_token", "must be at least 1");
+    }
+    let check_scope = |path: &str, scope: &super::LimitScope, by: LimitBy, e: &mut Errors| {
+        for (j, r) in scope.routes.iter().enumerate() {
+            if !c.routes.iter().any(|route| &route.path_prefix == r) {
+                e.add(
+                    format!("{path}.routes[{j}]"),
+                    format!("no route has path_prefix {r:?}"),
+                );
+            }
+        }
+        for (j, k) in scope.keys.iter().enumerate() {
+            if by == LimitBy::Ip {
+                e.add(
+                    format!("{path}.keys"),
+                    "a limit by ip is checked before the key is known; drop `keys`",
+                );
+                break;
+            }
+            if !c.auth.keys.iter().any(|key| &key.name == k) {
+                e.add(
+                    format!("{path}.keys[{j}]"),
+                    format!("no key is named {k:?}"),
+                );
+            }
+        }
+    };
+    let mut names = HashMap::new();
+    let mut unique = |path: &str, name: &str, e: &mut Errors| {
+        if name.is_empty() {
+            e.add(format!("{path}.name"), "must not be empty");
+        } else if let Some(first) = names.insert(name.to_owned(), path.to_owned()) {
+            e.add(
+                format!("{path}.name"),
+                format!("duplicate limit name {name:?} (first at {first})"),
+            );
+        }
+    };
+    for (i, r) in l.requests.iter().enumerate() {
+        let path = format!("limits.requests[{i}]");
+        unique(&path, &r.name, e);
+        if r.burst > MAX_BURST {
+            e.add(
+                format!("{path}.burst"),
+                format!("must be at most {MAX_BURST}"),
+            );
+        }
+        if r.rate.count as u128 > r.rate.period.as_micros() {
+            e.add(format!("{path}.rate"), "must be at most 1000000/s");
+        }
+        check_scope(&path, &r.scope, r.by, e);
+    }
+    let key_only = |path: &str, by: LimitBy, e: &mut Errors| {
+        if !matches!(by, LimitBy::Key | LimitBy::KeyModel) {
+            e.add(format!("{path}.by"), "must be `key` or `key-model`");
+        }
+    };
+    for (i, t) in l.tokens.iter().enumerate() {
+        let path = format!("limits.tokens[{i}]");
+        unique(&path, &t.name, e);
+        key_only(&path, t.by, e);
+        check_scope(&path, &t.scope, t.by, e);
+    }
+    for (i, f) in l.in_flight.iter().enumerate() {
+        let path = format!("limits.in_flight[{i}]");
+        unique(&path, &f.name, e);
+        key_only(&path, f.by, e);
+        if f.max == 0 {
+            e.add(format!("{path}.max"), "must be at least 1");
+        }
+        check_scope(&path, &f.scope, f.by, e);
+    }
+    let h = &c.server.response_headers;
+    for (name, value) in &h.set {
+        let path = format!("server.response_headers.set.{name}");
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            e.add(&path, "is not a valid header name");
+        } else if [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "te",
+            "trailer",
+            "upgrade",
+            "content-length",
+            "proxy-connection",
+        ]
+        .contains(&name.to_ascii_lowercase().as_str())
+        {
+            e.add(&path, "is a connection header the gateway manages itself");
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            e.add(&path, "is not a valid header value");
+        }
+    }
+    if http::HeaderValue::from_str(&h.hsts).is_err() {
+        e.add(
+            "server.response_headers.hsts",
+            "is not a valid header value",
+        );
+    }
+    if let Some(cors) = &c.server.cors {
+        if cors.allow_origins.is_empty() {
+            e.add(
+                "server.cors.allow_origins",
+                "at least one origin (or \"*\") is required",
+            );
+        }
+        for (j, o) in cors.allow_origins.iter().enumerate() {
+            let valid = o == "*"
+                || (o.parse::<http::Uri>().is_ok_and(|u| {
+                    u.scheme().is_some() && u.authority().is_some() && u.path() == "/"
+                }) && !o.ends_with('/'));
+            if !valid {
+                e.add(
+                    format!("server.cors.allow_origins[{j}]"),
+                    format!("{o:?} is not an origin (scheme://host[:port], no path) or \"*\""),
+                );
+            }
+        }
+        if cors.allow_credentials && cors.allow_origins.iter().any(|o| o == "*") {
+            e.add(
+                "server.cors.allow_credentials",
+                "browsers refuse credentials with the origin \"*\"; list the origins",
+            );
+        }
+        for (list, items) in [
+            ("allow_methods", &cors.allow_methods),
+            ("allow_headers", &cors.allow_headers),
+            ("expose_headers", &cors.expose_headers),
+        ] {
+            for (j, item) in items.iter().enumerate() {
+                if http::HeaderName::from_bytes(item.as_bytes()).is_err() && item != "*" {
+                    e.add(
+                        format!("server.cors.{list}[{j}]"),
+                        format!("{item:?} is not a token"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(r) = &c.server.new_connections_per_ip
+        && r.count as u128 > r.period.as_micros()
+    {
+        e.add("server.new_connections_per_ip", "must be at most 1000000/s");
+    }
+    if c.maintenance.retry_after.get().is_zero() {
+        e.add("maintenance.retry_after", "must be greater than 0");
     }
 }
