@@ -72,6 +72,29 @@ pub enum ErrorKind {
     /// Every upstream that serves the model is cooling down after a quota error.
     #[error("every upstream for this model is over quota; retry after {retry_after_secs} s")]
     AllCooling { retry_after_secs: u64 },
+    /// The client's IP is on a deny list (or not on an allow list).
+    #[error("requests from this address are not allowed")]
+    IpDenied,
+    /// A request or token rate limit (`limits.requests`, `limits.tokens`) refused the request; it
+    /// was not counted.
+    #[error("{message}")]
+    RateLimited {
+        tokens: bool,
+        retry_after_ms: u64,
+        message: String,
+    },
+    /// The key (or key × model) has `limits.in_flight` requests running already.
+    #[error("too many requests in flight for this key (limit {limit}); retry when one finishes")]
+    TooManyInFlight { limit: u32 },
+    /// Maintenance mode (global, per route, or the live setting).
+    #[error("{message}")]
+    Maintenance {
+        retry_after_secs: u64,
+        message: std::sync::Arc<str>,
+    },
+    /// A CORS preflight, answered by the gateway (204 with the CORS headers, no body).
+    #[error("CORS preflight")]
+    CorsPreflight,
     #[error("internal error")]
     Internal,
 }
@@ -90,6 +113,11 @@ impl ErrorKind {
             | InvalidJson
             | ClientBody
             | ModelNotFound(_)
+            | IpDenied
+            | RateLimited { .. }
+            | TooManyInFlight { .. }
+            | Maintenance { .. }
+            | CorsPreflight
             | PolicyDenied { .. } => Source::Client,
             UpstreamConnect
             | UpstreamTimeout
@@ -115,7 +143,12 @@ impl ErrorKind {
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             PolicyDenied { status, .. } => *status,
             PolicyFailed | NoUpstream(_) | StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            AllCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AllCooling { .. } | RateLimited { .. } | TooManyInFlight { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            IpDenied => StatusCode::FORBIDDEN,
+            Maintenance { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            CorsPreflight => StatusCode::NO_CONTENT,
         }
     }
 
@@ -147,6 +180,12 @@ impl ErrorKind {
             StateUnavailable => ("server_error", "state_unavailable"),
             NoUpstream(_) => ("server_error", "no_upstream"),
             AllCooling { .. } => ("rate_limit_error", "upstream_quota_exhausted"),
+            IpDenied => ("permission_error", "ip_denied"),
+            RateLimited { tokens: false, .. } => ("requests", "rate_limit_exceeded"),
+            RateLimited { tokens: true, .. } => ("tokens", "rate_limit_exceeded"),
+            TooManyInFlight { .. } => ("requests", "concurrency_limit_exceeded"),
+            Maintenance { .. } => ("server_error", "service_unavailable"),
+            CorsPreflight => ("invalid_request_error", "cors_preflight"),
         }
     }
 }
@@ -269,11 +308,24 @@ impl IntoResponse for GatewayError {
         if let ErrorKind::PolicyDenied { code: own, .. } = &this {
             code = own;
         }
+        if matches!(this, ErrorKind::CorsPreflight) {
+            return (StatusCode::NO_CONTENT, ()).into_response();
+        }
         let mut resp = error_response(this.status(), &this.to_string(), kind, code);
-        if let ErrorKind::AllCooling { retry_after_secs } = &this
-            && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
-        {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        let retry_after = match &this {
+            ErrorKind::AllCooling { retry_after_secs }
+            | ErrorKind::Maintenance {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ErrorKind::RateLimited { retry_after_ms, .. } => {
+                Some(retry_after_ms.div_ceil(1000).max(1))
+            }
+            ErrorKind::TooManyInFlight { .. } => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let ErrorKind::MethodNotAllowed { allow } = &this
             && let Ok(v) = HeaderValue::from_str(allow)

@@ -66,6 +66,14 @@ impl TestGateway {
         gw
     }
 
+    /// Starts from a config string whose relative paths (plugins) resolve against `base`.
+    pub async fn start_in(yaml: &str, base: &Path) -> Self {
+        let mut config =
+            Config::parse(yaml, "test.yaml", Box::new(|_| None)).unwrap_or_else(|e| panic!("{e}"));
+        config.base_dir = base.to_path_buf();
+        Self::start_config(config, None).await
+    }
+
     /// Starts from a config file and reloads it (and its plugins) when they change, as `run` does.
     pub async fn start_file(path: &Path) -> Self {
         let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
@@ -125,6 +133,15 @@ impl Drop for TestGateway {
 /// A reqwest client that sends the test key.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().build().expect("client builds")
+}
+
+/// A client whose connections come from `local` (any 127.x.y.z works on loopback), so one test
+/// can be several client addresses.
+pub fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(Some(local.parse().unwrap()))
+        .build()
+        .unwrap()
 }
 
 pub fn chat_body(stream: bool) -> serde_json::Value {
@@ -197,6 +214,21 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cond()
+}
+
+/// Like [`eventually`], for a condition that has to await (e.g. a request).
+pub async fn eventually_async<F: Future<Output = bool>>(
+    within: Duration,
+    mut cond: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond().await
 }
 
 /// A plugin entry for [`policy_config_yaml`].

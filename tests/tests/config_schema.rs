@@ -141,6 +141,20 @@ fn bad_values_of_the_edge_and_plugin_limits_are_refused_with_their_path() {
             "listen: ${TOLLGATE_LISTEN:-127.0.0.1:8317}",
             "admin.listen",
         ),
+        ("rate: 10/s ", "rate: 10/week ", "limits.requests[0].rate"),
+        ("rate: 10/s ", "rate: 0/s ", "limits.requests[0].rate"),
+        ("burst: 20 ", "burst: 2000000 ", "limits.requests[0].burst"),
+        (
+            "routes: [/v1/] ",
+            "routes: [/v2/] ",
+            "limits.requests[0].routes[0]",
+        ),
+        ("by: ip\n", "by: ipv4\n", "limits.requests[0].by"),
+        (
+            "x-frame-options: DENY",
+            "x-frame-options: \"bad\\nvalue\"",
+            "server.response_headers.set.x-frame-options",
+        ),
     ] {
         assert!(base.contains(from), "the example no longer has {from:?}");
         let config = base.replacen(from, to, 1);

@@ -460,13 +460,6 @@ fn key_id(i: usize) -> String {
     KeyRing::new(&config.auth).id_of(&key(i)).to_hex()
 }
 
-fn client_from(local: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(Some(local.parse().unwrap()))
-        .build()
-        .unwrap()
-}
-
 async fn send(client: &reqwest::Client, gw: &TestGateway, k: &str) -> (u16, Value) {
     let resp = client
         .post(gw.url("/v1/chat/completions"))

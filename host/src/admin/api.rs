@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -94,6 +94,11 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/audit", get(audit))
         .route("/audit.csv", get(audit_csv))
         .route("/reload", put(reload).post(reload))
+        .route(
+            "/ip-rules",
+            get(super::ip_rules::list).post(super::ip_rules::add),
+        )
+        .route("/ip-rules/{cidr}", delete(super::ip_rules::remove))
 }
 
 #[derive(OpenApi)]
@@ -122,7 +127,10 @@ pub fn routes() -> axum::Router<AdminState> {
         super::settings::put,
         audit,
         audit_csv,
-        reload
+        reload,
+        super::ip_rules::list,
+        super::ip_rules::add,
+        super::ip_rules::remove
     ),
     modifiers(&BearerAuth)
 )]

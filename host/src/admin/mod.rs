@@ -16,6 +16,7 @@ pub mod dashboard;
 pub mod error;
 pub mod export;
 pub mod intercepts;
+pub mod ip_rules;
 pub mod settings;
 
 /// Longest page any list endpoint serves at once.

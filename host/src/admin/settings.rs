@@ -27,6 +27,9 @@ pub struct SettingsView {
     pub archive_days: u32,
     /// A tracing filter, e.g. `info` or `tollgate=debug,access=off`.
     pub log_level: String,
+    /// Maintenance mode for every route of every gateway: proxied requests get 503 with
+    /// `Retry-After` (the config file's `maintenance.enabled` turns it on too).
+    pub maintenance: bool,
 }
 
 impl From<Settings> for SettingsView {
@@ -37,6 +40,7 @@ impl From<Settings> for SettingsView {
             alert_window_secs: s.alert_window_secs,
             archive_days: s.archive_days,
             log_level: s.log_level,
+            maintenance: s.maintenance,
         }
     }
 }
@@ -58,6 +62,7 @@ pub struct SettingsChange {
     pub alert_window_secs: Option<u64>,
     pub archive_days: Option<u32>,
     pub log_level: Option<String>,
+    pub maintenance: Option<bool>,
 }
 
 /// The live settings in effect.
@@ -122,6 +127,9 @@ pub async fn put(
             ));
         }
         new.log_level = level;
+    }
+    if let Some(m) = change.maintenance {
+        new.maintenance = m;
     }
     let after = stores.save_settings(&new, &actor.name).await?;
     let record = AuditRecord::new(&actor.name, &actor.ip, "settings.update", "settings", "ok")

@@ -1,4 +1,5 @@
-//! Command line: `run`, `check`, `migrate`, `key-id`, `plugin`.
+//! Command line: `run`, `check`, `migrate`, `bindings`, `ip`, `usage`, `key-id`, `plugin`, `config`,
+//! `admin`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -49,6 +50,14 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: BindingsAction,
+    },
+    /// IP allow and deny entries stored in the database (on top of the config file's `access`
+    /// lists); running gateways apply a change within a second.
+    Ip {
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: IpCommand,
     },
     /// Token usage per key (by name), upstream or model over the last `--since` (from the
     /// database every gateway of the deployment writes to).
@@ -125,6 +134,26 @@ enum BindingsAction {
 }
 
 #[derive(Subcommand)]
+enum IpCommand {
+    /// Stored entries, newest first: network, action, created, by, note.
+    List,
+    /// Let this network in (with allow entries, only listed networks get in).
+    Allow {
+        cidr: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Refuse this network (403 ip_denied, before authentication).
+    Deny {
+        cidr: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Remove the entry for this network.
+    Remove { cidr: String },
+}
+
+#[derive(Subcommand)]
 enum PluginCommand {
     /// Describe a component: kind, exports, imports, and whether the gateway can load it.
     Inspect { file: PathBuf },
@@ -157,6 +186,7 @@ pub fn main() -> ExitCode {
         Command::Plugin(cmd) => plugin(cmd),
         Command::Migrate { config } => migrate(&config),
         Command::Bindings { config, action } => bindings(&config, action),
+        Command::Ip { config, action } => ip(&config, action),
         Command::Usage { config, by, since } => usage(&config, by, since.into()),
         Command::Admin(AdminCommand::HashPassword) => hash_password(),
     }
@@ -259,14 +289,80 @@ async fn change(
 
 fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
     use crate::service::bindings::Change;
-    use crate::state::{KEY_ID_PREFIX_LEN, Stores};
+    use crate::state::KEY_ID_PREFIX_LEN;
+    with_stores(path, async |stores| {
+        let failed = |e: crate::state::StoreError| format!("{e}\n");
+        match action {
+            BindingsAction::List { limit } => {
+                let rows = stores.database().bindings(limit).await;
+                let rows = rows.map_err(failed)?;
+                let lines: Vec<String> = rows
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            b.key_id,
+                            b.cidr,
+                            b.status.as_str(),
+                            ms_to_rfc3339(b.created_ms),
+                            ms_to_rfc3339(b.last_used_ms),
+                            b.last_ip.as_deref().unwrap_or("-"),
+                            b.request_count
+                        )
+                    })
+                    .collect();
+                Ok(lines.join("\n"))
+            }
+            BindingsAction::Ban { key_id } => change(stores, &key_id, Change::Ban, "banned").await,
+            BindingsAction::Unban { key_id } => {
+                change(stores, &key_id, Change::Unban, "active").await
+            }
+            BindingsAction::Delete { key_id } => {
+                change(stores, &key_id, Change::Unbind, "deleted").await
+            }
+            BindingsAction::Move { key_id, cidr } => match service::bindings::parse_net(&cidr) {
+                Ok(net) => change(stores, &key_id, Change::Move(net), "moved").await,
+                Err(e) => Err(format!("{e}\n")),
+            },
+            BindingsAction::Intercepts { key, limit } => {
+                let prefix: Option<String> =
+                    key.map(|k| k.chars().take(KEY_ID_PREFIX_LEN).collect());
+                let rows = stores.database().intercepts(prefix.as_deref(), limit).await;
+                let rows = rows.map_err(failed)?;
+                let lines: Vec<String> = rows
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            ms_to_rfc3339(i.at_ms),
+                            i.key_id_prefix,
+                            i.bound_cidr.as_deref().unwrap_or("-"),
+                            i.attempted_ip,
+                            i.method,
+                            i.path,
+                            i.reason
+                        )
+                    })
+                    .collect();
+                Ok(lines.join("\n"))
+            }
+        }
+    })
+}
+
+/// Runs `f` on the stores of the config at `path` (opened like a gateway's, shut down after),
+/// and reports its text or error.
+fn with_stores(
+    path: &std::path::Path,
+    f: impl AsyncFnOnce(&crate::state::Stores) -> Result<String, String>,
+) -> ExitCode {
     let result = Config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
             async_runtime()?.block_on(async {
                 let client =
                     crate::upstream::UpstreamClient::new(config.server.timeouts.connect.get());
-                let stores = Stores::open(
+                let stores = crate::state::Stores::open(
                     &config.storage,
                     &config.base_dir,
                     &config.alerts,
@@ -274,71 +370,57 @@ fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
                 )
                 .await
                 .map_err(|e| format!("{e}\n"))?;
-                let failed = |e: crate::state::StoreError| format!("{e}\n");
-                let out = match action {
-                    BindingsAction::List { limit } => {
-                        let rows = stores.database().bindings(limit).await;
-                        let rows = rows.map_err(failed)?;
-                        let lines: Vec<String> = rows
-                            .iter()
-                            .map(|b| {
-                                format!(
-                                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                                    b.key_id,
-                                    b.cidr,
-                                    b.status.as_str(),
-                                    ms_to_rfc3339(b.created_ms),
-                                    ms_to_rfc3339(b.last_used_ms),
-                                    b.last_ip.as_deref().unwrap_or("-"),
-                                    b.request_count
-                                )
-                            })
-                            .collect();
-                        Ok(lines.join("\n"))
-                    }
-                    BindingsAction::Ban { key_id } => {
-                        change(&stores, &key_id, Change::Ban, "banned").await
-                    }
-                    BindingsAction::Unban { key_id } => {
-                        change(&stores, &key_id, Change::Unban, "active").await
-                    }
-                    BindingsAction::Delete { key_id } => {
-                        change(&stores, &key_id, Change::Unbind, "deleted").await
-                    }
-                    BindingsAction::Move { key_id, cidr } => {
-                        match service::bindings::parse_net(&cidr) {
-                            Ok(net) => change(&stores, &key_id, Change::Move(net), "moved").await,
-                            Err(e) => Err(format!("{e}\n")),
-                        }
-                    }
-                    BindingsAction::Intercepts { key, limit } => {
-                        let prefix: Option<String> =
-                            key.map(|k| k.chars().take(KEY_ID_PREFIX_LEN).collect());
-                        let rows = stores.database().intercepts(prefix.as_deref(), limit).await;
-                        let rows = rows.map_err(failed)?;
-                        let lines: Vec<String> = rows
-                            .iter()
-                            .map(|i| {
-                                format!(
-                                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                                    ms_to_rfc3339(i.at_ms),
-                                    i.key_id_prefix,
-                                    i.bound_cidr.as_deref().unwrap_or("-"),
-                                    i.attempted_ip,
-                                    i.method,
-                                    i.path,
-                                    i.reason
-                                )
-                            })
-                            .collect();
-                        Ok(lines.join("\n"))
-                    }
-                };
+                let out = f(&stores).await;
                 stores.shutdown().await;
                 out
             })
         });
     report(result)
+}
+
+fn ip(path: &std::path::Path, action: IpCommand) -> ExitCode {
+    use crate::service::ip_rules;
+    use crate::state::IpAction;
+    let actor = service::Actor::cli();
+    with_stores(path, async |stores| {
+        let done = |e: service::ServiceError| format!("{e}\n");
+        match action {
+            IpCommand::List => {
+                let rows = ip_rules::list(stores).await.map_err(done)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            r.cidr,
+                            r.action,
+                            ms_to_rfc3339(r.created_ms),
+                            r.created_by,
+                            r.note
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            }
+            IpCommand::Allow { ref cidr, ref note } | IpCommand::Deny { ref cidr, ref note } => {
+                let what = if matches!(action, IpCommand::Allow { .. }) {
+                    IpAction::Allow
+                } else {
+                    IpAction::Deny
+                };
+                let rule = ip_rules::add(stores, &actor, cidr, what, note)
+                    .await
+                    .map_err(done)?;
+                Ok(format!("{}: {}", rule.cidr, rule.action))
+            }
+            IpCommand::Remove { cidr } => {
+                ip_rules::remove(stores, &actor, &cidr)
+                    .await
+                    .map_err(done)?;
+                Ok(format!("{cidr}: removed"))
+            }
+        }
+    })
 }
 
 fn migrate(path: &std::path::Path) -> ExitCode {

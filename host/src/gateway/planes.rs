@@ -34,7 +34,12 @@ pub struct DataPlane {
 impl Handler for DataPlane {
     async fn handle(&self, req: http::Request<Incoming>, conn: ConnInfo) -> Response {
         if crate::config::is_reserved_path(req.uri().path()) {
-            own_endpoint(&self.gateway, self.own.clone(), req).await
+            let mut resp = own_endpoint(&self.gateway, self.own.clone(), req).await;
+            self.gateway
+                .runtime()
+                .response_headers
+                .apply(resp.headers_mut(), conn.tls);
+            resp
         } else {
             let rt = self.gateway.runtime();
             pipeline::handle(&rt, &self.gateway.client, req, conn).await

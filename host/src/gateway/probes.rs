@@ -23,13 +23,18 @@ pub(super) async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
         .iter()
         .map(|u| json!({"name": &*u.name, "healthy": u.is_healthy()}))
         .collect();
-    let draining = gw.draining.load(Ordering::Relaxed);
-    let status = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
+    let state = if gw.draining.load(Ordering::Relaxed) {
+        "draining"
+    } else if rt.maintenance || gw.stores.maintenance() {
+        "maintenance"
     } else {
-        StatusCode::OK
+        "ready"
     };
-    let body =
-        json!({"status": if draining { "draining" } else { "ready" }, "upstreams": upstreams});
+    let status = if state == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"status": state, "upstreams": upstreams});
     (status, axum::Json(body)).into_response()
 }

@@ -9,6 +9,7 @@ use crate::pipeline::Chain;
 use crate::pipeline::Filter;
 use crate::pipeline::auth::KeyRing;
 use crate::pipeline::client_ip::ClientIpResolver;
+use crate::pipeline::filters::response_headers::ResponseHeaders;
 use crate::pipeline::filters::{self, policies};
 use crate::pipeline::route::{Limits, Route, Runtime};
 use crate::policy::{LoadError, Plugin, PluginSpec, PolicyEngine};
@@ -62,7 +63,9 @@ pub(crate) async fn build(
         return Err(errors);
     }
     let stores = engine.stores();
-    let Builtin { first, last } = builtin(config, stores, metrics);
+    stores.set_config_ip_rules(access_entries(&config.access));
+    let response_headers = Arc::new(ResponseHeaders::new(&config.server.response_headers));
+    let Builtin { first, last } = builtin(config, stores, metrics, &response_headers);
     let mut routes: Vec<Route> = Vec::new();
     for r in &config.routes {
         let chain = Chain::new(
@@ -92,6 +95,9 @@ pub(crate) async fn build(
                 .collect::<Vec<_>>()
                 .join(", "),
             methods,
+            access: (r.access != crate::config::AccessConfig::default())
+                .then(|| Arc::new(crate::state::IpTable::new(access_entries(&r.access)))),
+            maintenance: r.maintenance,
         });
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -111,7 +117,18 @@ pub(crate) async fn build(
             response_head: s.timeouts.response_head.get(),
             upstream_idle: s.timeouts.idle.get(),
         },
+        response_headers,
+        maintenance: config.maintenance.enabled,
     })
+}
+
+/// A config `access` section as table entries.
+fn access_entries(a: &crate::config::AccessConfig) -> Vec<(ipnet::IpNet, crate::state::IpAction)> {
+    use crate::state::IpAction;
+    let allow = a.allow.iter().map(|c| (c.0, IpAction::Allow));
+    allow
+        .chain(a.deny.iter().map(|c| (c.0, IpAction::Deny)))
+        .collect()
 }
 
 /// Loads one plugin, or reuses the previous runtime's if nothing about it changed.
@@ -190,9 +207,34 @@ pub(crate) struct Builtin {
     pub(crate) last: Vec<Arc<dyn Filter>>,
 }
 
-pub(crate) fn builtin(config: &Config, stores: &Arc<Stores>, metrics: &Arc<Metrics>) -> Builtin {
-    let first: Vec<Arc<dyn Filter>> = Vec::new();
-    let mut last: Vec<Arc<dyn Filter>> = vec![
+pub(crate) fn builtin(
+    config: &Config,
+    stores: &Arc<Stores>,
+    metrics: &Arc<Metrics>,
+    response_headers: &Arc<ResponseHeaders>,
+) -> Builtin {
+    // Edge protection, cheapest refusals first: the client's address, a CORS preflight (answered
+    // without a key), maintenance, then the limits (which count what passes).
+    let mut first: Vec<Arc<dyn Filter>> = vec![Arc::new(filters::access::IpAccess {
+        stores: stores.clone(),
+    })];
+    if let Some(cors) = &config.server.cors {
+        first.push(Arc::new(filters::cors::Cors::new(cors)));
+    }
+    first.push(Arc::new(filters::maintenance::Maintenance::new(
+        &config.maintenance,
+        stores.clone(),
+    )));
+    if let Some(limits) = filters::limits::Limits::new(&config.limits, stores) {
+        first.push(Arc::new(limits));
+    }
+    let mut last: Vec<Arc<dyn Filter>> = Vec::new();
+    if !response_headers.is_empty() {
+        last.push(Arc::new(filters::response_headers::SecurityHeaders(
+            response_headers.clone(),
+        )));
+    }
+    last.extend::<[Arc<dyn Filter>; 3]>([
         Arc::new(filters::request_id::RequestIdHeader::new(
             &config.server.request_id_header,
         )),
@@ -200,7 +242,7 @@ pub(crate) fn builtin(config: &Config, stores: &Arc<Stores>, metrics: &Arc<Metri
         Arc::new(crate::telemetry::usage::Usage::new(stores.clone())),
         // After usage (it reads the tokens).
         Arc::new(MetricsFilter::new(metrics.clone(), config)),
-    ];
+    ]);
     if config.logging.access_log {
         last.push(Arc::new(crate::telemetry::access_log::AccessLog));
     }

@@ -140,6 +140,7 @@ impl Server {
             per_ip: Arc::new(PerIpLimit::new(
                 config.max_connections_per_ip,
                 config.trusted_proxies.clone(),
+                config.new_connections_per_ip,
             )),
             limits: ConnLimits {
                 client_header: config.timeouts.client_header.get(),
@@ -188,10 +189,12 @@ impl Server {
                     }
                 },
             };
-            let Some(ip_permit) = self.per_ip.acquire(peer.ip()) else {
-                tracing::debug!(peer = %peer, "connection refused: max_connections_per_ip");
-                drop(tcp);
-                continue;
+            let ip_permit = match self.per_ip.acquire(peer.ip()) {
+                Ok(permit) => permit,
+                Err(why) => {
+                    per_ip::refuse(tcp, peer, why, self.tls.is_some());
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             let conn = Connection {

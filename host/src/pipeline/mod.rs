@@ -10,8 +10,8 @@
 //!    before anything else reads the request, and the head is checked and its path normalised
 //!    ([`screen`]; 400/431).
 //! 2. **route** — longest matching prefix of the normalised path; none → 404 `unknown_url`; a
-//!    method the route does not list → 405 `method_not_allowed` with `Allow`.
-//!    → hook `on_request`.
+//!    → hook `on_request` (edge protection: IP lists, CORS preflight, maintenance, limits by IP
+//!    and route); then a method the route does not list → 405 `method_not_allowed` with `Allow`.
 //! 3. **authenticate** — the client's key by HMAC id; missing or unknown → 401 `invalid_api_key`,
 //!    the same answer for both so keys cannot be probed.
 //! 4. **read body** — JSON bodies are read whole (bounded by `max_body`, 413 past it; `client_body`
@@ -222,15 +222,17 @@ async fn run(
     let route = rt.route_for(s.head.uri.path()).ok_or(ErrorKind::NoRoute)?;
     s.route = Some(route);
     s.ctx.record.route = Some(route.prefix.clone());
+    let chain = &*route.chain;
+    // Edge filters first (a denied address learns nothing more; a CORS preflight is answered
+    // whatever methods the route lists).
+    for f in &chain.request {
+        f.on_request(s).await?;
+    }
     if !route.methods.contains(&s.head.method) {
         return Err(ErrorKind::MethodNotAllowed {
             allow: route.allow.clone(),
         }
         .into());
-    }
-    let chain = &*route.chain;
-    for f in &chain.request {
-        f.on_request(s).await?;
     }
 
     // Step 3: authenticate.

@@ -164,6 +164,14 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
                         for f in &tail.chain.body_chunk {
                             f.on_body_chunk(&mut tail.ctx, &data);
                         }
+                        if let Some(last) = tail.ctx.cut.take() {
+                            // A filter ended the stream: its last frame replaces this one.
+                            tail.ctx.record.bytes_out += last.len() as u64;
+                            tail.finish(Outcome::Cut);
+                            *this.tail = None;
+                            *this.ended = true;
+                            return Poll::Ready(Some(Ok(Frame::data(last))));
+                        }
                         let data = match &mut tail.ctx.strip_usage {
                             Some(strip) => {
                                 let out = strip.push(&data);

@@ -28,6 +28,10 @@ pub struct Route {
     /// Some upstream of the route serves only listed models, so every request body must be
     /// read for its `model`.
     pub restricts_models: bool,
+    /// The route's own IP allow/deny lists, if it has any.
+    pub access: Option<Arc<crate::state::IpTable>>,
+    /// Maintenance mode for this route.
+    pub maintenance: bool,
 }
 
 /// Limits applied on the request path.
@@ -53,6 +57,11 @@ pub struct Runtime {
     pub limits: Limits,
     /// The built-in filters alone: the chain of a request refused before it has a route.
     pub global: Arc<Chain>,
+    /// Security headers, also for the data plane's own endpoints.
+    pub response_headers: Arc<super::filters::response_headers::ResponseHeaders>,
+    /// Maintenance mode of the whole gateway in the config file (the live setting is read from
+    /// the stores).
+    pub maintenance: bool,
 }
 
 impl Runtime {

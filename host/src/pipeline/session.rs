@@ -26,6 +26,9 @@ pub enum Outcome {
     UpstreamAborted,
     /// The gateway answered itself with an error (refused, or could not proxy), and sent it.
     Refused,
+    /// The gateway ended a stream it was relaying (a strict token limit), with a final error
+    /// event.
+    Cut,
 }
 
 impl Outcome {
@@ -35,6 +38,7 @@ impl Outcome {
             Self::ClientAborted => "client_aborted",
             Self::UpstreamAborted => "upstream_aborted",
             Self::Refused => "refused",
+            Self::Cut => "cut",
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct Ctx {
     /// Takes the usage-only chunk out of a stream whose client did not ask for it
     /// (`stream_usage: inject`).
     pub(super) strip_usage: Option<super::stream_usage::StripUsageChunk>,
+    /// Set by [`Ctx::end_stream`]: the last frame the client gets.
+    pub(super) cut: Option<bytes::Bytes>,
 }
 
 impl Ctx {
@@ -95,6 +101,21 @@ impl Ctx {
     /// its end (then see `record.tokens`).
     pub fn tokens_seen(&self) -> Option<Tokens> {
         self.meter.as_ref().and_then(TokenMeter::seen)
+    }
+
+    /// `data:` events of a streamed answer relayed so far (0 for other answers).
+    pub fn stream_events(&self) -> u64 {
+        self.meter.as_ref().map_or(0, TokenMeter::events)
+    }
+}
+
+impl Ctx {
+    /// From an `on_body_chunk` filter: the frame being relayed is not sent; `last` is sent
+    /// instead and ends the response (the upstream exchange is dropped), with `error` as the
+    /// request's error code and the outcome [`Outcome::Cut`].
+    pub fn end_stream(&mut self, last: bytes::Bytes, error: &'static str) {
+        self.cut = Some(last);
+        self.record.error = Some(error);
     }
 }
 
@@ -140,6 +161,7 @@ impl Ctx {
             in_flight: None,
             meter: None,
             strip_usage: None,
+            cut: None,
         }
     }
 }
@@ -151,6 +173,9 @@ pub struct Probe {
     pub stream: Option<bool>,
     pub prompt_cache_key: Option<String>,
     pub user: Option<String>,
+    /// Completion budgets, for token limit reservations.
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
 }
 
 /// One request while the pipeline decides it.

@@ -161,6 +161,9 @@ pub enum TokenMeter {
         carry: Vec<u8>,
         skipping: bool,
         seen: Option<Tokens>,
+        /// `data:` lines so far (a lower bound of the output tokens of a stream that reports
+        /// usage only at its end: OpenAI sends at least one token per event).
+        events: u64,
     },
 }
 
@@ -172,6 +175,7 @@ impl TokenMeter {
                 carry: Vec::new(),
                 skipping: false,
                 seen: None,
+                events: 0,
             })
         } else if ct.starts_with(b"application/json") {
             Some(Self::Json {
@@ -198,6 +202,7 @@ impl TokenMeter {
                 carry,
                 skipping,
                 seen,
+                events,
             } => {
                 let mut rest = &chunk[..];
                 while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
@@ -205,9 +210,11 @@ impl TokenMeter {
                     if *skipping {
                         *skipping = false;
                     } else if carry.is_empty() {
+                        *events += u64::from(line.starts_with(b"data:"));
                         sse_line(line, seen);
                     } else {
                         carry.extend_from_slice(line);
+                        *events += u64::from(carry.starts_with(b"data:"));
                         sse_line(carry, seen);
                     }
                     carry.clear();
@@ -222,6 +229,14 @@ impl TokenMeter {
                     }
                 }
             }
+        }
+    }
+
+    /// `data:` lines of a stream so far (0 for a JSON answer).
+    pub fn events(&self) -> u64 {
+        match self {
+            Self::Json { .. } => 0,
+            Self::Sse { events, .. } => *events,
         }
     }
 
@@ -252,6 +267,7 @@ impl TokenMeter {
                 mut carry,
                 skipping,
                 mut seen,
+                ..
             } => {
                 if !skipping && !carry.is_empty() {
                     sse_line(&std::mem::take(&mut carry), &mut seen);

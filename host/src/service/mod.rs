@@ -3,6 +3,7 @@
 //! same way. Every change writes its audit record (`state::AuditRecord`) before it returns.
 
 pub mod bindings;
+pub mod ip_rules;
 
 use crate::state::StoreError;
 

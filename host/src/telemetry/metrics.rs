@@ -489,11 +489,12 @@ fn process() -> Option<Process> {
 
 /// Status classes and outcomes: the `tollgate_requests_total` series of one route × upstream.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-const OUTCOMES: [Outcome; 4] = [
+const OUTCOMES: [Outcome; 5] = [
     Outcome::Complete,
     Outcome::ClientAborted,
     Outcome::UpstreamAborted,
     Outcome::Refused,
+    Outcome::Cut,
 ];
 
 type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;

@@ -6,5 +6,10 @@
 //! order is the call order, so a quota policy's retry decision comes before any response rewrite.
 //! To add a built-in filter: see `docs/architecture.md`, "How to add a filter".
 
+pub(crate) mod access;
+pub(crate) mod cors;
+pub(crate) mod limits;
+pub(crate) mod maintenance;
 pub(crate) mod policies;
 pub(crate) mod request_id;
+pub(crate) mod response_headers;

@@ -1,0 +1,122 @@
+//! `cors`: cross-origin access for browser clients (`server.cors`).
+//!
+//! - `on_request`: a preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered by the
+//!   gateway with 204, before authentication and without upstream traffic; the origin of any
+//!   request is noted.
+//! - `on_response_head`: an allowed origin gets `Access-Control-Allow-Origin` (and the other
+//!   CORS headers) on every answer, the gateway's own errors included; a preflight's answer also
+//!   lists the allowed methods and headers and `Access-Control-Max-Age`. Every answer carries
+//!   `Vary: Origin` (unless the origins are `*`), so caches keep origins apart. A disallowed
+//!   origin gets no CORS headers, which the browser treats as a refusal.
+
+use http::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
+    ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+};
+use http::{HeaderValue, Method};
+
+use crate::config::CorsConfig;
+use crate::error::{ErrorKind, GatewayError};
+use crate::pipeline::{Filter, Hooks, Session};
+use crate::upstream::Upstream;
+
+pub(crate) struct Cors {
+    any: bool,
+    origins: Vec<String>,
+    methods: HeaderValue,
+    headers: HeaderValue,
+    expose: Option<HeaderValue>,
+    credentials: bool,
+    max_age: HeaderValue,
+}
+
+/// The allowed origin of this request (kept from `on_request` for the answer).
+#[derive(Clone)]
+struct AllowedOrigin(HeaderValue);
+
+fn joined(items: &[String]) -> HeaderValue {
+    HeaderValue::from_str(&items.join(", ")).unwrap_or(HeaderValue::from_static(""))
+}
+
+impl Cors {
+    pub(crate) fn new(c: &CorsConfig) -> Self {
+        Self {
+            any: c.allow_origins.iter().any(|o| o == "*"),
+            origins: c.allow_origins.clone(),
+            methods: joined(&c.allow_methods),
+            headers: joined(&c.allow_headers),
+            expose: (!c.expose_headers.is_empty()).then(|| joined(&c.expose_headers)),
+            credentials: c.allow_credentials,
+            max_age: HeaderValue::from(c.max_age.get().as_secs()),
+        }
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        self.any
+            || origin
+                .to_str()
+                .is_ok_and(|o| self.origins.iter().any(|a| a.eq_ignore_ascii_case(o)))
+    }
+}
+
+#[async_trait::async_trait]
+impl Filter for Cors {
+    fn name(&self) -> &str {
+        "cors"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST | Hooks::RESPONSE_HEAD
+    }
+
+    async fn on_request(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
+        if let Some(origin) = s.head.headers.get(ORIGIN)
+            && self.allows(origin)
+        {
+            let origin = origin.clone();
+            s.ctx.ext.insert(AllowedOrigin(origin));
+        }
+        if s.head.method == Method::OPTIONS
+            && s.head.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return Err(ErrorKind::CorsPreflight.into());
+        }
+        Ok(())
+    }
+
+    async fn on_response_head(
+        &self,
+        s: &mut Session<'_>,
+        head: &mut http::response::Parts,
+        _from: Option<&Upstream>,
+    ) -> Result<(), GatewayError> {
+        let h = &mut head.headers;
+        if !self.any {
+            h.append(VARY, HeaderValue::from_static("Origin"));
+        }
+        let Some(AllowedOrigin(origin)) = s.ctx.ext.get::<AllowedOrigin>() else {
+            return Ok(());
+        };
+        let allow = if self.any && !self.credentials {
+            HeaderValue::from_static("*")
+        } else {
+            origin.clone()
+        };
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+        if self.credentials {
+            h.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        if s.ctx.record.error == Some(ErrorKind::CorsPreflight.code()) {
+            h.insert(ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
+            h.insert(ACCESS_CONTROL_ALLOW_HEADERS, self.headers.clone());
+            h.insert(ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
+        } else if let Some(expose) = &self.expose {
+            h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! `maintenance`: while maintenance mode is on — the config file's `maintenance.enabled`, the
+//! route's `maintenance`, or the live setting `maintenance` of the admin API — proxied requests
+//! get 503 `service_unavailable` with `Retry-After` (hook `on_request`, before authentication).
+//! `/health` is not a route and stays up; `/ready` answers 503 `maintenance`.
+
+use std::sync::Arc;
+
+use crate::config::MaintenanceConfig;
+use crate::error::{ErrorKind, GatewayError};
+use crate::pipeline::{Filter, Hooks, Session};
+use crate::state::Stores;
+
+pub(crate) struct Maintenance {
+    pub(crate) config: MaintenanceConfig,
+    pub(crate) message: Arc<str>,
+    pub(crate) stores: Arc<Stores>,
+}
+
+impl Maintenance {
+    pub(crate) fn new(config: &MaintenanceConfig, stores: Arc<Stores>) -> Self {
+        Self {
+            config: config.clone(),
+            message: config.message.as_str().into(),
+            stores,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Filter for Maintenance {
+    fn name(&self) -> &str {
+        "maintenance"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST
+    }
+
+    async fn on_request(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
+        if self.config.enabled
+            || s.route.is_some_and(|r| r.maintenance)
+            || self.stores.maintenance()
+        {
+            return Err(ErrorKind::Maintenance {
+                retry_after_secs: self.config.retry_after.get().as_secs().max(1),
+                message: self.message.clone(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}

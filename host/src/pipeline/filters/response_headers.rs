@@ -1,0 +1,78 @@
+//! `response_headers`: the security headers of `server.response_headers` on every data-plane
+//! answer — upstream answers, the gateway's own errors, and `/health` and `/ready` (hook
+//! `on_response_head`; the probes call [`ResponseHeaders::apply`] directly).
+//! `Strict-Transport-Security` is sent only on TLS connections.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::ResponseHeadersConfig;
+use crate::error::GatewayError;
+use crate::pipeline::{Filter, Hooks, Session};
+use crate::upstream::Upstream;
+
+/// The headers, parsed once per config.
+#[derive(Default)]
+pub struct ResponseHeaders {
+    set: Vec<(HeaderName, HeaderValue)>,
+    hsts: Option<HeaderValue>,
+}
+
+impl ResponseHeaders {
+    /// Invalid names or values were refused by config validation; any left are skipped.
+    pub fn new(c: &ResponseHeadersConfig) -> Self {
+        Self {
+            set: c
+                .set
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
+            hsts: (!c.hsts.is_empty())
+                .then(|| HeaderValue::from_str(&c.hsts).ok())
+                .flatten(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.hsts.is_none()
+    }
+
+    /// Sets the headers on an answer sent over a connection that is TLS or not.
+    pub fn apply(&self, headers: &mut HeaderMap, tls: bool) {
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        if tls && let Some(hsts) = &self.hsts {
+            headers.insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+    }
+}
+
+pub(crate) struct SecurityHeaders(pub(crate) Arc<ResponseHeaders>);
+
+#[async_trait::async_trait]
+impl Filter for SecurityHeaders {
+    fn name(&self) -> &str {
+        "response_headers"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::RESPONSE_HEAD
+    }
+
+    async fn on_response_head(
+        &self,
+        s: &mut Session<'_>,
+        head: &mut http::response::Parts,
+        _from: Option<&Upstream>,
+    ) -> Result<(), GatewayError> {
+        self.0.apply(&mut head.headers, s.conn.tls);
+        Ok(())
+    }
+}

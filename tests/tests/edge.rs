@@ -1,0 +1,824 @@
+//! Edge protection over real HTTP: request rate limits (nginx `limit_req` semantics), token and
+//! in-flight limits, IP allow/deny lists, security headers, CORS, maintenance mode and connection
+//! limits — in one gateway, and across gateways sharing real PostgreSQL and Redis processes.
+//! Clients are told apart by their loopback source address (127.0.0.x).
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tollgate_tests::services::{Postgres, Redis};
+use tollgate_tests::*;
+
+/// The test config (route `/v1/`, key `tester`) with top-level sections appended.
+fn yaml(upstream: &str, server: &str, sections: &str) -> String {
+    format!(
+        "{}{sections}\n",
+        config_yaml(&[upstream.to_owned()], server)
+    )
+}
+
+async fn post(c: &reqwest::Client, gw: &TestGateway, body: &Value) -> reqwest::Response {
+    c.post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .map_or("", |v| v.to_str().unwrap_or(""))
+}
+
+/// The port of nginx's `limit_req.t`: 2 r/s, burst 1, nodelay.
+#[tokio::test]
+async fn limit_req_two_per_second_burst_one_nodelay() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(
+        &mock.url(),
+        "",
+        "limits:\n  requests:\n    - {name: per-ip, by: ip, rate: 2/s, burst: 1, nodelay: true}",
+    ))
+    .await;
+    let c = client();
+    let body = chat_body(false);
+    let first = post(&c, &gw, &body).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "x-ratelimit-limit-requests"), "2");
+    assert_eq!(header(&first, "x-ratelimit-remaining-requests"), "1");
+    assert_eq!(post(&c, &gw, &body).await.status(), 200, "the burst slot");
+    let refused = post(&c, &gw, &body).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "retry-after"), "1");
+    assert_eq!(header(&refused, "x-ratelimit-remaining-requests"), "0");
+    assert!(
+        header(&refused, "x-ratelimit-reset-requests").ends_with("ms")
+            || header(&refused, "x-ratelimit-reset-requests").ends_with('s')
+    );
+    let err: Value = refused.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(err["error"]["type"], "requests");
+    // A flood of refused requests is not counted: one interval later exactly one more passes.
+    for _ in 0..5 {
+        assert_eq!(post(&c, &gw, &body).await.status(), 429);
+    }
+    tokio::time::sleep(Duration::from_millis(520)).await;
+    assert_eq!(post(&c, &gw, &body).await.status(), 200, "1/rate later");
+    assert_eq!(post(&c, &gw, &body).await.status(), 429);
+    assert_eq!(
+        mock.requests(),
+        3,
+        "refused requests never reach the upstream"
+    );
+}
+
+/// Without `nodelay`, the burst is served at the rate (nginx's delay): all pass, spaced out.
+#[tokio::test]
+async fn limit_req_without_nodelay_delays_the_burst_to_the_rate() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(
+        &mock.url(),
+        "",
+        "limits:\n  requests:\n    - {name: paced, by: key, rate: 5/s, burst: 3, nodelay: false}",
+    ))
+    .await;
+    let c = client();
+    let start = Instant::now();
+    let all: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url) = (c.clone(), gw.url("/v1/chat/completions"));
+            tokio::spawn(async move {
+                let r = c
+                    .post(url)
+                    .bearer_auth(CLIENT_KEY)
+                    .json(&chat_body(false))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), start.elapsed())
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for h in all {
+        done.push(h.await.unwrap());
+    }
+    assert!(done.iter().all(|(s, _)| *s == 200), "{done:?}");
+    let last = done.iter().map(|(_, t)| *t).max().unwrap();
+    // The fourth request waits three intervals of 200 ms.
+    assert!(
+        last >= Duration::from_millis(590),
+        "served at once: {done:?}"
+    );
+    // The fifth at once exceeds the burst.
+    assert_eq!(post(&c, &gw, &chat_body(false)).await.status(), 200);
+}
+
+/// One address at five times its limit for 10 s is held to rate × time + burst (±2%), and a
+/// second address under its limit is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_address_is_held_to_its_rate_and_another_is_untouched() {
+    const RATE: f64 = 20.0;
+    const BURST: f64 = 5.0;
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(
+        &mock.url(),
+        "",
+        "limits:\n  requests:\n    - {name: per-ip, by: ip, rate: 20/s, burst: 5}",
+    ))
+    .await;
+    let gw = Arc::new(gw);
+    let accepted = Arc::new(AtomicU64::new(0));
+    let quiet_refused = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let mut flood = tokio::time::interval(Duration::from_millis(10)); // 100 r/s = 5 × 20
+    let mut quiet = tokio::time::interval(Duration::from_millis(100)); // 10 r/s, under 20
+    let (noisy_client, quiet_client) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+    let mut first_last = (None, Instant::now());
+    while start.elapsed() < Duration::from_secs(10) {
+        tokio::select! {
+            _ = flood.tick() => {
+                let sent = Instant::now();
+                first_last.0.get_or_insert(sent);
+                first_last.1 = sent;
+                let (c, gw, accepted) = (noisy_client.clone(), gw.clone(), accepted.clone());
+                tasks.push(tokio::spawn(async move {
+                    if post(&c, &gw, &chat_body(false)).await.status() == 200 {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            _ = quiet.tick() => {
+                let (c, gw, refused) = (quiet_client.clone(), gw.clone(), quiet_refused.clone());
+                tasks.push(tokio::spawn(async move {
+                    if post(&c, &gw, &chat_body(false)).await.status() != 200 {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let span = (first_last.1 - first_last.0.unwrap()).as_secs_f64();
+    let expected = RATE * span + BURST + 1.0;
+    let got = accepted.load(Ordering::Relaxed) as f64;
+    assert!(
+        (got - expected).abs() <= expected * 0.02,
+        "accepted {got}, expected {expected:.1} ± 2% over {span:.2} s"
+    );
+    assert_eq!(quiet_refused.load(Ordering::Relaxed), 0);
+}
+
+/// Stream `n` word events; the mock reports usage (8 prompt tokens + n) in its last chunk.
+fn streaming(max_tokens: u64) -> Value {
+    json!({"model": "gpt-test", "stream": true, "max_tokens": max_tokens,
+           "stream_options": {"include_usage": true},
+           "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// The reservation of `body` under the default estimate: max_tokens + ⌈body bytes / 4⌉.
+fn reservation(body: &Value) -> u64 {
+    body["max_tokens"].as_u64().unwrap() + (body.to_string().len() as u64).div_ceil(4)
+}
+
+/// Sends 20 streaming requests at once, split over `gateways`; returns (admitted, tokens the
+/// admitted ones used, token-limit refusals).
+async fn twenty_streams(gateways: &[&TestGateway], body: &Value) -> (u64, u64, u64) {
+    let c = client();
+    let all: Vec<_> = (0..20)
+        .map(|i| {
+            let (c, url, body) = (
+                c.clone(),
+                gateways[i % gateways.len()].url("/v1/chat/completions"),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                let r = c
+                    .post(url)
+                    .bearer_auth(CLIENT_KEY)
+                    .header("x-mock-events", "40")
+                    .header("x-mock-delay-ms", "5")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                if status != 200 {
+                    let err: Value = r.json().await.unwrap();
+                    assert_eq!(err["error"]["type"], "tokens", "{err}");
+                    return (status, 0);
+                }
+                let text = r.text().await.unwrap();
+                let usage = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                    .find_map(|v| v["usage"]["total_tokens"].as_u64())
+                    .unwrap();
+                (status, usage)
+            })
+        })
+        .collect();
+    let (mut admitted, mut used, mut refused) = (0, 0, 0);
+    for t in all {
+        let (status, tokens) = t.await.unwrap();
+        match status {
+            200 => {
+                admitted += 1;
+                used += tokens;
+            }
+            429 => refused += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    (admitted, used, refused)
+}
+
+const TPM: &str = "limits:\n  tokens:\n    - {name: tpm, by: key, tokens: 1000/m}";
+
+/// 20 concurrent streams against 1000 tokens a minute: the reservations admit only what fits, so
+/// the tokens used never pass the budget by more than one request's reservation.
+#[tokio::test]
+async fn concurrent_streams_cannot_overrun_a_token_budget() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(&mock.url(), "", TPM)).await;
+    let body = streaming(48);
+    let reserve = reservation(&body);
+    let (admitted, used, refused) = twenty_streams(&[&gw], &body).await;
+    assert_eq!(admitted, 1000 / reserve, "reserving {reserve} each");
+    assert_eq!(admitted + refused, 20);
+    assert!(used <= 1000 + reserve, "used {used}");
+    // The answers used 48 tokens each, less than reserved: the difference comes back.
+    let used_each = used / admitted;
+    assert!(used_each < reserve);
+    let c = client();
+    let mut remaining = 0;
+    for _ in 0..50 {
+        let r = post(
+            &c,
+            &gw,
+            &json!({"model": "m", "max_tokens": 1, "messages": []}),
+        )
+        .await;
+        remaining = header(&r, "x-ratelimit-remaining-tokens")
+            .parse()
+            .unwrap_or(0);
+        if remaining >= 1000 - used - 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        remaining >= 1000 - used - 20,
+        "refund not applied: {remaining} left after using {used}"
+    );
+    assert_eq!(
+        header(&post(&c, &gw, &body).await, "x-ratelimit-limit-tokens"),
+        "1000"
+    );
+}
+
+/// The same budget shared by two gateways through Redis is one budget.
+#[tokio::test]
+async fn two_gateways_sharing_redis_share_one_token_budget() {
+    let (pg, redis, mock) = (
+        Postgres::start(),
+        Redis::start(),
+        MockUpstream::start().await,
+    );
+    let db = pg.create_database("tokens").await;
+    let yaml = yaml(
+        &mock.url(),
+        "",
+        &format!(
+            "{TPM}\nstorage:\n  database: {db}\n  cache: {}\n  op_timeout: 10s",
+            redis.url()
+        ),
+    );
+    let (a, b) = (
+        TestGateway::start(&yaml).await,
+        TestGateway::start(&yaml).await,
+    );
+    let body = streaming(48);
+    let reserve = reservation(&body);
+    let (admitted, used, _) = twenty_streams(&[&a, &b], &body).await;
+    assert_eq!(admitted, 1000 / reserve, "one budget for both gateways");
+    assert!(used <= 1000 + reserve);
+}
+
+/// With `enforce: strict`, a stream that passes its reservation is ended with an SSE error event
+/// and the upstream request is cancelled.
+#[tokio::test]
+async fn a_strict_token_limit_ends_an_overrunning_stream() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(
+        &mock.url(),
+        "",
+        "limits:\n  tokens:\n    - {name: tpm, by: key, tokens: 100000/m, enforce: strict}",
+    ))
+    .await;
+    // Reserves 5 + ⌈body/4⌉ tokens; the mock streams 400 events (one token each) regardless.
+    let body = json!({"model": "m", "stream": true, "max_tokens": 5, "messages": []});
+    let reserve = reservation(&body);
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-events", "400")
+        .header("x-mock-delay-ms", "2")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let words = text.matches("\"content\":\"w").count() as u64;
+    assert!(
+        words < 400 && words <= reserve,
+        "{words} events passed a reservation of {reserve}"
+    );
+    let tail = text.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(tail.starts_with("event: error\ndata: "), "{tail}");
+    let err: Value = serde_json::from_str(tail.split_once("data: ").unwrap().1).unwrap();
+    assert_eq!(err["error"]["code"], "token_limit_exceeded");
+    assert!(!text.contains("[DONE]"));
+    assert!(
+        eventually(Duration::from_secs(2), || mock.cancelled() == 1).await,
+        "the upstream stream was not cancelled"
+    );
+}
+
+/// `max_in_flight`: a second request waits for no one — it is refused while the first runs, and
+/// the slot comes back exactly once when the first ends, however it ends.
+#[tokio::test]
+async fn in_flight_slots_are_released_on_client_abort_and_upstream_failure() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(
+        &mock.url(),
+        "",
+        "limits:\n  in_flight:\n    - {name: one-at-a-time, by: key, max: 1}",
+    ))
+    .await;
+    let c = client();
+    let stream = || {
+        c.post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-mock-events", "1000")
+            .header("x-mock-delay-ms", "50")
+            .json(&chat_body(true))
+            .send()
+    };
+    for round in 0..3 {
+        let mut running = stream().await.unwrap();
+        assert_eq!(running.status(), 200, "round {round}");
+        running.chunk().await.unwrap();
+        let refused = post(&c, &gw, &chat_body(false)).await;
+        assert_eq!(refused.status(), 429);
+        let err: Value = refused.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "concurrency_limit_exceeded");
+        // The client goes away mid-stream.
+        drop(running);
+        let mut freed = false;
+        for _ in 0..100 {
+            if post(&c, &gw, &chat_body(false)).await.status() == 200 {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(freed, "round {round}: the slot was not released");
+    }
+    // The upstream fails: the slot comes back too (and is not released twice: still one at a
+    // time afterwards).
+    for _ in 0..3 {
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-mock-status", "500")
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500);
+    }
+    let mut running = stream().await.unwrap();
+    running.chunk().await.unwrap();
+    assert_eq!(post(&c, &gw, &chat_body(false)).await.status(), 429);
+}
+
+/// Deny and allow lists from the config: global and per route, IPv4-mapped addresses
+/// normalised, checked before authentication.
+#[tokio::test]
+async fn config_ip_lists_refuse_before_authentication() {
+    let mock = MockUpstream::start().await;
+    let mut text = yaml(
+        &mock.url(),
+        "",
+        "access:\n  deny: [127.0.0.2, \"::ffff:127.0.0.4/128\"]",
+    );
+    text = text.replace(
+        "    upstreams: [u0]\n",
+        "    upstreams: [u0]\n  - path_prefix: /private/\n    upstreams: [u0]\n    access:\n      allow: [127.0.0.5/32]\n",
+    );
+    let gw = TestGateway::start(&text).await;
+    for ip in ["127.0.0.2", "127.0.0.4"] {
+        // No key at all: the address is refused first.
+        let r = client_from(ip)
+            .post(gw.url("/v1/chat/completions"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{ip}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "ip_denied");
+    }
+    assert_eq!(
+        post(&client_from("127.0.0.3"), &gw, &chat_body(false))
+            .await
+            .status(),
+        200
+    );
+    let private = |ip: &str| {
+        client_from(ip)
+            .post(gw.url("/private/x"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+    };
+    assert_eq!(private("127.0.0.3").await.unwrap().status(), 403);
+    assert_eq!(private("127.0.0.5").await.unwrap().status(), 200);
+    assert_eq!(mock.requests(), 2);
+}
+
+async fn admin_token(gw: &TestGateway) -> String {
+    let r = client()
+        .post(format!("http://{}/admin/api/login", gw.admin_addr.unwrap()))
+        .json(&json!({"username": "ops", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn with_admin(yaml: &str) -> String {
+    yaml.replace(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        "admin:\n  listen: 127.0.0.1:0\n  jwt_secret: an-admin-signing-key-of-32-chars!!\n  users:\n    - {username: ops, password: correct horse battery}\n",
+    )
+}
+
+/// A deny entry added through the admin API on one gateway refuses the address on another
+/// gateway of the cluster within a second; removing it lets the address back in.
+#[tokio::test]
+async fn a_deny_entry_reaches_every_gateway_within_a_second() {
+    let (pg, redis, mock) = (
+        Postgres::start(),
+        Redis::start(),
+        MockUpstream::start().await,
+    );
+    let db = pg.create_database("iprules").await;
+    let text = with_admin(&yaml(
+        &mock.url(),
+        "",
+        &format!(
+            "storage:\n  database: {db}\n  cache: {}\n  op_timeout: 10s",
+            redis.url()
+        ),
+    ));
+    let (a, b) = (
+        TestGateway::start(&text).await,
+        TestGateway::start(&text).await,
+    );
+    let attacker = client_from("127.0.0.9");
+    assert_eq!(post(&attacker, &b, &chat_body(false)).await.status(), 200);
+    let token = admin_token(&a).await;
+    let admin = format!("http://{}/admin/api", a.admin_addr.unwrap());
+    let added = client()
+        .post(format!("{admin}/ip-rules"))
+        .bearer_auth(&token)
+        .json(&json!({"cidr": "::ffff:127.0.0.9", "action": "deny", "note": "abuse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    let rule: Value = added.json().await.unwrap();
+    assert_eq!(rule["cidr"], "127.0.0.9/32", "mapped form normalised");
+    let since = Instant::now();
+    let mut denied_after = None;
+    while since.elapsed() < Duration::from_secs(3) {
+        if post(&attacker, &b, &chat_body(false)).await.status() == 403 {
+            denied_after = Some(since.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = denied_after.expect("never denied on the other gateway");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(
+        post(&client_from("127.0.0.8"), &b, &chat_body(false))
+            .await
+            .status(),
+        200
+    );
+    // Listed and audited.
+    let list: Value = client()
+        .get(format!("{admin}/ip-rules"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"][0]["cidr"], "127.0.0.9/32");
+    assert_eq!(list["items"][0]["created_by"], "ops");
+    let audit: Value = client()
+        .get(format!("{admin}/audit?action=ip_rule.deny"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["items"][0]["target"], "127.0.0.9/32", "{audit}");
+    let removed = client()
+        .delete(format!("{admin}/ip-rules/127.0.0.9_32"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+    assert!(
+        eventually_async(Duration::from_secs(1), || async {
+            post(&attacker, &b, &chat_body(false)).await.status() == 200
+        })
+        .await,
+        "not lifted on the other gateway"
+    );
+}
+
+/// Security headers on answers the gateway writes itself: 401, 404, 413, 429, 503, and on
+/// `/health`; not HSTS over plain HTTP.
+#[tokio::test]
+async fn security_headers_are_on_the_gateways_own_errors() {
+    let mock = MockUpstream::start().await;
+    let mut text = yaml(
+        &mock.url(),
+        "  max_body: 1KiB\n  response_headers:\n    hsts: max-age=63072000\n    set:\n      x-content-type-options: nosniff\n      x-frame-options: DENY\n      referrer-policy: no-referrer\n      cache-control: no-store\n",
+        "limits:\n  requests:\n    - {name: tiny, by: ip, rate: 1/m, burst: 2, routes: [/v1/]}",
+    );
+    text = text.replace(
+        "    upstreams: [u0]\n",
+        "    upstreams: [u0]\n  - path_prefix: /closed/\n    upstreams: [u0]\n    maintenance: true\n",
+    );
+    let gw = TestGateway::start(&text).await;
+    let c = client();
+    let url = gw.url("/v1/chat/completions");
+    // The limit counts requests before authentication: the 401 and the 413 take two of three.
+    let answers = [
+        (
+            401,
+            c.post(&url).json(&chat_body(false)).send().await.unwrap(),
+        ),
+        (404, c.get(gw.url("/nowhere")).send().await.unwrap()),
+        (
+            413,
+            c.post(&url)
+                .bearer_auth(CLIENT_KEY)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 4096])
+                .send()
+                .await
+                .unwrap(),
+        ),
+        (200, post(&c, &gw, &chat_body(false)).await),
+        (429, post(&c, &gw, &chat_body(false)).await),
+        (503, c.get(gw.url("/closed/x")).send().await.unwrap()),
+        (200, c.get(gw.url("/health")).send().await.unwrap()),
+    ];
+    for (status, r) in &answers {
+        assert_eq!(r.status().as_u16(), *status);
+        assert_eq!(header(r, "x-content-type-options"), "nosniff", "{status}");
+        assert_eq!(header(r, "x-frame-options"), "DENY", "{status}");
+        assert_eq!(header(r, "referrer-policy"), "no-referrer", "{status}");
+        assert_eq!(header(r, "cache-control"), "no-store", "{status}");
+        assert_eq!(
+            header(r, "strict-transport-security"),
+            "",
+            "no HSTS without TLS"
+        );
+    }
+}
+
+/// A CORS preflight is answered by the gateway, without a key and without upstream traffic;
+/// answers carry the CORS headers for allowed origins only, and `Vary: Origin`.
+#[tokio::test]
+async fn cors_preflight_is_answered_by_the_gateway() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(
+        &mock.url(),
+        "  cors:\n    allow_origins: [\"https://app.example.com\"]\n    expose_headers: [x-request-id, x-ratelimit-remaining-requests]\n    max_age: 1h\n",
+        "",
+    ))
+    .await;
+    let c = client();
+    let preflight = |origin: &'static str| {
+        c.request(reqwest::Method::OPTIONS, gw.url("/v1/chat/completions"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let ok = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert_eq!(
+        header(&ok, "access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    assert!(header(&ok, "access-control-allow-methods").contains("POST"));
+    assert!(header(&ok, "access-control-allow-headers").contains("authorization"));
+    assert_eq!(header(&ok, "access-control-max-age"), "3600");
+    assert_eq!(header(&ok, "vary"), "Origin");
+    let other = preflight("https://evil.example").await.unwrap();
+    assert_eq!(other.status(), 204);
+    assert_eq!(header(&other, "access-control-allow-origin"), "");
+    assert_eq!(mock.requests(), 0, "preflights never reach the upstream");
+    // The real request, with the key.
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .header("origin", "https://app.example.com")
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    assert!(header(&r, "access-control-expose-headers").contains("x-request-id"));
+    assert_eq!(header(&r, "vary"), "Origin");
+    // The gateway's own errors carry them too, so the browser can read the error.
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        header(&r, "access-control-allow-origin"),
+        "https://app.example.com"
+    );
+}
+
+/// Maintenance from the config (global) and from the admin API's live setting: 503
+/// `service_unavailable` with `Retry-After`; `/health` stays up; `/ready` says why.
+#[tokio::test]
+async fn maintenance_mode_answers_503_and_ready_says_why() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(
+        &mock.url(),
+        "",
+        "maintenance:\n  enabled: true\n  retry_after: 120s\n  message: back at noon",
+    ))
+    .await;
+    let r = post(&client(), &gw, &chat_body(false)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(header(&r, "retry-after"), "120");
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "service_unavailable");
+    assert_eq!(err["error"]["message"], "back at noon");
+    assert_eq!(
+        client()
+            .get(gw.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = client().get(gw.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["status"],
+        "maintenance"
+    );
+    assert_eq!(mock.requests(), 0);
+
+    // The live setting turns it on and off without a config change.
+    let gw = TestGateway::start(&with_admin(&yaml(&mock.url(), "", ""))).await;
+    let token = admin_token(&gw).await;
+    let set = |on: bool| {
+        client()
+            .put(format!(
+                "http://{}/admin/api/settings",
+                gw.admin_addr.unwrap()
+            ))
+            .bearer_auth(&token)
+            .json(&json!({"maintenance": on}))
+            .send()
+    };
+    assert_eq!(post(&client(), &gw, &chat_body(false)).await.status(), 200);
+    assert_eq!(set(true).await.unwrap().status(), 200);
+    assert_eq!(post(&client(), &gw, &chat_body(false)).await.status(), 503);
+    assert_eq!(set(false).await.unwrap().status(), 200);
+    assert_eq!(post(&client(), &gw, &chat_body(false)).await.status(), 200);
+}
+
+/// `new_connections_per_ip`: past the rate, a connection is answered 429 at once and closed;
+/// another address still connects.
+#[tokio::test]
+async fn new_connections_past_the_per_address_rate_are_refused() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(&mock.url(), "  new_connections_per_ip: 3/m\n", "")).await;
+    let connect = |from: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket.connect(gw.addr)
+    };
+    let request = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for i in 0..3 {
+        let mut s = connect("127.0.0.6").await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "connection {i}: {out}");
+    }
+    let mut s = connect("127.0.0.6").await.unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await;
+    assert!(out.starts_with("HTTP/1.1 429"), "{out:?}");
+    assert!(out.contains("connection_limit_exceeded"));
+    let mut s = connect("127.0.0.7").await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"));
+}
+
+/// `policies.example.yaml` does what seed 000's nginx site does: 10 r/s with burst 20 per client
+/// address on the proxied route, and the security headers.
+#[tokio::test]
+async fn the_example_config_limits_each_address_like_the_nginx_site_it_replaces() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("policies.example.yaml"))
+        .unwrap()
+        .replace("${TOLLGATE_LISTEN:-127.0.0.1:8317}", "127.0.0.1:0")
+        .replace(
+            "${TOLLGATE_DATABASE:-sqlite://tollgate.db}",
+            "\"sqlite::memory:\"",
+        )
+        .replace("access_log: true", "access_log: false");
+    let gw = TestGateway::start_in(&text, &root).await;
+    let c = client_from("127.0.0.20");
+    let send = |c: &reqwest::Client| {
+        c.post(gw.url("/v1/chat/completions"))
+            .bearer_auth("sk-tollgate-demo")
+            .json(&chat_body(false))
+            .send()
+    };
+    // 1 + burst 20 at once; the 22nd is refused (the rate refills one every 100 ms, so the loop
+    // must not take that long: it is checked).
+    let start = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..22 {
+        statuses.push(send(&c).await.unwrap());
+    }
+    let took = start.elapsed();
+    if took < Duration::from_millis(100) {
+        assert!(statuses[..21].iter().all(|r| r.status() == 200));
+        assert_eq!(statuses[21].status(), 429);
+    } else {
+        // A slow machine refilled some: still no more than 21 plus the refill.
+        let ok = statuses.iter().filter(|r| r.status() == 200).count() as u128;
+        assert!(ok <= 21 + took.as_millis() / 100 + 1, "{ok} in {took:?}");
+    }
+    let last = statuses.last().unwrap();
+    assert_eq!(header(last, "x-ratelimit-limit-requests"), "21");
+    assert_eq!(header(last, "x-content-type-options"), "nosniff");
+    assert_eq!(header(last, "x-frame-options"), "DENY");
+    // Another address has its own bucket (its key binding is another matter: the demo key is
+    // bound to the first address by the example's ip-binding policy).
+    let other = send(&client_from("127.0.0.21")).await.unwrap();
+    assert_ne!(other.status(), 429);
+    assert_eq!(header(&other, "x-ratelimit-remaining-requests"), "20");
+}
