@@ -7,6 +7,7 @@
 #                           # micro-benchmark of one call into each policy kind
 #   ROUNDS=5 SECONDS_PER_RUN=10 STREAMS=100 RATE=5000 bench/run.sh
 #   PIN=0 bench/run.sh      # unpinned: every process shares every core
+#   DENY=100000 bench/run.sh   # the edge target's deny list size (default 1000)
 #   BASELINE=/path/to/old/tollgate bench/run.sh
 #                           # also runs that binary (auth only and chain), interleaved with this
 #                           # build, and prints this build's figures as ratios of it (before/after
@@ -29,7 +30,9 @@ DELAY_MS=${DELAY_MS:-50}
 RATE=${RATE:-5000}
 KEY=sk-bench-key-0001
 MOCK=127.0.0.1:19000 NGINX=127.0.0.1:19001 GATE=127.0.0.1:19002 CHAIN=127.0.0.1:19003
-BASE=127.0.0.1:19004 BASE_CHAIN=127.0.0.1:19005
+BASE=127.0.0.1:19004 BASE_CHAIN=127.0.0.1:19005 EDGE=127.0.0.1:19006
+# Entries of the edge target's deny list (none matches the load generator).
+DENY=${DENY:-1000}
 BASELINE=${BASELINE:-}
 out=$(mktemp -d)
 pids=()
@@ -89,6 +92,7 @@ NGINX
 cat > "$out/tollgate.yaml" <<YAML
 server:
   listen: $GATE
+  response_headers: {set: {}}
 auth:
   secret: bench-secret-0123456789
   keys: [{name: bench, key: $KEY}]
@@ -136,11 +140,32 @@ logging:
 YAML
 "${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/chain.yaml" & pids+=($!); chain_pid=$!
 
-targets="direct:$MOCK nginx:$NGINX tollgate:$GATE chain:$CHAIN"
+# The plain gateway with edge protection on: a per-IP and a per-key request limit (never reached:
+# they count, they do not refuse), a deny list of $DENY networks, and the security headers.
+{
+  sed "s/$GATE/$EDGE/; s/gate.db/edge.db/; /response_headers/d" "$out/tollgate.yaml"
+  cat <<YAML
+limits:
+  requests:
+    - {name: per-ip, by: ip, rate: 1000000/s, burst: 100000}
+    - {name: per-key, by: key, rate: 1000000/s, burst: 100000}
+access:
+  deny:
+YAML
+  python3 -c "
+import random
+random.seed(7)
+for i in range($DENY):
+    a, b, c, d = 10, random.randrange(256), random.randrange(256), random.randrange(256)
+    print(f'    - {a}.{b}.{c}.{d}/32' if i % 2 else f'    - {a}.{b}.{c}.0/24')"
+} > "$out/edge.yaml"
+"${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/edge.yaml" & pids+=($!); edge_pid=$!
+
+targets="direct:$MOCK nginx:$NGINX tollgate:$GATE chain:$CHAIN edge:$EDGE"
 if [ -n "$BASELINE" ]; then
   # Own database files (an older binary refuses a schema with newer migrations, and two
   # processes must not migrate one SQLite file at once).
-  sed "s/$GATE/$BASE/; s/gate.db/base.db/" "$out/tollgate.yaml" > "$out/base.yaml"
+  sed "s/$GATE/$BASE/; s/gate.db/base.db/; /response_headers/d" "$out/tollgate.yaml" > "$out/base.yaml"
   sed "s/$CHAIN/$BASE_CHAIN/; s/chain.db/base-chain.db/" "$out/chain.yaml" > "$out/base-chain.yaml"
   "${proxy_cpu[@]}" "$BASELINE" run --config "$out/base.yaml" & pids+=($!); base_pid=$!
   "${proxy_cpu[@]}" "$BASELINE" run --config "$out/base-chain.yaml" & pids+=($!); base_chain_pid=$!
@@ -150,7 +175,7 @@ fi
 # CPU seconds (user + system) a process has used so far.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
-for addr in $MOCK $NGINX $GATE $CHAIN $([ -n "$BASELINE" ] && echo "$BASE $BASE_CHAIN"); do
+for addr in $MOCK $NGINX $GATE $CHAIN $EDGE $([ -n "$BASELINE" ] && echo "$BASE $BASE_CHAIN"); do
   for _ in $(seq 100); do (echo >/dev/tcp/${addr%:*}/${addr#*:}) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -164,7 +189,7 @@ for round in $(seq "$ROUNDS"); do
     load() { "${load_cpu[@]}" "$bin/tollgate-bench" "$@"; }
     load rps --url "$url" --concurrency 8 --seconds 1 --key $KEY >/dev/null  # warm-up
     case $name in
-      tollgate) pid=$gate_pid ;; chain) pid=$chain_pid ;;
+      tollgate) pid=$gate_pid ;; chain) pid=$chain_pid ;; edge) pid=$edge_pid ;;
       base) pid=$base_pid ;; base-chain) pid=$base_chain_pid ;; *) pid="" ;;
     esac
     c0=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
@@ -203,6 +228,10 @@ for r in rows:
 chain_vs_plain = sorted(v["chain"]["rps"]["rps"] / v["tollgate"]["rps"]["rps"] for v in by_round.values())
 cpu_us = lambda t, cpu="cpu_s", run="rps": statistics.median(v[t][cpu] / v[t][run]["requests"] * 1e6 for v in by_round.values())
 print(f"chain/tollgate per round: rps {statistics.median(chain_vs_plain):.2f}x (range {chain_vs_plain[0]:.2f}-{chain_vs_plain[-1]:.2f})")
+edge = sorted(v["edge"]["rps"]["rps"] / v["tollgate"]["rps"]["rps"] for v in by_round.values())
+edge_cpu = sorted((v["edge"]["fixed_cpu_s"] / v["edge"]["fixed"]["requests"]) / (v["tollgate"]["fixed_cpu_s"] / v["tollgate"]["fixed"]["requests"]) for v in by_round.values())
+print(f"edge/tollgate per round (IP and key limits, deny list, security headers): rps {statistics.median(edge):.3f}x "
+      f"(range {edge[0]:.3f}-{edge[-1]:.3f}), CPU/request at a fixed rate {statistics.median(edge_cpu):.3f}x (range {edge_cpu[0]:.3f}-{edge_cpu[-1]:.3f})")
 for label, cpu, run in (("at saturation", "cpu_s", "rps"), ("at a fixed rate", "fixed_cpu_s", "fixed")):
     rate = statistics.median(r[run]["rps"] for r in rows if r["target"] == "tollgate")
     t, c = cpu_us("tollgate", cpu, run), cpu_us("chain", cpu, run)
