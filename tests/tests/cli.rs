@@ -514,3 +514,66 @@ async fn admin_hash_password_prints_a_hash_that_logs_in() {
         401
     );
 }
+
+/// `tollgate ip deny|list|remove` against the database of a running gateway: the gateway refuses
+/// the address within a second of the command, and lets it back in after `remove`; both changes
+/// are audited as the CLI user.
+#[tokio::test]
+async fn ip_deny_from_the_command_line_reaches_a_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "") + "storage:\n  database: sqlite://gw.db\n";
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let gw = TestGateway::start_file(&config).await;
+    let from = client_from("127.0.0.12");
+    let send = || {
+        from.post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    let ip = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("ip")
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(ip(&["deny", "127.0.0.12", "--note", "scraper"]).trim(), "127.0.0.12/32: deny");
+    let since = Instant::now();
+    assert!(
+        eventually_async(Duration::from_secs(1), || async {
+            send().await.unwrap().status() == 403
+        })
+        .await,
+        "not denied within a second"
+    );
+    let took = since.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let listed = ip(&["list"]);
+    assert!(
+        listed.starts_with("127.0.0.12/32\tdeny\t") && listed.trim_end().ends_with("\tscraper"),
+        "{listed}"
+    );
+    ip(&["remove", "127.0.0.12/32"]);
+    assert!(
+        eventually_async(Duration::from_secs(1), || async {
+            send().await.unwrap().status() == 200
+        })
+        .await
+    );
+    let query = tollgate::state::AuditQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let (audit, _) = gw.gateway.stores.database().audit(&query).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(actions, ["ip_rule.remove", "ip_rule.deny"]);
+    assert!(audit.iter().all(|a| a.actor.starts_with("cli:")));
+}
