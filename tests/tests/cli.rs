@@ -542,10 +542,17 @@ async fn ip_deny_from_the_command_line_reaches_a_running_gateway() {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
-    assert_eq!(ip(&["deny", "127.0.0.12", "--note", "scraper"]).trim(), "127.0.0.12/32: deny");
+    assert_eq!(
+        ip(&["deny", "127.0.0.12", "--note", "scraper"]).trim(),
+        "127.0.0.12/32: deny"
+    );
     let since = Instant::now();
     assert!(
         eventually_async(Duration::from_secs(1), || async {

@@ -77,6 +77,21 @@ async fn limit_req_two_per_second_burst_one_nodelay() {
         3,
         "refused requests never reach the upstream"
     );
+    // Operators see the refusals.
+    let metrics = client()
+        .get(format!("http://{}/metrics", gw.admin_addr.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "tollgate_gateway_errors_total{code=\"rate_limit_exceeded\",route=\"/v1/\"} 7"
+        ),
+        "{metrics}"
+    );
 }
 
 /// Without `nodelay`, the burst is served at the rate (nginx's delay): all pass, spaced out.

@@ -63,6 +63,8 @@ struct Scraped {
 pub(crate) struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    /// Answers the gateway gave itself (refusals, limits, failures), by route and error code.
+    refusals: IntCounterVec,
     duration: HistogramVec,
     first_token: HistogramVec,
     tokens: HistogramVec,
@@ -119,6 +121,12 @@ impl Metrics {
             "tollgate_requests_total",
             "Requests that reached the pipeline, by route, upstream, status class and outcome",
             &["route", "upstream", "status_class", "outcome"],
+        );
+        let refusals = counter_vec(
+            &r,
+            "tollgate_gateway_errors_total",
+            "Requests the gateway answered itself or ended, by route and error code (e.g. rate_limit_exceeded, ip_denied, invalid_api_key, token_limit_exceeded)",
+            &["route", "code"],
         );
         let timing = ["route", "upstream"];
         let duration = histogram_vec(
@@ -283,6 +291,7 @@ impl Metrics {
         Arc::new(Self {
             registry: r,
             requests,
+            refusals,
             duration,
             first_token,
             tokens,
@@ -613,6 +622,9 @@ impl Filter for MetricsFilter {
         };
         let class = (usize::from(r.status / 100)).clamp(1, 5) - 1;
         series.requests(m, class, r.outcome).inc();
+        if let Some(code) = r.error {
+            m.refusals.with_label_values(&[route, code]).inc();
+        }
         series.duration.observe(r.start.elapsed().as_secs_f64());
         if let Some(first) = r.first_byte
             && r.error.is_none()
