@@ -363,4 +363,48 @@ mod tests {
         assert_eq!((t.len(), t.allows), (1, 0));
         assert!(IpTable::default().allows("192.0.2.1".parse().unwrap()));
     }
+
+    /// The verdict, the slow way: scan every entry for the longest containing prefix.
+    fn reference(entries: &[(IpNet, IpAction)], ip: IpAddr) -> bool {
+        let ip = tollgate_config::canonical_ip(ip);
+        let best = entries
+            .iter()
+            .filter(|(n, _)| normalize_net(*n).contains(&ip))
+            .map(|(n, a)| (n.prefix_len(), *a == IpAction::Deny))
+            .max();
+        match best {
+            Some((_, deny)) => !deny,
+            None => !entries.iter().any(|(_, a)| *a == IpAction::Allow),
+        }
+    }
+
+    proptest::proptest! {
+        /// The trie decides like a linear scan, for any mix of v4 networks (some IPv4-mapped)
+        /// and any address.
+        #[test]
+        fn lookups_match_a_linear_scan(
+            nets in proptest::collection::vec((proptest::prelude::any::<[u8; 4]>(), 8u8..=32, proptest::prelude::any::<bool>(), proptest::prelude::any::<bool>()), 0..60),
+            probes in proptest::collection::vec(proptest::prelude::any::<[u8; 4]>(), 1..40),
+        ) {
+            let entries: Vec<(IpNet, IpAction)> = nets
+                .iter()
+                .map(|(a, len, deny, mapped)| {
+                    let v4 = std::net::Ipv4Addr::from(*a);
+                    let net = if *mapped {
+                        IpNet::new(IpAddr::V6(v4.to_ipv6_mapped()), len + 96).unwrap()
+                    } else {
+                        IpNet::new(IpAddr::V4(v4), *len).unwrap()
+                    };
+                    (net, if *deny { IpAction::Deny } else { IpAction::Allow })
+                })
+                .collect();
+            let table = IpTable::new(entries.iter().copied());
+            for p in probes {
+                // Probe near the listed networks too, not only at random.
+                for ip in [IpAddr::from(p), entries.first().map_or(IpAddr::from(p), |(n, _)| normalize_net(*n).addr())] {
+                    proptest::prop_assert_eq!(table.allows(ip), reference(&entries, ip), "{}", ip);
+                }
+            }
+        }
+    }
 }
