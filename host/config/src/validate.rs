@@ -395,6 +395,9 @@ fn check_name<'a>(
     }
 }
 
+/// Most request (and token) limits: a request's share of them is a 64-bit set.
+const MAX_LIMITS: usize = 64;
+
 /// Largest `burst` of a request limit (nginx accepts any; a bigger one is no limit).
 const MAX_BURST: u32 = 1_000_000;
 
@@ -403,6 +406,14 @@ fn validate_edge(c: &Config, e: &mut Errors) {
     let l = &c.limits;
     if l.max_tracked_keys == 0 {
         e.add("limits.max_tracked_keys", "must be at least 1");
+    }
+    for (list, n) in [("requests", l.requests.len()), ("tokens", l.tokens.len())] {
+        if n > MAX_LIMITS {
+            e.add(
+                format!("limits.{list}"),
+                format!("at most {MAX_LIMITS} limits"),
+            );
+        }
     }
     if l.estimate.bytes_per_token == 0 {
         e.add("limits.estimate.bytes_per_token", "must be at least 1");

@@ -169,6 +169,12 @@ impl Stores {
         self.ip_lists.table.load_full()
     }
 
+    /// Whether the gateway-wide table lets `ip` in (the request path: no reference count is
+    /// taken on the shared table).
+    pub fn ip_allowed(&self, ip: IpAddr) -> bool {
+        self.ip_lists.table.load().allows(ip)
+    }
+
     /// The config file's `access` entries (on start and on every reload).
     pub fn set_config_ip_rules(&self, entries: Vec<(IpNet, IpAction)>) {
         *self.ip_lists.base.lock().unwrap_or_else(|p| p.into_inner()) = entries;

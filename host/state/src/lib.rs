@@ -547,17 +547,26 @@ impl Stores {
         made
     }
 
-    /// Applies `op` to the bucket `key`: in the shared cache when there is one (one limit for the
-    /// cluster), else — or when the shared cache fails — in `local`.
-    pub async fn rate(&self, key: &str, gcra: &Gcra, op: Op, local: &LocalBuckets) -> Decision {
+    /// Applies `op` to the bucket of `subject` in one limit: in the shared cache, under
+    /// `prefix` + `subject`, when there is one (one limit for the cluster); else — or when the
+    /// shared cache fails — in the limit's `local` buckets.
+    pub async fn rate(
+        &self,
+        prefix: &str,
+        subject: &str,
+        gcra: &Gcra,
+        op: Op,
+        local: &LocalBuckets,
+    ) -> Decision {
         if self.near.is_some() {
-            match self.cache.gcra(key, gcra, op).await {
+            let key = [prefix, subject].concat();
+            match self.cache.gcra(&key, gcra, op).await {
                 Ok(Some(d)) => return d,
                 Ok(None) => {}
                 Err(e) => self.cache_failed("rate limit", &e),
             }
         }
-        local.apply(key.as_bytes(), gcra, op)
+        local.apply(subject.as_bytes(), gcra, op)
     }
 
     /// Stops taking writes and flushes what is queued. Call once, on shutdown.

@@ -26,7 +26,7 @@ impl Filter for IpAccess {
     async fn on_request(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
         let ip = s.client_ip;
         let route = s.route.and_then(|r| r.access.as_deref());
-        if !self.stores.ip_table().allows(ip) || route.is_some_and(|t| !t.allows(ip)) {
+        if !self.stores.ip_allowed(ip) || route.is_some_and(|t| !t.allows(ip)) {
             return Err(ErrorKind::IpDenied.into());
         }
         Ok(())

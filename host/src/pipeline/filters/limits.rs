@@ -7,11 +7,14 @@
 //! | `on_authenticated` | request limits by `key` and `key-model`, then in-flight limits, then token limits: a reservation (the request's completion budget plus its body size over `bytes_per_token`) taken from each bucket |
 //! | `on_response_head` | `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` of the tightest limit, on every answer the limits saw, 429s included |
 //! | `on_body_chunk` | `enforce: strict`: a stream whose running count passes its reservation is ended with an SSE `error` event |
-//! | `on_done` | reconciles each reservation with the tokens the answer reported; the in-flight slot is released when the request's context goes, exactly once whatever ended it |
+//! | `on_done` | reconciles each reservation with the tokens the answer reported; the in-flight slots go with the request's context, exactly once whatever ended it |
 //!
 //! A refused request is not counted: the buckets it took from are refunded. Buckets are GCRA
 //! (`state::Gcra`), in the shared cache when there is one (one limit for the cluster), else in
 //! process (bounded by `limits.max_tracked_keys`). In-flight counts are per gateway.
+//!
+//! What a request took is kept as bit sets over the limits (a request's bucket is found again
+//! from its record), so the common case allocates nothing per limit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,9 +24,17 @@ use http::HeaderValue;
 
 use crate::config::{Enforce, LimitBy, LimitScope, LimitsConfig};
 use crate::error::{ErrorKind, GatewayError};
+use crate::pipeline::session::RequestRecord;
 use crate::pipeline::{Ctx, Filter, Hooks, Session};
 use crate::state::{Gcra, LocalBuckets, Op, Stores};
 use crate::upstream::Upstream;
+
+/// Most request (and, separately, token) limits one config may have: what a request took is a
+/// bit set of this size.
+pub const MAX_LIMITS: usize = 64; // also checked by config validation
+
+/// A bucket key without an allocation for the common subjects (an address, a key id).
+type Subject = smallvec::SmallVec<[u8; 80]>;
 
 /// One bucketed limit (a request or a token limit).
 struct Bucket {
@@ -31,10 +42,12 @@ struct Bucket {
     by: LimitBy,
     gcra: Gcra,
     local: Arc<LocalBuckets>,
-    /// Cache key prefix: the limit's name and parameters.
+    /// Shared-cache key prefix: the limit's kind, name and parameters.
     prefix: String,
     routes: Vec<String>,
     keys: Vec<String>,
+    /// `x-ratelimit-limit-*`: what the bucket holds when idle.
+    capacity: HeaderValue,
 }
 
 impl Bucket {
@@ -58,49 +71,63 @@ impl Bucket {
             prefix,
             routes: scope.routes.clone(),
             keys: scope.keys.clone(),
+            capacity: HeaderValue::from(gcra.capacity()),
         }
     }
 
-    /// The bucket key of this request, if the limit applies to it.
-    fn subject(&self, s: &Session<'_>) -> Option<String> {
-        let route = s.route?;
-        if !self.routes.is_empty() && !self.routes.iter().any(|r| **r == *route.prefix) {
-            return None;
+    /// Whether the limit applies to this request (its route and key, as far as known).
+    fn applies(&self, r: &RequestRecord) -> bool {
+        let Some(route) = r.route.as_deref() else {
+            return false;
+        };
+        (self.routes.is_empty() || self.routes.iter().any(|p| p == route))
+            && (self.keys.is_empty()
+                || r.key
+                    .as_ref()
+                    .is_some_and(|k| self.keys.iter().any(|n| **n == *k.name)))
+    }
+
+    /// The request's bucket in this limit, written to `out`; `false` if the limit does not apply.
+    fn subject(&self, r: &RequestRecord, out: &mut Subject) -> bool {
+        out.clear();
+        if !self.applies(r) {
+            return false;
         }
-        if !self.keys.is_empty()
-            && !s
-                .key
-                .as_ref()
-                .is_some_and(|k| self.keys.iter().any(|n| **n == *k.name))
-        {
-            return None;
-        }
-        let mut key = self.prefix.clone();
         match self.by {
             LimitBy::Ip => {
-                use std::fmt::Write;
-                let _ = write!(key, "{}", crate::config::canonical_ip(s.client_ip));
+                let mut text = smallvec::SmallVec::<[u8; 48]>::new();
+                let _ = std::io::Write::write_fmt(
+                    &mut text,
+                    format_args!("{}", crate::config::canonical_ip(r.client_ip)),
+                );
+                out.extend_from_slice(&text);
             }
-            LimitBy::Route => key.push_str(&route.prefix),
-            LimitBy::Key => key.push_str(&s.key.as_ref()?.hex),
-            LimitBy::KeyModel => {
-                key.push_str(&s.key.as_ref()?.hex);
-                key.push('\u{0}');
-                key.push_str(s.model().unwrap_or(""));
+            LimitBy::Route => out.extend_from_slice(r.route.as_deref().unwrap_or("").as_bytes()),
+            LimitBy::Key | LimitBy::KeyModel => {
+                let Some(k) = &r.key else { return false };
+                out.extend_from_slice(k.hex.as_bytes());
+                if self.by == LimitBy::KeyModel {
+                    out.push(0);
+                    out.extend_from_slice(r.model.as_deref().unwrap_or("").as_bytes());
+                }
             }
         }
-        Some(key)
+        true
+    }
+
+    /// Applies `op` to `subject`'s bucket.
+    async fn apply(&self, stores: &Stores, subject: &Subject, op: Op) -> crate::state::Decision {
+        // Subjects are UTF-8 (addresses, hex ids, route prefixes, model names) and a NUL.
+        let text = std::str::from_utf8(subject).unwrap_or_default();
+        stores
+            .rate(&self.prefix, text, &self.gcra, op, &self.local)
+            .await
     }
 
     /// Before authentication: limits by IP and route that do not depend on the key.
     fn early(&self) -> bool {
         matches!(self.by, LimitBy::Ip | LimitBy::Route) && self.keys.is_empty()
     }
-}
-
-struct RequestLimit {
-    bucket: Bucket,
-    nodelay: bool,
 }
 
 struct TokenLimit {
@@ -120,7 +147,7 @@ struct InFlightLimit {
     counts: Arc<InFlightCounts>,
 }
 
-/// Holds one in-flight slot; dropping it (with the request's context) releases it.
+/// Holds one in-flight slot; dropping it releases it.
 struct Slot {
     counts: Arc<InFlightCounts>,
     key: String,
@@ -138,51 +165,57 @@ impl Drop for Slot {
     }
 }
 
-/// [`Taken`] as a request extension (extensions must be `Clone`; the slots must not be).
-#[derive(Clone, Default)]
-struct TakenCell(Arc<Mutex<Taken>>);
-
-/// The filter's record of `ctx`'s request, made on first use.
-fn taken(ctx: &mut Ctx) -> std::sync::MutexGuard<'_, Taken> {
-    ctx.ext
-        .get_or_insert_default::<TakenCell>()
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+/// The tightest limit of one kind, for the headers: remaining units and time until full.
+#[derive(Clone, Copy)]
+struct Quota {
+    limit: usize,
+    remaining: u64,
+    reset_us: u64,
 }
 
-/// What the filter keeps on a request.
-#[derive(Default)]
-struct Taken {
-    /// Request buckets taken from, refunded if a later limit refuses.
-    requests: Vec<(usize, String)>,
-    /// Token buckets reserved from, with the reservation.
-    tokens: Vec<(usize, String)>,
+fn tighter(cur: &mut Option<Quota>, new: Quota) {
+    if cur.is_none_or(|c| {
+        new.remaining < c.remaining || (new.remaining == c.remaining && new.reset_us > c.reset_us)
+    }) {
+        *cur = Some(new);
+    }
+}
+
+/// What the request limits took (request extension).
+#[derive(Clone, Copy, Default)]
+struct RequestsTaken {
+    /// Bit `i`: request limit `i` counted this request.
+    mask: u64,
+    quota: Option<Quota>,
+}
+
+/// A token reservation (request extension).
+#[derive(Clone, Copy, Default)]
+struct TokensTaken {
+    /// Bit `i`: token limit `i` holds the reservation.
+    mask: u64,
     reserved: u64,
     /// The part of `reserved` that is the prompt estimate.
     prompt_estimate: u64,
     strict: bool,
-    slots: Vec<Slot>,
-    /// The tightest limit of each kind, for the headers: (capacity, remaining, reset µs).
-    request_quota: Option<(u64, u64, u64)>,
-    token_quota: Option<(u64, u64, u64)>,
+    quota: Option<Quota>,
     /// The stream was ended at this count.
     cut_at: Option<u64>,
 }
 
+/// The in-flight slots a request holds (request extension; released when the context goes).
+#[derive(Clone)]
+struct Slots {
+    _held: Arc<Vec<Slot>>,
+}
+
 pub(crate) struct Limits {
     stores: Arc<Stores>,
-    requests: Vec<RequestLimit>,
+    requests: Vec<(Bucket, bool)>,
     tokens: Vec<TokenLimit>,
     in_flight: Vec<InFlightLimit>,
     bytes_per_token: u64,
     default_max_tokens: u64,
-}
-
-fn tighter(cur: &mut Option<(u64, u64, u64)>, new: (u64, u64, u64)) {
-    if cur.is_none_or(|c| new.1 < c.1 || (new.1 == c.1 && new.2 > c.2)) {
-        *cur = Some(new);
-    }
 }
 
 impl Limits {
@@ -195,29 +228,32 @@ impl Limits {
         let requests = c
             .requests
             .iter()
-            .map(|r| RequestLimit {
-                bucket: Bucket::new(
+            .take(MAX_LIMITS)
+            .map(|r| {
+                let gcra = Gcra::new(r.rate.count, us(r.rate.period), u64::from(r.burst));
+                let b = Bucket::new(
                     stores,
                     "req",
                     &r.name,
                     r.by,
-                    Gcra::new(r.rate.count, us(r.rate.period), u64::from(r.burst)),
+                    gcra,
                     &r.scope,
                     c.max_tracked_keys,
-                ),
-                nodelay: r.nodelay,
+                );
+                (b, r.nodelay)
             })
             .collect();
         let tokens = c
             .tokens
             .iter()
+            .take(MAX_LIMITS)
             .map(|t| TokenLimit {
+                // An idle bucket holds exactly the limit.
                 bucket: Bucket::new(
                     stores,
                     "tok",
                     &t.name,
                     t.by,
-                    // An idle bucket holds exactly the limit.
                     Gcra::new(t.tokens.count, us(t.tokens.period), t.tokens.count - 1),
                     &t.scope,
                     c.max_tracked_keys,
@@ -249,22 +285,27 @@ impl Limits {
     /// Takes one request from each applicable limit in `early` (or the others); on a refusal
     /// every bucket this request took from is refunded.
     async fn take_requests(&self, s: &mut Session<'_>, early: bool) -> Result<(), GatewayError> {
+        let mut taken = s
+            .ctx
+            .ext
+            .get::<RequestsTaken>()
+            .copied()
+            .unwrap_or_default();
         let mut wait_us = 0;
-        for (i, limit) in self.requests.iter().enumerate() {
-            let b = &limit.bucket;
-            if b.early() != early {
+        let mut subject = Subject::new();
+        for (i, (b, nodelay)) in self.requests.iter().enumerate() {
+            if b.early() != early || !b.subject(&s.ctx.record, &mut subject) {
                 continue;
             }
-            let Some(key) = b.subject(s) else { continue };
-            let d = self.stores.rate(&key, &b.gcra, Op::Take(1), &b.local).await;
-            let capacity = b.gcra.capacity();
+            let d = b.apply(&self.stores, &subject, Op::Take(1)).await;
             if !d.allowed {
-                let refund = {
-                    let mut t = taken(&mut s.ctx);
-                    t.request_quota = Some((capacity, 0, d.ahead_us));
-                    std::mem::take(&mut t.requests)
-                };
-                self.refund_requests(refund).await;
+                taken.quota = Some(Quota {
+                    limit: i,
+                    remaining: 0,
+                    reset_us: d.ahead_us,
+                });
+                s.ctx.ext.insert(RequestsTaken { mask: 0, ..taken });
+                self.refund_requests(&s.ctx.record, taken.mask).await;
                 return Err(ErrorKind::RateLimited {
                     tokens: false,
                     retry_after_ms: d.wait_us.div_ceil(1000),
@@ -277,15 +318,19 @@ impl Limits {
                 }
                 .into());
             }
-            let mut t = taken(&mut s.ctx);
-            tighter(
-                &mut t.request_quota,
-                (capacity, b.gcra.remaining(d.ahead_us), d.ahead_us),
-            );
-            t.requests.push((i, key));
-            if !limit.nodelay {
+            let quota = Quota {
+                limit: i,
+                remaining: b.gcra.remaining(d.ahead_us),
+                reset_us: d.ahead_us,
+            };
+            tighter(&mut taken.quota, quota);
+            taken.mask |= 1 << i;
+            if !nodelay {
                 wait_us = wait_us.max(d.wait_us);
             }
+        }
+        if taken.quota.is_some() {
+            s.ctx.ext.insert(taken);
         }
         if wait_us > 0 {
             // nginx's delay mode: the burst is served at the rate.
@@ -294,21 +339,24 @@ impl Limits {
         Ok(())
     }
 
-    async fn refund_requests(&self, taken: Vec<(usize, String)>) {
-        for (i, key) in taken {
-            let b = &self.requests[i].bucket;
-            self.stores
-                .rate(&key, &b.gcra, Op::Adjust(-1), &b.local)
-                .await;
+    async fn refund_requests(&self, r: &RequestRecord, mask: u64) {
+        let mut subject = Subject::new();
+        for (i, (b, _)) in self.requests.iter().enumerate() {
+            if mask & (1 << i) != 0 && b.subject(r, &mut subject) {
+                b.apply(&self.stores, &subject, Op::Adjust(-1)).await;
+            }
         }
     }
 
     fn take_slots(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
+        if self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let (Some(route), Some(k)) = (s.route, s.key.as_ref()) else {
+            return Ok(());
+        };
         let mut slots = Vec::new();
         for limit in &self.in_flight {
-            let (Some(route), Some(k)) = (s.route, s.key.as_ref()) else {
-                continue;
-            };
             if (!limit.routes.is_empty() && !limit.routes.iter().any(|r| **r == *route.prefix))
                 || (!limit.keys.is_empty() && !limit.keys.iter().any(|n| **n == *k.name))
             {
@@ -322,7 +370,7 @@ impl Limits {
             let n = map.entry(key.clone()).or_insert(0);
             if *n >= limit.max {
                 drop(map);
-                // `slots` taken so far are released as they drop.
+                // The slots taken so far are released as they drop.
                 return Err(ErrorKind::TooManyInFlight { limit: limit.max }.into());
             }
             *n += 1;
@@ -332,11 +380,18 @@ impl Limits {
                 key,
             });
         }
-        taken(&mut s.ctx).slots = slots;
+        if !slots.is_empty() {
+            s.ctx.ext.insert(Slots {
+                _held: Arc::new(slots),
+            });
+        }
         Ok(())
     }
 
     async fn reserve_tokens(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
+        if self.tokens.is_empty() {
+            return Ok(());
+        }
         let completion = s
             .probe
             .max_completion_tokens
@@ -344,27 +399,33 @@ impl Limits {
             .unwrap_or(self.default_max_tokens);
         let prompt = s.ctx.record.bytes_in.div_ceil(self.bytes_per_token);
         let want = completion.saturating_add(prompt);
-        let mut reserved: Vec<(usize, String)> = Vec::new();
-        let mut quota = None;
-        let mut strict = false;
+        let mut taken = TokensTaken {
+            reserved: want,
+            prompt_estimate: prompt,
+            ..TokensTaken::default()
+        };
+        let mut subject = Subject::new();
         for (i, limit) in self.tokens.iter().enumerate() {
             let b = &limit.bucket;
-            let Some(key) = b.subject(s) else { continue };
+            if !b.subject(&s.ctx.record, &mut subject) {
+                continue;
+            }
             let capacity = b.gcra.capacity();
-            let d = self
-                .stores
-                .rate(&key, &b.gcra, Op::Take(want), &b.local)
-                .await;
+            let d = b.apply(&self.stores, &subject, Op::Take(want)).await;
             if !d.allowed {
-                for (j, k) in &reserved {
-                    let b = &self.tokens[*j].bucket;
-                    self.stores
-                        .rate(k, &b.gcra, Op::Adjust(-(want as i64)), &b.local)
-                        .await;
-                }
-                taken(&mut s.ctx).token_quota =
-                    Some((capacity, b.gcra.remaining(d.ahead_us), d.ahead_us));
-                let message = if want > capacity {
+                self.settle_tokens(&s.ctx.record, taken.mask, -(want as i64))
+                    .await;
+                s.ctx.ext.insert(TokensTaken {
+                    mask: 0,
+                    quota: Some(Quota {
+                        limit: i,
+                        remaining: b.gcra.remaining(d.ahead_us),
+                        reset_us: d.ahead_us,
+                    }),
+                    ..TokensTaken::default()
+                });
+                let too_big = want > capacity;
+                let message = if too_big {
                     format!(
                         "this request reserves {want} tokens (max_tokens plus the prompt estimate), more than the token limit {:?} of {capacity} allows at all",
                         b.name
@@ -378,7 +439,7 @@ impl Limits {
                 };
                 return Err(ErrorKind::RateLimited {
                     tokens: true,
-                    retry_after_ms: if want > capacity {
+                    retry_after_ms: if too_big {
                         60_000
                     } else {
                         d.wait_us.div_ceil(1000)
@@ -387,42 +448,88 @@ impl Limits {
                 }
                 .into());
             }
-            tighter(
-                &mut quota,
-                (capacity, b.gcra.remaining(d.ahead_us), d.ahead_us),
-            );
-            strict |= limit.strict;
-            reserved.push((i, key));
+            let quota = Quota {
+                limit: i,
+                remaining: b.gcra.remaining(d.ahead_us),
+                reset_us: d.ahead_us,
+            };
+            tighter(&mut taken.quota, quota);
+            taken.strict |= limit.strict;
+            taken.mask |= 1 << i;
         }
-        if !reserved.is_empty() {
-            let mut t = taken(&mut s.ctx);
-            t.tokens = reserved;
-            t.reserved = want;
-            t.prompt_estimate = prompt;
-            t.strict = strict;
-            t.token_quota = quota;
+        if taken.mask != 0 {
+            s.ctx.ext.insert(taken);
         }
         Ok(())
+    }
+
+    /// Charges (or refunds, negative) `delta` tokens to each token limit in `mask`.
+    async fn settle_tokens(&self, r: &RequestRecord, mask: u64, delta: i64) {
+        let mut subject = Subject::new();
+        for (i, limit) in self.tokens.iter().enumerate() {
+            let b = &limit.bucket;
+            if mask & (1 << i) != 0 && b.subject(r, &mut subject) {
+                b.apply(&self.stores, &subject, Op::Adjust(delta)).await;
+            }
+        }
+    }
+
+    fn headers(&self, h: &mut http::HeaderMap, quota: Quota, tokens: bool) {
+        let (capacity, names) = if tokens {
+            (
+                &self.tokens[quota.limit].bucket.capacity,
+                [
+                    "x-ratelimit-limit-tokens",
+                    "x-ratelimit-remaining-tokens",
+                    "x-ratelimit-reset-tokens",
+                ],
+            )
+        } else {
+            (
+                &self.requests[quota.limit].0.capacity,
+                [
+                    "x-ratelimit-limit-requests",
+                    "x-ratelimit-remaining-requests",
+                    "x-ratelimit-reset-requests",
+                ],
+            )
+        };
+        h.insert(names[0], capacity.clone());
+        h.insert(names[1], HeaderValue::from(quota.remaining));
+        let mut reset = smallvec::SmallVec::<[u8; 24]>::new();
+        write_reset(&mut reset, quota.reset_us);
+        if let Ok(v) = HeaderValue::from_bytes(&reset) {
+            h.insert(names[2], v);
+        }
     }
 }
 
 /// A duration the way OpenAI's `x-ratelimit-reset-*` headers write it: `20ms`, `1.5s`, `6m0s`.
-fn reset_text(us: u64) -> String {
+fn write_reset(out: &mut impl std::io::Write, us: u64) {
     let ms = us.div_ceil(1000);
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let secs = ms as f64 / 1000.0;
-    if secs < 60.0 {
-        let t = format!("{secs:.3}");
-        return format!("{}s", t.trim_end_matches('0').trim_end_matches('.'));
-    }
-    let s = ms / 1000;
-    if s < 3600 {
-        format!("{}m{}s", s / 60, s % 60)
+    let _ = if ms < 1000 {
+        write!(out, "{ms}ms")
+    } else if ms < 60_000 {
+        let (s, mut frac) = (ms / 1000, ms % 1000);
+        if frac == 0 {
+            write!(out, "{s}s")
+        } else {
+            // Milliseconds as a decimal fraction without trailing zeros: 500 → .5, 50 → .05.
+            let mut width = 3;
+            while frac % 10 == 0 {
+                frac /= 10;
+                width -= 1;
+            }
+            write!(out, "{s}.{frac:0width$}s")
+        }
     } else {
-        format!("{}h{}m{}s", s / 3600, s % 3600 / 60, s % 60)
-    }
+        let s = ms / 1000;
+        if s < 3600 {
+            write!(out, "{}m{}s", s / 60, s % 60)
+        } else {
+            write!(out, "{}h{}m{}s", s / 3600, s % 3600 / 60, s % 60)
+        }
+    };
 }
 
 /// The final event of a stream a strict token limit ended: OpenAI's error shape, which OpenAI
@@ -468,12 +575,11 @@ impl Filter for Limits {
         };
         if let Err(e) = result {
             // Refused: nothing of it is counted.
-            let refund = {
-                let mut t = taken(&mut s.ctx);
-                t.slots.clear();
-                std::mem::take(&mut t.requests)
-            };
-            self.refund_requests(refund).await;
+            s.ctx.ext.remove::<Slots>();
+            if let Some(t) = s.ctx.ext.get_mut::<RequestsTaken>() {
+                let mask = std::mem::take(&mut t.mask);
+                self.refund_requests(&s.ctx.record, mask).await;
+            }
             return Err(e);
         }
         Ok(())
@@ -485,50 +591,20 @@ impl Filter for Limits {
         head: &mut http::response::Parts,
         _from: Option<&Upstream>,
     ) -> Result<(), GatewayError> {
-        if s.ctx.ext.get::<TakenCell>().is_none() {
-            return Ok(());
+        if let Some(q) = s.ctx.ext.get::<RequestsTaken>().and_then(|t| t.quota) {
+            self.headers(&mut head.headers, q, false);
         }
-        let quotas = {
-            let t = taken(&mut s.ctx);
-            [t.request_quota, t.token_quota]
-        };
-        for (quota, names) in [
-            (
-                quotas[0],
-                [
-                    "x-ratelimit-limit-requests",
-                    "x-ratelimit-remaining-requests",
-                    "x-ratelimit-reset-requests",
-                ],
-            ),
-            (
-                quotas[1],
-                [
-                    "x-ratelimit-limit-tokens",
-                    "x-ratelimit-remaining-tokens",
-                    "x-ratelimit-reset-tokens",
-                ],
-            ),
-        ] {
-            let Some((limit, remaining, reset)) = quota else {
-                continue;
-            };
-            let h = &mut head.headers;
-            h.insert(names[0], HeaderValue::from(limit));
-            h.insert(names[1], HeaderValue::from(remaining));
-            if let Ok(v) = HeaderValue::from_str(&reset_text(reset)) {
-                h.insert(names[2], v);
-            }
+        if let Some(q) = s.ctx.ext.get::<TokensTaken>().and_then(|t| t.quota) {
+            self.headers(&mut head.headers, q, true);
         }
         Ok(())
     }
 
     fn on_body_chunk(&self, ctx: &mut Ctx, _chunk: &Bytes) {
-        let Some(cell) = ctx.ext.get::<TakenCell>().cloned() else {
+        let Some(t) = ctx.ext.get::<TokensTaken>().copied() else {
             return;
         };
-        let mut t = cell.0.lock().unwrap_or_else(|p| p.into_inner());
-        if !t.strict || t.cut_at.is_some() {
+        if !t.strict || t.mask == 0 || t.cut_at.is_some() {
             return;
         }
         // What the upstream reported, or (OpenAI streams report at their end) the prompt
@@ -536,19 +612,21 @@ impl Filter for Limits {
         let reported = ctx.tokens_seen().map_or(0, |t| t.total());
         let running = reported.max(t.prompt_estimate + ctx.stream_events());
         if running > t.reserved {
-            t.cut_at = Some(running);
+            ctx.ext.insert(TokensTaken {
+                cut_at: Some(running),
+                ..t
+            });
             ctx.end_stream(cut_event(t.reserved), "token_limit_exceeded");
         }
     }
 
     fn on_done(&self, ctx: &mut Ctx) {
-        let Some(cell) = ctx.ext.remove::<TakenCell>() else {
+        // The in-flight slots go now, whatever ended the request.
+        ctx.ext.remove::<Slots>();
+        let Some(t) = ctx.ext.remove::<TokensTaken>() else {
             return;
         };
-        let mut t = std::mem::take(&mut *cell.0.lock().unwrap_or_else(|p| p.into_inner()));
-        // The in-flight slots go now, whatever ended the request.
-        t.slots.clear();
-        if t.tokens.is_empty() {
+        if t.mask == 0 {
             return;
         }
         let r = &ctx.record;
@@ -564,18 +642,29 @@ impl Filter for Limits {
         if delta == 0 {
             return;
         }
+        // The buckets are found again from the record, in a task (a shared cache is a round
+        // trip; the answer has already gone).
+        let mut subjects: Vec<(usize, Subject)> = Vec::new();
+        for (i, limit) in self.tokens.iter().enumerate() {
+            let mut subject = Subject::new();
+            if t.mask & (1 << i) != 0 && limit.bucket.subject(r, &mut subject) {
+                subjects.push((i, subject));
+            }
+        }
         let stores = self.stores.clone();
-        let buckets: Vec<(Gcra, Arc<LocalBuckets>, String)> = t
-            .tokens
+        let buckets: Vec<(String, Gcra, Arc<LocalBuckets>, Subject)> = subjects
             .into_iter()
-            .map(|(i, key)| {
+            .map(|(i, subject)| {
                 let b = &self.tokens[i].bucket;
-                (b.gcra, b.local.clone(), key)
+                (b.prefix.clone(), b.gcra, b.local.clone(), subject)
             })
             .collect();
         tokio::spawn(async move {
-            for (gcra, local, key) in buckets {
-                stores.rate(&key, &gcra, Op::Adjust(delta), &local).await;
+            for (prefix, gcra, local, subject) in buckets {
+                let text = std::str::from_utf8(&subject).unwrap_or_default();
+                stores
+                    .rate(&prefix, text, &gcra, Op::Adjust(delta), &local)
+                    .await;
             }
         });
     }
@@ -583,12 +672,19 @@ impl Filter for Limits {
 
 #[cfg(test)]
 mod tests {
-    use super::reset_text;
+    use super::write_reset;
+
+    fn reset_text(us: u64) -> String {
+        let mut v = Vec::new();
+        write_reset(&mut v, us);
+        String::from_utf8(v).unwrap()
+    }
 
     #[test]
     fn reset_durations_read_like_openais() {
         assert_eq!(reset_text(20_000), "20ms");
         assert_eq!(reset_text(1_500_000), "1.5s");
+        assert_eq!(reset_text(1_050_000), "1.05s");
         assert_eq!(reset_text(2_000_000), "2s");
         assert_eq!(reset_text(360_000_000), "6m0s");
         assert_eq!(reset_text(3_723_000_000), "1h2m3s");
