@@ -3,19 +3,22 @@
 # an equivalent streaming reverse proxy, and against Tollgate. Prints figures and ratios.
 # Not a test: it never fails on timing. Loopback only.
 #
-#   bench/run.sh            # 5 rounds of: 5 s RPS run, 200 SSE streams, per target; then a
+#   bench/run.sh            # 5 rounds, per target, of: a 5 s RPS run at fixed concurrency, a
+#                           # 10 s open-loop run at 5000 rps, 200 then 1000 SSE streams; then a
 #                           # micro-benchmark of one call into each policy kind
-#   ROUNDS=5 SECONDS_PER_RUN=10 STREAMS=100 RATE=5000 bench/run.sh
-#   PIN=0 bench/run.sh      # unpinned: every process shares every core
+#   ROUNDS=5 SECONDS_PER_RUN=10 FIXED_SECONDS=10 STREAMS=100 STREAMS_HIGH=1000 RATE=5000 bench/run.sh
+#   PIN=1 bench/run.sh      # pinned: proxies on core 0, upstream and load on core 1 (the default,
+#                           # PIN=0, leaves every process unpinned, sharing every core: how a
+#                           # gateway is deployed, and the headline figure)
 #   DENY=100000 bench/run.sh   # the edge target's deny list size (default 1000)
 #   BASELINE=/path/to/old/tollgate bench/run.sh
 #                           # also runs that binary (auth only and chain), interleaved with this
 #                           # build, and prints this build's figures as ratios of it (before/after
 #                           # a refactor, on the same machine at the same time)
 #
-# On a machine with 2 or more cores the proxies (nginx, both Tollgates) are pinned to core 0 and
-# the mock upstream and the load generator to core 1, so a proxy's figures are its own and not a
-# share of a core it fights the load generator for. CPU per request is measured twice: at
+# With PIN=1 on a machine with 2 or more cores the proxies (nginx, both Tollgates) are pinned to
+# core 0 and the mock upstream and the load generator to core 1, so a proxy's figures are its own
+# and not a share of a core it fights the load generator for. CPU per request is measured twice: at
 # saturation, and at a fixed offered rate (RATE, below every proxy's capacity), where it is
 # comparable between targets (a saturated proxy batches more work per wakeup, so it looks cheaper
 # per request). See bench/README.md for how to read the figures.
@@ -28,7 +31,11 @@ STREAMS=${STREAMS:-200}
 EVENTS=${EVENTS:-20}
 DELAY_MS=${DELAY_MS:-50}
 RATE=${RATE:-5000}
+FIXED_SECONDS=${FIXED_SECONDS:-10}
+STREAMS_HIGH=${STREAMS_HIGH:-1000}
 KEY=sk-bench-key-0001
+# 1000 streams through a proxy hold about 3000 sockets.
+ulimit -n 65536 2>/dev/null || true
 MOCK=127.0.0.1:19000 NGINX=127.0.0.1:19001 GATE=127.0.0.1:19002 CHAIN=127.0.0.1:19003
 BASE=127.0.0.1:19004 BASE_CHAIN=127.0.0.1:19005 EDGE=127.0.0.1:19006
 # Entries of the edge target's deny list (none matches the load generator).
@@ -53,7 +60,7 @@ rustup target add wasm32-wasip2 >/dev/null 2>&1
 plugins/build.sh build >/dev/null 2>&1
 bin=target/release
 # PIN=0: every process unpinned, sharing the machine's cores (how a gateway is deployed).
-PIN=${PIN:-1}
+PIN=${PIN:-0}
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   proxy_cpu=(taskset -c 0) load_cpu=(taskset -c 1)
 else
@@ -172,8 +179,19 @@ if [ -n "$BASELINE" ]; then
   targets="$targets base:$BASE base-chain:$BASE_CHAIN"
 fi
 
-# CPU seconds (user + system) a process has used so far.
-cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+# A target's processes: the gateway, or nginx's master and workers.
+pids_of() {
+  case $1 in
+    tollgate) echo "$gate_pid" ;; chain) echo "$chain_pid" ;; edge) echo "$edge_pid" ;;
+    base) echo "$base_pid" ;; base-chain) echo "$base_chain_pid" ;;
+    nginx) m=$(cat "$out/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
+    *) echo "" ;;
+  esac
+}
+# CPU seconds (user + system) the processes have used so far.
+cpu_secs() { local t=0; for p in $1; do t=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" '{print t + ($14 + $15) / hz}' "/proc/$p/stat"); done; echo "$t"; }
+# Resident memory (field VmRSS, or VmHWM for the peak) of the processes, in MiB.
+rss_mib() { local t=0; for p in $1; do t=$(awk -v t="$t" -v f="$2:" '$1 == f {t += $2} END {print t}' "/proc/$p/status"); done; awk -v t="$t" 'BEGIN {print t / 1024}'; }
 
 for addr in $MOCK $NGINX $GATE $CHAIN $EDGE $([ -n "$BASELINE" ] && echo "$BASE $BASE_CHAIN"); do
   for _ in $(seq 100); do (echo >/dev/tcp/${addr%:*}/${addr#*:}) 2>/dev/null && break; sleep 0.1; done
@@ -182,77 +200,105 @@ done
 # Targets are interleaved round by round and each figure is the median over ROUNDS, because a
 # shared 2-core machine drifts by ±15% between runs of the same binary.
 results="$out/results.jsonl"
+memory="$out/memory.jsonl"
+for target in $targets; do
+  name=${target%%:*}
+  [ -n "$(pids_of "$name")" ] && echo "{\"target\":\"$name\",\"idle_mib\":$(rss_mib "$(pids_of "$name")" VmRSS)}" >> "$memory"
+done
 for round in $(seq "$ROUNDS"); do
   for target in $targets; do
     name=${target%%:*} addr=${target#*:}
     url="http://$addr/v1/chat/completions"
     load() { "${load_cpu[@]}" "$bin/tollgate-bench" "$@"; }
     load rps --url "$url" --concurrency 8 --seconds 1 --key $KEY >/dev/null  # warm-up
-    case $name in
-      tollgate) pid=$gate_pid ;; chain) pid=$chain_pid ;; edge) pid=$edge_pid ;;
-      base) pid=$base_pid ;; base-chain) pid=$base_chain_pid ;; *) pid="" ;;
-    esac
-    c0=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
+    pids=$(pids_of "$name")
+    c0=$(cpu_secs "$pids")
     r=$(load rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --key $KEY)
-    c1=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
-    f=$(load rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --key $KEY --rate "$RATE")
-    c2=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
+    c1=$(cpu_secs "$pids")
+    f=$(load rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$FIXED_SECONDS" --key $KEY --rate "$RATE")
+    c2=$(cpu_secs "$pids")
     s=$(load sse --url "$url" --streams "$STREAMS" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY)
-    echo "{\"round\":$round,\"target\":\"$name\",\"cpu_s\":$(awk "BEGIN{print $c1-$c0}"),\"rps\":$r,\"fixed_cpu_s\":$(awk "BEGIN{print $c2-$c1}"),\"fixed\":$f,\"sse\":$s}" | tee -a "$results"
+    case $name in
+      direct|nginx|tollgate|chain) h=$(load sse --url "$url" --streams "$STREAMS_HIGH" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY) ;;
+      *) h=null ;;
+    esac
+    echo "{\"round\":$round,\"target\":\"$name\",\"cpu_s\":$(awk "BEGIN{print $c1-$c0}"),\"rps\":$r,\"fixed_cpu_s\":$(awk "BEGIN{print $c2-$c1}"),\"fixed\":$f,\"sse\":$s,\"sse_high\":$h}" | tee -a "$results"
   done
 done
+for target in $targets; do
+  name=${target%%:*}
+  [ -n "$(pids_of "$name")" ] && echo "{\"target\":\"$name\",\"peak_mib\":$(rss_mib "$(pids_of "$name")" VmHWM)}" >> "$memory"
+done
 
-python3 - "$results" <<'PY'
+python3 - "$results" "$memory" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-def med(target, kind, key):
-    return statistics.median(r[kind][key] for r in rows if r["target"] == target)
-names = ("direct", "nginx", "tollgate", "chain")
-print(f"\n== non-streaming POST, fixed concurrency (median of {len({r['round'] for r in rows})} rounds)")
-print(f"{'':10}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
-for n in names:
-    print(f"{n:10}{med(n,'rps','rps'):>10.0f}{med(n,'rps','p50_ms'):>10.3f}{med(n,'rps','p99_ms'):>10.3f}{med(n,'rps','errors'):>8.0f}")
-def ratios(kind, key, base):
-    """Tollgate/base within each round (paired, so slow drift of the machine cancels out)."""
-    by_round = {}
-    for r in rows:
-        by_round.setdefault(r["round"], {})[r["target"]] = r[kind][key]
-    vals = sorted(v["tollgate"] / v[base] for v in by_round.values())
-    return statistics.median(vals), vals[0], vals[-1]
-for base in ("nginx", "direct"):
-    (rm, rlo, rhi), (pm, plo, phi) = ratios("rps", "rps", base), ratios("rps", "p99_ms", base)
-    print(f"tollgate/{base} per round: rps {rm:.2f}x (range {rlo:.2f}-{rhi:.2f}), p99 {pm:.2f}x (range {plo:.2f}-{phi:.2f})")
+mem = {}
+for l in open(sys.argv[2]):
+    m = json.loads(l)
+    mem.setdefault(m["target"], {}).update(m)
 by_round = {}
 for r in rows:
     by_round.setdefault(r["round"], {})[r["target"]] = r
-chain_vs_plain = sorted(v["chain"]["rps"]["rps"] / v["tollgate"]["rps"]["rps"] for v in by_round.values())
-cpu_us = lambda t, cpu="cpu_s", run="rps": statistics.median(v[t][cpu] / v[t][run]["requests"] * 1e6 for v in by_round.values())
-print(f"chain/tollgate per round: rps {statistics.median(chain_vs_plain):.2f}x (range {chain_vs_plain[0]:.2f}-{chain_vs_plain[-1]:.2f})")
-edge = sorted(v["edge"]["rps"]["rps"] / v["tollgate"]["rps"]["rps"] for v in by_round.values())
-edge_cpu = sorted((v["edge"]["fixed_cpu_s"] / v["edge"]["fixed"]["requests"]) / (v["tollgate"]["fixed_cpu_s"] / v["tollgate"]["fixed"]["requests"]) for v in by_round.values())
-print(f"edge/tollgate per round (IP and key limits, deny list, security headers): rps {statistics.median(edge):.3f}x "
-      f"(range {edge[0]:.3f}-{edge[-1]:.3f}), CPU/request at a fixed rate {statistics.median(edge_cpu):.3f}x (range {edge_cpu[0]:.3f}-{edge_cpu[-1]:.3f})")
-for label, cpu, run in (("at saturation", "cpu_s", "rps"), ("at a fixed rate", "fixed_cpu_s", "fixed")):
-    rate = statistics.median(r[run]["rps"] for r in rows if r["target"] == "tollgate")
-    t, c = cpu_us("tollgate", cpu, run), cpu_us("chain", cpu, run)
-    print(f"gateway CPU per request {label} ({rate:.0f} rps): tollgate {t:.1f} us, with the 4-policy chain {c:.1f} us "
-          f"(chain adds {c - t:.1f} us)")
-print("\n== concurrent SSE streams (ms)")
-print(f"{'':10}{'ttfb p50':>10}{'ttfb p99':>10}{'gap p50':>10}{'gap p99':>10}{'coalesced':>10}")
+def med(target, kind, key):
+    return statistics.median(r[kind][key] for r in rows if r["target"] == target)
+def paired(f, new, old):
+    """new/old within each round (paired, so slow drift of the machine cancels out)."""
+    vals = sorted(f(v[new]) / f(v[old]) for v in by_round.values())
+    return statistics.median(vals), vals[0], vals[-1]
+def fmt(t):
+    return f"{t[0]:.2f}x ({t[1]:.2f}-{t[2]:.2f})"
+cpu_req = lambda cpu, run: (lambda t: t[cpu] / t[run]["requests"] * 1e6)
+names = [n for n in ("direct", "nginx", "tollgate", "chain", "edge") if n in {r["target"] for r in rows}]
+n_rounds = len(by_round)
+print(f"\n== non-streaming POST (median of {n_rounds} rounds; CPU per request in us; RSS in MiB)")
+print(f"{'':10}{'rps':>9}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}{'cpu sat':>9}{'cpu 5k':>8}"
+      f"{'5k p50':>8}{'5k p99':>8}{'+p50 us':>9}{'+p99 us':>9}{'idle':>7}{'peak':>7}")
 for n in names:
-    print(f"{n:10}{med(n,'sse','ttfb_p50_ms'):>10.3f}{med(n,'sse','ttfb_p99_ms'):>10.3f}"
-          f"{med(n,'sse','gap_p50_ms'):>10.3f}{med(n,'sse','gap_p99_ms'):>10.3f}{med(n,'sse','coalesced_reads'):>10.0f}")
-d, g, x, _ = (med(n, 'sse', 'ttfb_p99_ms') for n in names)
-print(f"tollgate TTFB p99: {x-d:+.3f} ms vs direct, {x-g:+.3f} ms vs nginx")
+    sat = statistics.median(cpu_req("cpu_s", "rps")(v[n]) for v in by_round.values()) if n != "direct" else float("nan")
+    fix = statistics.median(cpu_req("fixed_cpu_s", "fixed")(v[n]) for v in by_round.values()) if n != "direct" else float("nan")
+    add50 = statistics.median((v[n]["fixed"]["p50_ms"] - v["direct"]["fixed"]["p50_ms"]) * 1e3 for v in by_round.values())
+    add99 = statistics.median((v[n]["fixed"]["p99_ms"] - v["direct"]["fixed"]["p99_ms"]) * 1e3 for v in by_round.values())
+    m = mem.get(n, {})
+    print(f"{n:10}{med(n,'rps','rps'):>9.0f}{med(n,'rps','p50_ms'):>8.3f}{med(n,'rps','p99_ms'):>8.3f}{med(n,'rps','errors'):>5.0f}"
+          f"{sat:>9.1f}{fix:>8.1f}{med(n,'fixed','p50_ms'):>8.3f}{med(n,'fixed','p99_ms'):>8.3f}{add50:>9.0f}{add99:>9.0f}"
+          f"{m.get('idle_mib', float('nan')):>7.1f}{m.get('peak_mib', float('nan')):>7.1f}")
+print("(+p50/+p99: latency added over direct in the open-loop run at the fixed rate, per round)")
+for new in ("tollgate", "chain"):
+    for base in ("nginx", "direct"):
+        print(f"{new}/{base} per round: rps {fmt(paired(lambda t: t['rps']['rps'], new, base))}, "
+              f"p99 {fmt(paired(lambda t: t['rps']['p99_ms'], new, base))}"
+              + (f", CPU/request at saturation {fmt(paired(cpu_req('cpu_s', 'rps'), new, base))}, "
+                 f"at the fixed rate {fmt(paired(cpu_req('fixed_cpu_s', 'fixed'), new, base))}" if base == "nginx" else ""))
+chain_vs_plain = paired(lambda t: t["rps"]["rps"], "chain", "tollgate")
+print(f"chain/tollgate per round: rps {fmt(chain_vs_plain)}")
+if "edge" in names:
+    print(f"edge/tollgate per round (IP and key limits, deny list, security headers): "
+          f"rps {fmt(paired(lambda t: t['rps']['rps'], 'edge', 'tollgate'))}, "
+          f"CPU/request at the fixed rate {fmt(paired(cpu_req('fixed_cpu_s', 'fixed'), 'edge', 'tollgate'))}")
+for kind, label in (("sse", "200"), ("sse_high", "high")):
+    have = [n for n in names if all(r.get(kind) for r in rows if r["target"] == n)]
+    if not have:
+        continue
+    streams = next(r[kind]["streams"] for r in rows if r.get(kind))
+    print(f"\n== {streams} concurrent SSE streams (ms; streams/s over the whole run)")
+    print(f"{'':10}{'ttfb p50':>10}{'ttfb p99':>10}{'gap p50':>10}{'gap p99':>10}{'coalesced':>10}{'streams/s':>10}")
+    for n in have:
+        print(f"{n:10}{med(n,kind,'ttfb_p50_ms'):>10.3f}{med(n,kind,'ttfb_p99_ms'):>10.3f}"
+              f"{med(n,kind,'gap_p50_ms'):>10.3f}{med(n,kind,'gap_p99_ms'):>10.3f}{med(n,kind,'coalesced_reads'):>10.0f}"
+              f"{med(n,kind,'streams_per_s'):>10.1f}")
+    if "tollgate" in have and "nginx" in have:
+        x, d, g = (med(n, kind, "ttfb_p99_ms") for n in ("tollgate", "direct", "nginx"))
+        sp = paired(lambda t: t[kind]["streams_per_s"], "tollgate", "nginx")
+        gp = paired(lambda t: t[kind]["gap_p99_ms"], "tollgate", "nginx")
+        print(f"tollgate TTFB p99: {x-d:+.3f} ms vs direct, {x-g:+.3f} ms vs nginx; streams/s vs nginx {fmt(sp)}; gap p99 vs nginx {fmt(gp)}")
 if any(r["target"] == "base" for r in rows):
     print("\n== this build vs BASELINE (per round, paired; median and range)")
     for new, old in (("tollgate", "base"), ("chain", "base-chain")):
-        def paired(f):
-            vals = sorted(f(v[new]) / f(v[old]) for v in by_round.values())
-            return f"{statistics.median(vals):.3f}x (range {vals[0]:.3f}-{vals[-1]:.3f})"
-        print(f"{new:9} rps {paired(lambda t: t['rps']['rps'])}, p99 {paired(lambda t: t['rps']['p99_ms'])}, "
-              f"CPU/request at saturation {paired(lambda t: t['cpu_s'] / t['rps']['requests'])}, "
-              f"at a fixed rate {paired(lambda t: t['fixed_cpu_s'] / t['fixed']['requests'])}")
+        print(f"{new:9} rps {fmt(paired(lambda t: t['rps']['rps'], new, old))}, "
+              f"p99 {fmt(paired(lambda t: t['rps']['p99_ms'], new, old))}, "
+              f"CPU/request at saturation {fmt(paired(cpu_req('cpu_s', 'rps'), new, old))}, "
+              f"at a fixed rate {fmt(paired(cpu_req('fixed_cpu_s', 'fixed'), new, old))}")
 PY
 
 echo

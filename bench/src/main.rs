@@ -130,11 +130,15 @@ async fn rps(
             let mut next =
                 period.map(|p| Instant::now() + p.mul_f64(c as f64 / concurrency as f64));
             while Instant::now() < deadline {
+                // Open loop: at a fixed rate, latency counts from when the request was due, so a
+                // slow answer that delays the next send is charged to the target (no coordinated
+                // omission).
+                let mut start = Instant::now();
                 if let (Some(at), Some(p)) = (next.as_mut(), period) {
                     tokio::time::sleep_until((*at).into()).await;
+                    start = *at;
                     *at += p;
                 }
-                let start = Instant::now();
                 // A server may close a keep-alive connection at any time (nginx after
                 // `keepalive_requests`): count it and reconnect.
                 let outcome = async {
@@ -177,6 +181,7 @@ async fn rps(
 
 async fn sse(url: &str, streams: usize, events: usize, delay_ms: u64, key: &str) -> Result<()> {
     let uri: hyper::Uri = url.parse()?;
+    let began = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..streams {
         let uri = uri.clone();
@@ -230,11 +235,13 @@ async fn sse(url: &str, streams: usize, events: usize, delay_ms: u64, key: &str)
         }
         gaps.extend(arrivals.windows(2).map(|w| w[1] - w[0]));
     }
+    let elapsed = began.elapsed().as_secs_f64();
     ttfb.sort();
     gaps.sort();
     println!(
         "{}",
         serde_json::json!({"streams": streams, "events": total_events, "coalesced_reads": coalesced,
+            "streams_per_s": streams as f64 / elapsed,
             "ttfb_p50_ms": percentile(&ttfb, 0.5), "ttfb_p99_ms": percentile(&ttfb, 0.99),
             "gap_p50_ms": percentile(&gaps, 0.5), "gap_p99_ms": percentile(&gaps, 0.99)})
     );
