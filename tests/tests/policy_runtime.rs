@@ -105,6 +105,17 @@ async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
         "deadline not enforced: {:?}",
         start.elapsed()
     );
+    // The epoch ticked while the guest ran, and sleeps once nothing runs (no wake-ups when idle).
+    let ticked = e.epoch_ticks();
+    assert!(ticked > 0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let idle = e.epoch_ticks();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        e.epoch_ticks(),
+        idle,
+        "the ticker ran with no guest code running"
+    );
     // The next call gets a fresh instance (and spins again: the plugin is consistently broken).
     assert!(matches!(
         looping.select(&request("again"), &candidates()).await,

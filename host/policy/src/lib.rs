@@ -180,15 +180,49 @@ pub struct PolicyEngine {
     engine: Engine,
     linker: Linker<InstanceData>,
     stores: Arc<Stores>,
-    _ticker: EpochTicker,
+    ticker: Arc<Ticker>,
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
-struct EpochTicker(Arc<std::sync::atomic::AtomicBool>);
+/// The epoch ticker's state. Its thread advances the engine's epoch every [`EPOCH_TICK`] while
+/// guest code may run (some [`Ticking`] guard is held: a call, or an instantiation with its
+/// `configure`), and sleeps otherwise: an idle gateway, or one whose routes have no plugin, is not
+/// woken 1000 times a second. A deadline is as strong as before: the guard is taken before any
+/// guest code runs, and the first tick follows within one [`EPOCH_TICK`].
+struct Ticker {
+    active: std::sync::atomic::AtomicUsize,
+    /// Epoch increments so far.
+    ticks: AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
 
-impl Drop for EpochTicker {
+impl Ticker {
+    /// Keeps the epoch advancing until the guard is dropped.
+    fn running(self: &Arc<Self>) -> Ticking {
+        if self.active.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+        Ticking(self.clone())
+    }
+}
+
+/// Holds the epoch ticker awake (see [`Ticker`]).
+struct Ticking(Arc<Ticker>);
+
+impl Drop for Ticking {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for PolicyEngine {
+    fn drop(&mut self) {
+        self.ticker.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.thread.get() {
+            t.unpark();
+        }
     }
 }
 
@@ -222,29 +256,49 @@ impl PolicyEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wit::Host_::add_to_linker::<InstanceData, HasSelf<InstanceData>>(&mut linker, |s| s)?;
 
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (weak, flag) = (engine.weak(), stop.clone());
-        std::thread::Builder::new()
+        let ticker = Arc::new(Ticker {
+            active: std::sync::atomic::AtomicUsize::new(0),
+            ticks: AtomicU64::new(0),
+            stop: std::sync::atomic::AtomicBool::new(false),
+            thread: OnceLock::new(),
+        });
+        let (weak, state) = (engine.weak(), ticker.clone());
+        let thread = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                while !state.stop.load(Ordering::Relaxed) {
+                    if state.active.load(Ordering::Acquire) == 0 {
+                        // Woken by the next `running` (an unpark that came first is not lost).
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => return,
                     }
+                    state.ticks.fetch_add(1, Ordering::Relaxed);
                 }
             })?;
+        let _ = ticker.thread.set(thread.thread().clone());
+        if ticker.active.load(Ordering::Acquire) > 0 {
+            thread.thread().unpark();
+        }
         Ok(Self {
             engine,
             linker,
             stores,
-            _ticker: EpochTicker(stop),
+            ticker,
         })
     }
 
     pub fn stores(&self) -> &Arc<Stores> {
         &self.stores
+    }
+
+    /// Epoch ticks so far: they advance only while guest code may run.
+    pub fn epoch_ticks(&self) -> u64 {
+        self.ticker.ticks.load(Ordering::Relaxed)
     }
 
     /// Reads, checks, compiles and configures a plugin. Compilation is CPU-heavy: call this off
@@ -297,6 +351,7 @@ impl PolicyEngine {
         Ok(Plugin {
             sha256: digest,
             engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
             stores: self.stores.clone(),
             pre,
             plugin_idx,
@@ -334,6 +389,8 @@ struct Instance {
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// When the call in progress was handed this instance.
     started: Option<std::time::Instant>,
+    /// Keeps the epoch ticking while the call runs (none while pooled).
+    ticking: Option<Ticking>,
 }
 
 /// Buckets of [`CallTimes`]: up to 1 µs, 2 µs, 4 µs, … 2^19 µs (0.52 s), and above.
@@ -494,6 +551,7 @@ pub struct Plugin {
     /// Hex sha256 of the module file.
     pub sha256: String,
     engine: Engine,
+    ticker: Arc<Ticker>,
     stores: Arc<Stores>,
     pre: InstancePre<InstanceData>,
     plugin_idx: plugin::GuestIndices,
@@ -519,6 +577,8 @@ impl Plugin {
     /// Creates and configures a fresh instance.
     async fn instantiate(&self) -> Result<Instance, LoadError> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        // Guest code runs below (start functions, `configure`): its deadline needs the ticks.
+        let _ticking = self.ticker.running();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.spec.memory_limit as usize)
             .instances(64)
@@ -584,6 +644,7 @@ impl Plugin {
             calls: 0,
             started: None,
             slot: None,
+            ticking: None,
         })
     }
 
@@ -664,6 +725,7 @@ impl Plugin {
         response: Option<&Arc<ResponseInfo>>,
     ) -> Result<Instance, PolicyError> {
         let slot = self.admit().await?;
+        let ticking = self.ticker.running();
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match pooled {
             Some(i) => i,
@@ -676,6 +738,7 @@ impl Plugin {
                 })?,
         };
         instance.slot = Some(slot);
+        instance.ticking = Some(ticking);
         instance.started = Some(std::time::Instant::now());
         let state = instance.store.data_mut();
         state.request = Some(request.clone());
@@ -696,6 +759,7 @@ impl Plugin {
             self.stats.call_time.observe(started.elapsed());
         }
         instance.slot = None;
+        instance.ticking = None;
         let state = instance.store.data_mut();
         let request = state.request.take();
         state.response = None;
