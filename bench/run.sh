@@ -102,6 +102,9 @@ cat > "$out/tollgate.yaml" <<YAML
 server:
   listen: $GATE
   response_headers: {set: {}}
+  # Every benchmark client comes from 127.0.0.1: the default cap of 256 connections per address
+  # would refuse most of the 1000-stream run.
+  max_connections_per_ip: 0
 auth:
   secret: bench-secret-0123456789
   keys: [{name: bench, key: $KEY}]
@@ -126,6 +129,7 @@ W=$PWD/plugins/target/wasm32-wasip2/release
 cat > "$out/chain.yaml" <<YAML
 server:
   listen: $CHAIN
+  max_connections_per_ip: 0
 auth:
   secret: bench-secret-0123456789
   keys: [{name: bench, key: $KEY}]
