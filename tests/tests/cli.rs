@@ -549,6 +549,19 @@ async fn ip_deny_from_the_command_line_reaches_a_running_gateway() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
+    // A bad network is refused with the field named, and nothing is stored.
+    let bad = Command::new(BIN)
+        .args(["ip", "-c"])
+        .arg(&config)
+        .args(["deny", "127.0.0.300"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("cidr: "),
+        "{bad:?}"
+    );
+    assert_eq!(ip(&["list"]), "");
     assert_eq!(
         ip(&["deny", "127.0.0.12", "--note", "scraper"]).trim(),
         "127.0.0.12/32: deny"

@@ -837,3 +837,54 @@ async fn the_example_config_limits_each_address_like_the_nginx_site_it_replaces(
     assert_ne!(other.status(), 429);
     assert_eq!(header(&other, "x-ratelimit-remaining-requests"), "20");
 }
+
+/// Bad input to `/admin/api/ip-rules` gets a 400 naming the field, and changes nothing.
+#[tokio::test]
+async fn ip_rules_refuse_bad_input_naming_the_field() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&with_admin(&yaml(&mock.url(), "", ""))).await;
+    let token = admin_token(&gw).await;
+    let admin = format!("http://{}/admin/api/ip-rules", gw.admin_addr.unwrap());
+    for (body, param) in [
+        (json!({"cidr": "10.0.0.0/33", "action": "deny"}), "cidr"),
+        (json!({"cidr": "not an address", "action": "deny"}), "cidr"),
+        (json!({"cidr": "10.0.0.1", "action": "block"}), "action"),
+        (
+            json!({"cidr": "10.0.0.1", "action": "deny", "note": "x".repeat(201)}),
+            "note",
+        ),
+        (
+            json!({"cidr": "10.0.0.1", "action": "deny", "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let r = client()
+            .post(&admin)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["param"], param, "{body}: {err}");
+    }
+    let missing = client()
+        .delete(format!("{admin}/10.9.9.9_32"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let list: Value = client()
+        .get(&admin)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"], json!([]), "nothing was stored");
+    assert_eq!(list["in_force"], 0);
+}

@@ -307,27 +307,12 @@ impl Stores {
 
     /// Keeps this gateway's table in step with the stored entries.
     pub(crate) fn follow_ip_rules(self: &Arc<Self>) {
-        let mut announced = self.cache.subscribe(CHANNEL);
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut poll = tokio::time::interval(IP_RULES_POLL);
-            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let force = tokio::select! {
-                    _ = poll.tick() => false,
-                    Some(_) = async {
-                        match announced.as_mut() {
-                            Some(rx) => rx.recv().await,
-                            None => std::future::pending().await,
-                        }
-                    } => true,
-                };
-                let Some(stores) = weak.upgrade() else { return };
-                if let Err(e) = stores.refresh_ip_rules(force).await {
-                    tracing::warn!(target: "state", error = %e, "cannot read the IP rules; keeping the current ones");
-                }
-            }
-        });
+        self.follow(
+            CHANNEL,
+            IP_RULES_POLL,
+            "IP rules",
+            |stores, force| async move { stores.refresh_ip_rules(force).await },
+        );
     }
 }
 

@@ -254,48 +254,37 @@ impl Stores {
         Ok(())
     }
 
+    /// Re-reads the settings table if it changed since it was last read (or if `force`).
+    async fn sync_settings(&self, force: bool) -> StoreResult<()> {
+        if !force {
+            // Cheap check first: has anything changed since we last read the table?
+            let newest = self
+                .db
+                .timed(
+                    sqlx::query(
+                        "SELECT CAST(COALESCE(MAX(updated_ms), 0) AS BIGINT) AS n FROM settings",
+                    )
+                    .fetch_one(&self.db.pool),
+                )
+                .await?
+                .try_get::<i64, _>("n")
+                .map_err(db_err)?;
+            if newest.max(0) as u64 <= self.live.seen_ms.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+        self.refresh_settings().await
+    }
+
     /// Keeps this gateway's settings in step with the table: on each announcement, and on a
     /// poll of the newest change time.
     pub(crate) fn follow_settings(self: &Arc<Self>) {
-        let mut announced = self.cache.subscribe(CHANNEL);
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut poll = tokio::time::interval(SETTINGS_POLL);
-            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let force = tokio::select! {
-                    _ = poll.tick() => false,
-                    Some(_) = async {
-                        match announced.as_mut() {
-                            Some(rx) => rx.recv().await,
-                            None => std::future::pending().await,
-                        }
-                    } => true,
-                };
-                let Some(stores) = weak.upgrade() else { return };
-                if !force {
-                    // Cheap check first: has anything changed since we last read the table?
-                    let newest = stores
-                        .db
-                        .timed(
-                            sqlx::query("SELECT CAST(COALESCE(MAX(updated_ms), 0) AS BIGINT) AS n FROM settings")
-                                .fetch_one(&stores.db.pool),
-                        )
-                        .await
-                        .and_then(|r| r.try_get::<i64, _>("n").map_err(db_err));
-                    match newest {
-                        Ok(n) if n.max(0) as u64 <= stores.live.seen_ms.load(Ordering::Relaxed) => {
-                            continue;
-                        }
-                        Ok(_) => {}
-                        Err(_) => continue,
-                    }
-                }
-                if let Err(e) = stores.refresh_settings().await {
-                    tracing::warn!(target: "state", error = %e, "cannot read live settings; keeping the current ones");
-                }
-            }
-        });
+        self.follow(
+            CHANNEL,
+            SETTINGS_POLL,
+            "live settings",
+            |stores, force| async move { stores.sync_settings(force).await },
+        );
     }
 }
 
