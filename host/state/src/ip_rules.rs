@@ -355,17 +355,26 @@ mod tests {
         assert!(IpTable::default().allows("192.0.2.1".parse().unwrap()));
     }
 
-    /// The verdict, the slow way: scan every entry for the longest containing prefix.
+    /// The verdict, the slow way: reduce the entries to one action per network (deny wins when
+    /// a network is listed both ways; an IPv4-mapped /104 is the IPv4 /8), then scan them all for
+    /// the longest containing prefix.
     fn reference(entries: &[(IpNet, IpAction)], ip: IpAddr) -> bool {
         let ip = tollgate_config::canonical_ip(ip);
-        let best = entries
+        let mut effective = std::collections::BTreeMap::new();
+        for (n, a) in entries {
+            let slot = effective.entry(normalize_net(*n)).or_insert(*a);
+            if *a == IpAction::Deny {
+                *slot = IpAction::Deny;
+            }
+        }
+        let best = effective
             .iter()
-            .filter(|(n, _)| normalize_net(*n).contains(&ip))
+            .filter(|(n, _)| n.contains(&ip))
             .map(|(n, a)| (n.prefix_len(), *a == IpAction::Deny))
             .max();
         match best {
             Some((_, deny)) => !deny,
-            None => !entries.iter().any(|(_, a)| *a == IpAction::Allow),
+            None => !effective.values().any(|a| *a == IpAction::Allow),
         }
     }
 
