@@ -276,6 +276,9 @@ impl Default for LockoutConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: ListenAddr,
+    /// Threads serving the data plane, each with its own event loop and upstream connection
+    /// pool, all accepting from the one listening socket. 0 = one per CPU core.
+    pub workers: usize,
     pub tls: Option<TlsConfig>,
     /// Peers allowed to tell us the client's address in `real_ip_header`.
     pub trusted_proxies: Vec<Cidr>,
@@ -318,6 +321,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: ListenAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 8317))),
+            workers: 0,
             tls: None,
             trusted_proxies: Vec::new(),
             real_ip_header: RealIpHeader::XForwardedFor,

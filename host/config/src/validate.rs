@@ -8,6 +8,8 @@ use super::{Config, ConfigError, PluginKind};
 const MIN_SECRET_LEN: usize = 16;
 /// Shortest client API key accepted.
 const MIN_KEY_LEN: usize = 8;
+/// Data-plane threads at most (`server.workers`).
+const MAX_WORKERS: usize = 1024;
 use super::RESERVED_PATHS;
 
 struct Errors(Vec<ConfigError>);
@@ -138,6 +140,12 @@ fn validate_server(c: &Config, e: &mut Errors) {
     let s = &c.server;
     if s.max_body.0 == 0 {
         e.add("server.max_body", "must be greater than 0");
+    }
+    if s.workers > MAX_WORKERS {
+        e.add(
+            "server.workers",
+            format!("must be at most {MAX_WORKERS} (0 = one per CPU core)"),
+        );
     }
     if s.max_connections == 0 {
         e.add("server.max_connections", "must be greater than 0");

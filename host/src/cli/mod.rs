@@ -481,8 +481,7 @@ async fn build(
         let stores = crate::state::Stores::ephemeral()
             .await
             .map_err(|e| format!("cannot open in-memory stores: {e}\n"))?;
-        let client = crate::upstream::UpstreamClient::new(config.server.timeouts.connect.get());
-        Gateway::with_stores(config, stores, client).await
+        Gateway::with_stores(config, stores).await
     } else {
         Gateway::new(config).await
     };

@@ -39,7 +39,9 @@ pub enum BuildError {
 
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
-    pub(crate) client: UpstreamClient,
+    /// Upstream connect timeout of the pools the data-plane workers make
+    /// ([`Gateway::worker_client`]); the alerts have their own pool (see [`Gateway::new`]).
+    connect_timeout: std::time::Duration,
     engine: Arc<PolicyEngine>,
     /// Bindings, intercepts, caches; opened once (storage settings are not reloaded).
     pub stores: Arc<Stores>,
@@ -76,7 +78,7 @@ impl Gateway {
             Arc::new(client.clone()),
         )
         .await?;
-        Self::with_stores(config, stores, client).await
+        Self::with_stores(config, stores).await
     }
 
     /// Builds the gateway on stores opened by the caller (`tollgate check` uses throwaway ones,
@@ -84,7 +86,6 @@ impl Gateway {
     pub async fn with_stores(
         config: &Config,
         stores: Arc<Stores>,
-        client: UpstreamClient,
     ) -> Result<Arc<Self>, BuildError> {
         if let Err(e) = stores.set_default_log_level(&config.logging.level).await {
             tracing::warn!(error = %e, "cannot read live settings; using the config file's");
@@ -102,7 +103,7 @@ impl Gateway {
             })?;
         let gateway = Arc::new(Self {
             runtime: ArcSwap::from_pointee(runtime),
-            client,
+            connect_timeout: config.server.timeouts.connect.get(),
             engine,
             stores,
             draining: AtomicBool::new(false),
@@ -115,6 +116,12 @@ impl Gateway {
             tokio::spawn(apply_shared_cooldowns(Arc::downgrade(&gateway), feed));
         }
         Ok(gateway)
+    }
+
+    /// A new upstream connection pool for one data-plane worker thread: its connections are
+    /// driven on that thread only. Kept across config reloads, like the shared one.
+    pub(crate) fn worker_client(&self) -> UpstreamClient {
+        UpstreamClient::new(self.connect_timeout)
     }
 
     /// Builds a runtime from `config` and swaps it in atomically. On any error the running

@@ -23,12 +23,15 @@ use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::listen::{ConnInfo, Handler, Response, ServeError, Server};
 use crate::pipeline;
+use crate::upstream::UpstreamClient;
 
 /// The data plane: the gateway's own probes, and the proxy pipeline for everything else.
 #[derive(Clone)]
 pub struct DataPlane {
     gateway: Arc<Gateway>,
     own: Router,
+    /// This worker thread's upstream connection pool.
+    client: UpstreamClient,
 }
 
 impl Handler for DataPlane {
@@ -42,7 +45,7 @@ impl Handler for DataPlane {
             resp
         } else {
             let rt = self.gateway.runtime();
-            pipeline::handle(&rt, &self.gateway.client, req, conn).await
+            pipeline::handle(&rt, &self.client, req, conn).await
         }
     }
 }
@@ -129,14 +132,18 @@ impl Listeners {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let data = DataPlane {
-            own: gateway.own_endpoints(),
-            gateway: gateway.clone(),
+        let worker_gateway = gateway.clone();
+        let data = move || DataPlane {
+            own: worker_gateway.own_endpoints(),
+            client: worker_gateway.worker_client(),
+            gateway: worker_gateway.clone(),
         };
         let draining = gateway.clone();
-        let data_plane = self.data.serve(data, stopped(stop_rx.clone()), move || {
-            draining.start_draining()
-        });
+        let data_plane = self
+            .data
+            .serve_per_thread(data, stopped(stop_rx.clone()), move || {
+                draining.start_draining()
+            });
         let admin_plane = async {
             if let Some((admin, auth)) = self.admin {
                 let plane = AdminPlane {

@@ -87,14 +87,21 @@ pub enum ServeError {
 /// A bound listener, ready to serve.
 pub struct Server {
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
     cert_watch: Option<tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+/// What every accept loop of one listener shares: the settings, the connection caps, and the
+/// drain signal.
+struct Shared {
+    tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
-    max_connections: usize,
+    permits: Arc<Semaphore>,
     per_ip: Arc<PerIpLimit>,
     limits: ConnLimits,
     tls_handshake: Duration,
     grace: Duration,
+    workers: usize,
 }
 
 impl Server {
@@ -131,26 +138,33 @@ impl Server {
         if !config.http2 {
             builder = builder.http1_only();
         }
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         Ok(Self {
             listener,
-            tls,
             cert_watch,
-            builder,
-            max_connections: config.max_connections,
-            per_ip: Arc::new(PerIpLimit::new(
-                config.max_connections_per_ip,
-                config.trusted_proxies.clone(),
-                config.new_connections_per_ip,
-            )),
-            limits: ConnLimits {
-                client_header: config.timeouts.client_header.get(),
-                client_idle: config.timeouts.client_idle.get(),
-                client_write: config.timeouts.client_write.get(),
-                upstream_idle: config.timeouts.idle.get(),
-                max_cancels: config.http2_max_cancels,
-            },
-            tls_handshake: config.timeouts.tls_handshake.get(),
-            grace: config.timeouts.shutdown_grace.get(),
+            shared: Arc::new(Shared {
+                tls,
+                builder,
+                permits: Arc::new(Semaphore::new(config.max_connections)),
+                per_ip: Arc::new(PerIpLimit::new(
+                    config.max_connections_per_ip,
+                    config.trusted_proxies.clone(),
+                    config.new_connections_per_ip,
+                )),
+                limits: ConnLimits {
+                    client_header: config.timeouts.client_header.get(),
+                    client_idle: config.timeouts.client_idle.get(),
+                    client_write: config.timeouts.client_write.get(),
+                    upstream_idle: config.timeouts.idle.get(),
+                    max_cancels: config.http2_max_cancels,
+                },
+                tls_handshake: config.timeouts.tls_handshake.get(),
+                grace: config.timeouts.shutdown_grace.get(),
+                workers,
+            }),
         })
     }
 
@@ -160,93 +174,179 @@ impl Server {
             .expect("bound listener has an address")
     }
 
-    /// Serves `handler` until `shutdown` completes, then calls `on_drain` and drains.
+    /// Serves `handler` on the current runtime until `shutdown` completes, then calls
+    /// `on_drain` and drains.
     pub async fn serve<H: Handler>(
         self,
         handler: H,
         shutdown: impl Future<Output = ()>,
         on_drain: impl FnOnce(),
     ) {
-        let (drain_tx, drain_rx) = signal::channel(false);
-        let permits = Arc::new(Semaphore::new(self.max_connections));
-        let mut conns = JoinSet::new();
-        let builder = Arc::new(self.builder);
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            };
-            let (tcp, peer) = tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let ip_permit = match self.per_ip.acquire(peer.ip()) {
-                Ok(permit) => permit,
-                Err(why) => {
-                    per_ip::refuse(tcp, peer, why, self.tls.is_some());
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let conn = Connection {
-                handler: handler.clone(),
-                builder: builder.clone(),
-                tls: self.tls.clone(),
-                tls_handshake: self.tls_handshake,
-                limits: self.limits,
-                peer,
-            };
-            let drain = drain_rx.clone();
-            conns.spawn(async move {
-                conn.run(tcp, drain).await;
-                drop((permit, ip_permit));
-            });
-            // Reap finished connection tasks so the set does not grow without bound.
-            while conns.try_join_next().is_some() {}
-        }
-
-        drop(self.listener);
-        on_drain();
+        let (stop_tx, stop_rx) = signal::channel(false);
+        let serving = accept_loop(self.shared.clone(), self.listener, handler, stop_rx);
+        let signal = async {
+            shutdown.await;
+            on_drain();
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(serving, signal);
         if let Some(w) = self.cert_watch {
             w.abort();
         }
-        tracing::info!(in_flight = conns.len(), grace = ?self.grace, "shutting down: draining connections");
-        let _ = drain_tx.send(true);
-        let drained = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.grace, drained).await.is_err() {
-            tracing::warn!(
-                left = conns.len(),
-                "grace period over; closing remaining connections"
-            );
-        }
-        conns.shutdown().await;
     }
+
+    /// Serves on `server.workers` threads, each running its own single-threaded runtime with
+    /// its own handler (`make_handler` runs on that thread, so per-thread state such as an
+    /// upstream connection pool lives there) and accepting from the same socket. A connection
+    /// and everything it causes (its requests, its upstream connections, their timers) stay on
+    /// the thread that accepted it: no request wakes another thread.
+    ///
+    /// Until `shutdown` completes; then `on_drain` is called once and every thread drains.
+    pub async fn serve_per_thread<H: Handler>(
+        self,
+        make_handler: impl Fn() -> H + Send + Sync + 'static,
+        shutdown: impl Future<Output = ()>,
+        on_drain: impl FnOnce(),
+    ) {
+        let (stop_tx, stop_rx) = signal::channel(false);
+        let make_handler = Arc::new(make_handler);
+        let std_listener = match self.listener.into_std() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot hand the listener to the workers");
+                return;
+            }
+        };
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+        for n in 0..self.shared.workers {
+            let listener = match std_listener.try_clone() {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, worker = n, "cannot share the listener");
+                    break;
+                }
+            };
+            let shared = self.shared.clone();
+            let stop = stop_rx.clone();
+            let make_handler = make_handler.clone();
+            let done = done_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tollgate-worker-{n}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, worker = n, "cannot start a worker");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                accept_loop(shared, listener, make_handler(), stop).await;
+                            }
+                            Err(e) => tracing::error!(error = %e, worker = n, "cannot listen"),
+                        }
+                    });
+                    drop(done);
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, worker = n, "cannot start a worker thread");
+            }
+        }
+        drop(done_tx);
+        drop(std_listener);
+        shutdown.await;
+        on_drain();
+        let _ = stop_tx.send(true);
+        // Every worker has ended when the last one drops its sender.
+        let _ = done_rx.recv().await;
+        if let Some(w) = self.cert_watch {
+            w.abort();
+        }
+    }
+}
+
+/// One thread's accept loop: serves connections until `stop` turns true, then closes its copy
+/// of the listener and drains its connections within the grace period.
+async fn accept_loop<H: Handler>(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    handler: H,
+    stop: signal::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    let mut waiter = stop.clone();
+    let stopped = async move {
+        let _ = waiter.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stopped => break,
+            p = shared.permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ip_permit = match shared.per_ip.acquire(peer.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                per_ip::refuse(tcp, peer, why, shared.tls.is_some());
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn = Connection {
+            handler: handler.clone(),
+            shared: shared.clone(),
+            peer,
+        };
+        let drain = stop.clone();
+        conns.spawn(async move {
+            conn.run(tcp, drain).await;
+            drop((permit, ip_permit));
+        });
+        // Reap finished connection tasks so the set does not grow without bound.
+        while conns.try_join_next().is_some() {}
+    }
+
+    drop(listener);
+    tracing::info!(in_flight = conns.len(), grace = ?shared.grace, "shutting down: draining connections");
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(shared.grace, drained).await.is_err() {
+        tracing::warn!(
+            left = conns.len(),
+            "grace period over; closing remaining connections"
+        );
+    }
+    conns.shutdown().await;
 }
 
 struct Connection<H> {
     handler: H,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    tls: Option<TlsAcceptor>,
-    tls_handshake: Duration,
-    limits: ConnLimits,
+    shared: Arc<Shared>,
     peer: SocketAddr,
 }
 
 impl<H: Handler> Connection<H> {
     async fn run(self, tcp: TcpStream, drain: signal::Receiver<bool>) {
-        let watch = ConnWatch::new(self.limits);
+        let watch = ConnWatch::new(self.shared.limits);
         let info = ConnInfo {
             peer: self.peer,
-            tls: self.tls.is_some(),
+            tls: self.shared.tls.is_some(),
         };
         let handler = self.handler.clone();
         let conn_watch = watch.clone();
@@ -260,9 +360,12 @@ impl<H: Handler> Connection<H> {
                 Ok::<_, std::convert::Infallible>(resp.map(|b| watch.watch_body(b, guard)))
             }
         });
-        match self.tls.clone() {
+        match self.shared.tls.clone() {
             Some(acceptor) => {
-                let deadline = self.tls_handshake.min(self.limits.client_header);
+                let deadline = self
+                    .shared
+                    .tls_handshake
+                    .min(self.shared.limits.client_header);
                 match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -302,7 +405,10 @@ impl<H: Handler> Connection<H> {
             + 'static,
         S::Future: Send + 'static,
     {
-        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        let conn = self
+            .shared
+            .builder
+            .serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut closing = false;
         let mut hard_stop: Option<tokio::time::Instant> = None;
