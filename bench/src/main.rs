@@ -52,6 +52,20 @@ enum Workload {
         #[arg(long, default_value_t = 20_000)]
         iterations: u32,
     },
+    /// The floor: a bare hyper proxy (no pipeline, no policy, no limits, no metrics) with
+    /// Tollgate's thread layout (one single-threaded runtime per core on one shared socket, a
+    /// pooled client per thread). What it costs per request is what hyper and tokio cost; the
+    /// gap between it and Tollgate is what Tollgate adds.
+    Floor {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Upstream base URL, e.g. http://127.0.0.1:19100
+        #[arg(long)]
+        upstream: String,
+        /// Threads; 0 = one per core.
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+    },
     Sse {
         #[arg(long)]
         url: String,
@@ -331,6 +345,14 @@ async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Workload::Floor {
+        listen,
+        upstream,
+        workers,
+    } = args.workload
+    {
+        return floor(listen, &upstream, workers);
+    }
     // One worker thread: the generator takes one core at most, the same for every target.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -354,6 +376,78 @@ fn main() -> Result<()> {
                 key,
             } => sse(&url, streams, events, delay_ms, &key).await,
             Workload::Policy { dir, iterations } => policy(&dir, iterations).await,
+            Workload::Floor { .. } => unreachable!("served above"),
         }
     })
+}
+
+type FloorBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+
+fn floor(listen: std::net::SocketAddr, upstream: &str, workers: usize) -> Result<()> {
+    let upstream: hyper::Uri = upstream.parse()?;
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let mut threads = Vec::new();
+    for _ in 0..workers {
+        let listener = listener.try_clone()?;
+        let upstream = upstream.clone();
+        threads.push(std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let client: hyper_util::client::legacy::Client<_, FloorBody> =
+                    hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build_http();
+                loop {
+                    let (tcp, _) = listener.accept().await?;
+                    tcp.set_nodelay(true)?;
+                    let client = client.clone();
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(
+                            move |req: Request<hyper::body::Incoming>| {
+                                let client = client.clone();
+                                let upstream = upstream.clone();
+                                async move {
+                                    let (mut head, body) = req.into_parts();
+                                    let path =
+                                        head.uri.path_and_query().map_or("/", |p| p.as_str());
+                                    head.uri =
+                                        format!("{upstream}{}", path.trim_start_matches('/'))
+                                            .parse()
+                                            .expect("valid URI");
+                                    head.headers.insert(
+                                        hyper::header::AUTHORIZATION,
+                                        hyper::header::HeaderValue::from_static(
+                                            "Bearer sk-upstream",
+                                        ),
+                                    );
+                                    let req = Request::from_parts(head, body.boxed_unsync());
+                                    client
+                                        .request(req)
+                                        .await
+                                        .map(|r| r.map(|b| b.boxed_unsync()))
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), service)
+                            .await;
+                    });
+                }
+            })
+        }));
+    }
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    Ok(())
 }
