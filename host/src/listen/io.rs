@@ -189,12 +189,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        // Only a 4xx/5xx head can be hyper's automatic answer: every other response goes out
+        // without a look (and without a copy).
         if this.replacing.is_none()
             && this.proto == Proto::Http1
-            && bufs.first().is_some_and(|b| b.starts_with(b"HTTP/1."))
+            && bufs.first().is_some_and(|b| {
+                b.len() > 9 && b.starts_with(b"HTTP/1.") && matches!(b[9], b'4' | b'5')
+            })
         {
-            let head: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            this.intercept(&head);
+            if bufs[0].windows(4).any(|w| w == b"\r\n\r\n") {
+                this.intercept(&bufs[0]);
+            } else {
+                this.intercept(&bufs.iter().map(|b| &**b).collect::<Vec<&[u8]>>().concat());
+            }
         }
         if this.replacing.is_some() {
             return this.poll_replacement(cx);

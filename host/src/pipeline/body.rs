@@ -45,11 +45,17 @@ impl BodyError {
 
 pin_project! {
     /// A body with a size cap, an idle timeout between frames and, optionally, a minimum rate.
+    ///
+    /// The timer is armed only when the body has to wait: a frame moves `deadline` (a plain
+    /// field), and the sleep is reset to it when the inner body returns `Pending`. A body that
+    /// arrives without waiting (most request bodies, most small answers) never touches the
+    /// runtime's timer wheel.
     pub struct GuardedBody<B> {
         #[pin]
         inner: B,
         #[pin]
         sleep: Sleep,
+        deadline: Instant,
         idle: Duration,
         limit: Option<u64>,
         seen: u64,
@@ -60,13 +66,16 @@ pin_project! {
 
 impl<B> GuardedBody<B> {
     pub fn new(inner: B, idle: Duration, limit: Option<u64>) -> Self {
+        let start = Instant::now();
+        let deadline = start + idle;
         Self {
             inner,
-            sleep: tokio::time::sleep(idle),
+            sleep: tokio::time::sleep_until(deadline),
+            deadline,
             idle,
             limit,
             seen: 0,
-            start: Instant::now(),
+            start,
             min_rate: 0,
         }
     }
@@ -113,12 +122,15 @@ where
                 {
                     next = next.min(behind);
                 }
-                this.sleep.as_mut().reset(next);
+                *this.deadline = next;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e.into())))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
+                if this.sleep.deadline() != *this.deadline {
+                    this.sleep.as_mut().reset(*this.deadline);
+                }
                 ready!(this.sleep.poll(cx));
                 let behind = rate_deadline(*this.start, *this.idle, *this.seen, *this.min_rate)
                     .is_some_and(|at| Instant::now() >= at);
