@@ -3,7 +3,7 @@
 # an equivalent streaming reverse proxy, and against Tollgate. Prints figures and ratios.
 # Not a test: it never fails on timing. Loopback only.
 #
-#   bench/run.sh            # 5 rounds, per target, of: a 5 s RPS run at fixed concurrency, a
+#   bench/run.sh            # 5 rounds, per target, of: a 5 s RPS run at 64 connections, a
 #                           # 10 s open-loop run at 5000 rps, 200 then 1000 SSE streams; then a
 #                           # micro-benchmark of one call into each policy kind
 #   ROUNDS=5 SECONDS_PER_RUN=10 FIXED_SECONDS=10 STREAMS=100 STREAMS_HIGH=1000 RATE=5000 bench/run.sh
@@ -26,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
-CONCURRENCY=${CONCURRENCY:-32}
+CONCURRENCY=${CONCURRENCY:-64}
 STREAMS=${STREAMS:-200}
 EVENTS=${EVENTS:-20}
 DELAY_MS=${DELAY_MS:-50}
@@ -37,7 +37,7 @@ KEY=sk-bench-key-0001
 # 1000 streams through a proxy hold about 3000 sockets.
 ulimit -n 65536 2>/dev/null || true
 MOCK=127.0.0.1:19000 NGINX=127.0.0.1:19001 GATE=127.0.0.1:19002 CHAIN=127.0.0.1:19003
-BASE=127.0.0.1:19004 BASE_CHAIN=127.0.0.1:19005 EDGE=127.0.0.1:19006
+BASE=127.0.0.1:19004 BASE_CHAIN=127.0.0.1:19005 EDGE=127.0.0.1:19006 FLOOR=127.0.0.1:19007
 # Entries of the edge target's deny list (none matches the load generator).
 DENY=${DENY:-1000}
 BASELINE=${BASELINE:-}
@@ -174,7 +174,10 @@ for i in range($DENY):
 } > "$out/edge.yaml"
 "${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/edge.yaml" & pids+=($!); edge_pid=$!
 
-targets="direct:$MOCK nginx:$NGINX tollgate:$GATE chain:$CHAIN edge:$EDGE"
+# The floor: a bare hyper proxy with Tollgate's thread layout and nothing else (what hyper and
+# tokio cost; the gap between it and Tollgate is what Tollgate's own work costs).
+"${proxy_cpu[@]}" "$bin/tollgate-bench" floor --listen "$FLOOR" --upstream "http://$MOCK" & pids+=($!); floor_pid=$!
+targets="direct:$MOCK nginx:$NGINX floor:$FLOOR tollgate:$GATE chain:$CHAIN edge:$EDGE"
 if [ -n "$BASELINE" ]; then
   # Own database files (an older binary refuses a schema with newer migrations, and two
   # processes must not migrate one SQLite file at once).
@@ -188,7 +191,7 @@ fi
 # A target's processes: the gateway, or nginx's master and workers.
 pids_of() {
   case $1 in
-    tollgate) echo "$gate_pid" ;; chain) echo "$chain_pid" ;; edge) echo "$edge_pid" ;;
+    floor) echo "$floor_pid" ;; tollgate) echo "$gate_pid" ;; chain) echo "$chain_pid" ;; edge) echo "$edge_pid" ;;
     base) echo "$base_pid" ;; base-chain) echo "$base_chain_pid" ;;
     nginx) m=$(cat "$out/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
     *) echo "" ;;
@@ -199,7 +202,7 @@ cpu_secs() { local t=0; for p in $1; do t=$(awk -v t="$t" -v hz="$(getconf CLK_T
 # Resident memory (field VmRSS, or VmHWM for the peak) of the processes, in MiB.
 rss_mib() { local t=0; for p in $1; do t=$(awk -v t="$t" -v f="$2:" '$1 == f {t += $2} END {print t}' "/proc/$p/status"); done; awk -v t="$t" 'BEGIN {print t / 1024}'; }
 
-for addr in $MOCK $NGINX $GATE $CHAIN $EDGE $([ -n "$BASELINE" ] && echo "$BASE $BASE_CHAIN"); do
+for addr in $MOCK $NGINX $FLOOR $GATE $CHAIN $EDGE $([ -n "$BASELINE" ] && echo "$BASE $BASE_CHAIN"); do
   for _ in $(seq 100); do (echo >/dev/tcp/${addr%:*}/${addr#*:}) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -255,7 +258,7 @@ def paired(f, new, old):
 def fmt(t):
     return f"{t[0]:.2f}x ({t[1]:.2f}-{t[2]:.2f})"
 cpu_req = lambda cpu, run: (lambda t: t[cpu] / t[run]["requests"] * 1e6)
-names = [n for n in ("direct", "nginx", "tollgate", "chain", "edge") if n in {r["target"] for r in rows}]
+names = [n for n in ("direct", "nginx", "floor", "tollgate", "chain", "edge") if n in {r["target"] for r in rows}]
 n_rounds = len(by_round)
 print(f"\n== non-streaming POST (median of {n_rounds} rounds; CPU per request in us; RSS in MiB)")
 print(f"{'':10}{'rps':>9}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}{'cpu sat':>9}{'cpu 5k':>8}"
@@ -270,7 +273,7 @@ for n in names:
           f"{sat:>9.1f}{fix:>8.1f}{med(n,'fixed','p50_ms'):>8.3f}{med(n,'fixed','p99_ms'):>8.3f}{add50:>9.0f}{add99:>9.0f}"
           f"{m.get('idle_mib', float('nan')):>7.1f}{m.get('peak_mib', float('nan')):>7.1f}")
 print("(+p50/+p99: latency added over direct in the open-loop run at the fixed rate, per round)")
-for new in ("tollgate", "chain"):
+for new in ("floor", "tollgate", "chain"):
     for base in ("nginx", "direct"):
         print(f"{new}/{base} per round: rps {fmt(paired(lambda t: t['rps']['rps'], new, base))}, "
               f"p99 {fmt(paired(lambda t: t['rps']['p99_ms'], new, base))}"
@@ -278,6 +281,9 @@ for new in ("tollgate", "chain"):
                  f"at the fixed rate {fmt(paired(cpu_req('fixed_cpu_s', 'fixed'), new, base))}" if base == "nginx" else ""))
 chain_vs_plain = paired(lambda t: t["rps"]["rps"], "chain", "tollgate")
 print(f"chain/tollgate per round: rps {fmt(chain_vs_plain)}")
+print(f"tollgate/floor per round (what Tollgate's own work costs): "
+      f"rps {fmt(paired(lambda t: t['rps']['rps'], 'tollgate', 'floor'))}, "
+      f"CPU/request at saturation {fmt(paired(cpu_req('cpu_s', 'rps'), 'tollgate', 'floor'))}")
 if "edge" in names:
     print(f"edge/tollgate per round (IP and key limits, deny list, security headers): "
           f"rps {fmt(paired(lambda t: t['rps']['rps'], 'edge', 'tollgate'))}, "
