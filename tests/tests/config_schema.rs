@@ -110,6 +110,7 @@ fn bad_values_of_the_edge_and_plugin_limits_are_refused_with_their_path() {
             "http2_max_streams: 0",
             "server.http2_max_streams",
         ),
+        ("# workers: 0", "workers: 5000", "server.workers"),
         (
             "client_idle: 60s",
             "client_idle: 0s",
