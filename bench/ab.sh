@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Interleaved A/B of two Tollgate binaries (or one binary under two configs), unpinned, behind
+# the same mock upstream, with nginx and the floor as references. Not a test; loopback only.
+#
+#   bench/ab.sh OLD_BINARY NEW_BINARY            # 3 rounds, 64 connections, 8 s each
+#   ROUNDS=5 SECS=10 RATE=5000 bench/ab.sh OLD NEW   # RATE: a fixed offered rate instead of saturation
+#
+# Prints, per round and target: RPS, p99 (ms) and CPU per request (µs, user + system of every
+# process of the target). Uses the release binaries of this tree for the mock upstream, the floor
+# and the load generator (build them first: cargo build --release -p tollgate-tests -p tollgate-bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+old=$1 new=$2
+ROUNDS=${ROUNDS:-3} SECS=${SECS:-8} RATE=${RATE:-}
+bin=target/release
+out=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$out/nginx.pid" ] && kill "$(cat "$out/nginx.pid")" 2>/dev/null || true; }
+trap cleanup EXIT
+MOCK=127.0.0.1:19200 NGINX=127.0.0.1:19201 FLOOR=127.0.0.1:19202 OLD=127.0.0.1:19203 NEW=127.0.0.1:19204
+"$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
+"$bin/tollgate-bench" floor --listen "$FLOOR" --upstream "http://$MOCK" & pids+=($!)
+cat > "$out/nginx.conf" <<NGINX
+worker_processes auto;
+pid $out/nginx.pid;
+error_log $out/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream mock { server $MOCK; keepalive 128; }
+  server {
+    listen $NGINX backlog=1024;
+    location /v1/ {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer sk-upstream";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+"$(command -v nginx || echo /usr/sbin/nginx)" -c "$out/nginx.conf" -p "$out" -e "$out/nginx-error.log"
+for side in old:$OLD new:$NEW; do
+  name=${side%%:*} addr=${side#*:}
+  cat > "$out/$name.yaml" <<YAML
+server: {listen: "$addr", max_connections_per_ip: 0}
+auth:
+  secret: bench-secret-0123456789
+  keys: [{name: bench, key: sk-bench-key-0001}]
+upstreams: [{name: mock, url: "http://$MOCK", credential: sk-upstream}]
+routes: [{path_prefix: /v1/, upstreams: [mock]}]
+storage: {database: "sqlite://$out/$name.db"}
+admin: {enabled: false}
+logging: {level: warn, access_log: false}
+YAML
+done
+"$old" run --config "$out/old.yaml" & pids+=($!)
+"$new" run --config "$out/new.yaml" & pids+=($!)
+for addr in $MOCK $NGINX $FLOOR $OLD $NEW; do
+  for _ in $(seq 100); do (echo >/dev/tcp/${addr%:*}/${addr#*:}) 2>/dev/null && break; sleep 0.1; done
+done
+# Every process listening on the port, and their children (nginx's workers).
+cpu_secs() {
+  local t=0
+  for p in $(for l in $(ss -ltnpH "sport = :${1#*:}" | grep -o 'pid=[0-9]*' | cut -d= -f2); do echo "$l"; pgrep -P "$l" || true; done | sort -u); do
+    t=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" '{print t + ($14 + $15) / hz}' "/proc/$p/stat")
+  done
+  echo "$t"
+}
+for round in $(seq "$ROUNDS"); do
+  for target in nginx:$NGINX floor:$FLOOR old:$OLD new:$NEW; do
+    name=${target%%:*} addr=${target#*:}
+    c0=$(cpu_secs "$addr")
+    r=$("$bin/tollgate-bench" rps --url "http://$addr/v1/chat/completions" --concurrency 64 --seconds "$SECS" ${RATE:+--rate "$RATE"} --key sk-bench-key-0001)
+    c1=$(cpu_secs "$addr")
+    python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"$round $name rps {d['rps']:.0f} p99 {d['p99_ms']:.3f} cpu/req {($c1-$c0)/d['requests']*1e6:.1f}\")" "$r"
+  done
+done
