@@ -346,6 +346,57 @@ fn plugin_test_fails_on_a_wrong_expectation_and_shows_the_difference() {
     assert!(text.trim_end().ends_with("0 passed, 1 failed"), "{text}");
 }
 
+/// `plugin test` runs a plugin under the gateway's own default limits (a 5 ms deadline, not a
+/// lenient one), or under the cases file's `limits:` (the config file's `plugins[].limits`).
+#[test]
+fn plugin_test_runs_under_the_gateways_limits_or_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = tollgate_tests::plugins::wasm("tollgate_hostile");
+    let run = |limits: &str| {
+        let cases = dir.path().join("cases.yaml");
+        std::fs::write(
+            &cases,
+            format!("config: {{behaviour: loop}}\n{limits}cases:\n  - name: spins\n    candidates: [{{name: a}}]\n    expect: {{pick: [0]}}\n"),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["plugin", "test"])
+            .arg(&wasm)
+            .arg("--cases")
+            .arg(&cases)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run("");
+    assert!(text.contains("exceeded its 5ms deadline"), "{text}");
+    let text = run("limits: {deadline: 40ms}\n");
+    assert!(text.contains("exceeded its 40ms deadline"), "{text}");
+}
+
+/// What a plugin logs during `plugin test` is shown (on stderr), as the gateway would log it.
+#[test]
+fn plugin_test_shows_the_plugins_log_lines() {
+    let wasm = tollgate_tests::plugins::wasm("tollgate_ip_binding");
+    let cases = repo_root().join("plugins/ip-binding/cases/basic.yaml");
+    let out = Command::new(BIN)
+        .args(["plugin", "test"])
+        .arg(&wasm)
+        .arg("--cases")
+        .arg(&cases)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    // ip-binding warns when a bound key is used from another network.
+    assert!(
+        stderr.contains("used from 198.51.100.1, bound to 203.0.113.0/24"),
+        "{stderr}"
+    );
+}
+
 /// `logging.file`: access and audit lines go to rotated files whose total stays under the cap.
 #[tokio::test]
 async fn the_log_goes_to_rotated_files_within_the_total_size_cap() {

@@ -6,6 +6,7 @@
 //! ```yaml
 //! kind: ip-binding            # optional: inferred from the component's exports
 //! config: {prefix_v4: 24}     # passed to configure
+//! limits: {deadline: 5ms}     # optional: as plugins[].limits; unset keys are the gateway's defaults
 //! cases:
 //!   - name: first use binds
 //!     request: {client_ip: 203.0.113.7}
@@ -25,7 +26,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -74,14 +74,7 @@ impl PolicyEngine {
             .exports(&self.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
-        let kind = KINDS
-            .iter()
-            .find(|(name, _)| {
-                exports
-                    .iter()
-                    .any(|e| e.starts_with(&format!("tollgate:policy/{name}@")))
-            })
-            .map(|(_, k)| *k);
+        let kind = kind_of(&exports);
         let link_error = self
             .linker
             .instantiate_pre(&component)
@@ -98,12 +91,28 @@ impl PolicyEngine {
     }
 }
 
+/// The policy kind a component's exports implement, if any.
+fn kind_of<S: AsRef<str>>(exports: &[S]) -> Option<PluginKind> {
+    KINDS
+        .iter()
+        .find(|(name, _)| {
+            exports
+                .iter()
+                .any(|e| e.as_ref().starts_with(&format!("tollgate:policy/{name}@")))
+        })
+        .map(|(_, k)| *k)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CasesFile {
     kind: Option<PluginKind>,
     #[serde(default = "empty")]
     config: Value,
+    /// The sandbox limits, as in the config file's `plugins[].limits`; unset ones are the
+    /// gateway's defaults, so a plugin passes here only if it fits where it will run.
+    #[serde(default)]
+    limits: tollgate_config::PluginLimits,
     cases: Vec<Case>,
 }
 
@@ -356,22 +365,35 @@ pub async fn run_cases(
     let file: CasesFile =
         serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(&text))
             .map_err(|e| format!("{}: {e}", cases_path.display()))?;
-    let kind = match file.kind {
-        Some(k) => k,
-        None => engine
-            .inspect(path)?
-            .kind
-            .ok_or("the component exports no tollgate:policy interface")?,
-    };
-    let spec = PluginSpec {
-        max_module_size: 256 << 20,
-        memory_limit: 64 << 20,
-        deadline: Duration::from_millis(100),
+    // The gateway's limits (or the file's), except that the breaker never opens and instances
+    // are never recycled, so one failing case does not change how the next one runs.
+    let mut spec = PluginSpec {
+        config_json: file.config.to_string(),
         max_calls: u32::MAX,
         breaker_failures: 0,
-        ..PluginSpec::with_defaults("under-test", kind, &file.config.to_string())
+        ..PluginSpec::with_limits(
+            "under-test",
+            file.kind.unwrap_or(PluginKind::Router),
+            &file.limits,
+        )
     };
-    let plugin = engine.load(path, spec).map_err(|e| e.to_string())?;
+    // Compiled once, whether or not the file names the kind.
+    let (component, digest) = engine.compile(path, &spec).map_err(|e| e.to_string())?;
+    let kind = match file.kind {
+        Some(k) => k,
+        None => {
+            let exports: Vec<String> = component
+                .component_type()
+                .exports(engine.engine())
+                .map(|(n, _)| n.to_owned())
+                .collect();
+            kind_of(&exports).ok_or("the component exports no tollgate:policy interface")?
+        }
+    };
+    spec.kind = kind;
+    let plugin = engine
+        .prepare(component, digest, spec)
+        .map_err(|e| e.to_string())?;
     plugin.validate().await.map_err(|e| e.to_string())?;
     let mut results = Vec::new();
     for case in file.cases {

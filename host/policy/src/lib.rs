@@ -156,7 +156,8 @@ impl PluginSpec {
         }
     }
 
-    fn with_limits(name: &str, kind: PluginKind, l: &tollgate_config::PluginLimits) -> Self {
+    /// A spec with the limits `l` (a config file's `plugins[].limits`) and an empty config.
+    pub fn with_limits(name: &str, kind: PluginKind, l: &tollgate_config::PluginLimits) -> Self {
         Self {
             name: name.into(),
             kind,
@@ -296,6 +297,11 @@ impl PolicyEngine {
         &self.stores
     }
 
+    /// The wasmtime engine every plugin is compiled for.
+    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
     /// Epoch ticks so far: they advance only while guest code may run.
     pub fn epoch_ticks(&self) -> u64 {
         self.ticker.ticks.load(Ordering::Relaxed)
@@ -304,6 +310,16 @@ impl PolicyEngine {
     /// Reads, checks, compiles and configures a plugin. Compilation is CPU-heavy: call this off
     /// the request path (it blocks the calling thread).
     pub fn load(&self, path: &Path, spec: PluginSpec) -> Result<Plugin, LoadError> {
+        let (component, digest) = self.compile(path, &spec)?;
+        self.prepare(component, digest, spec)
+    }
+
+    /// Reads the module at `path` within `spec`'s size limit and pin, and compiles it.
+    pub(crate) fn compile(
+        &self,
+        path: &Path,
+        spec: &PluginSpec,
+    ) -> Result<(Component, String), LoadError> {
         let read_err = |source| LoadError::Read {
             path: path.display().to_string(),
             source,
@@ -327,6 +343,16 @@ impl PolicyEngine {
         }
         let component = Component::new(&self.engine, &bytes)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        Ok((component, digest))
+    }
+
+    /// Links a compiled component as a plugin of `spec.kind`.
+    pub(crate) fn prepare(
+        &self,
+        component: Component,
+        digest: String,
+        spec: PluginSpec,
+    ) -> Result<Plugin, LoadError> {
         let pre = self
             .linker
             .instantiate_pre(&component)

@@ -595,6 +595,16 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
 
 fn plugin(cmd: PluginCommand) -> ExitCode {
     use crate::policy::PolicyEngine;
+    // The plugin's own log lines (and the runtime's warnings) on stderr, as the gateway would
+    // log them: a test run shows what the plugin said. `RUST_LOG` overrides.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plugin=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .try_init();
     let outcome = async_runtime().and_then(|rt| {
         rt.block_on(async {
             let stores = crate::state::Stores::ephemeral()
