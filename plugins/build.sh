@@ -10,6 +10,9 @@ mode=${1:-build}
 # Always plugins/target, whatever CARGO_TARGET_DIR says: the example config, the tests and the
 # benchmark load the components from there.
 export CARGO_TARGET_DIR=$PWD/target
+# A crate just added to `members` gets its lock file entry; every other dependency stays as
+# locked (--locked below refuses any other change).
+cargo update --workspace --quiet
 for manifest in */Cargo.toml; do
   dir=${manifest%/Cargo.toml}
   [ "$dir" = sdk ] && continue

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod new_plugin;
+
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::gateway::planes::Listeners;
@@ -155,6 +157,22 @@ enum IpCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Write a new plugin project that builds, passes its own cases and loads in the gateway.
+    New {
+        /// The project's (and the crate's) name, e.g. `team-router`.
+        name: String,
+        /// ip-binding, router, quota or header-rewrite.
+        #[arg(long)]
+        kind: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: new_plugin::Lang,
+        /// Where to write it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Tollgate's `plugins/sdk` (default: found above the project directory).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Describe a component: kind, exports, imports, and whether the gateway can load it.
     Inspect { file: PathBuf },
     /// Run a plugin against request fixtures (see docs/plugins.md) and compare its decisions.
@@ -595,6 +613,16 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
 
 fn plugin(cmd: PluginCommand) -> ExitCode {
     use crate::policy::PolicyEngine;
+    if let PluginCommand::New {
+        name,
+        kind,
+        lang,
+        dir,
+        sdk,
+    } = cmd
+    {
+        return new_plugin_project(&name, &kind, lang, dir, sdk);
+    }
     // The plugin's own log lines (and the runtime's warnings) on stderr, as the gateway would
     // log them: a test run shows what the plugin said. `RUST_LOG` overrides.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -647,12 +675,44 @@ fn plugin(cmd: PluginCommand) -> ExitCode {
                     println!("{} passed, {failed} failed", results.len() - failed);
                     Ok(failed == 0)
                 }
+                PluginCommand::New { .. } => unreachable!("written above"),
             }
         })
     });
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn new_plugin_project(
+    name: &str,
+    kind: &str,
+    lang: new_plugin::Lang,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+) -> ExitCode {
+    let Ok(kind) = serde_json::from_value::<crate::policy::PluginKind>(serde_json::json!(kind))
+    else {
+        eprintln!("--kind {kind:?}: use ip-binding, router, quota or header-rewrite");
+        return ExitCode::FAILURE;
+    };
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    match new_plugin::write(name, kind, lang, &dir, sdk.as_deref()) {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "next: cd {} && cargo build --release --target wasm32-wasip2 (see README.md)",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE

@@ -118,6 +118,15 @@ pub use Router as __Kind;
 #[doc(hidden)]
 pub fn __assert_exportable<T: Plugin + __Kind>() {}
 
+/// serde, so a plugin needs no dependency of its own to read its config:
+///
+/// ```ignore
+/// #[derive(tollgate_sdk::Deserialize, Default)]
+/// #[serde(crate = "tollgate_sdk::serde", default)]
+/// struct Config { prefer: String }
+/// ```
+pub use serde::{self, Deserialize};
+
 /// Parses a plugin's JSON config into `T`, with an error message fit for `configure`.
 pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, String> {
     serde_json::from_str(config).map_err(|e| format!("invalid plugin config: {e}"))

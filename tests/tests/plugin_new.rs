@@ -1,0 +1,176 @@
+//! `tollgate plugin new`: for every kind, the project it writes builds for wasm32-wasip2 as it
+//! is, passes its own cases under `tollgate plugin test`, and does what it says in a gateway.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tollgate_tests::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Writes the project with `plugin new` into `dir`, builds it, runs its cases; returns the component.
+fn new_project(dir: &Path, name: &str, kind: &str) -> PathBuf {
+    let project = dir.join(name);
+    let out = Command::new(BIN)
+        .args(["plugin", "new", name, "--kind", kind, "--dir"])
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The SDK was found from the project's directory upwards (it is under the repository).
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("plugins/sdk"), "{manifest}");
+    // One target directory for every generated project, kept between runs.
+    let target = repo_root().join("target/plugin-new");
+    let built = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let wasm = target.join(format!(
+        "wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    ));
+    let tested = Command::new(BIN)
+        .args(["plugin", "test"])
+        .arg(&wasm)
+        .arg("--cases")
+        .arg(project.join("cases/basic.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&tested.stdout);
+    assert!(tested.status.success(), "{name}: {text}");
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+    wasm
+}
+
+/// A gateway over `upstreams` whose route runs the one plugin `wasm` of `kind` with `config`.
+fn config_with(upstreams: &[String], kind: &str, wasm: &Path, config: &str) -> String {
+    let mut yaml = config_yaml(upstreams, "").replace(
+        "\nlogging:",
+        "\n    policies: [generated]\n    max_attempts: 3\nlogging:",
+    );
+    yaml.push_str(&format!(
+        "plugins:\n  - name: generated\n    kind: {kind}\n    module: {}\n    config: {config}\n",
+        wasm.display()
+    ));
+    yaml
+}
+
+async fn post(gw: &TestGateway) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_builds_passes_its_cases_and_works_in_the_gateway() {
+    // Under the repository, so `plugin new` finds plugins/sdk on its own.
+    std::fs::create_dir_all(repo_root().join("target")).unwrap();
+    let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let urls = [a.url(), b.url()];
+
+    // ip-binding: refuses the configured prefixes.
+    let wasm = new_project(dir.path(), "gen-binding", "ip-binding");
+    let gw = TestGateway::start(&config_with(
+        &urls,
+        "ip-binding",
+        &wasm,
+        r#"{deny_prefixes: ["127.0.0."]}"#,
+    ))
+    .await;
+    let resp = post(&gw).await;
+    assert_eq!(resp.status(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ip_not_allowed", "{body}");
+
+    // router: the preferred upstream first.
+    let wasm = new_project(dir.path(), "gen-router", "router");
+    let gw = TestGateway::start(&config_with(&urls, "router", &wasm, "{prefer: u1}")).await;
+    let before = (a.requests(), b.requests());
+    assert_eq!(post(&gw).await.status(), 200);
+    assert_eq!((a.requests(), b.requests()), (before.0, before.1 + 1));
+
+    // quota: a 429 cools u0 down and the request is retried on u1.
+    let wasm = new_project(dir.path(), "gen-quota", "quota");
+    let gw = TestGateway::start(&config_with(&urls, "quota", &wasm, "{cooldown_ms: 60000}")).await;
+    a.force_status(429);
+    let before = (a.requests(), b.requests());
+    assert_eq!(post(&gw).await.status(), 200);
+    assert_eq!((a.requests(), b.requests()), (before.0 + 1, before.1 + 1));
+    // Cooling down: the next request goes to u1 without asking u0.
+    assert_eq!(post(&gw).await.status(), 200);
+    assert_eq!(a.requests(), before.0 + 1);
+    a.force_status(0);
+
+    // header-rewrite: the key's name goes upstream.
+    let wasm = new_project(dir.path(), "gen-rewrite", "header-rewrite");
+    let gw = TestGateway::start(&config_with(
+        &urls[..1],
+        "header-rewrite",
+        &wasm,
+        "{key_header: x-team}",
+    ))
+    .await;
+    assert_eq!(post(&gw).await.status(), 200);
+    assert_eq!(a.last_headers().get("x-team").unwrap(), "tester");
+}
+
+#[test]
+fn plugin_new_refuses_a_bad_name_an_unknown_kind_and_a_non_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = repo_root().join("plugins/sdk");
+    let run = |args: &[&str], to: &Path| {
+        let out = Command::new(BIN)
+            .args(["plugin", "new"])
+            .args(args)
+            .arg("--dir")
+            .arg(to)
+            .arg("--sdk")
+            .arg(&sdk)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&["Bad Name", "--kind", "router"], &dir.path().join("x"));
+    assert!(!ok && err.contains("invalid name"), "{err}");
+    let (ok, err) = run(&["fine", "--kind", "firewall"], &dir.path().join("y"));
+    assert!(
+        !ok && err.contains("ip-binding, router, quota or header-rewrite"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("keep.txt"), "mine").unwrap();
+    let (ok, err) = run(&["fine", "--kind", "router"], dir.path());
+    assert!(!ok && err.contains("is not empty"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(),
+        "mine"
+    );
+}
