@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Quiet period after the last event before a change is reported, so a burst of writes (cert,
@@ -34,6 +35,9 @@ impl FileWatch {
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 let Ok(event) = res else { return };
+                if !changes_content(&event.kind) {
+                    return;
+                }
                 // A symlink swap (certbot's live/ dir) shows up as an event on the link's name, so
                 // matching on names in the watched directories catches it too.
                 if event.paths.iter().any(|p| names.contains(p)) || event.paths.is_empty() {
@@ -58,6 +62,21 @@ impl FileWatch {
                 Ok(None) | Err(_) => return Some(()),
             }
         }
+    }
+}
+
+/// Whether an event can mean new content: a write, a create, a rename, a removal, a metadata
+/// change (`touch`), or one the platform does not classify. Opening or reading a file (a backup
+/// job, `sha256sum`, the gateway itself loading a plugin) is not a change.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Any
+        | EventKind::Create(_)
+        | EventKind::Modify(_)
+        | EventKind::Remove(_)
+        | EventKind::Other => true,
     }
 }
 

@@ -280,6 +280,11 @@ fn plugin_inspect_reports_kind_and_linkability() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("kind:    router-policy"), "{text}");
     assert!(text.contains("links:   ok"), "{text}");
+    // What the sandbox grants, as docs/plugins.md says (policy_runtime.rs reads it from a guest).
+    assert!(
+        text.contains("sandbox: wall and monotonic clocks") && text.contains("random"),
+        "{text}"
+    );
 }
 
 /// Every `plugins/<name>/cases/*.yaml` runs against the built `tollgate_<name>.wasm` and passes.

@@ -327,6 +327,61 @@ async fn a_failing_policy_fails_closed_or_open_as_configured() {
     }
 }
 
+/// Reading the config or a plugin file (a backup job, `sha256sum`, another gateway loading the
+/// same module) is not a change: nothing is reloaded. Writing one is.
+#[tokio::test]
+async fn reading_watched_files_reloads_nothing_and_writing_one_does() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("router.wasm");
+    std::fs::copy(
+        tollgate_tests::plugins::wasm("tollgate_round_robin"),
+        &module,
+    )
+    .unwrap();
+    let yaml = policy_config_yaml(
+        &[mock.url()],
+        &[plugin("r", "router", "tollgate_round_robin", "{}")],
+        &["r"],
+    )
+    .replace(
+        &tollgate_tests::plugins::wasm("tollgate_round_robin")
+            .display()
+            .to_string(),
+        &module.display().to_string(),
+    );
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    // A write is a change (and proves the watcher is up before the reads below; it starts in
+    // the background, so the write is repeated until one is seen).
+    let mut reloaded = false;
+    for _ in 0..20 {
+        std::fs::write(&module, std::fs::read(&module).unwrap()).unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if gw.gateway.last_reload().is_some() {
+            reloaded = true;
+            break;
+        }
+    }
+    assert!(reloaded, "writing the module did not reload");
+    // Let the write's events settle, then take the last reload as the reference.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = gw.gateway.last_reload();
+    for _ in 0..3 {
+        std::fs::read(&module).unwrap();
+        std::fs::read_to_string(&path).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the debounce and a reload's time: no reload since.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        gw.gateway.last_reload(),
+        before,
+        "reading a watched file reloaded"
+    );
+}
+
 #[tokio::test]
 async fn editing_the_router_while_requests_flow_drops_nothing_and_takes_effect_within_a_second() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);

@@ -123,6 +123,41 @@ async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
     ));
 }
 
+/// What docs/plugins.md says the sandbox grants through WASI, a real component reads: the
+/// wall clock is the real time, and randomness is random (two instances draw different values).
+#[tokio::test]
+async fn wasi_clocks_are_the_real_time_and_randomness_differs_between_instances() {
+    let e = engine().await;
+    let mut randoms = Vec::new();
+    for n in 0..2 {
+        // A fresh plugin each time: a new instance, new WASI context.
+        let p = e
+            .load(
+                &wasm("tollgate_hostile"),
+                spec("wasi", PluginKind::Router, r#"{"behaviour":"wasi"}"#),
+            )
+            .unwrap();
+        p.validate().await.unwrap();
+        let (secs, random) = match p.select(&request(&format!("w{n}")), &candidates()).await {
+            Ok(RouteDecision::None(text)) => {
+                let (secs, random) = text.split_once(' ').unwrap();
+                (secs.parse::<u64>().unwrap(), random.parse::<u64>().unwrap())
+            }
+            other => panic!("{other:?}"),
+        };
+        let now = tollgate::state::unix_ms() / 1000;
+        assert!(
+            secs.abs_diff(now) <= 5,
+            "guest wall clock {secs}, host {now}"
+        );
+        randoms.push(random);
+    }
+    assert_ne!(
+        randoms[0], randoms[1],
+        "the same random value in two instances"
+    );
+}
+
 #[tokio::test]
 async fn growing_memory_past_the_limit_traps_and_the_host_survives() {
     let e = engine().await;

@@ -53,6 +53,11 @@ const POOL_INSTANCES: u32 = 1_000;
 
 pub use tollgate_config::PluginKind;
 
+/// What a plugin can reach through WASI (`plugin inspect` prints it; docs/plugins.md, "The
+/// sandbox"). Everything else the gateway offers goes through the `tollgate:policy` imports.
+pub const WASI_GRANTS: &str = "wall and monotonic clocks (the real time), random (secure and insecure); \
+no files, network, environment, arguments or stdio";
+
 /// A module's identity as configs pin it (`plugins[].sha256`) and reloads compare it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

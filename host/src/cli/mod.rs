@@ -652,6 +652,7 @@ fn plugin(cmd: PluginCommand) -> ExitCode {
                     println!("kind:    {kind}");
                     println!("exports: {}", i.exports.join(", "));
                     println!("imports: {}", i.imports.join(", "));
+                    println!("sandbox: {}", crate::policy::WASI_GRANTS);
                     match &i.link_error {
                         None => println!("links:   ok"),
                         Some(e) => println!("links:   NO: {e}"),

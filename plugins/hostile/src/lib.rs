@@ -1,6 +1,7 @@
 //! Test fixture for the sandbox: a router whose `select` misbehaves as its config says, so the
 //! host's limits (deadline, memory, traps) can be tested against a real component.
-//! `{"behaviour": "ok" | "loop" | "grow" | "trap" | "reject-config"}`.
+//! `{"behaviour": "ok" | "loop" | "grow" | "trap" | "reject-config" | "wasi"}`; `wasi` answers
+//! `none("<wall clock seconds> <a random u64>")` read through WASI, to show what the sandbox grants.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -15,6 +16,7 @@ enum Behaviour {
     Grow,
     Trap,
     RejectConfig,
+    Wasi,
 }
 
 #[derive(Deserialize)]
@@ -34,6 +36,7 @@ impl Plugin for Hostile {
             Behaviour::Loop => 1,
             Behaviour::Grow => 2,
             Behaviour::Trap => 3,
+            Behaviour::Wasi => 4,
             Behaviour::RejectConfig => {
                 return Err("this configuration is refused on purpose".into());
             }
@@ -61,6 +64,15 @@ impl Router for Hostile {
                 RouteDecision::None(format!("held {} blocks", hoard.len()))
             }
             3 => panic!("hostile plugin traps on purpose"),
+            4 => {
+                use std::hash::BuildHasher;
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                // std has no public random API; `RandomState` draws its keys from WASI random.
+                let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+                RouteDecision::None(format!("{secs} {random}"))
+            }
             _ => RouteDecision::Pick((0..candidates.len() as u32).collect()),
         }
     }

@@ -85,8 +85,9 @@ pub struct InstanceData {
 
 impl InstanceData {
     pub fn new(plugin: Arc<str>, stores: Arc<Stores>, limits: StoreLimits) -> Self {
-        // No preopened directories, environment, arguments, sockets or stdio: a plugin that
-        // imports WASI (as every Rust wasm32-wasip2 build does) links, but can reach nothing.
+        // What `crate::WASI_GRANTS` says: the real clocks and randomness (language runtimes
+        // need them; `random` helps load balancing), and no preopened directories,
+        // environment, arguments, sockets or stdio.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
         Self {
             kv_prefix: Stores::kv_prefix(&plugin),
