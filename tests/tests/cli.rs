@@ -282,7 +282,9 @@ fn plugin_inspect_reports_kind_and_linkability() {
     assert!(text.contains("links:   ok"), "{text}");
     // What the sandbox grants, as docs/plugins.md says (policy_runtime.rs reads it from a guest).
     assert!(
-        text.contains("sandbox: wall and monotonic clocks") && text.contains("random"),
+        text.contains("sandbox: wall and monotonic clocks")
+            && text.contains("random")
+            && text.contains("stderr"),
         "{text}"
     );
 }

@@ -55,8 +55,8 @@ pub use tollgate_config::PluginKind;
 
 /// What a plugin can reach through WASI (`plugin inspect` prints it; docs/plugins.md, "The
 /// sandbox"). Everything else the gateway offers goes through the `tollgate:policy` imports.
-pub const WASI_GRANTS: &str = "wall and monotonic clocks (the real time), random (secure and insecure); \
-no files, network, environment, arguments or stdio";
+pub const WASI_GRANTS: &str = "wall and monotonic clocks (the real time), random (secure and insecure), \
+stderr (kept for error messages); no files, network, environment, arguments, stdin or stdout";
 
 /// A module's identity as configs pin it (`plugins[].sha256`) and reloads compare it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -797,7 +797,7 @@ impl Plugin {
         match result {
             Ok(r) => {
                 instance.calls += 1;
-                if instance.calls < self.spec.max_calls {
+                if instance.calls < self.spec.max_calls && instance.store.data().stderr_has_room() {
                     self.idle
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -824,10 +824,17 @@ impl Plugin {
                     }
                 } else {
                     self.stats.traps.fetch_add(1, Ordering::Relaxed);
-                    // The top-level message only; the wasm backtrace is logged at debug.
+                    // The top-level message and what the guest said on stderr (its panic
+                    // message or traceback); the wasm backtrace is logged at debug.
+                    let said = instance.store.data().stderr_tail();
+                    let trap = e.root_cause().to_string();
                     PolicyError::Trap {
                         plugin,
-                        reason: e.to_string(),
+                        reason: if said.is_empty() {
+                            trap
+                        } else {
+                            format!("{trap}; the plugin wrote: {said}")
+                        },
                     }
                 };
                 let request_id = request.as_ref().map_or("", |r| r.id.as_str());
