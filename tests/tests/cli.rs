@@ -350,7 +350,16 @@ fn plugin_test_fails_on_a_wrong_expectation_and_shows_the_difference() {
         text.contains("FAILED  wrong") && text.contains(r#"{"pick":[0,1]}"#),
         "{text}"
     );
-    assert!(text.trim_end().ends_with("0 passed, 1 failed"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[lines.len() - 2], "0 passed, 1 failed", "{text}");
+    // Then what it cost: compile, first instance, per case.
+    let cost = lines[lines.len() - 1];
+    assert!(
+        cost.starts_with("compile ")
+            && cost.contains("first instance")
+            && cost.ends_with("(1 cases)"),
+        "{text}"
+    );
 }
 
 /// `plugin test` runs a plugin under the gateway's own default limits (a 5 ms deadline, not a

@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -354,12 +355,23 @@ pub struct CaseResult {
     pub expected: Value,
 }
 
+/// What a cases run found, and what it cost.
+pub struct Report {
+    pub results: Vec<CaseResult>,
+    /// Compiling the component (once).
+    pub compile: Duration,
+    /// Creating and configuring the first instance (`configure` included).
+    pub first_instance: Duration,
+    /// Each case's wall time: one call into the plugin, or none where the gateway would skip it.
+    pub case_times: Vec<Duration>,
+}
+
 /// Runs the cases file against the plugin at `path`.
 pub async fn run_cases(
     engine: &PolicyEngine,
     path: &Path,
     cases_path: &Path,
-) -> Result<Vec<CaseResult>, String> {
+) -> Result<Report, String> {
     let text = std::fs::read_to_string(cases_path)
         .map_err(|e| format!("cannot read {}: {e}", cases_path.display()))?;
     let file: CasesFile =
@@ -378,7 +390,9 @@ pub async fn run_cases(
         )
     };
     // Compiled once, whether or not the file names the kind.
+    let started = Instant::now();
     let (component, digest) = engine.compile(path, &spec).map_err(|e| e.to_string())?;
+    let compile = started.elapsed();
     let kind = match file.kind {
         Some(k) => k,
         None => {
@@ -394,9 +408,13 @@ pub async fn run_cases(
     let plugin = engine
         .prepare(component, digest, spec)
         .map_err(|e| e.to_string())?;
+    let started = Instant::now();
     plugin.validate().await.map_err(|e| e.to_string())?;
+    let first_instance = started.elapsed();
     let mut results = Vec::new();
+    let mut case_times = Vec::new();
     for case in file.cases {
+        let started = Instant::now();
         // Calls the gateway would skip (a status the quota policy does not watch, a phase the
         // header rewrite does not rewrite) give what the gateway does instead: pass, no ops.
         let name = case.name.clone();
@@ -437,6 +455,7 @@ pub async fn run_cases(
                 Phase::Request | Phase::Response => Ok(ops_json(Vec::new())),
             },
         };
+        case_times.push(started.elapsed());
         let actual = actual.unwrap_or_else(|e| json!({"error": e.to_string()}));
         results.push(CaseResult {
             passed: matches(&case.expect, &actual),
@@ -445,7 +464,12 @@ pub async fn run_cases(
             expected: case.expect,
         });
     }
-    Ok(results)
+    Ok(Report {
+        results,
+        compile,
+        first_instance,
+        case_times,
+    })
 }
 
 #[cfg(test)]

@@ -660,10 +660,11 @@ fn plugin(cmd: PluginCommand) -> ExitCode {
                     Ok(i.kind.is_some() && i.link_error.is_none())
                 }
                 PluginCommand::Test { file, cases } => {
-                    let results =
+                    let report =
                         crate::policy::fixtures::run_cases(&engine, &file, &cases).await?;
+                    let results = &report.results;
                     let failed = results.iter().filter(|r| !r.passed).count();
-                    for r in &results {
+                    for r in results {
                         if r.passed {
                             println!("ok      {}", r.name);
                         } else {
@@ -674,6 +675,21 @@ fn plugin(cmd: PluginCommand) -> ExitCode {
                         }
                     }
                     println!("{} passed, {failed} failed", results.len() - failed);
+                    let mut times = report.case_times.clone();
+                    times.sort();
+                    let at = |q: f64| {
+                        times
+                            .get(((times.len().saturating_sub(1)) as f64 * q).round() as usize)
+                            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+                    };
+                    println!(
+                        "compile {:.0} ms, first instance {:.2} ms, per case p50 {:.0} µs / p99 {:.0} µs ({} cases)",
+                        report.compile.as_secs_f64() * 1e3,
+                        report.first_instance.as_secs_f64() * 1e3,
+                        at(0.5),
+                        at(0.99),
+                        times.len()
+                    );
                     Ok(failed == 0)
                 }
                 PluginCommand::New { .. } => unreachable!("written above"),
