@@ -161,6 +161,9 @@ async fn one_address_cannot_take_more_than_its_share_of_connections() {
 async fn idle_keep_alive_connections_are_closed_after_client_idle() {
     let (_mock, gw) = setup("  timeouts:\n    client_idle: 400ms").await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    // The watchdog's first look finds no request yet and plans its next one far away; the
+    // request ending must bring the idle deadline forward.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     tcp.write_all(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
         .await
         .unwrap();
@@ -182,6 +185,8 @@ async fn idle_http2_connections_get_goaway_after_client_idle() {
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);
+    // As above: the first look finds no request; the request ending must re-plan.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let req = http::Request::get(format!("http://{}/health", gw.addr))
         .body(())
         .unwrap();

@@ -440,6 +440,7 @@ impl<H: Handler> Connection<H> {
                     hard_stop = Some(tokio::time::Instant::now() + ABUSE_GRACE);
                 }
                 _ = tokio::time::sleep_until(stop), if hard_stop.is_some() => return,
+                _ = watch.rearm.notified() => next = tokio::time::Instant::now(),
                 _ = tokio::time::sleep_until(next) => {
                     let (verdict, at) = watch.check();
                     next = at.into();

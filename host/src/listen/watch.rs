@@ -68,6 +68,11 @@ pub struct ConnWatch {
     cancels: Mutex<Bucket>,
     /// Woken when the client has cancelled too many streams.
     pub abuse: Notify,
+    /// When the connection task will next call [`ConnWatch::check`] (ms since `start`).
+    next_check: AtomicU64,
+    /// Woken when a deadline now falls before `next_check` (the connection went idle and
+    /// `client_idle` is shorter than the check interval): the task checks again at once.
+    pub rearm: Notify,
     streams: Mutex<Vec<Weak<Stream>>>,
 }
 
@@ -92,6 +97,8 @@ impl ConnWatch {
                 at: now,
             }),
             abuse: Notify::new(),
+            next_check: AtomicU64::new(0),
+            rearm: Notify::new(),
             streams: Mutex::new(Vec::new()),
         })
     }
@@ -143,6 +150,13 @@ impl ConnWatch {
     /// Applies every rule that is due and returns what the connection must do, and when to ask
     /// again.
     pub fn check(&self) -> (Verdict, Instant) {
+        let (verdict, at) = self.check_rules();
+        let next = at.saturating_duration_since(self.start).as_millis() as u64;
+        self.next_check.store(next, Ordering::Relaxed);
+        (verdict, at)
+    }
+
+    fn check_rules(&self) -> (Verdict, Instant) {
         let now = self.now_ms();
         let l = &self.limits;
         let ms = |d: Duration| d.as_millis() as u64;
@@ -207,9 +221,14 @@ impl Drop for RequestGuard {
             self.conn.client_cancelled();
         }
         if self.conn.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.conn
-                .idle_since
-                .store(self.conn.now_ms(), Ordering::Relaxed);
+            let now = self.conn.now_ms();
+            self.conn.idle_since.store(now, Ordering::Relaxed);
+            // The idle deadline may come before the check the task has planned (it planned
+            // one `client_write / 4` away while a request was in flight).
+            let idle_due = now + self.conn.limits.client_idle.as_millis() as u64;
+            if idle_due < self.conn.next_check.load(Ordering::Relaxed) {
+                self.conn.rearm.notify_one();
+            }
         }
     }
 }
