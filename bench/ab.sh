@@ -10,6 +10,7 @@
 # and the load generator (build them first: cargo build --release -p tollgate-tests -p tollgate-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/nginx.sh
 old=$1 new=$2
 ROUNDS=${ROUNDS:-3} SECS=${SECS:-8} RATE=${RATE:-}
 bin=target/release
@@ -20,27 +21,7 @@ trap cleanup EXIT
 MOCK=127.0.0.1:19200 NGINX=127.0.0.1:19201 FLOOR=127.0.0.1:19202 OLD=127.0.0.1:19203 NEW=127.0.0.1:19204
 "$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
 "$bin/tollgate-bench" floor --listen "$FLOOR" --upstream "http://$MOCK" & pids+=($!)
-cat > "$out/nginx.conf" <<NGINX
-worker_processes auto;
-pid $out/nginx.pid;
-error_log $out/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream mock { server $MOCK; keepalive 128; }
-  server {
-    listen $NGINX backlog=1024;
-    location /v1/ {
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer sk-upstream";
-      proxy_buffering off;
-    }
-  }
-}
-NGINX
+nginx_conf "$out" "$MOCK" "$NGINX" > "$out/nginx.conf"
 "$(command -v nginx || echo /usr/sbin/nginx)" -c "$out/nginx.conf" -p "$out" -e "$out/nginx-error.log"
 for side in old:$OLD new:$NEW; do
   name=${side%%:*} addr=${side#*:}

@@ -24,6 +24,7 @@
 # per request). See bench/README.md for how to read the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/nginx.sh
 ROUNDS=${ROUNDS:-5}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 CONCURRENCY=${CONCURRENCY:-64}
@@ -69,33 +70,7 @@ fi
 
 "${load_cpu[@]}" "$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
 
-cat > "$out/nginx.conf" <<NGINX
-worker_processes auto;
-pid $out/nginx.pid;
-error_log $out/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream mock { server $MOCK; keepalive 128; }
-  server {
-    # As many pending connections as Tollgate's listener takes (nginx's default is 511): the
-    # 1000-stream run connects at once.
-    listen $NGINX backlog=1024;
-    location /v1/ {
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer sk-upstream";
-      proxy_set_header X-Real-IP \$remote_addr;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_buffering off;
-      proxy_request_buffering on;
-      proxy_read_timeout 300s;
-    }
-  }
-}
-NGINX
+nginx_conf "$out" "$MOCK" "$NGINX" > "$out/nginx.conf"
 "${proxy_cpu[@]}" "$NGINX_BIN" -c "$out/nginx.conf" -p "$out" -e "$out/nginx-error.log"
 
 cat > "$out/tollgate.yaml" <<YAML

@@ -797,7 +797,7 @@ impl Plugin {
         match result {
             Ok(r) => {
                 instance.calls += 1;
-                if instance.calls < self.spec.max_calls && instance.store.data().stderr_has_room() {
+                if instance.calls < self.spec.max_calls {
                     self.idle
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

@@ -119,7 +119,7 @@ impl Gateway {
     }
 
     /// A new upstream connection pool for one data-plane worker thread: its connections are
-    /// driven on that thread only. Kept across config reloads, like the shared one.
+    /// driven on that thread only. Made once per worker, so it is kept across config reloads.
     pub(crate) fn worker_client(&self) -> UpstreamClient {
         UpstreamClient::new(self.connect_timeout)
     }

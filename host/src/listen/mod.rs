@@ -91,8 +91,7 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
-/// What every accept loop of one listener shares: the settings, the connection caps, and the
-/// drain signal.
+/// What every accept loop of one listener shares: the settings and the connection caps.
 struct Shared {
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,

@@ -16,6 +16,7 @@ mod clock;
 mod kv;
 mod log;
 mod request;
+mod stderr;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,14 +67,6 @@ impl CallBudget {
     }
 }
 
-/// Bytes of guest stderr kept per instance. A write past it traps the call, so an instance is
-/// not pooled again once half of it is used (a chatty plugin gets fresh instances instead); a
-/// single call may write up to half of it.
-pub const STDERR_CAPACITY: usize = 64 << 10;
-/// Characters of it attached to an error: the end, where a panic message or traceback's last
-/// line is.
-const STDERR_SHOWN: usize = 1024;
-
 /// The data of one plugin instance's store.
 pub struct InstanceData {
     pub plugin: Arc<str>,
@@ -86,9 +79,8 @@ pub struct InstanceData {
     pub stores: Arc<Stores>,
     /// This plugin's key namespace in the shared cache.
     kv_prefix: String,
-    /// What the guest wrote to stderr (a Rust panic message, a Python traceback, a JavaScript
-    /// exception), at most [`STDERR_CAPACITY`] bytes: attached to the error when a call traps.
-    stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    /// The end of what the guest wrote to stderr, attached to the error when a call traps.
+    stderr: stderr::StderrTail,
     pub limits: StoreLimits,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -98,8 +90,8 @@ impl InstanceData {
     pub fn new(plugin: Arc<str>, stores: Arc<Stores>, limits: StoreLimits) -> Self {
         // What `crate::WASI_GRANTS` says: the real clocks and randomness (language runtimes
         // need them; `random` helps load balancing), no preopened directories, environment,
-        // arguments, sockets or stdin; stdout is discarded, stderr kept (bounded) for errors.
-        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_CAPACITY);
+        // arguments, sockets or stdin; stdout is discarded, stderr's tail kept for errors.
+        let stderr = stderr::StderrTail::default();
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .stderr(stderr.clone())
             .build();
@@ -117,20 +109,9 @@ impl InstanceData {
         }
     }
 
-    /// Whether the stderr buffer has room for another call (see [`STDERR_CAPACITY`]).
-    pub fn stderr_has_room(&self) -> bool {
-        self.stderr.contents().len() < STDERR_CAPACITY / 2
-    }
-
     /// The end of what the guest wrote to stderr, as text (empty if nothing).
     pub fn stderr_tail(&self) -> String {
-        let bytes = self.stderr.contents();
-        let text = String::from_utf8_lossy(&bytes);
-        let text = text.trim();
-        match text.char_indices().rev().nth(STDERR_SHOWN - 1) {
-            Some((i, _)) => format!("…{}", &text[i..]),
-            None => text.to_owned(),
-        }
+        self.stderr.text()
     }
 
     pub(crate) fn kv(&self) -> PluginKv<'_> {
