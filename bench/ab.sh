@@ -4,6 +4,8 @@
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY            # 3 rounds, 64 connections, 8 s each
 #   ROUNDS=5 SECS=10 RATE=5000 bench/ab.sh OLD NEW   # RATE: a fixed offered rate instead of saturation
+#   CHAIN=1 bench/ab.sh OLD NEW                  # both gateways run the four-policy chain of
+#                                                # bench/run.sh (plugins from plugins/build.sh)
 #
 # Prints, per round and target: RPS, p99 (ms) and CPU per request (µs, user + system of every
 # process of the target). Uses the release binaries of this tree for the mock upstream, the floor
@@ -12,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/nginx.sh
 old=$1 new=$2
-ROUNDS=${ROUNDS:-3} SECS=${SECS:-8} RATE=${RATE:-}
+ROUNDS=${ROUNDS:-3} SECS=${SECS:-8} RATE=${RATE:-} CHAIN=${CHAIN:-0}
 bin=target/release
 out=$(mktemp -d)
 pids=()
@@ -36,6 +38,17 @@ storage: {database: "sqlite://$out/$name.db"}
 admin: {enabled: false}
 logging: {level: warn, access_log: false}
 YAML
+  if [ "$CHAIN" = 1 ]; then
+    W=$PWD/plugins/target/wasm32-wasip2/release
+    sed -i 's|^upstreams: .*|upstreams: [{name: mock-a, url: "http://'"$MOCK"'", credential: sk-upstream}, {name: mock-b, url: "http://'"$MOCK"'", credential: sk-upstream}]|; s|^routes: .*|routes: [{path_prefix: /v1/, upstreams: [mock-a, mock-b], policies: [bind, stamp, rotate, quota]}]|' "$out/$name.yaml"
+    cat >> "$out/$name.yaml" <<YAML
+plugins:
+  - {name: bind, kind: ip-binding, module: $W/tollgate_ip_binding.wasm}
+  - {name: stamp, kind: header-rewrite, module: $W/tollgate_header_rewrite.wasm, config: {request: [{set: {name: x-gw, value: "\${request_id}"}}]}}
+  - {name: rotate, kind: router, module: $W/tollgate_round_robin.wasm}
+  - {name: quota, kind: quota, module: $W/tollgate_quota_switch.wasm}
+YAML
+  fi
 done
 "$old" run --config "$out/old.yaml" & pids+=($!)
 "$new" run --config "$out/new.yaml" & pids+=($!)

@@ -15,9 +15,10 @@
 //!   two racing first requests, on any gateway of a cluster, get the same binding;
 //! - what neither store can answer is a [`StoreError`]; the caller applies the deployment's
 //!   failsafe (`closed` → 503, `open` → let through and log);
-//! - usage (`last_used`, count, last IP) and intercepts go through a bounded queue to a writer
-//!   task that flushes every `flush_interval`; the request path never waits for them, and
-//!   [`Stores::shutdown`] flushes what is queued.
+//! - intercepts go through a bounded queue to a writer task that flushes every `flush_interval`;
+//!   key usage (`last_used`, count, last IP) and token usage are summed in place under a mutex
+//!   and taken by the writer at each flush (no wake-up of the writer per request); the request
+//!   path never waits for either, and [`Stores::shutdown`] flushes what is pending.
 
 mod alerts;
 mod audit;
@@ -34,6 +35,7 @@ mod settings;
 mod sql;
 mod writer;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -185,6 +187,24 @@ pub struct StoreStats {
     pub intercepts: AtomicU64,
 }
 
+/// One key's use since the last flush: how often, and the latest time and client address.
+#[derive(Debug, Clone, Copy)]
+struct KeyUse {
+    last_used_ms: u64,
+    ip: IpAddr,
+    count: u64,
+}
+
+impl KeyUse {
+    fn add(&mut self, ip: IpAddr, at_ms: u64) {
+        self.count += 1;
+        if at_ms >= self.last_used_ms {
+            self.last_used_ms = at_ms;
+            self.ip = ip;
+        }
+    }
+}
+
 /// Capacity of the write queue; beyond it, usage updates and intercepts are dropped and counted.
 const QUEUE_CAPACITY: usize = 65_536;
 
@@ -203,6 +223,9 @@ pub struct Stores {
     /// Token usage of finished requests, taken by the writer at each flush. A plain buffer rather
     /// than the queue: one push per request, and no wake-up of the writer task for each.
     tokens: std::sync::Mutex<Vec<TokenUsage>>,
+    /// Keys used since the last flush, summed in place (the same reason: a request with an
+    /// ip-binding policy used to wake the writer on the main runtime, from every worker thread).
+    uses: std::sync::Mutex<HashMap<String, KeyUse>>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The live settings (failsafe, alerts, archive age, log level).
     pub(crate) live: settings::Live,
@@ -210,7 +233,7 @@ pub struct Stores {
     pub(crate) ip_lists: ip_rules::IpLists,
     /// Per-gateway state of the request path that outlives a config (rate limit buckets,
     /// in-flight counts), by id.
-    kept: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
+    kept: std::sync::Mutex<HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
     pub stats: StoreStats,
 }
 
@@ -318,6 +341,7 @@ impl Stores {
             config,
             queue,
             tokens: std::sync::Mutex::new(Vec::new()),
+            uses: std::sync::Mutex::new(HashMap::new()),
             writer: std::sync::Mutex::new(None),
             stats: StoreStats::default(),
         });
@@ -470,11 +494,28 @@ impl Stores {
 
     /// Notes that `key_id` was used from `ip` (batched; never waits).
     pub fn record_use(&self, key_id: &str, ip: IpAddr) {
-        self.enqueue(Event::Used {
-            key_id: key_id.to_owned(),
-            ip,
-            at_ms: unix_ms(),
-        });
+        let at_ms = unix_ms();
+        let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = uses.get_mut(key_id) {
+            u.add(ip, at_ms);
+        } else if uses.len() >= QUEUE_CAPACITY {
+            drop(uses);
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+        } else {
+            uses.insert(
+                key_id.to_owned(),
+                KeyUse {
+                    last_used_ms: at_ms,
+                    ip,
+                    count: 1,
+                },
+            );
+        }
+    }
+
+    /// The key uses recorded since the last call (for the writer).
+    fn take_uses(&self) -> HashMap<String, KeyUse> {
+        std::mem::take(&mut *self.uses.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Logs a refusal (batched; never waits). Also counts it towards the key's alert threshold.

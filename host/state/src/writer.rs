@@ -23,11 +23,6 @@ use super::alerts::Webhook;
 const MAX_PENDING_INTERCEPTS: usize = 10_000;
 
 pub(super) enum Event {
-    Used {
-        key_id: String,
-        ip: IpAddr,
-        at_ms: u64,
-    },
     Intercept {
         key_id: String,
         intercept: Intercept,
@@ -71,7 +66,6 @@ impl Writer {
         loop {
             tokio::select! {
                 event = rx.recv() => match event {
-                    Some(Event::Used { key_id, ip, at_ms }) => self.used(key_id, ip, at_ms),
                     Some(Event::Intercept { key_id, intercept }) => {
                         self.intercept(&key_id, intercept).await;
                     }
@@ -90,14 +84,15 @@ impl Writer {
         }
     }
 
-    fn used(&mut self, key_id: String, ip: IpAddr, at_ms: u64) {
+    /// Adds a key's uses since the last flush to the pending batch.
+    fn used(&mut self, key_id: String, ip: IpAddr, at_ms: u64, count: u64) {
         let u = self.usage.entry(key_id).or_insert_with_key(|k| Usage {
             key_id: k.clone(),
             last_used_ms: 0,
             last_ip: String::new(),
             count: 0,
         });
-        u.count += 1;
+        u.count += count;
         if at_ms >= u.last_used_ms {
             u.last_used_ms = at_ms;
             u.last_ip = ip.to_string();
@@ -145,6 +140,9 @@ impl Writer {
         };
         for t in stores.take_tokens() {
             self.tokens(t);
+        }
+        for (key_id, u) in stores.take_uses() {
+            self.used(key_id, u.ip, u.last_used_ms, u.count);
         }
         if !self.usage.is_empty() {
             let batch: Vec<Usage> = self.usage.values().cloned().collect();
