@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tollgate::policy::RequestInfo;
 use tollgate::policy::fixtures::{sample_request, sample_upstream};
 use tollgate::policy::types::{RouteDecision, UpstreamView};
-use tollgate::policy::{LoadError, PluginKind, PolicyEngine, PolicyError};
+use tollgate::policy::{LoadError, PluginKind, PluginSpec, PolicyEngine, PolicyError};
 use tollgate::state::Stores;
 use tollgate_tests::plugins::{spec, wasm};
 
@@ -233,6 +233,31 @@ async fn a_refused_configuration_is_reported() {
         bad_json.validate().await,
         Err(LoadError::Configure(_))
     ));
+}
+
+#[tokio::test]
+async fn a_configure_that_never_returns_is_stopped_at_the_init_deadline() {
+    let e = engine().await;
+    let spec = PluginSpec {
+        init_deadline: Duration::from_millis(30),
+        ..spec(
+            "spin",
+            PluginKind::Router,
+            r#"{"behaviour":"loop-in-configure"}"#,
+        )
+    };
+    let p = e.load(&wasm("tollgate_hostile"), spec).unwrap();
+    let started = Instant::now();
+    match p.validate().await {
+        Err(LoadError::Trap(msg)) => assert!(msg.contains("30ms init_deadline"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    // Stopped by the budget, not by anything slower.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

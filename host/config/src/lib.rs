@@ -164,6 +164,11 @@ pub struct PluginLimits {
     pub memory: ByteSize,
     /// Longest a single call may run before it is stopped.
     pub deadline: Duration,
+    /// Longest creating an instance may run: its start functions and `configure`. Separate from
+    /// `deadline` because an interpreter (Python, JavaScript) needs a few ms to start, which a
+    /// call must not; it runs once per instance (at load, and when a worn-out or failed one is
+    /// replaced, then on the request that needs it).
+    pub init_deadline: Duration,
     /// Largest module file accepted (checked before compiling).
     pub module_size: ByteSize,
     /// Calls one instance serves before it is replaced by a fresh one.
@@ -186,6 +191,7 @@ impl Default for PluginLimits {
         Self {
             memory: ByteSize(32 << 20),
             deadline: Duration(std::time::Duration::from_millis(5)),
+            init_deadline: Duration(std::time::Duration::from_millis(100)),
             module_size: ByteSize(32 << 20),
             max_calls: 10_000,
             max_concurrency: 64,
@@ -625,6 +631,57 @@ pub struct StorageConfig {
     pub retention_interval: Duration,
     /// Longest a single database or cache operation may take before it counts as a failure.
     pub op_timeout: Duration,
+    /// Where compiled plugins are kept (wasmtime's compilation cache, keyed by the module's
+    /// bytes, the wasmtime build and its settings), so a restart does not compile an unchanged
+    /// plugin again. `auto`: `$CACHE_DIRECTORY` (systemd's `CacheDirectory=`), else
+    /// `$XDG_CACHE_HOME/tollgate`, else `$HOME/.cache/tollgate`; `off`: no cache; else a
+    /// directory (relative to the config file). Entries are loaded as machine code: it must be
+    /// writable only by the gateway's user (created 0700; one writable by group or others is
+    /// not used). Read at start.
+    pub plugin_cache: PluginCache,
+}
+
+/// `storage.plugin_cache`: `auto`, `off` or a directory.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct PluginCache(pub String);
+
+impl Default for PluginCache {
+    fn default() -> Self {
+        Self("auto".into())
+    }
+}
+
+impl PluginCache {
+    /// The directory to use, if any: `base` resolves a relative path; `env` reads the
+    /// environment (`std::env::var_os` outside tests).
+    pub fn dir(
+        &self,
+        base: &Path,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Option<PathBuf> {
+        match self.0.as_str() {
+            "off" | "" => None,
+            "auto" => {
+                let set = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+                // systemd may list several directories, separated by ':'; the first is ours.
+                if let Some(d) = set("CACHE_DIRECTORY") {
+                    let first = d
+                        .to_string_lossy()
+                        .split(':')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
+                    return Some(PathBuf::from(first));
+                }
+                set("XDG_CACHE_HOME")
+                    .filter(|d| d.is_absolute())
+                    .map(|d| d.join("tollgate"))
+                    .or_else(|| set("HOME").map(|h| h.join(".cache/tollgate")))
+            }
+            dir => Some(base.join(dir)),
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -638,6 +695,7 @@ impl Default for StorageConfig {
             archive_days: 90,
             retention_interval: Duration::secs(3600),
             op_timeout: Duration(std::time::Duration::from_millis(1000)),
+            plugin_cache: PluginCache::default(),
         }
     }
 }

@@ -356,6 +356,12 @@ fn validate_plugins(c: &Config, e: &mut Errors) {
         if l.deadline.get().is_zero() {
             e.add(format!("{path}.limits.deadline"), "must be greater than 0");
         }
+        if l.init_deadline.get().is_zero() {
+            e.add(
+                format!("{path}.limits.init_deadline"),
+                "must be greater than 0",
+            );
+        }
         if l.max_calls == 0 {
             e.add(format!("{path}.limits.max_calls"), "must be at least 1");
         }

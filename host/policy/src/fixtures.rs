@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use super::types::{
     BindingDecision, CooldownScope, HeaderOp, QuotaDecision, RouteDecision, UpstreamView,
 };
-use super::{PluginKind, PluginSpec, PolicyEngine};
+use super::{CodeOrigin, PluginKind, PluginSpec, PolicyEngine};
 use crate::view::{RequestInfo, ResponseInfo};
 
 /// What `inspect` reports about a component.
@@ -358,8 +358,12 @@ pub struct CaseResult {
 /// What a cases run found, and what it cost.
 pub struct Report {
     pub results: Vec<CaseResult>,
-    /// Compiling the component (once).
+    /// Compiling the component (once), or reading it from the compilation cache.
     pub compile: Duration,
+    /// Whether it was compiled or read from the cache.
+    pub code_origin: CodeOrigin,
+    /// Linear memory of a configured instance, in bytes.
+    pub instance_memory: u64,
     /// Creating and configuring the first instance (`configure` included).
     pub first_instance: Duration,
     /// Each case's wall time: one call into the plugin, or none where the gateway would skip it.
@@ -390,9 +394,8 @@ pub async fn run_cases(
         )
     };
     // Compiled once, whether or not the file names the kind.
-    let started = Instant::now();
-    let (component, digest) = engine.compile(path, &spec).map_err(|e| e.to_string())?;
-    let compile = started.elapsed();
+    let (component, digest, (code_origin, compile)) =
+        engine.compile(path, &spec).map_err(|e| e.to_string())?;
     let kind = match file.kind {
         Some(k) => k,
         None => {
@@ -406,11 +409,12 @@ pub async fn run_cases(
     };
     spec.kind = kind;
     let plugin = engine
-        .prepare(component, digest, spec)
+        .prepare(component, digest, spec, (code_origin, compile))
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
     plugin.validate().await.map_err(|e| e.to_string())?;
     let first_instance = started.elapsed();
+    let instance_memory = plugin.instance_memory().unwrap_or(0);
     let mut results = Vec::new();
     let mut case_times = Vec::new();
     for case in file.cases {
@@ -467,6 +471,8 @@ pub async fn run_cases(
     Ok(Report {
         results,
         compile,
+        code_origin,
+        instance_memory,
         first_instance,
         case_times,
     })

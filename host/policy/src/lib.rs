@@ -135,6 +135,8 @@ pub struct PluginSpec {
     pub max_module_size: u64,
     pub memory_limit: u64,
     pub deadline: Duration,
+    /// Running-time budget of creating an instance (start functions and `configure`).
+    pub init_deadline: Duration,
     /// Calls an instance serves before it is replaced.
     pub max_calls: u32,
     pub max_concurrency: u32,
@@ -171,6 +173,7 @@ impl PluginSpec {
             max_module_size: l.module_size.0,
             memory_limit: l.memory.0,
             deadline: l.deadline.get(),
+            init_deadline: l.init_deadline.get(),
             max_calls: l.max_calls,
             max_concurrency: l.max_concurrency,
             queue_timeout: l.queue_timeout.get(),
@@ -187,6 +190,35 @@ pub struct PolicyEngine {
     linker: Linker<InstanceData>,
     stores: Arc<Stores>,
     ticker: Arc<Ticker>,
+    /// wasmtime's on-disk compilation cache, when one is configured (its hit counter tells a
+    /// cached load from a compilation).
+    cache: Option<wasmtime::Cache>,
+    /// One compilation at a time (each one already uses every core), so the cache's hit
+    /// counter is attributable to the load in progress.
+    compiling: Mutex<()>,
+}
+
+/// Where a loaded version's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeOrigin {
+    /// Compiled from the module.
+    Compiled,
+    /// Read from the on-disk compilation cache (`storage.plugin_cache`): same module bytes,
+    /// same wasmtime build and settings.
+    DiskCache,
+    /// Shared with a version already in service whose module has the same sha256 (a config
+    /// edit that did not change the module).
+    Reused,
+}
+
+impl CodeOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Compiled => "compiled",
+            Self::DiskCache => "disk-cache",
+            Self::Reused => "reused",
+        }
+    }
 }
 
 /// The epoch ticker's state. Its thread advances the engine's epoch every [`EPOCH_TICK`] while
@@ -233,7 +265,18 @@ impl Drop for PolicyEngine {
 }
 
 impl PolicyEngine {
+    /// An engine without an on-disk compilation cache.
     pub fn new(stores: Arc<Stores>) -> wasmtime::Result<Self> {
+        Self::with_cache(stores, None)
+    }
+
+    /// An engine whose compilations are cached in `cache_dir` (created with mode 0700 if
+    /// missing). wasmtime keys each entry by the module's bytes, its own version and the
+    /// engine's settings, so a stale or foreign entry is never used. The directory must be
+    /// writable only by the gateway's user: its entries are loaded as machine code. One that
+    /// group or others may write is refused with an error (the caller decides whether to go on
+    /// without a cache).
+    pub fn with_cache(stores: Arc<Stores>, cache_dir: Option<&Path>) -> wasmtime::Result<Self> {
         let mut pooling = wasmtime::PoolingAllocationConfig::default();
         pooling
             .total_component_instances(POOL_INSTANCES)
@@ -256,6 +299,8 @@ impl PolicyEngine {
             .epoch_interruption(true)
             .profiler(profiler)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+        let cache = cache_dir.map(open_cache).transpose()?;
+        config.cache(cache.clone());
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
@@ -295,6 +340,8 @@ impl PolicyEngine {
             linker,
             stores,
             ticker,
+            cache,
+            compiling: Mutex::new(()),
         })
     }
 
@@ -315,8 +362,29 @@ impl PolicyEngine {
     /// Reads, checks, compiles and configures a plugin. Compilation is CPU-heavy: call this off
     /// the request path (it blocks the calling thread).
     pub fn load(&self, path: &Path, spec: PluginSpec) -> Result<Plugin, LoadError> {
-        let (component, digest) = self.compile(path, &spec)?;
-        self.prepare(component, digest, spec)
+        self.load_reusing(path, spec, &[])
+    }
+
+    /// [`Self::load`], sharing the machine code of a version in `running` whose module has the
+    /// same sha256 instead of compiling it again (a reload that changed only the config).
+    pub fn load_reusing(
+        &self,
+        path: &Path,
+        spec: PluginSpec,
+        running: &[Arc<Plugin>],
+    ) -> Result<Plugin, LoadError> {
+        let (bytes, digest) = read_module(path, &spec)?;
+        if let Some(same) = running.iter().find(|p| p.sha256 == digest) {
+            let component = same.pre.component().clone();
+            return self.prepare(
+                component,
+                digest,
+                spec,
+                (CodeOrigin::Reused, Duration::ZERO),
+            );
+        }
+        let (component, origin) = self.compile_bytes(&bytes)?;
+        self.prepare(component, digest, spec, origin)
     }
 
     /// Reads the module at `path` within `spec`'s size limit and pin, and compiles it.
@@ -324,31 +392,30 @@ impl PolicyEngine {
         &self,
         path: &Path,
         spec: &PluginSpec,
-    ) -> Result<(Component, String), LoadError> {
-        let read_err = |source| LoadError::Read {
-            path: path.display().to_string(),
-            source,
-        };
-        let size = std::fs::metadata(path).map_err(read_err)?.len();
-        if size > spec.max_module_size {
-            return Err(LoadError::TooLarge {
-                size,
-                limit: spec.max_module_size,
-            });
-        }
-        let bytes = std::fs::read(path).map_err(read_err)?;
-        let digest = sha256_hex(&bytes);
-        if let Some(expected) = &spec.sha256
-            && !expected.eq_ignore_ascii_case(&digest)
-        {
-            return Err(LoadError::Pin {
-                expected: expected.clone(),
-                actual: digest,
-            });
-        }
-        let component = Component::new(&self.engine, &bytes)
+    ) -> Result<(Component, String, (CodeOrigin, Duration)), LoadError> {
+        let (bytes, digest) = read_module(path, spec)?;
+        let (component, origin) = self.compile_bytes(&bytes)?;
+        Ok((component, digest, origin))
+    }
+
+    /// Compiles a component, or loads it from the on-disk cache.
+    fn compile_bytes(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Component, (CodeOrigin, Duration)), LoadError> {
+        let _one = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        let hits = self.cache.as_ref().map_or(0, wasmtime::Cache::cache_hits);
+        let started = std::time::Instant::now();
+        let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        Ok((component, digest))
+        let took = started.elapsed();
+        let cached = self.cache.as_ref().is_some_and(|c| c.cache_hits() > hits);
+        let origin = if cached {
+            CodeOrigin::DiskCache
+        } else {
+            CodeOrigin::Compiled
+        };
+        Ok((component, (origin, took)))
     }
 
     /// Links a compiled component as a plugin of `spec.kind`.
@@ -357,6 +424,7 @@ impl PolicyEngine {
         component: Component,
         digest: String,
         spec: PluginSpec,
+        (origin, took): (CodeOrigin, Duration),
     ) -> Result<Plugin, LoadError> {
         let pre = self
             .linker
@@ -381,6 +449,8 @@ impl PolicyEngine {
         };
         Ok(Plugin {
             sha256: digest,
+            code_origin: origin,
+            code_time: took,
             engine: self.engine.clone(),
             ticker: self.ticker.clone(),
             stores: self.stores.clone(),
@@ -581,6 +651,10 @@ pub struct Plugin {
     pub spec: PluginSpec,
     /// Hex sha256 of the module file.
     pub sha256: String,
+    /// Where this version's machine code came from.
+    pub code_origin: CodeOrigin,
+    /// How long compiling it (or reading it from the cache) took; zero when reused.
+    pub code_time: Duration,
     engine: Engine,
     ticker: Arc<Ticker>,
     stores: Arc<Stores>,
@@ -632,8 +706,19 @@ impl Plugin {
             }
         });
         store.set_epoch_deadline(1);
-        store.data_mut().budget = CallBudget::new(self.spec.deadline);
-        let trap = |e: wasmtime::Error| LoadError::Trap(format!("{e:#}"));
+        // One budget for everything creating an instance runs: start functions, `configure`,
+        // and the first instance's `watch`/`rewrites`.
+        store.data_mut().budget = CallBudget::new(self.spec.init_deadline);
+        let init_deadline = self.spec.init_deadline;
+        let trap = |e: wasmtime::Error| {
+            if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+                LoadError::Trap(format!(
+                    "ran past its {init_deadline:?} init_deadline while starting or configuring"
+                ))
+            } else {
+                LoadError::Trap(format!("{e:#}"))
+            }
+        };
         let instance = self.pre.instantiate_async(&mut store).await.map_err(trap)?;
         let configure = self.plugin_idx.load(&mut store, &instance).map_err(trap)?;
         let guest = match &self.kind_idx {
@@ -645,7 +730,6 @@ impl Plugin {
             }
         }
         .map_err(trap)?;
-        store.data_mut().budget = CallBudget::new(self.spec.deadline);
         configure
             .call_configure(&mut store, &self.spec.config_json)
             .await
@@ -677,6 +761,14 @@ impl Plugin {
             slot: None,
             ticking: None,
         })
+    }
+
+    /// Linear memory held by a configured instance of this version (after `configure`), if one
+    /// is pooled; see [`Plugin::validate`].
+    pub fn instance_memory(&self) -> Option<u64> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.last()
+            .map(|i| i.store.data().limits.linear_bytes as u64)
     }
 
     /// Whether the file at `path` still has the contents this version was compiled from.
@@ -933,6 +1025,57 @@ impl Plugin {
         };
         self.checkin(i, r)
     }
+}
+
+/// Reads a module within `spec`'s size limit and checks its pin; returns it and its sha256.
+fn read_module(path: &Path, spec: &PluginSpec) -> Result<(Vec<u8>, String), LoadError> {
+    let read_err = |source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read_err)?.len();
+    if size > spec.max_module_size {
+        return Err(LoadError::TooLarge {
+            size,
+            limit: spec.max_module_size,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    let digest = sha256_hex(&bytes);
+    if let Some(expected) = &spec.sha256
+        && !expected.eq_ignore_ascii_case(&digest)
+    {
+        return Err(LoadError::Pin {
+            expected: expected.clone(),
+            actual: digest,
+        });
+    }
+    Ok((bytes, digest))
+}
+
+/// wasmtime's compilation cache in `dir`: created owner-only if missing, refused if group or
+/// others may write it (its entries are loaded as machine code).
+fn open_cache(dir: &Path) -> wasmtime::Result<wasmtime::Cache> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| wasmtime::format_err!("cannot create {}: {e}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| wasmtime::format_err!("cannot read {}: {e}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o022 != 0 {
+        return Err(wasmtime::format_err!(
+            "{} is writable by group or others (mode {:o}): a compilation cache must be writable only by the gateway's user",
+            dir.display(),
+            mode & 0o777
+        ));
+    }
+    let mut config = wasmtime::CacheConfig::new();
+    config.with_directory(dir);
+    wasmtime::Cache::new(config)
 }
 
 #[cfg(test)]

@@ -604,6 +604,14 @@ pub struct PluginView {
     pub kind: String,
     /// sha256 of the loaded module.
     pub sha256: String,
+    /// Where this version's machine code came from: `compiled`, `disk-cache` (the compilation
+    /// cache, `storage.plugin_cache`) or `reused` (a version already in service had the same
+    /// module: a config-only change).
+    pub code_origin: String,
+    /// Time spent compiling it or reading it from the cache, ms (0 when reused).
+    pub code_ms: f64,
+    /// Linear memory of a configured instance, bytes (none when no instance is pooled).
+    pub instance_memory: Option<u64>,
     pub calls: u64,
     /// Traps, deadline or memory exhaustion, failed instantiations.
     pub failures: u64,
@@ -650,6 +658,9 @@ async fn plugins(State(st): State<AdminState>, _op: Operator) -> Json<PluginsVie
             name: p.spec.name.to_string(),
             kind: p.spec.kind.as_str().to_owned(),
             sha256: p.sha256.clone(),
+            code_origin: p.code_origin.as_str().to_owned(),
+            code_ms: p.code_time.as_secs_f64() * 1000.0,
+            instance_memory: p.instance_memory(),
             calls: p.stats.calls.load(Relaxed),
             failures: p.stats.failures.load(Relaxed),
             breaker_openings: p.stats.breaker_opened.load(Relaxed),

@@ -12,6 +12,7 @@ mod probes;
 pub mod reload;
 mod runtime;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -91,8 +92,11 @@ impl Gateway {
             tracing::warn!(error = %e, "cannot read live settings; using the config file's");
         }
         follow_log_level(&stores);
-        let engine =
-            PolicyEngine::new(stores.clone()).map_err(|e| BuildError::Engine(format!("{e:#}")))?;
+        let cache = config
+            .storage
+            .plugin_cache
+            .dir(&config.base_dir, |name| std::env::var_os(name));
+        let engine = policy_engine(stores.clone(), cache.as_deref()).map_err(BuildError::Engine)?;
         let engine = Arc::new(engine);
         let metrics = Metrics::new();
         let runtime = runtime::build(config, &engine, None, &metrics)
@@ -228,4 +232,20 @@ async fn apply_shared_cooldowns(
             }
         }
     }
+}
+
+/// The WebAssembly engine, with wasmtime's compilation cache in `cache` when it can be used; a
+/// cache directory that cannot be (not creatable, writable by others) costs compile time, not
+/// the start, and is logged once.
+pub fn policy_engine(stores: Arc<Stores>, cache: Option<&Path>) -> Result<PolicyEngine, String> {
+    if let Some(dir) = cache {
+        match PolicyEngine::with_cache(stores.clone(), Some(dir)) {
+            Ok(engine) => return Ok(engine),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "plugin compilation cache not used (storage.plugin_cache): plugins are compiled at every start"
+            ),
+        }
+    }
+    PolicyEngine::new(stores).map_err(|e| format!("{e:#}"))
 }

@@ -145,11 +145,23 @@ async fn load_plugin(
     {
         return Ok(old.clone());
     }
+    // A version in service with the same module lends its machine code (a config-only edit).
+    let running = previous
+        .map(|prev| prev.plugins.clone())
+        .unwrap_or_default();
     let engine = engine.clone();
-    let plugin = tokio::task::spawn_blocking(move || engine.load(&path, spec))
+    let plugin = tokio::task::spawn_blocking(move || engine.load_reusing(&path, spec, &running))
         .await
         .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))??;
     plugin.validate().await?;
+    tracing::info!(
+        plugin = %p.name,
+        sha256 = &plugin.sha256[..12],
+        code = plugin.code_origin.as_str(),
+        code_ms = plugin.code_time.as_millis() as u64,
+        memory = plugin.instance_memory().unwrap_or(0),
+        "plugin version loaded"
+    );
     Ok(Arc::new(plugin))
 }
 

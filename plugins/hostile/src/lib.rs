@@ -1,6 +1,7 @@
 //! Test fixture for the sandbox: a router whose `select` misbehaves as its config says, so the
 //! host's limits (deadline, memory, traps) can be tested against a real component.
-//! `{"behaviour": "ok" | "loop" | "grow" | "trap" | "reject-config" | "wasi"}`; `wasi` answers
+//! `{"behaviour": "ok" | "loop" | "grow" | "trap" | "reject-config" | "loop-in-configure" | "wasi"}`;
+//! `loop-in-configure` never returns from `configure`; `wasi` answers
 //! `none("<wall clock seconds> <a random u64>")` read through WASI, to show what the sandbox grants.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -16,6 +17,7 @@ enum Behaviour {
     Grow,
     Trap,
     RejectConfig,
+    LoopInConfigure,
     Wasi,
 }
 
@@ -39,6 +41,12 @@ impl Plugin for Hostile {
             Behaviour::Wasi => 4,
             Behaviour::RejectConfig => {
                 return Err("this configuration is refused on purpose".into());
+            }
+            Behaviour::LoopInConfigure => {
+                let mut i: u64 = 0;
+                loop {
+                    i = std::hint::black_box(i.wrapping_add(1));
+                }
             }
         };
         MODE.store(mode, Ordering::Relaxed);

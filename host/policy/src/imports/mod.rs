@@ -67,6 +67,58 @@ impl CallBudget {
     }
 }
 
+/// The store's resource limits, counting the linear memory the instance holds (what `plugin
+/// test` and `plugin inspect` report as its memory).
+pub struct Metered {
+    limits: StoreLimits,
+    /// Bytes of linear memory across the instance's memories: initial sizes plus growth.
+    pub linear_bytes: usize,
+}
+
+impl wasmtime::ResourceLimiter for Metered {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.limits.memory_growing(current, desired, maximum)?;
+        if ok {
+            self.linear_bytes += desired.saturating_sub(current);
+        }
+        Ok(ok)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
 /// The data of one plugin instance's store.
 pub struct InstanceData {
     pub plugin: Arc<str>,
@@ -81,7 +133,7 @@ pub struct InstanceData {
     kv_prefix: String,
     /// The end of what the guest wrote to stderr, attached to the error when a call traps.
     stderr: stderr::StderrTail,
-    pub limits: StoreLimits,
+    pub limits: Metered,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -102,7 +154,10 @@ impl InstanceData {
             response: None,
             budget: CallBudget::new(Duration::ZERO),
             stores,
-            limits,
+            limits: Metered {
+                limits,
+                linear_bytes: 0,
+            },
             wasi,
             stderr,
             table: ResourceTable::new(),
