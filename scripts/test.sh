@@ -17,8 +17,11 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 # The deploy files are checked by their own tools (`nginx -t`, `caddy validate`).
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v caddy >/dev/null || need+=(caddy)
-# Python with venv, for schemathesis (below).
+# Python with venv, for schemathesis (below) and Python plugin projects (componentize-py); npm
+# for JavaScript plugin projects (componentize-js). The plugin_new tests install both tools
+# themselves, at the versions `tollgate plugin new` pins.
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

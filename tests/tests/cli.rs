@@ -289,6 +289,39 @@ fn plugin_inspect_reports_kind_and_linkability() {
     );
 }
 
+/// A component importing what the host does not provide is reported with what to do about it.
+#[test]
+fn plugin_inspect_says_what_to_do_about_an_import_the_host_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // What componentize-js builds without `-d http fetch-event`.
+        (
+            r#"(component (import "wasi:http/types@0.2.10" (instance (export "fields" (type (sub resource))))))"#,
+            "-d http fetch-event",
+        ),
+        // A plugin built against an older WIT.
+        (
+            r#"(component (import "tollgate:policy/clock@0.1.0" (instance (export "now-ms" (func (result u64))))))"#,
+            "another version of Tollgate's WIT",
+        ),
+    ];
+    for (i, (wat, advice)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.wasm"));
+        std::fs::write(&path, wat).unwrap();
+        let out = Command::new(BIN)
+            .args(["plugin", "inspect"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("links:   NO:"), "{text}");
+        assert!(
+            text.contains("What to do:") && text.contains(advice),
+            "{text}"
+        );
+    }
+}
+
 /// Every `plugins/<name>/cases/*.yaml` runs against the built `tollgate_<name>.wasm` and passes.
 #[test]
 fn every_plugin_fixture_file_passes() {

@@ -17,11 +17,62 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Writes the project with `plugin new` into `dir`, builds it, runs its cases; returns the component.
-fn new_project(dir: &Path, name: &str, kind: &str) -> PathBuf {
+/// The variable a generated `build.sh` of `lang` takes its tool from.
+fn tool_var(lang: &str) -> &'static str {
+    if lang == "python" {
+        "COMPONENTIZE_PY"
+    } else {
+        "COMPONENTIZE_JS"
+    }
+}
+
+/// The pinned build tool of `lang`, installed once per version by a generated project's own
+/// `build.sh` (kept under target/ as that project, so its installation stays valid).
+fn build_tool(lang: &str) -> PathBuf {
+    let (version, tool) = match lang {
+        "python" => (tollgate::cli::COMPONENTIZE_PY, ".venv/bin/componentize-py"),
+        _ => (
+            tollgate::cli::COMPONENTIZE_JS,
+            "node_modules/.bin/componentize-js",
+        ),
+    };
+    let home = repo_root().join(format!("target/plugin-new/tools/{lang}-{version}"));
+    if !home.join(tool).exists() {
+        let _ = std::fs::remove_dir_all(&home);
+        let out = Command::new(BIN)
+            .args([
+                "plugin", "new", "tools", "--kind", "router", "--lang", lang, "--dir",
+            ])
+            .arg(&home)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let built = Command::new(home.join("build.sh"))
+            .env_remove(tool_var(lang))
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "installing the {lang} tool: {}{}",
+            String::from_utf8_lossy(&built.stdout),
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    home.join(tool)
+}
+
+/// Writes the project with `plugin new` into `dir`, builds it as its README says, runs its
+/// cases; returns the component.
+fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> PathBuf {
     let project = dir.join(name);
     let out = Command::new(BIN)
-        .args(["plugin", "new", name, "--kind", kind, "--dir"])
+        .args([
+            "plugin", "new", name, "--kind", kind, "--lang", lang, "--dir",
+        ])
         .arg(&project)
         .output()
         .unwrap();
@@ -30,26 +81,43 @@ fn new_project(dir: &Path, name: &str, kind: &str) -> PathBuf {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The SDK was found from the project's directory upwards (it is under the repository).
-    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
-    assert!(manifest.contains("plugins/sdk"), "{manifest}");
-    // One target directory for every generated project, kept between runs.
-    let target = repo_root().join("target/plugin-new");
-    let built = Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(&project)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let wasm = target.join(format!(
-        "wasm32-wasip2/release/{}.wasm",
-        name.replace('-', "_")
-    ));
+    let wasm = match lang {
+        "rust" => {
+            // The SDK was found from the project's directory upwards (it is under the repository).
+            let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+            assert!(manifest.contains("plugins/sdk"), "{manifest}");
+            // One target directory for every generated project, kept between runs.
+            let target = repo_root().join("target/plugin-new");
+            let built = Command::new("cargo")
+                .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(&project)
+                .output()
+                .unwrap();
+            assert!(
+                built.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&built.stderr)
+            );
+            target.join(format!(
+                "wasm32-wasip2/release/{}.wasm",
+                name.replace('-', "_")
+            ))
+        }
+        _ => {
+            let built = Command::new(project.join("build.sh"))
+                .env(tool_var(lang), build_tool(lang))
+                .output()
+                .unwrap();
+            assert!(
+                built.status.success(),
+                "{name}: {}{}",
+                String::from_utf8_lossy(&built.stdout),
+                String::from_utf8_lossy(&built.stderr)
+            );
+            project.join(format!("{name}.wasm"))
+        }
+    };
     let tested = Command::new(BIN)
         .args(["plugin", "test"])
         .arg(&wasm)
@@ -86,8 +154,9 @@ async fn post(gw: &TestGateway) -> reqwest::Response {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_kind_builds_passes_its_cases_and_works_in_the_gateway() {
+/// For every kind in `lang`: the generated project builds, passes its cases, and does in a
+/// gateway what its source says.
+async fn every_kind_works(lang: &str) {
     // Under the repository, so `plugin new` finds plugins/sdk on its own.
     std::fs::create_dir_all(repo_root().join("target")).unwrap();
     let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
@@ -95,7 +164,7 @@ async fn every_kind_builds_passes_its_cases_and_works_in_the_gateway() {
     let urls = [a.url(), b.url()];
 
     // ip-binding: refuses the configured prefixes.
-    let wasm = new_project(dir.path(), "gen-binding", "ip-binding");
+    let wasm = new_project(dir.path(), "gen-binding", "ip-binding", lang);
     let gw = TestGateway::start(&config_with(
         &urls,
         "ip-binding",
@@ -109,14 +178,14 @@ async fn every_kind_builds_passes_its_cases_and_works_in_the_gateway() {
     assert_eq!(body["error"]["code"], "ip_not_allowed", "{body}");
 
     // router: the preferred upstream first.
-    let wasm = new_project(dir.path(), "gen-router", "router");
+    let wasm = new_project(dir.path(), "gen-router", "router", lang);
     let gw = TestGateway::start(&config_with(&urls, "router", &wasm, "{prefer: u1}")).await;
     let before = (a.requests(), b.requests());
     assert_eq!(post(&gw).await.status(), 200);
     assert_eq!((a.requests(), b.requests()), (before.0, before.1 + 1));
 
     // quota: a 429 cools u0 down and the request is retried on u1.
-    let wasm = new_project(dir.path(), "gen-quota", "quota");
+    let wasm = new_project(dir.path(), "gen-quota", "quota", lang);
     let gw = TestGateway::start(&config_with(&urls, "quota", &wasm, "{cooldown_ms: 60000}")).await;
     a.force_status(429);
     let before = (a.requests(), b.requests());
@@ -128,7 +197,7 @@ async fn every_kind_builds_passes_its_cases_and_works_in_the_gateway() {
     a.force_status(0);
 
     // header-rewrite: the key's name goes upstream.
-    let wasm = new_project(dir.path(), "gen-rewrite", "header-rewrite");
+    let wasm = new_project(dir.path(), "gen-rewrite", "header-rewrite", lang);
     let gw = TestGateway::start(&config_with(
         &urls[..1],
         "header-rewrite",
@@ -138,6 +207,37 @@ async fn every_kind_builds_passes_its_cases_and_works_in_the_gateway() {
     .await;
     assert_eq!(post(&gw).await.status(), 200);
     assert_eq!(a.last_headers().get("x-team").unwrap(), "tester");
+
+    // A config the plugin refuses: the gateway names the plugin's own message.
+    let refused = tollgate::Gateway::new(
+        &tollgate::Config::parse(
+            &config_with(&urls[..1], "header-rewrite", &wasm, "{key_headr: x-team}"),
+            "test.yaml",
+            Box::new(|_| None),
+        )
+        .unwrap(),
+    )
+    .await;
+    let err = refused.err().expect("refused").to_string();
+    assert!(
+        err.contains("unknown field") && err.contains("key_headr"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rust_kind_builds_passes_its_cases_and_works_in_the_gateway() {
+    every_kind_works("rust").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_python_kind_builds_passes_its_cases_and_works_in_the_gateway() {
+    every_kind_works("python").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_javascript_kind_builds_passes_its_cases_and_works_in_the_gateway() {
+    every_kind_works("js").await;
 }
 
 #[test]

@@ -80,7 +80,7 @@ impl PolicyEngine {
             .linker
             .instantiate_pre(&component)
             .err()
-            .map(|e| format!("{e:#}"));
+            .map(|e| super::link_error(&e));
         Ok(Inspection {
             size: bytes.len() as u64,
             sha256,

@@ -429,7 +429,7 @@ impl PolicyEngine {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(|e| LoadError::Link(link_error(&e)))?;
         let wrong = |e: wasmtime::Error| LoadError::WrongKind {
             world: world(spec.kind),
             reason: format!("{e:#}"),
@@ -1026,6 +1026,34 @@ impl Plugin {
         self.checkin(i, r)
     }
 }
+
+/// A link failure, with what to do about it when the cause is a known one.
+pub(crate) fn link_error(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    let advice = if text.contains("wasi:http/") {
+        Some(
+            "plugins get no HTTP: a JavaScript component built by componentize-js needs `-d http \
+             fetch-event` (the generated build.sh passes it); in Python, do not import an HTTP \
+             client",
+        )
+    } else if text.contains("wasi:sockets/") {
+        Some("plugins get no network: remove the socket use")
+    } else if text.contains("tollgate:policy/") && !text.contains(WIT_VERSION) {
+        Some(
+            "built against another version of Tollgate's WIT: rebuild against this gateway's \
+             wit/ (`tollgate plugin new` writes it into Python and JavaScript projects)",
+        )
+    } else {
+        None
+    };
+    match advice {
+        Some(a) => format!("{text}. What to do: {a}"),
+        None => text,
+    }
+}
+
+/// The version of the `tollgate:policy` WIT package this gateway provides.
+pub const WIT_VERSION: &str = "@0.2.0";
 
 /// Reads a module within `spec`'s size limit and checks its pin; returns it and its sha256.
 fn read_module(path: &Path, spec: &PluginSpec) -> Result<(Vec<u8>, String), LoadError> {

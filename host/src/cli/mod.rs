@@ -2,12 +2,13 @@
 //! `admin`.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod new_plugin;
+pub use new_plugin::{COMPONENTIZE_JS, COMPONENTIZE_PY};
 
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -164,12 +165,13 @@ enum PluginCommand {
         /// ip-binding, router, quota or header-rewrite.
         #[arg(long)]
         kind: String,
+        /// rust, python (componentize-py) or js (componentize-js).
         #[arg(long, value_enum, default_value = "rust")]
         lang: new_plugin::Lang,
         /// Where to write it (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Tollgate's `plugins/sdk` (default: found above the project directory).
+        /// Rust only: Tollgate's `plugins/sdk` (default: found above the project directory).
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -612,7 +614,6 @@ fn run(path: &std::path::Path, log_level: Option<String>) -> ExitCode {
 }
 
 fn plugin(cmd: PluginCommand) -> ExitCode {
-    use crate::policy::PolicyEngine;
     if let PluginCommand::New {
         name,
         kind,
@@ -638,8 +639,12 @@ fn plugin(cmd: PluginCommand) -> ExitCode {
             let stores = crate::state::Stores::ephemeral()
                 .await
                 .map_err(|e| format!("cannot open in-memory stores: {e}"))?;
-            let engine = PolicyEngine::new(stores)
-                .map_err(|e| format!("cannot start the WebAssembly runtime: {e:#}"))?;
+            // The gateway's default compilation cache: a plugin tested here is not compiled
+            // again by a gateway on this machine, and the other way round.
+            let cache = crate::config::PluginCache::default()
+                .dir(Path::new("."), |name| std::env::var_os(name));
+            let engine = crate::gateway::policy_engine(stores, cache.as_deref())
+                .map_err(|e| format!("cannot start the WebAssembly runtime: {e}"))?;
             match cmd {
                 PluginCommand::Inspect { file } => {
                     let i = engine.inspect(&file)?;
@@ -683,9 +688,14 @@ fn plugin(cmd: PluginCommand) -> ExitCode {
                             .map_or(0.0, |d| d.as_secs_f64() * 1e6)
                     };
                     println!(
-                        "compile {:.0} ms, first instance {:.2} ms, per case p50 {:.0} µs / p99 {:.0} µs ({} cases)",
+                        "{} {:.0} ms, first instance {:.2} ms ({:.1} MiB of memory), per case p50 {:.0} µs / p99 {:.0} µs ({} cases)",
+                        match report.code_origin {
+                            crate::policy::CodeOrigin::DiskCache => "read from the compilation cache in",
+                            _ => "compile",
+                        },
                         report.compile.as_secs_f64() * 1e3,
                         report.first_instance.as_secs_f64() * 1e3,
+                        report.instance_memory as f64 / (1024.0 * 1024.0),
                         at(0.5),
                         at(0.99),
                         times.len()
@@ -724,10 +734,11 @@ fn new_plugin_project(
             for f in files {
                 println!("wrote {}", f.display());
             }
-            println!(
-                "next: cd {} && cargo build --release --target wasm32-wasip2 (see README.md)",
-                dir.display()
-            );
+            let build = match lang {
+                new_plugin::Lang::Rust => "cargo build --release --target wasm32-wasip2",
+                new_plugin::Lang::Python | new_plugin::Lang::Js => "./build.sh",
+            };
+            println!("next: cd {} && {build} (see README.md)", dir.display());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -4,7 +4,7 @@ use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView};
 
 /// The plugin's config (the `config:` of its entry in the gateway's YAML), read once.
 #[derive(tollgate_sdk::Deserialize, Default)]
-#[serde(crate = "tollgate_sdk::serde", default)]
+#[serde(crate = "tollgate_sdk::serde", default, deny_unknown_fields)]
 struct Config {
     /// The upstream to try first when it is a candidate; the others keep their order.
     prefer: String,

@@ -4,7 +4,7 @@ use tollgate_sdk::{BindingDecision, Denial, IpBinding, Plugin, Request};
 
 /// The plugin's config (the `config:` of its entry in the gateway's YAML), read once.
 #[derive(tollgate_sdk::Deserialize, Default)]
-#[serde(crate = "tollgate_sdk::serde", default)]
+#[serde(crate = "tollgate_sdk::serde", default, deny_unknown_fields)]
 struct Config {
     /// Client addresses starting with one of these are refused, e.g. "203.0.113.".
     deny_prefixes: Vec<String>,

@@ -7,7 +7,7 @@ use tollgate_sdk::{
 
 /// The plugin's config (the `config:` of its entry in the gateway's YAML), read once.
 #[derive(tollgate_sdk::Deserialize)]
-#[serde(crate = "tollgate_sdk::serde", default)]
+#[serde(crate = "tollgate_sdk::serde", default, deny_unknown_fields)]
 struct Config {
     /// How long a model is skipped on an upstream after it answered 429.
     cooldown_ms: u64,

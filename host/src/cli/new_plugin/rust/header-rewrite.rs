@@ -4,7 +4,7 @@ use tollgate_sdk::{Header, HeaderOp, HeaderRewrite, Phases, Plugin, Request, Res
 
 /// The plugin's config (the `config:` of its entry in the gateway's YAML), read once.
 #[derive(tollgate_sdk::Deserialize, Default)]
-#[serde(crate = "tollgate_sdk::serde", default)]
+#[serde(crate = "tollgate_sdk::serde", default, deny_unknown_fields)]
 struct Config {
     /// Header set on every request sent upstream to the key's name, e.g. "x-team".
     key_header: String,
