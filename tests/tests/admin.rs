@@ -1080,3 +1080,98 @@ async fn upstreams_show_their_recent_errors() {
     assert_eq!(errors, ["status 503", "status 429"]);
     assert!(ups[0]["recent_errors"][0]["at_ms"].as_u64().unwrap() > 0);
 }
+
+/// Shadow evaluation: a round-robin candidate beside a fill-first router. The live router alone
+/// decides (every request goes to u0); the candidate's decisions are compared, half agree, and
+/// the disagreements carry the requests' ids and both decisions, in the API and the metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shadow_router_is_compared_with_the_live_one_and_never_decides() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let wasm = |n: &str| tollgate_tests::plugins::wasm(n).display().to_string();
+    let yaml = config_yaml(&[a.url(), b.url()], "")
+        .replace(
+            "admin:\n  listen: 127.0.0.1:0\n",
+            &format!(
+                "admin:\n  listen: 127.0.0.1:0\n  jwt_secret: {JWT_SECRET}\n  users:\n    - username: ops\n      password: {PASSWORD}\n"
+            ),
+        )
+        .replace(
+            "\nlogging:",
+            "\n    policies: [first]\n    shadow: {first: rotate}\nlogging:",
+        )
+        + &format!(
+            "plugins:\n  - {{name: first, kind: router, module: {}}}\n  - {{name: rotate, kind: router, module: {}}}\n",
+            wasm("tollgate_fill_first"),
+            wasm("tollgate_round_robin")
+        );
+    let gw = TestGateway::start(&yaml).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        ids.push(resp.headers()["x-request-id"].to_str().unwrap().to_owned());
+    }
+    // The live router decided every request.
+    assert_eq!((a.requests(), b.requests()), (10, 0));
+
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    // The comparisons finish in the background, after the answers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let view = loop {
+        let view: Value = admin.get(&token, "/plugins").await.json().await.unwrap();
+        let s = &view["shadows"][0];
+        let done = s["agree"].as_u64().unwrap_or(0) + s["disagree"].as_u64().unwrap_or(0) == 10;
+        if done || Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let s = &view["shadows"][0];
+    assert_eq!(
+        (
+            s["route"].as_str(),
+            s["live"].as_str(),
+            s["candidate"].as_str()
+        ),
+        (Some("/v1/"), Some("first"), Some("rotate"))
+    );
+    // Round-robin alternates [0, 1] and [1, 0]; fill-first always answers [0, 1].
+    assert_eq!(
+        (s["agree"].as_u64(), s["disagree"].as_u64()),
+        (Some(5), Some(5)),
+        "{view}"
+    );
+    assert_eq!(s["agreement"].as_f64(), Some(0.5));
+    let sample = s["disagreements"].as_array().unwrap();
+    assert_eq!(sample.len(), 5);
+    for d in sample {
+        assert!(
+            ids.contains(&d["request_id"].as_str().unwrap().to_owned()),
+            "{d}"
+        );
+        assert_eq!(d["live"], json!({"pick": [0, 1]}));
+        assert_eq!(d["candidate"], json!({"pick": [1, 0]}));
+    }
+    // The metrics say the same.
+    let metrics = client()
+        .get(format!("http://{}/metrics", gw.admin_addr.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (outcome, n) in [("agree", 5), ("disagree", 5), ("error", 0), ("skipped", 0)] {
+        let line = format!(
+            "tollgate_plugin_shadow_decisions_total{{candidate=\"rotate\",live=\"first\",outcome=\"{outcome}\",route=\"/v1/\"}} {n}"
+        );
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+}

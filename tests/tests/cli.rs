@@ -385,11 +385,13 @@ fn plugin_test_fails_on_a_wrong_expectation_and_shows_the_difference() {
     );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[lines.len() - 2], "0 passed, 1 failed", "{text}");
-    // Then what it cost: compile, first instance, per case.
+    // Then what it cost: compile (or the compilation cache), first instance and its memory,
+    // per case.
     let cost = lines[lines.len() - 1];
     assert!(
-        cost.starts_with("compile ")
+        (cost.starts_with("compile ") || cost.starts_with("read from the compilation cache in "))
             && cost.contains("first instance")
+            && cost.contains("MiB of memory")
             && cost.ends_with("(1 cases)"),
         "{text}"
     );

@@ -398,3 +398,35 @@ async fn calls_past_the_concurrency_limit_wait_then_fail() {
     let r = p.select(&request("third"), &candidates()).await;
     assert!(matches!(r, Err(PolicyError::Deadline { .. })), "{r:?}");
 }
+
+/// A shadow candidate runs dry: the ip-binding plugin's first use of a key makes no binding,
+/// though it answers as if it had; the same plugin live makes it.
+#[tokio::test]
+async fn a_dry_run_ip_binding_makes_no_binding() {
+    let e = engine().await;
+    let req = request("dry");
+    let dry = e
+        .load(
+            &wasm("tollgate_ip_binding"),
+            PluginSpec {
+                dry_run: true,
+                ..spec("shadow-bind", PluginKind::IpBinding, "{}")
+            },
+        )
+        .unwrap();
+    assert!(matches!(
+        dry.check(&req).await.unwrap(),
+        tollgate::policy::types::BindingDecision::Allow
+    ));
+    assert!(e.stores().binding(&req.key_id).await.unwrap().is_none());
+
+    let live = e
+        .load(
+            &wasm("tollgate_ip_binding"),
+            spec("bind", PluginKind::IpBinding, "{}"),
+        )
+        .unwrap();
+    live.check(&req).await.unwrap();
+    let bound = e.stores().binding(&req.key_id).await.unwrap();
+    assert!(bound.is_some_and(|b| b.cidr.to_string() == format!("{}/32", req.client_ip_text)));
+}

@@ -544,6 +544,13 @@ pub struct RouteConfig {
     /// the router (at most one), then quota (at most one) on each upstream answer.
     #[serde(default)]
     pub policies: Vec<String>,
+    /// Shadow evaluation: live policy name → candidate plugin of the same kind. The candidate is
+    /// called in the background with the live call's inputs after the live decision, which
+    /// alone decides the request; the two decisions are compared (agreement and a sample of
+    /// disagreements in the admin API and metrics). A candidate runs dry: it cannot make
+    /// bindings, and its decisions are never applied.
+    #[serde(default)]
+    pub shadow: std::collections::BTreeMap<String, String>,
     /// Methods the route accepts; others get 405 with an `Allow` header.
     #[serde(default = "default_methods")]
     pub methods: Vec<HttpMethod>,

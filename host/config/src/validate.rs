@@ -330,6 +330,37 @@ fn validate_routes(c: &Config, e: &mut Errors) {
                 );
             }
         }
+        for (live, candidate) in &r.shadow {
+            let at = format!("{path}.shadow.{live}");
+            if !r.policies.contains(live) {
+                e.add(
+                    at.clone(),
+                    format!("{live:?} is not one of this route's policies"),
+                );
+            }
+            let Some(cand) = c.plugins.iter().find(|p| &p.name == candidate) else {
+                e.add(at, format!("unknown plugin {candidate:?}"));
+                continue;
+            };
+            if let Some(l) = c.plugins.iter().find(|p| &p.name == live)
+                && l.kind != cand.kind
+            {
+                e.add(
+                    at.clone(),
+                    format!(
+                        "{candidate:?} has kind {}, {live:?} has kind {}: a shadow has the live policy's kind",
+                        cand.kind.as_str(),
+                        l.kind.as_str()
+                    ),
+                );
+            }
+            if c.routes.iter().any(|r| r.policies.contains(candidate)) {
+                e.add(
+                    at,
+                    format!("{candidate:?} is a live policy of a route: a shadow runs dry, so it cannot also be live"),
+                );
+            }
+        }
     }
 }
 

@@ -292,7 +292,7 @@ pub fn sample_upstream(name: &str) -> UpstreamView {
 }
 
 /// Decisions as JSON, in the same shape `expect` uses.
-fn binding_json(d: BindingDecision) -> Value {
+pub fn binding_json(d: BindingDecision) -> Value {
     match d {
         BindingDecision::Allow => json!("allow"),
         BindingDecision::Deny(d) => {
@@ -301,14 +301,14 @@ fn binding_json(d: BindingDecision) -> Value {
     }
 }
 
-fn route_json(d: RouteDecision) -> Value {
+pub fn route_json(d: RouteDecision) -> Value {
     match d {
         RouteDecision::Pick(order) => json!({"pick": order}),
         RouteDecision::None(reason) => json!({"none": reason}),
     }
 }
 
-fn quota_json(d: QuotaDecision) -> Value {
+pub fn quota_json(d: QuotaDecision) -> Value {
     match d {
         QuotaDecision::Pass => json!("pass"),
         QuotaDecision::RetryOther => json!("retry-other"),
@@ -320,7 +320,7 @@ fn quota_json(d: QuotaDecision) -> Value {
     }
 }
 
-fn ops_json(ops: Vec<HeaderOp>) -> Value {
+pub fn ops_json(ops: Vec<HeaderOp>) -> Value {
     Value::Array(
         ops.into_iter()
             .map(|op| match op {

@@ -144,6 +144,9 @@ pub struct PluginSpec {
     pub breaker_failures: u32,
     pub breaker_window: Duration,
     pub breaker_cooldown: Duration,
+    /// A shadow candidate: `bindings.bind-first` makes no binding (it answers the binding in
+    /// force, or the one that would be made).
+    pub dry_run: bool,
 }
 
 impl PluginSpec {
@@ -180,6 +183,7 @@ impl PluginSpec {
             breaker_failures: l.breaker_failures,
             breaker_window: l.breaker_window.get(),
             breaker_cooldown: l.breaker_cooldown.get(),
+            dry_run: false,
         }
     }
 }
@@ -693,7 +697,12 @@ impl Plugin {
             .build();
         let mut store = Store::new(
             &self.engine,
-            InstanceData::new(self.spec.name.clone(), self.stores.clone(), limits),
+            InstanceData::new(
+                self.spec.name.clone(),
+                self.stores.clone(),
+                limits,
+                self.spec.dry_run,
+            ),
         );
         store.limiter(|s| &mut s.limits);
         // Each epoch tick yields to the async executor (other requests keep moving while a guest

@@ -637,9 +637,31 @@ pub struct LastReload {
     pub error: Option<String>,
 }
 
+/// A shadow candidate beside a live policy (`routes[].shadow`) and how their decisions compare
+/// since the last reload.
+#[derive(Serialize, ToSchema)]
+pub struct ShadowView {
+    /// The route's `path_prefix`.
+    pub route: String,
+    pub live: String,
+    pub candidate: String,
+    pub agree: u64,
+    pub disagree: u64,
+    /// Candidate calls that failed (nothing to compare).
+    pub errors: u64,
+    /// Comparisons skipped: the candidate's `max_concurrency` calls were running.
+    pub skipped: u64,
+    /// agree / (agree + disagree); none before the first comparison.
+    pub agreement: Option<f64>,
+    /// The most recent disagreements (at most 32), oldest first.
+    pub disagreements: Vec<crate::pipeline::filters::shadow::Disagreement>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct PluginsView {
     pub plugins: Vec<PluginView>,
+    /// Shadow evaluations in service.
+    pub shadows: Vec<ShadowView>,
     /// The latest reload (file change, SIGHUP or this API) since start, if any.
     pub last_reload: Option<LastReload>,
 }
@@ -676,8 +698,30 @@ async fn plugins(State(st): State<AdminState>, _op: Operator) -> Json<PluginsVie
         ok: r.error.is_none(),
         error: r.error,
     });
+    let shadows = rt
+        .shadows
+        .iter()
+        .map(|sh| {
+            let (agree, disagree) = (
+                sh.stats.agree.load(Relaxed),
+                sh.stats.disagree.load(Relaxed),
+            );
+            ShadowView {
+                route: sh.route.to_string(),
+                live: sh.live.to_string(),
+                candidate: sh.candidate.spec.name.to_string(),
+                agree,
+                disagree,
+                errors: sh.stats.errors.load(Relaxed),
+                skipped: sh.stats.skipped.load(Relaxed),
+                agreement: (agree + disagree > 0).then(|| agree as f64 / (agree + disagree) as f64),
+                disagreements: sh.stats.sample(),
+            }
+        })
+        .collect();
     Json(PluginsView {
         plugins,
+        shadows,
         last_reload,
     })
 }

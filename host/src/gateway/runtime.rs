@@ -10,6 +10,7 @@ use crate::pipeline::Filter;
 use crate::pipeline::auth::KeyRing;
 use crate::pipeline::client_ip::ClientIpResolver;
 use crate::pipeline::filters::response_headers::ResponseHeaders;
+use crate::pipeline::filters::shadow::Shadow;
 use crate::pipeline::filters::{self, policies};
 use crate::pipeline::route::{Limits, Route, Runtime};
 use crate::policy::{LoadError, Plugin, PluginSpec, PolicyEngine};
@@ -67,12 +68,13 @@ pub(crate) async fn build(
     let response_headers = Arc::new(ResponseHeaders::new(&config.server.response_headers));
     let Builtin { first, last } = builtin(config, stores, metrics, &response_headers);
     let mut routes: Vec<Route> = Vec::new();
+    let mut shadows: Vec<Arc<Shadow>> = Vec::new();
     for r in &config.routes {
         let chain = Chain::new(
             first
                 .iter()
                 .cloned()
-                .chain(route_policies(config, &r.policies, &plugins, stores))
+                .chain(route_policies(config, r, &plugins, stores, &mut shadows))
                 .chain(last.iter().cloned()),
         );
         let route_upstreams: Vec<Arc<Upstream>> = r
@@ -109,6 +111,7 @@ pub(crate) async fn build(
         routes,
         upstreams,
         plugins,
+        shadows,
         limits: Limits {
             max_body: s.max_body.0,
             max_header_size: s.max_header_size.0,
@@ -138,7 +141,13 @@ async fn load_plugin(
     engine: &Arc<PolicyEngine>,
     previous: Option<&Runtime>,
 ) -> Result<Arc<Plugin>, LoadError> {
-    let spec = PluginSpec::from_config(p);
+    let spec = PluginSpec {
+        dry_run: config
+            .routes
+            .iter()
+            .any(|r| r.shadow.values().any(|c| *c == p.name)),
+        ..PluginSpec::from_config(p)
+    };
     let path = config.resolve(&p.module);
     if let Some(old) = previous.and_then(|prev| prev.plugins.iter().find(|old| old.spec == spec))
         && old.is_file_unchanged(&path)
@@ -165,24 +174,33 @@ async fn load_plugin(
     Ok(Arc::new(plugin))
 }
 
-/// A route's policies as filters (one adapter per kind), in configured order.
+/// A route's policies as filters (one adapter per kind), in configured order; the shadows
+/// they carry are added to `shadows`.
 fn route_policies(
     config: &Config,
-    names: &[String],
+    route: &crate::config::RouteConfig,
     plugins: &[Arc<Plugin>],
     stores: &Arc<Stores>,
+    shadows: &mut Vec<Arc<Shadow>>,
 ) -> Vec<Arc<dyn Filter>> {
-    let found: Vec<(PluginKind, policies::PolicyRef)> = names
+    let plugin = |name: &str| plugins.iter().find(|p| &*p.spec.name == name).cloned();
+    let found: Vec<(PluginKind, policies::PolicyRef)> = route
+        .policies
         .iter()
         .filter_map(|name| {
-            // Validated: every name refers to a plugin.
+            // Validated: every name refers to a plugin, a shadow to one of the same kind.
             let cfg = config.plugins.iter().find(|p| &p.name == name)?;
-            let plugin = plugins.iter().find(|p| &*p.spec.name == name)?.clone();
+            let shadow = route.shadow.get(name).and_then(|candidate| {
+                let shadow = Arc::new(Shadow::new(&route.path_prefix, name, plugin(candidate)?));
+                shadows.push(shadow.clone());
+                Some(shadow)
+            });
             Some((
                 cfg.kind,
                 policies::PolicyRef {
-                    plugin,
+                    plugin: plugin(name)?,
                     on_error: cfg.on_error,
+                    shadow,
                 },
             ))
         })

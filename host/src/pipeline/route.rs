@@ -54,6 +54,8 @@ pub struct Runtime {
     pub routes: Vec<Route>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub plugins: Vec<Arc<Plugin>>,
+    /// Shadow candidates beside live policies (`routes[].shadow`), with their comparisons.
+    pub shadows: Vec<Arc<crate::pipeline::filters::shadow::Shadow>>,
     pub limits: Limits,
     /// The built-in filters alone: the chain of a request refused before it has a route.
     pub global: Arc<Chain>,

@@ -49,6 +49,8 @@ struct Scraped {
     upstream_healthy: GaugeVec,
     upstream_cooldown: GaugeVec,
     plugin: [IntCounterVec; 6],
+    /// Shadow comparisons by route, live policy, candidate and outcome.
+    shadow: IntCounterVec,
     store: [IntCounterVec; 5],
     /// Per-model cooldowns (the all-models one is `upstream_cooldown`).
     model_cooldown: GaugeVec,
@@ -214,6 +216,12 @@ impl Metrics {
                     &plugin,
                 ),
             ],
+            shadow: counter_vec(
+                &r,
+                "tollgate_plugin_shadow_decisions_total",
+                "Shadow evaluation (routes[].shadow): the candidate's decisions compared with the live policy's, by outcome: agree, disagree, error (the candidate's call failed), skipped (too many candidate calls running)",
+                &["route", "live", "candidate", "outcome"],
+            ),
             model_cooldown: gauge_vec(
                 &r,
                 "tollgate_upstream_model_cooldown_seconds",
@@ -429,6 +437,22 @@ impl Scraped {
                 &s.timeouts,
             ]) {
                 mirror(&c.with_label_values(&l), v.load(Ordering::Relaxed));
+            }
+        }
+        self.shadow.reset();
+        for sh in &rt.shadows {
+            let st = &sh.stats;
+            for (outcome, v) in [
+                ("agree", &st.agree),
+                ("disagree", &st.disagree),
+                ("error", &st.errors),
+                ("skipped", &st.skipped),
+            ] {
+                let l = [&*sh.route, &*sh.live, &*sh.candidate.spec.name, outcome];
+                mirror(
+                    &self.shadow.with_label_values(&l),
+                    v.load(Ordering::Relaxed),
+                );
             }
         }
         let stats = &stores.stats;

@@ -31,6 +31,24 @@ impl binding_store::Host for InstanceData {
             Ok(n) => n,
             Err(e) => return Ok(Err(e)),
         };
+        if self.dry_run {
+            // A shadow: the binding in force, or the one the call would make, unwritten.
+            let found = self.stores.binding(&key_id).await;
+            self.budget.resume();
+            let would = || {
+                let now = tollgate_state::unix_ms();
+                Binding {
+                    key_id: key_id.clone(),
+                    cidr: tollgate_state::normalize_net(net.0),
+                    status: BindingStatus::Active,
+                    created_ms: now,
+                    last_used_ms: now,
+                    last_ip: None,
+                    request_count: 0,
+                }
+            };
+            return Ok(Ok(to_wit(found?.unwrap_or_else(would))));
+        }
         let bound = self.stores.bind_first(&key_id, net.0).await;
         self.budget.resume();
         Ok(Ok(to_wit(bound?)))

@@ -134,12 +134,14 @@ pub struct InstanceData {
     /// The end of what the guest wrote to stderr, attached to the error when a call traps.
     stderr: stderr::StderrTail,
     pub limits: Metered,
+    /// A shadow candidate's instance: `bind-first` writes nothing.
+    pub dry_run: bool,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 impl InstanceData {
-    pub fn new(plugin: Arc<str>, stores: Arc<Stores>, limits: StoreLimits) -> Self {
+    pub fn new(plugin: Arc<str>, stores: Arc<Stores>, limits: StoreLimits, dry_run: bool) -> Self {
         // What `crate::WASI_GRANTS` says: the real clocks and randomness (language runtimes
         // need them; `random` helps load balancing), no preopened directories, environment,
         // arguments, sockets or stdin; stdout is discarded, stderr's tail kept for errors.
@@ -158,6 +160,7 @@ impl InstanceData {
                 limits,
                 linear_bytes: 0,
             },
+            dry_run,
             wasi,
             stderr,
             table: ResourceTable::new(),

@@ -13,3 +13,4 @@ pub(crate) mod maintenance;
 pub(crate) mod policies;
 pub(crate) mod request_id;
 pub(crate) mod response_headers;
+pub(crate) mod shadow;

@@ -10,15 +10,19 @@
 //! | quota | [`Quota`] | `on_upstream_response` |
 //!
 //! Policies see the request as one shared `RequestInfo`, built on the first call of a request
-//! ([`Session::policy_request`]).
+//! ([`Session::policy_request`]). A policy with a shadow candidate (`routes[].shadow`) hands
+//! each decision and its inputs to [`Shadow::compare`] after its own call; see
+//! [`super::shadow`].
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 
+use super::shadow::Shadow;
 use crate::config::{Failsafe, OnError};
 use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::{Filter, Hooks, Session, UpstreamResponse, Verdict};
+use crate::policy::fixtures::{binding_json, ops_json, quota_json, route_json};
 use crate::policy::types::{
     AfterCooldown, BindingDecision, CooldownScope, Denial, QuotaDecision, RouteDecision,
     UpstreamView,
@@ -32,6 +36,8 @@ use crate::upstream::Upstream;
 pub(crate) struct PolicyRef {
     pub(crate) plugin: Arc<Plugin>,
     pub(crate) on_error: OnError,
+    /// The candidate evaluated beside it (`routes[].shadow`), if any.
+    pub(crate) shadow: Option<Arc<Shadow>>,
 }
 
 impl PolicyRef {
@@ -93,7 +99,14 @@ impl Filter for IpBinding {
 
     async fn on_authenticated(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
         let view = s.policy_request();
-        match self.policy.plugin.check(&view).await {
+        let decision = self.policy.plugin.check(&view).await;
+        if let (Some(shadow), Ok(d)) = (&self.policy.shadow, &decision) {
+            let view = view.clone();
+            shadow.compare(&s.request_id, binding_json(d.clone()), |p| async move {
+                p.check(&view).await.map(binding_json)
+            });
+        }
+        match decision {
             Ok(BindingDecision::Allow) => {}
             Ok(BindingDecision::Deny(d)) => {
                 self.stores.record_intercept(
@@ -154,7 +167,14 @@ impl Filter for Router {
         let view = s.policy_request();
         let model = s.model();
         let views: Vec<_> = candidates.iter().map(|u| upstream_view(u, model)).collect();
-        match self.policy.plugin.select(&view, &views).await {
+        let decision = self.policy.plugin.select(&view, &views).await;
+        if let (Some(shadow), Ok(d)) = (&self.policy.shadow, &decision) {
+            let view = view.clone();
+            shadow.compare(&s.request_id, route_json(d.clone()), |p| async move {
+                p.select(&view, &views).await.map(route_json)
+            });
+        }
+        match decision {
             Ok(RouteDecision::Pick(order)) => {
                 *candidates = reorder(candidates, &order);
                 if candidates.is_empty() {
@@ -202,7 +222,14 @@ impl Filter for HeaderRewrite {
         headers: &mut HeaderMap,
     ) -> Result<(), GatewayError> {
         let view = s.policy_request();
-        match self.policy.plugin.rewrite_request(&view).await {
+        let decision = self.policy.plugin.rewrite_request(&view).await;
+        if let (Some(shadow), Ok(ops)) = (&self.policy.shadow, &decision) {
+            let view = view.clone();
+            shadow.compare(&s.request_id, ops_json(ops.clone()), |p| async move {
+                p.rewrite_request(&view).await.map(ops_json)
+            });
+        }
+        match decision {
             Ok(ops) => {
                 apply_ops(headers, ops, &self.policy.plugin.spec.name);
                 Ok(())
@@ -227,7 +254,14 @@ impl Filter for HeaderRewrite {
             headers: head.headers.clone(),
             first_event: None,
         });
-        match self.policy.plugin.rewrite_response(&view, &answer).await {
+        let decision = self.policy.plugin.rewrite_response(&view, &answer).await;
+        if let (Some(shadow), Ok(ops)) = (&self.policy.shadow, &decision) {
+            let view = view.clone();
+            shadow.compare(&s.request_id, ops_json(ops.clone()), |p| async move {
+                p.rewrite_response(&view, &answer).await.map(ops_json)
+            });
+        }
+        match decision {
             Ok(ops) => {
                 apply_ops(&mut head.headers, ops, &self.policy.plugin.spec.name);
                 Ok(())
@@ -273,7 +307,18 @@ impl Filter for Quota {
             headers: response.headers.clone(),
             first_event: response.first_event.map(str::to_owned),
         });
-        match plugin.on_response(&view, &up, &answer).await {
+        let decision = plugin.on_response(&view, &up, &answer).await;
+        if let (Some(shadow), Ok(d)) = (&self.policy.shadow, &decision) {
+            let (view, up) = (view.clone(), up.clone());
+            shadow.compare(&s.request_id, quota_json(*d), |p| async move {
+                if !p.watches(answer.status, answer.first_event.is_some()) {
+                    // What the gateway does for an answer the candidate does not watch.
+                    return Ok(quota_json(QuotaDecision::Pass));
+                }
+                p.on_response(&view, &up, &answer).await.map(quota_json)
+            });
+        }
+        match decision {
             Ok(QuotaDecision::Pass) => Ok(Verdict::Continue),
             Ok(QuotaDecision::RetryOther) => Ok(Verdict::Retry),
             Ok(QuotaDecision::Cooldown(c)) => {
