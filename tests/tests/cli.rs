@@ -280,6 +280,12 @@ fn plugin_inspect_reports_kind_and_linkability() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("kind:    router-policy"), "{text}");
     assert!(text.contains("links:   ok"), "{text}");
+    // What loading it costs, as `plugin test` reports it.
+    assert!(text.contains("\ncode:    "), "{text}");
+    assert!(
+        text.contains("\nmemory:  ") && text.contains(" MiB for an instance configured with {}"),
+        "{text}"
+    );
     // What the sandbox grants, as docs/plugins.md says (policy_runtime.rs reads it from a guest).
     assert!(
         text.contains("sandbox: wall and monotonic clocks")

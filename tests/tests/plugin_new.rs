@@ -223,6 +223,52 @@ async fn every_kind_works(lang: &str) {
         err.contains("unknown field") && err.contains("key_headr"),
         "{err}"
     );
+
+    // An exception in the plugin: `plugin test` shows its message (and Python's traceback)
+    // instead of a bare trap.
+    if lang != "rust" {
+        let project = dir.path().join("gen-router");
+        let (file, from, to) = match lang {
+            "python" => (
+                "app.py",
+                "        order = sorted(",
+                "        raise ValueError(\"no route for this one\")\n        order = sorted(",
+            ),
+            _ => (
+                "app.js",
+                "    const rank = ",
+                "    throw new Error(\"no route for this one\");\n    const rank = ",
+            ),
+        };
+        let source = std::fs::read_to_string(project.join(file)).unwrap();
+        assert!(source.contains(from), "{source}");
+        std::fs::write(project.join(file), source.replacen(from, to, 1)).unwrap();
+        let built = Command::new(project.join("build.sh"))
+            .env(tool_var(lang), build_tool(lang))
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let tested = Command::new(BIN)
+            .args(["plugin", "test"])
+            .arg(project.join("gen-router.wasm"))
+            .arg("--cases")
+            .arg(project.join("cases/basic.yaml"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&tested.stdout);
+        assert!(!tested.status.success(), "{text}");
+        assert!(text.contains("no route for this one"), "{text}");
+        if lang == "python" {
+            assert!(
+                text.contains("Traceback") && text.contains("ValueError"),
+                "{text}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

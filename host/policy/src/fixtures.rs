@@ -49,6 +49,8 @@ pub struct Inspection {
     pub exports: Vec<String>,
     /// Why the host could not link it, if it cannot.
     pub link_error: Option<String>,
+    /// Whether it was compiled or read from the compilation cache, and how long that took.
+    pub code: (CodeOrigin, Duration),
 }
 
 const KINDS: [(&str, PluginKind); 4] = [
@@ -64,8 +66,7 @@ impl PolicyEngine {
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let sha256 = crate::sha256_hex(&bytes);
-        let component = wasmtime::component::Component::new(&self.engine, &bytes)
-            .map_err(|e| format!("not a valid component: {e:#}"))?;
+        let (component, code) = self.compile_bytes(&bytes).map_err(|e| e.to_string())?;
         let ty = component.component_type();
         let imports: Vec<String> = ty
             .imports(&self.engine)
@@ -88,7 +89,23 @@ impl PolicyEngine {
             imports,
             exports,
             link_error,
+            code,
         })
+    }
+
+    /// Creates one instance of the plugin at `path` as the gateway would (its default limits),
+    /// configured with `{}`: how long that took and the linear memory it holds.
+    pub async fn first_instance(
+        &self,
+        path: &Path,
+        kind: PluginKind,
+    ) -> Result<(Duration, u64), String> {
+        let spec =
+            PluginSpec::with_limits("inspected", kind, &tollgate_config::PluginLimits::default());
+        let plugin = self.load(path, spec).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        plugin.validate().await.map_err(|e| e.to_string())?;
+        Ok((started.elapsed(), plugin.instance_memory().unwrap_or(0)))
     }
 }
 

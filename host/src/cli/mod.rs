@@ -658,9 +658,25 @@ fn plugin(cmd: PluginCommand) -> ExitCode {
                     println!("exports: {}", i.exports.join(", "));
                     println!("imports: {}", i.imports.join(", "));
                     println!("sandbox: {}", crate::policy::WASI_GRANTS);
+                    let (origin, took) = i.code;
+                    let code = match origin {
+                        crate::policy::CodeOrigin::DiskCache => "read from the compilation cache in",
+                        _ => "compiled in",
+                    };
+                    println!("code:    {code} {:.0} ms", took.as_secs_f64() * 1e3);
                     match &i.link_error {
                         None => println!("links:   ok"),
                         Some(e) => println!("links:   NO: {e}"),
+                    }
+                    if let (Some(kind), None) = (i.kind, &i.link_error) {
+                        match engine.first_instance(&file, kind).await {
+                            Ok((t, memory)) => println!(
+                                "memory:  {:.1} MiB for an instance configured with {{}} ({:.2} ms to create, under the gateway's default limits)",
+                                memory as f64 / (1024.0 * 1024.0),
+                                t.as_secs_f64() * 1e3
+                            ),
+                            Err(e) => println!("memory:  unknown: an instance configured with {{}} failed: {e}"),
+                        }
                     }
                     Ok(i.kind.is_some() && i.link_error.is_none())
                 }
