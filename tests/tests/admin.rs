@@ -1175,3 +1175,148 @@ async fn a_shadow_router_is_compared_with_the_live_one_and_never_decides() {
         assert!(metrics.contains(&line), "{line} in:\n{metrics}");
     }
 }
+
+/// The console's session: the token only in an HttpOnly, SameSite=Strict cookie; requests with
+/// the cookie that change something need the session's CSRF token; the cookie alone, a wrong
+/// token or a forged cookie get nothing done.
+#[tokio::test]
+async fn a_console_session_keeps_the_token_in_an_httponly_cookie_and_needs_csrf_to_change_anything()
+{
+    let up = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&up.url(), "")).await;
+    let base = format!("http://{}/admin/api", gw.admin_addr.unwrap());
+    let http = client();
+
+    let resp = http
+        .post(format!("{base}/session"))
+        .json(&json!({"username": "ops", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/admin", "Max-Age="] {
+        assert!(set_cookie.contains(attr), "{attr} in {set_cookie}");
+    }
+    assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["user"], "ops");
+    let csrf = body["csrf"].as_str().unwrap().to_owned();
+    assert_eq!(csrf.len(), 64);
+    assert!(
+        body.get("token").is_none(),
+        "the token stays out of page scripts' reach: {body}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let jwt = cookie.strip_prefix("tollgate_session=").unwrap().to_owned();
+    assert!(!body.to_string().contains(&jwt));
+
+    // Reading with the cookie alone works; the session says who and repeats its CSRF token.
+    let read = http
+        .get(format!("{base}/plugins"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let me: Value = http
+        .get(format!("{base}/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (me["user"].as_str(), me["csrf"].as_str()),
+        (Some("ops"), Some(csrf.as_str()))
+    );
+
+    // A change with the cookie: refused without the CSRF token or with a wrong one, done with it.
+    let rule = json!({"cidr": "198.51.100.7", "action": "deny"});
+    let add = |token: Option<&str>| {
+        let mut req = http
+            .post(format!("{base}/ip-rules"))
+            .header("cookie", &cookie)
+            .json(&rule);
+        if let Some(t) = token {
+            req = req.header("x-csrf-token", t);
+        }
+        req.send()
+    };
+    let (status, err) = error_of(add(None).await.unwrap()).await;
+    assert_eq!((status, err["code"].as_str()), (403, Some("csrf_failed")));
+    let wrong = "0".repeat(64);
+    let (status, _) = error_of(add(Some(&wrong)).await.unwrap()).await;
+    assert_eq!(status, 403);
+    let rules: Value = http
+        .get(format!("{base}/ip-rules"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !rules.to_string().contains("198.51.100.7"),
+        "nothing was added: {rules}"
+    );
+    assert_eq!(add(Some(&csrf)).await.unwrap().status(), 201);
+
+    // Another session's CSRF token does not fit this one.
+    let other: Value = http
+        .post(format!("{base}/session"))
+        .json(&json!({"username": "ops", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    if other["csrf"] != csrf {
+        let (status, _) = error_of(add(Some(other["csrf"].as_str().unwrap())).await.unwrap()).await;
+        assert_eq!(status, 403);
+    }
+
+    // A forged cookie (signed with another secret) is no session.
+    let forged = forge(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &claims(),
+        "another-secret-of-thirty-two-chars!",
+        false,
+    );
+    let (status, _) = error_of(
+        http.get(format!("{base}/plugins"))
+            .header("cookie", format!("tollgate_session={forged}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Logging out needs the token too, and clears the cookie.
+    let out = http
+        .delete(format!("{base}/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 403);
+    let out = http
+        .delete(format!("{base}/session"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let cleared = out.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cleared.starts_with("tollgate_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+}

@@ -37,7 +37,7 @@ impl FromRequestParts<AdminState> for Operator {
         parts: &mut http::request::Parts,
         state: &AdminState,
     ) -> Result<Self, ApiError> {
-        let token = parts
+        let bearer = parts
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -45,12 +45,35 @@ impl FromRequestParts<AdminState> for Operator {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             })
-            .map(str::trim)
-            .ok_or_else(ApiError::unauthorized)?;
-        let user = state
-            .auth
-            .verify_token(token)
-            .ok_or_else(ApiError::unauthorized)?;
+            .map(str::trim);
+        let user = match bearer {
+            Some(token) => state.auth.verify_token(token),
+            // The console's cookie: a request that changes something must also carry the
+            // session's CSRF token (`session.rs`).
+            None => {
+                let token = super::session::cookie_token(&parts.headers)
+                    .ok_or_else(ApiError::unauthorized)?;
+                let user = state.auth.verify_token(token);
+                let safe = matches!(
+                    parts.method,
+                    http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+                );
+                let offered = parts
+                    .headers
+                    .get(super::session::CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if user.is_some() && !safe && !state.auth.csrf_matches(token, offered) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "csrf_failed",
+                        "a request with the session cookie that changes something needs the session's X-CSRF-Token",
+                    ));
+                }
+                user
+            }
+        }
+        .ok_or_else(ApiError::unauthorized)?;
         Ok(Self(Actor {
             name: user,
             ip: client_ip(parts).to_string(),
@@ -58,7 +81,7 @@ impl FromRequestParts<AdminState> for Operator {
     }
 }
 
-fn client_ip(parts: &http::request::Parts) -> IpAddr {
+pub(super) fn client_ip(parts: &http::request::Parts) -> IpAddr {
     parts
         .extensions
         .get::<ConnInfo>()
@@ -72,6 +95,12 @@ pub fn routes() -> axum::Router<AdminState> {
     axum::Router::new()
         .route("/openapi.json", get(openapi))
         .route("/login", post(login))
+        .route(
+            "/session",
+            post(super::session::create)
+                .get(super::session::current)
+                .delete(super::session::end),
+        )
         .route("/dashboard", get(super::dashboard::dashboard))
         .route("/bindings", get(list_bindings))
         .route(
@@ -109,6 +138,9 @@ pub fn routes() -> axum::Router<AdminState> {
     ),
     paths(
         login,
+        super::session::create,
+        super::session::current,
+        super::session::end,
         super::dashboard::dashboard,
         list_bindings,
         get_binding,
@@ -199,19 +231,26 @@ async fn login(
         .await?
     {
         Login::Ok { token, expires_at } => Ok(Json(LoginResponse { token, expires_at })),
-        Login::Denied => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "invalid username or password",
-        )),
-        Login::Locked { retry_after_secs } => Err(ApiError {
+        other => Err(login_error(other)),
+    }
+}
+
+/// The answer to a login that did not succeed.
+pub(super) fn login_error(outcome: Login) -> ApiError {
+    match outcome {
+        Login::Locked { retry_after_secs } => ApiError {
             retry_after_secs: Some(retry_after_secs),
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "login_locked",
                 "too many failed logins for this user from this address; try again later",
             )
-        }),
+        },
+        Login::Denied | Login::Ok { .. } => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "invalid username or password",
+        ),
     }
 }
 

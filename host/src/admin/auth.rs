@@ -72,6 +72,8 @@ pub enum Login {
 
 /// The admin plane's authentication state, built once at start from `admin`.
 pub struct AdminAuth {
+    /// Keys the console's CSRF tokens (`csrf_token`); derived from the JWT secret.
+    csrf_key: Vec<u8>,
     allow: Vec<Cidr>,
     users: HashMap<String, String>,
     /// Verified for unknown users so they take as long as known ones.
@@ -121,6 +123,7 @@ impl AdminAuth {
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
         Ok(Arc::new(Self {
+            csrf_key: [b"tollgate-console-csrf\0".as_slice(), &secret].concat(),
             allow: c.allow.clone(),
             users,
             dummy_hash: hash_password("not a password of anyone")?,
@@ -138,6 +141,32 @@ impl AdminAuth {
     }
 
     /// The user a token was issued to, if it is valid now.
+    /// The CSRF token of a console session: an HMAC of its JWT, so only the server can make
+    /// it, it changes with every login, and it needs no state.
+    pub fn csrf_token(&self, session_token: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.csrf_key)
+            .expect("HMAC takes a key of any length");
+        mac.update(session_token.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `offered` is the CSRF token of `session_token` (constant time).
+    pub fn csrf_matches(&self, session_token: &str, offered: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.csrf_token(session_token)
+            .as_bytes()
+            .ct_eq(offered.as_bytes())
+            .into()
+    }
+
+    /// When a valid token expires (Unix seconds).
+    pub fn token_expiry(&self, token: &str) -> Option<u64> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .ok()
+            .map(|d| d.claims.exp)
+    }
+
     pub fn verify_token(&self, token: &str) -> Option<String> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         // A user removed from the config loses access at once.

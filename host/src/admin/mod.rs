@@ -5,7 +5,8 @@
 //! Every request is first checked against `admin.allow` (403 otherwise). Serves:
 //! - `GET /metrics` (Prometheus text, `crate::telemetry::metrics`);
 //! - `/admin/api/…` (`api.rs`: login, bindings, usage, upstreams, plugins, audit, reload; OpenAPI
-//!   at `/admin/api/openapi.json`), behind a JWT (`auth.rs`).
+//!   at `/admin/api/openapi.json`), behind a JWT (`auth.rs`): as a bearer token, or for the
+//!   console as an HttpOnly cookie with a CSRF token (`session.rs`).
 //!
 //! It changes the gateway only through the stores (`crate::service`) and a reload of the
 //! snapshot, so the snapshot stays the one thing a request reads.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod export;
 pub mod intercepts;
 pub mod ip_rules;
+pub mod session;
 pub mod settings;
 
 /// Longest page any list endpoint serves at once.
