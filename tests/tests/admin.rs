@@ -565,7 +565,12 @@ async fn admin_allow_refuses_other_networks_before_anything_else() {
     let mock = MockUpstream::start().await;
     let gw = TestGateway::start(&admin_yaml(&mock.url(), "  allow: [10.0.0.0/8]")).await;
     let base = format!("http://{}", gw.admin_addr.unwrap());
-    for path in ["/admin/api/login", "/admin/api/openapi.json", "/metrics"] {
+    for path in [
+        "/admin/api/login",
+        "/admin/api/openapi.json",
+        "/metrics",
+        "/admin/ui/",
+    ] {
         let (status, err) =
             error_of(client().get(format!("{base}{path}")).send().await.unwrap()).await;
         assert_eq!(
@@ -1319,4 +1324,69 @@ async fn a_console_session_keeps_the_token_in_an_httponly_cookie_and_needs_csrf_
         cleared.starts_with("tollgate_session=;") && cleared.contains("Max-Age=0"),
         "{cleared}"
     );
+}
+
+/// The console is served by the admin listener from the binary, under a strict CSP, with
+/// versioned asset URLs that may be cached for good; a stale version is not cached.
+#[tokio::test]
+async fn the_console_is_served_with_a_strict_policy_and_versioned_assets() {
+    let up = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&up.url(), "")).await;
+    let base = format!("http://{}", gw.admin_addr.unwrap());
+    let http = client();
+    let strict = |h: &reqwest::header::HeaderMap| {
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+    };
+    for path in ["/admin/ui", "/admin/ui/"] {
+        let page = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        strict(page.headers());
+        assert_eq!(page.headers()["cache-control"], "no-cache");
+        let html = page.text().await.unwrap();
+        assert!(html.contains("<form id=\"login-form\">"), "{html}");
+        // No inline code for the CSP to block: only same-origin files.
+        assert!(
+            !html.contains("<script>") && !html.contains("<style"),
+            "{html}"
+        );
+        for asset in ["app.js", "app.css"] {
+            let at = html.find(&format!("/admin/ui/assets/{asset}?v=")).unwrap();
+            let url: String = html[at..].chars().take_while(|c| *c != '"').collect();
+            let resp = http.get(format!("{base}{url}")).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{url}");
+            strict(resp.headers());
+            assert_eq!(
+                resp.headers()["cache-control"],
+                "public, max-age=31536000, immutable"
+            );
+            let stale = http
+                .get(format!("{base}/admin/ui/assets/{asset}?v=0000"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(stale.headers()["cache-control"], "no-cache");
+        }
+    }
+    let (status, _) = error_of(
+        http.get(format!("{base}/admin/ui/assets/nope.js"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Never on the data plane.
+    let (status, _) = error_of(http.get(gw.url("/admin/ui/")).send().await.unwrap()).await;
+    assert_eq!(status, 404);
 }

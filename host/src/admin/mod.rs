@@ -6,7 +6,8 @@
 //! - `GET /metrics` (Prometheus text, `crate::telemetry::metrics`);
 //! - `/admin/api/…` (`api.rs`: login, bindings, usage, upstreams, plugins, audit, reload; OpenAPI
 //!   at `/admin/api/openapi.json`), behind a JWT (`auth.rs`): as a bearer token, or for the
-//!   console as an HttpOnly cookie with a CSRF token (`session.rs`).
+//!   console as an HttpOnly cookie with a CSRF token (`session.rs`);
+//! - `/admin/ui/` (`ui.rs`): the console, embedded in the binary.
 //!
 //! It changes the gateway only through the stores (`crate::service`) and a reload of the
 //! snapshot, so the snapshot stays the one thing a request reads.
@@ -20,6 +21,7 @@ pub mod intercepts;
 pub mod ip_rules;
 pub mod session;
 pub mod settings;
+pub mod ui;
 
 /// Longest page any list endpoint serves at once.
 pub use crate::service::bindings::MAX_PAGE;
@@ -55,6 +57,7 @@ pub fn router(gateway: Arc<Gateway>, auth: Arc<auth::AdminAuth>) -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .nest("/admin/api", api)
+        .merge(ui::routes())
         .fallback(|| async { ErrorKind::NoRoute })
         .method_not_allowed_fallback(|| async {
             ErrorKind::MethodNotAllowed {
