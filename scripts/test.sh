@@ -22,6 +22,9 @@ command -v caddy >/dev/null || need+=(caddy)
 # themselves, at the versions `tollgate plugin new` pins.
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 command -v npm >/dev/null || need+=(npm)
+# The console's tests drive Debian's Chromium headless through chromedriver (WebDriver).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
