@@ -115,6 +115,17 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// One non-streaming chat completion with the test key.
+    pub async fn chat(&self) -> reqwest::Response {
+        client()
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
     /// Starts the graceful shutdown; the returned handle completes when the server has stopped.
     pub fn begin_shutdown(&mut self) -> &mut JoinHandle<()> {
         if let Some(tx) = self.shutdown.take() {

@@ -1112,13 +1112,7 @@ async fn a_shadow_router_is_compared_with_the_live_one_and_never_decides() {
     let gw = TestGateway::start(&yaml).await;
     let mut ids = Vec::new();
     for _ in 0..10 {
-        let resp = client()
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.chat().await;
         assert_eq!(resp.status(), 200);
         ids.push(resp.headers()["x-request-id"].to_str().unwrap().to_owned());
     }
@@ -1218,22 +1212,13 @@ async fn a_console_session_keeps_the_token_in_an_httponly_cookie_and_needs_csrf_
     assert!(!body.to_string().contains(&jwt));
 
     // Reading with the cookie alone works; the session says who and repeats its CSRF token.
-    let read = http
-        .get(format!("{base}/plugins"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), 200);
-    let me: Value = http
-        .get(format!("{base}/session"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = |path: &str| {
+        http.get(format!("{base}{path}"))
+            .header("cookie", &cookie)
+            .send()
+    };
+    assert_eq!(read("/plugins").await.unwrap().status(), 200);
+    let me: Value = read("/session").await.unwrap().json().await.unwrap();
     assert_eq!(
         (me["user"].as_str(), me["csrf"].as_str()),
         (Some("ops"), Some(csrf.as_str()))
@@ -1256,20 +1241,35 @@ async fn a_console_session_keeps_the_token_in_an_httponly_cookie_and_needs_csrf_
     let wrong = "0".repeat(64);
     let (status, _) = error_of(add(Some(&wrong)).await.unwrap()).await;
     assert_eq!(status, 403);
-    let rules: Value = http
-        .get(format!("{base}/ip-rules"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules: Value = read("/ip-rules").await.unwrap().json().await.unwrap();
     assert!(
         !rules.to_string().contains("198.51.100.7"),
         "nothing was added: {rules}"
     );
     assert_eq!(add(Some(&csrf)).await.unwrap().status(), 201);
+
+    // Bad input to the session endpoint: a wrong password, an unknown field.
+    let wrong_password = http
+        .post(format!("{base}/session"))
+        .json(&json!({"username": "ops", "password": "not it"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(wrong_password.headers().get("set-cookie").is_none());
+    let (status, err) = error_of(wrong_password).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
+    let (status, _) = error_of(
+        http.post(format!("{base}/session"))
+            .json(&json!({"username": "ops", "password": PASSWORD, "remember": true}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
 
     // Another session's CSRF token does not fit this one.
     let other: Value = http

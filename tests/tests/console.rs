@@ -165,14 +165,7 @@ async fn login_lockout_dashboard_after_real_traffic_and_logout_in_chromium() {
     assert!(locked.contains("try again later"), "{locked}");
 
     // Real traffic: the key's first use binds it.
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(gw.chat().await.status(), 200);
 
     log_in(c, "ops", PASSWORD).await;
     wait_text(c, "#who", "ops").await;

@@ -29,14 +29,7 @@ fn origin(gw: &TestGateway) -> CodeOrigin {
 }
 
 async fn serves(gw: &TestGateway) {
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(gw.chat().await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

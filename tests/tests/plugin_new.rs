@@ -39,41 +39,19 @@ fn build_tool(lang: &str) -> PathBuf {
     let home = repo_root().join(format!("target/plugin-new/tools/{lang}-{version}"));
     if !home.join(tool).exists() {
         let _ = std::fs::remove_dir_all(&home);
-        let out = Command::new(BIN)
-            .args([
-                "plugin", "new", "tools", "--kind", "router", "--lang", lang, "--dir",
-            ])
-            .arg(&home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let built = Command::new(home.join("build.sh"))
-            .env_remove(tool_var(lang))
-            .output()
-            .unwrap();
-        assert!(
-            built.status.success(),
-            "installing the {lang} tool: {}{}",
-            String::from_utf8_lossy(&built.stdout),
-            String::from_utf8_lossy(&built.stderr)
-        );
+        generate(&home, "tools", "router", lang);
+        build_sh(&home, lang, None);
     }
     home.join(tool)
 }
 
-/// Writes the project with `plugin new` into `dir`, builds it as its README says, runs its
-/// cases; returns the component.
-fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> PathBuf {
-    let project = dir.join(name);
+/// `tollgate plugin new NAME --kind KIND --lang LANG --dir PROJECT`, which must succeed.
+fn generate(project: &Path, name: &str, kind: &str, lang: &str) {
     let out = Command::new(BIN)
         .args([
             "plugin", "new", name, "--kind", kind, "--lang", lang, "--dir",
         ])
-        .arg(&project)
+        .arg(project)
         .output()
         .unwrap();
     assert!(
@@ -81,6 +59,46 @@ fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> PathBuf {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs a Python or JavaScript project's `build.sh`, with the build tool at `tool` (or, without
+/// one, installing it into the project), and requires it to succeed.
+fn build_sh(project: &Path, lang: &str, tool: Option<&Path>) {
+    let mut build = Command::new(project.join("build.sh"));
+    match tool {
+        Some(t) => build.env(tool_var(lang), t),
+        None => build.env_remove(tool_var(lang)),
+    };
+    let built = build.output().unwrap();
+    assert!(
+        built.status.success(),
+        "{}: {}{}",
+        project.display(),
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
+/// `tollgate plugin test WASM --cases PROJECT/cases/basic.yaml`: whether it passed, and its output.
+fn plugin_test(project: &Path, wasm: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["plugin", "test"])
+        .arg(wasm)
+        .arg("--cases")
+        .arg(project.join("cases/basic.yaml"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Writes the project with `plugin new` into `dir`, builds it as its README says, runs its
+/// cases; returns the component.
+fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> PathBuf {
+    let project = dir.join(name);
+    generate(&project, name, kind, lang);
     let wasm = match lang {
         "rust" => {
             // The SDK was found from the project's directory upwards (it is under the repository).
@@ -105,28 +123,12 @@ fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> PathBuf {
             ))
         }
         _ => {
-            let built = Command::new(project.join("build.sh"))
-                .env(tool_var(lang), build_tool(lang))
-                .output()
-                .unwrap();
-            assert!(
-                built.status.success(),
-                "{name}: {}{}",
-                String::from_utf8_lossy(&built.stdout),
-                String::from_utf8_lossy(&built.stderr)
-            );
+            build_sh(&project, lang, Some(&build_tool(lang)));
             project.join(format!("{name}.wasm"))
         }
     };
-    let tested = Command::new(BIN)
-        .args(["plugin", "test"])
-        .arg(&wasm)
-        .arg("--cases")
-        .arg(project.join("cases/basic.yaml"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&tested.stdout);
-    assert!(tested.status.success(), "{name}: {text}");
+    let (passed, text) = plugin_test(&project, &wasm);
+    assert!(passed, "{name}: {text}");
     assert!(text.contains(" passed, 0 failed"), "{text}");
     wasm
 }
@@ -142,16 +144,6 @@ fn config_with(upstreams: &[String], kind: &str, wasm: &Path, config: &str) -> S
         wasm.display()
     ));
     yaml
-}
-
-async fn post(gw: &TestGateway) -> reqwest::Response {
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap()
 }
 
 /// For every kind in `lang`: the generated project builds, passes its cases, and does in a
@@ -172,7 +164,7 @@ async fn every_kind_works(lang: &str) {
         r#"{deny_prefixes: ["127.0.0."]}"#,
     ))
     .await;
-    let resp = post(&gw).await;
+    let resp = gw.chat().await;
     assert_eq!(resp.status(), 403);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "ip_not_allowed", "{body}");
@@ -181,7 +173,7 @@ async fn every_kind_works(lang: &str) {
     let wasm = new_project(dir.path(), "gen-router", "router", lang);
     let gw = TestGateway::start(&config_with(&urls, "router", &wasm, "{prefer: u1}")).await;
     let before = (a.requests(), b.requests());
-    assert_eq!(post(&gw).await.status(), 200);
+    assert_eq!(gw.chat().await.status(), 200);
     assert_eq!((a.requests(), b.requests()), (before.0, before.1 + 1));
 
     // quota: a 429 cools u0 down and the request is retried on u1.
@@ -189,10 +181,10 @@ async fn every_kind_works(lang: &str) {
     let gw = TestGateway::start(&config_with(&urls, "quota", &wasm, "{cooldown_ms: 60000}")).await;
     a.force_status(429);
     let before = (a.requests(), b.requests());
-    assert_eq!(post(&gw).await.status(), 200);
+    assert_eq!(gw.chat().await.status(), 200);
     assert_eq!((a.requests(), b.requests()), (before.0 + 1, before.1 + 1));
     // Cooling down: the next request goes to u1 without asking u0.
-    assert_eq!(post(&gw).await.status(), 200);
+    assert_eq!(gw.chat().await.status(), 200);
     assert_eq!(a.requests(), before.0 + 1);
     a.force_status(0);
 
@@ -205,7 +197,7 @@ async fn every_kind_works(lang: &str) {
         "{key_header: x-team}",
     ))
     .await;
-    assert_eq!(post(&gw).await.status(), 200);
+    assert_eq!(gw.chat().await.status(), 200);
     assert_eq!(a.last_headers().get("x-team").unwrap(), "tester");
 
     // A config the plugin refuses: the gateway names the plugin's own message.
@@ -243,24 +235,9 @@ async fn every_kind_works(lang: &str) {
         let source = std::fs::read_to_string(project.join(file)).unwrap();
         assert!(source.contains(from), "{source}");
         std::fs::write(project.join(file), source.replacen(from, to, 1)).unwrap();
-        let built = Command::new(project.join("build.sh"))
-            .env(tool_var(lang), build_tool(lang))
-            .output()
-            .unwrap();
-        assert!(
-            built.status.success(),
-            "{}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        let tested = Command::new(BIN)
-            .args(["plugin", "test"])
-            .arg(project.join("gen-router.wasm"))
-            .arg("--cases")
-            .arg(project.join("cases/basic.yaml"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&tested.stdout);
-        assert!(!tested.status.success(), "{text}");
+        build_sh(&project, lang, Some(&build_tool(lang)));
+        let (passed, text) = plugin_test(&project, &project.join("gen-router.wasm"));
+        assert!(!passed, "{text}");
         assert!(text.contains("no route for this one"), "{text}");
         if lang == "python" {
             assert!(

@@ -1120,6 +1120,12 @@ mod call_time_tests {
     use super::*;
 
     #[test]
+    fn the_wit_version_is_the_packages() {
+        let worlds = include_str!("../../../wit/worlds.wit");
+        assert!(worlds.contains(&format!("package tollgate:policy{WIT_VERSION};")));
+    }
+
+    #[test]
     fn call_times_fall_in_power_of_two_buckets_and_answer_quantiles() {
         let t = CallTimes::default();
         assert_eq!(t.quantile(0.5), None);
