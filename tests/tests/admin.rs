@@ -941,6 +941,23 @@ async fn the_dashboard_sums_today_and_the_last_24_hours() {
     let last_two = |f: &str| hours[22][f].as_u64().unwrap() + hours[23][f].as_u64().unwrap();
     assert_eq!(last_two("requests"), 2, "the current hour is last");
     assert_eq!(last_two("intercepts"), 1);
+    // The last hour, per minute, on this gateway: the two proxied requests and their tokens,
+    // but not the intercepts, which this test wrote straight into the database (another
+    // gateway's, as far as this one knows).
+    let minutes = d["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    assert!(
+        minutes
+            .windows(2)
+            .all(|w| w[1]["minute_ms"].as_u64().unwrap()
+                == w[0]["minute_ms"].as_u64().unwrap() + 60_000),
+        "{d}"
+    );
+    let last_minutes =
+        |f: &str| minutes[58][f].as_u64().unwrap() + minutes[59][f].as_u64().unwrap();
+    assert_eq!(last_minutes("requests"), 2, "{d}");
+    assert!(last_minutes("input_tokens") > 0);
+    assert!(minutes.iter().all(|m| m["intercepts"] == 0), "{d}");
     assert_eq!(
         (d["active_bindings"].as_u64(), d["banned_bindings"].as_u64()),
         (Some(1), Some(1))
@@ -1360,7 +1377,7 @@ async fn the_console_is_served_with_a_strict_policy_and_versioned_assets() {
             !html.contains("<script>") && !html.contains("<style"),
             "{html}"
         );
-        for asset in ["app.js", "app.css"] {
+        for asset in ["app.js", "app.css", "uPlot.iife.min.js", "uPlot.min.css"] {
             let at = html.find(&format!("/admin/ui/assets/{asset}?v=")).unwrap();
             let url: String = html[at..].chars().take_while(|c| *c != '"').collect();
             let resp = http.get(format!("{base}{url}")).send().await.unwrap();
@@ -1378,6 +1395,36 @@ async fn the_console_is_served_with_a_strict_policy_and_versioned_assets() {
             assert_eq!(stale.headers()["cache-control"], "no-cache");
         }
     }
+    // A module imported without a version (`import … from "./ui.js"`) is revalidated: its ETag
+    // brings a 304 with no body, and a stale one the file.
+    let module = http
+        .get(format!("{base}/admin/ui/assets/ui.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        module.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let etag = module.headers()["etag"].clone();
+    assert!(module.text().await.unwrap().contains("export function"));
+    let again = http
+        .get(format!("{base}/admin/ui/assets/ui.js"))
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    strict(again.headers());
+    assert_eq!(again.headers()["etag"], etag);
+    assert!(again.bytes().await.unwrap().is_empty());
+    let changed = http
+        .get(format!("{base}/admin/ui/assets/ui.js"))
+        .header("if-none-match", "\"0000000000000000\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
     let (status, _) = error_of(
         http.get(format!("{base}/admin/ui/assets/nope.js"))
             .send()

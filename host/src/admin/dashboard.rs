@@ -41,6 +41,14 @@ pub struct Hour {
 }
 
 #[derive(Serialize, ToSchema)]
+pub struct Minute {
+    /// Start of the minute, Unix ms.
+    pub minute_ms: u64,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct Dashboard {
     /// Unix ms when the figures were read.
     pub now_ms: u64,
@@ -49,6 +57,11 @@ pub struct Dashboard {
     pub last_24h: Totals,
     /// The last 24 hours, oldest first, one entry per hour (the current hour last, so far).
     pub hours: Vec<Hour>,
+    /// The last 60 minutes on this gateway, oldest first (the current minute last, so far).
+    /// Kept in memory as requests end, so it is live, but it starts empty at each start and
+    /// counts this gateway's traffic only, where `hours` counts every gateway sharing the
+    /// database.
+    pub minutes: Vec<Minute>,
     pub active_bindings: u64,
     pub banned_bindings: u64,
     pub upstreams: u64,
@@ -98,6 +111,22 @@ pub async fn dashboard(
         today,
         last_24h,
         hours,
+        minutes: st
+            .gateway
+            .stores
+            .last_hour_series()
+            .into_iter()
+            .map(|m| Minute {
+                minute_ms: m.minute_ms,
+                totals: Totals {
+                    requests: m.requests,
+                    errors: m.errors,
+                    input_tokens: m.input_tokens,
+                    output_tokens: m.output_tokens,
+                    intercepts: m.intercepts,
+                },
+            })
+            .collect(),
         active_bindings: bindings.active,
         banned_bindings: bindings.banned,
         upstreams: rt.upstreams.len() as u64,

@@ -30,6 +30,7 @@ mod ip_rules;
 mod memory;
 mod plugin_kv;
 mod rate;
+mod recent;
 mod redis;
 mod settings;
 mod sql;
@@ -56,6 +57,7 @@ pub use self::ip_rules::{IP_RULES_POLL, IpAction, IpRule, IpTable};
 pub use self::memory::MemoryKv;
 pub use self::plugin_kv::PluginKv;
 pub use self::rate::{Decision, Gcra, LocalBuckets, Op};
+pub use self::recent::MinuteTotals;
 pub use self::redis::RedisKv;
 pub use self::settings::{SETTINGS_POLL, Settings};
 pub use self::sql::{BindingQuery, SqlStore, TokenUsage, UsageBy};
@@ -226,6 +228,8 @@ pub struct Stores {
     /// Keys used since the last flush, summed in place (the same reason: a request with an
     /// ip-binding policy used to wake the writer on the main runtime, from every worker thread).
     uses: std::sync::Mutex<HashMap<String, KeyUse>>,
+    /// This gateway's last hour, per minute (fed with `tokens` and the intercepts).
+    last_hour: std::sync::Mutex<recent::LastHour>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The live settings (failsafe, alerts, archive age, log level).
     pub(crate) live: settings::Live,
@@ -342,6 +346,7 @@ impl Stores {
             queue,
             tokens: std::sync::Mutex::new(Vec::new()),
             uses: std::sync::Mutex::new(HashMap::new()),
+            last_hour: Default::default(),
             writer: std::sync::Mutex::new(None),
             stats: StoreStats::default(),
         });
@@ -521,6 +526,7 @@ impl Stores {
     /// Logs a refusal (batched; never waits). Also counts it towards the key's alert threshold.
     pub fn record_intercept(&self, key_id: &str, intercept: Intercept) {
         self.stats.intercepts.fetch_add(1, Ordering::Relaxed);
+        self.last_hour().at(intercept.at_ms).intercepts += 1;
         self.enqueue(Event::Intercept {
             key_id: key_id.to_owned(),
             intercept,
@@ -530,6 +536,14 @@ impl Stores {
     /// Queues one request's token usage (summed per hour, key, upstream and model by the
     /// writer).
     pub fn record_tokens(&self, usage: TokenUsage) {
+        {
+            let mut last_hour = self.last_hour();
+            let m = last_hour.at(usage.at_ms);
+            m.requests += usage.requests;
+            m.errors += usage.errors;
+            m.input_tokens += usage.input_tokens;
+            m.output_tokens += usage.output_tokens;
+        }
         let mut buffer = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if buffer.len() >= QUEUE_CAPACITY {
             drop(buffer);
@@ -537,6 +551,16 @@ impl Stores {
             return;
         }
         buffer.push(usage);
+    }
+
+    fn last_hour(&self) -> std::sync::MutexGuard<'_, recent::LastHour> {
+        self.last_hour.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This gateway's last sixty minutes, oldest first (in memory: empty after a start, and
+    /// this process's traffic only).
+    pub fn last_hour_series(&self) -> Vec<MinuteTotals> {
+        self.last_hour().series(unix_ms())
     }
 
     /// The token usage recorded since the last call (for the writer).
