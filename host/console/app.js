@@ -1,69 +1,98 @@
-// The console's page script. It talks to the admin API with the session cookie (HttpOnly: this
-// script never sees the token) and sends the session's CSRF token with every change.
-const api = "/admin/api";
-let csrf = null;
+// The console's shell: the session (login, reload, logout), the header and a router over the
+// URL's fragment (`#/bindings?status=banned&offset=50`), so every page and filter has a URL that
+// survives a reload and the browser's Back button works.
+//
+// A page is a module whose default export is `{title, render(view, params, page)}`. `render`
+// fills `view`; `page.go(params)` changes the page's parameters (a new URL), `page.refresh()`
+// renders it again (after a change), `page.every(ms, fn)` runs `fn` on a timer until the
+// operator leaves the page.
 
-const $ = (id) => document.getElementById(id);
+import { call, setCsrf } from "./api.js";
+import { $, h, note, zone } from "./ui.js";
+import dashboard from "./dashboard.js";
+import bindings from "./bindings.js";
+import { intercepts, audit } from "./logs.js";
+import usage from "./usage.js";
+import upstreams from "./upstreams.js";
+import plugins from "./plugins.js";
+import settings from "./settings.js";
 
-async function call(method, path, body) {
-  const headers = { accept: "application/json" };
-  if (body !== undefined) headers["content-type"] = "application/json";
-  if (csrf && method !== "GET") headers["x-csrf-token"] = csrf;
-  const resp = await fetch(api + path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-    credentials: "same-origin",
-  });
-  const data = resp.status === 204 ? null : await resp.json().catch(() => null);
-  if (!resp.ok) {
-    const err = new Error(data?.error?.message ?? `HTTP ${resp.status}`);
-    err.status = resp.status;
-    throw err;
+const pages = { dashboard, bindings, intercepts, audit, usage, upstreams, plugins, settings };
+
+let current = null; // the page being shown: its timers end when another is rendered
+let loggedIn = false;
+
+function parseHash() {
+  const [path, qs] = location.hash.replace(/^#\/?/, "").split("?");
+  const name = pages[path] ? path : "dashboard";
+  return { name, params: Object.fromEntries(new URLSearchParams(qs ?? "")) };
+}
+
+function hashOf(name, params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== "" && v !== undefined && v !== null) q.set(k, v);
+  const s = q.toString();
+  return `#/${name}${s ? `?${s}` : ""}`;
+}
+
+async function render() {
+  if (!loggedIn) return;
+  current?.stop();
+  const { name, params } = parseHash();
+  const timers = [];
+  const page = {
+    alive: true,
+    go(next) {
+      location.hash = hashOf(name, next);
+    },
+    refresh: () => render(),
+    every(ms, fn) {
+      timers.push(setInterval(() => page.alive && document.visibilityState === "visible" && fn(), ms));
+    },
+    stop() {
+      page.alive = false;
+      timers.forEach(clearInterval);
+    },
+  };
+  current = page;
+  for (const a of $("nav").querySelectorAll("a")) {
+    if (a.getAttribute("href") === `#/${name}`) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
   }
-  return data;
-}
-
-function show(view) {
-  for (const id of ["login", "dashboard"]) $(id).hidden = id !== view;
-  $("logout").hidden = view === "login";
-  $("who").hidden = view === "login";
-}
-
-async function dashboard() {
-  show("dashboard");
-  $("dash-state").textContent = "Loading…";
+  const mod = pages[name];
+  document.title = `${mod.title} · Tollgate`;
+  const view = $("view");
+  view.replaceChildren(h("h1", { text: mod.title }), note("loading", "Loading…"));
+  view.dataset.page = name;
   try {
-    const d = await call("GET", "/dashboard");
-    const tiles = [
-      ["Requests (24 h)", d.last_24h?.requests],
-      ["Errors (24 h)", d.last_24h?.errors],
-      ["Tokens (24 h)", (d.last_24h?.input_tokens ?? 0) + (d.last_24h?.output_tokens ?? 0)],
-      ["Intercepts (24 h)", d.last_24h?.intercepts],
-      ["Active bindings", d.active_bindings],
-      ["Banned keys", d.banned_bindings],
-    ];
-    $("tiles").replaceChildren(
-      ...tiles.map(([label, value]) => {
-        const t = document.createElement("div");
-        t.className = "tile";
-        const b = document.createElement("b");
-        b.textContent = value ?? "–";
-        t.append(b, label);
-        return t;
-      }),
-    );
-    $("dash-state").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+    await mod.render(view, params, page);
   } catch (e) {
-    if (e.status === 401) return login();
-    $("dash-state").textContent = `Could not load the dashboard: ${e.message}`;
+    if (e.status === 401) return;
+    view.replaceChildren(h("h1", { text: mod.title }), note("error", `Could not load this page: ${e.message}`));
   }
 }
 
-function login() {
-  csrf = null;
-  show("login");
+function showLogin() {
+  loggedIn = false;
+  current?.stop();
+  setCsrf(null);
+  $("login").hidden = false;
+  $("view").replaceChildren();
+  for (const id of ["nav", "who", "logout"]) $(id).hidden = true;
+  document.title = "Log in · Tollgate";
+  $("login-form").querySelector("input")?.focus();
 }
+
+function showConsole(session) {
+  loggedIn = true;
+  setCsrf(session.csrf);
+  $("who").textContent = session.user;
+  $("login").hidden = true;
+  for (const id of ["nav", "who", "logout"]) $(id).hidden = false;
+  render();
+}
+
+$("tz").textContent = zone;
 
 $("login-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -74,10 +103,8 @@ $("login-form").addEventListener("submit", async (ev) => {
       username: form.get("username"),
       password: form.get("password"),
     });
-    csrf = s.csrf;
-    $("who").textContent = s.user;
     ev.target.reset();
-    await dashboard();
+    showConsole(s);
   } catch (e) {
     $("login-error").textContent = e.message;
     $("login-error").hidden = false;
@@ -88,15 +115,15 @@ $("logout").addEventListener("click", async () => {
   try {
     await call("DELETE", "/session");
   } finally {
-    login();
+    showLogin();
   }
 });
 
-// A page reload: the cookie may still hold a session.
+// Any answer 401 (the session ended or was never there) shows the login.
+window.addEventListener("tollgate:logged-out", () => loggedIn && showLogin());
+window.addEventListener("hashchange", render);
+
+// A page load: the cookie may still hold a session.
 call("GET", "/session")
-  .then((s) => {
-    csrf = s.csrf;
-    $("who").textContent = s.user;
-    return dashboard();
-  })
-  .catch(() => login());
+  .then(showConsole)
+  .catch(showLogin);

@@ -31,7 +31,31 @@ impl Drop for Browser {
     }
 }
 
+/// How the browser is started.
+struct Options<'a> {
+    width: u32,
+    height: u32,
+    /// Dark mode (`prefers-color-scheme: dark`).
+    dark: bool,
+    /// The browser's time zone (`TZ` of chromedriver, which Chromium inherits).
+    tz: &'a str,
+    /// Where downloads go.
+    downloads: Option<&'a Path>,
+}
+
+const DESKTOP: Options<'static> = Options {
+    width: 1280,
+    height: 800,
+    dark: false,
+    tz: "UTC",
+    downloads: None,
+};
+
 async fn browser() -> Browser {
+    browser_with(DESKTOP).await
+}
+
+async fn browser_with(o: Options<'_>) -> Browser {
     assert!(
         Path::new("/usr/bin/chromedriver").exists() && Path::new("/usr/bin/chromium").exists(),
         "the console tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; scripts/test.sh installs them)"
@@ -43,24 +67,43 @@ async fn browser() -> Browser {
         .port();
     let driver = Command::new("/usr/bin/chromedriver")
         .arg(format!("--port={port}"))
+        .env("TZ", o.tz)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let profile = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "--headless".to_owned(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-quic".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        format!("--window-size={},{}", o.width, o.height),
+        format!("--user-data-dir={}", profile.path().display()),
+    ];
+    if o.dark {
+        args.push("--force-dark-mode".into());
+        args.push("--blink-settings=preferredColorScheme=0".into());
+    }
+    let mut options = json!({ "binary": "/usr/bin/chromium", "args": args });
+    if o.width < 500 {
+        // A desktop window cannot be this narrow: emulate a phone's screen.
+        options["mobileEmulation"] = json!({
+            "deviceMetrics": { "width": o.width, "height": o.height, "pixelRatio": 1.0, "touch": true },
+        });
+    }
+    if let Some(dir) = o.downloads {
+        options["prefs"] = json!({
+            "download.default_directory": dir.display().to_string(),
+            "download.prompt_for_download": false,
+        });
+    }
     let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,800",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
-        }),
-    );
+    caps.insert("goog:chromeOptions".into(), options);
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     let url = format!("http://127.0.0.1:{port}");
     let mut last = None;
@@ -122,10 +165,10 @@ async fn log_in(c: &Client, user: &str, password: &str) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn login_lockout_dashboard_after_real_traffic_and_logout_in_chromium() {
-    let up = MockUpstream::start().await;
-    let mut yaml = config_yaml(&[up.url()], "")
+/// A gateway config with an operator (`ops`), a lockout after two failures, and the ip-binding
+/// plugin on the route.
+fn console_yaml(upstreams: &[String]) -> String {
+    let mut yaml = config_yaml(upstreams, "")
         .replace(
             "admin:\n  listen: 127.0.0.1:0\n",
             &format!(
@@ -137,15 +180,102 @@ async fn login_lockout_dashboard_after_real_traffic_and_logout_in_chromium() {
         "plugins:\n  - {{name: bind, kind: ip-binding, module: {}}}\n",
         plugins::wasm("tollgate_ip_binding").display()
     ));
+    yaml
+}
+
+async fn shot(c: &Client, name: &str) {
+    std::fs::write(
+        screenshots().join(format!("{name}.png")),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+}
+
+/// Opens a page of the console and waits until it has rendered (its loading note is gone).
+async fn open(c: &Client, ui: &str, page: &str) {
+    c.goto(&format!("{ui}#/{page}")).await.unwrap();
+    wait_js(
+        c,
+        &format!(
+            "return document.getElementById('view').dataset.page === '{page}' && !document.querySelector('#view [data-state=loading]')"
+        ),
+    )
+    .await;
+}
+
+/// Opens a page and reloads it until `css` shows `text`: for what the gateway writes in batches
+/// (`storage.flush_interval`), such as intercepts and usage.
+async fn open_until(c: &Client, ui: &str, page: &str, css: &str, text: &str) -> String {
+    open(c, ui, page).await;
+    for _ in 0..100 {
+        let seen = js(
+            c,
+            &format!("return (document.querySelector('{css}') || {{}}).textContent || ''"),
+        )
+        .await;
+        if seen.as_str().unwrap_or("").contains(text) {
+            return wait_text(c, css, text).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.refresh().await.unwrap();
+        open(c, ui, page).await;
+    }
+    panic!("{page}: {css} never showed {text:?}");
+}
+
+/// Waits until `script` returns true.
+async fn wait_js(c: &Client, script: &str) {
+    for _ in 0..200 {
+        if c.execute(script, vec![]).await.unwrap() == json!(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never true: {script}");
+}
+
+async fn js(c: &Client, script: &str) -> serde_json::Value {
+    c.execute(script, vec![]).await.unwrap()
+}
+
+/// Types into a field, replacing what it held.
+async fn fill(c: &Client, css: &str, text: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap();
+    e.clear().await.unwrap();
+    e.send_keys(text).await.unwrap();
+}
+
+/// The `code` of a proxied error answer.
+async fn error_code(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_lockout_dashboard_after_real_traffic_and_logout_in_chromium() {
+    let up = MockUpstream::start().await;
+    let yaml = console_yaml(&[up.url()]);
     let gw = TestGateway::start(&yaml).await;
     let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
     let b = browser().await;
     let c = &b.client;
-    let shots = screenshots();
 
     c.goto(&ui).await.unwrap();
     wait_text(c, "#login h1", "Log in").await;
-    std::fs::write(shots.join("login.png"), c.screenshot().await.unwrap()).unwrap();
+    shot(c, "login").await;
 
     // A wrong password, then the lockout message, for a user of its own (the lockout is per
     // user and address).
@@ -157,11 +287,7 @@ async fn login_lockout_dashboard_after_real_traffic_and_logout_in_chromium() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let locked = wait_text(c, "#login-error", "too many failed logins").await;
-    std::fs::write(
-        shots.join("login-locked.png"),
-        c.screenshot().await.unwrap(),
-    )
-    .unwrap();
+    shot(c, "login-locked").await;
     assert!(locked.contains("try again later"), "{locked}");
 
     // Real traffic: the key's first use binds it.
@@ -172,7 +298,22 @@ async fn login_lockout_dashboard_after_real_traffic_and_logout_in_chromium() {
     wait_text(c, "#dash-state", "Updated").await;
     let tiles = wait_text(c, "#tiles", "Active bindings").await;
     assert!(tiles.contains("1\nActive bindings"), "{tiles}");
-    std::fs::write(shots.join("dashboard.png"), c.screenshot().await.unwrap()).unwrap();
+
+    // The same binding on the bindings page: its key id, its network, active.
+    let key_id = gw.gateway.stores.database().bindings(10).await.unwrap()[0]
+        .key_id
+        .clone();
+    open(c, &ui, "bindings").await;
+    let row = wait_text(c, "#view tbody tr", &key_id[..12]).await;
+    assert!(
+        row.contains("127.0.0.1/32") && row.contains("active"),
+        "{row}"
+    );
+    assert_eq!(
+        js(c, "return document.querySelector('#view tbody code').title").await,
+        json!(key_id)
+    );
+    open(c, &ui, "dashboard").await;
 
     // The session cookie is out of the page's reach, and survives a reload.
     let cookies = c.execute("return document.cookie", vec![]).await.unwrap();
@@ -190,5 +331,367 @@ async fn login_lockout_dashboard_after_real_traffic_and_logout_in_chromium() {
     wait_text(c, "#login h1", "Log in").await;
     c.refresh().await.unwrap();
     wait_text(c, "#login h1", "Log in").await;
+    b.client.clone().close().await.unwrap();
+}
+
+/// Every page, acting on a running gateway started from a config file, in a browser whose time
+/// zone is Asia/Tokyo: the settings change takes effect on proxied requests, a ban from the
+/// bindings page refuses the key with 403 `key_banned`, the intercept shows up and exports as
+/// CSV, cooldowns are set and lifted, a reload's error is shown verbatim, and the dialogs work
+/// from the keyboard.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_page_acts_on_the_gateway_in_chromium() {
+    let up = MockUpstream::start().await;
+    let up2 = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tollgate.yaml");
+    let yaml = console_yaml(&[up.url(), up2.url()]);
+    std::fs::write(&config, &yaml).unwrap();
+    let gw = TestGateway::start_file(&config).await;
+    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
+    let downloads = tempfile::tempdir().unwrap();
+    let b = browser_with(Options {
+        tz: "Asia/Tokyo",
+        downloads: Some(downloads.path()),
+        ..DESKTOP
+    })
+    .await;
+    let c = &b.client;
+
+    // Real traffic first: the key binds, usage is written.
+    assert_eq!(gw.chat().await.status(), 200);
+    let key_id = gw.gateway.stores.database().bindings(10).await.unwrap()[0]
+        .key_id
+        .clone();
+
+    // Logging in from the keyboard alone: Tab to each field, Enter to submit.
+    c.goto(&ui).await.unwrap();
+    wait_text(c, "#login h1", "Log in").await;
+    wait_js(c, "return document.activeElement.name === 'username'").await;
+    let tab = "\u{E004}";
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&format!("ops{tab}"))
+        .await
+        .unwrap();
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&format!("{PASSWORD}\u{E007}"))
+        .await
+        .unwrap();
+    wait_text(c, "#who", "ops").await;
+
+    // Times are in the browser's zone, and the header names it.
+    wait_text(c, "#tz", "Asia/Tokyo").await;
+    assert_eq!(js(c, "return new Date(0).getHours()").await, json!(9));
+
+    // Dashboard: the tiles and both charts (uPlot draws on canvas).
+    open(c, &ui, "dashboard").await;
+    wait_text(c, "#tiles", "Requests today").await;
+    wait_js(
+        c,
+        "return document.querySelectorAll('.chart canvas').length >= 2",
+    )
+    .await;
+    let legend = wait_text(c, "#chart-hour", "Requests").await;
+    assert!(legend.contains("Last hour"), "{legend}");
+    shot(c, "dashboard").await;
+
+    // Settings: the server's validation message beside the field; nothing changes.
+    open(c, &ui, "settings").await;
+    shot(c, "settings").await;
+    fill(c, "#setting-alert_window_secs", "0").await;
+    click(c, "form.settings button[type=submit]").await;
+    let err = wait_text(c, "#setting-alert_window_secs-error", "must be 1 to").await;
+    wait_text(c, "#settings-status", "Not saved").await;
+    shot(c, "settings-error").await;
+    let window = gw.gateway.stores.settings().alert_window_secs;
+    assert_ne!(window, 0, "{err}");
+    // Maintenance on (the refused value put back): proxied requests get 503 at once; off
+    // again: served.
+    fill(c, "#setting-alert_window_secs", &window.to_string()).await;
+    click(c, "#setting-maintenance").await;
+    click(c, "form.settings button[type=submit]").await;
+    wait_text(c, "#settings-status", "Saved: maintenance").await;
+    assert_eq!(
+        error_code(gw.chat().await).await,
+        (503, "service_unavailable".into())
+    );
+    click(c, "#setting-maintenance").await;
+    click(c, "form.settings button[type=submit]").await;
+    wait_text(c, "#settings-status", "Saved: maintenance").await;
+    assert_eq!(gw.chat().await.status(), 200);
+
+    // Bindings: the first-use binding; a ban from the keyboard is cancelled with Escape, then
+    // one confirmed with the mouse refuses the key.
+    open(c, &ui, "bindings").await;
+    wait_text(c, "#view tbody", &key_id[..12]).await;
+    shot(c, "bindings").await;
+    c.execute(
+        "document.querySelector('[data-action=ban]').focus()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    wait_text(c, "#dialog-title", "Ban").await;
+    shot(c, "bindings-ban").await;
+    assert_eq!(
+        js(c, "return document.activeElement.id").await,
+        json!("dialog-ok")
+    );
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E00C}")
+        .await
+        .unwrap();
+    wait_js(c, "return !document.getElementById('dialog').open").await;
+    assert_eq!(gw.chat().await.status(), 200, "Escape must not ban");
+    click(c, "[data-action=ban]").await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#view tbody", "banned").await;
+    assert_eq!(
+        error_code(gw.chat().await).await,
+        (403, "key_banned".into())
+    );
+
+    // Intercepts: the refused request, and a CSV export of it.
+    let row = open_until(c, &ui, "intercepts", "#view tbody", "key_banned").await;
+    assert!(
+        row.contains(&key_id[..12]) && row.contains("127.0.0.1"),
+        "{row}"
+    );
+    shot(c, "intercepts").await;
+    click(c, "#export").await;
+    let csv_path = downloads.path().join("intercepts.csv");
+    let mut csv = String::new();
+    for _ in 0..100 {
+        csv = std::fs::read_to_string(&csv_path).unwrap_or_default();
+        if csv.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap_or("").contains("reason"), "{csv}");
+    let data: Vec<&str> = lines.collect();
+    assert!(
+        data.len() == 1 && data[0].contains("key_banned") && data[0].contains(&key_id[..12]),
+        "{csv}"
+    );
+    // A filter nothing matches: the empty state, no table.
+    fill(c, "form.filters input[name=ip]", "203.0.113.9").await;
+    click(c, "form.filters button[type=submit]").await;
+    wait_text(c, "#view [data-state=empty]", "Nothing matches").await;
+
+    // Audit: the ban, the settings changes and the export, by this user.
+    open(c, &ui, "audit").await;
+    let audit = wait_text(c, "#view tbody", "binding.ban").await;
+    assert!(
+        audit.contains("settings.update") && audit.contains("intercepts.export"),
+        "{audit}"
+    );
+    shot(c, "audit").await;
+
+    // Unban from the bindings page: served again.
+    open(c, &ui, "bindings").await;
+    click(c, "[data-action=unban]").await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#view tbody", "active").await;
+    assert_eq!(gw.chat().await.status(), 200);
+
+    // Usage: the key's requests (written in batches: wait for the flush).
+    open_until(c, &ui, "usage", "#view tbody", "tester").await;
+    shot(c, "usage").await;
+
+    // Upstreams: a cooldown from the dialog, seen by the gateway, then restored.
+    open(c, &ui, "upstreams").await;
+    wait_text(c, "#upstreams", "u1").await;
+    click(c, "#upstreams tbody tr:first-child [data-action=cooldown]").await;
+    fill(c, "#dialog-fields input[name=seconds]", "600").await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#upstreams tbody tr:first-child", "every model until").await;
+    shot(c, "upstreams").await;
+    assert!(!gw.gateway.runtime().upstreams[0].cooldowns().is_empty());
+    click(c, "#upstreams tbody tr:first-child [data-action=restore]").await;
+    click(c, "#dialog-ok").await;
+    wait_js(
+        c,
+        "return !document.querySelector('#upstreams tbody tr:first-child').textContent.includes('until')",
+    )
+    .await;
+    assert!(gw.gateway.runtime().upstreams[0].cooldowns().is_empty());
+
+    // Plugins: the version in service; then a broken config, reloaded from the page: the
+    // reload's error is shown as the gateway reports it, and the old config keeps serving.
+    open(c, &ui, "plugins").await;
+    wait_text(c, "#view tbody", "bind").await;
+    shot(c, "plugins").await;
+    std::fs::write(
+        &config,
+        yaml.replace("tollgate_ip_binding", "no_such_plugin"),
+    )
+    .unwrap();
+    click(c, "#reload").await;
+    let shown = wait_text(c, "#reload-error pre", "no_such_plugin").await;
+    let reported = gw.gateway.last_reload().unwrap().error.unwrap();
+    assert_eq!(shown.trim(), reported.trim());
+    shot(c, "plugins-reload-error").await;
+    assert_eq!(gw.chat().await.status(), 200);
+    b.client.clone().close().await.unwrap();
+}
+
+/// A console over 100,000 bindings (paged by the server: the page holds 50 rows, search and the
+/// status filter run in the database), at a phone's width (no page scrolls sideways) and in dark
+/// mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_100k_binding_table_at_phone_width_and_in_dark_mode_in_chromium() {
+    const ROWS: u64 = 100_000;
+    let up = MockUpstream::start().await;
+    let base = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_in(&console_yaml(&[up.url()]), base.path()).await;
+    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
+    // 100,000 bindings written straight into the gateway's database: random key ids, one
+    // address each, every tenth banned, used over the last 100,000 seconds.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        base.path().join("tollgate.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ROWS}) \
+         INSERT INTO bindings (key_id, cidr, status, created_ms, last_used_ms, last_ip, request_count) \
+         SELECT lower(hex(randomblob(32))), \
+                '10.' || (i / 65536 % 256) || '.' || (i / 256 % 256) || '.' || (i % 256) || '/32', \
+                CASE WHEN i % 10 = 0 THEN 'banned' ELSE 'active' END, \
+                {now} - i * 1000, {now} - i * 1000, \
+                '10.' || (i / 65536 % 256) || '.' || (i / 256 % 256) || '.' || (i % 256), i FROM n",
+        now = tollgate::state::unix_ms()
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    let (probe,): (String,) =
+        sqlx::query_as("SELECT key_id FROM bindings WHERE request_count = 777")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+
+    let pages = [
+        "dashboard",
+        "bindings",
+        "intercepts",
+        "audit",
+        "usage",
+        "upstreams",
+        "plugins",
+        "settings",
+    ];
+
+    // Dark mode at desktop width.
+    let b = browser_with(Options {
+        dark: true,
+        ..DESKTOP
+    })
+    .await;
+    let c = &b.client;
+    c.goto(&ui).await.unwrap();
+    log_in(c, "ops", PASSWORD).await;
+    wait_text(c, "#who", "ops").await;
+    assert_eq!(
+        js(
+            c,
+            "return matchMedia('(prefers-color-scheme: dark)').matches"
+        )
+        .await,
+        json!(true)
+    );
+    assert_eq!(
+        js(c, "return getComputedStyle(document.body).backgroundColor").await,
+        json!("rgb(20, 23, 27)")
+    );
+    open(c, &ui, "bindings").await;
+    let timing = wait_text(c, "#bindings-timing", "100,000 bindings").await;
+    eprintln!("first page of {ROWS} bindings: {timing}");
+    assert_eq!(
+        js(
+            c,
+            "return document.querySelectorAll('#view tbody tr').length"
+        )
+        .await,
+        json!(50)
+    );
+    wait_text(c, ".pager-text", "1–50 of 100,000").await;
+    shot(c, "bindings-100k-dark").await;
+    // The next page, the banned ones, and one key found by the start of its id.
+    click(c, ".pager button:last-child").await;
+    wait_text(c, ".pager-text", "51–100 of 100,000").await;
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains("offset=50")
+    );
+    c.goto(&format!("{ui}#/bindings?status=banned"))
+        .await
+        .unwrap();
+    let timing = wait_text(c, "#bindings-timing", "10,000 bindings").await;
+    eprintln!("banned filter: {timing}");
+    c.goto(&format!("{ui}#/bindings?search={}", &probe[..10]))
+        .await
+        .unwrap();
+    let timing = wait_text(c, "#bindings-timing", "1 binding ·").await;
+    eprintln!("search by key id prefix: {timing}");
+    wait_text(c, "#view tbody", &probe[..12]).await;
+    open(c, &ui, "dashboard").await;
+    let tiles = wait_text(c, "#tiles", "Active bindings").await;
+    assert!(
+        tiles.contains("90,000\nActive bindings") && tiles.contains("10,000\nBanned keys"),
+        "{tiles}"
+    );
+    wait_js(
+        c,
+        "return document.querySelectorAll('.chart canvas').length >= 2",
+    )
+    .await;
+    shot(c, "dashboard-dark").await;
+    b.client.clone().close().await.unwrap();
+    drop(b);
+
+    // Phone width (390 × 844): every page fits the screen's width.
+    let b = browser_with(Options {
+        width: 390,
+        height: 844,
+        ..DESKTOP
+    })
+    .await;
+    let c = &b.client;
+    c.goto(&ui).await.unwrap();
+    log_in(c, "ops", PASSWORD).await;
+    wait_text(c, "#who", "ops").await;
+    assert_eq!(js(c, "return window.innerWidth").await, json!(390));
+    for page in pages {
+        open(c, &ui, page).await;
+        let fits = js(
+            c,
+            "return [document.documentElement.scrollWidth, window.innerWidth]",
+        )
+        .await;
+        assert!(
+            fits[0].as_u64() <= fits[1].as_u64(),
+            "{page} scrolls sideways: {fits}"
+        );
+        shot(c, &format!("phone-{page}")).await;
+    }
     b.client.clone().close().await.unwrap();
 }
