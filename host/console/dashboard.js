@@ -1,11 +1,18 @@
 // Dashboard: today's and the last 24 hours' figures, bindings and upstreams, and two charts —
 // the last hour on this gateway, per minute, and the last 24 hours of every gateway, per hour —
-// refreshed every 10 seconds while the page is shown.
+// refreshed while the page is shown (every 10 seconds unless the operator picks another
+// interval, kept in the URL as `refresh`).
 
 import { call } from "./api.js";
 import { fmtNum, h, note } from "./ui.js";
 
-const REFRESH_MS = 10_000;
+const REFRESH = [
+  ["0", "Off"],
+  ["5", "5 s"],
+  ["10", "10 s"],
+  ["30", "30 s"],
+  ["60", "1 min"],
+];
 
 /** The page's colours, read from the stylesheet (they follow light and dark mode). */
 function colours() {
@@ -80,15 +87,21 @@ function tiles(d) {
 
 export default {
   title: "Dashboard",
-  async render(view, _params, page) {
+  async render(view, params, page) {
+    const refresh = REFRESH.some(([v]) => v === params.refresh) ? Number(params.refresh) : 10;
     const d = await call("GET", "/dashboard");
     const state = note("ok", "");
+    const picker = h(
+      "select",
+      { id: "refresh", "aria-label": "Refresh", on: { change: (ev) => page.go({ ...params, refresh: ev.target.value }) } },
+      REFRESH.map(([v, label]) => h("option", { value: v, selected: Number(v) === refresh, text: label })),
+    );
     const grid = h("div", { id: "tiles", class: "tiles" });
     const hourEl = h("div", { class: "chart", id: "chart-hour" });
     const dayEl = h("div", { class: "chart", id: "chart-day" });
     view.replaceChildren(
       h("h1", { text: "Dashboard" }),
-      state,
+      h("div", { class: "toolbar spread" }, state, h("label", { class: "inline" }, "Refresh ", picker)),
       grid,
       h("div", { class: "charts" }, hourEl, dayEl),
       h("p", {
@@ -97,7 +110,7 @@ export default {
       }),
     );
     state.id = "dash-state";
-    const stamp = () => (state.textContent = `Updated ${new Date().toLocaleTimeString()} · refreshes every ${REFRESH_MS / 1000} s`);
+    const stamp = () => (state.textContent = `Updated ${new Date().toLocaleTimeString()}`);
     grid.replaceChildren(...tiles(d));
     stamp();
     let charts = [];
@@ -106,7 +119,7 @@ export default {
     } else {
       hourEl.replaceChildren(note("error", "The chart library did not load."));
     }
-    page.every(REFRESH_MS, async () => {
+    if (refresh) page.every(refresh * 1000, async () => {
       try {
         const next = await call("GET", "/dashboard");
         if (!page.alive) return;

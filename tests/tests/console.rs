@@ -247,6 +247,18 @@ async fn js(c: &Client, script: &str) -> serde_json::Value {
     c.execute(script, vec![]).await.unwrap()
 }
 
+/// The number on the dashboard tile labelled `label`.
+async fn tile(c: &Client, label: &str) -> u64 {
+    let text = wait_text(c, "#tiles", label).await;
+    let line = text
+        .lines()
+        .zip(text.lines().skip(1))
+        .find(|(_, l)| *l == label)
+        .unwrap_or_else(|| panic!("no tile {label}: {text}"))
+        .0;
+    line.replace(',', "").parse().unwrap()
+}
+
 /// Types into a field, replacing what it held.
 async fn fill(c: &Client, css: &str, text: &str) {
     let e = c.find(Locator::Css(css)).await.unwrap();
@@ -398,6 +410,28 @@ async fn every_page_acts_on_the_gateway_in_chromium() {
     let legend = wait_text(c, "#chart-hour", "Requests").await;
     assert!(legend.contains("Last hour"), "{legend}");
     shot(c, "dashboard").await;
+    // Refreshed live: a new proxied request shows up without a page load (the marker set on
+    // the page's window survives), at the interval picked on the page.
+    c.goto(&format!("{ui}#/dashboard?refresh=5")).await.unwrap();
+    wait_js(c, "return document.getElementById('refresh').value === '5'").await;
+    let before = tile(c, "Requests today").await;
+    c.execute("window.sameDocument = true", vec![])
+        .await
+        .unwrap();
+    assert_eq!(gw.chat().await.status(), 200);
+    let mut now = before;
+    for _ in 0..150 {
+        now = tile(c, "Requests today").await;
+        if now > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(now, before + 1);
+    assert_eq!(
+        js(c, "return window.sameDocument === true").await,
+        json!(true)
+    );
 
     // Settings: the server's validation message beside the field; nothing changes.
     open(c, &ui, "settings").await;
@@ -429,6 +463,38 @@ async fn every_page_acts_on_the_gateway_in_chromium() {
     open(c, &ui, "bindings").await;
     wait_text(c, "#view tbody", &key_id[..12]).await;
     shot(c, "bindings").await;
+    // Move: a network the server refuses keeps the dialog open with its message; a good one
+    // rebinds the key.
+    click(c, "[data-action=move]").await;
+    fill(c, "#dialog-fields input[name=cidr]", "not-a-network").await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#dialog-error", "not-a-network").await;
+    fill(c, "#dialog-fields input[name=cidr]", "127.0.0.0/8").await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#view tbody", "127.0.0.0/8").await;
+    assert_eq!(
+        gw.gateway
+            .stores
+            .database()
+            .binding(&key_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .cidr
+            .to_string(),
+        "127.0.0.0/8"
+    );
+    // A page whose read fails shows the server's message.
+    c.goto(&format!("{ui}#/bindings?status=bogus"))
+        .await
+        .unwrap();
+    wait_text(
+        c,
+        "#view [data-state=error]",
+        "must be `active` or `banned`",
+    )
+    .await;
+    open(c, &ui, "bindings").await;
     c.execute(
         "document.querySelector('[data-action=ban]').focus()",
         vec![],
@@ -507,6 +573,29 @@ async fn every_page_acts_on_the_gateway_in_chromium() {
     click(c, "#dialog-ok").await;
     wait_text(c, "#view tbody", "active").await;
     assert_eq!(gw.chat().await.status(), 200);
+    // Unbind: the binding is gone; the key's next request binds it again.
+    click(c, "[data-action=unbind]").await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#view [data-state=empty]", "No bindings yet").await;
+    assert!(
+        gw.gateway
+            .stores
+            .database()
+            .binding(&key_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(gw.chat().await.status(), 200);
+    assert!(
+        gw.gateway
+            .stores
+            .database()
+            .binding(&key_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // Usage: the key's requests (written in batches: wait for the flush).
     open_until(c, &ui, "usage", "#view tbody", "tester").await;
@@ -680,6 +769,14 @@ async fn a_100k_binding_table_at_phone_width_and_in_dark_mode_in_chromium() {
     log_in(c, "ops", PASSWORD).await;
     wait_text(c, "#who", "ops").await;
     assert_eq!(js(c, "return window.innerWidth").await, json!(390));
+    // Anything the Content-Security-Policy blocks while the pages render (an inline style, a
+    // script from elsewhere) is recorded.
+    c.execute(
+        "window.violations = []; document.addEventListener('securitypolicyviolation', (e) => window.violations.push(e.violatedDirective + ' ' + e.blockedURI))",
+        vec![],
+    )
+    .await
+    .unwrap();
     for page in pages {
         open(c, &ui, page).await;
         let fits = js(
@@ -693,5 +790,6 @@ async fn a_100k_binding_table_at_phone_width_and_in_dark_mode_in_chromium() {
         );
         shot(c, &format!("phone-{page}")).await;
     }
+    assert_eq!(js(c, "return window.violations").await, json!([]));
     b.client.clone().close().await.unwrap();
 }
