@@ -52,6 +52,15 @@ enum Workload {
         #[arg(long, default_value_t = 20_000)]
         iterations: u32,
     },
+    /// Micro-benchmark: the in-process cache (`MemoryKv`) holding N live entries (1 h TTL, as
+    /// session-affinity keys), for N from 1k to 1M: the time of a new key's insert, of a set
+    /// and a compare-and-set of existing keys, and of a read. Flat across N means no call scans
+    /// the map.
+    Kv {
+        /// Operations timed at each size.
+        #[arg(long, default_value_t = 50_000)]
+        ops: usize,
+    },
     /// The floor: a bare hyper proxy (no pipeline, no policy, no limits, no metrics) with
     /// Tollgate's thread layout (one single-threaded runtime per core on one shared socket, a
     /// pooled client per thread). What it costs per request is what hyper and tokio cost; the
@@ -78,6 +87,42 @@ enum Workload {
         #[arg(long, default_value = "")]
         key: String,
     },
+}
+
+/// `tollgate-bench kv`: one JSON line per size with nanoseconds per operation.
+fn kv(ops: usize) {
+    const HOUR_MS: u64 = 3_600_000;
+    for size in [1_000usize, 10_000, 100_000, 1_000_000] {
+        let kv = tollgate::state::MemoryKv::default();
+        for i in 0..size {
+            kv.set_now(&format!("affinity:{i}"), "u1", Some(HOUR_MS));
+        }
+        let per_op = |start: Instant| start.elapsed().as_nanos() as f64 / ops as f64;
+        let start = Instant::now();
+        for i in 0..ops {
+            kv.set_now(&format!("new:{i}"), "u1", Some(HOUR_MS));
+        }
+        let insert = per_op(start);
+        let start = Instant::now();
+        for i in 0..ops {
+            kv.set_now(&format!("affinity:{}", i % size), "u2", Some(HOUR_MS));
+        }
+        let set = per_op(start);
+        let start = Instant::now();
+        for i in 0..ops {
+            kv.compare_and_set_now(&format!("new:{i}"), Some("u1"), "u3", Some(HOUR_MS));
+        }
+        let cas = per_op(start);
+        let start = Instant::now();
+        for i in 0..ops {
+            std::hint::black_box(kv.get_now(&format!("affinity:{}", i % size)));
+        }
+        let get = per_op(start);
+        println!(
+            "{}",
+            serde_json::json!({"entries": size, "insert_ns": insert.round(), "set_ns": set.round(), "cas_ns": cas.round(), "get_ns": get.round()})
+        );
+    }
 }
 
 const BODY: &str = r#"{"model":"gpt-bench","messages":[{"role":"user","content":"Say hello."}]}"#;
@@ -376,6 +421,10 @@ fn main() -> Result<()> {
                 key,
             } => sse(&url, streams, events, delay_ms, &key).await,
             Workload::Policy { dir, iterations } => policy(&dir, iterations).await,
+            Workload::Kv { ops } => {
+                kv(ops);
+                Ok(())
+            }
             Workload::Floor { .. } => unreachable!("served above"),
         }
     })

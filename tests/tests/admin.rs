@@ -717,7 +717,8 @@ async fn intercepts_are_filtered_paged_and_exported_as_streamed_csv() {
             reason: "ip_not_allowed".into(),
         })
         .collect();
-    for chunk in rows.chunks(10_000) {
+    // In small batches: each is one store operation, bounded by `storage.op_timeout`.
+    for chunk in rows.chunks(1_000) {
         gw.gateway
             .stores
             .database()

@@ -20,6 +20,9 @@ use serde::Deserialize;
 /// Largest linear memory a plugin may be configured with (`plugins[].limits.memory`).
 pub const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
 
+/// Most webhook delivery retries (`alerts.retries`).
+pub const MAX_ALERT_RETRIES: u32 = 10;
+
 /// Paths the gateway answers itself; routes may not claim them. An entry ending in `/` is a prefix.
 pub const RESERVED_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/admin/"];
 
@@ -386,6 +389,10 @@ pub struct Timeouts {
     pub idle: Duration,
     /// On SIGTERM/ctrl-c, how long in-flight requests and streams may take to finish.
     pub shutdown_grace: Duration,
+    /// On SIGTERM/ctrl-c, how long the gateway goes on accepting and serving while `/ready`
+    /// answers 503 `draining`, before it stops accepting: time for a load balancer that polls
+    /// `/ready` to stop sending it traffic (0: stop accepting at once).
+    pub drain_delay: Duration,
 }
 
 impl Default for Timeouts {
@@ -400,6 +407,7 @@ impl Default for Timeouts {
             response_head: Duration::secs(300),
             idle: Duration::secs(300),
             shutdown_grace: Duration::secs(30),
+            drain_delay: Duration::secs(0),
         }
     }
 }
@@ -715,7 +723,8 @@ pub struct AlertsConfig {
     pub webhook: Option<UpstreamUrl>,
     pub threshold: u32,
     pub window: Duration,
-    /// Delivery attempts after the first, with exponential backoff from 500 ms.
+    /// Delivery attempts after the first (0–10, default 5). The waits double from 500 ms up to
+    /// 30 s, each shortened by a random part of up to half (jitter).
     pub retries: u32,
 }
 

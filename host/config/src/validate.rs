@@ -10,7 +10,7 @@ const MIN_SECRET_LEN: usize = 16;
 const MIN_KEY_LEN: usize = 8;
 /// Data-plane threads at most (`server.workers`).
 const MAX_WORKERS: usize = 1024;
-use super::RESERVED_PATHS;
+use super::{MAX_ALERT_RETRIES, RESERVED_PATHS};
 
 struct Errors(Vec<ConfigError>);
 
@@ -133,6 +133,12 @@ fn validate_storage(c: &Config, e: &mut Errors) {
     }
     if c.alerts.window.get().is_zero() {
         e.add("alerts.window", "must be greater than 0");
+    }
+    if c.alerts.retries > MAX_ALERT_RETRIES {
+        e.add(
+            "alerts.retries",
+            format!("must be at most {MAX_ALERT_RETRIES} (delays reach 30 s by the 7th)"),
+        );
     }
 }
 

@@ -92,15 +92,27 @@ pub fn to_upstream(h: &mut HeaderMap, f: &Forwarding<'_>) {
     insert(h, X_REQUEST_ID, f.request_id);
 }
 
+/// Whether a `Content-Type` value names the media type `essence` (e.g. `application/json`):
+/// the type before any parameter, without surrounding space, compared without case. So
+/// `Application/JSON; charset=utf-8` is JSON, and `application/jsonl` is not.
+pub fn has_media_type(value: &[u8], essence: &str) -> bool {
+    let end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
+    value[..end]
+        .trim_ascii()
+        .eq_ignore_ascii_case(essence.as_bytes())
+}
+
+/// Whether the headers' `Content-Type` names the media type `essence` ([`has_media_type`]).
+pub fn content_type_is(h: &HeaderMap, essence: &str) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| has_media_type(v.as_bytes(), essence))
+}
+
 /// Turns an upstream's response headers into the client's, in place (the request id is the
 /// `request_id` filter's).
 pub fn to_client(h: &mut HeaderMap) {
     strip_hop_by_hop(h);
-    let is_sse = h
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    if is_sse {
+    if content_type_is(h, "text/event-stream") {
         // Tells an nginx in front of us not to buffer the stream either.
         h.insert(
             HeaderName::from_static("x-accel-buffering"),
@@ -118,6 +130,33 @@ fn insert(h: &mut HeaderMap, name: HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_media_type_is_compared_without_its_parameters_and_without_case() {
+        for yes in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=UTF-8",
+            " application/json ",
+        ] {
+            assert!(has_media_type(yes.as_bytes(), "application/json"), "{yes}");
+        }
+        for no in [
+            "application/jsonl",
+            "application/json-seq",
+            "application/jsonx; charset=utf-8",
+            "text/json",
+            "",
+            ";application/json",
+        ] {
+            assert!(!has_media_type(no.as_bytes(), "application/json"), "{no}");
+        }
+        assert!(has_media_type(
+            b"text/event-stream;charset=utf-8",
+            "text/event-stream"
+        ));
+        assert!(!has_media_type(b"text/event-streams", "text/event-stream"));
+    }
 
     fn fwd(trusted: bool) -> Forwarding<'static> {
         Forwarding {

@@ -467,11 +467,7 @@ async fn read_body(
     }
     let guarded = GuardedBody::new(body, limits.client_body_idle, Some(limits.max_body))
         .with_min_rate(limits.min_body_rate);
-    let is_json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.len() >= 16 && ct[..16].eq_ignore_ascii_case("application/json"));
+    let is_json = headers::content_type_is(&parts.headers, "application/json");
     let bodiless = matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
@@ -541,7 +537,5 @@ fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
 }
 
 fn is_event_stream(h: &http::HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+    headers::content_type_is(h, "text/event-stream")
 }

@@ -170,14 +170,14 @@ pub enum TokenMeter {
 impl TokenMeter {
     /// The meter for an answer with this `Content-Type`, if it is one that reports usage.
     pub fn for_content_type(ct: &[u8]) -> Option<Self> {
-        if ct.starts_with(b"text/event-stream") {
+        if super::headers::has_media_type(ct, "text/event-stream") {
             Some(Self::Sse {
                 carry: Vec::new(),
                 skipping: false,
                 seen: None,
                 events: 0,
             })
-        } else if ct.starts_with(b"application/json") {
+        } else if super::headers::has_media_type(ct, "application/json") {
             Some(Self::Json {
                 parts: Some(Vec::new()),
                 size: 0,

@@ -34,8 +34,20 @@ impl Webhook for NoWebhook {
     }
 }
 
-/// First retry delay; doubled on each further attempt.
+/// First retry delay; doubled on each further attempt, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest delay between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The wait before retry number `retry` (0 for the first): 500 ms doubled each time, at most
+/// 30 s, then a random part of it dropped ("equal jitter": between half and all of it, `jitter`
+/// in 0–1), so gateways that failed together do not retry together.
+fn retry_delay(retry: u32, jitter: f64) -> Duration {
+    let full = FIRST_BACKOFF
+        .saturating_mul(1u32.checked_shl(retry).unwrap_or(u32::MAX))
+        .min(MAX_BACKOFF);
+    full.mul_f64(1.0 - jitter.clamp(0.0, 1.0) / 2.0)
+}
 /// Time one delivery attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -126,7 +138,6 @@ async fn deliver(client: Arc<dyn Webhook>, webhook: UpstreamUrl, alert: Alert, r
             &webhook.base_path
         }
     );
-    let mut backoff = FIRST_BACKOFF;
     for attempt in 0..=retries {
         let outcome =
             match tokio::time::timeout(ATTEMPT_TIMEOUT, client.post_json(&uri, body.clone())).await
@@ -143,12 +154,34 @@ async fn deliver(client: Arc<dyn Webhook>, webhook: UpstreamUrl, alert: Alert, r
             }
             Err(e) if attempt < retries => {
                 tracing::warn!(target: "alerts", error = %e, attempt, "alert delivery failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
+                tokio::time::sleep(retry_delay(attempt, fastrand::f64())).await;
             }
             Err(e) => {
                 tracing::error!(target: "alerts", error = %e, key_id_prefix = %alert.key_id_prefix, "alert not delivered; giving up");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_from_500ms_stop_at_30s_and_keep_at_least_half() {
+        let ms = |retry, jitter| retry_delay(retry, jitter).as_millis();
+        let no_jitter: Vec<u128> = (0..8).map(|r| ms(r, 0.0)).collect();
+        assert_eq!(
+            no_jitter,
+            [500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000]
+        );
+        // Huge retry numbers neither overflow nor pass the cap.
+        assert_eq!(ms(40, 0.0), 30_000);
+        assert_eq!(ms(u32::MAX, 0.0), 30_000);
+        // The jitter takes off up to half.
+        assert_eq!(ms(0, 1.0), 250);
+        assert_eq!(ms(10, 1.0), 15_000);
+        assert_eq!(ms(1, 0.5), 750);
+        assert!((0..1000).all(|_| (250..=500).contains(&ms(0, fastrand::f64()))));
     }
 }

@@ -3,7 +3,7 @@
 //! intercepts arrive. When the database is down, the pending batch is kept (bounded) and retried
 //! on the next flush.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 
@@ -36,7 +36,8 @@ pub(super) struct Writer {
     stores: Weak<Stores>,
     alerts: Alerts,
     usage: HashMap<String, Usage>,
-    intercepts: Vec<Intercept>,
+    /// Intercepts not yet written, oldest first; at [`MAX_PENDING_INTERCEPTS`] the oldest goes.
+    intercepts: VecDeque<Intercept>,
     /// Token usage summed per (hour, key, upstream, model) until the next flush.
     tokens: HashMap<TokenGroup, TokenUsage>,
 }
@@ -51,7 +52,7 @@ impl Writer {
             stores,
             alerts: Alerts::new(alerts, client),
             usage: HashMap::new(),
-            intercepts: Vec::new(),
+            intercepts: VecDeque::new(),
             tokens: HashMap::new(),
         }
     }
@@ -125,13 +126,13 @@ impl Writer {
         }
         self.alerts.observe(&stores, key_id, &intercept).await;
         if self.intercepts.len() >= MAX_PENDING_INTERCEPTS {
-            self.intercepts.remove(0);
+            self.intercepts.pop_front();
             stores
                 .stats
                 .queue_full
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        self.intercepts.push(intercept);
+        self.intercepts.push_back(intercept);
     }
 
     async fn flush(&mut self) {
@@ -164,7 +165,11 @@ impl Writer {
             }
         }
         if !self.intercepts.is_empty() {
-            match stores.db.record_intercepts(&self.intercepts).await {
+            match stores
+                .db
+                .record_intercepts(self.intercepts.make_contiguous())
+                .await
+            {
                 Ok(()) => self.intercepts.clear(),
                 Err(e) => {
                     tracing::warn!(target: "state", error = %e, pending = self.intercepts.len(), "intercept flush failed; will retry");

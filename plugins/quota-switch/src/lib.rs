@@ -28,8 +28,9 @@ pub struct Config {
     pub scope: Scope,
     pub default_cooldown_ms: u64,
     pub max_cooldown_ms: u64,
-    /// Substrings that mark a stream's first event as an overload or quota error (seen only on
-    /// routes with `stream_bootstrap`).
+    /// Error types that mark a stream's first event as an overload or quota error (seen only on
+    /// routes with `stream_bootstrap`): the event's data must be a JSON object whose `error`
+    /// object has one of them as its `type` or `code`, exactly.
     pub event_errors: Vec<String>,
 }
 
@@ -41,9 +42,11 @@ impl Default for Config {
             scope: Scope::Model,
             default_cooldown_ms: 60_000,
             max_cooldown_ms: 3_600_000,
+            // Anthropic's `error.type`s, then OpenAI's `error.code`/`error.type`.
             event_errors: vec![
                 "overloaded_error".into(),
-                "rate_limit".into(),
+                "rate_limit_error".into(),
+                "rate_limit_exceeded".into(),
                 "insufficient_quota".into(),
             ],
         }
@@ -80,10 +83,20 @@ pub fn parse_reset(v: &str) -> Option<u64> {
 }
 
 /// How long the upstream asked us to wait, in milliseconds, if it said; `header` gives a
-/// response header's value by name.
-pub fn requested_wait_ms(header: impl Fn(&str) -> Option<String>) -> Option<u64> {
-    if let Some(secs) = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()) {
-        return Some(secs * 1000);
+/// response header's value by name. `Retry-After` may be seconds or an HTTP date (RFC 9110
+/// §10.2.3), which is counted from `now_ms` (a date already past asks for no wait).
+pub fn requested_wait_ms(header: impl Fn(&str) -> Option<String>, now_ms: u64) -> Option<u64> {
+    if let Some(v) = header("retry-after") {
+        let v = v.trim();
+        if let Ok(secs) = v.parse::<u64>() {
+            return Some(secs.saturating_mul(1000));
+        }
+        if let Ok(at) = httpdate::parse_http_date(v) {
+            let at_ms = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            return Some(at_ms.saturating_sub(now_ms));
+        }
     }
     if let Some(ms) = header("retry-after-ms").and_then(|v| v.trim().parse::<u64>().ok()) {
         return Some(ms);
@@ -94,9 +107,20 @@ pub fn requested_wait_ms(header: impl Fn(&str) -> Option<String>) -> Option<u64>
         .max()
 }
 
-/// Whether a stream's first event is an error the config names.
+/// Whether a stream's first event is an error the config names: its data is a JSON object with
+/// an `error` object whose `type` or `code` is in `event_errors`. Text that merely mentions an
+/// error type (a model's answer, say) is not one.
 pub fn is_error_event(c: &Config, event: &str) -> bool {
-    event.contains("\"error\"") && c.event_errors.iter().any(|m| event.contains(m.as_str()))
+    let Ok(data) = serde_json::from_str::<serde_json::Value>(event) else {
+        return false;
+    };
+    let Some(error) = data.get("error").filter(|e| e.is_object()) else {
+        return false;
+    };
+    ["type", "code"]
+        .iter()
+        .filter_map(|field| error.get(field)?.as_str())
+        .any(|t| c.event_errors.iter().any(|m| m == t))
 }
 
 /// The statuses the policy acts on: quota errors and overloads.
@@ -123,7 +147,7 @@ pub fn decide(
     if !overload && !c.statuses.contains(&status) {
         return QuotaDecision::Pass;
     }
-    let wait = requested_wait_ms(header)
+    let wait = requested_wait_ms(header, now_ms)
         .unwrap_or(c.default_cooldown_ms)
         .min(c.max_cooldown_ms);
     let scope = if overload || c.scope == Scope::Upstream {
@@ -180,8 +204,8 @@ mod tests {
     use super::*;
 
     /// Response headers looked up by name, in any case.
-    fn h(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        |name| {
+    fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
             pairs
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -226,6 +250,31 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_as_an_http_date_counts_from_now() {
+        let c = Config::default();
+        // Sun, 06 Nov 1994 08:49:37 GMT = 784111777 s.
+        let now = 784_111_777_000 - 90_000;
+        for date in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert!(
+                matches!(decide(&c, 429, h(&[("retry-after", date)]), None, now), QuotaDecision::Cooldown(cd) if cd.until_ms == now + 90_000),
+                "{date}"
+            );
+        }
+        // A date already past: no wait asked for, so the shortest cooldown (1 ms).
+        assert!(
+            matches!(decide(&c, 429, h(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")]), None, now + 200_000), QuotaDecision::Cooldown(cd) if cd.until_ms == now + 200_001)
+        );
+        // Neither seconds nor a date: the default.
+        assert!(
+            matches!(decide(&c, 429, h(&[("retry-after", "soon")]), None, 0), QuotaDecision::Cooldown(cd) if cd.until_ms == 60_000)
+        );
+    }
+
+    #[test]
     fn an_error_event_inside_a_200_stream_cools_the_upstream() {
         let c = Config::default();
         let overloaded =
@@ -233,16 +282,26 @@ mod tests {
         assert!(
             matches!(decide(&c, 200, h(&[]), Some(overloaded), 0), QuotaDecision::Cooldown(cd) if cd.scope == CooldownScope::Upstream)
         );
+        let openai = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
         assert!(matches!(
-            decide(
-                &c,
-                200,
-                h(&[]),
-                Some(r#"{"choices":[{"delta":{"content":"rate_limit"}}]}"#),
-                0
-            ),
-            QuotaDecision::Pass
+            decide(&c, 200, h(&[]), Some(openai), 0),
+            QuotaDecision::Cooldown(_)
         ));
+        // Mentions are not errors: in a model's text, in an error's message, or a type that is
+        // only a prefix of a listed one.
+        for pass in [
+            r#"{"choices":[{"delta":{"content":"rate_limit_error"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"\"error\": overloaded_error"}}]}"#,
+            r#"{"error":{"type":"invalid_request_error","message":"not an overloaded_error"}}"#,
+            r#"{"error":{"type":"rate_limit"}}"#,
+            r#"{"error":"overloaded_error"}"#,
+            "overloaded_error",
+        ] {
+            assert!(
+                matches!(decide(&c, 200, h(&[]), Some(pass), 0), QuotaDecision::Pass),
+                "{pass}"
+            );
+        }
     }
 
     #[test]
