@@ -198,12 +198,17 @@ async fn handle(
         return resp;
     }
 
+    let eol = match headers.get("x-mock-eol").and_then(|v| v.to_str().ok()) {
+        Some("crlf") => "\r\n",
+        Some("cr") => "\r",
+        _ => "\n",
+    };
     if state.force_error_event.load(Ordering::SeqCst) {
         guard.done = true;
         let event = serde_json::json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
         return (
             [("content-type", "text/event-stream")],
-            mock::sse_event(&event),
+            frame(Some("error"), &event.to_string(), eol),
         )
             .into_response();
     }
@@ -215,10 +220,19 @@ async fn handle(
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let events = if anthropic {
-        mock::message_stream_events("msg_mock", model, text.trim_end())
+    // Framed by this mock's own writer, not the gateway's, so that the gateway's stream parsers
+    // read text they did not write.
+    let events: Vec<Bytes> = if anthropic {
+        mock::message_stream_data("msg_mock", model, text.trim_end())
+            .iter()
+            .map(|(name, data)| frame(Some(name), &data.to_string(), eol))
+            .collect()
     } else {
-        mock::chat_stream_events("chatcmpl-mock", model, text.trim_end(), include_usage)
+        mock::chat_stream_data("chatcmpl-mock", model, text.trim_end(), include_usage)
+            .iter()
+            .map(|data| frame(None, &data.to_string(), eol))
+            .chain([frame(None, "[DONE]", eol)])
+            .collect()
     };
     let stream = futures_util::stream::unfold(
         (events.into_iter().enumerate(), guard),
@@ -245,4 +259,20 @@ async fn handle(
         axum::body::Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// One server-sent event as the mock sends it: an optional `event:` line, one `data:` line and
+/// a blank line, every line ended with `eol` (LF, CRLF or CR: the SSE format allows each).
+fn frame(name: Option<&str>, data: &str, eol: &str) -> Bytes {
+    let mut s = String::with_capacity(data.len() + 32);
+    if let Some(name) = name {
+        s.push_str("event: ");
+        s.push_str(name);
+        s.push_str(eol);
+    }
+    s.push_str("data: ");
+    s.push_str(data);
+    s.push_str(eol);
+    s.push_str(eol);
+    Bytes::from(s)
 }

@@ -304,6 +304,32 @@ async fn stream_bootstrap_fails_over_on_an_error_inside_a_200_stream() {
     assert!(events.iter().all(|e| !e.1.contains("error")), "{events:?}");
     assert_eq!(events.last().unwrap().1, "[DONE]");
     assert_eq!((a.requests(), b.requests()), (2, 1));
+
+    // The error event is found whatever line ending the upstream's stream uses (a gateway of
+    // its own each time: A is cooling down on the one above).
+    for (eol, done) in [("crlf", "data: [DONE]\r\n\r\n"), ("cr", "data: [DONE]\r\r")] {
+        let gw = TestGateway::start(&yaml.replace(
+            "    max_attempts: 3\n",
+            "    max_attempts: 3\n    stream_bootstrap: true\n",
+        ))
+        .await;
+        let (a0, b0) = (a.requests(), b.requests());
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-mock-eol", eol)
+            .json(&chat_body(true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{eol}");
+        let raw = resp.text().await.unwrap();
+        assert!(
+            !raw.contains("error") && raw.ends_with(done),
+            "{eol}: {raw:?}"
+        );
+        assert_eq!((a.requests() - a0, b.requests() - b0), (1, 1), "{eol}");
+    }
 }
 
 #[tokio::test]
@@ -386,32 +412,58 @@ async fn reading_watched_files_reloads_nothing_and_writing_one_does() {
 async fn editing_the_router_while_requests_flow_drops_nothing_and_takes_effect_within_a_second() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     let urls = [a.url(), b.url()];
-    // Responses name the upstream that served them, so a probe needs no counters.
-    let tag = || {
-        plugin(
-            "tag",
-            "header-rewrite",
-            "tollgate_header_rewrite",
-            r#"{"response": [{"set": {"name": "x-served-by", "value": "${upstream}"}}]}"#,
+    // Responses name the config version and the upstream that served them
+    // (`x-served-by: rr:u0`), so a probe needs no counters and cannot be fooled by chance.
+    let config = |version: &str, router: &str| {
+        policy_config_yaml(
+            &urls,
+            &[
+                plugin(
+                    "tag",
+                    "header-rewrite",
+                    "tollgate_header_rewrite",
+                    &format!(
+                        r#"{{"response": [{{"set": {{"name": "x-served-by", "value": "{version}:${{upstream}}"}}}}]}}"#
+                    ),
+                ),
+                plugin("r", "router", router, "{}"),
+            ],
+            &["tag", "r"],
         )
     };
-    let rr = policy_config_yaml(
-        &urls,
-        &[tag(), plugin("r", "router", "tollgate_round_robin", "{}")],
-        &["tag", "r"],
-    );
-    let sticky = policy_config_yaml(
-        &urls,
-        &[
-            tag(),
-            plugin("r", "router", "tollgate_session_affinity", "{}"),
-        ],
-        &["tag", "r"],
-    );
+    let rr = config("rr", "tollgate_round_robin");
+    let sticky = config("sticky", "tollgate_session_affinity");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.yaml");
     std::fs::write(&path, &rr).unwrap();
     let gw = TestGateway::start_file(&path).await;
+
+    let served_by = |session: &str| {
+        let gw_url = gw.url("/v1/chat/completions");
+        let session = session.to_owned();
+        async move {
+            let mut sides = Vec::new();
+            for _ in 0..6 {
+                let r = client()
+                    .post(&gw_url)
+                    .bearer_auth(CLIENT_KEY)
+                    .header("x-session-id", &session)
+                    .json(&chat_body(false))
+                    .send()
+                    .await
+                    .unwrap();
+                sides.push(r.headers()["x-served-by"].to_str().unwrap().to_owned());
+            }
+            sides
+        }
+    };
+    // Round-robin, before any other traffic shares its counter: one session's requests
+    // alternate between the upstreams.
+    let spread = served_by("s").await;
+    assert_eq!(
+        spread,
+        ["rr:u0", "rr:u1", "rr:u0", "rr:u1", "rr:u0", "rr:u1"]
+    );
 
     // Background load for the whole test: every response must be a 200.
     let url = gw.url("/v1/chat/completions");
@@ -446,68 +498,101 @@ async fn editing_the_router_while_requests_flow_drops_nothing_and_takes_effect_w
         })
     };
 
-    let served_by = |session: String| {
-        let gw_url = gw.url("/v1/chat/completions");
+    // A stream opened now, held open across the reloads below (4 s of events).
+    let open_stream = || {
+        let req = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-mock-events", "40")
+            .header("x-mock-delay-ms", "100")
+            .json(&chat_body(true))
+            .send();
         async move {
-            let mut sides = Vec::new();
-            for _ in 0..6 {
-                let r = client()
-                    .post(&gw_url)
-                    .bearer_auth(CLIENT_KEY)
-                    .header("x-session-id", &session)
-                    .json(&chat_body(false))
-                    .send()
-                    .await
-                    .unwrap();
-                sides.push(r.headers()["x-served-by"].to_str().unwrap().to_owned());
-            }
-            sides
+            let resp = req.await.unwrap();
+            let version = resp.headers()["x-served-by"].to_str().unwrap().to_owned();
+            let body = tokio::spawn(async move { resp.text().await });
+            (version, body)
         }
     };
-    // Round-robin: one session's requests are spread over both upstreams.
-    let spread = served_by("s".into()).await;
-    assert!(
-        spread.iter().any(|s| s == "u0") && spread.iter().any(|s| s == "u1"),
-        "{spread:?}"
-    );
-
-    let edited_ms = tollgate::state::unix_ms();
-    std::fs::write(&path, &sticky).unwrap();
-    // The reloader reports the edit in service within 1 s (a probe that happens to land on one
-    // upstream six times under round-robin proves nothing, so the status is what is awaited).
-    let gateway = gw.gateway.clone();
-    let reloaded = eventually(Duration::from_secs(1), || {
-        gateway
-            .last_reload()
-            .is_some_and(|r| r.at_ms >= edited_ms && r.error.is_none())
-    })
-    .await;
-    assert!(
-        reloaded,
-        "the edit was not in service within 1 s: {:?}",
-        gw.gateway.last_reload()
-    );
+    // Edits the file and waits (at most 1 s) until the gateway reports it in service.
+    let edit = |yaml: &str| {
+        let edited_ms = tollgate::state::unix_ms();
+        std::fs::write(&path, yaml).unwrap();
+        let gateway = gw.gateway.clone();
+        async move {
+            let reloaded = eventually(Duration::from_secs(1), || {
+                gateway
+                    .last_reload()
+                    .is_some_and(|r| r.at_ms >= edited_ms && r.error.is_none())
+            })
+            .await;
+            assert!(
+                reloaded,
+                "the edit was not in service within 1 s: {:?}",
+                gateway.last_reload()
+            );
+        }
+    };
+    let mut streams = vec![open_stream().await];
+    edit(&sticky).await;
+    streams.push(open_stream().await);
+    edit(&rr).await;
+    streams.push(open_stream().await);
+    edit(&sticky).await;
+    // In service: every session sticks to one upstream, under the sticky version.
     for session in ["x", "y", "z"] {
-        let sides = served_by(session.into()).await;
+        let sides = served_by(session).await;
         assert!(
-            sides.windows(2).all(|w| w[0] == w[1]),
-            "session {session} not sticky: {sides:?}"
+            sides[0].starts_with("sticky:") && sides.windows(2).all(|w| w[0] == w[1]),
+            "session {session}: {sides:?}"
+        );
+    }
+    // Each stream started on the version in service when it started and finished whole across
+    // the reloads.
+    let versions: Vec<&str> = streams
+        .iter()
+        .map(|(v, _)| v.split(':').next().unwrap())
+        .collect();
+    assert_eq!(versions, ["rr", "sticky", "rr"]);
+    for (version, body) in streams {
+        let text = body.await.unwrap().unwrap();
+        assert!(
+            text.contains("w39") && text.trim_end().ends_with("data: [DONE]"),
+            "the stream begun on {version} was cut: {text}"
         );
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.await.unwrap();
     assert!(
         failed.is_empty(),
-        "requests failed during the reload ({ok} succeeded): {failed:?}"
+        "requests failed during the reloads ({ok} succeeded): {failed:?}"
     );
     assert!(ok > 10);
 
-    // A broken edit is refused and the running config keeps serving.
+    // A broken edit is refused: the reload is attempted and fails, naming the missing module,
+    // and the version in service stays the same and keeps serving.
+    let running = gw.gateway.runtime();
+    let broken_ms = tollgate::state::unix_ms();
     std::fs::write(
         &path,
         sticky.replace("tollgate_session_affinity", "does_not_exist"),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let gateway = gw.gateway.clone();
+    let refused = eventually(Duration::from_secs(5), || {
+        gateway.last_reload().is_some_and(|r| {
+            r.at_ms >= broken_ms
+                && r.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("does_not_exist"))
+        })
+    })
+    .await;
+    assert!(
+        refused,
+        "the broken edit was never refused: {:?}",
+        gw.gateway.last_reload()
+    );
+    assert!(std::sync::Arc::ptr_eq(&running, &gw.gateway.runtime()));
     assert_eq!(chat(&gw, &[]).await.status(), 200);
 }

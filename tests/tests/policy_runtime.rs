@@ -10,6 +10,7 @@ use tollgate::policy::fixtures::{sample_request, sample_upstream};
 use tollgate::policy::types::{RouteDecision, UpstreamView};
 use tollgate::policy::{LoadError, PluginKind, PluginSpec, PolicyEngine, PolicyError};
 use tollgate::state::Stores;
+use tollgate_tests::eventually;
 use tollgate_tests::plugins::{spec, wasm};
 
 async fn engine() -> PolicyEngine {
@@ -62,13 +63,20 @@ async fn round_robin_rotates_across_calls_and_pooled_instances() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let e = engine().await;
+    // A long deadline, so that other calls demonstrably run while the guest spins.
+    let deadline = Duration::from_millis(300);
     let looping = Arc::new(
         e.load(
             &wasm("tollgate_hostile"),
-            spec("loop", PluginKind::Router, r#"{"behaviour":"loop"}"#),
+            tollgate::policy::PluginSpec {
+                deadline,
+                breaker_failures: 0,
+                ..spec("loop", PluginKind::Router, r#"{"behaviour":"loop"}"#)
+            },
         )
         .unwrap(),
     );
@@ -82,26 +90,53 @@ async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
     looping.validate().await.unwrap();
     fine.validate().await.unwrap();
 
+    let spinning = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let spinner = {
-        let looping = looping.clone();
-        tokio::spawn(async move { looping.select(&request("spin"), &candidates()).await })
+        let (looping, spinning, done) = (looping.clone(), spinning.clone(), done.clone());
+        tokio::spawn(async move {
+            spinning.store(true, SeqCst);
+            let r = looping.select(&request("spin"), &candidates()).await;
+            done.store(true, SeqCst);
+            r
+        })
     };
-    // While the guest spins, other calls on the same runtime still complete.
-    for i in 0..20 {
-        assert!(
-            fine.select(&request(&format!("f{i}")), &candidates())
-                .await
-                .is_ok()
+    // Wait until the guest runs: the epoch ticker only ticks while guest code runs.
+    let ticks = e.epoch_ticks();
+    assert!(
+        eventually(Duration::from_secs(2), || spinning.load(SeqCst)
+            && e.epoch_ticks() > ticks + 2)
+        .await,
+        "the spinner never started"
+    );
+    // While it spins (its call has not returned), other calls complete, on both threads.
+    let mut during = 0;
+    while !done.load(SeqCst) {
+        let (req, cands) = (request(&format!("a{during}")), candidates());
+        let (a, b) = tokio::join!(
+            fine.select(&req, &cands),
+            tokio::spawn({
+                let fine = fine.clone();
+                async move { fine.select(&request("b"), &candidates()).await.is_ok() }
+            })
         );
+        assert!(a.is_ok() && b.unwrap());
+        if !done.load(SeqCst) {
+            during += 1;
+        }
     }
+    assert!(
+        during >= 10,
+        "only {during} calls completed while the guest spun"
+    );
     let result = spinner.await.unwrap();
     assert!(
         matches!(result, Err(PolicyError::Deadline { .. })),
         "{result:?}"
     );
     assert!(
-        start.elapsed() < Duration::from_secs(2),
+        start.elapsed() < deadline + Duration::from_secs(2),
         "deadline not enforced: {:?}",
         start.elapsed()
     );

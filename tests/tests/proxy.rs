@@ -179,7 +179,33 @@ async fn malformed_json_gets_400_in_openai_shape() {
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["code"], "invalid_json");
     assert_eq!(mock.requests(), 0);
+
+    // The media type is compared without its parameters: JSON with a charset, in any case, is
+    // still parsed (and refused when malformed)...
+    for ct in ["application/json; charset=utf-8", "Application/JSON"] {
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", ct)
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{ct}");
+    }
+    // ...while JSON Lines is another type: not parsed as one JSON document, it is passed on.
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/jsonl")
+        .body("{\"a\": 1}\n{\"b\": 2}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.requests(), 1);
 }
 
 #[tokio::test]
@@ -391,6 +417,121 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish_and_refuses_new_conne
     tokio::time::timeout(Duration::from_secs(2), stopped)
         .await
         .expect("server stops after draining")
+        .unwrap();
+}
+
+/// The whole shutdown sequence over real connections: for `drain_delay` the gateway still
+/// accepts and serves while `/ready` answers 503 `draining`; then it stops accepting and an
+/// HTTP/2 connection gets GOAWAY (a new stream on it is refused) while its stream in flight goes
+/// on; at `shutdown_grace` what is left is cut, and the server stops.
+#[tokio::test]
+async fn shutdown_says_draining_then_sends_goaway_then_cuts_at_the_grace() {
+    let (_mock, mut gw) =
+        setup("  timeouts:\n    drain_delay: 800ms\n    shutdown_grace: 800ms\n").await;
+    let addr = gw.addr;
+    // An HTTP/2 connection with a stream that would take 4 s.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let request = |events: &str| {
+        http::Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header("authorization", format!("Bearer {CLIENT_KEY}"))
+            .header("content-type", "application/json")
+            .header("x-mock-events", events)
+            .header("x-mock-delay-ms", "100")
+            .body(())
+            .unwrap()
+    };
+    let body = bytes::Bytes::from_static(br#"{"model":"m","stream":true,"messages":[]}"#);
+    let (resp, mut send) = h2
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request("40"), false)
+        .unwrap();
+    send.send_data(body.clone(), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let reader = tokio::spawn(async move {
+        let mut data = resp.into_body();
+        let mut text = Vec::new();
+        let outcome = loop {
+            match data.data().await {
+                Some(Ok(chunk)) => {
+                    let _ = data.flow_control().release_capacity(chunk.len());
+                    text.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        (
+            outcome,
+            String::from_utf8_lossy(&text).into_owned(),
+            Instant::now(),
+        )
+    });
+
+    let (ready_url, chat_url) = (gw.url("/ready"), gw.url("/v1/chat/completions"));
+    let t0 = Instant::now();
+    let stopped = gw.begin_shutdown();
+    // Draining: new connections are still served, and /ready says so.
+    let ready = client().get(&ready_url).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "draining");
+    let served = client()
+        .post(&chat_url)
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert!(
+        t0.elapsed() < Duration::from_millis(800),
+        "too slow to check the delay"
+    );
+
+    // After the delay: no new connection, and GOAWAY on the open one: a new stream is refused.
+    assert!(
+        eventually_async(Duration::from_secs(3), || async {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
+        "still accepting after drain_delay"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(750));
+    let refused = match h2.clone().ready().await {
+        Err(e) => Some(e),
+        Ok(mut h2) => match h2.send_request(request("1"), true) {
+            Err(e) => Some(e),
+            Ok((resp, _)) => resp.await.err(),
+        },
+    };
+    let refused = refused.expect("a new stream after GOAWAY was served");
+    assert!(
+        refused.is_go_away() || refused.reason() == Some(h2::Reason::REFUSED_STREAM),
+        "{refused:?}"
+    );
+
+    // The stream in flight went on through the delay, and is cut at the grace.
+    let (outcome, text, ended) = reader.await.unwrap();
+    assert!(outcome.is_err(), "the stream was not cut: {text}");
+    assert!(!text.contains("[DONE]"));
+    assert!(
+        text.matches("data: ").count() >= 10,
+        "it stopped early: {text}"
+    );
+    let at = ended - t0;
+    assert!(
+        at >= Duration::from_millis(1500) && at < Duration::from_secs(4),
+        "cut after {at:?}, expected about 1.6 s (delay + grace)"
+    );
+    tokio::time::timeout(Duration::from_secs(3), stopped)
+        .await
+        .expect("the server stops after the grace")
         .unwrap();
 }
 

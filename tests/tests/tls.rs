@@ -139,9 +139,26 @@ async fn renewed_certificate_is_served_without_a_restart_and_open_connections_su
         served, new.cert_der,
         "renewed certificate not served within 2.5 s"
     );
+    assert!(cert_reloads(&gw, "ok").await >= 1);
     // The old connection is still usable (reqwest reuses it; a new handshake would fail to verify
     // against the old root only).
     assert_eq!(send().await.unwrap().status(), 200);
+}
+
+/// `tollgate_tls_certificate_reloads_total{result}` on the gateway's `/metrics`.
+async fn cert_reloads(gw: &TestGateway, result: &str) -> u64 {
+    let text = client()
+        .get(format!("http://{}/metrics", gw.admin_addr.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("tollgate_tls_certificate_reloads_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.parse().unwrap())
 }
 
 #[tokio::test]
@@ -149,8 +166,17 @@ async fn a_broken_renewal_keeps_the_current_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCert::generate();
     let (_mock, gw) = start_tls(dir.path(), &cert, "1.2").await;
+    assert_eq!(cert_reloads(&gw, "failed").await, 0);
     std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The watcher saw the change and refused the file (not merely: nothing happened yet).
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            cert_reloads(&gw, "failed").await >= 1
+        })
+        .await,
+        "the broken certificate was never tried"
+    );
+    assert_eq!(cert_reloads(&gw, "ok").await, 0);
     assert_eq!(
         presented_cert(gw.addr, &[&cert], &[&rustls::version::TLS13])
             .await

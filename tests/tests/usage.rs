@@ -265,3 +265,65 @@ async fn stream_usage_inject_counts_streams_that_did_not_ask_and_hides_the_extra
     resp.bytes().await.unwrap();
     assert_eq!(last_sent(), anthropic);
 }
+
+/// Streams framed with each line ending the SSE format allows (LF, CRLF, CR) by the test mock's
+/// own writer: relayed in that ending, their tokens counted, and the usage-only chunk the
+/// gateway asked for taken out.
+#[tokio::test]
+async fn streams_with_every_line_ending_are_counted_and_their_extra_chunk_taken_out() {
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "").replace(
+        "    upstreams: [u0]\n",
+        "    upstreams: [u0]\n    stream_usage: inject\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut asked = chat_body(true);
+    asked["stream_options"] = json!({"include_usage": true});
+    let mut expected = (0, 0);
+    for (name, eol) in [("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")] {
+        let mut bodies = Vec::new();
+        for body in [&asked, &chat_body(true)] {
+            let resp = post(&gw, "/v1/chat/completions", body)
+                .header("x-mock-events", "4")
+                .header("x-mock-eol", name)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            bodies.push(resp.text().await.unwrap());
+        }
+        let blank = format!("{eol}{eol}");
+        let events = |raw: &str| -> Vec<String> {
+            raw.split(blank.as_str())
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let (with, without) = (events(&bodies[0]), events(&bodies[1]));
+        for raw in &bodies {
+            // Only this line ending, as the upstream sent it.
+            let other = match eol {
+                "\n" => raw.contains('\r'),
+                "\r" => raw.contains('\n'),
+                _ => raw.replace("\r\n", "").contains(['\r', '\n']),
+            };
+            assert!(!other, "{name}: {raw:?}");
+            assert!(
+                raw.ends_with(&format!("data: [DONE]{blank}")),
+                "{name}: {raw:?}"
+            );
+        }
+        let usage_chunks = |e: &[String]| e.iter().filter(|e| e.contains("\"usage\":{")).count();
+        assert_eq!(usage_chunks(&with), 1, "{name}: {with:?}");
+        assert_eq!(usage_chunks(&without), 0, "{name}: {without:?}");
+        assert_eq!(
+            without.len() + 1,
+            with.len(),
+            "{name}: only that chunk is taken out"
+        );
+        // Both streams counted: 8 input and 4 output tokens each (the mock's usage chunk).
+        expected = (expected.0 + 16, expected.1 + 8);
+        let u = only_row(&gw).await;
+        assert_eq!((u.input_tokens, u.output_tokens), expected, "{name}");
+    }
+}

@@ -128,6 +128,10 @@ impl Listeners {
     /// Serves both planes until `shutdown` completes, drains both (the gateway reports itself
     /// draining on `/ready`), then flushes what the request path queued to the stores.
     pub async fn serve(self, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+        if let Some(reloads) = self.data.cert_reloads() {
+            // The first TLS listener to serve this gateway is the one its metrics report.
+            let _ = gateway.metrics.tls_reloads.set(reloads);
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;

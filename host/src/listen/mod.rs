@@ -88,6 +88,8 @@ pub enum ServeError {
 pub struct Server {
     listener: TcpListener,
     cert_watch: Option<tokio::task::JoinHandle<()>>,
+    /// The certificate's reload counts, with TLS.
+    cert_reloads: Option<Arc<crate::telemetry::metrics::Reloads>>,
     shared: Arc<Shared>,
 }
 
@@ -100,23 +102,35 @@ struct Shared {
     limits: ConnLimits,
     tls_handshake: Duration,
     grace: Duration,
+    /// Serving on, `/ready` draining, before accepting stops (`timeouts.drain_delay`).
+    drain_delay: Duration,
     workers: usize,
 }
 
 impl Server {
+    /// The certificate's reload counts (a TLS listener only), for the gateway's metrics.
+    pub(crate) fn cert_reloads(&self) -> Option<Arc<crate::telemetry::metrics::Reloads>> {
+        self.cert_reloads.clone()
+    }
+
     /// Binds the configured address and loads TLS material.
     pub async fn bind(config: &ServerConfig) -> Result<Self, ServeError> {
         let addr = config.listen.0;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
-        let (tls, cert_watch) = match &config.tls {
+        let (tls, cert_watch, cert_reloads) = match &config.tls {
             Some(t) => {
                 let (server_config, certs) = tls::server_config(t, config.http2)?;
+                let reloads = certs.reloads.clone();
                 let watch = certs.spawn_watcher().map_err(ServeError::Watch)?;
-                (Some(TlsAcceptor::from(server_config)), Some(watch))
+                (
+                    Some(TlsAcceptor::from(server_config)),
+                    Some(watch),
+                    Some(reloads),
+                )
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let head = config.max_head_size.0.clamp(8192, u64::from(u32::MAX)) as usize;
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -144,6 +158,7 @@ impl Server {
         Ok(Self {
             listener,
             cert_watch,
+            cert_reloads,
             shared: Arc::new(Shared {
                 tls,
                 builder,
@@ -162,6 +177,7 @@ impl Server {
                 },
                 tls_handshake: config.timeouts.tls_handshake.get(),
                 grace: config.timeouts.shutdown_grace.get(),
+                drain_delay: config.timeouts.drain_delay.get(),
                 workers,
             }),
         })
@@ -208,6 +224,7 @@ impl Server {
         on_drain: impl FnOnce(),
     ) {
         let (stop_tx, stop_rx) = signal::channel(false);
+        let drain_delay = self.shared.drain_delay;
         let make_handler = Arc::new(make_handler);
         let std_listener = match self.listener.into_std() {
             Ok(l) => l,
@@ -260,6 +277,11 @@ impl Server {
         drop(std_listener);
         shutdown.await;
         on_drain();
+        if !drain_delay.is_zero() {
+            // Still accepting and serving: `/ready` says draining, so load balancers move away.
+            tracing::info!(delay = ?drain_delay, "shutting down: draining, still accepting until the delay ends");
+            tokio::time::sleep(drain_delay).await;
+        }
         let _ = stop_tx.send(true);
         // Every worker has ended when the last one drops its sender.
         let _ = done_rx.recv().await;

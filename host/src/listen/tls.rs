@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -64,6 +65,8 @@ pub struct ReloadingCert {
     cert: PathBuf,
     key: PathBuf,
     current: ArcSwap<CertifiedKey>,
+    /// Reloads after a file change, by result (`tollgate_tls_certificate_reloads_total`).
+    pub(crate) reloads: Arc<crate::telemetry::metrics::Reloads>,
 }
 
 impl ReloadingCert {
@@ -73,6 +76,7 @@ impl ReloadingCert {
             cert: cert.to_owned(),
             key: key.to_owned(),
             current,
+            reloads: Arc::default(),
         })
     }
 
@@ -94,11 +98,13 @@ impl ReloadingCert {
             while watch.changed().await.is_some() {
                 match self.reload() {
                     Ok(true) => {
+                        self.reloads.ok.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded")
                     }
                     Ok(false) => {}
                     // Typical mid-renewal state (cert written, key not yet): the next event retries.
                     Err(e) => {
+                        self.reloads.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "TLS certificate reload failed; keeping the current one")
                     }
                 }

@@ -208,6 +208,15 @@ mod tests {
     }
 
     #[test]
+    fn key_id_is_hmac_sha256_of_the_key_under_the_secret() {
+        // Python: hmac.new(b"0123456789abcdef", b"sk-alice-1", hashlib.sha256).hexdigest()
+        assert_eq!(
+            ring().id_of("sk-alice-1").to_hex(),
+            "aba41b6745db251a5bd047872aceb75ab262a7266690da981e9d8ab310b7e31a"
+        );
+    }
+
+    #[test]
     fn key_id_depends_on_the_server_secret() {
         let other = KeyRing::new(&AuthConfig {
             secret: Secret::new("another-secret-value"),

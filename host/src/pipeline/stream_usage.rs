@@ -48,9 +48,9 @@ fn is_usage_chunk(event: &[u8]) -> bool {
     if memchr::memmem::find(event, b"\"usage\"").is_none() {
         return false;
     }
+    // Lines end in LF, CRLF or CR: splitting at either byte leaves at most empty pieces extra.
     let data: Vec<&[u8]> = event
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .split(|&b| b == b'\n' || b == b'\r')
         .filter_map(|l| l.strip_prefix(b"data:"))
         .map(<[u8]>::trim_ascii)
         .collect();
@@ -71,23 +71,55 @@ fn mentions_usage_object(data: &[u8]) -> bool {
         || memchr::memmem::find(data, b"\"usage\": {").is_some()
 }
 
-/// The end of the last complete event in `buf` (just past its blank line), if any.
+/// Where each complete event in `buf` ends (just past the blank line that ends it), in order.
+/// `buf` starts at the start of a line. Lines end in LF, CRLF or CR, as the SSE format allows; a
+/// CR last in `buf` ends its line (should an LF follow in the next frame, it reads as one more
+/// blank line there, which is harmless: events are only grouped here, never rewritten).
+fn event_ends(buf: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut at = 0;
+    let mut line_start = 0;
+    std::iter::from_fn(move || {
+        while let Some(offset) = memchr::memchr2(b'\n', b'\r', &buf[at..]) {
+            let end = at + offset;
+            let crlf = buf[end] == b'\r' && buf.get(end + 1) == Some(&b'\n');
+            let blank = end == line_start;
+            at = end + if crlf { 2 } else { 1 };
+            line_start = at;
+            if blank {
+                return Some(at);
+            }
+        }
+        None
+    })
+}
+
+/// The end of the last complete event in `buf`, if any.
 fn last_event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memchr::memmem::rfind(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memmem::rfind(buf, b"\n\r\n").map(|i| i + 3);
-    lf.max(crlf)
+    event_ends(buf).last()
 }
 
 /// Takes usage-only chunks out of an SSE stream, frame by frame.
 #[derive(Debug, Default)]
 pub struct StripUsageChunk {
     held: BytesMut,
+    /// A usage chunk taken out ended with a CR last in its frame: an LF that starts the next
+    /// frame completes that CRLF and goes with it.
+    skip_lf: bool,
 }
 
 impl StripUsageChunk {
     /// What of `data` goes to the client now (possibly empty).
     pub fn push(&mut self, data: &Bytes) -> Bytes {
-        let whole_events = data.ends_with(b"\n\n") || data.ends_with(b"\n\r\n");
+        let skipped;
+        let data = if std::mem::take(&mut self.skip_lf) && data.first() == Some(&b'\n') {
+            skipped = data.slice(1..);
+            &skipped
+        } else {
+            data
+        };
+        // (`\r\r` may yet be followed by `\n`: see `event_ends`.)
+        let whole_events =
+            data.ends_with(b"\n\n") || data.ends_with(b"\n\r\n") || data.ends_with(b"\r\r");
         if self.held.is_empty() && whole_events && !mentions_usage_object(data) {
             // Whole events, none of them a usage chunk: as they are, no copy.
             return data.clone();
@@ -108,6 +140,8 @@ impl StripUsageChunk {
             let event = &rest[..len];
             if !is_usage_chunk(event) {
                 out.extend_from_slice(event);
+            } else if start + len == complete.len() && self.held.is_empty() {
+                self.skip_lf = event.ends_with(b"\r");
             }
             start += len;
         }
@@ -125,14 +159,9 @@ impl StripUsageChunk {
     }
 }
 
-/// The end of the first complete event in `buf` (just past its blank line), if any.
+/// The end of the first complete event in `buf`, if any.
 fn first_event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memmem::find(buf, b"\n\r\n").map(|i| i + 3);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    event_ends(buf).next()
 }
 
 #[cfg(test)]
@@ -189,8 +218,32 @@ mod tests {
             let (a, b) = whole.split_at(cut);
             assert_eq!(strip(&[a, b]), expected, "cut at {cut}");
         }
-        let crlf = whole.replace('\n', "\r\n");
-        assert_eq!(strip(&[&crlf]), expected.replace('\n', "\r\n"));
+        // The other line endings the SSE format allows, whole and cut anywhere.
+        for eol in ["\r\n", "\r"] {
+            let other = whole.replace('\n', eol);
+            let expected = expected.replace('\n', eol);
+            assert_eq!(strip(&[&other]), expected, "{eol:?}");
+            for cut in 1..other.len() {
+                let (a, b) = other.split_at(cut);
+                assert_eq!(strip(&[a, b]), expected, "{eol:?} cut at {cut}");
+            }
+        }
+        // A usage chunk with an event line before its data, CR-only.
+        let named = "event: usage\rdata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\r";
+        assert_eq!(strip(&[chunk, named, done]), format!("{chunk}{done}"));
+    }
+
+    #[test]
+    fn events_end_at_blank_lines_of_any_line_ending() {
+        let ends = |s: &str| event_ends(s.as_bytes()).collect::<Vec<_>>();
+        assert_eq!(ends("a\n\nb\n\n"), [3, 6]);
+        assert_eq!(ends("a\r\n\r\nb\r\n\r\n"), [5, 10]);
+        assert_eq!(ends("a\r\rb\r\r"), [3, 6]);
+        // Mixed: LF then CRLF, CRLF then LF, CR then LF-as-part-of-CRLF.
+        assert_eq!(ends("a\n\r\nb\r\n\nc\r\r\n"), [4, 8, 12]);
+        // Line ends that are not blank lines end no event.
+        assert_eq!(ends("a\nb\r\nc\rd"), Vec::<usize>::new());
+        assert_eq!(ends(""), Vec::<usize>::new());
     }
 
     #[test]

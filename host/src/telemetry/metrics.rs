@@ -55,6 +55,8 @@ struct Scraped {
     /// Per-model cooldowns (the all-models one is `upstream_cooldown`).
     model_cooldown: GaugeVec,
     reloads: IntCounterVec,
+    /// Reloads of the data listener's certificate after its files changed, by result.
+    tls_reloads: IntCounterVec,
     rss: GaugeVec,
     fds: GaugeVec,
     start: GaugeVec,
@@ -72,6 +74,8 @@ pub(crate) struct Metrics {
     tokens: HistogramVec,
     models: Mutex<HashSet<String>>,
     pub(crate) reloads: Arc<Reloads>,
+    /// The data listener's certificate reloads, once a TLS listener serves this gateway.
+    pub(crate) tls_reloads: OnceLock<Arc<Reloads>>,
     /// Also serialises scrapes (the read-at-scrape values are reset and set).
     scraped: Mutex<Scraped>,
 }
@@ -266,6 +270,12 @@ impl Metrics {
                 "Config reloads, by result (a failed one leaves the running config in service)",
                 &["result"],
             ),
+            tls_reloads: counter_vec(
+                &r,
+                "tollgate_tls_certificate_reloads_total",
+                "Reloads of the TLS certificate after its files changed, by result (a failed one keeps the current certificate)",
+                &["result"],
+            ),
             rss: gauge_vec(
                 &r,
                 "process_resident_memory_bytes",
@@ -305,6 +315,7 @@ impl Metrics {
             tokens,
             models: Mutex::new(HashSet::new()),
             reloads: Arc::new(Reloads::default()),
+            tls_reloads: OnceLock::new(),
             scraped: Mutex::new(scraped),
         })
     }
@@ -313,7 +324,7 @@ impl Metrics {
     /// now from `rt` (the running snapshot) and `stores`.
     pub(crate) fn encode(&self, rt: &Runtime, stores: &Stores) -> String {
         let scraped = self.scraped.lock().unwrap_or_else(|p| p.into_inner());
-        scraped.read(rt, stores, &self.reloads);
+        scraped.read(rt, stores, &self.reloads, self.tls_reloads.get());
         scraped.model_cooldown.reset();
         let now = crate::state::unix_ms();
         for u in &rt.upstreams {
@@ -401,7 +412,7 @@ fn mirror(c: &prometheus::IntCounter, value: u64) {
 }
 
 impl Scraped {
-    fn read(&self, rt: &Runtime, stores: &Stores, reloads: &Reloads) {
+    fn read(&self, rt: &Runtime, stores: &Stores, reloads: &Reloads, tls: Option<&Arc<Reloads>>) {
         let now = crate::state::unix_ms();
         for g in [
             &self.upstream_in_flight,
@@ -473,6 +484,14 @@ impl Scraped {
             &self.reloads.with_label_values(&["failed"]),
             reloads.failed.load(Ordering::Relaxed),
         );
+        if let Some(tls) = tls {
+            for (result, n) in [("ok", &tls.ok), ("failed", &tls.failed)] {
+                mirror(
+                    &self.tls_reloads.with_label_values(&[result]),
+                    n.load(Ordering::Relaxed),
+                );
+            }
+        }
         if let Some(p) = process() {
             self.rss
                 .with_label_values(&NO_LABELS)

@@ -56,22 +56,28 @@ pub fn sse_event(data: &Value) -> Bytes {
 
 pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
 
-/// The events of a streamed chat completion: role, one per word, finish, usage (if asked), done.
-pub fn chat_stream_events(id: &str, model: &str, text: &str, include_usage: bool) -> Vec<Bytes> {
-    let mut events = vec![sse_event(&chat_chunk(id, model, None, false))];
+/// The `data` of each event of a streamed chat completion: role, one per word, finish, usage (if
+/// asked); the stream then ends with `data: [DONE]`.
+pub fn chat_stream_data(id: &str, model: &str, text: &str, include_usage: bool) -> Vec<Value> {
+    let mut events = vec![chat_chunk(id, model, None, false)];
     let words: Vec<&str> = text.split_inclusive(' ').collect();
-    events.extend(
-        words
-            .iter()
-            .map(|w| sse_event(&chat_chunk(id, model, Some(w), false))),
-    );
-    events.push(sse_event(&chat_chunk(id, model, None, true)));
+    events.extend(words.iter().map(|w| chat_chunk(id, model, Some(w), false)));
+    events.push(chat_chunk(id, model, None, true));
     if include_usage {
         let mut u = chat_chunk(id, model, None, true);
         u["choices"] = json!([]);
         u["usage"] = usage(8, words.len());
-        events.push(sse_event(&u));
+        events.push(u);
     }
+    events
+}
+
+/// The events of a streamed chat completion ([`chat_stream_data`]), then `[DONE]`.
+pub fn chat_stream_events(id: &str, model: &str, text: &str, include_usage: bool) -> Vec<Bytes> {
+    let mut events: Vec<Bytes> = chat_stream_data(id, model, text, include_usage)
+        .iter()
+        .map(sse_event)
+        .collect();
     events.push(Bytes::from_static(SSE_DONE));
     events
 }
@@ -91,45 +97,50 @@ pub fn named_event(name: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
-/// The events of a streamed Anthropic message: `message_start` (input tokens), one text delta
-/// per word, `message_delta` (cumulative output tokens), `message_stop`.
-pub fn message_stream_events(id: &str, model: &str, text: &str) -> Vec<Bytes> {
+/// The name and `data` of each event of a streamed Anthropic message: `message_start` (input
+/// tokens), one text delta per word, `message_delta` (cumulative output tokens), `message_stop`.
+pub fn message_stream_data(id: &str, model: &str, text: &str) -> Vec<(&'static str, Value)> {
     let words: Vec<&str> = text.split_inclusive(' ').collect();
     let mut start = message(id, model, "");
     start["content"] = json!([]);
     start["stop_reason"] = Value::Null;
     start["usage"] = json!({"input_tokens": 8, "output_tokens": 1});
     let mut events = vec![
-        named_event(
+        (
             "message_start",
-            &json!({"type": "message_start", "message": start}),
+            json!({"type": "message_start", "message": start}),
         ),
-        named_event(
+        (
             "content_block_start",
-            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
         ),
-        named_event("ping", &json!({"type": "ping"})),
+        ("ping", json!({"type": "ping"})),
     ];
     events.extend(words.iter().map(|w| {
-        named_event(
+        (
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
         )
     }));
-    events.push(named_event(
+    events.push((
         "content_block_stop",
-        &json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": 0}),
     ));
-    events.push(named_event(
+    events.push((
         "message_delta",
-        &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
                 "usage": {"output_tokens": words.len()}}),
     ));
-    events.push(named_event(
-        "message_stop",
-        &json!({"type": "message_stop"}),
-    ));
+    events.push(("message_stop", json!({"type": "message_stop"})));
     events
+}
+
+/// The events of a streamed Anthropic message ([`message_stream_data`]).
+pub fn message_stream_events(id: &str, model: &str, text: &str) -> Vec<Bytes> {
+    message_stream_data(id, model, text)
+        .iter()
+        .map(|(name, data)| named_event(name, data))
+        .collect()
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<BoxBody> {
