@@ -115,6 +115,18 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The admin plane's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let admin = self.admin_addr.expect("the admin plane is on");
+        let resp = client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .expect("the admin plane answers");
+        assert_eq!(resp.status(), 200);
+        resp.text().await.expect("a text body")
+    }
+
     /// One non-streaming chat completion with the test key.
     pub async fn chat(&self) -> reqwest::Response {
         client()

@@ -1177,14 +1177,7 @@ async fn a_shadow_router_is_compared_with_the_live_one_and_never_decides() {
         assert_eq!(d["candidate"], json!({"pick": [1, 0]}));
     }
     // The metrics say the same.
-    let metrics = client()
-        .get(format!("http://{}/metrics", gw.admin_addr.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for (outcome, n) in [("agree", 5), ("disagree", 5), ("error", 0), ("skipped", 0)] {
         let line = format!(
             "tollgate_plugin_shadow_decisions_total{{candidate=\"rotate\",live=\"first\",outcome=\"{outcome}\",route=\"/v1/\"}} {n}"

@@ -266,6 +266,11 @@ async fn fill(c: &Client, css: &str, text: &str) {
     e.send_keys(text).await.unwrap();
 }
 
+/// The key's binding as the gateway's database holds it.
+async fn binding(gw: &TestGateway, key_id: &str) -> Option<tollgate::state::Binding> {
+    gw.gateway.stores.database().binding(key_id).await.unwrap()
+}
+
 /// The `code` of a proxied error answer.
 async fn error_code(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
@@ -473,15 +478,7 @@ async fn every_page_acts_on_the_gateway_in_chromium() {
     click(c, "#dialog-ok").await;
     wait_text(c, "#view tbody", "127.0.0.0/8").await;
     assert_eq!(
-        gw.gateway
-            .stores
-            .database()
-            .binding(&key_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .cidr
-            .to_string(),
+        binding(&gw, &key_id).await.unwrap().cidr.to_string(),
         "127.0.0.0/8"
     );
     // A page whose read fails shows the server's message.
@@ -577,25 +574,9 @@ async fn every_page_acts_on_the_gateway_in_chromium() {
     click(c, "[data-action=unbind]").await;
     click(c, "#dialog-ok").await;
     wait_text(c, "#view [data-state=empty]", "No bindings yet").await;
-    assert!(
-        gw.gateway
-            .stores
-            .database()
-            .binding(&key_id)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(binding(&gw, &key_id).await.is_none());
     assert_eq!(gw.chat().await.status(), 200);
-    assert!(
-        gw.gateway
-            .stores
-            .database()
-            .binding(&key_id)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(binding(&gw, &key_id).await.is_some());
 
     // Usage: the key's requests (written in batches: wait for the flush).
     open_until(c, &ui, "usage", "#view tbody", "tester").await;

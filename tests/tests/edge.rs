@@ -78,14 +78,7 @@ async fn limit_req_two_per_second_burst_one_nodelay() {
         "refused requests never reach the upstream"
     );
     // Operators see the refusals.
-    let metrics = client()
-        .get(format!("http://{}/metrics", gw.admin_addr.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(
             "tollgate_gateway_errors_total{code=\"rate_limit_exceeded\",route=\"/v1/\"} 7"

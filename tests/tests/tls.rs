@@ -147,14 +147,7 @@ async fn renewed_certificate_is_served_without_a_restart_and_open_connections_su
 
 /// `tollgate_tls_certificate_reloads_total{result}` on the gateway's `/metrics`.
 async fn cert_reloads(gw: &TestGateway, result: &str) -> u64 {
-    let text = client()
-        .get(format!("http://{}/metrics", gw.admin_addr.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     let series = format!("tollgate_tls_certificate_reloads_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))
