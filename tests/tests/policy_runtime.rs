@@ -205,6 +205,25 @@ async fn growing_memory_past_the_limit_traps_and_the_host_survives() {
     p.validate().await.unwrap();
     let r = p.select(&request("g"), &candidates()).await;
     assert!(matches!(r, Err(PolicyError::Trap { .. })), "{r:?}");
+    // The host survives: the same engine still runs another plugin's calls, and this plugin's
+    // next call gets a fresh instance (which traps again at the limit, as it should).
+    let fine = e
+        .load(
+            &wasm("tollgate_hostile"),
+            spec("fine", PluginKind::Router, r#"{"behaviour":"ok"}"#),
+        )
+        .unwrap();
+    fine.validate().await.unwrap();
+    assert!(fine.select(&request("f"), &candidates()).await.is_ok());
+    let again = p.select(&request("g2"), &candidates()).await;
+    assert!(matches!(again, Err(PolicyError::Trap { .. })), "{again:?}");
+    assert!(
+        p.stats
+            .instantiations
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "the trapped instance was reused"
+    );
 }
 
 #[tokio::test]

@@ -584,8 +584,8 @@ async fn store_failures_follow_the_failsafe_and_recover() {
             redis.url()
         )
     };
-    let closed = TestGateway::start(&gateway_yaml(&mock.url(), 20, &stores("closed"))).await;
-    let open = TestGateway::start(&gateway_yaml(&mock.url(), 20, &stores("open"))).await;
+    let closed = TestGateway::start(&gateway_yaml(&mock.url(), 80, &stores("closed"))).await;
+    let open = TestGateway::start(&gateway_yaml(&mock.url(), 80, &stores("open"))).await;
     let (from2, from3) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
     for i in 0..10 {
         assert_eq!(send(&from2, &closed, &key(i)).await.0, 200);
@@ -627,7 +627,31 @@ async fn store_failures_follow_the_failsafe_and_recover() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.restart();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Redis is used again once it is back (not merely survived): a new key's first use writes
+    // its binding there.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut back_in_redis = false;
+    for k in 30..80 {
+        assert_eq!(send(&from2, &closed, &key(k)).await.0, 200);
+        let cached: Option<String> = redis::cmd("GET")
+            .arg(format!("tollgate:b:{}", key_id(k)))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if cached.is_some() {
+            back_in_redis = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        back_in_redis,
+        "no binding reached the restarted Redis within 5 s"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for l in load {
         l.await.unwrap();
@@ -666,6 +690,30 @@ async fn store_failures_follow_the_failsafe_and_recover() {
     assert_eq!(body["error"]["code"], "state_unavailable");
     assert_eq!(send(&from2, &open, &key(11)).await.0, 200);
 
+    // Both stores down. What a gateway read in the last seconds still decides, both ways (its
+    // near cache); a key it never read is the failsafe's: closed refuses it with 503, open lets
+    // it through, even from another network.
+    redis.kill9();
+    assert_eq!(send(&from2, &closed, &key(0)).await.0, 200);
+    assert_eq!(send(&from3, &closed, &key(0)).await.0, 403);
+    let (status, body) = send(&from2, &closed, &key(11)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "state_unavailable");
+    let failsafe = || {
+        open.gateway
+            .stores
+            .stats
+            .failsafe
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = failsafe();
+    assert_eq!(send(&from3, &open, &key(1)).await.0, 200);
+    assert!(
+        failsafe() > before,
+        "the open gateway's pass was not counted as the failsafe's"
+    );
+    redis.restart();
+
     // PostgreSQL comes back: first uses bind again without a restart.
     pg.restart();
     let mut recovered = false;
@@ -688,7 +736,7 @@ async fn store_failures_follow_the_failsafe_and_recover() {
         CacheUrl::Memory,
     ))
     .await;
-    for i in (0..=10).chain(12..15) {
+    for i in (0..=10).chain(12..15).chain(30..31) {
         let b = check.database().binding(&key_id(i)).await.unwrap();
         assert_eq!(
             b.map(|b| b.cidr.to_string()).as_deref(),
