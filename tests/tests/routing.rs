@@ -1,0 +1,162 @@
+//! Routing and upstream selection as `docs/pipeline.md` documents them, end to end: the longest
+//! `path_prefix` wins, passive health (`max_fails`/`fail_timeout`) takes a failing upstream out
+//! and healthy ones go first, a connect failure moves on only with a replayable body, and
+//! `max_attempts` bounds the tries.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tollgate_tests::*;
+
+/// A URL nothing listens on: connecting fails at once.
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+async fn code_of(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_longest_matching_prefix_picks_the_route_whatever_the_order() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    // The shorter prefix is listed first: a first-match router would send everything to u0.
+    let yaml = config_yaml(&[a.url(), b.url()], "").replace(
+        "routes:\n  - path_prefix: /v1/\n    upstreams: [u0, u1]\n",
+        "routes:\n  - path_prefix: /v1/\n    upstreams: [u0]\n  - path_prefix: /v1/chat/\n    upstreams: [u1]\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(gw.chat().await.status(), 200);
+    assert_eq!((a.requests(), b.requests()), (0, 1), "/v1/chat/… is u1's");
+    let resp = client()
+        .post(gw.url("/v1/embeddings"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&serde_json::json!({"model": "m", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (1, 1),
+        "/v1/embeddings is u0's"
+    );
+    // A prefix must match whole segments' text as written: `/v1/chatty` is not `/v1/chat/`.
+    let resp = client()
+        .post(gw.url("/v1/chatty"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!((a.requests(), b.requests()), (2, 1));
+    // No prefix at all: 404 unknown_url, and no upstream is asked.
+    let resp = client()
+        .post(gw.url("/v2/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(resp).await, (404, "unknown_url".into()));
+    assert_eq!((a.requests(), b.requests()), (2, 1));
+}
+
+#[tokio::test]
+async fn passive_health_takes_a_failing_upstream_out_for_fail_timeout_and_healthy_ones_go_first() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = config_yaml(&[a.url(), b.url()], "").replacen(
+        "max_fails: 100\n",
+        "max_fails: 2\n    fail_timeout: 1s\n",
+        1,
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // u0 is first in the route; healthy, it serves.
+    assert_eq!(gw.chat().await.status(), 200);
+    assert_eq!((a.requests(), b.requests()), (1, 0));
+    // u0 starts failing: its 5xx reach the client (it was asked; no retry of a sent request),
+    // and count against it.
+    a.state
+        .force_status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..2 {
+        assert_eq!(gw.chat().await.status(), 503);
+    }
+    assert_eq!(a.requests(), 3);
+    // Two in a row: u0 is out, and u1 (healthy) goes first.
+    let u0 = || gw.gateway.runtime().upstreams[0].is_healthy();
+    assert!(!u0());
+    let out_at = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(gw.chat().await.status(), 200);
+    }
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (3, 3),
+        "u0 was asked while out"
+    );
+    // After fail_timeout it is tried again: back in first place, it serves once it works.
+    a.state
+        .force_status
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(3), u0).await,
+        "u0 never came back"
+    );
+    assert!(
+        out_at.elapsed() >= Duration::from_millis(900),
+        "back after {:?}, before fail_timeout",
+        out_at.elapsed()
+    );
+    assert_eq!(gw.chat().await.status(), 200);
+    assert_eq!((a.requests(), b.requests()), (4, 3));
+}
+
+#[tokio::test]
+async fn a_connect_failure_moves_on_only_with_a_replayable_body_and_within_max_attempts() {
+    let b = MockUpstream::start().await;
+    let (dead1, dead2) = (dead_url(), dead_url());
+    let yaml = |attempts: u32| {
+        config_yaml(&[dead1.clone(), dead2.clone(), b.url()], "").replace(
+            "    upstreams: [u0, u1, u2]\n",
+            &format!("    upstreams: [u0, u1, u2]\n    max_attempts: {attempts}\n"),
+        )
+    };
+    // Three attempts reach the live upstream past two dead ones.
+    let gw = TestGateway::start(&yaml(3)).await;
+    assert_eq!(gw.chat().await.status(), 200);
+    assert_eq!(b.requests(), 1);
+    // Two attempts do not: both fail to connect, and the client gets 502.
+    let gw2 = TestGateway::start(&yaml(2)).await;
+    assert_eq!(
+        code_of(gw2.chat().await).await,
+        (502, "upstream_unavailable".into())
+    );
+    assert_eq!(b.requests(), 1, "a third attempt was made");
+    // A body streamed through (not JSON, so not buffered) cannot be sent twice: the first
+    // connect failure is final, whatever max_attempts allows.
+    let chunks = futures_util::stream::iter(
+        ["a stream", " of bytes"].map(|c| Ok::<_, std::io::Error>(bytes::Bytes::from(c))),
+    );
+    let resp = client()
+        .post(gw.url("/v1/audio/transcriptions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(resp).await, (502, "upstream_unavailable".into()));
+    assert_eq!(b.requests(), 1, "a non-replayable body was retried");
+}
