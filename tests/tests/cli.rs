@@ -204,16 +204,55 @@ async fn usage_prints_tokens_per_key_name_and_per_model() {
     assert!(by_model.contains(&format!("\n{model}\t2\t")), "{by_model}");
 }
 
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the real binary on `config` (killed when dropped) and waits until `port` accepts.
+async fn run_binary(config: &Path, port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--log-level",
+            "warn",
+        ])
+        .env_clear()
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ready = eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(ready, "gateway did not start");
+    child
+}
+
+/// Sends `signal` (`-TERM`, `-HUP`) to the child.
+fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 /// Runs the real binary, starts a stream, sends SIGTERM, and checks the stream completes and the
 /// process exits 0.
 #[tokio::test]
 async fn sigterm_drains_an_in_flight_stream_then_exits() {
     let mock = MockUpstream::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let yaml = config_yaml(&[mock.url()], "").replacen(
         "listen: 127.0.0.1:0",
         &format!("listen: 127.0.0.1:{port}"),
@@ -222,24 +261,8 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "run",
-            "--config",
-            path.to_str().unwrap(),
-            "--log-level",
-            "warn",
-        ])
-        .env_clear()
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = run_binary(&path, port).await;
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-    let ready = eventually(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    assert!(ready, "gateway did not start");
 
     let start = Instant::now();
     let resp = client()
@@ -253,14 +276,7 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
         .unwrap();
     let reader = tokio::spawn(read_events(resp, start));
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "-TERM");
     let events = reader.await.unwrap().unwrap();
     assert_eq!(
         events.last().unwrap().1,
@@ -522,14 +538,7 @@ async fn the_log_goes_to_rotated_files_within_the_total_size_cap() {
         .await
         .unwrap();
     assert_eq!(login.status(), 200);
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "-TERM");
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
         .expect("exits")
@@ -710,4 +719,51 @@ async fn ip_deny_from_the_command_line_reaches_a_running_gateway() {
     let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(actions, ["ip_rule.remove", "ip_rule.deny"]);
     assert!(audit.iter().all(|a| a.actor.starts_with("cli:")));
+}
+
+/// SIGHUP reloads the config file. The file is changed through a hard link in another
+/// directory, which the file watcher (it watches the config's directory) does not see, so the
+/// change can only come into service through the signal.
+#[tokio::test]
+async fn sighup_reloads_a_change_the_file_watcher_did_not_see() {
+    let mock = MockUpstream::start().await;
+    let port = free_port();
+    let yaml = config_yaml(&[mock.url()], "").replacen(
+        "listen: 127.0.0.1:0",
+        &format!("listen: 127.0.0.1:{port}"),
+        1,
+    );
+    let (watched, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let path = watched.path().join("gw.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let link = elsewhere.path().join("same-file.yaml");
+    std::fs::hard_link(&path, &link).unwrap();
+    let child = run_binary(&path, port).await;
+    let with_key = |key: &'static str| {
+        client()
+            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&chat_body(false))
+            .send()
+    };
+    const NEW_KEY: &str = "sk-added-by-sighup";
+    assert_eq!(with_key(NEW_KEY).await.unwrap().status(), 401);
+    // A second key, written in place through the other name (same inode).
+    let edited = yaml.replace(
+        "      key: sk-test-client-key\n",
+        &format!("      key: sk-test-client-key\n    - name: added\n      key: {NEW_KEY}\n"),
+    );
+    assert_ne!(edited, yaml);
+    std::fs::write(&link, &edited).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), edited);
+    // Well past the watcher's debounce: nothing reloaded on its own.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(with_key(NEW_KEY).await.unwrap().status(), 401);
+    signal(&child, "-HUP");
+    let reloaded = eventually_async(Duration::from_secs(5), || async {
+        with_key(NEW_KEY).await.unwrap().status() == 200
+    })
+    .await;
+    assert!(reloaded, "SIGHUP did not bring the new key into service");
+    assert_eq!(with_key(CLIENT_KEY).await.unwrap().status(), 200);
 }

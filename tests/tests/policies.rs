@@ -354,7 +354,8 @@ async fn a_failing_policy_fails_closed_or_open_as_configured() {
 }
 
 /// Reading the config or a plugin file (a backup job, `sha256sum`, another gateway loading the
-/// same module) is not a change: nothing is reloaded. Writing one is.
+/// same module) is not a change: nothing is reloaded. Writing one is, and replacing the module
+/// with another puts the new code in service.
 #[tokio::test]
 async fn reading_watched_files_reloads_nothing_and_writing_one_does() {
     let mock = MockUpstream::start().await;
@@ -406,6 +407,35 @@ async fn reading_watched_files_reloads_nothing_and_writing_one_does() {
         before,
         "reading a watched file reloaded"
     );
+
+    // Replacing the module with another (a new file renamed over it, as a deploy does) puts
+    // the new code in service, with the config unchanged.
+    use sha2::Digest;
+    let new = std::fs::read(tollgate_tests::plugins::wasm("tollgate_fill_first")).unwrap();
+    let want: String = sha2::Sha256::digest(&new)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        gw.gateway
+            .runtime()
+            .plugins
+            .iter()
+            .all(|p| p.sha256 != want)
+    );
+    let staged = dir.path().join("router.wasm.new");
+    std::fs::write(&staged, &new).unwrap();
+    std::fs::rename(&staged, &module).unwrap();
+    let gateway = gw.gateway.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            gateway.runtime().plugins.iter().any(|p| p.sha256 == want)
+        })
+        .await,
+        "the replaced module never came into service: {:?}",
+        gw.gateway.last_reload()
+    );
+    assert_eq!(chat(&gw, &[]).await.status(), 200);
 }
 
 #[tokio::test]
