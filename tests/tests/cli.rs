@@ -215,15 +215,26 @@ fn free_port() -> u16 {
 
 /// Runs the real binary on `config` (killed when dropped) and waits until `port` accepts.
 async fn run_binary(config: &Path, port: u16) -> tokio::process::Child {
+    spawn_binary(config, port, "warn", Stdio::inherit()).await
+}
+
+/// [`run_binary`] at log level `level`, its stderr (the log) going to `stderr`.
+async fn spawn_binary(
+    config: &Path,
+    port: u16,
+    level: &str,
+    stderr: Stdio,
+) -> tokio::process::Child {
     let child = tokio::process::Command::new(BIN)
         .args([
             "run",
             "--config",
             config.to_str().unwrap(),
             "--log-level",
-            "warn",
+            level,
         ])
         .env_clear()
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -766,4 +777,131 @@ async fn sighup_reloads_a_change_the_file_watcher_did_not_see() {
     .await;
     assert!(reloaded, "SIGHUP did not bring the new key into service");
     assert_eq!(with_key(CLIENT_KEY).await.unwrap().status(), 200);
+}
+
+/// The access log (`logging.access_log`, JSON on stderr): one line per request, written when it
+/// ends, with the outcome that happened, for a request that completed, one refused, one its
+/// client abandoned mid-stream and one whose upstream went silent mid-stream.
+#[tokio::test]
+async fn the_access_log_has_one_line_per_request_with_its_fields_and_outcome() {
+    let mock = MockUpstream::start().await;
+    let port = free_port();
+    let yaml = config_yaml(&[mock.url()], "  timeouts:\n    idle: 500ms\n")
+        .replacen(
+            "listen: 127.0.0.1:0",
+            &format!("listen: 127.0.0.1:{port}"),
+            1,
+        )
+        .replace(
+            "logging:\n  access_log: false\n",
+            "logging:\n  access_log: true\n",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let child = spawn_binary(&path, port, "info", Stdio::piped()).await;
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let id = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let http = client();
+
+    let done = http
+        .post(&url)
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let complete = id(&done);
+    done.bytes().await.unwrap();
+
+    let bad = http
+        .post(&url)
+        .bearer_auth("sk-nobody")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let refused = id(&bad);
+
+    let mut left = http
+        .post(&url)
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-events", "50")
+        .header("x-mock-delay-ms", "100")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let client_aborted = id(&left);
+    assert!(left.chunk().await.unwrap().is_some());
+    drop(left);
+
+    let stalled = http
+        .post(&url)
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-stall-after", "2")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let upstream_aborted = id(&stalled);
+    let _ = stalled.bytes().await;
+
+    // Every request has ended; let the last lines out, then stop the gateway to read its log.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "-TERM");
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "access")
+        .collect();
+    let line = |rid: &str| {
+        let found: Vec<_> = lines.iter().filter(|l| l["request_id"] == rid).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{rid} logged {} times:\n{stderr}",
+            found.len()
+        );
+        found[0].clone()
+    };
+    assert_eq!(lines.len(), 4, "one line per request:\n{stderr}");
+    for (rid, status, outcome) in [
+        (&complete, 200, "complete"),
+        (&refused, 401, "refused"),
+        (&client_aborted, 200, "client_aborted"),
+        (&upstream_aborted, 200, "upstream_aborted"),
+    ] {
+        let l = line(rid);
+        assert_eq!(
+            (l["status"].as_u64(), l["outcome"].as_str()),
+            (Some(status), Some(outcome)),
+            "{l}"
+        );
+        assert_eq!(l["method"], "POST", "{l}");
+        assert_eq!(l["path"], "/v1/chat/completions", "{l}");
+        assert_eq!(l["client_ip"], "127.0.0.1", "{l}");
+        assert!(l["total_ms"].as_f64().is_some_and(|t| t > 0.0), "{l}");
+        if outcome == "refused" {
+            assert_eq!(l["error"], "invalid_api_key", "{l}");
+            assert!(l.get("upstream").is_none() && l.get("key").is_none(), "{l}");
+        } else {
+            assert_eq!(l["upstream"], "u0", "{l}");
+            assert_eq!(l["route"], "/v1/", "{l}");
+            assert!(l["key"].as_str().is_some_and(|k| k.len() == 8), "{l}");
+            assert!(l["first_byte_ms"].as_f64().is_some(), "{l}");
+        }
+    }
+    let l = line(&complete);
+    assert!(l["input_tokens"].as_u64().is_some_and(|n| n > 0), "{l}");
+    assert!(l["bytes_out"].as_u64().is_some_and(|n| n > 0), "{l}");
+    // The key is never logged whole.
+    assert!(!stderr.contains(CLIENT_KEY));
 }
