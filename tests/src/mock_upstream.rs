@@ -39,6 +39,8 @@ pub struct Recorded {
     /// When set, streams answer 200 and then an in-band `overloaded_error` event (as Anthropic
     /// does under load), then end.
     pub force_error_event: std::sync::atomic::AtomicBool,
+    /// When non-zero, every response head waits this many milliseconds (a slow upstream).
+    pub head_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 pub struct MockUpstream {
@@ -153,7 +155,8 @@ async fn handle(
         done: false,
     };
 
-    if let Some(ms) = header_num(&headers, "x-mock-head-delay-ms") {
+    let slow = state.head_delay_ms.load(Ordering::SeqCst);
+    if let Some(ms) = header_num(&headers, "x-mock-head-delay-ms").or((slow > 0).then_some(slow)) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let forced = state.force_status.load(Ordering::SeqCst);

@@ -238,7 +238,7 @@ async fn wait_js(c: &Client, script: &str) {
     let mut last = None;
     for _ in 0..200 {
         match c.execute(script, vec![]).await {
-            Ok(v) if v == json!(true) => return,
+            Ok(serde_json::Value::Bool(true)) => return,
             Ok(v) => last = Some(format!("{v}")),
             Err(e) => last = Some(e.to_string()),
         }

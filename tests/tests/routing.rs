@@ -1,7 +1,7 @@
 //! Routing and upstream selection as `docs/pipeline.md` documents them, end to end: the longest
 //! `path_prefix` wins, passive health (`max_fails`/`fail_timeout`) takes a failing upstream out
 //! and healthy ones go first, a connect failure moves on only with a replayable body, and
-//! `max_attempts` bounds the tries.
+//! `max_attempts` bounds the tries; the weighted and latency routers, through the gateway.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -159,4 +159,51 @@ async fn a_connect_failure_moves_on_only_with_a_replayable_body_and_within_max_a
         .unwrap();
     assert_eq!(code_of(resp).await, (502, "upstream_unavailable".into()));
     assert_eq!(b.requests(), 1, "a non-replayable body was retried");
+}
+
+#[tokio::test]
+async fn the_weighted_router_spreads_requests_by_the_upstreams_weights() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = policy_config_yaml(
+        &[a.url(), b.url()],
+        &[PluginDef {
+            name: "w",
+            kind: "router",
+            wasm: "tollgate_weighted",
+            config: "{}",
+            on_error: "deny",
+        }],
+        &["w"],
+    )
+    .replacen("max_fails: 100\n", "max_fails: 100\n    weight: 3\n", 1);
+    let gw = TestGateway::start(&yaml).await;
+    for _ in 0..8 {
+        assert_eq!(gw.chat().await.status(), 200);
+    }
+    assert_eq!((a.requests(), b.requests()), (6, 2), "weights 3 and 1");
+}
+
+#[tokio::test]
+async fn the_latency_router_sends_traffic_to_the_faster_upstream_once_both_are_measured() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.state
+        .head_delay_ms
+        .store(60, std::sync::atomic::Ordering::SeqCst);
+    let yaml = policy_config_yaml(
+        &[a.url(), b.url()],
+        &[PluginDef {
+            name: "l",
+            kind: "router",
+            wasm: "tollgate_latency",
+            config: "{}",
+            on_error: "deny",
+        }],
+        &["l"],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // Unmeasured upstreams count as fastest: each is tried once, then the fast one takes all.
+    for _ in 0..12 {
+        assert_eq!(gw.chat().await.status(), 200);
+    }
+    assert_eq!((a.requests(), b.requests()), (1, 11));
 }
