@@ -759,3 +759,50 @@ async fn content_length_and_transfer_encoding_mutations_smuggle_nothing() {
         mock.seen()
     );
 }
+
+/// `max_connections`: connections past the cap are not served until one of those being served
+/// ends (they wait in the accept queue, and are then served normally).
+#[tokio::test]
+async fn connections_past_max_connections_wait_until_one_ends() {
+    let (_mock, gw) = setup("  max_connections: 2").await;
+    // Two connections, each with a stream of about 1 s; each client (and so its connection)
+    // goes away when its stream ends.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-mock-events", "10")
+            .header("x-mock-delay-ms", "100")
+            .json(&chat_body(true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        streams.push(tokio::spawn(async move {
+            resp.bytes().await.unwrap();
+            Instant::now()
+        }));
+    }
+    let start = Instant::now();
+    let third = tokio::time::timeout(
+        Duration::from_secs(5),
+        client().get(gw.url("/health")).send(),
+    )
+    .await
+    .expect("the waiting connection was never served")
+    .unwrap();
+    let answered = Instant::now();
+    assert_eq!(third.status(), 200);
+    let first_end = futures_util::future::join_all(streams)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .min()
+        .unwrap();
+    assert!(
+        answered >= first_end,
+        "served after {:?}, while both slots were busy",
+        answered - start
+    );
+}

@@ -1212,3 +1212,128 @@ async fn live_settings_tokens_and_lockouts_hold_across_a_cluster() {
     }
     assert_eq!(login(&b, "cluster-password-1").await.unwrap().status(), 429);
 }
+
+/// A plugin's deadline counts its own running time. Waiting on a host import — here its `kv`,
+/// on a Redis that hangs for 300 ms — is not charged: the call succeeds far past its 5 ms
+/// deadline, and no timeout is counted.
+#[tokio::test]
+async fn waiting_on_a_host_import_is_not_charged_to_the_plugins_deadline() {
+    let (redis, mock) = (Redis::start(), MockUpstream::start().await);
+    let mut yaml = policy_config_yaml(
+        &[mock.url()],
+        &[PluginDef {
+            name: "sticky",
+            kind: "router",
+            wasm: "tollgate_session_affinity",
+            config: "{}",
+            on_error: "deny",
+        }],
+        &["sticky"],
+    );
+    yaml.push_str("    limits: {deadline: 5ms}\n");
+    yaml.push_str(&format!(
+        "storage:\n  cache: {}\n  op_timeout: 3s\n",
+        redis.url()
+    ));
+    let gw = TestGateway::start(&yaml).await;
+    let session = |id: &'static str| {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-session-id", id)
+            .json(&chat_body(false))
+            .send()
+    };
+    assert_eq!(session("warm").await.unwrap().status(), 200);
+    // A new session reads and writes the plugin's kv: both wait for the hung Redis.
+    redis.pause();
+    let start = std::time::Instant::now();
+    let pending = tokio::spawn(session("new"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.resume();
+    let resp = pending.await.unwrap().unwrap();
+    let took = start.elapsed();
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    assert!(
+        took >= Duration::from_millis(300),
+        "did not wait for Redis: {took:?}"
+    );
+    let rt = gw.gateway.runtime();
+    let stats = &rt.plugins[0].stats;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        (stats.timeouts.load(Relaxed), stats.failures.load(Relaxed)),
+        (0, 0),
+        "the wait was charged to the plugin"
+    );
+    assert!(stats.calls.load(Relaxed) >= 2);
+}
+
+/// What the writer queues while the database is down — key use, token usage, intercepts — is
+/// kept and written once it is back, without a restart.
+#[tokio::test]
+async fn queued_usage_and_intercepts_survive_a_database_outage() {
+    let (mut pg, mock) = (Postgres::start(), MockUpstream::start().await);
+    let db = pg.create_database("outage").await;
+    let extra =
+        format!("storage:\n  database: {db}\n  flush_interval: 200ms\n  op_timeout: 300ms\n");
+    let gw = TestGateway::start(&gateway_yaml(&mock.url(), 1, &extra)).await;
+    let (from2, from3) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+    assert_eq!(send(&from2, &gw, &key(0)).await.0, 200);
+    gw.gateway.stores.flush().await;
+    // The test server runs with `synchronous_commit=off` and stops with SIGQUIT: make what was
+    // acknowledged durable before the outage, so that only the product is under test.
+    let admin = sqlx::PgPool::connect(&db).await.unwrap();
+    sqlx::query("CHECKPOINT").execute(&admin).await.unwrap();
+    admin.close().await;
+
+    pg.stop();
+    // Served from the in-process cache meanwhile: 5 uses from the bound network, 2 refusals.
+    for _ in 0..5 {
+        assert_eq!(send(&from2, &gw, &key(0)).await.0, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(send(&from3, &gw, &key(0)).await.0, 403);
+    }
+    // Several flushes fail while it is down.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    pg.restart();
+
+    let check = open_stores(&storage(
+        DatabaseUrl::Postgres(Secret::new(db.clone())),
+        CacheUrl::Memory,
+    ))
+    .await;
+    let written = eventually_async(Duration::from_secs(10), || async {
+        let binding = check.database().binding(&key_id(0)).await.ok().flatten();
+        let intercepts = check
+            .database()
+            .intercepts(None, 10)
+            .await
+            .unwrap_or_default();
+        let usage = check
+            .database()
+            .token_usage(tollgate::state::UsageBy::Key, 0, u64::MAX)
+            .await
+            .unwrap_or_default();
+        binding.is_some_and(|b| b.request_count == 6)
+            && intercepts.len() == 2
+            && usage.iter().map(|u| u.requests).sum::<u64>() == 8
+    })
+    .await;
+    assert!(
+        written,
+        "binding {:?}, intercepts {:?}, usage {:?}",
+        check.database().binding(&key_id(0)).await,
+        check.database().intercepts(None, 10).await.map(|i| i.len()),
+        check
+            .database()
+            .token_usage(tollgate::state::UsageBy::Key, 0, u64::MAX)
+            .await
+    );
+}

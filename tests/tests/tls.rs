@@ -13,10 +13,20 @@ async fn start_tls(
     cert: &TestCert,
     min_version: &str,
 ) -> (MockUpstream, TestGateway) {
+    start_tls_with(dir, cert, min_version, "").await
+}
+
+/// [`start_tls`] with more `server:` settings (`extra`, indented as under `server:`).
+async fn start_tls_with(
+    dir: &std::path::Path,
+    cert: &TestCert,
+    min_version: &str,
+    extra: &str,
+) -> (MockUpstream, TestGateway) {
     let (cert_path, key_path) = cert.write(dir);
     let mock = MockUpstream::start().await;
     let extra = format!(
-        "  tls:\n    cert: {}\n    key: {}\n    min_version: \"{min_version}\"",
+        "  tls:\n    cert: {}\n    key: {}\n    min_version: \"{min_version}\"\n{extra}",
         cert_path.display(),
         key_path.display()
     );
@@ -170,6 +180,48 @@ async fn a_broken_renewal_keeps_the_current_certificate() {
         "the broken certificate was never tried"
     );
     assert_eq!(cert_reloads(&gw, "ok").await, 0);
+    assert_eq!(
+        presented_cert(gw.addr, &[&cert], &[&rustls::version::TLS13])
+            .await
+            .unwrap(),
+        cert.cert_der
+    );
+}
+
+/// A client that opens a connection and never finishes the TLS handshake is closed at
+/// `timeouts.tls_handshake`, not before and not much after.
+#[tokio::test]
+async fn a_silent_tls_client_is_closed_at_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate();
+    let (_mock, gw) = start_tls_with(
+        dir.path(),
+        &cert,
+        "1.2",
+        "  timeouts:\n    tls_handshake: 400ms\n",
+    )
+    .await;
+    for partial in [&b""[..], &[0x16, 0x03, 0x01, 0x00, 0x40, 0x01][..]] {
+        // Nothing at all, then the first bytes of a ClientHello and no more.
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, partial)
+            .await
+            .unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("still open after 5 s")
+            .unwrap_or(0);
+        let waited = start.elapsed();
+        assert_eq!(n, 0, "the server wrote something: {:?}", &buf[..n]);
+        assert!(
+            waited >= Duration::from_millis(350) && waited < Duration::from_secs(2),
+            "closed after {waited:?}, expected about 400 ms ({partial:?})"
+        );
+    }
+    // A real client still gets through.
     assert_eq!(
         presented_cert(gw.addr, &[&cert], &[&rustls::version::TLS13])
             .await
