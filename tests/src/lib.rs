@@ -115,6 +115,11 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// A streaming chat completion ([`stream_at`]) to this gateway.
+    pub async fn stream(&self, events: u32, delay_ms: u64) -> reqwest::Response {
+        stream_at(&self.url("/v1/chat/completions"), events, delay_ms).await
+    }
+
     /// The admin plane's `/metrics` text.
     pub async fn metrics(&self) -> String {
         let admin = self.admin_addr.expect("the admin plane is on");
@@ -290,4 +295,18 @@ pub fn policy_config_yaml(
         ));
     }
     yaml
+}
+
+/// A streaming chat completion with the test key to `url`, asking the mock upstream for
+/// `events` events `delay_ms` apart; on a client of its own (its own connection).
+pub async fn stream_at(url: &str, events: u32, delay_ms: u64) -> reqwest::Response {
+    client()
+        .post(url)
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-events", events.to_string())
+        .header("x-mock-delay-ms", delay_ms.to_string())
+        .json(&chat_body(true))
+        .send()
+        .await
+        .expect("the gateway answers")
 }

@@ -769,15 +769,7 @@ async fn connections_past_max_connections_wait_until_one_ends() {
     // goes away when its stream ends.
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let resp = client()
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .header("x-mock-events", "10")
-            .header("x-mock-delay-ms", "100")
-            .json(&chat_body(true))
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.stream(10, 100).await;
         assert_eq!(resp.status(), 200);
         streams.push(tokio::spawn(async move {
             resp.bytes().await.unwrap();

@@ -276,15 +276,7 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
 
     let start = Instant::now();
-    let resp = client()
-        .post(&url)
-        .bearer_auth(CLIENT_KEY)
-        .header("x-mock-events", "8")
-        .header("x-mock-delay-ms", "100")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = stream_at(&url, 8, 100).await;
     let reader = tokio::spawn(read_events(resp, start));
     tokio::time::sleep(Duration::from_millis(150)).await;
     signal(&child, "-TERM");
@@ -825,15 +817,7 @@ async fn the_access_log_has_one_line_per_request_with_its_fields_and_outcome() {
     assert_eq!(bad.status(), 401);
     let refused = id(&bad);
 
-    let mut left = http
-        .post(&url)
-        .bearer_auth(CLIENT_KEY)
-        .header("x-mock-events", "50")
-        .header("x-mock-delay-ms", "100")
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let mut left = stream_at(&url, 50, 100).await;
     let client_aborted = id(&left);
     assert!(left.chunk().await.unwrap().is_some());
     drop(left);
