@@ -241,12 +241,25 @@ impl Postgres {
         format!("postgres://tollgate@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Waits until the server accepts connections: its port opens before it is ready
+    /// (`57P03 the database system is starting up`), after a start and after a restart.
+    pub async fn ready(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match sqlx::PgConnection::connect(&self.admin_url()).await {
+                Ok(conn) => return conn,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("postgres never accepted a connection: {e}"),
+            }
+        }
+    }
+
     /// Creates a fresh database and returns its URL.
     pub async fn create_database(&self, name: &str) -> String {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&self.admin_url())
-            .await
-            .expect("connect to postgres");
+        let mut conn = self.ready().await;
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
             .await

@@ -1303,6 +1303,7 @@ async fn queued_usage_and_intercepts_survive_a_database_outage() {
     // Several flushes fail while it is down.
     tokio::time::sleep(Duration::from_millis(800)).await;
     pg.restart();
+    drop(pg.ready().await);
 
     let check = open_stores(&storage(
         DatabaseUrl::Postgres(Secret::new(db.clone())),
