@@ -183,6 +183,15 @@ fn console_yaml(upstreams: &[String]) -> String {
     yaml
 }
 
+/// A browser started with `o`, on the console at `ui`, logged in as `ops`.
+async fn logged_in(ui: &str, o: Options<'_>) -> Browser {
+    let b = browser_with(o).await;
+    b.client.goto(ui).await.unwrap();
+    log_in(&b.client, "ops", PASSWORD).await;
+    wait_text(&b.client, "#who", "ops").await;
+    b
+}
+
 async fn shot(c: &Client, name: &str) {
     std::fs::write(
         screenshots().join(format!("{name}.png")),
@@ -672,15 +681,15 @@ async fn a_100k_binding_table_at_phone_width_and_in_dark_mode_in_chromium() {
     ];
 
     // Dark mode at desktop width.
-    let b = browser_with(Options {
-        dark: true,
-        ..DESKTOP
-    })
+    let b = logged_in(
+        &ui,
+        Options {
+            dark: true,
+            ..DESKTOP
+        },
+    )
     .await;
     let c = &b.client;
-    c.goto(&ui).await.unwrap();
-    log_in(c, "ops", PASSWORD).await;
-    wait_text(c, "#who", "ops").await;
     assert_eq!(
         js(
             c,
@@ -743,16 +752,16 @@ async fn a_100k_binding_table_at_phone_width_and_in_dark_mode_in_chromium() {
     drop(b);
 
     // Phone width (390 × 844): every page fits the screen's width.
-    let b = browser_with(Options {
-        width: 390,
-        height: 844,
-        ..DESKTOP
-    })
+    let b = logged_in(
+        &ui,
+        Options {
+            width: 390,
+            height: 844,
+            ..DESKTOP
+        },
+    )
     .await;
     let c = &b.client;
-    c.goto(&ui).await.unwrap();
-    log_in(c, "ops", PASSWORD).await;
-    wait_text(c, "#who", "ops").await;
     assert_eq!(js(c, "return window.innerWidth").await, json!(390));
     // Anything the Content-Security-Policy blocks while the pages render (an inline style, a
     // script from elsewhere) is recorded.

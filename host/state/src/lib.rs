@@ -224,12 +224,12 @@ pub struct Stores {
     queue: mpsc::Sender<Event>,
     /// Token usage of finished requests, taken by the writer at each flush. A plain buffer rather
     /// than the queue: one push per request, and no wake-up of the writer task for each.
-    tokens: std::sync::Mutex<Vec<TokenUsage>>,
+    /// The same lock also holds this gateway's last hour per minute (fed with each request's
+    /// usage and the intercepts), so recording a request takes one lock, not two.
+    tokens: std::sync::Mutex<(Vec<TokenUsage>, recent::LastHour)>,
     /// Keys used since the last flush, summed in place (the same reason: a request with an
     /// ip-binding policy used to wake the writer on the main runtime, from every worker thread).
     uses: std::sync::Mutex<HashMap<String, KeyUse>>,
-    /// This gateway's last hour, per minute (fed with `tokens` and the intercepts).
-    last_hour: std::sync::Mutex<recent::LastHour>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The live settings (failsafe, alerts, archive age, log level).
     pub(crate) live: settings::Live,
@@ -344,9 +344,8 @@ impl Stores {
             kept: Default::default(),
             config,
             queue,
-            tokens: std::sync::Mutex::new(Vec::new()),
+            tokens: Default::default(),
             uses: std::sync::Mutex::new(HashMap::new()),
-            last_hour: Default::default(),
             writer: std::sync::Mutex::new(None),
             stats: StoreStats::default(),
         });
@@ -526,7 +525,7 @@ impl Stores {
     /// Logs a refusal (batched; never waits). Also counts it towards the key's alert threshold.
     pub fn record_intercept(&self, key_id: &str, intercept: Intercept) {
         self.stats.intercepts.fetch_add(1, Ordering::Relaxed);
-        self.last_hour().at(intercept.at_ms).intercepts += 1;
+        self.pending().1.at(intercept.at_ms).intercepts += 1;
         self.enqueue(Event::Intercept {
             key_id: key_id.to_owned(),
             intercept,
@@ -536,36 +535,34 @@ impl Stores {
     /// Queues one request's token usage (summed per hour, key, upstream and model by the
     /// writer).
     pub fn record_tokens(&self, usage: TokenUsage) {
-        {
-            let mut last_hour = self.last_hour();
-            let m = last_hour.at(usage.at_ms);
-            m.requests += usage.requests;
-            m.errors += usage.errors;
-            m.input_tokens += usage.input_tokens;
-            m.output_tokens += usage.output_tokens;
-        }
-        let mut buffer = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending();
+        let (buffer, last_hour) = &mut *pending;
+        let m = last_hour.at(usage.at_ms);
+        m.requests += usage.requests;
+        m.errors += usage.errors;
+        m.input_tokens += usage.input_tokens;
+        m.output_tokens += usage.output_tokens;
         if buffer.len() >= QUEUE_CAPACITY {
-            drop(buffer);
+            drop(pending);
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             return;
         }
         buffer.push(usage);
     }
 
-    fn last_hour(&self) -> std::sync::MutexGuard<'_, recent::LastHour> {
-        self.last_hour.lock().unwrap_or_else(|p| p.into_inner())
+    fn pending(&self) -> std::sync::MutexGuard<'_, (Vec<TokenUsage>, recent::LastHour)> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// This gateway's last sixty minutes, oldest first (in memory: empty after a start, and
     /// this process's traffic only).
     pub fn last_hour_series(&self) -> Vec<MinuteTotals> {
-        self.last_hour().series(unix_ms())
+        self.pending().1.series(unix_ms())
     }
 
     /// The token usage recorded since the last call (for the writer).
     fn take_tokens(&self) -> Vec<TokenUsage> {
-        std::mem::take(&mut *self.tokens.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut self.pending().0)
     }
 
     fn enqueue(&self, event: Event) {

@@ -2,7 +2,7 @@
 //!
 //! The database keeps totals per hour (`token_usage`, `intercepts`), which is too coarse for the
 //! last hour and is written `storage.flush_interval` behind. This ring is fed by the same calls
-//! that feed those tables (`Stores::record_tokens`, `Stores::record_intercept`), so its figures
+//! that feed those tables (`Stores::record_tokens`, `Stores::record_intercept`, under the lock of the usage buffer), so its figures
 //! mean the same, but it lives in this process only: it starts empty at each start and covers
 //! this gateway's traffic, not a cluster's.
 
