@@ -51,7 +51,7 @@ struct Scraped {
     plugin: [IntCounterVec; 6],
     /// Shadow comparisons by route, live policy, candidate and outcome.
     shadow: IntCounterVec,
-    store: [IntCounterVec; 5],
+    store: [IntCounterVec; 6],
     /// Per-model cooldowns (the all-models one is `upstream_cooldown`).
     model_cooldown: GaugeVec,
     reloads: IntCounterVec,
@@ -261,6 +261,12 @@ impl Metrics {
                     &r,
                     "tollgate_intercepts_total",
                     "Requests refused by IP binding (wrong network, banned key) and logged",
+                    &[],
+                ),
+                counter_vec(
+                    &r,
+                    "tollgate_store_flush_failures_total",
+                    "Batches of usage, token or intercept records the writer failed to write (kept and retried)",
                     &[],
                 ),
             ],
@@ -473,6 +479,7 @@ impl Scraped {
             &stats.queue_full,
             &stats.first_uses,
             &stats.intercepts,
+            &stats.flush_failures,
         ]) {
             mirror(&c.with_label_values(&NO_LABELS), v.load(Ordering::Relaxed));
         }

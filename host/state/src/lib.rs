@@ -187,6 +187,8 @@ pub struct StoreStats {
     pub first_uses: AtomicU64,
     /// Refused requests written to the intercept log (by this gateway).
     pub intercepts: AtomicU64,
+    /// Writer flushes that could not write a batch (kept and retried at the next flush).
+    pub flush_failures: AtomicU64,
 }
 
 /// One key's use since the last flush: how often, and the latest time and client address.
@@ -563,6 +565,11 @@ impl Stores {
     /// The token usage recorded since the last call (for the writer).
     fn take_tokens(&self) -> Vec<TokenUsage> {
         std::mem::take(&mut self.pending().0)
+    }
+
+    /// Counts a batch the writer could not write.
+    fn flush_failed(&self) {
+        self.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     fn enqueue(&self, event: Event) {

@@ -17,6 +17,29 @@ use tollgate_config::DatabaseUrl;
 static SQLITE: Migrator = sqlx::migrate!("../../migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("../../migrations/postgres");
 
+/// Rows written by one statement of a batch write. A round trip per row made a flush after an
+/// outage (up to 10,000 queued intercepts) outlast `storage.op_timeout`, so that it failed at
+/// every retry; 500 rows of at most 11 parameters stay far below both backends' limits on
+/// parameters per statement (PostgreSQL 65,535, SQLite 32,766).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1, $2), ($3, $4), …`: the VALUES list of `rows` rows of `columns` parameters each.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * columns + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
 const BINDING_COLUMNS: &str =
     "key_id, cidr, status, created_ms, last_used_ms, last_ip, request_count";
 
@@ -296,56 +319,71 @@ impl SqlStore {
 
     /// Applies aggregated usage in one transaction. Keys without a binding are ignored.
     pub async fn record_usage(&self, usage: &[Usage]) -> StoreResult<()> {
-        let sql = "UPDATE bindings SET \
-                   last_used_ms = CASE WHEN last_used_ms < $2 THEN $2 ELSE last_used_ms END, \
-                   last_ip = $3, request_count = request_count + $4 WHERE key_id = $1";
+        // `UPDATE … FROM (VALUES …)`: SQLite (3.33+) and PostgreSQL both name the columns of a
+        // VALUES list column1, column2, …
         self.timed(async {
             let mut tx = self.pool.begin().await?;
-            for u in usage {
-                sqlx::query(sql)
-                    .bind(&u.key_id)
-                    .bind(u.last_used_ms as i64)
-                    .bind(&u.last_ip)
-                    .bind(u.count as i64)
-                    .execute(&mut *tx)
-                    .await?;
+            for chunk in usage.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "UPDATE bindings SET \
+                     last_used_ms = CASE WHEN bindings.last_used_ms < v.column2 \
+                     THEN v.column2 ELSE bindings.last_used_ms END, \
+                     last_ip = v.column3, request_count = bindings.request_count + v.column4 \
+                     FROM (VALUES {}) AS v WHERE bindings.key_id = v.column1",
+                    placeholders(chunk.len(), 4)
+                );
+                let mut q = sqlx::query(&sql);
+                for u in chunk {
+                    q = q
+                        .bind(&u.key_id)
+                        .bind(u.last_used_ms as i64)
+                        .bind(&u.last_ip)
+                        .bind(u.count as i64);
+                }
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await
         })
         .await
     }
 
-    /// Adds token usage sums (one per hour, key, upstream and model) in one transaction.
+    /// Adds token usage sums (one per hour, key, upstream and model: a group may not appear
+    /// twice) in one transaction.
     pub async fn record_token_usage(&self, sums: &[TokenUsage]) -> StoreResult<()> {
-        let sql = "INSERT INTO token_usage (hour_ms, key_id, upstream, model, requests, errors, \
-                   partial, input_tokens, output_tokens, cached_tokens, last_used_ms) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                   ON CONFLICT (hour_ms, key_id, upstream, model) DO UPDATE SET \
-                   requests = token_usage.requests + excluded.requests, \
-                   errors = token_usage.errors + excluded.errors, \
-                   partial = token_usage.partial + excluded.partial, \
-                   input_tokens = token_usage.input_tokens + excluded.input_tokens, \
-                   output_tokens = token_usage.output_tokens + excluded.output_tokens, \
-                   cached_tokens = token_usage.cached_tokens + excluded.cached_tokens, \
-                   last_used_ms = CASE WHEN token_usage.last_used_ms < excluded.last_used_ms \
-                   THEN excluded.last_used_ms ELSE token_usage.last_used_ms END";
         self.timed(async {
             let mut tx = self.pool.begin().await?;
-            for u in sums {
-                sqlx::query(sql)
-                    .bind(u.hour_ms() as i64)
-                    .bind(&*u.key_id)
-                    .bind(&*u.upstream)
-                    .bind(&*u.model)
-                    .bind(u.requests as i64)
-                    .bind(u.errors as i64)
-                    .bind(u.partial as i64)
-                    .bind(u.input_tokens as i64)
-                    .bind(u.output_tokens as i64)
-                    .bind(u.cached_tokens as i64)
-                    .bind(u.at_ms as i64)
-                    .execute(&mut *tx)
-                    .await?;
+            for chunk in sums.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "INSERT INTO token_usage (hour_ms, key_id, upstream, model, requests, errors, \
+                     partial, input_tokens, output_tokens, cached_tokens, last_used_ms) \
+                     VALUES {} \
+                     ON CONFLICT (hour_ms, key_id, upstream, model) DO UPDATE SET \
+                     requests = token_usage.requests + excluded.requests, \
+                     errors = token_usage.errors + excluded.errors, \
+                     partial = token_usage.partial + excluded.partial, \
+                     input_tokens = token_usage.input_tokens + excluded.input_tokens, \
+                     output_tokens = token_usage.output_tokens + excluded.output_tokens, \
+                     cached_tokens = token_usage.cached_tokens + excluded.cached_tokens, \
+                     last_used_ms = CASE WHEN token_usage.last_used_ms < excluded.last_used_ms \
+                     THEN excluded.last_used_ms ELSE token_usage.last_used_ms END",
+                    placeholders(chunk.len(), 11)
+                );
+                let mut q = sqlx::query(&sql);
+                for u in chunk {
+                    q = q
+                        .bind(u.hour_ms() as i64)
+                        .bind(&*u.key_id)
+                        .bind(&*u.upstream)
+                        .bind(&*u.model)
+                        .bind(u.requests as i64)
+                        .bind(u.errors as i64)
+                        .bind(u.partial as i64)
+                        .bind(u.input_tokens as i64)
+                        .bind(u.output_tokens as i64)
+                        .bind(u.cached_tokens as i64)
+                        .bind(u.at_ms as i64);
+                }
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await
         })
@@ -403,22 +441,28 @@ impl SqlStore {
             .collect()
     }
 
+    /// Writes intercepts in one transaction, in order.
     pub async fn record_intercepts(&self, intercepts: &[Intercept]) -> StoreResult<()> {
-        let sql = "INSERT INTO intercepts (at_ms, key_id_prefix, bound_cidr, attempted_ip, method, path, reason) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)";
         self.timed(async {
             let mut tx = self.pool.begin().await?;
-            for i in intercepts {
-                sqlx::query(sql)
-                    .bind(i.at_ms as i64)
-                    .bind(&i.key_id_prefix)
-                    .bind(&i.bound_cidr)
-                    .bind(&i.attempted_ip)
-                    .bind(&i.method)
-                    .bind(&i.path)
-                    .bind(&i.reason)
-                    .execute(&mut *tx)
-                    .await?;
+            for chunk in intercepts.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "INSERT INTO intercepts (at_ms, key_id_prefix, bound_cidr, attempted_ip, \
+                     method, path, reason) VALUES {}",
+                    placeholders(chunk.len(), 7)
+                );
+                let mut q = sqlx::query(&sql);
+                for i in chunk {
+                    q = q
+                        .bind(i.at_ms as i64)
+                        .bind(&i.key_id_prefix)
+                        .bind(&i.bound_cidr)
+                        .bind(&i.attempted_ip)
+                        .bind(&i.method)
+                        .bind(&i.path)
+                        .bind(&i.reason);
+                }
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await
         })
@@ -518,4 +562,18 @@ fn binding_from(r: &AnyRow) -> StoreResult<Binding> {
         last_ip: r.try_get("last_ip").map_err(db_err)?,
         request_count: r.try_get::<i64, _>("request_count").map_err(db_err)? as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_number_every_parameter_once_row_by_row() {
+        assert_eq!(placeholders(1, 1), "($1)");
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        let many = placeholders(500, 11);
+        assert!(many.starts_with("($1, $2,") && many.ends_with("$5499, $5500)"));
+        assert_eq!(many.matches('$').count(), 5500);
+    }
 }

@@ -150,6 +150,7 @@ impl Writer {
             match stores.db.record_usage(&batch).await {
                 Ok(()) => self.usage.clear(),
                 Err(e) => {
+                    stores.flush_failed();
                     tracing::warn!(target: "state", error = %e, keys = batch.len(), "usage flush failed; will retry");
                 }
             }
@@ -159,6 +160,7 @@ impl Writer {
             match stores.db.record_token_usage(&batch).await {
                 Ok(()) => self.tokens.clear(),
                 Err(e) => {
+                    stores.flush_failed();
                     // Kept (one row per group, so bounded by the groups of the outage) and retried.
                     tracing::warn!(target: "state", error = %e, groups = batch.len(), "token usage flush failed; will retry");
                 }
@@ -172,6 +174,7 @@ impl Writer {
             {
                 Ok(()) => self.intercepts.clear(),
                 Err(e) => {
+                    stores.flush_failed();
                     tracing::warn!(target: "state", error = %e, pending = self.intercepts.len(), "intercept flush failed; will retry");
                 }
             }
