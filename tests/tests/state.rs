@@ -1056,22 +1056,27 @@ async fn operators_list_ban_and_delete_bindings_with_the_cli() {
         ]
     );
 
+    // The gateway sees each change once its cached copy (300 ms) expires.
     let (ok, out, _) = cli(&["ban", &id]);
     assert!(ok && out.contains("banned"), "{out}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, body) = send(&from2, &gw, &key(0)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("key_banned"))
-    );
+    let banned = eventually_async(Duration::from_secs(3), || async {
+        let (status, body) = send(&from2, &gw, &key(0)).await;
+        (status, body["error"]["code"].as_str()) == (403, Some("key_banned"))
+    })
+    .await;
+    assert!(banned, "the ban did not reach the gateway");
 
     let (ok, _, _) = cli(&["delete", &id]);
     assert!(ok);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rebound = eventually_async(Duration::from_secs(3), || async {
+        send(&from3, &gw, &key(0)).await.0 == 200
+    })
+    .await;
+    assert!(rebound, "a deleted binding binds afresh");
     assert_eq!(
-        send(&from3, &gw, &key(0)).await.0,
-        200,
-        "a deleted binding binds afresh"
+        send(&from2, &gw, &key(0)).await.0,
+        403,
+        "bound to the new address"
     );
     let (ok, _, err) = cli(&["ban", &"0".repeat(64)]);
     assert!(!ok && err.contains("no binding"), "{err}");
@@ -1301,7 +1306,15 @@ async fn queued_usage_and_intercepts_survive_a_database_outage() {
         assert_eq!(send(&from3, &gw, &key(0)).await.0, 403);
     }
     // Several flushes fail while it is down.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stats = &gw.gateway.stores.stats;
+    assert!(
+        eventually(Duration::from_secs(5), || stats
+            .flush_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2)
+        .await,
+        "no flush failed while the database was down"
+    );
     pg.restart();
     drop(pg.ready().await);
 
@@ -1337,4 +1350,102 @@ async fn queued_usage_and_intercepts_survive_a_database_outage() {
             .token_usage(tollgate::state::UsageBy::Key, 0, u64::MAX)
             .await
     );
+}
+
+/// The write queues are bounded: what overflows is dropped and counted (never waited for), and
+/// the rest is written. While the database is down the writer keeps the newest 10,000
+/// intercepts, and writes all of them within one `op_timeout` once it is back.
+#[tokio::test]
+async fn the_write_queue_drops_and_counts_its_overflow_and_writes_the_rest() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut pg = Postgres::start();
+    let db = pg.create_database("overflow").await;
+    let stores = open_stores(&StorageConfig {
+        // Flushed by the test only.
+        flush_interval: CfgDuration(Duration::from_secs(3600)),
+        ..storage(
+            DatabaseUrl::Postgres(Secret::new(db.clone())),
+            CacheUrl::Memory,
+        )
+    })
+    .await;
+    let dropped = || stores.stats.queue_full.load(Relaxed);
+    let now = unix_ms();
+
+    // Token usage: 65,536 records are kept between two flushes.
+    let usage = TokenUsage {
+        at_ms: now,
+        key_id: key_id(0).into(),
+        upstream: "u".into(),
+        model: "m".into(),
+        requests: 1,
+        input_tokens: 2,
+        ..TokenUsage::default()
+    };
+    for _ in 0..65_536 + 10 {
+        stores.record_tokens(usage.clone());
+    }
+    assert_eq!(dropped(), 10);
+    // Key use: 65,536 distinct keys between two flushes.
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    for i in 0..65_536 + 5 {
+        stores.record_use(&format!("key-{i}"), ip);
+    }
+    stores.record_use("key-0", ip);
+    assert_eq!(dropped(), 15, "a key already counted is never dropped");
+    stores.flush().await;
+    assert_eq!(stores.stats.flush_failures.load(Relaxed), 0);
+    let sums = stores
+        .database()
+        .token_usage(UsageBy::Key, 0, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            sums.iter().map(|u| u.requests).sum::<u64>(),
+            sums.iter().map(|u| u.input_tokens).sum::<u64>()
+        ),
+        (65_536, 2 * 65_536)
+    );
+
+    // Intercepts while the database is down: the oldest go first.
+    let admin = sqlx::PgPool::connect(&db).await.unwrap();
+    sqlx::query("CHECKPOINT").execute(&admin).await.unwrap();
+    admin.close().await;
+    pg.stop();
+    let intercept = |i: u64| Intercept {
+        at_ms: now + i,
+        key_id_prefix: key_id(0)[..12].to_owned(),
+        bound_cidr: Some("10.0.0.0/8".into()),
+        attempted_ip: "192.0.2.1".into(),
+        method: "POST".into(),
+        path: format!("/v1/{i}"),
+        reason: "ip_not_allowed".into(),
+    };
+    for i in 0..10_050 {
+        stores.record_intercept(&key_id(0), intercept(i));
+    }
+    stores.flush().await;
+    assert!(stores.stats.flush_failures.load(Relaxed) >= 1);
+    assert_eq!(dropped(), 15 + 50);
+    pg.restart();
+    drop(pg.ready().await);
+
+    // The first flush after the outage writes the whole backlog (one try: op_timeout is 500 ms).
+    let failed_before = stores.stats.flush_failures.load(Relaxed);
+    stores.flush().await;
+    assert_eq!(
+        stores.stats.flush_failures.load(Relaxed),
+        failed_before,
+        "the backlog did not fit in one op_timeout"
+    );
+    let written = stores.database().intercepts(None, 20_000).await.unwrap();
+    assert_eq!(written.len(), 10_000);
+    assert_eq!(written.first().unwrap().path, "/v1/10049", "newest first");
+    assert_eq!(
+        written.last().unwrap().path,
+        "/v1/50",
+        "the oldest 50 were dropped"
+    );
+    assert_eq!(written[0].bound_cidr.as_deref(), Some("10.0.0.0/8"));
 }
