@@ -207,3 +207,59 @@ async fn the_latency_router_sends_traffic_to_the_faster_upstream_once_both_are_m
     }
     assert_eq!((a.requests(), b.requests()), (1, 11));
 }
+
+/// `upstreams[].models` decides which upstreams may serve a request; a model none serves is
+/// answered 404 `model_not_found` by the gateway, with the name echoed (cut to 256 characters),
+/// and no upstream is asked.
+#[tokio::test]
+async fn a_model_goes_to_the_upstreams_that_serve_it_and_an_unknown_one_is_404_model_not_found() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = config_yaml(&[a.url(), b.url()], "")
+        .replacen("max_fails: 100\n", "max_fails: 100\n    models: [gpt-a]\n", 1)
+        .replace(
+            &format!("url: {}\n    credential: {UPSTREAM_CREDENTIAL}\n    max_fails: 100\n", b.url()),
+            &format!(
+                "url: {}\n    credential: {UPSTREAM_CREDENTIAL}\n    max_fails: 100\n    models: [gpt-b, gpt-c]\n",
+                b.url()
+            ),
+        );
+    let gw = TestGateway::start(&yaml).await;
+    let ask = |model: String| {
+        let gw = &gw;
+        async move {
+            client()
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(CLIENT_KEY)
+                .json(&serde_json::json!({"model": model, "messages": []}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for (model, want) in [("gpt-b", (0, 1)), ("gpt-a", (1, 1)), ("gpt-c", (1, 2))] {
+        assert_eq!(ask(model.into()).await.status(), 200, "{model}");
+        assert_eq!((a.requests(), b.requests()), want, "{model}");
+    }
+
+    let resp = ask("gpt-unknown".into()).await;
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"gpt-unknown\""), "{message}");
+
+    // A huge name is echoed cut to 256 characters.
+    let resp = ask(format!("m{}", "x".repeat(10_000))).await;
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    let echoed = message.chars().filter(|c| *c == 'x').count();
+    assert_eq!(echoed, 255, "{} characters: {message:.80}", message.len());
+    assert!(message.contains('…'));
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (1, 2),
+        "no upstream was asked"
+    );
+}
