@@ -270,6 +270,17 @@ pub struct PluginDef<'a> {
     pub on_error: &'a str,
 }
 
+/// A plugin entry with `on_error: deny`.
+pub fn plugin<'a>(name: &'a str, kind: &'a str, wasm: &'a str, config: &'a str) -> PluginDef<'a> {
+    PluginDef {
+        name,
+        kind,
+        wasm,
+        config,
+        on_error: "deny",
+    }
+}
+
 /// [`config_yaml`] plus `plugins:` and the route's `policies:` (in this order).
 pub fn policy_config_yaml(
     upstream_urls: &[String],

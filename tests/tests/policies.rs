@@ -7,16 +7,6 @@ use std::time::Duration;
 use serde_json::Value;
 use tollgate_tests::*;
 
-fn plugin<'a>(name: &'a str, kind: &'a str, wasm: &'a str, config: &'a str) -> PluginDef<'a> {
-    PluginDef {
-        name,
-        kind,
-        wasm,
-        config,
-        on_error: "deny",
-    }
-}
-
 async fn chat_from(gw: &TestGateway, local: &str, extra: &[(&str, &str)]) -> reqwest::Response {
     let mut req = reqwest::Client::builder()
         .local_address(Some(local.parse().unwrap()))
