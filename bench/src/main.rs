@@ -74,6 +74,10 @@ enum Workload {
         /// Threads; 0 = one per core.
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// A listener per thread with `SO_REUSEPORT` (the kernel spreads connections) instead
+        /// of one socket shared by every thread.
+        #[arg(long)]
+        reuseport: bool,
     },
     Sse {
         #[arg(long)]
@@ -394,9 +398,10 @@ fn main() -> Result<()> {
         listen,
         upstream,
         workers,
+        reuseport,
     } = args.workload
     {
-        return floor(listen, &upstream, workers);
+        return floor(listen, &upstream, workers, reuseport);
     }
     // One worker thread: the generator takes one core at most, the same for every target.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -432,17 +437,44 @@ fn main() -> Result<()> {
 
 type FloorBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
 
-fn floor(listen: std::net::SocketAddr, upstream: &str, workers: usize) -> Result<()> {
+/// A listening socket with `SO_REUSEPORT` on `addr`.
+fn reuseport_listener(addr: std::net::SocketAddr) -> Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn floor(
+    listen: std::net::SocketAddr,
+    upstream: &str,
+    workers: usize,
+    reuseport: bool,
+) -> Result<()> {
     let upstream: hyper::Uri = upstream.parse()?;
-    let listener = std::net::TcpListener::bind(listen)?;
-    listener.set_nonblocking(true)?;
+    let listener = if reuseport {
+        reuseport_listener(listen)?
+    } else {
+        std::net::TcpListener::bind(listen)?
+    };
+    let local = listener.local_addr()?;
     let workers = match workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
     let mut threads = Vec::new();
-    for _ in 0..workers {
-        let listener = listener.try_clone()?;
+    for n in 0..workers {
+        let listener = match (reuseport, n) {
+            (true, 0) | (false, _) => listener.try_clone()?,
+            (true, _) => reuseport_listener(local)?,
+        };
+        listener.set_nonblocking(true)?;
         let upstream = upstream.clone();
         threads.push(std::thread::spawn(move || -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
