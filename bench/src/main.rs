@@ -90,6 +90,10 @@ enum Workload {
         delay_ms: u64,
         #[arg(long, default_value = "")]
         key: String,
+        /// 0: one stream per client (a batch). More: each client streams again on its
+        /// connection until this many seconds have passed (a sustained rate).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
     },
 }
 
@@ -242,75 +246,121 @@ async fn rps(
     Ok(())
 }
 
-async fn sse(url: &str, streams: usize, events: usize, delay_ms: u64, key: &str) -> Result<()> {
+/// One stream's event arrival times (after its request was sent) and its reads that carried more
+/// than one event.
+struct StreamRun {
+    arrivals: Vec<Duration>,
+    coalesced_reads: u64,
+}
+
+/// Sends one streaming request on `sender` and reads its events.
+async fn one_stream(
+    sender: &mut Sender,
+    uri: &hyper::Uri,
+    key: &str,
+    extra: &[(&str, String)],
+) -> Result<StreamRun> {
+    sender.ready().await?;
+    let start = Instant::now();
+    let resp = sender
+        .send_request(request(uri, key, STREAM_BODY, extra))
+        .await?;
+    if !resp.status().is_success() {
+        bail!("status {}", resp.status());
+    }
+    let mut body = resp.into_body();
+    let mut run = StreamRun {
+        arrivals: Vec::new(),
+        coalesced_reads: 0,
+    };
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        let now = start.elapsed();
+        pending.extend_from_slice(&data);
+        let mut in_read = 0;
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            pending.drain(..end + 2);
+            run.arrivals.push(now);
+            in_read += 1;
+        }
+        if in_read > 1 {
+            run.coalesced_reads += 1;
+        }
+    }
+    Ok(run)
+}
+
+/// `streams` clients at once, each on its own connection. With `seconds` 0, each sends one
+/// stream and streams/s is the batch's size over its makespan (one late connection sets it).
+/// Otherwise each client sends stream after stream on its kept-alive connection until `seconds`
+/// have passed: streams/s is then a sustained rate at that concurrency.
+async fn sse(
+    url: &str,
+    streams: usize,
+    events: usize,
+    delay_ms: u64,
+    key: &str,
+    seconds: u64,
+) -> Result<()> {
     let uri: hyper::Uri = url.parse()?;
     let began = Instant::now();
+    let until = began + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for _ in 0..streams {
         let uri = uri.clone();
         let key = key.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut sender = connect(&uri).await?;
             let extra = [
                 ("x-mock-events", events.to_string()),
                 ("x-mock-delay-ms", delay_ms.to_string()),
             ];
-            let start = Instant::now();
-            let resp = sender
-                .send_request(request(&uri, &key, STREAM_BODY, &extra))
-                .await?;
-            if !resp.status().is_success() {
-                bail!("status {}", resp.status());
-            }
-            let mut body = resp.into_body();
-            let mut arrivals = Vec::new();
-            let mut coalesced_reads = 0u64;
-            let mut pending = Vec::new();
-            while let Some(frame) = body.frame().await {
-                let Ok(data) = frame?.into_data() else {
-                    continue;
-                };
-                let now = start.elapsed();
-                pending.extend_from_slice(&data);
-                let mut in_read = 0;
-                while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
-                    pending.drain(..end + 2);
-                    arrivals.push(now);
-                    in_read += 1;
+            let mut runs = Vec::new();
+            let mut sender = match connect(&uri).await {
+                Ok(s) => s,
+                Err(_) => return (runs, 1),
+            };
+            loop {
+                match one_stream(&mut sender, &uri, &key, &extra).await {
+                    Ok(run) => runs.push(run),
+                    Err(_) => return (runs, 1),
                 }
-                if in_read > 1 {
-                    coalesced_reads += 1;
+                if Instant::now() >= until {
+                    return (runs, 0);
                 }
             }
-            anyhow::Ok((arrivals, coalesced_reads))
         }));
     }
     let mut ttfb = Vec::new();
     let mut gaps = Vec::new();
     let mut coalesced = 0;
     let mut total_events = 0;
+    let mut completed = 0;
     // A stream the target failed (refused, reset, cut short) is counted, not fatal: at high
     // concurrency that is the figure.
     let mut failed = 0;
     for t in tasks {
-        let Ok((arrivals, c)) = t.await? else {
-            failed += 1;
-            continue;
-        };
-        coalesced += c;
-        total_events += arrivals.len();
-        if let Some(first) = arrivals.first() {
-            ttfb.push(*first);
+        let (runs, lost) = t.await?;
+        failed += lost;
+        for run in runs {
+            completed += 1;
+            coalesced += run.coalesced_reads;
+            total_events += run.arrivals.len();
+            if let Some(first) = run.arrivals.first() {
+                ttfb.push(*first);
+            }
+            gaps.extend(run.arrivals.windows(2).map(|w| w[1] - w[0]));
         }
-        gaps.extend(arrivals.windows(2).map(|w| w[1] - w[0]));
     }
     let elapsed = began.elapsed().as_secs_f64();
     ttfb.sort();
     gaps.sort();
     println!(
         "{}",
-        serde_json::json!({"streams": streams, "failed": failed, "events": total_events, "coalesced_reads": coalesced,
-            "streams_per_s": (streams - failed) as f64 / elapsed,
+        serde_json::json!({"concurrency": streams, "seconds": seconds, "streams": completed + failed, "failed": failed, "events": total_events, "coalesced_reads": coalesced,
+            "streams_per_s": completed as f64 / elapsed,
             "ttfb_p50_ms": percentile(&ttfb, 0.5), "ttfb_p99_ms": percentile(&ttfb, 0.99),
             "gap_p50_ms": percentile(&gaps, 0.5), "gap_p99_ms": percentile(&gaps, 0.99)})
     );
@@ -424,7 +474,8 @@ fn main() -> Result<()> {
                 events,
                 delay_ms,
                 key,
-            } => sse(&url, streams, events, delay_ms, &key).await,
+                seconds,
+            } => sse(&url, streams, events, delay_ms, &key, seconds).await,
             Workload::Policy { dir, iterations } => policy(&dir, iterations).await,
             Workload::Kv { ops } => {
                 kv(ops);
