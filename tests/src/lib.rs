@@ -270,6 +270,14 @@ pub struct PluginDef<'a> {
     pub on_error: &'a str,
 }
 
+/// The repository's root directory (the parent of the tests crate).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is inside the repository")
+        .to_path_buf()
+}
+
 /// A plugin entry with `on_error: deny`.
 pub fn plugin<'a>(name: &'a str, kind: &'a str, wasm: &'a str, config: &'a str) -> PluginDef<'a> {
     PluginDef {

@@ -10,13 +10,6 @@ use tollgate_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// Every `tests/fixtures/config/*.yaml` is an invalid config; `tollgate check` must fail and print
 /// exactly the matching `.err` file. `UPDATE_GOLDEN=1` rewrites the `.err` files.
 #[test]

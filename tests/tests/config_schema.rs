@@ -3,16 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::Path;
 use std::process::Command;
+use tollgate_tests::repo_root;
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
-
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
 
 /// The schema as the CLI prints it.
 fn schema() -> Value {
@@ -38,7 +34,7 @@ fn errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
 #[test]
 fn the_example_config_satisfies_the_schema() {
     let validator = jsonschema::validator_for(&schema()).unwrap();
-    let example = std::fs::read_to_string(root().join("policies.example.yaml")).unwrap();
+    let example = std::fs::read_to_string(repo_root().join("policies.example.yaml")).unwrap();
     let errs = errors(&validator, &yaml(&example));
     assert!(errs.is_empty(), "{errs:#?}");
 }
@@ -48,11 +44,12 @@ fn shape_and_type_errors_fail_the_schema_as_they_fail_check() {
     let validator = jsonschema::validator_for(&schema()).unwrap();
     // The golden file with an unknown key.
     let unknown =
-        std::fs::read_to_string(root().join("tests/fixtures/config/unknown_key.yaml")).unwrap();
+        std::fs::read_to_string(repo_root().join("tests/fixtures/config/unknown_key.yaml"))
+            .unwrap();
     let errs = errors(&validator, &yaml(&unknown));
     assert!(errs.iter().any(|e| e.contains("lisen")), "{errs:#?}");
     // Wrong types and values the schema can express.
-    let base = std::fs::read_to_string(root().join("policies.example.yaml")).unwrap();
+    let base = std::fs::read_to_string(repo_root().join("policies.example.yaml")).unwrap();
     for (what, from, to) in [
         (
             "a number as text",
@@ -83,7 +80,7 @@ fn shape_and_type_errors_fail_the_schema_as_they_fail_check() {
         let out = Command::new(BIN)
             .args(["check", "--config"])
             .arg(&path)
-            .current_dir(root())
+            .current_dir(repo_root())
             .output()
             .unwrap();
         assert!(!out.status.success(), "{what}: check accepted it");
@@ -93,7 +90,7 @@ fn shape_and_type_errors_fail_the_schema_as_they_fail_check() {
 /// The limits this gateway added refuse bad values with their YAML path (and say why).
 #[test]
 fn bad_values_of_the_edge_and_plugin_limits_are_refused_with_their_path() {
-    let base = std::fs::read_to_string(root().join("policies.example.yaml")).unwrap();
+    let base = std::fs::read_to_string(repo_root().join("policies.example.yaml")).unwrap();
     for (from, to, path) in [
         (
             "max_header_size: 8KiB",

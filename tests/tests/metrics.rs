@@ -246,4 +246,47 @@ async fn bindings_intercepts_plugin_call_times_and_model_cooldowns_are_exposed()
     .unwrap_or_else(|| panic!("{text}"));
     assert!(cooling > 50.0 && cooling <= 60.0, "{cooling}");
     promtool_accepts(&text);
+    documented_as_exposed(&text);
+}
+
+/// Every metric family the gateway exposes is documented in `docs/metrics.md`, and every
+/// documented one is exposed, except those the docs say appear only under a condition this
+/// test's gateway does not meet.
+fn documented_as_exposed(text: &str) {
+    let docs = std::fs::read_to_string(repo_root().join("docs/metrics.md")).unwrap();
+    let documented: std::collections::BTreeSet<&str> = docs
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| {
+            ["tollgate_", "process_", "gen_ai_"]
+                .iter()
+                .any(|p| w.starts_with(p))
+                && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        })
+        .collect();
+    let exposed: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let undocumented: Vec<_> = exposed.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exposed, not in docs/metrics.md: {undocumented:?}"
+    );
+    // Shown only under a condition: TLS on the data listener; a shadow policy; an all-models
+    // cooldown (this test cools one model).
+    let conditional = [
+        "tollgate_tls_certificate_reloads_total",
+        "tollgate_plugin_shadow_decisions_total",
+        "tollgate_upstream_cooldown_seconds",
+    ];
+    let missing: Vec<_> = documented
+        .difference(&exposed)
+        .filter(|m| !conditional.contains(m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "in docs/metrics.md, not exposed: {missing:?}"
+    );
 }

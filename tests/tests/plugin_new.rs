@@ -10,13 +10,6 @@ use tollgate_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// The variable a generated `build.sh` of `lang` takes its tool from.
 fn tool_var(lang: &str) -> &'static str {
     if lang == "python" {
