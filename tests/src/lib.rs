@@ -134,13 +134,12 @@ impl TestGateway {
 
     /// One non-streaming chat completion with the test key.
     pub async fn chat(&self) -> reqwest::Response {
-        client()
-            .post(self.url("/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .expect("the gateway answers")
+        self.chat_at("/v1/chat/completions").await
+    }
+
+    /// A chat completion request with the test key, to `path` on the data plane.
+    pub async fn chat_at(&self, path: &str) -> reqwest::Response {
+        post_chat(&client(), &self.url(path), CLIENT_KEY).await
     }
 
     /// Starts the graceful shutdown; the returned handle completes when the server has stopped.
@@ -174,6 +173,16 @@ pub fn client_from(local: &str) -> reqwest::Client {
 
 pub fn chat_body(stream: bool) -> serde_json::Value {
     serde_json::json!({"model": "gpt-test", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// A non-streamed chat completion request with `key`, from `http` to `url`.
+pub async fn post_chat(http: &reqwest::Client, url: &str, key: &str) -> reqwest::Response {
+    http.post(url)
+        .bearer_auth(key)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .expect("the gateway answers")
 }
 
 /// Reads an SSE response, returning each event's data with the time it arrived after `start`.

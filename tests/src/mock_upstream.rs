@@ -100,6 +100,11 @@ impl MockUpstream {
         self.state.force_status.store(status, Ordering::SeqCst);
     }
 
+    /// Sends every stream from now on with an error as its first event (in a 200 answer).
+    pub fn force_error_event(&self) {
+        self.state.force_error_event.store(true, Ordering::SeqCst);
+    }
+
     /// Method and path of every request received so far.
     pub fn seen(&self) -> Vec<(String, String)> {
         self.state.seen.lock().expect("lock").clone()

@@ -517,13 +517,12 @@ async fn the_log_goes_to_rotated_files_within_the_total_size_cap() {
     let http = client();
     // Each access line is ~600 bytes: 400 of them are several times the cap.
     for _ in 0..400 {
-        let resp = http
-            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let resp = post_chat(
+            &http,
+            &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            CLIENT_KEY,
+        )
+        .await;
         assert_eq!(resp.status(), 200);
     }
     // Last, so its audit line is in the newest file.
@@ -789,24 +788,12 @@ async fn the_access_log_has_one_line_per_request_with_its_fields_and_outcome() {
     let id = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let http = client();
 
-    let done = http
-        .post(&url)
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let done = post_chat(&http, &url, CLIENT_KEY).await;
     assert_eq!(done.status(), 200);
     let complete = id(&done);
     done.bytes().await.unwrap();
 
-    let bad = http
-        .post(&url)
-        .bearer_auth("sk-nobody")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let bad = post_chat(&http, &url, "sk-nobody").await;
     assert_eq!(bad.status(), 401);
     let refused = id(&bad);
 

@@ -259,9 +259,7 @@ async fn when_every_upstream_is_cooling_the_client_gets_429_with_retry_after() {
 #[tokio::test]
 async fn stream_bootstrap_fails_over_on_an_error_inside_a_200_stream() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    a.state
-        .force_error_event
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    a.force_error_event();
     let plugins = [
         plugin("first", "router", "tollgate_fill_first", "{}"),
         plugin("quota", "quota", "tollgate_quota_switch", "{}"),

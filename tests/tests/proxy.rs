@@ -481,13 +481,7 @@ async fn shutdown_says_draining_then_sends_goaway_then_cuts_at_the_grace() {
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["status"], "draining");
-    let served = client()
-        .post(&chat_url)
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let served = post_chat(&client(), &chat_url, CLIENT_KEY).await;
     assert_eq!(served.status(), 200);
     assert!(
         t0.elapsed() < Duration::from_millis(800),

@@ -52,23 +52,10 @@ async fn the_longest_matching_prefix_picks_the_route_whatever_the_order() {
         "/v1/embeddings is u0's"
     );
     // A prefix must match whole segments' text as written: `/v1/chatty` is not `/v1/chat/`.
-    let resp = client()
-        .post(gw.url("/v1/chatty"))
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(gw.chat_at("/v1/chatty").await.status(), 200);
     assert_eq!((a.requests(), b.requests()), (2, 1));
     // No prefix at all: 404 unknown_url, and no upstream is asked.
-    let resp = client()
-        .post(gw.url("/v2/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat_at("/v2/chat/completions").await;
     assert_eq!(code_of(resp).await, (404, "unknown_url".into()));
     assert_eq!((a.requests(), b.requests()), (2, 1));
 }

@@ -461,13 +461,7 @@ fn key_id(i: usize) -> String {
 }
 
 async fn send(client: &reqwest::Client, gw: &TestGateway, k: &str) -> (u16, Value) {
-    let resp = client
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(k)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(client, &gw.url("/v1/chat/completions"), k).await;
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }

@@ -127,9 +127,7 @@ async fn every_host_import_and_request_method_returns_what_the_wit_documents() {
 #[tokio::test]
 async fn a_streamed_request_and_first_event_under_stream_bootstrap() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    a.state
-        .force_error_event
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    a.force_error_event();
     let plugins = [
         plugin("first", "router", "tollgate_fill_first", "{}"),
         plugin("quota", "quota", "tollgate_quota_switch", "{}"),
