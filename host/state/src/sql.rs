@@ -23,6 +23,9 @@ static POSTGRES: Migrator = sqlx::migrate!("../../migrations/postgres");
 /// parameters per statement (PostgreSQL 65,535, SQLite 32,766).
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// A query on either backend, with its arguments.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 /// `($1, $2), ($3, $4), …`: the VALUES list of `rows` rows of `columns` parameters each.
 fn placeholders(rows: usize, columns: usize) -> String {
     let mut out = String::with_capacity(rows * columns * 5);
@@ -321,28 +324,20 @@ impl SqlStore {
     pub async fn record_usage(&self, usage: &[Usage]) -> StoreResult<()> {
         // `UPDATE … FROM (VALUES …)`: SQLite (3.33+) and PostgreSQL both name the columns of a
         // VALUES list column1, column2, …
-        self.timed(async {
-            let mut tx = self.pool.begin().await?;
-            for chunk in usage.chunks(ROWS_PER_STATEMENT) {
-                let sql = format!(
-                    "UPDATE bindings SET \
-                     last_used_ms = CASE WHEN bindings.last_used_ms < v.column2 \
-                     THEN v.column2 ELSE bindings.last_used_ms END, \
-                     last_ip = v.column3, request_count = bindings.request_count + v.column4 \
-                     FROM (VALUES {}) AS v WHERE bindings.key_id = v.column1",
-                    placeholders(chunk.len(), 4)
-                );
-                let mut q = sqlx::query(&sql);
-                for u in chunk {
-                    q = q
-                        .bind(&u.key_id)
-                        .bind(u.last_used_ms as i64)
-                        .bind(&u.last_ip)
-                        .bind(u.count as i64);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            tx.commit().await
+        fn bind<'a>(q: AnyQuery<'a>, u: &'a Usage) -> AnyQuery<'a> {
+            q.bind(&u.key_id)
+                .bind(u.last_used_ms as i64)
+                .bind(&u.last_ip)
+                .bind(u.count as i64)
+        }
+        self.write_rows(usage, 4, bind, |values| {
+            format!(
+                "UPDATE bindings SET \
+                 last_used_ms = CASE WHEN bindings.last_used_ms < v.column2 \
+                 THEN v.column2 ELSE bindings.last_used_ms END, \
+                 last_ip = v.column3, request_count = bindings.request_count + v.column4 \
+                 FROM (VALUES {values}) AS v WHERE bindings.key_id = v.column1"
+            )
         })
         .await
     }
@@ -350,40 +345,56 @@ impl SqlStore {
     /// Adds token usage sums (one per hour, key, upstream and model: a group may not appear
     /// twice) in one transaction.
     pub async fn record_token_usage(&self, sums: &[TokenUsage]) -> StoreResult<()> {
+        fn bind<'a>(q: AnyQuery<'a>, u: &'a TokenUsage) -> AnyQuery<'a> {
+            q.bind(u.hour_ms() as i64)
+                .bind(&*u.key_id)
+                .bind(&*u.upstream)
+                .bind(&*u.model)
+                .bind(u.requests as i64)
+                .bind(u.errors as i64)
+                .bind(u.partial as i64)
+                .bind(u.input_tokens as i64)
+                .bind(u.output_tokens as i64)
+                .bind(u.cached_tokens as i64)
+                .bind(u.at_ms as i64)
+        }
+        self.write_rows(sums, 11, bind, |values| {
+            format!(
+                "INSERT INTO token_usage (hour_ms, key_id, upstream, model, requests, errors, \
+                 partial, input_tokens, output_tokens, cached_tokens, last_used_ms) \
+                 VALUES {values} \
+                 ON CONFLICT (hour_ms, key_id, upstream, model) DO UPDATE SET \
+                 requests = token_usage.requests + excluded.requests, \
+                 errors = token_usage.errors + excluded.errors, \
+                 partial = token_usage.partial + excluded.partial, \
+                 input_tokens = token_usage.input_tokens + excluded.input_tokens, \
+                 output_tokens = token_usage.output_tokens + excluded.output_tokens, \
+                 cached_tokens = token_usage.cached_tokens + excluded.cached_tokens, \
+                 last_used_ms = CASE WHEN token_usage.last_used_ms < excluded.last_used_ms \
+                 THEN excluded.last_used_ms ELSE token_usage.last_used_ms END"
+            )
+        })
+        .await
+    }
+
+    /// Writes `rows` in one transaction, [`ROWS_PER_STATEMENT`] per statement: `statement` makes
+    /// a statement's SQL from its VALUES list, `bind` binds one row's `columns` values in order.
+    async fn write_rows<T>(
+        &self,
+        rows: &[T],
+        columns: usize,
+        bind: for<'a> fn(AnyQuery<'a>, &'a T) -> AnyQuery<'a>,
+        statement: impl Fn(&str) -> String,
+    ) -> StoreResult<()> {
         self.timed(async {
             let mut tx = self.pool.begin().await?;
-            for chunk in sums.chunks(ROWS_PER_STATEMENT) {
-                let sql = format!(
-                    "INSERT INTO token_usage (hour_ms, key_id, upstream, model, requests, errors, \
-                     partial, input_tokens, output_tokens, cached_tokens, last_used_ms) \
-                     VALUES {} \
-                     ON CONFLICT (hour_ms, key_id, upstream, model) DO UPDATE SET \
-                     requests = token_usage.requests + excluded.requests, \
-                     errors = token_usage.errors + excluded.errors, \
-                     partial = token_usage.partial + excluded.partial, \
-                     input_tokens = token_usage.input_tokens + excluded.input_tokens, \
-                     output_tokens = token_usage.output_tokens + excluded.output_tokens, \
-                     cached_tokens = token_usage.cached_tokens + excluded.cached_tokens, \
-                     last_used_ms = CASE WHEN token_usage.last_used_ms < excluded.last_used_ms \
-                     THEN excluded.last_used_ms ELSE token_usage.last_used_ms END",
-                    placeholders(chunk.len(), 11)
-                );
-                let mut q = sqlx::query(&sql);
-                for u in chunk {
-                    q = q
-                        .bind(u.hour_ms() as i64)
-                        .bind(&*u.key_id)
-                        .bind(&*u.upstream)
-                        .bind(&*u.model)
-                        .bind(u.requests as i64)
-                        .bind(u.errors as i64)
-                        .bind(u.partial as i64)
-                        .bind(u.input_tokens as i64)
-                        .bind(u.output_tokens as i64)
-                        .bind(u.cached_tokens as i64)
-                        .bind(u.at_ms as i64);
-                }
-                q.execute(&mut *tx).await?;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let sql = statement(&placeholders(chunk.len(), columns));
+                chunk
+                    .iter()
+                    .fold(sqlx::query(&sql), bind)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await
         })
@@ -443,28 +454,20 @@ impl SqlStore {
 
     /// Writes intercepts in one transaction, in order.
     pub async fn record_intercepts(&self, intercepts: &[Intercept]) -> StoreResult<()> {
-        self.timed(async {
-            let mut tx = self.pool.begin().await?;
-            for chunk in intercepts.chunks(ROWS_PER_STATEMENT) {
-                let sql = format!(
-                    "INSERT INTO intercepts (at_ms, key_id_prefix, bound_cidr, attempted_ip, \
-                     method, path, reason) VALUES {}",
-                    placeholders(chunk.len(), 7)
-                );
-                let mut q = sqlx::query(&sql);
-                for i in chunk {
-                    q = q
-                        .bind(i.at_ms as i64)
-                        .bind(&i.key_id_prefix)
-                        .bind(&i.bound_cidr)
-                        .bind(&i.attempted_ip)
-                        .bind(&i.method)
-                        .bind(&i.path)
-                        .bind(&i.reason);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            tx.commit().await
+        fn bind<'a>(q: AnyQuery<'a>, i: &'a Intercept) -> AnyQuery<'a> {
+            q.bind(i.at_ms as i64)
+                .bind(&i.key_id_prefix)
+                .bind(&i.bound_cidr)
+                .bind(&i.attempted_ip)
+                .bind(&i.method)
+                .bind(&i.path)
+                .bind(&i.reason)
+        }
+        self.write_rows(intercepts, 7, bind, |values| {
+            format!(
+                "INSERT INTO intercepts (at_ms, key_id_prefix, bound_cidr, attempted_ip, method, \
+                 path, reason) VALUES {values}"
+            )
         })
         .await
     }
