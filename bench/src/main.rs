@@ -78,6 +78,11 @@ enum Workload {
         /// of one socket shared by every thread.
         #[arg(long)]
         reuseport: bool,
+        /// Reach the upstream through hyper-util's pooled client (a connection task per
+        /// connection, fed through a channel) instead of Tollgate's `UpstreamClient` (which
+        /// drives a plain-HTTP connection in the request's own task).
+        #[arg(long)]
+        pooled: bool,
     },
     Sse {
         #[arg(long)]
@@ -449,9 +454,10 @@ fn main() -> Result<()> {
         upstream,
         workers,
         reuseport,
+        pooled,
     } = args.workload
     {
-        return floor(listen, &upstream, workers, reuseport);
+        return floor(listen, &upstream, workers, reuseport, pooled);
     }
     // One worker thread: the generator takes one core at most, the same for every target.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -486,7 +492,16 @@ fn main() -> Result<()> {
     })
 }
 
-type FloorBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+type FloorBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Any body, as the floor's (one concrete error type keeps hyper's service bounds simple).
+fn io_body<B>(body: B) -> FloorBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    body.map_err(std::io::Error::other).boxed_unsync()
+}
 
 /// A listening socket with `SO_REUSEPORT` on `addr`.
 fn reuseport_listener(addr: std::net::SocketAddr) -> Result<std::net::TcpListener> {
@@ -507,6 +522,7 @@ fn floor(
     upstream: &str,
     workers: usize,
     reuseport: bool,
+    pooled: bool,
 ) -> Result<()> {
     let upstream: hyper::Uri = upstream.parse()?;
     let listener = if reuseport {
@@ -538,15 +554,18 @@ fn floor(
                         hyper_util::rt::TokioExecutor::new(),
                     )
                     .build_http();
+                let own = tollgate::UpstreamClient::new(Duration::from_secs(5));
                 loop {
                     let (tcp, _) = listener.accept().await?;
                     tcp.set_nodelay(true)?;
                     let client = client.clone();
+                    let own = own.clone();
                     let upstream = upstream.clone();
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(
                             move |req: Request<hyper::body::Incoming>| {
                                 let client = client.clone();
+                                let own = own.clone();
                                 let upstream = upstream.clone();
                                 async move {
                                     let (mut head, body) = req.into_parts();
@@ -562,11 +581,20 @@ fn floor(
                                             "Bearer sk-upstream",
                                         ),
                                     );
-                                    let req = Request::from_parts(head, body.boxed_unsync());
+                                    if !pooled {
+                                        let body = body.map_err(Into::into).boxed_unsync();
+                                        return own
+                                            .request(Request::from_parts(head, body))
+                                            .await
+                                            .map(|r| r.map(io_body))
+                                            .map_err(std::io::Error::other);
+                                    }
+                                    let body = body.map_err(std::io::Error::other).boxed_unsync();
                                     client
-                                        .request(req)
+                                        .request(Request::from_parts(head, body))
                                         .await
-                                        .map(|r| r.map(|b| b.boxed_unsync()))
+                                        .map(|r| r.map(io_body))
+                                        .map_err(std::io::Error::other)
                                 }
                             },
                         );

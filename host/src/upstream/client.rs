@@ -1,5 +1,7 @@
-//! The pooled HTTP client that reaches every upstream (and the alert webhook), kept across
-//! config reloads, and the connect-time measurement behind `upstream_connect_ms`.
+//! The HTTP client that reaches every upstream (and the alert webhook), kept across config
+//! reloads, and the connect-time measurement behind `upstream_connect_ms`. `http://` targets go
+//! through [`h1`](super::h1) (the request's task drives the connection); `https://` ones through
+//! hyper-util's pooled client (TLS, HTTP/2 by ALPN).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,19 +18,40 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::{UpstreamBody, h1};
 use crate::listen::BoxBody;
 use crate::state::{Delivery, Webhook};
 
 /// How long an idle pooled upstream connection is kept. Below the 120 s many providers' load
 /// balancers use, so we close first and never send on a connection they just dropped.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Connector = TimedConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
 
-/// The connection pool shared by every upstream and kept across config reloads.
+/// One data-plane worker's connections to every upstream, kept across config reloads.
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<Connector, BoxBody>,
+    h1: h1::Pool,
+}
+
+/// Why an exchange got no answer head.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    H1(#[from] h1::H1Error),
+}
+
+impl ExchangeError {
+    /// The connection could not be made: the request never left, so another upstream may take it.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            Self::Pooled(e) => e.is_connect(),
+            Self::H1(e) => matches!(e, h1::H1Error::Connect(_)),
+        }
+    }
 }
 
 impl UpstreamClient {
@@ -44,6 +67,7 @@ impl UpstreamClient {
             Ok(b) => b,
             Err(_) => HttpsConnectorBuilder::new().with_webpki_roots(),
         };
+        let h1 = h1::Pool::new(http.clone());
         let https = builder
             .https_or_http()
             .enable_http1()
@@ -54,14 +78,18 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(TimedConnector(https));
-        Self { client }
+        Self { client, h1 }
     }
 
-    pub fn request(
+    /// Sends `req` (an absolute URI) and waits for the answer's head.
+    pub async fn request(
         &self,
         req: http::Request<BoxBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(req)
+    ) -> Result<http::Response<UpstreamBody>, ExchangeError> {
+        if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+            return Ok(self.h1.send(req).await?.map(UpstreamBody::H1));
+        }
+        Ok(self.client.request(req).await?.map(UpstreamBody::Http))
     }
 }
 
@@ -74,6 +102,13 @@ pub struct ConnectTiming {
 }
 
 impl ConnectTiming {
+    pub(super) fn new(took: Duration) -> Self {
+        Self {
+            took,
+            reported: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     pub fn take(&self) -> Duration {
         if self.reported.swap(true, Ordering::Relaxed) {
             Duration::ZERO
@@ -105,10 +140,7 @@ where
         let fut = self.0.call(uri);
         Box::pin(async move {
             let io = fut.await?;
-            let timing = ConnectTiming {
-                took: start.elapsed(),
-                reported: Arc::new(AtomicBool::new(false)),
-            };
+            let timing = ConnectTiming::new(start.elapsed());
             Ok(TimedConn { io, timing })
         })
     }

@@ -3,6 +3,7 @@
 //! a URL ([`client`]) or the built-in [`mock`].
 
 mod client;
+mod h1;
 pub mod mock;
 
 use std::sync::Arc;
@@ -12,14 +13,16 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use http_body_util::BodyExt;
 
-pub use self::client::{ConnectTiming, UpstreamClient};
+pub use self::client::{ConnectTiming, ExchangeError, UpstreamClient};
 use crate::config::{AuthScheme, MockConfig, UpstreamConfig, UpstreamUrl};
 use crate::listen::BoxBody;
 use crate::state::unix_ms;
 
-/// An upstream's response body: the connection's, or the mock's (not boxed again).
+/// An upstream's response body: a pooled connection's, a plain-HTTP connection's driven by the
+/// request's task, or the mock's (not boxed again).
 pub enum UpstreamBody {
     Http(hyper::body::Incoming),
+    H1(h1::H1Body),
     Mock(BoxBody),
 }
 
@@ -33,6 +36,7 @@ impl http_body::Body for UpstreamBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         match self.get_mut() {
             Self::Http(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::Mock(b) => std::pin::Pin::new(b).poll_frame(cx),
         }
     }
@@ -40,6 +44,7 @@ impl http_body::Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Http(b) => b.is_end_stream(),
+            Self::H1(b) => b.is_end_stream(),
             Self::Mock(b) => b.is_end_stream(),
         }
     }
@@ -47,6 +52,7 @@ impl http_body::Body for UpstreamBody {
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             Self::Http(b) => b.size_hint(),
+            Self::H1(b) => b.size_hint(),
             Self::Mock(b) => b.size_hint(),
         }
     }
@@ -58,7 +64,7 @@ pub enum SendError {
     #[error("no response head within {0:?}")]
     Timeout(Duration),
     #[error(transparent)]
-    Exchange(#[from] hyper_util::client::legacy::Error),
+    Exchange(#[from] ExchangeError),
     #[error("cannot build the upstream URI")]
     Uri,
 }
@@ -250,7 +256,7 @@ impl Upstream {
             req.headers_mut().insert(name.clone(), value.clone());
         }
         match tokio::time::timeout(head_timeout, client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::Http)),
+            Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(SendError::Timeout(head_timeout)),
         }
