@@ -153,8 +153,9 @@ for i in range($DENY):
 } > "$out/edge.yaml"
 "${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/edge.yaml" & pids+=($!); edge_pid=$!
 
-# The floor: a bare hyper proxy with Tollgate's thread layout and nothing else (what hyper and
-# tokio cost; the gap between it and Tollgate is what Tollgate's own work costs).
+# The floor: a bare hyper proxy with Tollgate's thread layout and upstream client, and nothing
+# else (what hyper and tokio cost; the gap between it and Tollgate is what Tollgate's own work
+# costs).
 "${proxy_cpu[@]}" "$bin/tollgate-bench" floor --listen "$FLOOR" --upstream "http://$MOCK" & pids+=($!); floor_pid=$!
 targets="direct:$MOCK nginx:$NGINX floor:$FLOOR tollgate:$GATE chain:$CHAIN edge:$EDGE"
 if [ -n "$BASELINE" ]; then

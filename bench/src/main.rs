@@ -62,8 +62,8 @@ enum Workload {
         ops: usize,
     },
     /// The floor: a bare hyper proxy (no pipeline, no policy, no limits, no metrics) with
-    /// Tollgate's thread layout (one single-threaded runtime per core on one shared socket, a
-    /// pooled client per thread). What it costs per request is what hyper and tokio cost; the
+    /// Tollgate's thread layout (one single-threaded runtime per core on one shared socket) and
+    /// Tollgate's upstream client, one per thread. What it costs per request is what hyper and tokio cost; the
     /// gap between it and Tollgate is what Tollgate adds.
     Floor {
         #[arg(long)]
