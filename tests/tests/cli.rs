@@ -865,6 +865,11 @@ async fn the_access_log_has_one_line_per_request_with_its_fields_and_outcome() {
     }
     let l = line(&complete);
     assert!(l["input_tokens"].as_u64().is_some_and(|n| n > 0), "{l}");
+    // The gateway's first upstream request opened its connection: the connect time is reported.
+    assert!(
+        l["upstream_connect_ms"].as_f64().is_some_and(|t| t > 0.0),
+        "{l}"
+    );
     assert!(l["bytes_out"].as_u64().is_some_and(|n| n > 0), "{l}");
     // The key is never logged whole.
     assert!(!stderr.contains(CLIENT_KEY));
