@@ -309,8 +309,13 @@ impl Upstream {
 
     /// Unix ms until which the upstream is cooling for `model` (or for every model); 0 if not.
     pub fn cooling_until(&self, model: Option<&str>) -> u64 {
+        // Never cooled (the common case): no clock read.
+        let max = self.cooling_max_ms.load(Ordering::Relaxed);
+        if max == 0 {
+            return 0;
+        }
         let now = unix_ms();
-        if self.cooling_max_ms.load(Ordering::Relaxed) <= now {
+        if max <= now {
             return 0;
         }
         let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
@@ -376,7 +381,9 @@ impl Upstream {
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
+        // Never marked down (the common case): no clock read.
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        until == 0 || self.now_ms() >= until
     }
 
     /// A response came back (below 500): the failure streak ends.
