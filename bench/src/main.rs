@@ -63,8 +63,8 @@ enum Workload {
     },
     /// The floor: a bare hyper proxy (no pipeline, no policy, no limits, no metrics) with
     /// Tollgate's thread layout (one single-threaded runtime per core on one shared socket) and
-    /// Tollgate's upstream client, one per thread. What it costs per request is what hyper and tokio cost; the
-    /// gap between it and Tollgate is what Tollgate adds.
+    /// Tollgate's upstream client, one per thread. What it costs per request is what hyper and
+    /// tokio cost; the gap between it and Tollgate is what Tollgate adds.
     Floor {
         #[arg(long)]
         listen: std::net::SocketAddr,

@@ -104,7 +104,13 @@ async fn gateway(upstream: &CountingUpstream) -> TestGateway {
     TestGateway::start(&config_yaml(&[upstream.url()], "  workers: 1")).await
 }
 
-async fn chat(http: &reqwest::Client, gw: &TestGateway, path: &str, stream: bool) -> String {
+/// Posts a chat request to `path`; its status (a success) and body.
+async fn chat(
+    http: &reqwest::Client,
+    gw: &TestGateway,
+    path: &str,
+    stream: bool,
+) -> (reqwest::StatusCode, String) {
     let resp = http
         .post(gw.url(path))
         .bearer_auth(CLIENT_KEY)
@@ -115,7 +121,7 @@ async fn chat(http: &reqwest::Client, gw: &TestGateway, path: &str, stream: bool
     let status = resp.status();
     let body = resp.text().await.unwrap();
     assert!(status.is_success(), "{status}: {body}");
-    body
+    (status, body)
 }
 
 #[tokio::test]
@@ -124,7 +130,7 @@ async fn one_upstream_connection_carries_every_answer_streamed_or_not() {
     let gw = gateway(&upstream).await;
     let http = client();
     for i in 0..6 {
-        let body = chat(&http, &gw, "/v1/chat/completions", i % 2 == 1).await;
+        let (_, body) = chat(&http, &gw, "/v1/chat/completions", i % 2 == 1).await;
         if i % 2 == 1 {
             assert_eq!(body.matches("data: ").count(), 4, "{body}");
         } else {
@@ -145,14 +151,8 @@ async fn an_answer_without_a_body_frees_its_connection_too() {
     let gw = gateway(&upstream).await;
     let http = client();
     for _ in 0..3 {
-        let resp = http
-            .post(gw.url("/v1/empty"))
-            .bearer_auth(CLIENT_KEY)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 204);
+        let (status, _) = chat(&http, &gw, "/v1/empty", false).await;
+        assert_eq!(status, 204);
     }
     chat(&http, &gw, "/v1/chat/completions", false).await;
     assert_eq!(upstream.requests.load(Ordering::SeqCst), 4);

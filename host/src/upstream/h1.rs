@@ -8,7 +8,8 @@
 //!
 //! An idle connection is polled by nobody. It is checked when taken (a connection the upstream
 //! closed reads its EOF then and is dropped), and [`sweep`] closes the ones idle for
-//! [`IDLE_TIMEOUT`] and the ones their upstream closed. Each data-plane worker has its own
+//! [`IDLE_TIMEOUT`] and the ones their upstream closed. Idle time is counted in sweeps, so
+//! freeing a connection reads no clock. Each data-plane worker has its own
 //! [`Pool`], so a connection is only ever used on the thread that opened it.
 //!
 //! Only `http://` upstreams come here. `https://` ones stay on hyper-util's client, which
@@ -42,6 +43,10 @@ pub const MAX_IDLE_PER_HOST: usize = 256;
 /// How often [`sweep`] looks at the idle connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
+/// Sweeps a connection stays idle before it is closed: at least [`IDLE_TIMEOUT`], at most one
+/// sweep more.
+const IDLE_SWEEPS: u64 = IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs();
+
 type Io = TokioIo<tokio::net::TcpStream>;
 
 /// Why an exchange on a plain-HTTP connection failed before the answer's head.
@@ -73,7 +78,8 @@ impl Conn {
 
 struct Idle {
     conn: Box<Conn>,
-    since: Instant,
+    /// [`Shelf::sweeps`] when it was freed.
+    since: u64,
 }
 
 /// One upstream address's idle connections.
@@ -85,10 +91,35 @@ struct Host {
     idle: Vec<Idle>,
 }
 
+/// One worker's idle connections, by upstream address, and the sweeps done so far.
+#[derive(Default)]
+struct Shelf {
+    hosts: Vec<Host>,
+    sweeps: u64,
+}
+
+type SharedShelf = Arc<Mutex<Shelf>>;
+
+fn lock(shelf: &SharedShelf) -> std::sync::MutexGuard<'_, Shelf> {
+    shelf.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Returns a connection whose answer is complete, unless its address already has
+/// [`MAX_IDLE_PER_HOST`] idle ones.
+fn put(shelf: &SharedShelf, authority: &Authority, conn: Box<Conn>) {
+    let mut shelf = lock(shelf);
+    let since = shelf.sweeps;
+    if let Some(host) = shelf.hosts.iter_mut().find(|h| h.authority == *authority)
+        && host.idle.len() < MAX_IDLE_PER_HOST
+    {
+        host.idle.push(Idle { conn, since });
+    }
+}
+
 /// One worker's plain-HTTP connections, by upstream address.
 #[derive(Clone)]
 pub struct Pool {
-    hosts: Arc<Mutex<Vec<Host>>>,
+    shelf: SharedShelf,
     connector: HttpConnector,
 }
 
@@ -96,22 +127,19 @@ impl Pool {
     /// A pool connecting with `connector`; spawns its [`sweep`] when a runtime is running.
     pub fn new(connector: HttpConnector) -> Self {
         let pool = Self {
-            hosts: Arc::default(),
+            shelf: SharedShelf::default(),
             connector,
         };
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(sweep(Arc::downgrade(&pool.hosts)));
+            tokio::spawn(sweep(Arc::downgrade(&pool.shelf)));
         }
         pool
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Host>> {
-        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// A usable idle connection to `authority`, and the `Host` header to send.
     fn take(&self, authority: &Authority) -> (Option<Box<Conn>>, HeaderValue) {
-        let mut hosts = self.lock();
+        let mut shelf = lock(&self.shelf);
+        let hosts = &mut shelf.hosts;
         let host = match hosts.iter().position(|h| h.authority == *authority) {
             Some(i) => &mut hosts[i],
             None => {
@@ -129,18 +157,6 @@ impl Pool {
             }
         }
         (None, host.host.clone())
-    }
-
-    fn put(&self, authority: &Authority, conn: Box<Conn>) {
-        let mut hosts = self.lock();
-        if let Some(host) = hosts.iter_mut().find(|h| h.authority == *authority)
-            && host.idle.len() < MAX_IDLE_PER_HOST
-        {
-            host.idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
-        }
     }
 
     /// A new connection, boxed once: it moves between the pool and answers without copying its
@@ -189,7 +205,7 @@ impl Pool {
         let mut head = head.map(|body| H1Body {
             body,
             conn: None,
-            pool: self.clone(),
+            shelf: self.shelf.clone(),
             authority,
         });
         head.extensions_mut().insert(conn.timing.clone());
@@ -233,17 +249,19 @@ fn host_header(authority: &Authority) -> HeaderValue {
 
 /// Every [`SWEEP_EVERY`]: closes idle connections older than [`IDLE_TIMEOUT`] and those their
 /// upstream closed. Ends when the pool is dropped.
-async fn sweep(hosts: Weak<Mutex<Vec<Host>>>) {
+async fn sweep(shelf: Weak<Mutex<Shelf>>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let Some(hosts) = hosts.upgrade() else { return };
-        let mut hosts = hosts.lock().unwrap_or_else(|p| p.into_inner());
-        for host in hosts.iter_mut() {
+        let Some(shelf) = shelf.upgrade() else { return };
+        let mut shelf = lock(&shelf);
+        shelf.sweeps += 1;
+        let now = shelf.sweeps;
+        for host in &mut shelf.hosts {
             host.idle
-                .retain_mut(|i| i.since.elapsed() < IDLE_TIMEOUT && i.conn.usable());
+                .retain_mut(|i| now - i.since <= IDLE_SWEEPS && i.conn.usable());
         }
     }
 }
@@ -254,7 +272,7 @@ async fn sweep(hosts: Weak<Mutex<Vec<Host>>>) {
 pub struct H1Body {
     body: Incoming,
     conn: Option<Box<Conn>>,
-    pool: Pool,
+    shelf: SharedShelf,
     authority: Authority,
 }
 
@@ -264,7 +282,7 @@ impl H1Body {
             && conn.drive(cx)
             && conn.tx.is_ready()
         {
-            self.pool.put(&self.authority, conn);
+            put(&self.shelf, &self.authority, conn);
         }
     }
 }
