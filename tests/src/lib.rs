@@ -24,6 +24,36 @@ pub const CLIENT_KEY: &str = "sk-test-client-key";
 /// The credential test configs give upstreams.
 pub const UPSTREAM_CREDENTIAL: &str = "sk-upstream-credential";
 
+/// A loopback port that refuses every connection, and stays so while this lives: bound (so no
+/// other test can take it) but not listening. Closing a listener after noting its port would let
+/// a test running in parallel be given the same port.
+pub struct DeadPort {
+    addr: std::net::SocketAddr,
+    /// Held only to keep the port.
+    _socket: tokio::net::TcpSocket,
+}
+
+impl DeadPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Self {
+            addr: socket.local_addr().unwrap(),
+            _socket: socket,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Default for DeadPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A config with one route `/v1/` over the given upstream URLs (named `u0`, `u1`, …), plus
 /// `extra_server` lines under `server:` (indented by the caller with 2 spaces).
 pub fn config_yaml(upstream_urls: &[String], extra_server: &str) -> String {

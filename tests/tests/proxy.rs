@@ -333,19 +333,15 @@ async fn a_stream_that_goes_silent_is_cut_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn unreachable_upstream_fails_over_to_the_next_one() {
-    // A port nobody listens on: bind, note the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = DeadPort::new();
     let mock = MockUpstream::start().await;
-    let gw = TestGateway::start(&config_yaml(&[format!("http://{dead}"), mock.url()], "")).await;
+    let gw = TestGateway::start(&config_yaml(&[dead.url(), mock.url()], "")).await;
     let resp = chat(&gw, false).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(mock.requests(), 1);
 
     // With no live upstream at all the client gets 502 in OpenAI shape.
-    let gw = TestGateway::start(&config_yaml(&[format!("http://{dead}")], "")).await;
+    let gw = TestGateway::start(&config_yaml(&[dead.url()], "")).await;
     let resp = chat(&gw, false).send().await.unwrap();
     assert_eq!(resp.status(), 502);
     let body: Value = resp.json().await.unwrap();

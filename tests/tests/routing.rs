@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tollgate_tests::*;
 
-/// A URL nothing listens on: connecting fails at once.
-fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
-    format!("http://127.0.0.1:{port}")
-}
-
 async fn code_of(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -113,9 +105,9 @@ async fn passive_health_takes_a_failing_upstream_out_for_fail_timeout_and_health
 #[tokio::test]
 async fn a_connect_failure_moves_on_only_with_a_replayable_body_and_within_max_attempts() {
     let b = MockUpstream::start().await;
-    let (dead1, dead2) = (dead_url(), dead_url());
+    let (dead1, dead2) = (DeadPort::new(), DeadPort::new());
     let yaml = |attempts: u32| {
-        config_yaml(&[dead1.clone(), dead2.clone(), b.url()], "").replace(
+        config_yaml(&[dead1.url(), dead2.url(), b.url()], "").replace(
             "    upstreams: [u0, u1, u2]\n",
             &format!("    upstreams: [u0, u1, u2]\n    max_attempts: {attempts}\n"),
         )
