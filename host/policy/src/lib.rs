@@ -299,10 +299,18 @@ impl PolicyEngine {
         } else {
             wasmtime::ProfilingStrategy::None
         };
+        // `TOLLGATE_WASM_ON_DEMAND=1` allocates each instance when it is made instead of from
+        // the pool, whose terabytes of reserved address space valgrind cannot map (for counting
+        // instructions; see bench/README.md). Plugin calls are slower that way.
+        let strategy = if std::env::var_os("TOLLGATE_WASM_ON_DEMAND").is_some() {
+            wasmtime::InstanceAllocationStrategy::OnDemand
+        } else {
+            wasmtime::InstanceAllocationStrategy::Pooling(pooling)
+        };
         config
             .epoch_interruption(true)
             .profiler(profiler)
-            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+            .allocation_strategy(strategy);
         let cache = cache_dir.map(open_cache).transpose()?;
         config.cache(cache.clone());
         let engine = Engine::new(&config)?;
