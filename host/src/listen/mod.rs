@@ -21,6 +21,7 @@ pub(crate) mod watch;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -36,7 +37,7 @@ use self::tls::TlsError;
 use crate::config::ServerConfig;
 use io::ClientIo;
 use per_ip::PerIpLimit;
-use watch::{ConnLimits, ConnWatch, Verdict};
+use watch::{ConnLimits, ConnWatch, Signal, Verdict};
 
 /// Interval of HTTP/2 PINGs to a client that has sent nothing, to find dead peers.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -300,7 +301,9 @@ async fn accept_loop<H: Handler>(
     stop: signal::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
-    let mut waiter = stop.clone();
+    // Every connection of this loop, to tell each to drain at shutdown.
+    let mut watches: Vec<std::sync::Weak<ConnWatch>> = Vec::new();
+    let mut waiter = stop;
     let stopped = async move {
         let _ = waiter.wait_for(|s| *s).await;
     };
@@ -335,9 +338,14 @@ async fn accept_loop<H: Handler>(
             shared: shared.clone(),
             peer,
         };
-        let drain = stop.clone();
+        let watch = ConnWatch::new(shared.limits);
+        if watches.len() == watches.capacity() {
+            // Forget closed connections before the list grows (amortised: it at most doubles).
+            watches.retain(|w| w.strong_count() > 0);
+        }
+        watches.push(Arc::downgrade(&watch));
         conns.spawn(async move {
-            conn.run(tcp, drain).await;
+            conn.run(tcp, watch).await;
             drop((permit, ip_permit));
         });
         // Reap finished connection tasks so the set does not grow without bound.
@@ -345,6 +353,9 @@ async fn accept_loop<H: Handler>(
     }
 
     drop(listener);
+    for watch in watches.iter().filter_map(std::sync::Weak::upgrade) {
+        watch.raise(Signal::Drain);
+    }
     tracing::info!(in_flight = conns.len(), grace = ?shared.grace, "shutting down: draining connections");
     let drained = async { while conns.join_next().await.is_some() {} };
     if tokio::time::timeout(shared.grace, drained).await.is_err() {
@@ -363,8 +374,7 @@ struct Connection<H> {
 }
 
 impl<H: Handler> Connection<H> {
-    async fn run(self, tcp: TcpStream, drain: signal::Receiver<bool>) {
-        let watch = ConnWatch::new(self.shared.limits);
+    async fn run(self, tcp: TcpStream, watch: Arc<ConnWatch>) {
         let info = ConnInfo {
             peer: self.peer,
             tls: self.shared.tls.is_some(),
@@ -391,7 +401,7 @@ impl<H: Handler> Connection<H> {
                     Ok(Ok(stream)) => {
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                         let io = ClientIo::new(stream, watch.clone(), h2);
-                        self.serve(io, service, watch, drain).await;
+                        self.serve(io, service, watch).await;
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
@@ -403,19 +413,16 @@ impl<H: Handler> Connection<H> {
             }
             None => {
                 let io = ClientIo::new(tcp, watch.clone(), false);
-                self.serve(io, service, watch, drain).await;
+                self.serve(io, service, watch).await;
             }
         }
     }
 
-    /// Drives one connection under its watchdog and the server's drain signal.
-    async fn serve<I, S>(
-        &self,
-        io: ClientIo<I>,
-        service: S,
-        watch: Arc<ConnWatch>,
-        mut drain: signal::Receiver<bool>,
-    ) where
+    /// Drives one connection under its watchdog and the server's drain signal. Each wake-up
+    /// polls the connection, then the watchdog's signal bits, then one timer (the next check, or
+    /// the hard stop after an abuse GOAWAY, whichever is first).
+    async fn serve<I, S>(&self, io: ClientIo<I>, service: S, watch: Arc<ConnWatch>)
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::Service<
                 http::Request<Incoming>,
@@ -426,6 +433,11 @@ impl<H: Handler> Connection<H> {
             + 'static,
         S::Future: Send + 'static,
     {
+        enum Event<E> {
+            Ended(Result<(), E>),
+            Raised(u8),
+            Due,
+        }
         let conn = self
             .shared
             .builder
@@ -434,35 +446,50 @@ impl<H: Handler> Connection<H> {
         let mut closing = false;
         let mut hard_stop: Option<tokio::time::Instant> = None;
         let mut next = tokio::time::Instant::now();
-        let draining = *drain.borrow();
-        if draining {
-            conn.as_mut().graceful_shutdown();
-            closing = true;
-        }
+        let timer = tokio::time::sleep_until(next);
+        tokio::pin!(timer);
         loop {
-            let stop = hard_stop.unwrap_or_else(|| next + Duration::from_secs(86_400));
-            tokio::select! {
-                result = conn.as_mut() => {
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Ended(result));
+                }
+                match watch.poll_signals(cx) {
+                    0 => {}
+                    raised => return Poll::Ready(Event::Raised(raised)),
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Event::Due),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            let now = tokio::time::Instant::now();
+            match event {
+                Event::Ended(result) => {
                     if let Err(e) = result {
                         tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                _ = drain.changed(), if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                _ = watch.abuse.notified(), if hard_stop.is_none() => {
-                    tracing::warn!(peer = %self.peer, "client cancelled too many streams; GOAWAY");
-                    if !closing {
+                Event::Raised(raised) => {
+                    if Signal::Drain.is_in(raised) && !closing {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    hard_stop = Some(tokio::time::Instant::now() + ABUSE_GRACE);
+                    if Signal::Abuse.is_in(raised) && hard_stop.is_none() {
+                        tracing::warn!(peer = %self.peer, "client cancelled too many streams; GOAWAY");
+                        if !closing {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                        hard_stop = Some(now + ABUSE_GRACE);
+                    }
+                    if Signal::Rearm.is_in(raised) {
+                        next = now;
+                    }
                 }
-                _ = tokio::time::sleep_until(stop), if hard_stop.is_some() => return,
-                _ = watch.rearm.notified() => next = tokio::time::Instant::now(),
-                _ = tokio::time::sleep_until(next) => {
+                Event::Due if hard_stop.is_some_and(|t| now >= t) => return,
+                Event::Due => {
                     let (verdict, at) = watch.check();
                     next = at.into();
                     match verdict {
@@ -479,6 +506,10 @@ impl<H: Handler> Connection<H> {
                         Verdict::Drain(_) => {}
                     }
                 }
+            }
+            let due = hard_stop.map_or(next, |stop| stop.min(next));
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
             }
         }
     }

@@ -19,14 +19,14 @@
 //! generation stops); the client's stream ends with an error the next time hyper polls it.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::Notify;
 
 use super::{BoxBody, BoxError};
 
@@ -66,14 +66,34 @@ pub struct ConnWatch {
     /// When a socket write first returned `Pending` (ms since `start`, plus 1; 0 = not blocked).
     write_blocked_since: AtomicU64,
     cancels: Mutex<Bucket>,
-    /// Woken when the client has cancelled too many streams.
-    pub abuse: Notify,
     /// When the connection task will next call [`ConnWatch::check`] (ms since `start`).
     next_check: AtomicU64,
-    /// Woken when a deadline now falls before `next_check` (the connection went idle and
-    /// `client_idle` is shorter than the check interval): the task checks again at once.
-    pub rearm: Notify,
+    /// Events for the connection task ([`Signal`]), raised from anywhere.
+    raised: AtomicU8,
+    /// The connection task, woken when a signal is raised.
+    task: AtomicWaker,
     streams: Mutex<Vec<Weak<Stream>>>,
+}
+
+/// What the connection task is told from outside, through [`ConnWatch::raise`]. The task polls
+/// its connection, these bits and one timer, so a wake-up costs an atomic load, not a lock per
+/// signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The server is shutting down: finish in-flight requests and close (HTTP/2: GOAWAY).
+    Drain = 1,
+    /// The client cancelled too many streams (`http2_max_cancels`): GOAWAY, then a short grace.
+    Abuse = 2,
+    /// A deadline now falls before the check the task has planned (the connection went idle and
+    /// `client_idle` is shorter than the check interval): check again at once.
+    Rearm = 4,
+}
+
+impl Signal {
+    /// Whether `bits` (from [`ConnWatch::poll_signals`]) include this signal.
+    pub fn is_in(self, bits: u8) -> bool {
+        bits & self as u8 != 0
+    }
 }
 
 /// A token bucket: `capacity` at once, refilled at `capacity / 10` per second.
@@ -96,11 +116,27 @@ impl ConnWatch {
                 tokens: f64::from(limits.max_cancels),
                 at: now,
             }),
-            abuse: Notify::new(),
             next_check: AtomicU64::new(0),
-            rearm: Notify::new(),
+            raised: AtomicU8::new(0),
+            task: AtomicWaker::new(),
             streams: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Tells the connection task `signal` and wakes it.
+    pub fn raise(&self, signal: Signal) {
+        self.raised.fetch_or(signal as u8, Ordering::Release);
+        self.task.wake();
+    }
+
+    /// The signals raised since the last call (as bits; 0 for none), registering the task to be
+    /// woken by the next one.
+    pub fn poll_signals(&self, cx: &Context<'_>) -> u8 {
+        self.task.register(cx.waker());
+        if self.raised.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.raised.swap(0, Ordering::Acquire)
     }
 
     fn now_ms(&self) -> u64 {
@@ -143,7 +179,7 @@ impl ConnWatch {
         b.at = now;
         b.tokens -= 1.0;
         if b.tokens < 0.0 {
-            self.abuse.notify_one();
+            self.raise(Signal::Abuse);
         }
     }
 
@@ -227,7 +263,7 @@ impl Drop for RequestGuard {
             // one `client_write / 4` away while a request was in flight).
             let idle_due = now + self.conn.limits.client_idle.as_millis() as u64;
             if idle_due < self.conn.next_check.load(Ordering::Relaxed) {
-                self.conn.rearm.notify_one();
+                self.conn.raise(Signal::Rearm);
             }
         }
     }
