@@ -191,6 +191,36 @@ impl<B: Body<Data = Bytes>> Body for Prefixed<B> {
     }
 }
 
+/// Reads `body` to its end and returns its data. A body that arrives in one frame (most request
+/// bodies) is returned as that frame, without a copy or a buffer list; more frames are joined
+/// into one buffer, sized by the body's hint.
+pub async fn read_whole<B>(body: B) -> Result<Bytes, B::Error>
+where
+    B: Body<Data = Bytes>,
+{
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await.transpose()? {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if let Some(buf) = &mut joined {
+            buf.extend_from_slice(&data);
+        } else if first.is_empty() {
+            first = data;
+        } else {
+            let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
+            let mut buf = bytes::BytesMut::with_capacity(first.len() + data.len() + hint);
+            buf.extend_from_slice(&first);
+            buf.extend_from_slice(&data);
+            joined = Some(buf);
+        }
+    }
+    Ok(joined.map_or(first, bytes::BytesMut::freeze))
+}
+
 /// Largest amount read ahead to find a stream's first event.
 pub const MAX_BOOTSTRAP: usize = 64 << 10;
 
@@ -282,6 +312,35 @@ mod tests {
             Some(5),
         );
         assert!(matches!(big.collect().await, Err(BodyError::TooLarge(5))));
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_is_its_one_frame_or_its_frames_joined() {
+        let frames = |chunks: Vec<&'static str>| {
+            StreamBody::new(futures_util::stream::iter(chunks.into_iter().map(|c| {
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(c.as_bytes())))
+            })))
+        };
+        // One frame: that very buffer, not a copy.
+        let one = Bytes::from_static(b"{\"model\":\"m\"}");
+        let read = read_whole(Full::new(one.clone())).await.unwrap();
+        assert_eq!(read.as_ptr(), one.as_ptr());
+        assert_eq!(read, one);
+        // Several frames (empty ones among them), in order, with trailers skipped.
+        let read = read_whole(frames(vec!["", "ab", "", "c", "def"]))
+            .await
+            .unwrap();
+        assert_eq!(read, "abcdef");
+        let trailers = futures_util::stream::iter([
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x"))),
+            Ok(Frame::trailers(http::HeaderMap::new())),
+            Ok(Frame::data(Bytes::from_static(b"y"))),
+        ]);
+        assert_eq!(read_whole(StreamBody::new(trailers)).await.unwrap(), "xy");
+        assert_eq!(read_whole(frames(vec![])).await.unwrap(), "");
+        // The body's error comes back (the limit of a guarded body, here).
+        let big = GuardedBody::new(frames(vec!["123", "456"]), Duration::from_secs(1), Some(5));
+        assert!(matches!(read_whole(big).await, Err(BodyError::TooLarge(5))));
     }
 
     #[tokio::test]

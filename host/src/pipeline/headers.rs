@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy
@@ -26,6 +27,20 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
+/// Whether `name` is one of [`HOP_BY_HOP`].
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Removes every header whose name `drop` selects. The names present are scanned (a handful)
+/// instead of looking each candidate up by hash: most messages carry none of them, and then
+/// nothing is hashed or allocated.
+fn remove_matching(h: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    while let Some(name) = h.keys().find(|n| drop(n)).cloned() {
+        h.remove(&name);
+    }
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
@@ -35,9 +50,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter().chain(&listed) {
-        h.remove(name);
-    }
+    remove_matching(h, |n| is_hop_by_hop(n) || listed.contains(n));
 }
 
 /// What the gateway knows about the request it forwards.
@@ -55,16 +68,19 @@ pub struct Forwarding<'a> {
 /// before any policy ran; here only the fixed hop-by-hop set is removed again, so a header a
 /// policy set is never dropped because the client named it.
 pub fn to_upstream(h: &mut HeaderMap, f: &Forwarding<'_>) {
-    for name in &HOP_BY_HOP {
-        h.remove(name);
-    }
-    // hyper derives Host/:authority from the upstream URI and Content-Length from the body.
-    h.remove(header::HOST);
-    h.remove(header::CONTENT_LENGTH);
-    // The client's key is for us; the upstream gets the upstream's credential
-    // (`Upstream::send` sets it).
-    h.remove(header::AUTHORIZATION);
-    h.remove(X_API_KEY);
+    remove_matching(h, |n| {
+        is_hop_by_hop(n)
+            // hyper derives Host/:authority from the upstream URI and Content-Length from the
+            // body.
+            || n == header::HOST
+            || n == header::CONTENT_LENGTH
+            // The client's key is for us; the upstream gets the upstream's credential
+            // (`Upstream::send` sets it).
+            || n == header::AUTHORIZATION
+            || n == X_API_KEY
+            // Replaced by the X-Forwarded-* set below.
+            || n == header::FORWARDED
+    });
 
     // Several X-Forwarded-For lines are one list, in order (as the client IP was read).
     let prev: Vec<&str> = h
@@ -74,21 +90,23 @@ pub fn to_upstream(h: &mut HeaderMap, f: &Forwarding<'_>) {
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .collect();
-    let xff = if f.trusted_peer && !prev.is_empty() {
-        format!("{}, {}", prev.join(", "), f.peer_ip)
+    // An address is always a valid header value; one buffer serves both headers that carry it.
+    let client_ip = HeaderValue::from_maybe_shared(Bytes::from(f.client_ip.to_string()))
+        .expect("an IP address is a valid header value");
+    if f.trusted_peer && !prev.is_empty() {
+        let xff = format!("{}, {}", prev.join(", "), f.peer_ip);
+        h.remove(&X_FORWARDED_FOR);
+        insert(h, X_FORWARDED_FOR, &xff);
     } else {
-        f.client_ip.to_string()
-    };
-    h.remove(&X_FORWARDED_FOR);
-    insert(h, X_FORWARDED_FOR, &xff);
-    insert(h, X_REAL_IP, &f.client_ip.to_string());
+        h.insert(X_FORWARDED_FOR, client_ip.clone());
+    }
+    h.insert(X_REAL_IP, client_ip);
     if !(f.trusted_peer && h.contains_key(&X_FORWARDED_PROTO)) {
         h.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if f.tls { "https" } else { "http" }),
         );
     }
-    h.remove(header::FORWARDED);
     insert(h, X_REQUEST_ID, f.request_id);
 }
 
@@ -180,9 +198,25 @@ mod tests {
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert(header::TE, "trailers".parse().unwrap());
         h.insert("anthropic-version", "2023-06-01".parse().unwrap());
+        h.insert(header::HOST, "gateway.example".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "12".parse().unwrap());
+        h.insert(header::FORWARDED, "for=6.6.6.6".parse().unwrap());
         // As the pipeline does: the client's hop-by-hop headers on arrival, then forwarding.
         strip_hop_by_hop(&mut h);
+        // Hop-by-hop headers a policy sets in between (several lines of one) are removed again.
+        h.append(header::UPGRADE, "websocket".parse().unwrap());
+        h.append(header::UPGRADE, "h2c".parse().unwrap());
+        h.insert(header::PROXY_AUTHORIZATION, "Basic x".parse().unwrap());
         to_upstream(&mut h, &fwd(false));
+        for gone in [
+            "host",
+            "content-length",
+            "forwarded",
+            "upgrade",
+            "proxy-authorization",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
         assert!(!h.contains_key(header::AUTHORIZATION));
         assert!(!h.contains_key("x-api-key"));
         assert!(!h.contains_key("x-secret-hop"));

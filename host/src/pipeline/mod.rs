@@ -67,7 +67,7 @@ pub use self::session::{Ctx, Outcome, Session};
 use self::session::{Probe, TokenMeter};
 use crate::error::{ErrorKind, GatewayError, Source};
 use crate::listen::{BoxBody, ConnInfo};
-use crate::upstream::{ConnectTiming, SendError, Upstream, UpstreamClient};
+use crate::upstream::{SendError, Upstream, UpstreamBody, UpstreamClient};
 
 /// Longest request id accepted from a trusted proxy.
 const MAX_REQUEST_ID: usize = 128;
@@ -253,8 +253,11 @@ async fn run(
     }
     s.ctx.record.model = probe
         .model
-        .as_deref()
-        .map(|m| Arc::from(&*crate::error::truncate(m)));
+        .as_ref()
+        .map(|m| match crate::error::truncate(m) {
+            std::borrow::Cow::Borrowed(_) => m.clone(),
+            std::borrow::Cow::Owned(cut) => Arc::from(cut),
+        });
     s.probe = probe;
     for f in &chain.authenticated {
         f.on_authenticated(s).await?;
@@ -339,10 +342,7 @@ async fn attempt(
     let sent = upstream.send(client, req, s.rt.limits.response_head).await;
     s.ctx.record.upstream_head = Some(s.ctx.record.start.elapsed());
     let resp = sent.map_err(|e| send_failed(upstream, e))?;
-    s.ctx.record.upstream_connect = resp
-        .extensions()
-        .get::<ConnectTiming>()
-        .map(ConnectTiming::take);
+    s.ctx.record.upstream_connect = UpstreamBody::connect_time(&resp);
     if resp.status().is_server_error() {
         upstream.record_failure(format!("status {}", resp.status().as_u16()));
     } else {
@@ -475,8 +475,8 @@ async fn read_body(
     if !is_json && !bodiless && !probe_any {
         return Ok((RequestBody::Streaming(Some(guarded)), Probe::default()));
     }
-    let bytes = match guarded.collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let bytes = match body::read_whole(guarded).await {
+        Ok(bytes) => bytes,
         Err(BodyError::TooLarge(_)) => return Err(too_large.into()),
         Err(e) => return Err(GatewayError::from(ErrorKind::ClientBody).caused_by(e)),
     };

@@ -169,13 +169,40 @@ impl Ctx {
 /// The fields of a JSON request body the gateway acts on; everything else passes untouched.
 #[derive(Deserialize, Default, Debug)]
 pub struct Probe {
-    pub model: Option<String>,
+    /// Read into its shared form at once (one allocation), as the request's record keeps it.
+    #[serde(default, deserialize_with = "shared_str")]
+    pub model: Option<Arc<str>>,
     pub stream: Option<bool>,
     pub prompt_cache_key: Option<String>,
     pub user: Option<String>,
     /// Completion budgets, for token limit reservations.
     pub max_tokens: Option<u64>,
     pub max_completion_tokens: Option<u64>,
+}
+
+/// A JSON string (or null) as an `Arc<str>`, copied once from the body whether or not it had
+/// escapes.
+fn shared_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Error> {
+    struct Shared;
+    impl<'v> serde::de::Visitor<'v> for Shared {
+        type Value = Option<Arc<str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Arc::from(v)))
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'v>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    d.deserialize_option(Shared)
 }
 
 /// One request while the pipeline decides it.
@@ -236,7 +263,7 @@ impl<'a> Session<'a> {
             .as_ref()
             .map_or((String::new(), ""), |k| (k.hex.to_string(), &*k.name));
         let view = Arc::new(RequestInfo {
-            model: self.probe.model.clone(),
+            model: self.probe.model.as_deref().map(str::to_owned),
             stream: self.probe.stream.unwrap_or(false),
             session_hint: self
                 .probe
@@ -255,8 +282,40 @@ impl<'a> Session<'a> {
         view
     }
 
-    /// The model the client named, if any.
+    /// The model the client named, if any (in full; the record may hold it truncated).
     pub fn model(&self) -> Option<&str> {
         self.probe.model.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(json: &str) -> Result<Probe, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn the_probe_reads_the_model_escaped_or_not_and_only_as_a_string() {
+        let p = probe(
+            r#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-4o","stream":true}"#,
+        )
+        .unwrap();
+        assert_eq!(p.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(p.stream, Some(true));
+        assert_eq!(
+            probe(r#"{"model":"a\"b\u00e9"}"#).unwrap().model.as_deref(),
+            Some("a\"bé")
+        );
+        assert_eq!(probe(r#"{"model":null}"#).unwrap().model, None);
+        assert_eq!(probe(r#"{"stream":false}"#).unwrap().model, None);
+        for bad in [
+            r#"{"model":5}"#,
+            r#"{"model":["m"]}"#,
+            r#"{"model":{"m":1}}"#,
+        ] {
+            assert!(probe(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -31,7 +31,6 @@ use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
-use super::client::ConnectTiming;
 use crate::listen::{BoxBody, BoxError};
 
 /// How long an idle connection is kept (the same as the pooled client's).
@@ -61,7 +60,8 @@ pub enum H1Error {
 struct Conn {
     tx: http1::SendRequest<BoxBody>,
     conn: http1::Connection<Io, BoxBody>,
-    timing: ConnectTiming,
+    /// How long the connect took; taken by the first answer (later ones report zero).
+    connect: Option<Duration>,
 }
 
 impl Conn {
@@ -166,9 +166,9 @@ impl Pool {
         let io = tower_service::Service::call(&mut self.connector.clone(), uri.clone())
             .await
             .map_err(|e| H1Error::Connect(e.into()))?;
-        let timing = ConnectTiming::new(start.elapsed());
+        let connect = Some(start.elapsed());
         let (tx, conn) = http1::handshake(io).await?;
-        Ok(Box::new(Conn { tx, conn, timing }))
+        Ok(Box::new(Conn { tx, conn, connect }))
     }
 
     /// Sends `req` (an absolute `http://` URI) on an idle or a new connection, driving the
@@ -187,9 +187,11 @@ impl Pool {
         *req.uri_mut() = uri
             .path_and_query()
             .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        // A new connection is the rare path: its future is boxed so that every request's future
+        // (and each one it is moved into) does not carry the connector's and handshake's state.
         let (mut conn, reused) = match idle {
             Some(conn) => (conn, true),
-            None => (self.connect(&uri).await?, false),
+            None => (Box::pin(self.connect(&uri)).await?, false),
         };
         let (head, alive) = match exchange(&mut conn, req).await {
             Ok(answer) => answer,
@@ -197,7 +199,7 @@ impl Pool {
             // it was written: once more on a new connection (as hyper-util's client does).
             Err(mut e) if reused && e.message().is_some() => {
                 let req = e.take_message().expect("checked");
-                conn = self.connect(&uri).await?;
+                conn = Box::pin(self.connect(&uri)).await?;
                 exchange(&mut conn, req).await.map_err(|e| e.into_error())?
             }
             Err(e) => return Err(e.into_error().into()),
@@ -207,8 +209,8 @@ impl Pool {
             conn: None,
             shelf: self.shelf.clone(),
             authority,
+            connect: conn.connect.take().unwrap_or_default(),
         });
-        head.extensions_mut().insert(conn.timing.clone());
         if alive {
             head.body_mut().conn = Some(conn);
         }
@@ -274,9 +276,17 @@ pub struct H1Body {
     conn: Option<Box<Conn>>,
     shelf: SharedShelf,
     authority: Authority,
+    connect: Duration,
 }
 
 impl H1Body {
+    /// How long connecting took for this answer: zero on a reused connection (nginx's
+    /// `$upstream_connect_time`). Carried here rather than in the response's extensions, which
+    /// would cost three allocations per answer.
+    pub fn connect_time(&self) -> Duration {
+        self.connect
+    }
+
     fn release(&mut self, cx: &mut Context<'_>) {
         if let Some(mut conn) = self.conn.take()
             && conn.drive(cx)

@@ -26,6 +26,21 @@ pub enum UpstreamBody {
     Mock(BoxBody),
 }
 
+impl UpstreamBody {
+    /// How long connecting to the upstream took for `resp`, zero on a reused connection; `None`
+    /// for a mock upstream.
+    pub fn connect_time(resp: &http::Response<Self>) -> Option<std::time::Duration> {
+        match resp.body() {
+            Self::H1(b) => Some(b.connect_time()),
+            Self::Http(_) => resp
+                .extensions()
+                .get::<ConnectTiming>()
+                .map(ConnectTiming::take),
+            Self::Mock(_) => None,
+        }
+    }
+}
+
 impl http_body::Body for UpstreamBody {
     type Data = bytes::Bytes;
     type Error = crate::listen::BoxError;

@@ -564,7 +564,11 @@ impl Stores {
 
     /// The token usage recorded since the last call (for the writer).
     fn take_tokens(&self) -> Vec<TokenUsage> {
-        std::mem::take(&mut self.pending().0)
+        let mut pending = self.pending();
+        // The next interval starts with the room this one needed: requests then never wait on
+        // the buffer growing (and copying itself) under the lock.
+        let room = pending.0.len();
+        std::mem::replace(&mut pending.0, Vec::with_capacity(room))
     }
 
     /// Counts a batch the writer could not write.
