@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# User-space instructions per request, counted by valgrind's callgrind: a measure of the work a
+# change removes that does not move with the machine's load (two runs of one binary agree within
+# 0.3%, where timed rounds on a shared 2-core box move by 15%). Not a test; loopback only.
+#
+#   bench/instructions.sh TOLLGATE_BINARY... [floor]   # each in turn, auth-only config of bench/ab.sh
+#   RATE=500 SECS=12 bench/instructions.sh OLD NEW floor
+#   KEEP=dir bench/instructions.sh NEW                 # keep the callgrind files for callgrind_annotate
+#
+# Each target runs under callgrind, is warmed for 4 s, then gets a fixed offered rate (RATE per
+# second for SECS, 8 connections, so every target serves the same requests and the same
+# background ticks) and prints instructions per request. What this cannot see: the kernel, cache
+# misses, contention between threads (valgrind runs one thread at a time), and SHA-256, which
+# runs its portable code under valgrind (the CPU's SHA extensions are not emulated: about 6,900
+# of Tollgate's count, several times less natively). Timings stay the job of run.sh and ab.sh.
+# Needs valgrind (apt-get install valgrind) and the release binaries of this tree.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
+RATE=${RATE:-500} SECS=${SECS:-12}
+bin=target/release
+out=${KEEP:-$(mktemp -d)}
+mkdir -p "$out"
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+MOCK=127.0.0.1:19700
+"$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
+# valgrind cannot map the pooling allocator's reserved address space; no plugin runs here.
+export TOLLGATE_WASM_ON_DEMAND=1
+i=0
+for target in "$@"; do
+  port=$((19710 + i))
+  cat > "$out/g$i.yaml" <<YAML
+server: {listen: "127.0.0.1:$port", max_connections_per_ip: 0}
+auth:
+  secret: bench-secret-0123456789
+  keys: [{name: bench, key: sk-bench-key-0001}]
+upstreams: [{name: mock, url: "http://$MOCK", credential: sk-upstream}]
+routes: [{path_prefix: /v1/, upstreams: [mock]}]
+storage: {database: "sqlite://$out/g$i.db"}
+admin: {enabled: false}
+logging: {level: warn, access_log: false}
+YAML
+  if [ "$target" = floor ]; then
+    cmd=("$bin/tollgate-bench" floor --listen "127.0.0.1:$port" --upstream "http://$MOCK")
+  else
+    cmd=("$target" run --config "$out/g$i.yaml")
+  fi
+  valgrind --tool=callgrind --callgrind-out-file="$out/cg$i.%p" "${cmd[@]}" 2>"$out/valgrind$i.log" &
+  pid=$!; pids+=($pid)
+  for _ in $(seq 600); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
+  load() { "$bin/tollgate-bench" rps --url "http://127.0.0.1:$port/v1/chat/completions" --concurrency 8 --key sk-bench-key-0001 "$@"; }
+  load --seconds 4 >/dev/null
+  callgrind_control -z "$pid" >/dev/null
+  r=$(load --seconds "$SECS" --rate "$RATE")
+  callgrind_control -d "$pid" >/dev/null
+  sleep 1
+  n=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['requests'])" "$r")
+  ir=$(grep -h '^summary:' "$out/cg$i.$pid".* | awk '{s += $2} END {print s}')
+  echo "$target: $n requests, $((ir / n)) instructions per request"
+  kill "$pid"
+  i=$((i + 1))
+done
