@@ -387,7 +387,9 @@ impl<H: Handler> Connection<H> {
             let watch = conn_watch.clone();
             let guard = watch.request();
             async move {
-                let resp = handler.handle(req, info).await;
+                // Boxed once: hyper moves the service future it is given (into its in-flight
+                // slot), and the request's whole pipeline state is several KiB.
+                let resp = Box::pin(handler.handle(req, info)).await;
                 Ok::<_, std::convert::Infallible>(resp.map(|b| watch.watch_body(b, guard)))
             }
         });
