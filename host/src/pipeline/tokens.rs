@@ -280,12 +280,19 @@ impl TokenMeter {
 
 const USAGE_KEY: &[u8] = b"\"usage\"";
 
+/// Searchers for [`USAGE_KEY`], built once: building one costs more than a search of a short
+/// answer or event.
+static USAGE_FROM_END: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(USAGE_KEY));
+static USAGE_FROM_START: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(USAGE_KEY));
+
 /// The top-level `usage` object of a JSON answer. Providers put it last, so the document is
 /// searched from the end for `"usage"` and only the value after it is parsed (a quoted `usage` in
 /// content is escaped, so it never matches; an occurrence whose value is not a usage object is
 /// passed over for an earlier one).
 fn usage_member(body: &[u8]) -> Option<Tokens> {
-    let finder = memchr::memmem::FinderRev::new(USAGE_KEY);
+    let finder = &*USAGE_FROM_END;
     let mut end = body.len();
     while let Some(at) = finder.rfind(&body[..end]) {
         let rest = body[at + USAGE_KEY.len()..].trim_ascii_start();
@@ -307,7 +314,7 @@ fn sse_line(line: &[u8], seen: &mut Option<Tokens>) {
     let Some(data) = line.strip_prefix(b"data:") else {
         return;
     };
-    if memchr::memmem::find(data, USAGE_KEY).is_some() {
+    if USAGE_FROM_START.find(data).is_some() {
         from_event(data.trim_ascii(), seen);
     }
 }
