@@ -187,11 +187,9 @@ impl Pool {
         *req.uri_mut() = uri
             .path_and_query()
             .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
-        // A new connection is the rare path: its future is boxed so that every request's future
-        // (and each one it is moved into) does not carry the connector's and handshake's state.
         let (mut conn, reused) = match idle {
             Some(conn) => (conn, true),
-            None => (Box::pin(self.connect(&uri)).await?, false),
+            None => (self.connect(&uri).await?, false),
         };
         let (head, alive) = match exchange(&mut conn, req).await {
             Ok(answer) => answer,
@@ -199,7 +197,7 @@ impl Pool {
             // it was written: once more on a new connection (as hyper-util's client does).
             Err(mut e) if reused && e.message().is_some() => {
                 let req = e.take_message().expect("checked");
-                conn = Box::pin(self.connect(&uri)).await?;
+                conn = self.connect(&uri).await?;
                 exchange(&mut conn, req).await.map_err(|e| e.into_error())?
             }
             Err(e) => return Err(e.into_error().into()),
