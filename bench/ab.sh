@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/nginx.sh
+. bench/gateway.sh
 old=$1 new=$2
 ROUNDS=${ROUNDS:-3} SECS=${SECS:-8} RATE=${RATE:-} CHAIN=${CHAIN:-0}
 bin=target/release
@@ -27,17 +28,7 @@ nginx_conf "$out" "$MOCK" "$NGINX" > "$out/nginx.conf"
 "$(command -v nginx || echo /usr/sbin/nginx)" -c "$out/nginx.conf" -p "$out" -e "$out/nginx-error.log"
 for side in old:$OLD new:$NEW; do
   name=${side%%:*} addr=${side#*:}
-  cat > "$out/$name.yaml" <<YAML
-server: {listen: "$addr", max_connections_per_ip: 0}
-auth:
-  secret: bench-secret-0123456789
-  keys: [{name: bench, key: sk-bench-key-0001}]
-upstreams: [{name: mock, url: "http://$MOCK", credential: sk-upstream}]
-routes: [{path_prefix: /v1/, upstreams: [mock]}]
-storage: {database: "sqlite://$out/$name.db"}
-admin: {enabled: false}
-logging: {level: warn, access_log: false}
-YAML
+  gateway_yaml "$addr" "$MOCK" "$out/$name.db" > "$out/$name.yaml"
   if [ "$CHAIN" = 1 ]; then
     W=$PWD/plugins/target/wasm32-wasip2/release
     sed -i 's|^upstreams: .*|upstreams: [{name: mock-a, url: "http://'"$MOCK"'", credential: sk-upstream}, {name: mock-b, url: "http://'"$MOCK"'", credential: sk-upstream}]|; s|^routes: .*|routes: [{path_prefix: /v1/, upstreams: [mock-a, mock-b], policies: [bind, stamp, rotate, quota]}]|' "$out/$name.yaml"

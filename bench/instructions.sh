@@ -16,6 +16,7 @@
 # Needs valgrind (apt-get install valgrind) and the release binaries of this tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/gateway.sh
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
 RATE=${RATE:-500} SECS=${SECS:-12}
 bin=target/release
@@ -30,17 +31,7 @@ export TOLLGATE_WASM_ON_DEMAND=1
 i=0
 for target in "$@"; do
   port=$((19710 + i))
-  cat > "$out/g$i.yaml" <<YAML
-server: {listen: "127.0.0.1:$port", max_connections_per_ip: 0}
-auth:
-  secret: bench-secret-0123456789
-  keys: [{name: bench, key: sk-bench-key-0001}]
-upstreams: [{name: mock, url: "http://$MOCK", credential: sk-upstream}]
-routes: [{path_prefix: /v1/, upstreams: [mock]}]
-storage: {database: "sqlite://$out/g$i.db"}
-admin: {enabled: false}
-logging: {level: warn, access_log: false}
-YAML
+  gateway_yaml "127.0.0.1:$port" "$MOCK" "$out/g$i.db" > "$out/g$i.yaml"
   if [ "$target" = floor ]; then
     cmd=("$bin/tollgate-bench" floor --listen "127.0.0.1:$port" --upstream "http://$MOCK")
   else
