@@ -3,8 +3,9 @@
 # change removes that does not move with the machine's load (two runs of one binary agree within
 # 0.3%, where timed rounds on a shared 2-core box move by 15%). Not a test; loopback only.
 #
-#   bench/instructions.sh TOLLGATE_BINARY... [floor]   # each in turn, auth-only config of bench/ab.sh
-#   RATE=500 SECS=12 bench/instructions.sh OLD NEW floor
+#   bench/instructions.sh TOLLGATE_BINARY... [floor] [nginx]   # each in turn; Tollgate runs the
+#                                                             # auth-only config of bench/ab.sh
+#   RATE=500 SECS=12 bench/instructions.sh OLD NEW floor nginx
 #   KEEP=dir bench/instructions.sh NEW                 # keep the callgrind files for callgrind_annotate
 #
 # Each target runs under callgrind, is warmed for 4 s, then gets a fixed offered rate (RATE per
@@ -17,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/gateway.sh
+. bench/nginx.sh
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
 RATE=${RATE:-500} SECS=${SECS:-12}
 bin=target/release
@@ -34,6 +36,11 @@ for target in "$@"; do
   gateway_yaml "127.0.0.1:$port" "$MOCK" "$out/g$i.db" > "$out/g$i.yaml"
   if [ "$target" = floor ]; then
     cmd=("$bin/tollgate-bench" floor --listen "127.0.0.1:$port" --upstream "http://$MOCK")
+  elif [ "$target" = nginx ]; then
+    # One process, in the foreground, so that callgrind follows the worker that serves.
+    nginx_conf "$out" "$MOCK" "127.0.0.1:$port" |
+      sed 's/worker_processes auto;/worker_processes 1; daemon off; master_process off;/' > "$out/nginx$i.conf"
+    cmd=("$(command -v nginx || echo /usr/sbin/nginx)" -c "$out/nginx$i.conf" -p "$out" -e "$out/nginx-error.log")
   else
     cmd=("$target" run --config "$out/g$i.yaml")
   fi
@@ -42,9 +49,9 @@ for target in "$@"; do
   for _ in $(seq 600); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
   load() { "$bin/tollgate-bench" rps --url "http://127.0.0.1:$port/v1/chat/completions" --concurrency 8 --key sk-bench-key-0001 "$@"; }
   load --seconds 4 >/dev/null
-  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
   r=$(load --seconds "$SECS" --rate "$RATE")
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
   n=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['requests'])" "$r")
   ir=$(grep -h '^summary:' "$out/cg$i.$pid".* | awk '{s += $2} END {print s}')
