@@ -14,6 +14,9 @@ use super::sql::{TokenUsage, Usage};
 
 /// Token usage is summed per hour, key id, upstream and model.
 type TokenGroup = (u64, Arc<str>, Arc<str>, Arc<str>);
+/// Every request's usage is looked up here, so the hash is foldhash (seeded per process, like
+/// hashbrown's default) rather than SipHash: model names come from clients.
+type TokenSums = HashMap<TokenGroup, TokenUsage, foldhash::fast::RandomState>;
 use super::{Intercept, Stores};
 use tollgate_config::AlertsConfig;
 
@@ -39,7 +42,7 @@ pub(super) struct Writer {
     /// Intercepts not yet written, oldest first; at [`MAX_PENDING_INTERCEPTS`] the oldest goes.
     intercepts: VecDeque<Intercept>,
     /// Token usage summed per (hour, key, upstream, model) until the next flush.
-    tokens: HashMap<TokenGroup, TokenUsage>,
+    tokens: TokenSums,
 }
 
 impl Writer {
@@ -53,7 +56,7 @@ impl Writer {
             alerts: Alerts::new(alerts, client),
             usage: HashMap::new(),
             intercepts: VecDeque::new(),
-            tokens: HashMap::new(),
+            tokens: TokenSums::default(),
         }
     }
 
