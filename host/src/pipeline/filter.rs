@@ -23,9 +23,11 @@
 //! when there is one and the body can be replayed. Retrying is one mechanism: a failed attempt
 //! whose [`GatewayError::is_retryable`] is set, or a `Retry` verdict.
 
+use std::future::{IntoFuture, Ready};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::{BoxFuture, Either};
 use http::HeaderMap;
 
 use super::session::{Ctx, Session};
@@ -77,8 +79,37 @@ pub enum Verdict {
     Retry,
 }
 
+/// What a hook that may wait returns: its result now, or a future of it. Most filters decide
+/// from what they hold (`Step::Now`, no allocation); those that wait on a plugin, a store or the
+/// network return [`Step::later`]. The pipeline `.await`s either.
+pub enum Step<'a, T> {
+    Now(T),
+    Later(BoxFuture<'a, T>),
+}
+
+impl<'a, T> Step<'a, T> {
+    /// A result that needs waiting for.
+    pub fn later(f: impl Future<Output = T> + Send + 'a) -> Self {
+        Self::Later(Box::pin(f))
+    }
+}
+
+impl<'a, T> IntoFuture for Step<'a, T> {
+    type Output = T;
+    type IntoFuture = Either<Ready<T>, BoxFuture<'a, T>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        match self {
+            Self::Now(v) => Either::Left(std::future::ready(v)),
+            Self::Later(f) => Either::Right(f),
+        }
+    }
+}
+
+/// What most hooks return: `Ok` to go on, or the error that ends the request.
+pub type HookResult<'a, T = ()> = Step<'a, Result<T, GatewayError>>;
+
 /// One feature on the request path. See the module documentation for the phases.
-#[async_trait::async_trait]
 pub trait Filter: Send + Sync + 'static {
     /// Names the filter in logs.
     fn name(&self) -> &str;
@@ -89,63 +120,63 @@ pub trait Filter: Send + Sync + 'static {
     /// After the route is known, before the key is checked: the client IP, the method and the
     /// normalised path are known. An error refuses the request (no key was checked, so it is
     /// cheap to refuse here). Default: nothing.
-    async fn on_request(&self, _s: &mut Session<'_>) -> Result<(), GatewayError> {
-        Ok(())
+    fn on_request<'a>(&'a self, _s: &'a mut Session<'_>) -> HookResult<'a> {
+        Step::Now(Ok(()))
     }
 
     /// After authentication and after the body was read: the key, the model and the rest of the
     /// body probe are known. An error refuses the request. Default: nothing.
-    async fn on_authenticated(&self, _s: &mut Session<'_>) -> Result<(), GatewayError> {
-        Ok(())
+    fn on_authenticated<'a>(&'a self, _s: &'a mut Session<'_>) -> HookResult<'a> {
+        Step::Now(Ok(()))
     }
 
     /// Once, with the route's upstreams that serve the model, healthy ones first; the filter may
     /// reorder or remove candidates (the first is tried first). An error refuses the request.
     /// Default: leaves the order.
-    async fn on_select(
-        &self,
-        _s: &mut Session<'_>,
-        _candidates: &mut Vec<Arc<Upstream>>,
-    ) -> Result<(), GatewayError> {
-        Ok(())
+    fn on_select<'a>(
+        &'a self,
+        _s: &'a mut Session<'_>,
+        _candidates: &'a mut Vec<Arc<Upstream>>,
+    ) -> HookResult<'a> {
+        Step::Now(Ok(()))
     }
 
     /// Before each attempt, with the headers about to be sent to `upstream` (the client's, after
     /// the hop-by-hop ones were removed; forwarding headers and the upstream's credential are
     /// added after this hook, so a filter cannot change them). An error refuses the request.
     /// Default: nothing.
-    async fn on_upstream_request(
-        &self,
-        _s: &mut Session<'_>,
-        _upstream: &Upstream,
-        _headers: &mut HeaderMap,
-    ) -> Result<(), GatewayError> {
-        Ok(())
+    fn on_upstream_request<'a>(
+        &'a self,
+        _s: &'a mut Session<'_>,
+        _upstream: &'a Upstream,
+        _headers: &'a mut HeaderMap,
+    ) -> HookResult<'a> {
+        Step::Now(Ok(()))
     }
 
     /// After each attempt's response head (and first event, see [`UpstreamResponse`]), before
     /// anything reaches the client. [`Verdict::Retry`] asks for the next candidate; an error ends
     /// the request. Default: [`Verdict::Continue`].
-    async fn on_upstream_response(
-        &self,
-        _s: &mut Session<'_>,
-        _upstream: &Upstream,
-        _response: &UpstreamResponse<'_>,
-    ) -> Result<Verdict, GatewayError> {
-        Ok(Verdict::Continue)
+    fn on_upstream_response<'a>(
+        &'a self,
+        _s: &'a mut Session<'_>,
+        _upstream: &'a Upstream,
+        _response: &'a UpstreamResponse<'_>,
+    ) -> HookResult<'a, Verdict> {
+        Step::Now(Ok(Verdict::Continue))
     }
 
     /// Once, on the head the client will receive: the chosen upstream's (`from` names it) or the
     /// gateway's own error answer (`from` is `None`). On an upstream's head an error replaces the
     /// response with the error's; on the gateway's own answer errors are logged and ignored.
     /// Default: nothing.
-    async fn on_response_head(
-        &self,
-        _s: &mut Session<'_>,
-        _head: &mut http::response::Parts,
-        _from: Option<&Upstream>,
-    ) -> Result<(), GatewayError> {
-        Ok(())
+    fn on_response_head<'a>(
+        &'a self,
+        _s: &'a mut Session<'_>,
+        _head: &'a mut http::response::Parts,
+        _from: Option<&'a Upstream>,
+    ) -> HookResult<'a> {
+        Step::Now(Ok(()))
     }
 
     /// Each data frame relayed to the client, as it passes (an SSE event is one or more frames).
@@ -208,7 +239,6 @@ mod tests {
 
     struct Named(&'static str, Hooks);
 
-    #[async_trait::async_trait]
     impl Filter for Named {
         fn name(&self) -> &str {
             self.0

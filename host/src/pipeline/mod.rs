@@ -59,7 +59,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use self::body::{BodyError, GuardedBody, Prefixed};
-pub use self::filter::{Chain, Filter, Hooks, UpstreamResponse, Verdict};
+pub use self::filter::{Chain, Filter, HookResult, Hooks, Step, UpstreamResponse, Verdict};
 use self::headers::{Forwarding, X_REQUEST_ID};
 use self::relay::{Relay, Relayed, Tail};
 use self::route::{Limits, Route, Runtime};

@@ -257,7 +257,6 @@ mod tests {
 
     struct Watch(Arc<Probe>);
 
-    #[async_trait::async_trait]
     impl Filter for Watch {
         fn name(&self) -> &str {
             "watch"

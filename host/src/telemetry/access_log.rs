@@ -14,7 +14,6 @@ fn ms(d: Option<Duration>) -> Option<f64> {
     d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3)
 }
 
-#[async_trait::async_trait]
 impl Filter for AccessLog {
     fn name(&self) -> &str {
         "access_log"

@@ -646,7 +646,6 @@ impl MetricsFilter {
     }
 }
 
-#[async_trait::async_trait]
 impl Filter for MetricsFilter {
     fn name(&self) -> &str {
         "metrics"

@@ -20,7 +20,6 @@ impl Usage {
     }
 }
 
-#[async_trait::async_trait]
 impl Filter for Usage {
     fn name(&self) -> &str {
         "usage"

@@ -5,15 +5,14 @@
 
 use std::sync::Arc;
 
-use crate::error::{ErrorKind, GatewayError};
-use crate::pipeline::{Filter, Hooks, Session};
+use crate::error::ErrorKind;
+use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
 use crate::state::Stores;
 
 pub(crate) struct IpAccess {
     pub(crate) stores: Arc<Stores>,
 }
 
-#[async_trait::async_trait]
 impl Filter for IpAccess {
     fn name(&self) -> &str {
         "access"
@@ -23,12 +22,15 @@ impl Filter for IpAccess {
         Hooks::REQUEST
     }
 
-    async fn on_request(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
+    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
         let ip = s.client_ip;
         let route = s.route.and_then(|r| r.access.as_deref());
-        if !self.stores.ip_allowed(ip) || route.is_some_and(|t| !t.allows(ip)) {
-            return Err(ErrorKind::IpDenied.into());
-        }
-        Ok(())
+        Step::Now(
+            if !self.stores.ip_allowed(ip) || route.is_some_and(|t| !t.allows(ip)) {
+                Err(ErrorKind::IpDenied.into())
+            } else {
+                Ok(())
+            },
+        )
     }
 }

@@ -18,7 +18,7 @@ use http::{HeaderValue, Method};
 
 use crate::config::CorsConfig;
 use crate::error::{ErrorKind, GatewayError};
-use crate::pipeline::{Filter, Hooks, Session};
+use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
 use crate::upstream::Upstream;
 
 pub(crate) struct Cors {
@@ -60,17 +60,10 @@ impl Cors {
     }
 }
 
-#[async_trait::async_trait]
-impl Filter for Cors {
-    fn name(&self) -> &str {
-        "cors"
-    }
-
-    fn hooks(&self) -> Hooks {
-        Hooks::REQUEST | Hooks::RESPONSE_HEAD
-    }
-
-    async fn on_request(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
+impl Cors {
+    /// Notes an allowed origin for the answer; refuses a preflight, which the gateway answers
+    /// itself (its headers are set by [`Cors::set_headers`]).
+    fn note_origin(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
         if let Some(origin) = s.head.headers.get(ORIGIN)
             && self.allows(origin)
         {
@@ -85,18 +78,13 @@ impl Filter for Cors {
         Ok(())
     }
 
-    async fn on_response_head(
-        &self,
-        s: &mut Session<'_>,
-        head: &mut http::response::Parts,
-        _from: Option<&Upstream>,
-    ) -> Result<(), GatewayError> {
-        let h = &mut head.headers;
+    /// The CORS headers of an answer: `Vary`, and the allowance of a noted origin.
+    fn set_headers(&self, s: &Session<'_>, h: &mut http::HeaderMap) {
         if !self.any {
             h.append(VARY, HeaderValue::from_static("Origin"));
         }
         let Some(AllowedOrigin(origin)) = s.ctx.ext.get::<AllowedOrigin>() else {
-            return Ok(());
+            return;
         };
         let allow = if self.any && !self.credentials {
             HeaderValue::from_static("*")
@@ -117,6 +105,29 @@ impl Filter for Cors {
         } else if let Some(expose) = &self.expose {
             h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
         }
-        Ok(())
+    }
+}
+
+impl Filter for Cors {
+    fn name(&self) -> &str {
+        "cors"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST | Hooks::RESPONSE_HEAD
+    }
+
+    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
+        Step::Now(self.note_origin(s))
+    }
+
+    fn on_response_head<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        head: &'a mut http::response::Parts,
+        _from: Option<&'a Upstream>,
+    ) -> HookResult<'a> {
+        self.set_headers(s, &mut head.headers);
+        Step::Now(Ok(()))
     }
 }

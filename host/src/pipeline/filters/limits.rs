@@ -25,7 +25,7 @@ use http::HeaderValue;
 use crate::config::{Enforce, LimitBy, LimitScope, LimitsConfig};
 use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::session::RequestRecord;
-use crate::pipeline::{Ctx, Filter, Hooks, Session};
+use crate::pipeline::{Ctx, Filter, HookResult, Hooks, Session, Step};
 use crate::state::{Gcra, LocalBuckets, Op, Stores};
 use crate::upstream::Upstream;
 
@@ -545,7 +545,6 @@ fn cut_event(reserved: u64) -> Bytes {
     Bytes::from(format!("event: error\ndata: {body}\n\n"))
 }
 
-#[async_trait::async_trait]
 impl Filter for Limits {
     fn name(&self) -> &str {
         "limits"
@@ -563,41 +562,43 @@ impl Filter for Limits {
         h
     }
 
-    async fn on_request(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
-        self.take_requests(s, true).await
+    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
+        Step::later(self.take_requests(s, true))
     }
 
-    async fn on_authenticated(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
-        self.take_requests(s, false).await?;
-        let result = match self.take_slots(s) {
-            Ok(()) => self.reserve_tokens(s).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            // Refused: nothing of it is counted.
-            s.ctx.ext.remove::<Slots>();
-            if let Some(t) = s.ctx.ext.get_mut::<RequestsTaken>() {
-                let mask = std::mem::take(&mut t.mask);
-                self.refund_requests(&s.ctx.record, mask).await;
+    fn on_authenticated<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
+        Step::later(async move {
+            self.take_requests(s, false).await?;
+            let result = match self.take_slots(s) {
+                Ok(()) => self.reserve_tokens(s).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                // Refused: nothing of it is counted.
+                s.ctx.ext.remove::<Slots>();
+                if let Some(t) = s.ctx.ext.get_mut::<RequestsTaken>() {
+                    let mask = std::mem::take(&mut t.mask);
+                    self.refund_requests(&s.ctx.record, mask).await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
-    async fn on_response_head(
-        &self,
-        s: &mut Session<'_>,
-        head: &mut http::response::Parts,
-        _from: Option<&Upstream>,
-    ) -> Result<(), GatewayError> {
+    fn on_response_head<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        head: &'a mut http::response::Parts,
+        _from: Option<&'a Upstream>,
+    ) -> HookResult<'a> {
         if let Some(q) = s.ctx.ext.get::<RequestsTaken>().and_then(|t| t.quota) {
             self.headers(&mut head.headers, q, false);
         }
         if let Some(q) = s.ctx.ext.get::<TokensTaken>().and_then(|t| t.quota) {
             self.headers(&mut head.headers, q, true);
         }
-        Ok(())
+        Step::Now(Ok(()))
     }
 
     fn on_body_chunk(&self, ctx: &mut Ctx, _chunk: &Bytes) {

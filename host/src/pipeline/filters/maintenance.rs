@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use crate::config::MaintenanceConfig;
-use crate::error::{ErrorKind, GatewayError};
-use crate::pipeline::{Filter, Hooks, Session};
+use crate::error::ErrorKind;
+use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
 use crate::state::Stores;
 
 pub(crate) struct Maintenance {
@@ -26,7 +26,6 @@ impl Maintenance {
     }
 }
 
-#[async_trait::async_trait]
 impl Filter for Maintenance {
     fn name(&self) -> &str {
         "maintenance"
@@ -36,17 +35,17 @@ impl Filter for Maintenance {
         Hooks::REQUEST
     }
 
-    async fn on_request(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
+    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
         if self.config.enabled
             || s.route.is_some_and(|r| r.maintenance)
             || self.stores.maintenance()
         {
-            return Err(ErrorKind::Maintenance {
+            return Step::Now(Err(ErrorKind::Maintenance {
                 retry_after_secs: self.config.retry_after.get().as_secs().max(1),
                 message: self.message.clone(),
             }
-            .into());
+            .into()));
         }
-        Ok(())
+        Step::Now(Ok(()))
     }
 }

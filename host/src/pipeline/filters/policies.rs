@@ -21,7 +21,7 @@ use http::HeaderMap;
 use super::shadow::Shadow;
 use crate::config::{Failsafe, OnError};
 use crate::error::{ErrorKind, GatewayError};
-use crate::pipeline::{Filter, Hooks, Session, UpstreamResponse, Verdict};
+use crate::pipeline::{Filter, HookResult, Hooks, Session, Step, UpstreamResponse, Verdict};
 use crate::policy::fixtures::{binding_json, ops_json, quota_json, route_json};
 use crate::policy::types::{
     AfterCooldown, BindingDecision, CooldownScope, Denial, QuotaDecision, RouteDecision,
@@ -87,7 +87,6 @@ pub(crate) struct IpBinding {
     pub(crate) records_use: bool,
 }
 
-#[async_trait::async_trait]
 impl Filter for IpBinding {
     fn name(&self) -> &str {
         &self.policy.plugin.spec.name
@@ -97,50 +96,52 @@ impl Filter for IpBinding {
         Hooks::AUTHENTICATED
     }
 
-    async fn on_authenticated(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
-        let view = s.policy_request();
-        let decision = self.policy.plugin.check(&view).await;
-        if let (Some(shadow), Ok(d)) = (&self.policy.shadow, &decision) {
-            let view = view.clone();
-            shadow.compare(&s.request_id, binding_json(d.clone()), |p| async move {
-                p.check(&view).await.map(binding_json)
-            });
-        }
-        match decision {
-            Ok(BindingDecision::Allow) => {}
-            Ok(BindingDecision::Deny(d)) => {
-                self.stores.record_intercept(
-                    &view.key_id,
-                    Intercept {
-                        at_ms: crate::state::unix_ms(),
-                        key_id_prefix: view.key_id.chars().take(KEY_ID_PREFIX_LEN).collect(),
-                        bound_cidr: None,
-                        attempted_ip: view.client_ip_text.clone(),
-                        method: s.head.method.to_string(),
-                        path: s.head.uri.path().to_owned(),
-                        reason: d.code.clone(),
-                    },
-                );
-                return Err(denied(d));
+    fn on_authenticated<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
+        Step::later(async move {
+            let view = s.policy_request();
+            let decision = self.policy.plugin.check(&view).await;
+            if let (Some(shadow), Ok(d)) = (&self.policy.shadow, &decision) {
+                let view = view.clone();
+                shadow.compare(&s.request_id, binding_json(d.clone()), |p| async move {
+                    p.check(&view).await.map(binding_json)
+                });
             }
-            Err(PolicyError::StoreUnavailable { source, .. }) => {
-                self.stores.note_failsafe();
-                match self.stores.failsafe() {
-                    Failsafe::Closed => {
-                        tracing::warn!(request_id = %s.request_id, error = %source, "stores unavailable; refused (failsafe closed)");
-                        return Err(ErrorKind::StateUnavailable.into());
-                    }
-                    Failsafe::Open => {
-                        tracing::warn!(request_id = %s.request_id, error = %source, "stores unavailable; let through unchecked (failsafe open)");
+            match decision {
+                Ok(BindingDecision::Allow) => {}
+                Ok(BindingDecision::Deny(d)) => {
+                    self.stores.record_intercept(
+                        &view.key_id,
+                        Intercept {
+                            at_ms: crate::state::unix_ms(),
+                            key_id_prefix: view.key_id.chars().take(KEY_ID_PREFIX_LEN).collect(),
+                            bound_cidr: None,
+                            attempted_ip: view.client_ip_text.clone(),
+                            method: s.head.method.to_string(),
+                            path: s.head.uri.path().to_owned(),
+                            reason: d.code.clone(),
+                        },
+                    );
+                    return Err(denied(d));
+                }
+                Err(PolicyError::StoreUnavailable { source, .. }) => {
+                    self.stores.note_failsafe();
+                    match self.stores.failsafe() {
+                        Failsafe::Closed => {
+                            tracing::warn!(request_id = %s.request_id, error = %source, "stores unavailable; refused (failsafe closed)");
+                            return Err(ErrorKind::StateUnavailable.into());
+                        }
+                        Failsafe::Open => {
+                            tracing::warn!(request_id = %s.request_id, error = %source, "stores unavailable; let through unchecked (failsafe open)");
+                        }
                     }
                 }
+                Err(e) => self.policy.failed(e)?,
             }
-            Err(e) => self.policy.failed(e)?,
-        }
-        if self.records_use {
-            self.stores.record_use(&view.key_id, s.client_ip);
-        }
-        Ok(())
+            if self.records_use {
+                self.stores.record_use(&view.key_id, s.client_ip);
+            }
+            Ok(())
+        })
     }
 }
 
@@ -149,7 +150,6 @@ pub(crate) struct Router {
     pub(crate) policy: PolicyRef,
 }
 
-#[async_trait::async_trait]
 impl Filter for Router {
     fn name(&self) -> &str {
         &self.policy.plugin.spec.name
@@ -159,34 +159,36 @@ impl Filter for Router {
         Hooks::SELECT
     }
 
-    async fn on_select(
-        &self,
-        s: &mut Session<'_>,
-        candidates: &mut Vec<Arc<Upstream>>,
-    ) -> Result<(), GatewayError> {
-        let view = s.policy_request();
-        let model = s.model();
-        let views: Vec<_> = candidates.iter().map(|u| upstream_view(u, model)).collect();
-        let decision = self.policy.plugin.select(&view, &views).await;
-        if let (Some(shadow), Ok(d)) = (&self.policy.shadow, &decision) {
-            let view = view.clone();
-            shadow.compare(&s.request_id, route_json(d.clone()), |p| async move {
-                p.select(&view, &views).await.map(route_json)
-            });
-        }
-        match decision {
-            Ok(RouteDecision::Pick(order)) => {
-                *candidates = reorder(candidates, &order);
-                if candidates.is_empty() {
-                    return Err(
-                        ErrorKind::NoUpstream("the router picked no candidate".into()).into(),
-                    );
-                }
-                Ok(())
+    fn on_select<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        candidates: &'a mut Vec<Arc<Upstream>>,
+    ) -> HookResult<'a> {
+        Step::later(async move {
+            let view = s.policy_request();
+            let model = s.model();
+            let views: Vec<_> = candidates.iter().map(|u| upstream_view(u, model)).collect();
+            let decision = self.policy.plugin.select(&view, &views).await;
+            if let (Some(shadow), Ok(d)) = (&self.policy.shadow, &decision) {
+                let view = view.clone();
+                shadow.compare(&s.request_id, route_json(d.clone()), |p| async move {
+                    p.select(&view, &views).await.map(route_json)
+                });
             }
-            Ok(RouteDecision::None(reason)) => Err(ErrorKind::NoUpstream(reason).into()),
-            Err(e) => self.policy.failed(e),
-        }
+            match decision {
+                Ok(RouteDecision::Pick(order)) => {
+                    *candidates = reorder(candidates, &order);
+                    if candidates.is_empty() {
+                        return Err(
+                            ErrorKind::NoUpstream("the router picked no candidate".into()).into(),
+                        );
+                    }
+                    Ok(())
+                }
+                Ok(RouteDecision::None(reason)) => Err(ErrorKind::NoUpstream(reason).into()),
+                Err(e) => self.policy.failed(e),
+            }
+        })
     }
 }
 
@@ -197,7 +199,6 @@ pub(crate) struct HeaderRewrite {
     pub(crate) policy: PolicyRef,
 }
 
-#[async_trait::async_trait]
 impl Filter for HeaderRewrite {
     fn name(&self) -> &str {
         &self.policy.plugin.spec.name
@@ -215,59 +216,63 @@ impl Filter for HeaderRewrite {
         h
     }
 
-    async fn on_upstream_request(
-        &self,
-        s: &mut Session<'_>,
-        _upstream: &Upstream,
-        headers: &mut HeaderMap,
-    ) -> Result<(), GatewayError> {
-        let view = s.policy_request();
-        let decision = self.policy.plugin.rewrite_request(&view).await;
-        if let (Some(shadow), Ok(ops)) = (&self.policy.shadow, &decision) {
-            let view = view.clone();
-            shadow.compare(&s.request_id, ops_json(ops.clone()), |p| async move {
-                p.rewrite_request(&view).await.map(ops_json)
-            });
-        }
-        match decision {
-            Ok(ops) => {
-                apply_ops(headers, ops, &self.policy.plugin.spec.name);
-                Ok(())
+    fn on_upstream_request<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        _upstream: &'a Upstream,
+        headers: &'a mut HeaderMap,
+    ) -> HookResult<'a> {
+        Step::later(async move {
+            let view = s.policy_request();
+            let decision = self.policy.plugin.rewrite_request(&view).await;
+            if let (Some(shadow), Ok(ops)) = (&self.policy.shadow, &decision) {
+                let view = view.clone();
+                shadow.compare(&s.request_id, ops_json(ops.clone()), |p| async move {
+                    p.rewrite_request(&view).await.map(ops_json)
+                });
             }
-            Err(e) => self.policy.failed(e),
-        }
+            match decision {
+                Ok(ops) => {
+                    apply_ops(headers, ops, &self.policy.plugin.spec.name);
+                    Ok(())
+                }
+                Err(e) => self.policy.failed(e),
+            }
+        })
     }
 
-    async fn on_response_head(
-        &self,
-        s: &mut Session<'_>,
-        head: &mut http::response::Parts,
-        from: Option<&Upstream>,
-    ) -> Result<(), GatewayError> {
-        let Some(upstream) = from else {
-            return Ok(());
-        };
-        let view = s.policy_request();
-        let answer = Arc::new(ResponseInfo {
-            upstream: upstream.name.to_string(),
-            status: head.status.as_u16(),
-            headers: head.headers.clone(),
-            first_event: None,
-        });
-        let decision = self.policy.plugin.rewrite_response(&view, &answer).await;
-        if let (Some(shadow), Ok(ops)) = (&self.policy.shadow, &decision) {
-            let view = view.clone();
-            shadow.compare(&s.request_id, ops_json(ops.clone()), |p| async move {
-                p.rewrite_response(&view, &answer).await.map(ops_json)
+    fn on_response_head<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        head: &'a mut http::response::Parts,
+        from: Option<&'a Upstream>,
+    ) -> HookResult<'a> {
+        Step::later(async move {
+            let Some(upstream) = from else {
+                return Ok(());
+            };
+            let view = s.policy_request();
+            let answer = Arc::new(ResponseInfo {
+                upstream: upstream.name.to_string(),
+                status: head.status.as_u16(),
+                headers: head.headers.clone(),
+                first_event: None,
             });
-        }
-        match decision {
-            Ok(ops) => {
-                apply_ops(&mut head.headers, ops, &self.policy.plugin.spec.name);
-                Ok(())
+            let decision = self.policy.plugin.rewrite_response(&view, &answer).await;
+            if let (Some(shadow), Ok(ops)) = (&self.policy.shadow, &decision) {
+                let view = view.clone();
+                shadow.compare(&s.request_id, ops_json(ops.clone()), |p| async move {
+                    p.rewrite_response(&view, &answer).await.map(ops_json)
+                });
             }
-            Err(e) => self.policy.failed(e),
-        }
+            match decision {
+                Ok(ops) => {
+                    apply_ops(&mut head.headers, ops, &self.policy.plugin.spec.name);
+                    Ok(())
+                }
+                Err(e) => self.policy.failed(e),
+            }
+        })
     }
 }
 
@@ -278,7 +283,6 @@ pub(crate) struct Quota {
     pub(crate) stores: Arc<Stores>,
 }
 
-#[async_trait::async_trait]
 impl Filter for Quota {
     fn name(&self) -> &str {
         &self.policy.plugin.spec.name
@@ -288,59 +292,61 @@ impl Filter for Quota {
         Hooks::UPSTREAM_RESPONSE
     }
 
-    async fn on_upstream_response(
-        &self,
-        s: &mut Session<'_>,
-        upstream: &Upstream,
-        response: &UpstreamResponse<'_>,
-    ) -> Result<Verdict, GatewayError> {
-        let plugin = &self.policy.plugin;
-        if !plugin.watches(response.status.as_u16(), response.first_event.is_some()) {
-            return Ok(Verdict::Continue);
-        }
-        let view = s.policy_request();
-        let model = s.model();
-        let up = upstream_view(upstream, model);
-        let answer = Arc::new(ResponseInfo {
-            upstream: upstream.name.to_string(),
-            status: response.status.as_u16(),
-            headers: response.headers.clone(),
-            first_event: response.first_event.map(str::to_owned),
-        });
-        let decision = plugin.on_response(&view, &up, &answer).await;
-        if let (Some(shadow), Ok(d)) = (&self.policy.shadow, &decision) {
-            let (view, up) = (view.clone(), up.clone());
-            shadow.compare(&s.request_id, quota_json(*d), |p| async move {
-                if !p.watches(answer.status, answer.first_event.is_some()) {
-                    // What the gateway does for an answer the candidate does not watch.
-                    return Ok(quota_json(QuotaDecision::Pass));
-                }
-                p.on_response(&view, &up, &answer).await.map(quota_json)
-            });
-        }
-        match decision {
-            Ok(QuotaDecision::Pass) => Ok(Verdict::Continue),
-            Ok(QuotaDecision::RetryOther) => Ok(Verdict::Retry),
-            Ok(QuotaDecision::Cooldown(c)) => {
-                let scope = match c.scope {
-                    CooldownScope::Model => model,
-                    CooldownScope::Upstream => None,
-                };
-                upstream.cool_down(scope, c.until_ms);
-                self.stores.share_cooldown(SharedCooldown {
-                    upstream: upstream.name.to_string(),
-                    model: scope.map(str::to_owned),
-                    until_ms: c.until_ms,
-                });
-                tracing::info!(request_id = %s.request_id, upstream = %upstream.name, model = scope, until_ms = c.until_ms, "upstream cooling down");
-                Ok(if c.then == AfterCooldown::RetryOther {
-                    Verdict::Retry
-                } else {
-                    Verdict::Continue
-                })
+    fn on_upstream_response<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        upstream: &'a Upstream,
+        response: &'a UpstreamResponse<'_>,
+    ) -> HookResult<'a, Verdict> {
+        Step::later(async move {
+            let plugin = &self.policy.plugin;
+            if !plugin.watches(response.status.as_u16(), response.first_event.is_some()) {
+                return Ok(Verdict::Continue);
             }
-            Err(e) => self.policy.failed(e).map(|()| Verdict::Continue),
-        }
+            let view = s.policy_request();
+            let model = s.model();
+            let up = upstream_view(upstream, model);
+            let answer = Arc::new(ResponseInfo {
+                upstream: upstream.name.to_string(),
+                status: response.status.as_u16(),
+                headers: response.headers.clone(),
+                first_event: response.first_event.map(str::to_owned),
+            });
+            let decision = plugin.on_response(&view, &up, &answer).await;
+            if let (Some(shadow), Ok(d)) = (&self.policy.shadow, &decision) {
+                let (view, up) = (view.clone(), up.clone());
+                shadow.compare(&s.request_id, quota_json(*d), |p| async move {
+                    if !p.watches(answer.status, answer.first_event.is_some()) {
+                        // What the gateway does for an answer the candidate does not watch.
+                        return Ok(quota_json(QuotaDecision::Pass));
+                    }
+                    p.on_response(&view, &up, &answer).await.map(quota_json)
+                });
+            }
+            match decision {
+                Ok(QuotaDecision::Pass) => Ok(Verdict::Continue),
+                Ok(QuotaDecision::RetryOther) => Ok(Verdict::Retry),
+                Ok(QuotaDecision::Cooldown(c)) => {
+                    let scope = match c.scope {
+                        CooldownScope::Model => model,
+                        CooldownScope::Upstream => None,
+                    };
+                    upstream.cool_down(scope, c.until_ms);
+                    self.stores.share_cooldown(SharedCooldown {
+                        upstream: upstream.name.to_string(),
+                        model: scope.map(str::to_owned),
+                        until_ms: c.until_ms,
+                    });
+                    tracing::info!(request_id = %s.request_id, upstream = %upstream.name, model = scope, until_ms = c.until_ms, "upstream cooling down");
+                    Ok(if c.then == AfterCooldown::RetryOther {
+                        Verdict::Retry
+                    } else {
+                        Verdict::Continue
+                    })
+                }
+                Err(e) => self.policy.failed(e).map(|()| Verdict::Continue),
+            }
+        })
     }
 }
 

@@ -7,9 +7,8 @@
 
 use http::{HeaderName, HeaderValue};
 
-use crate::error::GatewayError;
 use crate::pipeline::headers::X_UPSTREAM_REQUEST_ID;
-use crate::pipeline::{Filter, Hooks, Session};
+use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
 use crate::upstream::Upstream;
 
 pub(crate) struct RequestIdHeader {
@@ -26,7 +25,6 @@ impl RequestIdHeader {
     }
 }
 
-#[async_trait::async_trait]
 impl Filter for RequestIdHeader {
     fn name(&self) -> &str {
         "request_id"
@@ -36,12 +34,12 @@ impl Filter for RequestIdHeader {
         Hooks::RESPONSE_HEAD
     }
 
-    async fn on_response_head(
-        &self,
-        s: &mut Session<'_>,
-        head: &mut http::response::Parts,
-        from: Option<&Upstream>,
-    ) -> Result<(), GatewayError> {
+    fn on_response_head<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        head: &'a mut http::response::Parts,
+        from: Option<&'a Upstream>,
+    ) -> HookResult<'a> {
         let headers = &mut head.headers;
         if from.is_some()
             && let Some(theirs) = headers.remove(&self.name)
@@ -51,6 +49,6 @@ impl Filter for RequestIdHeader {
         if let Ok(v) = HeaderValue::from_str(&s.request_id) {
             headers.insert(self.name.clone(), v);
         }
-        Ok(())
+        Step::Now(Ok(()))
     }
 }

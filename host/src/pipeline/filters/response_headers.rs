@@ -8,8 +8,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::ResponseHeadersConfig;
-use crate::error::GatewayError;
-use crate::pipeline::{Filter, Hooks, Session};
+use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
 use crate::upstream::Upstream;
 
 /// The headers, parsed once per config.
@@ -56,7 +55,6 @@ impl ResponseHeaders {
 
 pub(crate) struct SecurityHeaders(pub(crate) Arc<ResponseHeaders>);
 
-#[async_trait::async_trait]
 impl Filter for SecurityHeaders {
     fn name(&self) -> &str {
         "response_headers"
@@ -66,13 +64,13 @@ impl Filter for SecurityHeaders {
         Hooks::RESPONSE_HEAD
     }
 
-    async fn on_response_head(
-        &self,
-        s: &mut Session<'_>,
-        head: &mut http::response::Parts,
-        _from: Option<&Upstream>,
-    ) -> Result<(), GatewayError> {
+    fn on_response_head<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        head: &'a mut http::response::Parts,
+        _from: Option<&'a Upstream>,
+    ) -> HookResult<'a> {
         self.0.apply(&mut head.headers, s.conn.tls);
-        Ok(())
+        Step::Now(Ok(()))
     }
 }
