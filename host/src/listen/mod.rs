@@ -381,16 +381,18 @@ impl<H: Handler> Connection<H> {
         };
         let handler = self.handler.clone();
         let conn_watch = watch.clone();
-        // Every response body is watched, and holds its request as in flight until it ends.
+        // Every response body holds its request as in flight until it ends; HTTP/2 bodies are
+        // also watched for a stalled stream (`watch::Watched`).
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let handler = handler.clone();
             let watch = conn_watch.clone();
             let guard = watch.request();
+            let h2 = req.version() == http::Version::HTTP_2;
             async move {
                 // Boxed once: hyper moves the service future it is given (into its in-flight
                 // slot), and the request's whole pipeline state is several KiB.
                 let resp = Box::pin(handler.handle(req, info)).await;
-                Ok::<_, std::convert::Infallible>(resp.map(|b| watch.watch_body(b, guard)))
+                Ok::<_, std::convert::Infallible>(resp.map(|b| watch.watch_body(b, guard, h2)))
             }
         });
         match self.shared.tls.clone() {

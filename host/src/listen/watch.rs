@@ -12,7 +12,7 @@
 //! | no complete request head yet | accept + `client_header` | close |
 //! | nothing could be written to the socket | first blocked write + `client_write` | close |
 //! | no request in flight | end of the last one + `client_idle` | graceful close (h1) / GOAWAY (h2) |
-//! | a response body hyper stopped taking | last frame handed over + `client_write` | cancel that exchange |
+//! | an HTTP/2 response body hyper stopped taking | last frame handed over + `client_write` | cancel that exchange |
 //! | too many streams cancelled by the client | token bucket of `http2_max_cancels` | GOAWAY |
 //!
 //! Cancelling an exchange drops its response body, which drops the upstream request (the paid
@@ -305,16 +305,34 @@ impl Stream {
 #[error("client took no data for client_write")]
 pub struct ClientStalled;
 
-/// A response body under the watchdog: records each poll, and finishes its request's guard.
+/// A response body under the watchdog: finishes its request's guard when it ends, and on HTTP/2
+/// records each poll.
 pub struct Watched {
-    stream: Arc<Stream>,
+    body: Watch,
     guard: Option<RequestGuard>,
+}
+
+enum Watch {
+    /// HTTP/1: hyper polls the body whenever the socket takes data, so a client that stops
+    /// reading blocks the socket's writes, and the connection's `client_write` rule closes it
+    /// (which drops this body). Nothing is recorded per poll.
+    Plain(Inner),
+    /// HTTP/2: flow control can stall one stream while the connection flows, so each stream's
+    /// polls are recorded for the `client_write` rule of streams.
+    Stream(Arc<Stream>),
 }
 
 impl Watched {
     fn finish(&mut self) {
         if let Some(mut g) = self.guard.take() {
             g.finished = true;
+        }
+    }
+
+    fn with_body<T>(&self, f: impl FnOnce(Option<&Inner>) -> T) -> T {
+        match &self.body {
+            Watch::Plain(b) => f(Some(b)),
+            Watch::Stream(s) => f(s.body.lock().unwrap_or_else(|p| p.into_inner()).as_ref()),
         }
     }
 }
@@ -327,70 +345,72 @@ impl Body for Watched {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(now) = self.guard.as_ref().map(|g| g.conn.now_ms()) else {
+        let this = &mut *self;
+        let Some(guard) = &this.guard else {
             return Poll::Ready(None);
         };
-        let polled = {
-            let mut body = self.stream.body.lock().unwrap_or_else(|p| p.into_inner());
-            match body.as_mut() {
-                Some(b) => Pin::new(b).poll_frame(cx),
-                None => Poll::Ready(Some(Err(ClientStalled.into()))),
+        let polled = match &mut this.body {
+            Watch::Plain(b) => Pin::new(b).poll_frame(cx),
+            Watch::Stream(stream) => {
+                let now = guard.conn.now_ms();
+                let polled = {
+                    let mut body = stream.body.lock().unwrap_or_else(|p| p.into_inner());
+                    match body.as_mut() {
+                        Some(b) => Pin::new(b).poll_frame(cx),
+                        None => Poll::Ready(Some(Err(ClientStalled.into()))),
+                    }
+                };
+                let waiting = matches!(polled, Poll::Ready(Some(Ok(_))));
+                stream.state.store(encode(now, waiting), Ordering::Relaxed);
+                polled
             }
         };
-        let waiting = matches!(polled, Poll::Ready(Some(Ok(_))));
-        self.stream
-            .state
-            .store(encode(now, waiting), Ordering::Relaxed);
         match &polled {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
-            Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.finish(),
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if this.is_end_stream() => this.finish(),
             _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.stream
-            .body
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_none_or(Body::is_end_stream)
+        self.with_body(|b| b.is_none_or(Body::is_end_stream))
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.stream
-            .body
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or_else(SizeHint::default, Body::size_hint)
+        self.with_body(|b| b.map_or_else(SizeHint::default, Body::size_hint))
     }
 }
 
 impl ConnWatch {
-    /// Wraps a response body so a client that stops taking it is noticed. A body that is already
-    /// complete (hyper will not poll it) finishes its request at once.
-    pub fn watch_body(self: &Arc<Self>, body: Inner, guard: RequestGuard) -> Watched {
+    /// Wraps a response body so that its request counts as in flight until the body ends, and,
+    /// on HTTP/2 (`stream`), so that a stream the client stops taking is noticed. A body that is
+    /// already complete (hyper will not poll it) finishes its request at once.
+    pub fn watch_body(self: &Arc<Self>, body: Inner, guard: RequestGuard, stream: bool) -> Watched {
         let done = body.is_end_stream();
+        if !stream || done {
+            let mut w = Watched {
+                body: Watch::Plain(body),
+                guard: Some(guard),
+            };
+            if done {
+                w.finish();
+            }
+            return w;
+        }
         let stream = Arc::new(Stream {
             state: AtomicU64::new(encode(self.now_ms(), true)),
             body: Mutex::new(Some(body)),
             cancelled: AtomicBool::new(false),
         });
-        let mut w = Watched {
-            stream,
-            guard: Some(guard),
-        };
-        if done {
-            w.finish();
-            return w;
-        }
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         if streams.len() >= 32 {
             streams.retain(|s| s.strong_count() > 0);
         }
-        streams.push(Arc::downgrade(&w.stream));
-        w
+        streams.push(Arc::downgrade(&stream));
+        Watched {
+            body: Watch::Stream(stream),
+            guard: Some(guard),
+        }
     }
 }
