@@ -161,6 +161,51 @@ async fn one_address_cannot_take_more_than_its_share_of_connections() {
     assert!(freed, "a freed slot is not usable");
 }
 
+/// Sends a keep-alive `/health` request on `tcp` and checks the 200.
+async fn health_on(tcp: &mut TcpStream) {
+    tcp.write_all(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+#[tokio::test]
+async fn a_later_http1_head_sent_slowly_is_cut_after_client_header() {
+    // client_idle stays at its default (60 s): only the head rule can close the connection.
+    let (_mock, gw) = setup("  timeouts:\n    client_header: 300ms").await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    health_on(&mut tcp).await;
+    // The next head starts, and never ends.
+    tcp.write_all(b"GET /health HTTP/1.1\r\nhost: gw\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    assert!(closed_within(&mut tcp, Duration::from_secs(3)).await);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_kept_past_client_header() {
+    // Idle time is client_idle's to bound, not client_header's: a connection that waits 1 s
+    // between requests is still served.
+    let (_mock, gw) =
+        setup("  timeouts:\n    client_header: 300ms\n    client_idle: 5s").await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    health_on(&mut tcp).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    health_on(&mut tcp).await;
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed_after_client_idle() {
     let (_mock, gw) = setup("  timeouts:\n    client_idle: 400ms").await;
@@ -168,12 +213,7 @@ async fn idle_keep_alive_connections_are_closed_after_client_idle() {
     // The watchdog's first look finds no request yet and plans its next one far away; the
     // request ending must bring the idle deadline forward.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    tcp.write_all(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = tcp.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    health_on(&mut tcp).await;
     let start = Instant::now();
     assert!(closed_within(&mut tcp, Duration::from_secs(3)).await);
     let took = start.elapsed();

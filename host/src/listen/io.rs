@@ -1,5 +1,5 @@
-//! The client socket as the connection sees it: reports write stalls to the [`ConnWatch`], and
-//! gives hyper's own HTTP/1 error answers the OpenAI error shape.
+//! The client socket as the connection sees it: reports write stalls and HTTP/1 reads to the
+//! [`ConnWatch`], and gives hyper's own HTTP/1 error answers the OpenAI error shape.
 //!
 //! hyper answers a request head it cannot parse (400), one that is too large (431) or whose URI
 //! is too long (414) itself, with an empty body, before any service runs. Such an answer is
@@ -55,16 +55,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let read = &buf.filled()[before..];
+        if read.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
         if self.proto == Proto::Unknown {
-            let read = &buf.filled()[before..];
-            if !read.is_empty() {
-                let n = read.len().min(H2_PREFACE.len());
-                self.proto = if read[..n] == H2_PREFACE[..n] {
-                    Proto::Http2
-                } else {
-                    Proto::Http1
-                };
-            }
+            let n = read.len().min(H2_PREFACE.len());
+            self.proto = if read[..n] == H2_PREFACE[..n] {
+                Proto::Http2
+            } else {
+                Proto::Http1
+            };
+        }
+        if self.proto == Proto::Http1 {
+            self.watch.http1_read();
         }
         Poll::Ready(Ok(()))
     }

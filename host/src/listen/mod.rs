@@ -137,8 +137,8 @@ impl Server {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.timeouts.client_header.get())
+            // Heads are timed by the watchdog (`client_header`), not by a boxed timer per request.
+            .header_read_timeout(None)
             // The read buffer bounds the whole head: past it hyper answers 431.
             .max_buf_size(head)
             .keep_alive(true);

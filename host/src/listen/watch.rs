@@ -1,6 +1,7 @@
 //! The connection watchdog: every timer a client connection is bounded by, whatever its protocol.
 //!
-//! hyper bounds an HTTP/1 head once it has started to read one, but nothing bounds the time before
+//! hyper could time HTTP/1 heads itself (with a boxed timer per request, which also cuts idle
+//! keep-alive connections at the head limit), but nothing of hyper's bounds the time before
 //! protocol detection, an HTTP/2 client that never sends a request, an idle HTTP/2 connection, a
 //! client that stops reading, or an HTTP/2 stream whose flow-control window stays at zero. One
 //! [`ConnWatch`] per connection records what the connection is doing (from the service, the
@@ -10,6 +11,7 @@
 //! | rule | deadline | verdict |
 //! |---|---|---|
 //! | no complete request head yet | accept + `client_header` | close |
+//! | a later HTTP/1 head not complete | its first byte + `client_header` | close |
 //! | nothing could be written to the socket | first blocked write + `client_write` | close |
 //! | no request in flight | end of the last one + `client_idle` | graceful close (h1) / GOAWAY (h2) |
 //! | an HTTP/2 response body hyper stopped taking | last frame handed over + `client_write` | cancel that exchange |
@@ -65,6 +67,9 @@ pub struct ConnWatch {
     idle_since: AtomicU64,
     /// When a socket write first returned `Pending` (ms since `start`, plus 1; 0 = not blocked).
     write_blocked_since: AtomicU64,
+    /// When the first byte of an HTTP/1 head arrived while no request was in flight (ms since
+    /// `start`, plus 1; 0 = none). Cleared when the head is complete.
+    head_since: AtomicU64,
     cancels: Mutex<Bucket>,
     /// When the connection task will next call [`ConnWatch::check`] (ms since `start`).
     next_check: AtomicU64,
@@ -84,8 +89,9 @@ pub enum Signal {
     Drain = 1,
     /// The client cancelled too many streams (`http2_max_cancels`): GOAWAY, then a short grace.
     Abuse = 2,
-    /// A deadline now falls before the check the task has planned (the connection went idle and
-    /// `client_idle` is shorter than the check interval): check again at once.
+    /// A deadline now falls before the check the task has planned (the connection went idle, or
+    /// an HTTP/1 head started, and its limit is shorter than the check interval): check again at
+    /// once.
     Rearm = 4,
 }
 
@@ -112,6 +118,7 @@ impl ConnWatch {
             active: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
             cancels: Mutex::new(Bucket {
                 tokens: f64::from(limits.max_cancels),
                 at: now,
@@ -148,6 +155,9 @@ impl ConnWatch {
         if !self.seen_request.load(Ordering::Relaxed) {
             self.seen_request.store(true, Ordering::Relaxed);
         }
+        if self.head_since.load(Ordering::Relaxed) != 0 {
+            self.head_since.store(0, Ordering::Relaxed);
+        }
         self.active.fetch_add(1, Ordering::Relaxed);
         RequestGuard {
             conn: self.clone(),
@@ -160,6 +170,26 @@ impl ConnWatch {
         if self.write_blocked_since.load(Ordering::Relaxed) == 0 {
             self.write_blocked_since
                 .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes arrived on an HTTP/1 connection. With no request in flight they start the next head,
+    /// which then has `client_header` to complete. (hyper's own head timer would do this with a
+    /// boxed timer per request, and would also cut idle keep-alive connections at
+    /// `client_header`, not `client_idle`.) A head pipelined behind a request in flight is
+    /// bounded by `client_idle` instead.
+    pub fn http1_read(&self) {
+        if self.active.load(Ordering::Relaxed) != 0
+            || self.head_since.load(Ordering::Relaxed) != 0
+            || !self.seen_request.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let now = self.now_ms();
+        self.head_since.store(now + 1, Ordering::Relaxed);
+        let due = now + self.limits.client_header.as_millis() as u64;
+        if due < self.next_check.load(Ordering::Relaxed) {
+            self.raise(Signal::Rearm);
         }
     }
 
@@ -218,10 +248,19 @@ impl ConnWatch {
         }
         self.cancel_stalled_streams(now);
         if self.active.load(Ordering::Relaxed) == 0 {
+            let head = self.head_since.load(Ordering::Relaxed);
+            let head_due = (head != 0).then(|| head - 1 + ms(l.client_header));
+            if head_due.is_some_and(|due| now >= due) {
+                return (
+                    Verdict::Close("request head not complete within client_header"),
+                    at(now),
+                );
+            }
             let due = self.idle_since.load(Ordering::Relaxed) + ms(l.client_idle);
             if now >= due {
                 return (Verdict::Drain("idle for client_idle"), at(now));
             }
+            let due = head_due.map_or(due, |h| h.min(due));
             return (Verdict::Continue, at(due.min(now + tick)));
         }
         (Verdict::Continue, at(now + tick))
