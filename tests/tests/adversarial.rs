@@ -198,8 +198,7 @@ async fn a_later_http1_head_sent_slowly_is_cut_after_client_header() {
 async fn an_idle_keep_alive_connection_is_kept_past_client_header() {
     // Idle time is client_idle's to bound, not client_header's: a connection that waits 1 s
     // between requests is still served.
-    let (_mock, gw) =
-        setup("  timeouts:\n    client_header: 300ms\n    client_idle: 5s").await;
+    let (_mock, gw) = setup("  timeouts:\n    client_header: 300ms\n    client_idle: 5s").await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     health_on(&mut tcp).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
