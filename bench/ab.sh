@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/nginx.sh
 . bench/gateway.sh
+. bench/machine.sh
 old=$1 new=$2
 ROUNDS=${ROUNDS:-3} SECS=${SECS:-8} RATE=${RATE:-} CHAIN=${CHAIN:-0}
 bin=target/release
@@ -49,11 +50,12 @@ done
 # Every process listening on the port, and their children (nginx's workers).
 cpu_secs() {
   local t=0
-  for p in $(for l in $(ss -ltnpH "sport = :${1#*:}" | grep -o 'pid=[0-9]*' | cut -d= -f2); do echo "$l"; pgrep -P "$l" || true; done | sort -u); do
+  for p in $(listening_pids "$1"); do
     t=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" '{print t + ($14 + $15) / hz}' "/proc/$p/stat")
   done
   echo "$t"
 }
+machine0=$(cpu_times)
 for round in $(seq "$ROUNDS"); do
   for target in nginx:$NGINX floor:$FLOOR old:$OLD new:$NEW; do
     name=${target%%:*} addr=${target#*:}
@@ -63,3 +65,4 @@ for round in $(seq "$ROUNDS"); do
     python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"$round $name rps {d['rps']:.0f} p99 {d['p99_ms']:.3f} cpu/req {($c1-$c0)/d['requests']*1e6:.1f}\")" "$r"
   done
 done
+echo "the machine: $(steal_pct "$machine0" "$(cpu_times)")% of its CPU time stolen by the hypervisor during the rounds"

@@ -1,3 +1,5 @@
+# What the A/B scripts share.
+#
 # The auth-only gateway config the A/B scripts run: one key, one route to the mock upstream, no
 # admin plane, no access log, no per-address connection cap (every load client is 127.0.0.1).
 #   gateway_yaml LISTEN MOCK DATABASE_FILE > FILE.yaml
@@ -13,4 +15,13 @@ storage: {database: "sqlite://$3"}
 admin: {enabled: false}
 logging: {level: warn, access_log: false}
 YAML
+}
+
+# The processes listening on ADDR's port, and their children (nginx's workers), one per line.
+#   listening_pids ADDR
+listening_pids() {
+  for l in $(ss -ltnpH "sport = :${1#*:}" | grep -o 'pid=[0-9]*' | cut -d= -f2); do
+    echo "$l"
+    pgrep -P "$l" || true
+  done | sort -u
 }

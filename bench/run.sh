@@ -26,6 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/nginx.sh
+. bench/machine.sh
 ROUNDS=${ROUNDS:-5}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 CONCURRENCY=${CONCURRENCY:-64}
@@ -194,6 +195,7 @@ for target in $targets; do
   name=${target%%:*}
   [ -n "$(pids_of "$name")" ] && echo "{\"target\":\"$name\",\"idle_mib\":$(rss_mib "$(pids_of "$name")" VmRSS)}" >> "$memory"
 done
+machine0=$(cpu_times)
 for round in $(seq "$ROUNDS"); do
   for target in $targets; do
     name=${target%%:*} addr=${target#*:}
@@ -214,6 +216,7 @@ for round in $(seq "$ROUNDS"); do
     echo "{\"round\":$round,\"target\":\"$name\",\"cpu_s\":$(awk "BEGIN{print $c1-$c0}"),\"rps\":$r,\"fixed_cpu_s\":$(awk "BEGIN{print $c2-$c1}"),\"fixed\":$f,\"sse\":$s,\"sse_high\":$h}" | tee -a "$results"
   done
 done
+machine1=$(cpu_times)
 for target in $targets; do
   name=${target%%:*}
   [ -n "$(pids_of "$name")" ] && echo "{\"target\":\"$name\",\"peak_mib\":$(rss_mib "$(pids_of "$name")" VmHWM)}" >> "$memory"
@@ -295,6 +298,9 @@ if any(r["target"] == "base" for r in rows):
               f"at a fixed rate {fmt(paired(cpu_req('fixed_cpu_s', 'fixed'), new, old))}")
 PY
 
+echo
+echo "== the machine: $(steal_pct "$machine0" "$machine1")% of its CPU time was stolen by the hypervisor during the rounds"
+echo "   (more than a few percent: the rounds' timings are not comparable with other runs)"
 echo
 echo "== one policy call (µs, through the real runtime)"
 "$bin/tollgate-bench" policy
