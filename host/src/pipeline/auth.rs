@@ -223,6 +223,28 @@ mod tests {
     }
 
     #[test]
+    fn ids_that_share_their_hashed_bytes_are_still_told_apart() {
+        // The map hashes an id by its first 8 bytes; two ids equal there collide and must
+        // still each find their own key.
+        let a = format!("{}{}", "ab".repeat(8), "01".repeat(24));
+        let b = format!("{}{}", "ab".repeat(8), "02".repeat(24));
+        let r = KeyRing::new(&AuthConfig {
+            secret: Secret::new("0123456789abcdef"),
+            keys: [("a", &a), ("b", &b)]
+                .map(|(name, id)| KeyConfig {
+                    name: name.into(),
+                    key: None,
+                    key_id: Some(id.clone()),
+                })
+                .into(),
+        });
+        assert_eq!(r.name_of_id(&a).as_deref(), Some("a"));
+        assert_eq!(r.name_of_id(&b).as_deref(), Some("b"));
+        let c = format!("{}{}", "ab".repeat(8), "03".repeat(24));
+        assert_eq!(r.name_of_id(&c), None);
+    }
+
+    #[test]
     fn key_id_config_matches_the_plain_key() {
         let id = ring().id_of("sk-alice-1").to_hex();
         let r = KeyRing::new(&AuthConfig {
