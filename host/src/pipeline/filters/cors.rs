@@ -58,9 +58,7 @@ impl Cors {
                 .to_str()
                 .is_ok_and(|o| self.origins.iter().any(|a| a.eq_ignore_ascii_case(o)))
     }
-}
 
-impl Cors {
     /// Notes an allowed origin for the answer; refuses a preflight, which the gateway answers
     /// itself (its headers are set by [`Cors::set_headers`]).
     fn note_origin(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
