@@ -29,17 +29,10 @@ nginx_conf "$out" "$MOCK" "$NGINX" > "$out/nginx.conf"
 "$(command -v nginx || echo /usr/sbin/nginx)" -c "$out/nginx.conf" -p "$out" -e "$out/nginx-error.log"
 for side in old:$OLD new:$NEW; do
   name=${side%%:*} addr=${side#*:}
-  gateway_yaml "$addr" "$MOCK" "$out/$name.db" > "$out/$name.yaml"
   if [ "$CHAIN" = 1 ]; then
-    W=$PWD/plugins/target/wasm32-wasip2/release
-    sed -i 's|^upstreams: .*|upstreams: [{name: mock-a, url: "http://'"$MOCK"'", credential: sk-upstream}, {name: mock-b, url: "http://'"$MOCK"'", credential: sk-upstream}]|; s|^routes: .*|routes: [{path_prefix: /v1/, upstreams: [mock-a, mock-b], policies: [bind, stamp, rotate, quota]}]|' "$out/$name.yaml"
-    cat >> "$out/$name.yaml" <<YAML
-plugins:
-  - {name: bind, kind: ip-binding, module: $W/tollgate_ip_binding.wasm}
-  - {name: stamp, kind: header-rewrite, module: $W/tollgate_header_rewrite.wasm, config: {request: [{set: {name: x-gw, value: "\${request_id}"}}]}}
-  - {name: rotate, kind: router, module: $W/tollgate_round_robin.wasm}
-  - {name: quota, kind: quota, module: $W/tollgate_quota_switch.wasm}
-YAML
+    chain_yaml "$addr" "$MOCK" "$out/$name.db" > "$out/$name.yaml"
+  else
+    gateway_yaml "$addr" "$MOCK" "$out/$name.db" > "$out/$name.yaml"
   fi
 done
 "$old" run --config "$out/old.yaml" & pids+=($!)

@@ -17,6 +17,22 @@ logging: {level: warn, access_log: false}
 YAML
 }
 
+# The same gateway with all four policy kinds on its route, the chain bench/run.sh measures:
+# ip-binding, a header rewrite stamping the request id, round-robin over two upstream names (both
+# the mock), and quota-switch. Plugins from plugins/build.sh.
+#   chain_yaml LISTEN MOCK DATABASE_FILE > FILE.yaml
+chain_yaml() {
+  local w=$PWD/plugins/target/wasm32-wasip2/release
+  gateway_yaml "$@" | sed 's|^upstreams: .*|upstreams: [{name: mock-a, url: "http://'"$2"'", credential: sk-upstream}, {name: mock-b, url: "http://'"$2"'", credential: sk-upstream}]|; s|^routes: .*|routes: [{path_prefix: /v1/, upstreams: [mock-a, mock-b], policies: [bind, stamp, rotate, quota]}]|'
+  cat <<YAML
+plugins:
+  - {name: bind, kind: ip-binding, module: $w/tollgate_ip_binding.wasm}
+  - {name: stamp, kind: header-rewrite, module: $w/tollgate_header_rewrite.wasm, config: {request: [{set: {name: x-gw, value: "\${request_id}"}}]}}
+  - {name: rotate, kind: router, module: $w/tollgate_round_robin.wasm}
+  - {name: quota, kind: quota, module: $w/tollgate_quota_switch.wasm}
+YAML
+}
+
 # The processes listening on ADDR's port, and their children (nginx's workers), one per line.
 #   listening_pids ADDR
 listening_pids() {

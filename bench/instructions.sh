@@ -7,6 +7,8 @@
 #                                                             # auth-only config of bench/ab.sh
 #   RATE=500 SECS=12 bench/instructions.sh OLD NEW floor nginx
 #   KEEP=dir bench/instructions.sh NEW                 # keep the callgrind files for callgrind_annotate
+#   CHAIN=1 bench/instructions.sh OLD NEW              # Tollgate runs the four-policy chain of
+#                                                      # bench/run.sh (plugins from plugins/build.sh)
 #
 # Each target runs under callgrind, is warmed for 4 s, then gets a fixed offered rate (RATE per
 # second for SECS, 8 connections, so every target serves the same requests and the same
@@ -20,7 +22,7 @@ cd "$(dirname "$0")/.."
 . bench/gateway.sh
 . bench/nginx.sh
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
-RATE=${RATE:-500} SECS=${SECS:-12}
+RATE=${RATE:-500} SECS=${SECS:-12} CHAIN=${CHAIN:-0}
 bin=target/release
 out=${KEEP:-$(mktemp -d)}
 mkdir -p "$out"
@@ -28,12 +30,17 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 MOCK=127.0.0.1:19700
 "$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
-# valgrind cannot map the pooling allocator's reserved address space; no plugin runs here.
+# valgrind cannot map the pooling allocator's reserved address space: plugin instances are
+# allocated one by one instead (once each: they are pooled by the gateway after that).
 export TOLLGATE_WASM_ON_DEMAND=1
 i=0
 for target in "$@"; do
   port=$((19710 + i))
-  gateway_yaml "127.0.0.1:$port" "$MOCK" "$out/g$i.db" > "$out/g$i.yaml"
+  if [ "$CHAIN" = 1 ]; then
+    chain_yaml "127.0.0.1:$port" "$MOCK" "$out/g$i.db" > "$out/g$i.yaml"
+  else
+    gateway_yaml "127.0.0.1:$port" "$MOCK" "$out/g$i.db" > "$out/g$i.yaml"
+  fi
   if [ "$target" = floor ]; then
     cmd=("$bin/tollgate-bench" floor --listen "127.0.0.1:$port" --upstream "http://$MOCK")
   elif [ "$target" = nginx ]; then

@@ -27,6 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/nginx.sh
 . bench/machine.sh
+. bench/gateway.sh
 ROUNDS=${ROUNDS:-5}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 CONCURRENCY=${CONCURRENCY:-64}
@@ -103,34 +104,8 @@ logging:
 YAML
 "${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/tollgate.yaml" & pids+=($!); gate_pid=$!
 
-# The same gateway with all four policy kinds on the route (two upstream names for the router to
-# choose between, both the mock).
-W=$PWD/plugins/target/wasm32-wasip2/release
-cat > "$out/chain.yaml" <<YAML
-server:
-  listen: $CHAIN
-  max_connections_per_ip: 0
-auth:
-  secret: bench-secret-0123456789
-  keys: [{name: bench, key: $KEY}]
-upstreams:
-  - {name: mock-a, url: "http://$MOCK", credential: sk-upstream}
-  - {name: mock-b, url: "http://$MOCK", credential: sk-upstream}
-routes:
-  - path_prefix: /v1/
-    upstreams: [mock-a, mock-b]
-    policies: [bind, stamp, rotate, quota]
-storage: {database: "sqlite://chain.db"}
-plugins:
-  - {name: bind, kind: ip-binding, module: $W/tollgate_ip_binding.wasm}
-  - {name: stamp, kind: header-rewrite, module: $W/tollgate_header_rewrite.wasm, config: {request: [{set: {name: x-gw, value: "\${request_id}"}}]}}
-  - {name: rotate, kind: router, module: $W/tollgate_round_robin.wasm}
-  - {name: quota, kind: quota, module: $W/tollgate_quota_switch.wasm}
-admin: {enabled: false}
-logging:
-  level: warn
-  access_log: false
-YAML
+# The same gateway with all four policy kinds on the route (bench/gateway.sh, `chain_yaml`).
+chain_yaml "$CHAIN" "$MOCK" chain.db > "$out/chain.yaml"
 "${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/chain.yaml" & pids+=($!); chain_pid=$!
 
 # The plain gateway with edge protection on: a per-IP and a per-key request limit (never reached:
