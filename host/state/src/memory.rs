@@ -6,7 +6,7 @@
 //! bench kv` measures it). Updates of one key are atomic (`incr`, compare-and-set); different
 //! keys do not wait for each other.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -17,7 +17,7 @@ use super::{Kv, StoreResult};
 
 #[derive(Clone, Debug)]
 struct Entry {
-    value: Arc<str>,
+    value: Value,
     /// The time to live this write gives the entry (`None`: it never expires).
     ttl: Option<Duration>,
     /// This write keeps the entry's remaining time instead (an `incr` of a live counter, as
@@ -25,10 +25,48 @@ struct Entry {
     keep_ttl: bool,
 }
 
+#[derive(Clone, Debug)]
+enum Value {
+    Text(Arc<str>),
+    /// A counter (the entry's first `incr` turned it into one). Every clone of the entry shares
+    /// the cell, so an `incr` of a live counter adds in place under the cell's lock: one read of
+    /// the map and no rewrite of the entry, instead of the map's per-key `compute`.
+    Count(Arc<Mutex<Counter>>),
+}
+
+#[derive(Debug)]
+struct Counter {
+    value: i64,
+    /// False once a compare-and-set replaced the entry: an `incr` that found this cell before
+    /// the replacement goes through the map again instead of adding to a value nobody reads.
+    live: bool,
+}
+
+impl Value {
+    fn counter(value: i64) -> Self {
+        Self::Count(Arc::new(Mutex::new(Counter { value, live: true })))
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Self::Text(t) => t.to_string(),
+            Self::Count(c) => lock(c).value.to_string(),
+        }
+    }
+}
+
+fn lock(c: &Mutex<Counter>) -> std::sync::MutexGuard<'_, Counter> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Entry {
-    fn new(value: impl Into<Arc<str>>, ttl_ms: Option<u64>) -> Self {
+    fn new(value: &str, ttl_ms: Option<u64>) -> Self {
+        Self::with(Value::Text(value.into()), ttl_ms)
+    }
+
+    fn with(value: Value, ttl_ms: Option<u64>) -> Self {
         Self {
-            value: value.into(),
+            value,
             ttl: ttl_ms.map(Duration::from_millis),
             keep_ttl: false,
         }
@@ -69,7 +107,7 @@ impl Default for MemoryKv {
 
 impl MemoryKv {
     pub fn get_now(&self, key: &str) -> Option<String> {
-        self.entries.get(key).map(|e| e.value.to_string())
+        self.entries.get(key).map(|e| e.value.text())
     }
 
     pub fn set_now(&self, key: &str, value: &str, ttl_ms: Option<u64>) {
@@ -81,23 +119,43 @@ impl MemoryKv {
         self.entries.invalidate(key);
     }
 
+    /// Adds `delta` to the counter at `key` (an absent or expired key counts from 0, a value that
+    /// is not a number counts as 0) and answers the sum. A live counter keeps its time to live.
     pub fn incr_now(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
+        // A live counter: add in its cell.
+        if let Some(e) = self.entries.get(key)
+            && let Value::Count(cell) = &e.value
+        {
+            let mut c = lock(cell);
+            if c.live {
+                c.value = c.value.wrapping_add(delta);
+                return c.value;
+            }
+        }
+        // Absent, text, or replaced meanwhile: make it a counter under the map's per-key lock.
         let mut result = delta;
         self.entries
             .entry(key.to_owned())
-            .and_compute_with(|current| {
-                Op::Put(match current {
-                    Some(e) => {
-                        let e = e.into_value();
-                        result = e.value.parse::<i64>().unwrap_or(0).wrapping_add(delta);
-                        Entry {
-                            value: result.to_string().into(),
+            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+                Some(e) => match &e.value {
+                    // Another `incr` made it a counter first (a cell in the map is live: a
+                    // compare-and-set retires a cell only as it replaces the entry).
+                    Value::Count(cell) => {
+                        let mut c = lock(cell);
+                        c.value = c.value.wrapping_add(delta);
+                        result = c.value;
+                        Op::Nop
+                    }
+                    Value::Text(t) => {
+                        result = t.parse::<i64>().unwrap_or(0).wrapping_add(delta);
+                        Op::Put(Entry {
+                            value: Value::counter(result),
                             keep_ttl: true,
                             ..e
-                        }
+                        })
                     }
-                    None => Entry::new(delta.to_string(), ttl_ms),
-                })
+                },
+                None => Op::Put(Entry::with(Value::counter(delta), ttl_ms)),
             });
         result
     }
@@ -113,8 +171,19 @@ impl MemoryKv {
         self.entries
             .entry(key.to_owned())
             .and_compute_with(|current| {
-                if current.as_ref().map(|e| &*e.value().value) == expected {
-                    done = true;
+                done = match current.as_ref().map(|e| &e.value().value) {
+                    None => expected.is_none(),
+                    Some(Value::Text(t)) => expected == Some(&**t),
+                    // Compared and retired under the cell's lock, so that no `incr` adds to it
+                    // between the comparison and the replacement.
+                    Some(Value::Count(cell)) => {
+                        let mut c = lock(cell);
+                        let same = expected.is_some_and(|x| x == c.value.to_string());
+                        c.live &= !same;
+                        same
+                    }
+                };
+                if done {
                     Op::Put(Entry::new(new, ttl_ms))
                 } else {
                     Op::Nop
@@ -198,6 +267,51 @@ mod tests {
         assert!(kv.compare_and_set_now("k7", Some(&owner), "next", None));
         assert!(!kv.compare_and_set_now("k7", Some(&owner), "again", None));
         assert_eq!(kv.get_now("k7").as_deref(), Some("next"));
+    }
+
+    #[test]
+    fn a_counter_harvested_by_compare_and_set_loses_no_increment() {
+        let kv = Arc::new(MemoryKv::default());
+        const THREADS: i64 = 4;
+        const EACH: i64 = 20_000;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Takes the count and resets it to 0 with a compare-and-set, again and again, while the
+        // adders run: what it takes plus what is left must be every increment.
+        let harvester = {
+            let (kv, done) = (kv.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut taken = 0i64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(v) = kv.get_now("n")
+                        && kv.compare_and_set_now("n", Some(&v), "0", None)
+                    {
+                        taken += v.parse::<i64>().unwrap();
+                    }
+                }
+                taken
+            })
+        };
+        let adders: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..EACH {
+                        kv.incr_now("n", 1, None);
+                    }
+                })
+            })
+            .collect();
+        adders.into_iter().for_each(|t| t.join().unwrap());
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let taken = harvester.join().unwrap();
+        let left: i64 = kv.get_now("n").unwrap().parse().unwrap();
+        assert_eq!(taken + left, THREADS * EACH, "taken {taken}, left {left}");
+        // A text value that is a number counts on from it; one that is not counts from 0.
+        kv.set_now("t", "41", None);
+        assert_eq!(kv.incr_now("t", 1, None), 42);
+        assert_eq!(kv.get_now("t").as_deref(), Some("42"));
+        kv.set_now("t", "x", None);
+        assert_eq!(kv.incr_now("t", 1, None), 1);
     }
 
     #[test]
