@@ -49,7 +49,8 @@ pub use edge::{
     MaintenanceConfig, Rate, RequestLimit, ResponseHeadersConfig, TokenEstimate, TokenLimit,
 };
 pub use types::{
-    ByteSize, CacheUrl, Cidr, DatabaseUrl, Duration, ListenAddr, Secret, UpstreamUrl, canonical_ip,
+    ByteSize, CacheUrl, Cidr, DatabaseUrl, Duration, IpText, ListenAddr, Secret, UpstreamUrl,
+    canonical_ip,
 };
 
 /// The whole config file.

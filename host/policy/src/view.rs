@@ -81,7 +81,7 @@ impl RequestInfo {
                 .to_owned(),
             headers: parts.headers.clone(),
             client_ip,
-            client_ip_text: client_ip.to_string(),
+            client_ip_text: tollgate_config::IpText::new(client_ip).as_str().to_owned(),
             key_id,
             key_name: key_name.to_owned(),
             model: None,
