@@ -392,7 +392,10 @@ impl Stores {
     }
 
     fn binding_key(key_id: &str) -> String {
-        format!("b:{key_id}")
+        let mut k = String::with_capacity(2 + key_id.len());
+        k.push_str("b:");
+        k.push_str(key_id);
+        k
     }
 
     fn cache_ttl_ms(&self) -> Option<u64> {

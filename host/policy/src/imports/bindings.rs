@@ -7,7 +7,7 @@ use tollgate_state::{Binding, BindingStatus};
 
 fn to_wit(b: Binding) -> binding_store::Binding {
     binding_store::Binding {
-        cidr: b.cidr.to_string(),
+        cidr: tollgate_config::IpText::net(b.cidr).as_str().to_owned(),
         status: match b.status {
             BindingStatus::Active => binding_store::BindingStatus::Active,
             BindingStatus::Banned => binding_store::BindingStatus::Banned,
