@@ -228,23 +228,28 @@ impl Kv for MemoryKv {
 mod tests {
     use super::*;
 
-    #[test]
-    fn incr_and_cas_are_exact_under_concurrent_callers() {
-        let kv = Arc::new(MemoryKv::default());
-        const THREADS: i64 = 8;
-        const EACH: i64 = 5_000;
-        // Every thread adds to one counter at once: no increment is lost.
-        let adders: Vec<_> = (0..THREADS)
+    /// `threads` threads at once, each adding 1 to the counter `n` `each` times.
+    fn add_from_threads(kv: &Arc<MemoryKv>, threads: i64, each: i64) {
+        let adders: Vec<_> = (0..threads)
             .map(|_| {
                 let kv = kv.clone();
                 std::thread::spawn(move || {
-                    for _ in 0..EACH {
+                    for _ in 0..each {
                         kv.incr_now("n", 1, None);
                     }
                 })
             })
             .collect();
         adders.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[test]
+    fn incr_and_cas_are_exact_under_concurrent_callers() {
+        let kv = Arc::new(MemoryKv::default());
+        const THREADS: i64 = 8;
+        const EACH: i64 = 5_000;
+        // Every thread adds to one counter at once: no increment is lost.
+        add_from_threads(&kv, THREADS, EACH);
         assert_eq!(kv.get_now("n").as_deref(), Some("40000"));
         assert_eq!(kv.incr_now("n", -40_000, None), 0);
         // Every thread races to claim each of 200 keys: exactly one wins each.
@@ -291,17 +296,7 @@ mod tests {
                 taken
             })
         };
-        let adders: Vec<_> = (0..THREADS)
-            .map(|_| {
-                let kv = kv.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..EACH {
-                        kv.incr_now("n", 1, None);
-                    }
-                })
-            })
-            .collect();
-        adders.into_iter().for_each(|t| t.join().unwrap());
+        add_from_threads(&kv, THREADS, EACH);
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let taken = harvester.join().unwrap();
         let left: i64 = kv.get_now("n").unwrap().parse().unwrap();
