@@ -674,7 +674,10 @@ pub struct Plugin {
     plugin_idx: plugin::GuestIndices,
     kind_idx: KindIndices,
     interest: OnceLock<Interest>,
-    idle: Mutex<Vec<Instance>>,
+    /// Configured instances, boxed so that a checkout or checkin moves a pointer, not the
+    /// instance (each call moves it twice).
+    #[allow(clippy::vec_box, reason = "the box is what a call moves")]
+    idle: Mutex<Vec<Box<Instance>>>,
     slots: Arc<tokio::sync::Semaphore>,
     breaker: Breaker,
     pub stats: PluginStats,
@@ -796,7 +799,7 @@ impl Plugin {
     /// Checks that the plugin instantiates and accepts its configuration, and keeps that instance
     /// for the first calls. Run before a version is put into service.
     pub async fn validate(&self) -> Result<(), LoadError> {
-        let instance = self.instantiate().await?;
+        let instance = Box::new(self.instantiate().await?);
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -847,9 +850,11 @@ impl Plugin {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(p);
         }
-        match tokio::time::timeout(self.spec.queue_timeout, self.slots.clone().acquire_owned())
-            .await
-        {
+        // The wait is boxed: it is rare, and its timer would otherwise enlarge the future of
+        // every call (and of every filter hook that awaits one), which is moved and copied.
+        let wait =
+            tokio::time::timeout(self.spec.queue_timeout, self.slots.clone().acquire_owned());
+        match Box::pin(wait).await {
             Ok(Ok(p)) => Ok(p),
             _ => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -863,27 +868,28 @@ impl Plugin {
         &self,
         request: &Arc<RequestInfo>,
         response: Option<&Arc<ResponseInfo>>,
-    ) -> Result<Instance, PolicyError> {
+    ) -> Result<Box<Instance>, PolicyError> {
         let slot = self.admit().await?;
         let ticking = self.ticker.running();
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match pooled {
             Some(i) => i,
-            None => self
-                .instantiate()
-                .await
-                .map_err(|e| PolicyError::Instantiate {
+            // Boxed, as the rare path: instantiation's future is many times a call's.
+            None => Box::new(Box::pin(self.instantiate()).await.map_err(|e| {
+                PolicyError::Instantiate {
                     plugin: self.spec.name.clone(),
                     reason: e.to_string(),
-                })?,
+                }
+            })?),
         };
+        let now = std::time::Instant::now();
         instance.slot = Some(slot);
         instance.ticking = Some(ticking);
-        instance.started = Some(std::time::Instant::now());
+        instance.started = Some(now);
         let state = instance.store.data_mut();
         state.request = Some(request.clone());
         state.response = response.cloned();
-        state.budget = CallBudget::new(self.spec.deadline);
+        state.budget = CallBudget::starting_at(self.spec.deadline, now);
         instance.store.set_epoch_deadline(1);
         Ok(instance)
     }
@@ -891,7 +897,7 @@ impl Plugin {
     /// Returns a healthy instance to the pool, or drops a failed or worn-out one.
     fn checkin<R>(
         &self,
-        mut instance: Instance,
+        mut instance: Box<Instance>,
         result: wasmtime::Result<R>,
     ) -> Result<R, PolicyError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);

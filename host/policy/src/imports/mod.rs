@@ -45,10 +45,15 @@ impl CallBudget {
     pub const MAX_STEP: Duration = Duration::from_millis(2);
 
     pub fn new(limit: Duration) -> Self {
+        Self::starting_at(limit, Instant::now())
+    }
+
+    /// A budget whose clock starts at `now` (a call's start, read once for its timing too).
+    pub fn starting_at(limit: Duration, now: Instant) -> Self {
         Self {
             limit,
             used: Duration::ZERO,
-            last: Instant::now(),
+            last: now,
         }
     }
 
