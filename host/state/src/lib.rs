@@ -212,16 +212,20 @@ impl KeyUse {
 /// Capacity of the write queue; beyond it, usage updates and intercepts are dropped and counted.
 const QUEUE_CAPACITY: usize = 65_536;
 
+/// Keys used since the writer's last flush, by key id.
+type KeyUses = HashMap<String, KeyUse, foldhash::fast::RandomState>;
+
 /// The database, the cache, and the background work around them.
 pub struct Stores {
     db: SqlStore,
     cache: Arc<dyn Kv>,
     /// Stand-in for a shared cache that is down, so plugin counters keep working (per process).
     local: MemoryKv,
-    /// With a shared cache: bindings this gateway read recently, so a bound key costs no Redis
-    /// round trip per request. Entries live [`NEAR_TTL_MS`] at most and are dropped at once when
-    /// any gateway publishes a change of the binding (ban, archive).
-    near: Option<MemoryKv>,
+    /// Bindings this gateway read recently, decoded ([`NearBindings`]).
+    near: NearBindings,
+    /// Whether `cache` is shared with other gateways (Redis): bindings are then also kept there,
+    /// as text, and changes are published.
+    shared: bool,
     config: StorageConfig,
     queue: mpsc::Sender<Event>,
     /// Token usage of finished requests, taken by the writer at each flush. A plain buffer rather
@@ -231,7 +235,8 @@ pub struct Stores {
     tokens: std::sync::Mutex<(Vec<TokenUsage>, recent::LastHour)>,
     /// Keys used since the last flush, summed in place (the same reason: a request with an
     /// ip-binding policy used to wake the writer on the main runtime, from every worker thread).
-    uses: std::sync::Mutex<HashMap<String, KeyUse>>,
+    /// foldhash, as the token sums of the writer: one lookup per request.
+    uses: std::sync::Mutex<KeyUses>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The live settings (failsafe, alerts, archive age, log level).
     pub(crate) live: settings::Live,
@@ -281,7 +286,60 @@ pub trait Kv: Send + Sync + 'static {
 const BINDINGS: &str = "bindings";
 /// Longest a binding stays in a gateway's near cache in front of a shared cache; bounds how long a
 /// ban can go unseen by a gateway that missed the change message (disconnected from Redis).
-const NEAR_TTL_MS: u64 = 10_000;
+const NEAR_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The bindings a gateway read recently, decoded, by key id: a bound key's request reads one map
+/// entry and parses nothing. With an in-process cache this is the binding cache (entries live
+/// `storage.binding_cache_ttl`); in front of a shared cache it is the near cache, so a bound key
+/// costs no Redis round trip per request (entries live at most [`NEAR_TTL`], and are dropped at
+/// once when any gateway publishes a change of the binding: ban, move, archive).
+struct NearBindings {
+    map: moka::sync::Cache<String, Near, foldhash::fast::RandomState>,
+}
+
+/// What [`NearBindings`] keeps of a binding: what the request path reads.
+#[derive(Clone)]
+struct Near {
+    cidr: IpNet,
+    status: BindingStatus,
+    created_ms: u64,
+}
+
+impl NearBindings {
+    fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            map: moka::sync::Cache::builder()
+                .time_to_live(ttl)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
+        }
+    }
+
+    fn get(&self, key_id: &str) -> Option<Binding> {
+        let n = self.map.get(key_id)?;
+        Some(Binding {
+            key_id: key_id.to_owned(),
+            cidr: n.cidr,
+            status: n.status,
+            created_ms: n.created_ms,
+            last_used_ms: n.created_ms,
+            last_ip: None,
+            request_count: 0,
+        })
+    }
+
+    fn remember(&self, b: &Binding) {
+        let near = Near {
+            cidr: b.cidr,
+            status: b.status,
+            created_ms: b.created_ms,
+        };
+        self.map.insert(b.key_id.clone(), near);
+    }
+
+    fn forget(&self, key_id: &str) {
+        self.map.invalidate(key_id);
+    }
+}
 
 impl Stores {
     /// Connects to the configured stores, runs pending migrations, and starts the writer (usage,
@@ -340,14 +398,19 @@ impl Stores {
             db,
             cache,
             local: MemoryKv::default(),
-            near: changes.is_some().then(MemoryKv::default),
+            near: NearBindings::new(if changes.is_some() {
+                config.binding_cache_ttl.get().min(NEAR_TTL)
+            } else {
+                config.binding_cache_ttl.get()
+            }),
+            shared: changes.is_some(),
             live: settings::Live::new(&config, &alerts),
             ip_lists: ip_rules::IpLists::new(),
             kept: Default::default(),
             config,
             queue,
             tokens: Default::default(),
-            uses: std::sync::Mutex::new(HashMap::new()),
+            uses: std::sync::Mutex::new(HashMap::default()),
             writer: std::sync::Mutex::new(None),
             stats: StoreStats::default(),
         });
@@ -363,23 +426,11 @@ impl Stores {
             tokio::spawn(async move {
                 while let Some(key_id) = changes.recv().await {
                     let Some(stores) = weak.upgrade() else { return };
-                    if let Some(near) = &stores.near {
-                        near.delete_now(&Self::binding_key(&key_id));
-                    }
+                    stores.near.forget(&key_id);
                 }
             });
         }
         stores
-    }
-
-    fn near_ttl_ms(&self) -> Option<u64> {
-        self.cache_ttl_ms().map(|t| t.min(NEAR_TTL_MS))
-    }
-
-    fn remember_near(&self, key: &str, b: &Binding) {
-        if let Some(near) = &self.near {
-            near.set_now(key, &b.encode(), self.near_ttl_ms());
-        }
     }
 
     pub fn failsafe(&self) -> Failsafe {
@@ -407,22 +458,22 @@ impl Stores {
         tracing::warn!(target: "state", op, error = %e, "cache failed; falling back");
     }
 
-    /// The binding in force for `key_id`: near cache, shared cache, then database.
+    /// The binding in force for `key_id`: this gateway's near bindings, the shared cache (if
+    /// any), then the database.
     pub async fn binding(&self, key_id: &str) -> StoreResult<Option<Binding>> {
-        let key = Self::binding_key(key_id);
-        if let Some(b) = self
-            .near
-            .as_ref()
-            .and_then(|n| n.get_now(&key))
-            .and_then(|s| Binding::decode(key_id, &s))
-        {
+        if let Some(b) = self.near.get(key_id) {
             return Ok(Some(b));
         }
-        let cached = self.cache.get(&key).await;
+        let key = Self::binding_key(key_id);
+        let cached = if self.shared {
+            self.cache.get(&key).await
+        } else {
+            Ok(None)
+        };
         match &cached {
             Ok(Some(s)) => {
                 if let Some(b) = Binding::decode(key_id, s) {
-                    self.remember_near(&key, &b);
+                    self.near.remember(&b);
                     return Ok(Some(b));
                 }
             }
@@ -431,8 +482,9 @@ impl Stores {
         }
         let found = self.db.binding(key_id).await?;
         if let Some(b) = &found {
-            self.remember_near(&key, b);
-            if cached.is_ok()
+            self.near.remember(b);
+            if self.shared
+                && cached.is_ok()
                 && let Err(e) = self.cache.set(&key, &b.encode(), self.cache_ttl_ms()).await
             {
                 self.cache_failed("fill binding", &e);
@@ -451,9 +503,13 @@ impl Stores {
         if created {
             self.stats.first_uses.fetch_add(1, Ordering::Relaxed);
         }
-        let key = Self::binding_key(key_id);
-        self.remember_near(&key, &b);
-        if let Err(e) = self.cache.set(&key, &b.encode(), self.cache_ttl_ms()).await {
+        self.near.remember(&b);
+        if self.shared
+            && let Err(e) = self
+                .cache
+                .set(&Self::binding_key(key_id), &b.encode(), self.cache_ttl_ms())
+                .await
+        {
             self.cache_failed("fill binding", &e);
         }
         Ok(b)
@@ -489,10 +545,11 @@ impl Stores {
     /// Drops the cached copies of a binding, here and (through the shared cache) on every
     /// gateway.
     async fn forget(&self, key_id: &str) {
-        let key = Self::binding_key(key_id);
-        if let Some(near) = &self.near {
-            near.delete_now(&key);
+        self.near.forget(key_id);
+        if !self.shared {
+            return;
         }
+        let key = Self::binding_key(key_id);
         if let Err(e) = self.cache.delete(&key).await {
             self.cache_failed("forget binding", &e);
         }
@@ -523,7 +580,7 @@ impl Stores {
     }
 
     /// The key uses recorded since the last call (for the writer).
-    fn take_uses(&self) -> HashMap<String, KeyUse> {
+    fn take_uses(&self) -> KeyUses {
         std::mem::take(&mut *self.uses.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -642,7 +699,7 @@ impl Stores {
 
     /// Whether rate limit buckets are shared with other gateways (the cache is Redis).
     pub fn shares_buckets(&self) -> bool {
-        self.near.is_some()
+        self.shared
     }
 
     /// The state `id` of this gateway, made by `make` on first use: the same object for as long
@@ -670,7 +727,7 @@ impl Stores {
         op: Op,
         local: &LocalBuckets,
     ) -> Decision {
-        if self.near.is_some() {
+        if self.shared {
             let key = [prefix, subject].concat();
             match self.cache.gcra(&key, gcra, op).await {
                 Ok(Some(d)) => return d,
