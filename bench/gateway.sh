@@ -19,10 +19,11 @@ YAML
 
 # The same gateway with all four policy kinds on its route, the chain bench/run.sh measures:
 # ip-binding, a header rewrite stamping the request id, round-robin over two upstream names (both
-# the mock), and quota-switch. Plugins from plugins/build.sh.
+# the mock), and quota-switch. Plugins from plugins/build.sh (PLUGIN_DIR=dir: from dir instead, e.g. a
+# build with symbols for profiling).
 #   chain_yaml LISTEN MOCK DATABASE_FILE > FILE.yaml
 chain_yaml() {
-  local w=$PWD/plugins/target/wasm32-wasip2/release
+  local w=${PLUGIN_DIR:-$PWD/plugins/target/wasm32-wasip2/release}
   gateway_yaml "$@" | sed 's|^upstreams: .*|upstreams: [{name: mock-a, url: "http://'"$2"'", credential: sk-upstream}, {name: mock-b, url: "http://'"$2"'", credential: sk-upstream}]|; s|^routes: .*|routes: [{path_prefix: /v1/, upstreams: [mock-a, mock-b], policies: [bind, stamp, rotate, quota]}]|'
   cat <<YAML
 plugins:
