@@ -5,8 +5,10 @@
 //!   SQLite (embedded default, a file created on first run) or PostgreSQL (several gateways). One
 //!   implementation serves both through sqlx's `Any` driver; the SQL is the common dialect and
 //!   each backend has its own versioned migrations in `migrations/`;
-//! - the **cache** ([`Kv`]) holds cached bindings, alert counters and plugin `kv` data: in process
-//!   ([`MemoryKv`]) or Redis ([`RedisKv`]). It is never the source of truth for a binding.
+//! - the **cache** ([`Kv`]) holds alert counters and plugin `kv` data, and with Redis the cached
+//!   bindings: in process ([`MemoryKv`]) or Redis ([`RedisKv`]). It is never the source of truth
+//!   for a binding. Each gateway also keeps the bindings it read recently decoded, in process
+//!   (`NearBindings`); with an in-process cache that is the only binding cache.
 //!
 //! [`Stores`] combines them and owns the failure policy:
 //! - reads of a binding go cache first, then the database (cache-aside); a cache failure falls
@@ -822,5 +824,31 @@ mod tests {
         };
         assert_eq!(Binding::decode("k", &b.encode()), Some(b));
         assert_eq!(Binding::decode("k", "bogus"), None);
+    }
+
+    /// With an in-process cache, a binding read once is answered from the near bindings: a change
+    /// made behind the stores' back (in the database only) is not seen, and one made through the
+    /// stores (which drops the cached copy) is seen at once.
+    #[tokio::test]
+    async fn in_process_bindings_are_served_decoded_until_a_change_drops_them() {
+        let stores = Stores::ephemeral().await.unwrap();
+        let key = "e".repeat(64);
+        let net: IpNet = "2001:db8::/64".parse().unwrap();
+        let bound = stores.bind_first(&key, net).await.unwrap();
+        stores
+            .database()
+            .set_status(&key, BindingStatus::Banned)
+            .await
+            .unwrap();
+        let read = stores.binding(&key).await.unwrap().unwrap();
+        assert_eq!((read.cidr, read.status), (net, BindingStatus::Active));
+        assert_eq!(read.created_ms, bound.created_ms);
+        stores
+            .set_status(&key, BindingStatus::Banned)
+            .await
+            .unwrap();
+        let read = stores.binding(&key).await.unwrap().unwrap();
+        assert_eq!(read.status, BindingStatus::Banned);
+        assert_eq!(stores.binding(&"f".repeat(64)).await.unwrap(), None);
     }
 }
