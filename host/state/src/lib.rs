@@ -133,7 +133,13 @@ impl Binding {
         let status = BindingStatus::parse(parts.next()?)?;
         let created_ms = parts.next()?.parse().ok()?;
         let cidr = parts.next()?.parse().ok()?;
-        Some(Self {
+        Some(Self::cached(key_id, cidr, status, created_ms))
+    }
+
+    /// A binding as a cache holds it: what the request path reads; the usage fields, which only
+    /// the database keeps, start from creation.
+    fn cached(key_id: &str, cidr: IpNet, status: BindingStatus, created_ms: u64) -> Self {
+        Self {
             key_id: key_id.to_owned(),
             cidr,
             status,
@@ -141,7 +147,7 @@ impl Binding {
             last_used_ms: created_ms,
             last_ip: None,
             request_count: 0,
-        })
+        }
     }
 }
 
@@ -318,15 +324,7 @@ impl NearBindings {
 
     fn get(&self, key_id: &str) -> Option<Binding> {
         let n = self.map.get(key_id)?;
-        Some(Binding {
-            key_id: key_id.to_owned(),
-            cidr: n.cidr,
-            status: n.status,
-            created_ms: n.created_ms,
-            last_used_ms: n.created_ms,
-            last_ip: None,
-            request_count: 0,
-        })
+        Some(Binding::cached(key_id, n.cidr, n.status, n.created_ms))
     }
 
     fn remember(&self, b: &Binding) {
