@@ -10,7 +10,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use tollgate_tests::{CLIENT_KEY, MockUpstream, TestGateway, chat_body, client, config_yaml};
+use tollgate_tests::services::Redis;
+use tollgate_tests::{
+    CLIENT_KEY, MockUpstream, TestGateway, chat_body, client, client_from, config_yaml,
+};
 
 const PASSWORD: &str = "correct horse battery";
 const JWT_SECRET: &str = "an-admin-signing-key-of-32-chars!!";
@@ -35,6 +38,14 @@ impl Admin {
         Self {
             base: format!("http://{addr}/admin/api"),
             http: client(),
+        }
+    }
+
+    /// An admin client whose connections come from `local` (another loopback address).
+    fn from(addr: SocketAddr, local: &str) -> Self {
+        Self {
+            base: format!("http://{addr}/admin/api"),
+            http: client_from(local),
         }
     }
 
@@ -221,6 +232,141 @@ async fn repeated_failures_lock_the_user_out_from_that_address_and_are_audited()
     assert_eq!(refused[0]["outcome"], "locked");
 }
 
+/// `n` wrong-password logins for `ops`, all sent at once, spread over `admins` in turn; the
+/// statuses, sorted.
+async fn parallel_wrong_logins(admins: &[&Admin], n: usize) -> Vec<u16> {
+    let attempts = (0..n).map(|i| async move {
+        admins[i % admins.len()]
+            .login("ops", "wrong password!")
+            .await
+            .status()
+            .as_u16()
+    });
+    let mut statuses = futures_util::future::join_all(attempts).await;
+    statuses.sort();
+    statuses
+}
+
+/// What a burst of parallel wrong passwords must come to: at most `max_failures` checked (401),
+/// the rest refused unchecked (429), one lockout, and the right password refused afterwards.
+async fn assert_burst_locks_after(statuses: &[u16], admin: &Admin, max_failures: usize) {
+    let denied = statuses.iter().filter(|&&s| s == 401).count();
+    let locked = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        denied <= max_failures,
+        "{denied} passwords checked in a burst, at most {max_failures} may be: {statuses:?}"
+    );
+    assert_eq!(denied + locked, statuses.len(), "{statuses:?}");
+    assert_eq!(
+        admin.login("ops", PASSWORD).await.status(),
+        429,
+        "the pair is locked after the burst"
+    );
+}
+
+/// Parallel wrong passwords cannot outrun the lockout: each attempt reserves its place in the
+/// count before its password is checked. With the documented defaults (5 failures, a 30-minute
+/// lock), a burst of 50 gets exactly 5 checks; the lock is per (user, address).
+#[tokio::test]
+async fn a_burst_of_parallel_wrong_passwords_gets_at_most_max_failures_checks() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let addr = gw.admin_addr.unwrap();
+    let admin = Admin::new(addr);
+    let token = admin.token().await;
+
+    let statuses = parallel_wrong_logins(&[&admin], 50).await;
+    assert_burst_locks_after(&statuses, &admin, 5).await;
+    // Nothing succeeded, so each of the 5 reservations was a failure.
+    assert_eq!(statuses.iter().filter(|&&s| s == 401).count(), 5);
+    let locked = admin.login("ops", PASSWORD).await;
+    let retry: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry > 29 * 60 && retry <= 30 * 60,
+        "the documented 30-minute lock: {retry}"
+    );
+    let lockouts = audit(&admin, &token, "action=lockout").await;
+    assert_eq!(lockouts.len(), 1, "one lockout: {lockouts:?}");
+
+    // The same user from another address, and another user from this one, are not locked.
+    let elsewhere = Admin::from(addr, "127.0.0.2");
+    assert_eq!(elsewhere.login("ops", PASSWORD).await.status(), 200);
+    assert_eq!(admin.login("other", "wrong password!").await.status(), 401);
+}
+
+/// Two gateways sharing Redis share the reservations: a burst split across them still gets at
+/// most `max_failures` checks in all.
+#[tokio::test]
+async fn a_burst_split_across_two_gateways_on_redis_gets_at_most_max_failures_checks() {
+    let (redis, mock) = (Redis::start(), MockUpstream::start().await);
+    let yaml = admin_yaml(&mock.url(), "").replace(
+        "logging:",
+        &format!(
+            "storage:\n  cache: {}\n  op_timeout: 10s\nlogging:",
+            redis.url()
+        ),
+    );
+    let (a, b) = (
+        TestGateway::start(&yaml).await,
+        TestGateway::start(&yaml).await,
+    );
+    let (admin_a, admin_b) = (
+        Admin::new(a.admin_addr.unwrap()),
+        Admin::new(b.admin_addr.unwrap()),
+    );
+    let statuses = parallel_wrong_logins(&[&admin_a, &admin_b], 50).await;
+    assert_burst_locks_after(&statuses, &admin_a, 5).await;
+    assert_eq!(
+        admin_b.login("ops", PASSWORD).await.status(),
+        429,
+        "the lock holds on the other gateway"
+    );
+    assert_eq!(
+        Admin::from(b.admin_addr.unwrap(), "127.0.0.3")
+            .login("ops", PASSWORD)
+            .await
+            .status(),
+        200
+    );
+}
+
+/// Failures further apart than `window` do not add up, and a lock ends after `duration`.
+#[tokio::test]
+async fn failures_count_within_the_window_and_a_lock_ends_after_its_duration() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(
+        &mock.url(),
+        "  lockout: {max_failures: 2, window: 1s, duration: 2s}",
+    ))
+    .await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    assert_eq!(admin.login("ops", "wrong password!").await.status(), 401);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The first failure has left the window: this is the first of two again.
+    assert_eq!(admin.login("ops", "wrong password!").await.status(), 401);
+    assert_eq!(
+        admin.login("ops", PASSWORD).await.status(),
+        200,
+        "two failures more than a window apart do not lock"
+    );
+    // A success starts the count again: two more failures are needed, and they lock.
+    assert_eq!(admin.login("ops", "wrong password!").await.status(), 401);
+    assert_eq!(admin.login("ops", "wrong password!").await.status(), 401);
+    let locked = admin.login("ops", PASSWORD).await;
+    assert_eq!(locked.status(), 429);
+    assert_eq!(locked.headers()["retry-after"], "2");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(
+        admin.login("ops", PASSWORD).await.status(),
+        200,
+        "the lock ends after its duration"
+    );
+}
+
 type HmacSha256 = Hmac<sha2::Sha256>;
 type HmacSha384 = Hmac<sha2::Sha384>;
 
@@ -233,7 +379,7 @@ fn now() -> u64 {
 
 fn claims() -> Value {
     let now = now();
-    json!({"sub": "ops", "iss": "tollgate", "aud": "tollgate-admin", "iat": now, "nbf": now, "exp": now + 300})
+    json!({"sub": "ops", "iss": "tollgate", "aud": "tollgate-admin", "iat": now, "nbf": now, "exp": now + 300, "jti": "0123456789abcdef"})
 }
 
 /// A JWT with the given header and claims, signed with HMAC-SHA256 (or 384) under `secret`.
@@ -367,13 +513,108 @@ async fn forged_and_stale_tokens_are_refused() {
                 false,
             ),
         ),
+        (
+            "iat in the future",
+            forge(
+                &hs256,
+                &with(&|c| c["iat"] = json!(now + 120)),
+                JWT_SECRET,
+                false,
+            ),
+        ),
+        (
+            // The default token_ttl is 30 minutes; this one claims a year.
+            "a lifetime beyond token_ttl",
+            forge(
+                &hs256,
+                &with(&|c| c["exp"] = json!(now + 365 * 24 * 3600)),
+                JWT_SECRET,
+                false,
+            ),
+        ),
+        (
+            "a crit header parameter",
+            forge(
+                &json!({"alg": "HS256", "typ": "JWT", "crit": ["exp"]}),
+                &claims(),
+                JWT_SECRET,
+                false,
+            ),
+        ),
+        (
+            "an empty crit header parameter",
+            forge(
+                &json!({"alg": "HS256", "crit": []}),
+                &claims(),
+                JWT_SECRET,
+                false,
+            ),
+        ),
     ];
+    // Each required claim, missing.
+    let mut attacks = attacks;
+    for claim in ["sub", "aud", "iat", "nbf", "jti"] {
+        attacks.push((
+            claim,
+            forge(
+                &hs256,
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove(claim);
+                }),
+                JWT_SECRET,
+                false,
+            ),
+        ));
+    }
     for (what, token) in attacks {
         let resp = admin.get(&token, "/plugins").await;
         assert_eq!(resp.status(), 401, "{what} must be refused");
         let (_, err) = error_of(resp).await;
         assert_eq!(err["code"], "invalid_token", "{what}");
     }
+}
+
+/// The 5 s of leeway and the lifetime cap, from the accepted side: the refusals above are about
+/// going past them, not about any clock skew at all.
+#[tokio::test]
+async fn tokens_within_the_leeway_and_the_lifetime_cap_are_accepted_and_logins_differ() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "  token_ttl: 10m")).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let hs256 = json!({"alg": "HS256", "typ": "JWT"});
+    let now = now();
+    let accepted = [
+        (
+            "expired 2 s ago",
+            json!({"exp": now - 2, "iat": now - 600, "nbf": now - 600}),
+        ),
+        ("nbf 2 s ahead", json!({"nbf": now + 2})),
+        ("iat 2 s ahead", json!({"iat": now + 2, "exp": now + 300})),
+        (
+            "a lifetime of exactly token_ttl",
+            json!({"iat": now, "exp": now + 600}),
+        ),
+    ];
+    for (what, change) in accepted {
+        let mut c = claims();
+        for (k, v) in change.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let token = forge(&hs256, &c, JWT_SECRET, false);
+        assert_eq!(admin.get(&token, "/plugins").await.status(), 200, "{what}");
+    }
+    let mut c = claims();
+    c["exp"] = json!(now + 601);
+    let too_long = forge(&hs256, &c, JWT_SECRET, false);
+    assert_eq!(
+        admin.get(&too_long, "/plugins").await.status(),
+        401,
+        "a second over token_ttl"
+    );
+
+    // Two logins in the same second: different tokens.
+    let (a, b) = tokio::join!(admin.token(), admin.token());
+    assert_ne!(a, b);
 }
 
 #[tokio::test]
@@ -1292,10 +1533,12 @@ async fn a_console_session_keeps_the_token_in_an_httponly_cookie_and_needs_csrf_
         .json()
         .await
         .unwrap();
-    if other["csrf"] != csrf {
-        let (status, _) = error_of(add(Some(other["csrf"].as_str().unwrap())).await.unwrap()).await;
-        assert_eq!(status, 403);
-    }
+    assert_ne!(
+        other["csrf"], csrf,
+        "two logins in the same second get different CSRF tokens"
+    );
+    let (status, _) = error_of(add(Some(other["csrf"].as_str().unwrap())).await.unwrap()).await;
+    assert_eq!(status, 403);
 
     // A forged cookie (signed with another secret) is no session.
     let forged = forge(

@@ -6,7 +6,9 @@
 //!   refused), with `exp`, `nbf`, `iat`, `iss`, `aud` and `sub` required and checked, a lifetime of
 //!   `admin.token_ttl` and [`LEEWAY_SECS`] of clock leeway.
 //! - Lockout: `admin.lockout.max_failures` wrong passwords for one user name from one IP within
-//!   `window` lock that pair out for `duration`, counted in the cache (shared by a cluster). An
+//!   `window` lock that pair out for `duration`, counted in the cache (shared by a cluster). Each
+//!   attempt reserves its number in the count *before* its password is checked, so however many
+//!   arrive at once, at most `max_failures` passwords are checked per lock. An
 //!   unknown user is counted, checked against a dummy hash and answered exactly like a wrong
 //!   password, so user names cannot be probed.
 
@@ -40,6 +42,9 @@ pub struct Claims {
     pub iat: u64,
     pub nbf: u64,
     pub exp: u64,
+    /// A random nonce: two logins in the same second get different tokens (and so different
+    /// CSRF tokens).
+    pub jti: String,
 }
 
 /// Hashes `password` as an argon2id PHC string (default parameters, random salt).
@@ -57,6 +62,21 @@ fn verify(password: &str, phc: &str) -> bool {
             .verify_password(password.as_bytes(), &h)
             .is_ok()
     })
+}
+
+/// Whether a compact JWS's protected header names critical extensions (`crit`). An undecodable
+/// header counts as one: the token is refused either way.
+fn has_crit_header(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(Ok(header)) = token
+        .split('.')
+        .next()
+        .map(|h| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h))
+    else {
+        return true;
+    };
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&header)
+        .map_or(true, |h| h.contains_key("crit"))
 }
 
 /// What a login attempt came to.
@@ -121,7 +141,7 @@ impl AdminAuth {
         validation.validate_nbf = true;
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub", "jti"]);
         Ok(Arc::new(Self {
             csrf_key: [b"tollgate-console-csrf\0".as_slice(), &secret].concat(),
             allow: c.allow.clone(),
@@ -140,7 +160,6 @@ impl AdminAuth {
         self.allow.iter().any(|n| n.contains(ip))
     }
 
-    /// The user a token was issued to, if it is valid now.
     /// The CSRF token of a console session: an HMAC of its JWT, so only the server can make
     /// it, it changes with every login, and it needs no state.
     pub fn csrf_token(&self, session_token: &str) -> String {
@@ -162,17 +181,31 @@ impl AdminAuth {
 
     /// When a valid token expires (Unix seconds).
     pub fn token_expiry(&self, token: &str) -> Option<u64> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .ok()
-            .map(|d| d.claims.exp)
+        self.claims(token).map(|c| c.exp)
     }
 
+    /// The user a token was issued to, if it is valid now.
     pub fn verify_token(&self, token: &str) -> Option<String> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
+        let claims = self.claims(token)?;
         // A user removed from the config loses access at once.
-        self.users
-            .contains_key(&data.claims.sub)
-            .then_some(data.claims.sub)
+        self.users.contains_key(&claims.sub).then_some(claims.sub)
+    }
+
+    /// The claims of a token that is valid now: signature, algorithm and the registered claims
+    /// (`jsonwebtoken`), then what that crate does not check: no `crit` header parameter (we
+    /// understand no extension, so RFC 7515 §4.1.11 says refuse), no `iat` in the future beyond
+    /// the leeway, and a lifetime (`exp - iat`) no longer than `admin.token_ttl`, so a token
+    /// made with a stolen key still cannot outlive what this gateway would issue.
+    fn claims(&self, token: &str) -> Option<Claims> {
+        if has_crit_header(token) {
+            return None;
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .ok()?
+            .claims;
+        let now = unix_ms() / 1000;
+        (claims.iat <= now + LEEWAY_SECS && claims.exp.saturating_sub(claims.iat) <= self.ttl_secs)
+            .then_some(claims)
     }
 
     fn issue(&self, user: &str) -> Option<(String, u64)> {
@@ -184,6 +217,11 @@ impl AdminAuth {
             iat: now,
             nbf: now,
             exp: now + self.ttl_secs,
+            jti: {
+                let mut nonce = [0u8; 16];
+                OsRng.fill_bytes(&mut nonce);
+                hex::encode(nonce)
+            },
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding);
         token.ok().map(|t| (t, claims.exp))
@@ -206,17 +244,35 @@ impl AdminAuth {
         let audit = |action: &str, outcome: &str| {
             AuditRecord::new(username, &ip.to_string(), action, username, outcome)
         };
+        let l = &self.lockout;
+        let (fail_key, lock_key) = (format!("fail:{pair}"), format!("lock:{pair}"));
+        let window_ms = l.window.get().as_millis() as u64;
+        let duration_ms = l.duration.get().as_millis() as u64;
+        // The attempt is reserved before the password is checked: concurrent attempts each get
+        // their own number, so at most `max_failures` of them are ever verified (a check of the
+        // count followed by a later increment let dozens of parallel guesses through).
+        let attempt = kv.incr(&fail_key, 1, Some(window_ms)).await;
         let now = unix_ms();
-        if let Some(until) = kv
-            .get(&format!("lock:{pair}"))
+        let locked_until = kv
+            .get(&lock_key)
             .await
             .and_then(|v| v.parse::<u64>().ok())
-            .filter(|&until| until > now)
-        {
+            .filter(|&until| until > now);
+        let over = attempt > i64::from(l.max_failures);
+        if locked_until.is_some() || over {
+            // An attempt within the limit that finds the lock counted on a fresh counter (the
+            // lock cleared the old one): give it back, so a lock does not outlast `duration`.
+            // One over the limit counted on the counter the lock cleared (or is about to).
+            if !over {
+                kv.incr(&fail_key, -1, Some(window_ms)).await;
+            }
             stores
                 .database()
                 .record_audit(audit("login", "locked"))
                 .await?;
+            // Over the limit with no lock yet: the attempt that reached the limit is still being
+            // checked and is about to set it.
+            let until = locked_until.unwrap_or(now + duration_ms);
             return Ok(Login::Locked {
                 retry_after_secs: (until - now).div_ceil(1000).max(1),
             });
@@ -236,7 +292,9 @@ impl AdminAuth {
         .await
         .unwrap_or(false);
         if ok {
-            kv.delete(&format!("fail:{pair}")).await;
+            // The right password: the pair's count starts again (this attempt's reservation
+            // with it).
+            kv.delete(&fail_key).await;
             let Some((token, expires_at)) = self.issue(username) else {
                 stores
                     .database()
@@ -247,22 +305,18 @@ impl AdminAuth {
             stores.database().record_audit(audit("login", "ok")).await?;
             return Ok(Login::Ok { token, expires_at });
         }
-        let l = &self.lockout;
-        let window_ms = l.window.get().as_millis() as u64;
-        let failures = kv.incr(&format!("fail:{pair}"), 1, Some(window_ms)).await;
         stores
             .database()
             .record_audit(audit("login", "denied"))
             .await?;
-        if failures >= i64::from(l.max_failures) {
-            let until = now + l.duration.get().as_millis() as u64;
-            kv.set(
-                &format!("lock:{pair}"),
-                &until.to_string(),
-                Some(l.duration.get().as_millis() as u64),
-            )
-            .await;
-            kv.delete(&format!("fail:{pair}")).await;
+        // Exactly one attempt holds the number `max_failures`; its failure locks the pair. The
+        // lock is written before the count is cleared, so an attempt counted on the cleared
+        // counter finds it.
+        if attempt == i64::from(l.max_failures) {
+            let until = unix_ms() + duration_ms;
+            kv.set(&lock_key, &until.to_string(), Some(duration_ms))
+                .await;
+            kv.delete(&fail_key).await;
             stores
                 .database()
                 .record_audit(audit("lockout", "ok"))
