@@ -114,24 +114,49 @@ async fn silent_and_slow_preface_connections_are_closed_while_clients_are_served
     );
 }
 
+/// `max_connections: 100` and 600 sockets that hold a slot without sending a request head —
+/// silent, or a slow HTTP/2 preface — spread over 12 addresses so the per-address cap does not
+/// stop them. With `client_header` at its 30 s default nothing times them out; at the cap the
+/// listener sheds the oldest of them, so every one of 100 legitimate requests made meanwhile
+/// (each on a new connection) is answered within 1 s.
 #[tokio::test]
 async fn silent_connections_cannot_hold_every_slot() {
-    let (_mock, gw) = setup("  max_connections: 10\n  timeouts:\n    client_header: 300ms").await;
-    let mut silent = Vec::new();
-    for _ in 0..10 {
-        silent.push(TcpStream::connect(gw.addr).await.unwrap());
+    let (_mock, gw) = setup("  max_connections: 100").await;
+    let mut holders = Vec::new();
+    for i in 0..600u32 {
+        let local = format!("127.0.1.{}:0", 1 + i % 12).parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(local).unwrap();
+        let mut tcp = socket.connect(gw.addr).await.unwrap();
+        if i % 2 == 1 {
+            // Half of the preface, then nothing.
+            tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        }
+        holders.push(tcp);
     }
-    // Every slot is taken; once the timer frees them, /health answers.
-    let start = Instant::now();
-    let resp = tokio::time::timeout(
-        Duration::from_secs(3),
-        client().get(gw.url("/health")).send(),
-    )
-    .await
-    .expect("health answered within 3 s")
-    .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(start.elapsed() < Duration::from_secs(2));
+    let http = client_from("127.0.0.1");
+    for n in 0..100 {
+        let start = Instant::now();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(1),
+            http.get(gw.url("/health"))
+                .header("connection", "close")
+                .send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {n} not answered within 1 s"))
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+    // The shed sockets were closed, not left open.
+    let mut closed = 0;
+    for tcp in &mut holders {
+        if closed_within(tcp, Duration::from_millis(5)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 500, "only {closed} of 600 holders were closed");
 }
 
 #[tokio::test]
@@ -500,6 +525,118 @@ async fn parser_level_errors_have_json_bodies() {
     assert_eq!(error_code(&r), "method_not_allowed");
 }
 
+/// Every answer hyper writes for a head it refuses, before the pipeline runs, carries the JSON
+/// body *and* the configured security headers (docs/limits.md promises them on every data-plane
+/// answer). Each case names what the attacker sends.
+#[tokio::test]
+async fn answers_to_malformed_heads_carry_the_security_headers() {
+    let (mock, gw) = setup(
+        "  response_headers:\n    set: {x-frame-options: DENY, x-test-stamp: on-every-answer}\n",
+    )
+    .await;
+    let big = "a".repeat(64 << 10);
+    let many: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "a 64 KiB header",
+            post("/v1/chat/completions", &format!("x-big: {big}\r\n"), CHAT),
+            431,
+        ),
+        (
+            "101 headers",
+            post("/v1/chat/completions", &many, CHAT),
+            431,
+        ),
+        (
+            "a 70 KiB URI",
+            format!(
+                "GET /v1/{} HTTP/1.1\r\nhost: gw\r\n\r\n",
+                "a".repeat(70 << 10)
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            "two Content-Lengths",
+            post("/v1/chat/completions", "content-length: 3\r\n", CHAT),
+            400,
+        ),
+        (
+            "a NUL in a value",
+            b"GET /v1/models HTTP/1.1\r\nhost: gw\r\nx-a: a\0b\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "HTTP/1.2",
+            b"GET /v1/models HTTP/1.2\r\nhost: gw\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "Transfer-Encoding: gzip",
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: gzip\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            "a non-UTF-8 path",
+            b"GET /v1/\xff\xfe HTTP/1.1\r\nhost: gw\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "a header without a colon",
+            b"GET /v1/models HTTP/1.1\r\nhost gw\r\n\r\n".to_vec(),
+            400,
+        ),
+    ];
+    for (what, raw, status) in cases {
+        let r = exchange(&gw, &raw, Duration::from_secs(3)).await;
+        let head = r.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        let got = status_of(&r);
+        assert!(
+            got == status || (status == 431 && got == 414),
+            "{what}: {}",
+            &r[..r.len().min(300)]
+        );
+        error_code(&r);
+        for line in [
+            "x-test-stamp: on-every-answer",
+            "x-frame-options: deny",
+            "content-type: application/json",
+        ] {
+            assert!(head.contains(line), "{what}: no {line}: {head}");
+        }
+    }
+    assert_eq!(mock.requests(), 0);
+}
+
+/// A request for no route is refused (404) before any route's filters run; an allowed origin
+/// still gets `Access-Control-Allow-Origin`, so the browser can read the error.
+#[tokio::test]
+async fn an_unrouted_404_carries_cors_for_an_allowed_origin() {
+    let (_mock, gw) = setup("  cors:\n    allow_origins: [https://app.example]\n").await;
+    let get = |origin: &'static str| {
+        let url = gw.url("/nowhere");
+        async move {
+            client()
+                .get(url)
+                .header("origin", origin)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let allowed = get("https://app.example").await;
+    assert_eq!(allowed.status(), 404);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(allowed.headers()["vary"], "Origin");
+    let other = get("https://evil.example").await;
+    assert_eq!(other.status(), 404);
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
 #[tokio::test]
 async fn methods_a_route_does_not_list_get_405_with_allow() {
     let (mock, gw) = setup("").await;
@@ -802,8 +939,9 @@ async fn content_length_and_transfer_encoding_mutations_smuggle_nothing() {
     );
 }
 
-/// `max_connections`: connections past the cap are not served until one of those being served
-/// ends (they wait in the accept queue, and are then served normally).
+/// `max_connections`: a connection with a request in flight is never shed, so with every slot
+/// busy, connections past the cap are not served until one of those being served ends (they
+/// wait, and are then served normally).
 #[tokio::test]
 async fn connections_past_max_connections_wait_until_one_ends() {
     let (_mock, gw) = setup("  max_connections: 2").await;

@@ -48,6 +48,10 @@ impl Handler for DataPlane {
             pipeline::handle(&rt, &self.client, req, conn).await
         }
     }
+
+    fn socket_error_headers(&self, tls: bool) -> Vec<u8> {
+        self.gateway.runtime().response_headers.lines(tls)
+    }
 }
 
 /// The admin plane.

@@ -5,8 +5,10 @@
 //! is too long (414) itself, with an empty body, before any service runs. Such an answer is
 //! recognised on its way out — an HTTP/1 response head with status 4xx/5xx, `content-length: 0`
 //! and no `x-request-id` (every answer of the gateway's own carries one) — and replaced by the
-//! same status with a JSON body and `connection: close` (hyper closes the connection after it
-//! anyway). Only HTTP/1 connections are inspected; HTTP/2 errors are frames, not responses.
+//! same status with a JSON body, the headers the plane puts on every answer
+//! ([`Handler::socket_error_headers`]: the data plane's security headers) and `connection: close`
+//! (hyper closes the connection after it anyway). Only HTTP/1 connections are inspected; HTTP/2
+//! errors are frames, not responses.
 
 use std::io;
 use std::pin::Pin;
@@ -15,6 +17,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::Handler;
 use super::watch::ConnWatch;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -26,28 +29,33 @@ enum Proto {
     Http2,
 }
 
-pub struct ClientIo<T> {
+pub struct ClientIo<T, H> {
     inner: T,
     watch: Arc<ConnWatch>,
+    /// Asked for the headers of a replacement answer (rarely: only when one is written).
+    handler: H,
+    tls: bool,
     proto: Proto,
     /// A replacement answer being written: the bytes, how many are written, and how many bytes
     /// of hyper's answer it stands for.
     replacing: Option<(Vec<u8>, usize, usize)>,
 }
 
-impl<T> ClientIo<T> {
+impl<T, H> ClientIo<T, H> {
     /// `h2` is true when ALPN already chose HTTP/2.
-    pub fn new(inner: T, watch: Arc<ConnWatch>, h2: bool) -> Self {
+    pub fn new(inner: T, watch: Arc<ConnWatch>, handler: H, tls: bool, h2: bool) -> Self {
         Self {
             inner,
             watch,
+            handler,
+            tls,
             proto: if h2 { Proto::Http2 } else { Proto::Unknown },
             replacing: None,
         }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
+impl<T: AsyncRead + Unpin, H: Handler> AsyncRead for ClientIo<T, H> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -99,8 +107,8 @@ fn automatic_error_status(head: &[u8]) -> Option<u16> {
     empty.then_some(status)
 }
 
-/// The JSON answer that replaces hyper's empty one.
-fn replacement(status: u16) -> Vec<u8> {
+/// The JSON answer that replaces hyper's empty one; `extra` is header lines (`name: value\r\n`).
+fn replacement(status: u16, extra: &[u8]) -> Vec<u8> {
     let (message, code) = match status {
         431 => (
             "request header fields too large",
@@ -117,15 +125,17 @@ fn replacement(status: u16) -> Vec<u8> {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Error");
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
         body.len()
     )
     .into_bytes();
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
     out
 }
 
-impl<T: AsyncWrite + Unpin> ClientIo<T> {
+impl<T: AsyncWrite + Unpin, H: Handler> ClientIo<T, H> {
     /// Writes the pending replacement; ready with the length of hyper's answer once all is out.
     fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         while let Some((bytes, written, _)) = self.replacing.as_mut() {
@@ -164,7 +174,8 @@ impl<T: AsyncWrite + Unpin> ClientIo<T> {
         }
         match automatic_error_status(head) {
             Some(status) => {
-                self.replacing = Some((replacement(status), 0, head.len()));
+                let extra = self.handler.socket_error_headers(self.tls);
+                self.replacing = Some((replacement(status, &extra), 0, head.len()));
                 true
             }
             None => false,
@@ -172,7 +183,7 @@ impl<T: AsyncWrite + Unpin> ClientIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
+impl<T: AsyncWrite + Unpin, H: Handler> AsyncWrite for ClientIo<T, H> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -243,8 +254,12 @@ mod tests {
         assert_eq!(automatic_error_status(with_body), None);
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(automatic_error_status(ok), None);
-        let text = String::from_utf8(replacement(414)).unwrap();
+        let text = String::from_utf8(replacement(414, b"x-frame-options: DENY\r\n")).unwrap();
         assert!(text.starts_with("HTTP/1.1 414 URI Too Long\r\n"));
+        assert!(
+            text.contains("\r\nx-frame-options: DENY\r\n\r\n{"),
+            "{text}"
+        );
         assert!(text.contains(r#""code":"uri_too_long""#), "{text}");
         let body = text.split("\r\n\r\n").nth(1).unwrap();
         assert!(text.contains(&format!("content-length: {}\r\n", body.len())));

@@ -1,8 +1,12 @@
 //! The listener: accepts TCP connections, terminates TLS, serves HTTP/1.1 and HTTP/2, and drains
 //! gracefully.
 //!
-//! Per connection: a permit from the connection cap and one from the client address's cap
-//! (`max_connections_per_ip`; trusted proxies are exempt), then the TLS handshake (bounded by
+//! Per connection: a permit from the client address's cap (`max_connections_per_ip`; trusted
+//! proxies are exempt) and one from the connection cap (`max_connections`). At that cap the
+//! listener sheds: it closes the connection that holds a slot for the least (one that never
+//! completed a request head, oldest first; then one idle between requests), so silent or
+//! trickling sockets cannot keep a client waiting; a connection with a request in flight is never
+//! shed, and a new one waits for one of those to end. Then the TLS handshake (bounded by
 //! `tls_handshake`), then hyper's auto protocol detection (ALPN `h2`, or the h2 preface on plain
 //! TCP, else HTTP/1.1). From accept on, the connection's watchdog ([`watch`]) bounds it: a first
 //! request head within `client_header` whatever the protocol, no request in flight for at most
@@ -20,7 +24,7 @@ pub(crate) mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -45,6 +49,9 @@ const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After a GOAWAY for abuse (reset flood), how long the connection's streams may still run.
 const ABUSE_GRACE: Duration = Duration::from_secs(1);
+/// At `max_connections`, how long a new connection waits for the slot of the connection shed
+/// for it before another is chosen (the chosen one may have started a request meanwhile).
+const SHED_RETRY: Duration = Duration::from_millis(50);
 /// The body type every response the listeners send, and every upstream request, carries.
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,12 +68,19 @@ pub struct ConnInfo {
 
 /// What a listener serves: one request in, one response out. The listener knows nothing else of
 /// the gateway; the data plane and the admin plane are two handlers (`crate::gateway::planes`).
-pub trait Handler: Clone + Send + Sync + 'static {
+pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     fn handle(
         &self,
         req: http::Request<Incoming>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response> + Send;
+
+    /// The header lines (`name: value\r\n` each) this plane puts on every answer, for the
+    /// answers the listener writes itself before any request reaches [`Handler::handle`]
+    /// (hyper's 400/414/431 to a malformed head, `io.rs`). Called only when one is written.
+    fn socket_error_headers(&self, _tls: bool) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +113,9 @@ struct Shared {
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
     permits: Arc<Semaphore>,
+    /// Every connection being served, by every accept loop: drained at shutdown, and where a
+    /// connection to shed is found at `max_connections`.
+    conns: Mutex<Vec<Weak<ConnWatch>>>,
     per_ip: Arc<PerIpLimit>,
     limits: ConnLimits,
     tls_handshake: Duration,
@@ -164,6 +181,7 @@ impl Server {
                 tls,
                 builder,
                 permits: Arc::new(Semaphore::new(config.max_connections)),
+                conns: Mutex::new(Vec::new()),
                 per_ip: Arc::new(PerIpLimit::new(
                     config.max_connections_per_ip,
                     config.trusted_proxies.clone(),
@@ -301,18 +319,12 @@ async fn accept_loop<H: Handler>(
     stop: signal::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
-    // Every connection of this loop, to tell each to drain at shutdown.
-    let mut watches: Vec<std::sync::Weak<ConnWatch>> = Vec::new();
     let mut waiter = stop;
     let stopped = async move {
         let _ = waiter.wait_for(|s| *s).await;
     };
     tokio::pin!(stopped);
     loop {
-        let permit = tokio::select! {
-            _ = &mut stopped => break,
-            p = shared.permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-        };
         let (tcp, peer) = tokio::select! {
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
@@ -332,6 +344,13 @@ async fn accept_loop<H: Handler>(
                 continue;
             }
         };
+        let permit = match shared.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                _ = &mut stopped => break,
+                permit = shared.make_room() => permit,
+            },
+        };
         let _ = tcp.set_nodelay(true);
         let conn = Connection {
             handler: handler.clone(),
@@ -339,11 +358,7 @@ async fn accept_loop<H: Handler>(
             peer,
         };
         let watch = ConnWatch::new(shared.limits);
-        if watches.len() == watches.capacity() {
-            // Forget closed connections before the list grows (amortised: it at most doubles).
-            watches.retain(|w| w.strong_count() > 0);
-        }
-        watches.push(Arc::downgrade(&watch));
+        shared.register(&watch);
         conns.spawn(async move {
             conn.run(tcp, watch).await;
             drop((permit, ip_permit));
@@ -353,7 +368,8 @@ async fn accept_loop<H: Handler>(
     }
 
     drop(listener);
-    for watch in watches.iter().filter_map(std::sync::Weak::upgrade) {
+    // Every loop tells every connection (its own and the others'): raising twice is harmless.
+    for watch in shared.live_conns() {
         watch.raise(Signal::Drain);
     }
     tracing::info!(in_flight = conns.len(), grace = ?shared.grace, "shutting down: draining connections");
@@ -365,6 +381,50 @@ async fn accept_loop<H: Handler>(
         );
     }
     conns.shutdown().await;
+}
+
+impl Shared {
+    /// Adds a new connection to the registry.
+    fn register(&self, watch: &Arc<ConnWatch>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() == conns.capacity() {
+            // Forget closed connections before the list grows (amortised: it at most doubles).
+            conns.retain(|w| w.strong_count() > 0);
+        }
+        conns.push(Arc::downgrade(watch));
+    }
+
+    fn live_conns(&self) -> Vec<Arc<ConnWatch>> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// At `max_connections` with a client accepted: tells the connection that holds its slot for
+    /// the least ([`ConnWatch::shed_rank`]) to close, and waits for a slot, choosing again every
+    /// [`SHED_RETRY`]. With every connection busy, this is a wait for one to end.
+    async fn make_room(&self) -> tokio::sync::OwnedSemaphorePermit {
+        loop {
+            let victim = {
+                let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                conns
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .filter_map(|w| w.shed_rank().map(|rank| (rank, w)))
+                    .min_by_key(|(rank, _)| *rank)
+            };
+            if let Some((rank, watch)) = victim {
+                tracing::debug!(
+                    rank = rank.0,
+                    "max_connections reached: shedding a connection"
+                );
+                watch.raise(Signal::Shed);
+            }
+            let wait = tokio::time::timeout(SHED_RETRY, self.permits.clone().acquire_owned());
+            if let Ok(permit) = wait.await {
+                return permit.expect("semaphore is never closed");
+            }
+        }
+    }
 }
 
 struct Connection<H> {
@@ -401,10 +461,19 @@ impl<H: Handler> Connection<H> {
                     .shared
                     .tls_handshake
                     .min(self.shared.limits.client_header);
-                match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+                let shed = std::future::poll_fn(|cx| watch.poll_shed(cx));
+                let handshake = tokio::select! {
+                    h = tokio::time::timeout(deadline, acceptor.accept(tcp)) => h,
+                    () = shed => {
+                        tracing::debug!(peer = %self.peer, "shed during the TLS handshake (max_connections)");
+                        return;
+                    }
+                };
+                match handshake {
                     Ok(Ok(stream)) => {
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io = ClientIo::new(stream, watch.clone(), h2);
+                        let io =
+                            ClientIo::new(stream, watch.clone(), self.handler.clone(), true, h2);
                         self.serve(io, service, watch).await;
                     }
                     Ok(Err(e)) => {
@@ -416,7 +485,7 @@ impl<H: Handler> Connection<H> {
                 }
             }
             None => {
-                let io = ClientIo::new(tcp, watch.clone(), false);
+                let io = ClientIo::new(tcp, watch.clone(), self.handler.clone(), false, false);
                 self.serve(io, service, watch).await;
             }
         }
@@ -425,7 +494,7 @@ impl<H: Handler> Connection<H> {
     /// Drives one connection under its watchdog and the server's drain signal. Each wake-up
     /// polls the connection, then the watchdog's signal bits, then one timer (the next check, or
     /// the hard stop after an abuse GOAWAY, whichever is first).
-    async fn serve<I, S>(&self, io: ClientIo<I>, service: S, watch: Arc<ConnWatch>)
+    async fn serve<I, S>(&self, io: ClientIo<I, H>, service: S, watch: Arc<ConnWatch>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::Service<
@@ -490,6 +559,10 @@ impl<H: Handler> Connection<H> {
                     }
                     if Signal::Rearm.is_in(raised) {
                         next = now;
+                    }
+                    if Signal::Shed.is_in(raised) && !watch.busy() {
+                        tracing::debug!(peer = %self.peer, "connection shed (max_connections)");
+                        return;
                     }
                 }
                 Event::Due if hard_stop.is_some_and(|t| now >= t) => return,

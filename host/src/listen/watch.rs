@@ -16,6 +16,7 @@
 //! | no request in flight | end of the last one + `client_idle` | graceful close (h1) / GOAWAY (h2) |
 //! | an HTTP/2 response body hyper stopped taking | last frame handed over + `client_write` | cancel that exchange |
 //! | too many streams cancelled by the client | token bucket of `http2_max_cancels` | GOAWAY |
+//! | `max_connections` reached and a new client waits | at once | close the best [`ConnWatch::shed_rank`] (no request in flight) |
 //!
 //! Cancelling an exchange drops its response body, which drops the upstream request (the paid
 //! generation stops); the client's stream ends with an error the next time hyper polls it.
@@ -93,6 +94,9 @@ pub enum Signal {
     /// an HTTP/1 head started, and its limit is shorter than the check interval): check again at
     /// once.
     Rearm = 4,
+    /// The listener is at `max_connections` and a new client waits: close now unless a request
+    /// is in flight ([`ConnWatch::shed_rank`] chose this connection).
+    Shed = 8,
 }
 
 impl Signal {
@@ -148,6 +152,43 @@ impl ConnWatch {
 
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Whether [`Signal::Shed`] was raised (clearing it, and only it), registering the task to be
+    /// woken by the next signal: for the TLS handshake, before the connection is polled.
+    pub fn poll_shed(&self, cx: &Context<'_>) -> Poll<()> {
+        self.task.register(cx.waker());
+        let bit = Signal::Shed as u8;
+        if self.raised.load(Ordering::Relaxed) & bit != 0
+            && self.raised.fetch_and(!bit, Ordering::Acquire) & bit != 0
+        {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// How readily this connection is closed to make room at `max_connections`, lowest first:
+    /// one that never completed a request head (silent, slow TLS or HTTP/2 preface, slowloris)
+    /// before one that is part-way through a later head, before an idle keep-alive one; the
+    /// oldest first within each. `None` while a request is in flight: it is never shed.
+    pub fn shed_rank(&self) -> Option<(u8, Instant)> {
+        if self.active.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        if !self.seen_request.load(Ordering::Relaxed) {
+            return Some((0, self.start));
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != 0 {
+            return Some((1, self.start + Duration::from_millis(head - 1)));
+        }
+        let idle = self.idle_since.load(Ordering::Relaxed);
+        Some((2, self.start + Duration::from_millis(idle)))
+    }
+
+    /// Whether a request is in flight now (a shed connection re-checks before it closes).
+    pub fn busy(&self) -> bool {
+        self.active.load(Ordering::Relaxed) != 0
     }
 
     /// A request head arrived: the returned guard keeps it counted as in flight until dropped.

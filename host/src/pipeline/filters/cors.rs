@@ -81,8 +81,13 @@ impl Cors {
         if !self.any {
             h.append(VARY, HeaderValue::from_static("Origin"));
         }
-        let Some(AllowedOrigin(origin)) = s.ctx.ext.get::<AllowedOrigin>() else {
-            return;
+        // A request answered before `on_request` ran (no route: 404) still has its head.
+        let origin = match s.ctx.ext.get::<AllowedOrigin>() {
+            Some(AllowedOrigin(origin)) => origin,
+            None => match s.head.headers.get(ORIGIN).filter(|o| self.allows(o)) {
+                Some(origin) if s.route.is_none() => origin,
+                _ => return,
+            },
         };
         let allow = if self.any && !self.credentials {
             HeaderValue::from_static("*")

@@ -1,6 +1,7 @@
 //! `response_headers`: the security headers of `server.response_headers` on every data-plane
 //! answer — upstream answers, the gateway's own errors, and `/health` and `/ready` (hook
-//! `on_response_head`; the probes call [`ResponseHeaders::apply`] directly).
+//! `on_response_head`; the probes call [`ResponseHeaders::apply`] directly, and the listener's
+//! answers to malformed heads take [`ResponseHeaders::lines`]).
 //! `Strict-Transport-Security` is sent only on TLS connections.
 
 use std::sync::Arc;
@@ -50,6 +51,22 @@ impl ResponseHeaders {
         if tls && let Some(hsts) = &self.hsts {
             headers.insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
+    }
+}
+
+impl ResponseHeaders {
+    /// The headers as HTTP/1 header lines, for an answer written without a `HeaderMap`.
+    pub fn lines(&self, tls: bool) -> Vec<u8> {
+        let mut map = HeaderMap::new();
+        self.apply(&mut map, tls);
+        let mut out = Vec::new();
+        for (name, value) in &map {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out
     }
 }
 
