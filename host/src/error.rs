@@ -228,6 +228,9 @@ pub struct GatewayError {
     pub kind: ErrorKind,
     retryable: bool,
     cause: Option<Cause>,
+    /// The failure was logged (or counted, with a rate-limited summary) where it happened, so
+    /// the pipeline does not log it again for each request it refuses.
+    accounted: bool,
 }
 
 impl From<ErrorKind> for GatewayError {
@@ -236,6 +239,7 @@ impl From<ErrorKind> for GatewayError {
             kind,
             retryable: false,
             cause: None,
+            accounted: false,
         }
     }
 }
@@ -264,6 +268,18 @@ impl GatewayError {
     pub fn caused_by(mut self, cause: impl Into<Cause>) -> Self {
         self.cause = Some(cause.into());
         self
+    }
+
+    /// The cause is counted and logged where it happened, at a bounded rate (a plugin call
+    /// refused by its open breaker): a flood of such requests must not become a flood of lines.
+    pub fn accounted_for(mut self) -> Self {
+        self.accounted = true;
+        self
+    }
+
+    /// Whether the pipeline should log this failure itself (see [`Self::accounted_for`]).
+    pub fn needs_logging(&self) -> bool {
+        !self.accounted
     }
 
     pub fn has_cause(&self) -> bool {

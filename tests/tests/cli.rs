@@ -874,3 +874,97 @@ async fn the_access_log_has_one_line_per_request_with_its_fields_and_outcome() {
     // The key is never logged whole.
     assert!(!stderr.contains(CLIENT_KEY));
 }
+
+/// A plugin whose breaker is open refuses every request at once; a flood of such requests must
+/// not become a flood of log lines (each was an ERROR line: 337k lines in 45 s). The refusals
+/// are counted in the metrics; the log has the failures that opened the breaker, the opening,
+/// and one summary line per 10 s.
+#[tokio::test]
+async fn an_open_plugin_breaker_refuses_a_flood_without_a_log_line_per_request() {
+    let mock = MockUpstream::start().await;
+    let (port, admin_port) = (free_port(), free_port());
+    let yaml = policy_config_yaml(
+        &[mock.url()],
+        &[plugin(
+            "broken",
+            "router",
+            "tollgate_hostile",
+            "{behaviour: trap}",
+        )],
+        &["broken"],
+    )
+    .replacen(
+        "listen: 127.0.0.1:0",
+        &format!("listen: 127.0.0.1:{port}"),
+        1,
+    )
+    .replace(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        &format!("admin:\n  listen: 127.0.0.1:{admin_port}\n"),
+    )
+    .replace(
+        "    on_error: deny\n",
+        "    on_error: deny\n    limits: {breaker_failures: 3, breaker_window: 10s, breaker_cooldown: 1h}\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = spawn_binary(&path, port, "info", Stdio::piped()).await;
+    // Read as it comes: a gateway that logs per request would otherwise block on a full pipe.
+    let mut log = child.stderr.take().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut all = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut log, &mut all)
+            .await
+            .unwrap();
+        all
+    });
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let http = client();
+    const FLOOD: usize = 300;
+    for _ in 0..FLOOD {
+        let resp = post_chat(&http, &url, CLIENT_KEY).await;
+        assert_eq!(resp.status(), 503);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "policy_error");
+    }
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rejected = metrics
+        .lines()
+        .find(|l| l.starts_with("tollgate_plugin_rejected_total{") && l.contains("\"broken\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(
+        rejected,
+        Some((FLOOD - 3) as f64),
+        "every refusal after the 3 failures is counted:\n{metrics}"
+    );
+    signal(&child, "-TERM");
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    let stderr = reader.await.unwrap();
+    let stderr = String::from_utf8_lossy(&stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let about_requests = lines
+        .iter()
+        .filter(|l| l["level"] == "ERROR" || l["level"] == "WARN")
+        .count();
+    // 3 failures (a warn each from the runtime and an error each from the pipeline), the
+    // opening, and the first summary of refused calls.
+    assert!(
+        about_requests <= 3 * 2 + 1 + 1,
+        "{about_requests} warn/error lines for {FLOOD} refused requests:\n{stderr}"
+    );
+    let summaries: Vec<_> = lines.iter().filter(|l| l["refused"].is_u64()).collect();
+    assert_eq!(summaries.len(), 1, "one summary within 10 s:\n{stderr}");
+}

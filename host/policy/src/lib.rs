@@ -19,10 +19,12 @@
 //! stops calling a version that failed `breaker_failures` times within `breaker_window`: for
 //! `breaker_cooldown` every call fails at once as [`PolicyError::CircuitOpen`], so a plugin that
 //! runs to its deadline on every call costs other routes nothing while it is open. Each failure is
-//! one `warn` line (the wasm backtrace goes to `debug`); each opening is one more.
+//! one `warn` line (the wasm backtrace goes to `debug`); each opening is one more. Calls refused
+//! unrun are counted, and summed up in one line at most every [`REJECTIONS_LOGGED_EVERY`].
 
 pub mod fixtures;
 mod imports;
+mod throttle;
 pub mod view;
 mod wit;
 
@@ -36,6 +38,7 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker, Resource};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 
 use imports::{CallBudget, InstanceData};
+use throttle::Throttle;
 use tollgate_state::{StoreError, Stores};
 pub use view::{RequestInfo, ResponseInfo};
 pub use wit::types;
@@ -123,6 +126,19 @@ pub enum PolicyError {
         source: StoreError,
     },
 }
+
+impl PolicyError {
+    /// The plugin was not called (breaker open, concurrency limit): counted in
+    /// `PluginStats::rejected` and logged at most once per [`REJECTIONS_LOGGED_EVERY`], so a
+    /// caller need not log it per request.
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, Self::CircuitOpen { .. } | Self::Overloaded { .. })
+    }
+}
+
+/// How often a plugin's refused calls are summed up in one log line (the first is logged at
+/// once).
+pub const REJECTIONS_LOGGED_EVERY: Duration = Duration::from_secs(10);
 
 /// How a plugin is loaded and run.
 #[derive(Debug, Clone, PartialEq)]
@@ -473,6 +489,7 @@ impl PolicyEngine {
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(spec.max_concurrency as usize)),
             breaker: Breaker::new(),
+            rejections: Throttle::default(),
             stats: PluginStats::default(),
             spec,
         })
@@ -680,6 +697,8 @@ pub struct Plugin {
     idle: Mutex<Vec<Box<Instance>>>,
     slots: Arc<tokio::sync::Semaphore>,
     breaker: Breaker,
+    /// Paces the log lines about refused calls.
+    rejections: Throttle,
     pub stats: PluginStats,
 }
 
@@ -844,7 +863,7 @@ impl Plugin {
     async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PolicyError> {
         let plugin = || self.spec.name.clone();
         if self.breaker.is_open() {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            self.rejected("the circuit breaker is open");
             return Err(PolicyError::CircuitOpen { plugin: plugin() });
         }
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
@@ -857,9 +876,19 @@ impl Plugin {
         match Box::pin(wait).await {
             Ok(Ok(p)) => Ok(p),
             _ => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                self.rejected("it is at its concurrency limit");
                 Err(PolicyError::Overloaded { plugin: plugin() })
             }
+        }
+    }
+
+    /// Counts a call refused unrun; logs the first one and then one line per
+    /// [`REJECTIONS_LOGGED_EVERY`] with the count since the last line.
+    #[cold]
+    fn rejected(&self, why: &'static str) {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        if let Some(refused) = self.rejections.note(REJECTIONS_LOGGED_EVERY) {
+            tracing::warn!(target: "plugin", plugin = %self.spec.name, refused, reason = why, "plugin calls refused without running since the last such line (on_error decides each request; tollgate_plugin_rejected_total counts them)");
         }
     }
 

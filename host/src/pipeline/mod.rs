@@ -178,6 +178,7 @@ fn refuse(s: &mut Session<'_>, e: GatewayError) -> http::Response<BoxBody> {
     }
     s.ctx.record.error = Some(e.code());
     match e.source() {
+        _ if !e.needs_logging() => {}
         Source::Internal => {
             tracing::error!(request_id = %s.request_id, error = %e.log_line(), "request failed")
         }

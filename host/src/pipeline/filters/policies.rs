@@ -44,7 +44,13 @@ impl PolicyRef {
     /// A failed call: the policy's `on_error` decides whether the request goes on.
     fn failed(&self, e: PolicyError) -> Result<(), GatewayError> {
         match self.on_error {
-            OnError::Deny => Err(GatewayError::from(ErrorKind::PolicyFailed).caused_by(e)),
+            OnError::Deny => {
+                // A call refused unrun (breaker open, concurrency limit) is counted and logged
+                // at a bounded rate by the runtime: not one line per refused request.
+                let refused = e.is_rejection();
+                let err = GatewayError::from(ErrorKind::PolicyFailed).caused_by(e);
+                Err(if refused { err.accounted_for() } else { err })
+            }
             OnError::Skip => Ok(()),
         }
     }
