@@ -796,6 +796,56 @@ async fn http2_host_must_match_authority() {
     assert_eq!(mock.requests(), 0);
 }
 
+/// Underscore spellings of the headers the gateway manages never reach the upstream (a WSGI or
+/// CGI server would read `X_Forwarded_For` as `X-Forwarded-For`), nor values past ASCII unless
+/// `allow_obs_text`; an HTTP/2 `:authority` with userinfo is refused.
+#[tokio::test]
+async fn underscore_aliases_and_obs_text_never_reach_the_upstream() {
+    let (mock, gw) = setup("").await;
+    // `café` as UTF-8: two bytes past ASCII.
+    let request = post(
+        "/v1/chat/completions",
+        "x_forwarded_for: 6.6.6.6\r\nx_real_ip: 6.6.6.6\r\ntransfer_encoding: chunked\r\ncontent_length: 1\r\nx_request_id: forged\r\nopenai_beta: kept\r\nx-latin1: café\r\nconnection: close\r\n",
+        CHAT,
+    );
+    let r = exchange(&gw, &request, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&r), 200, "{r}");
+    let h = mock.last_headers();
+    for gone in [
+        "x_forwarded_for",
+        "x_real_ip",
+        "transfer_encoding",
+        "content_length",
+        "x_request_id",
+        "x-latin1",
+    ] {
+        assert!(!h.contains_key(gone), "{gone} reached the upstream: {h:?}");
+    }
+    assert_eq!(h["openai_beta"], "kept");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+
+    // With allow_obs_text, the value crosses as it came.
+    let (mock, gw) = setup("  allow_obs_text: true").await;
+    let r = exchange(&gw, &request, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert_eq!(
+        mock.last_headers()["x-latin1"].as_bytes(),
+        "café".as_bytes()
+    );
+
+    // HTTP/2 with `user@host` as :authority.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://admin:pw@{}/v1/models", gw.addr))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .body(())
+        .unwrap();
+    let (resp, _) = h2.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 400);
+    assert_eq!(mock.requests(), 1, "only the HTTP/1 request above");
+}
+
 #[tokio::test]
 async fn http2_clients_that_cancel_accepted_streams_get_goaway() {
     let (mock, gw) = setup("  http2_max_cancels: 50").await;

@@ -11,9 +11,15 @@ use tollgate_tests::*;
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
 
 /// Every `tests/fixtures/config/*.yaml` is an invalid config; `tollgate check` must fail and print
-/// exactly the matching `.err` file. `UPDATE_GOLDEN=1` rewrites the `.err` files.
+/// exactly the matching `.err` file. `UPDATE_GOLDEN=1` rewrites the `.err` files that differ and
+/// still fails (run again without it), so it can never turn the check off; under CI it is refused.
 #[test]
 fn invalid_configs_produce_their_golden_errors() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    assert!(
+        !(update && std::env::var_os("CI").is_some()),
+        "UPDATE_GOLDEN is refused under CI: the golden files are what is checked"
+    );
     let dir = repo_root().join("tests/fixtures/config");
     let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -34,12 +40,11 @@ fn invalid_configs_produce_their_golden_errors() {
         assert_eq!(out.status.code(), Some(1), "{name} must be rejected");
         let got = String::from_utf8(out.stderr).unwrap();
         let golden = yaml.with_extension("err");
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&golden, &got).unwrap();
-            continue;
-        }
         let want = std::fs::read_to_string(&golden).unwrap_or_default();
         if got != want {
+            if update {
+                std::fs::write(&golden, &got).unwrap();
+            }
             mismatches.push(format!("--- {name}: expected\n{want}--- got\n{got}"));
         }
     }

@@ -295,7 +295,9 @@ pub struct ServerConfig {
     pub real_ip_header: RealIpHeader,
     /// Largest request body accepted; larger ones get 413.
     pub max_body: ByteSize,
-    /// Connections served at once; further ones wait in the kernel's accept queue.
+    /// Connections served at once. At the cap a new connection takes the slot of one that never
+    /// completed a request head (oldest first), else of one idle between requests; with every
+    /// connection busy it waits until one ends.
     pub max_connections: usize,
     /// Connections one client address may hold at once; more are closed as soon as they are
     /// accepted. Peers in `trusted_proxies` are exempt (they carry many clients). 0 = no cap.
@@ -320,6 +322,10 @@ pub struct ServerConfig {
     /// New connections one client address may open, e.g. `20/s` (burst: the same count); more
     /// are closed as soon as they are accepted. Trusted proxies are exempt. Unset: no limit.
     pub new_connections_per_ip: Option<Rate>,
+    /// Forward request header values with bytes outside visible ASCII, space and tab (obs-text,
+    /// 0x80–0xFF, e.g. Latin-1 or raw UTF-8). Off: such headers are dropped when the request
+    /// arrives, before policies and upstreams see them (servers disagree on what they mean).
+    pub allow_obs_text: bool,
     /// Security headers on every answer.
     pub response_headers: ResponseHeadersConfig,
     /// Cross-origin access for browser clients; unset: none.
@@ -344,6 +350,7 @@ impl Default for ServerConfig {
             http2: true,
             http2_max_streams: 100,
             http2_max_cancels: 100,
+            allow_obs_text: false,
             request_id_header: "x-request-id".to_owned(),
             new_connections_per_ip: None,
             response_headers: ResponseHeadersConfig::default(),

@@ -119,6 +119,7 @@ pub(crate) async fn build(
             client_body_idle: s.timeouts.client_body.get(),
             response_head: s.timeouts.response_head.get(),
             upstream_idle: s.timeouts.idle.get(),
+            allow_obs_text: s.allow_obs_text,
         },
         response_headers,
         maintenance: config.maintenance.enabled,

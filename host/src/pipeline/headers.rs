@@ -16,8 +16,12 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// Whether `name` describes one connection, not the message (RFC 9110 §7.6.1), or is a proxy
 /// credential meant for us. Matched by its text: one switch rather than nine comparisons.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
+    is_hop_by_hop_name(name.as_str())
+}
+
+fn is_hop_by_hop_name(name: &str) -> bool {
     matches!(
-        name.as_str(),
+        name,
         "connection"
             | "keep-alive"
             | "proxy-connection"
@@ -39,8 +43,42 @@ fn remove_matching(h: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+/// Whether `name` spells with `_` a header the gateway removes or sets itself
+/// (`Transfer_Encoding`, `X_Forwarded_For`, `Content_Length`): servers that read `-` and `_` as
+/// one (CGI, WSGI, PHP, some frameworks) would take it for the real one, so it never crosses.
+/// nginx drops every underscored name by default; other underscored names pass here.
+fn is_underscore_alias(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    if !n.contains('_') {
+        return false;
+    }
+    let dashed = n.replace('_', "-");
+    is_hop_by_hop_name(&dashed)
+        || matches!(
+            dashed.as_str(),
+            "host"
+                | "content-length"
+                | "authorization"
+                | "x-api-key"
+                | "forwarded"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "x-real-ip"
+                | "x-request-id"
+        )
+}
+
+/// Whether a value has a byte outside visible ASCII, space and tab (obs-text; hyper has already
+/// refused control characters).
+fn has_obs_text(v: &HeaderValue) -> bool {
+    !v.as_bytes().is_ascii()
+}
+
+/// Removes what must not cross the gateway as the client sent it: hop-by-hop headers, including
+/// any the `Connection` header names; underscore spellings of the headers the gateway manages
+/// ([`is_underscore_alias`]); and, unless `allow_obs_text`, headers with a value past ASCII.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, allow_obs_text: bool) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -48,7 +86,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    remove_matching(h, |n| is_hop_by_hop(n) || listed.contains(n));
+    let obs_text: Vec<HeaderName> = if allow_obs_text {
+        Vec::new()
+    } else {
+        h.iter()
+            .filter(|(_, v)| has_obs_text(v))
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    remove_matching(h, |n| {
+        is_hop_by_hop(n) || is_underscore_alias(n) || listed.contains(n) || obs_text.contains(n)
+    });
 }
 
 /// What the gateway knows about the request it forwards.
@@ -126,7 +174,8 @@ pub fn content_type_is(h: &HeaderMap, essence: &str) -> bool {
 /// Turns an upstream's response headers into the client's, in place (the request id is the
 /// `request_id` filter's).
 pub fn to_client(h: &mut HeaderMap) {
-    strip_hop_by_hop(h);
+    // What an upstream says in its header values is relayed as it is.
+    strip_hop_by_hop(h, true);
     if content_type_is(h, "text/event-stream") {
         // Tells an nginx in front of us not to buffer the stream either.
         h.insert(
@@ -233,7 +282,7 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, "12".parse().unwrap());
         h.insert(header::FORWARDED, "for=6.6.6.6".parse().unwrap());
         // As the pipeline does: the client's hop-by-hop headers on arrival, then forwarding.
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h, false);
         // Hop-by-hop headers a policy sets in between (several lines of one) are removed again.
         h.append(header::UPGRADE, "websocket".parse().unwrap());
         h.append(header::UPGRADE, "h2c".parse().unwrap());
@@ -289,13 +338,41 @@ mod tests {
     }
 
     #[test]
+    fn underscore_spellings_of_managed_headers_and_values_past_ascii_never_cross() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "transfer_encoding",
+            "content_length",
+            "x_forwarded_for",
+            "x_real_ip",
+            "x_api_key",
+            "proxy_authorization",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "1".parse().unwrap(),
+            );
+        }
+        h.insert("openai_beta", "kept".parse().unwrap());
+        h.insert("x-latin1", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        h.insert("x-plain", "visible ascii\tand tab".parse().unwrap());
+        let mut allowed = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["openai_beta", "x-plain"]);
+        strip_hop_by_hop(&mut allowed, true);
+        assert_eq!(allowed["x-latin1"].as_bytes(), b"caf\xe9");
+    }
+
+    #[test]
     fn headers_a_policy_set_survive_the_clients_connection_header() {
         // The client's Connection header was applied on arrival; what a policy sets afterwards
         // under the same names reaches the upstream.
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, "x-tenant".parse().unwrap());
         h.insert("x-tenant", "from-client".parse().unwrap());
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h, false);
         assert!(!h.contains_key("x-tenant"));
         h.insert("x-tenant", "from-policy".parse().unwrap());
         to_upstream(&mut h, &fwd(false));

@@ -206,7 +206,7 @@ async fn run(
         &s.head.headers,
         rt.limits.max_header_size,
     )?;
-    headers::strip_hop_by_hop(&mut s.head.headers);
+    headers::strip_hop_by_hop(&mut s.head.headers, rt.limits.allow_obs_text);
     if let std::borrow::Cow::Owned(normal) =
         screen::normalize_path(s.head.uri.path()).map_err(ErrorKind::from)?
     {

@@ -44,6 +44,8 @@ pub struct Limits {
     pub client_body_idle: Duration,
     pub response_head: Duration,
     pub upstream_idle: Duration,
+    /// `server.allow_obs_text`: keep header values with bytes past ASCII.
+    pub allow_obs_text: bool,
 }
 
 /// Everything the request path needs from one version of the config.

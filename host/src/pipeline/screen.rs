@@ -6,7 +6,7 @@
 //! - **Framing**: a `Transfer-Encoding` other than exactly `chunked` (`gzip, chunked`,
 //!   `identity, chunked`, …) → 400: the coding would otherwise be dropped silently.
 //! - **Host**: HTTP/1.1 needs exactly one `Host`; HTTP/2 needs `:authority` or `Host`, and both
-//!   must agree → 400 otherwise.
+//!   must agree; an authority with userinfo (`user@host`) → 400 otherwise.
 //! - **Path** ([`normalize_path`]): percent-encoded unreserved characters are decoded (`%2e` is
 //!   `.`), dot-segments removed (RFC 3986 §5.2.4) and repeated slashes merged, so routing and the
 //!   upstream see the same path. Encoded `/`, `\` or control characters, a raw `\`, and malformed
@@ -51,6 +51,10 @@ fn check_headers(h: &HeaderMap, max_header_size: u64) -> Result<(), ErrorKind> {
 }
 
 fn check_host(version: Version, uri: &http::Uri, headers: &HeaderMap) -> Result<(), ErrorKind> {
+    // RFC 9113 §8.3.1 and RFC 9112 §3.2: no userinfo (`user@host`) in a request's authority.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(ErrorKind::BadRequest("userinfo in the request's authority"));
+    }
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
