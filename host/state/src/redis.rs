@@ -3,11 +3,14 @@
 //! Every operation has a timeout. A circuit breaker sits in front: after a failure (an error or
 //! a timeout, e.g. a Redis that hangs) the cache reports itself down for [`RETRY_AFTER`], counted
 //! from when the failure was *noticed*, without trying, so a dead or hung Redis costs each request
-//! nothing instead of a timeout (callers fall back at once). After that one operation probes
-//! (half-open) while every other one still falls back at once; the probe's success closes the
-//! breaker, its failure opens it again. Recovery needs no restart. Multi-step operations (`incr` with a TTL on creation, compare-and-set) are Lua scripts,
-//! so they are atomic across gateways.
+//! nothing instead of a timeout (callers fall back at once). After that window the first
+//! operation to find it over starts one probe in the background (a `PING` under the same
+//! timeout) and falls back at once like every other: no caller ever waits on a Redis that may
+//! still hang. The probe's success closes the breaker, its failure opens it for another window.
+//! Recovery needs no restart. Multi-step operations (`incr` with a TTL on creation,
+//! compare-and-set) are Lua scripts, so they are atomic across gateways.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -43,13 +46,24 @@ if (ARGV[1] == '0' and cur == false) or (ARGV[1] == '1' and cur == ARGV[2]) then
 end
 return 0";
 
-pub struct RedisKv {
+/// The cache client; clones of its state go to the background probe.
+pub struct RedisKv(Arc<Inner>);
+
+impl std::ops::Deref for RedisKv {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Inner {
     client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
     connecting: AtomicBool,
     /// Unix ms until which the cache counts as down.
     down_until: AtomicU64,
-    /// An operation is probing a Redis that was down; the others fall back meanwhile.
+    /// A background probe of a Redis that was down is running.
     probing: AtomicBool,
     timeout: Duration,
     incr: redis::Script,
@@ -62,7 +76,7 @@ impl RedisKv {
     /// gateway starts on the database alone and connects when Redis comes back.
     pub async fn connect(url: &str, timeout: Duration) -> StoreResult<Self> {
         let client = redis::Client::open(url).map_err(|e| StoreError::new("redis", e))?;
-        let kv = Self {
+        let kv = Inner {
             client,
             conn: ArcSwapOption::empty(),
             connecting: AtomicBool::new(false),
@@ -76,7 +90,66 @@ impl RedisKv {
         if let Err(e) = kv.connection().await {
             tracing::warn!(target: "state", error = %e, "redis is down at start; using the database until it is back");
         }
-        Ok(kv)
+        Ok(Self(Arc::new(kv)))
+    }
+
+    /// Runs one operation with the timeout and the circuit breaker.
+    async fn run<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        F: AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
+    {
+        let down_until = self.down_until.load(Ordering::Relaxed);
+        if down_until != 0 {
+            // Open: fall back at once. Past the window, the first caller starts the probe.
+            if unix_ms() >= down_until && !self.probing.swap(true, Ordering::AcqRel) {
+                let inner = self.0.clone();
+                tokio::spawn(async move { inner.probe().await });
+            }
+            return Err(StoreError::new("redis", "down; retrying shortly"));
+        }
+        let result = match self.connection().await {
+            Ok(conn) => match tokio::time::timeout(self.timeout, op(conn)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(StoreError::new("redis", e)),
+                Err(_) => Err(StoreError::new("redis", "timed out")),
+            },
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.opened();
+        }
+        result
+    }
+}
+
+impl Inner {
+    /// Opens the breaker for [`RETRY_AFTER`]. The window starts when the failure is known, not
+    /// when the operation began: after a timeout as long as the window, callers must still fall
+    /// back at once.
+    fn opened(&self) {
+        self.down_until.store(
+            unix_ms() + RETRY_AFTER.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The half-open probe, off every request: `PING` under the operation timeout.
+    async fn probe(&self) {
+        let _probing = ProbeGuard(&self.probing);
+        let ok = match self.connection().await {
+            Ok(mut conn) => {
+                let ping = redis::cmd("PING");
+                let answer = ping.query_async::<String>(&mut conn);
+                matches!(tokio::time::timeout(self.timeout, answer).await, Ok(Ok(_)))
+            }
+            Err(_) => false,
+        };
+        if ok {
+            tracing::info!(target: "state", "redis answers again; the cache is back");
+            self.down_until.store(0, Ordering::Relaxed);
+        } else {
+            self.opened();
+        }
     }
 
     async fn connection(&self) -> StoreResult<ConnectionManager> {
@@ -95,42 +168,6 @@ impl RedisKv {
         let conn = result.map_err(|e| StoreError::new("redis", e))?;
         self.conn.store(Some(std::sync::Arc::new(conn.clone())));
         Ok(conn)
-    }
-
-    /// Runs one operation with the timeout and the circuit breaker.
-    async fn run<T, F>(&self, op: F) -> StoreResult<T>
-    where
-        F: AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
-    {
-        let down_until = self.down_until.load(Ordering::Relaxed);
-        let probe = down_until != 0;
-        if probe {
-            // Open: fall back at once. Half-open: one operation probes, the rest fall back.
-            if unix_ms() < down_until || self.probing.swap(true, Ordering::AcqRel) {
-                return Err(StoreError::new("redis", "down; retrying shortly"));
-            }
-        }
-        // Ends the probe however this operation ends (a dropped request included).
-        let _probing = probe.then(|| ProbeGuard(&self.probing));
-        let result = match self.connection().await {
-            Ok(conn) => match tokio::time::timeout(self.timeout, op(conn)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(StoreError::new("redis", e)),
-                Err(_) => Err(StoreError::new("redis", "timed out")),
-            },
-            Err(e) => Err(e),
-        };
-        // The window starts when the failure is known, not when the operation began: after a
-        // timeout as long as the window, callers must still fall back at once.
-        if result.is_err() {
-            self.down_until.store(
-                unix_ms() + RETRY_AFTER.as_millis() as u64,
-                Ordering::Relaxed,
-            );
-        } else if probe {
-            self.down_until.store(0, Ordering::Relaxed);
-        }
-        result
     }
 
     fn key(key: &str) -> String {
@@ -182,13 +219,13 @@ async fn relay(client: redis::Client, channel: String, tx: mpsc::Sender<String>)
 #[async_trait::async_trait]
 impl Kv for RedisKv {
     async fn get(&self, key: &str) -> StoreResult<Option<String>> {
-        let k = Self::key(key);
+        let k = Inner::key(key);
         self.run(async |mut c| redis::cmd("GET").arg(&k).query_async(&mut c).await)
             .await
     }
 
     async fn set(&self, key: &str, value: &str, ttl_ms: Option<u64>) -> StoreResult<()> {
-        let k = Self::key(key);
+        let k = Inner::key(key);
         self.run(async |mut c| {
             let mut cmd = redis::cmd("SET");
             cmd.arg(&k).arg(value);
@@ -201,13 +238,13 @@ impl Kv for RedisKv {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        let k = Self::key(key);
+        let k = Inner::key(key);
         self.run(async |mut c| redis::cmd("DEL").arg(&k).query_async(&mut c).await)
             .await
     }
 
     async fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> StoreResult<i64> {
-        let k = Self::key(key);
+        let k = Inner::key(key);
         self.run(async |mut c| {
             self.incr
                 .key(&k)
@@ -226,7 +263,7 @@ impl Kv for RedisKv {
         new: &str,
         ttl_ms: Option<u64>,
     ) -> StoreResult<bool> {
-        let k = Self::key(key);
+        let k = Inner::key(key);
         let set: i64 = self
             .run(async |mut c| {
                 self.cas
@@ -243,7 +280,7 @@ impl Kv for RedisKv {
     }
 
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
-        let ch = Self::key(channel);
+        let ch = Inner::key(channel);
         self.run(async |mut c| {
             redis::cmd("PUBLISH")
                 .arg(&ch)
@@ -256,7 +293,7 @@ impl Kv for RedisKv {
     }
 
     async fn gcra(&self, key: &str, gcra: &Gcra, op: Op) -> StoreResult<Option<Decision>> {
-        let k = Self::key(key);
+        let k = Inner::key(key);
         let (name, n) = match op {
             Op::Take(n) => ("take", n as i64),
             Op::Adjust(d) => ("adjust", d),
@@ -282,7 +319,7 @@ impl Kv for RedisKv {
 
     fn subscribe(&self, channel: &str) -> Option<mpsc::Receiver<String>> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(relay(self.client.clone(), Self::key(channel), tx));
+        tokio::spawn(relay(self.client.clone(), Inner::key(channel), tx));
         Some(rx)
     }
 }
