@@ -4,7 +4,9 @@
 //! - `x-mock-status: 429` answers that status with an OpenAI error body (and `retry-after: 1`);
 //! - `x-mock-head-delay-ms: N` waits before sending the response head;
 //! - `x-mock-events: N` and `x-mock-delay-ms: N` shape a stream (N word events, N ms apart);
-//! - `x-mock-stall-after: K` stops sending (without closing) after K events.
+//! - `x-mock-stall-after: K` stops sending (without closing) after K events;
+//! - `x-mock-honour-budget: 1` caps a stream's words at the request's `max_completion_tokens`
+//!   (or `max_tokens`, `max_output_tokens`).
 //!
 //! It records what it received and counts streams (or pending heads) that were dropped before they
 //! completed — which is how a test sees that the gateway cancelled the upstream request.
@@ -108,6 +110,15 @@ impl MockUpstream {
     /// Method and path of every request received so far.
     pub fn seen(&self) -> Vec<(String, String)> {
         self.state.seen.lock().expect("lock").clone()
+    }
+
+    pub fn last_body(&self) -> Bytes {
+        self.state
+            .last_body
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or_default()
     }
 
     pub fn last_headers(&self) -> HeaderMap {
@@ -220,7 +231,16 @@ async fn handle(
         )
             .into_response();
     }
-    let n = header_num(&headers, "x-mock-events").unwrap_or(5) as usize;
+    let mut n = header_num(&headers, "x-mock-events").unwrap_or(5) as usize;
+    // `x-mock-honour-budget: 1`: at most the request's completion budget of words, as real
+    // providers do (without it the mock ignores the budget, as some upstreams do).
+    if headers.contains_key("x-mock-honour-budget")
+        && let Some(budget) = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|f| json.get(*f).and_then(Value::as_u64))
+    {
+        n = n.min(budget as usize);
+    }
     let delay = Duration::from_millis(header_num(&headers, "x-mock-delay-ms").unwrap_or(0));
     let stall_after = header_num(&headers, "x-mock-stall-after").map(|k| k as usize);
     let text: String = (0..n).map(|i| format!("w{i} ")).collect();

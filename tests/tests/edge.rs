@@ -202,24 +202,34 @@ fn reservation(body: &Value) -> u64 {
 /// Sends 20 streaming requests at once, split over `gateways`; returns (admitted, tokens the
 /// admitted ones used, token-limit refusals).
 async fn twenty_streams(gateways: &[&TestGateway], body: &Value) -> (u64, u64, u64) {
+    twenty_streams_with(gateways, body, &[("x-mock-events", "40")]).await
+}
+
+/// [`twenty_streams`] with the mock's behaviour set by `mock_headers`.
+async fn twenty_streams_with(
+    gateways: &[&TestGateway],
+    body: &Value,
+    mock_headers: &[(&'static str, &'static str)],
+) -> (u64, u64, u64) {
+    let mock_headers = mock_headers.to_vec();
     let c = client();
     let all: Vec<_> = (0..20)
         .map(|i| {
-            let (c, url, body) = (
+            let (c, url, body, mock_headers) = (
                 c.clone(),
                 gateways[i % gateways.len()].url("/v1/chat/completions"),
                 body.clone(),
+                mock_headers.clone(),
             );
             tokio::spawn(async move {
-                let r = c
+                let mut req = c
                     .post(url)
                     .bearer_auth(CLIENT_KEY)
-                    .header("x-mock-events", "40")
-                    .header("x-mock-delay-ms", "5")
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
+                    .header("x-mock-delay-ms", "5");
+                for (name, value) in mock_headers {
+                    req = req.header(name, value);
+                }
+                let r = req.json(&body).send().await.unwrap();
                 let status = r.status().as_u16();
                 if status != 200 {
                     let err: Value = r.json().await.unwrap();
@@ -322,6 +332,63 @@ async fn two_gateways_sharing_redis_share_one_token_budget() {
     let (admitted, used, _) = twenty_streams(&[&a, &b], &body).await;
     assert_eq!(admitted, 1000 / reserve, "one budget for both gateways");
     assert!(used <= 1000 + reserve);
+}
+
+/// A request that names no completion budget reserves `default_max_tokens` and is forwarded with
+/// it as `max_completion_tokens`, so an upstream that honours the budget cannot overrun the
+/// limit: 20 concurrent streams that would each produce 100 tokens, split over two gateways on
+/// one Redis, use at most the budget. Without the clamp the same traffic overruns it.
+#[tokio::test]
+async fn requests_without_a_budget_are_forwarded_with_the_reserved_one() {
+    let (pg, redis, mock) = (
+        Postgres::start(),
+        Redis::start(),
+        MockUpstream::start().await,
+    );
+    let db = pg.create_database("clamp").await;
+    let body = json!({"model": "gpt-test", "stream": true,
+                      "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let prompt = (body.to_string().len() as u64).div_ceil(4);
+    let honouring = [("x-mock-events", "100"), ("x-mock-honour-budget", "1")];
+    for clamp in [true, false] {
+        let yaml = yaml(
+            &mock.url(),
+            "",
+            &format!(
+                "{TPM}\n  estimate: {{default_max_tokens: 30, clamp: {clamp}}}\nstorage:\n  database: {db}\n  cache: {}\n  op_timeout: 10s",
+                redis.url()
+            ),
+        );
+        // A fresh budget for each round: the limit's bucket lives in Redis.
+        let mut conn = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        let (a, b) = (
+            TestGateway::start(&yaml).await,
+            TestGateway::start(&yaml).await,
+        );
+        let (admitted, used, refused) = twenty_streams_with(&[&a, &b], &body, &honouring).await;
+        assert_eq!(admitted, 1000 / (30 + prompt), "clamp {clamp}");
+        assert_eq!(admitted + refused, 20);
+        let forwarded: Value = serde_json::from_slice(&mock.last_body()).unwrap();
+        if clamp {
+            assert_eq!(forwarded["max_completion_tokens"], 30);
+            // 8 prompt tokens (the mock's count) and exactly the 30 words allowed, each.
+            assert_eq!(used, admitted * (8 + 30));
+            assert!(used <= 1000);
+        } else {
+            assert!(forwarded.get("max_completion_tokens").is_none());
+            assert_eq!(used, admitted * (8 + 100));
+            assert!(
+                used > 1000,
+                "without the clamp the budget is overrun: {used}"
+            );
+        }
+    }
 }
 
 /// With `enforce: strict`, a stream that passes its reservation is ended with an SSE error event

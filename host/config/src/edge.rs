@@ -203,12 +203,19 @@ pub struct InFlightLimit {
 }
 
 /// The reservation of a request at admission: its `max_completion_tokens` (or `max_tokens`, or
-/// `default_max_tokens` when it names neither) plus its body size divided by `bytes_per_token`.
+/// `max_output_tokens`, or `default_max_tokens` when it names none) plus its body size divided by
+/// `bytes_per_token`.
 #[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenEstimate {
     pub bytes_per_token: u32,
     pub default_max_tokens: u32,
+    /// A request under a token limit that names no completion budget is forwarded with
+    /// `default_max_tokens` as its budget (`max_completion_tokens` for chat completions,
+    /// `max_output_tokens` for responses, `max_tokens` otherwise), so an upstream that honours it
+    /// cannot produce more than was reserved. Off: forwarded as sent; the overrun is charged
+    /// after the answer.
+    pub clamp: bool,
 }
 
 impl Default for TokenEstimate {
@@ -216,6 +223,7 @@ impl Default for TokenEstimate {
         Self {
             bytes_per_token: 4,
             default_max_tokens: 1024,
+            clamp: true,
         }
     }
 }

@@ -292,6 +292,23 @@ fn first_event_data(event: &[u8]) -> String {
     String::from_utf8_lossy(&data.join(&b'\n')).into_owned()
 }
 
+/// `body` with each member of `defaults` added where the JSON object lacks it; `None` if the body
+/// is not a JSON object or already has them all.
+pub fn with_defaults(body: &[u8], defaults: &[(&'static str, serde_json::Value)]) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    let mut changed = false;
+    for (name, value) in defaults {
+        if !obj.contains_key(*name) {
+            obj.insert((*name).to_owned(), value.clone());
+            changed = true;
+        }
+    }
+    changed
+        .then(|| serde_json::to_vec(&v).ok().map(Bytes::from))
+        .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,5 +494,17 @@ mod tests {
         });
         let body = GuardedBody::new(StreamBody::new(frames), Duration::from_millis(500), None);
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 5);
+    }
+
+    #[test]
+    fn defaults_are_added_only_where_the_object_lacks_them() {
+        let d = [("max_tokens", serde_json::json!(30))];
+        let out = with_defaults(br#"{"model":"m"}"#, &d).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["max_tokens"], 30);
+        assert_eq!(v["model"], "m");
+        assert!(with_defaults(br#"{"max_tokens":5}"#, &d).is_none());
+        assert!(with_defaults(b"[1]", &d).is_none());
+        assert!(with_defaults(b"not json", &d).is_none());
     }
 }

@@ -263,6 +263,13 @@ async fn run(
     for f in &chain.authenticated {
         f.on_authenticated(s).await?;
     }
+    if !s.ctx.body_defaults.is_empty()
+        && let RequestBody::Buffered(b) = &body
+        && let Some(with) = body::with_defaults(b, &std::mem::take(&mut s.ctx.body_defaults))
+    {
+        s.ctx.record.bytes_in = with.len() as u64;
+        body = RequestBody::Buffered(with);
+    }
     if route.inject_stream_usage
         && s.probe.stream == Some(true)
         && stream_usage::takes_stream_options(s.head.uri.path())

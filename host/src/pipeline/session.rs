@@ -93,6 +93,9 @@ pub struct Ctx {
     pub(super) strip_usage: Option<super::stream_usage::StripUsageChunk>,
     /// Set by [`Ctx::end_stream`]: the last frame the client gets.
     pub(super) cut: Option<bytes::Bytes>,
+    /// Members a filter adds to the JSON request body where it lacks them
+    /// ([`Ctx::default_body_member`]).
+    pub(super) body_defaults: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Ctx {
@@ -110,6 +113,13 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// From an `on_authenticated` filter: a buffered JSON object request body that has no member
+    /// `name` gets it with `value` before it is forwarded (applied once, after every
+    /// `on_authenticated` hook). A body that is not a JSON object, or streamed, is left alone.
+    pub fn default_body_member(&mut self, name: &'static str, value: serde_json::Value) {
+        self.body_defaults.push((name, value));
+    }
+
     /// From an `on_body_chunk` filter: the frame being relayed is not sent; `last` is sent
     /// instead and ends the response (the upstream exchange is dropped), with `error` as the
     /// request's error code and the outcome [`Outcome::Cut`].
@@ -162,6 +172,7 @@ impl Ctx {
             meter: None,
             strip_usage: None,
             cut: None,
+            body_defaults: Vec::new(),
         }
     }
 }
@@ -178,6 +189,17 @@ pub struct Probe {
     /// Completion budgets, for token limit reservations.
     pub max_tokens: Option<u64>,
     pub max_completion_tokens: Option<u64>,
+    /// The Responses API's budget.
+    pub max_output_tokens: Option<u64>,
+}
+
+impl Probe {
+    /// The completion budget the request names, if any.
+    pub fn completion_budget(&self) -> Option<u64> {
+        self.max_completion_tokens
+            .or(self.max_tokens)
+            .or(self.max_output_tokens)
+    }
 }
 
 /// A JSON string (or null) as an `Arc<str>`, copied once from the body whether or not it had

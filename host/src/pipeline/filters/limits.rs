@@ -4,7 +4,7 @@
 //! | hook | does |
 //! |---|---|
 //! | `on_request` | request limits by `ip` and by `route` (before authentication) |
-//! | `on_authenticated` | request limits by `key` and `key-model`, then in-flight limits, then token limits: a reservation (the request's completion budget plus its body size over `bytes_per_token`) taken from each bucket |
+//! | `on_authenticated` | request limits by `key` and `key-model`, then in-flight limits, then token limits: a reservation (the request's completion budget plus its body size over `bytes_per_token`) taken from each bucket; a request that names no budget is forwarded with the reserved one (`estimate.clamp`) |
 //! | `on_response_head` | `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` of the tightest limit, on every answer the limits saw, 429s included |
 //! | `on_body_chunk` | `enforce: strict`: a stream whose running count passes its reservation is ended with an SSE `error` event |
 //! | `on_done` | reconciles each reservation with the tokens the answer reported; the in-flight slots go with the request's context, exactly once whatever ended it |
@@ -216,6 +216,8 @@ pub(crate) struct Limits {
     in_flight: Vec<InFlightLimit>,
     bytes_per_token: u64,
     default_max_tokens: u64,
+    /// `estimate.clamp`: forward the reserved budget to requests that name none.
+    clamp: bool,
 }
 
 impl Limits {
@@ -279,6 +281,7 @@ impl Limits {
             in_flight,
             bytes_per_token: u64::from(c.estimate.bytes_per_token.max(1)),
             default_max_tokens: u64::from(c.estimate.default_max_tokens),
+            clamp: c.estimate.clamp,
         })
     }
 
@@ -392,11 +395,8 @@ impl Limits {
         if self.tokens.is_empty() {
             return Ok(());
         }
-        let completion = s
-            .probe
-            .max_completion_tokens
-            .or(s.probe.max_tokens)
-            .unwrap_or(self.default_max_tokens);
+        let named = s.probe.completion_budget();
+        let completion = named.unwrap_or(self.default_max_tokens);
         let prompt = s.ctx.record.bytes_in.div_ceil(self.bytes_per_token);
         let want = completion.saturating_add(prompt);
         let mut taken = TokensTaken {
@@ -459,6 +459,11 @@ impl Limits {
         }
         if taken.mask != 0 {
             s.ctx.ext.insert(taken);
+            if named.is_none() && self.clamp {
+                // The budget that was reserved is the one the upstream gets.
+                let field = budget_member(s.head.uri.path());
+                s.ctx.default_body_member(field, completion.into());
+            }
         }
         Ok(())
     }
@@ -534,6 +539,19 @@ fn write_reset(out: &mut impl std::io::Write, us: u64) {
 
 /// The final event of a stream a strict token limit ended: OpenAI's error shape, which OpenAI
 /// and Anthropic clients both surface.
+/// The body member that caps the completion on this endpoint: OpenAI's chat completions take
+/// `max_completion_tokens` (its reasoning models refuse `max_tokens`), the Responses API
+/// `max_output_tokens`, legacy completions and Anthropic's messages `max_tokens`.
+fn budget_member(path: &str) -> &'static str {
+    if path.ends_with("/chat/completions") {
+        "max_completion_tokens"
+    } else if path.ends_with("/responses") {
+        "max_output_tokens"
+    } else {
+        "max_tokens"
+    }
+}
+
 fn cut_event(reserved: u64) -> Bytes {
     let body = crate::error::error_body(
         &format!(
