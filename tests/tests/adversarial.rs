@@ -886,9 +886,62 @@ async fn http2_clients_that_cancel_accepted_streams_get_goaway() {
         "connection still open after {sent} cancelled streams"
     );
     assert!(sent < 500, "{sent} streams were accepted before GOAWAY");
+    // The budget of 50, refilled at 5 a second while the loop ran, plus the one stream in
+    // flight when it ran out.
+    let bound = 50 + (5.0 * start.elapsed().as_secs_f64()).ceil() as usize + 1;
     assert!(
-        mock.requests() <= 200,
-        "{} requests reached the upstream",
+        mock.requests() <= bound,
+        "{} requests reached the upstream (bound {bound})",
+        mock.requests()
+    );
+}
+
+/// The same attack in batches: a whole `http2_max_streams` of HEADERS at once, then a reset of
+/// each, again and again. Streams are accepted before their cancels are counted, so one batch
+/// past the budget may reach the upstream — no more: once the budget is spent, new streams are
+/// answered at once (503) without reaching an upstream, and the connection gets GOAWAY.
+#[tokio::test]
+async fn http2_batches_of_cancelled_streams_reach_the_upstream_at_most_one_batch_past_the_budget() {
+    let (mock, gw) = setup("  http2_max_cancels: 50\n  http2_max_streams: 40").await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let start = Instant::now();
+    let mut sent = 0;
+    'attack: for _ in 0..20 {
+        let mut batch = Vec::new();
+        for _ in 0..40 {
+            let Ok(ready) = h2.clone().ready().await else {
+                break 'attack;
+            };
+            h2 = ready;
+            let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+                .header("authorization", format!("Bearer {CLIENT_KEY}"))
+                .header("content-type", "application/json")
+                .header("x-mock-head-delay-ms", "2000")
+                .body(())
+                .unwrap();
+            let Ok((resp, mut body)) = h2.send_request(req, false) else {
+                break 'attack;
+            };
+            let _ = body.send_data(bytes::Bytes::from_static(CHAT.as_bytes()), true);
+            batch.push((resp, body));
+            sent += 1;
+        }
+        // Let the gateway accept and forward the batch, then cancel all of it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (resp, mut body) in batch {
+            body.send_reset(h2::Reason::CANCEL);
+            drop(resp);
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "connection still open after {sent} streams");
+    let refill = (5.0 * start.elapsed().as_secs_f64()).ceil() as usize;
+    let bound = 50 + 40 + refill;
+    assert!(
+        mock.requests() <= bound,
+        "{} of {sent} streams reached the upstream (bound: 50 cancels + one batch of 40 + {refill} refilled)",
         mock.requests()
     );
 }

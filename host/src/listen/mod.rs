@@ -383,6 +383,27 @@ async fn accept_loop<H: Handler>(
     conns.shutdown().await;
 }
 
+/// The answer to a stream opened after its connection cancelled too many (GOAWAY is on its way).
+fn abusive_refusal() -> Response {
+    use http_body_util::BodyExt;
+    let body = crate::error::error_body(
+        "this connection cancelled too many streams and is closing; open a new one",
+        "server_error",
+        "too_many_cancelled_streams",
+    );
+    let mut resp = http::Response::new(
+        http_body_util::Full::new(bytes::Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 impl Shared {
     /// Adds a new connection to the registry.
     fn register(&self, watch: &Arc<ConnWatch>) {
@@ -449,6 +470,13 @@ impl<H: Handler> Connection<H> {
             let guard = watch.request();
             let h2 = req.version() == http::Version::HTTP_2;
             async move {
+                // Asked when the stream's task first runs, not as hyper accepts it: the resets
+                // that arrived in the same read as this stream's HEADERS woke their streams'
+                // tasks first, so their cancels are counted by now.
+                if watch.abusive() {
+                    let resp = abusive_refusal();
+                    return Ok(resp.map(|b| watch.watch_body(b, guard, h2)));
+                }
                 // Boxed once: hyper moves the service future it is given (into its in-flight
                 // slot), and the request's whole pipeline state is several KiB.
                 let resp = Box::pin(handler.handle(req, info)).await;

@@ -64,6 +64,8 @@ pub struct ConnWatch {
     seen_request: AtomicBool,
     /// Requests whose response has not finished.
     active: AtomicUsize,
+    /// The client cancelled past `http2_max_cancels`: no new stream reaches a handler.
+    abusive: AtomicBool,
     /// When the last request finished (ms since `start`).
     idle_since: AtomicU64,
     /// When a socket write first returned `Pending` (ms since `start`, plus 1; 0 = not blocked).
@@ -120,6 +122,7 @@ impl ConnWatch {
             limits,
             seen_request: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            abusive: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
@@ -250,8 +253,17 @@ impl ConnWatch {
         b.at = now;
         b.tokens -= 1.0;
         if b.tokens < 0.0 {
+            self.abusive.store(true, Ordering::Relaxed);
             self.raise(Signal::Abuse);
         }
+    }
+
+    /// Whether the client has cancelled past its budget. From then on the connection's new
+    /// streams are answered at once without reaching a handler (or an upstream), so what reaches
+    /// upstreams is bounded by the budget plus the streams already accepted (at most one batch
+    /// of `http2_max_streams`), however fast the client sends HEADERS before the GOAWAY lands.
+    pub fn abusive(&self) -> bool {
+        self.abusive.load(Ordering::Relaxed)
     }
 
     /// Applies every rule that is due and returns what the connection must do, and when to ask
