@@ -985,61 +985,133 @@ const TE_MUTATIONS: [&str; 32] = [
     "Transfer-Encoding: chunked, chunked",
 ];
 
+/// The statuses of every response head in what one connection received, in order.
+fn response_statuses(answer: &str) -> Vec<u16> {
+    answer
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| answer.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}
+
+/// Every framing trick, each followed by a second request that carries a valid key, so a
+/// request the gateway carved out of another's body would be served and reach the upstream.
+///
+/// Where the framing is ambiguous (Content-Length with any Transfer-Encoding spelling, two
+/// Content-Lengths, HTTP/1.0 with chunked, NUL or CR in a value, obs-fold, an early answer with
+/// the body unread), the connection gets exactly one answer — the first request's, or a 400 —
+/// and is closed: nothing after it is read as a request. Where it is not (`Transfer_Encoding` is
+/// just another header, as for nginx; bare-LF line ends; an `Upgrade` the gateway does not
+/// perform), the bytes after the first request are the client's own pipelined request, answered
+/// second, with the same key: nothing is carved out of a body.
 #[tokio::test]
 async fn content_length_and_transfer_encoding_mutations_smuggle_nothing() {
     let (mock, gw) = setup("").await;
-    let smuggled = "GET /v1/smuggled HTTP/1.1\r\nhost: gw\r\n\r\n";
-    for te in TE_MUTATIONS {
-        // The body as chunked: "0\r\n\r\n" then a smuggled request; as Content-Length it is
-        // a different split.
-        let raw = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: 4\r\n{te}\r\n\r\n0\r\n\r\n{smuggled}"
-        );
-        let _ = exchange(&gw, raw.as_bytes(), Duration::from_millis(800)).await;
-    }
-    // Duplicate Content-Length, HTTP/1.0 + TE, bare LF, NUL, obs-fold, Upgrade + pipelined.
+    let smuggled = format!(
+        "GET /v1/smuggled HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\n\r\n"
+    );
+    // (what, raw, answers expected on the connection)
+    let mut cases: Vec<(String, String, usize)> = TE_MUTATIONS
+        .iter()
+        .map(|te| {
+            // As chunked the body ends at "0\r\n\r\n" and the smuggled request follows; as
+            // Content-Length: 4 the split is elsewhere.
+            let raw = format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: 4\r\n{te}\r\n\r\n0\r\n\r\n{smuggled}"
+            );
+            let pipelined = if te.starts_with("Transfer_Encoding") { 2 } else { 1 };
+            ((*te).to_owned(), raw, pipelined)
+        })
+        .collect();
     let others = [
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: 4\r\ncontent-length: 40\r\n\r\nABCD{smuggled}"
+        (
+            "two Content-Lengths",
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: 4\r\ncontent-length: 40\r\n\r\nABCD{smuggled}"
+            ),
+            1,
         ),
-        format!(
-            "POST /v1/chat/completions HTTP/1.0\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        (
+            "HTTP/1.0 with chunked",
+            format!(
+                "POST /v1/chat/completions HTTP/1.0\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            1,
         ),
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\nhost: gw\nauthorization: Bearer {CLIENT_KEY}\ncontent-length: 0\n\n{smuggled}"
+        (
+            "bare LF line ends",
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\nhost: gw\nauthorization: Bearer {CLIENT_KEY}\ncontent-length: 0\n\n{smuggled}"
+            ),
+            2,
         ),
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx: a\0b\r\ncontent-length: 0\r\n\r\n{smuggled}"
+        (
+            "NUL in a value",
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx: a\0b\r\ncontent-length: 0\r\n\r\n{smuggled}"
+            ),
+            1,
         ),
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx: a\rb\r\ncontent-length: 0\r\n\r\n{smuggled}"
+        (
+            "CR in a value",
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx: a\rb\r\ncontent-length: 0\r\n\r\n{smuggled}"
+            ),
+            1,
         ),
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length:\r\n 4\r\n\r\nABCD{smuggled}"
+        (
+            "obs-fold in Content-Length",
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length:\r\n 4\r\n\r\nABCD{smuggled}"
+            ),
+            1,
         ),
-        format!(
-            "GET /v1/models HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\nauthorization: Bearer {CLIENT_KEY}\r\n\r\n{smuggled}"
+        (
+            "Upgrade, then a pipelined request",
+            format!(
+                "GET /v1/models HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\nauthorization: Bearer {CLIENT_KEY}\r\n\r\n{smuggled}"
+            ),
+            2,
         ),
-        // Early 401 with an unread body and a request pipelined behind it.
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\n\r\n{smuggled}",
-            smuggled.len()
+        // An early 401 with the body unread: the smuggled request *is* the body.
+        (
+            "early 401, body unread",
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+            1,
         ),
     ];
-    for raw in &others {
-        let _ = exchange(&gw, raw.as_bytes(), Duration::from_millis(800)).await;
+    cases.extend(others.into_iter().map(|(w, r, n)| (w.to_owned(), r, n)));
+    for (what, raw, expected) in &cases {
+        let before = mock
+            .seen()
+            .iter()
+            .filter(|(_, p)| p.contains("smuggled"))
+            .count();
+        let answer = exchange(&gw, raw.as_bytes(), Duration::from_millis(800)).await;
+        let statuses = response_statuses(&answer);
+        let reached = mock
+            .seen()
+            .iter()
+            .filter(|(_, p)| p.contains("smuggled"))
+            .count()
+            - before;
+        assert_eq!(
+            statuses.len(),
+            *expected,
+            "{what:?}: answers {statuses:?}\n{answer}"
+        );
+        if *expected == 1 {
+            assert_eq!(
+                reached, 0,
+                "{what:?}: a request carved out of a body reached the upstream"
+            );
+        } else {
+            // The pipelined request was served as itself: a GET without a body, answered second.
+            assert_eq!((reached, statuses[1]), (1, 200), "{what:?}: {statuses:?}");
+        }
     }
-    let smuggled_seen = mock
-        .seen()
-        .iter()
-        .filter(|(_, p)| p.contains("smuggled"))
-        .count();
-    assert_eq!(
-        smuggled_seen,
-        0,
-        "smuggled requests reached the upstream: {:?}",
-        mock.seen()
-    );
 }
 
 /// `max_connections`: a connection with a request in flight is never shed, so with every slot
