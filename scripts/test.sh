@@ -14,9 +14,11 @@ command -v kill >/dev/null || need+=(procps)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v redis-server >/dev/null || need+=(redis-server)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
-# The deploy files are checked by their own tools (`nginx -t`, `caddy validate`).
+# The deploy files are checked by their own tools (`nginx -t`, `caddy validate`,
+# `systemd-analyze verify`); a missing one fails its test.
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v caddy >/dev/null || need+=(caddy)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 # Python with venv, for schemathesis (below) and Python plugin projects (componentize-py); npm
 # for JavaScript plugin projects (componentize-js). The plugin_new tests install both tools
 # themselves, at the versions `tollgate plugin new` pins.

@@ -1,6 +1,6 @@
 //! The deploy files, checked by their own tools: `nginx -t`, `caddy validate`,
-//! `systemd-analyze verify`. A tool that is not installed skips its check with a message
-//! (`scripts/test.sh` installs all three).
+//! `systemd-analyze verify`. A tool that is not installed fails its test: `scripts/test.sh`
+//! installs all three.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -14,16 +14,13 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The tool's path, or `None` (with a message) if it is not installed.
-fn tool(name: &str) -> Option<PathBuf> {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    eprintln!("SKIPPED: `{name}` is not installed, so its deploy file is not checked");
-    None
+/// The tool's path; a missing tool fails the test (a check that cannot run has not passed).
+fn tool(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("`{name}` is not installed: scripts/test.sh installs it"))
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {
@@ -38,7 +35,7 @@ fn run(cmd: &mut Command) -> (bool, String) {
 
 #[test]
 fn nginx_accepts_the_nginx_site() {
-    let Some(nginx) = tool("nginx") else { return };
+    let nginx = tool("nginx");
     let dir = tempfile::tempdir().unwrap();
     let cert = tollgate_tests::TestCert::generate();
     let (cert_path, key_path) = cert.write(dir.path());
@@ -77,7 +74,7 @@ fn nginx_accepts_the_nginx_site() {
 
 #[test]
 fn caddy_accepts_the_caddyfile() {
-    let Some(caddy) = tool("caddy") else { return };
+    let caddy = tool("caddy");
     let home = tempfile::tempdir().unwrap();
     let (ok, out) = run(Command::new(caddy)
         .args(["validate", "--adapter", "caddyfile", "--config"])
@@ -91,9 +88,7 @@ fn caddy_accepts_the_caddyfile() {
 
 #[test]
 fn systemd_accepts_the_unit() {
-    let Some(analyze) = tool("systemd-analyze") else {
-        return;
-    };
+    let analyze = tool("systemd-analyze");
     let dir = tempfile::tempdir().unwrap();
     // The unit as shipped, pointing at a real binary instead of /usr/local/bin/tollgate.
     let unit = std::fs::read_to_string(root().join("deploy/systemd/tollgate.service"))
