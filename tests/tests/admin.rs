@@ -860,6 +860,67 @@ async fn the_openapi_document_is_generated_and_covers_every_endpoint() {
     assert!(doc["components"]["schemas"]["BindingView"].is_object());
 }
 
+/// docs/admin.md: removing a user from the config ends their tokens at the next reload, and they
+/// can no longer log in; the other users are untouched. A reload whose users are unusable is
+/// refused as a whole.
+#[tokio::test]
+async fn a_user_removed_from_the_config_loses_their_tokens_at_the_reload() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    let second = format!("    - username: second\n      password: {PASSWORD}-2");
+    let yaml = admin_yaml(&mock.url(), &second);
+    std::fs::write(&path, &yaml).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let ops = admin.token().await;
+    let login = admin.login("second", &format!("{PASSWORD}-2")).await;
+    assert_eq!(login.status(), 200);
+    let second_token = login.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(admin.get(&second_token, "/plugins").await.status(), 200);
+
+    let replace = |text: &str| {
+        std::fs::write(dir.path().join("tmp.yaml"), text).unwrap();
+        std::fs::rename(dir.path().join("tmp.yaml"), &path).unwrap();
+    };
+    // A user without a password: the reload is refused, and both users keep working.
+    replace(&yaml.replace(&format!("      password: {PASSWORD}-2\n"), ""));
+    let refused: Value = admin
+        .send(reqwest::Method::POST, &ops, "/reload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert_eq!(admin.get(&second_token, "/plugins").await.status(), 200);
+
+    replace(&admin_yaml(&mock.url(), ""));
+    let ok: Value = admin
+        .send(reqwest::Method::POST, &ops, "/reload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(
+        admin.get(&second_token, "/plugins").await.status(),
+        401,
+        "the removed user's token still works"
+    );
+    assert_eq!(
+        admin
+            .login("second", &format!("{PASSWORD}-2"))
+            .await
+            .status(),
+        401,
+        "the removed user still logs in"
+    );
+    assert_eq!(admin.get(&ops, "/plugins").await.status(), 200);
+}
+
 #[tokio::test]
 async fn reload_through_the_api_reports_a_refused_config_verbatim() {
     let mock = MockUpstream::start().await;

@@ -95,7 +95,9 @@ pub struct AdminAuth {
     /// Keys the console's CSRF tokens (`csrf_token`); derived from the JWT secret.
     csrf_key: Vec<u8>,
     allow: Vec<Cidr>,
-    users: HashMap<String, String>,
+    /// User name → argon2 PHC string; replaced at each reload ([`AdminAuth::set_users`]), so a
+    /// user removed from the config can neither log in nor use a token they already have.
+    users: arc_swap::ArcSwap<HashMap<String, String>>,
     /// Verified for unknown users so they take as long as known ones.
     dummy_hash: String,
     encoding: EncodingKey,
@@ -109,6 +111,37 @@ impl AdminAuth {
     /// Hashes plain passwords, and refuses the demo password off loopback (also when it is given
     /// as a hash).
     pub fn new(c: &AdminConfig) -> Result<Arc<Self>, String> {
+        let users = Self::users_of(c)?;
+        let secret: Vec<u8> = match &c.jwt_secret {
+            Some(s) => s.expose().as_bytes().to_vec(),
+            None => {
+                let mut b = vec![0u8; 32];
+                OsRng.fill_bytes(&mut b);
+                b
+            }
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub", "jti"]);
+        Ok(Arc::new(Self {
+            csrf_key: [b"tollgate-console-csrf\0".as_slice(), &secret].concat(),
+            allow: c.allow.clone(),
+            users: arc_swap::ArcSwap::from_pointee(users),
+            dummy_hash: hash_password("not a password of anyone")?,
+            encoding: EncodingKey::from_secret(&secret),
+            decoding: DecodingKey::from_secret(&secret),
+            validation,
+            ttl_secs: c.token_ttl.get().as_secs().max(1),
+            lockout: c.lockout,
+        }))
+    }
+
+    /// The users of `c` with their password hashes: plain passwords hashed, and the demo
+    /// password refused off loopback (also when it is given as a hash).
+    pub fn users_of(c: &AdminConfig) -> Result<HashMap<String, String>, String> {
         let mut users = HashMap::new();
         let loopback = c.listen.0.ip().is_loopback();
         for (i, u) in c.users.iter().enumerate() {
@@ -128,31 +161,12 @@ impl AdminAuth {
             }
             users.insert(u.username.clone(), hash);
         }
-        let secret: Vec<u8> = match &c.jwt_secret {
-            Some(s) => s.expose().as_bytes().to_vec(),
-            None => {
-                let mut b = vec![0u8; 32];
-                OsRng.fill_bytes(&mut b);
-                b
-            }
-        };
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub", "jti"]);
-        Ok(Arc::new(Self {
-            csrf_key: [b"tollgate-console-csrf\0".as_slice(), &secret].concat(),
-            allow: c.allow.clone(),
-            users,
-            dummy_hash: hash_password("not a password of anyone")?,
-            encoding: EncodingKey::from_secret(&secret),
-            decoding: DecodingKey::from_secret(&secret),
-            validation,
-            ttl_secs: c.token_ttl.get().as_secs().max(1),
-            lockout: c.lockout,
-        }))
+        Ok(users)
+    }
+
+    /// Puts a reloaded config's users in service (from [`AdminAuth::users_of`]).
+    pub fn set_users(&self, users: HashMap<String, String>) {
+        self.users.store(Arc::new(users));
     }
 
     /// Whether `ip` may reach the admin listener at all.
@@ -188,7 +202,10 @@ impl AdminAuth {
     pub fn verify_token(&self, token: &str) -> Option<String> {
         let claims = self.claims(token)?;
         // A user removed from the config loses access at once.
-        self.users.contains_key(&claims.sub).then_some(claims.sub)
+        self.users
+            .load()
+            .contains_key(&claims.sub)
+            .then_some(claims.sub)
     }
 
     /// The claims of a token that is valid now: signature, algorithm and the registered claims
@@ -281,8 +298,8 @@ impl AdminAuth {
         let (user, pass) = (username.to_owned(), password.to_owned());
         // argon2 takes tens of milliseconds of CPU: off the async workers.
         let ok = tokio::task::spawn_blocking(move || {
-            let known = this
-                .users
+            let users = this.users.load();
+            let known = users
                 .get(&user)
                 .filter(|_| user.len() <= MAX_USERNAME && pass.len() <= MAX_PASSWORD);
             let hash = known.unwrap_or(&this.dummy_hash);

@@ -53,6 +53,8 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
     /// Where the reloader takes requests from the admin API (set when it starts).
     pub(crate) reload_requests: std::sync::OnceLock<tokio::sync::mpsc::Sender<ReloadReply>>,
+    /// The admin plane's users and tokens, once it serves: a reload replaces its users.
+    pub(crate) admin_auth: std::sync::OnceLock<Arc<crate::admin::auth::AdminAuth>>,
     last_reload: std::sync::Mutex<Option<ReloadStatus>>,
 }
 
@@ -114,6 +116,7 @@ impl Gateway {
             metrics,
             reload_lock: tokio::sync::Mutex::new(()),
             reload_requests: std::sync::OnceLock::new(),
+            admin_auth: std::sync::OnceLock::new(),
             last_reload: std::sync::Mutex::new(None),
         });
         if let Some(feed) = gateway.stores.shared_cooldowns() {
@@ -135,13 +138,35 @@ impl Gateway {
     pub async fn reload(&self, config: &Config) -> Result<(), Vec<ConfigError>> {
         let _serial = self.reload_lock.lock().await;
         let current = self.runtime();
-        let built = runtime::build(config, &self.engine, Some(&current), &self.metrics).await;
+        // The admin plane's users (its listener and secret are kept until a restart).
+        let users = match self.admin_auth.get() {
+            Some(_) => crate::admin::auth::AdminAuth::users_of(&config.admin)
+                .map(Some)
+                .map_err(|message| {
+                    vec![ConfigError {
+                        path: "admin.users".into(),
+                        location: None,
+                        message,
+                    }]
+                }),
+            None => Ok(None),
+        };
+        let built = match users {
+            Ok(users) => runtime::build(config, &self.engine, Some(&current), &self.metrics)
+                .await
+                .map(|rt| (rt, users)),
+            Err(e) => Err(e),
+        };
         let counter = match &built {
             Ok(_) => &self.metrics.reloads.ok,
             Err(_) => &self.metrics.reloads.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.runtime.store(Arc::new(built?));
+        let (rt, users) = built?;
+        self.runtime.store(Arc::new(rt));
+        if let (Some(auth), Some(users)) = (self.admin_auth.get(), users) {
+            auth.set_users(users);
+        }
         Ok(())
     }
 
