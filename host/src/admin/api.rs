@@ -905,7 +905,7 @@ pub struct ReloadResult {
 
 /// Re-reads the config file and its plugins, as SIGHUP does. A refused config leaves the
 /// running one in service; the answer says why.
-#[utoipa::path(post, path = "/admin/api/reload", tag = "plugins",
+#[utoipa::path(method(post, put), path = "/admin/api/reload", tag = "plugins",
     security(("bearer" = [])),
     responses((status = 200, body = ReloadResult), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn reload(
