@@ -63,12 +63,16 @@ impl Router for Affinity {
     fn select(request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
         let c = CONFIG.get_or_init(Config::default);
         let names: Vec<&str> = candidates.iter().map(|u| u.name.as_str()).collect();
-        let n = (host::kv::incr("rr", 1, None) as u64).wrapping_sub(1);
+        // The rotation turns only for requests it places: a session that stays where it is must
+        // not move the next new session (with three upstreams and three requests per session,
+        // every session used to land on the first).
+        let rotate = || (host::kv::incr("rr", 1, None) as u64).wrapping_sub(1);
         let Some(session) = session_key(c, |h| request.header(h), || request.session_hint()) else {
-            return RouteDecision::Pick(order(&names, None, n));
+            return RouteDecision::Pick(order(&names, None, rotate()));
         };
         let kv_key = format!("s:{session}");
-        let bound = host::kv::get(&kv_key);
+        let bound = host::kv::get(&kv_key).filter(|b| names.contains(&b.as_str()));
+        let n = if bound.is_some() { 0 } else { rotate() };
         let picks = order(&names, bound.as_deref(), n);
         if let Some(&first) = picks.first() {
             let chosen = names[first as usize];
