@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Line coverage of the whole test suite, with cargo-llvm-cov (installed here if missing): the unit
+# and integration tests, and the processes they start (the `tollgate` binary the CLI and deploy
+# tests run), whose profiles are merged into one report. Not part of CI: an instrumented build and
+# run take about twice as long as `scripts/test.sh`.
+#
+#   scripts/coverage.sh            # summary per file, then the total
+#   HTML=1 scripts/coverage.sh     # also target/llvm-cov/html/index.html
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup component add llvm-tools-preview >/dev/null
+command -v cargo-llvm-cov >/dev/null || cargo install cargo-llvm-cov --locked
+# The tools, services and plugins the suite needs, without running it.
+./scripts/test.sh --prepare
+
+# Every process built from here on is instrumented and writes its profile under target/llvm-cov-
+# target, child processes included (they inherit LLVM_PROFILE_FILE).
+source <(cargo llvm-cov show-env --export-prefix)
+cargo llvm-cov clean --workspace
+cargo test --workspace --locked --no-fail-fast || echo "coverage: some tests failed; the report covers what ran" >&2
+cargo llvm-cov report --summary-only
+if [ -n "${HTML:-}" ]; then
+  cargo llvm-cov report --html
+  echo "coverage: target/llvm-cov/html/index.html"
+fi
