@@ -303,10 +303,42 @@ fn plugin_inspect_reports_kind_and_linkability() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("kind:    router-policy"), "{text}");
     assert!(text.contains("links:   ok"), "{text}");
-    // What loading it costs, as `plugin test` reports it.
-    assert!(text.contains("\ncode:    "), "{text}");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name}: in {text}"))
+            .trim()
+            .to_owned()
+    };
+    // The file it read, and its exact hash (what a `sha256:` pin in the config must be).
+    let bytes = std::fs::read(&wasm).unwrap();
+    assert_eq!(
+        field("sha256"),
+        <sha2::Sha256 as sha2::Digest>::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
     assert!(
-        text.contains("\nmemory:  ") && text.contains(" MiB for an instance configured with {}"),
+        field("file").ends_with(&format!("({} bytes)", bytes.len())),
+        "{text}"
+    );
+    assert!(
+        field("exports").contains("tollgate:policy/router@"),
+        "{text}"
+    );
+    // What loading it costs, as `plugin test` reports it: compiled or cached, and an instance's
+    // memory, a real figure within the default 32 MiB limit.
+    let code = field("code");
+    assert!(
+        code.starts_with("compiled in ") || code.starts_with("read from the compilation cache in "),
+        "{text}"
+    );
+    let memory = field("memory");
+    let mib: f64 = memory.split(' ').next().unwrap().parse().unwrap();
+    assert!(mib > 0.0 && mib <= 32.0, "{text}");
+    assert!(
+        memory.contains(" MiB for an instance configured with {}"),
         "{text}"
     );
     // What the sandbox grants, as docs/plugins.md says (policy_runtime.rs reads it from a guest).
