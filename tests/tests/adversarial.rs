@@ -162,15 +162,34 @@ async fn silent_connections_cannot_hold_every_slot() {
 #[tokio::test]
 async fn one_address_cannot_take_more_than_its_share_of_connections() {
     let (_mock, gw) = setup("  max_connections_per_ip: 5").await;
+    // Five connections, each served once (so each is surely accepted and counted: the workers
+    // accept in parallel, so a connection opened later may otherwise be counted first).
+    async fn health_status(tcp: &mut TcpStream) -> [u8; 12] {
+        tcp.write_all(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 512];
+        let n = tcp.read(&mut head).await.unwrap();
+        head[..12.min(n)].try_into().unwrap()
+    }
     let mut held = Vec::new();
     for _ in 0..5 {
-        held.push(TcpStream::connect(gw.addr).await.unwrap());
+        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+        assert_eq!(&health_status(&mut tcp).await, b"HTTP/1.1 200");
+        held.push(tcp);
     }
     let mut sixth = TcpStream::connect(gw.addr).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(1), sixth.read_to_end(&mut answer)).await;
     assert!(
-        closed_within(&mut sixth, Duration::from_secs(1)).await,
+        read.is_ok(),
         "the sixth connection from one address is closed at once"
     );
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&answer), 429, "{answer}");
+    assert_eq!(error_code(&answer), "connection_limit_exceeded");
+    // The five it holds are served as before.
+    assert_eq!(&health_status(&mut held[0]).await, b"HTTP/1.1 200");
     // The gateway frees the slot when it sees the close: poll for it, bounded.
     drop(held.pop());
     let freed = eventually_async(Duration::from_secs(2), || async {
@@ -262,7 +281,13 @@ async fn idle_http2_connections_get_goaway_after_client_idle() {
     let start = Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(3), conn).await;
     assert!(ended.is_ok(), "the idle h2 connection was not closed");
-    assert!(start.elapsed() >= Duration::from_millis(300));
+    // GOAWAY after client_idle (400 ms) from the end of the request, not before and not at the
+    // next routine check.
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(1000),
+        "closed after {took:?}"
+    );
 }
 
 // --- 2. The upstream's `models` restriction ---
@@ -407,7 +432,9 @@ async fn a_client_that_stops_reading_a_stream_cancels_the_upstream_generation() 
     ))
     .await
     .unwrap();
-    // Read nothing.
+    // Read nothing. The socket buffers fill within milliseconds; then client_write (500 ms)
+    // runs, checked every quarter of it.
+    let start = Instant::now();
     assert!(
         eventually(Duration::from_secs(8), || mock.cancelled() == 1).await,
         "the upstream stream was not cancelled (cancelled={}, completed={})",
@@ -415,6 +442,11 @@ async fn a_client_that_stops_reading_a_stream_cancels_the_upstream_generation() 
         mock.state
             .completed
             .load(std::sync::atomic::Ordering::SeqCst)
+    );
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(2500),
+        "cancelled after {took:?}"
     );
     drop(tcp);
 }
@@ -453,11 +485,19 @@ async fn http2_streams_with_a_zero_window_are_cancelled_upstream() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+    let heads = Instant::now();
     assert!(
         eventually(Duration::from_secs(8), || mock.cancelled() == 20).await,
         "upstream streams still open: cancelled {} of 20",
         mock.cancelled()
     );
+    // Each after client_write (500 ms) without progress, checked every quarter of it.
+    let took = heads.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
+        "cancelled after {took:?}"
+    );
+    assert_eq!(mock.completed(), 0, "a zero-window stream ran to its end");
 }
 
 // --- 7. Header limits, error bodies, methods, framing ---
