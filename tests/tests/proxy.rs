@@ -620,3 +620,136 @@ async fn a_request_id_header_that_is_not_a_header_name_is_refused_with_its_path(
         .to_string();
     assert!(err.contains("server.request_id_header"), "{err}");
 }
+
+/// docs/limits.md's upstream settings, end to end: `auth_scheme: x-api-key` presents the
+/// credential as Anthropic expects, an empty credential sends none (and never the client's key),
+/// and a path in the upstream URL is prepended to the request path.
+#[tokio::test]
+async fn upstream_credentials_and_base_paths_are_presented_as_configured() {
+    let mock = MockUpstream::start().await;
+    let base = format!("{}/base/path", mock.url().trim_end_matches('/'));
+    let yaml = config_yaml(&[mock.url()], "")
+        .replacen(
+            &format!("credential: {UPSTREAM_CREDENTIAL}\n"),
+            &format!("credential: {UPSTREAM_CREDENTIAL}\n    auth_scheme: x-api-key\n"),
+            1,
+        )
+        .replace(
+            "routes:\n",
+            &format!(
+                "  - name: bare\n    url: {base}\n    max_fails: 100\nroutes:\n  - path_prefix: /bare/\n    upstreams: [bare]\n"
+            ),
+        );
+    let gw = TestGateway::start(&yaml).await;
+
+    let resp = chat(&gw, false).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = mock.last_headers();
+    assert_eq!(h["x-api-key"], UPSTREAM_CREDENTIAL);
+    assert!(h.get("authorization").is_none(), "{h:?}");
+
+    let resp = client()
+        .post(gw.url("/bare/v1/chat/completions?x=1"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = mock.last_headers();
+    assert!(
+        h.get("authorization").is_none() && h.get("x-api-key").is_none(),
+        "an empty credential sends none, and never the client's key: {h:?}"
+    );
+    assert_eq!(
+        mock.seen().last().unwrap().1,
+        "/base/path/bare/v1/chat/completions?x=1"
+    );
+}
+
+/// A trusted proxy's `x-request-id` is the request's id (and reaches the upstream); anyone
+/// else's is replaced by a new one.
+#[tokio::test]
+async fn a_trusted_peers_request_id_is_kept_and_anyone_elses_replaced() {
+    let (mock, gw) = setup("  trusted_proxies: [127.0.0.2/32]\n").await;
+    let send = |local: &'static str| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            client_from(local)
+                .post(url)
+                .bearer_auth(CLIENT_KEY)
+                .header("x-request-id", "from-the-proxy-42")
+                .json(&chat_body(false))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let trusted = send("127.0.0.2").await;
+    assert_eq!(trusted.headers()["x-request-id"], "from-the-proxy-42");
+    assert_eq!(mock.last_headers()["x-request-id"], "from-the-proxy-42");
+    let untrusted = send("127.0.0.3").await;
+    let id = untrusted.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(id, "from-the-proxy-42");
+    assert_eq!(id.len(), 32, "a new UUID: {id}");
+    assert_eq!(mock.last_headers()["x-request-id"], id.as_str());
+}
+
+/// `timeouts.connect`: an upstream whose listener never completes the handshake (its accept
+/// queue is full, so the kernel drops the SYN) is given up after the timeout; a replayable
+/// request moves on to the next upstream, and with no other it is 502.
+#[tokio::test]
+async fn an_upstream_that_never_accepts_is_given_up_after_timeouts_connect() {
+    // A listener with a backlog of one, filled, and never accepting.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let black_hole = socket.listen(1).unwrap();
+    let hole = black_hole.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(200), s.connect(hole)).await {
+            fillers.push(c);
+        }
+    }
+    let mock = MockUpstream::start().await;
+    let urls = [format!("http://{hole}"), mock.url()];
+    let yaml = config_yaml(&urls, "  timeouts:\n    connect: 300ms\n")
+        .replace(
+            "upstreams: [u0, u1]",
+            "upstreams: [u0, u1]\n    max_attempts: 2",
+        )
+        .replace(
+            "routes:\n",
+            "routes:\n  - path_prefix: /only-hole/\n    upstreams: [u0]\n",
+        );
+    let gw = TestGateway::start(&yaml).await;
+
+    let start = Instant::now();
+    let resp = chat(&gw, false).send().await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(resp.status(), 200, "moved on to the next upstream");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "gave up after {took:?}"
+    );
+    assert_eq!(mock.requests(), 1);
+
+    let start = Instant::now();
+    let resp = client()
+        .post(gw.url("/only-hole/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(resp.status(), 502);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "upstream_unavailable", "{err}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    drop(fillers);
+}

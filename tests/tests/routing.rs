@@ -242,3 +242,76 @@ async fn a_model_goes_to_the_upstreams_that_serve_it_and_an_unknown_one_is_404_m
         "no upstream was asked"
     );
 }
+
+/// `models` entries ending in `*` are prefixes, end to end: `claude-*` serves every Claude model
+/// and nothing else; an exact name is not a prefix.
+#[tokio::test]
+async fn model_prefix_patterns_route_whole_families() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = config_yaml(&[a.url(), b.url()], "")
+        .replacen(
+            "max_fails: 100\n",
+            "max_fails: 100\n    models: [\"claude-*\"]\n",
+            1,
+        )
+        .replace(
+            &format!("url: {}\n    credential: {UPSTREAM_CREDENTIAL}\n    max_fails: 100\n", b.url()),
+            &format!(
+                "url: {}\n    credential: {UPSTREAM_CREDENTIAL}\n    max_fails: 100\n    models: [gpt-4o]\n",
+                b.url()
+            ),
+        );
+    let gw = TestGateway::start(&yaml).await;
+    let ask = |model: &'static str| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(CLIENT_KEY)
+                .json(&serde_json::json!({"model": model, "messages": []}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for (model, status, want) in [
+        ("claude-3-5-sonnet", 200, (1, 0)),
+        ("claude-", 200, (2, 0)),
+        ("gpt-4o", 200, (2, 1)),
+        ("gpt-4o-mini", 404, (2, 1)),
+        ("claud", 404, (2, 1)),
+        ("xclaude-3", 404, (2, 1)),
+    ] {
+        assert_eq!(ask(model).await, status, "{model}");
+        assert_eq!((a.requests(), b.requests()), want, "{model}");
+    }
+}
+
+/// When every upstream that serves the model is marked unhealthy, they are tried anyway (as
+/// nginx does), rather than refusing: an upstream that has recovered answers at once.
+#[tokio::test]
+async fn when_every_upstream_is_unhealthy_they_are_tried_anyway() {
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "")
+        .replace("max_fails: 100\n", "max_fails: 1\n    fail_timeout: 1h\n");
+    let gw = TestGateway::start(&yaml).await;
+    let send = || {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&serde_json::json!({"model": "m", "messages": []}))
+    };
+    mock.force_status(502);
+    assert_eq!(send().send().await.unwrap().status(), 502);
+    let ups: Vec<_> = gw.gateway.runtime().upstreams.clone();
+    assert!(
+        !ups[0].is_healthy(),
+        "one failure with max_fails: 1 marks it"
+    );
+    mock.force_status(0);
+    let resp = send().send().await.unwrap();
+    assert_eq!(resp.status(), 200, "tried although marked unhealthy");
+    assert_eq!(mock.requests(), 2);
+}
