@@ -1549,6 +1549,22 @@ async fn a_console_session_keeps_the_token_in_an_httponly_cookie_and_needs_csrf_
         assert!(set_cookie.contains(attr), "{attr} in {set_cookie}");
     }
     assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
+    // Behind a TLS proxy (the admin listener itself serves plain HTTP), the cookie is Secure.
+    for (name, value) in [
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=192.0.2.1;proto=https"),
+    ] {
+        let proxied = http
+            .post(format!("{base}/session"))
+            .header(name, value)
+            .json(&json!({"username": "ops", "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(proxied.status(), 200);
+        let cookie = proxied.headers()["set-cookie"].to_str().unwrap();
+        assert!(cookie.ends_with("; Secure"), "{name}: {cookie}");
+    }
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["user"], "ops");
     let csrf = body["csrf"].as_str().unwrap().to_owned();

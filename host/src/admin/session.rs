@@ -4,7 +4,8 @@
 //!
 //! - `POST /admin/api/session` `{username, password}`: the same login as `POST /login` (lockout,
 //!   audit), answered with the cookie (`Path=/admin`, `Max-Age` = the token's lifetime, `Secure`
-//!   when the admin listener speaks TLS) and `{user, expires_at, csrf}` — never the token.
+//!   when the browser's connection is HTTPS: a TLS connection, or a proxy in front saying so with
+//!   `X-Forwarded-Proto`/`Forwarded`) and `{user, expires_at, csrf}` — never the token.
 //! - `GET /admin/api/session`: who the cookie belongs to, and its CSRF token again (a page
 //!   reload). Only same-origin scripts can read the answer.
 //! - `DELETE /admin/api/session`: clears the cookie.
@@ -54,6 +55,29 @@ pub fn cookie_token(headers: &http::HeaderMap) -> Option<&str> {
         })
 }
 
+/// Whether a proxy in front says the browser's connection is HTTPS (`X-Forwarded-Proto: https`,
+/// or `Forwarded: proto=https`). The admin listener itself serves plain HTTP, so this is how the
+/// cookie learns it must be `Secure`. No trust is needed: a client that sends it only makes its
+/// own cookie stricter.
+fn forwarded_https(parts: &http::request::Parts) -> bool {
+    let says = |name: &str, https: &dyn Fn(&str) -> bool| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| https(v))
+    };
+    says("x-forwarded-proto", &|v| {
+        v.split(',')
+            .next()
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+    }) || says("forwarded", &|v| {
+        v.split([';', ','])
+            .any(|kv| kv.trim().eq_ignore_ascii_case("proto=https"))
+    })
+}
+
 fn set_cookie(value: &str, max_age: u64, tls: bool) -> HeaderValue {
     let secure = if tls { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
@@ -73,7 +97,7 @@ pub(super) async fn create(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let ip = client_ip(&parts);
-    let tls = parts.extensions.get::<ConnInfo>().is_some_and(|c| c.tls);
+    let tls = parts.extensions.get::<ConnInfo>().is_some_and(|c| c.tls) || forwarded_https(&parts);
     match st
         .auth
         .login(&st.gateway.stores, &req.username, &req.password, ip)
@@ -127,7 +151,7 @@ pub(super) async fn current(
 #[utoipa::path(delete, path = "/admin/api/session", tag = "auth",
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn end(parts: http::request::Parts, _op: Operator) -> Response {
-    let tls = parts.extensions.get::<ConnInfo>().is_some_and(|c| c.tls);
+    let tls = parts.extensions.get::<ConnInfo>().is_some_and(|c| c.tls) || forwarded_https(&parts);
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()
         .insert(http::header::SET_COOKIE, set_cookie("", 0, tls));
