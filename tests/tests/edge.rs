@@ -976,3 +976,114 @@ async fn ip_rules_refuse_bad_input_naming_the_field() {
     assert_eq!(list["items"], json!([]), "nothing was stored");
     assert_eq!(list["in_force"], 0);
 }
+
+/// `allow_origins: ["*"]` answers any origin with `*` (and no `Vary: Origin`: the answer does not
+/// depend on it); `allow_credentials` with exact origins echoes the origin and allows credentials;
+/// the two together are refused by validation (browsers reject `*` with credentials).
+#[tokio::test]
+async fn cors_any_origin_and_credentials() {
+    let mock = MockUpstream::start().await;
+    let get = |gw: &TestGateway, origin: &'static str| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(CLIENT_KEY)
+                .header("origin", origin)
+                .json(&chat_body(false))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let any = TestGateway::start(&yaml(
+        &mock.url(),
+        "  cors:\n    allow_origins: [\"*\"]\n",
+        "",
+    ))
+    .await;
+    let r = get(&any, "https://whoever.example").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "access-control-allow-origin"), "*");
+    assert_eq!(header(&r, "access-control-allow-credentials"), "");
+    assert_eq!(header(&r, "vary"), "");
+
+    let creds = TestGateway::start(&yaml(
+        &mock.url(),
+        "  cors:\n    allow_origins: [https://app.example]\n    allow_credentials: true\n",
+        "",
+    ))
+    .await;
+    let r = get(&creds, "https://app.example").await;
+    assert_eq!(
+        header(&r, "access-control-allow-origin"),
+        "https://app.example"
+    );
+    assert_eq!(header(&r, "access-control-allow-credentials"), "true");
+    assert_eq!(header(&r, "vary"), "Origin");
+    let r = get(&creds, "https://other.example").await;
+    assert_eq!(header(&r, "access-control-allow-origin"), "");
+    assert_eq!(header(&r, "access-control-allow-credentials"), "");
+
+    let both = yaml(
+        &mock.url(),
+        "  cors:\n    allow_origins: [\"*\"]\n    allow_credentials: true\n",
+        "",
+    );
+    let err = tollgate::config::Config::parse(&both, "test.yaml", Box::new(|_| None))
+        .err()
+        .expect("`*` with credentials is refused")
+        .to_string();
+    assert!(err.contains("server.cors.allow_credentials"), "{err}");
+}
+
+/// `response_headers.set` replaces the defaults (it is the whole set, and wins over an upstream's
+/// value of the same name); `set: {}` sends none of them.
+#[tokio::test]
+async fn response_headers_replace_the_defaults_and_an_empty_set_sends_none() {
+    let mock = MockUpstream::start().await;
+    let ask = |gw: &TestGateway| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(CLIENT_KEY)
+                .header("x-mock-reply-header", "x-frame-options: ALLOWALL")
+                .json(&chat_body(false))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let own = TestGateway::start(&yaml(
+        &mock.url(),
+        "  response_headers:\n    set: {x-frame-options: SAMEORIGIN, permissions-policy: \"camera=()\"}\n",
+        "",
+    ))
+    .await;
+    let r = ask(&own).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-frame-options"),
+        "SAMEORIGIN",
+        "wins over the upstream's"
+    );
+    assert_eq!(header(&r, "permissions-policy"), "camera=()");
+    for default in ["x-content-type-options", "referrer-policy", "cache-control"] {
+        assert_eq!(header(&r, default), "", "{default} is a default, replaced");
+    }
+    let none =
+        TestGateway::start(&yaml(&mock.url(), "  response_headers:\n    set: {}\n", "")).await;
+    let r = ask(&none).await;
+    assert_eq!(
+        header(&r, "x-frame-options"),
+        "ALLOWALL",
+        "the upstream's own, untouched"
+    );
+    for default in ["x-content-type-options", "referrer-policy", "cache-control"] {
+        assert_eq!(header(&r, default), "", "{default}");
+    }
+    let refused = none.chat_at("/nowhere").await;
+    assert_eq!(refused.status(), 404);
+    assert_eq!(header(&refused, "x-content-type-options"), "");
+}

@@ -60,13 +60,33 @@ async fn presented_cert(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    let tls = handshake(addr, config).await?;
+    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+}
+
+/// A TLS connection to `addr` (as `localhost`), or why the handshake failed.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector
+    connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+        .map_err(|e| e.to_string())
+}
+
+fn trusting(cert: &TestCert) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(cert.cert_der.clone()))
+        .unwrap();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 #[tokio::test]
@@ -228,4 +248,72 @@ async fn a_silent_tls_client_is_closed_at_the_handshake_timeout() {
             .unwrap(),
         cert.cert_der
     );
+}
+
+/// Over TLS, every answer carries `Strict-Transport-Security` (the default value), the gateway's
+/// own errors and `/health` included; plain HTTP never does (edge.rs).
+#[tokio::test]
+async fn hsts_is_sent_on_every_answer_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate();
+    let (_mock, gw) = start_tls_with(
+        dir.path(),
+        &cert,
+        "1.2",
+        "  response_headers:\n    hsts: max-age=63072000; includeSubDomains\n",
+    )
+    .await;
+    let base = format!("https://localhost:{}", gw.addr.port());
+    let c = https_client(&cert, false);
+    let answers = [
+        c.post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap(),
+        c.post(format!("{base}/v1/chat/completions"))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap(),
+        c.get(format!("{base}/nowhere")).send().await.unwrap(),
+        c.get(format!("{base}/health")).send().await.unwrap(),
+    ];
+    for (r, status) in answers.iter().zip([200, 401, 404, 200]) {
+        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(
+            r.headers()["strict-transport-security"],
+            "max-age=63072000; includeSubDomains",
+            "{status}"
+        );
+    }
+}
+
+/// `max_connections_per_ip` holds over TLS too: a connection past the cap is closed before any
+/// handshake work (no 429 body can be written without one), and the held ones keep working.
+#[tokio::test]
+async fn the_per_address_cap_holds_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate();
+    let (_mock, gw) =
+        start_tls_with(dir.path(), &cert, "1.2", "  max_connections_per_ip: 2\n").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let tls = handshake(gw.addr, trusting(&cert)).await;
+        held.push(tls.expect("a connection within the cap completes its handshake"));
+    }
+    let third = handshake(gw.addr, trusting(&cert)).await;
+    assert!(
+        third.is_err(),
+        "the third connection from one address got a handshake"
+    );
+    let s = &mut held[1];
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
 }

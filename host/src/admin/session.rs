@@ -66,7 +66,7 @@ fn forwarded_https(parts: &http::request::Parts) -> bool {
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| https(v))
+            .any(https)
     };
     says("x-forwarded-proto", &|v| {
         v.split(',')
