@@ -1030,10 +1030,10 @@ async fn cors_any_origin_and_credentials() {
         "  cors:\n    allow_origins: [\"*\"]\n    allow_credentials: true\n",
         "",
     );
-    let err = tollgate::config::Config::parse(&both, "test.yaml", Box::new(|_| None))
-        .err()
-        .expect("`*` with credentials is refused")
-        .to_string();
+    let Err(err) = tollgate::config::Config::parse(&both, "test.yaml", Box::new(|_| None)) else {
+        panic!("`*` with credentials is refused");
+    };
+    let err = err.to_string();
     assert!(err.contains("server.cors.allow_credentials"), "{err}");
 }
 
