@@ -35,6 +35,7 @@ fn invalid_configs_produce_their_golden_errors() {
             .args(["check", "--config", &name])
             .current_dir(&dir)
             .env_clear()
+            .envs(coverage_env())
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{name} must be rejected");
@@ -57,6 +58,7 @@ fn the_example_config_is_valid() {
         .args(["check", "--config", "policies.example.yaml"])
         .current_dir(repo_root())
         .env_clear()
+        .envs(coverage_env())
         .output()
         .unwrap();
     assert!(
@@ -76,6 +78,7 @@ fn key_id_is_the_hmac_of_the_key_and_matches_what_the_gateway_computes() {
         .args(["key-id", "--config", "policies.example.yaml"])
         .current_dir(&root)
         .env_clear()
+        .envs(coverage_env())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -232,6 +235,7 @@ async fn spawn_binary(
             level,
         ])
         .env_clear()
+        .envs(coverage_env())
         .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
@@ -540,6 +544,7 @@ async fn the_log_goes_to_rotated_files_within_the_total_size_cap() {
     let child = tokio::process::Command::new(BIN)
         .args(["run", "--config", path.to_str().unwrap()])
         .env_clear()
+        .envs(coverage_env())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -1004,4 +1009,12 @@ async fn an_open_plugin_breaker_refuses_a_flood_without_a_log_line_per_request()
     );
     let summaries: Vec<_> = lines.iter().filter(|l| l["refused"].is_u64()).collect();
     assert_eq!(summaries.len(), 1, "one summary within 10 s:\n{stderr}");
+}
+
+/// What a child process keeps of the environment when a test clears it: under
+/// `scripts/coverage.sh`, where its coverage profile goes (so the binary's runs are counted).
+fn coverage_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k == "LLVM_PROFILE_FILE")
+        .collect()
 }
