@@ -1087,3 +1087,234 @@ async fn response_headers_replace_the_defaults_and_an_empty_set_sends_none() {
     assert_eq!(refused.status(), 404);
     assert_eq!(header(&refused, "x-content-type-options"), "");
 }
+
+const OTHER_KEY: &str = "sk-other-client-key";
+
+/// [`yaml`] with a second key (`other`), a second route (`/v2/`) and `sections` appended.
+fn two_keys_two_routes(upstream: &str, sections: &str) -> String {
+    yaml(upstream, "", sections)
+        .replace(
+            &format!("    - name: tester\n      key: {CLIENT_KEY}\n"),
+            &format!(
+                "    - name: tester\n      key: {CLIENT_KEY}\n    - name: other\n      key: {OTHER_KEY}\n"
+            ),
+        )
+        .replace(
+            "routes:\n",
+            "routes:\n  - path_prefix: /v2/\n    upstreams: [u0]\n",
+        )
+}
+
+/// One request with `key` for `model` to `path` on `gw`; its status.
+async fn status_of(gw: &TestGateway, path: &str, key: &str, model: &str) -> u16 {
+    client()
+        .post(gw.url(path))
+        .bearer_auth(key)
+        .json(&json!({"model": model, "messages": []}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The scopes of docs/limits.md: `by: key-model` keeps a bucket per key and model, `routes:`
+/// limits only those routes, `keys:` only those keys. Each limit allows one request an hour.
+#[tokio::test]
+async fn key_model_route_and_key_scopes_decide_what_a_limit_counts() {
+    let mock = MockUpstream::start().await;
+    let one = "rate: 1/h, burst: 0";
+    let gw = TestGateway::start(&two_keys_two_routes(
+        &mock.url(),
+        &format!("limits:\n  requests:\n    - {{name: per-model, by: key-model, {one}, routes: [/v1/]}}\n    - {{name: v2-only, by: ip, {one}, routes: [/v2/]}}\n    - {{name: other-only, by: key, {one}, keys: [other], routes: [/v2/]}}"),
+    ))
+    .await;
+    let v1 = "/v1/chat/completions";
+    let v2 = "/v2/chat/completions";
+    // key-model: one bucket per (key, model).
+    assert_eq!(status_of(&gw, v1, CLIENT_KEY, "a").await, 200);
+    assert_eq!(status_of(&gw, v1, CLIENT_KEY, "a").await, 429);
+    assert_eq!(status_of(&gw, v1, CLIENT_KEY, "b").await, 200);
+    assert_eq!(status_of(&gw, v1, OTHER_KEY, "a").await, 200);
+    // routes: the per-ip limit counts /v2/ only (the /v1/ requests above did not use it).
+    assert_eq!(status_of(&gw, v2, CLIENT_KEY, "a").await, 200);
+    assert_eq!(status_of(&gw, v2, CLIENT_KEY, "b").await, 429);
+    // keys: `other-only` counts `other` alone — but /v2/ is now spent by address anyway, so
+    // the key scope is seen from another address.
+    let from = |local: &'static str, key: &'static str| {
+        let url = gw.url(v2);
+        async move {
+            client_from(local)
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": "a", "messages": []}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(from("127.0.0.31", OTHER_KEY).await, 200);
+    // `other` is spent by key now: from a third address (its own per-ip bucket) it is refused…
+    assert_eq!(from("127.0.0.32", OTHER_KEY).await, 429);
+    // …while `tester`, which `other-only` does not count, passes from a fresh address.
+    assert_eq!(from("127.0.0.33", CLIENT_KEY).await, 200);
+}
+
+/// When several limits apply and one refuses, the others are refunded (nginx does the same with
+/// several `limit_req`): a request refused by a tight route limit costs nothing of the key's.
+#[tokio::test]
+async fn a_request_one_limit_refuses_is_refunded_to_the_others() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&two_keys_two_routes(
+        &mock.url(),
+        "limits:\n  requests:\n    - {name: per-key, by: key, rate: 1/h, burst: 4}\n    - {name: v1-tight, by: key, rate: 1/h, burst: 0, routes: [/v1/]}",
+    ))
+    .await;
+    let (v1, v2) = ("/v1/chat/completions", "/v2/chat/completions");
+    assert_eq!(status_of(&gw, v1, CLIENT_KEY, "m").await, 200);
+    for _ in 0..3 {
+        assert_eq!(status_of(&gw, v1, CLIENT_KEY, "m").await, 429);
+    }
+    // per-key had 5; one was used. Without refunds the three refused would have taken three
+    // more, leaving one.
+    for i in 0..4 {
+        assert_eq!(
+            status_of(&gw, v2, CLIENT_KEY, "m").await,
+            200,
+            "request {i}"
+        );
+    }
+    assert_eq!(status_of(&gw, v2, CLIENT_KEY, "m").await, 429);
+}
+
+/// Two gateways on one Redis share a request limit: burst 4 (five at once) is five in all.
+/// With Redis gone each falls back to its own buckets: still limited, never open.
+#[tokio::test]
+async fn a_request_limit_is_cluster_wide_on_redis_and_per_gateway_without_it() {
+    let (mut redis, mock) = (Redis::start(), MockUpstream::start().await);
+    let yaml = yaml(
+        &mock.url(),
+        "",
+        &format!(
+            "limits:\n  requests:\n    - {{name: per-key, by: key, rate: 1/h, burst: 4}}\nstorage:\n  cache: {}\n  op_timeout: 500ms",
+            redis.url()
+        ),
+    );
+    let (a, b) = (
+        TestGateway::start(&yaml).await,
+        TestGateway::start(&yaml).await,
+    );
+    let path = "/v1/chat/completions";
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        statuses.push(status_of(gw, path, CLIENT_KEY, "m").await);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+
+    redis.kill9();
+    // Each gateway now has its own bucket of five, fresh (the shared one is unreachable).
+    for gw in [&a, &b] {
+        let mut ok = 0;
+        for _ in 0..7 {
+            if status_of(gw, path, CLIENT_KEY, "m").await == 200 {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 5, "per gateway without Redis");
+    }
+}
+
+/// A reservation that could never fit the token limit is refused at once with a clear message
+/// and `Retry-After: 60`, whatever the bucket holds.
+#[tokio::test]
+async fn a_reservation_over_the_token_limits_capacity_is_refused() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(
+        &mock.url(),
+        "",
+        "limits:\n  tokens:\n    - {name: small, by: key, tokens: 100/m}",
+    ))
+    .await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&json!({"model": "m", "max_tokens": 1000, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after"), "60");
+    let err: Value = r.json().await.unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than the token limit \"small\" of 100 allows at all"),
+        "{err}"
+    );
+    assert_eq!(mock.requests(), 0);
+    // Nothing was taken: a request that fits passes.
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&json!({"model": "m", "max_tokens": 10, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Buckets survive a config reload unless the limit's name or parameters change.
+#[tokio::test]
+async fn request_buckets_survive_a_reload_unless_the_limit_changes() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    let limited = |burst: u32| {
+        yaml(
+            &mock.url(),
+            "",
+            &format!(
+                "limits:\n  requests:\n    - {{name: per-key, by: key, rate: 1/h, burst: {burst}}}"
+            ),
+        )
+    };
+    std::fs::write(&path, limited(1)).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    let chat = "/v1/chat/completions";
+    assert_eq!(status_of(&gw, chat, CLIENT_KEY, "m").await, 200);
+    assert_eq!(status_of(&gw, chat, CLIENT_KEY, "m").await, 200);
+    assert_eq!(status_of(&gw, chat, CLIENT_KEY, "m").await, 429);
+    // The same limit, another change (a comment): the bucket is kept.
+    gw.gateway
+        .reload(
+            &tollgate::config::Config::parse(
+                &(limited(1) + "# touched\n"),
+                "gw.yaml",
+                Box::new(|_| None),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&gw, chat, CLIENT_KEY, "m").await,
+        429,
+        "kept across the reload"
+    );
+    // A changed burst is a new limit: a fresh bucket.
+    gw.gateway
+        .reload(
+            &tollgate::config::Config::parse(&limited(2), "gw.yaml", Box::new(|_| None)).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&gw, chat, CLIENT_KEY, "m").await,
+        200,
+        "a new limit starts full"
+    );
+}
