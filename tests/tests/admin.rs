@@ -1788,3 +1788,43 @@ async fn the_console_is_served_with_a_strict_policy_and_versioned_assets() {
     let (status, _) = error_of(http.get(gw.url("/admin/ui/")).send().await.unwrap()).await;
     assert_eq!(status, 404);
 }
+
+/// docs/admin.md: a stored live setting stays in force across a restart (it lives in the
+/// database, and beats the file until changed again).
+#[tokio::test]
+async fn live_settings_survive_a_restart() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = admin_yaml(&mock.url(), "").replace(
+        "logging:",
+        &format!(
+            "storage:\n  database: sqlite://{}\nlogging:",
+            dir.path().join("state.db").display()
+        ),
+    );
+    {
+        let gw = TestGateway::start(&yaml).await;
+        let admin = Admin::new(gw.admin_addr.unwrap());
+        let token = admin.token().await;
+        let resp = admin
+            .send(
+                reqwest::Method::PUT,
+                &token,
+                "/settings",
+                Some(r#"{"alert_threshold": 17, "archive_days": 9}"#),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        gw.gateway.stores.flush().await;
+    }
+    let gw = TestGateway::start(&yaml).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    let after: Value = admin.get(&token, "/settings").await.json().await.unwrap();
+    assert_eq!(
+        (&after["alert_threshold"], &after["archive_days"]),
+        (&json!(17), &json!(9)),
+        "{after}"
+    );
+    assert_eq!(gw.gateway.stores.settings().alert_threshold, 17);
+}

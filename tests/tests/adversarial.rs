@@ -886,6 +886,59 @@ async fn underscore_aliases_and_obs_text_never_reach_the_upstream() {
     assert_eq!(mock.requests(), 1, "only the HTTP/1 request above");
 }
 
+/// `http2_max_streams` is what the gateway advertises (SETTINGS_MAX_CONCURRENT_STREAMS), and a
+/// client is held to it: with 3 allowed and 3 streams open, a fourth waits for one to end.
+/// (A client that ignores the setting gets REFUSED_STREAM from hyper's h2; the `h2` crate used
+/// here cannot be made to ignore it.)
+#[tokio::test]
+async fn http2_max_streams_is_advertised_and_held() {
+    let (_mock, gw) = setup("  http2_max_streams: 3").await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut h2 = h2.ready().await.unwrap();
+    let stream = |h2: &mut h2::client::SendRequest<bytes::Bytes>| {
+        let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+            .header("authorization", format!("Bearer {CLIENT_KEY}"))
+            .header("content-type", "application/json")
+            .header("x-mock-events", "20")
+            .header("x-mock-delay-ms", "50")
+            .body(())
+            .unwrap();
+        let (resp, mut body) = h2.send_request(req, false).unwrap();
+        body.send_data(
+            bytes::Bytes::from_static(br#"{"model":"m","stream":true,"messages":[]}"#),
+            true,
+        )
+        .unwrap();
+        resp
+    };
+    // The first answer's head: the server's SETTINGS have arrived by then.
+    let first = stream(&mut h2).await.unwrap();
+    assert_eq!(h2.current_max_send_streams(), 3, "the advertised limit");
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        h2 = h2.ready().await.unwrap();
+        open.push(stream(&mut h2));
+    }
+    // A fourth stream waits (the client holds it back) while three are open (~1 s each)…
+    h2 = h2.ready().await.unwrap();
+    let mut fourth = Box::pin(stream(&mut h2));
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut fourth).await;
+    assert!(
+        early.is_err(),
+        "a fourth stream was answered while three were open"
+    );
+    // …and goes when one ends.
+    let mut body = first.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let answered = tokio::time::timeout(Duration::from_secs(3), fourth).await;
+    assert_eq!(answered.expect("never answered").unwrap().status(), 200);
+}
+
 #[tokio::test]
 async fn http2_clients_that_cancel_accepted_streams_get_goaway() {
     let (mock, gw) = setup("  http2_max_cancels: 50").await;

@@ -457,6 +457,16 @@ async fn a_strict_token_limit_ends_an_overrunning_stream() {
         "the upstream streams were not all cancelled: {}",
         mock.cancelled()
     );
+    // Operators see them as `cut`, not as complete or aborted.
+    let series = "tollgate_requests_total{outcome=\"cut\",route=\"/v1/\",status_class=\"2xx\",upstream=\"u0\"} 10";
+    assert!(
+        eventually_async(Duration::from_secs(2), || async {
+            gw.metrics().await.contains(series)
+        })
+        .await,
+        "{}",
+        gw.metrics().await
+    );
 }
 
 /// `max_in_flight`: a second request waits for no one — it is refused while the first runs, and

@@ -101,3 +101,34 @@ async fn a_cache_directory_others_may_write_is_not_used_and_the_gateway_still_st
         "nothing written"
     );
 }
+
+/// `plugin_cache: off`: nothing is written or read; every start compiles the module afresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_cache_off_every_start_compiles() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("rotate.wasm");
+    std::fs::copy(plugins::wasm("tollgate_round_robin"), &module).unwrap();
+    let unused = dir.path().join("unused");
+    let config = dir.path().join("gateway.yaml");
+    let text = yaml(&up.url(), &module, "{}", &unused).replace(
+        &format!("plugin_cache: {}", unused.display()),
+        "plugin_cache: off",
+    );
+    assert!(text.contains("plugin_cache: off"));
+    std::fs::write(&config, text).unwrap();
+    for start in 0..2 {
+        let gw = TestGateway::start_file(&config).await;
+        assert_eq!(origin(&gw), CodeOrigin::Compiled, "start {start}");
+        serves(&gw).await;
+    }
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        2,
+        "only the module and the config: {entries:?}"
+    );
+}
