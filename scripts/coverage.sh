@@ -19,6 +19,13 @@ command -v cargo-llvm-cov >/dev/null || cargo install cargo-llvm-cov --locked
 source <(cargo llvm-cov show-env --export-prefix)
 cargo llvm-cov clean --workspace
 cargo test --workspace --locked --no-fail-fast || echo "coverage: some tests failed; the report covers what ran" >&2
+# cargo-llvm-cov maps only binaries named like a workspace package; the binary the CLI tests
+# run (and the mock upstream) are added by hand, so their runs count.
+objects=""
+for bin in tollgate-under-test mock-upstream; do
+  [ -x "target/debug/$bin" ] && objects="$objects -object=$PWD/target/debug/$bin"
+done
+export LLVM_COV_FLAGS="${LLVM_COV_FLAGS:-}$objects" CARGO_LLVM_COV_FLAGS="${CARGO_LLVM_COV_FLAGS:-}$objects"
 cargo llvm-cov report --summary-only
 if [ -n "${HTML:-}" ]; then
   cargo llvm-cov report --html

@@ -368,3 +368,30 @@ pub async fn stream_at(url: &str, events: u32, delay_ms: u64) -> reqwest::Respon
         .await
         .expect("the gateway answers")
 }
+
+/// Opens an HTTP/2 streaming chat completion on `h2` (a connection to the gateway at `addr`) with
+/// the test key, asking the mock upstream for `events` events `delay_ms` apart; the answer's
+/// future.
+pub fn h2_chat_stream(
+    h2: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: SocketAddr,
+    events: u32,
+    delay_ms: u64,
+) -> h2::client::ResponseFuture {
+    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("content-type", "application/json")
+        .header("x-mock-events", events.to_string())
+        .header("x-mock-delay-ms", delay_ms.to_string())
+        .body(())
+        .expect("a valid request");
+    let (resp, mut body) = h2
+        .send_request(req, false)
+        .expect("the connection takes a stream");
+    body.send_data(
+        bytes::Bytes::from_static(br#"{"model":"m","stream":true,"messages":[]}"#),
+        true,
+    )
+    .expect("the body is sent");
+    resp
+}

@@ -897,22 +897,8 @@ async fn http2_max_streams_is_advertised_and_held() {
     let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
     let mut h2 = h2.ready().await.unwrap();
-    let stream = |h2: &mut h2::client::SendRequest<bytes::Bytes>| {
-        let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
-            .header("authorization", format!("Bearer {CLIENT_KEY}"))
-            .header("content-type", "application/json")
-            .header("x-mock-events", "20")
-            .header("x-mock-delay-ms", "50")
-            .body(())
-            .unwrap();
-        let (resp, mut body) = h2.send_request(req, false).unwrap();
-        body.send_data(
-            bytes::Bytes::from_static(br#"{"model":"m","stream":true,"messages":[]}"#),
-            true,
-        )
-        .unwrap();
-        resp
-    };
+    let stream =
+        |h2: &mut h2::client::SendRequest<bytes::Bytes>| h2_chat_stream(h2, gw.addr, 20, 50);
     // The first answer's head: the server's SETTINGS have arrived by then.
     let first = stream(&mut h2).await.unwrap();
     assert_eq!(h2.current_max_send_streams(), 3, "the advertised limit");

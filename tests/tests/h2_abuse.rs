@@ -236,20 +236,7 @@ async fn a_malformed_request_does_not_cut_other_streams() {
     let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);
     // Stream 1: a stream that takes ~1 s.
-    let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
-        .header("authorization", format!("Bearer {CLIENT_KEY}"))
-        .header("content-type", "application/json")
-        .header("x-mock-events", "10")
-        .header("x-mock-delay-ms", "100")
-        .body(())
-        .unwrap();
-    let (resp, mut body) = h2.send_request(req, false).unwrap();
-    body.send_data(
-        bytes::Bytes::from_static(br#"{"model":"m","stream":true,"messages":[]}"#),
-        true,
-    )
-    .unwrap();
-    let resp = resp.await.unwrap();
+    let resp = h2_chat_stream(&mut h2, gw.addr, 10, 100).await.unwrap();
     assert_eq!(resp.status(), 200);
     // Meanwhile a malformed request on the same connection, written by hand: `content-length`
     // that contradicts the body (RFC 9113 §8.1.1 malformed).

@@ -648,13 +648,12 @@ async fn upstream_credentials_and_base_paths_are_presented_as_configured() {
     assert_eq!(h["x-api-key"], UPSTREAM_CREDENTIAL);
     assert!(h.get("authorization").is_none(), "{h:?}");
 
-    let resp = client()
-        .post(gw.url("/bare/v1/chat/completions?x=1"))
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(
+        &client(),
+        &gw.url("/bare/v1/chat/completions?x=1"),
+        CLIENT_KEY,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let h = mock.last_headers();
     assert!(
@@ -739,13 +738,12 @@ async fn an_upstream_that_never_accepts_is_given_up_after_timeouts_connect() {
     assert_eq!(mock.requests(), 1);
 
     let start = Instant::now();
-    let resp = client()
-        .post(gw.url("/only-hole/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(
+        &client(),
+        &gw.url("/only-hole/v1/chat/completions"),
+        CLIENT_KEY,
+    )
+    .await;
     let took = start.elapsed();
     assert_eq!(resp.status(), 502);
     let err: Value = resp.json().await.unwrap();
