@@ -1328,3 +1328,95 @@ async fn request_buckets_survive_a_reload_unless_the_limit_changes() {
         "a new limit starts full"
     );
 }
+
+/// `limits.estimate`, as docs/limits.md orders it: `max_completion_tokens`, else `max_tokens`,
+/// else `max_output_tokens`, else `default_max_tokens`, plus the body's bytes / 4. Read from
+/// `x-ratelimit-remaining-tokens` of each first request on a fresh gateway (1000 tokens an hour,
+/// so nothing refills meanwhile).
+#[tokio::test]
+async fn a_reservation_takes_the_first_budget_the_request_names() {
+    let mock = MockUpstream::start().await;
+    let sections = "limits:\n  tokens:\n    - {name: tph, by: key, tokens: 1000/h}\n  estimate: {default_max_tokens: 77, clamp: false}";
+    for (body, completion) in [
+        (
+            json!({"model": "m", "max_completion_tokens": 50, "max_tokens": 500, "messages": []}),
+            50,
+        ),
+        (
+            json!({"model": "m", "max_tokens": 500, "max_output_tokens": 60, "messages": []}),
+            500,
+        ),
+        (
+            json!({"model": "m", "max_output_tokens": 60, "messages": []}),
+            60,
+        ),
+        (json!({"model": "m", "messages": []}), 77),
+    ] {
+        let gw = TestGateway::start(&yaml(&mock.url(), "", sections)).await;
+        let r = post(&client(), &gw, &body).await;
+        assert_eq!(r.status(), 200);
+        let prompt = (body.to_string().len() as i64 + 3) / 4;
+        let remaining: i64 = header(&r, "x-ratelimit-remaining-tokens").parse().unwrap();
+        let want = 1000 - completion - prompt;
+        assert!(
+            (remaining - want).abs() <= 1,
+            "{body}: {remaining} left, expected {want}"
+        );
+    }
+}
+
+/// An answer that reports no usage keeps its whole reservation (nothing says what it cost); a
+/// request the gateway answered itself (here 502: its upstream refuses connections) gets its
+/// reservation back.
+#[tokio::test]
+async fn no_usage_keeps_the_reservation_and_a_gateway_answer_refunds_it() {
+    let mock = MockUpstream::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let yaml = yaml(
+        &mock.url(),
+        "",
+        "limits:\n  tokens:\n    - {name: tph, by: key, tokens: 1000/h}\n  estimate: {default_max_tokens: 100, clamp: false}",
+    )
+    .replace(
+        "routes:\n",
+        &format!("  - name: dead\n    url: {dead}\nroutes:\n  - path_prefix: /dead/\n    upstreams: [dead]\n"),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let remaining = |r: &reqwest::Response| -> i64 {
+        header(r, "x-ratelimit-remaining-tokens").parse().unwrap()
+    };
+    let body = json!({"model": "m", "max_tokens": 100, "messages": []});
+    let reserve = 100 + (body.to_string().len() as i64 + 3) / 4;
+
+    // A gateway answer: reserved, then all of it back.
+    let refused = c
+        .post(gw.url("/dead/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 502);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A stream that reports no usage (no `stream_options.include_usage`): kept whole.
+    let stream = json!({"model": "m", "max_tokens": 100, "stream": true, "messages": []});
+    let stream_reserve = 100 + (stream.to_string().len() as i64 + 3) / 4;
+    let s = post(&c, &gw, &stream).await;
+    let after_stream = remaining(&s);
+    assert!(
+        (after_stream - (1000 - stream_reserve)).abs() <= 1,
+        "the 502 was refunded: {after_stream} left"
+    );
+    let text = s.text().await.unwrap();
+    assert!(!text.contains("\"usage\""), "the stream reported no usage");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = post(&c, &gw, &body).await;
+    let left = remaining(&next);
+    assert!(
+        (left - (1000 - stream_reserve - reserve)).abs() <= 1,
+        "the usage-less stream kept its reservation: {left} left"
+    );
+}

@@ -500,3 +500,36 @@ async fn a_dry_run_ip_binding_makes_no_binding() {
     let bound = e.stores().binding(&req.key_id).await.unwrap();
     assert!(bound.is_some_and(|b| b.cidr.to_string() == format!("{}/32", req.client_ip_text)));
 }
+
+/// `max_calls`: an instance serves that many calls and is then replaced, bounding what a plugin
+/// can accumulate. With 3, nine calls in a row take three instances (the one `validate` made,
+/// then two more); without the limit one instance serves them all.
+#[tokio::test]
+async fn an_instance_is_replaced_after_max_calls() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let e = engine().await;
+    for (max_calls, instances) in [(3, 3), (1000, 1)] {
+        let p = e
+            .load(
+                &wasm("tollgate_hostile"),
+                tollgate::policy::PluginSpec {
+                    max_calls,
+                    ..spec("ok", PluginKind::Router, r#"{"behaviour":"ok"}"#)
+                },
+            )
+            .unwrap();
+        p.validate().await.unwrap();
+        for i in 0..9 {
+            assert!(
+                p.select(&request(&format!("r{i}")), &candidates())
+                    .await
+                    .is_ok()
+            );
+        }
+        assert_eq!(
+            p.stats.instantiations.load(Relaxed),
+            instances,
+            "max_calls {max_calls}"
+        );
+    }
+}
