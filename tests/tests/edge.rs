@@ -403,6 +403,24 @@ async fn requests_without_a_budget_are_forwarded_with_the_reserved_one() {
                 used > 1000,
                 "without the clamp the budget is overrun: {used}"
             );
+            // The overrun is charged as debt: the next request waits, on either gateway, about
+            // as long as the overrun takes to refill at 1000 a minute (less what refilled while
+            // the test ran).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let next = post(
+                &client(),
+                &b,
+                &json!({"model": "m", "max_tokens": 1, "messages": []}),
+            )
+            .await;
+            assert_eq!(next.status(), 429, "the debt is not charged");
+            let wait: f64 = header(&next, "retry-after").parse().unwrap();
+            let overrun_secs = (used - 1000) as f64 / (1000.0 / 60.0);
+            assert!(
+                wait >= overrun_secs - 10.0 && wait <= overrun_secs + 10.0,
+                "retry-after {wait} s for an overrun of {} tokens",
+                used - 1000
+            );
         }
     }
 }
