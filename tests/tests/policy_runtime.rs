@@ -533,3 +533,35 @@ async fn an_instance_is_replaced_after_max_calls() {
         );
     }
 }
+
+/// What docs/plugins.md says the sandbox denies, a real component tries and is refused: files
+/// (read, list, write), the environment, arguments and the network. Stdout is a sink: a write
+/// succeeds and goes nowhere.
+#[tokio::test]
+async fn the_sandbox_denies_files_environment_and_network_to_a_guest_that_tries() {
+    let e = engine().await;
+    let p = e
+        .load(
+            &wasm("tollgate_hostile"),
+            spec("escape", PluginKind::Router, r#"{"behaviour":"escape"}"#),
+        )
+        .unwrap();
+    p.validate().await.unwrap();
+    let text = match p.select(&request("escape"), &candidates()).await {
+        Ok(RouteDecision::None(text)) => text,
+        other => panic!("{other:?}"),
+    };
+    let outcomes: std::collections::BTreeMap<&str, &str> =
+        text.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(outcomes.len(), 7, "{text}");
+    for (what, outcome) in &outcomes {
+        if *what == "stdout" {
+            assert_eq!(*outcome, "ok:written", "stdout is a sink");
+        } else {
+            assert!(
+                outcome.starts_with("denied:"),
+                "{what} was not denied: {outcome}"
+            );
+        }
+    }
+}

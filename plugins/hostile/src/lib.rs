@@ -1,8 +1,10 @@
 //! Test fixture for the sandbox: a router whose `select` misbehaves as its config says, so the
 //! host's limits (deadline, memory, traps) can be tested against a real component.
-//! `{"behaviour": "ok" | "loop" | "grow" | "trap" | "reject-config" | "loop-in-configure" | "wasi"}`;
-//! `loop-in-configure` never returns from `configure`; `wasi` answers
-//! `none("<wall clock seconds> <a random u64>")` read through WASI, to show what the sandbox grants.
+//! `{"behaviour": "ok" | "loop" | "grow" | "trap" | "reject-config" | "loop-in-configure" | "wasi"
+//! | "escape"}`; `loop-in-configure` never returns from `configure`; `wasi` answers
+//! `none("<wall clock seconds> <a random u64>")` read through WASI, to show what the sandbox
+//! grants; `escape` tries what it must not get — a file, the environment, the network, stdout —
+//! and answers `none` with what each attempt came to, one `name=outcome` per line.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -19,6 +21,7 @@ enum Behaviour {
     RejectConfig,
     LoopInConfigure,
     Wasi,
+    Escape,
 }
 
 #[derive(Deserialize)]
@@ -39,6 +42,7 @@ impl Plugin for Hostile {
             Behaviour::Grow => 2,
             Behaviour::Trap => 3,
             Behaviour::Wasi => 4,
+            Behaviour::Escape => 5,
             Behaviour::RejectConfig => {
                 return Err("this configuration is refused on purpose".into());
             }
@@ -81,9 +85,60 @@ impl Router for Hostile {
                 let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
                 RouteDecision::None(format!("{secs} {random}"))
             }
+            5 => RouteDecision::None(escape_attempts()),
             _ => RouteDecision::Pick((0..candidates.len() as u32).collect()),
         }
     }
+}
+
+/// Tries each thing the sandbox denies; `name=ok:<what it got>` or `name=denied:<error>`.
+fn escape_attempts() -> String {
+    use std::io::Write;
+    let outcome = |r: Result<String, String>| match r {
+        Ok(got) => format!("ok:{got}"),
+        Err(e) => format!("denied:{e}"),
+    };
+    let file = std::fs::read_to_string("/etc/hostname").map_err(|e| e.to_string());
+    let dir = std::fs::read_dir("/")
+        .map(|d| d.count().to_string())
+        .map_err(|e| e.to_string());
+    let write = std::fs::write("escape.txt", b"x")
+        .map(|()| "written".to_string())
+        .map_err(|e| e.to_string());
+    let env = {
+        let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+        if vars.is_empty() {
+            Err("no variables".to_string())
+        } else {
+            Ok(vars.join(","))
+        }
+    };
+    let args = if std::env::args().count() == 0 {
+        Err("no arguments".to_string())
+    } else {
+        Ok(std::env::args().collect::<Vec<_>>().join(" "))
+    };
+    let net = std::net::TcpStream::connect("127.0.0.1:9")
+        .map(|_| "connected".to_string())
+        .map_err(|e| e.to_string());
+    let stdout = std::io::stdout()
+        .write_all(b"escaped\n")
+        .and_then(|()| std::io::stdout().flush())
+        .map(|()| "written".to_string())
+        .map_err(|e| e.to_string());
+    [
+        ("file", file),
+        ("dir", dir),
+        ("write", write),
+        ("env", env),
+        ("args", args),
+        ("net", net),
+        ("stdout", stdout),
+    ]
+    .into_iter()
+    .map(|(name, r)| format!("{name}={}", outcome(r)))
+    .collect::<Vec<_>>()
+    .join("\n")
 }
 
 tollgate_sdk::export!(Hostile);
