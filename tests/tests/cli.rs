@@ -821,7 +821,9 @@ async fn the_access_log_has_one_line_per_request_with_its_fields_and_outcome() {
         .replace(
             "logging:\n  access_log: false\n",
             "logging:\n  access_log: true\n",
-        );
+        )
+        // A strict token limit, large enough to stop only the stream that asks to be cut.
+        + "limits:\n  tokens:\n    - {name: strict, by: key, tokens: 1000000/m, enforce: strict}\n";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -855,6 +857,19 @@ async fn the_access_log_has_one_line_per_request_with_its_fields_and_outcome() {
     let upstream_aborted = id(&stalled);
     let _ = stalled.bytes().await;
 
+    // A stream that passes its 3-token budget is cut by the strict limit.
+    let over = http
+        .post(&url)
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-events", "50")
+        .header("x-mock-delay-ms", "10")
+        .json(&serde_json::json!({"model": "m", "stream": true, "max_tokens": 3, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let cut = id(&over);
+    let _ = over.bytes().await;
+
     // Every request has ended; let the last lines out, then stop the gateway to read its log.
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(&child, "-TERM");
@@ -878,12 +893,13 @@ async fn the_access_log_has_one_line_per_request_with_its_fields_and_outcome() {
         );
         found[0].clone()
     };
-    assert_eq!(lines.len(), 4, "one line per request:\n{stderr}");
+    assert_eq!(lines.len(), 5, "one line per request:\n{stderr}");
     for (rid, status, outcome) in [
         (&complete, 200, "complete"),
         (&refused, 401, "refused"),
         (&client_aborted, 200, "client_aborted"),
         (&upstream_aborted, 200, "upstream_aborted"),
+        (&cut, 200, "cut"),
     ] {
         let l = line(rid);
         assert_eq!(
@@ -895,6 +911,9 @@ async fn the_access_log_has_one_line_per_request_with_its_fields_and_outcome() {
         assert_eq!(l["path"], "/v1/chat/completions", "{l}");
         assert_eq!(l["client_ip"], "127.0.0.1", "{l}");
         assert!(l["total_ms"].as_f64().is_some_and(|t| t > 0.0), "{l}");
+        if outcome == "cut" {
+            assert_eq!(l["error"], "token_limit_exceeded", "{l}");
+        }
         if outcome == "refused" {
             assert_eq!(l["error"], "invalid_api_key", "{l}");
             assert!(l.get("upstream").is_none() && l.get("key").is_none(), "{l}");
