@@ -682,7 +682,10 @@ async fn admin_hash_password_prints_a_hash_that_logs_in() {
 async fn ip_deny_from_the_command_line_reaches_a_running_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let mock = MockUpstream::start().await;
-    let yaml = config_yaml(&[mock.url()], "") + "storage:\n  database: sqlite://gw.db\n";
+    // A generous op_timeout: the CLI and the gateway share the SQLite file on a loaded machine, and
+    // this test is about the change reaching the gateway, not about timeouts.
+    let yaml = config_yaml(&[mock.url()], "")
+        + "storage:\n  database: sqlite://gw.db\n  op_timeout: 10s\n";
     let config = dir.path().join("gw.yaml");
     std::fs::write(&config, &yaml).unwrap();
     let gw = TestGateway::start_file(&config).await;
