@@ -79,6 +79,9 @@ fn has_crit_header(token: &str) -> bool {
         .map_or(true, |h| h.contains_key("crit"))
 }
 
+/// Admin user name → argon2 PHC string.
+pub type AdminUsers = HashMap<String, String>;
+
 /// What a login attempt came to.
 #[derive(Debug)]
 pub enum Login {
@@ -97,7 +100,7 @@ pub struct AdminAuth {
     allow: Vec<Cidr>,
     /// User name → argon2 PHC string; replaced at each reload ([`AdminAuth::set_users`]), so a
     /// user removed from the config can neither log in nor use a token they already have.
-    users: arc_swap::ArcSwap<HashMap<String, String>>,
+    users: arc_swap::ArcSwap<AdminUsers>,
     /// Verified for unknown users so they take as long as known ones.
     dummy_hash: String,
     encoding: EncodingKey,
@@ -141,7 +144,7 @@ impl AdminAuth {
 
     /// The users of `c` with their password hashes: plain passwords hashed, and the demo
     /// password refused off loopback (also when it is given as a hash).
-    pub fn users_of(c: &AdminConfig) -> Result<HashMap<String, String>, String> {
+    pub fn users_of(c: &AdminConfig) -> Result<AdminUsers, String> {
         let mut users = HashMap::new();
         let loopback = c.listen.0.ip().is_loopback();
         for (i, u) in c.users.iter().enumerate() {
@@ -165,7 +168,7 @@ impl AdminAuth {
     }
 
     /// Puts a reloaded config's users in service (from [`AdminAuth::users_of`]).
-    pub fn set_users(&self, users: HashMap<String, String>) {
+    pub fn set_users(&self, users: AdminUsers) {
         self.users.store(Arc::new(users));
     }
 

@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::get;
 
+use crate::admin::auth::{AdminAuth, AdminUsers};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::pipeline::route::Runtime;
 use crate::policy::PolicyEngine;
@@ -54,7 +55,7 @@ pub struct Gateway {
     /// Where the reloader takes requests from the admin API (set when it starts).
     pub(crate) reload_requests: std::sync::OnceLock<tokio::sync::mpsc::Sender<ReloadReply>>,
     /// The admin plane's users and tokens, once it serves: a reload replaces its users.
-    pub(crate) admin_auth: std::sync::OnceLock<Arc<crate::admin::auth::AdminAuth>>,
+    pub(crate) admin_auth: std::sync::OnceLock<Arc<AdminAuth>>,
     last_reload: std::sync::Mutex<Option<ReloadStatus>>,
 }
 
@@ -138,25 +139,7 @@ impl Gateway {
     pub async fn reload(&self, config: &Config) -> Result<(), Vec<ConfigError>> {
         let _serial = self.reload_lock.lock().await;
         let current = self.runtime();
-        // The admin plane's users (its listener and secret are kept until a restart).
-        let users = match self.admin_auth.get() {
-            Some(_) => crate::admin::auth::AdminAuth::users_of(&config.admin)
-                .map(Some)
-                .map_err(|message| {
-                    vec![ConfigError {
-                        path: "admin.users".into(),
-                        location: None,
-                        message,
-                    }]
-                }),
-            None => Ok(None),
-        };
-        let built = match users {
-            Ok(users) => runtime::build(config, &self.engine, Some(&current), &self.metrics)
-                .await
-                .map(|rt| (rt, users)),
-            Err(e) => Err(e),
-        };
+        let built = self.prepare(config, &current).await;
         let counter = match &built {
             Ok(_) => &self.metrics.reloads.ok,
             Err(_) => &self.metrics.reloads.failed,
@@ -168,6 +151,27 @@ impl Gateway {
             auth.set_users(users);
         }
         Ok(())
+    }
+
+    /// Everything a reload puts in service, built off the request path: the runtime, and the
+    /// admin plane's users when it serves (its listener and secret are kept until a restart).
+    async fn prepare(
+        &self,
+        config: &Config,
+        current: &Arc<Runtime>,
+    ) -> Result<(Runtime, Option<AdminUsers>), Vec<ConfigError>> {
+        let users = match self.admin_auth.get() {
+            None => None,
+            Some(_) => Some(AdminAuth::users_of(&config.admin).map_err(|message| {
+                vec![ConfigError {
+                    path: "admin.users".into(),
+                    location: None,
+                    message,
+                }]
+            })?),
+        };
+        let rt = runtime::build(config, &self.engine, Some(current), &self.metrics).await?;
+        Ok((rt, users))
     }
 
     /// The config snapshot a new request should use.

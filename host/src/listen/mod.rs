@@ -386,22 +386,13 @@ async fn accept_loop<H: Handler>(
 /// The answer to a stream opened after its connection cancelled too many (GOAWAY is on its way).
 fn abusive_refusal() -> Response {
     use http_body_util::BodyExt;
-    let body = crate::error::error_body(
+    crate::error::error_response(
+        http::StatusCode::SERVICE_UNAVAILABLE,
         "this connection cancelled too many streams and is closing; open a new one",
         "server_error",
         "too_many_cancelled_streams",
-    );
-    let mut resp = http::Response::new(
-        http_body_util::Full::new(bytes::Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
+    )
+    .map(|b| b.map_err(Into::into).boxed_unsync())
 }
 
 impl Shared {

@@ -46,6 +46,11 @@ if (ARGV[1] == '0' and cur == false) or (ARGV[1] == '1' and cur == ARGV[2]) then
 end
 return 0";
 
+/// `key` under this gateway's [`PREFIX`].
+fn cache_key(key: &str) -> String {
+    format!("{PREFIX}{key}")
+}
+
 /// The cache client; clones of its state go to the background probe.
 pub struct RedisKv(Arc<Inner>);
 
@@ -169,10 +174,6 @@ impl Inner {
         self.conn.store(Some(std::sync::Arc::new(conn.clone())));
         Ok(conn)
     }
-
-    fn key(key: &str) -> String {
-        format!("{PREFIX}{key}")
-    }
 }
 
 struct ProbeGuard<'a>(&'a AtomicBool);
@@ -219,13 +220,13 @@ async fn relay(client: redis::Client, channel: String, tx: mpsc::Sender<String>)
 #[async_trait::async_trait]
 impl Kv for RedisKv {
     async fn get(&self, key: &str) -> StoreResult<Option<String>> {
-        let k = Inner::key(key);
+        let k = cache_key(key);
         self.run(async |mut c| redis::cmd("GET").arg(&k).query_async(&mut c).await)
             .await
     }
 
     async fn set(&self, key: &str, value: &str, ttl_ms: Option<u64>) -> StoreResult<()> {
-        let k = Inner::key(key);
+        let k = cache_key(key);
         self.run(async |mut c| {
             let mut cmd = redis::cmd("SET");
             cmd.arg(&k).arg(value);
@@ -238,13 +239,13 @@ impl Kv for RedisKv {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        let k = Inner::key(key);
+        let k = cache_key(key);
         self.run(async |mut c| redis::cmd("DEL").arg(&k).query_async(&mut c).await)
             .await
     }
 
     async fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> StoreResult<i64> {
-        let k = Inner::key(key);
+        let k = cache_key(key);
         self.run(async |mut c| {
             self.incr
                 .key(&k)
@@ -263,7 +264,7 @@ impl Kv for RedisKv {
         new: &str,
         ttl_ms: Option<u64>,
     ) -> StoreResult<bool> {
-        let k = Inner::key(key);
+        let k = cache_key(key);
         let set: i64 = self
             .run(async |mut c| {
                 self.cas
@@ -280,7 +281,7 @@ impl Kv for RedisKv {
     }
 
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
-        let ch = Inner::key(channel);
+        let ch = cache_key(channel);
         self.run(async |mut c| {
             redis::cmd("PUBLISH")
                 .arg(&ch)
@@ -293,7 +294,7 @@ impl Kv for RedisKv {
     }
 
     async fn gcra(&self, key: &str, gcra: &Gcra, op: Op) -> StoreResult<Option<Decision>> {
-        let k = Inner::key(key);
+        let k = cache_key(key);
         let (name, n) = match op {
             Op::Take(n) => ("take", n as i64),
             Op::Adjust(d) => ("adjust", d),
@@ -319,7 +320,7 @@ impl Kv for RedisKv {
 
     fn subscribe(&self, channel: &str) -> Option<mpsc::Receiver<String>> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(relay(self.client.clone(), Inner::key(channel), tx));
+        tokio::spawn(relay(self.client.clone(), cache_key(channel), tx));
         Some(rx)
     }
 }

@@ -537,8 +537,6 @@ fn write_reset(out: &mut impl std::io::Write, us: u64) {
     };
 }
 
-/// The final event of a stream a strict token limit ended: OpenAI's error shape, which OpenAI
-/// and Anthropic clients both surface.
 /// The body member that caps the completion on this endpoint: OpenAI's chat completions take
 /// `max_completion_tokens` (its reasoning models refuse `max_tokens`), the Responses API
 /// `max_output_tokens`, legacy completions and Anthropic's messages `max_tokens`.
@@ -552,6 +550,8 @@ fn budget_member(path: &str) -> &'static str {
     }
 }
 
+/// The final event of a stream a strict token limit ended: OpenAI's error shape, which OpenAI
+/// and Anthropic clients both surface.
 fn cut_event(reserved: u64) -> Bytes {
     let body = crate::error::error_body(
         &format!(

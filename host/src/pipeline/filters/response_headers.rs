@@ -52,9 +52,7 @@ impl ResponseHeaders {
             headers.insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
     }
-}
 
-impl ResponseHeaders {
     /// The headers as HTTP/1 header lines, for an answer written without a `HeaderMap`.
     pub fn lines(&self, tls: bool) -> Vec<u8> {
         let mut map = HeaderMap::new();
