@@ -1346,6 +1346,49 @@ async fn queued_usage_and_intercepts_survive_a_database_outage() {
     );
 }
 
+/// The hand-off queue to the writer holds 65,536 intercepts: past it the new one is dropped and
+/// counted, never waited for. What the writer takes is written whole while the database is up,
+/// however many arrive between two flushes (a flood of refusals is written in batches of 10,000;
+/// only an outage drops the oldest).
+#[tokio::test]
+async fn the_intercept_hand_off_is_bounded_and_a_flood_is_written_whole() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let stores = open_stores(&StorageConfig {
+        flush_interval: CfgDuration(Duration::from_secs(3600)),
+        op_timeout: CfgDuration(Duration::from_secs(10)),
+        ..storage(
+            DatabaseUrl::Sqlite(dir.path().join("state.db")),
+            CacheUrl::Memory,
+        )
+    })
+    .await;
+    let dropped = || stores.stats.queue_full.load(Relaxed);
+    let now = unix_ms();
+    let intercept = |i: u64| Intercept {
+        at_ms: now + i,
+        key_id_prefix: key_id(0)[..12].to_owned(),
+        bound_cidr: Some("10.0.0.0/8".into()),
+        attempted_ip: "192.0.2.1".into(),
+        method: "POST".into(),
+        path: format!("/v1/{i}"),
+        reason: "ip_not_allowed".into(),
+    };
+    // No await in between: on this single-threaded runtime the writer cannot take any, so the
+    // queue fills and the last 7 are dropped.
+    for i in 0..65_536 + 7 {
+        stores.record_intercept(&key_id(0), intercept(i));
+    }
+    assert_eq!(dropped(), 7);
+    stores.flush().await;
+    assert_eq!(stores.stats.flush_failures.load(Relaxed), 0);
+    assert_eq!(dropped(), 7, "the writer dropped none of what it took");
+    let written = stores.database().intercepts(None, 100_000).await.unwrap();
+    assert_eq!(written.len(), 65_536);
+    assert_eq!(written.first().unwrap().path, "/v1/65535", "newest first");
+    assert_eq!(written.last().unwrap().path, "/v1/0");
+}
+
 /// The write queues are bounded: what overflows is dropped and counted (never waited for), and
 /// the rest is written. While the database is down the writer keeps the newest 10,000
 /// intercepts, and writes all of them within one `op_timeout` once it is back.

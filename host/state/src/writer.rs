@@ -22,7 +22,9 @@ use tollgate_config::AlertsConfig;
 
 use super::alerts::Webhook;
 
-/// Intercepts kept while the database is down; older ones are dropped beyond this.
+/// Intercepts kept between two flushes. Reaching it while the database is up writes them at once
+/// (a flood of refusals is written in batches of this size, not dropped); while the database is
+/// down the oldest is dropped instead.
 const MAX_PENDING_INTERCEPTS: usize = 10_000;
 
 pub(super) enum Event {
@@ -39,8 +41,12 @@ pub(super) struct Writer {
     stores: Weak<Stores>,
     alerts: Alerts,
     usage: HashMap<String, Usage>,
-    /// Intercepts not yet written, oldest first; at [`MAX_PENDING_INTERCEPTS`] the oldest goes.
+    /// Intercepts not yet written, oldest first; at [`MAX_PENDING_INTERCEPTS`] they are written,
+    /// or (the last write failed) the oldest goes.
     intercepts: VecDeque<Intercept>,
+    /// Whether the last write of intercepts failed: then a full buffer drops its oldest rather
+    /// than waiting `op_timeout` on every new intercept.
+    intercepts_failing: bool,
     /// Token usage summed per (hour, key, upstream, model) until the next flush.
     tokens: TokenSums,
 }
@@ -56,6 +62,7 @@ impl Writer {
             alerts: Alerts::new(alerts, client),
             usage: HashMap::new(),
             intercepts: VecDeque::new(),
+            intercepts_failing: false,
             tokens: TokenSums::default(),
         }
     }
@@ -128,6 +135,9 @@ impl Writer {
             intercept.bound_cidr = Some(b.cidr.to_string());
         }
         self.alerts.observe(&stores, key_id, &intercept).await;
+        if self.intercepts.len() >= MAX_PENDING_INTERCEPTS && !self.intercepts_failing {
+            self.write_intercepts(&stores).await;
+        }
         if self.intercepts.len() >= MAX_PENDING_INTERCEPTS {
             self.intercepts.pop_front();
             stores
@@ -170,16 +180,25 @@ impl Writer {
             }
         }
         if !self.intercepts.is_empty() {
-            match stores
-                .db
-                .record_intercepts(self.intercepts.make_contiguous())
-                .await
-            {
-                Ok(()) => self.intercepts.clear(),
-                Err(e) => {
-                    stores.flush_failed();
-                    tracing::warn!(target: "state", error = %e, pending = self.intercepts.len(), "intercept flush failed; will retry");
-                }
+            self.write_intercepts(&stores).await;
+        }
+    }
+
+    /// Writes the pending intercepts; on failure keeps them for the next try.
+    async fn write_intercepts(&mut self, stores: &Stores) {
+        match stores
+            .db
+            .record_intercepts(self.intercepts.make_contiguous())
+            .await
+        {
+            Ok(()) => {
+                self.intercepts.clear();
+                self.intercepts_failing = false;
+            }
+            Err(e) => {
+                stores.flush_failed();
+                self.intercepts_failing = true;
+                tracing::warn!(target: "state", error = %e, pending = self.intercepts.len(), "intercept flush failed; will retry");
             }
         }
     }
