@@ -301,3 +301,120 @@ async fn a_malformed_header_resets_its_stream_only() {
     .is_some();
     assert!(answered, "stream 1 was never answered");
 }
+
+/// `timeouts.http2_keepalive`: a peer that sends nothing for the interval gets a PING, and one
+/// that does not answer it within `http2_keepalive_timeout` is closed as dead, its exchange
+/// cancelled upstream (here: a request whose answer would take 20 s).
+#[tokio::test]
+async fn a_silent_peer_gets_a_ping_and_is_closed_when_it_never_answers() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&config_yaml(
+        &[mock.url()],
+        "  timeouts: {http2_keepalive: 1s, http2_keepalive_timeout: 1s}",
+    ))
+    .await;
+    let mut tcp = open(&gw).await;
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    block.extend(literal(0x04, "/v1/chat/completions"));
+    block.extend(literal(0x01, "gw"));
+    block.extend(literal_new(
+        "authorization",
+        &format!("Bearer {CLIENT_KEY}"),
+    ));
+    block.extend(literal_new("x-mock-head-delay-ms", "20000"));
+    tcp.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let mut pings = Vec::new();
+    let ended = read_frames(&mut tcp, Duration::from_secs(15), |kind, _, _| {
+        if kind == PING {
+            pings.push(sent.elapsed());
+        }
+        None::<()>
+    })
+    .await;
+    let closed_after = sent.elapsed();
+    assert!(ended.is_none());
+    assert!(
+        closed_after < Duration::from_secs(10),
+        "still open after {closed_after:?} (pings at {pings:?})"
+    );
+    // The first PING comes about one interval after the client's last frame; the close, one
+    // timeout after that. (Lower bounds only: a loaded machine may be late, never early.)
+    assert!(!pings.is_empty(), "closed without a PING");
+    assert!(pings[0] >= Duration::from_millis(700), "{pings:?}");
+    assert!(
+        closed_after >= pings[0] + Duration::from_millis(700),
+        "{closed_after:?} {pings:?}"
+    );
+    assert_eq!(mock.requests(), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || mock.cancelled() == 1).await,
+        "the exchange of the dead peer was not cancelled upstream"
+    );
+}
+
+/// The same settings do not harm a client that answers PINGs: it can stay silent for longer than
+/// the interval and timeout together while its answer is on the way.
+#[tokio::test]
+async fn a_silent_peer_that_answers_pings_stays_connected() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&config_yaml(
+        &[mock.url()],
+        "  timeouts: {http2_keepalive: 1s, http2_keepalive_timeout: 1s}",
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // Events 2.5 s apart: the client sends nothing in between but PONGs (the `h2` crate
+    // answers PINGs by itself).
+    let resp = h2_chat_stream(&mut h2, gw.addr, 2, 2500).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("the stream was cut");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    assert!(String::from_utf8_lossy(&text).contains("[DONE]"));
+    assert!(!conn.is_finished(), "the connection was closed");
+    assert_eq!(mock.completed(), 1);
+}
+
+/// RFC 9113 §8.3.1: a request needs an authority. HTTP/2 with neither `:authority` nor `Host` is
+/// refused (400, nothing upstream); `Host` alone is enough.
+#[tokio::test]
+async fn http2_without_authority_needs_a_host() {
+    let (mock, gw) = setup().await;
+    let mut tcp = open(&gw).await;
+    let status_of = |id: u32| {
+        move |kind: u8, stream: u32, p: &[u8]| {
+            // The first byte of the response block: `:status` from HPACK's static table
+            // (0x88 = 200, 0x8c = 400), as hyper's encoder sends it.
+            (kind == HEADERS && stream == id).then(|| p.first().copied())
+        }
+    };
+    let mut models = vec![0x82, 0x86]; // :method GET, :scheme http
+    models.extend(literal(0x04, "/v1/models"));
+    models.extend(literal_new(
+        "authorization",
+        &format!("Bearer {CLIENT_KEY}"),
+    ));
+    tcp.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &models))
+        .await
+        .unwrap();
+    let first = read_frames(&mut tcp, Duration::from_secs(5), status_of(1)).await;
+    assert_eq!(first, Some(Some(0x8c)), "no authority at all: 400");
+    assert_eq!(mock.requests(), 0);
+
+    models.extend(literal_new("host", "gw.example"));
+    tcp.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &models))
+        .await
+        .unwrap();
+    let second = read_frames(&mut tcp, Duration::from_secs(5), status_of(3)).await;
+    assert_eq!(second, Some(Some(0x88)), "Host stands in for :authority");
+    assert_eq!(mock.requests(), 1);
+}

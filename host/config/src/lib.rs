@@ -388,6 +388,11 @@ pub struct Timeouts {
     pub client_body: Duration,
     /// Time a client has to finish the TLS handshake.
     pub tls_handshake: Duration,
+    /// Interval of HTTP/2 PINGs to a client that has sent nothing for this long, to find dead
+    /// peers (a client behind a NAT that dropped the flow, a host that vanished).
+    pub http2_keepalive: Duration,
+    /// How long an HTTP/2 PING may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout: Duration,
     /// Time to open a TCP (and TLS) connection to an upstream.
     pub connect: Duration,
     /// Time from sending the request until the upstream's response head arrives.
@@ -411,6 +416,8 @@ impl Default for Timeouts {
             client_write: Duration::secs(60),
             client_body: Duration::secs(60),
             tls_handshake: Duration::secs(10),
+            http2_keepalive: Duration::secs(30),
+            http2_keepalive_timeout: Duration::secs(20),
             connect: Duration::secs(10),
             response_head: Duration::secs(300),
             idle: Duration::secs(300),

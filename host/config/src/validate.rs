@@ -188,6 +188,8 @@ fn validate_server(c: &Config, e: &mut Errors) {
         ("client_write", t.client_write),
         ("client_body", t.client_body),
         ("tls_handshake", t.tls_handshake),
+        ("http2_keepalive", t.http2_keepalive),
+        ("http2_keepalive_timeout", t.http2_keepalive_timeout),
         ("connect", t.connect),
         ("response_head", t.response_head),
         ("idle", t.idle),

@@ -43,10 +43,6 @@ use io::ClientIo;
 use per_ip::PerIpLimit;
 use watch::{ConnLimits, ConnWatch, Signal, Verdict};
 
-/// Interval of HTTP/2 PINGs to a client that has sent nothing, to find dead peers.
-const H2_KEEPALIVE: Duration = Duration::from_secs(30);
-/// How long a PING may go unanswered before the HTTP/2 connection is closed.
-const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After a GOAWAY for abuse (reset flood), how long the connection's streams may still run.
 const ABUSE_GRACE: Duration = Duration::from_secs(1);
 /// At `max_connections`, how long a new connection waits for the slot of the connection shed
@@ -162,8 +158,8 @@ impl Server {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .keep_alive_interval(H2_KEEPALIVE)
-            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+            .keep_alive_interval(config.timeouts.http2_keepalive.get())
+            .keep_alive_timeout(config.timeouts.http2_keepalive_timeout.get())
             .max_concurrent_streams(config.http2_max_streams)
             .max_header_list_size(head as u32);
         if !config.http2 {
