@@ -4,10 +4,52 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::io::Write;
+use std::sync::{Mutex, Once};
+use std::time::Duration;
+
 use hmac::{Hmac, Mac};
 use reqwest::header::HeaderMap;
+use serde_json::Value;
 use tollgate::state::unix_ms;
 use tollgate_tests::*;
+
+/// Everything the gateways of this test binary logged, as JSON lines.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends this process's log lines to [`LOG`] (once per test binary).
+fn capture_logs() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_writer(|| Capture)
+            .init();
+    });
+}
+
+/// The logged lines whose `target` is `plugin`.
+fn plugin_lines() -> Vec<Value> {
+    String::from_utf8(LOG.lock().unwrap().clone())
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "plugin")
+        .collect()
+}
 
 fn text<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
     h.get(format!("x-probe-{name}"))
@@ -18,15 +60,23 @@ fn text<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn every_host_import_and_request_method_returns_what_the_wit_documents() {
+    capture_logs();
     let mock = MockUpstream::start().await;
+    // Two instances of the probe: `other` shows that kv namespaces are per plugin.
     let plugins = [
         plugin("bind", "ip-binding", "tollgate_ip_binding", "{}"),
         plugin("probe", "header-rewrite", "tollgate_probe", "{}"),
+        plugin(
+            "other",
+            "header-rewrite",
+            "tollgate_probe",
+            r#"{"tag": "other"}"#,
+        ),
     ];
     let gw = TestGateway::start(&policy_config_yaml(
         &[mock.url()],
         &plugins,
-        &["bind", "probe"],
+        &["bind", "probe", "other"],
     ))
     .await;
     let send = || {
@@ -100,6 +150,56 @@ async fn every_host_import_and_request_method_returns_what_the_wit_documents() {
         "the binding ip-binding made before this policy ran"
     );
     assert_eq!(text(&up, "kv"), "1,5,true,false,2,<none>");
+    assert_eq!(text(&up, "kv-ttl"), "<none>");
+    assert_eq!(text(&up, "kv-incr-ttl"), "1");
+    // bind-first: the host normalises the network, the first binding stays in force, and a
+    // string that is not a network is an error.
+    let bound = text(&up, "bind-first");
+    let answers: Vec<&str> = bound.split(';').collect();
+    assert_eq!(
+        answers[..2],
+        ["10.0.0.0/8 active", "10.0.0.0/8 active"],
+        "{bound}"
+    );
+    assert!(
+        answers[2].starts_with("error: ") && answers[2].contains("not-a-network"),
+        "{bound}"
+    );
+    assert_eq!(
+        gw.gateway
+            .stores
+            .database()
+            .bindings(10)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|b| b.key_id == format!("{key_id}-probe"))
+            .count(),
+        1,
+        "bind-first wrote the durable table"
+    );
+
+    // log: each line tagged with the plugin's name and the request id, at its level.
+    let lines = plugin_lines();
+    let of_this = |level: &str, message: &str| {
+        lines.iter().any(|l| {
+            l["level"] == level
+                && l["fields"]["message"] == message
+                && l["fields"]["plugin"] == "probe"
+                && l["fields"]["request_id"] == id.as_str()
+        })
+    };
+    assert!(
+        of_this("INFO", "probe saw /v1/chat/completions?q=1"),
+        "{lines:?}"
+    );
+    assert!(of_this("WARN", "probe warns"), "{lines:?}");
+
+    // The second instance has a kv namespace of its own (its counter starts again at 5) and sees
+    // the same bindings.
+    assert_eq!(text(&up, "other-kv"), "1,5,true,false,2,<none>");
+    assert_eq!(text(&up, "other-kv-incr-ttl"), "1");
+    assert!(text(&up, "other-bind-first").starts_with("10.0.0.0/8 active;"));
 
     // response: every method, on the head the client gets.
     let down = resp.headers();
@@ -115,10 +215,27 @@ async fn every_host_import_and_request_method_returns_what_the_wit_documents() {
         "no stream bootstrap on this route"
     );
 
-    // The plugin's kv namespace outlives the call: the counter goes on.
+    // The plugin's kv namespace outlives the call: the counter goes on, and `t` (set with a 3 s
+    // TTL by the first call) is still there.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let resp = send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(text(&mock.last_headers(), "kv"), "1,10,true,false,2,<none>");
+    let up = mock.last_headers();
+    assert_eq!(text(&up, "kv"), "1,10,true,false,2,<none>");
+    assert_eq!(text(&up, "kv-ttl"), "x");
+    assert_eq!(text(&up, "kv-incr-ttl"), "2");
+    // Past the TTL of the first call, `t` and `c` are gone: `incr` did not renew `c`'s TTL.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let resp = send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let up = mock.last_headers();
+    assert_eq!(text(&up, "kv-ttl"), "<none>");
+    assert_eq!(text(&up, "kv-incr-ttl"), "1");
+    assert_eq!(
+        text(&up, "kv"),
+        "1,15,true,false,2,<none>",
+        "no TTL, no expiry"
+    );
 }
 
 /// A streamed request: `stream` is true. The first event of a held stream (`stream_bootstrap`)

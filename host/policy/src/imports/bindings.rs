@@ -29,7 +29,8 @@ impl binding_store::Host for InstanceData {
     ) -> wasmtime::Result<Result<binding_store::Binding, String>> {
         let net: tollgate_config::Cidr = match cidr.parse() {
             Ok(n) => n,
-            Err(e) => return Ok(Err(e)),
+            // The value is the plugin's own, so echoing it back tells its author what was wrong.
+            Err(e) => return Ok(Err(format!("{cidr:?}: {e}"))),
         };
         if self.dry_run {
             // A shadow: the binding in force, or the one the call would make, unwritten.
