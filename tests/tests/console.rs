@@ -311,12 +311,24 @@ async fn login_lockout_dashboard_after_real_traffic_and_logout_in_chromium() {
     // user and address).
     log_in(c, "ops", "not the password").await;
     wait_text(c, "#login-error", "invalid username or password").await;
-    // Two failures are allowed (`max_failures: 2`); the third attempt is locked out.
-    for _ in 0..3 {
+    // Two failures are allowed (`max_failures: 2`); the third attempt is locked out. The message
+    // is blanked before each attempt, so each wait reads that attempt's own answer.
+    let mut answers = Vec::new();
+    for expected in [
+        "invalid username or password",
+        "invalid username or password",
+        "too many failed logins",
+    ] {
+        c.execute(
+            "document.getElementById('login-error').textContent = ''",
+            vec![],
+        )
+        .await
+        .unwrap();
         log_in(c, "ghost", "guess").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        answers.push(wait_text(c, "#login-error", expected).await);
     }
-    let locked = wait_text(c, "#login-error", "too many failed logins").await;
+    let locked = answers.pop().unwrap();
     shot(c, "login-locked").await;
     assert!(locked.contains("try again later"), "{locked}");
 

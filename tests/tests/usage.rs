@@ -148,16 +148,60 @@ async fn a_stream_the_client_abandons_keeps_what_it_saw_and_is_partial() {
 }
 
 #[tokio::test]
-async fn refused_requests_count_as_errors_of_their_key() {
-    let (_mock, gw) = setup().await;
+async fn upstream_errors_and_refusals_count_as_errors_of_their_key_and_unknown_keys_not_at_all() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&config_yaml(
+        &[mock.url()],
+        "limits:\n  requests:\n    - {name: per-key, by: key, rate: 1/m, burst: 1, nodelay: true}",
+    ))
+    .await;
+    // An upstream's error answer: one request of the key, on that upstream, an error, no tokens.
     let resp = post(&gw, "/v1/chat/completions", &chat_body(false))
         .header("x-mock-status", "503")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 503);
-    let u = only_row(&gw).await;
-    assert_eq!((u.requests, u.errors, u.input_tokens), (1, 1, 0));
+    // A success, so the error count is not simply the request count.
+    let ok = post(&gw, "/v1/chat/completions", &chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let ok: Value = ok.json().await.unwrap();
+    // The gateway's own refusal after authentication (the limit allows two a minute here): counted for the
+    // key as an error, though no upstream saw it.
+    let refused = post(&gw, "/v1/chat/completions", &chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(mock.requests(), 2, "the refusal reached no upstream");
+    // A key the gateway does not know is refused before it has a key id: not counted anywhere.
+    let unknown = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-not-a-key")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 401);
+
+    let rows = usage(&gw, UsageBy::Key).await;
+    assert_eq!(rows.len(), 1, "only the known key has a row: {rows:?}");
+    let u = &rows[0];
+    assert_eq!((u.requests, u.errors, u.partial), (3, 2, 0), "{u:?}");
+    assert_eq!(
+        u.input_tokens,
+        ok["usage"]["prompt_tokens"].as_u64().unwrap(),
+        "only the success reported tokens"
+    );
+    // By upstream, the 503 and the success are u0's; the refusal has no upstream.
+    let by_upstream = usage(&gw, UsageBy::Upstream).await;
+    let u0 = by_upstream.iter().find(|r| &*r.upstream == "u0").unwrap();
+    assert_eq!((u0.requests, u0.errors), (2, 1), "{by_upstream:?}");
+    let total: u64 = by_upstream.iter().map(|r| r.requests).sum();
+    assert_eq!(total, 3, "{by_upstream:?}");
 }
 
 #[tokio::test]
