@@ -418,3 +418,60 @@ async fn http2_without_authority_needs_a_host() {
     assert_eq!(second, Some(Some(0x88)), "Host stands in for :authority");
     assert_eq!(mock.requests(), 1);
 }
+
+/// 500 HTTP/2 streams whose client never opens its flow-control window (five connections of
+/// 100): the gateway stops reading their upstream answers (nothing can be sent), so another
+/// client's streamed requests stay about as fast as without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_streams_do_not_slow_other_clients() {
+    let (mock, gw) = setup().await;
+    let chat_p99 = |n: usize| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            let mut times = Vec::new();
+            for _ in 0..n {
+                let start = Instant::now();
+                let r = stream_at(&url, 5, 0).await;
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await.unwrap();
+                times.push(start.elapsed());
+            }
+            times.sort();
+            times[(n * 99 / 100).min(n - 1)]
+        }
+    };
+    let _warm = chat_p99(20).await;
+    let base = chat_p99(100).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let (mut h2, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..100 {
+            h2 = h2.ready().await.unwrap();
+            // 3000 events 20 ms apart: a minute's stream, longer than the test.
+            held.push(h2_chat_stream(&mut h2, gw.addr, 3000, 20));
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || mock.requests() >= 20 + 100 + 500).await,
+        "the 500 streams did not all reach the upstream: {}",
+        mock.requests()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = chat_p99(100).await;
+    eprintln!("another client's p99: {base:?} alone, {during:?} beside 500 zero-window streams");
+    assert!(
+        during <= base * 3 + Duration::from_millis(25),
+        "p99 {base:?} → {during:?} beside 500 zero-window streams"
+    );
+    assert_eq!(
+        mock.completed(),
+        20 + 100 + 100,
+        "a zero-window stream ran to its end"
+    );
+}
