@@ -395,3 +395,20 @@ pub fn h2_chat_stream(
     .expect("the body is sent");
     resp
 }
+
+/// A free loopback port (free when asked; a test binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free loopback port")
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
+}
+
+/// The environment a child `tollgate` process keeps when a test clears the rest: the coverage
+/// profile's path under `scripts/coverage.sh`, so child processes are measured too.
+pub fn coverage_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k == "LLVM_PROFILE_FILE")
+        .collect()
+}

@@ -205,15 +205,6 @@ async fn usage_prints_tokens_per_key_name_and_per_model() {
     assert!(by_model.contains(&format!("\n{model}\t2\t")), "{by_model}");
 }
 
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs the real binary on `config` (killed when dropped) and waits until `port` accepts.
 async fn run_binary(config: &Path, port: u16) -> tokio::process::Child {
     spawn_binary(config, port, "warn", Stdio::inherit()).await
@@ -1031,12 +1022,4 @@ async fn an_open_plugin_breaker_refuses_a_flood_without_a_log_line_per_request()
     );
     let summaries: Vec<_> = lines.iter().filter(|l| l["refused"].is_u64()).collect();
     assert_eq!(summaries.len(), 1, "one summary within 10 s:\n{stderr}");
-}
-
-/// What a child process keeps of the environment when a test clears it: under
-/// `scripts/coverage.sh`, where its coverage profile goes (so the binary's runs are counted).
-fn coverage_env() -> Vec<(String, String)> {
-    std::env::vars()
-        .filter(|(k, _)| k == "LLVM_PROFILE_FILE")
-        .collect()
 }

@@ -458,7 +458,9 @@ async fn zero_window_streams_do_not_slow_other_clients() {
         }
     }
     assert!(
-        eventually(Duration::from_secs(20), || mock.requests() >= 20 + 100 + 500).await,
+        eventually(Duration::from_secs(20), || mock.requests()
+            >= 20 + 100 + 500)
+        .await,
         "the 500 streams did not all reach the upstream: {}",
         mock.requests()
     );

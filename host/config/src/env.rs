@@ -103,11 +103,6 @@ pub(crate) fn opt_string<'de, D: serde::Deserializer<'de>>(
         .transpose()
 }
 
-/// `deserialize_with` helper for paths that allow `${VAR}`.
-pub(crate) fn path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::path::PathBuf, D::Error> {
-    string(d).map(Into::into)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

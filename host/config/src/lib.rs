@@ -49,8 +49,8 @@ pub use edge::{
     MaintenanceConfig, Rate, RequestLimit, ResponseHeadersConfig, TokenEstimate, TokenLimit,
 };
 pub use types::{
-    ByteSize, CacheUrl, Cidr, DatabaseUrl, Duration, IpText, ListenAddr, Secret, UpstreamUrl,
-    canonical_ip,
+    ByteSize, CacheUrl, Cidr, DatabaseUrl, Duration, IpText, ListenAddr, Module, Secret,
+    UpstreamUrl, canonical_ip,
 };
 
 /// The whole config file.
@@ -140,10 +140,10 @@ pub struct PluginConfig {
     #[serde(deserialize_with = "env::string")]
     pub name: String,
     pub kind: PluginKind,
-    /// Path of the component (`.wasm`), relative to the config file's directory.
-    #[serde(deserialize_with = "env::path")]
-    pub module: PathBuf,
-    /// Expected hex sha256 of the module file; a different file is refused.
+    /// The component: `builtin:NAME` for a plugin shipped in the binary, or the path of a `.wasm`
+    /// file, relative to the config file's directory.
+    pub module: Module,
+    /// Expected hex sha256 of the component; a different one is refused.
     #[serde(default, deserialize_with = "env::opt_string")]
     pub sha256: Option<String>,
     /// Passed to the plugin's `configure` as JSON, verbatim: no `${VAR}` expansion, because
@@ -875,6 +875,14 @@ impl Config {
     }
 
     /// `path` as given, or relative to the config file's directory.
+    /// `module` with a relative file path made relative to the config file's directory.
+    pub fn resolve_module(&self, module: &Module) -> Module {
+        match module {
+            Module::File(path) => Module::File(self.resolve(path)),
+            builtin @ Module::Builtin(_) => builtin.clone(),
+        }
+    }
+
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
             path.to_path_buf()

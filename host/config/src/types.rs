@@ -516,3 +516,64 @@ impl<'de> Deserialize<'de> for CacheUrl {
         parse_expanded(d, "cache", "memory or redis://127.0.0.1:6379")
     }
 }
+
+/// Where a plugin's component comes from (`plugins[].module`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Module {
+    /// `builtin:NAME`: one of the plugins embedded in the binary (`tollgate plugin builtins`
+    /// lists them).
+    Builtin(String),
+    /// A component file (`.wasm`); relative paths are relative to the config file's directory
+    /// until [`crate::Config::resolve_module`] makes them absolute.
+    File(std::path::PathBuf),
+}
+
+string_schema!(
+    Module,
+    "Module",
+    "builtin:NAME for a plugin shipped in the binary (e.g. builtin:round-robin), or the path of a component file (.wasm), relative to the config file"
+);
+
+impl Module {
+    /// `builtin:NAME` or a path.
+    pub fn parse(s: &str) -> Self {
+        match s.strip_prefix(tollgate_builtins::PREFIX) {
+            Some(name) => Self::Builtin(name.to_owned()),
+            None => Self::File(s.into()),
+        }
+    }
+}
+
+impl fmt::Display for Module {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Builtin(name) => write!(f, "{}{name}", tollgate_builtins::PREFIX),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Module {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Ok(Self::parse(&expand(&raw).map_err(D::Error::custom)?))
+    }
+}
+
+impl From<&std::path::Path> for Module {
+    fn from(path: &std::path::Path) -> Self {
+        Self::File(path.to_path_buf())
+    }
+}
+
+impl From<&std::path::PathBuf> for Module {
+    fn from(path: &std::path::PathBuf) -> Self {
+        Self::File(path.clone())
+    }
+}
+
+impl From<std::path::PathBuf> for Module {
+    fn from(path: std::path::PathBuf) -> Self {
+        Self::File(path)
+    }
+}

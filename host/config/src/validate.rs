@@ -377,6 +377,11 @@ fn validate_plugins(c: &Config, e: &mut Errors) {
     for (i, p) in c.plugins.iter().enumerate() {
         let path = format!("plugins[{i}]");
         check_name(&p.name, &format!("{path}.name"), "plugin", &mut names, e);
+        if let super::Module::Builtin(name) = &p.module
+            && tollgate_builtins::find(name).is_none()
+        {
+            e.add(format!("{path}.module"), tollgate_builtins::unknown(name));
+        }
         if let Some(pin) = &p.sha256
             && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
         {

@@ -38,6 +38,7 @@ use super::types::{
 };
 use super::{CodeOrigin, PluginKind, PluginSpec, PolicyEngine};
 use crate::view::{RequestInfo, ResponseInfo};
+use tollgate_config::Module;
 
 /// What `inspect` reports about a component.
 #[derive(Debug)]
@@ -61,10 +62,9 @@ const KINDS: [(&str, PluginKind); 4] = [
 ];
 
 impl PolicyEngine {
-    /// Compiles the component at `path` and describes it.
-    pub fn inspect(&self, path: &Path) -> Result<Inspection, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    /// Compiles the component `module` and describes it.
+    pub fn inspect(&self, module: &Module) -> Result<Inspection, String> {
+        let bytes = crate::module::bytes(module, u64::MAX).map_err(|e| e.to_string())?;
         let sha256 = crate::sha256_hex(&bytes);
         let (component, code) = self.compile_bytes(&bytes).map_err(|e| e.to_string())?;
         let ty = component.component_type();
@@ -93,16 +93,16 @@ impl PolicyEngine {
         })
     }
 
-    /// Creates one instance of the plugin at `path` as the gateway would (its default limits),
+    /// Creates one instance of the plugin `module` as the gateway would (its default limits),
     /// configured with `{}`: how long that took and the linear memory it holds.
     pub async fn first_instance(
         &self,
-        path: &Path,
+        module: &Module,
         kind: PluginKind,
     ) -> Result<(Duration, u64), String> {
         let spec =
             PluginSpec::with_limits("inspected", kind, &tollgate_config::PluginLimits::default());
-        let plugin = self.load(path, spec).map_err(|e| e.to_string())?;
+        let plugin = self.load(module.clone(), spec).map_err(|e| e.to_string())?;
         let started = Instant::now();
         plugin.validate().await.map_err(|e| e.to_string())?;
         Ok((started.elapsed(), plugin.instance_memory().unwrap_or(0)))
@@ -387,10 +387,10 @@ pub struct Report {
     pub case_times: Vec<Duration>,
 }
 
-/// Runs the cases file against the plugin at `path`.
+/// Runs the cases file against the plugin `module`.
 pub async fn run_cases(
     engine: &PolicyEngine,
-    path: &Path,
+    module: &Module,
     cases_path: &Path,
 ) -> Result<Report, String> {
     let text = std::fs::read_to_string(cases_path)
@@ -412,7 +412,7 @@ pub async fn run_cases(
     };
     // Compiled once, whether or not the file names the kind.
     let (component, digest, (code_origin, compile)) =
-        engine.compile(path, &spec).map_err(|e| e.to_string())?;
+        engine.compile(module, &spec).map_err(|e| e.to_string())?;
     let kind = match file.kind {
         Some(k) => k,
         None => {
@@ -426,7 +426,12 @@ pub async fn run_cases(
     };
     spec.kind = kind;
     let plugin = engine
-        .prepare(component, digest, spec, (code_origin, compile))
+        .prepare(
+            component,
+            (module.clone(), digest),
+            spec,
+            (code_origin, compile),
+        )
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
     plugin.validate().await.map_err(|e| e.to_string())?;

@@ -24,6 +24,7 @@
 
 pub mod fixtures;
 mod imports;
+mod module;
 mod throttle;
 pub mod view;
 mod wit;
@@ -39,6 +40,7 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 
 use imports::{CallBudget, InstanceData};
 use throttle::Throttle;
+use tollgate_config::Module;
 use tollgate_state::{StoreError, Stores};
 pub use view::{RequestInfo, ResponseInfo};
 pub use wit::types;
@@ -84,6 +86,8 @@ pub enum LoadError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    UnknownBuiltin(String),
     #[error("module is {size} bytes, over the {limit}-byte limit")]
     TooLarge { size: u64, limit: u64 },
     #[error("sha256 is {actual}, but the config pins {expected}")]
@@ -389,39 +393,39 @@ impl PolicyEngine {
 
     /// Reads, checks, compiles and configures a plugin. Compilation is CPU-heavy: call this off
     /// the request path (it blocks the calling thread).
-    pub fn load(&self, path: &Path, spec: PluginSpec) -> Result<Plugin, LoadError> {
-        self.load_reusing(path, spec, &[])
+    pub fn load(&self, module: impl Into<Module>, spec: PluginSpec) -> Result<Plugin, LoadError> {
+        self.load_reusing(&module.into(), spec, &[])
     }
 
     /// [`Self::load`], sharing the machine code of a version in `running` whose module has the
     /// same sha256 instead of compiling it again (a reload that changed only the config).
     pub fn load_reusing(
         &self,
-        path: &Path,
+        module: &Module,
         spec: PluginSpec,
         running: &[Arc<Plugin>],
     ) -> Result<Plugin, LoadError> {
-        let (bytes, digest) = read_module(path, &spec)?;
+        let (bytes, digest) = module::read(module, &spec)?;
         if let Some(same) = running.iter().find(|p| p.sha256 == digest) {
             let component = same.pre.component().clone();
             return self.prepare(
                 component,
-                digest,
+                (module.clone(), digest),
                 spec,
                 (CodeOrigin::Reused, Duration::ZERO),
             );
         }
         let (component, origin) = self.compile_bytes(&bytes)?;
-        self.prepare(component, digest, spec, origin)
+        self.prepare(component, (module.clone(), digest), spec, origin)
     }
 
-    /// Reads the module at `path` within `spec`'s size limit and pin, and compiles it.
+    /// Reads `module` within `spec`'s size limit and pin, and compiles it.
     pub(crate) fn compile(
         &self,
-        path: &Path,
+        module: &Module,
         spec: &PluginSpec,
     ) -> Result<(Component, String, (CodeOrigin, Duration)), LoadError> {
-        let (bytes, digest) = read_module(path, spec)?;
+        let (bytes, digest) = module::read(module, spec)?;
         let (component, origin) = self.compile_bytes(&bytes)?;
         Ok((component, digest, origin))
     }
@@ -450,7 +454,7 @@ impl PolicyEngine {
     pub(crate) fn prepare(
         &self,
         component: Component,
-        digest: String,
+        (module, digest): (Module, String),
         spec: PluginSpec,
         (origin, took): (CodeOrigin, Duration),
     ) -> Result<Plugin, LoadError> {
@@ -476,6 +480,7 @@ impl PolicyEngine {
             }
         };
         Ok(Plugin {
+            module,
             sha256: digest,
             code_origin: origin,
             code_time: took,
@@ -678,7 +683,9 @@ impl Default for Interest {
 /// One loaded version of a plugin.
 pub struct Plugin {
     pub spec: PluginSpec,
-    /// Hex sha256 of the module file.
+    /// Where the component came from: `builtin:NAME` or its file (absolute).
+    pub module: Module,
+    /// Hex sha256 of the component.
     pub sha256: String,
     /// Where this version's machine code came from.
     pub code_origin: CodeOrigin,
@@ -810,9 +817,9 @@ impl Plugin {
             .map(|i| i.store.data().limits.linear_bytes as u64)
     }
 
-    /// Whether the file at `path` still has the contents this version was compiled from.
-    pub fn is_file_unchanged(&self, path: &Path) -> bool {
-        std::fs::read(path).is_ok_and(|bytes| sha256_hex(&bytes) == self.sha256)
+    /// Whether `module` still has the contents this version was compiled from.
+    pub fn is_unchanged(&self, module: &Module) -> bool {
+        module::unchanged(module, &self.sha256)
     }
 
     /// Checks that the plugin instantiates and accepts its configuration, and keeps that instance
@@ -1106,32 +1113,6 @@ pub(crate) fn link_error(e: &wasmtime::Error) -> String {
 
 /// The version of the `tollgate:policy` WIT package this gateway provides.
 pub const WIT_VERSION: &str = "@0.2.0";
-
-/// Reads a module within `spec`'s size limit and checks its pin; returns it and its sha256.
-fn read_module(path: &Path, spec: &PluginSpec) -> Result<(Vec<u8>, String), LoadError> {
-    let read_err = |source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
-    };
-    let size = std::fs::metadata(path).map_err(read_err)?.len();
-    if size > spec.max_module_size {
-        return Err(LoadError::TooLarge {
-            size,
-            limit: spec.max_module_size,
-        });
-    }
-    let bytes = std::fs::read(path).map_err(read_err)?;
-    let digest = sha256_hex(&bytes);
-    if let Some(expected) = &spec.sha256
-        && !expected.eq_ignore_ascii_case(&digest)
-    {
-        return Err(LoadError::Pin {
-            expected: expected.clone(),
-            actual: digest,
-        });
-    }
-    Ok((bytes, digest))
-}
 
 /// wasmtime's compilation cache in `dir`: created owner-only if missing, refused if group or
 /// others may write it (its entries are loaded as machine code).

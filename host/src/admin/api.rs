@@ -641,7 +641,11 @@ pub struct PluginView {
     pub name: String,
     /// `ip-binding`, `router`, `quota`, `header-rewrite`.
     pub kind: String,
-    /// sha256 of the loaded module.
+    /// The component: `builtin:NAME` (shipped in the binary) or the file it was read from.
+    pub module: String,
+    /// The built-in plugin's version; none for a file.
+    pub version: Option<String>,
+    /// sha256 of the loaded component.
     pub sha256: String,
     /// Where this version's machine code came from: `compiled`, `disk-cache` (the compilation
     /// cache, `storage.plugin_cache`) or `reused` (a version already in service had the same
@@ -718,6 +722,13 @@ async fn plugins(State(st): State<AdminState>, _op: Operator) -> Json<PluginsVie
         .map(|p| PluginView {
             name: p.spec.name.to_string(),
             kind: p.spec.kind.as_str().to_owned(),
+            module: p.module.to_string(),
+            version: match &p.module {
+                crate::config::Module::Builtin(name) => {
+                    tollgate_builtins::find(name).map(|b| b.version.to_owned())
+                }
+                crate::config::Module::File(_) => None,
+            },
             sha256: p.sha256.clone(),
             code_origin: p.code_origin.as_str().to_owned(),
             code_ms: p.code_time.as_secs_f64() * 1000.0,

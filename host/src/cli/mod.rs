@@ -176,13 +176,25 @@ enum PluginCommand {
         sdk: Option<PathBuf>,
     },
     /// Describe a component: kind, exports, imports, and whether the gateway can load it.
-    Inspect { file: PathBuf },
+    Inspect {
+        /// A component file, or builtin:NAME for a plugin shipped in this binary.
+        #[arg(value_parser = parse_module)]
+        file: crate::config::Module,
+    },
     /// Run a plugin against request fixtures (see docs/plugins.md) and compare its decisions.
     Test {
-        file: PathBuf,
+        /// A component file, or builtin:NAME for a plugin shipped in this binary.
+        #[arg(value_parser = parse_module)]
+        file: crate::config::Module,
         #[arg(long)]
         cases: PathBuf,
     },
+    /// List the plugins shipped in this binary (use them as `module: builtin:NAME`).
+    Builtins,
+}
+
+fn parse_module(s: &str) -> Result<crate::config::Module, String> {
+    Ok(crate::config::Module::parse(s))
 }
 
 pub fn main() -> ExitCode {
@@ -648,7 +660,15 @@ fn plugin(cmd: PluginCommand) -> ExitCode {
             match cmd {
                 PluginCommand::Inspect { file } => {
                     let i = engine.inspect(&file)?;
-                    println!("file:    {} ({} bytes)", file.display(), i.size);
+                    match &file {
+                        crate::config::Module::Builtin(name) => {
+                            let version = tollgate_builtins::find(name).map_or("", |b| b.version);
+                            println!("module:  {file} (built in, version {version}, {} bytes)", i.size);
+                        }
+                        crate::config::Module::File(_) => {
+                            println!("file:    {file} ({} bytes)", i.size);
+                        }
+                    }
                     println!("sha256:  {}", i.sha256);
                     let kind = i.kind.map_or(
                         "none (exports no tollgate:policy interface)",
@@ -679,6 +699,24 @@ fn plugin(cmd: PluginCommand) -> ExitCode {
                         }
                     }
                     Ok(i.kind.is_some() && i.link_error.is_none())
+                }
+                PluginCommand::Builtins => {
+                    let all = tollgate_builtins::all();
+                    if all.is_empty() {
+                        println!("{}", tollgate_builtins::unknown("…"));
+                        return Ok(false);
+                    }
+                    for b in all {
+                        println!(
+                            "builtin:{:<18} {:<15} {}  {}\n  sha256 {}",
+                            b.name,
+                            b.kind,
+                            b.version,
+                            b.description,
+                            crate::policy::sha256_hex(b.bytes)
+                        );
+                    }
+                    Ok(true)
                 }
                 PluginCommand::Test { file, cases } => {
                     let report =

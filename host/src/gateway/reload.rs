@@ -1,4 +1,4 @@
-//! Hot reload: the config file and every plugin file it names are watched; a change (or SIGHUP)
+//! Hot reload: the config file and every plugin file it names (not `builtin:` ones) are watched; a change (or SIGHUP)
 //! re-reads the config, builds a new runtime off the request path (plugins compiled and
 //! configured), and swaps it in atomically. Anything wrong — bad YAML, a plugin that does not
 //! compile, refuses its config or fails its sha256 pin — keeps the running version and logs why.
@@ -10,11 +10,15 @@ use crate::config::Config;
 use crate::fs_watch::FileWatch;
 use crate::gateway::Gateway;
 
-/// The files whose change triggers a reload: the config and its plugins.
+/// The files whose change triggers a reload: the config and its plugin files (built-in plugins
+/// are part of the binary and never change while it runs).
 fn watched_files(config_path: &Path, config: Option<&Config>) -> Vec<PathBuf> {
     let mut files = vec![config_path.to_path_buf()];
     if let Some(c) = config {
-        files.extend(c.plugins.iter().map(|p| c.resolve(&p.module)));
+        files.extend(c.plugins.iter().filter_map(|p| match &p.module {
+            crate::config::Module::File(path) => Some(c.resolve(path)),
+            crate::config::Module::Builtin(_) => None,
+        }));
     }
     files
 }

@@ -56,7 +56,7 @@ pub(crate) async fn build(
             Ok(plugin) => plugins.push(plugin),
             Err(e) => errors.push(config_error(
                 format!("plugins[{i}]"),
-                format!("{}: {e}", p.module.display()),
+                format!("{}: {e}", p.module),
             )),
         }
     }
@@ -149,9 +149,9 @@ async fn load_plugin(
             .any(|r| r.shadow.values().any(|c| *c == p.name)),
         ..PluginSpec::from_config(p)
     };
-    let path = config.resolve(&p.module);
+    let module = config.resolve_module(&p.module);
     if let Some(old) = previous.and_then(|prev| prev.plugins.iter().find(|old| old.spec == spec))
-        && old.is_file_unchanged(&path)
+        && old.is_unchanged(&module)
     {
         return Ok(old.clone());
     }
@@ -160,7 +160,7 @@ async fn load_plugin(
         .map(|prev| prev.plugins.clone())
         .unwrap_or_default();
     let engine = engine.clone();
-    let plugin = tokio::task::spawn_blocking(move || engine.load_reusing(&path, spec, &running))
+    let plugin = tokio::task::spawn_blocking(move || engine.load_reusing(&module, spec, &running))
         .await
         .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))??;
     plugin.validate().await?;
