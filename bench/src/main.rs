@@ -386,7 +386,7 @@ async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
     };
     let load = |file: &str, s| -> Result<tollgate::policy::Plugin> {
         engine
-            .load(&dir.join(file), s)
+            .load(dir.join(file), s)
             .map_err(|e| anyhow::anyhow!("{file}: {e}"))
     };
     let bind = load(

@@ -1023,3 +1023,67 @@ async fn an_open_plugin_breaker_refuses_a_flood_without_a_log_line_per_request()
     let summaries: Vec<_> = lines.iter().filter(|l| l["refused"].is_u64()).collect();
     assert_eq!(summaries.len(), 1, "one summary within 10 s:\n{stderr}");
 }
+
+/// `tollgate health`: exit 0 on a 200, 1 with the reason otherwise (`/ready` while draining, a
+/// closed port, a server that never answers within `--timeout`).
+#[tokio::test(flavor = "multi_thread")]
+async fn health_exits_zero_only_on_a_200() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&config_yaml(&[mock.url()], "")).await;
+    let health = |url: String, timeout: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(BIN)
+                .args(["health", "--url", &url, "--timeout", timeout])
+                .env_clear()
+                .envs(coverage_env())
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.code(), text)
+        })
+    };
+    let (code, text) = health(gw.url("/health"), "3s").await.unwrap();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("answered 200"), "{text}");
+    let (code, text) = health(gw.url("/ready"), "3s").await.unwrap();
+    assert_eq!(code, Some(0), "{text}");
+
+    gw.gateway.start_draining();
+    let (code, text) = health(gw.url("/ready"), "3s").await.unwrap();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("answered 503") && text.contains("draining"),
+        "{text}"
+    );
+
+    let closed = format!("http://127.0.0.1:{}/health", free_port());
+    let (code, text) = health(closed, "3s").await.unwrap();
+    assert_eq!(code, Some(1), "{text}");
+
+    // Accepts, never answers: bounded by --timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", silent.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let start = Instant::now();
+    let (code, text) = health(url, "1s").await.unwrap();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no answer within 1s"), "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    hold.abort();
+
+    let (code, text) = health("not a url".into(), "1s").await.unwrap();
+    assert_eq!(code, Some(1), "{text}");
+}

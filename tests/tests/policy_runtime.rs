@@ -34,7 +34,7 @@ async fn round_robin_rotates_across_calls_and_pooled_instances() {
     let e = engine().await;
     let p = e
         .load(
-            &wasm("tollgate_round_robin"),
+            wasm("tollgate_round_robin"),
             spec("rr", PluginKind::Router, "{}"),
         )
         .unwrap();
@@ -71,7 +71,7 @@ async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
     let deadline = Duration::from_millis(300);
     let looping = Arc::new(
         e.load(
-            &wasm("tollgate_hostile"),
+            wasm("tollgate_hostile"),
             tollgate::policy::PluginSpec {
                 deadline,
                 breaker_failures: 0,
@@ -82,7 +82,7 @@ async fn an_infinite_loop_hits_the_deadline_without_stalling_other_calls() {
     );
     let fine = Arc::new(
         e.load(
-            &wasm("tollgate_hostile"),
+            wasm("tollgate_hostile"),
             spec("fine", PluginKind::Router, r#"{"behaviour":"ok"}"#),
         )
         .unwrap(),
@@ -172,7 +172,7 @@ async fn wasi_clocks_are_the_real_time_and_randomness_differs_between_instances(
         // A fresh plugin each time: a new instance, new WASI context.
         let p = e
             .load(
-                &wasm("tollgate_hostile"),
+                wasm("tollgate_hostile"),
                 spec("wasi", PluginKind::Router, r#"{"behaviour":"wasi"}"#),
             )
             .unwrap();
@@ -202,7 +202,7 @@ async fn growing_memory_past_the_limit_traps_and_the_host_survives() {
     let e = engine().await;
     let p = e
         .load(
-            &wasm("tollgate_hostile"),
+            wasm("tollgate_hostile"),
             spec("grow", PluginKind::Router, r#"{"behaviour":"grow"}"#),
         )
         .unwrap();
@@ -213,7 +213,7 @@ async fn growing_memory_past_the_limit_traps_and_the_host_survives() {
     // next call gets a fresh instance (which traps again at the limit, as it should).
     let fine = e
         .load(
-            &wasm("tollgate_hostile"),
+            wasm("tollgate_hostile"),
             spec("fine", PluginKind::Router, r#"{"behaviour":"ok"}"#),
         )
         .unwrap();
@@ -235,7 +235,7 @@ async fn a_trap_discards_the_instance_and_the_next_call_gets_a_new_one() {
     let e = engine().await;
     let p = e
         .load(
-            &wasm("tollgate_hostile"),
+            wasm("tollgate_hostile"),
             spec("trap", PluginKind::Router, r#"{"behaviour":"trap"}"#),
         )
         .unwrap();
@@ -269,7 +269,7 @@ async fn a_refused_configuration_is_reported() {
     let e = engine().await;
     let p = e
         .load(
-            &wasm("tollgate_hostile"),
+            wasm("tollgate_hostile"),
             spec(
                 "cfg",
                 PluginKind::Router,
@@ -283,7 +283,7 @@ async fn a_refused_configuration_is_reported() {
     }
     let bad_json = e
         .load(
-            &wasm("tollgate_hostile"),
+            wasm("tollgate_hostile"),
             spec("cfg", PluginKind::Router, "{"),
         )
         .unwrap();
@@ -304,7 +304,7 @@ async fn a_configure_that_never_returns_is_stopped_at_the_init_deadline() {
             r#"{"behaviour":"loop-in-configure"}"#,
         )
     };
-    let p = e.load(&wasm("tollgate_hostile"), spec).unwrap();
+    let p = e.load(wasm("tollgate_hostile"), spec).unwrap();
     let started = Instant::now();
     match p.validate().await {
         Err(LoadError::Trap(msg)) => assert!(msg.contains("30ms init_deadline"), "{msg}"),
@@ -324,7 +324,7 @@ async fn oversized_modules_are_refused_before_compiling() {
     let mut s = spec("big", PluginKind::Router, "{}");
     s.max_module_size = 1024;
     assert!(matches!(
-        e.load(&wasm("tollgate_round_robin"), s),
+        e.load(wasm("tollgate_round_robin"), s),
         Err(LoadError::TooLarge { .. })
     ));
 }
@@ -333,7 +333,7 @@ async fn oversized_modules_are_refused_before_compiling() {
 async fn a_plugin_of_another_kind_is_refused() {
     let e = engine().await;
     let r = e.load(
-        &wasm("tollgate_round_robin"),
+        wasm("tollgate_round_robin"),
         spec("rr", PluginKind::IpBinding, "{}"),
     );
     assert!(
@@ -355,7 +355,7 @@ async fn a_sha256_pin_mismatch_is_refused() {
     let mut s = spec("rr", PluginKind::Router, "{}");
     s.sha256 = Some("00".repeat(32));
     assert!(matches!(
-        e.load(&wasm("tollgate_round_robin"), s),
+        e.load(wasm("tollgate_round_robin"), s),
         Err(LoadError::Pin { .. })
     ));
 }
@@ -388,7 +388,7 @@ async fn repeated_failures_open_the_breaker_and_calls_fail_at_once() {
     let e = engine().await;
     let p = e
         .load(
-            &wasm("tollgate_hostile"),
+            wasm("tollgate_hostile"),
             tollgate::policy::PluginSpec {
                 breaker_failures: 3,
                 breaker_window: Duration::from_secs(10),
@@ -429,7 +429,7 @@ async fn calls_past_the_concurrency_limit_wait_then_fail() {
     let e = engine().await;
     let p = Arc::new(
         e.load(
-            &wasm("tollgate_hostile"),
+            wasm("tollgate_hostile"),
             tollgate::policy::PluginSpec {
                 max_concurrency: 1,
                 queue_timeout: Duration::from_millis(5),
@@ -477,7 +477,7 @@ async fn a_dry_run_ip_binding_makes_no_binding() {
     let req = request("dry");
     let dry = e
         .load(
-            &wasm("tollgate_ip_binding"),
+            wasm("tollgate_ip_binding"),
             PluginSpec {
                 dry_run: true,
                 ..spec("shadow-bind", PluginKind::IpBinding, "{}")
@@ -492,7 +492,7 @@ async fn a_dry_run_ip_binding_makes_no_binding() {
 
     let live = e
         .load(
-            &wasm("tollgate_ip_binding"),
+            wasm("tollgate_ip_binding"),
             spec("bind", PluginKind::IpBinding, "{}"),
         )
         .unwrap();
@@ -511,7 +511,7 @@ async fn an_instance_is_replaced_after_max_calls() {
     for (max_calls, instances) in [(3, 3), (1000, 1)] {
         let p = e
             .load(
-                &wasm("tollgate_hostile"),
+                wasm("tollgate_hostile"),
                 tollgate::policy::PluginSpec {
                     max_calls,
                     ..spec("ok", PluginKind::Router, r#"{"behaviour":"ok"}"#)
@@ -542,7 +542,7 @@ async fn the_sandbox_denies_files_environment_and_network_to_a_guest_that_tries(
     let e = engine().await;
     let p = e
         .load(
-            &wasm("tollgate_hostile"),
+            wasm("tollgate_hostile"),
             spec("escape", PluginKind::Router, r#"{"behaviour":"escape"}"#),
         )
         .unwrap();

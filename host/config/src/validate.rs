@@ -55,6 +55,11 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
 const MIN_JWT_SECRET_LEN: usize = 32;
 /// The demo admin password of `policies.example.yaml`: refused off loopback.
 pub const DEMO_ADMIN_PASSWORD: &str = "tollgate-demo-admin";
+/// The development server secret of `policies.example.yaml`: refused off loopback (anyone could
+/// compute every key id under it).
+pub const DEMO_SECRET: &str = "dev-only-secret-change-me";
+/// The demo client key of `policies.example.yaml` (printed in the README): refused off loopback.
+pub const DEMO_KEY: &str = "sk-tollgate-demo";
 
 fn validate_admin(c: &Config, e: &mut Errors) {
     let a = &c.admin;
@@ -201,10 +206,16 @@ fn validate_server(c: &Config, e: &mut Errors) {
 }
 
 fn validate_auth(c: &Config, e: &mut Errors) {
+    let public = !c.server.listen.0.ip().is_loopback();
     if c.auth.secret.expose().len() < MIN_SECRET_LEN {
         e.add(
             "auth.secret",
             format!("must be at least {MIN_SECRET_LEN} characters"),
+        );
+    } else if public && c.auth.secret.expose() == DEMO_SECRET {
+        e.add(
+            "auth.secret",
+            "the development secret is refused while server.listen is not on loopback; set TOLLGATE_SECRET (e.g. `openssl rand -hex 32`)",
         );
     }
     if c.auth.keys.is_empty() {
@@ -223,6 +234,10 @@ fn validate_auth(c: &Config, e: &mut Errors) {
                     format!("must be at least {MIN_KEY_LEN} characters"),
                 );
             }
+            (Some(key), None) if public && key.expose() == DEMO_KEY => e.add(
+                format!("{path}.key"),
+                "the demo key is refused while server.listen is not on loopback; set TOLLGATE_DEMO_KEY or remove the key",
+            ),
             (None, Some(id)) if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 e.add(
                     format!("{path}.key_id"),

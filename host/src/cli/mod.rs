@@ -1,5 +1,5 @@
-//! Command line: `run`, `check`, `migrate`, `bindings`, `ip`, `usage`, `key-id`, `plugin`, `config`,
-//! `admin`.
+//! Command line: `run`, `check`, `health`, `migrate`, `bindings`, `ip`, `usage`, `key-id`,
+//! `plugin`, `config`, `admin`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod health;
 mod new_plugin;
 pub use new_plugin::{COMPONENTIZE_JS, COMPONENTIZE_PY};
 
@@ -40,6 +41,15 @@ enum Command {
     Check {
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
         config: PathBuf,
+    },
+    /// Ask a running gateway's `/health` (or `--url`): exit 0 when it answers 200 within
+    /// `--timeout`, 1 otherwise (for container healthchecks; the image has no curl).
+    Health {
+        /// E.g. http://127.0.0.1:8317/ready to ask whether it takes traffic.
+        #[arg(long, env = "TOLLGATE_HEALTH_URL", default_value = health::DEFAULT_URL)]
+        url: String,
+        #[arg(long, default_value = "3s")]
+        timeout: humantime::Duration,
     },
     /// Apply pending database migrations (the gateway also applies them at start).
     Migrate {
@@ -201,6 +211,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Health { url, timeout } => health::health(&url, timeout.into()),
         Command::KeyId { config } => key_id(&config),
         Command::Config(ConfigCommand::Schema) => {
             match serde_json::to_string_pretty(&crate::config::json_schema()) {
