@@ -6,6 +6,7 @@
 pub mod mock_upstream;
 pub mod plugins;
 pub mod services;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -407,7 +408,7 @@ pub fn free_port() -> u16 {
 
 /// The environment a child `tollgate` process keeps when a test clears the rest: the coverage
 /// profile's path under `scripts/coverage.sh`, so child processes are measured too.
-pub fn coverage_env() -> Vec<(String, String)> {
+pub fn child_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| k == "LLVM_PROFILE_FILE")
         .collect()

@@ -38,7 +38,7 @@ fn tollgate(args: &[&str]) -> (bool, String) {
         .args(args)
         .current_dir(repo_root())
         .env_clear()
-        .envs(coverage_env())
+        .envs(child_env())
         .output()
         .unwrap();
     let text = format!(
@@ -122,7 +122,7 @@ async fn the_example_config_runs_from_anywhere_on_the_builtin_plugins() {
         .args(["run", "--config", config.to_str().unwrap()])
         .current_dir(elsewhere.path())
         .env_clear()
-        .envs(coverage_env())
+        .envs(child_env())
         .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
         .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
         .stderr(Stdio::piped())

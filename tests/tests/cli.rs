@@ -35,7 +35,7 @@ fn invalid_configs_produce_their_golden_errors() {
             .args(["check", "--config", &name])
             .current_dir(&dir)
             .env_clear()
-            .envs(coverage_env())
+            .envs(child_env())
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{name} must be rejected");
@@ -58,7 +58,7 @@ fn the_example_config_is_valid() {
         .args(["check", "--config", "policies.example.yaml"])
         .current_dir(repo_root())
         .env_clear()
-        .envs(coverage_env())
+        .envs(child_env())
         .output()
         .unwrap();
     assert!(
@@ -78,7 +78,7 @@ fn key_id_is_the_hmac_of_the_key_and_matches_what_the_gateway_computes() {
         .args(["key-id", "--config", "policies.example.yaml"])
         .current_dir(&root)
         .env_clear()
-        .envs(coverage_env())
+        .envs(child_env())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -226,7 +226,7 @@ async fn spawn_binary(
             level,
         ])
         .env_clear()
-        .envs(coverage_env())
+        .envs(child_env())
         .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
@@ -535,7 +535,7 @@ async fn the_log_goes_to_rotated_files_within_the_total_size_cap() {
     let child = tokio::process::Command::new(BIN)
         .args(["run", "--config", path.to_str().unwrap()])
         .env_clear()
-        .envs(coverage_env())
+        .envs(child_env())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -1035,7 +1035,7 @@ async fn health_exits_zero_only_on_a_200() {
             let out = Command::new(BIN)
                 .args(["health", "--url", &url, "--timeout", timeout])
                 .env_clear()
-                .envs(coverage_env())
+                .envs(child_env())
                 .output()
                 .unwrap();
             let text = format!(
@@ -1086,4 +1086,106 @@ async fn health_exits_zero_only_on_a_200() {
 
     let (code, text) = health("not a url".into(), "1s").await.unwrap();
     assert_eq!(code, Some(1), "{text}");
+}
+
+/// On a host, the CLI reads the deployment's environment file as the service does
+/// (`TOLLGATE_ENV_FILE`, default `/etc/tollgate/env`): with no `--config` and from any directory,
+/// `key-id` uses the deployed secret and `usage` the deployed database. It refuses rather than
+/// guess: an unreadable file, the development secret on such a host, and an embedded database
+/// that does not exist (it would create an empty one).
+#[tokio::test]
+async fn the_cli_reads_the_deployments_environment_file() {
+    let etc = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = etc.path().join("policies.yaml");
+    std::fs::copy(repo_root().join("policies.example.yaml"), &config).unwrap();
+    let db = state.path().join("tollgate.db");
+    let env_file = etc.path().join("env");
+    let secret = "a-deployed-secret-0123456789abcdef";
+    std::fs::write(
+        &env_file,
+        format!(
+            "# written by scripts/install.sh\nTOLLGATE_CONFIG={}\nTOLLGATE_SECRET={secret}\nTOLLGATE_DATABASE=\"sqlite://{}\"\n",
+            config.display(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str], env_file: &Path, stdin: &str| {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(elsewhere.path())
+            .env_clear()
+            .envs(child_env())
+            .env("TOLLGATE_ENV_FILE", env_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (ok, id, err) = cli(&["key-id"], &env_file, "sk-tollgate-demo\n");
+    assert!(ok, "{err}");
+    let config_loaded = tollgate::Config::parse(
+        &std::fs::read_to_string(&config).unwrap(),
+        "policies.yaml",
+        Box::new(move |k| (k == "TOLLGATE_SECRET").then(|| secret.to_owned())),
+    )
+    .unwrap();
+    assert_eq!(
+        id,
+        tollgate::KeyRing::new(&config_loaded.auth)
+            .id_of("sk-tollgate-demo")
+            .to_hex(),
+        "the id under the secret of the environment file"
+    );
+
+    // The database the file names does not exist yet: refused, and not created.
+    let (ok, _, err) = cli(&["usage"], &env_file, "");
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("no database at {}", db.display())),
+        "{err}"
+    );
+    assert!(!db.exists());
+    // Once the gateway (here: migrate) has created it, the same command reads it.
+    let (ok, _, err) = cli(&["migrate"], &env_file, "");
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["usage"], &env_file, "");
+    assert!(ok, "{err}");
+    assert!(out.starts_with("name\trequests"), "{out}");
+
+    // A host whose file lacks TOLLGATE_SECRET: the example's development default would apply.
+    let no_secret = etc.path().join("env-without-secret");
+    std::fs::write(
+        &no_secret,
+        format!("TOLLGATE_CONFIG={}\n", config.display()),
+    )
+    .unwrap();
+    let (ok, _, err) = cli(&["key-id"], &no_secret, "sk-tollgate-demo\n");
+    assert!(!ok);
+    assert!(
+        err.contains("auth.secret is the development default"),
+        "{err}"
+    );
+
+    // A file that cannot be read (here: a directory) stops every command that reads the config.
+    let (ok, _, err) = cli(&["key-id"], etc.path(), "sk-tollgate-demo\n");
+    assert!(!ok);
+    assert!(err.contains("cannot read the environment file"), "{err}");
 }

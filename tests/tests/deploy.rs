@@ -1,36 +1,21 @@
-//! The deploy files, checked by their own tools: `nginx -t`, `caddy validate`,
-//! `systemd-analyze verify`. A tool that is not installed fails its test: `scripts/test.sh`
-//! installs all three.
+//! The bare-metal deploy files, checked by their own tools: `nginx -t`, `caddy validate`, and
+//! `scripts/install.sh` staged into a directory and checked with `systemd-analyze verify`, then
+//! run as installed. The image is checked in `image.rs`, Compose and Kubernetes in
+//! `orchestration.rs`.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use tollgate_tests::tools::{run, tool};
+use tollgate_tests::{child_env, repo_root};
 
 /// The `tollgate` binary built for the tests (a real executable for the unit's `ExecStart`).
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The tool's path; a missing tool fails the test (a check that cannot run has not passed).
-fn tool(name: &str) -> PathBuf {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("`{name}` is not installed: scripts/test.sh installs it"))
-}
-
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+fn root() -> std::path::PathBuf {
+    repo_root()
 }
 
 #[test]
@@ -86,21 +71,156 @@ fn caddy_accepts_the_caddyfile() {
     assert!(ok, "caddy validate failed:\n{out}");
 }
 
+/// `scripts/install.sh` with `DESTDIR`: the binary, the unit, the production config and an env
+/// file with fresh secrets, each with its mode; the unit passes `systemd-analyze verify`, reloads
+/// with SIGHUP and reads the env file the CLI reads; the staged config checks out under that env
+/// file, and `key-id` on the host uses its secret. A second run overwrites neither file.
 #[test]
-fn systemd_accepts_the_unit() {
+fn install_stages_a_host_whose_unit_verifies_and_whose_cli_uses_the_services_env() {
     let analyze = tool("systemd-analyze");
-    let dir = tempfile::tempdir().unwrap();
-    // The unit as shipped, pointing at a real binary instead of /usr/local/bin/tollgate.
-    let unit = std::fs::read_to_string(root().join("deploy/systemd/tollgate.service"))
-        .unwrap()
-        .replace("/usr/local/bin/tollgate", BIN);
-    let path = dir.path().join("tollgate.service");
-    std::fs::write(&path, unit).unwrap();
-    let (ok, out) = run(Command::new(analyze).arg("verify").arg(&path));
+    let stage = tempfile::tempdir().unwrap();
+    let d = stage.path();
+    let install = || {
+        run(Command::new(root().join("scripts/install.sh"))
+            .env("DESTDIR", d)
+            .env("TOLLGATE_BIN", BIN))
+    };
+    let (ok, out) = install();
+    assert!(ok, "install.sh failed:\n{out}");
+    let mode = |p: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(d.join(p))
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("usr/local/bin/tollgate"), 0o755);
+    assert_eq!(mode("etc/systemd/system/tollgate.service"), 0o644);
+    assert_eq!(mode("etc/tollgate"), 0o750);
+    assert_eq!(mode("etc/tollgate/policies.yaml"), 0o640);
+    assert_eq!(
+        mode("etc/tollgate/env"),
+        0o640,
+        "secrets: not world-readable"
+    );
+    assert_eq!(
+        std::fs::read(d.join("etc/tollgate/policies.yaml")).unwrap(),
+        std::fs::read(root().join("deploy/policies.yaml")).unwrap()
+    );
+
+    let unit = std::fs::read_to_string(d.join("etc/systemd/system/tollgate.service")).unwrap();
+    for line in [
+        "ExecStart=/usr/local/bin/tollgate run --config /etc/tollgate/policies.yaml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "EnvironmentFile=/etc/tollgate/env",
+        "User=tollgate",
+        "StateDirectory=tollgate",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "no `{line}` in the unit:\n{unit}"
+        );
+    }
+    // Verified as installed, with its binary at the staged path.
+    let verify = d.join("verify/tollgate.service");
+    std::fs::create_dir_all(verify.parent().unwrap()).unwrap();
+    std::fs::write(
+        &verify,
+        unit.replace(
+            "/usr/local/bin/tollgate",
+            d.join("usr/local/bin/tollgate").to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run(Command::new(analyze).arg("verify").arg(&verify));
     let problems: Vec<&str> = out
         .lines()
         // Not about the unit: the machine running the tests may lack these.
         .filter(|l| !l.contains("network-online.target") && !l.trim().is_empty())
         .collect();
     assert!(ok && problems.is_empty(), "systemd-analyze verify:\n{out}");
+
+    // The env file: every variable the config requires, with fresh values; the config checks out
+    // under it (as the unit's ExecStartPre runs it), with TOLLGATE_CONFIG pointing at the staged
+    // copy instead of /etc.
+    let env_text = std::fs::read_to_string(d.join("etc/tollgate/env")).unwrap();
+    let env = tollgate::config::env_file::parse(&env_text).unwrap();
+    let config_text = std::fs::read_to_string(root().join("deploy/policies.yaml")).unwrap();
+    for var in tollgate_tests::tools::required_vars(&config_text) {
+        assert!(
+            env.get(&var).is_some_and(|v| !v.is_empty()),
+            "{var} is not set in the env file"
+        );
+    }
+    assert_eq!(env["TOLLGATE_CONFIG"], "/etc/tollgate/policies.yaml");
+    let staged_env = d.join("staged-env");
+    std::fs::write(
+        &staged_env,
+        env_text.replace(
+            "TOLLGATE_CONFIG=/etc/tollgate/policies.yaml",
+            &format!(
+                "TOLLGATE_CONFIG={}",
+                d.join("etc/tollgate/policies.yaml").display()
+            ),
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(d.join("usr/local/bin/tollgate"))
+            .args(args)
+            .current_dir(d)
+            .env_clear()
+            .envs(child_env())
+            .env("TOLLGATE_ENV_FILE", &staged_env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, out) = cli(&["check"], "");
+    assert!(ok, "the staged config does not check out:\n{out}");
+    let (ok, id) = cli(&["key-id"], "sk-some-client-key\n");
+    assert!(ok, "{id}");
+    let vars = env.clone();
+    let config = tollgate::Config::parse(
+        &config_text,
+        "policies.yaml",
+        Box::new(move |k| vars.get(k).cloned()),
+    )
+    .unwrap();
+    assert_eq!(
+        id.trim(),
+        tollgate::KeyRing::new(&config.auth)
+            .id_of("sk-some-client-key")
+            .to_hex()
+    );
+
+    // A second install keeps the operator's files.
+    std::fs::write(d.join("etc/tollgate/policies.yaml"), "# edited\n").unwrap();
+    let (ok, out) = install();
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("etc/tollgate/policies.yaml")).unwrap(),
+        "# edited\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("etc/tollgate/env")).unwrap(),
+        env_text
+    );
 }

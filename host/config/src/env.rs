@@ -45,7 +45,7 @@ pub fn expand(input: &str) -> Result<String, ExpandError> {
     }
     LOOKUP.with(|l| match l.borrow().as_deref() {
         Some(lookup) => expand_with(input, lookup),
-        None => expand_with(input, &|name| std::env::var(name).ok()),
+        None => expand_with(input, &super::env_file::var),
     })
 }
 

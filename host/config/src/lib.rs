@@ -8,9 +8,10 @@
 
 pub mod edge;
 pub mod env;
+pub mod env_file;
 pub mod types;
 mod validate;
-pub use validate::DEMO_ADMIN_PASSWORD;
+pub use validate::{DEMO_ADMIN_PASSWORD, DEMO_KEY, DEMO_SECRET};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -869,7 +870,7 @@ impl Config {
                 message: format!("cannot read file: {e}"),
             }],
         })?;
-        let mut config = Self::parse(&text, &name, Box::new(|k| std::env::var(k).ok()))?;
+        let mut config = Self::parse(&text, &name, Box::new(env_file::var))?;
         config.base_dir = base_dir;
         Ok(config)
     }

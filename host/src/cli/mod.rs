@@ -7,8 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod config_arg;
 mod health;
 mod new_plugin;
+
+use config_arg::{ConfigArg, existing_database};
 pub use new_plugin::{COMPONENTIZE_JS, COMPONENTIZE_PY};
 
 use crate::config::Config;
@@ -31,16 +34,16 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Run {
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Overrides `logging.level` (e.g. `debug`, `tollgate=debug,access=off`).
         #[arg(long, env = "TOLLGATE_LOG")]
         log_level: Option<String>,
     },
     /// Validate a config file and list every error; exits 1 if there are any.
     Check {
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Ask a running gateway's `/health` (or `--url`): exit 0 when it answers 200 within
     /// `--timeout`, 1 otherwise (for container healthchecks; the image has no curl).
@@ -53,30 +56,30 @@ enum Command {
     },
     /// Apply pending database migrations (the gateway also applies them at start).
     Migrate {
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// See and manage key bindings in the configured stores (also reaches running gateways: their
     /// cached copies are dropped).
     Bindings {
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[command(subcommand)]
         action: BindingsAction,
     },
     /// IP allow and deny entries stored in the database (on top of the config file's `access`
     /// lists); running gateways apply a change within a second.
     Ip {
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[command(subcommand)]
         action: IpCommand,
     },
     /// Token usage per key (by name), upstream or model over the last `--since` (from the
     /// database every gateway of the deployment writes to).
     Usage {
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(long, value_enum, default_value = "key")]
         by: UsageGroup,
         /// How far back, e.g. `24h`, `7d`, `30m`.
@@ -95,8 +98,8 @@ enum Command {
     /// Print the key id (HMAC-SHA256 under the config's secret) of the key read from stdin, for
     /// `auth.keys[].key_id`.
     KeyId {
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "policies.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -207,12 +210,23 @@ fn parse_module(s: &str) -> Result<crate::config::Module, String> {
     Ok(crate::config::Module::parse(s))
 }
 
+/// `f` on the config file `arg` names, or exit 1 when the environment file cannot be read.
+fn with_config(arg: &ConfigArg, f: impl FnOnce(&Path) -> ExitCode) -> ExitCode {
+    match arg.path() {
+        Ok(path) => f(&path),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config } => with_config(&config, check),
         Command::Health { url, timeout } => health::health(&url, timeout.into()),
-        Command::KeyId { config } => key_id(&config),
+        Command::KeyId { config } => with_config(&config, key_id),
         Command::Config(ConfigCommand::Schema) => {
             match serde_json::to_string_pretty(&crate::config::json_schema()) {
                 Ok(text) => {
@@ -225,12 +239,14 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, log_level } => run(&config, log_level),
+        Command::Run { config, log_level } => with_config(&config, |p| run(p, log_level)),
         Command::Plugin(cmd) => plugin(cmd),
-        Command::Migrate { config } => migrate(&config),
-        Command::Bindings { config, action } => bindings(&config, action),
-        Command::Ip { config, action } => ip(&config, action),
-        Command::Usage { config, by, since } => usage(&config, by, since.into()),
+        Command::Migrate { config } => with_config(&config, migrate),
+        Command::Bindings { config, action } => with_config(&config, |p| bindings(p, action)),
+        Command::Ip { config, action } => with_config(&config, |p| ip(p, action)),
+        Command::Usage { config, by, since } => {
+            with_config(&config, |p| usage(p, by, since.into()))
+        }
         Command::Admin(AdminCommand::HashPassword) => hash_password(),
     }
 }
@@ -245,6 +261,7 @@ fn usage(path: &std::path::Path, by: UsageGroup, since: std::time::Duration) -> 
     let result = Config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
+            existing_database(&config)?;
             let names = crate::KeyRing::new(&config.auth);
             async_runtime()?.block_on(async {
                 let s = &config.storage;
@@ -402,6 +419,7 @@ fn with_stores(
     let result = Config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
+            existing_database(&config)?;
             async_runtime()?.block_on(async {
                 let client =
                     crate::upstream::UpstreamClient::new(config.server.timeouts.connect.get());
@@ -564,6 +582,17 @@ fn key_id(path: &std::path::Path) -> ExitCode {
     let mut key = String::new();
     if std::io::stdin().read_to_string(&mut key).is_err() {
         eprintln!("cannot read the key from stdin");
+        return ExitCode::FAILURE;
+    }
+    if config.auth.secret.expose() == crate::config::DEMO_SECRET
+        && let Ok(Some(env_file)) = crate::config::env_file::load()
+    {
+        // On a host with a deployment's environment file, the development secret means
+        // TOLLGATE_SECRET is missing there: this id would match no running gateway's.
+        eprintln!(
+            "auth.secret is the development default, so TOLLGATE_SECRET is set neither here nor in {}: the id would not be the deployed gateway's",
+            env_file.display()
+        );
         return ExitCode::FAILURE;
     }
     let ring = crate::pipeline::auth::KeyRing::new(&config.auth);

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Installs Tollgate on this host: the binary (its policy plugins are built in: `tollgate plugin
+# builtins`), the systemd unit, the production config and an environment file with fresh secrets.
+# An existing config or env file is never overwritten.
+#
+#   sudo scripts/install.sh                     # build, install under /usr/local, create the user
+#   DESTDIR=/tmp/stage PREFIX=/usr scripts/install.sh   # stage into a directory (packaging)
+#
+# Variables: PREFIX (/usr/local: the binary goes to $PREFIX/bin), SYSCONFDIR (/etc), UNITDIR
+# (/etc/systemd/system), DESTDIR (a staging root: no user is created and systemd is not told),
+# TOLLGATE_BIN (install this binary instead of building one). Then: docs/operations.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PREFIX=${PREFIX:-/usr/local}
+SYSCONFDIR=${SYSCONFDIR:-/etc}
+UNITDIR=${UNITDIR:-/etc/systemd/system}
+DESTDIR=${DESTDIR:-}
+
+bin=${TOLLGATE_BIN:-}
+if [ -z "$bin" ]; then
+  rustup target add wasm32-wasip2
+  plugins/build.sh build
+  # A binary without its built-in plugins would refuse the installed config: fail here instead.
+  TOLLGATE_REQUIRE_BUILTINS=1 cargo build --release --locked -p tollgate
+  bin=target/release/tollgate
+fi
+
+install -D -m 0755 "$bin" "$DESTDIR$PREFIX/bin/tollgate"
+
+unit=$(mktemp)
+trap 'rm -f "$unit"' EXIT
+sed -e "s|/usr/local/bin/tollgate|$PREFIX/bin/tollgate|g" \
+    -e "s|/etc/tollgate|$SYSCONFDIR/tollgate|g" \
+    deploy/systemd/tollgate.service >"$unit"
+install -D -m 0644 "$unit" "$DESTDIR$UNITDIR/tollgate.service"
+
+conf=$DESTDIR$SYSCONFDIR/tollgate
+install -d -m 0750 "$conf"
+if [ ! -e "$conf/policies.yaml" ]; then
+  install -m 0640 deploy/policies.yaml "$conf/policies.yaml"
+fi
+
+hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
+if [ ! -e "$conf/env" ]; then
+  (
+    umask 0137
+    cat >"$conf/env" <<ENV
+# Tollgate's environment: read by the service (EnvironmentFile=) and by every \`tollgate\` command
+# on this host, so the CLI uses the running gateway's config, secret and database.
+# TOLLGATE_SECRET identifies every client key and binding: keep a copy somewhere safe. Changing or
+# losing it orphans every key id and binding (docs/operations.md).
+TOLLGATE_CONFIG=$SYSCONFDIR/tollgate/policies.yaml
+TOLLGATE_SECRET=$(hex 32)
+TOLLGATE_JWT_SECRET=$(hex 32)
+TOLLGATE_ADMIN_PASSWORD=$(hex 12)
+TOLLGATE_CLIENT_KEY=sk-tg-$(hex 24)
+TOLLGATE_DATABASE=sqlite:///var/lib/tollgate/tollgate.db
+# Several gateways: one PostgreSQL and one Redis for all of them.
+# TOLLGATE_DATABASE=postgres://tollgate:PASSWORD@db.internal:5432/tollgate
+# TOLLGATE_CACHE=redis://:PASSWORD@cache.internal:6379
+OPENAI_API_KEY=
+ENV
+  )
+fi
+
+if [ -z "$DESTDIR" ] && [ "$(id -u)" = 0 ]; then
+  getent passwd tollgate >/dev/null ||
+    useradd --system --user-group --home-dir /var/lib/tollgate --shell /usr/sbin/nologin tollgate
+  chown root:tollgate "$conf" "$conf/policies.yaml" "$conf/env"
+  if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+  fi
+  echo "installed; the admin password and the first client key are in $conf/env"
+  echo "start:   systemctl enable --now tollgate"
+  echo "check:   sudo -u tollgate tollgate health && sudo -u tollgate tollgate plugin builtins"
+else
+  echo "staged under ${DESTDIR:-/} (no user created: create \`tollgate\` and chown root:tollgate $SYSCONFDIR/tollgate on the target)"
+fi
