@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use tollgate_tests::tools::{run, tool};
