@@ -273,3 +273,199 @@ impl Drop for Postgres {
         self.stop();
     }
 }
+
+/// A `redis-server` with persistence off, started with `args` and its data in a directory of its
+/// own; killed when dropped.
+pub struct RedisNode {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisNode {
+    /// Listens on `port` for plain TCP (or, with `--port 0` among `args`, only as they say).
+    pub fn start(port: u16, args: &[&str]) -> Self {
+        Self::start_watching(port, port, args)
+    }
+
+    /// Started with `args`; ready when `ready_port` accepts.
+    pub fn start_watching(port: u16, ready_port: u16, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new("redis-server")
+            .args(args)
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        wait_for_port(ready_port, "redis-server", &mut child);
+        Self {
+            port,
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// A Sentinel on `port` watching the primary `mymaster` at `primary` (quorum 2, down after
+    /// 1 s), its config file in its own directory (a Sentinel rewrites it).
+    pub fn sentinel(port: u16, primary: u16) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {primary} 2\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\nsentinel parallel-syncs mymaster 1\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel runs");
+        wait_for_port(port, "redis sentinel", &mut child);
+        Self {
+            port,
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// `redis-cli -p PORT ARGS…`, its output trimmed (plain TCP nodes only).
+    pub fn cli(port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `kill -9`, and waits for it to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "-KILL");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A Redis Cluster of `n` masters and no replicas on loopback (`redis-cli --cluster create`).
+pub struct RedisCluster {
+    pub nodes: Vec<RedisNode>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> Self {
+        let nodes: Vec<RedisNode> = (0..n)
+            .map(|_| {
+                RedisNode::start(
+                    free_port(),
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !nodes
+            .iter()
+            .all(|n| RedisNode::cli(n.port, &["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { nodes }
+    }
+
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+}
+
+/// A primary, one replica and three Sentinels watching them as `mymaster`.
+pub struct RedisSentinels {
+    pub primary: RedisNode,
+    pub replica: RedisNode,
+    pub sentinels: Vec<RedisNode>,
+}
+
+impl RedisSentinels {
+    pub fn start() -> Self {
+        let primary = RedisNode::start(free_port(), &[]);
+        let p = primary.port.to_string();
+        let replica = RedisNode::start(free_port(), &["--replicaof", "127.0.0.1", &p]);
+        let sentinels: Vec<RedisNode> = (0..3)
+            .map(|_| RedisNode::sentinel(free_port(), primary.port))
+            .collect();
+        // Ready when every Sentinel knows the replica (found through the primary).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sentinels.iter().all(|s| {
+            RedisNode::cli(s.port, &["sentinel", "replicas", "mymaster"])
+                .contains(&replica.port.to_string())
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinels never saw the replica"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            primary,
+            replica,
+            sentinels,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        let s: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+sentinel://{}/mymaster", s.join(","))
+    }
+
+    /// The port the Sentinels give for the primary now.
+    pub fn primary_port(&self) -> u16 {
+        let out = RedisNode::cli(
+            self.sentinels[0].port,
+            &["sentinel", "get-master-addr-by-name", "mymaster"],
+        );
+        out.lines().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0)
+    }
+}

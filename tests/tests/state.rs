@@ -1083,9 +1083,14 @@ async fn a_hung_redis_opens_the_breaker_on_the_first_timeout_and_recovers() {
     use tollgate::state::{Kv, RedisKv};
     let redis = Redis::start();
     let kv = Arc::new(
-        RedisKv::connect(&redis.url(), Duration::from_millis(500))
-            .await
-            .unwrap(),
+        RedisKv::connect(
+            &redis.url(),
+            &Default::default(),
+            std::path::Path::new("."),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap(),
     );
     kv.set("k", "v", None).await.unwrap();
     redis.pause();

@@ -94,6 +94,13 @@ pub(crate) fn string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D
     expand(&raw).map_err(serde::de::Error::custom)
 }
 
+/// `deserialize_with` helper for optional paths that allow `${VAR}`.
+pub(crate) fn opt_path<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::path::PathBuf>, D::Error> {
+    opt_string(d).map(|s| s.map(Into::into))
+}
+
 /// `deserialize_with` helper for optional strings that allow `${VAR}`.
 pub(crate) fn opt_string<'de, D: serde::Deserializer<'de>>(
     d: D,

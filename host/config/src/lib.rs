@@ -9,6 +9,7 @@
 pub mod edge;
 pub mod env;
 pub mod env_file;
+pub mod redis_url;
 pub mod types;
 mod validate;
 pub use validate::{DEMO_ADMIN_PASSWORD, DEMO_KEY, DEMO_SECRET};
@@ -649,7 +650,11 @@ pub struct StorageConfig {
     /// Source of truth for bindings and the intercept log.
     pub database: DatabaseUrl,
     /// Cache, counters and plugin key-value data. Never the source of truth for bindings.
+    /// `memory`, or Redis: one server, Sentinel or Cluster (docs/state.md, "Redis").
     pub cache: CacheUrl,
+    /// TLS to Redis (`rediss…` URLs): the CA to trust instead of the system's, and a client
+    /// certificate for mutual TLS.
+    pub redis_tls: RedisTls,
     pub failsafe: Failsafe,
     /// How often batched `last_used` updates and intercepts are written.
     pub flush_interval: Duration,
@@ -727,8 +732,26 @@ impl Default for StorageConfig {
             retention_interval: Duration::secs(3600),
             op_timeout: Duration(std::time::Duration::from_millis(1000)),
             plugin_cache: PluginCache::default(),
+            redis_tls: RedisTls::default(),
         }
     }
+}
+
+/// `storage.redis_tls`: certificates for `rediss…` caches. Paths are relative to the config
+/// file. Read at start.
+#[derive(Debug, Deserialize, Clone, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTls {
+    /// PEM file of the CA(s) that signed the Redis servers' certificates; the system's trust
+    /// store when unset.
+    #[serde(deserialize_with = "env::opt_path")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain, for servers that require one (`tls-auth-clients yes`).
+    #[serde(deserialize_with = "env::opt_path")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(deserialize_with = "env::opt_path")]
+    pub key: Option<PathBuf>,
 }
 
 /// Alerts on repeated intercepts: when one key is refused `threshold` times within `window`, a

@@ -54,7 +54,11 @@ string_schema!(
     "DatabaseUrl",
     "sqlite://PATH, sqlite::memory: or postgres://…"
 );
-string_schema!(CacheUrl, "CacheUrl", "memory, or redis://… / rediss://…");
+string_schema!(
+    CacheUrl,
+    "CacheUrl",
+    "memory, or redis://… / rediss://… (one server), redis+sentinel://s1,s2/PRIMARY, redis+cluster://n1,n2,…"
+);
 
 impl schemars::JsonSchema for ByteSize {
     fn schema_name() -> std::borrow::Cow<'static, str> {
@@ -503,10 +507,8 @@ impl FromStr for CacheUrl {
     fn from_str(s: &str) -> Result<Self, String> {
         if s == "memory" {
             Ok(Self::Memory)
-        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
-            Ok(Self::Redis(Secret::new(s)))
         } else {
-            Err("must be `memory` or start with redis:// or rediss://".into())
+            crate::redis_url::RedisUrl::parse(s).map(|_| Self::Redis(Secret::new(s)))
         }
     }
 }

@@ -354,9 +354,15 @@ impl Stores {
         db.migrate().await?;
         let cache: Arc<dyn Kv> = match &config.cache {
             CacheUrl::Memory => Arc::new(MemoryKv::default()),
-            CacheUrl::Redis(url) => {
-                Arc::new(RedisKv::connect(url.expose(), config.op_timeout.get()).await?)
-            }
+            CacheUrl::Redis(url) => Arc::new(
+                RedisKv::connect(
+                    url.expose(),
+                    &config.redis_tls,
+                    base_dir,
+                    config.op_timeout.get(),
+                )
+                .await?,
+            ),
         };
         let stores = Self::start(db, cache, config.clone(), alerts.clone(), webhook);
         stores.refresh_settings().await?;

@@ -1,4 +1,5 @@
-//! The shared cache: Redis through one multiplexed, self-reconnecting connection.
+//! The shared cache: Redis (one server, Sentinel or Cluster: [`topology`]) through one
+//! multiplexed, self-reconnecting connection.
 //!
 //! Every operation has a timeout. A circuit breaker sits in front: after a failure (an error or
 //! a timeout, e.g. a Redis that hangs) the cache reports itself down for [`RETRY_AFTER`], counted
@@ -15,12 +16,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
+
+mod topology;
 
 use super::{Kv, StoreError, StoreResult};
 use crate::clock::unix_ms;
 use crate::rate::{Decision, GCRA_SCRIPT, Gcra, Op};
+use topology::{Backend, Conn};
 
 /// How long a failed Redis is left alone before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -63,8 +66,8 @@ impl std::ops::Deref for RedisKv {
 }
 
 pub struct Inner {
-    client: redis::Client,
-    conn: ArcSwapOption<ConnectionManager>,
+    backend: Arc<Backend>,
+    conn: ArcSwapOption<Conn>,
     connecting: AtomicBool,
     /// Unix ms until which the cache counts as down.
     down_until: AtomicU64,
@@ -79,10 +82,14 @@ pub struct Inner {
 impl RedisKv {
     /// Checks the URL and tries to connect. A Redis that is down at start is not an error: the
     /// gateway starts on the database alone and connects when Redis comes back.
-    pub async fn connect(url: &str, timeout: Duration) -> StoreResult<Self> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::new("redis", e))?;
+    pub async fn connect(
+        url: &str,
+        tls: &tollgate_config::RedisTls,
+        base_dir: &std::path::Path,
+        timeout: Duration,
+    ) -> StoreResult<Self> {
         let kv = Inner {
-            client,
+            backend: Arc::new(Backend::new(url, tls, base_dir)?),
             conn: ArcSwapOption::empty(),
             connecting: AtomicBool::new(false),
             down_until: AtomicU64::new(0),
@@ -101,7 +108,7 @@ impl RedisKv {
     /// Runs one operation with the timeout and the circuit breaker.
     async fn run<T, F>(&self, op: F) -> StoreResult<T>
     where
-        F: AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(Conn) -> redis::RedisResult<T>,
     {
         let down_until = self.down_until.load(Ordering::Relaxed);
         if down_until != 0 {
@@ -132,6 +139,10 @@ impl Inner {
     /// when the operation began: after a timeout as long as the window, callers must still fall
     /// back at once.
     fn opened(&self) {
+        if self.backend.follows_primary() {
+            // The next connection asks the Sentinels where the primary is.
+            self.conn.store(None);
+        }
         self.down_until.store(
             unix_ms() + RETRY_AFTER.as_millis() as u64,
             Ordering::Relaxed,
@@ -157,18 +168,25 @@ impl Inner {
         }
     }
 
-    async fn connection(&self) -> StoreResult<ConnectionManager> {
+    async fn connection(&self) -> StoreResult<Conn> {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
         }
         if self.connecting.swap(true, Ordering::AcqRel) {
             return Err(StoreError::new("redis", "connecting"));
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let result = self.client.get_connection_manager_with_config(config).await;
+        let result = match tokio::time::timeout(
+            self.timeout * 2,
+            self.backend.connect(self.timeout),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "connect timed out",
+            ))),
+        };
         self.connecting.store(false, Ordering::Release);
         let conn = result.map_err(|e| StoreError::new("redis", e))?;
         self.conn.store(Some(std::sync::Arc::new(conn.clone())));
@@ -185,10 +203,21 @@ impl Drop for ProbeGuard<'_> {
 }
 
 /// Relays one channel's messages to `tx`, reconnecting after [`RETRY_AFTER`] whenever the
-/// subscription breaks, until `tx` is closed.
-async fn relay(client: redis::Client, channel: String, tx: mpsc::Sender<String>) {
+/// subscription breaks (to the next seed node of a cluster, to the current primary under
+/// Sentinel), until `tx` is closed.
+async fn relay(backend: Arc<Backend>, channel: String, tx: mpsc::Sender<String>) {
     use futures_util::StreamExt;
+    let mut attempt = 0;
     while !tx.is_closed() {
+        attempt += 1;
+        let client = match backend.pubsub_client(attempt).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(target: "state", error = %e, "redis unreachable for subscribe");
+                tokio::time::sleep(RETRY_AFTER).await;
+                continue;
+            }
+        };
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
@@ -320,7 +349,7 @@ impl Kv for RedisKv {
 
     fn subscribe(&self, channel: &str) -> Option<mpsc::Receiver<String>> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(relay(self.client.clone(), cache_key(channel), tx));
+        tokio::spawn(relay(self.backend.clone(), cache_key(channel), tx));
         Some(rx)
     }
 }
