@@ -34,6 +34,9 @@ sed -e "s|/usr/local/bin/tollgate|$PREFIX/bin/tollgate|g" \
     -e "s|/etc/tollgate|$SYSCONFDIR/tollgate|g" \
     deploy/systemd/tollgate.service >"$unit"
 install -D -m 0644 "$unit" "$DESTDIR$UNITDIR/tollgate.service"
+# For TLS in Tollgate itself with certbot (docs/operations.md, "TLS").
+install -D -m 0755 deploy/systemd/certbot-deploy-hook.sh \
+  "$DESTDIR$PREFIX/share/tollgate/certbot-deploy-hook.sh"
 
 conf=$DESTDIR$SYSCONFDIR/tollgate
 install -d -m 0750 "$conf"

@@ -96,6 +96,7 @@ fn install_stages_a_host_whose_unit_verifies_and_whose_cli_uses_the_services_env
     };
     assert_eq!(mode("usr/local/bin/tollgate"), 0o755);
     assert_eq!(mode("etc/systemd/system/tollgate.service"), 0o644);
+    assert_eq!(mode("usr/local/share/tollgate/certbot-deploy-hook.sh"), 0o755);
     assert_eq!(mode("etc/tollgate"), 0o750);
     assert_eq!(mode("etc/tollgate/policies.yaml"), 0o640);
     assert_eq!(
@@ -222,4 +223,67 @@ fn install_stages_a_host_whose_unit_verifies_and_whose_cli_uses_the_services_env
         std::fs::read_to_string(d.join("etc/tollgate/env")).unwrap(),
         env_text
     );
+}
+
+/// The certbot deploy hook copies a renewed pair where the service's user can read it (0640, in
+/// a 0750 directory), replacing each file by a rename; the gateway's config takes the copies.
+#[test]
+fn the_certbot_hook_copies_a_renewal_for_the_services_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let lineage = dir.path().join("live/llm.example.com");
+    let dest = dir.path().join("tls");
+    std::fs::create_dir_all(&lineage).unwrap();
+    let hook = |cert: &tollgate_tests::TestCert| {
+        std::fs::write(lineage.join("fullchain.pem"), &cert.cert_pem).unwrap();
+        std::fs::write(lineage.join("privkey.pem"), &cert.key_pem).unwrap();
+        run(
+            Command::new(root().join("deploy/systemd/certbot-deploy-hook.sh"))
+                .env("RENEWED_LINEAGE", &lineage)
+                .env("TOLLGATE_TLS_DIR", &dest),
+        )
+    };
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for _ in 0..2 {
+        // A first issue, then a renewal: the copies follow.
+        let cert = tollgate_tests::TestCert::generate();
+        let (ok, out) = hook(&cert);
+        assert!(ok, "{out}");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("fullchain.pem")).unwrap(),
+            cert.cert_pem
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.join("privkey.pem")).unwrap(),
+            cert.key_pem
+        );
+        assert_eq!(mode(&dest), 0o750);
+        assert_eq!(mode(&dest.join("privkey.pem")), 0o640);
+        let leftovers: Vec<_> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+    // The gateway accepts the pair (check loads TLS files as `run` does).
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        tollgate_tests::config_yaml(&["http://127.0.0.1:9".into()], "").replacen(
+            "  listen: 127.0.0.1:0\n",
+            &format!(
+                "  listen: 127.0.0.1:0\n  tls: {{cert: {}, key: {}}}\n",
+                dest.join("fullchain.pem").display(),
+                dest.join("privkey.pem").display()
+            ),
+            1,
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run(Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("TOLLGATE_ENV_FILE", ""));
+    assert!(ok, "{out}");
 }
