@@ -413,3 +413,89 @@ pub fn child_env() -> Vec<(String, String)> {
         .filter(|(k, _)| k == "LLVM_PROFILE_FILE")
         .collect()
 }
+
+/// What a finished command said.
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` with `stdin` written to it; its exit status and output.
+pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> Ran {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin is written");
+    let out = child.wait_with_output().expect("the command ends");
+    Ran {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Waits until every one of `ports` accepts; if they do not within 20 s, kills `child` and fails
+/// with what it logged (its stderr must be piped).
+pub async fn wait_started(child: &mut tokio::process::Child, ports: &[u16]) {
+    let ready = eventually(Duration::from_secs(20), || {
+        ports
+            .iter()
+            .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+    })
+    .await;
+    if !ready {
+        let _ = child.start_kill();
+        let mut log = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            use tokio::io::AsyncReadExt;
+            let _ = err.read_to_string(&mut log).await;
+        }
+        panic!("did not start listening on {ports:?}:\n{log}");
+    }
+}
+
+/// Logs in to the admin API at `admin` (`host:port`) and returns the session token.
+pub async fn admin_token(
+    http: &reqwest::Client,
+    admin: &str,
+    user: &str,
+    password: &str,
+) -> String {
+    let resp = http
+        .post(format!("http://{admin}/admin/api/login"))
+        .json(&serde_json::json!({"username": user, "password": password}))
+        .send()
+        .await
+        .expect("the admin plane answers");
+    assert_eq!(resp.status(), 200, "login as {user}");
+    let body: serde_json::Value = resp.json().await.expect("a JSON body");
+    body["token"].as_str().expect("a token").to_owned()
+}
+
+/// `GET http://{admin}{path}` with `token`, as JSON.
+pub async fn admin_get(
+    http: &reqwest::Client,
+    admin: &str,
+    token: &str,
+    path: &str,
+) -> serde_json::Value {
+    http.get(format!("http://{admin}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("the admin plane answers")
+        .json()
+        .await
+        .expect("a JSON body")
+}

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use sha2::Digest;
 use tollgate_tests::*;
@@ -129,15 +128,7 @@ async fn the_example_config_runs_from_anywhere_on_the_builtin_plugins() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let ready = eventually(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
-    })
-    .await;
-    if !ready {
-        child.start_kill().unwrap();
-        let out = child.wait_with_output().await.unwrap();
-        panic!("did not start:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
+    wait_started(&mut child, &[port, admin_port]).await;
     let http = client();
     let resp = http
         .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
@@ -155,24 +146,9 @@ async fn the_example_config_runs_from_anywhere_on_the_builtin_plugins() {
             .starts_with("mock")
     );
 
-    let login: serde_json::Value = http
-        .post(format!("http://127.0.0.1:{admin_port}/admin/api/login"))
-        .json(&serde_json::json!({"username": "admin", "password": "tollgate-demo-admin"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let view: serde_json::Value = http
-        .get(format!("http://127.0.0.1:{admin_port}/admin/api/plugins"))
-        .bearer_auth(login["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = format!("127.0.0.1:{admin_port}");
+    let token = admin_token(&http, &admin, "admin", "tollgate-demo-admin").await;
+    let view = admin_get(&http, &admin, &token, "/admin/api/plugins").await;
     let plugins = view["plugins"].as_array().unwrap();
     assert_eq!(plugins.len(), 4, "{view}");
     for p in plugins {

@@ -74,24 +74,16 @@ fn the_example_config_is_valid() {
 #[test]
 fn key_id_is_the_hmac_of_the_key_and_matches_what_the_gateway_computes() {
     let root = repo_root();
-    let mut child = Command::new(BIN)
-        .args(["key-id", "--config", "policies.example.yaml"])
-        .current_dir(&root)
-        .env_clear()
-        .envs(child_env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"sk-tollgate-demo\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let ran = run_with_stdin(
+        Command::new(BIN)
+            .args(["key-id", "--config", "policies.example.yaml"])
+            .current_dir(&root)
+            .env_clear()
+            .envs(child_env()),
+        "sk-tollgate-demo\n",
+    );
+    assert!(ran.ok, "{}", ran.stderr);
+    let id = ran.stdout.trim().to_owned();
     assert_eq!(
         id,
         "839389c2214bac9bd418ef10b2bcf0618ae97ebeaa9726eef55a9d974ef9bce9"
@@ -1113,30 +1105,16 @@ async fn the_cli_reads_the_deployments_environment_file() {
     )
     .unwrap();
     let cli = |args: &[&str], env_file: &Path, stdin: &str| {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .current_dir(elsewhere.path())
-            .env_clear()
-            .envs(child_env())
-            .env("TOLLGATE_ENV_FILE", env_file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let ran = run_with_stdin(
+            Command::new(BIN)
+                .args(args)
+                .current_dir(elsewhere.path())
+                .env_clear()
+                .envs(child_env())
+                .env("TOLLGATE_ENV_FILE", env_file),
+            stdin,
+        );
+        (ran.ok, ran.stdout.trim().to_owned(), ran.stderr)
     };
 
     let (ok, id, err) = cli(&["key-id"], &env_file, "sk-tollgate-demo\n");

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use tollgate_tests::tools::{run, tool};
 use tollgate_tests::{child_env, repo_root};
@@ -96,7 +96,10 @@ fn install_stages_a_host_whose_unit_verifies_and_whose_cli_uses_the_services_env
     };
     assert_eq!(mode("usr/local/bin/tollgate"), 0o755);
     assert_eq!(mode("etc/systemd/system/tollgate.service"), 0o644);
-    assert_eq!(mode("usr/local/share/tollgate/certbot-deploy-hook.sh"), 0o755);
+    assert_eq!(
+        mode("usr/local/share/tollgate/certbot-deploy-hook.sh"),
+        0o755
+    );
     assert_eq!(mode("etc/tollgate"), 0o750);
     assert_eq!(mode("etc/tollgate/policies.yaml"), 0o640);
     assert_eq!(
@@ -167,31 +170,16 @@ fn install_stages_a_host_whose_unit_verifies_and_whose_cli_uses_the_services_env
     )
     .unwrap();
     let cli = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(d.join("usr/local/bin/tollgate"))
-            .args(args)
-            .current_dir(d)
-            .env_clear()
-            .envs(child_env())
-            .env("TOLLGATE_ENV_FILE", &staged_env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let ran = tollgate_tests::run_with_stdin(
+            Command::new(d.join("usr/local/bin/tollgate"))
+                .args(args)
+                .current_dir(d)
+                .env_clear()
+                .envs(child_env())
+                .env("TOLLGATE_ENV_FILE", &staged_env),
+            stdin,
         );
-        (out.status.success(), text)
+        (ran.ok, format!("{}{}", ran.stdout, ran.stderr))
     };
     let (ok, out) = cli(&["check"], "");
     assert!(ok, "the staged config does not check out:\n{out}");

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use tollgate_tests::tools::{run, tool, venv_tool};
 use tollgate_tests::*;
@@ -252,19 +251,7 @@ async fn the_image_runs_read_only_as_its_user_and_passes_its_healthcheck() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let ready = eventually(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", free_admin)).is_ok()
-            && std::net::TcpStream::connect(("127.0.0.1", free_data)).is_ok()
-    })
-    .await;
-    if !ready {
-        child.start_kill().unwrap();
-        let out = child.wait_with_output().await.unwrap();
-        panic!(
-            "the image did not start:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    wait_started(&mut child, &[free_admin, free_data]).await;
 
     // The data plane proxies with the image's config and built-in plugins.
     let http = client();
@@ -280,26 +267,9 @@ async fn the_image_runs_read_only_as_its_user_and_passes_its_healthcheck() {
         "Bearer sk-upstream-credential"
     );
     // The admin plane: log in, and see the built-in plugins in service.
-    let login = http
-        .post(format!("http://127.0.0.1:{free_admin}/admin/api/login"))
-        .json(&serde_json::json!({"username": "admin", "password": "image-test-admin-password"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 200);
-    let token = login.json::<serde_json::Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let plugins: serde_json::Value = http
-        .get(format!("http://127.0.0.1:{free_admin}/admin/api/plugins"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = format!("127.0.0.1:{free_admin}");
+    let token = admin_token(&http, &admin, "admin", "image-test-admin-password").await;
+    let plugins = admin_get(&http, &admin, &token, "/admin/api/plugins").await;
     let modules: Vec<&str> = plugins["plugins"]
         .as_array()
         .unwrap()

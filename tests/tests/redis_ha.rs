@@ -40,6 +40,19 @@ async fn alternate(gws: &[&TestGateway], key: &str, n: usize) -> Vec<u16> {
     statuses
 }
 
+/// The cache fallbacks the gateways have counted, together.
+fn fallbacks(gws: &[&TestGateway]) -> u64 {
+    gws.iter()
+        .map(|g| {
+            g.gateway
+                .stores
+                .stats
+                .cache_fallbacks
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum()
+}
+
 fn count(statuses: &[u16], status: u16) -> usize {
     statuses.iter().filter(|s| **s == status).count()
 }
@@ -91,17 +104,11 @@ async fn rediss_with_a_private_ca_keeps_limits_exact_and_an_unknown_ca_is_refuse
         (3, 5),
         "{statuses:?}"
     );
-    for gw in [&a, &b] {
-        assert_eq!(
-            gw.gateway
-                .stores
-                .stats
-                .cache_fallbacks
-                .load(std::sync::atomic::Ordering::Relaxed),
-            0,
-            "a gateway fell back from the TLS cache"
-        );
-    }
+    assert_eq!(
+        fallbacks(&[&a, &b]),
+        0,
+        "a gateway fell back from the TLS cache"
+    );
 
     // The same server without its CA (the system's trust store): refused, never trusted.
     let untrusting = RedisKv::connect(
@@ -154,16 +161,11 @@ async fn a_three_master_cluster_spreads_keys_and_keeps_limits_exact_across_two_g
             "{key}: {statuses:?}"
         );
     }
-    for gw in [&a, &b] {
-        assert_eq!(
-            gw.gateway
-                .stores
-                .stats
-                .cache_fallbacks
-                .load(std::sync::atomic::Ordering::Relaxed),
-            0
-        );
-    }
+    assert_eq!(
+        fallbacks(&[&a, &b]),
+        0,
+        "a gateway fell back from the cluster"
+    );
     // The buckets live on several masters: the keys really were spread over slots.
     let holding = cluster
         .nodes
@@ -291,31 +293,12 @@ async fn a_sentinel_failover_keeps_bindings_exact_and_the_gateways_follow_the_ne
     // new primary, so a fresh key's limit is exact across them again (4 of 8).
     let settled = Instant::now();
     loop {
-        let before: u64 = [&a, &b]
-            .iter()
-            .map(|g| {
-                g.gateway
-                    .stores
-                    .stats
-                    .cache_fallbacks
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum();
+        let before = fallbacks(&[&a, &b]);
         for gw in [&a, &b] {
             let _ = from(gw, "10.0.0.1", probe_key).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        let after: u64 = [&a, &b]
-            .iter()
-            .map(|g| {
-                g.gateway
-                    .stores
-                    .stats
-                    .cache_fallbacks
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum();
-        if after == before {
+        if fallbacks(&[&a, &b]) == before {
             break;
         }
         assert!(
