@@ -33,19 +33,13 @@ fn sha256_of_file(name: &str) -> String {
 }
 
 fn tollgate(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(repo_root())
-        .env_clear()
-        .envs(child_env())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    tools::run(
+        Command::new(BIN)
+            .args(args)
+            .current_dir(repo_root())
+            .env_clear()
+            .envs(child_env()),
+    )
 }
 
 #[test]

@@ -1035,6 +1035,7 @@ async fn health_exits_zero_only_on_a_200() {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
+            // The exit code itself: 1, not a panic's 101.
             (out.status.code(), text)
         })
     };

@@ -1351,6 +1351,19 @@ async fn queued_usage_and_intercepts_survive_a_database_outage() {
     );
 }
 
+/// The `i`th of a series of refusals of key 0, `i` ms after `now`, with path `/v1/{i}`.
+fn numbered_intercept(now: u64, i: u64) -> Intercept {
+    Intercept {
+        at_ms: now + i,
+        key_id_prefix: key_id(0)[..12].to_owned(),
+        bound_cidr: Some("10.0.0.0/8".into()),
+        attempted_ip: "192.0.2.1".into(),
+        method: "POST".into(),
+        path: format!("/v1/{i}"),
+        reason: "ip_not_allowed".into(),
+    }
+}
+
 /// The hand-off queue to the writer holds 65,536 intercepts: past it the new one is dropped and
 /// counted, never waited for. What the writer takes is written whole while the database is up,
 /// however many arrive between two flushes (a flood of refusals is written in batches of 10,000;
@@ -1370,15 +1383,7 @@ async fn the_intercept_hand_off_is_bounded_and_a_flood_is_written_whole() {
     .await;
     let dropped = || stores.stats.queue_full.load(Relaxed);
     let now = unix_ms();
-    let intercept = |i: u64| Intercept {
-        at_ms: now + i,
-        key_id_prefix: key_id(0)[..12].to_owned(),
-        bound_cidr: Some("10.0.0.0/8".into()),
-        attempted_ip: "192.0.2.1".into(),
-        method: "POST".into(),
-        path: format!("/v1/{i}"),
-        reason: "ip_not_allowed".into(),
-    };
+    let intercept = |i: u64| numbered_intercept(now, i);
     // No await in between: on this single-threaded runtime the writer cannot take any, so the
     // queue fills and the last 7 are dropped.
     for i in 0..65_536 + 7 {
@@ -1456,15 +1461,7 @@ async fn the_write_queue_drops_and_counts_its_overflow_and_writes_the_rest() {
     sqlx::query("CHECKPOINT").execute(&admin).await.unwrap();
     admin.close().await;
     pg.stop();
-    let intercept = |i: u64| Intercept {
-        at_ms: now + i,
-        key_id_prefix: key_id(0)[..12].to_owned(),
-        bound_cidr: Some("10.0.0.0/8".into()),
-        attempted_ip: "192.0.2.1".into(),
-        method: "POST".into(),
-        path: format!("/v1/{i}"),
-        reason: "ip_not_allowed".into(),
-    };
+    let intercept = |i: u64| numbered_intercept(now, i);
     for i in 0..10_050 {
         stores.record_intercept(&key_id(0), intercept(i));
     }
