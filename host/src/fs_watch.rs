@@ -14,6 +14,14 @@ use tokio::sync::mpsc;
 /// then key) is one reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// Reloads that a watched file (or SIGHUP, or the admin API) set off, by result: the config's and
+/// the TLS certificate's. Counted here, where reloads start, and exported by the metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Reloads {
+    pub(crate) ok: std::sync::atomic::AtomicU64,
+    pub(crate) failed: std::sync::atomic::AtomicU64,
+}
+
 /// Keeps the OS watch alive; dropping it stops watching.
 pub struct FileWatch {
     _watcher: RecommendedWatcher,

@@ -13,9 +13,10 @@
 //! | [`upstream`] | here | the pooled client, each upstream's health, the built-in mock |
 //! | [`pipeline`] | here | the request phases and the [`pipeline::Filter`] trait |
 //! | [`telemetry`] | here | logging setup and the access-log filter |
-//! | [`gateway`] | here | the config snapshot, reloads, probes, the two planes |
+//! | [`gateway`] | here | the config snapshot, reloads, probes |
 //! | [`service`] | here | operator operations shared by the admin API and the CLI (audited) |
 //! | [`admin`] | here | the admin plane: `/metrics`, the admin API, its authentication |
+//! | [`planes`] | here | the composition root: both listeners, each with its handler |
 //! | [`cli`] | here | the binary's commands |
 //!
 //! The three lower layers are crates so an upward import cannot compile. Inside this crate
@@ -28,6 +29,7 @@ pub(crate) mod fs_watch;
 pub(crate) mod gateway;
 pub(crate) mod listen;
 pub(crate) mod pipeline;
+pub(crate) mod planes;
 pub(crate) mod service;
 pub(crate) mod telemetry;
 pub(crate) mod upstream;
@@ -39,8 +41,8 @@ pub use tollgate_state as state;
 pub use admin::auth::hash_password as admin_hash_password;
 pub use config::Config;
 pub use gateway::Gateway;
-pub use gateway::planes::Listeners;
 pub use gateway::reload;
 pub use pipeline::auth::KeyRing;
+pub use planes::Listeners;
 pub use upstream::UpstreamClient;
 pub use upstream::mock;

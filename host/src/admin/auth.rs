@@ -346,3 +346,21 @@ impl AdminAuth {
         Ok(Login::Denied)
     }
 }
+
+/// A reload replaces the users (and so ends the sessions of removed ones); a config whose users
+/// cannot be prepared refuses the reload.
+impl crate::gateway::ReloadPart for AdminAuth {
+    fn prepare(
+        self: Arc<Self>,
+        config: &crate::config::Config,
+    ) -> Result<crate::gateway::Commit, Vec<crate::config::ConfigError>> {
+        let users = Self::users_of(&config.admin).map_err(|message| {
+            vec![crate::config::ConfigError {
+                path: "admin.users".into(),
+                location: None,
+                message,
+            }]
+        })?;
+        Ok(Box::new(move || self.set_users(users)))
+    }
+}

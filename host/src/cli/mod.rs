@@ -16,7 +16,7 @@ pub use new_plugin::{COMPONENTIZE_JS, COMPONENTIZE_PY};
 
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::gateway::planes::Listeners;
+use crate::planes::Listeners;
 use crate::service;
 
 #[derive(Parser)]

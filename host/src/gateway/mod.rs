@@ -5,9 +5,9 @@
 //! `ArcSwap`. A request takes the snapshot once at its start and uses it to the end, so a config
 //! reload never changes the rules under a request in flight. The upstream connection pool and the
 //! stores live outside the snapshot and survive reloads. Also here: the probes (`probes.rs`), the
-//! config file watcher (`reload.rs`) and the two listeners (`planes.rs`).
+//! config file watcher (`reload.rs`). The two listeners that serve it are the composition root
+//! above the admin plane (`crate::planes`).
 
-pub(crate) mod planes;
 mod probes;
 pub mod reload;
 mod runtime;
@@ -20,7 +20,6 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::get;
 
-use crate::admin::auth::{AdminAuth, AdminUsers};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::pipeline::route::Runtime;
 use crate::policy::PolicyEngine;
@@ -54,9 +53,21 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
     /// Where the reloader takes requests from the admin API (set when it starts).
     pub(crate) reload_requests: std::sync::OnceLock<tokio::sync::mpsc::Sender<ReloadReply>>,
-    /// The admin plane's users and tokens, once it serves: a reload replaces its users.
-    pub(crate) admin_auth: std::sync::OnceLock<Arc<AdminAuth>>,
+    /// State outside the snapshot that a reload also replaces (the admin plane's users, once it
+    /// serves), registered by its owner; see [`ReloadPart`].
+    pub(crate) reload_part: std::sync::OnceLock<Arc<dyn ReloadPart>>,
     last_reload: std::sync::Mutex<Option<ReloadStatus>>,
+}
+
+/// What a [`ReloadPart`] applies once the new runtime is in service.
+pub(crate) type Commit = Box<dyn FnOnce() + Send>;
+
+/// State outside the runtime snapshot that a reload replaces too, owned by a layer above the
+/// gateway (the admin plane's users): `prepare` checks the new config and builds the new state
+/// (an error refuses the whole reload); the returned commit puts it in service right after the
+/// runtime is swapped.
+pub(crate) trait ReloadPart: Send + Sync {
+    fn prepare(self: Arc<Self>, config: &Config) -> Result<Commit, Vec<ConfigError>>;
 }
 
 /// Where a requested reload's result goes.
@@ -117,7 +128,7 @@ impl Gateway {
             metrics,
             reload_lock: tokio::sync::Mutex::new(()),
             reload_requests: std::sync::OnceLock::new(),
-            admin_auth: std::sync::OnceLock::new(),
+            reload_part: std::sync::OnceLock::new(),
             last_reload: std::sync::Mutex::new(None),
         });
         if let Some(feed) = gateway.stores.shared_cooldowns() {
@@ -145,33 +156,29 @@ impl Gateway {
             Err(_) => &self.metrics.reloads.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let (rt, users) = built?;
+        let (rt, commit) = built?;
         self.runtime.store(Arc::new(rt));
-        if let (Some(auth), Some(users)) = (self.admin_auth.get(), users) {
-            auth.set_users(users);
+        if let Some(commit) = commit {
+            commit();
         }
         Ok(())
     }
 
-    /// Everything a reload puts in service, built off the request path: the runtime, and the
-    /// admin plane's users when it serves (its listener and secret are kept until a restart).
+    /// Everything a reload puts in service, built off the request path: the runtime, and what
+    /// the registered [`ReloadPart`] prepares (the admin plane's users; its listener and secret
+    /// are kept until a restart).
     async fn prepare(
         &self,
         config: &Config,
         current: &Arc<Runtime>,
-    ) -> Result<(Runtime, Option<AdminUsers>), Vec<ConfigError>> {
-        let users = match self.admin_auth.get() {
-            None => None,
-            Some(_) => Some(AdminAuth::users_of(&config.admin).map_err(|message| {
-                vec![ConfigError {
-                    path: "admin.users".into(),
-                    location: None,
-                    message,
-                }]
-            })?),
-        };
+    ) -> Result<(Runtime, Option<Commit>), Vec<ConfigError>> {
+        let commit = self
+            .reload_part
+            .get()
+            .map(|part| part.clone().prepare(config))
+            .transpose()?;
         let rt = runtime::build(config, &self.engine, Some(current), &self.metrics).await?;
-        Ok((rt, users))
+        Ok((rt, commit))
     }
 
     /// The config snapshot a new request should use.

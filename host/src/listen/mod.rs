@@ -63,7 +63,7 @@ pub struct ConnInfo {
 }
 
 /// What a listener serves: one request in, one response out. The listener knows nothing else of
-/// the gateway; the data plane and the admin plane are two handlers (`crate::gateway::planes`).
+/// the gateway; the data plane and the admin plane are two handlers (`crate::planes`).
 pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     fn handle(
         &self,
@@ -100,7 +100,7 @@ pub struct Server {
     listener: TcpListener,
     cert_watch: Option<tokio::task::JoinHandle<()>>,
     /// The certificate's reload counts, with TLS.
-    cert_reloads: Option<Arc<crate::telemetry::metrics::Reloads>>,
+    cert_reloads: Option<Arc<crate::fs_watch::Reloads>>,
     shared: Arc<Shared>,
 }
 
@@ -123,7 +123,7 @@ struct Shared {
 
 impl Server {
     /// The certificate's reload counts (a TLS listener only), for the gateway's metrics.
-    pub(crate) fn cert_reloads(&self) -> Option<Arc<crate::telemetry::metrics::Reloads>> {
+    pub(crate) fn cert_reloads(&self) -> Option<Arc<crate::fs_watch::Reloads>> {
         self.cert_reloads.clone()
     }
 

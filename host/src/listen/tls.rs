@@ -66,7 +66,7 @@ pub struct ReloadingCert {
     key: PathBuf,
     current: ArcSwap<CertifiedKey>,
     /// Reloads after a file change, by result (`tollgate_tls_certificate_reloads_total`).
-    pub(crate) reloads: Arc<crate::telemetry::metrics::Reloads>,
+    pub(crate) reloads: Arc<crate::fs_watch::Reloads>,
 }
 
 impl ReloadingCert {

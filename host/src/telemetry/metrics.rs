@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use prometheus::{
@@ -36,12 +36,7 @@ const NO_LABELS: [&str; 0] = [];
 /// Distinct model names that get their own label value.
 pub const MAX_MODELS: usize = 64;
 
-/// Config reloads by result.
-#[derive(Debug, Default)]
-pub(crate) struct Reloads {
-    pub(crate) ok: AtomicU64,
-    pub(crate) failed: AtomicU64,
-}
+pub(crate) use crate::fs_watch::Reloads;
 
 /// The gauges and counters read from the gateway at each scrape.
 struct Scraped {

@@ -154,7 +154,7 @@ impl Listeners {
             });
         let admin_plane = async {
             if let Some((admin, auth)) = self.admin {
-                let _ = gateway.admin_auth.set(auth.clone());
+                let _ = gateway.reload_part.set(auth.clone());
                 let plane = AdminPlane {
                     router: crate::admin::router(gateway.clone(), auth.clone()),
                     gateway: gateway.clone(),
