@@ -72,29 +72,10 @@ pub enum ErrorKind {
     /// Every upstream that serves the model is cooling down after a quota error.
     #[error("every upstream for this model is over quota; retry after {retry_after_secs} s")]
     AllCooling { retry_after_secs: u64 },
-    /// The client's IP is on a deny list (or not on an allow list).
-    #[error("requests from this address are not allowed")]
-    IpDenied,
-    /// A request or token rate limit (`limits.requests`, `limits.tokens`) refused the request; it
-    /// was not counted.
-    #[error("{message}")]
-    RateLimited {
-        tokens: bool,
-        retry_after_ms: u64,
-        message: String,
-    },
-    /// The key (or key × model) has `limits.in_flight` requests running already.
-    #[error("too many requests in flight for this key (limit {limit}); retry when one finishes")]
-    TooManyInFlight { limit: u32 },
-    /// Maintenance mode (global, per route, or the live setting).
-    #[error("{message}")]
-    Maintenance {
-        retry_after_secs: u64,
-        message: std::sync::Arc<str>,
-    },
-    /// A CORS preflight, answered by the gateway (204 with the CORS headers, no body).
-    #[error("CORS preflight")]
-    CorsPreflight,
+    /// A filter's own refusal (IP lists, maintenance, rate and concurrency limits, …): the
+    /// filter says the status, type, code and message, so a new filter adds no variant here.
+    #[error("{}", .0.message)]
+    Refused(Refusal),
     #[error("internal error")]
     Internal,
 }
@@ -113,11 +94,7 @@ impl ErrorKind {
             | InvalidJson
             | ClientBody
             | ModelNotFound(_)
-            | IpDenied
-            | RateLimited { .. }
-            | TooManyInFlight { .. }
-            | Maintenance { .. }
-            | CorsPreflight
+            | Refused(_)
             | PolicyDenied { .. } => Source::Client,
             UpstreamConnect
             | UpstreamTimeout
@@ -143,12 +120,8 @@ impl ErrorKind {
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             PolicyDenied { status, .. } => *status,
             PolicyFailed | NoUpstream(_) | StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            AllCooling { .. } | RateLimited { .. } | TooManyInFlight { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            IpDenied => StatusCode::FORBIDDEN,
-            Maintenance { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            CorsPreflight => StatusCode::NO_CONTENT,
+            AllCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refused(r) => r.status,
         }
     }
 
@@ -180,13 +153,50 @@ impl ErrorKind {
             StateUnavailable => ("server_error", "state_unavailable"),
             NoUpstream(_) => ("server_error", "no_upstream"),
             AllCooling { .. } => ("rate_limit_error", "upstream_quota_exhausted"),
-            IpDenied => ("permission_error", "ip_denied"),
-            RateLimited { tokens: false, .. } => ("requests", "rate_limit_exceeded"),
-            RateLimited { tokens: true, .. } => ("tokens", "rate_limit_exceeded"),
-            TooManyInFlight { .. } => ("requests", "concurrency_limit_exceeded"),
-            Maintenance { .. } => ("server_error", "service_unavailable"),
-            CorsPreflight => ("invalid_request_error", "cors_preflight"),
+            Refused(r) => (r.kind, r.code),
         }
+    }
+}
+
+/// A refusal defined by the filter that makes it ([`ErrorKind::Refused`]).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// The error body's `type`, e.g. `permission_error`, `requests`, `server_error`.
+    pub kind: &'static str,
+    /// The error body's `code` (also the request's recorded error and its metric label).
+    pub code: &'static str,
+    pub message: std::borrow::Cow<'static, str>,
+    /// Sent as `Retry-After` (whole seconds, at least 1) when waiting helps.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl Refusal {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// With `Retry-After: secs` (at least 1).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs.max(1));
+        self
+    }
+}
+
+impl From<Refusal> for GatewayError {
+    fn from(r: Refusal) -> Self {
+        ErrorKind::Refused(r).into()
     }
 }
 
@@ -324,19 +334,10 @@ impl IntoResponse for GatewayError {
         if let ErrorKind::PolicyDenied { code: own, .. } = &this {
             code = own;
         }
-        if matches!(this, ErrorKind::CorsPreflight) {
-            return (StatusCode::NO_CONTENT, ()).into_response();
-        }
         let mut resp = error_response(this.status(), &this.to_string(), kind, code);
         let retry_after = match &this {
-            ErrorKind::AllCooling { retry_after_secs }
-            | ErrorKind::Maintenance {
-                retry_after_secs, ..
-            } => Some(*retry_after_secs),
-            ErrorKind::RateLimited { retry_after_ms, .. } => {
-                Some(retry_after_ms.div_ceil(1000).max(1))
-            }
-            ErrorKind::TooManyInFlight { .. } => Some(1),
+            ErrorKind::AllCooling { retry_after_secs } => Some(*retry_after_secs),
+            ErrorKind::Refused(r) => r.retry_after_secs,
             _ => None,
         };
         if let Some(secs) = retry_after {

@@ -802,6 +802,14 @@ async fn cors_preflight_is_answered_by_the_gateway() {
     assert_eq!(other.status(), 204);
     assert_eq!(header(&other, "access-control-allow-origin"), "");
     assert_eq!(mock.requests(), 0, "preflights never reach the upstream");
+    // An answer, not a refusal: no gateway error is counted for them.
+    let metrics = gw.metrics().await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("tollgate_gateway_errors_total") && l.contains("cors")),
+        "{metrics}"
+    );
     // The real request, with the key.
     let r = c
         .post(gw.url("/v1/chat/completions"))

@@ -70,11 +70,15 @@ pub(crate) async fn build(
     let mut routes: Vec<Route> = Vec::new();
     let mut shadows: Vec<Arc<Shadow>> = Vec::new();
     for r in &config.routes {
+        // The route's own built-ins after its policies, so they see what the policies left.
+        let own: Option<Arc<dyn Filter>> = (r.stream_usage == crate::config::StreamUsage::Inject)
+            .then(|| Arc::new(filters::stream_usage::StreamUsage) as Arc<dyn Filter>);
         let chain = Chain::new(
             first
                 .iter()
                 .cloned()
                 .chain(route_policies(config, r, &plugins, stores, &mut shadows))
+                .chain(own)
                 .chain(last.iter().cloned()),
         );
         let route_upstreams: Vec<Arc<Upstream>> = r
@@ -89,7 +93,6 @@ pub(crate) async fn build(
             upstreams: route_upstreams,
             max_attempts: r.max_attempts,
             stream_bootstrap: r.stream_bootstrap,
-            inject_stream_usage: r.stream_usage == crate::config::StreamUsage::Inject,
             chain: Arc::new(chain),
             allow: methods
                 .iter()

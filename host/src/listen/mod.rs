@@ -50,6 +50,14 @@ const ABUSE_GRACE: Duration = Duration::from_secs(1);
 const SHED_RETRY: Duration = Duration::from_millis(50);
 /// The body type every response the listeners send, and every upstream request, carries.
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+
+/// A body with nothing in it.
+pub fn empty_body() -> BoxBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a listener's handler returns.

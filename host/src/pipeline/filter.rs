@@ -9,19 +9,26 @@
 //!
 //! | hook | runs | can |
 //! |---|---|---|
-//! | [`on_request`](Filter::on_request) | after routing, before authentication | refuse by client IP, path, method |
-//! | [`on_authenticated`](Filter::on_authenticated) | key known, body read, model known | refuse by key or model |
+//! | [`on_request`](Filter::on_request) | after routing, before authentication | refuse by client IP, path, method; answer ([`Flow::Answer`]) |
+//! | [`on_authenticated`](Filter::on_authenticated) | key known, body read, model known | refuse by key or model; answer |
+//! | [`on_request_body`](Filter::on_request_body) | after `on_authenticated`, on a body read whole | rewrite the body sent upstream |
 //! | [`on_select`](Filter::on_select) | once, candidates chosen | reorder or drop candidates |
 //! | [`on_upstream_request`](Filter::on_upstream_request) | before each attempt | change the outgoing headers |
 //! | [`on_upstream_response`](Filter::on_upstream_response) | after each attempt's response head | ask for another upstream |
 //! | [`on_response_head`](Filter::on_response_head) | once, on the head the client gets | change its headers |
-//! | [`on_body_chunk`](Filter::on_body_chunk) | each relayed data frame | observe (never delay) |
+//! | [`on_body_chunk`](Filter::on_body_chunk) | each relayed data frame, and once more at the end | observe, or replace the frame (never delay) |
 //! | [`on_done`](Filter::on_done) | exactly once, when the request ends | record the outcome |
 //!
-//! A hook that returns an error ends the request with that error (an OpenAI-shaped answer); from
-//! `on_upstream_response` an error is final, a [`Verdict::Retry`] moves on to the next candidate
-//! when there is one and the body can be replayed. Retrying is one mechanism: a failed attempt
-//! whose [`GatewayError::is_retryable`] is set, or a `Retry` verdict.
+//! A hook that returns an error ends the request with that error (an OpenAI-shaped answer; a
+//! filter's own refusal is an [`crate::error::Refusal`]); from `on_upstream_response` an error is
+//! final, a [`Verdict::Retry`] moves on to the next candidate when there is one and the body can
+//! be replayed. Retrying is one mechanism: a failed attempt whose [`GatewayError::is_retryable`]
+//! is set, or a `Retry` verdict. An answer ([`Flow::Answer`]) is not a refusal: the request ends
+//! with that response (it still meets `on_response_head` and `on_done`), no error is recorded.
+//!
+//! A filter that names a hook in [`Filter::hooks`] but leaves it at its default is a mistake the
+//! default catches: it fails a debug assertion the first time the pipeline calls it (the tests run
+//! debug builds).
 
 use std::future::{IntoFuture, Ready};
 use std::sync::Arc;
@@ -36,7 +43,7 @@ use crate::upstream::Upstream;
 
 /// The hooks a filter implements: the phases the pipeline calls it in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Hooks(u8);
+pub struct Hooks(u16);
 
 impl Hooks {
     pub const REQUEST: Self = Self(1);
@@ -47,6 +54,7 @@ impl Hooks {
     pub const RESPONSE_HEAD: Self = Self(1 << 5);
     pub const BODY_CHUNK: Self = Self(1 << 6);
     pub const DONE: Self = Self(1 << 7);
+    pub const REQUEST_BODY: Self = Self(1 << 8);
 
     pub const fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
@@ -67,6 +75,16 @@ pub struct UpstreamResponse<'a> {
     /// The first SSE event of a stream, when the route reads it before relaying
     /// (`stream_bootstrap`); an error sent inside a 200 stream shows here.
     pub first_event: Option<&'a str>,
+}
+
+/// What [`Filter::on_request`] and [`Filter::on_authenticated`] decide.
+pub enum Flow {
+    /// Go on (to the next filter, then the next step).
+    Continue,
+    /// End the request with this response, built by the filter (a CORS preflight's 204, a
+    /// cached answer): no upstream is tried, no error is recorded. The head still meets the
+    /// `on_response_head` filters (as the gateway's own answer, `from` = `None`).
+    Answer(http::Response<crate::listen::BoxBody>),
 }
 
 /// What [`Filter::on_upstream_response`] decides about an attempt's response.
@@ -119,14 +137,42 @@ pub trait Filter: Send + Sync + 'static {
 
     /// After the route is known, before the key is checked: the client IP, the method and the
     /// normalised path are known. An error refuses the request (no key was checked, so it is
-    /// cheap to refuse here). Default: nothing.
-    fn on_request<'a>(&'a self, _s: &'a mut Session<'_>) -> HookResult<'a> {
-        Step::Now(Ok(()))
+    /// cheap to refuse here); [`Flow::Answer`] answers it. Default: [`Flow::Continue`].
+    fn on_request<'a>(&'a self, _s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
+        debug_assert!(
+            !self.hooks().contains(Hooks::REQUEST),
+            "filter {} names on_request in hooks() but does not implement it",
+            self.name()
+        );
+        Step::Now(Ok(Flow::Continue))
     }
 
     /// After authentication and after the body was read: the key, the model and the rest of the
-    /// body probe are known. An error refuses the request. Default: nothing.
-    fn on_authenticated<'a>(&'a self, _s: &'a mut Session<'_>) -> HookResult<'a> {
+    /// body probe are known. An error refuses the request; [`Flow::Answer`] answers it.
+    /// Default: [`Flow::Continue`].
+    fn on_authenticated<'a>(&'a self, _s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
+        debug_assert!(
+            !self.hooks().contains(Hooks::AUTHENTICATED),
+            "filter {} names on_authenticated in hooks() but does not implement it",
+            self.name()
+        );
+        Step::Now(Ok(Flow::Continue))
+    }
+
+    /// After every `on_authenticated` hook, when the body was read whole (JSON, or any body on a
+    /// route that must know the model): the filter may replace `body`, which is what every
+    /// attempt sends upstream (the request's `bytes_in` follows). Not called for a streamed
+    /// upload. An error refuses the request. Default: nothing.
+    fn on_request_body<'a>(
+        &'a self,
+        _s: &'a mut Session<'_>,
+        _body: &'a mut Bytes,
+    ) -> HookResult<'a> {
+        debug_assert!(
+            !self.hooks().contains(Hooks::REQUEST_BODY),
+            "filter {} names on_request_body in hooks() but does not implement it",
+            self.name()
+        );
         Step::Now(Ok(()))
     }
 
@@ -138,6 +184,11 @@ pub trait Filter: Send + Sync + 'static {
         _s: &'a mut Session<'_>,
         _candidates: &'a mut Vec<Arc<Upstream>>,
     ) -> HookResult<'a> {
+        debug_assert!(
+            !self.hooks().contains(Hooks::SELECT),
+            "filter {} names on_select in hooks() but does not implement it",
+            self.name()
+        );
         Step::Now(Ok(()))
     }
 
@@ -151,6 +202,11 @@ pub trait Filter: Send + Sync + 'static {
         _upstream: &'a Upstream,
         _headers: &'a mut HeaderMap,
     ) -> HookResult<'a> {
+        debug_assert!(
+            !self.hooks().contains(Hooks::UPSTREAM_REQUEST),
+            "filter {} names on_upstream_request in hooks() but does not implement it",
+            self.name()
+        );
         Step::Now(Ok(()))
     }
 
@@ -163,6 +219,11 @@ pub trait Filter: Send + Sync + 'static {
         _upstream: &'a Upstream,
         _response: &'a UpstreamResponse<'_>,
     ) -> HookResult<'a, Verdict> {
+        debug_assert!(
+            !self.hooks().contains(Hooks::UPSTREAM_RESPONSE),
+            "filter {} names on_upstream_response in hooks() but does not implement it",
+            self.name()
+        );
         Step::Now(Ok(Verdict::Continue))
     }
 
@@ -176,17 +237,38 @@ pub trait Filter: Send + Sync + 'static {
         _head: &'a mut http::response::Parts,
         _from: Option<&'a Upstream>,
     ) -> HookResult<'a> {
+        debug_assert!(
+            !self.hooks().contains(Hooks::RESPONSE_HEAD),
+            "filter {} names on_response_head in hooks() but does not implement it",
+            self.name()
+        );
         Step::Now(Ok(()))
     }
 
-    /// Each data frame relayed to the client, as it passes (an SSE event is one or more frames).
-    /// Must be quick: the frame waits for it. Default: nothing.
-    fn on_body_chunk(&self, _ctx: &mut Ctx, _chunk: &Bytes) {}
+    /// Each data frame relayed to the client, as it passes (an SSE event is one or more frames),
+    /// in chain order: a filter sees the frame as the filters before it left it, and may replace
+    /// it (`*chunk = …`; an empty frame sends nothing). `end` is set on the last call, made when
+    /// the upstream's body ends (on its last frame, or with an empty frame after it): a filter
+    /// that held bytes back appends them then. Must be quick: the frame waits for it. Default:
+    /// nothing.
+    fn on_body_chunk(&self, _ctx: &mut Ctx, _chunk: &mut Bytes, _end: bool) {
+        debug_assert!(
+            !self.hooks().contains(Hooks::BODY_CHUNK),
+            "filter {} names on_body_chunk in hooks() but does not implement it",
+            self.name()
+        );
+    }
 
     /// Exactly once per request that reached the pipeline, when it ends, whatever ended it:
     /// `ctx.record.outcome` says how (complete, client aborted, upstream aborted, refused).
     /// Default: nothing.
-    fn on_done(&self, _ctx: &mut Ctx) {}
+    fn on_done(&self, _ctx: &mut Ctx) {
+        debug_assert!(
+            !self.hooks().contains(Hooks::DONE),
+            "filter {} names on_done in hooks() but does not implement it",
+            self.name()
+        );
+    }
 }
 
 /// A list of filters split by hook, in order: what the pipeline iterates in each phase.
@@ -194,6 +276,7 @@ pub trait Filter: Send + Sync + 'static {
 pub struct Chain {
     pub(super) request: Vec<Arc<dyn Filter>>,
     pub(super) authenticated: Vec<Arc<dyn Filter>>,
+    pub(super) request_body: Vec<Arc<dyn Filter>>,
     pub(super) select: Vec<Arc<dyn Filter>>,
     pub(super) upstream_request: Vec<Arc<dyn Filter>>,
     pub(super) upstream_response: Vec<Arc<dyn Filter>>,
@@ -208,9 +291,10 @@ impl Chain {
         let mut c = Self::default();
         for f in filters {
             let h = f.hooks();
-            let lists: [(Hooks, &mut Vec<Arc<dyn Filter>>); 8] = [
+            let lists: [(Hooks, &mut Vec<Arc<dyn Filter>>); 9] = [
                 (Hooks::REQUEST, &mut c.request),
                 (Hooks::AUTHENTICATED, &mut c.authenticated),
+                (Hooks::REQUEST_BODY, &mut c.request_body),
                 (Hooks::SELECT, &mut c.select),
                 (Hooks::UPSTREAM_REQUEST, &mut c.upstream_request),
                 (Hooks::UPSTREAM_RESPONSE, &mut c.upstream_response),
@@ -263,5 +347,32 @@ mod tests {
         assert!(chain.select.is_empty() && chain.response_head.is_empty());
         assert!(chain.watches_body());
         assert!(!Chain::new([]).watches_body());
+    }
+
+    /// A filter that names a hook it does not implement fails the first time the hook runs
+    /// (debug builds, as the tests are).
+    #[test]
+    #[should_panic(expected = "names on_body_chunk in hooks() but does not implement it")]
+    fn a_hook_named_but_not_implemented_is_caught() {
+        let f = Named("forgetful", Hooks::BODY_CHUNK);
+        let head = http::Request::new(()).into_parts().0;
+        let mut ctx = Ctx::new("id".into(), "127.0.0.1".parse().unwrap(), &head);
+        f.on_body_chunk(&mut ctx, &mut Bytes::new(), true);
+    }
+
+    #[test]
+    fn an_unnamed_default_hook_is_silent() {
+        let f = Named("quiet", Hooks::DONE);
+        let head = http::Request::new(()).into_parts().0;
+        let mut ctx = Ctx::new("id".into(), "127.0.0.1".parse().unwrap(), &head);
+        f.on_body_chunk(&mut ctx, &mut Bytes::new(), true);
+    }
+
+    #[test]
+    fn the_request_body_hook_has_its_list() {
+        let chain =
+            Chain::new([Arc::new(Named("rewrite", Hooks::REQUEST_BODY)) as Arc<dyn Filter>]);
+        assert_eq!(chain.request_body.len(), 1);
+        assert!(chain.request.is_empty() && chain.authenticated.is_empty());
     }
 }

@@ -47,7 +47,6 @@ mod relay;
 pub(crate) mod route;
 pub(crate) mod screen;
 pub(crate) mod session;
-pub(crate) mod stream_usage;
 pub(crate) mod tokens;
 
 use std::sync::Arc;
@@ -59,7 +58,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use self::body::{BodyError, GuardedBody, Prefixed};
-pub use self::filter::{Chain, Filter, HookResult, Hooks, Step, UpstreamResponse, Verdict};
+pub use self::filter::{Chain, Filter, Flow, HookResult, Hooks, Step, UpstreamResponse, Verdict};
 use self::headers::{Forwarding, X_REQUEST_ID};
 use self::relay::{Relay, Relayed, Tail};
 use self::route::{Limits, Route, Runtime};
@@ -130,7 +129,7 @@ pub async fn handle(
     let result = run(&mut s, client, body).await;
     let chain = s.route.map_or(&rt.global, |r| &r.chain).clone();
     let (resp, from) = match result {
-        Ok((resp, upstream)) => (resp, Some(upstream)),
+        Ok(answered) => answered,
         Err(e) => (refuse(&mut s, e).map(Relayed::boxed), None),
     };
 
@@ -154,13 +153,6 @@ pub async fn handle(
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|ct| TokenMeter::for_content_type(ct.as_bytes()));
-    }
-    if from.is_none() || !is_event_stream(&head.headers) {
-        // Only an upstream's stream carries the chunk to take out.
-        s.ctx.strip_usage = None;
-    } else if s.ctx.strip_usage.is_some() {
-        // The body the client gets is shorter than the upstream's.
-        head.headers.remove(header::CONTENT_LENGTH);
     }
     if !chain.watches_body() && s.ctx.in_flight.is_none() {
         // Nothing to tell when it ends, no upstream to hold: the body goes out as it is.
@@ -191,12 +183,13 @@ fn refuse(s: &mut Session<'_>, e: GatewayError) -> http::Response<BoxBody> {
         .map(|b| b.map_err(Into::into).boxed_unsync())
 }
 
-/// Steps 1 (screen) to 6; the response to relay and the upstream that gave it.
+/// Steps 1 (screen) to 6; the response to relay and the upstream that gave it (none when a
+/// filter answered itself, [`Flow::Answer`]).
 async fn run(
     s: &mut Session<'_>,
     client: &UpstreamClient,
     body: Incoming,
-) -> Result<(http::Response<Relayed>, Arc<Upstream>), GatewayError> {
+) -> Result<(http::Response<Relayed>, Option<Arc<Upstream>>), GatewayError> {
     let rt = s.rt;
     // Step 1, screen: sizes, framing, Host; then nothing below (filters included) sees the
     // client's hop-by-hop headers; then the path everything below sees.
@@ -227,7 +220,9 @@ async fn run(
     // Edge filters first (a denied address learns nothing more; a CORS preflight is answered
     // whatever methods the route lists).
     for f in &chain.request {
-        f.on_request(s).await?;
+        if let Flow::Answer(resp) = f.on_request(s).await? {
+            return Ok((resp.map(Relayed::boxed), None));
+        }
     }
     if !route.methods.contains(&s.head.method) {
         return Err(ErrorKind::MethodNotAllowed {
@@ -261,23 +256,20 @@ async fn run(
         });
     s.probe = probe;
     for f in &chain.authenticated {
-        f.on_authenticated(s).await?;
+        if let Flow::Answer(resp) = f.on_authenticated(s).await? {
+            return Ok((resp.map(Relayed::boxed), None));
+        }
     }
-    if !s.ctx.body_defaults.is_empty()
-        && let RequestBody::Buffered(b) = &body
-        && let Some(with) = body::with_defaults(b, &std::mem::take(&mut s.ctx.body_defaults))
-    {
-        s.ctx.record.bytes_in = with.len() as u64;
-        body = RequestBody::Buffered(with);
-    }
-    if route.inject_stream_usage
-        && s.probe.stream == Some(true)
-        && stream_usage::takes_stream_options(s.head.uri.path())
-        && let RequestBody::Buffered(b) = &body
-        && let Some(asking) = stream_usage::inject(b)
-    {
-        body = RequestBody::Buffered(asking);
-        s.ctx.strip_usage = Some(stream_usage::StripUsageChunk::default());
+    if let RequestBody::Buffered(b) = &mut body {
+        if !s.ctx.body_defaults.is_empty()
+            && let Some(with) = body::with_defaults(b, &std::mem::take(&mut s.ctx.body_defaults))
+        {
+            *b = with;
+        }
+        for f in &chain.request_body {
+            f.on_request_body(s, b).await?;
+        }
+        s.ctx.record.bytes_in = b.len() as u64;
     }
 
     // Step 5: select.
@@ -294,7 +286,7 @@ async fn run(
     for (i, upstream) in candidates.iter().take(attempts).enumerate() {
         let may_retry = body.replayable() && i + 1 < attempts;
         match attempt(s, client, route, upstream, may_retry, &mut body, i).await {
-            Ok(Some(resp)) => return Ok((resp, upstream.clone())),
+            Ok(Some(resp)) => return Ok((resp, Some(upstream.clone()))),
             Ok(None) => continue,
             Err(e) if may_retry && e.is_retryable() => {
                 tracing::warn!(request_id = %s.request_id, upstream = %upstream.name, error = %e.log_line(), "attempt failed; trying the next upstream");

@@ -13,7 +13,6 @@ use pin_project_lite::pin_project;
 use super::body::GuardedBody;
 use super::filter::Chain;
 use super::session::{Ctx, Outcome, RecordedTokens};
-use super::stream_usage::StripUsageChunk;
 use crate::listen::{BoxBody, BoxError};
 use crate::upstream::UpstreamBody;
 
@@ -155,14 +154,15 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_data() {
-                    Ok(data) => {
-                        // The meter and the filters see the upstream's bytes; the client gets
-                        // them less a stripped usage chunk (`stream_usage: inject`).
+                    Ok(mut data) => {
+                        // The meter sees the upstream's bytes; the filters see them in chain
+                        // order and may replace them (`on_body_chunk`).
                         if let Some(meter) = &mut tail.ctx.meter {
                             meter.feed(&data);
                         }
+                        let end = inner.is_end_stream();
                         for f in &tail.chain.body_chunk {
-                            f.on_body_chunk(&mut tail.ctx, &data);
+                            f.on_body_chunk(&mut tail.ctx, &mut data, end);
                         }
                         if let Some(last) = tail.ctx.cut.take() {
                             // A filter ended the stream: its last frame replaces this one.
@@ -172,17 +172,6 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
                             *this.ended = true;
                             return Poll::Ready(Some(Ok(Frame::data(last))));
                         }
-                        let data = match &mut tail.ctx.strip_usage {
-                            Some(strip) => {
-                                let out = strip.push(&data);
-                                if inner.is_end_stream() {
-                                    [out, strip.finish()].concat().into()
-                                } else {
-                                    out
-                                }
-                            }
-                            None => data,
-                        };
                         let rec = &mut tail.ctx.record;
                         if rec.first_byte.is_none() && !data.is_empty() {
                             rec.first_byte = Some(rec.start.elapsed());
@@ -205,31 +194,33 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                // An unfinished last event held back by the usage stripper goes out as it is.
-                let rest = tail
-                    .ctx
-                    .strip_usage
-                    .as_mut()
-                    .map(StripUsageChunk::finish)
-                    .filter(|b| !b.is_empty());
-                tail.ctx.record.bytes_out += rest.as_ref().map_or(0, |b| b.len() as u64);
-                tail.finish(Outcome::Complete);
+                // The end after the last frame: the filters' last call, with an empty frame they
+                // may fill with what they held back.
+                let mut rest = Bytes::new();
+                for f in &tail.chain.body_chunk {
+                    f.on_body_chunk(&mut tail.ctx, &mut rest, true);
+                }
+                let outcome = match tail.ctx.cut.take() {
+                    Some(last) => {
+                        rest = last;
+                        Outcome::Cut
+                    }
+                    None => Outcome::Complete,
+                };
+                tail.ctx.record.bytes_out += rest.len() as u64;
+                tail.finish(outcome);
                 *this.tail = None;
                 *this.ended = true;
-                Poll::Ready(rest.map(|b| Ok(Frame::data(b))))
+                Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))))
             }
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended
-            || (self.inner.is_end_stream()
-                && self
-                    .tail
-                    .as_ref()
-                    .and_then(|t| t.ctx.strip_usage.as_ref())
-                    .is_none_or(StripUsageChunk::is_empty))
+        // While the filters have not had their last call, the end is not reported: hyper then
+        // polls once more and the last call happens (a filter may still send held bytes).
+        self.ended || (self.inner.is_end_stream() && self.tail.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -253,6 +244,8 @@ mod tests {
         done: AtomicUsize,
         outcomes: Mutex<Vec<Outcome>>,
         chunks: AtomicUsize,
+        /// Calls marked as the last.
+        ends: AtomicUsize,
     }
 
     struct Watch(Arc<Probe>);
@@ -264,8 +257,9 @@ mod tests {
         fn hooks(&self) -> crate::pipeline::Hooks {
             Hooks::BODY_CHUNK | Hooks::DONE
         }
-        fn on_body_chunk(&self, _ctx: &mut Ctx, _chunk: &Bytes) {
+        fn on_body_chunk(&self, _ctx: &mut Ctx, _chunk: &mut Bytes, end: bool) {
             self.0.chunks.fetch_add(1, Ordering::SeqCst);
+            self.0.ends.fetch_add(usize::from(end), Ordering::SeqCst);
         }
         fn on_done(&self, ctx: &mut Ctx) {
             self.0.done.fetch_add(1, Ordering::SeqCst);
@@ -325,6 +319,13 @@ mod tests {
                 Outcome::Refused
             ]
         );
-        assert_eq!(probe.chunks.load(Ordering::SeqCst), 2 + 1 + 1 + 1);
+        // Each frame, plus a last call with an empty frame where a body ended (these bodies cannot
+        // tell their last frame): the complete one and the gateway's answer, not the broken or
+        // abandoned ones.
+        assert_eq!(
+            probe.chunks.load(Ordering::SeqCst),
+            (2 + 1) + 1 + 1 + (1 + 1)
+        );
+        assert_eq!(probe.ends.load(Ordering::SeqCst), 2);
     }
 }

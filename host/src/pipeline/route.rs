@@ -18,8 +18,6 @@ pub struct Route {
     pub upstreams: Vec<Arc<Upstream>>,
     pub max_attempts: u32,
     pub stream_bootstrap: bool,
-    /// `stream_usage: inject`.
-    pub inject_stream_usage: bool,
     /// The built-in filters and the route's policies, in phase order.
     pub chain: Arc<Chain>,
     /// Methods the route accepts, and the same as an `Allow` header value.

@@ -88,9 +88,6 @@ pub struct Ctx {
     pub(super) in_flight: Option<InFlight>,
     /// Reads the tokens of an upstream's answer as it is relayed.
     pub(super) meter: Option<TokenMeter>,
-    /// Takes the usage-only chunk out of a stream whose client did not ask for it
-    /// (`stream_usage: inject`).
-    pub(super) strip_usage: Option<super::stream_usage::StripUsageChunk>,
     /// Set by [`Ctx::end_stream`]: the last frame the client gets.
     pub(super) cut: Option<bytes::Bytes>,
     /// Members a filter adds to the JSON request body where it lacks them
@@ -170,7 +167,6 @@ impl Ctx {
             ext: http::Extensions::new(),
             in_flight: None,
             meter: None,
-            strip_usage: None,
             cut: None,
             body_defaults: Vec::new(),
         }

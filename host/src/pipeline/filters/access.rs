@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use crate::error::ErrorKind;
-use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
+use crate::error::Refusal;
+use crate::pipeline::{Filter, Flow, HookResult, Hooks, Session, Step};
 use crate::state::Stores;
 
 pub(crate) struct IpAccess {
@@ -22,14 +22,20 @@ impl Filter for IpAccess {
         Hooks::REQUEST
     }
 
-    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
+    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
         let ip = s.client_ip;
         let route = s.route.and_then(|r| r.access.as_deref());
         Step::Now(
             if !self.stores.ip_allowed(ip) || route.is_some_and(|t| !t.allows(ip)) {
-                Err(ErrorKind::IpDenied.into())
+                Err(Refusal::new(
+                    http::StatusCode::FORBIDDEN,
+                    "permission_error",
+                    "ip_denied",
+                    "requests from this address are not allowed",
+                )
+                .into())
             } else {
-                Ok(())
+                Ok(Flow::Continue)
             },
         )
     }

@@ -1,8 +1,8 @@
 //! `cors`: cross-origin access for browser clients (`server.cors`).
 //!
 //! - `on_request`: a preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered by the
-//!   gateway with 204, before authentication and without upstream traffic; the origin of any
-//!   request is noted.
+//!   gateway with 204 ([`Flow::Answer`]: not a refusal, no error recorded), before authentication
+//!   and without upstream traffic; the origin of any request is noted.
 //! - `on_response_head`: an allowed origin gets `Access-Control-Allow-Origin` (and the other
 //!   CORS headers) on every answer, the gateway's own errors included; a preflight's answer also
 //!   lists the allowed methods and headers and `Access-Control-Max-Age`. Every answer carries
@@ -17,8 +17,7 @@ use http::header::{
 use http::{HeaderValue, Method};
 
 use crate::config::CorsConfig;
-use crate::error::{ErrorKind, GatewayError};
-use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
+use crate::pipeline::{Filter, Flow, HookResult, Hooks, Session, Step};
 use crate::upstream::Upstream;
 
 pub(crate) struct Cors {
@@ -34,6 +33,10 @@ pub(crate) struct Cors {
 /// The allowed origin of this request (kept from `on_request` for the answer).
 #[derive(Clone)]
 struct AllowedOrigin(HeaderValue);
+
+/// This request is a preflight the filter answered.
+#[derive(Clone)]
+struct Preflight;
 
 fn joined(items: &[String]) -> HeaderValue {
     HeaderValue::from_str(&items.join(", ")).unwrap_or(HeaderValue::from_static(""))
@@ -59,9 +62,9 @@ impl Cors {
                 .is_ok_and(|o| self.origins.iter().any(|a| a.eq_ignore_ascii_case(o)))
     }
 
-    /// Notes an allowed origin for the answer; refuses a preflight, which the gateway answers
-    /// itself (its headers are set by [`Cors::set_headers`]).
-    fn note_origin(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
+    /// Notes an allowed origin for the answer; answers a preflight itself (204; its headers are
+    /// set by [`Cors::set_headers`]).
+    fn note_origin(&self, s: &mut Session<'_>) -> Flow {
         if let Some(origin) = s.head.headers.get(ORIGIN)
             && self.allows(origin)
         {
@@ -71,9 +74,12 @@ impl Cors {
         if s.head.method == Method::OPTIONS
             && s.head.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
         {
-            return Err(ErrorKind::CorsPreflight.into());
+            s.ctx.ext.insert(Preflight);
+            let mut answer = http::Response::new(crate::listen::empty_body());
+            *answer.status_mut() = http::StatusCode::NO_CONTENT;
+            return Flow::Answer(answer);
         }
-        Ok(())
+        Flow::Continue
     }
 
     /// The CORS headers of an answer: `Vary`, and the allowance of a noted origin.
@@ -101,7 +107,7 @@ impl Cors {
                 HeaderValue::from_static("true"),
             );
         }
-        if s.ctx.record.error == Some(ErrorKind::CorsPreflight.code()) {
+        if s.ctx.ext.get::<Preflight>().is_some() {
             h.insert(ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
             h.insert(ACCESS_CONTROL_ALLOW_HEADERS, self.headers.clone());
             h.insert(ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
@@ -120,8 +126,8 @@ impl Filter for Cors {
         Hooks::REQUEST | Hooks::RESPONSE_HEAD
     }
 
-    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
-        Step::Now(self.note_origin(s))
+    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
+        Step::Now(Ok(self.note_origin(s)))
     }
 
     fn on_response_head<'a>(

@@ -23,11 +23,24 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::config::{Enforce, LimitBy, LimitScope, LimitsConfig};
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::{GatewayError, Refusal};
 use crate::pipeline::session::RequestRecord;
-use crate::pipeline::{Ctx, Filter, HookResult, Hooks, Session, Step};
+use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Session, Step};
 use crate::state::{Gcra, LocalBuckets, Op, Stores};
 use crate::upstream::Upstream;
+
+/// A request (`kind` = `requests`) or token (`tokens`) rate limit's 429, OpenAI's shape: the
+/// request was not counted; `Retry-After` rounds the wait up to whole seconds.
+fn rate_limited(kind: &'static str, retry_after_ms: u64, message: String) -> GatewayError {
+    Refusal::new(
+        http::StatusCode::TOO_MANY_REQUESTS,
+        kind,
+        "rate_limit_exceeded",
+        message,
+    )
+    .retry_after(retry_after_ms.div_ceil(1000))
+    .into()
+}
 
 /// Most request (and, separately, token) limits one config may have: what a request took is a
 /// bit set of this size.
@@ -309,17 +322,16 @@ impl Limits {
                 });
                 s.ctx.ext.insert(RequestsTaken { mask: 0, ..taken });
                 self.refund_requests(&s.ctx.record, taken.mask).await;
-                return Err(ErrorKind::RateLimited {
-                    tokens: false,
-                    retry_after_ms: d.wait_us.div_ceil(1000),
-                    message: format!(
+                return Err(rate_limited(
+                    "requests",
+                    d.wait_us.div_ceil(1000),
+                    format!(
                         "rate limit {:?} reached for this {}; retry after {:.1} s",
                         b.name,
                         b.by.as_str(),
                         d.wait_us as f64 / 1e6
                     ),
-                }
-                .into());
+                ));
             }
             let quota = Quota {
                 limit: i,
@@ -374,7 +386,17 @@ impl Limits {
             if *n >= limit.max {
                 drop(map);
                 // The slots taken so far are released as they drop.
-                return Err(ErrorKind::TooManyInFlight { limit: limit.max }.into());
+                return Err(Refusal::new(
+                    http::StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    "concurrency_limit_exceeded",
+                    format!(
+                        "too many requests in flight for this key (limit {}); retry when one finishes",
+                        limit.max
+                    ),
+                )
+                .retry_after(1)
+                .into());
             }
             *n += 1;
             drop(map);
@@ -437,16 +459,15 @@ impl Limits {
                         d.wait_us as f64 / 1e6
                     )
                 };
-                return Err(ErrorKind::RateLimited {
-                    tokens: true,
-                    retry_after_ms: if too_big {
+                return Err(rate_limited(
+                    "tokens",
+                    if too_big {
                         60_000
                     } else {
                         d.wait_us.div_ceil(1000)
                     },
                     message,
-                }
-                .into());
+                ));
             }
             let quota = Quota {
                 limit: i,
@@ -580,11 +601,14 @@ impl Filter for Limits {
         h
     }
 
-    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
-        Step::later(self.take_requests(s, true))
+    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
+        Step::later(async move {
+            self.take_requests(s, true).await?;
+            Ok(Flow::Continue)
+        })
     }
 
-    fn on_authenticated<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
+    fn on_authenticated<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
         Step::later(async move {
             self.take_requests(s, false).await?;
             let result = match self.take_slots(s) {
@@ -600,7 +624,7 @@ impl Filter for Limits {
                 }
                 return Err(e);
             }
-            Ok(())
+            Ok(Flow::Continue)
         })
     }
 
@@ -619,7 +643,7 @@ impl Filter for Limits {
         Step::Now(Ok(()))
     }
 
-    fn on_body_chunk(&self, ctx: &mut Ctx, _chunk: &Bytes) {
+    fn on_body_chunk(&self, ctx: &mut Ctx, _chunk: &mut Bytes, _end: bool) {
         let Some(t) = ctx.ext.get::<TokensTaken>().copied() else {
             return;
         };

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use crate::config::MaintenanceConfig;
-use crate::error::ErrorKind;
-use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
+use crate::error::Refusal;
+use crate::pipeline::{Filter, Flow, HookResult, Hooks, Session, Step};
 use crate::state::Stores;
 
 pub(crate) struct Maintenance {
@@ -35,17 +35,20 @@ impl Filter for Maintenance {
         Hooks::REQUEST
     }
 
-    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
+    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
         if self.config.enabled
             || s.route.is_some_and(|r| r.maintenance)
             || self.stores.maintenance()
         {
-            return Step::Now(Err(ErrorKind::Maintenance {
-                retry_after_secs: self.config.retry_after.get().as_secs().max(1),
-                message: self.message.clone(),
-            }
+            return Step::Now(Err(Refusal::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "service_unavailable",
+                self.message.to_string(),
+            )
+            .retry_after(self.config.retry_after.get().as_secs())
             .into()));
         }
-        Step::Now(Ok(()))
+        Step::Now(Ok(Flow::Continue))
     }
 }

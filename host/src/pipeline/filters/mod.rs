@@ -1,8 +1,9 @@
 //! The filters the gateway ships: built-in ones, and one adapter per WebAssembly plugin kind.
 //!
 //! A route's chain is, in order: built-in filters that run first, the route's policies (their
-//! adapters, [`policies`]), then built-in filters that run last (`gateway/runtime.rs` assembles
-//! it, since the built-ins include the telemetry layer's). Within one hook the chain's
+//! adapters, [`policies`]), the route's own built-ins ([`stream_usage`]), then built-in filters
+//! that run last (`gateway/runtime.rs` assembles it, since the built-ins include the telemetry
+//! layer's). Within one hook the chain's
 //! order is the call order, so a quota policy's retry decision comes before any response rewrite.
 //! To add a built-in filter: see `docs/architecture.md`, "How to add a filter".
 
@@ -14,3 +15,4 @@ pub(crate) mod policies;
 pub(crate) mod request_id;
 pub(crate) mod response_headers;
 pub(crate) mod shadow;
+pub(crate) mod stream_usage;

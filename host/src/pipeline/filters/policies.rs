@@ -21,7 +21,7 @@ use http::HeaderMap;
 use super::shadow::Shadow;
 use crate::config::{Failsafe, OnError};
 use crate::error::{ErrorKind, GatewayError};
-use crate::pipeline::{Filter, HookResult, Hooks, Session, Step, UpstreamResponse, Verdict};
+use crate::pipeline::{Filter, Flow, HookResult, Hooks, Session, Step, UpstreamResponse, Verdict};
 use crate::policy::fixtures::{binding_json, ops_json, quota_json, route_json};
 use crate::policy::types::{
     AfterCooldown, BindingDecision, CooldownScope, Denial, QuotaDecision, RouteDecision,
@@ -102,7 +102,7 @@ impl Filter for IpBinding {
         Hooks::AUTHENTICATED
     }
 
-    fn on_authenticated<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a> {
+    fn on_authenticated<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
         Step::later(async move {
             let view = s.policy_request();
             let decision = self.policy.plugin.check(&view).await;
@@ -146,7 +146,7 @@ impl Filter for IpBinding {
             if self.records_use {
                 self.stores.record_use(&view.key_id, s.client_ip);
             }
-            Ok(())
+            Ok(Flow::Continue)
         })
     }
 }

@@ -1,8 +1,15 @@
-//! `stream_usage: inject` (per route): OpenAI streams report their tokens only when the request
-//! asks (`stream_options.include_usage`). On such a route a streaming chat or text completion
-//! request that does not ask gets the option added, so the gateway can count its tokens, and the
-//! extra usage-only chunk it causes is taken out of the stream before it reaches the client, who
-//! did not ask for it. The meter (`tokens.rs`) reads the chunk before it is taken out.
+//! `stream_usage`: the filter of a route with `stream_usage: inject`. OpenAI streams report their
+//! tokens only when the request asks (`stream_options.include_usage`). On such a route a
+//! streaming chat or text completion request that does not ask gets the option added, so the
+//! gateway can count its tokens, and the extra usage-only chunk it causes is taken out of the
+//! stream before it reaches the client, who did not ask for it. The meter (`tokens.rs`) reads the
+//! chunk before any filter sees it, so the count is kept.
+//!
+//! | hook | does |
+//! |---|---|
+//! | `on_request_body` | adds `stream_options.include_usage: true` to a streaming request that lacks it, and marks the request |
+//! | `on_response_head` | on a marked request: an upstream's event stream loses its `Content-Length` (the client's body is shorter); any other answer unmarks it |
+//! | `on_body_chunk` | on a marked request: takes the usage-only chunk out; at the end, sends what it held |
 //!
 //! Only whole events are passed on while stripping: the unfinished tail of a frame waits for the
 //! rest of its event (upstreams send whole events per frame, so in practice nothing waits).
@@ -10,6 +17,69 @@
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
+
+use crate::pipeline::{Ctx, Filter, HookResult, Hooks, Session, Step};
+use crate::upstream::Upstream;
+
+/// The filter (stateless: the per-request stripper lives in the request's `ctx.ext`).
+pub(crate) struct StreamUsage;
+
+impl Filter for StreamUsage {
+    fn name(&self) -> &str {
+        "stream_usage"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST_BODY | Hooks::RESPONSE_HEAD | Hooks::BODY_CHUNK
+    }
+
+    fn on_request_body<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        body: &'a mut Bytes,
+    ) -> HookResult<'a> {
+        if s.probe.stream == Some(true)
+            && takes_stream_options(s.head.uri.path())
+            && let Some(asking) = inject(body)
+        {
+            *body = asking;
+            s.ctx.ext.insert(StripUsageChunk::default());
+        }
+        Step::Now(Ok(()))
+    }
+
+    fn on_response_head<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        head: &'a mut http::response::Parts,
+        from: Option<&'a Upstream>,
+    ) -> HookResult<'a> {
+        if s.ctx.ext.get::<StripUsageChunk>().is_some() {
+            if from.is_some()
+                && crate::pipeline::headers::content_type_is(&head.headers, "text/event-stream")
+            {
+                // The body the client gets is shorter than the upstream's.
+                head.headers.remove(http::header::CONTENT_LENGTH);
+            } else {
+                // Only an upstream's stream carries the chunk to take out.
+                s.ctx.ext.remove::<StripUsageChunk>();
+            }
+        }
+        Step::Now(Ok(()))
+    }
+
+    fn on_body_chunk(&self, ctx: &mut Ctx, chunk: &mut Bytes, end: bool) {
+        if let Some(strip) = ctx.ext.get_mut::<StripUsageChunk>() {
+            let out = strip.push(chunk);
+            *chunk = if end {
+                // An unfinished last event held back goes out as it is.
+                [out, strip.finish()].concat().into()
+            } else {
+                out
+            };
+        }
+    }
+}
 
 /// Longest event held while waiting for its end; a longer one is passed on as it is.
 const MAX_HELD: usize = 1 << 20;
@@ -99,7 +169,7 @@ fn last_event_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Takes usage-only chunks out of an SSE stream, frame by frame.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct StripUsageChunk {
     held: BytesMut,
     /// A usage chunk taken out ended with a CR last in its frame: an LF that starts the next
@@ -146,11 +216,6 @@ impl StripUsageChunk {
             start += len;
         }
         out.freeze()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
     }
 
     /// What is still held when the stream ends (an unfinished last event), to pass on as it is.
