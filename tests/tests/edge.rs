@@ -1458,3 +1458,49 @@ async fn no_usage_keeps_the_reservation_and_a_gateway_answer_refunds_it() {
         "the usage-less stream kept its reservation: {left} left"
     );
 }
+
+/// `routes[].max_request_tokens`: a prompt estimated over the route's cap (body bytes /
+/// `bytes_per_token`) gets 400 `context_length_exceeded` before any upstream; one under it is
+/// served; 0 is refused at load with its YAML path.
+#[tokio::test]
+async fn a_prompt_over_the_routes_token_cap_is_refused_before_any_upstream() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(&mock.url(), "", "").replace(
+        "    upstreams: [u0]\n",
+        "    upstreams: [u0]\n    max_request_tokens: 100\n",
+    ))
+    .await;
+    let c = client();
+    let small = post(&c, &gw, &chat_body(false)).await;
+    assert_eq!(small.status(), 200);
+    // About 2000 bytes: 500 tokens at 4 bytes each.
+    let mut big = chat_body(false);
+    big["messages"] = json!([{"role": "user", "content": "x".repeat(2000)}]);
+    let refused = post(&c, &gw, &big).await;
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over this route's limit of 100"),
+        "{body}"
+    );
+    assert_eq!(
+        mock.requests(),
+        1,
+        "only the small request reached the upstream"
+    );
+
+    let zero = yaml(&mock.url(), "", "").replace(
+        "    upstreams: [u0]\n",
+        "    upstreams: [u0]\n    max_request_tokens: 0\n",
+    );
+    let err = tollgate::Config::parse(&zero, "t.yaml", Box::new(|_| None)).unwrap_err();
+    assert!(
+        err.to_string().contains("routes[0].max_request_tokens"),
+        "{err}"
+    );
+}

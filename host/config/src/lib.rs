@@ -586,6 +586,11 @@ pub struct RouteConfig {
     /// `message` it uses).
     #[serde(default)]
     pub maintenance: bool,
+    /// Largest prompt a request may bring, in tokens estimated from its body's size
+    /// (`limits.estimate.bytes_per_token`); a larger one gets 400 `context_length_exceeded`
+    /// before any upstream is tried. Unset: no cap.
+    #[serde(default)]
+    pub max_request_tokens: Option<std::num::NonZeroU64>,
 }
 
 fn two() -> u32 {

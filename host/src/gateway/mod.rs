@@ -8,6 +8,7 @@
 //! config file watcher (`reload.rs`). The two listeners that serve it are the composition root
 //! above the admin plane (`crate::planes`).
 
+mod chain;
 mod probes;
 pub mod reload;
 mod runtime;

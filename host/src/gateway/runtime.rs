@@ -1,22 +1,18 @@
 //! Builds the [`Runtime`] snapshot the pipeline reads from a [`Config`]: upstreams (kept across
 //! reloads when unchanged), plugins (reused when their spec and file are unchanged), and each
-//! route's filter chain: the built-in filters around the route's policies.
+//! route's filter chain (from the one list in `chain.rs`).
 
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigError, PluginKind};
-use crate::pipeline::Chain;
-use crate::pipeline::Filter;
+use super::chain;
+use crate::config::{Config, ConfigError};
 use crate::pipeline::auth::KeyRing;
 use crate::pipeline::client_ip::ClientIpResolver;
+use crate::pipeline::filters;
 use crate::pipeline::filters::response_headers::ResponseHeaders;
-use crate::pipeline::filters::shadow::Shadow;
-use crate::pipeline::filters::{self, policies};
 use crate::pipeline::route::{Limits, Route, Runtime};
 use crate::policy::{LoadError, Plugin, PluginSpec, PolicyEngine};
-use crate::state::Stores;
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::metrics::MetricsFilter;
 use crate::upstream::Upstream;
 
 fn config_error(path: String, message: String) -> ConfigError {
@@ -64,23 +60,17 @@ pub(crate) async fn build(
         return Err(errors);
     }
     let stores = engine.stores();
-    stores.set_config_ip_rules(access_entries(&config.access));
+    stores.set_config_ip_rules(filters::access::entries(&config.access));
     let response_headers = Arc::new(ResponseHeaders::new(&config.server.response_headers));
-    let Builtin { first, last } = builtin(config, stores, metrics, &response_headers);
+    let chains = chain::build(&chain::Build {
+        config,
+        stores,
+        metrics,
+        plugins: &plugins,
+        response_headers: &response_headers,
+    });
     let mut routes: Vec<Route> = Vec::new();
-    let mut shadows: Vec<Arc<Shadow>> = Vec::new();
-    for r in &config.routes {
-        // The route's own built-ins after its policies, so they see what the policies left.
-        let own: Option<Arc<dyn Filter>> = (r.stream_usage == crate::config::StreamUsage::Inject)
-            .then(|| Arc::new(filters::stream_usage::StreamUsage) as Arc<dyn Filter>);
-        let chain = Chain::new(
-            first
-                .iter()
-                .cloned()
-                .chain(route_policies(config, r, &plugins, stores, &mut shadows))
-                .chain(own)
-                .chain(last.iter().cloned()),
-        );
+    for (r, chain) in config.routes.iter().zip(chains.routes) {
         let route_upstreams: Vec<Arc<Upstream>> = r
             .upstreams
             .iter()
@@ -93,28 +83,25 @@ pub(crate) async fn build(
             upstreams: route_upstreams,
             max_attempts: r.max_attempts,
             stream_bootstrap: r.stream_bootstrap,
-            chain: Arc::new(chain),
+            chain,
             allow: methods
                 .iter()
                 .map(http::Method::as_str)
                 .collect::<Vec<_>>()
                 .join(", "),
             methods,
-            access: (r.access != crate::config::AccessConfig::default())
-                .then(|| Arc::new(crate::state::IpTable::new(access_entries(&r.access)))),
-            maintenance: r.maintenance,
         });
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     let s = &config.server;
     Ok(Runtime {
-        global: Arc::new(Chain::new(first.into_iter().chain(last))),
+        global: chains.unrouted,
         keys: KeyRing::new(&config.auth),
         client_ip: ClientIpResolver::new(s.trusted_proxies.clone(), s.real_ip_header),
         routes,
         upstreams,
         plugins,
-        shadows,
+        shadows: chains.shadows,
         limits: Limits {
             max_body: s.max_body.0,
             max_header_size: s.max_header_size.0,
@@ -127,15 +114,6 @@ pub(crate) async fn build(
         response_headers,
         maintenance: config.maintenance.enabled,
     })
-}
-
-/// A config `access` section as table entries.
-fn access_entries(a: &crate::config::AccessConfig) -> Vec<(ipnet::IpNet, crate::state::IpAction)> {
-    use crate::state::IpAction;
-    let allow = a.allow.iter().map(|c| (c.0, IpAction::Allow));
-    allow
-        .chain(a.deny.iter().map(|c| (c.0, IpAction::Deny)))
-        .collect()
 }
 
 /// Loads one plugin, or reuses the previous runtime's if nothing about it changed.
@@ -176,109 +154,4 @@ async fn load_plugin(
         "plugin version loaded"
     );
     Ok(Arc::new(plugin))
-}
-
-/// A route's policies as filters (one adapter per kind), in configured order; the shadows
-/// they carry are added to `shadows`.
-fn route_policies(
-    config: &Config,
-    route: &crate::config::RouteConfig,
-    plugins: &[Arc<Plugin>],
-    stores: &Arc<Stores>,
-    shadows: &mut Vec<Arc<Shadow>>,
-) -> Vec<Arc<dyn Filter>> {
-    let plugin = |name: &str| plugins.iter().find(|p| &*p.spec.name == name).cloned();
-    let found: Vec<(PluginKind, policies::PolicyRef)> = route
-        .policies
-        .iter()
-        .filter_map(|name| {
-            // Validated: every name refers to a plugin, a shadow to one of the same kind.
-            let cfg = config.plugins.iter().find(|p| &p.name == name)?;
-            let shadow = route.shadow.get(name).and_then(|candidate| {
-                let shadow = Arc::new(Shadow::new(&route.path_prefix, name, plugin(candidate)?));
-                shadows.push(shadow.clone());
-                Some(shadow)
-            });
-            Some((
-                cfg.kind,
-                policies::PolicyRef {
-                    plugin: plugin(name)?,
-                    on_error: cfg.on_error,
-                    shadow,
-                },
-            ))
-        })
-        .collect();
-    let last_binding = found
-        .iter()
-        .rposition(|(kind, _)| *kind == PluginKind::IpBinding);
-    found
-        .into_iter()
-        .enumerate()
-        .map(|(i, (kind, policy))| -> Arc<dyn Filter> {
-            match kind {
-                PluginKind::IpBinding => Arc::new(policies::IpBinding {
-                    policy,
-                    stores: stores.clone(),
-                    records_use: Some(i) == last_binding,
-                }),
-                PluginKind::Router => Arc::new(policies::Router { policy }),
-                PluginKind::HeaderRewrite => Arc::new(policies::HeaderRewrite { policy }),
-                PluginKind::Quota => Arc::new(policies::Quota {
-                    policy,
-                    stores: stores.clone(),
-                }),
-            }
-        })
-        .collect()
-}
-
-/// The built-in filters every request meets, in order, around the route's policies.
-pub(crate) struct Builtin {
-    /// Before the policies (e.g. edge protection that should refuse before any plugin runs).
-    pub(crate) first: Vec<Arc<dyn Filter>>,
-    /// After the policies (response decoration, logging).
-    pub(crate) last: Vec<Arc<dyn Filter>>,
-}
-
-pub(crate) fn builtin(
-    config: &Config,
-    stores: &Arc<Stores>,
-    metrics: &Arc<Metrics>,
-    response_headers: &Arc<ResponseHeaders>,
-) -> Builtin {
-    // Edge protection, cheapest refusals first: the client's address, a CORS preflight (answered
-    // without a key), maintenance, then the limits (which count what passes).
-    let mut first: Vec<Arc<dyn Filter>> = vec![Arc::new(filters::access::IpAccess {
-        stores: stores.clone(),
-    })];
-    if let Some(cors) = &config.server.cors {
-        first.push(Arc::new(filters::cors::Cors::new(cors)));
-    }
-    first.push(Arc::new(filters::maintenance::Maintenance::new(
-        &config.maintenance,
-        stores.clone(),
-    )));
-    if let Some(limits) = filters::limits::Limits::new(&config.limits, stores) {
-        first.push(Arc::new(limits));
-    }
-    let mut last: Vec<Arc<dyn Filter>> = Vec::new();
-    if !response_headers.is_empty() {
-        last.push(Arc::new(filters::response_headers::SecurityHeaders(
-            response_headers.clone(),
-        )));
-    }
-    last.extend::<[Arc<dyn Filter>; 3]>([
-        Arc::new(filters::request_id::RequestIdHeader::new(
-            &config.server.request_id_header,
-        )),
-        // Before the access log, whose line carries the counts.
-        Arc::new(crate::telemetry::usage::Usage::new(stores.clone())),
-        // After usage (it reads the tokens).
-        Arc::new(MetricsFilter::new(metrics.clone(), config)),
-    ]);
-    if config.logging.access_log {
-        last.push(Arc::new(crate::telemetry::access_log::AccessLog));
-    }
-    Builtin { first, last }
 }

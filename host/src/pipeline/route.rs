@@ -26,10 +26,6 @@ pub struct Route {
     /// Some upstream of the route serves only listed models, so every request body must be
     /// read for its `model`.
     pub restricts_models: bool,
-    /// The route's own IP allow/deny lists, if it has any.
-    pub access: Option<Arc<crate::state::IpTable>>,
-    /// Maintenance mode for this route.
-    pub maintenance: bool,
 }
 
 /// Limits applied on the request path.

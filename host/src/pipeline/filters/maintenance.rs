@@ -14,14 +14,18 @@ pub(crate) struct Maintenance {
     pub(crate) config: MaintenanceConfig,
     pub(crate) message: Arc<str>,
     pub(crate) stores: Arc<Stores>,
+    /// The route's own `maintenance: true`.
+    pub(crate) route: bool,
 }
 
 impl Maintenance {
-    pub(crate) fn new(config: &MaintenanceConfig, stores: Arc<Stores>) -> Self {
+    /// The filter of one route (`route` = its `maintenance` setting).
+    pub(crate) fn new(config: &MaintenanceConfig, stores: Arc<Stores>, route: bool) -> Self {
         Self {
             config: config.clone(),
             message: config.message.as_str().into(),
             stores,
+            route,
         }
     }
 }
@@ -35,11 +39,8 @@ impl Filter for Maintenance {
         Hooks::REQUEST
     }
 
-    fn on_request<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
-        if self.config.enabled
-            || s.route.is_some_and(|r| r.maintenance)
-            || self.stores.maintenance()
-        {
+    fn on_request<'a>(&'a self, _s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
+        if self.config.enabled || self.route || self.stores.maintenance() {
             return Step::Now(Err(Refusal::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",

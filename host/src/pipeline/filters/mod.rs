@@ -11,6 +11,7 @@ pub(crate) mod access;
 pub(crate) mod cors;
 pub(crate) mod limits;
 pub(crate) mod maintenance;
+pub(crate) mod max_request_tokens;
 pub(crate) mod policies;
 pub(crate) mod request_id;
 pub(crate) mod response_headers;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 use super::shadow::Shadow;
-use crate::config::{Failsafe, OnError};
+use crate::config::{Failsafe, OnError, PluginKind};
 use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::{Filter, Flow, HookResult, Hooks, Session, Step, UpstreamResponse, Verdict};
 use crate::policy::fixtures::{binding_json, ops_json, quota_json, route_json};
@@ -365,6 +365,61 @@ fn reorder(candidates: &[Arc<Upstream>], order: &[u32]) -> Vec<Arc<Upstream>> {
             let i = i as usize;
             (i < candidates.len() && !std::mem::replace(&mut seen[i], true))
                 .then(|| candidates[i].clone())
+        })
+        .collect()
+}
+
+/// A route's policies as filters (one adapter per kind), in configured order; the shadows
+/// they carry are added to `shadows`.
+pub(crate) fn build(
+    config: &crate::config::Config,
+    route: &crate::config::RouteConfig,
+    plugins: &[Arc<Plugin>],
+    stores: &Arc<Stores>,
+    shadows: &mut Vec<Arc<Shadow>>,
+) -> Vec<Arc<dyn Filter>> {
+    let plugin = |name: &str| plugins.iter().find(|p| &*p.spec.name == name).cloned();
+    let found: Vec<(PluginKind, PolicyRef)> = route
+        .policies
+        .iter()
+        .filter_map(|name| {
+            // Validated: every name refers to a plugin, a shadow to one of the same kind.
+            let cfg = config.plugins.iter().find(|p| &p.name == name)?;
+            let shadow = route.shadow.get(name).and_then(|candidate| {
+                let shadow = Arc::new(Shadow::new(&route.path_prefix, name, plugin(candidate)?));
+                shadows.push(shadow.clone());
+                Some(shadow)
+            });
+            Some((
+                cfg.kind,
+                PolicyRef {
+                    plugin: plugin(name)?,
+                    on_error: cfg.on_error,
+                    shadow,
+                },
+            ))
+        })
+        .collect();
+    let last_binding = found
+        .iter()
+        .rposition(|(kind, _)| *kind == PluginKind::IpBinding);
+    found
+        .into_iter()
+        .enumerate()
+        .map(|(i, (kind, policy))| -> Arc<dyn Filter> {
+            match kind {
+                PluginKind::IpBinding => Arc::new(IpBinding {
+                    policy,
+                    stores: stores.clone(),
+                    records_use: Some(i) == last_binding,
+                }),
+                PluginKind::Router => Arc::new(Router { policy }),
+                PluginKind::HeaderRewrite => Arc::new(HeaderRewrite { policy }),
+                PluginKind::Quota => Arc::new(Quota {
+                    policy,
+                    stores: stores.clone(),
+                }),
+            }
         })
         .collect()
 }

@@ -24,6 +24,11 @@ use crate::upstream::Upstream;
 /// The filter (stateless: the per-request stripper lives in the request's `ctx.ext`).
 pub(crate) struct StreamUsage;
 
+/// The route's filter, when it has `stream_usage: inject`.
+pub(crate) fn build(route: &crate::config::RouteConfig) -> Option<StreamUsage> {
+    (route.stream_usage == crate::config::StreamUsage::Inject).then_some(StreamUsage)
+}
+
 impl Filter for StreamUsage {
     fn name(&self) -> &str {
         "stream_usage"
