@@ -1,0 +1,69 @@
+//! The router adapter: calls the plugin's `select` once, with the candidates.
+
+use std::sync::Arc;
+
+use super::{PolicyRef, upstream_view};
+use crate::error::ErrorKind;
+use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
+use crate::policy::fixtures::route_json;
+use crate::policy::types::RouteDecision;
+use crate::upstream::Upstream;
+
+/// router: orders the candidates; `none` refuses the request (503 `no_upstream`).
+pub(crate) struct Router {
+    pub(crate) policy: PolicyRef,
+}
+
+impl Filter for Router {
+    fn name(&self) -> &str {
+        &self.policy.plugin.spec.name
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::SELECT
+    }
+
+    fn on_select<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        candidates: &'a mut Vec<Arc<Upstream>>,
+    ) -> HookResult<'a> {
+        Step::later(async move {
+            let view = s.policy_request();
+            let model = s.model();
+            let views: Vec<_> = candidates.iter().map(|u| upstream_view(u, model)).collect();
+            let decision = self.policy.plugin.select(&view, &views).await;
+            let replay = view.clone();
+            self.policy
+                .shadow(&s.request_id, &decision, route_json, |p| async move {
+                    p.select(&replay, &views).await.map(route_json)
+                });
+            match decision {
+                Ok(RouteDecision::Pick(order)) => {
+                    *candidates = reorder(candidates, &order);
+                    if candidates.is_empty() {
+                        return Err(
+                            ErrorKind::NoUpstream("the router picked no candidate".into()).into(),
+                        );
+                    }
+                    Ok(())
+                }
+                Ok(RouteDecision::None(reason)) => Err(ErrorKind::NoUpstream(reason).into()),
+                Err(e) => self.policy.failed(e),
+            }
+        })
+    }
+}
+
+/// The candidates in the router's order; out-of-range and repeated indices are ignored.
+fn reorder(candidates: &[Arc<Upstream>], order: &[u32]) -> Vec<Arc<Upstream>> {
+    let mut seen = vec![false; candidates.len()];
+    order
+        .iter()
+        .filter_map(|&i| {
+            let i = i as usize;
+            (i < candidates.len() && !std::mem::replace(&mut seen[i], true))
+                .then(|| candidates[i].clone())
+        })
+        .collect()
+}
