@@ -841,7 +841,8 @@ async fn the_openapi_document_is_generated_and_covers_every_endpoint() {
     let paths = doc["paths"].as_object().unwrap();
     // Every route the API's router serves, read from its source, with each of its methods.
     let source =
-        std::fs::read_to_string(tollgate_tests::repo_root().join("host/src/admin/api.rs")).unwrap();
+        std::fs::read_to_string(tollgate_tests::repo_root().join("host/src/admin/api/mod.rs"))
+            .unwrap();
     let routes = &source[source.find("pub fn routes()").unwrap()..];
     let routes = &routes[..routes.find("\n}\n").unwrap()];
     let mut served = Vec::new();

@@ -4,9 +4,10 @@
 //!
 //! Every request is first checked against `admin.allow` (403 otherwise). Serves:
 //! - `GET /metrics` (Prometheus text, `crate::telemetry::metrics`);
-//! - `/admin/api/…` (`api.rs`: login, bindings, usage, upstreams, plugins, audit, reload; OpenAPI
-//!   at `/admin/api/openapi.json`), behind a JWT (`auth.rs`): as a bearer token, or for the
-//!   console as an HttpOnly cookie with a CSRF token (`session.rs`);
+//! - `/admin/api/…` (`api/`, one file per endpoint group: login, session, dashboard, bindings,
+//!   usage, upstreams, plugins and reload, intercepts, settings, IP rules, audit; OpenAPI at
+//!   `/admin/api/openapi.json`), behind a JWT (`auth.rs`): as a bearer token, or for the console
+//!   as an HttpOnly cookie with a CSRF token (`api/session.rs`);
 //! - `/admin/ui/` (`ui.rs`): the console, embedded in the binary.
 //!
 //! It changes the gateway only through the stores (`crate::service`) and a reload of the
@@ -14,13 +15,7 @@
 
 pub mod api;
 pub mod auth;
-pub mod dashboard;
 pub mod error;
-pub mod export;
-pub mod intercepts;
-pub mod ip_rules;
-pub mod session;
-pub mod settings;
 pub mod ui;
 
 /// Longest page any list endpoint serves at once.

@@ -8,8 +8,8 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::api::{AdminState, Operator};
-use super::error::{ApiError, ApiJson, ErrorBody};
+use super::state::{AdminState, Operator};
+use crate::admin::error::{ApiError, ApiJson, ErrorBody};
 use crate::service::ip_rules::{self, IpRuleView};
 use crate::state::IpAction;
 

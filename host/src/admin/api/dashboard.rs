@@ -5,8 +5,8 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::api::{AdminState, Operator};
-use super::error::{ApiError, ErrorBody};
+use super::state::{AdminState, Operator};
+use crate::admin::error::{ApiError, ErrorBody};
 use crate::state::HourTotals;
 
 const HOUR_MS: u64 = 3_600_000;

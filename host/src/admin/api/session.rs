@@ -22,9 +22,10 @@ use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::api::{AdminState, LoginRequest, Operator, client_ip, login_error};
-use super::auth::Login;
-use super::error::{ApiError, ApiJson, ErrorBody};
+use super::login::{LoginRequest, login_error};
+use super::state::{AdminState, Operator, client_ip};
+use crate::admin::auth::Login;
+use crate::admin::error::{ApiError, ApiJson, ErrorBody};
 use crate::listen::ConnInfo;
 
 /// The session cookie's name.

@@ -7,9 +7,10 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::api::{AdminState, Operator, Page};
-use super::error::{ApiError, ApiQuery, ErrorBody};
+use super::bindings::Page;
 use super::export::{CsvRow, EXPORT_PAGE, csv_response, rfc3339_ms};
+use super::state::{AdminState, Operator};
+use crate::admin::error::{ApiError, ApiQuery, ErrorBody};
 use crate::state::{AuditRecord, Intercept, InterceptQuery};
 
 #[derive(Deserialize, IntoParams)]
@@ -90,7 +91,7 @@ pub async fn list(
     let q = p.query()?;
     let db = st.gateway.stores.database();
     let total = db.count_intercepts(&q).await?;
-    let limit = p.limit.unwrap_or(50).clamp(1, super::MAX_PAGE);
+    let limit = p.limit.unwrap_or(50).clamp(1, crate::admin::MAX_PAGE);
     let rows = db
         .intercepts_page(&q, None, p.offset.unwrap_or(0), limit)
         .await?;

@@ -7,8 +7,8 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::api::{AdminState, Operator};
-use super::error::{ApiError, ApiJson, ErrorBody};
+use super::state::{AdminState, Operator};
+use crate::admin::error::{ApiError, ApiJson, ErrorBody};
 use crate::state::{AuditRecord, Settings};
 
 /// Longest archive age accepted, in days.

@@ -1,0 +1,124 @@
+//! `/admin/api/…`: JSON endpoints for operators. Every one but `login` and `openapi.json` needs
+//! a token (`Authorization: Bearer …` from `POST /admin/api/login`). The OpenAPI 3.1 document at
+//! `/admin/api/openapi.json` is generated from the handlers' annotations below.
+
+mod audit;
+mod bindings;
+pub(crate) mod dashboard;
+pub(crate) mod export;
+mod intercepts;
+mod ip_rules;
+mod login;
+mod plugins;
+pub(crate) mod session;
+mod settings;
+mod state;
+mod upstreams;
+mod usage;
+
+pub(crate) use state::AdminState;
+
+use axum::Json;
+use axum::routing::{delete, get, post, put};
+use utoipa::OpenApi;
+
+/// The API's routes (mounted under `/admin/api`).
+pub fn routes() -> axum::Router<AdminState> {
+    axum::Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/login", post(login::login))
+        .route(
+            "/session",
+            post(session::create)
+                .get(session::current)
+                .delete(session::end),
+        )
+        .route("/dashboard", get(dashboard::dashboard))
+        .route("/bindings", get(bindings::list_bindings))
+        .route(
+            "/bindings/{key_id}",
+            get(bindings::get_binding)
+                .put(bindings::move_binding)
+                .delete(bindings::unbind),
+        )
+        .route("/bindings/{key_id}/ban", post(bindings::ban))
+        .route("/bindings/{key_id}/unban", post(bindings::unban))
+        .route("/usage", get(usage::usage))
+        .route("/upstreams", get(upstreams::upstreams))
+        .route("/plugins", get(plugins::plugins))
+        .route("/intercepts", get(intercepts::list))
+        .route("/intercepts.csv", get(intercepts::csv))
+        .route("/upstreams/{name}/cooldown", post(upstreams::cool_down))
+        .route("/upstreams/{name}/restore", post(upstreams::restore))
+        .route("/settings", get(settings::get).put(settings::put))
+        .route("/audit", get(audit::audit))
+        .route("/audit.csv", get(audit::audit_csv))
+        .route("/reload", put(plugins::reload).post(plugins::reload))
+        .route("/ip-rules", get(ip_rules::list).post(ip_rules::add))
+        .route("/ip-rules/{cidr}", delete(ip_rules::remove))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tollgate admin API",
+        description = "Operator endpoints on the admin listener. Errors use the OpenAI error shape."
+    ),
+    paths(
+        login::login,
+        session::create,
+        session::current,
+        session::end,
+        dashboard::dashboard,
+        bindings::list_bindings,
+        bindings::get_binding,
+        bindings::move_binding,
+        bindings::unbind,
+        bindings::ban,
+        bindings::unban,
+        usage::usage,
+        upstreams::upstreams,
+        upstreams::cool_down,
+        upstreams::restore,
+        plugins::plugins,
+        intercepts::list,
+        intercepts::csv,
+        settings::get,
+        settings::put,
+        audit::audit,
+        audit::audit_csv,
+        plugins::reload,
+        ip_rules::list,
+        ip_rules::add,
+        ip_rules::remove
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi_document())
+}
