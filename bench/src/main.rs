@@ -373,7 +373,7 @@ async fn sse(
 }
 
 async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
-    use tollgate::policy::fixtures::{sample_request, sample_response, sample_upstream};
+    use tollgate::policy::authoring::{sample_request, sample_response, sample_upstream};
     use tollgate::policy::{PluginKind, PluginSpec, PolicyEngine};
     let stores = tollgate::state::Stores::ephemeral()
         .await

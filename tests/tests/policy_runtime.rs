@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate::policy::RequestInfo;
-use tollgate::policy::fixtures::{sample_request, sample_upstream};
+use tollgate::policy::authoring::{sample_request, sample_upstream};
 use tollgate::policy::types::{RouteDecision, UpstreamView};
 use tollgate::policy::{LoadError, PluginKind, PluginSpec, PolicyEngine, PolicyError};
 use tollgate::state::Stores;

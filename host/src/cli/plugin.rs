@@ -143,7 +143,7 @@ pub(super) fn plugin(cmd: PluginCommand) -> ExitCode {
                 }
                 PluginCommand::Test { file, cases } => {
                     let report =
-                        crate::policy::fixtures::run_cases(&engine, &file, &cases).await?;
+                        crate::policy::authoring::run_cases(&engine, &file, &cases).await?;
                     let results = &report.results;
                     let failed = results.iter().filter(|r| !r.passed).count();
                     for r in results {

@@ -8,7 +8,7 @@ use http::HeaderMap;
 use super::PolicyRef;
 use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
 use crate::policy::ResponseInfo;
-use crate::policy::fixtures::ops_json;
+use crate::policy::authoring::ops_json;
 use crate::policy::view::apply_ops;
 use crate::upstream::Upstream;
 

@@ -7,7 +7,7 @@ use crate::config::Failsafe;
 use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::{Filter, Flow, HookResult, Hooks, Session, Step};
 use crate::policy::PolicyError;
-use crate::policy::fixtures::binding_json;
+use crate::policy::authoring::binding_json;
 use crate::policy::types::{BindingDecision, Denial};
 use crate::state::{Intercept, KEY_ID_PREFIX_LEN, Stores};
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{PolicyRef, upstream_view};
 use crate::pipeline::{Filter, HookResult, Hooks, Session, Step, UpstreamResponse, Verdict};
 use crate::policy::ResponseInfo;
-use crate::policy::fixtures::quota_json;
+use crate::policy::authoring::quota_json;
 use crate::policy::types::{AfterCooldown, CooldownScope, QuotaDecision};
 use crate::state::{SharedCooldown, Stores};
 use crate::upstream::Upstream;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{PolicyRef, upstream_view};
 use crate::error::ErrorKind;
 use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
-use crate::policy::fixtures::route_json;
+use crate::policy::authoring::route_json;
 use crate::policy::types::RouteDecision;
 use crate::upstream::Upstream;
 
