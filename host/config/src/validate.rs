@@ -5,17 +5,17 @@ use std::collections::HashMap;
 use super::{Config, ConfigError, PluginKind};
 
 /// Shortest server secret accepted: 16 bytes keeps HMAC key ids unguessable offline.
-const MIN_SECRET_LEN: usize = 16;
+pub(crate) const MIN_SECRET_LEN: usize = 16;
 /// Shortest client API key accepted.
-const MIN_KEY_LEN: usize = 8;
+pub(crate) const MIN_KEY_LEN: usize = 8;
 /// Data-plane threads at most (`server.workers`).
-const MAX_WORKERS: usize = 1024;
-use super::{MAX_ALERT_RETRIES, RESERVED_PATHS};
+pub(crate) const MAX_WORKERS: usize = 1024;
+use super::RESERVED_PATHS;
 
-struct Errors(Vec<ConfigError>);
+pub(crate) struct Errors(pub(crate) Vec<ConfigError>);
 
 impl Errors {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             path: path.into(),
             location: None,
@@ -26,13 +26,13 @@ impl Errors {
 
 pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     let mut e = Errors(Vec::new());
-    validate_server(c, &mut e);
-    validate_auth(c, &mut e);
-    validate_upstreams(c, &mut e);
-    validate_plugins(c, &mut e);
+    super::server::validate(c, &mut e);
+    super::auth::validate(c, &mut e);
+    super::upstreams::validate(c, &mut e);
+    super::plugins::validate(c, &mut e);
     validate_routes(c, &mut e);
-    validate_storage(c, &mut e);
-    validate_admin(c, &mut e);
+    super::storage::validate(c, &mut e);
+    super::admin::validate(c, &mut e);
     validate_edge(c, &mut e);
     if let Some(f) = &c.logging.file {
         if f.max_files == 0 || f.max_files > 1000 {
@@ -49,231 +49,6 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         );
     }
     e.0
-}
-
-/// Shortest admin token signing key accepted (HS256 wants at least its 256-bit output size).
-const MIN_JWT_SECRET_LEN: usize = 32;
-/// The demo admin password of `policies.example.yaml`: refused off loopback.
-pub const DEMO_ADMIN_PASSWORD: &str = "tollgate-demo-admin";
-/// The development server secret of `policies.example.yaml`: refused off loopback (anyone could
-/// compute every key id under it).
-pub const DEMO_SECRET: &str = "dev-only-secret-change-me";
-/// The demo client key of `policies.example.yaml` (printed in the README): refused off loopback.
-pub const DEMO_KEY: &str = "sk-tollgate-demo";
-
-fn validate_admin(c: &Config, e: &mut Errors) {
-    let a = &c.admin;
-    if let Some(s) = &a.jwt_secret
-        && s.expose().len() < MIN_JWT_SECRET_LEN
-    {
-        e.add(
-            "admin.jwt_secret",
-            format!("must be at least {MIN_JWT_SECRET_LEN} characters"),
-        );
-    }
-    let ttl = a.token_ttl.get();
-    if ttl.is_zero() || ttl > std::time::Duration::from_secs(24 * 3600) {
-        e.add("admin.token_ttl", "must be greater than 0 and at most 24h");
-    }
-    if a.lockout.max_failures == 0 {
-        e.add("admin.lockout.max_failures", "must be greater than 0");
-    }
-    for (name, d) in [
-        ("window", a.lockout.window),
-        ("duration", a.lockout.duration),
-    ] {
-        if d.get().is_zero() {
-            e.add(format!("admin.lockout.{name}"), "must be greater than 0");
-        }
-    }
-    let mut names = HashMap::new();
-    for (i, u) in a.users.iter().enumerate() {
-        let path = format!("admin.users[{i}]");
-        check_name(
-            &u.username,
-            &format!("{path}.username"),
-            "admin user",
-            &mut names,
-            e,
-        );
-        match (&u.password_hash, &u.password) {
-            (Some(_), Some(_)) => e.add(&path, "set either `password_hash` or `password`, not both"),
-            (None, None) => e.add(&path, "one of `password_hash` or `password` is required"),
-            (Some(h), None) if !h.starts_with("$argon2") => e.add(
-                format!("{path}.password_hash"),
-                "must be an argon2 PHC string (see `tollgate admin hash-password`)",
-            ),
-            (None, Some(p)) if p.expose().len() < 12 => {
-                e.add(format!("{path}.password"), "must be at least 12 characters")
-            }
-            (None, Some(p))
-                if p.expose() == DEMO_ADMIN_PASSWORD
-                    && a.enabled
-                    && !a.listen.0.ip().is_loopback() =>
-            {
-                e.add(
-                    format!("{path}.password"),
-                    "the demo password is refused while admin.listen is not on loopback; set TOLLGATE_ADMIN_PASSWORD",
-                )
-            }
-            _ => {}
-        }
-    }
-}
-
-fn validate_storage(c: &Config, e: &mut Errors) {
-    let s = &c.storage;
-    for (name, d) in [
-        ("flush_interval", s.flush_interval),
-        ("binding_cache_ttl", s.binding_cache_ttl),
-        ("retention_interval", s.retention_interval),
-        ("op_timeout", s.op_timeout),
-    ] {
-        if d.get().is_zero() {
-            e.add(format!("storage.{name}"), "must be greater than 0");
-        }
-    }
-    if c.alerts.threshold == 0 {
-        e.add("alerts.threshold", "must be greater than 0");
-    }
-    if c.alerts.window.get().is_zero() {
-        e.add("alerts.window", "must be greater than 0");
-    }
-    if c.alerts.retries > MAX_ALERT_RETRIES {
-        e.add(
-            "alerts.retries",
-            format!("must be at most {MAX_ALERT_RETRIES} (delays reach 30 s by the 7th)"),
-        );
-    }
-}
-
-fn validate_server(c: &Config, e: &mut Errors) {
-    let s = &c.server;
-    if s.max_body.0 == 0 {
-        e.add("server.max_body", "must be greater than 0");
-    }
-    if s.workers > MAX_WORKERS {
-        e.add(
-            "server.workers",
-            format!("must be at most {MAX_WORKERS} (0 = one per CPU core)"),
-        );
-    }
-    if s.max_connections == 0 {
-        e.add("server.max_connections", "must be greater than 0");
-    }
-    if s.max_head_size.0 < 1024 {
-        e.add("server.max_head_size", "must be at least 1KiB");
-    }
-    if http::HeaderName::from_bytes(s.request_id_header.as_bytes()).is_err() {
-        e.add(
-            "server.request_id_header",
-            format!("{:?} is not an HTTP header name", s.request_id_header),
-        );
-    }
-    if s.max_header_size.0 == 0 || s.max_header_size.0 > s.max_head_size.0 {
-        e.add(
-            "server.max_header_size",
-            "must be greater than 0 and at most server.max_head_size",
-        );
-    }
-    if s.http2_max_streams == 0 {
-        e.add("server.http2_max_streams", "must be greater than 0");
-    }
-    let admin = &c.admin;
-    if admin.enabled && admin.listen.0.port() != 0 && admin.listen == s.listen {
-        e.add(
-            "admin.listen",
-            "must differ from server.listen (the admin plane has its own listener)",
-        );
-    }
-    let t = &s.timeouts;
-    for (name, d) in [
-        ("client_header", t.client_header),
-        ("client_idle", t.client_idle),
-        ("client_write", t.client_write),
-        ("client_body", t.client_body),
-        ("tls_handshake", t.tls_handshake),
-        ("http2_keepalive", t.http2_keepalive),
-        ("http2_keepalive_timeout", t.http2_keepalive_timeout),
-        ("connect", t.connect),
-        ("response_head", t.response_head),
-        ("idle", t.idle),
-    ] {
-        if d.get().is_zero() {
-            e.add(format!("server.timeouts.{name}"), "must be greater than 0");
-        }
-    }
-}
-
-fn validate_auth(c: &Config, e: &mut Errors) {
-    let public = !c.server.listen.0.ip().is_loopback();
-    if c.auth.secret.expose().len() < MIN_SECRET_LEN {
-        e.add(
-            "auth.secret",
-            format!("must be at least {MIN_SECRET_LEN} characters"),
-        );
-    } else if public && c.auth.secret.expose() == DEMO_SECRET {
-        e.add(
-            "auth.secret",
-            "the development secret is refused while server.listen is not on loopback; set TOLLGATE_SECRET (e.g. `openssl rand -hex 32`)",
-        );
-    }
-    if c.auth.keys.is_empty() {
-        e.add("auth.keys", "at least one key is required");
-    }
-    let mut names = HashMap::new();
-    for (i, k) in c.auth.keys.iter().enumerate() {
-        let path = format!("auth.keys[{i}]");
-        check_name(&k.name, &format!("{path}.name"), "key", &mut names, e);
-        match (&k.key, &k.key_id) {
-            (Some(_), Some(_)) => e.add(&path, "set either `key` or `key_id`, not both"),
-            (None, None) => e.add(&path, "one of `key` or `key_id` is required"),
-            (Some(key), None) if key.expose().len() < MIN_KEY_LEN => {
-                e.add(
-                    format!("{path}.key"),
-                    format!("must be at least {MIN_KEY_LEN} characters"),
-                );
-            }
-            (Some(key), None) if public && key.expose() == DEMO_KEY => e.add(
-                format!("{path}.key"),
-                "the demo key is refused while server.listen is not on loopback; set TOLLGATE_DEMO_KEY or remove the key",
-            ),
-            (None, Some(id)) if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                e.add(
-                    format!("{path}.key_id"),
-                    "must be 64 hex digits (see `tollgate key-id`)",
-                );
-            }
-            _ => {}
-        }
-    }
-}
-
-fn validate_upstreams(c: &Config, e: &mut Errors) {
-    if c.upstreams.is_empty() {
-        e.add("upstreams", "at least one upstream is required");
-    }
-    let mut names = HashMap::new();
-    for (i, u) in c.upstreams.iter().enumerate() {
-        let path = format!("upstreams[{i}]");
-        check_name(&u.name, &format!("{path}.name"), "upstream", &mut names, e);
-        match (&u.url, &u.mock) {
-            (Some(_), Some(_)) => e.add(&path, "set either `url` or `mock`, not both"),
-            (None, None) => e.add(&path, "one of `url` or `mock` is required"),
-            _ => {}
-        }
-        if u.weight == 0 {
-            e.add(format!("{path}.weight"), "must be greater than 0");
-        }
-        for (j, m) in u.models.iter().enumerate() {
-            if m.is_empty() || m[..m.len() - 1].contains('*') {
-                e.add(
-                    format!("{path}.models[{j}]"),
-                    "must be a model name, or a prefix followed by a single trailing `*`",
-                );
-            }
-        }
-    }
 }
 
 fn validate_routes(c: &Config, e: &mut Errors) {
@@ -387,62 +162,8 @@ fn validate_routes(c: &Config, e: &mut Errors) {
     }
 }
 
-fn validate_plugins(c: &Config, e: &mut Errors) {
-    let mut names = HashMap::new();
-    for (i, p) in c.plugins.iter().enumerate() {
-        let path = format!("plugins[{i}]");
-        check_name(&p.name, &format!("{path}.name"), "plugin", &mut names, e);
-        if let super::Module::Builtin(name) = &p.module
-            && tollgate_builtins::find(name).is_none()
-        {
-            e.add(format!("{path}.module"), tollgate_builtins::unknown(name));
-        }
-        if let Some(pin) = &p.sha256
-            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            e.add(format!("{path}.sha256"), "must be 64 hex digits");
-        }
-        let l = &p.limits;
-        if l.memory.0 == 0 || l.memory.0 > super::MAX_PLUGIN_MEMORY {
-            e.add(
-                format!("{path}.limits.memory"),
-                format!(
-                    "must be between 1 byte and {} MiB",
-                    super::MAX_PLUGIN_MEMORY >> 20
-                ),
-            );
-        }
-        if l.deadline.get().is_zero() {
-            e.add(format!("{path}.limits.deadline"), "must be greater than 0");
-        }
-        if l.init_deadline.get().is_zero() {
-            e.add(
-                format!("{path}.limits.init_deadline"),
-                "must be greater than 0",
-            );
-        }
-        if l.max_calls == 0 {
-            e.add(format!("{path}.limits.max_calls"), "must be at least 1");
-        }
-        if l.max_concurrency == 0 {
-            e.add(
-                format!("{path}.limits.max_concurrency"),
-                "must be at least 1",
-            );
-        }
-        if l.breaker_failures > 0
-            && (l.breaker_window.get().is_zero() || l.breaker_cooldown.get().is_zero())
-        {
-            e.add(
-                format!("{path}.limits"),
-                "breaker_window and breaker_cooldown must be greater than 0 when breaker_failures is set",
-            );
-        }
-    }
-}
-
 /// Names are identifiers that appear in logs, metrics and the admin API.
-fn check_name<'a>(
+pub(crate) fn check_name<'a>(
     name: &'a str,
     path: &str,
     what: &str,

@@ -1,0 +1,145 @@
+//! `admin:`: the admin plane's listener, users, tokens and lockout.
+
+use crate::{Cidr, Config, Duration, Errors, ListenAddr, Secret, check_name};
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+/// The admin plane: `/metrics`, `/admin/api/…`, `/admin/ui/…` are served here and never on the
+/// data-plane listener. Read at start only.
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin listener at all.
+    pub enabled: bool,
+    /// Where it listens; keep it on loopback or a private network.
+    pub listen: ListenAddr,
+    /// Client networks allowed to reach the admin listener at all (in addition to the login);
+    /// others get 403. Default: loopback only.
+    pub allow: Vec<Cidr>,
+    /// Operators who may log in to the admin API.
+    pub users: Vec<AdminUser>,
+    /// HS256 key that signs admin tokens (32+ characters). Unset: a random key per process, so
+    /// tokens end with a restart and are not accepted by the other gateways of a cluster; set it
+    /// (the same on every gateway) for a cluster.
+    pub jwt_secret: Option<Secret>,
+    /// Lifetime of an admin token.
+    pub token_ttl: Duration,
+    /// Wrong passwords tolerated per user and client IP before logins are refused.
+    pub lockout: LockoutConfig,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: ListenAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 8318))),
+            allow: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|c| c.parse().ok().map(Cidr))
+                .collect(),
+            users: Vec::new(),
+            jwt_secret: None,
+            token_ttl: Duration::secs(30 * 60),
+            lockout: LockoutConfig::default(),
+        }
+    }
+}
+
+/// An operator of the admin API. Exactly one of `password_hash` (preferred; an argon2 PHC string
+/// from `tollgate admin hash-password`) or `password` (hashed at start; for passwords given
+/// through the environment) is set.
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUser {
+    pub username: String,
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+/// Login lockout: `max_failures` wrong passwords for one user from one IP within `window` lock
+/// that pair out for `duration`. Counted in the cache, so it holds across a cluster.
+#[derive(Debug, Deserialize, Clone, Copy, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub duration: Duration,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            window: Duration::secs(30 * 60),
+            duration: Duration::secs(30 * 60),
+        }
+    }
+}
+
+/// Shortest admin token signing key accepted (HS256 wants at least its 256-bit output size).
+pub(crate) const MIN_JWT_SECRET_LEN: usize = 32;
+/// The demo admin password of `policies.example.yaml`: refused off loopback.
+pub const DEMO_ADMIN_PASSWORD: &str = "tollgate-demo-admin";
+
+pub(crate) fn validate(c: &Config, e: &mut Errors) {
+    let a = &c.admin;
+    if let Some(s) = &a.jwt_secret
+        && s.expose().len() < MIN_JWT_SECRET_LEN
+    {
+        e.add(
+            "admin.jwt_secret",
+            format!("must be at least {MIN_JWT_SECRET_LEN} characters"),
+        );
+    }
+    let ttl = a.token_ttl.get();
+    if ttl.is_zero() || ttl > std::time::Duration::from_secs(24 * 3600) {
+        e.add("admin.token_ttl", "must be greater than 0 and at most 24h");
+    }
+    if a.lockout.max_failures == 0 {
+        e.add("admin.lockout.max_failures", "must be greater than 0");
+    }
+    for (name, d) in [
+        ("window", a.lockout.window),
+        ("duration", a.lockout.duration),
+    ] {
+        if d.get().is_zero() {
+            e.add(format!("admin.lockout.{name}"), "must be greater than 0");
+        }
+    }
+    let mut names = HashMap::new();
+    for (i, u) in a.users.iter().enumerate() {
+        let path = format!("admin.users[{i}]");
+        check_name(
+            &u.username,
+            &format!("{path}.username"),
+            "admin user",
+            &mut names,
+            e,
+        );
+        match (&u.password_hash, &u.password) {
+            (Some(_), Some(_)) => e.add(&path, "set either `password_hash` or `password`, not both"),
+            (None, None) => e.add(&path, "one of `password_hash` or `password` is required"),
+            (Some(h), None) if !h.starts_with("$argon2") => e.add(
+                format!("{path}.password_hash"),
+                "must be an argon2 PHC string (see `tollgate admin hash-password`)",
+            ),
+            (None, Some(p)) if p.expose().len() < 12 => {
+                e.add(format!("{path}.password"), "must be at least 12 characters")
+            }
+            (None, Some(p))
+                if p.expose() == DEMO_ADMIN_PASSWORD
+                    && a.enabled
+                    && !a.listen.0.ip().is_loopback() =>
+            {
+                e.add(
+                    format!("{path}.password"),
+                    "the demo password is refused while admin.listen is not on loopback; set TOLLGATE_ADMIN_PASSWORD",
+                )
+            }
+            _ => {}
+        }
+    }
+}

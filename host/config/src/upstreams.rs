@@ -1,0 +1,115 @@
+//! `upstreams:`: upstream accounts and servers (or the built-in mock).
+
+use crate::{Config, Duration, Errors, Secret, UpstreamUrl, check_name};
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use crate::env;
+
+/// One upstream account or server.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(deserialize_with = "env::string")]
+    pub name: String,
+    /// Base URL; exactly one of `url` and `mock` is set.
+    pub url: Option<UpstreamUrl>,
+    /// The built-in mock upstream (canned completions, for trying the gateway without an account).
+    pub mock: Option<MockConfig>,
+    /// Credential sent upstream in place of the client's key; empty sends none.
+    #[serde(default)]
+    pub credential: Secret,
+    #[serde(default)]
+    pub auth_scheme: AuthScheme,
+    /// Models served: exact names or prefixes ending in `*`. Empty serves every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Consecutive failures (connect error, timeout, 5xx) that mark the upstream unhealthy.
+    #[serde(default = "three")]
+    pub max_fails: u32,
+    /// How long an unhealthy upstream is skipped before it is tried again.
+    #[serde(default = "ten_seconds")]
+    pub fail_timeout: Duration,
+}
+
+fn one() -> u32 {
+    1
+}
+fn three() -> u32 {
+    3
+}
+fn ten_seconds() -> Duration {
+    Duration::secs(10)
+}
+
+/// How the upstream credential is presented.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <credential>` (OpenAI and compatibles).
+    #[default]
+    Bearer,
+    /// `x-api-key: <credential>` (Anthropic).
+    XApiKey,
+}
+
+/// Built-in mock upstream behaviour.
+#[derive(Debug, Deserialize, Clone, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockConfig {
+    /// Text of every completion.
+    #[serde(deserialize_with = "env::string")]
+    pub reply: String,
+    /// Pause between streamed events, to make streaming visible.
+    pub delay: Duration,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            reply: "Hello from Tollgate's built-in mock upstream. Configure a real upstream to talk to a model.".into(),
+            delay: Duration(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Whether this upstream serves `model` (exact name or `prefix*`; empty list serves all).
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.is_empty()
+            || self.models.iter().any(|m| match m.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => m == model,
+            })
+    }
+}
+
+pub(crate) fn validate(c: &Config, e: &mut Errors) {
+    if c.upstreams.is_empty() {
+        e.add("upstreams", "at least one upstream is required");
+    }
+    let mut names = HashMap::new();
+    for (i, u) in c.upstreams.iter().enumerate() {
+        let path = format!("upstreams[{i}]");
+        check_name(&u.name, &format!("{path}.name"), "upstream", &mut names, e);
+        match (&u.url, &u.mock) {
+            (Some(_), Some(_)) => e.add(&path, "set either `url` or `mock`, not both"),
+            (None, None) => e.add(&path, "one of `url` or `mock` is required"),
+            _ => {}
+        }
+        if u.weight == 0 {
+            e.add(format!("{path}.weight"), "must be greater than 0");
+        }
+        for (j, m) in u.models.iter().enumerate() {
+            if m.is_empty() || m[..m.len() - 1].contains('*') {
+                e.add(
+                    format!("{path}.models[{j}]"),
+                    "must be a model name, or a prefix followed by a single trailing `*`",
+                );
+            }
+        }
+    }
+}
