@@ -24,6 +24,7 @@
 
 mod alerts;
 mod audit;
+mod bindings;
 mod clock;
 mod cooldowns;
 mod dashboard;
@@ -31,6 +32,7 @@ mod intercepts;
 mod ip_rules;
 mod memory;
 mod plugin_kv;
+mod queues;
 mod rate;
 mod recent;
 mod redis;
@@ -39,18 +41,18 @@ mod sql;
 mod writer;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use tollgate_config::{AlertsConfig, CacheUrl, Failsafe, StorageConfig};
 
 pub use self::alerts::{Alert, Delivery, NoWebhook, Webhook};
 pub use self::audit::{AuditQuery, AuditRecord};
+use self::bindings::{BINDINGS, NEAR_TTL, NearBindings};
+pub use self::bindings::{Binding, BindingStatus, normalize_net};
 pub use self::clock::unix_ms;
 pub use self::cooldowns::SharedCooldown;
 pub use self::dashboard::{BindingCounts, HourTotals};
@@ -58,6 +60,8 @@ pub use self::intercepts::InterceptQuery;
 pub use self::ip_rules::{IP_RULES_POLL, IpAction, IpRule, IpTable};
 pub use self::memory::MemoryKv;
 pub use self::plugin_kv::PluginKv;
+pub use self::queues::{Intercept, KEY_ID_PREFIX_LEN};
+use self::queues::{KeyUses, QUEUE_CAPACITY};
 pub use self::rate::{Decision, Gcra, LocalBuckets, Op};
 pub use self::recent::MinuteTotals;
 pub use self::redis::RedisKv;
@@ -85,103 +89,6 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Whether a binding is in force or the key is banned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BindingStatus {
-    Active,
-    Banned,
-}
-
-impl BindingStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Banned => "banned",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "active" => Some(Self::Active),
-            "banned" => Some(Self::Banned),
-            _ => None,
-        }
-    }
-}
-
-/// One key's binding as the database holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Binding {
-    /// HMAC-SHA256 key id (hex); never the key.
-    pub key_id: String,
-    pub cidr: IpNet,
-    pub status: BindingStatus,
-    pub created_ms: u64,
-    pub last_used_ms: u64,
-    pub last_ip: Option<String>,
-    pub request_count: u64,
-}
-
-impl Binding {
-    /// The compact form kept in the cache: `status|created_ms|cidr`.
-    fn encode(&self) -> String {
-        format!("{}|{}|{}", self.status.as_str(), self.created_ms, self.cidr)
-    }
-
-    fn decode(key_id: &str, s: &str) -> Option<Self> {
-        let mut parts = s.splitn(3, '|');
-        let status = BindingStatus::parse(parts.next()?)?;
-        let created_ms = parts.next()?.parse().ok()?;
-        let cidr = parts.next()?.parse().ok()?;
-        Some(Self::cached(key_id, cidr, status, created_ms))
-    }
-
-    /// A binding as a cache holds it: what the request path reads; the usage fields, which only
-    /// the database keeps, start from creation.
-    fn cached(key_id: &str, cidr: IpNet, status: BindingStatus, created_ms: u64) -> Self {
-        Self {
-            key_id: key_id.to_owned(),
-            cidr,
-            status,
-            created_ms,
-            last_used_ms: created_ms,
-            last_ip: None,
-            request_count: 0,
-        }
-    }
-}
-
-/// One refused request, as stored in the intercept log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Intercept {
-    pub at_ms: u64,
-    /// First 12 hex digits of the key id: enough to find the binding, useless to an attacker.
-    pub key_id_prefix: String,
-    /// The network the key is bound to, if it was known when the intercept was written.
-    pub bound_cidr: Option<String>,
-    pub attempted_ip: String,
-    pub method: String,
-    pub path: String,
-    /// The refusal's error code, e.g. `ip_not_allowed` or `key_banned`.
-    pub reason: String,
-}
-
-/// Length of the key id prefix kept in intercepts and alerts.
-pub const KEY_ID_PREFIX_LEN: usize = 12;
-
-/// Normalises a network: IPv4-mapped IPv6 (`::ffff:a.b.c.d/120`) becomes IPv4 (`a.b.c.d/24`),
-/// host bits are cleared.
-pub fn normalize_net(net: IpNet) -> IpNet {
-    if let IpNet::V6(v6) = net
-        && let Some(v4) = v6.addr().to_ipv4_mapped()
-        && v6.prefix_len() >= 96
-        && let Ok(n) = IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96)
-    {
-        return n.trunc();
-    }
-    net.trunc()
-}
-
 /// Request counters the stores keep for metrics and tests.
 #[derive(Debug, Default)]
 pub struct StoreStats {
@@ -198,30 +105,6 @@ pub struct StoreStats {
     /// Writer flushes that could not write a batch (kept and retried at the next flush).
     pub flush_failures: AtomicU64,
 }
-
-/// One key's use since the last flush: how often, and the latest time and client address.
-#[derive(Debug, Clone, Copy)]
-struct KeyUse {
-    last_used_ms: u64,
-    ip: IpAddr,
-    count: u64,
-}
-
-impl KeyUse {
-    fn add(&mut self, ip: IpAddr, at_ms: u64) {
-        self.count += 1;
-        if at_ms >= self.last_used_ms {
-            self.last_used_ms = at_ms;
-            self.ip = ip;
-        }
-    }
-}
-
-/// Capacity of the write queue; beyond it, usage updates and intercepts are dropped and counted.
-const QUEUE_CAPACITY: usize = 65_536;
-
-/// Keys used since the writer's last flush, by key id.
-type KeyUses = HashMap<String, KeyUse, foldhash::fast::RandomState>;
 
 /// The database, the cache, and the background work around them.
 pub struct Stores {
@@ -287,57 +170,6 @@ pub trait Kv: Send + Sync + 'static {
     /// not shared (the caller keeps the bucket in process).
     async fn gcra(&self, _key: &str, _gcra: &Gcra, _op: Op) -> StoreResult<Option<Decision>> {
         Ok(None)
-    }
-}
-
-/// The channel on which gateways tell each other that a binding changed (message: the key id).
-const BINDINGS: &str = "bindings";
-/// Longest a binding stays in a gateway's near cache in front of a shared cache; bounds how long a
-/// ban can go unseen by a gateway that missed the change message (disconnected from Redis).
-const NEAR_TTL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The bindings a gateway read recently, decoded, by key id: a bound key's request reads one map
-/// entry and parses nothing. With an in-process cache this is the binding cache (entries live
-/// `storage.binding_cache_ttl`); in front of a shared cache it is the near cache, so a bound key
-/// costs no Redis round trip per request (entries live at most [`NEAR_TTL`], and are dropped at
-/// once when any gateway publishes a change of the binding: ban, move, archive).
-struct NearBindings {
-    map: moka::sync::Cache<String, Near, foldhash::fast::RandomState>,
-}
-
-/// What [`NearBindings`] keeps of a binding: what the request path reads.
-#[derive(Clone)]
-struct Near {
-    cidr: IpNet,
-    status: BindingStatus,
-    created_ms: u64,
-}
-
-impl NearBindings {
-    fn new(ttl: std::time::Duration) -> Self {
-        Self {
-            map: moka::sync::Cache::builder()
-                .time_to_live(ttl)
-                .build_with_hasher(foldhash::fast::RandomState::default()),
-        }
-    }
-
-    fn get(&self, key_id: &str) -> Option<Binding> {
-        let n = self.map.get(key_id)?;
-        Some(Binding::cached(key_id, n.cidr, n.status, n.created_ms))
-    }
-
-    fn remember(&self, b: &Binding) {
-        let near = Near {
-            cidr: b.cidr,
-            status: b.status,
-            created_ms: b.created_ms,
-        };
-        self.map.insert(b.key_id.clone(), near);
-    }
-
-    fn forget(&self, key_id: &str) {
-        self.map.invalidate(key_id);
     }
 }
 
@@ -448,209 +280,15 @@ impl Stores {
         &self.db
     }
 
-    fn binding_key(key_id: &str) -> String {
-        let mut k = String::with_capacity(2 + key_id.len());
-        k.push_str("b:");
-        k.push_str(key_id);
-        k
-    }
-
-    fn cache_ttl_ms(&self) -> Option<u64> {
-        Some(self.config.binding_cache_ttl.get().as_millis() as u64)
-    }
-
     fn cache_failed(&self, op: &str, e: &StoreError) {
         self.stats.cache_fallbacks.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(target: "state", op, error = %e, "cache failed; falling back");
-    }
-
-    /// The binding in force for `key_id`: this gateway's near bindings, the shared cache (if
-    /// any), then the database.
-    pub async fn binding(&self, key_id: &str) -> StoreResult<Option<Binding>> {
-        if let Some(b) = self.near.get(key_id) {
-            return Ok(Some(b));
-        }
-        let key = Self::binding_key(key_id);
-        let cached = if self.shared {
-            self.cache.get(&key).await
-        } else {
-            Ok(None)
-        };
-        match &cached {
-            Ok(Some(s)) => {
-                if let Some(b) = Binding::decode(key_id, s) {
-                    self.near.remember(&b);
-                    return Ok(Some(b));
-                }
-            }
-            Ok(None) => {}
-            Err(e) => self.cache_failed("get binding", e),
-        }
-        let found = self.db.binding(key_id).await?;
-        if let Some(b) = &found {
-            self.near.remember(b);
-            if self.shared
-                && cached.is_ok()
-                && let Err(e) = self.cache.set(&key, &b.encode(), self.cache_ttl_ms()).await
-            {
-                self.cache_failed("fill binding", &e);
-            }
-        }
-        Ok(found)
-    }
-
-    /// Binds `key_id` to `net` unless it is bound already; returns the binding in force. Atomic
-    /// across every gateway sharing the database.
-    pub async fn bind_first(&self, key_id: &str, net: IpNet) -> StoreResult<Binding> {
-        let (b, created) = self
-            .db
-            .bind_first(key_id, normalize_net(net), unix_ms())
-            .await?;
-        if created {
-            self.stats.first_uses.fetch_add(1, Ordering::Relaxed);
-        }
-        self.near.remember(&b);
-        if self.shared
-            && let Err(e) = self
-                .cache
-                .set(&Self::binding_key(key_id), &b.encode(), self.cache_ttl_ms())
-                .await
-        {
-            self.cache_failed("fill binding", &e);
-        }
-        Ok(b)
-    }
-
-    /// Moves a key's binding to `net`; whether a binding existed. The cached copy is dropped.
-    pub async fn set_cidr(&self, key_id: &str, net: IpNet) -> StoreResult<bool> {
-        let changed = self.db.set_cidr(key_id, normalize_net(net)).await?;
-        self.forget(key_id).await;
-        Ok(changed)
     }
 
     /// The key-value namespace of the admin plane (login failures and lockouts), shared by the
     /// gateways of a cluster through the cache.
     pub fn admin_kv(&self) -> PluginKv<'_> {
         self.plugin_kv("a:admin\u{0}")
-    }
-
-    /// Bans or reinstates a key; whether a binding existed. The cached copy is dropped.
-    pub async fn set_status(&self, key_id: &str, status: BindingStatus) -> StoreResult<bool> {
-        let changed = self.db.set_status(key_id, status).await?;
-        self.forget(key_id).await;
-        Ok(changed)
-    }
-
-    /// Removes a key's binding (its next request binds afresh); whether there was one.
-    pub async fn delete_binding(&self, key_id: &str) -> StoreResult<bool> {
-        let deleted = self.db.delete_binding(key_id).await?;
-        self.forget(key_id).await;
-        Ok(deleted)
-    }
-
-    /// Drops the cached copies of a binding, here and (through the shared cache) on every
-    /// gateway.
-    async fn forget(&self, key_id: &str) {
-        self.near.forget(key_id);
-        if !self.shared {
-            return;
-        }
-        let key = Self::binding_key(key_id);
-        if let Err(e) = self.cache.delete(&key).await {
-            self.cache_failed("forget binding", &e);
-        }
-        if let Err(e) = self.cache.publish(BINDINGS, key_id).await {
-            self.cache_failed("publish binding change", &e);
-        }
-    }
-
-    /// Notes that `key_id` was used from `ip` (batched; never waits).
-    pub fn record_use(&self, key_id: &str, ip: IpAddr) {
-        let at_ms = unix_ms();
-        let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = uses.get_mut(key_id) {
-            u.add(ip, at_ms);
-        } else if uses.len() >= QUEUE_CAPACITY {
-            drop(uses);
-            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-        } else {
-            uses.insert(
-                key_id.to_owned(),
-                KeyUse {
-                    last_used_ms: at_ms,
-                    ip,
-                    count: 1,
-                },
-            );
-        }
-    }
-
-    /// The key uses recorded since the last call (for the writer).
-    fn take_uses(&self) -> KeyUses {
-        std::mem::take(&mut *self.uses.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Logs a refusal (batched; never waits). Also counts it towards the key's alert threshold.
-    pub fn record_intercept(&self, key_id: &str, intercept: Intercept) {
-        self.stats.intercepts.fetch_add(1, Ordering::Relaxed);
-        self.pending().1.at(intercept.at_ms).intercepts += 1;
-        self.enqueue(Event::Intercept {
-            key_id: key_id.to_owned(),
-            intercept,
-        });
-    }
-
-    /// Queues one request's token usage (summed per hour, key, upstream and model by the
-    /// writer).
-    pub fn record_tokens(&self, usage: TokenUsage) {
-        let mut pending = self.pending();
-        let (buffer, last_hour) = &mut *pending;
-        let m = last_hour.at(usage.at_ms);
-        m.requests += usage.requests;
-        m.errors += usage.errors;
-        m.input_tokens += usage.input_tokens;
-        m.output_tokens += usage.output_tokens;
-        if buffer.len() >= QUEUE_CAPACITY {
-            drop(pending);
-            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        buffer.push(usage);
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, (Vec<TokenUsage>, recent::LastHour)> {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// This gateway's last sixty minutes, oldest first (in memory: empty after a start, and
-    /// this process's traffic only).
-    pub fn last_hour_series(&self) -> Vec<MinuteTotals> {
-        self.pending().1.series(unix_ms())
-    }
-
-    /// The token usage recorded since the last call (for the writer).
-    fn take_tokens(&self) -> Vec<TokenUsage> {
-        let mut pending = self.pending();
-        // The next interval starts with the room this one needed: requests then never wait on
-        // the buffer growing (and copying itself) under the lock.
-        let room = pending.0.len();
-        std::mem::replace(&mut pending.0, Vec::with_capacity(room))
-    }
-
-    /// Counts a batch the writer could not write.
-    fn flush_failed(&self) {
-        self.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn enqueue(&self, event: Event) {
-        if self.queue.try_send(event).is_err() {
-            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts a request decided by the failsafe.
-    pub fn note_failsafe(&self) {
-        self.stats.failsafe.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `result` from the shared cache, or `local` computed on the in-process stand-in if the
@@ -804,6 +442,7 @@ async fn retention(stores: std::sync::Weak<Stores>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnet::IpNet;
 
     #[test]
     fn mapped_ipv6_networks_become_ipv4() {
