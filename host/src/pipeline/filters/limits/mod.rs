@@ -17,7 +17,11 @@
 //! from its record), so the common case allocates nothing per limit.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod in_flight;
+mod requests;
+mod tokens;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -28,6 +32,9 @@ use crate::pipeline::session::RequestRecord;
 use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Session, Step};
 use crate::state::{Gcra, LocalBuckets, Op, Stores};
 use crate::upstream::Upstream;
+use in_flight::{InFlightCounts, InFlightLimit, Slots};
+use requests::RequestsTaken;
+use tokens::{TokenLimit, TokensTaken, cut_event};
 
 /// A request (`kind` = `requests`) or token (`tokens`) rate limit's 429, OpenAI's shape: the
 /// request was not counted; `Retry-After` rounds the wait up to whole seconds.
@@ -143,41 +150,6 @@ impl Bucket {
     }
 }
 
-struct TokenLimit {
-    bucket: Bucket,
-    strict: bool,
-}
-
-/// In-flight counts of one limit on this gateway.
-#[derive(Default)]
-struct InFlightCounts(Mutex<HashMap<String, u32>>);
-
-struct InFlightLimit {
-    max: u32,
-    by: LimitBy,
-    keys: Vec<String>,
-    routes: Vec<String>,
-    counts: Arc<InFlightCounts>,
-}
-
-/// Holds one in-flight slot; dropping it releases it.
-struct Slot {
-    counts: Arc<InFlightCounts>,
-    key: String,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
-}
-
 /// The tightest limit of one kind, for the headers: remaining units and time until full.
 #[derive(Clone, Copy)]
 struct Quota {
@@ -192,34 +164,6 @@ fn tighter(cur: &mut Option<Quota>, new: Quota) {
     }) {
         *cur = Some(new);
     }
-}
-
-/// What the request limits took (request extension).
-#[derive(Clone, Copy, Default)]
-struct RequestsTaken {
-    /// Bit `i`: request limit `i` counted this request.
-    mask: u64,
-    quota: Option<Quota>,
-}
-
-/// A token reservation (request extension).
-#[derive(Clone, Copy, Default)]
-struct TokensTaken {
-    /// Bit `i`: token limit `i` holds the reservation.
-    mask: u64,
-    reserved: u64,
-    /// The part of `reserved` that is the prompt estimate.
-    prompt_estimate: u64,
-    strict: bool,
-    quota: Option<Quota>,
-    /// The stream was ended at this count.
-    cut_at: Option<u64>,
-}
-
-/// The in-flight slots a request holds (request extension; released when the context goes).
-#[derive(Clone)]
-struct Slots {
-    _held: Arc<Vec<Slot>>,
 }
 
 pub(crate) struct Limits {
@@ -298,208 +242,6 @@ impl Limits {
         })
     }
 
-    /// Takes one request from each applicable limit in `early` (or the others); on a refusal
-    /// every bucket this request took from is refunded.
-    async fn take_requests(&self, s: &mut Session<'_>, early: bool) -> Result<(), GatewayError> {
-        let mut taken = s
-            .ctx
-            .ext
-            .get::<RequestsTaken>()
-            .copied()
-            .unwrap_or_default();
-        let mut wait_us = 0;
-        let mut subject = Subject::new();
-        for (i, (b, nodelay)) in self.requests.iter().enumerate() {
-            if b.early() != early || !b.subject(&s.ctx.record, &mut subject) {
-                continue;
-            }
-            let d = b.apply(&self.stores, &subject, Op::Take(1)).await;
-            if !d.allowed {
-                taken.quota = Some(Quota {
-                    limit: i,
-                    remaining: 0,
-                    reset_us: d.ahead_us,
-                });
-                s.ctx.ext.insert(RequestsTaken { mask: 0, ..taken });
-                self.refund_requests(&s.ctx.record, taken.mask).await;
-                return Err(rate_limited(
-                    "requests",
-                    d.wait_us.div_ceil(1000),
-                    format!(
-                        "rate limit {:?} reached for this {}; retry after {:.1} s",
-                        b.name,
-                        b.by.as_str(),
-                        d.wait_us as f64 / 1e6
-                    ),
-                ));
-            }
-            let quota = Quota {
-                limit: i,
-                remaining: b.gcra.remaining(d.ahead_us),
-                reset_us: d.ahead_us,
-            };
-            tighter(&mut taken.quota, quota);
-            taken.mask |= 1 << i;
-            if !nodelay {
-                wait_us = wait_us.max(d.wait_us);
-            }
-        }
-        if taken.quota.is_some() {
-            s.ctx.ext.insert(taken);
-        }
-        if wait_us > 0 {
-            // nginx's delay mode: the burst is served at the rate.
-            tokio::time::sleep(std::time::Duration::from_micros(wait_us)).await;
-        }
-        Ok(())
-    }
-
-    async fn refund_requests(&self, r: &RequestRecord, mask: u64) {
-        let mut subject = Subject::new();
-        for (i, (b, _)) in self.requests.iter().enumerate() {
-            if mask & (1 << i) != 0 && b.subject(r, &mut subject) {
-                b.apply(&self.stores, &subject, Op::Adjust(-1)).await;
-            }
-        }
-    }
-
-    fn take_slots(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
-        if self.in_flight.is_empty() {
-            return Ok(());
-        }
-        let (Some(route), Some(k)) = (s.route, s.key.as_ref()) else {
-            return Ok(());
-        };
-        let mut slots = Vec::new();
-        for limit in &self.in_flight {
-            if (!limit.routes.is_empty() && !limit.routes.iter().any(|r| **r == *route.prefix))
-                || (!limit.keys.is_empty() && !limit.keys.iter().any(|n| **n == *k.name))
-            {
-                continue;
-            }
-            let key = match limit.by {
-                LimitBy::KeyModel => format!("{}\u{0}{}", k.hex, s.model().unwrap_or("")),
-                _ => k.hex.to_string(),
-            };
-            let mut map = limit.counts.0.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(key.clone()).or_insert(0);
-            if *n >= limit.max {
-                drop(map);
-                // The slots taken so far are released as they drop.
-                return Err(Refusal::new(
-                    http::StatusCode::TOO_MANY_REQUESTS,
-                    "requests",
-                    "concurrency_limit_exceeded",
-                    format!(
-                        "too many requests in flight for this key (limit {}); retry when one finishes",
-                        limit.max
-                    ),
-                )
-                .retry_after(1)
-                .into());
-            }
-            *n += 1;
-            drop(map);
-            slots.push(Slot {
-                counts: limit.counts.clone(),
-                key,
-            });
-        }
-        if !slots.is_empty() {
-            s.ctx.ext.insert(Slots {
-                _held: Arc::new(slots),
-            });
-        }
-        Ok(())
-    }
-
-    async fn reserve_tokens(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
-        if self.tokens.is_empty() {
-            return Ok(());
-        }
-        let named = s.probe.completion_budget();
-        let completion = named.unwrap_or(self.default_max_tokens);
-        let prompt = s.ctx.record.bytes_in.div_ceil(self.bytes_per_token);
-        let want = completion.saturating_add(prompt);
-        let mut taken = TokensTaken {
-            reserved: want,
-            prompt_estimate: prompt,
-            ..TokensTaken::default()
-        };
-        let mut subject = Subject::new();
-        for (i, limit) in self.tokens.iter().enumerate() {
-            let b = &limit.bucket;
-            if !b.subject(&s.ctx.record, &mut subject) {
-                continue;
-            }
-            let capacity = b.gcra.capacity();
-            let d = b.apply(&self.stores, &subject, Op::Take(want)).await;
-            if !d.allowed {
-                self.settle_tokens(&s.ctx.record, taken.mask, -(want as i64))
-                    .await;
-                s.ctx.ext.insert(TokensTaken {
-                    mask: 0,
-                    quota: Some(Quota {
-                        limit: i,
-                        remaining: b.gcra.remaining(d.ahead_us),
-                        reset_us: d.ahead_us,
-                    }),
-                    ..TokensTaken::default()
-                });
-                let too_big = want > capacity;
-                let message = if too_big {
-                    format!(
-                        "this request reserves {want} tokens (max_tokens plus the prompt estimate), more than the token limit {:?} of {capacity} allows at all",
-                        b.name
-                    )
-                } else {
-                    format!(
-                        "token limit {:?} reached: this request reserves {want} tokens; retry after {:.1} s",
-                        b.name,
-                        d.wait_us as f64 / 1e6
-                    )
-                };
-                return Err(rate_limited(
-                    "tokens",
-                    if too_big {
-                        60_000
-                    } else {
-                        d.wait_us.div_ceil(1000)
-                    },
-                    message,
-                ));
-            }
-            let quota = Quota {
-                limit: i,
-                remaining: b.gcra.remaining(d.ahead_us),
-                reset_us: d.ahead_us,
-            };
-            tighter(&mut taken.quota, quota);
-            taken.strict |= limit.strict;
-            taken.mask |= 1 << i;
-        }
-        if taken.mask != 0 {
-            s.ctx.ext.insert(taken);
-            if named.is_none() && self.clamp {
-                // The budget that was reserved is the one the upstream gets.
-                let field = budget_member(s.head.uri.path());
-                s.ctx.default_body_member(field, completion.into());
-            }
-        }
-        Ok(())
-    }
-
-    /// Charges (or refunds, negative) `delta` tokens to each token limit in `mask`.
-    async fn settle_tokens(&self, r: &RequestRecord, mask: u64, delta: i64) {
-        let mut subject = Subject::new();
-        for (i, limit) in self.tokens.iter().enumerate() {
-            let b = &limit.bucket;
-            if mask & (1 << i) != 0 && b.subject(r, &mut subject) {
-                b.apply(&self.stores, &subject, Op::Adjust(delta)).await;
-            }
-        }
-    }
-
     fn headers(&self, h: &mut http::HeaderMap, quota: Quota, tokens: bool) {
         let (capacity, names) = if tokens {
             (
@@ -556,32 +298,6 @@ fn write_reset(out: &mut impl std::io::Write, us: u64) {
             write!(out, "{}h{}m{}s", s / 3600, s % 3600 / 60, s % 60)
         }
     };
-}
-
-/// The body member that caps the completion on this endpoint: OpenAI's chat completions take
-/// `max_completion_tokens` (its reasoning models refuse `max_tokens`), the Responses API
-/// `max_output_tokens`, legacy completions and Anthropic's messages `max_tokens`.
-fn budget_member(path: &str) -> &'static str {
-    if path.ends_with("/chat/completions") {
-        "max_completion_tokens"
-    } else if path.ends_with("/responses") {
-        "max_output_tokens"
-    } else {
-        "max_tokens"
-    }
-}
-
-/// The final event of a stream a strict token limit ended: OpenAI's error shape, which OpenAI
-/// and Anthropic clients both surface.
-fn cut_event(reserved: u64) -> Bytes {
-    let body = crate::error::error_body(
-        &format!(
-            "the answer passed this request's token reservation of {reserved} (a strict token limit); the stream was ended"
-        ),
-        "tokens",
-        "token_limit_exceeded",
-    );
-    Bytes::from(format!("event: error\ndata: {body}\n\n"))
 }
 
 impl Filter for Limits {
