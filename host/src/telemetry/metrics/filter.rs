@@ -1,0 +1,154 @@
+//! The `metrics` filter: each request's outcome, latency, time to first token and tokens, into
+//! series resolved once per config.
+
+use super::Metrics;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use prometheus::{Histogram, IntCounter};
+use rustc_hash::FxHasher;
+
+use crate::pipeline::session::Tokens;
+use crate::pipeline::{Ctx, Filter, Hooks, Outcome};
+
+/// Status classes and outcomes: the `tollgate_requests_total` series of one route × upstream.
+pub(super) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub(super) const OUTCOMES: [Outcome; 5] = [
+    Outcome::Complete,
+    Outcome::ClientAborted,
+    Outcome::UpstreamAborted,
+    Outcome::Refused,
+    Outcome::Cut,
+];
+
+pub(super) type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// Input and output token histograms by key name, then model label.
+pub(super) type TokenSeries = Map<Box<str>, Map<Box<str>, [Histogram; 2]>>;
+
+/// The request-path series of one route × upstream, resolved once per config so a request looks
+/// up one entry instead of hashing its label values into each family.
+pub(super) struct Series {
+    pub(super) route: Box<str>,
+    pub(super) upstream: Box<str>,
+    pub(super) duration: Histogram,
+    pub(super) first_token: Histogram,
+    /// By status class × outcome, created on first use (so unused ones are not exposed).
+    pub(super) requests: [OnceLock<IntCounter>; STATUS_CLASSES.len() * OUTCOMES.len()],
+    /// Input and output token histograms by key name, then model label.
+    pub(super) tokens: RwLock<TokenSeries>,
+}
+
+impl Series {
+    pub(super) fn new(m: &Metrics, route: &str, upstream: &str) -> Self {
+        let timing = [route, upstream];
+        Self {
+            route: route.into(),
+            upstream: upstream.into(),
+            duration: m.duration.with_label_values(&timing),
+            first_token: m.first_token.with_label_values(&timing),
+            requests: Default::default(),
+            tokens: RwLock::default(),
+        }
+    }
+
+    pub(super) fn requests(&self, m: &Metrics, class: usize, outcome: Outcome) -> &IntCounter {
+        let o = OUTCOMES.iter().position(|&x| x == outcome).unwrap_or(0);
+        self.requests[class * OUTCOMES.len() + o].get_or_init(|| {
+            m.requests.with_label_values(&[
+                &*self.route,
+                &*self.upstream,
+                STATUS_CLASSES[class],
+                outcome.as_str(),
+            ])
+        })
+    }
+
+    pub(super) fn observe_tokens(&self, m: &Metrics, key: &str, model: &str, t: Tokens) {
+        let observe = |h: &[Histogram; 2]| {
+            h[0].observe(t.input as f64);
+            h[1].observe(t.output as f64);
+        };
+        {
+            let known = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = known.get(key).and_then(|by_model| by_model.get(model)) {
+                return observe(h);
+            }
+        }
+        let label = m.model_label(model);
+        let h = ["input", "output"].map(|kind| {
+            m.tokens
+                .with_label_values(&[key, &*self.upstream, label, kind])
+        });
+        observe(&h);
+        // Only admitted names are kept (an `other` model is looked up each time: past the cap).
+        if label == model {
+            let mut known = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+            known.entry(key.into()).or_default().insert(model.into(), h);
+        }
+    }
+}
+
+/// The `metrics` filter: counts each request when it ends. Hook: `on_done`.
+pub(crate) struct MetricsFilter {
+    pub(super) metrics: Arc<Metrics>,
+    /// By route prefix, then upstream name (`""` for none).
+    pub(super) series: Map<Box<str>, Map<Box<str>, Series>>,
+}
+
+impl MetricsFilter {
+    /// The filter for one config: a series for each route × its upstreams (and none).
+    pub(crate) fn new(metrics: Arc<Metrics>, config: &crate::config::Config) -> Self {
+        let mut series: Map<Box<str>, Map<Box<str>, Series>> = Map::default();
+        let no_route = series.entry("".into()).or_default();
+        no_route.insert("".into(), Series::new(&metrics, "", ""));
+        for r in &config.routes {
+            let by_upstream = series.entry(r.path_prefix.as_str().into()).or_default();
+            for u in r.upstreams.iter().map(String::as_str).chain([""]) {
+                by_upstream.insert(u.into(), Series::new(&metrics, &r.path_prefix, u));
+            }
+        }
+        Self { metrics, series }
+    }
+}
+
+impl Filter for MetricsFilter {
+    fn name(&self) -> &str {
+        "metrics"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::DONE
+    }
+
+    fn on_done(&self, ctx: &mut Ctx) {
+        let r = &ctx.record;
+        let m = &*self.metrics;
+        let route = r.route.as_deref().unwrap_or("");
+        let upstream = r.upstream.as_deref().unwrap_or("");
+        let fallback;
+        let series = match self.series.get(route).and_then(|u| u.get(upstream)) {
+            Some(s) => s,
+            None => {
+                // Not in the config this filter was built for: resolved now.
+                fallback = Series::new(m, route, upstream);
+                &fallback
+            }
+        };
+        let class = (usize::from(r.status / 100)).clamp(1, 5) - 1;
+        series.requests(m, class, r.outcome).inc();
+        if let Some(code) = r.error {
+            m.refusals.with_label_values(&[route, code]).inc();
+        }
+        series.duration.observe(r.start.elapsed().as_secs_f64());
+        if let Some(first) = r.first_byte
+            && r.error.is_none()
+        {
+            series.first_token.observe(first.as_secs_f64());
+        }
+        if let Some(t) = r.tokens {
+            let key = r.key.as_ref().map_or("", |k| &*k.name);
+            series.observe_tokens(m, key, r.model.as_deref().unwrap_or(""), t.tokens);
+        }
+    }
+}
