@@ -1,0 +1,153 @@
+//! Step 6, one attempt: the outgoing headers (the filters' `on_upstream_request`, then the
+//! forwarding headers), the send under `response_head`, the upstream's health, and, when the
+//! route has quota filters, the response head (and first SSE event) they judge. How a failed send
+//! maps to the client's answer, and which failures may be retried, is `send_failed`.
+
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+
+use super::body::{BodyError, GuardedBody, Prefixed};
+use super::headers::{self, Forwarding};
+use super::relay::Relayed;
+use super::route::Route;
+use super::{RequestBody, Session, UpstreamResponse, Verdict, body, is_event_stream};
+use crate::error::{ErrorKind, GatewayError};
+use crate::upstream::{SendError, Upstream, UpstreamBody, UpstreamClient};
+
+/// One attempt on `upstream`: the response to relay, or `None` when a filter asked for the next
+/// candidate and one may be tried.
+pub(super) async fn attempt(
+    s: &mut Session<'_>,
+    client: &UpstreamClient,
+    route: &Route,
+    upstream: &Arc<Upstream>,
+    may_retry: bool,
+    body: &mut RequestBody,
+    index: usize,
+) -> Result<Option<http::Response<Relayed>>, GatewayError> {
+    let chain = &*route.chain;
+    s.ctx.record.upstream = Some(upstream.name.clone());
+    s.ctx.record.attempts = index as u32 + 1;
+
+    // The headers are needed again only if another attempt may follow.
+    let mut headers = if may_retry {
+        s.head.headers.clone()
+    } else {
+        std::mem::take(&mut s.head.headers)
+    };
+    for f in &chain.upstream_request {
+        f.on_upstream_request(s, upstream, &mut headers).await?;
+    }
+    headers::to_upstream(
+        &mut headers,
+        &Forwarding {
+            client_ip: s.client_ip,
+            peer_ip: s.conn.peer.ip(),
+            trusted_peer: s.trusted_peer,
+            tls: s.conn.tls,
+            request_id: &s.request_id,
+        },
+    );
+    let mut req = http::Request::new(body.take());
+    *req.method_mut() = s.head.method.clone();
+    *req.uri_mut() = s.head.uri.clone();
+    *req.headers_mut() = headers;
+
+    s.ctx.in_flight = Some(upstream.start_request());
+    let attempt_start = std::time::Instant::now();
+    let sent = upstream.send(client, req, s.rt.limits.response_head).await;
+    s.ctx.record.upstream_head = Some(s.ctx.record.start.elapsed());
+    let resp = sent.map_err(|e| send_failed(upstream, e))?;
+    s.ctx.record.upstream_connect = UpstreamBody::connect_time(&resp);
+    if resp.status().is_server_error() {
+        upstream.record_failure(format!("status {}", resp.status().as_u16()));
+    } else {
+        if resp.status() == http::StatusCode::TOO_MANY_REQUESTS {
+            upstream.note_error("status 429");
+        }
+        upstream.record_success();
+        upstream.record_latency(attempt_start.elapsed());
+    }
+    let (mut head, incoming) = resp.into_parts();
+    let guarded = GuardedBody::new(incoming, s.rt.limits.upstream_idle, None);
+    headers::to_client(&mut head.headers);
+
+    if chain.upstream_response.is_empty() {
+        return Ok(Some(http::Response::from_parts(
+            head,
+            Relayed::upstream(guarded),
+        )));
+    }
+    let mut relayed = guarded.map_err(Into::into).boxed_unsync();
+    // A streamed answer may carry its error in the first event: read it first (when the route
+    // asks) so filters can see it; the bytes read are relayed first, unchanged.
+    let mut first_event = None;
+    if route.stream_bootstrap && is_event_stream(&head.headers) {
+        match body::read_first_event(&mut relayed).await {
+            Ok((read, event)) => {
+                first_event = event;
+                relayed = Prefixed::new(read, relayed).boxed_unsync();
+            }
+            Err(e) => {
+                // Broken before its first event: nothing reached the client yet.
+                upstream.record_failure("stream broke before its first event");
+                return Err(GatewayError::from(ErrorKind::UpstreamProtocol)
+                    .caused_by(e)
+                    .retryable());
+            }
+        }
+    }
+    let answer = UpstreamResponse {
+        status: head.status,
+        headers: &head.headers,
+        first_event: first_event.as_deref(),
+    };
+    let mut retry = false;
+    for f in &chain.upstream_response {
+        if f.on_upstream_response(s, upstream, &answer).await? == Verdict::Retry {
+            retry = true;
+            break;
+        }
+    }
+    if retry && may_retry {
+        return Ok(None);
+    }
+    Ok(Some(http::Response::from_parts(
+        head,
+        Relayed::boxed(relayed),
+    )))
+}
+
+/// Maps a failed send to what the client is told, and charges the upstream's health where the
+/// upstream is to blame. Only a connect failure is retryable: the request never left.
+pub(super) fn send_failed(upstream: &Upstream, e: SendError) -> GatewayError {
+    if let SendError::Exchange(inner) = &e
+        && let Some(body_err) = BodyError::find(inner)
+    {
+        // The client's body failed while we streamed it; the upstream is not to blame.
+        let kind = match body_err {
+            BodyError::TooLarge(limit) => ErrorKind::BodyTooLarge { limit: *limit },
+            BodyError::Idle(_) | BodyError::TooSlow(_) | BodyError::Stream(_) => {
+                ErrorKind::ClientBody
+            }
+        };
+        return GatewayError::from(kind).caused_by(e);
+    }
+    upstream.record_failure(match &e {
+        SendError::Timeout(_) => "no response head in time",
+        SendError::Exchange(inner) if inner.is_connect() => "connect failed",
+        SendError::Exchange(_) => "broken response",
+        SendError::Uri => "bad URI",
+    });
+    match &e {
+        SendError::Timeout(_) => GatewayError::from(ErrorKind::UpstreamTimeout).caused_by(e),
+        SendError::Exchange(inner) if inner.is_connect() => {
+            GatewayError::from(ErrorKind::UpstreamConnect)
+                .caused_by(e)
+                .retryable()
+        }
+        SendError::Exchange(_) => GatewayError::from(ErrorKind::UpstreamProtocol).caused_by(e),
+        SendError::Uri => GatewayError::from(ErrorKind::Internal).caused_by(e),
+    }
+}
