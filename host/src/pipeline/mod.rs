@@ -263,11 +263,6 @@ async fn run(
         }
     }
     if let RequestBody::Buffered(b) = &mut body {
-        if !s.ctx.body_defaults.is_empty()
-            && let Some(with) = body::with_defaults(b, &std::mem::take(&mut s.ctx.body_defaults))
-        {
-            *b = with;
-        }
         for f in &chain.request_body {
             f.on_request_body(s, b).await?;
         }

@@ -90,9 +90,6 @@ pub struct Ctx {
     pub(super) meter: Option<TokenMeter>,
     /// Set by [`Ctx::end_stream`]: the last frame the client gets.
     pub(super) cut: Option<bytes::Bytes>,
-    /// Members a filter adds to the JSON request body where it lacks them
-    /// ([`Ctx::default_body_member`]).
-    pub(super) body_defaults: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Ctx {
@@ -110,13 +107,6 @@ impl Ctx {
 }
 
 impl Ctx {
-    /// From an `on_authenticated` filter: a buffered JSON object request body that has no member
-    /// `name` gets it with `value` before it is forwarded (applied once, after every
-    /// `on_authenticated` hook). A body that is not a JSON object, or streamed, is left alone.
-    pub fn default_body_member(&mut self, name: &'static str, value: serde_json::Value) {
-        self.body_defaults.push((name, value));
-    }
-
     /// From an `on_body_chunk` filter: the frame being relayed is not sent; `last` is sent
     /// instead and ends the response (the upstream exchange is dropped), with `error` as the
     /// request's error code and the outcome [`Outcome::Cut`].
@@ -168,7 +158,6 @@ impl Ctx {
             in_flight: None,
             meter: None,
             cut: None,
-            body_defaults: Vec::new(),
         }
     }
 }

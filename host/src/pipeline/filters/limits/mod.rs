@@ -34,7 +34,7 @@ use crate::state::{Gcra, LocalBuckets, Op, Stores};
 use crate::upstream::Upstream;
 use in_flight::{InFlightCounts, InFlightLimit, Slots};
 use requests::RequestsTaken;
-use tokens::{TokenLimit, TokensTaken, cut_event};
+use tokens::{Budget, TokenLimit, TokensTaken, cut_event, with_budget};
 
 /// A request (`kind` = `requests`) or token (`tokens`) rate limit's 429, OpenAI's shape: the
 /// request was not counted; `Retry-After` rounds the wait up to whole seconds.
@@ -307,6 +307,10 @@ impl Filter for Limits {
 
     fn hooks(&self) -> Hooks {
         let mut h = Hooks::REQUEST | Hooks::AUTHENTICATED | Hooks::RESPONSE_HEAD;
+        if self.clamp && !self.tokens.is_empty() {
+            // The reserved completion budget goes into the body.
+            h = h | Hooks::REQUEST_BODY;
+        }
         if !self.tokens.is_empty() || !self.in_flight.is_empty() {
             // Reconciliation; and an in-flight slot is held until the answer has been relayed.
             h = h | Hooks::DONE;
@@ -342,6 +346,19 @@ impl Filter for Limits {
             }
             Ok(Flow::Continue)
         })
+    }
+
+    fn on_request_body<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        body: &'a mut Bytes,
+    ) -> HookResult<'a> {
+        if let Some(budget) = s.ctx.ext.remove::<Budget>()
+            && let Some(with) = with_budget(body, budget)
+        {
+            *body = with;
+        }
+        Step::Now(Ok(()))
     }
 
     fn on_response_head<'a>(

@@ -123,7 +123,7 @@ impl Limits {
             if named.is_none() && self.clamp {
                 // The budget that was reserved is the one the upstream gets.
                 let field = budget_member(s.head.uri.path());
-                s.ctx.default_body_member(field, completion.into());
+                s.ctx.ext.insert(Budget(field, completion));
             }
         }
         Ok(())
@@ -139,4 +139,15 @@ impl Limits {
             }
         }
     }
+}
+
+/// The completion budget a clamped request is forwarded with: its body member and the tokens
+/// reserved for the answer (`limits.estimate.clamp`). Applied by `on_request_body`.
+#[derive(Clone, Copy)]
+pub(super) struct Budget(pub(super) &'static str, pub(super) u64);
+
+/// The body with the reserved budget added where the request names none (`None`: a body that is
+/// not a JSON object, or names it already).
+pub(super) fn with_budget(body: &[u8], Budget(field, tokens): Budget) -> Option<bytes::Bytes> {
+    crate::pipeline::body::with_defaults(body, &[(field, tokens.into())])
 }
