@@ -16,7 +16,14 @@
 //! Shutdown: stop accepting, mark the gateway draining (`/ready` fails), ask every connection to
 //! finish its in-flight requests and close (HTTP/1: after the current response; HTTP/2: GOAWAY),
 //! and after `shutdown_grace` cut whatever is left.
+//!
+//! Files: this one (the `Server`, its settings and the `Handler` trait), `accept.rs` (the accept
+//! loop and the connection registry it sheds from), `conn.rs` (one connection under its
+//! watchdog), `watch.rs`, `io.rs` (the client socket, and the answers hyper makes before the
+//! handler), `per_ip.rs`, `tls.rs`.
 
+mod accept;
+mod conn;
 mod io;
 mod per_ip;
 pub(crate) mod tls;
@@ -25,23 +32,21 @@ pub(crate) mod watch;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::Poll;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch as signal};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use self::tls::TlsError;
 use crate::config::ServerConfig;
-use io::ClientIo;
+use accept::accept_loop;
+use conn::Connection;
 use per_ip::PerIpLimit;
-use watch::{ConnLimits, ConnWatch, Signal, Verdict};
+use watch::{ConnLimits, ConnWatch};
 
 /// After a GOAWAY for abuse (reset flood), how long the connection's streams may still run.
 const ABUSE_GRACE: Duration = Duration::from_secs(1);
@@ -310,307 +315,6 @@ impl Server {
         let _ = done_rx.recv().await;
         if let Some(w) = self.cert_watch {
             w.abort();
-        }
-    }
-}
-
-/// One thread's accept loop: serves connections until `stop` turns true, then closes its copy
-/// of the listener and drains its connections within the grace period.
-async fn accept_loop<H: Handler>(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    handler: H,
-    stop: signal::Receiver<bool>,
-) {
-    let mut conns = JoinSet::new();
-    let mut waiter = stop;
-    let stopped = async move {
-        let _ = waiter.wait_for(|s| *s).await;
-    };
-    tokio::pin!(stopped);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut stopped => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let ip_permit = match shared.per_ip.acquire(peer.ip()) {
-            Ok(permit) => permit,
-            Err(why) => {
-                per_ip::refuse(tcp, peer, why, shared.tls.is_some());
-                continue;
-            }
-        };
-        let permit = match shared.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
-                _ = &mut stopped => break,
-                permit = shared.make_room() => permit,
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let conn = Connection {
-            handler: handler.clone(),
-            shared: shared.clone(),
-            peer,
-        };
-        let watch = ConnWatch::new(shared.limits);
-        shared.register(&watch);
-        conns.spawn(async move {
-            conn.run(tcp, watch).await;
-            drop((permit, ip_permit));
-        });
-        // Reap finished connection tasks so the set does not grow without bound.
-        while conns.try_join_next().is_some() {}
-    }
-
-    drop(listener);
-    // Every loop tells every connection (its own and the others'): raising twice is harmless.
-    for watch in shared.live_conns() {
-        watch.raise(Signal::Drain);
-    }
-    tracing::info!(in_flight = conns.len(), grace = ?shared.grace, "shutting down: draining connections");
-    let drained = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(shared.grace, drained).await.is_err() {
-        tracing::warn!(
-            left = conns.len(),
-            "grace period over; closing remaining connections"
-        );
-    }
-    conns.shutdown().await;
-}
-
-/// The answer to a stream opened after its connection cancelled too many (GOAWAY is on its way).
-fn abusive_refusal() -> Response {
-    use http_body_util::BodyExt;
-    crate::error::error_response(
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        "this connection cancelled too many streams and is closing; open a new one",
-        "server_error",
-        "too_many_cancelled_streams",
-    )
-    .map(|b| b.map_err(Into::into).boxed_unsync())
-}
-
-impl Shared {
-    /// Adds a new connection to the registry.
-    fn register(&self, watch: &Arc<ConnWatch>) {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if conns.len() == conns.capacity() {
-            // Forget closed connections before the list grows (amortised: it at most doubles).
-            conns.retain(|w| w.strong_count() > 0);
-        }
-        conns.push(Arc::downgrade(watch));
-    }
-
-    fn live_conns(&self) -> Vec<Arc<ConnWatch>> {
-        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.iter().filter_map(Weak::upgrade).collect()
-    }
-
-    /// At `max_connections` with a client accepted: tells the connection that holds its slot for
-    /// the least ([`ConnWatch::shed_rank`]) to close, and waits for a slot, choosing again every
-    /// [`SHED_RETRY`]. With every connection busy, this is a wait for one to end.
-    async fn make_room(&self) -> tokio::sync::OwnedSemaphorePermit {
-        loop {
-            let victim = {
-                let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-                conns
-                    .iter()
-                    .filter_map(Weak::upgrade)
-                    .filter_map(|w| w.shed_rank().map(|rank| (rank, w)))
-                    .min_by_key(|(rank, _)| *rank)
-            };
-            if let Some((rank, watch)) = victim {
-                tracing::debug!(
-                    rank = rank.0,
-                    "max_connections reached: shedding a connection"
-                );
-                watch.raise(Signal::Shed);
-            }
-            let wait = tokio::time::timeout(SHED_RETRY, self.permits.clone().acquire_owned());
-            if let Ok(permit) = wait.await {
-                return permit.expect("semaphore is never closed");
-            }
-        }
-    }
-}
-
-struct Connection<H> {
-    handler: H,
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-}
-
-impl<H: Handler> Connection<H> {
-    async fn run(self, tcp: TcpStream, watch: Arc<ConnWatch>) {
-        let info = ConnInfo {
-            peer: self.peer,
-            tls: self.shared.tls.is_some(),
-        };
-        let handler = self.handler.clone();
-        let conn_watch = watch.clone();
-        // Every response body holds its request as in flight until it ends; HTTP/2 bodies are
-        // also watched for a stalled stream (`watch::Watched`).
-        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let handler = handler.clone();
-            let watch = conn_watch.clone();
-            let guard = watch.request();
-            let h2 = req.version() == http::Version::HTTP_2;
-            async move {
-                // Asked when the stream's task first runs, not as hyper accepts it: the resets
-                // that arrived in the same read as this stream's HEADERS woke their streams'
-                // tasks first, so their cancels are counted by now.
-                if watch.abusive() {
-                    let resp = abusive_refusal();
-                    return Ok(resp.map(|b| watch.watch_body(b, guard, h2)));
-                }
-                // Boxed once: hyper moves the service future it is given (into its in-flight
-                // slot), and the request's whole pipeline state is several KiB.
-                let resp = Box::pin(handler.handle(req, info)).await;
-                Ok::<_, std::convert::Infallible>(resp.map(|b| watch.watch_body(b, guard, h2)))
-            }
-        });
-        match self.shared.tls.clone() {
-            Some(acceptor) => {
-                let deadline = self
-                    .shared
-                    .tls_handshake
-                    .min(self.shared.limits.client_header);
-                let shed = std::future::poll_fn(|cx| watch.poll_shed(cx));
-                let handshake = tokio::select! {
-                    h = tokio::time::timeout(deadline, acceptor.accept(tcp)) => h,
-                    () = shed => {
-                        tracing::debug!(peer = %self.peer, "shed during the TLS handshake (max_connections)");
-                        return;
-                    }
-                };
-                match handshake {
-                    Ok(Ok(stream)) => {
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io =
-                            ClientIo::new(stream, watch.clone(), self.handler.clone(), true, h2);
-                        self.serve(io, service, watch).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        tracing::debug!(peer = %self.peer, "TLS handshake timed out");
-                    }
-                }
-            }
-            None => {
-                let io = ClientIo::new(tcp, watch.clone(), self.handler.clone(), false, false);
-                self.serve(io, service, watch).await;
-            }
-        }
-    }
-
-    /// Drives one connection under its watchdog and the server's drain signal. Each wake-up
-    /// polls the connection, then the watchdog's signal bits, then one timer (the next check, or
-    /// the hard stop after an abuse GOAWAY, whichever is first).
-    async fn serve<I, S>(&self, io: ClientIo<I, H>, service: S, watch: Arc<ConnWatch>)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                http::Request<Incoming>,
-                Response = http::Response<watch::Watched>,
-                Error = std::convert::Infallible,
-            > + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        enum Event<E> {
-            Ended(Result<(), E>),
-            Raised(u8),
-            Due,
-        }
-        let conn = self
-            .shared
-            .builder
-            .serve_connection(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let mut closing = false;
-        let mut hard_stop: Option<tokio::time::Instant> = None;
-        let mut next = tokio::time::Instant::now();
-        let timer = tokio::time::sleep_until(next);
-        tokio::pin!(timer);
-        loop {
-            let event = std::future::poll_fn(|cx| {
-                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                    return Poll::Ready(Event::Ended(result));
-                }
-                match watch.poll_signals(cx) {
-                    0 => {}
-                    raised => return Poll::Ready(Event::Raised(raised)),
-                }
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Event::Due),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await;
-            let now = tokio::time::Instant::now();
-            match event {
-                Event::Ended(result) => {
-                    if let Err(e) = result {
-                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                Event::Raised(raised) => {
-                    if Signal::Drain.is_in(raised) && !closing {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    if Signal::Abuse.is_in(raised) && hard_stop.is_none() {
-                        tracing::warn!(peer = %self.peer, "client cancelled too many streams; GOAWAY");
-                        if !closing {
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                        }
-                        hard_stop = Some(now + ABUSE_GRACE);
-                    }
-                    if Signal::Rearm.is_in(raised) {
-                        next = now;
-                    }
-                    if Signal::Shed.is_in(raised) && !watch.busy() {
-                        tracing::debug!(peer = %self.peer, "connection shed (max_connections)");
-                        return;
-                    }
-                }
-                Event::Due if hard_stop.is_some_and(|t| now >= t) => return,
-                Event::Due => {
-                    let (verdict, at) = watch.check();
-                    next = at.into();
-                    match verdict {
-                        Verdict::Continue => {}
-                        Verdict::Close(why) => {
-                            tracing::debug!(peer = %self.peer, why, "connection closed");
-                            return;
-                        }
-                        Verdict::Drain(why) if !closing => {
-                            tracing::debug!(peer = %self.peer, why, "connection closing");
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                        }
-                        Verdict::Drain(_) => {}
-                    }
-                }
-            }
-            let due = hard_stop.map_or(next, |stop| stop.min(next));
-            if timer.deadline() != due {
-                timer.as_mut().reset(due);
-            }
         }
     }
 }

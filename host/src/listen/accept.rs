@@ -1,0 +1,129 @@
+//! The accept loop every worker runs on the shared socket, and the registry of connections it
+//! sheds from at `max_connections`.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch as signal;
+use tokio::task::JoinSet;
+
+use super::watch::{ConnWatch, Signal};
+use super::{Connection, Handler, SHED_RETRY, Shared, per_ip};
+
+/// One thread's accept loop: serves connections until `stop` turns true, then closes its copy
+/// of the listener and drains its connections within the grace period.
+pub(super) async fn accept_loop<H: Handler>(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    handler: H,
+    stop: signal::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    let mut waiter = stop;
+    let stopped = async move {
+        let _ = waiter.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ip_permit = match shared.per_ip.acquire(peer.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                per_ip::refuse(tcp, peer, why, shared.tls.is_some());
+                continue;
+            }
+        };
+        let permit = match shared.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                _ = &mut stopped => break,
+                permit = shared.make_room() => permit,
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn = Connection {
+            handler: handler.clone(),
+            shared: shared.clone(),
+            peer,
+        };
+        let watch = ConnWatch::new(shared.limits);
+        shared.register(&watch);
+        conns.spawn(async move {
+            conn.run(tcp, watch).await;
+            drop((permit, ip_permit));
+        });
+        // Reap finished connection tasks so the set does not grow without bound.
+        while conns.try_join_next().is_some() {}
+    }
+
+    drop(listener);
+    // Every loop tells every connection (its own and the others'): raising twice is harmless.
+    for watch in shared.live_conns() {
+        watch.raise(Signal::Drain);
+    }
+    tracing::info!(in_flight = conns.len(), grace = ?shared.grace, "shutting down: draining connections");
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(shared.grace, drained).await.is_err() {
+        tracing::warn!(
+            left = conns.len(),
+            "grace period over; closing remaining connections"
+        );
+    }
+    conns.shutdown().await;
+}
+
+impl Shared {
+    /// Adds a new connection to the registry.
+    fn register(&self, watch: &Arc<ConnWatch>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() == conns.capacity() {
+            // Forget closed connections before the list grows (amortised: it at most doubles).
+            conns.retain(|w| w.strong_count() > 0);
+        }
+        conns.push(Arc::downgrade(watch));
+    }
+
+    fn live_conns(&self) -> Vec<Arc<ConnWatch>> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// At `max_connections` with a client accepted: tells the connection that holds its slot for
+    /// the least ([`ConnWatch::shed_rank`]) to close, and waits for a slot, choosing again every
+    /// [`SHED_RETRY`]. With every connection busy, this is a wait for one to end.
+    async fn make_room(&self) -> tokio::sync::OwnedSemaphorePermit {
+        loop {
+            let victim = {
+                let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                conns
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .filter_map(|w| w.shed_rank().map(|rank| (rank, w)))
+                    .min_by_key(|(rank, _)| *rank)
+            };
+            if let Some((rank, watch)) = victim {
+                tracing::debug!(
+                    rank = rank.0,
+                    "max_connections reached: shedding a connection"
+                );
+                watch.raise(Signal::Shed);
+            }
+            let wait = tokio::time::timeout(SHED_RETRY, self.permits.clone().acquire_owned());
+            if let Ok(permit) = wait.await {
+                return permit.expect("semaphore is never closed");
+            }
+        }
+    }
+}
