@@ -1,0 +1,170 @@
+//! The database: SQLite or PostgreSQL through sqlx's `Any` driver, so one set of queries (written
+//! in the dialect both share: `$N` parameters, `ON CONFLICT`, `RETURNING`, `CASE`) serves both.
+//! Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`), embedded in
+//! the binary and applied at start or by `tollgate migrate`.
+//!
+//! The connection, migrations and batched writes are here; the queries of each table group in
+//! `bindings.rs` (bindings, their archive) and `usage.rs` (key uses, token usage, intercepts).
+
+mod bindings;
+mod usage;
+
+use std::path::Path;
+
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+
+use super::{StoreError, StoreResult};
+use tollgate_config::DatabaseUrl;
+
+pub use bindings::BindingQuery;
+pub use usage::{TokenUsage, Usage, UsageBy};
+
+static SQLITE: Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// Rows written by one statement of a batch write. A round trip per row made a flush after an
+/// outage (up to 10,000 queued intercepts) outlast `storage.op_timeout`, so that it failed at
+/// every retry; 500 rows of at most 11 parameters stay far below both backends' limits on
+/// parameters per statement (PostgreSQL 65,535, SQLite 32,766).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// A query on either backend, with its arguments.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// `($1, $2), ($3, $4), …`: the VALUES list of `rows` rows of `columns` parameters each.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * columns + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+#[derive(Clone)]
+pub struct SqlStore {
+    pub(crate) pool: AnyPool,
+    postgres: bool,
+    timeout: Duration,
+}
+
+pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::new("database", e)
+}
+
+impl SqlStore {
+    /// Opens a pool. A SQLite file (and its directory) is created if missing; a relative path is
+    /// resolved against `base_dir`.
+    pub async fn connect(
+        url: &DatabaseUrl,
+        base_dir: &Path,
+        timeout: Duration,
+    ) -> StoreResult<Self> {
+        static DRIVERS: std::sync::Once = std::sync::Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let options = AnyPoolOptions::new().acquire_timeout(timeout);
+        let (options, url, postgres) = match url {
+            DatabaseUrl::Postgres(u) => (options.max_connections(16), u.expose().to_owned(), true),
+            DatabaseUrl::SqliteMemory => (
+                // Every connection to `:memory:` is a separate database: keep exactly one, forever.
+                options
+                    .min_connections(1)
+                    .max_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None),
+                "sqlite::memory:".to_owned(),
+                false,
+            ),
+            DatabaseUrl::Sqlite(path) => {
+                let path = if path.is_absolute() {
+                    path.clone()
+                } else {
+                    base_dir.join(path)
+                };
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(db_err)?;
+                }
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                (options.max_connections(4), url, false)
+            }
+        };
+        let pool = options.connect(&url).await.map_err(db_err)?;
+        let store = Self {
+            pool,
+            postgres,
+            timeout,
+        };
+        if !postgres {
+            // WAL: readers do not wait for the writer. Persistent in the file.
+            store
+                .timed(sqlx::query("PRAGMA journal_mode = WAL").execute(&store.pool))
+                .await?;
+        }
+        Ok(store)
+    }
+
+    /// Applies pending migrations (idempotent; concurrent gateways serialise on sqlx's lock).
+    pub async fn migrate(&self) -> StoreResult<()> {
+        let migrator = if self.postgres { &POSTGRES } else { &SQLITE };
+        migrator.run(&self.pool).await.map_err(db_err)
+    }
+
+    pub(crate) async fn timed<T, E: std::fmt::Display>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(db_err),
+            Err(_) => Err(db_err("timed out")),
+        }
+    }
+
+    /// Writes `rows` in one transaction, [`ROWS_PER_STATEMENT`] per statement: `statement` makes
+    /// a statement's SQL from its VALUES list, `bind` binds one row's `columns` values in order.
+    async fn write_rows<T>(
+        &self,
+        rows: &[T],
+        columns: usize,
+        bind: for<'a> fn(AnyQuery<'a>, &'a T) -> AnyQuery<'a>,
+        statement: impl Fn(&str) -> String,
+    ) -> StoreResult<()> {
+        self.timed(async {
+            let mut tx = self.pool.begin().await?;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let sql = statement(&placeholders(chunk.len(), columns));
+                chunk
+                    .iter()
+                    .fold(sqlx::query(&sql), bind)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_number_every_parameter_once_row_by_row() {
+        assert_eq!(placeholders(1, 1), "($1)");
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        let many = placeholders(500, 11);
+        assert!(many.starts_with("($1, $2,") && many.ends_with("$5499, $5500)"));
+        assert_eq!(many.matches('$').count(), 5500);
+    }
+}
