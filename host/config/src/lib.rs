@@ -8,7 +8,8 @@
 //! One file per section, its types beside the validation of what its types cannot say:
 //! `server.rs`, `admin.rs`, `auth.rs`, `upstreams.rs`, `routes.rs`, `plugins.rs`, `storage.rs`
 //! (with `alerts:`), `logging.rs`, `edge.rs` (limits, access, CORS, maintenance); value types
-//! in `types.rs`, `${VAR}` in `env.rs` and `env_file.rs`, Redis URLs in `redis_url.rs`.
+//! in `types.rs` and `locations.rs` (database, cache, module), `${VAR}` in `env.rs` and
+//! `env_file.rs`, Redis URLs in `redis_url.rs`.
 //! `validate.rs` runs every section's check and keeps the checks that cross sections (a route's
 //! upstreams and policies, the limits' scopes). This crate depends on no other of the workspace
 //! but `tollgate-builtins`.
@@ -18,6 +19,7 @@ mod auth;
 pub mod edge;
 pub mod env;
 pub mod env_file;
+mod locations;
 mod logging;
 mod plugins;
 pub mod redis_url;
@@ -74,10 +76,8 @@ pub use edge::{
     AccessConfig, CorsConfig, Enforce, InFlightLimit, LimitBy, LimitScope, LimitsConfig,
     MaintenanceConfig, Rate, RequestLimit, ResponseHeadersConfig, TokenEstimate, TokenLimit,
 };
-pub use types::{
-    ByteSize, CacheUrl, Cidr, DatabaseUrl, Duration, IpText, ListenAddr, Module, Secret,
-    UpstreamUrl, canonical_ip,
-};
+pub use locations::{CacheUrl, DatabaseUrl, Module};
+pub use types::{ByteSize, Cidr, Duration, IpText, ListenAddr, Secret, UpstreamUrl, canonical_ip};
 
 /// The whole config file.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
