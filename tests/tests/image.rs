@@ -68,21 +68,13 @@ fn final_stage(text: &str) -> Stage {
     for (op, args) in &all[from + 1..] {
         match op.as_str() {
             "COPY" => {
+                // `COPY [--from=STAGE] SRC… DST`: a source from another stage keeps its stage.
                 let parts: Vec<&str> = args.split_whitespace().collect();
                 let (dst, srcs) = parts.split_last().unwrap();
-                for src in srcs
-                    .iter()
-                    .filter(|p| !p.starts_with("--") || p.starts_with("--from"))
-                {
-                    s.copies.push(((*src).to_owned(), (*dst).to_owned()));
-                }
-                // `--from=build SRC DST`: keep the stage with the source.
-                if let [from, src, _] = parts[..]
-                    && from.starts_with("--from=")
-                {
-                    s.copies.retain(|(f, _)| f != from);
-                    s.copies.retain(|(f, _)| f != src);
-                    s.copies.push((format!("{from} {src}"), (*dst).to_owned()));
+                let stage = srcs.iter().find(|p| p.starts_with("--from="));
+                for src in srcs.iter().filter(|p| !p.starts_with("--")) {
+                    let src = stage.map_or_else(|| (*src).to_owned(), |f| format!("{f} {src}"));
+                    s.copies.push((src, (*dst).to_owned()));
                 }
             }
             "ENV" => {

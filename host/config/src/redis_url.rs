@@ -209,15 +209,15 @@ impl RedisUrl {
                 (RedisTopology::Cluster { nodes: list(6379)? }, 0)
             }
         };
-        for (k, _) in &params {
-            if !matches!(k.as_str(), "sentinel_password" | "sentinel_username")
-                || kind != "sentinel"
-            {
-                if kind == "single" {
-                    // A single server's URL goes to the client as is: its own parameters apply.
-                    continue;
+        // A single server's URL goes to the client as is, so its own parameters apply; the
+        // other forms know only the Sentinels' credentials.
+        if kind != "single" {
+            for (k, _) in &params {
+                let known = kind == "sentinel"
+                    && matches!(k.as_str(), "sentinel_password" | "sentinel_username");
+                if !known {
+                    return Err(format!("unknown parameter {k:?}"));
                 }
-                return Err(format!("unknown parameter {k:?}"));
             }
         }
         Ok(Self {

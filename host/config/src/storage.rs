@@ -167,6 +167,12 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
             e.add(format!("storage.{name}"), "must be greater than 0");
         }
     }
+    if s.redis_tls.cert.is_some() != s.redis_tls.key.is_some() {
+        e.add(
+            "storage.redis_tls",
+            "set both cert and key (a client certificate and its key), or neither",
+        );
+    }
     if c.alerts.threshold == 0 {
         e.add("alerts.threshold", "must be greater than 0");
     }
