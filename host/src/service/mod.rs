@@ -4,6 +4,9 @@
 
 pub mod bindings;
 pub mod ip_rules;
+pub mod reload;
+pub mod settings;
+pub mod upstreams;
 
 use crate::state::StoreError;
 

@@ -9,7 +9,6 @@ use utoipa::ToSchema;
 
 use super::state::{AdminState, Operator};
 use crate::admin::error::{ApiError, ErrorBody};
-use crate::state::AuditRecord;
 
 #[derive(Serialize, ToSchema)]
 pub struct PluginView {
@@ -168,21 +167,17 @@ pub(super) async fn reload(
     State(st): State<AdminState>,
     Operator(actor): Operator,
 ) -> Result<Json<ReloadResult>, ApiError> {
-    let Some(result) = st.gateway.request_reload().await else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "reload_unavailable",
-            "this gateway was not started from a config file",
-        ));
+    use crate::service::reload::{Reloaded, reload};
+    let (ok, error) = match reload(&st.gateway, &actor).await? {
+        Reloaded::Applied => (true, None),
+        Reloaded::Refused(e) => (false, Some(e)),
+        Reloaded::Unavailable => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reload_unavailable",
+                "this gateway was not started from a config file",
+            ));
+        }
     };
-    let outcome = if result.is_ok() { "ok" } else { "failed" };
-    let mut record = AuditRecord::new(&actor.name, &actor.ip, "config.reload", "", outcome);
-    if let Err(e) = &result {
-        record.after = serde_json::json!({ "error": e }).to_string();
-    }
-    st.gateway.stores.database().record_audit(record).await?;
-    Ok(Json(ReloadResult {
-        ok: result.is_ok(),
-        error: result.err(),
-    }))
+    Ok(Json(ReloadResult { ok, error }))
 }

@@ -4,17 +4,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::state::{AdminState, Operator};
 use crate::admin::error::{ApiError, ApiJson, ErrorBody};
-use crate::state::{AuditRecord, Settings};
-
-/// Longest archive age accepted, in days.
-const MAX_ARCHIVE_DAYS: u32 = 3650;
-/// Longest alert window accepted, in seconds.
-const MAX_ALERT_WINDOW_SECS: u64 = 7 * 86_400;
+use crate::service::settings::{self, SettingsChange};
+use crate::state::Settings;
 
 #[derive(Serialize, ToSchema)]
 pub struct SettingsView {
@@ -45,26 +41,6 @@ impl From<Settings> for SettingsView {
     }
 }
 
-/// `failsafe` as the API takes it.
-#[derive(Deserialize, ToSchema, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-pub enum FailsafeMode {
-    Closed,
-    Open,
-}
-
-/// The settings to change; absent ones keep their value.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SettingsChange {
-    pub failsafe: Option<FailsafeMode>,
-    pub alert_threshold: Option<u32>,
-    pub alert_window_secs: Option<u64>,
-    pub archive_days: Option<u32>,
-    pub log_level: Option<String>,
-    pub maintenance: Option<bool>,
-}
-
 /// The live settings in effect.
 #[utoipa::path(get, path = "/admin/api/settings", tag = "settings",
     security(("bearer" = [])),
@@ -82,61 +58,9 @@ pub async fn put(
     Operator(actor): Operator,
     ApiJson(change): ApiJson<SettingsChange>,
 ) -> Result<Json<SettingsView>, ApiError> {
-    let stores = &st.gateway.stores;
-    let before = stores.settings();
-    let mut new = before.clone();
-    if let Some(f) = change.failsafe {
-        new.failsafe = match f {
-            FailsafeMode::Closed => "closed",
-            FailsafeMode::Open => "open",
-        }
-        .into();
-    }
-    if let Some(t) = change.alert_threshold {
-        if t == 0 {
-            return Err(ApiError::invalid(
-                "alert_threshold",
-                "must be greater than 0",
-            ));
-        }
-        new.alert_threshold = t;
-    }
-    if let Some(w) = change.alert_window_secs {
-        if !(1..=MAX_ALERT_WINDOW_SECS).contains(&w) {
-            return Err(ApiError::invalid(
-                "alert_window_secs",
-                format!("must be 1 to {MAX_ALERT_WINDOW_SECS}"),
-            ));
-        }
-        new.alert_window_secs = w;
-    }
-    if let Some(d) = change.archive_days {
-        if d > MAX_ARCHIVE_DAYS {
-            return Err(ApiError::invalid(
-                "archive_days",
-                format!("must be at most {MAX_ARCHIVE_DAYS} (0: never archive)"),
-            ));
-        }
-        new.archive_days = d;
-    }
-    if let Some(level) = change.log_level {
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-            return Err(ApiError::invalid(
-                "log_level",
-                format!("not a log filter: {e}"),
-            ));
-        }
-        new.log_level = level;
-    }
-    if let Some(m) = change.maintenance {
-        new.maintenance = m;
-    }
-    let after = stores.save_settings(&new, &actor.name).await?;
-    let record = AuditRecord::new(&actor.name, &actor.ip, "settings.update", "settings", "ok")
-        .with_change(
-            serde_json::to_string(&before).ok(),
-            serde_json::to_string(&after).ok(),
-        );
-    stores.database().record_audit(record).await?;
-    Ok(Json(after.into()))
+    Ok(Json(
+        settings::update(&st.gateway.stores, &actor, change)
+            .await?
+            .into(),
+    ))
 }
