@@ -27,7 +27,8 @@
 //! epoch clock), `stats.rs` (counters, call-time histogram), `spec.rs` (what the config says of a
 //! plugin), `error.rs`, `module.rs` (reading a component from a file or the built-ins),
 //! `imports/` (the host imports), `view.rs` (what a policy sees), `wit.rs` (`bindgen!`), and
-//! `authoring.rs`, the runner behind `tollgate plugin inspect` and `plugin test`.
+//! `inspect.rs` (`tollgate plugin inspect`) and `authoring.rs`, the runner behind
+//! `tollgate plugin test`.
 
 pub mod authoring;
 mod breaker;
@@ -35,6 +36,7 @@ mod calls;
 mod engine;
 mod error;
 mod imports;
+mod inspect;
 mod module;
 mod plugin;
 mod spec;
@@ -48,6 +50,7 @@ pub(crate) use breaker::Breaker;
 pub use engine::{CodeOrigin, PolicyEngine};
 pub(crate) use error::link_error;
 pub use error::{LoadError, PolicyError, REJECTIONS_LOGGED_EVERY};
+pub use inspect::Inspection;
 pub use plugin::Plugin;
 pub(crate) use plugin::{KindGuest, KindIndices, request_handle, response_handle};
 pub use spec::PluginSpec;

@@ -1,4 +1,4 @@
-//! One served connection: hyper's h1/h2 connection under the watchdog (`watch.rs`), its
+//! One served connection: hyper's h1/h2 connection under the watchdog (`watch/`), its
 //! signals (drain, shed, close), and the answer to a connection refused as abusive.
 
 use std::future::Future;

@@ -19,8 +19,8 @@
 //!
 //! Files: this one (the `Server`, its settings and the `Handler` trait), `accept.rs` (the accept
 //! loop and the connection registry it sheds from), `conn.rs` (one connection under its
-//! watchdog), `watch.rs`, `io.rs` (the client socket, and the answers hyper makes before the
-//! handler), `per_ip.rs`, `tls.rs`.
+//! watchdog), `watch/` (the watchdog; `stream.rs`: a response body as it sees it), `io.rs` (the
+//! client socket, and the answers hyper makes before the handler), `per_ip.rs`, `tls.rs`.
 
 mod accept;
 mod conn;

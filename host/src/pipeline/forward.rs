@@ -11,7 +11,8 @@ use super::body::{BodyError, GuardedBody, Prefixed};
 use super::headers::{self, Forwarding};
 use super::relay::Relayed;
 use super::route::Route;
-use super::{RequestBody, Session, UpstreamResponse, Verdict, body, is_event_stream};
+use super::sse;
+use super::{RequestBody, Session, UpstreamResponse, Verdict, is_event_stream};
 use crate::error::{ErrorKind, GatewayError};
 use crate::upstream::{SendError, Upstream, UpstreamBody, UpstreamClient};
 
@@ -84,7 +85,7 @@ pub(super) async fn attempt(
     // asks) so filters can see it; the bytes read are relayed first, unchanged.
     let mut first_event = None;
     if route.stream_bootstrap && is_event_stream(&head.headers) {
-        match body::read_first_event(&mut relayed).await {
+        match sse::read_first_event(&mut relayed).await {
             Ok((read, event)) => {
                 first_event = event;
                 relayed = Prefixed::new(read, relayed).boxed_unsync();

@@ -49,6 +49,7 @@ mod relay;
 pub(crate) mod route;
 pub(crate) mod screen;
 pub(crate) mod session;
+pub(crate) mod sse;
 pub(crate) mod tokens;
 
 use std::sync::Arc;

@@ -28,8 +28,10 @@ mod bindings;
 mod clock;
 mod cooldowns;
 mod dashboard;
+mod error;
 mod intercepts;
 mod ip_rules;
+mod kv;
 mod memory;
 mod plugin_kv;
 mod queues;
@@ -56,8 +58,10 @@ pub use self::bindings::{Binding, BindingStatus, normalize_net};
 pub use self::clock::unix_ms;
 pub use self::cooldowns::SharedCooldown;
 pub use self::dashboard::{BindingCounts, HourTotals};
+pub use self::error::{StoreError, StoreResult};
 pub use self::intercepts::InterceptQuery;
 pub use self::ip_rules::{IP_RULES_POLL, IpAction, IpRule, IpTable};
+pub use self::kv::Kv;
 pub use self::memory::MemoryKv;
 pub use self::plugin_kv::PluginKv;
 pub use self::queues::{Intercept, KEY_ID_PREFIX_LEN};
@@ -68,26 +72,6 @@ pub use self::redis::RedisKv;
 pub use self::settings::{SETTINGS_POLL, Settings};
 pub use self::sql::{BindingQuery, SqlStore, TokenUsage, UsageBy};
 use self::writer::{Event, Writer};
-
-/// A store could not answer (down, timed out, or refused the operation). Details are logged by
-/// whoever decides what to do; they never reach a client.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{backend} unavailable: {reason}")]
-pub struct StoreError {
-    pub backend: &'static str,
-    pub reason: String,
-}
-
-impl StoreError {
-    pub fn new(backend: &'static str, reason: impl std::fmt::Display) -> Self {
-        Self {
-            backend,
-            reason: reason.to_string(),
-        }
-    }
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Request counters the stores keep for metrics and tests.
 #[derive(Debug, Default)]
@@ -137,40 +121,6 @@ pub struct Stores {
     /// in-flight counts), by id.
     kept: std::sync::Mutex<HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
     pub stats: StoreStats,
-}
-
-/// The small key-value interface the caches implement. TTLs are in milliseconds.
-#[async_trait::async_trait]
-pub trait Kv: Send + Sync + 'static {
-    async fn get(&self, key: &str) -> StoreResult<Option<String>>;
-    async fn set(&self, key: &str, value: &str, ttl_ms: Option<u64>) -> StoreResult<()>;
-    async fn delete(&self, key: &str) -> StoreResult<()>;
-    /// Adds `delta` to the integer at `key` (absent = 0) atomically; `ttl_ms` applies on creation.
-    async fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> StoreResult<i64>;
-    /// Sets `key` to `new` if its value is `expected` (none = absent); whether it did.
-    async fn compare_and_set(
-        &self,
-        key: &str,
-        expected: Option<&str>,
-        new: &str,
-        ttl_ms: Option<u64>,
-    ) -> StoreResult<bool>;
-    /// Tells every gateway sharing this cache (this one included) `message` on `channel`. An
-    /// in-process cache has nobody else to tell.
-    async fn publish(&self, _channel: &str, _message: &str) -> StoreResult<()> {
-        Ok(())
-    }
-    /// Messages published on `channel` by any gateway sharing the cache, until the receiver is
-    /// dropped; `None` when the cache is not shared. Survives reconnects; messages published
-    /// while disconnected are missed.
-    fn subscribe(&self, _channel: &str) -> Option<mpsc::Receiver<String>> {
-        None
-    }
-    /// Applies `op` to the shared GCRA bucket at `key` (see [`rate`]); `None` when the cache is
-    /// not shared (the caller keeps the bucket in process).
-    async fn gcra(&self, _key: &str, _gcra: &Gcra, _op: Op) -> StoreResult<Option<Decision>> {
-        Ok(None)
-    }
 }
 
 impl Stores {
