@@ -6,11 +6,69 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
 use rustc_hash::FxHasher;
+
+use super::families::{counter_vec, exponential, histogram_vec};
 
 use crate::pipeline::session::Tokens;
 use crate::pipeline::{Ctx, Filter, Hooks, Outcome};
+
+/// The families the filter records into, registered with it.
+pub(super) struct RequestFamilies {
+    requests: IntCounterVec,
+    /// Answers the gateway gave itself (refusals, limits, failures), by route and error code.
+    refusals: IntCounterVec,
+    duration: HistogramVec,
+    first_token: HistogramVec,
+    tokens: HistogramVec,
+}
+
+impl RequestFamilies {
+    pub(super) fn register(r: &Registry) -> Self {
+        let timing = ["route", "upstream"];
+        Self {
+            requests: counter_vec(
+                r,
+                "tollgate_requests_total",
+                "Requests that reached the pipeline, by route, upstream, status class and outcome",
+                &["route", "upstream", "status_class", "outcome"],
+            ),
+            refusals: counter_vec(
+                r,
+                "tollgate_gateway_errors_total",
+                "Requests the gateway answered itself or ended, by route and error code (e.g. rate_limit_exceeded, ip_denied, invalid_api_key, token_limit_exceeded)",
+                &["route", "code"],
+            ),
+            duration: histogram_vec(
+                r,
+                "gen_ai_server_request_duration_seconds",
+                "Time from the request's arrival until its answer ended",
+                &timing,
+                // gen_ai.server.request.duration: 0.01 s ... 81.92 s, doubling.
+                exponential(0.01, 2.0, 14),
+            ),
+            first_token: histogram_vec(
+                r,
+                "gen_ai_server_time_to_first_token_seconds",
+                "Time from the request's arrival until the first byte of an upstream's answer went out",
+                &timing,
+                vec![
+                    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                    5.0, 7.5, 10.0,
+                ],
+            ),
+            tokens: histogram_vec(
+                r,
+                "gen_ai_client_token_usage",
+                "Tokens per request as the upstream reported them, by key name, upstream, model and type",
+                &["key", "upstream", "model", "type"],
+                // gen_ai.client.token.usage: 1, 4, 16, ... 67108864.
+                exponential(1.0, 4.0, 14),
+            ),
+        }
+    }
+}
 
 /// Status classes and outcomes: the `tollgate_requests_total` series of one route × upstream.
 pub(super) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -45,8 +103,8 @@ impl Series {
         Self {
             route: route.into(),
             upstream: upstream.into(),
-            duration: m.duration.with_label_values(&timing),
-            first_token: m.first_token.with_label_values(&timing),
+            duration: m.request.duration.with_label_values(&timing),
+            first_token: m.request.first_token.with_label_values(&timing),
             requests: Default::default(),
             tokens: RwLock::default(),
         }
@@ -55,7 +113,7 @@ impl Series {
     pub(super) fn requests(&self, m: &Metrics, class: usize, outcome: Outcome) -> &IntCounter {
         let o = OUTCOMES.iter().position(|&x| x == outcome).unwrap_or(0);
         self.requests[class * OUTCOMES.len() + o].get_or_init(|| {
-            m.requests.with_label_values(&[
+            m.request.requests.with_label_values(&[
                 &*self.route,
                 &*self.upstream,
                 STATUS_CLASSES[class],
@@ -75,9 +133,10 @@ impl Series {
                 return observe(h);
             }
         }
-        let label = m.model_label(model);
+        let label = m.models.label(model);
         let h = ["input", "output"].map(|kind| {
-            m.tokens
+            m.request
+                .tokens
                 .with_label_values(&[key, &*self.upstream, label, kind])
         });
         observe(&h);
@@ -138,7 +197,7 @@ impl Filter for MetricsFilter {
         let class = (usize::from(r.status / 100)).clamp(1, 5) - 1;
         series.requests(m, class, r.outcome).inc();
         if let Some(code) = r.error {
-            m.refusals.with_label_values(&[route, code]).inc();
+            m.request.refusals.with_label_values(&[route, code]).inc();
         }
         series.duration.observe(r.start.elapsed().as_secs_f64());
         if let Some(first) = r.first_byte
