@@ -12,8 +12,11 @@ use prometheus::Registry;
 
 use super::Source;
 
+/// A source's `register`: adds its families to the registry.
+type Register = fn(&Registry) -> Box<dyn Source>;
+
 /// Every source, in the order their families are registered.
-pub(super) const SOURCES: [fn(&Registry) -> Box<dyn Source>; 5] = [
+pub(super) const SOURCES: [Register; 5] = [
     upstreams::register,
     plugins::register,
     stores::register,
