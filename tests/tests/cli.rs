@@ -89,7 +89,7 @@ fn key_id_is_the_hmac_of_the_key_and_matches_what_the_gateway_computes() {
         "839389c2214bac9bd418ef10b2bcf0618ae97ebeaa9726eef55a9d974ef9bce9"
     );
     let config = tollgate::Config::load(&root.join("policies.example.yaml")).unwrap();
-    let ring = tollgate::KeyRing::new(&config.auth);
+    let ring = tollgate::KeyRing::standalone(&config.auth);
     assert_eq!(id, ring.id_of("sk-tollgate-demo").to_hex());
 }
 
@@ -1128,7 +1128,7 @@ async fn the_cli_reads_the_deployments_environment_file() {
     .unwrap();
     assert_eq!(
         id,
-        tollgate::KeyRing::new(&config_loaded.auth)
+        tollgate::KeyRing::standalone(&config_loaded.auth)
             .id_of("sk-tollgate-demo")
             .to_hex(),
         "the id under the secret of the environment file"

@@ -194,7 +194,7 @@ fn install_stages_a_host_whose_unit_verifies_and_whose_cli_uses_the_services_env
     .unwrap();
     assert_eq!(
         id.trim(),
-        tollgate::KeyRing::new(&config.auth)
+        tollgate::KeyRing::standalone(&config.auth)
             .id_of("sk-some-client-key")
             .to_hex()
     );

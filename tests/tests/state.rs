@@ -457,7 +457,7 @@ fn key_id(i: usize) -> String {
         Box::new(|_| None),
     )
     .unwrap();
-    KeyRing::new(&config.auth).id_of(&key(i)).to_hex()
+    KeyRing::standalone(&config.auth).id_of(&key(i)).to_hex()
 }
 
 async fn send(client: &reqwest::Client, gw: &TestGateway, k: &str) -> (u16, Value) {

@@ -23,8 +23,9 @@ pub struct AuthConfig {
     pub keys: Vec<KeyConfig>,
 }
 
-/// One client API key, given either as the key itself or as its key id.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+/// One client API key, given either as the key itself or as its key id. The optional fields are
+/// those of keys issued at run time (`tollgate keys`); a key from this file is read-only there.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     #[serde(deserialize_with = "env::string")]
@@ -33,6 +34,55 @@ pub struct KeyConfig {
     pub key: Option<Secret>,
     /// Hex `HMAC-SHA256(secret, key)` (`tollgate key-id`), so the file need not hold the key.
     pub key_id: Option<String>,
+    /// Who the key belongs to (a person or a team).
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Models it may ask for: exact names, or prefixes ending in `*`. Empty: any model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Route `path_prefix`es it may use. Empty: every route.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// From this instant (RFC 3339, e.g. `2027-01-01T00:00:00Z`) the key is refused with 401
+    /// `key_expired`.
+    pub expires: Option<String>,
+}
+
+impl KeyConfig {
+    /// `expires` as Unix ms (validated when the config was loaded).
+    pub fn expires_ms(&self) -> Option<u64> {
+        self.expires.as_deref().and_then(parse_instant_ms)
+    }
+}
+
+/// An RFC 3339 instant as Unix ms.
+pub fn parse_instant_ms(s: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(s.trim()).ok()?;
+    let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    u64::try_from(ms).ok()
+}
+
+/// Whether `m` is a model name or a prefix ending in one `*` (what a key's `models` lists).
+pub fn is_model_pattern(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= 200
+        && m.trim() == m
+        && !m.strip_suffix('*').unwrap_or(m).contains('*')
+}
+
+fn check_model_patterns(models: &[String], path: &str, e: &mut Errors) {
+    for (j, m) in models.iter().enumerate() {
+        if !is_model_pattern(m) {
+            e.add(
+                format!("{path}[{j}]"),
+                "must be a model name or a prefix ending in `*` (e.g. `gpt-4o` or `claude-*`)",
+            );
+        }
+    }
 }
 
 pub(crate) fn validate(c: &Config, e: &mut Errors) {
@@ -75,6 +125,23 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
                 );
             }
             _ => {}
+        }
+        check_model_patterns(&k.models, &format!("{path}.models"), e);
+        for (j, r) in k.routes.iter().enumerate() {
+            if !c.routes.iter().any(|route| route.path_prefix == *r) {
+                e.add(
+                    format!("{path}.routes[{j}]"),
+                    format!("no route has path_prefix {r:?}"),
+                );
+            }
+        }
+        if let Some(t) = &k.expires
+            && parse_instant_ms(t).is_none()
+        {
+            e.add(
+                format!("{path}.expires"),
+                "must be an RFC 3339 instant, e.g. 2027-01-01T00:00:00Z",
+            );
         }
     }
 }

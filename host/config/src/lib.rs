@@ -31,7 +31,7 @@ mod upstreams;
 mod validate;
 
 pub use admin::{AdminConfig, AdminUser, DEMO_ADMIN_PASSWORD, LockoutConfig};
-pub use auth::{AuthConfig, DEMO_KEY, DEMO_SECRET, KeyConfig};
+pub use auth::{AuthConfig, DEMO_KEY, DEMO_SECRET, KeyConfig, is_model_pattern, parse_instant_ms};
 pub use logging::{LogFileConfig, LogFormat, LoggingConfig};
 pub use plugins::{OnError, PluginConfig, PluginKind, PluginLimits};
 pub use routes::{HttpMethod, RouteConfig, StreamUsage};

@@ -52,7 +52,7 @@ pub(super) async fn change(
 pub(super) fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCode {
     use crate::service::bindings::Change;
     use crate::state::KEY_ID_PREFIX_LEN;
-    with_stores(path, async |stores| {
+    with_stores(path, async |stores, _| {
         let failed = |e: crate::state::StoreError| format!("{e}\n");
         match action {
             BindingsAction::List { limit } => {

@@ -39,7 +39,7 @@ pub(super) fn key_id(path: &std::path::Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let ring = crate::pipeline::auth::KeyRing::new(&config.auth);
+    let ring = crate::pipeline::auth::KeyRing::standalone(&config.auth);
     println!(
         "{}",
         ring.id_of(key.trim_end_matches(['\r', '\n'])).to_hex()

@@ -31,7 +31,7 @@ pub(super) fn ip(path: &std::path::Path, action: IpCommand) -> ExitCode {
     use crate::service::ip_rules;
     use crate::state::IpAction;
     let actor = service::Actor::cli();
-    with_stores(path, async |stores| {
+    with_stores(path, async |stores, _| {
         let done = |e: service::ServiceError| format!("{e}\n");
         match action {
             IpCommand::List => {

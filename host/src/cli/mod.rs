@@ -15,6 +15,7 @@ mod check;
 mod config_arg;
 mod health;
 mod ip;
+mod keys;
 mod new_plugin;
 mod plugin;
 mod run;
@@ -81,6 +82,15 @@ enum Command {
         config: ConfigArg,
         #[command(subcommand)]
         action: ip::IpCommand,
+    },
+    /// Client keys: issue, list, show, change, rotate and revoke keys stored in the database
+    /// (the config file's keys are listed read-only); running gateways apply a change within a
+    /// second.
+    Keys {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: keys::KeysCommand,
     },
     /// Token usage per key (by name), upstream or model over the last `--since` (from the
     /// database every gateway of the deployment writes to).
@@ -152,6 +162,7 @@ pub fn main() -> ExitCode {
             with_config(&config, |p| bindings::bindings(p, action))
         }
         Command::Ip { config, action } => with_config(&config, |p| ip::ip(p, action)),
+        Command::Keys { config, action } => with_config(&config, |p| keys::keys(p, action)),
         Command::Usage { config, by, since } => {
             with_config(&config, |p| usage::usage(p, by, since.into()))
         }
@@ -168,7 +179,7 @@ fn ms_to_rfc3339(ms: u64) -> String {
 /// and reports its text or error.
 fn with_stores(
     path: &std::path::Path,
-    f: impl AsyncFnOnce(&crate::state::Stores) -> Result<String, String>,
+    f: impl AsyncFnOnce(&crate::state::Stores, &Config) -> Result<String, String>,
 ) -> ExitCode {
     let result = Config::load(path)
         .map_err(|e| e.to_string())
@@ -185,7 +196,7 @@ fn with_stores(
                 )
                 .await
                 .map_err(|e| format!("{e}\n"))?;
-                let out = f(&stores).await;
+                let out = f(&stores, &config).await;
                 stores.shutdown().await;
                 out
             })

@@ -28,7 +28,7 @@ pub(super) fn usage(
         .map_err(|e| e.to_string())
         .and_then(|config| {
             existing_database(&config)?;
-            let names = crate::KeyRing::new(&config.auth);
+            let names = crate::KeyRing::standalone(&config.auth);
             async_runtime()?.block_on(async {
                 let s = &config.storage;
                 let db = SqlStore::connect(&s.database, &config.base_dir, s.op_timeout.get())

@@ -56,10 +56,25 @@ pub(crate) async fn build(
             )),
         }
     }
+    let stores = engine.stores();
+    let keys = KeyRing::new(&config.auth, stores.key_table())
+        .with_routes(config.routes.iter().map(|r| r.path_prefix.as_str()));
+    let stored = stores.stored_key_names();
+    for (i, k) in config.auth.keys.iter().enumerate() {
+        if stored.contains(&k.name) {
+            errors.push(config_error(
+                format!("auth.keys[{i}].name"),
+                format!(
+                    "a key named {:?} was issued at run time (`tollgate keys`); rename one of them",
+                    k.name
+                ),
+            ));
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
-    let stores = engine.stores();
+    stores.set_config_keys(keys.config_entries(&config.auth));
     stores.set_config_ip_rules(filters::access::entries(&config.access));
     let response_headers = Arc::new(ResponseHeaders::new(&config.server.response_headers));
     let chains = chain::build(&chain::Build {
@@ -96,7 +111,7 @@ pub(crate) async fn build(
     let s = &config.server;
     Ok(Runtime {
         global: chains.unrouted,
-        keys: KeyRing::new(&config.auth),
+        keys,
         client_ip: ClientIpResolver::new(s.trusted_proxies.clone(), s.real_ip_header),
         routes,
         upstreams,

@@ -1,122 +1,155 @@
 //! Client API keys, identified by `HMAC-SHA256(server secret, key)`.
 //!
-//! The key itself is never stored or logged: the key ring holds only digests, and everything
-//! downstream (logs, bindings, metrics) sees the [`KeyId`]. Lookup is by digest, so what an
-//! attacker could time is a hash-table probe on an HMAC output they cannot steer without the
-//! server secret; the final match is still compared in constant time.
+//! The key itself is never stored or logged: the key table (`state::KeyTable`: the config file's
+//! keys and the ones issued at run time) holds only digests, and everything downstream (logs,
+//! bindings, metrics) sees the [`KeyId`]. Lookup is by digest, so what an attacker could time is
+//! a hash-table probe on an HMAC output they cannot steer without the server secret; the final
+//! match is still compared in constant time.
 
-use std::collections::HashMap;
-use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use hmac::{Hmac, Mac};
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
+use crate::error::{ErrorKind, GatewayError, Refusal};
+pub use crate::state::{ClientKey, KeyId};
+use crate::state::{KeyEntry, KeyLookup, KeySource, KeyTable};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A key's identity: `HMAC-SHA256(secret, key)`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct KeyId(pub [u8; 32]);
-
-/// Hashed by its first eight bytes: a MAC output is already uniform, and nobody without the
-/// server secret can choose it, so the key ring's map (looked up on every request) needs neither
-/// SipHash nor all 32 bytes: FxHash of one `u64`. Equality still compares all 32 bytes.
-impl Hash for KeyId {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_ne_bytes(head));
-    }
-}
-
-impl KeyId {
-    /// The first 8 hex digits, enough to tell keys apart in logs.
-    pub fn prefix(&self) -> String {
-        hex::encode(&self.0[..4])
-    }
-    pub fn to_hex(self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyId({}…)", self.prefix())
-    }
-}
-
-/// A key the gateway accepts.
-#[derive(Debug)]
-pub struct ClientKey {
-    pub id: KeyId,
-    pub name: Arc<str>,
-    /// `id` as hex, computed once (stores and policies use it on every request).
-    pub hex: Arc<str>,
-}
-
-/// All accepted keys, by id.
+/// Authenticates requests: the server secret's MAC and the shared key table. Also what the key
+/// operations (`service::keys`) need from the config: its keys' descriptions and the routes.
 pub struct KeyRing {
     mac: HmacSha256,
-    keys: HashMap<KeyId, Arc<ClientKey>, rustc_hash::FxBuildHasher>,
+    table: Arc<ArcSwap<KeyTable>>,
+    /// `auth.keys`' descriptive fields, by name.
+    config_keys: Vec<KeyMeta>,
+    /// Every route's `path_prefix` (what a key's `routes` may name).
+    routes: Vec<Box<str>>,
+}
+
+/// A config key's descriptive fields (not needed on the request path).
+#[derive(Debug, Clone)]
+pub struct KeyMeta {
+    pub name: String,
+    pub owner: String,
+    pub description: String,
+    pub tags: Vec<String>,
 }
 
 /// Longest key accepted from a request; longer values are rejected before hashing.
 const MAX_PRESENTED_KEY: usize = 512;
 
 impl KeyRing {
-    pub fn new(config: &AuthConfig) -> Self {
+    /// A ring with the server secret of `config`, authenticating against `table`.
+    pub fn new(config: &AuthConfig, table: Arc<ArcSwap<KeyTable>>) -> Self {
         let mac = HmacSha256::new_from_slice(config.secret.expose().as_bytes())
             .expect("HMAC accepts keys of any length");
-        let mut keys = HashMap::default();
-        for k in &config.keys {
-            let id = match (&k.key, &k.key_id) {
-                (Some(key), _) => key_id(&mac, key.expose()),
-                (None, Some(hex_id)) => {
-                    let mut id = [0u8; 32];
+        let config_keys = config
+            .keys
+            .iter()
+            .map(|k| KeyMeta {
+                name: k.name.clone(),
+                owner: k.owner.clone(),
+                description: k.description.clone(),
+                tags: k.tags.clone(),
+            })
+            .collect();
+        Self {
+            mac,
+            table,
+            config_keys,
+            routes: Vec::new(),
+        }
+    }
+
+    /// With the routes a key's `routes` may name.
+    pub fn with_routes<'a>(mut self, prefixes: impl IntoIterator<Item = &'a str>) -> Self {
+        self.routes = prefixes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn routes(&self) -> &[Box<str>] {
+        &self.routes
+    }
+
+    /// The config file's key named `name`, if any.
+    pub fn config_key(&self, name: &str) -> Option<&KeyMeta> {
+        self.config_keys.iter().find(|k| k.name == name)
+    }
+
+    /// A ring over the config file's keys alone (offline commands and tests).
+    pub fn standalone(config: &AuthConfig) -> Self {
+        let ring = Self::new(config, Arc::default());
+        ring.table
+            .store(Arc::new(KeyTable::new(ring.config_entries(config))));
+        ring
+    }
+
+    /// The table entries of `auth.keys`.
+    pub fn config_entries(&self, config: &AuthConfig) -> Vec<KeyEntry> {
+        config
+            .keys
+            .iter()
+            .map(|k| {
+                let id = match (&k.key, &k.key_id) {
+                    (Some(key), _) => key_id(&self.mac, key.expose()),
                     // Validated as 64 hex digits when the config was loaded.
-                    hex::decode_to_slice(hex_id, &mut id).expect("validated key_id");
-                    KeyId(id)
+                    (None, Some(hex_id)) => KeyId::from_hex(hex_id).expect("validated key_id"),
+                    (None, None) => unreachable!("validated: key or key_id"),
+                };
+                KeyEntry {
+                    digest: id,
+                    key: Arc::new(ClientKey {
+                        expires_ms: k.expires_ms(),
+                        models: k.models.iter().map(|m| m.as_str().into()).collect(),
+                        routes: k.routes.iter().map(|m| m.as_str().into()).collect(),
+                        ..ClientKey::plain(id, &k.name, KeySource::Config)
+                    }),
+                    secret_expires_ms: None,
                 }
-                (None, None) => unreachable!("validated: key or key_id"),
-            };
-            keys.insert(
-                id,
-                Arc::new(ClientKey {
-                    id,
-                    name: k.name.as_str().into(),
-                    hex: id.to_hex().into(),
-                }),
-            );
-        }
-        Self { mac, keys }
+            })
+            .collect()
     }
 
-    /// Identifies the key a request carries, if it is one of ours.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Option<Arc<ClientKey>> {
-        let presented = presented_key(headers)?;
+    /// Identifies the key a request carries: 401 `invalid_api_key` for none, an unknown, revoked
+    /// or rotated-away one (told apart nowhere), 401 `key_expired` for an expired one.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<ClientKey>, GatewayError> {
+        let presented = presented_key(headers).ok_or(ErrorKind::Unauthorized)?;
         if presented.is_empty() || presented.len() > MAX_PRESENTED_KEY {
-            return None;
+            return Err(ErrorKind::Unauthorized.into());
         }
-        let id = key_id(&self.mac, presented);
-        let found = self.keys.get(&id)?;
-        bool::from(found.id.0.ct_eq(&id.0)).then(|| found.clone())
+        let digest = key_id(&self.mac, presented);
+        match self.table.load().lookup(&digest, crate::state::unix_ms) {
+            KeyLookup::Valid(k) => Ok(k),
+            KeyLookup::Expired(_) => Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "key_expired",
+                "this API key has expired",
+            )
+            .into()),
+            KeyLookup::Unknown => Err(ErrorKind::Unauthorized.into()),
+        }
     }
 
-    /// The configured name of the key whose id is `hex_id` (for reports).
+    /// The name of the key whose id is `hex_id` (for reports).
     pub fn name_of_id(&self, hex_id: &str) -> Option<String> {
-        let mut id = [0u8; 32];
-        hex::decode_to_slice(hex_id, &mut id).ok()?;
-        self.keys.get(&KeyId(id)).map(|k| k.name.to_string())
+        let id = KeyId::from_hex(hex_id)?;
+        self.table.load().by_id(&id).map(|k| k.name.to_string())
     }
 
-    /// The id of `key` under this ring's secret (for `tollgate key-id`).
+    /// The id of `key` under this ring's secret (for `tollgate key-id`, and a new key's id).
     pub fn id_of(&self, key: &str) -> KeyId {
         key_id(&self.mac, key)
+    }
+
+    /// The table in force.
+    pub fn table(&self) -> Arc<KeyTable> {
+        self.table.load_full()
     }
 }
 
@@ -142,12 +175,13 @@ mod tests {
     use crate::config::{KeyConfig, Secret};
 
     fn ring() -> KeyRing {
-        KeyRing::new(&AuthConfig {
+        KeyRing::standalone(&AuthConfig {
             secret: Secret::new("0123456789abcdef"),
             keys: vec![KeyConfig {
                 name: "alice".into(),
                 key: Some(Secret::new("sk-alice-1")),
                 key_id: None,
+                ..KeyConfig::default()
             }],
         })
     }
@@ -189,17 +223,17 @@ mod tests {
         let r = ring();
         assert!(
             r.authenticate(&headers("authorization", "Bearer sk-alice-2"))
-                .is_none()
+                .is_err()
         );
         assert!(
             r.authenticate(&headers("authorization", "Basic sk-alice-1"))
-                .is_none()
+                .is_err()
         );
         assert!(
             r.authenticate(&headers("authorization", "sk-alice-1"))
-                .is_none()
+                .is_err()
         );
-        assert!(r.authenticate(&HeaderMap::new()).is_none());
+        assert!(r.authenticate(&HeaderMap::new()).is_err());
     }
 
     #[test]
@@ -208,13 +242,14 @@ mod tests {
         // still each find their own key.
         let a = format!("{}{}", "ab".repeat(8), "01".repeat(24));
         let b = format!("{}{}", "ab".repeat(8), "02".repeat(24));
-        let r = KeyRing::new(&AuthConfig {
+        let r = KeyRing::standalone(&AuthConfig {
             secret: Secret::new("0123456789abcdef"),
             keys: [("a", &a), ("b", &b)]
                 .map(|(name, id)| KeyConfig {
                     name: name.into(),
                     key: None,
                     key_id: Some(id.clone()),
+                    ..KeyConfig::default()
                 })
                 .into(),
         });
@@ -227,18 +262,16 @@ mod tests {
     #[test]
     fn key_id_config_matches_the_plain_key() {
         let id = ring().id_of("sk-alice-1").to_hex();
-        let r = KeyRing::new(&AuthConfig {
+        let r = KeyRing::standalone(&AuthConfig {
             secret: Secret::new("0123456789abcdef"),
             keys: vec![KeyConfig {
                 name: "a".into(),
                 key: None,
                 key_id: Some(id),
+                ..KeyConfig::default()
             }],
         });
-        assert!(
-            r.authenticate(&headers("x-api-key", "sk-alice-1"))
-                .is_some()
-        );
+        assert!(r.authenticate(&headers("x-api-key", "sk-alice-1")).is_ok());
     }
 
     #[test]
@@ -252,7 +285,7 @@ mod tests {
 
     #[test]
     fn key_id_depends_on_the_server_secret() {
-        let other = KeyRing::new(&AuthConfig {
+        let other = KeyRing::standalone(&AuthConfig {
             secret: Secret::new("another-secret-value"),
             keys: vec![],
         });
@@ -288,15 +321,15 @@ mod tests {
 
         #[test]
         fn a_configured_key_is_found_in_either_header(key in "[!-~]{1,64}") {
-            let r = KeyRing::new(&AuthConfig {
+            let r = KeyRing::standalone(&AuthConfig {
                 secret: Secret::new("0123456789abcdef"),
-                keys: vec![KeyConfig { name: "k".into(), key: Some(Secret::new(key.clone())), key_id: None }],
+                keys: vec![KeyConfig { name: "k".into(), key: Some(Secret::new(key.clone())), key_id: None, ..KeyConfig::default() }],
             });
             let bearer = format!("Bearer {key}");
             let basic = format!("Basic {key}");
-            let by_bearer = r.authenticate(&headers("authorization", &bearer)).is_some();
-            let by_api_key = r.authenticate(&headers("x-api-key", &key)).is_some();
-            let by_basic = r.authenticate(&headers("authorization", &basic)).is_some();
+            let by_bearer = r.authenticate(&headers("authorization", &bearer)).is_ok();
+            let by_api_key = r.authenticate(&headers("x-api-key", &key)).is_ok();
+            let by_basic = r.authenticate(&headers("authorization", &basic)).is_ok();
             proptest::prop_assert!(by_bearer && by_api_key && !by_basic);
         }
     }

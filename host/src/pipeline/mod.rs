@@ -235,10 +235,7 @@ async fn run(
     }
 
     // Step 3: authenticate.
-    let key = rt
-        .keys
-        .authenticate(&s.head.headers)
-        .ok_or(ErrorKind::Unauthorized)?;
+    let key = rt.keys.authenticate(&s.head.headers)?;
     s.ctx.record.key = Some(key.clone());
     s.key = Some(key);
 

@@ -4,6 +4,7 @@
 
 pub mod bindings;
 pub mod ip_rules;
+pub mod keys;
 pub mod reload;
 pub mod settings;
 pub mod upstreams;

@@ -31,6 +31,7 @@ mod dashboard;
 mod error;
 mod intercepts;
 mod ip_rules;
+mod keys;
 mod kv;
 mod memory;
 mod plugin_kv;
@@ -61,6 +62,9 @@ pub use self::dashboard::{BindingCounts, HourTotals};
 pub use self::error::{StoreError, StoreResult};
 pub use self::intercepts::InterceptQuery;
 pub use self::ip_rules::{IP_RULES_POLL, IpAction, IpRule, IpTable};
+pub use self::keys::{
+    ClientKey, KEYS_POLL, KeyEntry, KeyId, KeyLookup, KeySource, KeyTable, pattern_matches,
+};
 pub use self::kv::Kv;
 pub use self::memory::MemoryKv;
 pub use self::plugin_kv::PluginKv;
@@ -70,7 +74,7 @@ pub use self::rate::{Decision, Gcra, LocalBuckets, Op};
 pub use self::recent::MinuteTotals;
 pub use self::redis::RedisKv;
 pub use self::settings::{SETTINGS_POLL, Settings};
-pub use self::sql::{BindingQuery, SqlStore, TokenUsage, UsageBy};
+pub use self::sql::{BindingQuery, KeyQuery, KeyRecord, SqlStore, TokenUsage, UsageBy};
 use self::writer::{Event, Writer};
 
 /// Request counters the stores keep for metrics and tests.
@@ -117,6 +121,8 @@ pub struct Stores {
     pub(crate) live: settings::Live,
     /// The gateway-wide IP allow/deny table.
     pub(crate) ip_lists: ip_rules::IpLists,
+    /// The client keys in force (config file and stored).
+    pub(crate) keys: keys::KeyLists,
     /// Per-gateway state of the request path that outlives a config (rate limit buckets,
     /// in-flight counts), by id.
     kept: std::sync::Mutex<HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
@@ -149,6 +155,7 @@ impl Stores {
         let stores = Self::start(db, cache, config.clone(), alerts.clone(), webhook);
         stores.refresh_settings().await?;
         stores.refresh_ip_rules(true).await?;
+        stores.refresh_keys(true).await?;
         Ok(stores)
     }
 
@@ -194,6 +201,7 @@ impl Stores {
             shared: changes.is_some(),
             live: settings::Live::new(&config, &alerts),
             ip_lists: ip_rules::IpLists::new(),
+            keys: keys::KeyLists::new(),
             kept: Default::default(),
             config,
             queue,
@@ -209,6 +217,7 @@ impl Stores {
         tokio::spawn(retention(Arc::downgrade(&stores)));
         stores.follow_settings();
         stores.follow_ip_rules();
+        stores.follow_keys();
         if let Some(mut changes) = changes {
             let weak = Arc::downgrade(&stores);
             tokio::spawn(async move {

@@ -8,6 +8,7 @@ pub(crate) mod dashboard;
 pub(crate) mod export;
 mod intercepts;
 mod ip_rules;
+mod keys;
 mod login;
 mod plugins;
 pub(crate) mod session;
@@ -56,6 +57,10 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/reload", put(plugins::reload).post(plugins::reload))
         .route("/ip-rules", get(ip_rules::list).post(ip_rules::add))
         .route("/ip-rules/{cidr}", delete(ip_rules::remove))
+        .route("/keys", get(keys::list).post(keys::create))
+        .route("/keys/{key}", get(keys::get).patch(keys::update))
+        .route("/keys/{key}/rotate", post(keys::rotate))
+        .route("/keys/{key}/revoke", post(keys::revoke))
 }
 
 #[derive(OpenApi)]
@@ -90,7 +95,13 @@ pub fn routes() -> axum::Router<AdminState> {
         plugins::reload,
         ip_rules::list,
         ip_rules::add,
-        ip_rules::remove
+        ip_rules::remove,
+        keys::list,
+        keys::create,
+        keys::get,
+        keys::update,
+        keys::rotate,
+        keys::revoke
     ),
     modifiers(&BearerAuth)
 )]

@@ -7,6 +7,7 @@
 //! `bindings.rs` (bindings, their archive) and `usage.rs` (key uses, token usage, intercepts).
 
 mod bindings;
+mod keys;
 mod usage;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use super::{StoreError, StoreResult};
 use tollgate_config::DatabaseUrl;
 
 pub use bindings::BindingQuery;
+pub use keys::{KeyQuery, KeyRecord};
 pub use usage::{TokenUsage, Usage, UsageBy};
 
 static SQLITE: Migrator = sqlx::migrate!("../../migrations/sqlite");

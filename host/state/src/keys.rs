@@ -1,0 +1,442 @@
+//! Client keys as runtime objects: the [`KeyTable`] the request path authenticates against, and
+//! the `client_keys` table of keys issued at run time (admin API, `tollgate keys`).
+//!
+//! The table in force is the config file's `auth.keys` plus the stored keys that are not revoked,
+//! each reachable by the digest of every secret that authenticates as it. A change is stored,
+//! applied at once on the gateway that made it, announced on the cache's `keys` channel, and
+//! picked up by every other gateway sharing the database on the announcement or on the next poll
+//! ([`KEYS_POLL`]), so within a second cluster-wide, with the database polled when the cache is
+//! down. A request never waits on a store: it looks its key up in the table in process.
+//!
+//! A key's identity ([`KeyId`]) is `HMAC-SHA256(server secret, secret)`; a stored key keeps the
+//! digest of its *first* secret as its id, so bindings, usage and audit keep following it across
+//! rotations. Secrets are never stored: only digests.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::sql::KeyRecord;
+use super::{StoreResult, Stores, unix_ms};
+
+/// How often each gateway checks the stored keys for changes (besides the announcements).
+pub const KEYS_POLL: Duration = Duration::from_millis(500);
+pub(crate) const CHANNEL: &str = "keys";
+
+/// A key's identity: `HMAC-SHA256(server secret, key)`.
+#[derive(Clone, Copy)]
+pub struct KeyId(pub [u8; 32]);
+
+/// Compared in constant time: the table's final match on a presented secret's digest.
+impl PartialEq for KeyId {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for KeyId {}
+
+/// Hashed by its first eight bytes: a MAC output is already uniform, and nobody without the
+/// server secret can choose it, so the key table (looked up on every request) needs neither
+/// SipHash nor all 32 bytes: FxHash of one `u64`. Equality still compares all 32 bytes.
+impl Hash for KeyId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_ne_bytes(head));
+    }
+}
+
+impl KeyId {
+    /// The first 8 hex digits, enough to tell keys apart in logs.
+    pub fn prefix(&self) -> String {
+        to_hex(&self.0[..4])
+    }
+
+    pub fn to_hex(self) -> String {
+        to_hex(&self.0)
+    }
+
+    /// From 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut id = [0u8; 32];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(id))
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({}…)", self.prefix())
+    }
+}
+
+/// Where a key is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySource {
+    /// `auth.keys` of the config file: read-only at run time.
+    Config,
+    /// Issued at run time and stored in the database.
+    Database,
+}
+
+/// A key the gateway accepts, as the request path sees it.
+#[derive(Debug)]
+pub struct ClientKey {
+    pub id: KeyId,
+    pub name: Arc<str>,
+    /// `id` as hex, computed once (stores and policies use it on every request).
+    pub hex: Arc<str>,
+    pub source: KeySource,
+    /// Unix ms from which the key is refused as `key_expired`.
+    pub expires_ms: Option<u64>,
+    /// Models it may ask for (exact, or a prefix ending in `*`); empty: any.
+    pub models: Vec<Box<str>>,
+    /// Route path prefixes it may use; empty: any.
+    pub routes: Vec<Box<str>>,
+}
+
+impl ClientKey {
+    /// A key with no expiry and no entitlement limits.
+    pub fn plain(id: KeyId, name: &str, source: KeySource) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            hex: id.to_hex().into(),
+            source,
+            expires_ms: None,
+            models: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Whether the key may ask for `model`.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|p| pattern_matches(p, model))
+    }
+
+    /// Whether the key may use the route whose prefix is `route`.
+    pub fn allows_route(&self, route: &str) -> bool {
+        self.routes.is_empty() || self.routes.iter().any(|r| **r == *route)
+    }
+}
+
+/// `pattern` is a name, or a prefix ending in `*`.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// One way into the table: a secret's digest, the key it authenticates as, and when that secret
+/// stops working (a rotated-away secret in its grace period).
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    pub digest: KeyId,
+    pub key: Arc<ClientKey>,
+    pub secret_expires_ms: Option<u64>,
+}
+
+/// What a presented secret's digest is.
+#[derive(Debug)]
+pub enum KeyLookup {
+    Valid(Arc<ClientKey>),
+    /// A known key past its `expires_ms`.
+    Expired(Arc<ClientKey>),
+    /// Unknown, revoked, or a rotated-away secret past its grace period: told apart nowhere.
+    Unknown,
+}
+
+/// Every accepted secret digest, looked up on every request.
+#[derive(Default)]
+pub struct KeyTable {
+    by_digest: HashMap<KeyId, KeyEntry, rustc_hash::FxBuildHasher>,
+}
+
+impl KeyTable {
+    pub fn new(entries: impl IntoIterator<Item = KeyEntry>) -> Self {
+        Self {
+            by_digest: entries.into_iter().map(|e| (e.digest, e)).collect(),
+        }
+    }
+
+    /// The entry for `digest`, judged at `now_ms` (read only when a time limit applies).
+    pub fn lookup(&self, digest: &KeyId, now_ms: impl FnOnce() -> u64) -> KeyLookup {
+        let Some(e) = self.by_digest.get(digest) else {
+            return KeyLookup::Unknown;
+        };
+        if e.secret_expires_ms.is_none() && e.key.expires_ms.is_none() {
+            return KeyLookup::Valid(e.key.clone());
+        }
+        let now = now_ms();
+        if e.secret_expires_ms.is_some_and(|t| now >= t) {
+            KeyLookup::Unknown
+        } else if e.key.expires_ms.is_some_and(|t| now >= t) {
+            KeyLookup::Expired(e.key.clone())
+        } else {
+            KeyLookup::Valid(e.key.clone())
+        }
+    }
+
+    /// The key whose id (not secret digest) is `id`.
+    pub fn by_id(&self, id: &KeyId) -> Option<&Arc<ClientKey>> {
+        self.by_digest
+            .values()
+            .map(|e| &e.key)
+            .find(|k| k.id == *id)
+    }
+
+    /// The key named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<ClientKey>> {
+        self.by_digest
+            .values()
+            .map(|e| &e.key)
+            .find(|k| *k.name == *name)
+    }
+
+    /// The configured keys (`auth.keys`), once each.
+    pub fn config_keys(&self) -> Vec<Arc<ClientKey>> {
+        let mut keys: Vec<_> = self
+            .by_digest
+            .values()
+            .filter(|e| e.key.source == KeySource::Config)
+            .map(|e| e.key.clone())
+            .collect();
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
+        keys.dedup_by(|a, b| a.id == b.id);
+        keys
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+/// The config file's keys and the stored ones, as one table.
+pub(crate) struct KeyLists {
+    base: std::sync::Mutex<Vec<KeyEntry>>,
+    stored: std::sync::Mutex<Vec<KeyEntry>>,
+    /// Names of every stored key, revoked ones included (a config key may not reuse one).
+    pub(crate) stored_names: std::sync::Mutex<Vec<String>>,
+    pub(crate) table: Arc<ArcSwap<KeyTable>>,
+    /// Fingerprint of the stored rows last read, to skip rebuilding an unchanged table.
+    pub(crate) seen: AtomicU64,
+}
+
+impl KeyLists {
+    pub(crate) fn new() -> Self {
+        Self {
+            base: Default::default(),
+            stored: Default::default(),
+            stored_names: Default::default(),
+            table: Arc::new(ArcSwap::from_pointee(KeyTable::default())),
+            seen: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub(crate) fn set_stored(&self, entries: Vec<KeyEntry>, names: Vec<String>) {
+        *self.stored.lock().unwrap_or_else(|p| p.into_inner()) = entries;
+        *self.stored_names.lock().unwrap_or_else(|p| p.into_inner()) = names;
+        self.rebuild();
+    }
+
+    fn rebuild(&self) {
+        let base = self.base.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let stored = self
+            .stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // A config key wins a digest both define (the same secret configured twice).
+        let table = KeyTable::new(stored.into_iter().chain(base));
+        self.table.store(Arc::new(table));
+    }
+}
+
+impl Stores {
+    /// The key table in force, shared: the request path holds this handle and loads it per
+    /// request (no reference count taken).
+    pub fn key_table(&self) -> Arc<ArcSwap<KeyTable>> {
+        self.keys.table.clone()
+    }
+
+    /// Installs the config file's keys (on start and on every reload).
+    pub fn set_config_keys(&self, entries: Vec<KeyEntry>) {
+        *self.keys.base.lock().unwrap_or_else(|p| p.into_inner()) = entries;
+        self.keys.rebuild();
+    }
+
+    /// Names of the stored keys (revoked ones too), as last read.
+    pub fn stored_key_names(&self) -> Vec<String> {
+        self.keys
+            .stored_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps this gateway's table in step with the stored keys.
+    pub(crate) fn follow_keys(self: &Arc<Self>) {
+        self.follow(
+            CHANNEL,
+            KEYS_POLL,
+            "client keys",
+            |stores, force| async move { stores.refresh_keys(force).await },
+        );
+    }
+
+    /// After a change to the stored keys: re-reads them here and tells the other gateways.
+    pub async fn keys_changed(&self) {
+        if let Err(e) = self.refresh_keys(true).await {
+            tracing::warn!(target: "state", error = %e, "cannot re-read the client keys");
+        }
+        if let Err(e) = self.cache.publish(CHANNEL, "changed").await {
+            self.cache_failed("publish client keys", &e);
+        }
+    }
+}
+
+impl Stores {
+    /// Re-reads the stored keys and rebuilds the table if they changed (or if `force`).
+    pub async fn refresh_keys(&self, force: bool) -> StoreResult<()> {
+        let fingerprint = self.db.keys_fingerprint().await?;
+        if !force && fingerprint == self.keys.seen.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (records, secrets) = self.db.keys_in_force(unix_ms()).await?;
+        let names = records.iter().map(|r| r.name.clone()).collect();
+        let live: HashMap<&str, Arc<ClientKey>> = records
+            .iter()
+            .filter(|r| r.revoked_ms.is_none())
+            .filter_map(|r| Some((r.id.as_str(), Arc::new(client_key(r)?))))
+            .collect();
+        let entries = secrets
+            .iter()
+            .filter_map(|s| {
+                Some(KeyEntry {
+                    digest: KeyId::from_hex(&s.digest)?,
+                    key: live.get(s.key_id.as_str())?.clone(),
+                    secret_expires_ms: s.expires_ms,
+                })
+            })
+            .collect();
+        self.keys.set_stored(entries, names);
+        self.keys.seen.store(fingerprint, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The request path's view of a stored key.
+fn client_key(r: &KeyRecord) -> Option<ClientKey> {
+    Some(ClientKey {
+        expires_ms: r.expires_ms,
+        models: r.models.iter().map(|m| m.as_str().into()).collect(),
+        routes: r.routes.iter().map(|m| m.as_str().into()).collect(),
+        ..ClientKey::plain(KeyId::from_hex(&r.id)?, &r.name, KeySource::Database)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8, expires_ms: Option<u64>) -> Arc<ClientKey> {
+        Arc::new(ClientKey {
+            expires_ms,
+            ..ClientKey::plain(KeyId([n; 32]), &format!("k{n}"), KeySource::Database)
+        })
+    }
+
+    #[test]
+    fn expiry_and_grace_are_judged_at_lookup() {
+        let k = key(1, Some(1000));
+        let t = KeyTable::new([
+            KeyEntry {
+                digest: KeyId([1; 32]),
+                key: k.clone(),
+                secret_expires_ms: Some(500),
+            },
+            KeyEntry {
+                digest: KeyId([2; 32]),
+                key: k,
+                secret_expires_ms: None,
+            },
+        ]);
+        assert!(matches!(
+            t.lookup(&KeyId([1; 32]), || 499),
+            KeyLookup::Valid(_)
+        ));
+        assert!(matches!(
+            t.lookup(&KeyId([1; 32]), || 500),
+            KeyLookup::Unknown
+        ));
+        assert!(matches!(
+            t.lookup(&KeyId([2; 32]), || 999),
+            KeyLookup::Valid(_)
+        ));
+        assert!(matches!(
+            t.lookup(&KeyId([2; 32]), || 1000),
+            KeyLookup::Expired(_)
+        ));
+        assert!(matches!(
+            t.lookup(&KeyId([3; 32]), || 0),
+            KeyLookup::Unknown
+        ));
+        // No time limit: the clock is not read.
+        let t = KeyTable::new([KeyEntry {
+            digest: KeyId([4; 32]),
+            key: key(4, None),
+            secret_expires_ms: None,
+        }]);
+        assert!(matches!(
+            t.lookup(&KeyId([4; 32]), || panic!("clock read")),
+            KeyLookup::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn model_patterns_are_exact_or_prefixes() {
+        let k = ClientKey {
+            models: vec!["gpt-4o".into(), "claude-*".into()],
+            ..ClientKey::plain(KeyId([0; 32]), "k", KeySource::Config)
+        };
+        assert!(k.allows_model("gpt-4o"));
+        assert!(!k.allows_model("gpt-4o-mini"));
+        assert!(k.allows_model("claude-3-5-sonnet"));
+        assert!(!k.allows_model("claud"));
+        assert!(ClientKey::plain(KeyId([0; 32]), "k", KeySource::Config).allows_model("any"));
+    }
+
+    #[test]
+    fn ids_round_trip_through_hex() {
+        let id = KeyId([0xab; 32]);
+        assert_eq!(KeyId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(KeyId::from_hex("ab"), None);
+        assert_eq!(KeyId::from_hex(&"zz".repeat(32)), None);
+    }
+}
