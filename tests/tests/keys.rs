@@ -441,3 +441,151 @@ async fn a_config_key_named_like_a_stored_one_is_refused_at_load() {
     assert!(text.contains("auth.keys[0].name"), "{text}");
     assert_eq!(chat(&gw, tollgate_tests::CLIENT_KEY, "m").await.0, 200);
 }
+
+/// A reload that takes a key out of `auth.keys` stops it and records that in the audit log; a
+/// config may list no key at all when keys are issued at run time.
+#[tokio::test]
+async fn a_config_key_removed_by_a_reload_is_audited() {
+    let mock = MockUpstream::start().await;
+    let yaml = gateway_yaml(&mock.url(), "");
+    let gw = TestGateway::start(&yaml).await;
+    let admin = Admin::of(&gw).await;
+    let (secret, _) = admin.create(json!({"name": "grace"})).await;
+    assert_eq!(chat(&gw, tollgate_tests::CLIENT_KEY, "m").await.0, 200);
+    let none = yaml.replace("    - name: tester\n      key: sk-test-client-key\n", "");
+    assert_ne!(none, yaml);
+    let mut config = tollgate::Config::parse(&none, "test.yaml", Box::new(|_| None)).unwrap();
+    config.base_dir = std::env::temp_dir();
+    gw.gateway.reload(&config).await.unwrap();
+    assert_eq!(chat(&gw, tollgate_tests::CLIENT_KEY, "m").await.0, 401);
+    assert_eq!(
+        chat(&gw, &secret, "m").await.0,
+        200,
+        "stored keys are untouched"
+    );
+    let (_, audit) = admin
+        .send(reqwest::Method::GET, "/audit?action=key.remove", None)
+        .await;
+    let items = audit["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{audit}");
+    assert_eq!(items[0]["actor"], "config");
+    assert_eq!(items[0]["target"], "tester");
+}
+
+/// Bindings and intercepts show the key's name beside its id, and a name finds them.
+#[tokio::test]
+async fn bindings_and_intercepts_show_and_find_keys_by_name() {
+    let mock = MockUpstream::start().await;
+    let yaml = gateway_yaml(&mock.url(), "").replace(
+        "    upstreams: [u0]\n",
+        "    upstreams: [u0]\n    policies: [bind-ip]\n",
+    ) + "plugins:\n  - {name: bind-ip, kind: ip-binding, module: builtin:ip-binding, config: {prefix_v4: 32}}\n";
+    let gw = TestGateway::start(&yaml).await;
+    let admin = Admin::of(&gw).await;
+    let (secret, key) = admin.create(json!({"name": "heidi"})).await;
+    assert_eq!(
+        chat(&gw, &secret, "m").await.0,
+        200,
+        "first use binds 127.0.0.1"
+    );
+    let (_, page) = admin
+        .send(reqwest::Method::GET, "/bindings?search=heidi", None)
+        .await;
+    assert_eq!(page["total"], 1, "{page}");
+    assert_eq!(page["items"][0]["key_name"], "heidi");
+    assert_eq!(page["items"][0]["key_id"], key["id"]);
+    // Moved elsewhere, the key's next request from here is an intercept.
+    let id = key["id"].as_str().unwrap();
+    let (status, _) = admin
+        .send(
+            reqwest::Method::PUT,
+            &format!("/bindings/{id}"),
+            Some(json!({"cidr": "203.0.113.0/24"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(chat(&gw, &secret, "m").await.0, 403);
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            let (_, page) = admin
+                .send(reqwest::Method::GET, "/intercepts?key=heidi", None)
+                .await;
+            page["total"] == 1 && page["items"][0]["key_name"] == "heidi"
+        })
+        .await,
+        "the intercept is found by the key's name and shows it"
+    );
+    let (status, v) = admin
+        .send(reqwest::Method::GET, "/intercepts?key=no-such-key", None)
+        .await;
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("key")));
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
+
+/// `tollgate keys create|list|show|rotate|revoke` on the database of a running gateway: the
+/// printed secret works there within a second, and the revocation stops it within a second.
+#[tokio::test]
+async fn the_command_line_issues_and_revokes_keys_a_running_gateway_honours() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start().await;
+    let yaml = config_yaml(&[mock.url()], "")
+        + "storage:\n  database: sqlite://gw.db\n  op_timeout: 10s\n";
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let gw = TestGateway::start_file(&config).await;
+    let keys = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["keys", "-c"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (ok, out, err) = keys(&["create", "ivan", "--owner", "team-b", "--model", "gpt-*"]);
+    assert!(ok, "{err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.split(": ").nth(1).filter(|s| s.starts_with("tg-")))
+        .unwrap()
+        .to_owned();
+    assert!(
+        eventually_async(Duration::from_secs(1), || async {
+            chat(&gw, &secret, "gpt-test").await.0 == 200
+        })
+        .await,
+        "the running gateway accepts the key within a second"
+    );
+    assert_eq!(chat(&gw, &secret, "other").await.0, 403);
+    let (ok, out, _) = keys(&["list", "--owner", "team-b"]);
+    assert!(ok);
+    assert!(
+        out.starts_with("ivan\tactive\tdatabase\tteam-b\ttg-"),
+        "{out}"
+    );
+    let (ok, out, _) = keys(&["list", "--source", "config"]);
+    assert!(ok && out.starts_with("tester\tactive\tconfig"), "{out}");
+    let (ok, out, _) = keys(&["show", "ivan"]);
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["models"], json!(["gpt-*"]));
+    assert!(!out.contains(&secret[3..]), "show never prints the secret");
+    let (ok, _, err) = keys(&["create", "tester"]);
+    assert!(!ok && err.contains("name"), "a config key's name: {err}");
+    let (ok, _, err) = keys(&["revoke", "tester"]);
+    assert!(!ok && err.contains("read-only"), "{err}");
+    let (ok, _, err) = keys(&["revoke", "ivan"]);
+    assert!(ok, "{err}");
+    assert!(
+        eventually_async(Duration::from_secs(1), || async {
+            chat(&gw, &secret, "gpt-test").await.0 == 401
+        })
+        .await,
+        "the running gateway refuses the revoked key within a second"
+    );
+}

@@ -20,6 +20,9 @@ pub struct AuthConfig {
     /// Server secret: keys are identified by `HMAC-SHA256(secret, key)`. Changing it changes
     /// every key id.
     pub secret: Secret,
+    /// Keys of the config file (read-only at run time). May be empty when every key is issued at
+    /// run time (`tollgate keys`, the admin API).
+    #[serde(default)]
     pub keys: Vec<KeyConfig>,
 }
 
@@ -97,9 +100,6 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
             "auth.secret",
             "the development secret is refused while server.listen is not on loopback; set TOLLGATE_SECRET (e.g. `openssl rand -hex 32`)",
         );
-    }
-    if c.auth.keys.is_empty() {
-        e.add("auth.keys", "at least one key is required");
     }
     let mut names = HashMap::new();
     for (i, k) in c.auth.keys.iter().enumerate() {

@@ -158,9 +158,26 @@ impl Gateway {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let (rt, commit) = built?;
+        let removed: Vec<String> = current
+            .keys
+            .config_names()
+            .filter(|name| rt.keys.config_key(name).is_none())
+            .map(str::to_owned)
+            .collect();
         self.runtime.store(Arc::new(rt));
         if let Some(commit) = commit {
             commit();
+        }
+        for name in removed {
+            // A key taken out of `auth.keys` stops working with this reload: on the record.
+            let record = crate::state::AuditRecord::new("config", "", "key.remove", &name, "ok")
+                .with_change(
+                    Some(serde_json::json!({"name": name, "source": "config"}).to_string()),
+                    None,
+                );
+            if let Err(e) = self.stores.database().record_audit(record).await {
+                tracing::warn!(error = %e, key = %name, "cannot audit a config key's removal");
+            }
         }
         Ok(())
     }

@@ -76,6 +76,11 @@ impl KeyRing {
         &self.routes
     }
 
+    /// The names of the config file's keys.
+    pub fn config_names(&self) -> impl Iterator<Item = &str> {
+        self.config_keys.iter().map(|k| k.name.as_str())
+    }
+
     /// The config file's key named `name`, if any.
     pub fn config_key(&self, name: &str) -> Option<&KeyMeta> {
         self.config_keys.iter().find(|k| k.name == name)

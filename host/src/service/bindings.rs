@@ -11,6 +11,8 @@ use crate::state::{AuditRecord, Binding, BindingQuery, BindingStatus, Stores};
 pub struct BindingView {
     /// HMAC-SHA256 key id (64 hex digits); never the key.
     pub key_id: String,
+    /// The key's name, when the key is in force (config file or issued at run time).
+    pub key_name: Option<String>,
     /// The network the key is bound to.
     pub cidr: String,
     /// `active` or `banned`.
@@ -26,6 +28,7 @@ impl From<Binding> for BindingView {
     fn from(b: Binding) -> Self {
         Self {
             key_id: b.key_id,
+            key_name: None,
             cidr: b.cidr.to_string(),
             status: b.status.as_str().to_owned(),
             created_ms: b.created_ms,
@@ -93,8 +96,26 @@ pub async fn list(
     mut q: BindingQuery,
 ) -> Result<(Vec<BindingView>, u64), ServiceError> {
     q.limit = q.limit.clamp(1, MAX_PAGE);
+    let keys = stores.key_table().load_full();
+    // A key's name finds its binding too.
+    if let Some(found) = q.search.as_deref().and_then(|s| keys.by_name(s)) {
+        q.search = Some(found.hex.to_string());
+    }
     let (rows, total) = stores.database().bindings_page(&q).await?;
-    Ok((rows.into_iter().map(Into::into).collect(), total))
+    Ok((
+        rows.into_iter().map(|b| named(b.into(), stores)).collect(),
+        total,
+    ))
+}
+
+/// `view` with its key's name filled in.
+fn named(mut view: BindingView, stores: &Stores) -> BindingView {
+    view.key_name = stores
+        .key_table()
+        .load()
+        .name_of(&view.key_id)
+        .map(|n| n.to_string());
+    view
 }
 
 /// One key's binding.
@@ -104,7 +125,7 @@ pub async fn get(stores: &Stores, key_id: &str) -> Result<BindingView, ServiceEr
         .database()
         .binding(&key_id)
         .await?
-        .map(Into::into)
+        .map(|b| named(b.into(), stores))
         .ok_or(ServiceError::NotFound("binding"))
 }
 
@@ -132,7 +153,7 @@ pub async fn change(
         Change::Unban => stores.set_status(&key_id, BindingStatus::Active).await?,
         Change::Move(net) => stores.set_cidr(&key_id, net).await?,
     };
-    let after: Option<BindingView> = db.binding(&key_id).await?.map(Into::into);
+    let after: Option<BindingView> = db.binding(&key_id).await?.map(|b| named(b.into(), stores));
     let outcome = if done { "ok" } else { "not_found" };
     db.record_audit(audit(outcome).with_change(snapshot(&before), snapshot(&after)))
         .await?;

@@ -172,13 +172,19 @@ pub enum KeyLookup {
 #[derive(Default)]
 pub struct KeyTable {
     by_digest: HashMap<KeyId, KeyEntry, rustc_hash::FxBuildHasher>,
+    /// Each key once, by its id (reports name keys by id).
+    by_id: HashMap<KeyId, Arc<ClientKey>, rustc_hash::FxBuildHasher>,
 }
 
 impl KeyTable {
     pub fn new(entries: impl IntoIterator<Item = KeyEntry>) -> Self {
-        Self {
-            by_digest: entries.into_iter().map(|e| (e.digest, e)).collect(),
-        }
+        let by_digest: HashMap<KeyId, KeyEntry, rustc_hash::FxBuildHasher> =
+            entries.into_iter().map(|e| (e.digest, e)).collect();
+        let by_id = by_digest
+            .values()
+            .map(|e| (e.key.id, e.key.clone()))
+            .collect();
+        Self { by_digest, by_id }
     }
 
     /// The entry for `digest`, judged at `now_ms` (read only when a time limit applies).
@@ -201,30 +207,37 @@ impl KeyTable {
 
     /// The key whose id (not secret digest) is `id`.
     pub fn by_id(&self, id: &KeyId) -> Option<&Arc<ClientKey>> {
-        self.by_digest
-            .values()
-            .map(|e| &e.key)
-            .find(|k| k.id == *id)
+        self.by_id.get(id)
+    }
+
+    /// The name of the key whose id is `hex` (64 digits), or whose id starts with `hex` (a
+    /// shorter prefix, as the intercept log keeps) when one key alone does.
+    pub fn name_of(&self, hex: &str) -> Option<Arc<str>> {
+        if let Some(id) = KeyId::from_hex(hex) {
+            return self.by_id.get(&id).map(|k| k.name.clone());
+        }
+        let hex = hex.to_ascii_lowercase();
+        let mut found = self.by_id.values().filter(|k| k.hex.starts_with(&hex));
+        match (found.next(), found.next()) {
+            (Some(k), None) => Some(k.name.clone()),
+            _ => None,
+        }
     }
 
     /// The key named `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<ClientKey>> {
-        self.by_digest
-            .values()
-            .map(|e| &e.key)
-            .find(|k| *k.name == *name)
+        self.by_id.values().find(|k| *k.name == *name)
     }
 
     /// The configured keys (`auth.keys`), once each.
     pub fn config_keys(&self) -> Vec<Arc<ClientKey>> {
         let mut keys: Vec<_> = self
-            .by_digest
+            .by_id
             .values()
-            .filter(|e| e.key.source == KeySource::Config)
-            .map(|e| e.key.clone())
+            .filter(|k| k.source == KeySource::Config)
+            .cloned()
             .collect();
         keys.sort_by(|a, b| a.name.cmp(&b.name));
-        keys.dedup_by(|a, b| a.id == b.id);
         keys
     }
 

@@ -11,13 +11,13 @@ use super::bindings::Page;
 use super::export::{CsvRow, EXPORT_PAGE, csv_response, rfc3339_ms};
 use super::state::{AdminState, Operator};
 use crate::admin::error::{ApiError, ApiQuery, ErrorBody};
-use crate::state::{AuditRecord, Intercept, InterceptQuery};
+use crate::state::{AuditRecord, Intercept, InterceptQuery, KeyTable};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct InterceptParams {
-    /// A key id or its first 12 hex digits.
+    /// A key's name, its id, or the id's first 12 hex digits.
     pub key: Option<String>,
     /// The refused client address.
     pub ip: Option<String>,
@@ -31,19 +31,29 @@ pub struct InterceptParams {
 }
 
 impl InterceptParams {
-    fn query(&self) -> Result<InterceptQuery, ApiError> {
-        if let Some(k) = &self.key
-            && (k.is_empty() || !k.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Err(ApiError::invalid("key", "must be hex digits of a key id"));
-        }
+    fn query(&self, keys: &KeyTable) -> Result<InterceptQuery, ApiError> {
+        let key = match &self.key {
+            None => None,
+            Some(k) => match keys.by_name(k) {
+                Some(found) => Some(found.hex.to_string()),
+                None if !k.is_empty() && k.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    Some(k.clone())
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        "key",
+                        "must be a key's name or hex digits of its id",
+                    ));
+                }
+            },
+        };
         if let Some(ip) = &self.ip
             && ip.parse::<std::net::IpAddr>().is_err()
         {
             return Err(ApiError::invalid("ip", "must be an IP address"));
         }
         Ok(InterceptQuery {
-            key: self.key.clone(),
+            key,
             ip: self.ip.clone(),
             from_ms: self.from_ms,
             to_ms: self.to_ms,
@@ -58,6 +68,8 @@ pub struct InterceptView {
     pub at_ms: u64,
     /// First 12 hex digits of the key id.
     pub key_id_prefix: String,
+    /// The key's name, when a key in force has that id prefix.
+    pub key_name: Option<String>,
     pub bound_cidr: Option<String>,
     pub attempted_ip: String,
     pub method: String,
@@ -66,10 +78,11 @@ pub struct InterceptView {
     pub reason: String,
 }
 
-fn view((id, i): (i64, Intercept)) -> InterceptView {
+fn view((id, i): (i64, Intercept), keys: &KeyTable) -> InterceptView {
     InterceptView {
         id,
         at_ms: i.at_ms,
+        key_name: keys.name_of(&i.key_id_prefix).map(|n| n.to_string()),
         key_id_prefix: i.key_id_prefix,
         bound_cidr: i.bound_cidr,
         attempted_ip: i.attempted_ip,
@@ -88,7 +101,8 @@ pub async fn list(
     _op: Operator,
     ApiQuery(p): ApiQuery<InterceptParams>,
 ) -> Result<Json<Page<InterceptView>>, ApiError> {
-    let q = p.query()?;
+    let keys = st.gateway.stores.key_table().load_full();
+    let q = p.query(&keys)?;
     let db = st.gateway.stores.database();
     let total = db.count_intercepts(&q).await?;
     let limit = p.limit.unwrap_or(50).clamp(1, crate::admin::MAX_PAGE);
@@ -96,7 +110,7 @@ pub async fn list(
         .intercepts_page(&q, None, p.offset.unwrap_or(0), limit)
         .await?;
     Ok(Json(Page {
-        items: rows.into_iter().map(view).collect(),
+        items: rows.into_iter().map(|r| view(r, &keys)).collect(),
         total,
     }))
 }
@@ -141,7 +155,7 @@ pub async fn csv(
     Operator(actor): Operator,
     ApiQuery(p): ApiQuery<InterceptParams>,
 ) -> Result<Response, ApiError> {
-    let q = p.query()?;
+    let q = p.query(&st.gateway.stores.key_table().load())?;
     let stores = st.gateway.stores.clone();
     let target = format!(
         "key={} ip={}",
