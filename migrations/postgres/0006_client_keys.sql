@@ -12,6 +12,8 @@ CREATE TABLE client_keys (
     tags            TEXT NOT NULL,
     models          TEXT NOT NULL,
     routes          TEXT NOT NULL,
+    -- A JSON array of budgets ({"amount" | "tokens", "period", "alert_at"}).
+    budgets         TEXT NOT NULL,
     -- A JSON object the operator attaches (never interpreted).
     metadata        TEXT NOT NULL,
     display_prefix  TEXT NOT NULL,

@@ -197,6 +197,7 @@ async fn behaviour_suite(stores: Arc<Stores>) {
         input_tokens: input,
         output_tokens: 2,
         cached_tokens: 1,
+        cost_nanos: input * 10,
     };
     stores.record_tokens(used("ka", "m1", hour + 10, 100, 0));
     stores.record_tokens(used("ka", "m1", hour + 20, 50, 1));
@@ -224,6 +225,17 @@ async fn behaviour_suite(stores: Arc<Stores>) {
         ),
         ("ka", 3, 1, 157, 6, 3, hour + 30)
     );
+    assert_eq!(ka.cost_nanos, 1570, "costs are summed like tokens");
+    // What a budget's window has spent: every hour from the one `from_ms` falls in.
+    assert_eq!(
+        db.spend_since(&["ka", "kb"], hour + 5).await.unwrap(),
+        (102 + 52 + 9 + 7, 1000 + 500 + 70 + 50)
+    );
+    assert_eq!(
+        db.spend_since(&["kb"], hour + 3_600_000).await.unwrap(),
+        (7, 50)
+    );
+    assert_eq!(db.spend_since(&[], 0).await.unwrap(), (0, 0));
     let by_model = db.token_usage(UsageBy::Model, 0, u64::MAX).await.unwrap();
     let m: Vec<_> = by_model
         .iter()

@@ -53,6 +53,9 @@ pub struct KeyConfig {
     /// From this instant (RFC 3339, e.g. `2027-01-01T00:00:00Z`) the key is refused with 401
     /// `key_expired`.
     pub expires: Option<String>,
+    /// Spending caps of this key (`budgets:` has the owners' and how they are enforced).
+    #[serde(default)]
+    pub budgets: Vec<crate::BudgetSpec>,
 }
 
 impl KeyConfig {

@@ -16,12 +16,14 @@
 
 mod admin;
 mod auth;
+mod budgets;
 pub mod edge;
 pub mod env;
 pub mod env_file;
 mod locations;
 mod logging;
 mod plugins;
+mod pricing;
 pub mod redis_url;
 mod routes;
 mod server;
@@ -32,8 +34,10 @@ mod validate;
 
 pub use admin::{AdminConfig, AdminUser, DEMO_ADMIN_PASSWORD, LockoutConfig};
 pub use auth::{AuthConfig, DEMO_KEY, DEMO_SECRET, KeyConfig, is_model_pattern, parse_instant_ms};
+pub use budgets::{BudgetSpec, BudgetsConfig, MAX_BUDGETS, OwnerBudget, Period};
 pub use logging::{LogFileConfig, LogFormat, LoggingConfig};
 pub use plugins::{OnError, PluginConfig, PluginKind, PluginLimits};
+pub use pricing::{Price, PriceEntry, PriceTable, PricingConfig};
 pub use routes::{HttpMethod, RouteConfig, StreamUsage};
 pub use server::{RealIpHeader, ServerConfig, Timeouts, TlsConfig, TlsVersion};
 pub use storage::{AlertsConfig, Failsafe, PluginCache, RedisTls, StorageConfig};
@@ -112,6 +116,12 @@ pub struct Config {
     /// Maintenance mode for every route.
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    /// What tokens cost, per model (spend and money budgets).
+    #[serde(default)]
+    pub pricing: PricingConfig,
+    /// Spending caps per owner, and how budgets are enforced (a key's own are in its entry).
+    #[serde(default)]
+    pub budgets: BudgetsConfig,
     /// Directory of the config file; relative plugin paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,

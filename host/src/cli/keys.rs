@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::{ms_to_rfc3339, with_stores};
+use crate::config::{BudgetSpec, Period};
 use crate::pipeline::auth::KeyRing;
 use crate::service::keys::{self, KeyFields, KeyFilter, KeyView};
 use crate::service::{Actor, ServiceError};
@@ -81,6 +82,49 @@ pub(super) struct FieldArgs {
     /// Refused after this long from now, e.g. `30d`.
     #[arg(long, conflicts_with = "expires")]
     expires_in: Option<humantime::Duration>,
+    /// A budget: `AMOUNT/PERIOD` in the price table's currency (`50/month`), or
+    /// `TOKENStokens/PERIOD` (`2000000tokens/day`); PERIOD is day, week or month (repeat for
+    /// more; on update, replaces them).
+    #[arg(long = "budget", value_parser = parse_budget)]
+    budgets: Vec<BudgetSpec>,
+}
+
+/// `v`, or `None` (unchanged) when empty.
+fn nonempty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
+/// `50/month` or `2000000tokens/day`.
+fn parse_budget(s: &str) -> Result<BudgetSpec, String> {
+    let (what, period) = s
+        .split_once('/')
+        .ok_or("expected AMOUNT/PERIOD or TOKENStokens/PERIOD, e.g. 50/month")?;
+    let period = match period {
+        "day" => Period::Day,
+        "week" => Period::Week,
+        "month" => Period::Month,
+        _ => return Err(format!("{period:?}: the period is day, week or month")),
+    };
+    let (amount, tokens) = match what.strip_suffix("tokens") {
+        Some(t) => (
+            None,
+            Some(t.parse::<u64>().map_err(|e| format!("{t:?}: {e}"))?),
+        ),
+        None => (
+            Some(what.parse::<f64>().map_err(|e| format!("{what:?}: {e}"))?),
+            None,
+        ),
+    };
+    let b = BudgetSpec {
+        amount,
+        tokens,
+        period,
+        alert_at: Vec::new(),
+    };
+    match b.problem() {
+        Some(p) => Err(p.to_owned()),
+        None => Ok(b),
+    }
 }
 
 impl FieldArgs {
@@ -95,14 +139,14 @@ impl FieldArgs {
             )),
             (None, None) => None,
         };
-        let list = |v: Vec<String>| (!v.is_empty()).then_some(v);
         Ok(KeyFields {
             name,
             owner: self.owner,
             description: self.description,
-            tags: list(self.tags),
-            models: list(self.models),
-            routes: list(self.routes),
+            tags: nonempty(self.tags),
+            models: nonempty(self.models),
+            routes: nonempty(self.routes),
+            budgets: nonempty(self.budgets),
             metadata: None,
             expires_ms,
         })

@@ -9,7 +9,7 @@
 //! flag, its policies, its `stream_usage`). An entry may build nothing (a feature left off).
 //!
 //! Order: the edge protection refuses cheapest first and before any plugin runs (the client's
-//! address, a CORS preflight answered without a key, maintenance, the key's entitlements, the
+//! address, a CORS preflight answered without a key, maintenance, the key's entitlements and budgets, the
 //! limits, which count what
 //! passes); then the route's policies in their configured order; then the route's stream-usage
 //! rewrite (after the policies, so it sees what they left); then response decoration and
@@ -24,8 +24,8 @@ use crate::config::{Config, RouteConfig};
 use crate::pipeline::filters::response_headers::{ResponseHeaders, SecurityHeaders};
 use crate::pipeline::filters::shadow::Shadow;
 use crate::pipeline::filters::{
-    access, cors, entitlements, limits, maintenance, max_request_tokens, policies, request_id,
-    stream_usage,
+    access, budgets, cors, entitlements, limits, maintenance, max_request_tokens, policies,
+    pricing, request_id, stream_usage,
 };
 use crate::pipeline::{Chain, Filter};
 use crate::policy::Plugin;
@@ -39,6 +39,7 @@ pub(crate) struct Build<'a> {
     pub(crate) metrics: &'a Arc<metrics::Metrics>,
     pub(crate) plugins: &'a [Arc<Plugin>],
     pub(crate) response_headers: &'a Arc<ResponseHeaders>,
+    pub(crate) prices: &'a Arc<crate::config::PriceTable>,
 }
 
 type Filters = Vec<Arc<dyn Filter>>;
@@ -63,6 +64,8 @@ fn maybe<F: Filter>(f: Option<F>) -> Filters {
 
 /// The filters, in the order their hooks run.
 const CHAIN: &[Entry] = &[
+    // Only `on_done`: first, so every later `on_done` reads the request's cost.
+    Entry::Shared(|b| maybe(pricing::build(b.prices))),
     Entry::PerRoute(|b, r, _| one(access::build(b.stores, r))),
     Entry::Shared(|b| maybe(b.config.server.cors.as_ref().map(cors::Cors::new))),
     Entry::PerRoute(|b, r, _| {
@@ -73,6 +76,7 @@ const CHAIN: &[Entry] = &[
         ))
     }),
     Entry::PerRoute(|b, r, _| one(entitlements::build(b.config, r))),
+    Entry::Shared(|b| one(budgets::build(b.config, b.stores, b.prices))),
     Entry::Shared(|b| maybe(limits::Limits::new(&b.config.limits, b.stores))),
     Entry::PerRoute(|b, r, _| maybe(max_request_tokens::build(b.config, r))),
     Entry::PerRoute(|b, r, shadows| policies::build(b.config, r, b.plugins, b.stores, shadows)),

@@ -71,6 +71,13 @@ pub(crate) async fn build(
             ));
         }
     }
+    let prices = match config.pricing.table(&config.base_dir) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            errors.push(config_error("pricing.file".into(), e));
+            Arc::default()
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -83,6 +90,7 @@ pub(crate) async fn build(
         metrics,
         plugins: &plugins,
         response_headers: &response_headers,
+        prices: &prices,
     });
     let mut routes: Vec<Route> = Vec::new();
     for (r, chain) in config.routes.iter().zip(chains.routes) {
@@ -127,6 +135,7 @@ pub(crate) async fn build(
             allow_obs_text: s.allow_obs_text,
         },
         response_headers,
+        prices,
         maintenance: config.maintenance.enabled,
     })
 }

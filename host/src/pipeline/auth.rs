@@ -112,6 +112,8 @@ impl KeyRing {
                         expires_ms: k.expires_ms(),
                         models: k.models.iter().map(|m| m.as_str().into()).collect(),
                         routes: k.routes.iter().map(|m| m.as_str().into()).collect(),
+                        owner: k.owner.as_str().into(),
+                        budgets: k.budgets.clone(),
                         ..ClientKey::plain(id, &k.name, KeySource::Config)
                     }),
                     secret_expires_ms: None,

@@ -75,6 +75,9 @@ pub struct RequestRecord {
     pub error: Option<&'static str>,
     /// Tokens the upstream's answer reported, set when the request ends (`tokens.rs`).
     pub tokens: Option<RecordedTokens>,
+    /// What those tokens cost, in billionths of `pricing.currency`: set in `on_done` by the
+    /// `pricing` filter (first in the chain); `None` when the model has no price.
+    pub cost_nanos: Option<u64>,
     pub outcome: Outcome,
 }
 
@@ -150,6 +153,7 @@ impl Ctx {
                 first_byte: None,
                 error: None,
                 tokens: None,
+                cost_nanos: None,
                 // Until the body says otherwise: a context dropped before its response reached
                 // the client belongs to a client that left.
                 outcome: Outcome::ClientAborted,

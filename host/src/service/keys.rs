@@ -11,6 +11,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::{Actor, ServiceError};
+use crate::config::{BudgetSpec, MAX_BUDGETS};
 use crate::pipeline::auth::{KeyMeta, KeyRing};
 use crate::state::{AuditRecord, ClientKey, KeyQuery, KeyRecord, Stores, unix_ms};
 
@@ -38,6 +39,10 @@ pub struct KeyView {
     pub models: Vec<String>,
     /// Route path prefixes it may use; empty: any.
     pub routes: Vec<String>,
+    /// Its own spending caps: `{"amount": 50, "period": "month"}` (money, in
+    /// `pricing.currency`) or `{"tokens": 1000000, "period": "day"}`, `alert_at` percentages.
+    #[schema(value_type = Vec<Object>)]
+    pub budgets: Vec<BudgetSpec>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// The secret's first characters (`tg-AbCdE…`); empty for config keys.
@@ -61,6 +66,7 @@ impl KeyView {
             tags: r.tags,
             models: r.models,
             routes: r.routes,
+            budgets: r.budgets,
             metadata: r.metadata,
             display_prefix: r.display_prefix,
             created_by: r.created_by,
@@ -83,6 +89,7 @@ impl KeyView {
             tags: c.map(|c| c.tags.clone()).unwrap_or_default(),
             models: k.models.iter().map(|m| m.to_string()).collect(),
             routes: k.routes.iter().map(|m| m.to_string()).collect(),
+            budgets: k.budgets.clone(),
             metadata: serde_json::json!({}),
             display_prefix: String::new(),
             created_by: "config".into(),
@@ -104,6 +111,8 @@ pub struct KeyFields {
     pub tags: Option<Vec<String>>,
     pub models: Option<Vec<String>>,
     pub routes: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub budgets: Option<Vec<BudgetSpec>>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// Unix ms from which the key is refused (`key_expired`); `null` on update: never.
@@ -217,6 +226,15 @@ fn apply(r: &mut KeyRecord, f: KeyFields, ring: &KeyRing) -> Result<(), ServiceE
         }
         r.routes = v;
     }
+    if let Some(v) = f.budgets {
+        if v.len() > MAX_BUDGETS {
+            return Err(invalid("budgets", format!("at most {MAX_BUDGETS} budgets")));
+        }
+        if let Some(p) = v.iter().find_map(BudgetSpec::problem) {
+            return Err(invalid("budgets", p));
+        }
+        r.budgets = v;
+    }
     if let Some(v) = f.metadata {
         if !v.is_object() || v.to_string().len() > 16 << 10 {
             return Err(invalid("metadata", "a JSON object of at most 16 KiB"));
@@ -267,6 +285,7 @@ pub async fn create(
         tags: Vec::new(),
         models: Vec::new(),
         routes: Vec::new(),
+        budgets: Vec::new(),
         metadata: serde_json::json!({}),
         display_prefix: display_prefix(&secret),
         created_by: actor.name.clone(),

@@ -1,6 +1,7 @@
 //! `usage`: the tokens each request used (metered by the relay, `pipeline/tokens.rs`),
 //! aggregated per key, upstream, model and hour in the database through the stores' batched
-//! writer: requests, errors, partial answers, input, output and cached tokens, last use.
+//! writer: requests, errors, partial answers, input, output and cached tokens, their cost (set by
+//! the `pricing` filter), last use.
 //!
 //! Hook: `on_done` (the record carries the tokens by then). Never fails a request; a request
 //! refused before authentication has no key and is not counted here.
@@ -48,6 +49,7 @@ impl Filter for Usage {
             input_tokens: t.input,
             output_tokens: t.output,
             cached_tokens: t.cached,
+            cost_nanos: r.cost_nanos.unwrap_or(0),
         });
     }
 }

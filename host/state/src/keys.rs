@@ -114,6 +114,10 @@ pub struct ClientKey {
     pub models: Vec<Box<str>>,
     /// Route path prefixes it may use; empty: any.
     pub routes: Vec<Box<str>>,
+    /// Who it belongs to ('' for nobody): owner budgets apply to every key of an owner.
+    pub owner: Arc<str>,
+    /// Its own spending caps.
+    pub budgets: Vec<tollgate_config::BudgetSpec>,
 }
 
 impl ClientKey {
@@ -127,6 +131,8 @@ impl ClientKey {
             expires_ms: None,
             models: Vec::new(),
             routes: Vec::new(),
+            owner: Arc::from(""),
+            budgets: Vec::new(),
         }
     }
 
@@ -222,6 +228,15 @@ impl KeyTable {
             (Some(k), None) => Some(k.name.clone()),
             _ => None,
         }
+    }
+
+    /// The ids (hex) of the keys `owner` owns.
+    pub fn owned_by(&self, owner: &str) -> Vec<Arc<str>> {
+        self.by_id
+            .values()
+            .filter(|k| *k.owner == *owner)
+            .map(|k| k.hex.clone())
+            .collect()
     }
 
     /// The key named `name`.
@@ -370,6 +385,8 @@ fn client_key(r: &KeyRecord) -> Option<ClientKey> {
         expires_ms: r.expires_ms,
         models: r.models.iter().map(|m| m.as_str().into()).collect(),
         routes: r.routes.iter().map(|m| m.as_str().into()).collect(),
+        owner: r.owner.as_str().into(),
+        budgets: r.budgets.clone(),
         ..ClientKey::plain(KeyId::from_hex(&r.id)?, &r.name, KeySource::Database)
     })
 }

@@ -9,6 +9,12 @@ impl Stores {
         format!("p:{plugin}\u{0}")
     }
 
+    /// The budget counters' namespace (`pipeline/filters/budgets`), shared by the gateways of a
+    /// cluster through the cache.
+    pub fn budget_kv(&self) -> PluginKv<'_> {
+        self.plugin_kv("b:budget\u{0}")
+    }
+
     /// Plugin key-value access within `prefix` (from [`Stores::kv_prefix`]). A shared cache that
     /// fails falls back to an in-process one, so counters degrade to per-gateway instead of
     /// failing requests.

@@ -34,6 +34,10 @@ pub struct UsageRow {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cached_tokens: u64,
+    /// What the tokens cost, in `currency` (requests whose model has no price count 0).
+    pub cost: f64,
+    /// `pricing.currency`.
+    pub currency: String,
     /// Unix ms.
     pub last_used_ms: u64,
 }
@@ -95,6 +99,8 @@ pub(super) async fn usage(
                     input_tokens: u.input_tokens,
                     output_tokens: u.output_tokens,
                     cached_tokens: u.cached_tokens,
+                    cost: u.cost_nanos as f64 / 1e9,
+                    currency: rt.prices.currency.clone(),
                     last_used_ms: u.at_ms,
                 }
             })

@@ -8,12 +8,14 @@
 //! To add a built-in filter: see `docs/architecture.md`, "How to add a filter".
 
 pub(crate) mod access;
+pub(crate) mod budgets;
 pub(crate) mod cors;
 pub(crate) mod entitlements;
 pub(crate) mod limits;
 pub(crate) mod maintenance;
 pub(crate) mod max_request_tokens;
 pub(crate) mod policies;
+pub(crate) mod pricing;
 pub(crate) mod request_id;
 pub(crate) mod response_headers;
 pub(crate) mod shadow;

@@ -22,6 +22,8 @@ pub(super) struct RequestFamilies {
     duration: HistogramVec,
     first_token: HistogramVec,
     tokens: HistogramVec,
+    /// Spend in `pricing.currency`, by key name, upstream and model.
+    spend: prometheus::CounterVec,
 }
 
 impl RequestFamilies {
@@ -66,6 +68,17 @@ impl RequestFamilies {
                 // gen_ai.client.token.usage: 1, 4, 16, ... 67108864.
                 exponential(1.0, 4.0, 14),
             ),
+            spend: super::families::registered(
+                r,
+                prometheus::CounterVec::new(
+                    prometheus::Opts::new(
+                        "tollgate_spend_total",
+                        "What requests cost in pricing.currency (from the reported tokens and the model's price), by key name, upstream and model",
+                    ),
+                    &["key", "upstream", "model"],
+                )
+                .expect("valid metric"),
+            ),
         }
     }
 }
@@ -82,7 +95,14 @@ pub(super) const OUTCOMES: [Outcome; 5] = [
 
 pub(super) type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 /// Input and output token histograms by key name, then model label.
-pub(super) type TokenSeries = Map<Box<str>, Map<Box<str>, [Histogram; 2]>>;
+pub(super) type TokenSeries = Map<Box<str>, Map<Box<str>, KeyModel>>;
+
+/// One key × model's series of a route × upstream.
+pub(super) struct KeyModel {
+    input: Histogram,
+    output: Histogram,
+    spend: prometheus::Counter,
+}
 
 /// The request-path series of one route × upstream, resolved once per config so a request looks
 /// up one entry instead of hashing its label values into each family.
@@ -122,10 +142,20 @@ impl Series {
         })
     }
 
-    pub(super) fn observe_tokens(&self, m: &Metrics, key: &str, model: &str, t: Tokens) {
-        let observe = |h: &[Histogram; 2]| {
-            h[0].observe(t.input as f64);
-            h[1].observe(t.output as f64);
+    pub(super) fn observe_tokens(
+        &self,
+        m: &Metrics,
+        key: &str,
+        model: &str,
+        t: Tokens,
+        cost_nanos: Option<u64>,
+    ) {
+        let observe = |h: &KeyModel| {
+            h.input.observe(t.input as f64);
+            h.output.observe(t.output as f64);
+            if let Some(c) = cost_nanos {
+                h.spend.inc_by(c as f64 / 1e9);
+            }
         };
         {
             let known = self.tokens.read().unwrap_or_else(|p| p.into_inner());
@@ -134,11 +164,16 @@ impl Series {
             }
         }
         let label = m.models.label(model);
-        let h = ["input", "output"].map(|kind| {
-            m.request
+        let f = &m.request;
+        let h = KeyModel {
+            input: f
                 .tokens
-                .with_label_values(&[key, &*self.upstream, label, kind])
-        });
+                .with_label_values(&[key, &*self.upstream, label, "input"]),
+            output: f
+                .tokens
+                .with_label_values(&[key, &*self.upstream, label, "output"]),
+            spend: f.spend.with_label_values(&[key, &*self.upstream, label]),
+        };
         observe(&h);
         // Only admitted names are kept (an `other` model is looked up each time: past the cap).
         if label == model {
@@ -207,7 +242,13 @@ impl Filter for MetricsFilter {
         }
         if let Some(t) = r.tokens {
             let key = r.key.as_ref().map_or("", |k| &*k.name);
-            series.observe_tokens(m, key, r.model.as_deref().unwrap_or(""), t.tokens);
+            series.observe_tokens(
+                m,
+                key,
+                r.model.as_deref().unwrap_or(""),
+                t.tokens,
+                r.cost_nanos,
+            );
         }
     }
 }

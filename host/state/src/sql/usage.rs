@@ -31,6 +31,8 @@ pub struct TokenUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cached_tokens: u64,
+    /// What they cost, in billionths of the currency (0: no price).
+    pub cost_nanos: u64,
 }
 
 impl TokenUsage {
@@ -48,6 +50,7 @@ impl TokenUsage {
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
         self.cached_tokens += other.cached_tokens;
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
     }
 }
 
@@ -107,11 +110,12 @@ impl SqlStore {
                 .bind(u.output_tokens as i64)
                 .bind(u.cached_tokens as i64)
                 .bind(u.at_ms as i64)
+                .bind(u.cost_nanos.min(i64::MAX as u64) as i64)
         }
-        self.write_rows(sums, 11, bind, |values| {
+        self.write_rows(sums, 12, bind, |values| {
             format!(
                 "INSERT INTO token_usage (hour_ms, key_id, upstream, model, requests, errors, \
-                 partial, input_tokens, output_tokens, cached_tokens, last_used_ms) \
+                 partial, input_tokens, output_tokens, cached_tokens, last_used_ms, cost_nanos) \
                  VALUES {values} \
                  ON CONFLICT (hour_ms, key_id, upstream, model) DO UPDATE SET \
                  requests = token_usage.requests + excluded.requests, \
@@ -120,6 +124,7 @@ impl SqlStore {
                  input_tokens = token_usage.input_tokens + excluded.input_tokens, \
                  output_tokens = token_usage.output_tokens + excluded.output_tokens, \
                  cached_tokens = token_usage.cached_tokens + excluded.cached_tokens, \
+                 cost_nanos = token_usage.cost_nanos + excluded.cost_nanos, \
                  last_used_ms = CASE WHEN token_usage.last_used_ms < excluded.last_used_ms \
                  THEN excluded.last_used_ms ELSE token_usage.last_used_ms END"
             )
@@ -142,6 +147,7 @@ impl SqlStore {
              CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
              CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
              CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens, \
+             CAST(SUM(cost_nanos) AS BIGINT) AS cost_nanos, \
              MAX(last_used_ms) AS last_used_ms FROM token_usage \
              WHERE hour_ms >= $1 AND hour_ms <= $2 GROUP BY {col} \
              ORDER BY SUM(input_tokens) + SUM(output_tokens) DESC, {col}"
@@ -166,6 +172,7 @@ impl SqlStore {
                     input_tokens: n("input_tokens")?,
                     output_tokens: n("output_tokens")?,
                     cached_tokens: n("cached_tokens")?,
+                    cost_nanos: n("cost_nanos")?,
                     ..TokenUsage::default()
                 };
                 match by {
@@ -176,6 +183,35 @@ impl SqlStore {
                 Ok(u)
             })
             .collect()
+    }
+
+    /// Tokens (input plus output) and cost the keys `key_ids` used in the hours from the one
+    /// containing `from_ms` on (what a budget's window has spent so far).
+    pub async fn spend_since(&self, key_ids: &[&str], from_ms: u64) -> StoreResult<(u64, u64)> {
+        if key_ids.is_empty() {
+            return Ok((0, 0));
+        }
+        let list = (2..key_ids.len() + 2)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(input_tokens + output_tokens), 0) AS BIGINT) AS tokens, \
+             CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS cost FROM token_usage \
+             WHERE hour_ms >= $1 AND key_id IN ({list})"
+        );
+        let hour = from_ms / 3_600_000 * 3_600_000;
+        let q = key_ids.iter().fold(
+            sqlx::query(&sql).bind(hour.min(i64::MAX as u64) as i64),
+            |q, k| q.bind(*k),
+        );
+        let row = self.timed(q.fetch_one(&self.pool)).await?;
+        let n = |c: &str| {
+            row.try_get::<i64, _>(c)
+                .map(|v| v.max(0) as u64)
+                .map_err(db_err)
+        };
+        Ok((n("tokens")?, n("cost")?))
     }
 
     /// Writes intercepts in one transaction, in order.

@@ -1,0 +1,356 @@
+//! `budgets`: spending caps per client key and per owner (`auth.keys[].budgets`, a stored key's
+//! `budgets`, `budgets.owners`), in money or tokens per calendar day, week or month.
+//!
+//! | hook | does |
+//! |---|---|
+//! | `on_authenticated` | reserves the request's most (its prompt estimate plus its completion budget, priced at its model's price for a money budget) from each budget that applies; a budget that cannot take it refuses with 429 `insufficient_quota` and the time it resets, and nothing stays reserved; a money budget for a model without a price refuses with 403 `model_not_priced` |
+//! | `on_body_chunk` | `enforce: strict` (the default): a stream whose running use passes its reservation is ended with an SSE `error` event (`insufficient_quota`) |
+//! | `on_done` | settles each reservation with what the answer used (its reported tokens, or their cost from the `pricing` filter) |
+//!
+//! The counters live in the shared cache (`Stores::budget_kv`: Redis for a cluster, so one
+//! budget for every gateway; in process otherwise), one per budget and window, and are seeded
+//! from the usage table the first time a window is used on a cache, so a restart forgets
+//! nothing that was flushed. A reservation is an atomic add that is undone when it overshoots,
+//! so concurrent requests can never together pass a budget at admission; with `strict` a stream
+//! cannot use more than it reserved, so a budget is never exceeded. With `enforce: admission`,
+//! what an answer uses beyond its reservation is charged when it ends.
+
+mod period;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::config::{BudgetSpec, Config, Enforce, Price, PriceTable};
+use crate::error::{GatewayError, Refusal};
+use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Session, Step};
+use crate::state::{ClientKey, Stores};
+
+pub(crate) struct Budgets {
+    stores: Arc<Stores>,
+    prices: Arc<PriceTable>,
+    tz: jiff::tz::TimeZone,
+    strict: bool,
+    owners: HashMap<String, Vec<BudgetSpec>>,
+    bytes_per_token: u64,
+    default_max_tokens: u64,
+}
+
+/// The filter (always built: keys issued at run time may carry budgets).
+pub(crate) fn build(config: &Config, stores: &Arc<Stores>, prices: &Arc<PriceTable>) -> Budgets {
+    let b = &config.budgets;
+    let mut owners: HashMap<String, Vec<BudgetSpec>> = HashMap::new();
+    for o in &b.owners {
+        owners
+            .entry(o.owner.clone())
+            .or_default()
+            .push(o.budget.clone());
+    }
+    Budgets {
+        stores: stores.clone(),
+        prices: prices.clone(),
+        // Validated when the config was loaded.
+        tz: jiff::tz::TimeZone::get(&b.timezone).unwrap_or(jiff::tz::TimeZone::UTC),
+        strict: b.enforce == Enforce::Strict,
+        owners,
+        bytes_per_token: u64::from(config.limits.estimate.bytes_per_token.max(1)),
+        default_max_tokens: u64::from(config.limits.estimate.default_max_tokens),
+    }
+}
+
+/// Whose budget: a key's own, or its owner's.
+enum Scope<'a> {
+    Key(&'a ClientKey),
+    Owner(&'a str),
+}
+
+/// One budget a request holds a reservation in.
+#[derive(Clone)]
+struct Held {
+    /// The counter's cache key (scope, period, unit, window start).
+    counter: String,
+    money: bool,
+    reserved: u64,
+}
+
+/// What a request reserved (request extension).
+#[derive(Clone)]
+struct Taken {
+    held: Vec<Held>,
+    price: Option<Price>,
+    prompt_estimate: u64,
+    strict: bool,
+    /// The stream was ended: the tokens (input, output) it had used by then.
+    cut_at: Option<(u64, u64)>,
+}
+
+fn insufficient(message: String, retry_after_secs: u64) -> GatewayError {
+    Refusal::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "insufficient_quota",
+        "insufficient_quota",
+        message,
+    )
+    .retry_after(retry_after_secs)
+    .into()
+}
+
+fn describe(b: &BudgetSpec, currency: &str) -> String {
+    match (b.amount, b.tokens) {
+        (Some(a), _) => format!("{a} {currency} per {}", b.period.as_str()),
+        (None, Some(t)) => format!("{t} tokens per {}", b.period.as_str()),
+        (None, None) => String::new(),
+    }
+}
+
+impl Budgets {
+    /// Every budget that applies to `key`: its own, then its owner's.
+    fn applicable<'a>(&'a self, key: &'a ClientKey) -> Vec<(Scope<'a>, &'a BudgetSpec)> {
+        let own = key.budgets.iter().map(|b| (Scope::Key(key), b));
+        let owner = self
+            .owners
+            .get(&*key.owner)
+            .into_iter()
+            .flatten()
+            .map(|b| (Scope::Owner(&key.owner), b));
+        own.chain(owner).collect()
+    }
+
+    /// What the window has spent so far, from the usage table: (tokens, cost).
+    async fn spent(&self, scope: &Scope<'_>, from_ms: u64) -> (u64, u64) {
+        let ids: Vec<Arc<str>> = match scope {
+            Scope::Key(k) => vec![k.hex.clone()],
+            Scope::Owner(o) => self.stores.key_table().load().owned_by(o),
+        };
+        let ids: Vec<&str> = ids.iter().map(|s| &**s).collect();
+        match self.stores.database().spend_since(&ids, from_ms).await {
+            Ok(spent) => spent,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a budget's spend; counting from now");
+                (0, 0)
+            }
+        }
+    }
+
+    /// Adds `units` to the counter, seeding it from the usage table the first time its window
+    /// is used on this cache; the counter's value after.
+    async fn add(
+        &self,
+        scope: &Scope<'_>,
+        b: &BudgetSpec,
+        counter: &str,
+        units: u64,
+        window: (u64, u64),
+    ) -> u64 {
+        let kv = self.stores.budget_kv();
+        let ttl = Some(window.1.saturating_sub(window.0) + 86_400_000);
+        let total = kv.incr(counter, units as i64, ttl).await;
+        // Only the request that found the counter empty (a window new to this cache, or one
+        // fully refunded) may need the history; the marker makes one of them seed it.
+        let marker = format!("seeded\u{0}{counter}");
+        if total == units as i64 && kv.compare_and_set(&marker, None, "1", ttl).await {
+            let (tokens, cost) = self.spent(scope, window.0).await;
+            let seed = if b.is_money() { cost } else { tokens };
+            if seed > 0 {
+                return kv.incr(counter, seed as i64, ttl).await.max(0) as u64;
+            }
+        }
+        total.max(0) as u64
+    }
+
+    async fn reserve(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {
+        let Some(key) = s.key.clone() else {
+            return Ok(());
+        };
+        let budgets = self.applicable(&key);
+        if budgets.is_empty() {
+            return Ok(());
+        }
+        let model = s.model().unwrap_or("");
+        let price = self.prices.price(model);
+        if price.is_none() && budgets.iter().any(|(_, b)| b.is_money()) {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "model_not_priced",
+                format!(
+                    "this API key has a money budget and the model {:?} has no price (pricing:)",
+                    crate::error::truncate(model)
+                ),
+            )
+            .into());
+        }
+        let prompt = s.ctx.record.bytes_in.div_ceil(self.bytes_per_token);
+        let completion = s
+            .probe
+            .completion_budget()
+            .unwrap_or(self.default_max_tokens);
+        let now = crate::state::unix_ms();
+        let mut taken = Taken {
+            held: Vec::with_capacity(budgets.len()),
+            price,
+            prompt_estimate: prompt,
+            strict: self.strict,
+            cut_at: None,
+        };
+        for (scope, b) in &budgets {
+            let units = match price {
+                Some(p) if b.is_money() => p.cost_nanos(prompt, 0, completion),
+                _ => prompt + completion,
+            };
+            let window = period::window(b.period, &self.tz, now);
+            let (who, id) = match scope {
+                Scope::Key(k) => ("key", &*k.hex),
+                Scope::Owner(o) => ("owner", *o),
+            };
+            let unit = if b.is_money() { "nanos" } else { "tokens" };
+            let counter = format!(
+                "{who}\u{0}{id}\u{0}{}\u{0}{unit}\u{0}{}",
+                b.period.as_str(),
+                window.0
+            );
+            let total = self.add(scope, b, &counter, units, window).await;
+            if total > b.limit_units() {
+                // Undo this one and every one taken before it: a refused request holds nothing.
+                let kv = self.stores.budget_kv();
+                kv.incr(&counter, -(units as i64), None).await;
+                for h in &taken.held {
+                    kv.incr(&h.counter, -(h.reserved as i64), None).await;
+                }
+                let whose = match scope {
+                    Scope::Key(k) => format!("this API key ({})", k.name),
+                    Scope::Owner(o) => format!("the team {o}"),
+                };
+                let retry = window.1.saturating_sub(now).div_ceil(1000);
+                return Err(insufficient(
+                    format!(
+                        "the budget of {} of {whose} is spent (this request reserves what its prompt and max_tokens may cost); it resets at {}",
+                        describe(b, &self.prices.currency),
+                        period::rfc3339(window.1)
+                    ),
+                    retry,
+                ));
+            }
+            taken.held.push(Held {
+                counter,
+                money: b.is_money(),
+                reserved: units,
+            });
+        }
+        s.ctx.ext.insert(taken);
+        Ok(())
+    }
+}
+
+/// The final event of a stream a budget ended.
+fn cut_event() -> Bytes {
+    let body = crate::error::error_body(
+        "the answer passed what this request reserved from its budget; the stream was ended",
+        "insufficient_quota",
+        "insufficient_quota",
+    );
+    Bytes::from(format!("event: error\ndata: {body}\n\n"))
+}
+
+impl Filter for Budgets {
+    fn name(&self) -> &str {
+        "budgets"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::AUTHENTICATED | Hooks::BODY_CHUNK | Hooks::DONE
+    }
+
+    fn on_authenticated<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
+        let has = s
+            .key
+            .as_ref()
+            .is_some_and(|k| !k.budgets.is_empty() || self.owners.contains_key(&*k.owner));
+        if !has {
+            return Step::Now(Ok(Flow::Continue));
+        }
+        Step::Later(Box::pin(async move {
+            self.reserve(s).await?;
+            Ok(Flow::Continue)
+        }))
+    }
+
+    fn on_body_chunk(&self, ctx: &mut Ctx, _chunk: &mut Bytes, _end: bool) {
+        if ctx
+            .ext
+            .get::<Taken>()
+            .is_none_or(|t| !t.strict || t.cut_at.is_some())
+        {
+            return;
+        }
+        // What the upstream reported, or (OpenAI streams report at their end) the prompt
+        // estimate and one token per event so far.
+        let seen = ctx.tokens_seen().unwrap_or_default();
+        let events = ctx.stream_events();
+        let Some(t) = ctx.ext.get_mut::<Taken>() else {
+            return;
+        };
+        let input = seen.input.max(t.prompt_estimate);
+        let output = seen.output.max(events);
+        let over = t.held.iter().any(|h| {
+            let used = match t.price {
+                Some(p) if h.money => p.cost_nanos(input, seen.cached, output),
+                _ => input + output,
+            };
+            used > h.reserved
+        });
+        if over {
+            t.cut_at = Some((input, output));
+            ctx.end_stream(cut_event(), "insufficient_quota");
+        }
+    }
+
+    fn on_done(&self, ctx: &mut Ctx) {
+        let Some(t) = ctx.ext.remove::<Taken>() else {
+            return;
+        };
+        let r = &ctx.record;
+        // What the answer used: its reported tokens; at a cut, no more than was reserved (the
+        // client got nothing past it); nothing if the gateway answered itself or no upstream
+        // answered; otherwise (no usage reported) the reservation stands.
+        let used_tokens = |h: &Held| -> u64 {
+            match (&r.tokens, t.cut_at) {
+                (_, Some(_)) => h.reserved,
+                (Some(rec), None) => rec.tokens.total(),
+                (None, None) if r.error.is_some() || r.upstream_head.is_none() => 0,
+                (None, None) => h.reserved,
+            }
+        };
+        let deltas: Vec<(String, i64)> = t
+            .held
+            .iter()
+            .map(|h| {
+                let used = if h.money {
+                    match (r.cost_nanos, t.cut_at) {
+                        (_, Some(_)) => h.reserved,
+                        (Some(c), None) => c,
+                        (None, None) if r.error.is_some() || r.upstream_head.is_none() => 0,
+                        (None, None) => h.reserved,
+                    }
+                } else {
+                    used_tokens(h)
+                };
+                (h.counter.clone(), used as i64 - h.reserved as i64)
+            })
+            .filter(|(_, d)| *d != 0)
+            .collect();
+        if deltas.is_empty() {
+            return;
+        }
+        // In a task: a shared cache is a round trip, and the answer has already gone.
+        let stores = self.stores.clone();
+        tokio::spawn(async move {
+            let kv = stores.budget_kv();
+            for (counter, delta) in deltas {
+                kv.incr(&counter, delta, None).await;
+            }
+        });
+    }
+}

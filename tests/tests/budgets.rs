@@ -1,0 +1,242 @@
+//! Prices, spend and budgets: each request's cost from its reported tokens, shown by the usage
+//! API, the CLI and `/metrics`; budgets per key and per owner, in money or tokens, that hold
+//! under concurrent streams on two gateways sharing Redis, and across a restart.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use serde_json::{Value, json};
+use tollgate_tests::services::{Postgres, Redis};
+use tollgate_tests::{CLIENT_KEY, MockUpstream, TestGateway, admin_token, client, config_yaml};
+
+fn with_admin(yaml: &str) -> String {
+    yaml.replace(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        "admin:\n  listen: 127.0.0.1:0\n  jwt_secret: an-admin-signing-key-of-32-chars!!\n  users:\n    - {username: ops, password: correct horse battery}\n",
+    )
+}
+
+/// The test key with `fields` added (e.g. `owner: t`).
+fn yaml_with(upstream: &str, key_fields: &str, sections: &str) -> String {
+    let base = config_yaml(&[upstream.to_owned()], "");
+    let base = base.replace(
+        &format!("      key: {CLIENT_KEY}\n"),
+        &format!("      key: {CLIENT_KEY}\n{key_fields}"),
+    );
+    with_admin(&format!("{base}{sections}\n"))
+}
+
+/// $1000 and $2000 per million tokens: one input token costs $0.001, one output token $0.002.
+const PRICING: &str =
+    "pricing:\n  currency: EUR\n  models:\n    - {match: gpt-*, input: 1000, output: 2000}";
+
+/// A stream asking for at most `max_tokens`, whose answer (the mock's) runs to `events` words.
+async fn stream(gw: &TestGateway, max_tokens: u64, events: &str) -> (u16, String) {
+    let body = json!({"model": "gpt-test", "stream": true, "max_tokens": max_tokens,
+                      "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-events", events)
+        .header("x-mock-delay-ms", "5")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+/// The reservation of `stream(.., max_tokens, ..)`: its body over 4 bytes a token, plus
+/// `max_tokens`.
+fn reservation(max_tokens: u64) -> u64 {
+    let body = json!({"model": "gpt-test", "stream": true, "max_tokens": max_tokens,
+                      "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]});
+    (body.to_string().len() as u64).div_ceil(4) + max_tokens
+}
+
+async fn usage_by_key(gw: &TestGateway) -> Value {
+    let http = client();
+    let admin = gw.admin_addr.unwrap().to_string();
+    let token = admin_token(&http, &admin, "ops", "correct horse battery").await;
+    http.get(format!("http://{admin}/admin/api/usage?by=key"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A request's cost is its tokens at its model's price: in the usage API (with the currency) and
+/// in `/metrics`.
+#[tokio::test]
+async fn spend_is_the_reported_tokens_at_the_models_price() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml_with(&mock.url(), "", PRICING)).await;
+    let (status, text) = stream(&gw, 100, "10").await;
+    assert_eq!(status, 200, "{text}");
+    // The mock reports 8 prompt tokens and one completion token per word.
+    let expected = 8.0 * 0.001 + 10.0 * 0.002;
+    gw.gateway.stores.flush().await;
+    let rows = usage_by_key(&gw).await;
+    let row = &rows[0];
+    assert_eq!(row["name"], "tester");
+    assert_eq!(row["currency"], "EUR");
+    assert!(
+        (row["cost"].as_f64().unwrap() - expected).abs() < 1e-9,
+        "{row}"
+    );
+    let metrics = gw.metrics().await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("tollgate_spend_total{") && l.contains("key=\"tester\""))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((value - expected).abs() < 1e-9, "{line}");
+    // A model without a price costs nothing and is not refused (no money budget).
+    let unpriced = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&json!({"model": "llama", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unpriced.status(), 200);
+}
+
+/// 50 concurrent streams, split over two gateways sharing Redis, against one owner's budget of
+/// 1000 tokens a day, each answer running past its `max_tokens`: the reservations admit exactly
+/// what fits, every stream is ended at its reservation, and the budget is never exceeded. The
+/// next request is refused with OpenAI's `insufficient_quota` and the time the budget resets.
+#[tokio::test]
+async fn a_token_budget_holds_under_fifty_concurrent_overrunning_streams_on_two_gateways() {
+    let (pg, redis, mock) = (
+        Postgres::start(),
+        Redis::start(),
+        MockUpstream::start().await,
+    );
+    let db = pg.create_database("budgets").await;
+    let yaml = yaml_with(
+        &mock.url(),
+        "      owner: team-t\n",
+        &format!(
+            "budgets:\n  owners:\n    - {{owner: team-t, tokens: 1000, period: day}}\nstorage:\n  database: {db}\n  cache: {}\n  op_timeout: 10s",
+            redis.url()
+        ),
+    );
+    let (a, b) = (
+        TestGateway::start(&yaml).await,
+        TestGateway::start(&yaml).await,
+    );
+    let reserve = reservation(40);
+    let gws = [&a, &b];
+    let all: Vec<_> = (0..50)
+        .map(|i| {
+            let gw = gws[i % 2];
+            async move { stream(gw, 40, "100").await }
+        })
+        .collect();
+    let results = futures_util::future::join_all(all).await;
+    let mut admitted = 0;
+    for (status, text) in &results {
+        match status {
+            200 => {
+                admitted += 1;
+                let words = text
+                    .lines()
+                    .filter(|l| l.starts_with("data: {") && l.contains("\"content\""))
+                    .count() as u64;
+                // Cut when the prompt estimate plus one token per event passes the reservation:
+                // no more than `max_tokens` words reach the client.
+                assert!(
+                    words <= 40,
+                    "a stream stops at its reservation: {words} words"
+                );
+                assert!(
+                    text.contains("insufficient_quota"),
+                    "ended with the error event"
+                );
+            }
+            429 => {
+                let v: Value = serde_json::from_str(text).unwrap();
+                assert_eq!(v["error"]["code"], "insufficient_quota", "{v}");
+                assert_eq!(v["error"]["type"], "insufficient_quota");
+            }
+            other => panic!("status {other}: {text}"),
+        }
+    }
+    assert_eq!(admitted, 1000 / reserve, "exactly what fits is admitted");
+    // Settled: every reservation was charged in full (each stream was ended at it), so the
+    // counter is what was admitted and no more.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = client()
+        .post(a.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&json!({"model": "gpt-test", "max_tokens": 40, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    let v: Value = r.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("team-t") && message.contains("resets at"),
+        "{message}"
+    );
+}
+
+/// A money budget on a key: admitted while what it may cost fits, then 429; a model without a
+/// price is refused for it (its cost could not be counted); and a gateway started afresh on the
+/// same database still counts what was spent.
+#[tokio::test]
+async fn a_money_budget_is_counted_from_the_usage_table_after_a_restart() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 0.5 EUR a month: at $0.001 an input and $0.002 an output token.
+    let yaml = yaml_with(
+        &mock.url(),
+        "      budgets: [{amount: 0.5, period: month}]\n",
+        &format!("{PRICING}\nstorage:\n  database: sqlite://b.db\n"),
+    );
+    let mut gw = TestGateway::start_in(&yaml, dir.path()).await;
+    let unpriced = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&json!({"model": "llama", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unpriced.status(), 403);
+    let v: Value = unpriced.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "model_not_priced");
+    // Each request: 8 prompt and 50 output tokens = 0.108; it reserves up to
+    // (prompt estimate + 60) tokens' price.
+    let mut ok = 0;
+    for _ in 0..10 {
+        let (status, _) = stream(&gw, 60, "50").await;
+        if status == 200 {
+            ok += 1;
+        } else {
+            assert_eq!(status, 429);
+            break;
+        }
+    }
+    assert!((2..=4).contains(&ok), "{ok} requests fit in 0.5");
+    gw.begin_shutdown().await.unwrap();
+    drop(gw);
+    let gw = TestGateway::start_in(&yaml, dir.path()).await;
+    let (status, text) = stream(&gw, 60, "50").await;
+    assert_eq!(
+        status, 429,
+        "the restarted gateway remembers the spend: {text}"
+    );
+}
