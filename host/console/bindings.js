@@ -1,5 +1,5 @@
 // Bindings: every key's network, paged by the server (50 a page, most recently used first), with
-// search (the start of a key id or a network) and a status filter; unbind, move, ban and unban,
+// search (a key's name, or the start of a key id or a network) and a status filter; unbind, move, ban and unban,
 // each after a confirmation, each audited by the server.
 
 import { call, query } from "./api.js";
@@ -9,7 +9,7 @@ const LIMIT = 50;
 
 function actions(b, reload) {
   const key = encodeURIComponent(b.key_id);
-  const short = `${b.key_id.slice(0, 12)}…`;
+  const short = b.key_name ?? `${b.key_id.slice(0, 12)}…`;
   const act = (label, cls, dialog) => h("button", { type: "button", class: cls, "data-action": label.toLowerCase(), on: { click: () => ask(dialog).then((done) => done && reload()) } }, label);
   return h(
     "span",
@@ -35,8 +35,8 @@ function actions(b, reload) {
           },
         })
       : act("Ban", "danger", {
-          title: `Ban ${short}?`,
-          text: "Every request with this key will be refused (403 key_banned) on every gateway, until it is unbanned.",
+          title: `Ban ${short} on ip-binding routes?`,
+          text: "Routes with an ip-binding policy will refuse this key (403 key_banned) on every gateway, until it is unbanned. Routes without one still accept it: to stop a key everywhere, revoke it on the Keys page.",
           ok: "Ban",
           danger: true,
           submit: async () => {
@@ -66,6 +66,7 @@ export default {
     const took = Math.round(performance.now() - started);
     const reload = () => page.refresh();
     const columns = [
+      { label: "Key", get: (b) => b.key_name ?? "–" },
       { label: "Key id", get: (b) => shortId(b.key_id) },
       { label: "Network", get: (b) => h("code", { text: b.cidr }) },
       { label: "Status", get: (b) => badge(b.status) },
@@ -80,7 +81,7 @@ export default {
       h("h1", { text: "Bindings" }),
       filters(
         [
-          { name: "search", label: "Key id or network starts with", placeholder: "e.g. 3fa9 or 203.0.113." },
+          { name: "search", label: "Key name, or key id or network starts with", placeholder: "e.g. alice, 3fa9 or 203.0.113." },
           { name: "status", label: "Status", type: "select", options: [["", "All"], ["active", "Active"], ["banned", "Banned"]] },
         ],
         params,

@@ -41,6 +41,11 @@ export function fmtNum(n) {
 }
 
 /** `<input type="datetime-local">` value for a Unix-ms time (local time), and back. */
+/** An amount of money with its currency, e.g. `12.3456 USD` (4 decimals: token prices are small). */
+export function fmtMoney(amount, currency) {
+  return `${(amount ?? 0).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 4 })} ${currency ?? ""}`.trim();
+}
+
 export function toLocalInput(ms) {
   if (!ms) return "";
   const d = new Date(Number(ms));
@@ -136,7 +141,7 @@ export function filters(fields, params, apply) {
 
 /**
  * The dialog: a confirmation, or a small form. `fields`: `{name, label, value, placeholder,
- * required}` (required unless `required: false`).
+ * required, readonly, copy}` (required unless `required: false`; `copy` adds a Copy button).
  * `submit(values)` runs on OK; if it throws an `ApiError` the dialog stays open and shows the
  * server's message. Resolves to whether the action was done.
  */
@@ -146,8 +151,24 @@ export function ask({ title, text, fields = [], ok = "OK", danger = false, submi
   $("dialog-text").textContent = text ?? "";
   const err = $("dialog-error");
   err.hidden = true;
-  const inputs = fields.map((f) => h("input", { name: f.name, value: f.value ?? "", placeholder: f.placeholder ?? null, required: f.required ?? true, autocomplete: "off" }));
-  $("dialog-fields").replaceChildren(...fields.map((f, i) => h("label", {}, f.label, inputs[i])));
+  const inputs = fields.map((f) => h("input", { name: f.name, value: f.value ?? "", placeholder: f.placeholder ?? null, required: f.required ?? true, readonly: f.readonly ?? false, autocomplete: "off", spellcheck: "false" }));
+  const copy = (input) =>
+    h("button", {
+      type: "button",
+      class: "quiet copy",
+      on: {
+        click: async () => {
+          input.select();
+          try {
+            await navigator.clipboard.writeText(input.value);
+          } catch {
+            document.execCommand("copy");
+          }
+          toast("Copied");
+        },
+      },
+    }, "Copy");
+  $("dialog-fields").replaceChildren(...fields.map((f, i) => h("label", {}, f.label, inputs[i], f.copy ? copy(inputs[i]) : null)));
   const okButton = $("dialog-ok");
   okButton.textContent = ok;
   okButton.className = danger ? "danger" : "";

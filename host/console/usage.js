@@ -1,8 +1,8 @@
-// Usage: requests, errors and tokens per key, upstream or model over a time range (whole hours:
+// Usage: requests, errors, tokens and their cost per key, upstream or model over a time range (whole hours:
 // the database keeps usage per hour), with quick ranges and a custom one.
 
 import { call, query } from "./api.js";
-import { filters, fmtNum, fmtTime, h, shortId, table } from "./ui.js";
+import { filters, fmtMoney, fmtNum, fmtTime, h, shortId, table } from "./ui.js";
 
 const HOUR = 3_600_000;
 const RANGES = [
@@ -30,6 +30,7 @@ export default {
       { label: "Input tokens", class: "num", get: (r) => fmtNum(r.input_tokens) },
       { label: "Output tokens", class: "num", get: (r) => fmtNum(r.output_tokens) },
       { label: "Cached tokens", class: "num", get: (r) => fmtNum(r.cached_tokens) },
+      { label: "Cost", class: "num", get: (r) => fmtMoney(r.cost, r.currency) },
       { label: "Last used", get: (r) => fmtTime(r.last_used_ms) },
     ];
     view.replaceChildren(

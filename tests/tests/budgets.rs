@@ -240,3 +240,58 @@ async fn a_money_budget_is_counted_from_the_usage_table_after_a_restart() {
         "the restarted gateway remembers the spend: {text}"
     );
 }
+
+/// A budget's `alert_at` percentages each send one webhook alert when the spend passes them.
+#[tokio::test]
+async fn a_budget_passing_its_alert_percentages_sends_one_alert_each() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = {
+        let received = received.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+                let received = received.clone();
+                async move {
+                    received.lock().unwrap().push(v);
+                    http::StatusCode::NO_CONTENT
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml_with(
+        &mock.url(),
+        "      budgets: [{tokens: 100, period: week, alert_at: [10, 20, 90]}]\n",
+        &format!("alerts:\n  webhook: {hook}"),
+    ))
+    .await;
+    for _ in 0..4 {
+        // 8 prompt and 5 completion tokens each (the mock's count): 52 in all.
+        let (status, text) = stream(&gw, 10, "5").await;
+        assert_eq!(status, 200, "{text}");
+    }
+    assert!(
+        tollgate_tests::eventually(std::time::Duration::from_secs(5), || {
+            received.lock().unwrap().len() >= 2
+        })
+        .await
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let got = received.lock().unwrap().clone();
+    let percents: Vec<u64> = got.iter().map(|a| a["percent"].as_u64().unwrap()).collect();
+    assert_eq!(
+        percents,
+        [10, 20],
+        "one alert per percentage passed, none for 90: {got:?}"
+    );
+    assert_eq!(got[1]["event"], "budget_threshold");
+    assert_eq!(got[1]["scope"], "key");
+    assert_eq!(got[1]["name"], "tester");
+    assert_eq!(got[1]["unit"], "tokens");
+    assert_eq!(got[1]["limit"], 100.0);
+    assert_eq!(got[1]["period"], "week");
+}

@@ -824,3 +824,120 @@ fn assert_page_read_quickly(timing: &str, what: &str) {
         .unwrap_or_else(|| panic!("{what}: no `page read in N ms` in {timing:?}"));
     assert!(ms < 500, "{what}: page read in {ms} ms");
 }
+
+/// The Keys page in Chromium: a key issued there shows its secret once (with a Copy button), the
+/// secret works on the data plane, the page never shows it again, Revoke stops it on the data
+/// plane within a second; the config file's key is listed read-only; the page fits a phone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_keys_page_issues_a_key_shows_its_secret_once_and_revokes_it_in_chromium() {
+    let up = MockUpstream::start().await;
+    let gw = TestGateway::start(&console_yaml(&[up.url()])).await;
+    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
+    let b = logged_in(&ui, DESKTOP).await;
+    let c = &b.client;
+    open(c, &ui, "keys").await;
+    let listed = wait_text(c, "#view table", "tester").await;
+    assert!(
+        listed.contains("config file"),
+        "the config key is read-only: {listed}"
+    );
+
+    click(c, "#key-create").await;
+    wait_js(c, "return document.getElementById('dialog').open").await;
+    fill(c, "#dialog input[name=name]", "alice").await;
+    fill(c, "#dialog input[name=owner]", "team-a").await;
+    fill(c, "#dialog input[name=models]", "gpt-test, claude-*").await;
+    fill(c, "#dialog input[name=budget]", "100000tokens/month").await;
+    click(c, "#dialog-ok").await;
+    wait_js(
+        c,
+        "return !!document.querySelector('#dialog input[name=secret]')",
+    )
+    .await;
+    let secret = js(
+        c,
+        "return document.querySelector('#dialog input[name=secret]').value",
+    )
+    .await
+    .as_str()
+    .unwrap()
+    .to_owned();
+    assert!(secret.starts_with("tg-"), "{secret}");
+    assert_eq!(
+        js(
+            c,
+            "return document.querySelector('#dialog button.copy').textContent"
+        )
+        .await,
+        json!("Copy")
+    );
+    shot(c, "keys-secret").await;
+    click(c, "#dialog-ok").await;
+    let row = wait_text(c, "#view table", "alice").await;
+    assert!(
+        row.contains("team-a") && row.contains("100,000 tokens / month"),
+        "{row}"
+    );
+
+    let send = |key: String| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat_body(false))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(send(secret.clone()).await, 200, "the new key works at once");
+    // Shown once: a reload of the page has it nowhere.
+    c.refresh().await.unwrap();
+    open(c, &ui, "keys").await;
+    wait_text(c, "#view table", "alice").await;
+    let html = js(c, "return document.documentElement.outerHTML").await;
+    assert!(
+        !html.as_str().unwrap().contains(&secret[3..]),
+        "the secret is shown once"
+    );
+    shot(c, "keys").await;
+
+    click(c, "#view button[data-action=revoke]").await;
+    wait_js(c, "return document.getElementById('dialog').open").await;
+    let warning = wait_text(c, "#dialog-text", "401").await;
+    assert!(warning.contains("every gateway"), "{warning}");
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#view table", "revoked").await;
+    assert_eq!(send(secret.clone()).await, 401, "revoked at once");
+    // Filters live in the URL.
+    c.goto(&format!("{ui}#/keys?status=revoked")).await.unwrap();
+    let only = wait_text(c, "#keys-count", "1 key").await;
+    assert_eq!(only, "1 key");
+    drop(b);
+
+    // At phone width the page fits: nothing wider than the screen but the table's own scroller.
+    let phone = logged_in(
+        &ui,
+        Options {
+            width: 390,
+            height: 844,
+            ..DESKTOP
+        },
+    )
+    .await;
+    open(&phone.client, &ui, "keys").await;
+    wait_text(&phone.client, "#view table", "alice").await;
+    assert_eq!(
+        js(
+            &phone.client,
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+        )
+        .await,
+        json!(true),
+        "no horizontal scroll of the page at 390 px"
+    );
+    shot(&phone.client, "keys-phone").await;
+}

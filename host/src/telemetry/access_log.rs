@@ -33,6 +33,7 @@ impl Filter for AccessLog {
             path = r.path(),
             http = ?r.http_version,
             key = r.key.as_ref().map(|k| &k.hex[..8]),
+            key_name = r.key.as_ref().map(|k| &*k.name),
             route = r.route.as_deref(),
             model = r.model.as_deref(),
             upstream = r.upstream.as_deref(),
@@ -49,6 +50,7 @@ impl Filter for AccessLog {
             output_tokens = r.tokens.map(|t| t.tokens.output),
             cached_tokens = r.tokens.map(|t| t.tokens.cached),
             tokens_partial = r.tokens.map(|t| t.partial),
+            cost = r.cost_nanos.map(|c| c as f64 / 1e9),
             outcome = r.outcome.as_str(),
         );
     }

@@ -81,9 +81,9 @@ impl Alerts {
 
     /// Counts one intercept of `key_id`; sends the alert if it is the one reaching the threshold.
     pub(super) async fn observe(&self, stores: &Stores, key_id: &str, i: &Intercept) {
-        let Some(webhook) = &self.config.webhook else {
+        if self.config.webhook.is_none() {
             return;
-        };
+        }
         // Threshold and window are live settings.
         let window_ms = stores.live.alert_window_ms().max(1);
         let threshold = stores.live.alert_threshold();
@@ -110,24 +110,48 @@ impl Alerts {
             last_reason: i.reason.clone(),
             last_at_ms: i.at_ms,
         };
+        self.send(&alert, &alert.key_id_prefix.clone());
+    }
+
+    /// Sends `alert` to the webhook (if one is configured) from its own task; `about` names
+    /// what it is about in the delivery log lines.
+    pub(super) fn send(&self, alert: &impl Serialize, about: &str) {
+        let Some(webhook) = &self.config.webhook else {
+            return;
+        };
+        let body = match serde_json::to_vec(alert) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!(target: "alerts", error = %e, "cannot encode alert");
+                return;
+            }
+        };
         tokio::spawn(deliver(
             self.client.clone(),
             webhook.clone(),
-            alert,
+            body,
+            about.to_owned(),
             self.config.retries,
         ));
     }
 }
 
-/// POSTs `alert` until a 2xx answer or the retries run out.
-async fn deliver(client: Arc<dyn Webhook>, webhook: UpstreamUrl, alert: Alert, retries: u32) {
-    let body = match serde_json::to_vec(&alert) {
-        Ok(b) => Bytes::from(b),
-        Err(e) => {
-            tracing::error!(target: "alerts", error = %e, "cannot encode alert");
-            return;
-        }
-    };
+impl Stores {
+    /// Sends one JSON alert to `alerts.webhook`, if configured, with its retries, off the
+    /// request path (budgets passing a threshold use it).
+    pub fn alert(&self, alert: &impl Serialize, about: &str) {
+        self.alerts.send(alert, about);
+    }
+}
+
+/// POSTs `body` until a 2xx answer or the retries run out.
+async fn deliver(
+    client: Arc<dyn Webhook>,
+    webhook: UpstreamUrl,
+    body: Bytes,
+    about: String,
+    retries: u32,
+) {
     let uri = format!(
         "{}://{}{}",
         webhook.scheme,
@@ -149,7 +173,7 @@ async fn deliver(client: Arc<dyn Webhook>, webhook: UpstreamUrl, alert: Alert, r
             };
         match outcome {
             Ok(()) => {
-                tracing::info!(target: "alerts", key_id_prefix = %alert.key_id_prefix, attempt, "alert delivered");
+                tracing::info!(target: "alerts", about = %about, attempt, "alert delivered");
                 return;
             }
             Err(e) if attempt < retries => {
@@ -157,7 +181,7 @@ async fn deliver(client: Arc<dyn Webhook>, webhook: UpstreamUrl, alert: Alert, r
                 tokio::time::sleep(retry_delay(attempt, fastrand::f64())).await;
             }
             Err(e) => {
-                tracing::error!(target: "alerts", error = %e, key_id_prefix = %alert.key_id_prefix, "alert not delivered; giving up");
+                tracing::error!(target: "alerts", error = %e, about = %about, "alert not delivered; giving up");
             }
         }
     }

@@ -123,6 +123,8 @@ pub struct Stores {
     pub(crate) ip_lists: ip_rules::IpLists,
     /// The client keys in force (config file and stored).
     pub(crate) keys: keys::KeyLists,
+    /// Webhook alerts other than the writer's intercept alerts (budgets).
+    alerts: alerts::Alerts,
     /// Per-gateway state of the request path that outlives a config (rate limit buckets,
     /// in-flight counts), by id.
     kept: std::sync::Mutex<HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
@@ -202,6 +204,7 @@ impl Stores {
             live: settings::Live::new(&config, &alerts),
             ip_lists: ip_rules::IpLists::new(),
             keys: keys::KeyLists::new(),
+            alerts: alerts::Alerts::new(alerts.clone(), webhook.clone()),
             kept: Default::default(),
             config,
             queue,

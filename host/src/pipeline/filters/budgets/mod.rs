@@ -73,6 +73,32 @@ struct Held {
     counter: String,
     money: bool,
     reserved: u64,
+    /// The budget, in its unit.
+    limit: u64,
+    /// Percentages whose passing sends an alert.
+    alert_at: Vec<u8>,
+    /// `key` or `owner`, and the key's name or the owner.
+    scope: (&'static str, Arc<str>),
+    period: crate::config::Period,
+    window_start_ms: u64,
+}
+
+/// The webhook body of a budget passing one of its `alert_at` percentages.
+#[derive(serde::Serialize)]
+struct BudgetAlert<'a> {
+    event: &'static str,
+    /// `key` or `owner`.
+    scope: &'static str,
+    /// The key's name or the owner.
+    name: &'a str,
+    period: &'static str,
+    window_start_ms: u64,
+    percent: u8,
+    /// In `unit`.
+    limit: f64,
+    spent: f64,
+    /// The currency, or `tokens`.
+    unit: &'a str,
 }
 
 /// What a request reserved (request extension).
@@ -237,6 +263,14 @@ impl Budgets {
                 counter,
                 money: b.is_money(),
                 reserved: units,
+                limit: b.limit_units(),
+                alert_at: b.alert_at.clone(),
+                scope: match scope {
+                    Scope::Key(k) => ("key", k.name.clone()),
+                    Scope::Owner(o) => ("owner", Arc::from(*o)),
+                },
+                period: b.period,
+                window_start_ms: window.0,
             });
         }
         s.ctx.ext.insert(taken);
@@ -323,7 +357,7 @@ impl Filter for Budgets {
                 (None, None) => h.reserved,
             }
         };
-        let deltas: Vec<(String, i64)> = t
+        let settle: Vec<(Held, i64)> = t
             .held
             .iter()
             .map(|h| {
@@ -337,19 +371,47 @@ impl Filter for Budgets {
                 } else {
                     used_tokens(h)
                 };
-                (h.counter.clone(), used as i64 - h.reserved as i64)
+                (h.clone(), used as i64 - h.reserved as i64)
             })
-            .filter(|(_, d)| *d != 0)
+            // A budget with alerts is read after each request, to see a threshold passed.
+            .filter(|(h, d)| *d != 0 || !h.alert_at.is_empty())
             .collect();
-        if deltas.is_empty() {
+        if settle.is_empty() {
             return;
         }
         // In a task: a shared cache is a round trip, and the answer has already gone.
         let stores = self.stores.clone();
+        let currency = self.prices.currency.clone();
         tokio::spawn(async move {
             let kv = stores.budget_kv();
-            for (counter, delta) in deltas {
-                kv.incr(&counter, delta, None).await;
+            for (h, delta) in settle {
+                let total = kv.incr(&h.counter, delta, None).await.max(0) as u64;
+                for &pct in &h.alert_at {
+                    if u128::from(total) * 100 < u128::from(h.limit) * u128::from(pct) {
+                        continue;
+                    }
+                    // Once per budget, window and percentage, whichever gateway sees it first.
+                    let marker = format!("alerted\u{0}{}\u{0}{pct}", h.counter);
+                    if !kv
+                        .compare_and_set(&marker, None, "1", Some(40 * 86_400_000))
+                        .await
+                    {
+                        continue;
+                    }
+                    let scale = if h.money { 1e9 } else { 1.0 };
+                    let alert = BudgetAlert {
+                        event: "budget_threshold",
+                        scope: h.scope.0,
+                        name: &h.scope.1,
+                        period: h.period.as_str(),
+                        window_start_ms: h.window_start_ms,
+                        percent: pct,
+                        limit: h.limit as f64 / scale,
+                        spent: total as f64 / scale,
+                        unit: if h.money { &currency } else { "tokens" },
+                    };
+                    stores.alert(&alert, &format!("budget of {} {}", h.scope.0, h.scope.1));
+                }
             }
         });
     }
