@@ -155,7 +155,7 @@ impl SqlStore {
                       (key_id, cidr, created_ms, last_used_ms, last_ip, request_count, archived_ms) \
                       VALUES ($1, $2, $3, $4, $5, $6, $7)";
         self.timed(async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let rows = sqlx::query(&delete)
                 .bind(cutoff_ms as i64)
                 .fetch_all(&mut *tx)

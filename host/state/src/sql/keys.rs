@@ -115,7 +115,7 @@ impl SqlStore {
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (name) DO NOTHING"
         );
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.write_tx().await.map_err(db_err)?;
         let done = self
             .timed(
                 sqlx::query(&sql)
@@ -248,7 +248,7 @@ impl SqlStore {
         now_ms: u64,
         old_until_ms: u64,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.write_tx().await.map_err(db_err)?;
         let done = self
             .timed(
                 sqlx::query(

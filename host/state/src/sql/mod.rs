@@ -116,6 +116,20 @@ impl SqlStore {
         Ok(store)
     }
 
+    /// A transaction that writes: `BEGIN IMMEDIATE` on SQLite, so it takes the write lock at once
+    /// (waiting for it under the busy timeout) instead of upgrading a read snapshot later, which
+    /// fails at once with `SQLITE_BUSY` when another connection wrote in between (a gateway's
+    /// batched writer and the CLI, say); plain `BEGIN` on PostgreSQL.
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        if self.postgres {
+            self.pool.begin().await
+        } else {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        }
+    }
+
     /// Applies pending migrations (idempotent; concurrent gateways serialise on sqlx's lock).
     pub async fn migrate(&self) -> StoreResult<()> {
         let migrator = if self.postgres { &POSTGRES } else { &SQLITE };
@@ -142,7 +156,7 @@ impl SqlStore {
         statement: impl Fn(&str) -> String,
     ) -> StoreResult<()> {
         self.timed(async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let sql = statement(&placeholders(chunk.len(), columns));
                 chunk
