@@ -14,6 +14,8 @@ CREATE TABLE client_keys (
     routes          TEXT NOT NULL,
     -- A JSON array of budgets ({"amount" | "tokens", "period", "alert_at"}).
     budgets         TEXT NOT NULL,
+    -- The key's own limits ({"requests", "tokens", "in_flight"}), or null.
+    limits          TEXT NOT NULL,
     -- A JSON object the operator attaches (never interpreted).
     metadata        TEXT NOT NULL,
     display_prefix  TEXT NOT NULL,

@@ -589,3 +589,106 @@ async fn the_command_line_issues_and_revokes_keys_a_running_gateway_honours() {
         "the running gateway refuses the revoked key within a second"
     );
 }
+
+/// A key's own limits: requests per period, tokens per period and requests at once, each
+/// refused with 429 and the reason, on top of (and independent of) `limits:`; other keys are not
+/// affected.
+#[tokio::test]
+async fn a_keys_own_limits_apply_to_it_alone() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&gateway_yaml(&mock.url(), "")).await;
+    let admin = Admin::of(&gw).await;
+    let (requests, judy) = admin
+        .create(json!({"name": "judy", "limits": {"requests": "2/m"}}))
+        .await;
+    assert_eq!(judy["limits"], json!({"requests": "2/m"}), "{judy}");
+    assert_eq!(chat(&gw, &requests, "m").await.0, 200);
+    assert_eq!(chat(&gw, &requests, "m").await.0, 200);
+    let (status, body) = chat(&gw, &requests, "m").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (429, &json!("rate_limit_exceeded")),
+        "{body}"
+    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("2/m"));
+    assert_eq!(
+        chat(&gw, tollgate_tests::CLIENT_KEY, "m").await.0,
+        200,
+        "other keys pass"
+    );
+
+    // One at a time: a second request while a slow stream runs is refused, then admitted.
+    let (single, _) = admin
+        .create(json!({"name": "karl", "limits": {"in_flight": 1}}))
+        .await;
+    let slow = {
+        let url = gw.url("/v1/chat/completions");
+        let key = single.clone();
+        tokio::spawn(async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(key)
+                .header("x-mock-events", "10")
+                .header("x-mock-delay-ms", "100")
+                .json(&tollgate_tests::chat_body(true))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let _ = r.text().await;
+            status
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = chat(&gw, &single, "m").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (429, &json!("concurrency_limit_exceeded")),
+        "{body}"
+    );
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(chat(&gw, &single, "m").await.0, 200, "the slot came back");
+
+    // Tokens: a request that reserves more than the whole allowance is refused outright.
+    let (tokens, _) = admin
+        .create(json!({"name": "lena", "limits": {"tokens": "50/m"}}))
+        .await;
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&tokens)
+        .json(&json!({"model": "m", "max_tokens": 100, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "tokens", "{body}");
+    let fits = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&tokens)
+        .json(&json!({"model": "m", "max_tokens": 10, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fits.status(), 200);
+    // Bad limits are refused by name.
+    let (status, v) = admin
+        .send(
+            reqwest::Method::POST,
+            "/keys",
+            Some(json!({"name": "x", "limits": {"in_flight": 0}})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("limits"))
+    );
+    let (status, _) = admin
+        .send(
+            reqwest::Method::POST,
+            "/keys",
+            Some(json!({"name": "x", "limits": {"requests": "lots"}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+}

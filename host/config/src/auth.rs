@@ -56,6 +56,38 @@ pub struct KeyConfig {
     /// Spending caps of this key (`budgets:` has the owners' and how they are enforced).
     #[serde(default)]
     pub budgets: Vec<crate::BudgetSpec>,
+    /// This key's own rate and concurrency limits, on top of `limits:`.
+    pub limits: Option<KeyLimits>,
+}
+
+/// A client key's own limits, beside `limits:` (whose `by: key` limits give every key the same
+/// allowance): a request must pass both.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimits {
+    /// Requests per period, e.g. `60/m` (a full period's worth may come at once when idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<crate::Rate>,
+    /// Tokens per period, e.g. `100000/m`: reserved at admission (prompt estimate plus
+    /// completion budget), settled with the reported usage when the answer ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<crate::Rate>,
+    /// Requests at once, on each gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u32>,
+}
+
+impl KeyLimits {
+    /// What is wrong with it, if anything.
+    pub fn problem(&self) -> Option<&'static str> {
+        (self.in_flight == Some(0)).then_some("`in_flight` must be at least 1")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none() && self.in_flight.is_none()
+    }
 }
 
 impl KeyConfig {
@@ -130,6 +162,9 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
             _ => {}
         }
         check_model_patterns(&k.models, &format!("{path}.models"), e);
+        if let Some(p) = k.limits.as_ref().and_then(KeyLimits::problem) {
+            e.add(format!("{path}.limits"), p);
+        }
         for (j, r) in k.routes.iter().enumerate() {
             if !c.routes.iter().any(|route| route.path_prefix == *r) {
                 e.add(

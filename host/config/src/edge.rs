@@ -56,6 +56,25 @@ impl FromStr for Rate {
     }
 }
 
+impl fmt::Display for Rate {
+    /// As it is written: `10/s`, `600/m`, `5/h`, `1000/d`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.period.as_secs() {
+            1 => "s",
+            60 => "m",
+            3600 => "h",
+            _ => "d",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl serde::Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         super::types::parse_expanded(d, "rate", "\"10/s\" or \"600/m\"")

@@ -33,7 +33,9 @@ mod upstreams;
 mod validate;
 
 pub use admin::{AdminConfig, AdminUser, DEMO_ADMIN_PASSWORD, LockoutConfig};
-pub use auth::{AuthConfig, DEMO_KEY, DEMO_SECRET, KeyConfig, is_model_pattern, parse_instant_ms};
+pub use auth::{
+    AuthConfig, DEMO_KEY, DEMO_SECRET, KeyConfig, KeyLimits, is_model_pattern, parse_instant_ms,
+};
 pub use budgets::{BudgetSpec, BudgetsConfig, MAX_BUDGETS, OwnerBudget, Period};
 pub use logging::{LogFileConfig, LogFormat, LoggingConfig};
 pub use plugins::{OnError, PluginConfig, PluginKind, PluginLimits};

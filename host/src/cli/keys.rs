@@ -147,6 +147,7 @@ impl FieldArgs {
             models: nonempty(self.models),
             routes: nonempty(self.routes),
             budgets: nonempty(self.budgets),
+            limits: None,
             metadata: None,
             expires_ms,
         })

@@ -9,8 +9,8 @@
 //! flag, its policies, its `stream_usage`). An entry may build nothing (a feature left off).
 //!
 //! Order: the edge protection refuses cheapest first and before any plugin runs (the client's
-//! address, a CORS preflight answered without a key, maintenance, the key's entitlements and budgets, the
-//! limits, which count what
+//! address, a CORS preflight answered without a key, maintenance, the key's entitlements, budgets and own limits,
+//! the limits, which count what
 //! passes); then the route's policies in their configured order; then the route's stream-usage
 //! rewrite (after the policies, so it sees what they left); then response decoration and
 //! telemetry (the usage record before the metrics and the access log, which read its counts).
@@ -24,8 +24,8 @@ use crate::config::{Config, RouteConfig};
 use crate::pipeline::filters::response_headers::{ResponseHeaders, SecurityHeaders};
 use crate::pipeline::filters::shadow::Shadow;
 use crate::pipeline::filters::{
-    access, budgets, cors, entitlements, limits, maintenance, max_request_tokens, policies,
-    pricing, request_id, stream_usage,
+    access, budgets, cors, entitlements, key_limits, limits, maintenance, max_request_tokens,
+    policies, pricing, request_id, stream_usage,
 };
 use crate::pipeline::{Chain, Filter};
 use crate::policy::Plugin;
@@ -77,6 +77,7 @@ const CHAIN: &[Entry] = &[
     }),
     Entry::PerRoute(|b, r, _| one(entitlements::build(b.config, r))),
     Entry::Shared(|b| one(budgets::build(b.config, b.stores, b.prices))),
+    Entry::Shared(|b| one(key_limits::build(b.config, b.stores))),
     Entry::Shared(|b| maybe(limits::Limits::new(&b.config.limits, b.stores))),
     Entry::PerRoute(|b, r, _| maybe(max_request_tokens::build(b.config, r))),
     Entry::PerRoute(|b, r, shadows| policies::build(b.config, r, b.plugins, b.stores, shadows)),

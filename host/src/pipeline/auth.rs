@@ -114,6 +114,7 @@ impl KeyRing {
                         routes: k.routes.iter().map(|m| m.as_str().into()).collect(),
                         owner: k.owner.as_str().into(),
                         budgets: k.budgets.clone(),
+                        limits: k.limits.filter(|l| !l.is_empty()),
                         ..ClientKey::plain(id, &k.name, KeySource::Config)
                     }),
                     secret_expires_ms: None,

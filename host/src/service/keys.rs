@@ -11,7 +11,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::{Actor, ServiceError};
-use crate::config::{BudgetSpec, MAX_BUDGETS};
+use crate::config::{BudgetSpec, KeyLimits, MAX_BUDGETS};
 use crate::pipeline::auth::{KeyMeta, KeyRing};
 use crate::state::{AuditRecord, ClientKey, KeyQuery, KeyRecord, Stores, unix_ms};
 
@@ -43,6 +43,10 @@ pub struct KeyView {
     /// `pricing.currency`) or `{"tokens": 1000000, "period": "day"}`, `alert_at` percentages.
     #[schema(value_type = Vec<Object>)]
     pub budgets: Vec<BudgetSpec>,
+    /// Its own limits: `{"requests": "60/m", "tokens": "100000/m", "in_flight": 4}` (each
+    /// optional), on top of `limits:`.
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<KeyLimits>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// The secret's first characters (`tg-AbCdE…`); empty for config keys.
@@ -67,6 +71,7 @@ impl KeyView {
             models: r.models,
             routes: r.routes,
             budgets: r.budgets,
+            limits: r.limits,
             metadata: r.metadata,
             display_prefix: r.display_prefix,
             created_by: r.created_by,
@@ -90,6 +95,7 @@ impl KeyView {
             models: k.models.iter().map(|m| m.to_string()).collect(),
             routes: k.routes.iter().map(|m| m.to_string()).collect(),
             budgets: k.budgets.clone(),
+            limits: k.limits,
             metadata: serde_json::json!({}),
             display_prefix: String::new(),
             created_by: "config".into(),
@@ -113,6 +119,9 @@ pub struct KeyFields {
     pub routes: Option<Vec<String>>,
     #[schema(value_type = Option<Vec<Object>>)]
     pub budgets: Option<Vec<BudgetSpec>>,
+    /// `{}` removes them.
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<KeyLimits>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// Unix ms from which the key is refused (`key_expired`); `null` on update: never.
@@ -235,6 +244,12 @@ fn apply(r: &mut KeyRecord, f: KeyFields, ring: &KeyRing) -> Result<(), ServiceE
         }
         r.budgets = v;
     }
+    if let Some(v) = f.limits {
+        if let Some(p) = v.problem() {
+            return Err(invalid("limits", p));
+        }
+        r.limits = (!v.is_empty()).then_some(v);
+    }
     if let Some(v) = f.metadata {
         if !v.is_object() || v.to_string().len() > 16 << 10 {
             return Err(invalid("metadata", "a JSON object of at most 16 KiB"));
@@ -286,6 +301,7 @@ pub async fn create(
         models: Vec::new(),
         routes: Vec::new(),
         budgets: Vec::new(),
+        limits: None,
         metadata: serde_json::json!({}),
         display_prefix: display_prefix(&secret),
         created_by: actor.name.clone(),

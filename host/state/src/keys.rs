@@ -118,6 +118,8 @@ pub struct ClientKey {
     pub owner: Arc<str>,
     /// Its own spending caps.
     pub budgets: Vec<tollgate_config::BudgetSpec>,
+    /// Its own rate and concurrency limits.
+    pub limits: Option<tollgate_config::KeyLimits>,
 }
 
 impl ClientKey {
@@ -133,6 +135,7 @@ impl ClientKey {
             routes: Vec::new(),
             owner: Arc::from(""),
             budgets: Vec::new(),
+            limits: None,
         }
     }
 
@@ -387,6 +390,7 @@ fn client_key(r: &KeyRecord) -> Option<ClientKey> {
         routes: r.routes.iter().map(|m| m.as_str().into()).collect(),
         owner: r.owner.as_str().into(),
         budgets: r.budgets.clone(),
+        limits: r.limits.filter(|l| !l.is_empty()),
         ..ClientKey::plain(KeyId::from_hex(&r.id)?, &r.name, KeySource::Database)
     })
 }

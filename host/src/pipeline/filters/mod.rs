@@ -11,6 +11,7 @@ pub(crate) mod access;
 pub(crate) mod budgets;
 pub(crate) mod cors;
 pub(crate) mod entitlements;
+pub(crate) mod key_limits;
 pub(crate) mod limits;
 pub(crate) mod maintenance;
 pub(crate) mod max_request_tokens;

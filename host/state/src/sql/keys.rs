@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use super::{SqlStore, db_err};
 use crate::StoreResult;
 
-const KEY_COLUMNS: &str = "id, name, owner, description, tags, models, routes, budgets, metadata, \
+const KEY_COLUMNS: &str = "id, name, owner, description, tags, models, routes, budgets, limits, metadata, \
      display_prefix, created_by, created_ms, updated_ms, expires_ms, revoked_ms";
 
 /// A stored key as operators see it (never its secret).
@@ -25,6 +25,8 @@ pub struct KeyRecord {
     pub routes: Vec<String>,
     /// Its spending caps.
     pub budgets: Vec<tollgate_config::BudgetSpec>,
+    /// Its own rate and concurrency limits.
+    pub limits: Option<tollgate_config::KeyLimits>,
     /// Operator data, never interpreted.
     pub metadata: serde_json::Value,
     /// The secret's first characters, to recognise it (`tg-AbC123…`).
@@ -92,6 +94,10 @@ fn key_from(r: &AnyRow) -> StoreResult<KeyRecord> {
             let text: String = r.try_get("budgets").map_err(db_err)?;
             serde_json::from_str(&text).map_err(db_err)?
         },
+        limits: {
+            let text: String = r.try_get("limits").map_err(db_err)?;
+            serde_json::from_str(&text).map_err(db_err)?
+        },
         metadata: serde_json::from_str(&metadata).map_err(db_err)?,
         display_prefix: r.try_get("display_prefix").map_err(db_err)?,
         created_by: r.try_get("created_by").map_err(db_err)?,
@@ -112,7 +118,7 @@ impl SqlStore {
     pub async fn insert_key(&self, k: &KeyRecord) -> StoreResult<bool> {
         let sql = format!(
             "INSERT INTO client_keys ({KEY_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
              ON CONFLICT (name) DO NOTHING"
         );
         let mut tx = self.write_tx().await.map_err(db_err)?;
@@ -127,6 +133,7 @@ impl SqlStore {
                     .bind(json(&k.models))
                     .bind(json(&k.routes))
                     .bind(json(&k.budgets))
+                    .bind(json(&k.limits))
                     .bind(json(&k.metadata))
                     .bind(&k.display_prefix)
                     .bind(&k.created_by)
@@ -217,7 +224,7 @@ impl SqlStore {
                 sqlx::query(
                     "UPDATE client_keys SET name = $2, owner = $3, description = $4, tags = $5, \
                      models = $6, routes = $7, metadata = $8, updated_ms = $9, expires_ms = $10, \
-                     revoked_ms = $11, budgets = $12 WHERE id = $1 AND NOT EXISTS \
+                     revoked_ms = $11, budgets = $12, limits = $13 WHERE id = $1 AND NOT EXISTS \
                      (SELECT 1 FROM client_keys o WHERE o.name = $2 AND o.id <> $1)",
                 )
                 .bind(&k.id)
@@ -232,6 +239,7 @@ impl SqlStore {
                 .bind(k.expires_ms.map(|v| v as i64))
                 .bind(k.revoked_ms.map(|v| v as i64))
                 .bind(json(&k.budgets))
+                .bind(json(&k.limits))
                 .execute(&self.pool),
             )
             .await?;
