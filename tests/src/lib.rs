@@ -506,3 +506,50 @@ pub async fn admin_get(
         .await
         .expect("a JSON body")
 }
+
+/// A webhook receiver on loopback: its URL, and the JSON documents it accepted (204). The first
+/// `fail_first` deliveries are answered 500, so a sender must retry; `attempts` counts them all.
+pub struct WebhookSink {
+    pub url: String,
+    pub received: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    pub attempts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl WebhookSink {
+    pub async fn start(fail_first: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let received: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = {
+            let (received, attempts) = (received.clone(), attempts.clone());
+            axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+                    let (received, attempts) = (received.clone(), attempts.clone());
+                    async move {
+                        if attempts.fetch_add(1, Ordering::SeqCst) < fail_first {
+                            return http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        received.lock().expect("not poisoned").push(v);
+                        http::StatusCode::NO_CONTENT
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let url = format!("http://{}/hook", listener.local_addr().expect("bound"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url,
+            received,
+            attempts,
+        }
+    }
+
+    /// What was accepted so far.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        self.received.lock().expect("not poisoned").clone()
+    }
+}

@@ -47,6 +47,17 @@ async fn stream(gw: &TestGateway, max_tokens: u64, events: &str) -> (u16, String
     (status, r.text().await.unwrap())
 }
 
+/// A small non-streamed request for `model`.
+async fn ask_model(gw: &TestGateway, model: &str) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&json!({"model": model, "messages": []}))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The reservation of `stream(.., max_tokens, ..)`: its body over 4 bytes a token, plus
 /// `max_tokens`.
 fn reservation(max_tokens: u64) -> u64 {
@@ -97,13 +108,7 @@ async fn spend_is_the_reported_tokens_at_the_models_price() {
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!((value - expected).abs() < 1e-9, "{line}");
     // A model without a price costs nothing and is not refused (no money budget).
-    let unpriced = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .json(&json!({"model": "llama", "messages": []}))
-        .send()
-        .await
-        .unwrap();
+    let unpriced = ask_model(&gw, "llama").await;
     assert_eq!(unpriced.status(), 200);
 }
 
@@ -208,13 +213,7 @@ async fn a_money_budget_is_counted_from_the_usage_table_after_a_restart() {
         &format!("{PRICING}\nstorage:\n  database: sqlite://b.db\n"),
     );
     let mut gw = TestGateway::start_in(&yaml, dir.path()).await;
-    let unpriced = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .json(&json!({"model": "llama", "messages": []}))
-        .send()
-        .await
-        .unwrap();
+    let unpriced = ask_model(&gw, "llama").await;
     assert_eq!(unpriced.status(), 403);
     let v: Value = unpriced.json().await.unwrap();
     assert_eq!(v["error"]["code"], "model_not_priced");
@@ -244,24 +243,8 @@ async fn a_money_budget_is_counted_from_the_usage_table_after_a_restart() {
 /// A budget's `alert_at` percentages each send one webhook alert when the spend passes them.
 #[tokio::test]
 async fn a_budget_passing_its_alert_percentages_sends_one_alert_each() {
-    use std::sync::{Arc, Mutex};
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let app = {
-        let received = received.clone();
-        axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-                let received = received.clone();
-                async move {
-                    received.lock().unwrap().push(v);
-                    http::StatusCode::NO_CONTENT
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sink = tollgate_tests::WebhookSink::start(0).await;
+    let hook = &sink.url;
     let mock = MockUpstream::start().await;
     let gw = TestGateway::start(&yaml_with(
         &mock.url(),
@@ -276,12 +259,12 @@ async fn a_budget_passing_its_alert_percentages_sends_one_alert_each() {
     }
     assert!(
         tollgate_tests::eventually(std::time::Duration::from_secs(5), || {
-            received.lock().unwrap().len() >= 2
+            sink.received().len() >= 2
         })
         .await
     );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let got = received.lock().unwrap().clone();
+    let got = sink.received();
     let percents: Vec<u64> = got.iter().map(|a| a["percent"].as_u64().unwrap()).collect();
     assert_eq!(
         percents,

@@ -754,29 +754,10 @@ async fn store_failures_follow_the_failsafe_and_recover() {
 
 #[tokio::test]
 async fn repeated_intercepts_send_one_webhook_alert_with_retries() {
-    use axum::routing::post;
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let app = {
-        let (received, attempts) = (received.clone(), attempts.clone());
-        axum::Router::new().route(
-            "/hook",
-            post(move |axum::Json(v): axum::Json<Value>| {
-                let (received, attempts) = (received.clone(), attempts.clone());
-                async move {
-                    // The first two deliveries fail: the gateway must retry.
-                    if attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
-                        return http::StatusCode::INTERNAL_SERVER_ERROR;
-                    }
-                    received.lock().unwrap().push(v);
-                    http::StatusCode::NO_CONTENT
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    // The first two deliveries fail: the gateway must retry.
+    let sink = WebhookSink::start(2).await;
+    let hook = &sink.url;
+    let (received, attempts) = (&sink.received, &sink.attempts);
 
     let mock = MockUpstream::start().await;
     let extra = format!("alerts:\n  webhook: {hook}\n  threshold: 3\n  window: 1m\n");

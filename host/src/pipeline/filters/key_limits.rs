@@ -11,11 +11,11 @@
 //! the cluster), else in process; an idle bucket holds a whole period's worth. In-flight counts
 //! are per gateway, as for `limits.in_flight`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::StatusCode;
 
+use super::limits::in_flight::{InFlightCounts, Slot};
 use crate::config::{Config, Rate};
 use crate::error::{GatewayError, Refusal};
 use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Session, Step};
@@ -26,31 +26,10 @@ pub(crate) struct KeyLimits {
     /// In-process buckets (when there is no shared cache), for requests and for tokens; a
     /// bucket's key carries its rate, so a changed limit starts a fresh bucket.
     local: [Arc<LocalBuckets>; 2],
-    in_flight: Arc<InFlight>,
+    /// Requests in flight per key, on this gateway.
+    in_flight: Arc<InFlightCounts>,
     bytes_per_token: u64,
     default_max_tokens: u64,
-}
-
-/// Requests in flight per key, on this gateway.
-#[derive(Default)]
-struct InFlight(Mutex<HashMap<Arc<str>, u32>>);
-
-/// A held in-flight slot; dropping it (with the request's context) gives it back.
-struct Slot {
-    counts: Arc<InFlight>,
-    key: Arc<str>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
 }
 
 /// What the request took (request extension).
@@ -69,7 +48,7 @@ pub(crate) fn build(config: &Config, stores: &Arc<Stores>) -> KeyLimits {
         stores: stores.clone(),
         local: ["req", "tok"]
             .map(|kind| stores.kept(&format!("rl:key-{kind}:{max}"), || LocalBuckets::new(max))),
-        in_flight: stores.kept("inflight:key-own", InFlight::default),
+        in_flight: stores.kept("inflight:key-own", InFlightCounts::default),
         bytes_per_token: u64::from(l.estimate.bytes_per_token.max(1)),
         default_max_tokens: u64::from(l.estimate.default_max_tokens),
     }
@@ -168,17 +147,9 @@ impl KeyLimits {
         }
         let slot = match limits.in_flight {
             None => None,
-            Some(max) => {
-                let full = {
-                    let mut map = self.in_flight.0.lock().unwrap_or_else(|p| p.into_inner());
-                    let n = map.entry(key.hex.clone()).or_insert(0);
-                    let full = *n >= max;
-                    if !full {
-                        *n += 1;
-                    }
-                    full
-                };
-                if full {
+            Some(max) => match self.in_flight.try_take(key.hex.to_string(), max) {
+                Some(slot) => Some(Arc::new(slot)),
+                None => {
                     self.refund_request(limits.requests, &key.hex).await;
                     return Err(too_many(
                         "requests",
@@ -189,11 +160,7 @@ impl KeyLimits {
                         ),
                     ));
                 }
-                Some(Arc::new(Slot {
-                    counts: self.in_flight.clone(),
-                    key: key.hex.clone(),
-                }))
-            }
+            },
         };
         let mut tokens = None;
         if let Some(rate) = limits.tokens {

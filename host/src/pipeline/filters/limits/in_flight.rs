@@ -9,7 +9,23 @@ use crate::pipeline::Session;
 
 /// In-flight counts of one limit on this gateway.
 #[derive(Default)]
-pub(super) struct InFlightCounts(Mutex<HashMap<String, u32>>);
+pub(crate) struct InFlightCounts(Mutex<HashMap<String, u32>>);
+
+impl InFlightCounts {
+    /// A slot of `key`, if it holds fewer than `max`; released when the slot drops.
+    pub(crate) fn try_take(self: &Arc<Self>, key: String, max: u32) -> Option<Slot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            counts: self.clone(),
+            key,
+        })
+    }
+}
 
 pub(super) struct InFlightLimit {
     pub(super) max: u32,
@@ -20,9 +36,9 @@ pub(super) struct InFlightLimit {
 }
 
 /// Holds one in-flight slot; dropping it releases it.
-pub(super) struct Slot {
-    pub(super) counts: Arc<InFlightCounts>,
-    pub(super) key: String,
+pub(crate) struct Slot {
+    counts: Arc<InFlightCounts>,
+    key: String,
 }
 
 impl Drop for Slot {
@@ -62,10 +78,7 @@ impl Limits {
                 LimitBy::KeyModel => format!("{}\u{0}{}", k.hex, s.model().unwrap_or("")),
                 _ => k.hex.to_string(),
             };
-            let mut map = limit.counts.0.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(key.clone()).or_insert(0);
-            if *n >= limit.max {
-                drop(map);
+            let Some(slot) = limit.counts.try_take(key, limit.max) else {
                 // The slots taken so far are released as they drop.
                 return Err(Refusal::new(
                     http::StatusCode::TOO_MANY_REQUESTS,
@@ -78,13 +91,8 @@ impl Limits {
                 )
                 .retry_after(1)
                 .into());
-            }
-            *n += 1;
-            drop(map);
-            slots.push(Slot {
-                counts: limit.counts.clone(),
-                key,
-            });
+            };
+            slots.push(slot);
         }
         if !slots.is_empty() {
             s.ctx.ext.insert(Slots {

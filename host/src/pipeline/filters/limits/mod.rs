@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 mod bucket;
-mod in_flight;
+pub(crate) mod in_flight;
 mod requests;
 mod tokens;
 
