@@ -17,6 +17,7 @@
 mod admin;
 mod auth;
 mod budgets;
+mod credential_keys;
 pub mod edge;
 pub mod env;
 pub mod env_file;
@@ -37,6 +38,7 @@ pub use auth::{
     AuthConfig, DEMO_KEY, DEMO_SECRET, KeyConfig, KeyLimits, is_model_pattern, parse_instant_ms,
 };
 pub use budgets::{BudgetSpec, BudgetsConfig, MAX_BUDGETS, OwnerBudget, Period};
+pub use credential_keys::{CREDENTIAL_KEY_LEN, credential_keys};
 pub use logging::{LogFileConfig, LogFormat, LoggingConfig};
 pub use plugins::{OnError, PluginConfig, PluginKind, PluginLimits};
 pub use pricing::{Price, PriceEntry, PriceTable, PricingConfig};

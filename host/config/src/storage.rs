@@ -1,6 +1,8 @@
 //! `storage:` and `alerts:`: the database, the cache, and the alert webhook.
 
-use crate::{CacheUrl, Config, DatabaseUrl, Duration, Errors, MAX_ALERT_RETRIES, UpstreamUrl};
+use crate::{
+    CacheUrl, Config, DatabaseUrl, Duration, Errors, MAX_ALERT_RETRIES, Secret, UpstreamUrl,
+};
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -52,6 +54,12 @@ pub struct StorageConfig {
     /// writable only by the gateway's user (created 0700; one writable by group or others is
     /// not used). Read at start.
     pub plugin_cache: PluginCache,
+    /// Keys that encrypt upstream credentials set at run time (AES-256-GCM), as
+    /// `ID:BASE64` pairs separated by commas, e.g. `${TOLLGATE_CREDENTIAL_KEYS}`: the first
+    /// encrypts, every one decrypts (`tollgate credentials reencrypt` moves old records to the
+    /// first). Give it from the environment: it never goes to the database. Unset: credentials
+    /// can only come from this file.
+    pub credential_keys: Option<Secret>,
 }
 
 /// `storage.plugin_cache`: `auto`, `off` or a directory.
@@ -110,6 +118,7 @@ impl Default for StorageConfig {
             op_timeout: Duration(std::time::Duration::from_millis(1000)),
             plugin_cache: PluginCache::default(),
             redis_tls: RedisTls::default(),
+            credential_keys: None,
         }
     }
 }
@@ -172,6 +181,11 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
             "storage.redis_tls",
             "set both cert and key (a client certificate and its key), or neither",
         );
+    }
+    if let Some(keys) = &s.credential_keys
+        && let Err(err) = crate::credential_keys(keys.expose())
+    {
+        e.add("storage.credential_keys", err);
     }
     if c.alerts.threshold == 0 {
         e.add("alerts.threshold", "must be greater than 0");

@@ -13,6 +13,7 @@ mod admin;
 mod bindings;
 mod check;
 mod config_arg;
+mod credentials;
 mod health;
 mod ip;
 mod keys;
@@ -82,6 +83,14 @@ enum Command {
         config: ConfigArg,
         #[command(subcommand)]
         action: ip::IpCommand,
+    },
+    /// Upstream credentials set at run time (sealed with storage.credential_keys): list them
+    /// (fingerprints only), set one from stdin, remove one, seal them again under a new key.
+    Credentials {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: credentials::CredentialsCommand,
     },
     /// Client keys: issue, list, show, change, rotate and revoke keys stored in the database
     /// (the config file's keys are listed read-only); running gateways apply a change within a
@@ -162,6 +171,9 @@ pub fn main() -> ExitCode {
             with_config(&config, |p| bindings::bindings(p, action))
         }
         Command::Ip { config, action } => with_config(&config, |p| ip::ip(p, action)),
+        Command::Credentials { config, action } => {
+            with_config(&config, |p| credentials::credentials(p, action))
+        }
         Command::Keys { config, action } => with_config(&config, |p| keys::keys(p, action)),
         Command::Usage { config, by, since } => {
             with_config(&config, |p| usage::usage(p, by, since.into()))

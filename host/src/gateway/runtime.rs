@@ -38,7 +38,11 @@ pub(crate) async fn build(
         let kept = previous
             .and_then(|p| p.upstreams.iter().find(|old| old.config == *u))
             .cloned();
-        match kept.map_or_else(|| Upstream::new(u.clone()).map(Arc::new), Ok) {
+        let made = || {
+            Upstream::new(u.clone())
+                .map(|up| Arc::new(up.with_credentials(engine.stores().credential_map())))
+        };
+        match kept.map_or_else(made, Ok) {
             Ok(up) => upstreams.push(up),
             Err(e) => errors.push(config_error(
                 format!("upstreams[{i}].credential"),

@@ -3,6 +3,7 @@
 //! same way. Every change writes its audit record (`state::AuditRecord`) before it returns.
 
 pub mod bindings;
+pub mod credentials;
 pub mod ip_rules;
 pub mod keys;
 pub mod reload;

@@ -100,6 +100,9 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub target: Target,
     pub config: UpstreamConfig,
+    /// Credentials set at run time (`state::CredentialMap`): one here wins over the config
+    /// file's.
+    credentials: crate::state::CredentialMap,
     fails: AtomicU32,
     /// Milliseconds since `epoch` until which the upstream is skipped; 0 when healthy.
     down_until_ms: AtomicU64,
@@ -241,6 +244,7 @@ impl Upstream {
             name: config.name.as_str().into(),
             target,
             config,
+            credentials: crate::state::CredentialMap::default(),
             fails: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -251,6 +255,37 @@ impl Upstream {
             recent_errors: std::sync::Mutex::new(std::collections::VecDeque::new()),
             cooling_max_ms: AtomicU64::new(0),
         })
+    }
+
+    /// With the credentials set at run time (shared by every upstream of the gateway).
+    pub fn with_credentials(mut self, credentials: crate::state::CredentialMap) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// The header carrying `credential` under this upstream's `auth_scheme`.
+    fn credential_header(&self, credential: &str) -> Option<(http::HeaderName, HeaderValue)> {
+        let (name, value) = match self.config.auth_scheme {
+            AuthScheme::Bearer => (
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {credential}")),
+            ),
+            AuthScheme::XApiKey => (
+                http::HeaderName::from_static("x-api-key"),
+                HeaderValue::from_str(credential),
+            ),
+        };
+        let mut value = value.ok()?;
+        value.set_sensitive(true);
+        Some((name, value))
+    }
+
+    /// The fingerprint of the credential set at run time, if one is in force.
+    pub fn stored_credential_fingerprint(&self) -> Option<String> {
+        self.credentials
+            .load()
+            .get(&*self.name)
+            .map(|c| crate::state::fingerprint(c.expose()))
     }
 
     /// Sends `req` to this upstream and returns its response head (the body follows as it
@@ -267,7 +302,12 @@ impl Upstream {
             Target::Mock(cfg) => return Ok(respond_mock(cfg, req).await.map(UpstreamBody::Mock)),
         };
         *req.uri_mut() = upstream_uri(url, req.uri()).ok_or(SendError::Uri)?;
-        if let Some((name, value)) = credential {
+        let stored = self.credentials.load();
+        let stored = (!stored.is_empty())
+            .then(|| stored.get(&*self.name))
+            .flatten()
+            .and_then(|c| self.credential_header(c.expose()));
+        if let Some((name, value)) = stored.as_ref().or(credential.as_ref()) {
             req.headers_mut().insert(name.clone(), value.clone());
         }
         match tokio::time::timeout(head_timeout, client.request(req)).await {

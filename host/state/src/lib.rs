@@ -27,8 +27,10 @@ mod audit;
 mod bindings;
 mod clock;
 mod cooldowns;
+mod credentials;
 mod dashboard;
 mod error;
+mod follow;
 mod intercepts;
 mod ip_rules;
 mod keys;
@@ -58,6 +60,7 @@ use self::bindings::{BINDINGS, NEAR_TTL, NearBindings};
 pub use self::bindings::{Binding, BindingStatus, normalize_net};
 pub use self::clock::unix_ms;
 pub use self::cooldowns::SharedCooldown;
+pub use self::credentials::{CREDENTIALS_POLL, CredentialInfo, CredentialMap, fingerprint};
 pub use self::dashboard::{BindingCounts, HourTotals};
 pub use self::error::{StoreError, StoreResult};
 pub use self::intercepts::InterceptQuery;
@@ -125,6 +128,8 @@ pub struct Stores {
     pub(crate) keys: keys::KeyLists,
     /// Webhook alerts other than the writer's intercept alerts (budgets).
     alerts: alerts::Alerts,
+    /// Upstream credentials set at run time.
+    credentials: credentials::Credentials,
     /// Per-gateway state of the request path that outlives a config (rate limit buckets,
     /// in-flight counts), by id.
     kept: std::sync::Mutex<HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
@@ -154,10 +159,12 @@ impl Stores {
                 .await?,
             ),
         };
-        let stores = Self::start(db, cache, config.clone(), alerts.clone(), webhook);
+        let cipher = credentials::Cipher::new(config.credential_keys.as_ref())?;
+        let stores = Self::start(db, cache, config.clone(), alerts.clone(), webhook, cipher);
         stores.refresh_settings().await?;
         stores.refresh_ip_rules(true).await?;
         stores.refresh_keys(true).await?;
+        stores.refresh_credentials(true).await?;
         Ok(stores)
     }
 
@@ -177,6 +184,7 @@ impl Stores {
             config,
             AlertsConfig::default(),
             Arc::new(NoWebhook),
+            None,
         );
         stores.refresh_settings().await?;
         Ok(stores)
@@ -188,6 +196,7 @@ impl Stores {
         config: StorageConfig,
         alerts: AlertsConfig,
         webhook: Arc<dyn Webhook>,
+        cipher: Option<credentials::Cipher>,
     ) -> Arc<Self> {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         let changes = cache.subscribe(BINDINGS);
@@ -205,6 +214,7 @@ impl Stores {
             ip_lists: ip_rules::IpLists::new(),
             keys: keys::KeyLists::new(),
             alerts: alerts::Alerts::new(alerts.clone(), webhook.clone()),
+            credentials: credentials::Credentials::new(cipher),
             kept: Default::default(),
             config,
             queue,
@@ -221,6 +231,7 @@ impl Stores {
         stores.follow_settings();
         stores.follow_ip_rules();
         stores.follow_keys();
+        stores.follow_credentials();
         if let Some(mut changes) = changes {
             let weak = Arc::downgrade(&stores);
             tokio::spawn(async move {
@@ -265,42 +276,6 @@ impl Stores {
             self.cache_failed(op, &e);
             local(&self.local)
         })
-    }
-
-    /// Keeps a table the gateways share in step: runs `sync(stores, announced)` on each message
-    /// on the cache's `channel` (`announced` = true) and every `poll` (false: `sync` may skip an
-    /// unchanged table), for as long as the stores live. A failure keeps what is in force.
-    pub(crate) fn follow<F, Fut>(
-        self: &Arc<Self>,
-        channel: &str,
-        poll: std::time::Duration,
-        what: &'static str,
-        sync: F,
-    ) where
-        F: Fn(Arc<Self>, bool) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = StoreResult<()>> + Send,
-    {
-        let mut announced = self.cache.subscribe(channel);
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let force = tokio::select! {
-                    _ = tick.tick() => false,
-                    Some(_) = async {
-                        match announced.as_mut() {
-                            Some(rx) => rx.recv().await,
-                            None => std::future::pending().await,
-                        }
-                    } => true,
-                };
-                let Some(stores) = weak.upgrade() else { return };
-                if let Err(e) = sync(stores, force).await {
-                    tracing::warn!(target: "state", error = %e, what, "cannot re-read; keeping what is in force");
-                }
-            }
-        });
     }
 
     /// Whether rate limit buckets are shared with other gateways (the cache is Redis).

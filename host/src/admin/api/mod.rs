@@ -4,6 +4,7 @@
 
 mod audit;
 mod bindings;
+mod credentials;
 pub(crate) mod dashboard;
 pub(crate) mod export;
 mod intercepts;
@@ -57,6 +58,11 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/reload", put(plugins::reload).post(plugins::reload))
         .route("/ip-rules", get(ip_rules::list).post(ip_rules::add))
         .route("/ip-rules/{cidr}", delete(ip_rules::remove))
+        .route("/credentials", get(credentials::list))
+        .route(
+            "/credentials/{upstream}",
+            put(credentials::set).delete(credentials::remove),
+        )
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/{key}", get(keys::get).patch(keys::update))
         .route("/keys/{key}/rotate", post(keys::rotate))
@@ -96,6 +102,9 @@ pub fn routes() -> axum::Router<AdminState> {
         ip_rules::list,
         ip_rules::add,
         ip_rules::remove,
+        credentials::list,
+        credentials::set,
+        credentials::remove,
         keys::list,
         keys::create,
         keys::get,
