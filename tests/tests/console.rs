@@ -25,9 +25,17 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends chromedriver and every Chromium process of this session (killing the driver alone
+    /// leaves the browser's processes behind, one set per test): they are found by the profile
+    /// directory on their command line, which is this session's own.
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        let _ = Command::new("pkill")
+            .arg("-KILL")
+            .arg("-f")
+            .arg(self._profile.path())
+            .status();
     }
 }
 
@@ -82,6 +90,8 @@ async fn browser_with(o: Options<'_>) -> Browser {
         "--disable-background-networking".into(),
         "--disable-component-update".into(),
         "--disable-sync".into(),
+        "--disable-breakpad".into(),
+        "--disable-crash-reporter".into(),
         format!("--window-size={},{}", o.width, o.height),
         format!("--user-data-dir={}", profile.path().display()),
     ];
