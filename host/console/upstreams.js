@@ -1,6 +1,7 @@
 // Upstreams: health, in-flight requests, latency, error rate, cooldowns and recent errors of each
 // upstream of the running config, refreshed every 5 seconds; cool one down by hand (for every
-// model or one) or restore it, on every gateway sharing the cache.
+// model or one) or restore it, on every gateway sharing the cache; where its credential comes
+// from (its fingerprint only), and set or remove one at run time (sealed by the server).
 
 import { call } from "./api.js";
 import { ask, badge, fmtNum, fmtTime, h, table, toast } from "./ui.js";
@@ -29,11 +30,68 @@ function errors(u) {
   );
 }
 
-function actions(u, page) {
+function credential(c) {
+  if (!c || c.source === "none") return "–";
+  return h("span", {}, badge(c.source === "stored" ? "set here" : "config file", c.source === "stored" ? "active" : "muted"), " ", h("code", { title: "SHA-256, first 16 hex digits", text: c.fingerprint }));
+}
+
+function actions(u, c, page) {
   const name = encodeURIComponent(u.name);
+  const credentialActions =
+    u.url === "mock"
+      ? []
+      : [
+          h(
+            "button",
+            {
+              type: "button",
+              class: "quiet",
+              "data-action": "credential",
+              on: {
+                click: () =>
+                  ask({
+                    title: `Set the credential of ${u.name}`,
+                    text: "It is sealed and stored, and used by every gateway within a second instead of the config file's. It is never shown again: only its fingerprint.",
+                    fields: [{ name: "credential", label: "Credential (the upstream account's API key)", value: "" }],
+                    ok: "Set",
+                    submit: async (v) => {
+                      const r = await call("PUT", `/credentials/${name}`, { credential: v.credential });
+                      toast(`${u.name}: credential ${r.fingerprint} set`);
+                    },
+                  }).then((done) => done && page.refresh()),
+              },
+            },
+            "Set credential",
+          ),
+          c?.source === "stored"
+            ? h(
+                "button",
+                {
+                  type: "button",
+                  class: "quiet",
+                  "data-action": "credential-remove",
+                  on: {
+                    click: () =>
+                      ask({
+                        title: `Remove the stored credential of ${u.name}?`,
+                        text: "The config file's credential applies again on every gateway within a second.",
+                        ok: "Remove",
+                        danger: true,
+                        submit: async () => {
+                          await call("DELETE", `/credentials/${name}`);
+                          toast(`${u.name}: stored credential removed`);
+                        },
+                      }).then((done) => done && page.refresh()),
+                  },
+                },
+                "Remove credential",
+              )
+            : null,
+        ];
   return h(
     "span",
     { class: "row-actions" },
+    ...credentialActions,
     h(
       "button",
       {
@@ -102,11 +160,18 @@ export default {
       { label: "Models", get: (u) => (u.models.length ? u.models.join(", ") : "any") },
       { label: "Cooldowns", get: cooldowns },
       { label: "Recent errors", get: errors },
-      { label: "Actions", get: (u) => actions(u, page) },
+      { label: "Credential", get: (u) => credential(creds.get(u.name)) },
+      { label: "Actions", get: (u) => actions(u, creds.get(u.name), page) },
     ];
+    let creds = new Map();
     const holder = h("div", { id: "upstreams" });
     const show = (list) => holder.replaceChildren(table(columns, list, "The config has no upstreams."));
-    show(await call("GET", "/upstreams"));
+    const load = async () => {
+      const [list, credentials] = await Promise.all([call("GET", "/upstreams"), call("GET", "/credentials")]);
+      creds = new Map(credentials.map((c) => [c.upstream, c]));
+      show(list);
+    };
+    await load();
     view.replaceChildren(
       h("h1", { text: "Upstreams" }),
       h("p", { class: "muted small", text: "Health, latency and error rate are this gateway's view; cooldowns are shared with every gateway on the same cache. Refreshes every 5 s." }),
@@ -115,7 +180,7 @@ export default {
     // Not while a dialog is open: it would replace the row the operator is acting on.
     page.every(5000, async () => {
       if (document.getElementById("dialog").open) return;
-      show(await call("GET", "/upstreams"));
+      await load();
     });
   },
 };

@@ -951,3 +951,48 @@ async fn the_keys_page_issues_a_key_shows_its_secret_once_and_revokes_it_in_chro
     );
     shot(&phone.client, "keys-phone").await;
 }
+
+/// The Upstreams page sets an upstream's credential at run time: the upstream gets it on the
+/// next request, the page shows only its fingerprint, and removing it brings back the config
+/// file's.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_credential_is_set_and_removed_on_the_upstreams_page_in_chromium() {
+    use base64::Engine;
+    const NEW: &str = "sk-set-from-the-console-0123456789";
+    let up = MockUpstream::start().await;
+    let keys = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let yaml = console_yaml(&[up.url()]) + &format!("storage:\n  credential_keys: \"k1:{keys}\"\n");
+    let gw = TestGateway::start(&yaml).await;
+    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
+    let b = logged_in(&ui, DESKTOP).await;
+    let c = &b.client;
+    let credential_sent = || async {
+        assert_eq!(gw.chat().await.status(), 200);
+        up.last_headers()["authorization"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        credential_sent().await,
+        format!("Bearer {UPSTREAM_CREDENTIAL}")
+    );
+    open(c, &ui, "upstreams").await;
+    wait_text(c, "#upstreams", "config file").await;
+    click(c, "#upstreams button[data-action=credential]").await;
+    wait_js(c, "return document.getElementById('dialog').open").await;
+    fill(c, "#dialog input[name=credential]", NEW).await;
+    click(c, "#dialog-ok").await;
+    let row = wait_text(c, "#upstreams", "set here").await;
+    assert!(!row.contains(NEW), "only the fingerprint is shown: {row}");
+    assert_eq!(credential_sent().await, format!("Bearer {NEW}"));
+    shot(c, "upstreams-credential").await;
+    click(c, "#upstreams button[data-action=credential-remove]").await;
+    wait_js(c, "return document.getElementById('dialog').open").await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#upstreams", "config file").await;
+    assert_eq!(
+        credential_sent().await,
+        format!("Bearer {UPSTREAM_CREDENTIAL}")
+    );
+}

@@ -194,15 +194,16 @@ async fn every_kind_works(lang: &str) {
     assert_eq!(a.last_headers().get("x-team").unwrap(), "tester");
 
     // A config the plugin refuses: the gateway names the plugin's own message.
-    let refused = tollgate::Gateway::new(
-        &tollgate::Config::parse(
-            &config_with(&urls[..1], "header-rewrite", &wasm, "{key_headr: x-team}"),
-            "test.yaml",
-            Box::new(|_| None),
-        )
-        .unwrap(),
+    let mut refused_config = tollgate::Config::parse(
+        &config_with(&urls[..1], "header-rewrite", &wasm, "{key_headr: x-team}"),
+        "test.yaml",
+        Box::new(|_| None),
     )
-    .await;
+    .unwrap();
+    // Its database in a temporary directory, not the source tree.
+    let scratch = tempfile::tempdir().unwrap();
+    refused_config.base_dir = scratch.path().to_path_buf();
+    let refused = tollgate::Gateway::new(&refused_config).await;
     let err = refused.err().expect("refused").to_string();
     assert!(
         err.contains("unknown field") && err.contains("key_headr"),
