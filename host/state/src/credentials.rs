@@ -316,19 +316,10 @@ impl Stores {
     /// Re-reads the stored credentials and opens them if they changed (or if `force`). A record
     /// that does not open is left out (the upstream's config file credential applies) and logged.
     pub async fn refresh_credentials(&self, force: bool) -> StoreResult<()> {
-        let row = self
+        let seen = self
             .db
-            .timed(
-                sqlx::query(
-                    "SELECT CAST(COUNT(*) AS BIGINT) AS n, \
-                     CAST(COALESCE(SUM(updated_ms), 0) AS BIGINT) AS s FROM upstream_credentials",
-                )
-                .fetch_one(&self.db.pool),
-            )
+            .table_fingerprint("upstream_credentials", "updated_ms")
             .await?;
-        let n = row.try_get::<i64, _>("n").map_err(db_err)? as u64;
-        let sum = row.try_get::<i64, _>("s").map_err(db_err)? as u64;
-        let seen = sum.wrapping_mul(1_000_003).wrapping_add(n);
         if !force && seen == self.credentials.seen.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -344,7 +335,7 @@ impl Stores {
                     }
                 }
             }
-        } else if n > 0 {
+        } else if !self.credential_rows().await?.is_empty() {
             tracing::warn!(target: "state", "upstream credentials are stored but storage.credential_keys is not set; the config file's apply");
         }
         self.credentials.map.store(Arc::new(map));

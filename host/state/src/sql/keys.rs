@@ -299,24 +299,11 @@ impl SqlStore {
 
     /// A number that changes whenever a stored key or secret changes.
     pub(crate) async fn keys_fingerprint(&self) -> StoreResult<u64> {
-        let row = self
-            .timed(
-                sqlx::query(
-                    "SELECT CAST(COUNT(*) AS BIGINT) AS n, \
-                     CAST(COALESCE(SUM(updated_ms), 0) AS BIGINT) AS s, \
-                     (SELECT CAST(COUNT(*) AS BIGINT) FROM client_key_secrets) AS m \
-                     FROM client_keys",
-                )
-                .fetch_one(&self.pool),
-            )
+        let keys = self.table_fingerprint("client_keys", "updated_ms").await?;
+        let secrets = self
+            .table_fingerprint("client_key_secrets", "created_ms")
             .await?;
-        let n = row.try_get::<i64, _>("n").map_err(db_err)? as u64;
-        let s = row.try_get::<i64, _>("s").map_err(db_err)? as u64;
-        let m = row.try_get::<i64, _>("m").map_err(db_err)? as u64;
-        Ok(s.wrapping_mul(31)
-            .wrapping_add(n)
-            .wrapping_mul(1_000_003)
-            .wrapping_add(m))
+        Ok(keys.wrapping_mul(31).wrapping_add(secrets))
     }
 
     /// Every stored key (revoked ones too) and every secret still working at `now_ms`.

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::AnyPool;
+use sqlx::Row;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
@@ -128,6 +129,20 @@ impl SqlStore {
         } else {
             self.pool.begin_with("BEGIN IMMEDIATE").await
         }
+    }
+
+    /// A number that changes whenever a row of `table` is added or removed or its `updated`
+    /// column (Unix ms, bumped by every change) moves: what a poll compares to skip re-reading
+    /// an unchanged table. Both names are constants of this crate.
+    pub(crate) async fn table_fingerprint(&self, table: &str, updated: &str) -> StoreResult<u64> {
+        let sql = format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, \
+             CAST(COALESCE(SUM({updated}), 0) AS BIGINT) AS s FROM {table}"
+        );
+        let row = self.timed(sqlx::query(&sql).fetch_one(&self.pool)).await?;
+        let n = row.try_get::<i64, _>("n").map_err(db_err)? as u64;
+        let s = row.try_get::<i64, _>("s").map_err(db_err)? as u64;
+        Ok(s.wrapping_mul(1_000_003).wrapping_add(n))
     }
 
     /// Applies pending migrations (idempotent; concurrent gateways serialise on sqlx's lock).
