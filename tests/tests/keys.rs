@@ -105,7 +105,7 @@ async fn an_issued_key_works_cluster_wide_and_its_revocation_reaches_every_gatew
         .create(json!({"name": "alice", "owner": "team-a"}))
         .await;
     assert!(
-        secret.starts_with("tg-") && secret.len() >= 3 + 43,
+        secret.starts_with("tg-") && secret.len() == 3 + 54,
         "{secret}"
     );
     assert_eq!(key["source"], "database");

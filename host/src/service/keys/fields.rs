@@ -9,7 +9,8 @@ use crate::config::{BudgetSpec, KeyLimits, MAX_BUDGETS};
 use crate::pipeline::auth::{KeyMeta, KeyRing};
 use crate::state::{ClientKey, KeyRecord};
 
-/// Characters of a secret shown to recognise it (after `tg-`): 30 of its 256 bits.
+/// Characters of a secret shown to recognise it (after `tg-`): 30 of its 320 bits, so what is
+/// never shown is still more than 256 bits.
 const SHOWN_CHARS: usize = 5;
 
 /// A key as operators see it: stored or from the config file.
@@ -140,9 +141,9 @@ pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> Servic
     }
 }
 
-/// A fresh secret: `tg-` and 256 random bits, URL-safe base64.
+/// A fresh secret: `tg-` and 320 random bits (54 characters of URL-safe base64).
 pub(super) fn new_secret() -> Result<String, ServiceError> {
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; 40];
     getrandom::fill(&mut bytes)
         .map_err(|e| ServiceError::Store(crate::state::StoreError::new("random", e)))?;
     Ok(format!(

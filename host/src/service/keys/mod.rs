@@ -3,9 +3,10 @@
 //! before and after (never a secret), and reaches every gateway sharing the database within a
 //! second (`state::keys`).
 //!
-//! A new secret is `tg-` and 43 characters of URL-safe base64: 256 bits from the operating
-//! system's generator. It is returned once, by `create` or `rotate`, and kept nowhere: only its
-//! HMAC digest under the server secret is stored.
+//! A new secret is `tg-` and 54 characters of URL-safe base64: 320 bits from the operating
+//! system's generator (the 30 bits of its display prefix leave 290 never shown). It is returned
+//! once, by `create` or `rotate`, and kept nowhere: only its HMAC digest under the server secret
+//! is stored.
 
 mod fields;
 
