@@ -373,6 +373,14 @@ async fn bad_fields_are_refused_by_name() {
         (json!({"name": "x", "metadata": [1]}), "metadata"),
         (json!({"name": "x", "owner": "a\u{7}b"}), "owner"),
         (json!({"name": "x", "tags": vec!["t"; 33]}), "tags"),
+        (
+            json!({"name": "x", "budgets": [{"amount": 5, "tokens": 1, "period": "day"}]}),
+            "budgets",
+        ),
+        (
+            json!({"name": "x", "budgets": [{"amount": -5, "period": "day"}]}),
+            "budgets",
+        ),
     ] {
         let (status, v) = admin
             .send(reqwest::Method::POST, "/keys", Some(body.clone()))
