@@ -109,10 +109,17 @@ impl SqlStore {
             timeout,
         };
         if !postgres {
-            // WAL: readers do not wait for the writer. Persistent in the file.
-            store
-                .timed(sqlx::query("PRAGMA journal_mode = WAL").execute(&store.pool))
+            // WAL: readers do not wait for the writer. Persistent in the file, so it is set only
+            // when the file is not in WAL yet: changing the mode takes a lock the busy timeout
+            // does not wait for, which fails while a running gateway writes (the CLI beside it).
+            let mode: String = store
+                .timed(sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.pool))
                 .await?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                store
+                    .timed(sqlx::query("PRAGMA journal_mode = WAL").execute(&store.pool))
+                    .await?;
+            }
         }
         Ok(store)
     }
