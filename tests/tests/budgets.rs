@@ -112,12 +112,21 @@ async fn spend_is_the_reported_tokens_at_the_models_price() {
     assert_eq!(unpriced.status(), 200);
 }
 
+/// What a stream delivered: its events with content (the mock's first only names the role).
+fn words(text: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("data: {") && l.contains("\"content\"") && !l.contains("\"content\":\"\"")
+        })
+        .count() as u64
+}
+
 /// 50 concurrent streams, split over two gateways sharing Redis, against one owner's budget of
-/// 1000 tokens a day, each answer running past its `max_tokens`: the reservations admit exactly
-/// what fits, every stream is ended at its reservation, and the budget is never exceeded. The
-/// next request is refused with OpenAI's `insufficient_quota` and the time the budget resets.
-#[tokio::test]
-async fn a_token_budget_holds_under_fifty_concurrent_overrunning_streams_on_two_gateways() {
+/// 1000 tokens a day with `enforce`, each asking for 40 tokens and answered with 100: what each
+/// admitted stream delivered (its words, and whether the budget ended it), and the reservation
+/// of one. Afterwards the
+/// budget refuses the next request with OpenAI's `insufficient_quota` and the time it resets.
+async fn fifty_overrunning_streams(enforce: &str) -> (Vec<(u64, bool)>, u64) {
     let (pg, redis, mock) = (
         Postgres::start(),
         Redis::start(),
@@ -128,7 +137,7 @@ async fn a_token_budget_holds_under_fifty_concurrent_overrunning_streams_on_two_
         &mock.url(),
         "      owner: team-t\n",
         &format!(
-            "budgets:\n  owners:\n    - {{owner: team-t, tokens: 1000, period: day}}\nstorage:\n  database: {db}\n  cache: {}\n  op_timeout: 10s",
+            "budgets:\n  enforce: {enforce}\n  owners:\n    - {{owner: team-t, tokens: 1000, period: day}}\nstorage:\n  database: {db}\n  cache: {}\n  op_timeout: 10s",
             redis.url()
         ),
     );
@@ -145,26 +154,10 @@ async fn a_token_budget_holds_under_fifty_concurrent_overrunning_streams_on_two_
         })
         .collect();
     let results = futures_util::future::join_all(all).await;
-    let mut admitted = 0;
+    let mut delivered = Vec::new();
     for (status, text) in &results {
         match status {
-            200 => {
-                admitted += 1;
-                let words = text
-                    .lines()
-                    .filter(|l| l.starts_with("data: {") && l.contains("\"content\""))
-                    .count() as u64;
-                // Cut when the prompt estimate plus one token per event passes the reservation:
-                // no more than `max_tokens` words reach the client.
-                assert!(
-                    words <= 40,
-                    "a stream stops at its reservation: {words} words"
-                );
-                assert!(
-                    text.contains("insufficient_quota"),
-                    "ended with the error event"
-                );
-            }
+            200 => delivered.push((words(text), text.contains("insufficient_quota"))),
             429 => {
                 let v: Value = serde_json::from_str(text).unwrap();
                 assert_eq!(v["error"]["code"], "insufficient_quota", "{v}");
@@ -173,9 +166,12 @@ async fn a_token_budget_holds_under_fifty_concurrent_overrunning_streams_on_two_
             other => panic!("status {other}: {text}"),
         }
     }
-    assert_eq!(admitted, 1000 / reserve, "exactly what fits is admitted");
-    // Settled: every reservation was charged in full (each stream was ended at it), so the
-    // counter is what was admitted and no more.
+    assert_eq!(
+        delivered.len() as u64,
+        1000 / reserve,
+        "exactly what fits is admitted"
+    );
+    // Settled (each cut stream is charged what it held): nothing is left for another request.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let r = client()
         .post(a.url("/v1/chat/completions"))
@@ -197,6 +193,73 @@ async fn a_token_budget_holds_under_fifty_concurrent_overrunning_streams_on_two_
         message.contains("team-t") && message.contains("resets at"),
         "{message}"
     );
+    (delivered, reserve)
+}
+
+/// `strict`: the reservations admit exactly what fits, the streams share what the budget has
+/// left, and together they never pass it: their prompts plus every word delivered stay within
+/// the 1000 tokens, and use nearly all of them.
+#[tokio::test]
+async fn a_strict_token_budget_holds_under_fifty_concurrent_overrunning_streams_on_two_gateways() {
+    let (delivered, reserve) = fifty_overrunning_streams("strict").await;
+    assert!(
+        delivered.iter().all(|&(_, cut)| cut),
+        "the budget ran out before any answer did: each ends with the error event"
+    );
+    let prompt = reserve - 40;
+    let used: u64 = delivered.iter().map(|(w, _)| prompt + w).sum();
+    assert!(
+        used <= 1000,
+        "the budget is never exceeded: {used} ({delivered:?})"
+    );
+    assert!(
+        used + delivered.len() as u64 >= 1000 - reserve,
+        "what was left went to the streams: {used} ({delivered:?})"
+    );
+}
+
+/// `admission`: the same streams may run up to one reservation past the budget, no more,
+/// across both gateways; at least one stream gets past its own reservation.
+#[tokio::test]
+async fn an_admission_budget_is_overrun_by_at_most_one_reservation_under_fifty_streams() {
+    let (delivered, reserve) = fifty_overrunning_streams("admission").await;
+    let prompt = reserve - 40;
+    let used: u64 = delivered.iter().map(|(w, _)| prompt + w).sum();
+    assert!(
+        used <= 1000 + reserve,
+        "overrun by at most one reservation ({reserve}): {used} ({delivered:?})"
+    );
+    assert!(
+        used > 1000,
+        "the overdraft was used: {used} ({delivered:?})"
+    );
+    assert!(delivered.iter().any(|&(w, _)| w > 40), "{delivered:?}");
+    assert!(
+        delivered.iter().filter(|&&(_, cut)| cut).count() >= delivered.len() - 1,
+        "one stream at most finishes on the overdraft: {delivered:?}"
+    );
+}
+
+/// A stream that runs past its reservation while its budget has room takes more and finishes:
+/// it is not ended, and it is charged what it reported.
+#[tokio::test]
+async fn a_stream_past_its_reservation_finishes_while_the_budget_has_room() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml_with(
+        &mock.url(),
+        "      budgets: [{tokens: 100000, period: day}]\n",
+        "",
+    ))
+    .await;
+    let (status, text) = stream(&gw, 10, "60").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(words(&text), 60, "{text}");
+    assert!(!text.contains("insufficient_quota"), "{text}");
+    gw.gateway.stores.flush().await;
+    let rows = usage_by_key(&gw).await;
+    // The mock's count: 8 prompt tokens, one per word.
+    assert_eq!(rows[0]["input_tokens"], 8, "{rows}");
+    assert_eq!(rows[0]["output_tokens"], 60, "{rows}");
 }
 
 /// A money budget on a key: admitted while what it may cost fits, then 429; a model without a

@@ -91,9 +91,10 @@ pub struct BudgetsConfig {
     /// `Europe/Berlin`.
     #[serde(default = "utc")]
     pub timezone: String,
-    /// `strict` (default): a stream that passes its reservation is ended, so a budget is never
-    /// exceeded; `admission`: a request is checked when it starts, and what its answer used
-    /// beyond its reservation is charged when it ends.
+    /// A stream that runs past its reservation takes more from the budget as it goes, and is
+    /// ended when the budget cannot give more. `strict` (default): up to the budget, which is
+    /// never exceeded; `admission`: up to one reservation beyond it, so answers finish more
+    /// often and all streams together overrun the budget by at most one reservation.
     #[serde(default = "strict")]
     pub enforce: Enforce,
     /// Budgets per owner (`auth.keys[].owner`, or a key's owner issued at run time).

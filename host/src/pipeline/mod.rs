@@ -65,7 +65,7 @@ pub use self::filter::{Chain, Filter, Flow, HookResult, Hooks, Step, UpstreamRes
 use self::headers::X_REQUEST_ID;
 use self::relay::{Relay, Relayed, Tail};
 use self::route::{Limits, Route, Runtime};
-pub use self::session::{Ctx, Outcome, Session};
+pub use self::session::{Ctx, Outcome, Resume, Session};
 use self::session::{Probe, TokenMeter};
 use crate::error::{ErrorKind, GatewayError, Source};
 use crate::listen::{BoxBody, ConnInfo};

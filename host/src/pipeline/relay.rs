@@ -1,6 +1,7 @@
 //! The response body the client receives: the upstream's (or the gateway's own) body, relayed
 //! frame by frame, shown to the `on_body_chunk` filters as it passes, and ending the request
-//! exactly once for the `on_done` filters, however it ends.
+//! exactly once for the `on_done` filters, however it ends. A filter may hold a frame while it
+//! waits for something (`Ctx::wait_for`); the upstream is not read meanwhile.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use pin_project_lite::pin_project;
 
 use super::body::GuardedBody;
 use super::filter::Chain;
-use super::session::{Ctx, Outcome, RecordedTokens};
+use super::session::{Ctx, Outcome, RecordedTokens, Wait};
 use crate::listen::{BoxBody, BoxError};
 use crate::upstream::UpstreamBody;
 
@@ -115,9 +116,23 @@ pin_project! {
         #[pin]
         inner: B,
         tail: Option<Tail>,
+        // A frame held while a filter waits (`Ctx::wait_for`).
+        pending: Option<Pending>,
         // The inner body ended (it is not polled again).
         ended: bool,
     }
+}
+
+/// A frame the `on_body_chunk` filters are part way through, held while one of them waits.
+struct Pending {
+    data: Bytes,
+    /// The upstream's body has ended (its last frame, or the call after it).
+    end: bool,
+    /// The call after the body's end (an empty frame the filters may fill).
+    after_end: bool,
+    /// The filter to run next once the wait is over.
+    next: usize,
+    wait: Wait,
 }
 
 impl<B: Body> Relay<B> {
@@ -129,9 +144,59 @@ impl<B: Body> Relay<B> {
         Self {
             inner,
             tail: Some(tail),
+            pending: None,
             ended: false,
         }
     }
+}
+
+/// Runs the `on_body_chunk` filters from the `from`th on `data`, in chain order; the frame is
+/// held if one asks to wait (its wait and the filter to run after it).
+fn run_filters(tail: &mut Tail, data: &mut Bytes, end: bool, from: usize) -> Option<(Wait, usize)> {
+    for (i, f) in tail.chain.body_chunk.iter().enumerate().skip(from) {
+        f.on_body_chunk(&mut tail.ctx, data, end);
+        if let Some(wait) = tail.ctx.wait.take() {
+            return Some((wait, i + 1));
+        }
+    }
+    None
+}
+
+/// The filters are done with a frame: what the client gets (`None`: the body ends), with the
+/// record and the request's end kept up to date.
+fn release(
+    slot: &mut Option<Tail>,
+    ended: &mut bool,
+    data: Bytes,
+    end: bool,
+    after_end: bool,
+) -> Option<Frame<Bytes>> {
+    let tail = slot.as_mut()?;
+    if let Some(last) = tail.ctx.cut.take() {
+        // A filter ended the stream: its last frame replaces this one.
+        tail.ctx.record.bytes_out += last.len() as u64;
+        tail.finish(Outcome::Cut);
+        *slot = None;
+        *ended = true;
+        return (!last.is_empty()).then(|| Frame::data(last));
+    }
+    let rec = &mut tail.ctx.record;
+    if rec.first_byte.is_none() && !data.is_empty() {
+        rec.first_byte = Some(rec.start.elapsed());
+    }
+    rec.bytes_out += data.len() as u64;
+    if after_end {
+        tail.finish(Outcome::Complete);
+        *slot = None;
+        *ended = true;
+        return (!data.is_empty()).then(|| Frame::data(data));
+    }
+    // hyper stops polling once the body reports its end.
+    if end {
+        tail.finish(Outcome::Complete);
+        *slot = None;
+    }
+    Some(Frame::data(data))
 }
 
 impl<B: Body<Data = Bytes>> Body for Relay<B> {
@@ -147,13 +212,27 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
             return Poll::Ready(None);
         }
         let mut inner = this.inner;
-        let polled = inner.as_mut().poll_frame(cx);
-        let Some(tail) = this.tail.as_mut() else {
-            return polled;
-        };
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                let frame = match frame.into_data() {
+        loop {
+            let Some(tail) = this.tail.as_mut() else {
+                return inner.as_mut().poll_frame(cx);
+            };
+            // A frame a filter is waiting on goes on when the wait is over, through the filters
+            // after it.
+            if let Some(p) = this.pending.as_mut() {
+                let resume = std::task::ready!(p.wait.as_mut().poll(cx));
+                let Some(mut p) = this.pending.take() else {
+                    unreachable!("polled above");
+                };
+                resume(&mut tail.ctx);
+                if let Some((wait, next)) = run_filters(tail, &mut p.data, p.end, p.next) {
+                    *this.pending = Some(Pending { wait, next, ..p });
+                    continue;
+                }
+                let frame = release(this.tail, this.ended, p.data, p.end, p.after_end);
+                return Poll::Ready(frame.map(Ok));
+            }
+            return match inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(mut data) => {
                         // The meter sees the upstream's bytes; the filters see them in chain
                         // order and may replace them (`on_body_chunk`).
@@ -161,59 +240,51 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
                             meter.feed(&data);
                         }
                         let end = inner.is_end_stream();
-                        for f in &tail.chain.body_chunk {
-                            f.on_body_chunk(&mut tail.ctx, &mut data, end);
+                        if let Some((wait, next)) = run_filters(tail, &mut data, end, 0) {
+                            *this.pending = Some(Pending {
+                                data,
+                                end,
+                                after_end: false,
+                                next,
+                                wait,
+                            });
+                            continue;
                         }
-                        if let Some(last) = tail.ctx.cut.take() {
-                            // A filter ended the stream: its last frame replaces this one.
-                            tail.ctx.record.bytes_out += last.len() as u64;
-                            tail.finish(Outcome::Cut);
+                        let frame = release(this.tail, this.ended, data, end, false);
+                        Poll::Ready(frame.map(Ok))
+                    }
+                    Err(other) => {
+                        if inner.is_end_stream() {
+                            tail.finish(Outcome::Complete);
                             *this.tail = None;
-                            *this.ended = true;
-                            return Poll::Ready(Some(Ok(Frame::data(last))));
                         }
-                        let rec = &mut tail.ctx.record;
-                        if rec.first_byte.is_none() && !data.is_empty() {
-                            rec.first_byte = Some(rec.start.elapsed());
-                        }
-                        rec.bytes_out += data.len() as u64;
-                        Frame::data(data)
+                        Poll::Ready(Some(Ok(other)))
                     }
-                    Err(other) => other,
-                };
-                // hyper stops polling once the body reports its end.
-                if inner.is_end_stream() {
-                    tail.finish(Outcome::Complete);
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    tail.finish(Outcome::UpstreamAborted);
                     *this.tail = None;
+                    Poll::Ready(Some(Err(e)))
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                tail.finish(Outcome::UpstreamAborted);
-                *this.tail = None;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                // The end after the last frame: the filters' last call, with an empty frame they
-                // may fill with what they held back.
-                let mut rest = Bytes::new();
-                for f in &tail.chain.body_chunk {
-                    f.on_body_chunk(&mut tail.ctx, &mut rest, true);
-                }
-                let outcome = match tail.ctx.cut.take() {
-                    Some(last) => {
-                        rest = last;
-                        Outcome::Cut
+                Poll::Ready(None) => {
+                    // The end after the last frame: the filters' last call, with an empty frame
+                    // they may fill with what they held back.
+                    let mut rest = Bytes::new();
+                    if let Some((wait, next)) = run_filters(tail, &mut rest, true, 0) {
+                        *this.pending = Some(Pending {
+                            data: rest,
+                            end: true,
+                            after_end: true,
+                            next,
+                            wait,
+                        });
+                        continue;
                     }
-                    None => Outcome::Complete,
-                };
-                tail.ctx.record.bytes_out += rest.len() as u64;
-                tail.finish(outcome);
-                *this.tail = None;
-                *this.ended = true;
-                Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))))
-            }
-            Poll::Pending => Poll::Pending,
+                    let frame = release(this.tail, this.ended, rest, true, true);
+                    Poll::Ready(frame.map(Ok))
+                }
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 
@@ -327,5 +398,86 @@ mod tests {
             (2 + 1) + 1 + 1 + (1 + 1)
         );
         assert_eq!(probe.ends.load(Ordering::SeqCst), 2);
+    }
+
+    /// Waits on the frames `b` and `c` (a timer standing for a round trip): after `b` it marks
+    /// the request, after `c` it ends the stream.
+    struct Waiter;
+
+    #[derive(Clone)]
+    struct Marked;
+
+    impl Filter for Waiter {
+        fn name(&self) -> &str {
+            "waiter"
+        }
+        fn hooks(&self) -> crate::pipeline::Hooks {
+            Hooks::BODY_CHUNK
+        }
+        fn on_body_chunk(&self, ctx: &mut Ctx, chunk: &mut Bytes, _end: bool) {
+            let cut = match &chunk[..] {
+                b"b" => false,
+                b"c" => true,
+                _ => return,
+            };
+            ctx.wait_for(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Box::new(move |ctx: &mut Ctx| {
+                    if cut {
+                        ctx.end_stream(Bytes::from_static(b"X"), "cut");
+                    } else {
+                        ctx.ext.insert(Marked);
+                    }
+                }) as crate::pipeline::session::Resume
+            });
+        }
+    }
+
+    /// Runs after the waiter: appends `!` to a frame once the request is marked.
+    struct Excl;
+
+    impl Filter for Excl {
+        fn name(&self) -> &str {
+            "excl"
+        }
+        fn hooks(&self) -> crate::pipeline::Hooks {
+            Hooks::BODY_CHUNK
+        }
+        fn on_body_chunk(&self, ctx: &mut Ctx, chunk: &mut Bytes, _end: bool) {
+            if ctx.ext.get::<Marked>().is_some() && !chunk.is_empty() {
+                *chunk = Bytes::from([&chunk[..], b"!"].concat());
+            }
+        }
+    }
+
+    /// A frame a filter waits on is held (the next is not read), then goes through the filters
+    /// after it with what the wait decided; a wait may end the stream.
+    #[tokio::test]
+    async fn a_waiting_filter_holds_its_frame_and_the_rest_run_after_the_wait() {
+        let probe = Arc::new(Probe::default());
+        let stream =
+            futures_util::stream::iter(["a", "b", "z", "c", "never"].map(|s| {
+                Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(s.as_bytes())))
+            }));
+        let head = http::Request::new(()).into_parts().0;
+        let ctx = Ctx::new("id".into(), "127.0.0.1".parse().unwrap(), &head);
+        let chain = Arc::new(Chain::new([
+            Arc::new(Waiter) as Arc<dyn Filter>,
+            Arc::new(Excl),
+            Arc::new(Watch(probe.clone())),
+        ]));
+        let body = Relay::new(
+            StreamBody::new(stream).boxed_unsync(),
+            Tail {
+                ctx: Box::new(ctx),
+                chain,
+            },
+        );
+        let out = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"ab!z!X");
+        // The filters after the waiter saw a, b, z and c (as after a cut without a wait: the
+        // frame is replaced afterwards); `never` was never read.
+        assert_eq!(probe.chunks.load(Ordering::SeqCst), 4);
+        assert_eq!(*probe.outcomes.lock().unwrap(), [Outcome::Cut]);
     }
 }

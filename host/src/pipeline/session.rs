@@ -93,7 +93,16 @@ pub struct Ctx {
     pub(super) meter: Option<TokenMeter>,
     /// Set by [`Ctx::end_stream`]: the last frame the client gets.
     pub(super) cut: Option<bytes::Bytes>,
+    /// Set by [`Ctx::wait_for`]: what the relay waits for before the frame goes on.
+    pub(super) wait: Option<Wait>,
 }
+
+/// What an `on_body_chunk` filter does to the request once the wait it asked for is over (e.g.
+/// record a grant, or [`Ctx::end_stream`]).
+pub type Resume = Box<dyn FnOnce(&mut Ctx) + Send>;
+
+/// A wait an `on_body_chunk` filter asked for ([`Ctx::wait_for`]).
+pub(super) type Wait = std::pin::Pin<Box<dyn std::future::Future<Output = Resume> + Send>>;
 
 impl Ctx {
     /// The tokens a streamed answer reported so far (for `on_body_chunk` filters that act while
@@ -116,6 +125,15 @@ impl Ctx {
     pub fn end_stream(&mut self, last: bytes::Bytes, error: &'static str) {
         self.cut = Some(last);
         self.record.error = Some(error);
+    }
+
+    /// From an `on_body_chunk` filter: hold the frame being relayed until `until` completes (e.g.
+    /// a round trip to the shared cache), then apply what it returns to this context, and only
+    /// then run the filters after this one on the frame and send it. The upstream is not read
+    /// meanwhile, so nothing passes the filter before it has decided. For the rare frame that
+    /// needs it: a frame that does not wait costs nothing.
+    pub fn wait_for(&mut self, until: impl std::future::Future<Output = Resume> + Send + 'static) {
+        self.wait = Some(Box::pin(until));
     }
 }
 
@@ -162,6 +180,7 @@ impl Ctx {
             in_flight: None,
             meter: None,
             cut: None,
+            wait: None,
         }
     }
 }

@@ -4,16 +4,19 @@
 //! | hook | does |
 //! |---|---|
 //! | `on_authenticated` | reserves the request's most (its prompt estimate plus its completion budget, priced at its model's price for a money budget) from each budget that applies; a budget that cannot take it refuses with 429 `insufficient_quota` and the time it resets, and nothing stays reserved; a money budget for a model without a price refuses with 403 `model_not_priced` |
-//! | `on_body_chunk` | `enforce: strict` (the default): a stream whose running use passes its reservation is ended with an SSE `error` event (`insufficient_quota`) |
-//! | `on_done` | settles each reservation with what the answer used (its reported tokens, or their cost from the `pricing` filter) |
+//! | `on_body_chunk` | a stream whose running use passes what it holds holds the frame while it takes more from the budget (`Ctx::wait_for`: one round trip to the shared cache); a budget that cannot give it ends the stream with an SSE `error` event (`insufficient_quota`) |
+//! | `on_done` | settles each budget with what the answer used (its reported tokens, or their cost from the `pricing` filter) |
 //!
 //! The counters live in the shared cache (`Stores::budget_kv`: Redis for a cluster, so one
 //! budget for every gateway; in process otherwise), one per budget and window, and are seeded
 //! from the usage table the first time a window is used on a cache, so a restart forgets
-//! nothing that was flushed. A reservation is an atomic add that is undone when it overshoots,
-//! so concurrent requests can never together pass a budget at admission; with `strict` a stream
-//! cannot use more than it reserved, so a budget is never exceeded. With `enforce: admission`,
-//! what an answer uses beyond its reservation is charged when it ends.
+//! nothing that was flushed. A reservation, and each later grant to a stream that runs past it,
+//! is an atomic add that is undone when it overshoots the budget's ceiling, so concurrent
+//! requests on any number of gateways can never together pass it: with `enforce: strict` the
+//! ceiling is the budget (never exceeded); with `enforce: admission` a stream may take up to its
+//! own reservation beyond it, so all of them together overrun it by at most one reservation,
+//! and a stream is ended only when even that is gone. A JSON answer cannot be ended part way: it
+//! is charged what it reports when it ends.
 
 mod period;
 
@@ -25,7 +28,7 @@ use http::StatusCode;
 
 use crate::config::{BudgetSpec, Config, Enforce, Price, PriceTable};
 use crate::error::{GatewayError, Refusal};
-use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Session, Step};
+use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Resume, Session, Step};
 use crate::state::{ClientKey, Stores};
 
 pub(crate) struct Budgets {
@@ -73,8 +76,13 @@ struct Held {
     counter: String,
     money: bool,
     reserved: u64,
+    /// What the request holds: its reservation and any grant taken since.
+    granted: u64,
     /// The budget, in its unit.
     limit: u64,
+    /// What the counter may reach when a running stream takes more: the budget (`strict`), or
+    /// the budget plus this reservation (`admission`).
+    ceiling: u64,
     /// Percentages whose passing sends an alert.
     alert_at: Vec<u8>,
     /// `key` or `owner`, and the key's name or the owner.
@@ -107,9 +115,8 @@ struct Taken {
     held: Vec<Held>,
     price: Option<Price>,
     prompt_estimate: u64,
-    strict: bool,
-    /// The stream was ended: the tokens (input, output) it had used by then.
-    cut_at: Option<(u64, u64)>,
+    /// The stream was ended (a budget could not give it more).
+    cut: bool,
 }
 
 fn insufficient(message: String, retry_after_secs: u64) -> GatewayError {
@@ -218,8 +225,7 @@ impl Budgets {
             held: Vec::with_capacity(budgets.len()),
             price,
             prompt_estimate: prompt,
-            strict: self.strict,
-            cut_at: None,
+            cut: false,
         };
         for (scope, b) in &budgets {
             let units = match price {
@@ -263,7 +269,13 @@ impl Budgets {
                 counter,
                 money: b.is_money(),
                 reserved: units,
+                granted: units,
                 limit: b.limit_units(),
+                ceiling: if self.strict {
+                    b.limit_units()
+                } else {
+                    b.limit_units().saturating_add(units)
+                },
                 alert_at: b.alert_at.clone(),
                 scope: match scope {
                     Scope::Key(k) => ("key", k.name.clone()),
@@ -278,10 +290,38 @@ impl Budgets {
     }
 }
 
+/// Takes more for a stream that has used `need` beyond what it holds in each budget (`asks`:
+/// index into `Taken::held`, counter, need, step, ceiling): at least a step (its reservation
+/// again, so a long answer asks seldom), less when only less is left under the ceiling, never less
+/// than `need`. What each budget gave; `None` when one could not give `need` (what it was asked
+/// is undone; earlier grants stay held, and are settled at the end).
+async fn take_more(
+    stores: &Stores,
+    asks: Vec<(usize, String, u64, u64, u64)>,
+) -> (Vec<(usize, u64)>, bool) {
+    let kv = stores.budget_kv();
+    let mut given = Vec::with_capacity(asks.len());
+    for (i, counter, need, step, ceiling) in asks {
+        let ask = need.max(step);
+        let total = kv.incr(&counter, ask as i64, None).await.max(0) as u64;
+        let over = total.saturating_sub(ceiling);
+        let grant = ask.saturating_sub(over);
+        if grant < need {
+            kv.incr(&counter, -(ask as i64), None).await;
+            return (given, false);
+        }
+        if over > 0 {
+            kv.incr(&counter, -(over as i64), None).await;
+        }
+        given.push((i, grant));
+    }
+    (given, true)
+}
+
 /// The final event of a stream a budget ended.
 fn cut_event() -> Bytes {
     let body = crate::error::error_body(
-        "the answer passed what this request reserved from its budget; the stream was ended",
+        "the answer used all its budget allows; the stream was ended",
         "insufficient_quota",
         "insufficient_quota",
     );
@@ -312,33 +352,57 @@ impl Filter for Budgets {
     }
 
     fn on_body_chunk(&self, ctx: &mut Ctx, _chunk: &mut Bytes, _end: bool) {
-        if ctx
-            .ext
-            .get::<Taken>()
-            .is_none_or(|t| !t.strict || t.cut_at.is_some())
-        {
+        if ctx.ext.get::<Taken>().is_none_or(|t| t.cut) {
             return;
         }
         // What the upstream reported, or (OpenAI streams report at their end) the prompt
         // estimate and one token per event so far.
         let seen = ctx.tokens_seen().unwrap_or_default();
         let events = ctx.stream_events();
-        let Some(t) = ctx.ext.get_mut::<Taken>() else {
+        let Some(t) = ctx.ext.get::<Taken>() else {
             return;
         };
         let input = seen.input.max(t.prompt_estimate);
         let output = seen.output.max(events);
-        let over = t.held.iter().any(|h| {
-            let used = match t.price {
-                Some(p) if h.money => p.cost_nanos(input, seen.cached, output),
-                _ => input + output,
-            };
-            used > h.reserved
-        });
-        if over {
-            t.cut_at = Some((input, output));
-            ctx.end_stream(cut_event(), "insufficient_quota");
+        let asks: Vec<_> = t
+            .held
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                let used = match t.price {
+                    Some(p) if h.money => p.cost_nanos(input, seen.cached, output),
+                    _ => input + output,
+                };
+                (used > h.granted).then(|| {
+                    (
+                        i,
+                        h.counter.clone(),
+                        used - h.granted,
+                        h.reserved,
+                        h.ceiling,
+                    )
+                })
+            })
+            .collect();
+        if asks.is_empty() {
+            return;
         }
+        let stores = self.stores.clone();
+        ctx.wait_for(async move {
+            let (given, enough) = take_more(&stores, asks).await;
+            Box::new(move |ctx: &mut Ctx| {
+                let Some(t) = ctx.ext.get_mut::<Taken>() else {
+                    return;
+                };
+                for (i, grant) in given {
+                    t.held[i].granted += grant;
+                }
+                if !enough {
+                    t.cut = true;
+                    ctx.end_stream(cut_event(), "insufficient_quota");
+                }
+            }) as Resume
+        });
     }
 
     fn on_done(&self, ctx: &mut Ctx) {
@@ -346,15 +410,15 @@ impl Filter for Budgets {
             return;
         };
         let r = &ctx.record;
-        // What the answer used: its reported tokens; at a cut, no more than was reserved (the
-        // client got nothing past it); nothing if the gateway answered itself or no upstream
-        // answered; otherwise (no usage reported) the reservation stands.
+        // What the answer used: its reported tokens; at a cut, what it held (the client got
+        // nothing past it; the upstream may have made more); nothing if the gateway answered
+        // itself or no upstream answered; otherwise (no usage reported) what it holds stands.
         let used_tokens = |h: &Held| -> u64 {
-            match (&r.tokens, t.cut_at) {
-                (_, Some(_)) => h.reserved,
-                (Some(rec), None) => rec.tokens.total(),
-                (None, None) if r.error.is_some() || r.upstream_head.is_none() => 0,
-                (None, None) => h.reserved,
+            match (&r.tokens, t.cut) {
+                (_, true) => h.granted,
+                (Some(rec), false) => rec.tokens.total(),
+                (None, false) if r.error.is_some() || r.upstream_head.is_none() => 0,
+                (None, false) => h.granted,
             }
         };
         let settle: Vec<(Held, i64)> = t
@@ -362,16 +426,16 @@ impl Filter for Budgets {
             .iter()
             .map(|h| {
                 let used = if h.money {
-                    match (r.cost_nanos, t.cut_at) {
-                        (_, Some(_)) => h.reserved,
-                        (Some(c), None) => c,
-                        (None, None) if r.error.is_some() || r.upstream_head.is_none() => 0,
-                        (None, None) => h.reserved,
+                    match (r.cost_nanos, t.cut) {
+                        (_, true) => h.granted,
+                        (Some(c), false) => c,
+                        (None, false) if r.error.is_some() || r.upstream_head.is_none() => 0,
+                        (None, false) => h.granted,
                     }
                 } else {
                     used_tokens(h)
                 };
-                (h.clone(), used as i64 - h.reserved as i64)
+                (h.clone(), used as i64 - h.granted as i64)
             })
             // A budget with alerts is read after each request, to see a threshold passed.
             .filter(|(h, d)| *d != 0 || !h.alert_at.is_empty())
