@@ -9,6 +9,8 @@
 #   KEEP=dir bench/instructions.sh NEW                 # keep the callgrind files for callgrind_annotate
 #   CHAIN=1 bench/instructions.sh OLD NEW              # Tollgate runs the four-policy chain of
 #                                                      # bench/run.sh (plugins from plugins/build.sh)
+#   STORED=1 bench/instructions.sh NEW                 # the client key is one issued at run time
+#                                                      # (`tollgate keys create`), not the YAML's
 #
 # Each target runs under callgrind, is warmed for 4 s, then gets a fixed offered rate (RATE per
 # second for SECS, 8 connections, so every target serves the same requests and the same
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 . bench/gateway.sh
 . bench/nginx.sh
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
-RATE=${RATE:-500} SECS=${SECS:-12} CHAIN=${CHAIN:-0}
+RATE=${RATE:-500} SECS=${SECS:-12} CHAIN=${CHAIN:-0} STORED=${STORED:-0}
 bin=target/release
 out=${KEEP:-$(mktemp -d)}
 mkdir -p "$out"
@@ -41,6 +43,12 @@ for target in "$@"; do
   else
     gateway_yaml "127.0.0.1:$port" "$MOCK" "$out/g$i.db" > "$out/g$i.yaml"
   fi
+  key=sk-bench-key-0001
+  if [ "$STORED" = 1 ] && [ "$target" != floor ] && [ "$target" != nginx ]; then
+    "$target" migrate --config "$out/g$i.yaml" >/dev/null
+    key=$("$target" keys --config "$out/g$i.yaml" create stored-bench | sed -n 's/^secret (shown once, stored nowhere): //p')
+    [ -n "$key" ] || { echo "could not issue a key with $target" >&2; exit 1; }
+  fi
   if [ "$target" = floor ]; then
     cmd=("$bin/tollgate-bench" floor --listen "127.0.0.1:$port" --upstream "http://$MOCK")
   elif [ "$target" = nginx ]; then
@@ -54,7 +62,7 @@ for target in "$@"; do
   valgrind --tool=callgrind --callgrind-out-file="$out/cg$i.%p" "${cmd[@]}" 2>"$out/valgrind$i.log" &
   pid=$!; pids+=($pid)
   for _ in $(seq 600); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
-  load() { "$bin/tollgate-bench" rps --url "http://127.0.0.1:$port/v1/chat/completions" --concurrency 8 --key sk-bench-key-0001 "$@"; }
+  load() { "$bin/tollgate-bench" rps --url "http://127.0.0.1:$port/v1/chat/completions" --concurrency 8 --key "$key" "$@"; }
   load --seconds 4 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   r=$(load --seconds "$SECS" --rate "$RATE")

@@ -130,6 +130,23 @@ impl ErrorKind {
         self.kind().1
     }
 
+    /// The pipeline step that gives this answer, for the request log's `answered_by` when no
+    /// filter named itself (`pipeline/mod.rs` lists the steps).
+    pub fn step(&self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            BadRequest(_) | HeaderTooLarge => "screen",
+            NoRoute | MethodNotAllowed { .. } => "route",
+            Unauthorized => "auth",
+            ModelRequired | BodyTooLarge { .. } | InvalidJson | ClientBody => "body",
+            ModelNotFound(_) | NoUpstream(_) | AllCooling { .. } => "select",
+            UpstreamConnect | UpstreamTimeout | UpstreamProtocol => "upstream",
+            PolicyDenied { .. } | PolicyFailed => "policies",
+            StateUnavailable => "stores",
+            Refused(_) | Internal => "gateway",
+        }
+    }
+
     /// `(type, code)` as OpenAI clients expect them.
     fn kind(&self) -> (&'static str, &'static str) {
         use ErrorKind::*;

@@ -44,7 +44,7 @@ pub use plugins::{OnError, PluginConfig, PluginKind, PluginLimits};
 pub use pricing::{Price, PriceEntry, PriceTable, PricingConfig};
 pub use routes::{HttpMethod, RouteConfig, StreamUsage};
 pub use server::{RealIpHeader, ServerConfig, Timeouts, TlsConfig, TlsVersion};
-pub use storage::{AlertsConfig, Failsafe, PluginCache, RedisTls, StorageConfig};
+pub use storage::{AlertsConfig, Failsafe, PluginCache, RedisTls, RequestLogConfig, StorageConfig};
 pub use upstreams::{AuthScheme, MockConfig, UpstreamConfig};
 pub(crate) use validate::{Errors, MAX_WORKERS, MIN_KEY_LEN, MIN_SECRET_LEN, check_name};
 

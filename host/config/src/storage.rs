@@ -60,6 +60,39 @@ pub struct StorageConfig {
     /// first). Give it from the environment: it never goes to the database. Unset: credentials
     /// can only come from this file.
     pub credential_keys: Option<Secret>,
+    /// The request log: one row per request the data plane answers (docs/requests.md).
+    pub request_log: RequestLogConfig,
+}
+
+/// `storage.request_log`: what is kept of each request, and for how long. `enabled` and
+/// `sample` follow a reload; `max_age`, `max_rows` and `max_pending` are read at start.
+#[derive(Debug, Deserialize, Clone, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLogConfig {
+    /// Log requests at all.
+    pub enabled: bool,
+    /// The share of successful requests kept, from 0 to 1; refused, failed, aborted and cut
+    /// ones are always kept.
+    pub sample: f64,
+    /// Rows older than this are deleted (0: whatever their age).
+    pub max_age: Duration,
+    /// At most about this many of the newest rows are kept (0: no cap).
+    pub max_rows: u64,
+    /// Requests waiting for the writer; past it new ones are dropped (and counted in
+    /// `tollgate_request_log_dropped_total`).
+    pub max_pending: usize,
+}
+
+impl Default for RequestLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample: 1.0,
+            max_age: Duration::secs(7 * 86_400),
+            max_rows: 1_000_000,
+            max_pending: 50_000,
+        }
+    }
 }
 
 /// `storage.plugin_cache`: `auto`, `off` or a directory.
@@ -119,6 +152,7 @@ impl Default for StorageConfig {
             plugin_cache: PluginCache::default(),
             redis_tls: RedisTls::default(),
             credential_keys: None,
+            request_log: RequestLogConfig::default(),
         }
     }
 }
@@ -175,6 +209,16 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
         if d.get().is_zero() {
             e.add(format!("storage.{name}"), "must be greater than 0");
         }
+    }
+    let log = &s.request_log;
+    if !(0.0..=1.0).contains(&log.sample) {
+        e.add(
+            "storage.request_log.sample",
+            "must be from 0 to 1 (the share of successful requests kept)",
+        );
+    }
+    if log.max_pending == 0 {
+        e.add("storage.request_log.max_pending", "must be greater than 0");
     }
     if s.redis_tls.cert.is_some() != s.redis_tls.key.is_some() {
         e.add(

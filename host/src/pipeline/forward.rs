@@ -38,7 +38,10 @@ pub(super) async fn attempt(
         std::mem::take(&mut s.head.headers)
     };
     for f in &chain.upstream_request {
-        f.on_upstream_request(s, upstream, &mut headers).await?;
+        if let Err(e) = f.on_upstream_request(s, upstream, &mut headers).await {
+            s.ctx.record.answered_by(f.name());
+            return Err(e);
+        }
     }
     headers::to_upstream(
         &mut headers,
@@ -59,7 +62,15 @@ pub(super) async fn attempt(
     let attempt_start = std::time::Instant::now();
     let sent = upstream.send(client, req, s.rt.limits.response_head).await;
     s.ctx.record.upstream_head = Some(s.ctx.record.start.elapsed());
-    let resp = sent.map_err(|e| send_failed(upstream, e))?;
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => {
+            let e = send_failed(upstream, e);
+            s.ctx.record.attempted(&upstream.name, 0, Some(e.code()));
+            return Err(e);
+        }
+    };
+    s.ctx.record.attempted(&upstream.name, resp.status().as_u16(), None);
     s.ctx.record.upstream_connect = UpstreamBody::connect_time(&resp);
     if resp.status().is_server_error() {
         upstream.record_failure(format!("status {}", resp.status().as_u16()));
@@ -93,9 +104,11 @@ pub(super) async fn attempt(
             Err(e) => {
                 // Broken before its first event: nothing reached the client yet.
                 upstream.record_failure("stream broke before its first event");
-                return Err(GatewayError::from(ErrorKind::UpstreamProtocol)
+                let e = GatewayError::from(ErrorKind::UpstreamProtocol)
                     .caused_by(e)
-                    .retryable());
+                    .retryable();
+                mark_last(s, e.code());
+                return Err(e);
             }
         }
     }
@@ -106,18 +119,33 @@ pub(super) async fn attempt(
     };
     let mut retry = false;
     for f in &chain.upstream_response {
-        if f.on_upstream_response(s, upstream, &answer).await? == Verdict::Retry {
-            retry = true;
-            break;
+        match f.on_upstream_response(s, upstream, &answer).await {
+            Ok(Verdict::Retry) => {
+                retry = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                s.ctx.record.answered_by(f.name());
+                return Err(e);
+            }
         }
     }
     if retry && may_retry {
+        mark_last(s, "retry");
         return Ok(None);
     }
     Ok(Some(http::Response::from_parts(
         head,
         Relayed::boxed(relayed),
     )))
+}
+
+/// Marks the last attempt as failed with `error` after its head came.
+fn mark_last(s: &mut Session<'_>, error: &'static str) {
+    if let Some(last) = s.ctx.record.attempt_log.last_mut() {
+        last.error = Some(error);
+    }
 }
 
 /// Maps a failed send to what the client is told, and charges the upstream's health where the

@@ -133,13 +133,17 @@ pub async fn handle(
     let chain = s.route.map_or(&rt.global, |r| &r.chain).clone();
     let (resp, from) = match result {
         Ok(answered) => answered,
-        Err(e) => (refuse(&mut s, e).map(Relayed::boxed), None),
+        Err(e) => {
+            s.ctx.record.answered_by(e.kind.step());
+            (refuse(&mut s, e).map(Relayed::boxed), None)
+        }
     };
 
     // Step 7: the head the client gets.
     let (mut head, mut body) = resp.into_parts();
     for f in &chain.response_head {
         if let Err(e) = f.on_response_head(&mut s, &mut head, from.as_deref()).await {
+            s.ctx.record.answered_by(f.name());
             if from.is_none() {
                 tracing::warn!(request_id = %s.request_id, filter = f.name(), error = %e.log_line(), "filter failed on an error answer; ignored");
                 continue;
@@ -168,8 +172,12 @@ pub async fn handle(
 
 /// The gateway's own answer for `e`, recorded; internal and upstream causes are logged here, once.
 fn refuse(s: &mut Session<'_>, e: GatewayError) -> http::Response<BoxBody> {
-    if let ErrorKind::ModelNotFound(m) = &e.kind {
-        s.ctx.record.model = Some(Arc::from(&*crate::error::truncate(m)));
+    match &e.kind {
+        ErrorKind::ModelNotFound(m) => {
+            s.ctx.record.model = Some(Arc::from(&*crate::error::truncate(m)));
+        }
+        ErrorKind::PolicyDenied { code, .. } => s.ctx.record.policy_code = Some(Arc::from(&**code)),
+        _ => {}
     }
     s.ctx.record.error = Some(e.code());
     match e.source() {
@@ -223,7 +231,8 @@ async fn run(
     // Edge filters first (a denied address learns nothing more; a CORS preflight is answered
     // whatever methods the route lists).
     for f in &chain.request {
-        if let Flow::Answer(resp) = f.on_request(s).await? {
+        if let Flow::Answer(resp) = f.on_request(s).await.map_err(blame(s, f))? {
+            s.ctx.record.answered_by(f.name());
             return Ok((resp.map(Relayed::boxed), None));
         }
     }
@@ -235,7 +244,10 @@ async fn run(
     }
 
     // Step 3: authenticate.
-    let key = rt.keys.authenticate(&s.head.headers)?;
+    let key = rt.keys.authenticate(&s.head.headers).map_err(|e| {
+        s.ctx.record.answered_by("auth");
+        e
+    })?;
     s.ctx.record.key = Some(key.clone());
     s.key = Some(key);
 
@@ -256,13 +268,14 @@ async fn run(
         });
     s.probe = probe;
     for f in &chain.authenticated {
-        if let Flow::Answer(resp) = f.on_authenticated(s).await? {
+        if let Flow::Answer(resp) = f.on_authenticated(s).await.map_err(blame(s, f))? {
+            s.ctx.record.answered_by(f.name());
             return Ok((resp.map(Relayed::boxed), None));
         }
     }
     if let RequestBody::Buffered(b) = &mut body {
         for f in &chain.request_body {
-            f.on_request_body(s, b).await?;
+            f.on_request_body(s, b).await.map_err(blame(s, f))?;
         }
         s.ctx.record.bytes_in = b.len() as u64;
     }
@@ -270,7 +283,7 @@ async fn run(
     // Step 5: select.
     let mut candidates = select(route, s.model())?;
     for f in &chain.select {
-        f.on_select(s, &mut candidates).await?;
+        f.on_select(s, &mut candidates).await.map_err(blame(s, f))?;
     }
     if candidates.is_empty() {
         return Err(ErrorKind::NoUpstream("no candidate is left".into()).into());
@@ -291,6 +304,17 @@ async fn run(
         }
     }
     Err(ErrorKind::UpstreamConnect.into())
+}
+
+/// For a hook's error: names the filter as what answered (unless it named itself).
+fn blame<'s>(
+    s: &'s mut Session<'_>,
+    f: &'s Arc<dyn Filter>,
+) -> impl FnOnce(GatewayError) -> GatewayError + 's {
+    move |e| {
+        s.ctx.record.answered_by(f.name());
+        e
+    }
 }
 
 /// Step 1 for the gateway's own endpoints: the same head checks as proxied requests.

@@ -155,6 +155,9 @@ impl<B: Body> Relay<B> {
 fn run_filters(tail: &mut Tail, data: &mut Bytes, end: bool, from: usize) -> Option<(Wait, usize)> {
     for (i, f) in tail.chain.body_chunk.iter().enumerate().skip(from) {
         f.on_body_chunk(&mut tail.ctx, data, end);
+        if tail.ctx.cut.is_some() {
+            tail.ctx.record.answered_by(f.name());
+        }
         if let Some(wait) = tail.ctx.wait.take() {
             return Some((wait, i + 1));
         }
@@ -224,6 +227,11 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
                     unreachable!("polled above");
                 };
                 resume(&mut tail.ctx);
+                if tail.ctx.cut.is_some()
+                    && let Some(f) = p.next.checked_sub(1).and_then(|i| tail.chain.body_chunk.get(i))
+                {
+                    tail.ctx.record.answered_by(f.name());
+                }
                 if let Some((wait, next)) = run_filters(tail, &mut p.data, p.end, p.next) {
                     *this.pending = Some(Pending { wait, next, ..p });
                     continue;

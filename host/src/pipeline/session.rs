@@ -73,6 +73,15 @@ pub struct RequestRecord {
     pub first_byte: Option<Duration>,
     /// Why the gateway answered itself, when it did (the error's `code`).
     pub error: Option<&'static str>,
+    /// What answered instead of an upstream, or ended its answer: a pipeline step (`screen`,
+    /// `route`, `auth`, `body`, `select`, `upstream`) or a filter (its name; a limit names
+    /// itself, `limits:NAME`; a policy `plugin:NAME`).
+    pub answered_by: Option<Arc<str>>,
+    /// A policy's own refusal code, as the client got it (`error` is then `policy_denied`, a
+    /// bounded metrics label).
+    pub policy_code: Option<Arc<str>>,
+    /// Each upstream attempt, in order.
+    pub attempt_log: Vec<crate::state::Attempt>,
     /// Tokens the upstream's answer reported, set when the request ends (`tokens.rs`).
     pub tokens: Option<RecordedTokens>,
     /// What those tokens cost, in billionths of `pricing.currency`: set in `on_done` by the
@@ -142,6 +151,24 @@ impl RequestRecord {
     pub fn path(&self) -> &str {
         self.uri.path()
     }
+
+    /// Names what answered instead of an upstream, unless something already did (a filter may
+    /// name itself more precisely before it refuses, e.g. `limits:per-ip`).
+    pub fn answered_by(&mut self, by: &str) {
+        if self.answered_by.is_none() {
+            self.answered_by = Some(Arc::from(by));
+        }
+    }
+
+    /// Notes an upstream attempt that ended with `status` (0: none) or `error`.
+    pub(crate) fn attempted(&mut self, upstream: &Arc<str>, status: u16, error: Option<&'static str>) {
+        self.attempt_log.push(crate::state::Attempt {
+            upstream: upstream.clone(),
+            status,
+            error,
+            ms: self.start.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+        });
+    }
 }
 
 impl Ctx {
@@ -170,6 +197,9 @@ impl Ctx {
                 upstream_head: None,
                 first_byte: None,
                 error: None,
+                answered_by: None,
+                policy_code: None,
+                attempt_log: Vec::new(),
                 tokens: None,
                 cost_nanos: None,
                 // Until the body says otherwise: a context dropped before its response reached

@@ -41,6 +41,7 @@ mod queues;
 mod rate;
 mod recent;
 mod redis;
+mod requests;
 mod settings;
 mod sql;
 mod writer;
@@ -76,6 +77,7 @@ use self::queues::{KeyUses, QUEUE_CAPACITY};
 pub use self::rate::{Decision, Gcra, LocalBuckets, Op};
 pub use self::recent::MinuteTotals;
 pub use self::redis::RedisKv;
+pub use self::requests::{Attempt, RequestEntry, RequestQuery, RequestRow};
 pub use self::settings::{SETTINGS_POLL, Settings};
 pub use self::sql::{BindingQuery, KeyQuery, KeyRecord, SqlStore, TokenUsage, UsageBy};
 use self::writer::{Event, Writer};
@@ -93,8 +95,11 @@ pub struct StoreStats {
     pub first_uses: AtomicU64,
     /// Refused requests written to the intercept log (by this gateway).
     pub intercepts: AtomicU64,
-    /// Writer flushes that could not write a batch (kept and retried at the next flush).
+    /// Writer flushes that could not write a batch (kept and retried at the next flush; the
+    /// request log's batch is dropped instead).
     pub flush_failures: AtomicU64,
+    /// Requests not logged: the request log's buffer was full, or its batch could not be written.
+    pub requests_dropped: AtomicU64,
 }
 
 /// The database, the cache, and the background work around them.
@@ -119,6 +124,8 @@ pub struct Stores {
     /// ip-binding policy used to wake the writer on the main runtime, from every worker thread).
     /// foldhash, as the token sums of the writer: one lookup per request.
     uses: std::sync::Mutex<KeyUses>,
+    /// Finished requests for the request log, taken by the writer at each flush.
+    requests: std::sync::Mutex<Vec<RequestEntry>>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The live settings (failsafe, alerts, archive age, log level).
     pub(crate) live: settings::Live,
@@ -220,6 +227,7 @@ impl Stores {
             queue,
             tokens: Default::default(),
             uses: std::sync::Mutex::new(HashMap::default()),
+            requests: Default::default(),
             writer: std::sync::Mutex::new(None),
             stats: StoreStats::default(),
         });

@@ -27,6 +27,9 @@ use super::alerts::Webhook;
 /// down the oldest is dropped instead.
 const MAX_PENDING_INTERCEPTS: usize = 10_000;
 
+/// How often the request log is pruned (by age and by row count), at a flush.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(super) enum Event {
     Intercept {
         key_id: String,
@@ -49,6 +52,8 @@ pub(super) struct Writer {
     intercepts_failing: bool,
     /// Token usage summed per (hour, key, upstream, model) until the next flush.
     tokens: TokenSums,
+    /// When the request log was last pruned.
+    last_prune: tokio::time::Instant,
 }
 
 impl Writer {
@@ -64,6 +69,7 @@ impl Writer {
             intercepts: VecDeque::new(),
             intercepts_failing: false,
             tokens: TokenSums::default(),
+            last_prune: tokio::time::Instant::now(),
         }
     }
 
@@ -181,6 +187,30 @@ impl Writer {
         }
         if !self.intercepts.is_empty() {
             self.write_intercepts(&stores).await;
+        }
+        let requests = stores.take_requests();
+        if !requests.is_empty() {
+            let n = requests.len() as u64;
+            if let Err(e) = stores.db.record_requests(requests).await {
+                // Not kept: the buffer refills at the request rate, and the log is a record of
+                // traffic, not of money (usage and budgets are written above).
+                stores.flush_failed();
+                stores
+                    .stats
+                    .requests_dropped
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(target: "state", error = %e, requests = n, "request log flush failed; the batch is dropped");
+            }
+        }
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.last_prune = tokio::time::Instant::now();
+            match stores.prune_requests().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(target: "state", rows = n, "request log pruned"),
+                Err(e) => {
+                    tracing::warn!(target: "state", error = %e, "pruning the request log failed; will retry")
+                }
+            }
         }
     }
 

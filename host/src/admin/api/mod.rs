@@ -8,6 +8,7 @@ mod credentials;
 pub(crate) mod dashboard;
 pub(crate) mod export;
 mod intercepts;
+mod requests;
 mod ip_rules;
 mod keys;
 mod login;
@@ -50,6 +51,10 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/plugins", get(plugins::plugins))
         .route("/intercepts", get(intercepts::list))
         .route("/intercepts.csv", get(intercepts::csv))
+        .route("/requests", get(requests::list))
+        .route("/requests.csv", get(requests::csv))
+        .route("/requests.ndjson", get(requests::ndjson))
+        .route("/requests/{request_id}", get(requests::get))
         .route("/upstreams/{name}/cooldown", post(upstreams::cool_down))
         .route("/upstreams/{name}/restore", post(upstreams::restore))
         .route("/settings", get(settings::get).put(settings::put))
@@ -94,6 +99,10 @@ pub fn routes() -> axum::Router<AdminState> {
         plugins::plugins,
         intercepts::list,
         intercepts::csv,
+        requests::list,
+        requests::get,
+        requests::csv,
+        requests::ndjson,
         settings::get,
         settings::put,
         audit::audit,

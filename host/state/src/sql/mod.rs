@@ -170,7 +170,7 @@ impl SqlStore {
 
     /// Writes `rows` in one transaction, [`ROWS_PER_STATEMENT`] per statement: `statement` makes
     /// a statement's SQL from its VALUES list, `bind` binds one row's `columns` values in order.
-    async fn write_rows<T>(
+    pub(crate) async fn write_rows<T>(
         &self,
         rows: &[T],
         columns: usize,

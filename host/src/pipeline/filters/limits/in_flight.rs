@@ -28,6 +28,8 @@ impl InFlightCounts {
 }
 
 pub(super) struct InFlightLimit {
+    /// `limits:NAME`, for the request log.
+    pub(super) label: Box<str>,
     pub(super) max: u32,
     pub(super) by: LimitBy,
     pub(super) keys: Vec<String>,
@@ -80,6 +82,7 @@ impl Limits {
             };
             let Some(slot) = limit.counts.try_take(key, limit.max) else {
                 // The slots taken so far are released as they drop.
+                s.ctx.record.answered_by(&limit.label);
                 return Err(Refusal::new(
                     http::StatusCode::TOO_MANY_REQUESTS,
                     "requests",

@@ -128,6 +128,7 @@ impl Limits {
             .in_flight
             .iter()
             .map(|f| InFlightLimit {
+                label: format!("limits:{}", f.name).into(),
                 max: f.max,
                 by: f.by,
                 keys: f.scope.keys.clone(),

@@ -45,6 +45,7 @@ impl Limits {
                 });
                 s.ctx.ext.insert(RequestsTaken { mask: 0, ..taken });
                 self.refund_requests(&s.ctx.record, taken.mask).await;
+                s.ctx.record.answered_by(&format!("limits:{}", b.name));
                 return Err(rate_limited(
                     "requests",
                     d.wait_us.div_ceil(1000),

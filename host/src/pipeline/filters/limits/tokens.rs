@@ -99,6 +99,7 @@ impl Limits {
                         d.wait_us as f64 / 1e6
                     )
                 };
+                s.ctx.record.answered_by(&format!("limits:{}", b.name));
                 return Err(rate_limited(
                     "tokens",
                     if too_big {

@@ -21,7 +21,7 @@ pub(crate) struct HeaderRewrite {
 
 impl Filter for HeaderRewrite {
     fn name(&self) -> &str {
-        &self.policy.plugin.spec.name
+        &self.policy.label
     }
 
     /// Only the phases the plugin has rules for (read once per loaded version).

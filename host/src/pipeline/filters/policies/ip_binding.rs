@@ -37,7 +37,7 @@ pub(crate) struct IpBinding {
 
 impl Filter for IpBinding {
     fn name(&self) -> &str {
-        &self.policy.plugin.spec.name
+        &self.policy.label
     }
 
     fn hooks(&self) -> Hooks {

@@ -38,6 +38,8 @@ use crate::upstream::Upstream;
 /// A plugin as a route uses it.
 pub(crate) struct PolicyRef {
     pub(crate) plugin: Arc<Plugin>,
+    /// `plugin:NAME`: the adapter's filter name (logs, the request log's `answered_by`).
+    pub(crate) label: Box<str>,
     pub(crate) on_error: OnError,
     /// The candidate evaluated beside it (`routes[].shadow`), if any.
     pub(crate) shadow: Option<Arc<Shadow>>,
@@ -115,6 +117,7 @@ pub(crate) fn build(
                 cfg.kind,
                 PolicyRef {
                     plugin: plugin(name)?,
+                    label: format!("plugin:{name}").into(),
                     on_error: cfg.on_error,
                     shadow,
                 },

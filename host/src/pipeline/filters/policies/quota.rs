@@ -19,7 +19,7 @@ pub(crate) struct Quota {
 
 impl Filter for Quota {
     fn name(&self) -> &str {
-        &self.policy.plugin.spec.name
+        &self.policy.label
     }
 
     fn hooks(&self) -> Hooks {

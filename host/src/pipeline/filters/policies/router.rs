@@ -16,7 +16,7 @@ pub(crate) struct Router {
 
 impl Filter for Router {
     fn name(&self) -> &str {
-        &self.policy.plugin.spec.name
+        &self.policy.label
     }
 
     fn hooks(&self) -> Hooks {

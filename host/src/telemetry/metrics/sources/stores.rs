@@ -1,5 +1,5 @@
 //! Store series, mirrored at each scrape from `state::StoreStats`: cache fallbacks, failsafe
-//! decisions, dropped and failed writes, first uses, intercepts.
+//! decisions, dropped and failed writes, first uses, intercepts, requests the log dropped.
 
 use std::sync::atomic::Ordering;
 
@@ -8,7 +8,7 @@ use prometheus::{IntCounterVec, Registry};
 use super::super::families::{NO_LABELS, counter_vec, mirror};
 use super::super::{Scrape, Source};
 
-struct StoreCounters([IntCounterVec; 6]);
+struct StoreCounters([IntCounterVec; 7]);
 
 pub(crate) fn register(r: &Registry) -> Box<dyn Source> {
     let c = |name, help| counter_vec(r, name, help, &[]);
@@ -35,7 +35,11 @@ pub(crate) fn register(r: &Registry) -> Box<dyn Source> {
         ),
         c(
             "tollgate_store_flush_failures_total",
-            "Batches of usage, token or intercept records the writer failed to write (kept and retried)",
+            "Batches of usage, token, intercept or request-log records the writer failed to write (kept and retried; the request log's are dropped)",
+        ),
+        c(
+            "tollgate_request_log_dropped_total",
+            "Requests not written to the request log: its buffer was full (storage.request_log.max_pending) or its batch failed",
         ),
     ]))
 }
@@ -50,6 +54,7 @@ impl Source for StoreCounters {
             &stats.first_uses,
             &stats.intercepts,
             &stats.flush_failures,
+            &stats.requests_dropped,
         ]) {
             mirror(&c.with_label_values(&NO_LABELS), v.load(Ordering::Relaxed));
         }

@@ -1,0 +1,94 @@
+//! `request_log`: every request the data plane answered, proxied or refused, as one row of the
+//! request log (`storage.request_log`; docs/requests.md): who asked (key, address), what
+//! (route, model), what happened (each upstream attempt, the final status and outcome, the code
+//! of the gateway's own answer and what gave it, `answered_by`), how long (first byte, total),
+//! and what it used (tokens, cost). Successful requests may be sampled (`sample`); refused,
+//! failed, aborted and cut ones are always kept.
+//!
+//! Hook: `on_done`, after `pricing` (the cost). The entry goes to the stores' bounded buffer
+//! ([`Stores::record_request`]: one lock, never a wait) and the writer writes it in batches.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::pipeline::{Ctx, Filter, Hooks, Outcome};
+use crate::state::{RequestEntry, Stores};
+
+pub(crate) struct RequestLog {
+    stores: Arc<Stores>,
+    /// The share of successful requests kept.
+    sample: f64,
+}
+
+/// The filter, unless the log is off.
+pub(crate) fn build(config: &Config, stores: &Arc<Stores>) -> Option<RequestLog> {
+    let c = &config.storage.request_log;
+    c.enabled.then(|| RequestLog {
+        stores: stores.clone(),
+        sample: c.sample,
+    })
+}
+
+/// The method as the log keeps it (a client's own method is `OTHER`: it is not echoed).
+fn method(m: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+impl Filter for RequestLog {
+    fn name(&self) -> &str {
+        "request_log"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::DONE
+    }
+
+    fn on_done(&self, ctx: &mut Ctx) {
+        let r = &mut ctx.record;
+        let ok = r.status < 400 && r.outcome == Outcome::Complete;
+        if ok && self.sample < 1.0 && fastrand::f64() >= self.sample {
+            return;
+        }
+        let took = r.start.elapsed();
+        let us = |d: std::time::Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.stores.record_request(RequestEntry {
+            at_ms: crate::state::unix_ms().saturating_sub(took.as_millis() as u64),
+            request_id: r.request_id.clone(),
+            key: r.key.as_ref().map(|k| (k.hex.clone(), k.name.clone())),
+            client_ip: r.client_ip,
+            method: method(&r.method),
+            path: r.path().into(),
+            route: r.route.clone(),
+            model: r.model.clone(),
+            upstream: r.upstream.clone(),
+            attempts: std::mem::take(&mut r.attempt_log),
+            status: r.status,
+            outcome: r.outcome.as_str(),
+            error: match (&r.policy_code, r.error) {
+                (Some(own), _) => Some(own.clone()),
+                (None, code) => code.map(Arc::from),
+            },
+            answered_by: r.answered_by.clone(),
+            first_byte_us: r.first_byte.map(us),
+            duration_us: us(took),
+            tokens: r
+                .tokens
+                .map(|t| (t.tokens.input, t.tokens.output, t.tokens.cached)),
+            partial: r.tokens.is_some_and(|t| t.partial),
+            cost_nanos: r.cost_nanos,
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+            decisions: None,
+        });
+    }
+}
