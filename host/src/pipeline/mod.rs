@@ -244,10 +244,10 @@ async fn run(
     }
 
     // Step 3: authenticate.
-    let key = rt.keys.authenticate(&s.head.headers).map_err(|e| {
-        s.ctx.record.answered_by("auth");
-        e
-    })?;
+    let key = rt
+        .keys
+        .authenticate(&s.head.headers)
+        .inspect_err(|_| s.ctx.record.answered_by("auth"))?;
     s.ctx.record.key = Some(key.clone());
     s.key = Some(key);
 
