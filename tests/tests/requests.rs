@@ -72,10 +72,19 @@ async fn every_refusal_is_logged_with_its_code_and_what_refused_it() {
     ));
     let gw = TestGateway::start(&yaml).await;
     let local = client();
-    assert_eq!(chat(&local, &gw, "/v1/chat/completions", CLIENT_KEY).await, 200);
+    assert_eq!(
+        chat(&local, &gw, "/v1/chat/completions", CLIENT_KEY).await,
+        200
+    );
     let cases: Vec<(u16, &str, &str)> = vec![
         (
-            chat(&client_from("127.0.0.2"), &gw, "/v1/chat/completions", CLIENT_KEY).await,
+            chat(
+                &client_from("127.0.0.2"),
+                &gw,
+                "/v1/chat/completions",
+                CLIENT_KEY,
+            )
+            .await,
             "ip_denied",
             "access",
         ),
@@ -90,7 +99,13 @@ async fn every_refusal_is_logged_with_its_code_and_what_refused_it() {
             "route",
         ),
         (
-            chat(&client_from("127.0.0.3"), &gw, "/v1/chat/completions", CLIENT_KEY).await,
+            chat(
+                &client_from("127.0.0.3"),
+                &gw,
+                "/v1/chat/completions",
+                CLIENT_KEY,
+            )
+            .await,
             "ip_not_allowed",
             "plugin:bind",
         ),
@@ -107,7 +122,10 @@ async fn every_refusal_is_logged_with_its_code_and_what_refused_it() {
         {
             // The rate and its burst of one pass; the third is refused.
             for _ in 0..2 {
-                assert_eq!(chat(&local, &gw, "/limited/chat/completions", CLIENT_KEY).await, 200);
+                assert_eq!(
+                    chat(&local, &gw, "/limited/chat/completions", CLIENT_KEY).await,
+                    200
+                );
             }
             (
                 chat(&local, &gw, "/limited/chat/completions", CLIENT_KEY).await,
@@ -125,14 +143,21 @@ async fn every_refusal_is_logged_with_its_code_and_what_refused_it() {
         assert_eq!(row["status"], *status, "{row}");
         assert_eq!(row["answered_by"], *by, "{row}");
         assert_eq!(row["outcome"], "refused", "{row}");
-        assert_eq!(row["attempts"], json!([]), "refused before any upstream: {row}");
+        assert_eq!(
+            row["attempts"],
+            json!([]),
+            "refused before any upstream: {row}"
+        );
     }
     assert_eq!(refused.len(), cases.len(), "{refused:#?}");
     // The filters: by what refused, by status class, by key name.
     let limited = logged(&gw, "answered_by=limits:per-ip").await;
     assert_eq!(limited.len(), 1);
     assert_eq!(limited[0]["route"], "/limited/");
-    assert_eq!(limited[0]["key_name"], "", "a limit by address acts before the key is read");
+    assert_eq!(
+        limited[0]["key_name"], "",
+        "a limit by address acts before the key is read"
+    );
     let ok = logged(&gw, "status=2xx").await;
     assert_eq!(ok.len(), 3, "{ok:#?}");
     for row in &ok {
@@ -157,7 +182,10 @@ async fn every_refusal_is_logged_with_its_code_and_what_refused_it() {
 async fn a_failover_shows_both_attempts() {
     let (dead, mock) = (DeadPort::new(), MockUpstream::start().await);
     let gw = TestGateway::start(&with_admin(&config_yaml(&[dead.url(), mock.url()], ""))).await;
-    assert_eq!(chat(&client(), &gw, "/v1/chat/completions", CLIENT_KEY).await, 200);
+    assert_eq!(
+        chat(&client(), &gw, "/v1/chat/completions", CLIENT_KEY).await,
+        200
+    );
     let rows = logged(&gw, "").await;
     assert_eq!(rows.len(), 1);
     let attempts = rows[0]["attempts"].as_array().unwrap();
@@ -206,14 +234,18 @@ async fn an_abandoned_stream_is_logged_with_its_partial_tokens() {
 async fn sampling_the_writers_bound_and_retention() {
     let mock = MockUpstream::start().await;
     let base = with_admin(&config_yaml(&[mock.url()], ""));
-    let sampled = TestGateway::start(&format!(
-        "{base}storage:\n  request_log: {{sample: 0}}\n"
-    ))
-    .await;
+    let sampled =
+        TestGateway::start(&format!("{base}storage:\n  request_log: {{sample: 0}}\n")).await;
     let c = client();
     for _ in 0..5 {
-        assert_eq!(chat(&c, &sampled, "/v1/chat/completions", CLIENT_KEY).await, 200);
-        assert_eq!(chat(&c, &sampled, "/v1/chat/completions", "sk-nope").await, 401);
+        assert_eq!(
+            chat(&c, &sampled, "/v1/chat/completions", CLIENT_KEY).await,
+            200
+        );
+        assert_eq!(
+            chat(&c, &sampled, "/v1/chat/completions", "sk-nope").await,
+            401
+        );
     }
     let rows = logged(&sampled, "").await;
     assert_eq!(rows.len(), 5, "only the refusals: {rows:#?}");
@@ -225,7 +257,10 @@ async fn sampling_the_writers_bound_and_retention() {
     ))
     .await;
     for _ in 0..10 {
-        assert_eq!(chat(&c, &bounded, "/v1/chat/completions", CLIENT_KEY).await, 200);
+        assert_eq!(
+            chat(&c, &bounded, "/v1/chat/completions", CLIENT_KEY).await,
+            200
+        );
     }
     assert_eq!(logged(&bounded, "").await.len(), 4, "the first four waited");
     let metrics = bounded.metrics().await;
@@ -239,7 +274,10 @@ async fn sampling_the_writers_bound_and_retention() {
             .join("\n")
     );
     for _ in 0..4 {
-        assert_eq!(chat(&c, &bounded, "/v1/chat/completions", CLIENT_KEY).await, 200);
+        assert_eq!(
+            chat(&c, &bounded, "/v1/chat/completions", CLIENT_KEY).await,
+            200
+        );
     }
     bounded.gateway.stores.flush().await;
     let before: Vec<i64> = logged(&bounded, "")
@@ -275,7 +313,10 @@ async fn pages_tail_exports_and_bad_filters() {
     let second = api(&gw, &format!("/requests?limit=2&before={next}")).await;
     let third = api(
         &gw,
-        &format!("/requests?limit=2&before={}", second["next"].as_i64().unwrap()),
+        &format!(
+            "/requests?limit=2&before={}",
+            second["next"].as_i64().unwrap()
+        ),
     )
     .await;
     assert_eq!(third["items"].as_array().unwrap().len(), 1);
@@ -316,10 +357,7 @@ async fn pages_tail_exports_and_bad_filters() {
             .unwrap();
         assert_eq!(r.status(), 400, "{query}");
         let v: Value = r.json().await.unwrap();
-        assert!(
-            v["error"]["param"] == field,
-            "{query}: {v}"
-        );
+        assert!(v["error"]["param"] == field, "{query}: {v}");
     }
     let csv = http
         .get(format!("http://{admin}/admin/api/requests.csv?status=4xx"))
@@ -327,12 +365,20 @@ async fn pages_tail_exports_and_bad_filters() {
         .send()
         .await
         .unwrap();
-    assert!(csv.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
     let text = csv.text().await.unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].starts_with("id,at,request_id,"));
-    assert!(lines[1].contains(",401,refused,invalid_api_key,auth,"), "{text}");
+    assert!(
+        lines[1].contains(",401,refused,invalid_api_key,auth,"),
+        "{text}"
+    );
     let nd = http
         .get(format!("http://{admin}/admin/api/requests.ndjson"))
         .bearer_auth(&token)
@@ -342,7 +388,112 @@ async fn pages_tail_exports_and_bad_filters() {
         .text()
         .await
         .unwrap();
-    let rows: Vec<Value> = nd.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<Value> = nd
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 6);
     assert_eq!(rows[0]["status"], 401, "newest first");
+}
+
+/// `tollgate requests` reads the same log with the same filters (a bad one names itself), as a
+/// table or JSON lines, and `--follow` prints a request written after it started.
+#[tokio::test]
+async fn the_cli_lists_filters_and_follows_the_log() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        config_yaml(&[mock.url()], "")
+            + "storage:\n  database: sqlite://gw.db\n  flush_interval: 100ms\n",
+    )
+    .unwrap();
+    let gw = TestGateway::start_file(&config).await;
+    let c = client();
+    assert_eq!(chat(&c, &gw, "/v1/chat/completions", CLIENT_KEY).await, 200);
+    assert_eq!(chat(&c, &gw, "/v1/chat/completions", "sk-nope").await, 401);
+    gw.gateway.stores.flush().await;
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("requests")
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (ok, table, err) = run(&["--since", "1h"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("time\tstatus\toutcome"));
+    assert!(
+        lines[1].contains("\t401\trefused\tinvalid_api_key\tauth\t-\t127.0.0.1\t"),
+        "{table}"
+    );
+    assert!(
+        lines[2].contains("\t200\tcomplete\t-\t-\ttester\t"),
+        "{table}"
+    );
+    let (ok, json, err) = run(&["--status", "2xx", "--json"]);
+    assert!(ok, "{err}");
+    let rows: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["key_name"], "tester");
+    let (ok, _, err) = run(&["--status", "9xx"]);
+    assert!(!ok);
+    assert!(err.contains("status"), "{err}");
+
+    let mut follow = Command::new(BIN)
+        .args([
+            "requests",
+            "--follow",
+            "--json",
+            "--answered-by",
+            "route",
+            "-c",
+        ])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    // Started, and nothing matches yet: then a request the route table refuses.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(rx.try_recv().is_err());
+    assert_eq!(chat(&c, &gw, "/nowhere", CLIENT_KEY).await, 404);
+    // Waiting without blocking this runtime: the gateway under test runs on it.
+    let mut got = None;
+    for _ in 0..50 {
+        if let Ok(l) = rx.try_recv() {
+            got = Some(l);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let got: Value = serde_json::from_str(&got.expect("the new request within 5 s")).unwrap();
+    assert_eq!(got["error"], "unknown_url");
+    assert_eq!(got["path"], "/nowhere");
 }

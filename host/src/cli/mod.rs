@@ -19,6 +19,7 @@ mod ip;
 mod keys;
 mod new_plugin;
 mod plugin;
+mod requests;
 mod run;
 mod usage;
 
@@ -112,6 +113,15 @@ enum Command {
         #[arg(long, default_value = "24h")]
         since: humantime::Duration,
     },
+    /// The request log: every request the gateways answered, newest first, filtered as the
+    /// admin API filters (`--status 4xx`, `--answered-by auth`, `--key NAME`, …); `--follow`
+    /// prints new ones as they are written.
+    Requests {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: requests::RequestsArgs,
+    },
     /// Work with policy plugins offline.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -178,6 +188,7 @@ pub fn main() -> ExitCode {
         Command::Usage { config, by, since } => {
             with_config(&config, |p| usage::usage(p, by, since.into()))
         }
+        Command::Requests { config, args } => with_config(&config, |p| requests::requests(p, args)),
         Command::Admin(admin::AdminCommand::HashPassword) => admin::hash_password(),
     }
 }

@@ -70,7 +70,9 @@ pub(super) async fn attempt(
             return Err(e);
         }
     };
-    s.ctx.record.attempted(&upstream.name, resp.status().as_u16(), None);
+    s.ctx
+        .record
+        .attempted(&upstream.name, resp.status().as_u16(), None);
     s.ctx.record.upstream_connect = UpstreamBody::connect_time(&resp);
     if resp.status().is_server_error() {
         upstream.record_failure(format!("status {}", resp.status().as_u16()));

@@ -228,7 +228,10 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
                 };
                 resume(&mut tail.ctx);
                 if tail.ctx.cut.is_some()
-                    && let Some(f) = p.next.checked_sub(1).and_then(|i| tail.chain.body_chunk.get(i))
+                    && let Some(f) = p
+                        .next
+                        .checked_sub(1)
+                        .and_then(|i| tail.chain.body_chunk.get(i))
                 {
                     tail.ctx.record.answered_by(f.name());
                 }

@@ -161,7 +161,12 @@ impl RequestRecord {
     }
 
     /// Notes an upstream attempt that ended with `status` (0: none) or `error`.
-    pub(crate) fn attempted(&mut self, upstream: &Arc<str>, status: u16, error: Option<&'static str>) {
+    pub(crate) fn attempted(
+        &mut self,
+        upstream: &Arc<str>,
+        status: u16,
+        error: Option<&'static str>,
+    ) {
         self.attempt_log.push(crate::state::Attempt {
             upstream: upstream.clone(),
             status,

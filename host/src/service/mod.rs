@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod ip_rules;
 pub mod keys;
 pub mod reload;
+pub mod requests;
 pub mod settings;
 pub mod upstreams;
 

@@ -292,11 +292,9 @@ fn int(v: u64) -> i64 {
 
 impl From<RequestEntry> for Written {
     fn from(e: RequestEntry) -> Self {
-        let (key_id, key_name) = e
-            .key
-            .map_or((String::new(), String::new()), |(id, name)| {
-                (id.to_string(), name.to_string())
-            });
+        let (key_id, key_name) = e.key.map_or((String::new(), String::new()), |(id, name)| {
+            (id.to_string(), name.to_string())
+        });
         Self {
             at_ms: int(e.at_ms),
             request_id: e.request_id,
