@@ -13,12 +13,13 @@ import dashboard from "./dashboard.js";
 import bindings from "./bindings.js";
 import keys from "./keys.js";
 import { intercepts, audit } from "./logs.js";
+import requests from "./requests.js";
 import usage from "./usage.js";
 import upstreams from "./upstreams.js";
 import plugins from "./plugins.js";
 import settings from "./settings.js";
 
-const pages = { dashboard, keys, bindings, intercepts, audit, usage, upstreams, plugins, settings };
+const pages = { dashboard, requests, keys, bindings, intercepts, audit, usage, upstreams, plugins, settings };
 
 let current = null; // the page being shown: its timers end when another is rendered
 let loggedIn = false;

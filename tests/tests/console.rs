@@ -996,3 +996,92 @@ async fn an_upstream_credential_is_set_and_removed_on_the_upstreams_page_in_chro
         format!("Bearer {UPSTREAM_CREDENTIAL}")
     );
 }
+
+/// The Requests page: a refused request appears in the live tail within 2 s, its details show
+/// what refused it, filters live in the URL, and the page fits a phone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_requests_page_tails_the_log_and_shows_what_refused_a_request_in_chromium() {
+    let up = MockUpstream::start().await;
+    let mut yaml = console_yaml(&[up.url()]);
+    yaml.push_str("storage:\n  flush_interval: 200ms\n");
+    let gw = TestGateway::start(&yaml).await;
+    let send = |key: &'static str| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat_body(false))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(send(CLIENT_KEY).await, 200);
+    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
+    let b = logged_in(&ui, DESKTOP).await;
+    let c = &b.client;
+    open_until(c, &ui, "requests", "#requests-table", "tester").await;
+    click(c, "#live").await;
+    wait_js(c, "return location.hash.includes('live=1')").await;
+    wait_text(c, "#view [data-state=ok]", "Live").await;
+    let sent = std::time::Instant::now();
+    assert_eq!(send("sk-not-a-key").await, 401);
+    let row = wait_text(c, "#requests-table tbody tr:first-child", "401").await;
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "in the tail after {waited:?}"
+    );
+    assert!(
+        row.contains("invalid_api_key") && row.contains("auth"),
+        "{row}"
+    );
+    shot(c, "requests-live").await;
+    click(c, "#requests-table tbody tr:first-child a.detail").await;
+    let facts = wait_text(c, "#request-detail", "Answered by").await;
+    assert!(
+        facts.contains("auth") && facts.contains("invalid_api_key"),
+        "{facts}"
+    );
+    wait_text(c, "#view", "No upstream was asked").await;
+    shot(c, "request-detail").await;
+
+    // Filters in the URL: only refusals by `auth`, after a reload too.
+    c.goto(&format!("{ui}#/requests?answered_by=auth"))
+        .await
+        .unwrap();
+    c.refresh().await.unwrap();
+    wait_js(
+        c,
+        "return document.querySelector('#view input[name=answered_by]').value === 'auth'",
+    )
+    .await;
+    let only = wait_text(c, "#requests-table", "401").await;
+    assert!(!only.contains("tester"), "{only}");
+    drop(b);
+
+    let phone = logged_in(
+        &ui,
+        Options {
+            width: 390,
+            height: 844,
+            ..DESKTOP
+        },
+    )
+    .await;
+    open(&phone.client, &ui, "requests").await;
+    wait_text(&phone.client, "#requests-table", "401").await;
+    assert_eq!(
+        js(
+            &phone.client,
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+        )
+        .await,
+        json!(true),
+        "no horizontal scroll of the page at 390 px"
+    );
+    shot(&phone.client, "requests-phone").await;
+}
