@@ -4,14 +4,17 @@
 # admin plane, no access log, no per-address connection cap (every load client is 127.0.0.1).
 #   gateway_yaml LISTEN MOCK DATABASE_FILE > FILE.yaml
 gateway_yaml() {
+  # REQUEST_LOG=false|true: set storage.request_log.enabled (left out otherwise, for older binaries).
+  local log=""
+  [ -n "${REQUEST_LOG:-}" ] && log=", request_log: {enabled: $REQUEST_LOG}"
   cat <<YAML
 server: {listen: "$1", max_connections_per_ip: 0}
 auth:
   secret: bench-secret-0123456789
-  keys: [{name: bench, key: sk-bench-key-0001}]
+  keys: [{name: bench, key: ${BENCH_KEY:-sk-bench-key-0001}}]
 upstreams: [{name: mock, url: "http://$2", credential: sk-upstream}]
 routes: [{path_prefix: /v1/, upstreams: [mock]}]
-storage: {database: "sqlite://$3"}
+storage: {database: "sqlite://$3"$log}
 admin: {enabled: false}
 logging: {level: warn, access_log: false}
 YAML

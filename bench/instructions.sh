@@ -11,6 +11,9 @@
 #                                                      # bench/run.sh (plugins from plugins/build.sh)
 #   STORED=1 bench/instructions.sh NEW                 # the client key is one issued at run time
 #                                                      # (`tollgate keys create`), not the YAML's
+#   BENCH_KEY=tg-… bench/instructions.sh NEW           # the YAML's key is this one (compare a
+#                                                      # stored key with a YAML key of its length)
+#   REQUEST_LOG=false bench/instructions.sh NEW        # without the request log
 #
 # Each target runs under callgrind, is warmed for 4 s, then gets a fixed offered rate (RATE per
 # second for SECS, 8 connections, so every target serves the same requests and the same
@@ -43,7 +46,7 @@ for target in "$@"; do
   else
     gateway_yaml "127.0.0.1:$port" "$MOCK" "$out/g$i.db" > "$out/g$i.yaml"
   fi
-  key=sk-bench-key-0001
+  key=${BENCH_KEY:-sk-bench-key-0001}
   if [ "$STORED" = 1 ] && [ "$target" != floor ] && [ "$target" != nginx ]; then
     "$target" migrate --config "$out/g$i.yaml" >/dev/null
     key=$("$target" keys --config "$out/g$i.yaml" create stored-bench | sed -n 's/^secret (shown once, stored nowhere): //p')
