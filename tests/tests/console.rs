@@ -928,9 +928,14 @@ async fn the_keys_page_issues_a_key_shows_its_secret_once_and_revokes_it_in_chro
     assert_eq!(only, "1 key");
     drop(b);
 
-    // At phone width the page fits: nothing wider than the screen but the table's own scroller.
+    fits_a_phone(&ui, "keys", "#view table", "alice").await;
+}
+
+/// At phone width `page` fits once `css` shows `text`: nothing wider than the screen but a
+/// table's own scroller. Saves `PAGE-phone.png`.
+async fn fits_a_phone(ui: &str, page: &str, css: &str, text: &str) {
     let phone = logged_in(
-        &ui,
+        ui,
         Options {
             width: 390,
             height: 844,
@@ -938,8 +943,8 @@ async fn the_keys_page_issues_a_key_shows_its_secret_once_and_revokes_it_in_chro
         },
     )
     .await;
-    open(&phone.client, &ui, "keys").await;
-    wait_text(&phone.client, "#view table", "alice").await;
+    open(&phone.client, ui, page).await;
+    wait_text(&phone.client, css, text).await;
     assert_eq!(
         js(
             &phone.client,
@@ -947,9 +952,9 @@ async fn the_keys_page_issues_a_key_shows_its_secret_once_and_revokes_it_in_chro
         )
         .await,
         json!(true),
-        "no horizontal scroll of the page at 390 px"
+        "no horizontal scroll of {page} at 390 px"
     );
-    shot(&phone.client, "keys-phone").await;
+    shot(&phone.client, &format!("{page}-phone")).await;
 }
 
 /// The Upstreams page sets an upstream's credential at run time: the upstream gets it on the
@@ -1063,25 +1068,5 @@ async fn the_requests_page_tails_the_log_and_shows_what_refused_a_request_in_chr
     assert!(!only.contains("tester"), "{only}");
     drop(b);
 
-    let phone = logged_in(
-        &ui,
-        Options {
-            width: 390,
-            height: 844,
-            ..DESKTOP
-        },
-    )
-    .await;
-    open(&phone.client, &ui, "requests").await;
-    wait_text(&phone.client, "#requests-table", "401").await;
-    assert_eq!(
-        js(
-            &phone.client,
-            "return document.documentElement.scrollWidth <= window.innerWidth + 1"
-        )
-        .await,
-        json!(true),
-        "no horizontal scroll of the page at 390 px"
-    );
-    shot(&phone.client, "requests-phone").await;
+    fits_a_phone(&ui, "requests", "#requests-table", "401").await;
 }

@@ -145,13 +145,17 @@ impl CsvRow for RequestRow {
     }
 }
 
-/// Audits an export and returns its query.
-async fn export_query(
+/// A page of an export being read.
+type PageRead =
+    std::pin::Pin<Box<dyn Future<Output = crate::state::StoreResult<Vec<RequestRow>>> + Send>>;
+
+/// Audits an export and returns what reads its pages: the rows below an id, newest first.
+async fn export_pages(
     st: &AdminState,
     actor: &crate::service::Actor,
     p: &RequestFilter,
     format: &str,
-) -> Result<RequestQuery, ApiError> {
+) -> Result<impl FnMut(Option<i64>) -> PageRead + Send + 'static, ApiError> {
     let q = p.query(&st.gateway.stores.key_table().load())?;
     st.gateway
         .stores
@@ -164,7 +168,16 @@ async fn export_query(
             "ok",
         ))
         .await?;
-    Ok(q)
+    let stores = st.gateway.stores.clone();
+    Ok(move |before| {
+        let (stores, q): (_, RequestQuery) = (stores.clone(), q.clone());
+        Box::pin(async move {
+            stores
+                .database()
+                .requests_page(&q, before, EXPORT_PAGE)
+                .await
+        }) as PageRead
+    })
 }
 
 /// The same requests as CSV (RFC 4180, a header row, times in RFC 3339 UTC, durations in ms,
@@ -177,17 +190,8 @@ pub async fn csv(
     Operator(actor): Operator,
     ApiQuery(p): ApiQuery<RequestFilter>,
 ) -> Result<Response, ApiError> {
-    let q = export_query(&st, &actor, &p, "csv").await?;
-    let stores = st.gateway.stores.clone();
-    Ok(csv_response("requests.csv", CSV_HEADER, move |before| {
-        let (stores, q) = (stores.clone(), q.clone());
-        async move {
-            stores
-                .database()
-                .requests_page(&q, before, EXPORT_PAGE)
-                .await
-        }
-    }))
+    let pages = export_pages(&st, &actor, &p, "csv").await?;
+    Ok(csv_response("requests.csv", CSV_HEADER, pages))
 }
 
 /// The same requests as NDJSON (one object per line, as the list returns them), streamed.
@@ -199,15 +203,6 @@ pub async fn ndjson(
     Operator(actor): Operator,
     ApiQuery(p): ApiQuery<RequestFilter>,
 ) -> Result<Response, ApiError> {
-    let q = export_query(&st, &actor, &p, "ndjson").await?;
-    let stores = st.gateway.stores.clone();
-    Ok(ndjson_response("requests.ndjson", move |before| {
-        let (stores, q) = (stores.clone(), q.clone());
-        async move {
-            stores
-                .database()
-                .requests_page(&q, before, EXPORT_PAGE)
-                .await
-        }
-    }))
+    let pages = export_pages(&st, &actor, &p, "ndjson").await?;
+    Ok(ndjson_response("requests.ndjson", pages))
 }
