@@ -72,7 +72,7 @@ for target in "$@"; do
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
   n=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['requests'])" "$r")
-  ir=$(grep -h '^summary:' "$out/cg$i.$pid".* | awk '{s += $2} END {print s}')
+  ir=$(grep -h '^summary:' "$out/cg$i.$pid".* | awk '{s += $2} END {printf "%.0f", s}')
   echo "$target: $n requests, $((ir / n)) instructions per request"
   kill "$pid"
   i=$((i + 1))

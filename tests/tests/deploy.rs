@@ -1,7 +1,8 @@
 //! The bare-metal deploy files, checked by their own tools: `nginx -t`, `caddy validate`, and
 //! `scripts/install.sh` staged into a directory and checked with `systemd-analyze verify`, then
-//! run as installed. The image is checked in `image.rs`, Compose and Kubernetes in
-//! `orchestration.rs`.
+//! run as installed; the Prometheus alerting rules with `promtool` (and the Grafana dashboard's
+//! queries against the metrics the gateway exposes). The image is checked in `image.rs`,
+//! Compose and Kubernetes in `orchestration.rs`.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -273,5 +274,88 @@ fn the_certbot_hook_copies_a_renewal_for_the_services_user() {
         .args(["check", "--config"])
         .arg(&config)
         .env("TOLLGATE_ENV_FILE", ""));
+    assert!(ok, "{out}");
+}
+
+/// The metric names (`tollgate_…`, `gen_ai_…`) `text` refers to, histogram suffixes removed.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for prefix in ["tollgate_", "gen_ai_"] {
+        for (at, _) in text.match_indices(prefix) {
+            if at > 0 && text.as_bytes()[at - 1].is_ascii_alphanumeric() {
+                continue;
+            }
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            names.insert(base.to_owned());
+        }
+    }
+    names
+}
+
+/// The alerting rules load in Prometheus (`promtool check rules`), each fires on the series it
+/// watches (`promtool test rules`), and every metric they and the Grafana dashboard use is one
+/// the gateway exposes (docs/metrics.md lists every exposed series: `metrics.rs` checks that).
+/// Every dashboard query is valid PromQL once Grafana's variables are filled in.
+#[test]
+fn the_alerting_rules_fire_and_the_dashboard_queries_only_exposed_metrics() {
+    let promtool = tool("promtool");
+    let dir = root().join("deploy/prometheus");
+    let (ok, out) = run(Command::new(&promtool)
+        .args(["check", "rules", "tollgate-alerts.yaml"])
+        .current_dir(&dir));
+    assert!(ok, "{out}");
+    assert!(out.contains("8 rules found"), "{out}");
+    let (ok, out) = run(Command::new(&promtool)
+        .args(["test", "rules", "tollgate-alerts.test.yaml"])
+        .current_dir(&dir));
+    assert!(ok, "{out}");
+
+    let documented =
+        metric_names(&std::fs::read_to_string(root().join("docs/metrics.md")).unwrap());
+    let rules = std::fs::read_to_string(dir.join("tollgate-alerts.yaml")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/tollgate.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(exprs.len() >= 16, "{exprs:?}");
+    for (what, text) in [("rules", rules), ("dashboard", exprs.join("\n"))] {
+        let used = metric_names(&text);
+        assert!(!used.is_empty());
+        let unknown: Vec<_> = used.difference(&documented).collect();
+        assert!(
+            unknown.is_empty(),
+            "{what} use metrics the gateway does not expose: {unknown:?}"
+        );
+    }
+    // The dashboard's queries as recording rules, Grafana's variables filled in.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut recording = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*")
+            .replace("$route", ".*");
+        recording.push_str(&format!(
+            "      - record: dashboard:panel{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        ));
+    }
+    let file = tmp.path().join("dashboard.yaml");
+    std::fs::write(&file, recording).unwrap();
+    let (ok, out) = run(Command::new(&promtool).arg("check").arg("rules").arg(&file));
     assert!(ok, "{out}");
 }

@@ -81,7 +81,7 @@ async fn limit_req_two_per_second_burst_one_nodelay() {
     let metrics = gw.metrics().await;
     assert!(
         metrics.contains(
-            "tollgate_gateway_errors_total{code=\"rate_limit_exceeded\",route=\"/v1/\"} 7"
+            "tollgate_gateway_errors_total{answered_by=\"limits:per-ip\",code=\"rate_limit_exceeded\",route=\"/v1/\"} 7"
         ),
         "{metrics}"
     );

@@ -275,11 +275,12 @@ fn documented_as_exposed(text: &str) {
         "exposed, not in docs/metrics.md: {undocumented:?}"
     );
     // Shown only under a condition: TLS on the data listener; a shadow policy; an all-models
-    // cooldown (this test cools one model).
+    // cooldown (this test cools one model); a failover (`requests.rs` checks it).
     let conditional = [
         "tollgate_tls_certificate_reloads_total",
         "tollgate_plugin_shadow_decisions_total",
         "tollgate_upstream_cooldown_seconds",
+        "tollgate_upstream_failovers_total",
     ];
     let missing: Vec<_> = documented
         .difference(&exposed)

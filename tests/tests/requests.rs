@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tollgate_tests::plugins::wasm;
 use tollgate_tests::{
     CLIENT_KEY, DeadPort, MockUpstream, TestGateway, admin_get, admin_token, chat_body, client,
-    client_from, config_yaml,
+    client_from, config_yaml, plugin, policy_config_yaml,
 };
 
 const ADMIN: &str = "admin:\n  listen: 127.0.0.1:0\n  jwt_secret: an-admin-signing-key-of-32-chars!!\n  users:\n    - {username: ops, password: correct horse battery}\n";
@@ -198,6 +198,52 @@ async fn a_failover_shows_both_attempts() {
     assert_eq!(rows[0]["upstream"], "u1");
     assert_eq!(logged(&gw, "upstream=u1").await.len(), 1);
     assert_eq!(logged(&gw, "upstream=u0").await.len(), 0);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            "tollgate_upstream_failovers_total{reason=\"upstream_unavailable\",route=\"/v1/\",upstream=\"u0\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+/// The policies' decisions are in the row: the router's order, and the quota policy's verdict
+/// on the upstream that answered 429 (and a failover attempt marked `retry`).
+#[tokio::test]
+async fn the_policies_decisions_are_logged() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = policy_config_yaml(
+        &[a.url(), b.url()],
+        &[
+            plugin("first", "router", "tollgate_fill_first", "{}"),
+            plugin("quota", "quota", "tollgate_quota_switch", "{}"),
+        ],
+        &["first", "quota"],
+    );
+    let gw = TestGateway::start(&with_admin(&yaml)).await;
+    a.force_status(429);
+    assert_eq!(
+        chat(&client(), &gw, "/v1/chat/completions", CLIENT_KEY).await,
+        200
+    );
+    let rows = logged(&gw, "").await;
+    let row = &rows[0];
+    assert_eq!(
+        row["decisions"][0],
+        json!({"policy": "plugin:first", "decision": ["u0", "u1"]}),
+        "{row}"
+    );
+    let quota = &row["decisions"][1];
+    assert_eq!(quota["policy"], "plugin:quota", "{row}");
+    assert_eq!(quota["decision"]["upstream"], "u0");
+    assert!(
+        quota["decision"]["verdict"]["cooldown"].is_object(),
+        "{row}"
+    );
+    assert_eq!(row["attempts"][0]["status"], 429);
+    assert_eq!(row["attempts"][0]["error"], "retry");
+    assert_eq!(row["attempts"][1]["upstream"], "u1");
+    assert_eq!(row["upstream"], "u1");
 }
 
 /// A stream the client abandons is logged as such, with the tokens seen so far, marked partial.

@@ -29,6 +29,7 @@ pub mod redis_url;
 mod routes;
 mod server;
 mod storage;
+mod telemetry;
 pub mod types;
 mod upstreams;
 mod validate;
@@ -45,6 +46,7 @@ pub use pricing::{Price, PriceEntry, PriceTable, PricingConfig};
 pub use routes::{HttpMethod, RouteConfig, StreamUsage};
 pub use server::{RealIpHeader, ServerConfig, Timeouts, TlsConfig, TlsVersion};
 pub use storage::{AlertsConfig, Failsafe, PluginCache, RedisTls, RequestLogConfig, StorageConfig};
+pub use telemetry::{OtlpConfig, TelemetryConfig};
 pub use upstreams::{AuthScheme, MockConfig, UpstreamConfig};
 pub(crate) use validate::{Errors, MAX_WORKERS, MIN_KEY_LEN, MIN_SECRET_LEN, check_name};
 
@@ -126,6 +128,9 @@ pub struct Config {
     /// Spending caps per owner, and how budgets are enforced (a key's own are in its entry).
     #[serde(default)]
     pub budgets: BudgetsConfig,
+    /// OpenTelemetry traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Directory of the config file; relative plugin paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -82,6 +82,9 @@ pub struct RequestRecord {
     pub policy_code: Option<Arc<str>>,
     /// Each upstream attempt, in order.
     pub attempt_log: Vec<crate::state::Attempt>,
+    /// What the policies decided, in order (`{"policy": "plugin:NAME", "decision": …}`): the
+    /// request log's `decisions`.
+    pub decisions: Vec<serde_json::Value>,
     /// Tokens the upstream's answer reported, set when the request ends (`tokens.rs`).
     pub tokens: Option<RecordedTokens>,
     /// What those tokens cost, in billionths of `pricing.currency`: set in `on_done` by the
@@ -160,6 +163,12 @@ impl RequestRecord {
         }
     }
 
+    /// Notes what the policy `label` decided (for the request log).
+    pub fn decided(&mut self, label: &str, decision: serde_json::Value) {
+        self.decisions
+            .push(serde_json::json!({"policy": label, "decision": decision}));
+    }
+
     /// Notes an upstream attempt that ended with `status` (0: none) or `error`.
     pub(crate) fn attempted(
         &mut self,
@@ -205,6 +214,7 @@ impl Ctx {
                 answered_by: None,
                 policy_code: None,
                 attempt_log: Vec::new(),
+                decisions: Vec::new(),
                 tokens: None,
                 cost_nanos: None,
                 // Until the body says otherwise: a context dropped before its response reached

@@ -88,7 +88,7 @@ impl Filter for RequestLog {
             cost_nanos: r.cost_nanos,
             bytes_in: r.bytes_in,
             bytes_out: r.bytes_out,
-            decisions: None,
+            decisions: std::mem::take(&mut r.decisions),
         });
     }
 }

@@ -62,8 +62,8 @@ pub struct RequestEntry {
     pub cost_nanos: Option<u64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// What the policies decided, as a JSON object (`None`: nothing recorded).
-    pub decisions: Option<Box<str>>,
+    /// What the policies decided, in order (empty: nothing recorded).
+    pub decisions: Vec<serde_json::Value>,
 }
 
 /// A request read back from the log.
@@ -253,37 +253,16 @@ impl RequestRow {
     }
 }
 
-/// A request's row as written: everything as the columns take it.
+/// A request's row as written: the entry, and the columns that are not in it as text.
 struct Written {
-    at_ms: i64,
-    request_id: Arc<str>,
-    key_id: String,
-    key_name: String,
+    e: RequestEntry,
     client_ip: String,
-    method: &'static str,
-    path: Box<str>,
-    route: String,
-    model: String,
-    upstream: String,
     attempts: String,
-    status: i32,
-    outcome: &'static str,
-    error: String,
-    answered_by: String,
-    first_byte_us: Option<i64>,
-    duration_us: i64,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
-    cached_tokens: Option<i64>,
-    partial: i32,
-    cost_nanos: Option<i64>,
-    bytes_in: i64,
-    bytes_out: i64,
     decisions: String,
 }
 
-fn text(s: &Option<Arc<str>>) -> String {
-    s.as_deref().unwrap_or("").to_owned()
+fn text(s: &Option<Arc<str>>) -> &str {
+    s.as_deref().unwrap_or("")
 }
 
 fn int(v: u64) -> i64 {
@@ -292,35 +271,15 @@ fn int(v: u64) -> i64 {
 
 impl From<RequestEntry> for Written {
     fn from(e: RequestEntry) -> Self {
-        let (key_id, key_name) = e.key.map_or((String::new(), String::new()), |(id, name)| {
-            (id.to_string(), name.to_string())
-        });
         Self {
-            at_ms: int(e.at_ms),
-            request_id: e.request_id,
-            key_id,
-            key_name,
             client_ip: e.client_ip.to_string(),
-            method: e.method,
-            path: e.path,
-            route: text(&e.route),
-            model: text(&e.model),
-            upstream: text(&e.upstream),
             attempts: serde_json::to_string(&e.attempts).unwrap_or_default(),
-            status: i32::from(e.status),
-            outcome: e.outcome,
-            error: text(&e.error),
-            answered_by: text(&e.answered_by),
-            first_byte_us: e.first_byte_us.map(int),
-            duration_us: int(e.duration_us),
-            input_tokens: e.tokens.map(|t| int(t.0)),
-            output_tokens: e.tokens.map(|t| int(t.1)),
-            cached_tokens: e.tokens.map(|t| int(t.2)),
-            partial: i32::from(e.partial),
-            cost_nanos: e.cost_nanos.map(int),
-            bytes_in: int(e.bytes_in),
-            bytes_out: int(e.bytes_out),
-            decisions: e.decisions.map(String::from).unwrap_or_default(),
+            decisions: if e.decisions.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&e.decisions).unwrap_or_default()
+            },
+            e,
         }
     }
 }
@@ -329,30 +288,36 @@ impl SqlStore {
     /// Writes finished requests in one transaction.
     pub(crate) async fn record_requests(&self, entries: Vec<RequestEntry>) -> StoreResult<()> {
         fn bind<'a>(q: AnyQuery<'a>, w: &'a Written) -> AnyQuery<'a> {
-            q.bind(w.at_ms)
-                .bind(&*w.request_id)
-                .bind(&w.key_id)
-                .bind(&w.key_name)
+            let e = &w.e;
+            let (key_id, key_name) = e
+                .key
+                .as_ref()
+                .map_or(("", ""), |(id, name)| (&**id, &**name));
+            let tokens = e.tokens.map(|t| (int(t.0), int(t.1), int(t.2)));
+            q.bind(int(e.at_ms))
+                .bind(&*e.request_id)
+                .bind(key_id)
+                .bind(key_name)
                 .bind(&w.client_ip)
-                .bind(w.method)
-                .bind(&*w.path)
-                .bind(&w.route)
-                .bind(&w.model)
-                .bind(&w.upstream)
+                .bind(e.method)
+                .bind(&*e.path)
+                .bind(text(&e.route))
+                .bind(text(&e.model))
+                .bind(text(&e.upstream))
                 .bind(&w.attempts)
-                .bind(w.status)
-                .bind(w.outcome)
-                .bind(&w.error)
-                .bind(&w.answered_by)
-                .bind(w.first_byte_us)
-                .bind(w.duration_us)
-                .bind(w.input_tokens)
-                .bind(w.output_tokens)
-                .bind(w.cached_tokens)
-                .bind(w.partial)
-                .bind(w.cost_nanos)
-                .bind(w.bytes_in)
-                .bind(w.bytes_out)
+                .bind(i32::from(e.status))
+                .bind(e.outcome)
+                .bind(text(&e.error))
+                .bind(text(&e.answered_by))
+                .bind(e.first_byte_us.map(int))
+                .bind(int(e.duration_us))
+                .bind(tokens.map(|t| t.0))
+                .bind(tokens.map(|t| t.1))
+                .bind(tokens.map(|t| t.2))
+                .bind(i32::from(e.partial))
+                .bind(e.cost_nanos.map(int))
+                .bind(int(e.bytes_in))
+                .bind(int(e.bytes_out))
                 .bind(&w.decisions)
         }
         let rows: Vec<Written> = entries.into_iter().map(Written::from).collect();

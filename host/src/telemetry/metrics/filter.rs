@@ -17,8 +17,11 @@ use crate::pipeline::{Ctx, Filter, Hooks, Outcome};
 /// The families the filter records into, registered with it.
 pub(super) struct RequestFamilies {
     requests: IntCounterVec,
-    /// Answers the gateway gave itself (refusals, limits, failures), by route and error code.
+    /// Answers the gateway gave itself (refusals, limits, failures), by route, error code and
+    /// what gave them.
     refusals: IntCounterVec,
+    /// Upstream attempts another one followed, by route, upstream and why.
+    failovers: IntCounterVec,
     duration: HistogramVec,
     first_token: HistogramVec,
     tokens: HistogramVec,
@@ -39,8 +42,14 @@ impl RequestFamilies {
             refusals: counter_vec(
                 r,
                 "tollgate_gateway_errors_total",
-                "Requests the gateway answered itself or ended, by route and error code (e.g. rate_limit_exceeded, ip_denied, invalid_api_key, token_limit_exceeded)",
-                &["route", "code"],
+                "Requests the gateway answered itself or ended, by route, error code (e.g. rate_limit_exceeded, ip_denied, invalid_api_key, token_limit_exceeded) and what answered (auth, limits:NAME, plugin:NAME, ...)",
+                &["route", "code", "answered_by"],
+            ),
+            failovers: counter_vec(
+                r,
+                "tollgate_upstream_failovers_total",
+                "Upstream attempts the gateway moved on from to the next upstream, by route, upstream and reason (upstream_unavailable, upstream_error, retry)",
+                &["route", "upstream", "reason"],
             ),
             duration: histogram_vec(
                 r,
@@ -232,7 +241,20 @@ impl Filter for MetricsFilter {
         let class = (usize::from(r.status / 100)).clamp(1, 5) - 1;
         series.requests(m, class, r.outcome).inc();
         if let Some(code) = r.error {
-            m.request.refusals.with_label_values(&[route, code]).inc();
+            let by = r.answered_by.as_deref().unwrap_or("");
+            m.request
+                .refusals
+                .with_label_values(&[route, code, by])
+                .inc();
+        }
+        if let [tried @ .., _] = &r.attempt_log[..] {
+            for a in tried {
+                let reason = a.error.unwrap_or("");
+                m.request
+                    .failovers
+                    .with_label_values(&[route, &a.upstream, reason])
+                    .inc();
+            }
         }
         series.duration.observe(r.start.elapsed().as_secs_f64());
         if let Some(first) = r.first_byte

@@ -58,7 +58,10 @@ impl Filter for Quota {
                         .await
                         .map(quota_json)
                 });
-            match decision {
+            let noted = decision.as_ref().ok().map(|d| {
+                serde_json::json!({"upstream": &*upstream.name, "verdict": quota_json(d.clone())})
+            });
+            let verdict = match decision {
                 Ok(QuotaDecision::Pass) => Ok(Verdict::Continue),
                 Ok(QuotaDecision::RetryOther) => Ok(Verdict::Retry),
                 Ok(QuotaDecision::Cooldown(c)) => {
@@ -80,7 +83,11 @@ impl Filter for Quota {
                     })
                 }
                 Err(e) => self.policy.failed(e).map(|()| Verdict::Continue),
+            };
+            if let Some(noted) = noted {
+                s.ctx.record.decided(&self.policy.label, noted);
             }
+            verdict
         })
     }
 }

@@ -41,6 +41,10 @@ impl Filter for Router {
             match decision {
                 Ok(RouteDecision::Pick(order)) => {
                     *candidates = reorder(candidates, &order);
+                    let names = candidates.iter().map(|u| (*u.name).into()).collect();
+                    s.ctx
+                        .record
+                        .decided(&self.policy.label, serde_json::Value::Array(names));
                     if candidates.is_empty() {
                         return Err(
                             ErrorKind::NoUpstream("the router picked no candidate".into()).into(),
@@ -48,7 +52,12 @@ impl Filter for Router {
                     }
                     Ok(())
                 }
-                Ok(RouteDecision::None(reason)) => Err(ErrorKind::NoUpstream(reason).into()),
+                Ok(RouteDecision::None(reason)) => {
+                    s.ctx
+                        .record
+                        .decided(&self.policy.label, serde_json::json!({"none": reason}));
+                    Err(ErrorKind::NoUpstream(reason).into())
+                }
                 Err(e) => self.policy.failed(e),
             }
         })
