@@ -58,9 +58,9 @@ impl Filter for Quota {
                         .await
                         .map(quota_json)
                 });
-            let noted = decision.as_ref().ok().map(|d| {
-                serde_json::json!({"upstream": &*upstream.name, "verdict": quota_json(d.clone())})
-            });
+            let noted = decision.as_ref().ok().map(
+                |d| serde_json::json!({"upstream": &*upstream.name, "verdict": quota_json(*d)}),
+            );
             let verdict = match decision {
                 Ok(QuotaDecision::Pass) => Ok(Verdict::Continue),
                 Ok(QuotaDecision::RetryOther) => Ok(Verdict::Retry),
