@@ -43,6 +43,19 @@ impl Outcome {
     }
 }
 
+/// One call of a policy plugin during a request.
+#[derive(Debug)]
+pub struct PolicyCall {
+    /// `plugin:NAME`.
+    pub policy: Arc<str>,
+    pub began: Instant,
+    pub took: Duration,
+    /// The call failed (trap, deadline, breaker); its `on_error` decided.
+    pub failed: bool,
+    /// What it decided, where the request log keeps it.
+    pub decision: Option<serde_json::Value>,
+}
+
 /// The facts of one request, filled in as the pipeline learns them; what `on_done` filters
 /// (the access log, later metrics and audit) read.
 #[derive(Debug)]
@@ -82,9 +95,8 @@ pub struct RequestRecord {
     pub policy_code: Option<Arc<str>>,
     /// Each upstream attempt, in order.
     pub attempt_log: Vec<crate::state::Attempt>,
-    /// What the policies decided, in order (`{"policy": "plugin:NAME", "decision": …}`): the
-    /// request log's `decisions`.
-    pub decisions: Vec<serde_json::Value>,
+    /// Each policy call, in order: the request log's `decisions` and the trace's spans.
+    pub policy_calls: Vec<PolicyCall>,
     /// Tokens the upstream's answer reported, set when the request ends (`tokens.rs`).
     pub tokens: Option<RecordedTokens>,
     /// What those tokens cost, in billionths of `pricing.currency`: set in `on_done` by the
@@ -163,10 +175,22 @@ impl RequestRecord {
         }
     }
 
-    /// Notes what the policy `label` decided (for the request log).
-    pub fn decided(&mut self, label: &str, decision: serde_json::Value) {
-        self.decisions
-            .push(serde_json::json!({"policy": label, "decision": decision}));
+    /// Notes a call of the policy `label` that started at `began`: whether it failed, and what
+    /// it decided where that is worth keeping (a router's order, a quota verdict).
+    pub fn policy_called(
+        &mut self,
+        label: &Arc<str>,
+        began: Instant,
+        failed: bool,
+        decision: Option<serde_json::Value>,
+    ) {
+        self.policy_calls.push(PolicyCall {
+            policy: label.clone(),
+            began,
+            took: began.elapsed(),
+            failed,
+            decision,
+        });
     }
 
     /// Notes an upstream attempt that ended with `status` (0: none) or `error`.
@@ -214,7 +238,7 @@ impl Ctx {
                 answered_by: None,
                 policy_code: None,
                 attempt_log: Vec::new(),
-                decisions: Vec::new(),
+                policy_calls: Vec::new(),
                 tokens: None,
                 cost_nanos: None,
                 // Until the body says otherwise: a context dropped before its response reached

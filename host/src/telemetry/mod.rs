@@ -3,6 +3,7 @@
 pub(crate) mod access_log;
 pub(crate) mod metrics;
 pub(crate) mod request_log;
+pub(crate) mod traces;
 pub(crate) mod usage;
 
 use std::path::Path;

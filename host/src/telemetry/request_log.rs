@@ -88,7 +88,14 @@ impl Filter for RequestLog {
             cost_nanos: r.cost_nanos,
             bytes_in: r.bytes_in,
             bytes_out: r.bytes_out,
-            decisions: std::mem::take(&mut r.decisions),
+            decisions: r
+                .policy_calls
+                .iter()
+                .filter_map(|c| {
+                    let d = c.decision.as_ref()?;
+                    Some(serde_json::json!({"policy": &*c.policy, "decision": d}))
+                })
+                .collect(),
         });
     }
 }

@@ -44,7 +44,11 @@ impl Filter for HeaderRewrite {
     ) -> HookResult<'a> {
         Step::later(async move {
             let view = s.policy_request();
+            let began = std::time::Instant::now();
             let decision = self.policy.plugin.rewrite_request(&view).await;
+            s.ctx
+                .record
+                .policy_called(&self.policy.label, began, decision.is_err(), None);
             let replay = view.clone();
             self.policy
                 .shadow(&s.request_id, &decision, ops_json, |p| async move {
@@ -77,7 +81,11 @@ impl Filter for HeaderRewrite {
                 headers: head.headers.clone(),
                 first_event: None,
             });
+            let began = std::time::Instant::now();
             let decision = self.policy.plugin.rewrite_response(&view, &answer).await;
+            s.ctx
+                .record
+                .policy_called(&self.policy.label, began, decision.is_err(), None);
             let replay = view.clone();
             self.policy
                 .shadow(&s.request_id, &decision, ops_json, |p| async move {

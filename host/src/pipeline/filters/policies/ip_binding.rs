@@ -47,7 +47,11 @@ impl Filter for IpBinding {
     fn on_authenticated<'a>(&'a self, s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
         Step::later(async move {
             let view = s.policy_request();
+            let began = std::time::Instant::now();
             let decision = self.policy.plugin.check(&view).await;
+            s.ctx
+                .record
+                .policy_called(&self.policy.label, began, decision.is_err(), None);
             let replay = view.clone();
             self.policy
                 .shadow(&s.request_id, &decision, binding_json, |p| async move {

@@ -38,8 +38,9 @@ use crate::upstream::Upstream;
 /// A plugin as a route uses it.
 pub(crate) struct PolicyRef {
     pub(crate) plugin: Arc<Plugin>,
-    /// `plugin:NAME`: the adapter's filter name (logs, the request log's `answered_by`).
-    pub(crate) label: Box<str>,
+    /// `plugin:NAME`: the adapter's filter name (logs, the request log's `answered_by`, the
+    /// trace's span).
+    pub(crate) label: Arc<str>,
     pub(crate) on_error: OnError,
     /// The candidate evaluated beside it (`routes[].shadow`), if any.
     pub(crate) shadow: Option<Arc<Shadow>>,

@@ -46,6 +46,7 @@ impl Filter for Quota {
                 headers: response.headers.clone(),
                 first_event: response.first_event.map(str::to_owned),
             });
+            let began = std::time::Instant::now();
             let decision = plugin.on_response(&view, &up, &answer).await;
             let (replay, replay_up) = (view.clone(), up.clone());
             self.policy
@@ -84,9 +85,10 @@ impl Filter for Quota {
                 }
                 Err(e) => self.policy.failed(e).map(|()| Verdict::Continue),
             };
-            if let Some(noted) = noted {
-                s.ctx.record.decided(&self.policy.label, noted);
-            }
+            let failed = noted.is_none();
+            s.ctx
+                .record
+                .policy_called(&self.policy.label, began, failed, noted);
             verdict
         })
     }

@@ -32,6 +32,7 @@ impl Filter for Router {
             let view = s.policy_request();
             let model = s.model();
             let views: Vec<_> = candidates.iter().map(|u| upstream_view(u, model)).collect();
+            let began = std::time::Instant::now();
             let decision = self.policy.plugin.select(&view, &views).await;
             let replay = view.clone();
             self.policy
@@ -42,9 +43,12 @@ impl Filter for Router {
                 Ok(RouteDecision::Pick(order)) => {
                     *candidates = reorder(candidates, &order);
                     let names = candidates.iter().map(|u| (*u.name).into()).collect();
-                    s.ctx
-                        .record
-                        .decided(&self.policy.label, serde_json::Value::Array(names));
+                    s.ctx.record.policy_called(
+                        &self.policy.label,
+                        began,
+                        false,
+                        Some(serde_json::Value::Array(names)),
+                    );
                     if candidates.is_empty() {
                         return Err(
                             ErrorKind::NoUpstream("the router picked no candidate".into()).into(),
@@ -53,12 +57,20 @@ impl Filter for Router {
                     Ok(())
                 }
                 Ok(RouteDecision::None(reason)) => {
-                    s.ctx
-                        .record
-                        .decided(&self.policy.label, serde_json::json!({"none": reason}));
+                    s.ctx.record.policy_called(
+                        &self.policy.label,
+                        began,
+                        false,
+                        Some(serde_json::json!({"none": reason})),
+                    );
                     Err(ErrorKind::NoUpstream(reason).into())
                 }
-                Err(e) => self.policy.failed(e),
+                Err(e) => {
+                    s.ctx
+                        .record
+                        .policy_called(&self.policy.label, began, true, None);
+                    self.policy.failed(e)
+                }
             }
         })
     }

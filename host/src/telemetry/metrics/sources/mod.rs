@@ -6,6 +6,7 @@ mod plugins;
 mod process;
 mod reloads;
 mod stores;
+mod traces;
 mod upstreams;
 
 use prometheus::Registry;
@@ -16,10 +17,11 @@ use super::Source;
 type Register = fn(&Registry) -> Box<dyn Source>;
 
 /// Every source, in the order their families are registered.
-pub(super) const SOURCES: [Register; 5] = [
+pub(super) const SOURCES: [Register; 6] = [
     upstreams::register,
     plugins::register,
     stores::register,
     reloads::register,
     process::register,
+    traces::register,
 ];
