@@ -40,3 +40,5 @@ CREATE INDEX request_log_at ON request_log (at_ms);
 CREATE INDEX request_log_request ON request_log (request_id);
 CREATE INDEX request_log_key ON request_log (key_id, id);
 CREATE INDEX request_log_error ON request_log (error, id) WHERE error <> '';
+-- Everything the gateway answered itself, newest first (`error=any`): only those rows are in it.
+CREATE INDEX request_log_refused ON request_log (id) WHERE error <> '';
