@@ -64,6 +64,31 @@ impl Collector {
     fn spans(&self) -> Vec<Span> {
         self.spans.lock().unwrap().clone()
     }
+
+    /// The first span of `kind` received.
+    fn first(&self, kind: SpanKind) -> Span {
+        self.spans()
+            .into_iter()
+            .find(|s| s.kind == kind as i32)
+            .unwrap_or_else(|| panic!("no {kind:?} span"))
+    }
+}
+
+/// A chat request from `from` carrying a trace of its own (`tracestate: vendor=STATE`).
+async fn traced_chat(from: reqwest::Client, gw: &TestGateway, state: &str) -> u16 {
+    from.post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("tracestate", format!("vendor={state}"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 fn attr(span: &Span, key: &str) -> Option<Value> {
@@ -110,30 +135,13 @@ async fn a_request_is_a_server_span_with_its_attempt_beneath_it() {
         &format!("http://{}/v1/traces", collector.addr),
     ))
     .await;
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        // A client's own trace is not continued: it is not a trusted peer.
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .header("tracestate", "vendor=client")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    // A client's own trace is not continued: it is not a trusted peer.
+    assert_eq!(traced_chat(client(), &gw, "client").await, 200);
     assert!(eventually(Duration::from_secs(5), || collector.spans().len() >= 2).await);
-    let spans = collector.spans();
-    let server = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server as i32)
-        .unwrap();
-    let attempt = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Client as i32)
-        .unwrap();
+    let (server, attempt) = (
+        &collector.first(SpanKind::Server),
+        &collector.first(SpanKind::Client),
+    );
     let model = chat_body(false)["model"].as_str().unwrap().to_owned();
     assert_eq!(server.name, format!("chat {model}"));
     assert_eq!(text(server, "gen_ai.operation.name"), "chat");
@@ -186,25 +194,13 @@ async fn a_trusted_peers_trace_is_continued_and_failures_carry_their_error_type(
         &format!("http://{}/v1/traces", collector.addr),
     ))
     .await;
-    let resp = client_from("127.0.0.2")
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .header("tracestate", "vendor=peer")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        traced_chat(client_from("127.0.0.2"), &gw, "peer").await,
+        200
+    );
     assert!(eventually(Duration::from_secs(5), || collector.spans().len() >= 3).await);
     let spans = collector.spans();
-    let server = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server as i32)
-        .unwrap();
+    let server = &collector.first(SpanKind::Server);
     assert_eq!(hex(&server.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(hex(&server.parent_span_id), "00f067aa0ba902b7");
     let mut attempts: Vec<&Span> = spans
@@ -266,15 +262,10 @@ async fn policy_calls_are_spans_beneath_the_request() {
     let gw = TestGateway::start(&yaml).await;
     assert_eq!(gw.chat().await.status(), 200);
     assert!(eventually(Duration::from_secs(5), || collector.spans().len() >= 3).await);
-    let spans = collector.spans();
-    let server = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server as i32)
-        .unwrap();
-    let policy = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Internal as i32)
-        .unwrap();
+    let (server, policy) = (
+        collector.first(SpanKind::Server),
+        collector.first(SpanKind::Internal),
+    );
     assert_eq!(policy.name, "plugin:first");
     assert_eq!(policy.parent_span_id, server.span_id);
     assert!(policy.start_time_unix_nano >= server.start_time_unix_nano);
