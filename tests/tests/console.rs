@@ -143,10 +143,11 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-/// Waits until the element `css` shows `text` (part of its text).
+/// Waits until the element `css` shows `text` (part of its text), up to 10 s: six browsers
+/// share two cores while the suite runs.
 async fn wait_text(c: &Client, css: &str, text: &str) -> String {
     let mut seen = String::new();
-    for _ in 0..100 {
+    for _ in 0..200 {
         if let Ok(e) = c.find(Locator::Css(css)).await
             && e.is_displayed().await.unwrap_or(false)
         {
