@@ -109,6 +109,10 @@ async function detail(view, params, page) {
       attempts.map((a, i) => ({ ...a, n: i + 1 })),
       "No upstream was asked: the gateway answered itself.",
     ),
+    r.request_body !== null && r.request_body !== undefined ? h("h2", { text: "Request body (redacted)" }) : null,
+    r.request_body !== null && r.request_body !== undefined ? h("pre", { id: "request-body", text: r.request_body || "(empty)" }) : null,
+    r.response_body !== null && r.response_body !== undefined ? h("h2", { text: "Answer (redacted; a stream as its text)" }) : null,
+    r.response_body !== null && r.response_body !== undefined ? h("pre", { id: "response-body", text: r.response_body || "(empty)" }) : null,
     r.decisions ? h("h2", { text: "Policy decisions" }) : null,
     r.decisions ? h("pre", { text: JSON.stringify(r.decisions, null, 2) }) : null,
   );

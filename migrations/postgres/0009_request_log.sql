@@ -5,7 +5,8 @@
 -- policies decided ('' for none). `error` is the code of the gateway's own answer and
 -- `answered_by` the filter or step that gave it ('' for an upstream's answer). Times are in
 -- microseconds; tokens and cost are NULL when the answer reported none. Pruned by age and by
--- count (`request_log.max_age`, `request_log.max_rows`).
+-- count (`request_log.max_age`, `request_log.max_rows`). `request_body` and `response_body` are
+-- kept only where `capture` asks (redacted, capped; NULL otherwise).
 
 CREATE TABLE request_log (
     id             BIGSERIAL PRIMARY KEY,
@@ -33,7 +34,9 @@ CREATE TABLE request_log (
     cost_nanos     BIGINT,
     bytes_in       BIGINT NOT NULL,
     bytes_out      BIGINT NOT NULL,
-    decisions      TEXT NOT NULL
+    decisions      TEXT NOT NULL,
+    request_body   TEXT,
+    response_body  TEXT
 );
 -- Newest first by id; these serve the filters a page is usually asked with.
 CREATE INDEX request_log_at ON request_log (at_ms);

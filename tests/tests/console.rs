@@ -1009,7 +1009,7 @@ async fn an_upstream_credential_is_set_and_removed_on_the_upstreams_page_in_chro
 async fn the_requests_page_tails_the_log_and_shows_what_refused_a_request_in_chromium() {
     let up = MockUpstream::start().await;
     let mut yaml = console_yaml(&[up.url()]);
-    yaml.push_str("storage:\n  flush_interval: 200ms\n");
+    yaml.push_str("storage:\n  flush_interval: 200ms\ncapture: {requests: errors}\n");
     let gw = TestGateway::start(&yaml).await;
     let send = |key: &'static str| {
         let url = gw.url("/v1/chat/completions");
@@ -1053,6 +1053,8 @@ async fn the_requests_page_tails_the_log_and_shows_what_refused_a_request_in_chr
         "{facts}"
     );
     wait_text(c, "#view", "No upstream was asked").await;
+    // `capture: errors` kept the refusal's answer.
+    wait_text(c, "#response-body", "invalid_api_key").await;
     shot(c, "request-detail").await;
 
     // Filters in the URL: only refusals by `auth`, after a reload too.

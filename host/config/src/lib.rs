@@ -17,6 +17,7 @@
 mod admin;
 mod auth;
 mod budgets;
+mod capture;
 mod credential_keys;
 pub mod edge;
 pub mod env;
@@ -39,6 +40,7 @@ pub use auth::{
     AuthConfig, DEMO_KEY, DEMO_SECRET, KeyConfig, KeyLimits, is_model_pattern, parse_instant_ms,
 };
 pub use budgets::{BudgetSpec, BudgetsConfig, MAX_BUDGETS, OwnerBudget, Period};
+pub use capture::{CaptureConfig, CaptureWhen};
 pub use credential_keys::{CREDENTIAL_KEY_LEN, credential_keys};
 pub use logging::{LogFileConfig, LogFormat, LoggingConfig};
 pub use plugins::{OnError, PluginConfig, PluginKind, PluginLimits};
@@ -131,6 +133,10 @@ pub struct Config {
     /// OpenTelemetry traces.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Request and response bodies kept in the request log (off unless set; a route's own
+    /// `capture` replaces it).
+    #[serde(default)]
+    pub capture: Option<CaptureConfig>,
     /// Directory of the config file; relative plugin paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,

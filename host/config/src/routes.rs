@@ -56,6 +56,9 @@ pub struct RouteConfig {
     /// IP allow and deny lists of this route, checked after the global ones (`access`).
     #[serde(default)]
     pub access: AccessConfig,
+    /// Bodies kept in the request log for this route, instead of the top-level `capture`.
+    #[serde(default)]
+    pub capture: Option<crate::CaptureConfig>,
     /// Maintenance mode for this route alone (see `maintenance`, whose `retry_after` and
     /// `message` it uses).
     #[serde(default)]

@@ -36,6 +36,7 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     super::pricing::validate(c, &mut e);
     super::budgets::validate(c, &mut e);
     super::telemetry::validate(c, &mut e);
+    super::capture::validate(c, &mut e);
     validate_edge(c, &mut e);
     if let Some(f) = &c.logging.file {
         if f.max_files == 0 || f.max_files > 1000 {

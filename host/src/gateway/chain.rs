@@ -30,7 +30,7 @@ use crate::pipeline::filters::{
 use crate::pipeline::{Chain, Filter};
 use crate::policy::Plugin;
 use crate::state::Stores;
-use crate::telemetry::{access_log, metrics, request_log, traces, usage};
+use crate::telemetry::{access_log, capture, metrics, request_log, traces, usage};
 
 /// What the entries build from: one config version and what the gateway keeps across versions.
 pub(crate) struct Build<'a> {
@@ -94,6 +94,8 @@ const CHAIN: &[Entry] = &[
     Entry::Shared(|b| one(metrics::MetricsFilter::new(b.metrics.clone(), b.config))),
     Entry::Shared(|b| maybe(b.config.logging.access_log.then_some(access_log::AccessLog))),
     Entry::Shared(|b| maybe(traces::build(b.config))),
+    // Before the request log, which takes the bodies it kept.
+    Entry::PerRoute(|b, r, _| maybe(capture::build(b.config, r))),
     // Last: it takes the record's attempts.
     Entry::Shared(|b| maybe(request_log::build(b.config, b.stores))),
 ];

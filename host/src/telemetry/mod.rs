@@ -1,6 +1,7 @@
 //! Log output: JSON lines (default, for log shippers) or human-readable text.
 
 pub(crate) mod access_log;
+pub(crate) mod capture;
 pub(crate) mod metrics;
 pub(crate) mod request_log;
 pub(crate) mod traces;

@@ -96,6 +96,10 @@ impl Filter for RequestLog {
                     Some(serde_json::json!({"policy": &*c.policy, "decision": d}))
                 })
                 .collect(),
+            bodies: ctx
+                .ext
+                .remove::<crate::telemetry::capture::Captured>()
+                .map(|c| c.0),
         });
     }
 }

@@ -64,6 +64,8 @@ pub struct RequestEntry {
     pub bytes_out: u64,
     /// What the policies decided, in order (empty: nothing recorded).
     pub decisions: Vec<serde_json::Value>,
+    /// The request's and the answer's bodies, redacted and capped, where `capture` keeps them.
+    pub bodies: Option<(String, String)>,
 }
 
 /// A request read back from the log.
@@ -95,6 +97,9 @@ pub struct RequestRow {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub decisions: serde_json::Value,
+    /// Where `capture` kept them: the body sent upstream and the answer (a stream as its text).
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
 }
 
 /// Which requests to read. Text filters match exactly, except `key`.
@@ -121,7 +126,7 @@ pub struct RequestQuery {
 const COLUMNS: &str = "id, at_ms, request_id, key_id, key_name, client_ip, method, path, route, \
      model, upstream, attempts, status, outcome, error, answered_by, first_byte_us, duration_us, \
      input_tokens, output_tokens, cached_tokens, partial, cost_nanos, bytes_in, bytes_out, \
-     decisions";
+     decisions, request_body, response_body";
 
 impl RequestQuery {
     /// The WHERE clause (numbered from `$1`) and its text arguments, in order; conditions for
@@ -249,6 +254,8 @@ impl RequestRow {
             bytes_in: int("bytes_in")?,
             bytes_out: int("bytes_out")?,
             decisions: json(text("decisions")?),
+            request_body: r.try_get("request_body").map_err(db_err)?,
+            response_body: r.try_get("response_body").map_err(db_err)?,
         })
     }
 }
@@ -319,9 +326,11 @@ impl SqlStore {
                 .bind(int(e.bytes_in))
                 .bind(int(e.bytes_out))
                 .bind(&w.decisions)
+                .bind(e.bodies.as_ref().map(|b| b.0.as_str()))
+                .bind(e.bodies.as_ref().map(|b| b.1.as_str()))
         }
         let rows: Vec<Written> = entries.into_iter().map(Written::from).collect();
-        self.write_rows(&rows, 25, bind, |values| {
+        self.write_rows(&rows, 27, bind, |values| {
             format!(
                 "INSERT INTO request_log ({}) VALUES {values}",
                 COLUMNS.trim_start_matches("id, ")
