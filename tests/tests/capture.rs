@@ -13,7 +13,7 @@ const ADMIN: &str = "admin:\n  listen: 127.0.0.1:0\n  jwt_secret: an-admin-signi
 
 fn yaml(mock: &MockUpstream, sections: &str) -> String {
     let base = config_yaml(&[mock.url()], "").replace("admin:\n  listen: 127.0.0.1:0\n", ADMIN);
-    format!("{base}storage:\n  database: sqlite://log.db\n{sections}")
+    format!("{base}storage:\n  database: sqlite://log.db\n  request_log: {{sample: 1}}\n{sections}")
 }
 
 async fn rows(gw: &TestGateway) -> Vec<Value> {

@@ -1009,7 +1009,7 @@ async fn an_upstream_credential_is_set_and_removed_on_the_upstreams_page_in_chro
 async fn the_requests_page_tails_the_log_and_shows_what_refused_a_request_in_chromium() {
     let up = MockUpstream::start().await;
     let mut yaml = console_yaml(&[up.url()]);
-    yaml.push_str("storage:\n  flush_interval: 200ms\ncapture: {requests: errors}\n");
+    yaml.push_str("storage:\n  flush_interval: 200ms\n  request_log: {sample: 1}\ncapture: {requests: errors}\n");
     let gw = TestGateway::start(&yaml).await;
     let send = |key: &'static str| {
         let url = gw.url("/v1/chat/completions");

@@ -20,6 +20,14 @@ fn with_admin(yaml: &str) -> String {
     yaml.replace("admin:\n  listen: 127.0.0.1:0\n", ADMIN)
 }
 
+/// With an operator, and every request logged (by default only what failed is).
+fn log_all(yaml: &str) -> String {
+    format!(
+        "{}storage:\n  request_log: {{sample: 1}}\n",
+        with_admin(yaml)
+    )
+}
+
 /// Logs in and reads `path` (under `/admin/api`).
 async fn api(gw: &TestGateway, path: &str) -> Value {
     let http = client();
@@ -55,7 +63,7 @@ async fn chat(c: &reqwest::Client, gw: &TestGateway, path: &str, key: &str) -> u
 #[tokio::test]
 async fn every_refusal_is_logged_with_its_code_and_what_refused_it() {
     let mock = MockUpstream::start().await;
-    let mut yaml = with_admin(&config_yaml(&[mock.url()], ""));
+    let mut yaml = log_all(&config_yaml(&[mock.url()], ""));
     yaml = yaml.replace(
         &format!("      key: {CLIENT_KEY}\n"),
         &format!(
@@ -181,7 +189,7 @@ async fn every_refusal_is_logged_with_its_code_and_what_refused_it() {
 #[tokio::test]
 async fn a_failover_shows_both_attempts() {
     let (dead, mock) = (DeadPort::new(), MockUpstream::start().await);
-    let gw = TestGateway::start(&with_admin(&config_yaml(&[dead.url(), mock.url()], ""))).await;
+    let gw = TestGateway::start(&log_all(&config_yaml(&[dead.url(), mock.url()], ""))).await;
     assert_eq!(
         chat(&client(), &gw, "/v1/chat/completions", CLIENT_KEY).await,
         200
@@ -220,7 +228,7 @@ async fn the_policies_decisions_are_logged() {
         ],
         &["first", "quota"],
     );
-    let gw = TestGateway::start(&with_admin(&yaml)).await;
+    let gw = TestGateway::start(&log_all(&yaml)).await;
     a.force_status(429);
     assert_eq!(
         chat(&client(), &gw, "/v1/chat/completions", CLIENT_KEY).await,
@@ -250,7 +258,7 @@ async fn the_policies_decisions_are_logged() {
 #[tokio::test]
 async fn an_abandoned_stream_is_logged_with_its_partial_tokens() {
     let mock = MockUpstream::start().await;
-    let gw = TestGateway::start(&with_admin(&config_yaml(&[mock.url()], ""))).await;
+    let gw = TestGateway::start(&log_all(&config_yaml(&[mock.url()], ""))).await;
     let body = json!({"model": "claude-test", "max_tokens": 64, "stream": true,
                       "messages": [{"role": "user", "content": "hi"}]});
     let mut resp = client()
@@ -299,7 +307,7 @@ async fn sampling_the_writers_bound_and_retention() {
 
     // A long flush interval, so the buffer fills before the writer takes it.
     let bounded = TestGateway::start(&format!(
-        "{base}storage:\n  flush_interval: 1h\n  request_log: {{max_pending: 4, max_rows: 3}}\n"
+        "{base}storage:\n  flush_interval: 1h\n  request_log: {{sample: 1, max_pending: 4, max_rows: 3}}\n"
     ))
     .await;
     for _ in 0..10 {
@@ -347,7 +355,7 @@ async fn sampling_the_writers_bound_and_retention() {
 #[tokio::test]
 async fn pages_tail_exports_and_bad_filters() {
     let mock = MockUpstream::start().await;
-    let gw = TestGateway::start(&with_admin(&config_yaml(&[mock.url()], ""))).await;
+    let gw = TestGateway::start(&log_all(&config_yaml(&[mock.url()], ""))).await;
     let c = client();
     for _ in 0..5 {
         assert_eq!(chat(&c, &gw, "/v1/chat/completions", CLIENT_KEY).await, 200);
@@ -455,7 +463,7 @@ async fn the_cli_lists_filters_and_follows_the_log() {
     std::fs::write(
         &config,
         config_yaml(&[mock.url()], "")
-            + "storage:\n  database: sqlite://gw.db\n  flush_interval: 100ms\n",
+            + "storage:\n  database: sqlite://gw.db\n  flush_interval: 100ms\n  request_log: {sample: 1}\n",
     )
     .unwrap();
     let gw = TestGateway::start_file(&config).await;

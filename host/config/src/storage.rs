@@ -71,8 +71,10 @@ pub struct StorageConfig {
 pub struct RequestLogConfig {
     /// Log requests at all.
     pub enabled: bool,
-    /// The share of successful requests kept, from 0 to 1; refused, failed, aborted and cut
-    /// ones are always kept.
+    /// The share of successful requests kept, from 0 to 1 (default 0: the log keeps what the
+    /// gateway refused and what failed, were cut or aborted, which it always keeps). Every
+    /// request logged costs the writer a database row: see docs/requests.md before raising it
+    /// on a busy gateway.
     pub sample: f64,
     /// Rows older than this are deleted (0: whatever their age).
     pub max_age: Duration,
@@ -87,7 +89,7 @@ impl Default for RequestLogConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            sample: 1.0,
+            sample: 0.0,
             max_age: Duration::secs(7 * 86_400),
             max_rows: 1_000_000,
             max_pending: 50_000,

@@ -2,8 +2,8 @@
 //! request log (`storage.request_log`; docs/requests.md): who asked (key, address), what
 //! (route, model), what happened (each upstream attempt, the final status and outcome, the code
 //! of the gateway's own answer and what gave it, `answered_by`), how long (first byte, total),
-//! and what it used (tokens, cost). Successful requests may be sampled (`sample`); refused,
-//! failed, aborted and cut ones are always kept.
+//! and what it used (tokens, cost). Refused, failed, aborted and cut requests are always kept;
+//! successful ones at the share `sample` (default none), or when `capture` kept their bodies.
 //!
 //! Hook: `on_done`, after `pricing` (the cost). The entry goes to the stores' bounded buffer
 //! ([`Stores::record_request`]: one lock, never a wait) and the writer writes it in batches.
@@ -54,11 +54,21 @@ impl Filter for RequestLog {
     }
 
     fn on_done(&self, ctx: &mut Ctx) {
-        let r = &mut ctx.record;
+        let r = &ctx.record;
         let ok = r.status < 400 && r.outcome == Outcome::Complete;
-        if ok && self.sample < 1.0 && fastrand::f64() >= self.sample {
+        // A request whose bodies `capture` kept is logged whatever the sample.
+        let captured = ctx
+            .ext
+            .get::<crate::telemetry::capture::Captured>()
+            .is_some();
+        if ok
+            && !captured
+            && self.sample < 1.0
+            && (self.sample <= 0.0 || fastrand::f64() >= self.sample)
+        {
             return;
         }
+        let r = &mut ctx.record;
         let took = r.start.elapsed();
         let us = |d: std::time::Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
         self.stores.record_request(RequestEntry {

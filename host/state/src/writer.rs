@@ -27,6 +27,9 @@ use super::alerts::Webhook;
 /// down the oldest is dropped instead.
 const MAX_PENDING_INTERCEPTS: usize = 10_000;
 
+/// Requests written by one transaction of the request log.
+const REQUESTS_PER_WRITE: usize = 2_000;
+
 /// How often the request log is pruned (by age and by row count), at a flush.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -188,10 +191,14 @@ impl Writer {
         if !self.intercepts.is_empty() {
             self.write_intercepts(&stores).await;
         }
-        let requests = stores.take_requests();
-        if !requests.is_empty() {
-            let n = requests.len() as u64;
-            if let Err(e) = stores.db.record_requests(requests).await {
+        let mut requests = stores.take_requests();
+        // In transactions of a bounded size, each within `op_timeout`: a burst that outgrows
+        // the database loses only the batches that do not fit.
+        while !requests.is_empty() {
+            let rest = requests.split_off(requests.len().min(REQUESTS_PER_WRITE));
+            let batch = std::mem::replace(&mut requests, rest);
+            let n = batch.len() as u64;
+            if let Err(e) = stores.db.record_requests(batch).await {
                 // Not kept: the buffer refills at the request rate, and the log is a record of
                 // traffic, not of money (usage and budgets are written above).
                 stores.flush_failed();
