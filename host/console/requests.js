@@ -130,7 +130,15 @@ export default {
     const holder = h("div", { id: "requests-table" });
     const cols = columns(page, params);
     const draw = () =>
-      holder.replaceChildren(table(cols, rows, filtered ? "Nothing matches these filters." : "No request has been logged yet."));
+      holder.replaceChildren(
+        table(
+          cols,
+          rows,
+          filtered
+            ? "Nothing matches these filters."
+            : "No request has been logged yet. The log keeps every refused or failed request; successful ones only at storage.request_log.sample.",
+        ),
+      );
     draw();
     const liveBox = h("input", { type: "checkbox", id: "live", checked: live });
     liveBox.addEventListener("change", () => page.go({ ...params, before: "", live: liveBox.checked ? "1" : "" }));
@@ -144,6 +152,7 @@ export default {
         h("a", { class: "button quiet", href: url(`/requests.csv${query(filter)}`), download: "requests.csv" }, "Export CSV"),
         h("a", { class: "button quiet", href: url(`/requests.ndjson${query(filter)}`), download: "requests.ndjson" }, "Export NDJSON"),
       ),
+      h("p", { class: "muted small", text: "Refused and failed requests are all here; successful ones at the share storage.request_log.sample keeps (docs/requests.md)." }),
       holder,
       live
         ? note("ok", "Live: checking for new requests every second.")
