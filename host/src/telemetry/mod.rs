@@ -3,6 +3,7 @@
 pub(crate) mod access_log;
 pub(crate) mod capture;
 pub(crate) mod metrics;
+pub(crate) mod otlp;
 pub(crate) mod request_log;
 pub(crate) mod traces;
 pub(crate) mod usage;

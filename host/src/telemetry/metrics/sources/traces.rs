@@ -1,5 +1,5 @@
 //! Trace series, mirrored at each scrape from the exporters' process-wide counts
-//! (`telemetry::traces::STATS`): spans exported, dropped on a full queue, lost to a failed export.
+//! (`telemetry::otlp::STATS`): spans exported, dropped on a full queue, lost to a failed export.
 
 use std::sync::atomic::Ordering;
 
@@ -7,7 +7,7 @@ use prometheus::{IntCounterVec, Registry};
 
 use super::super::families::{counter_vec, mirror};
 use super::super::{Scrape, Source};
-use crate::telemetry::traces::STATS;
+use crate::telemetry::otlp::STATS;
 
 struct TraceCounters(IntCounterVec);
 
