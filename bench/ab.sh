@@ -6,6 +6,8 @@
 #   ROUNDS=5 SECS=10 RATE=5000 bench/ab.sh OLD NEW   # RATE: a fixed offered rate instead of saturation
 #   CHAIN=1 bench/ab.sh OLD NEW                  # both gateways run the four-policy chain of
 #                                                # bench/run.sh (plugins from plugins/build.sh)
+#   OLD_ENV="REQUEST_LOG=false" NEW_ENV="LOG_SAMPLE=1" bench/ab.sh BIN BIN
+#                                                # one binary, two configs (gateway.sh's variables)
 #
 # Prints, per round and target: RPS, p99 (ms) and CPU per request (µs, user + system of every
 # process of the target). Uses the release binaries of this tree for the mock upstream, the floor
@@ -29,11 +31,15 @@ nginx_conf "$out" "$MOCK" "$NGINX" > "$out/nginx.conf"
 "$(command -v nginx || echo /usr/sbin/nginx)" -c "$out/nginx.conf" -p "$out" -e "$out/nginx-error.log"
 for side in old:$OLD new:$NEW; do
   name=${side%%:*} addr=${side#*:}
-  if [ "$CHAIN" = 1 ]; then
-    chain_yaml "$addr" "$MOCK" "$out/$name.db" > "$out/$name.yaml"
-  else
-    gateway_yaml "$addr" "$MOCK" "$out/$name.db" > "$out/$name.yaml"
-  fi
+  vars=${OLD_ENV:-}; [ "$name" = new ] && vars=${NEW_ENV:-}
+  (
+    for kv in $vars; do export "${kv?}"; done
+    if [ "$CHAIN" = 1 ]; then
+      chain_yaml "$addr" "$MOCK" "$out/$name.db"
+    else
+      gateway_yaml "$addr" "$MOCK" "$out/$name.db"
+    fi
+  ) > "$out/$name.yaml"
 done
 "$old" run --config "$out/old.yaml" & pids+=($!)
 "$new" run --config "$out/new.yaml" & pids+=($!)

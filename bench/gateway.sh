@@ -4,9 +4,12 @@
 # admin plane, no access log, no per-address connection cap (every load client is 127.0.0.1).
 #   gateway_yaml LISTEN MOCK DATABASE_FILE > FILE.yaml
 gateway_yaml() {
-  # REQUEST_LOG=false|true: set storage.request_log.enabled (left out otherwise, for older binaries).
-  local log=""
-  [ -n "${REQUEST_LOG:-}" ] && log=", request_log: {enabled: $REQUEST_LOG}"
+  # REQUEST_LOG=false|true: set storage.request_log.enabled; LOG_SAMPLE=0…1: its `sample`
+  # (each left out otherwise, for older binaries).
+  local log="" opts=()
+  [ -n "${REQUEST_LOG:-}" ] && opts+=("enabled: $REQUEST_LOG")
+  [ -n "${LOG_SAMPLE:-}" ] && opts+=("sample: $LOG_SAMPLE")
+  [ ${#opts[@]} -gt 0 ] && log=", request_log: {$(IFS=,; echo "${opts[*]}")}"
   cat <<YAML
 server: {listen: "$1", max_connections_per_ip: 0}
 auth:

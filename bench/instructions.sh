@@ -14,6 +14,7 @@
 #   BENCH_KEY=tg-… bench/instructions.sh NEW           # the YAML's key is this one (compare a
 #                                                      # stored key with a YAML key of its length)
 #   REQUEST_LOG=false bench/instructions.sh NEW        # without the request log
+#   LOG_SAMPLE=1 bench/instructions.sh NEW             # every successful request logged too
 #
 # Each target runs under callgrind, is warmed for 4 s, then gets a fixed offered rate (RATE per
 # second for SECS, 8 connections, so every target serves the same requests and the same

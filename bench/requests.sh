@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The request log at scale: fills a SQLite log with ROWS requests (default 1,000,000: a mix of
-# keys, routes, models, statuses and refusals over the last week), starts a gateway on it, and
+# keys, routes, models, statuses and refusals over the last week) through the stores' own writer
+# (`tollgate-bench fill-log`, PER_FLUSH requests a flush, default 5,000: a gateway at 5,000
+# requests a second), starts a gateway on it, and
 # times pages of GET /admin/api/requests (the console's and the CLI's query) newest first, with
 # each filter, and deep in the log (keyset). Prints the median of 5 calls per query, server side
 # (curl's time to first byte over loopback). Not a test; loopback only.
@@ -29,54 +31,16 @@ admin:
   users: [{username: ops, password: bench-password-1}]
 logging: {level: warn, access_log: false}
 YAML
-"$bin/tollgate" migrate --config "$out/gw.yaml" >/dev/null
 echo "filling $ROWS rows…" >&2
-python3 - "$out/log.db" "$ROWS" <<'PY'
-import random, sqlite3, sys, time, uuid
-db, n = sys.argv[1], int(sys.argv[2])
-c = sqlite3.connect(db)
-now = int(time.time() * 1000)
-keys = [(f"{i:064x}", f"key-{i}") for i in range(1, 201)]
-refusals = [(401, "invalid_api_key", "auth"), (429, "rate_limit_exceeded", "limits:per-ip"),
-            (403, "ip_not_allowed", "plugin:bind"), (403, "model_not_allowed", "entitlements"),
-            (503, "service_unavailable", "maintenance")]
-rows = []
-for i in range(n):
-    at = now - (n - i) * 600  # one week of traffic, oldest first
-    kid, kname = random.choice(keys)
-    model = random.choice(["gpt-4o", "gpt-4o-mini", "claude-3-haiku", "llama-3"])
-    if random.random() < 0.05:
-        status, error, by = random.choice(refusals)
-        outcome, upstream, attempts = "refused", "", "[]"
-    else:
-        status, error, by, outcome = 200, "", "", "complete"
-        upstream = random.choice(["a", "b", "c"])
-        attempts = f'[{{"upstream":"{upstream}","status":200,"ms":{random.randint(20, 900)}}}]'
-    rows.append((at, uuid.uuid4().hex, kid, kname, f"10.0.{i % 256}.{(i // 256) % 256}", "POST",
-                 "/v1/chat/completions", "/v1/", model, upstream, attempts, status, outcome, error, by,
-                 random.randint(1000, 900000), random.randint(2000, 9000000), 120, 240, 0, 0, 1200,
-                 512, 2048, ""))
-    if len(rows) == 50000:
-        c.executemany("INSERT INTO request_log (at_ms, request_id, key_id, key_name, client_ip, method, path, route, model, upstream, attempts, status, outcome, error, answered_by, first_byte_us, duration_us, input_tokens, output_tokens, cached_tokens, partial, cost_nanos, bytes_in, bytes_out, decisions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        c.commit()
-        rows = []
-if rows:
-    c.executemany("INSERT INTO request_log (at_ms, request_id, key_id, key_name, client_ip, method, path, route, model, upstream, attempts, status, outcome, error, answered_by, first_byte_us, duration_us, input_tokens, output_tokens, cached_tokens, partial, cost_nanos, bytes_in, bytes_out, decisions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-    c.commit()
-c.execute("ANALYZE")
-c.commit()
-PY
+read -r deep rid < <("$bin/tollgate-bench" fill-log --config "$out/gw.yaml" --rows "$ROWS" --per-flush "${PER_FLUSH:-5000}")
 "$bin/tollgate" run --config "$out/gw.yaml" & pids+=($!)
 for _ in $(seq 100); do (echo >"/dev/tcp/${ADMIN%:*}/${ADMIN#*:}") 2>/dev/null && break; sleep 0.1; done
 token=$(curl -s "http://$ADMIN/admin/api/login" -H 'content-type: application/json' \
   -d '{"username":"ops","password":"bench-password-1"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-deep=$(sqlite3 "$out/log.db" "SELECT id FROM request_log ORDER BY id LIMIT 1 OFFSET 1000" 2>/dev/null \
-  || python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT id FROM request_log ORDER BY id LIMIT 1 OFFSET 1000').fetchone()[0])" "$out/log.db")
 day_ago=$(( $(date +%s%3N) - 86400000 ))
-rid=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT request_id FROM request_log WHERE id = 500000 % (SELECT MAX(id) FROM request_log) + 1').fetchone()[0])" "$out/log.db")
 printf '%-44s %10s %6s\n' query "median ms" rows
 for q in "limit=50" "limit=50&status=4xx" "limit=50&error=any" "limit=50&answered_by=plugin:bind" \
-         "limit=50&key=key-7" "limit=50&model=llama-3" "limit=50&ip=10.0.7.9" \
+         "limit=50&key=key-7" "limit=50&model=llama-3" "limit=50&model=absent" "limit=50&ip=10.0.7.9" \
          "limit=50&from_ms=$day_ago&to_ms=$((day_ago + 3600000))" "limit=50&request_id=$rid" \
          "limit=50&before=$deep" "limit=1000"; do
   times=()

@@ -84,6 +84,19 @@ enum Workload {
         #[arg(long)]
         pooled: bool,
     },
+    /// Fills the request log of the database a config names with ROWS requests (200 keys, 4
+    /// models, 5% refusals, 3 upstreams, a week of traffic oldest first), through the stores'
+    /// own writer, `--per-flush` requests a flush (as a gateway at that many requests a second
+    /// with 1 s flushes). Prints the id of the 1,000th oldest request and the request id of the
+    /// middle one, for the paging bench.
+    FillLog {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 5_000)]
+        per_flush: u64,
+    },
     Sse {
         #[arg(long)]
         url: String,
@@ -100,6 +113,105 @@ enum Workload {
         #[arg(long, default_value_t = 0)]
         seconds: u64,
     },
+}
+
+/// `tollgate-bench fill-log`.
+async fn fill_log(path: &std::path::Path, rows: u64, per_flush: u64) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use tollgate::state::{Attempt, RequestEntry, RequestQuery, Stores};
+    let config = tollgate::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stores = Stores::open(
+        &config.storage,
+        &config.base_dir,
+        &config.alerts,
+        Arc::new(tollgate::UpstreamClient::new(
+            std::time::Duration::from_secs(1),
+        )),
+    )
+    .await?;
+    let keys: Vec<(Arc<str>, Arc<str>)> = (1..=200)
+        .map(|i| (format!("{i:064x}").into(), format!("key-{i}").into()))
+        .collect();
+    let models: Vec<Arc<str>> = ["gpt-4o", "gpt-4o-mini", "claude-3-haiku", "llama-3"]
+        .map(Arc::from)
+        .to_vec();
+    let upstreams: Vec<Arc<str>> = ["a", "b", "c"].map(Arc::from).to_vec();
+    let refusals: [(u16, &str, &str); 5] = [
+        (401, "invalid_api_key", "auth"),
+        (429, "rate_limit_exceeded", "limits:per-ip"),
+        (403, "ip_not_allowed", "plugin:bind"),
+        (403, "model_not_allowed", "entitlements"),
+        (503, "service_unavailable", "maintenance"),
+    ];
+    let route: Arc<str> = "/v1/".into();
+    let now = tollgate::state::unix_ms();
+    let mut middle = String::new();
+    let started = Instant::now();
+    for i in 0..rows {
+        let request_id = format!("{:032x}", fastrand::u128(..));
+        if i == rows / 2 {
+            middle.clone_from(&request_id);
+        }
+        let refused = fastrand::f64() < 0.05;
+        let (status, error, by) = if refused {
+            let r = refusals[fastrand::usize(..refusals.len())];
+            (r.0, Some(r.1), Some(r.2))
+        } else {
+            (200, None, None)
+        };
+        let upstream = (!refused).then(|| upstreams[fastrand::usize(..3)].clone());
+        let attempts: Vec<Attempt> = upstream
+            .iter()
+            .map(|u| Attempt {
+                upstream: u.clone(),
+                status: 200,
+                error: None,
+                ms: fastrand::u32(20..900),
+            })
+            .collect();
+        let (key_id, key_name) = &keys[fastrand::usize(..keys.len())];
+        stores.record_request(RequestEntry {
+            at_ms: now - (rows - i) * 600,
+            request_id: &request_id,
+            key: Some((key_id, key_name)),
+            client_ip: std::net::IpAddr::from([10, 0, (i % 256) as u8, ((i / 256) % 256) as u8]),
+            method: "POST",
+            path: "/v1/chat/completions",
+            route: Some(&route),
+            model: Some(&models[fastrand::usize(..4)]),
+            upstream: upstream.as_deref(),
+            attempts: &attempts,
+            status,
+            outcome: if refused { "refused" } else { "complete" },
+            error,
+            answered_by: by,
+            first_byte_us: Some(fastrand::u64(1_000..900_000)),
+            duration_us: fastrand::u64(2_000..9_000_000),
+            tokens: (!refused).then_some((120, 240, 0)),
+            partial: false,
+            cost_nanos: (!refused).then_some(1_200),
+            bytes_in: 512,
+            bytes_out: 2048,
+            decisions: vec![],
+            bodies: None,
+        });
+        if (i + 1) % per_flush == 0 || i + 1 == rows {
+            stores.flush().await;
+        }
+    }
+    let written = started.elapsed();
+    let oldest = stores
+        .database()
+        .requests_after(&RequestQuery::default(), 0, 1000)
+        .await?;
+    stores.shutdown().await;
+    eprintln!(
+        "{rows} requests written in {:.1} s ({:.2} µs each, encoding and writing)",
+        written.as_secs_f64(),
+        written.as_secs_f64() * 1e6 / rows as f64
+    );
+    println!("{} {middle}", oldest.last().map_or(0, |r| r.id),);
+    Ok(())
 }
 
 /// `tollgate-bench kv`: one JSON line per size with nanoseconds per operation.
@@ -483,6 +595,11 @@ fn main() -> Result<()> {
                 seconds,
             } => sse(&url, streams, events, delay_ms, &key, seconds).await,
             Workload::Policy { dir, iterations } => policy(&dir, iterations).await,
+            Workload::FillLog {
+                config,
+                rows,
+                per_flush,
+            } => fill_log(&config, rows, per_flush).await,
             Workload::Kv { ops } => {
                 kv(ops);
                 Ok(())

@@ -136,7 +136,7 @@ export default {
           rows,
           filtered
             ? "Nothing matches these filters."
-            : "No request has been logged yet. The log keeps every refused or failed request; successful ones only at storage.request_log.sample.",
+            : "No request has been logged yet.",
         ),
       );
     draw();
@@ -152,7 +152,7 @@ export default {
         h("a", { class: "button quiet", href: url(`/requests.csv${query(filter)}`), download: "requests.csv" }, "Export CSV"),
         h("a", { class: "button quiet", href: url(`/requests.ndjson${query(filter)}`), download: "requests.ndjson" }, "Export NDJSON"),
       ),
-      h("p", { class: "muted small", text: "Refused and failed requests are all here; successful ones at the share storage.request_log.sample keeps (docs/requests.md)." }),
+      h("p", { class: "muted small", text: "Every request the gateway answered is here: refused and failed ones always, successful ones at the share storage.request_log.sample keeps (all by default; docs/requests.md)." }),
       holder,
       live
         ? note("ok", "Live: checking for new requests every second.")

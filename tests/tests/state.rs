@@ -401,6 +401,7 @@ async fn embedded_backend_passes_the_behaviour_suite() {
         CacheUrl::Memory,
     );
     behaviour_suite(open_stores(&config).await).await;
+    request_log_suite(&config).await;
     assert!(
         dir.path().join("sub/state.db").exists(),
         "the file is created on first run"
@@ -417,6 +418,7 @@ async fn production_backend_passes_the_behaviour_suite() {
     );
     let stores = open_stores(&config).await;
     behaviour_suite(stores.clone()).await;
+    request_log_suite(&config).await;
     // The cache really is Redis.
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
@@ -1486,4 +1488,236 @@ async fn the_write_queue_drops_and_counts_its_overflow_and_writes_the_rest() {
         "the oldest 50 were dropped"
     );
     assert_eq!(written[0].bound_cidr.as_deref(), Some("10.0.0.0/8"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The request log, on each backend: blocks, their growth, two writers, filters, paging, the
+// tail, bodies and retention.
+
+/// Test entries borrow for the whole test.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn logged(i: u32, at_ms: u64) -> tollgate::state::RequestEntry<'static> {
+    use tollgate::state::{Attempt, RequestEntry};
+    let refused = i.is_multiple_of(3);
+    let attempts: &'static [Attempt] = if refused {
+        &[]
+    } else {
+        Box::leak(Box::new([Attempt {
+            upstream: "u1".into(),
+            status: 200,
+            error: None,
+            ms: i,
+        }]))
+    };
+    RequestEntry {
+        at_ms,
+        request_id: leak(format!("rq-{i}")),
+        key: Some((
+            leak(format!("{:02x}{}", (i + 16) % 256, "e".repeat(62))),
+            leak(format!("key-{i}")),
+        )),
+        client_ip: if i == 4 {
+            "2001:db8::4".parse().unwrap()
+        } else {
+            std::net::IpAddr::from([10, 1, (i >> 8) as u8, i as u8])
+        },
+        method: "POST",
+        path: "/v1/chat/completions",
+        route: Some("/v1/"),
+        model: Some(if i.is_multiple_of(2) { "even" } else { "odd" }),
+        upstream: (!refused).then_some("u1"),
+        attempts,
+        status: if refused { 429 } else { 200 },
+        outcome: if refused { "refused" } else { "complete" },
+        error: refused.then_some("rate_limit_exceeded"),
+        answered_by: refused.then_some("limits:per-ip"),
+        first_byte_us: Some(10),
+        duration_us: 20,
+        tokens: (!refused).then_some((3, 4, 1)),
+        partial: false,
+        cost_nanos: None,
+        bytes_in: 100,
+        bytes_out: 200,
+        decisions: vec![],
+        bodies: (i == 2).then(|| ("{\"q\":2}".to_owned(), "{\"a\":2}".to_owned())),
+    }
+}
+
+async fn request_log_suite(config: &StorageConfig) {
+    use tollgate::state::RequestQuery;
+    let (a, b) = (open_stores(config).await, open_stores(config).await);
+    let db = a.database();
+    let all = RequestQuery::default();
+    let ids = |rows: &[tollgate::state::RequestRow]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+    let names = |rows: &[tollgate::state::RequestRow]| {
+        rows.iter()
+            .map(|r| r.request_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let now = unix_ms();
+    for i in 0..3 {
+        a.record_request(logged(i, now + u64::from(i)));
+    }
+    a.flush().await;
+    let first = db.requests_page(&all, None, 100).await.unwrap();
+    assert_eq!(names(&first), ["rq-2", "rq-1", "rq-0"], "newest first");
+    let two = &first[0];
+    assert_eq!(two.request_body.as_deref(), Some("{\"q\":2}"));
+    assert_eq!(two.response_body.as_deref(), Some("{\"a\":2}"));
+    assert_eq!((two.input_tokens, two.cached_tokens), (Some(3), Some(1)));
+    assert_eq!(two.attempts[0]["upstream"], "u1");
+    assert_eq!(first[2].error, "rate_limit_exceeded");
+    assert_eq!(first[2].answered_by, "limits:per-ip");
+    assert_eq!(first[1].request_body, None);
+
+    // A small flush joins the open block: same block, the next places; a tail sees it.
+    for i in 3..5 {
+        a.record_request(logged(i, now + u64::from(i)));
+    }
+    a.flush().await;
+    let tail = db.requests_after(&all, first[0].id, 100).await.unwrap();
+    assert_eq!(names(&tail), ["rq-3", "rq-4"], "oldest first");
+    assert_eq!(
+        tail[0].id >> 16,
+        first[0].id >> 16,
+        "added to the open block"
+    );
+    assert_eq!(tail[1].client_ip, "2001:db8::4");
+
+    // Another gateway writes; this one's open block is no longer the newest, so its next flush
+    // starts a block of its own (a tail reading forward from B's request sees it).
+    b.record_request(logged(5, now + 5));
+    b.flush().await;
+    a.record_request(logged(6, now + 6));
+    a.flush().await;
+    let tail = db.requests_after(&all, tail[1].id, 100).await.unwrap();
+    assert_eq!(names(&tail), ["rq-5", "rq-6"]);
+    assert!(tail[1].id >> 16 > tail[0].id >> 16 && tail[0].id >> 16 > first[0].id >> 16);
+
+    let everything = db.requests_page(&all, None, 100).await.unwrap();
+    assert_eq!(
+        names(&everything),
+        ["rq-6", "rq-5", "rq-4", "rq-3", "rq-2", "rq-1", "rq-0"]
+    );
+    // Pages of two, by the last id of each, give the same requests in the same order.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = db.requests_page(&all, before, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        paged.extend(page);
+    }
+    assert_eq!(ids(&paged), ids(&everything));
+
+    // Every filter, exactly.
+    let count = |f: &dyn Fn(&mut RequestQuery)| {
+        let mut q = RequestQuery::default();
+        f(&mut q);
+        let db = a.database().clone();
+        async move { names(&db.requests_page(&q, None, 100).await.unwrap()) }
+    };
+    assert_eq!(
+        count(&|q| q.request_id = Some("rq-5".into())).await,
+        ["rq-5"]
+    );
+    assert_eq!(
+        count(&|q| q.ip = Some("2001:db8::4".into())).await,
+        ["rq-4"]
+    );
+    assert_eq!(
+        count(&|q| q.error = Some("any".into())).await,
+        ["rq-6", "rq-3", "rq-0"]
+    );
+    assert_eq!(count(&|q| q.status_class = Some(2)).await.len(), 4);
+    assert_eq!(
+        count(&|q| q.key_id = Some("15EEE".into())).await,
+        ["rq-5"],
+        "a key id's start"
+    );
+    let full = format!("{:02x}{}", 5 + 16, "e".repeat(62));
+    assert_eq!(count(&|q| q.key_id = Some(full.clone())).await, ["rq-5"]);
+    assert_eq!(
+        count(&|q| q.key_name = Some("key-1".into())).await,
+        ["rq-1"]
+    );
+    assert_eq!(
+        count(&|q| q.model = Some("odd".into())).await,
+        ["rq-5", "rq-3", "rq-1"]
+    );
+    assert_eq!(
+        count(&|q| {
+            q.answered_by = Some("limits:per-ip".into());
+            q.model = Some("even".into());
+        })
+        .await,
+        ["rq-6", "rq-0"]
+    );
+    assert_eq!(count(&|q| q.upstream = Some("u9".into())).await.len(), 0);
+    assert_eq!(count(&|q| q.from_ms = Some(now + 3)).await.len(), 4);
+    assert!(
+        count(&|q| q.ip = Some("no address".into()))
+            .await
+            .is_empty()
+    );
+
+    // Retention: by age whole blocks go; by count the oldest block kept loses its oldest.
+    for i in 7..9 {
+        b.record_request(logged(i, now - 8 * 86_400_000));
+    }
+    b.flush().await;
+    assert_eq!(db.requests_page(&all, None, 100).await.unwrap().len(), 9);
+    let gone = db
+        .prune_requests(Some(now - 7 * 86_400_000), None)
+        .await
+        .unwrap();
+    assert_eq!(gone, 2);
+    let gone = db.prune_requests(None, Some(4)).await.unwrap();
+    assert_eq!(gone, 3);
+    let kept = db.requests_page(&all, None, 100).await.unwrap();
+    assert_eq!(
+        ids(&kept),
+        ids(&everything)[..4],
+        "the newest four, ids unchanged"
+    );
+    // The open block was trimmed: the next flush starts a new one and nothing is lost.
+    a.record_request(logged(9, now + 9));
+    a.flush().await;
+    assert_eq!(
+        names(&db.requests_page(&all, None, 2).await.unwrap()),
+        ["rq-9", "rq-6"]
+    );
+
+    // Volume: full blocks of 4,096, a flush split over several, builders filled again after
+    // their blocks were written; every request comes back once, newest first.
+    for round in 0..3u32 {
+        for i in 0..5_000u32 {
+            a.record_request(logged(100_000 + round * 5_000 + i, now + 10));
+        }
+        a.flush().await;
+    }
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = db.requests_page(&all, before, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        seen.extend(page.into_iter().map(|r| r.request_id));
+    }
+    let want: Vec<String> = (0..15_000u32)
+        .rev()
+        .map(|i| format!("rq-{}", 100_000 + i))
+        .chain(["rq-9", "rq-6", "rq-5", "rq-4", "rq-3"].map(String::from))
+        .collect();
+    assert_eq!(seen.len(), want.len());
+    assert!(seen == want, "every request once, newest first");
+    assert_eq!(
+        a.stats
+            .requests_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }

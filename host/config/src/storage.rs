@@ -71,14 +71,13 @@ pub struct StorageConfig {
 pub struct RequestLogConfig {
     /// Log requests at all.
     pub enabled: bool,
-    /// The share of successful requests kept, from 0 to 1 (default 0: the log keeps what the
-    /// gateway refused and what failed, were cut or aborted, which it always keeps). Every
-    /// request logged costs the writer a database row: see docs/requests.md before raising it
-    /// on a busy gateway.
+    /// The share of successful requests kept, from 0 to 1 (default 1: all). What the gateway
+    /// refused and what failed, was cut or aborted is always kept. docs/requests.md says what
+    /// a logged request costs.
     pub sample: f64,
-    /// Rows older than this are deleted (0: whatever their age).
+    /// Requests older than this are deleted, a block at a time (0: whatever their age).
     pub max_age: Duration,
-    /// At most about this many of the newest rows are kept (0: no cap).
+    /// The newest this many requests are kept (0: no cap).
     pub max_rows: u64,
     /// Requests waiting for the writer; past it new ones are dropped (and counted in
     /// `tollgate_request_log_dropped_total`).
@@ -89,7 +88,7 @@ impl Default for RequestLogConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            sample: 0.0,
+            sample: 1.0,
             max_age: Duration::secs(7 * 86_400),
             max_rows: 1_000_000,
             max_pending: 50_000,

@@ -1,12 +1,13 @@
-//! `request_log`: every request the data plane answered, proxied or refused, as one row of the
+//! `request_log`: every request the data plane answered, proxied or refused, as one record of the
 //! request log (`storage.request_log`; docs/requests.md): who asked (key, address), what
 //! (route, model), what happened (each upstream attempt, the final status and outcome, the code
 //! of the gateway's own answer and what gave it, `answered_by`), how long (first byte, total),
 //! and what it used (tokens, cost). Refused, failed, aborted and cut requests are always kept;
-//! successful ones at the share `sample` (default none), or when `capture` kept their bodies.
+//! successful ones at the share `sample` (default all), or when `capture` kept their bodies.
 //!
-//! Hook: `on_done`, after `pricing` (the cost). The entry goes to the stores' bounded buffer
-//! ([`Stores::record_request`]: one lock, never a wait) and the writer writes it in batches.
+//! Hook: `on_done`, after `pricing` (the cost). The entry, borrowed from the request's record,
+//! goes to the stores ([`Stores::record_request`]: encoded under one lock, never a wait) and
+//! the writer writes it in blocks.
 
 use std::sync::Arc;
 
@@ -68,27 +69,29 @@ impl Filter for RequestLog {
         {
             return;
         }
-        let r = &mut ctx.record;
+        let bodies = ctx
+            .ext
+            .remove::<crate::telemetry::capture::Captured>()
+            .map(|c| c.0);
+        let r = &ctx.record;
         let took = r.start.elapsed();
         let us = |d: std::time::Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
+        // The entry borrows the record: the stores encode it before this returns.
         self.stores.record_request(RequestEntry {
             at_ms: crate::state::unix_ms().saturating_sub(took.as_millis() as u64),
-            request_id: r.request_id.clone(),
-            key: r.key.as_ref().map(|k| (k.hex.clone(), k.name.clone())),
+            request_id: &r.request_id,
+            key: r.key.as_ref().map(|k| (&*k.hex, &*k.name)),
             client_ip: r.client_ip,
             method: method(&r.method),
-            path: r.path().into(),
-            route: r.route.clone(),
-            model: r.model.clone(),
-            upstream: r.upstream.clone(),
-            attempts: std::mem::take(&mut r.attempt_log),
+            path: r.path(),
+            route: r.route.as_deref(),
+            model: r.model.as_deref(),
+            upstream: r.upstream.as_deref(),
+            attempts: &r.attempt_log,
             status: r.status,
             outcome: r.outcome.as_str(),
-            error: match (&r.policy_code, r.error) {
-                (Some(own), _) => Some(own.clone()),
-                (None, code) => code.map(Arc::from),
-            },
-            answered_by: r.answered_by.clone(),
+            error: r.policy_code.as_deref().or(r.error),
+            answered_by: r.answered_by.as_deref(),
             first_byte_us: r.first_byte.map(us),
             duration_us: us(took),
             tokens: r
@@ -106,10 +109,7 @@ impl Filter for RequestLog {
                     Some(serde_json::json!({"policy": &*c.policy, "decision": d}))
                 })
                 .collect(),
-            bodies: ctx
-                .ext
-                .remove::<crate::telemetry::capture::Captured>()
-                .map(|c| c.0),
+            bodies,
         });
     }
 }

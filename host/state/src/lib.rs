@@ -124,8 +124,9 @@ pub struct Stores {
     /// ip-binding policy used to wake the writer on the main runtime, from every worker thread).
     /// foldhash, as the token sums of the writer: one lookup per request.
     uses: std::sync::Mutex<KeyUses>,
-    /// Finished requests for the request log, taken by the writer at each flush.
-    requests: std::sync::Mutex<Vec<RequestEntry>>,
+    /// Finished requests for the request log, encoded as they come, taken by the writer at
+    /// each flush.
+    requests: std::sync::Mutex<requests::Pending>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The live settings (failsafe, alerts, archive age, log level).
     pub(crate) live: settings::Live,

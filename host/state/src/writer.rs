@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::{mpsc, oneshot};
 
 use super::alerts::Alerts;
+use super::requests::LogWriter;
 use super::sql::{TokenUsage, Usage};
 
 /// Token usage is summed per hour, key id, upstream and model.
@@ -26,9 +27,6 @@ use super::alerts::Webhook;
 /// (a flood of refusals is written in batches of this size, not dropped); while the database is
 /// down the oldest is dropped instead.
 const MAX_PENDING_INTERCEPTS: usize = 10_000;
-
-/// Requests written by one transaction of the request log.
-const REQUESTS_PER_WRITE: usize = 2_000;
 
 /// How often the request log is pruned (by age and by row count), at a flush.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -55,6 +53,8 @@ pub(super) struct Writer {
     intercepts_failing: bool,
     /// Token usage summed per (hour, key, upstream, model) until the next flush.
     tokens: TokenSums,
+    /// The request log's open block.
+    log: LogWriter,
     /// When the request log was last pruned.
     last_prune: tokio::time::Instant,
 }
@@ -72,6 +72,7 @@ impl Writer {
             intercepts: VecDeque::new(),
             intercepts_failing: false,
             tokens: TokenSums::default(),
+            log: LogWriter::default(),
             last_prune: tokio::time::Instant::now(),
         }
     }
@@ -191,23 +192,18 @@ impl Writer {
         if !self.intercepts.is_empty() {
             self.write_intercepts(&stores).await;
         }
-        let mut requests = stores.take_requests();
-        // In transactions of a bounded size, each within `op_timeout`: a burst that outgrows
-        // the database loses only the batches that do not fit.
-        while !requests.is_empty() {
-            let rest = requests.split_off(requests.len().min(REQUESTS_PER_WRITE));
-            let batch = std::mem::replace(&mut requests, rest);
-            let n = batch.len() as u64;
-            if let Err(e) = stores.db.record_requests(batch).await {
-                // Not kept: the buffer refills at the request rate, and the log is a record of
-                // traffic, not of money (usage and budgets are written above).
-                stores.flush_failed();
-                stores
-                    .stats
-                    .requests_dropped
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(target: "state", error = %e, requests = n, "request log flush failed; the batch is dropped");
-            }
+        let requests = stores.take_requests();
+        let n = requests.iter().map(|b| u64::from(b.rows)).sum::<u64>();
+        let (written, failed) = self.log.write(&stores, requests).await;
+        if let Some(e) = failed {
+            // Not kept: the buffer refills at the request rate, and the log is a record of
+            // traffic, not of money (usage and budgets are written above).
+            stores.flush_failed();
+            stores
+                .stats
+                .requests_dropped
+                .fetch_add(n - written, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(target: "state", error = %e, requests = n - written, "request log flush failed; the batch is dropped");
         }
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.last_prune = tokio::time::Instant::now();

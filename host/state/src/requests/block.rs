@@ -1,0 +1,628 @@
+//! A block of the request log: the requests of one flush (or of a few small flushes), written
+//! together in one database row. Writing a row per request cost about 47,000 instructions a
+//! request (SQLite's B-trees for the table and four indexes, binding 25 columns); a block costs
+//! the encoding of its requests and a share of one insert.
+//!
+//! A block holds:
+//! - `data`: its requests, laid out as `codec.rs` says (texts they share written once); a
+//!   request's id is the block's id times 2^16 plus its place in the block ([`row_id`]);
+//! - what a query reads to skip it without opening it: the time span, a bit per status class
+//!   seen, how many requests the gateway answered itself, and a Bloom filter of every exact
+//!   filter's value (key, name, address, route, model, upstream, outcome, error code, what
+//!   answered, request id). A block a query skips costs reading those few columns; a block it
+//!   opens is decoded, and its requests matched one by one ([`Matcher`]).
+
+use std::net::IpAddr;
+
+use super::codec::{self, Dict, Row, TEXTS};
+use super::{RequestEntry, RequestQuery, RequestRow};
+
+/// The most requests one block holds.
+pub(super) const MAX_ROWS: usize = 4096;
+
+/// Bits of a request's id that are its place in its block.
+pub(super) const ROW_BITS: u32 = 16;
+
+/// Bits of the Bloom filter per distinct value, and probes per value: about 1% false positives.
+const BLOOM_BITS_PER_VALUE: usize = 10;
+const BLOOM_PROBES: u32 = 7;
+
+/// A request's id: its block's and its place there.
+pub(super) fn row_id(block: i64, index: u32) -> i64 {
+    (block << ROW_BITS) | i64::from(index)
+}
+
+/// The block of a request id, and its place there.
+pub(super) fn split_id(id: i64) -> (i64, u32) {
+    (id >> ROW_BITS, (id & ((1 << ROW_BITS) - 1)) as u32)
+}
+
+/// The fields a query matches exactly, each hashed with its own seed into the Bloom filter.
+#[derive(Clone, Copy)]
+enum Field {
+    RequestId = 1,
+    KeyId,
+    KeyName,
+    ClientIp,
+    Route,
+    Model,
+    Upstream,
+    Outcome,
+    Error,
+    AnsweredBy,
+}
+
+/// The field of each of [`codec::texts`] that a query can ask for (method and path: none).
+const TEXT_FIELDS: [Option<Field>; TEXTS] = [
+    Some(Field::KeyId),
+    Some(Field::KeyName),
+    None,
+    None,
+    Some(Field::Route),
+    Some(Field::Model),
+    Some(Field::Upstream),
+    Some(Field::Outcome),
+    Some(Field::Error),
+    Some(Field::AnsweredBy),
+];
+
+/// A value's hash in the Bloom filter: xxh3, whose output is fixed by its specification, so a
+/// block written by one version is read right by the next.
+fn term(field: Field, value: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(value, field as u64)
+}
+
+fn ip_term(ip: &IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => term(Field::ClientIp, &v4.octets()),
+        IpAddr::V6(v6) => term(Field::ClientIp, &v6.octets()),
+    }
+}
+
+impl Row<'_> {
+    /// The record the API returns (bodies are filled in by the caller).
+    pub(super) fn record(&self, id: i64) -> RequestRow {
+        let [
+            key_id,
+            key_name,
+            method,
+            path,
+            route,
+            model,
+            upstream,
+            outcome,
+            error,
+            answered_by,
+        ] = self.texts;
+        let attempts = self
+            .attempts
+            .iter()
+            .map(|a| {
+                let mut o = serde_json::Map::new();
+                o.insert("upstream".into(), a.upstream.into());
+                o.insert("status".into(), a.status.into());
+                if !a.error.is_empty() {
+                    o.insert("error".into(), a.error.into());
+                }
+                o.insert("ms".into(), a.ms.into());
+                serde_json::Value::Object(o)
+            })
+            .collect();
+        RequestRow {
+            id,
+            at_ms: self.at_ms,
+            request_id: self.request_id.into(),
+            key_id: key_id.into(),
+            key_name: key_name.into(),
+            client_ip: self.client_ip.to_string(),
+            method: method.into(),
+            path: path.into(),
+            route: route.into(),
+            model: model.into(),
+            upstream: upstream.into(),
+            attempts: serde_json::Value::Array(attempts),
+            status: self.status,
+            outcome: outcome.into(),
+            error: error.into(),
+            answered_by: answered_by.into(),
+            first_byte_us: self.first_byte_us,
+            duration_us: self.duration_us,
+            input_tokens: self.tokens.map(|t| t.0),
+            output_tokens: self.tokens.map(|t| t.1),
+            cached_tokens: self.tokens.map(|t| t.2),
+            partial: self.partial,
+            cost_nanos: self.cost_nanos,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            decisions: if self.decisions.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(self.decisions)
+                    .unwrap_or_else(|_| serde_json::Value::String(self.decisions.into()))
+            },
+            request_body: None,
+            response_body: None,
+        }
+    }
+}
+
+/// What a query skips a block by: its summary columns.
+#[derive(Debug, Clone)]
+pub(super) struct Summary {
+    pub id: i64,
+    pub first_row: u32,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// Bit `c` set: a request of status class `c` (`2` for 2xx, …) is in the block.
+    pub statuses: u32,
+    /// Requests the gateway answered itself.
+    pub refused: u32,
+    pub bloom: Vec<u8>,
+}
+
+/// A block being written: the segment of its new requests (`codec.rs`), its summary so far,
+/// and the bodies `capture` kept, by place in the block.
+pub(crate) struct Builder {
+    dict: Dict,
+    encoded: Vec<u8>,
+    /// Requests in the segment being written.
+    segment_rows: u32,
+    /// The previous request's texts (their places in `dict`): equal texts are not looked up
+    /// or hashed again.
+    prev: Option<[u32; TEXTS]>,
+    /// Bloom filter hashes of the values seen (with repeats).
+    terms: Vec<u64>,
+    pub rows: u32,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub statuses: u32,
+    pub refused: u32,
+    pub bodies: Vec<(u32, String, String)>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            dict: Dict::default(),
+            encoded: vec![codec::FORMAT],
+            segment_rows: 0,
+            prev: None,
+            terms: Vec::new(),
+            rows: 0,
+            from_ms: u64::MAX,
+            to_ms: 0,
+            statuses: 0,
+            refused: 0,
+            bodies: Vec::new(),
+        }
+    }
+}
+
+/// A block ready to write, with its Bloom filter.
+pub(super) struct Sealed {
+    pub data: Vec<u8>,
+    pub bloom: Vec<u8>,
+}
+
+impl Builder {
+    /// Encodes one request at the end of the block (and takes its bodies).
+    pub(super) fn push(&mut self, e: &mut RequestEntry<'_>) {
+        let now = codec::texts(e);
+        let mut places = [0u32; TEXTS];
+        for (i, text) in now.iter().enumerate() {
+            places[i] = match self.prev {
+                Some(p) if self.dict.text(p[i]) == text.as_bytes() => p[i],
+                _ => self.dict.intern(text),
+            };
+            if let Some(field) = TEXT_FIELDS[i]
+                && !text.is_empty()
+                && self.prev.is_none_or(|p| p[i] != places[i])
+            {
+                self.terms.push(term(field, text.as_bytes()));
+            }
+        }
+        self.terms
+            .push(term(Field::RequestId, e.request_id.as_bytes()));
+        self.terms.push(ip_term(&e.client_ip));
+        let decisions = if e.decisions.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&e.decisions).unwrap_or_default()
+        };
+        codec::put_row(
+            &mut self.encoded,
+            &mut self.dict,
+            e,
+            (&now, &places),
+            &decisions,
+        );
+        self.prev = Some(places);
+        self.from_ms = self.from_ms.min(e.at_ms);
+        self.to_ms = self.to_ms.max(e.at_ms);
+        self.statuses |= 1 << (e.status / 100).min(9);
+        if e.error.is_some() {
+            self.refused += 1;
+        }
+        if let Some((request, response)) = e.bodies.take() {
+            self.bodies.push((self.rows, request, response));
+        }
+        self.segment_rows += 1;
+        self.rows += 1;
+    }
+
+    /// Appends the segment being written (its rows, strings and trailer) to `out`.
+    fn segment_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.encoded[1..]);
+        codec::end_segment(out, &self.dict, self.segment_rows, self.encoded.len() - 1);
+    }
+
+    /// The block, written in the buffer its requests were encoded into (no copy), and its
+    /// Bloom filter. The builder keeps its summary, for [`Builder::extend`] and
+    /// [`Builder::recycle`].
+    pub(super) fn seal(&mut self) -> Sealed {
+        let mut data = std::mem::take(&mut self.encoded);
+        let rows_len = data.len() - 1;
+        codec::end_segment(&mut data, &self.dict, self.segment_rows, rows_len);
+        Sealed {
+            data,
+            bloom: self.bloom(),
+        }
+    }
+
+    /// Adds `other`'s requests after this block's, whose data is `data`: as a segment of its
+    /// own after it, so adding to a block does not rewrite it. The block's summary and bodies
+    /// become both blocks'; `other` is left as it was (to be written alone if need be).
+    pub(super) fn extend(&mut self, mut data: Vec<u8>, other: &Builder) -> Sealed {
+        other.segment_into(&mut data);
+        self.terms.extend_from_slice(&other.terms);
+        self.from_ms = self.from_ms.min(other.from_ms);
+        self.to_ms = self.to_ms.max(other.to_ms);
+        self.statuses |= other.statuses;
+        self.refused += other.refused;
+        let base = self.rows;
+        self.bodies.extend(
+            other
+                .bodies
+                .iter()
+                .map(|(i, a, b)| (base + i, a.clone(), b.clone())),
+        );
+        self.rows += other.rows;
+        Sealed {
+            data,
+            bloom: self.bloom(),
+        }
+    }
+
+    /// Its encoding buffer, taken (after an [`Builder::extend`] wrote its requests elsewhere).
+    pub(super) fn encoded_buffer(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.encoded)
+    }
+
+    /// Empties it for the next block, with `buffer` (a written block's data) to encode into:
+    /// a flush then allocates no new memory (growing buffers afresh took new pages from the
+    /// kernel at every flush, each zeroed: 2% of the gateway's CPU time at 5,000 requests a
+    /// second).
+    pub(super) fn recycle(&mut self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        buffer.push(codec::FORMAT);
+        self.encoded = buffer;
+        self.dict.clear();
+        self.segment_rows = 0;
+        self.prev = None;
+        self.terms.clear();
+        self.rows = 0;
+        self.from_ms = u64::MAX;
+        self.to_ms = 0;
+        self.statuses = 0;
+        self.refused = 0;
+        self.bodies.clear();
+    }
+
+    /// The Bloom filter of the values seen (which it sorts and deduplicates in place).
+    fn bloom(&mut self) -> Vec<u8> {
+        self.terms.sort_unstable();
+        self.terms.dedup();
+        bloom(&self.terms)
+    }
+}
+
+/// A Bloom filter of `terms`: at least [`BLOOM_BITS_PER_VALUE`] bits each, a power of two of
+/// them (at least 64), so that a probe is a mask rather than a division; little-endian.
+fn bloom(terms: &[u64]) -> Vec<u8> {
+    let bits = (terms.len() * BLOOM_BITS_PER_VALUE)
+        .max(64)
+        .next_power_of_two();
+    let mut out = vec![0u8; bits / 8];
+    for &t in terms {
+        for bit in probes(t, bits) {
+            out[bit / 8] |= 1 << (bit % 8);
+        }
+    }
+    out
+}
+
+/// Where a value's bits are in a filter of `bits` (a power of two) bits: double hashing of its
+/// two halves.
+fn probes(t: u64, bits: usize) -> impl Iterator<Item = usize> {
+    let (h1, h2) = (t as u32 as u64, (t >> 32) | 1);
+    let mask = bits as u64 - 1;
+    (0..u64::from(BLOOM_PROBES)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) & mask) as usize)
+}
+
+/// Whether `t` may be in the filter (false: surely not). A filter that is not a power of two
+/// bits long is not one this code wrote: it rules nothing out.
+fn bloom_has(bloom: &[u8], t: u64) -> bool {
+    let bits = bloom.len() * 8;
+    !bits.is_power_of_two() || probes(t, bits).all(|bit| bloom[bit / 8] & (1 << (bit % 8)) != 0)
+}
+
+/// A query, ready to skip blocks and match requests.
+pub(super) struct Matcher {
+    q: RequestQuery,
+    /// Values every matching block's Bloom filter must hold.
+    terms: Vec<u64>,
+    ip: Option<IpAddr>,
+    /// Nothing can match (an address that does not parse).
+    none: bool,
+}
+
+impl Matcher {
+    pub(super) fn new(q: RequestQuery) -> Self {
+        let mut terms = Vec::new();
+        let mut none = false;
+        let mut ip = None;
+        if let Some(text) = &q.ip {
+            match text.parse::<IpAddr>() {
+                Ok(addr) => {
+                    terms.push(ip_term(&addr));
+                    ip = Some(addr);
+                }
+                Err(_) => none = true,
+            }
+        }
+        if let Some(k) = &q.key_id
+            && k.len() == 64
+        {
+            terms.push(term(Field::KeyId, k.to_ascii_lowercase().as_bytes()));
+        }
+        for (field, value) in [
+            (Field::RequestId, &q.request_id),
+            (Field::KeyName, &q.key_name),
+            (Field::Route, &q.route),
+            (Field::Model, &q.model),
+            (Field::Upstream, &q.upstream),
+            (Field::Outcome, &q.outcome),
+            (Field::AnsweredBy, &q.answered_by),
+        ] {
+            if let Some(v) = value {
+                terms.push(term(field, v.as_bytes()));
+            }
+        }
+        if let Some(code) = q.error.as_deref().filter(|c| *c != "any") {
+            terms.push(term(Field::Error, code.as_bytes()));
+        }
+        Self { q, terms, ip, none }
+    }
+
+    /// Whether the block may hold a match (false: it surely holds none).
+    pub(super) fn may_match(&self, b: &Summary) -> bool {
+        let q = &self.q;
+        !self.none
+            && q.from_ms.is_none_or(|f| b.to_ms >= f)
+            && q.to_ms.is_none_or(|t| b.from_ms <= t)
+            && q.status_class
+                .is_none_or(|c| b.statuses & (1 << c.min(9)) != 0)
+            && (q.error.as_deref() != Some("any") || b.refused > 0)
+            && self.terms.iter().all(|&t| bloom_has(&b.bloom, t))
+    }
+
+    /// Whether the request matches every filter.
+    pub(super) fn matches(&self, r: &Row<'_>) -> bool {
+        let q = &self.q;
+        let [
+            key_id,
+            key_name,
+            _,
+            _,
+            route,
+            model,
+            upstream,
+            outcome,
+            error,
+            answered_by,
+        ] = r.texts;
+        let eq =
+            |filter: &Option<String>, value: &str| filter.as_deref().is_none_or(|f| f == value);
+        !self.none
+            && q.from_ms.is_none_or(|f| r.at_ms >= f)
+            && q.to_ms.is_none_or(|t| r.at_ms <= t)
+            && q.key_id.as_deref().is_none_or(|k| {
+                let k = k.to_ascii_lowercase();
+                if k.len() == 64 {
+                    key_id == k
+                } else {
+                    !key_id.is_empty() && key_id.starts_with(&k)
+                }
+            })
+            && self.ip.is_none_or(|ip| r.client_ip == ip)
+            && eq(&q.request_id, r.request_id)
+            && eq(&q.key_name, key_name)
+            && eq(&q.route, route)
+            && eq(&q.model, model)
+            && eq(&q.upstream, upstream)
+            && eq(&q.outcome, outcome)
+            && eq(&q.answered_by, answered_by)
+            && match q.error.as_deref() {
+                None => true,
+                Some("any") => !error.is_empty(),
+                Some(code) => error == code,
+            }
+            && q.status_class.is_none_or(|c| r.status / 100 == c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::requests::Attempt;
+
+    /// Leaked: test entries borrow for the whole test.
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    fn entry(i: u32) -> RequestEntry<'static> {
+        let refused = i.is_multiple_of(3);
+        let attempts: &'static [Attempt] = Box::leak(Box::new([Attempt {
+            upstream: "up".into(),
+            status: 502,
+            error: Some("upstream_connect"),
+            ms: 3,
+        }]));
+        RequestEntry {
+            at_ms: 1_000 + u64::from(i),
+            request_id: leak(format!("req-{i}")),
+            key: Some((leak("ab".repeat(32)), "team")),
+            client_ip: format!("10.0.0.{}", i % 4).parse().unwrap(),
+            method: "POST",
+            path: "/v1/chat/completions",
+            route: Some("/v1/"),
+            model: Some(if i.is_multiple_of(2) { "a" } else { "b" }),
+            upstream: (!refused).then_some("up"),
+            attempts,
+            status: if refused { 429 } else { 200 },
+            outcome: if refused { "refused" } else { "complete" },
+            error: refused.then_some("rate_limit_exceeded"),
+            answered_by: refused.then_some("limits:per-ip"),
+            first_byte_us: Some(5),
+            duration_us: 9,
+            tokens: Some((1, 2, 0)),
+            partial: i == 7,
+            cost_nanos: None,
+            bytes_in: 10,
+            bytes_out: 20,
+            decisions: vec![serde_json::json!({"policy": "p", "decision": {"order": ["up"]}})],
+            bodies: (i == 4).then(|| ("{}".to_owned(), "{\"x\":1}".to_owned())),
+        }
+    }
+
+    fn summary(b: &Builder, s: &Sealed) -> Summary {
+        Summary {
+            id: 1,
+            first_row: 0,
+            from_ms: b.from_ms,
+            to_ms: b.to_ms,
+            statuses: b.statuses,
+            refused: b.refused,
+            bloom: s.bloom.clone(),
+        }
+    }
+
+    #[test]
+    fn a_block_gives_back_what_was_written_and_its_summary_skips_what_it_lacks() {
+        let mut a = Builder::default();
+        let mut b = Builder::default();
+        for i in 0..6 {
+            a.push(&mut entry(i));
+        }
+        for i in 6..9 {
+            b.push(&mut entry(i));
+        }
+        let first = a.seal();
+        let sealed = a.extend(first.data.clone(), &b);
+        assert!(
+            sealed.data.starts_with(&first.data),
+            "a segment added after the first"
+        );
+        assert_eq!((a.rows, a.from_ms, a.to_ms, a.refused), (9, 1000, 1008, 3));
+        assert_eq!(a.bodies.len(), 1);
+        assert_eq!(a.bodies[0].0, 4);
+        let rows = codec::rows(&sealed.data).unwrap();
+        assert_eq!(rows.len(), 9);
+        let row = rows[3].record(row_id(1, 3));
+        assert_eq!(row.id, 65_539);
+        assert_eq!(row.request_id, "req-3");
+        assert_eq!(row.status, 429);
+        assert_eq!(row.error, "rate_limit_exceeded");
+        assert_eq!(row.answered_by, "limits:per-ip");
+        assert_eq!(row.client_ip, "10.0.0.3");
+        assert_eq!(row.upstream, "");
+        assert_eq!(
+            row.attempts,
+            serde_json::json!([{"upstream": "up", "status": 502, "error": "upstream_connect", "ms": 3}])
+        );
+        assert_eq!(row.decisions[0]["decision"]["order"][0], "up");
+        assert!(rows[7].partial && rows[4].captured && !rows[3].captured);
+        assert_eq!(rows[8].record(0).path, "/v1/chat/completions");
+        assert_eq!(rows[4].record(0).key_name, "team");
+        assert_eq!(rows[5].tokens, Some((1, 2, 0)));
+        assert_eq!((rows[5].first_byte_us, rows[5].cost_nanos), (Some(5), None));
+        assert_eq!(split_id(row.id), (1, 3));
+
+        let s = summary(&a, &sealed);
+        let q = |f: &dyn Fn(&mut RequestQuery)| {
+            let mut q = RequestQuery::default();
+            f(&mut q);
+            q
+        };
+        let hits = |q: &RequestQuery| {
+            let m = Matcher::new(q.clone());
+            (
+                m.may_match(&s),
+                rows.iter().filter(|r| m.matches(r)).count(),
+            )
+        };
+        assert_eq!(
+            hits(&q(&|q| q.request_id = Some("req-5".into()))),
+            (true, 1)
+        );
+        assert_eq!(hits(&q(&|q| q.ip = Some("10.0.0.2".into()))), (true, 2));
+        assert_eq!(hits(&q(&|q| q.status_class = Some(4))), (true, 3));
+        assert_eq!(hits(&q(&|q| q.error = Some("any".into()))), (true, 3));
+        assert_eq!(hits(&q(&|q| q.key_id = Some("abab".into()))), (true, 9));
+        assert_eq!(hits(&q(&|q| q.key_id = Some("ab".repeat(32)))), (true, 9));
+        assert_eq!(
+            hits(&q(&|q| q.answered_by = Some("limits:per-ip".into()))),
+            (true, 3)
+        );
+        // Absent values: the summary alone rules the block out (a Bloom filter of this size
+        // has about 1% false positives; these four are fixed, so the test is deterministic).
+        for absent in [
+            q(&|q| q.request_id = Some("req-99".into())),
+            q(&|q| q.ip = Some("10.0.0.9".into())),
+            q(&|q| q.model = Some("c".into())),
+            q(&|q| q.status_class = Some(5)),
+            q(&|q| q.from_ms = Some(2_000)),
+            q(&|q| q.ip = Some("not an address".into())),
+        ] {
+            assert_eq!(hits(&absent), (false, 0), "{absent:?}");
+        }
+        // Trimming the oldest keeps the rest as written: inside the first segment, all of it,
+        // into the second.
+        for skip in [0, 4, 6, 7, 9] {
+            let trimmed = codec::without_first(&sealed.data, skip).unwrap();
+            let rest: Vec<&str> = codec::rows(&trimmed)
+                .unwrap()
+                .iter()
+                .map(|r| r.request_id)
+                .collect();
+            let want: Vec<String> = (skip..9).map(|i| format!("req-{i}")).collect();
+            assert_eq!(rest, want, "skipping {skip}");
+        }
+    }
+
+    #[test]
+    fn an_empty_bloom_filter_holds_nothing_and_a_full_one_everything() {
+        assert!(!bloom_has(&bloom(&[]), 1));
+        assert!(bloom_has(&[0; 3], 1), "not one of ours: rules nothing out");
+        let terms: Vec<u64> = (0..1000u32)
+            .map(|i| term(Field::Model, &i.to_le_bytes()))
+            .collect();
+        let b = bloom(&terms);
+        assert!(terms.iter().all(|&t| bloom_has(&b, t)));
+        let false_hits = (0..10_000u32)
+            .filter(|i| bloom_has(&b, term(Field::Route, &i.to_le_bytes())))
+            .count();
+        assert!(false_hits < 300, "{false_hits} false positives in 10,000");
+    }
+}

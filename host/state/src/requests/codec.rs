@@ -1,0 +1,500 @@
+//! How a block's requests are laid out in its `data` (format 2).
+//!
+//! ```text
+//! data    = FORMAT segment+
+//! segment = row* string* trailer                           one flush's requests
+//! trailer = u32 rows, u32 strings, u32 bytes of rows, u32 bytes of strings (little-endian)
+//! string  = varint(len) utf-8 bytes
+//! row     = varint(at_ms) string(request_id) varint(text index)×10 ip
+//!           varint(attempts) (varint(upstream) varint(status) varint(error) varint(ms))*
+//!           varint(status) varint(first_byte_us + 1, or 0) varint(duration_us)
+//!           flags [varint×3 tokens] [varint cost] varint(bytes_in) varint(bytes_out)
+//!           string(decisions)
+//! ip      = 4 and 4 bytes, or 6 and 16 bytes
+//! ```
+//!
+//! Varints are LEB128. Each segment has its own strings: every text a request shares with
+//! others (key id and name, method, path, route, model, upstream, outcome, error, what
+//! answered; an attempt's upstream and error) is written once per segment and referred to by
+//! its place; the request id and the decisions are written inline. The strings and the trailer
+//! come after the rows so that a block is written in the buffer its requests were encoded
+//! into, without a copy; a reader finds the segments from the end. A block that grows by a
+//! later flush gets a segment after the first, so adding never rewrites what is there. Nothing
+//! is compressed: a request takes about 80 bytes (a third of them its id), and compressing cost
+//! more instructions a request than all the rest of the encoding (callgrind, zstd at its
+//! fastest level).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use super::RequestEntry;
+
+/// The version of the layout, the first byte of `data`.
+pub(super) const FORMAT: u8 = 2;
+
+/// The texts of a request written by reference, in this order.
+pub(super) const TEXTS: usize = 10;
+
+/// The places of the upstream and the error among [`texts`].
+const UPSTREAM: usize = 6;
+const ERROR: usize = 8;
+
+/// A request's texts written by reference: key id, key name, method, path, route, model,
+/// upstream, outcome, error, answered by (empty when there is none).
+pub(super) fn texts<'a>(e: &RequestEntry<'a>) -> [&'a str; TEXTS] {
+    let (key_id, key_name) = e.key.unwrap_or(("", ""));
+    [
+        key_id,
+        key_name,
+        e.method,
+        e.path,
+        e.route.unwrap_or(""),
+        e.model.unwrap_or(""),
+        e.upstream.unwrap_or(""),
+        e.outcome,
+        e.error.unwrap_or(""),
+        e.answered_by.unwrap_or(""),
+    ]
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A segment's strings, as it is written.
+#[derive(Default)]
+pub(super) struct Dict {
+    bytes: Vec<u8>,
+    /// Where each string's text is in `bytes`.
+    spans: Vec<(u32, u32)>,
+    index: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+}
+
+impl Dict {
+    /// Empties it, keeping its memory.
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+        self.index.clear();
+    }
+
+    /// The text of string `i`.
+    pub(super) fn text(&self, i: u32) -> &[u8] {
+        let (at, len) = self.spans[i as usize];
+        &self.bytes[at as usize..(at + len) as usize]
+    }
+
+    /// The place of `s`, added if new.
+    pub(super) fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.spans.len() as u32;
+        put_varint(&mut self.bytes, s.len() as u64);
+        self.spans.push((self.bytes.len() as u32, s.len() as u32));
+        self.bytes.extend_from_slice(s.as_bytes());
+        self.index.insert(s.into(), i);
+        i
+    }
+}
+
+const TOKENS: u8 = 1;
+const PARTIAL: u8 = 2;
+const CAPTURED: u8 = 4;
+const COST: u8 = 8;
+
+/// Writes one request, whose [`texts`] are `values`, at `texts` in `dict`.
+pub(super) fn put_row(
+    out: &mut Vec<u8>,
+    dict: &mut Dict,
+    e: &RequestEntry<'_>,
+    (values, texts): (&[&str; TEXTS], &[u32; TEXTS]),
+    decisions: &str,
+) {
+    put_varint(out, e.at_ms);
+    put_str(out, e.request_id);
+    for &t in texts {
+        put_varint(out, u64::from(t));
+    }
+    match e.client_ip {
+        IpAddr::V4(v4) => {
+            out.push(4);
+            out.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            out.push(6);
+            out.extend_from_slice(&v6.octets());
+        }
+    }
+    put_varint(out, e.attempts.len() as u64);
+    for a in e.attempts {
+        // Most attempts are the answering upstream's, without an error: no lookup then.
+        let upstream = if *a.upstream == *values[UPSTREAM] {
+            texts[UPSTREAM]
+        } else {
+            dict.intern(&a.upstream)
+        };
+        let error = match a.error {
+            None if values[ERROR].is_empty() => texts[ERROR],
+            error => dict.intern(error.unwrap_or("")),
+        };
+        put_varint(out, u64::from(upstream));
+        put_varint(out, u64::from(a.status));
+        put_varint(out, u64::from(error));
+        put_varint(out, u64::from(a.ms));
+    }
+    put_varint(out, u64::from(e.status));
+    put_varint(out, e.first_byte_us.map_or(0, |v| v.saturating_add(1)));
+    put_varint(out, e.duration_us);
+    let mut flags = 0;
+    if e.tokens.is_some() {
+        flags |= TOKENS;
+    }
+    if e.partial {
+        flags |= PARTIAL;
+    }
+    if e.bodies.is_some() {
+        flags |= CAPTURED;
+    }
+    if e.cost_nanos.is_some() {
+        flags |= COST;
+    }
+    out.push(flags);
+    if let Some((input, output, cached)) = e.tokens {
+        put_varint(out, input);
+        put_varint(out, output);
+        put_varint(out, cached);
+    }
+    if let Some(cost) = e.cost_nanos {
+        put_varint(out, cost);
+    }
+    put_varint(out, e.bytes_in);
+    put_varint(out, e.bytes_out);
+    put_str(out, decisions);
+}
+
+const TRAILER: usize = 16;
+
+/// Ends a segment whose `rows` requests (`rows_len` bytes) were written into `out`: appends its
+/// strings and its trailer.
+pub(super) fn end_segment(out: &mut Vec<u8>, dict: &Dict, rows: u32, rows_len: usize) {
+    out.extend_from_slice(&dict.bytes);
+    for v in [
+        rows,
+        dict.spans.len() as u32,
+        rows_len as u32,
+        dict.bytes.len() as u32,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// One upstream attempt, as read.
+pub(super) struct ReadAttempt<'a> {
+    pub upstream: &'a str,
+    pub status: u16,
+    pub error: &'a str,
+    pub ms: u32,
+}
+
+/// One request, as read (its texts borrowed from the block).
+pub(super) struct Row<'a> {
+    pub at_ms: u64,
+    pub request_id: &'a str,
+    /// In [`texts`] order.
+    pub texts: [&'a str; TEXTS],
+    pub client_ip: IpAddr,
+    pub attempts: Vec<ReadAttempt<'a>>,
+    pub status: u16,
+    pub first_byte_us: Option<u64>,
+    pub duration_us: u64,
+    pub tokens: Option<(u64, u64, u64)>,
+    pub partial: bool,
+    pub captured: bool,
+    pub cost_nanos: Option<u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub decisions: &'a str,
+}
+
+/// A block that does not read as written.
+#[derive(Debug)]
+pub(super) struct Corrupt(&'static str);
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "corrupt request log block: {}", self.0)
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    #[cfg(test)]
+    fn done(&self) -> bool {
+        self.at >= self.data.len()
+    }
+
+    fn byte(&mut self) -> Result<u8, Corrupt> {
+        let b = *self.data.get(self.at).ok_or(Corrupt("cut short"))?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, Corrupt> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Corrupt("varint too long"))
+    }
+
+    fn small(&mut self) -> Result<u32, Corrupt> {
+        u32::try_from(self.varint()?).map_err(|_| Corrupt("number out of range"))
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Corrupt> {
+        let end = self.at.checked_add(n).ok_or(Corrupt("length"))?;
+        let b = self.data.get(self.at..end).ok_or(Corrupt("cut short"))?;
+        self.at = end;
+        Ok(b)
+    }
+
+    fn str(&mut self) -> Result<&'a str, Corrupt> {
+        let n = usize::try_from(self.varint()?).map_err(|_| Corrupt("length"))?;
+        std::str::from_utf8(self.bytes(n)?).map_err(|_| Corrupt("text is not UTF-8"))
+    }
+
+    fn text(&mut self, strings: &[&'a str]) -> Result<&'a str, Corrupt> {
+        let i = self.small()? as usize;
+        strings
+            .get(i)
+            .copied()
+            .ok_or(Corrupt("string out of range"))
+    }
+
+    fn row(&mut self, strings: &[&'a str]) -> Result<Row<'a>, Corrupt> {
+        let at_ms = self.varint()?;
+        let request_id = self.str()?;
+        let mut texts = [""; TEXTS];
+        for t in &mut texts {
+            *t = self.text(strings)?;
+        }
+        let client_ip = match self.byte()? {
+            4 => IpAddr::from(<[u8; 4]>::try_from(self.bytes(4)?).map_err(|_| Corrupt("ip"))?),
+            6 => IpAddr::from(<[u8; 16]>::try_from(self.bytes(16)?).map_err(|_| Corrupt("ip"))?),
+            _ => return Err(Corrupt("ip")),
+        };
+        let n = self.small()?.min(64) as usize;
+        let mut attempts = Vec::with_capacity(n);
+        for _ in 0..n {
+            attempts.push(ReadAttempt {
+                upstream: self.text(strings)?,
+                status: self.small()?.min(u32::from(u16::MAX)) as u16,
+                error: self.text(strings)?,
+                ms: self.small()?,
+            });
+        }
+        let status = self.small()?.min(u32::from(u16::MAX)) as u16;
+        let first_byte_us = self.varint()?.checked_sub(1);
+        let duration_us = self.varint()?;
+        let flags = self.byte()?;
+        let tokens = if flags & TOKENS != 0 {
+            Some((self.varint()?, self.varint()?, self.varint()?))
+        } else {
+            None
+        };
+        let cost_nanos = if flags & COST != 0 {
+            Some(self.varint()?)
+        } else {
+            None
+        };
+        Ok(Row {
+            at_ms,
+            request_id,
+            texts,
+            client_ip,
+            attempts,
+            status,
+            first_byte_us,
+            duration_us,
+            tokens,
+            partial: flags & PARTIAL != 0,
+            captured: flags & CAPTURED != 0,
+            cost_nanos,
+            bytes_in: self.varint()?,
+            bytes_out: self.varint()?,
+            decisions: self.str()?,
+        })
+    }
+}
+
+/// Where a segment is in a block.
+struct Segment {
+    /// Its first row, and the end of its rows (where its strings start).
+    rows: std::ops::Range<usize>,
+    strings: std::ops::Range<usize>,
+    /// The end of its trailer.
+    end: usize,
+    count: u32,
+    string_count: u32,
+}
+
+/// A block's segments, in order.
+fn segments(data: &[u8]) -> Result<Vec<Segment>, Corrupt> {
+    if data.first() != Some(&FORMAT) {
+        return Err(Corrupt("unknown format"));
+    }
+    let mut out = Vec::new();
+    let mut end = data.len();
+    while end > 1 {
+        let t = end
+            .checked_sub(TRAILER)
+            .filter(|t| *t >= 1)
+            .ok_or(Corrupt("trailer"))?;
+        let word = |i: usize| {
+            let b: [u8; 4] = data[t + 4 * i..t + 4 * i + 4].try_into().unwrap_or([0; 4]);
+            u32::from_le_bytes(b)
+        };
+        let (count, string_count) = (word(0), word(1));
+        let (rows_len, strings_len) = (word(2) as usize, word(3) as usize);
+        let strings_start = t.checked_sub(strings_len).ok_or(Corrupt("strings"))?;
+        let start = strings_start
+            .checked_sub(rows_len)
+            .filter(|s| *s >= 1)
+            .ok_or(Corrupt("rows"))?;
+        out.push(Segment {
+            rows: start..strings_start,
+            strings: strings_start..t,
+            end,
+            count,
+            string_count,
+        });
+        end = start;
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// A segment's strings.
+fn strings<'a>(data: &'a [u8], seg: &Segment) -> Result<Vec<&'a str>, Corrupt> {
+    let mut r = Reader {
+        data: &data[..seg.strings.end],
+        at: seg.strings.start,
+    };
+    let mut out = Vec::with_capacity((seg.string_count as usize).min(1 << 16));
+    for _ in 0..seg.string_count {
+        out.push(r.str()?);
+    }
+    Ok(out)
+}
+
+/// Every request of a block, in the order written.
+pub(super) fn rows(data: &[u8]) -> Result<Vec<Row<'_>>, Corrupt> {
+    let mut out = Vec::new();
+    for seg in segments(data)? {
+        let strings = strings(data, &seg)?;
+        let mut r = Reader {
+            data: &data[..seg.rows.end],
+            at: seg.rows.start,
+        };
+        out.reserve(seg.count as usize);
+        for _ in 0..seg.count {
+            out.push(r.row(&strings)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The block without its first `skip` requests (for trimming the oldest away); its other
+/// requests keep their bytes.
+pub(super) fn without_first(data: &[u8], mut skip: u32) -> Result<Vec<u8>, Corrupt> {
+    let mut out = vec![FORMAT];
+    for seg in segments(data)? {
+        if skip >= seg.count {
+            skip -= seg.count;
+            continue;
+        }
+        if skip == 0 {
+            out.extend_from_slice(&data[seg.rows.start..seg.end]);
+            continue;
+        }
+        let strings = strings(data, &seg)?;
+        let mut r = Reader {
+            data: &data[..seg.rows.end],
+            at: seg.rows.start,
+        };
+        for _ in 0..skip {
+            r.row(&strings)?;
+        }
+        let kept = r.at..seg.rows.end;
+        out.extend_from_slice(&data[kept.clone()]);
+        out.extend_from_slice(&data[seg.strings.clone()]);
+        for v in [
+            seg.count - skip,
+            seg.string_count,
+            kept.len() as u32,
+            seg.strings.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        skip = 0;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_at_their_edges() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            let mut r = Reader { data: &out, at: 0 };
+            assert_eq!(r.varint().unwrap(), v);
+            assert!(r.done());
+        }
+        let mut r = Reader {
+            data: &[0xff; 11],
+            at: 0,
+        };
+        assert!(r.varint().is_err(), "more than 64 bits");
+        assert!(rows(&[FORMAT, 1, 5, b'a']).is_err(), "cut short");
+        assert!(rows(&[1]).is_err(), "another format");
+        let mut trailer = vec![FORMAT];
+        for v in [1u32, 0, 100, 0] {
+            trailer.extend_from_slice(&v.to_le_bytes());
+        }
+        assert!(rows(&trailer).is_err(), "rows longer than the block");
+        assert!(rows(&[FORMAT]).unwrap().is_empty());
+    }
+}
