@@ -52,20 +52,18 @@ impl SqlStore {
     pub(super) async fn insert_request_block(&self, b: &Builder, s: &Sealed) -> StoreResult<i64> {
         self.timed(async {
             let mut tx = self.write_tx().await?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO request_blocks \
-                 (first_row, row_count, from_ms, to_ms, statuses, refused, bloom, data) \
-                 VALUES (0, $1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            let row = bind_block(
+                sqlx::query(
+                    "INSERT INTO request_blocks \
+                     (first_row, row_count, from_ms, to_ms, statuses, refused, bloom, data) \
+                     VALUES (0, $1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                ),
+                b,
+                s,
             )
-            .bind(i64::from(b.rows))
-            .bind(int(b.from_ms))
-            .bind(int(b.to_ms))
-            .bind(i64::from(b.statuses))
-            .bind(i64::from(b.refused))
-            .bind(&s.bloom[..])
-            .bind(&s.data[..])
             .fetch_one(&mut *tx)
             .await?;
+            let id: i64 = row.try_get("id")?;
             insert_bodies(&mut tx, id, b, 0).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(id)
@@ -85,19 +83,16 @@ impl SqlStore {
     ) -> StoreResult<bool> {
         self.timed(async {
             let mut tx = self.write_tx().await?;
-            let done = sqlx::query(
-                "UPDATE request_blocks SET row_count = $1, from_ms = $2, to_ms = $3, \
-                 statuses = $4, refused = $5, bloom = $6, data = $7 \
-                 WHERE id = $8 AND first_row = 0 AND row_count = $9 \
-                 AND id = (SELECT MAX(id) FROM request_blocks)",
+            let done = bind_block(
+                sqlx::query(
+                    "UPDATE request_blocks SET row_count = $1, from_ms = $2, to_ms = $3, \
+                     statuses = $4, refused = $5, bloom = $6, data = $7 \
+                     WHERE id = $8 AND first_row = 0 AND row_count = $9 \
+                     AND id = (SELECT MAX(id) FROM request_blocks)",
+                ),
+                b,
+                s,
             )
-            .bind(i64::from(b.rows))
-            .bind(int(b.from_ms))
-            .bind(int(b.to_ms))
-            .bind(i64::from(b.statuses))
-            .bind(i64::from(b.refused))
-            .bind(&s.bloom[..])
-            .bind(&s.data[..])
             .bind(id)
             .bind(i64::from(old_rows))
             .execute(&mut *tx)
@@ -361,6 +356,22 @@ impl SqlStore {
         .await?;
         Ok(())
     }
+}
+
+/// Binds a block's columns, in the order both writes name them: row count, time span,
+/// statuses, refusals, Bloom filter, data.
+fn bind_block<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    b: &Builder,
+    s: &'q Sealed,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(i64::from(b.rows))
+        .bind(int(b.from_ms))
+        .bind(int(b.to_ms))
+        .bind(i64::from(b.statuses))
+        .bind(i64::from(b.refused))
+        .bind(&s.bloom[..])
+        .bind(&s.data[..])
 }
 
 /// The bodies `b` kept from its `from`-th request on, under their requests' ids.
