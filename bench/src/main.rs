@@ -179,6 +179,7 @@ async fn fill_log(path: &std::path::Path, rows: u64, per_flush: u64) -> anyhow::
             path: "/v1/chat/completions",
             route: Some(&route),
             model: Some(&models[fastrand::usize(..4)]),
+            served_model: None,
             upstream: upstream.as_deref(),
             attempts: &attempts,
             status,

@@ -89,6 +89,7 @@ async function detail(view, params, page) {
       row("Request", `${r.method} ${r.path}`),
       row("Route", r.route || "–"),
       row("Model", r.model || "–"),
+      row("Served by model", r.served_model || "–"),
       row("Upstream", r.upstream || "–"),
       row("First byte", ms(r.first_byte_us)),
       row("Duration", ms(r.duration_us)),

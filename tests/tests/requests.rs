@@ -279,6 +279,10 @@ async fn an_abandoned_stream_is_logged_with_its_partial_tokens() {
     assert_eq!(row["partial"], true, "{row}");
     assert_eq!(row["input_tokens"], 8, "{row}");
     assert_eq!(row["model"], "claude-test");
+    assert_eq!(
+        row["served_model"], "claude-test",
+        "from the stream's message_start"
+    );
     assert!(row["first_byte_us"].as_u64().is_some(), "{row}");
 }
 

@@ -1528,6 +1528,7 @@ fn logged(i: u32, at_ms: u64) -> tollgate::state::RequestEntry<'static> {
         path: "/v1/chat/completions",
         route: Some("/v1/"),
         model: Some(if i.is_multiple_of(2) { "even" } else { "odd" }),
+        served_model: (!refused).then_some("served-1"),
         upstream: (!refused).then_some("u1"),
         attempts,
         status: if refused { 429 } else { 200 },
@@ -1572,6 +1573,10 @@ async fn request_log_suite(config: &StorageConfig) {
     assert_eq!(first[2].error, "rate_limit_exceeded");
     assert_eq!(first[2].answered_by, "limits:per-ip");
     assert_eq!(first[1].request_body, None);
+    assert_eq!(
+        (&*first[1].served_model, &*first[2].served_model),
+        ("served-1", "")
+    );
 
     // A small flush joins the open block: same block, the next places; a tail sees it.
     for i in 3..5 {

@@ -147,6 +147,8 @@ async fn a_request_is_a_server_span_with_its_attempt_beneath_it() {
     assert_eq!(text(server, "gen_ai.operation.name"), "chat");
     assert_eq!(text(server, "gen_ai.provider.name"), "openai");
     assert_eq!(text(server, "gen_ai.request.model"), model);
+    // The mock answers with the model it was asked for: read from its answer.
+    assert_eq!(text(server, "gen_ai.response.model"), model);
     assert_eq!(int(server, "gen_ai.usage.input_tokens"), 8);
     assert_eq!(int(server, "gen_ai.usage.output_tokens"), 2);
     assert_eq!(int(server, "http.response.status_code"), 200);
@@ -163,6 +165,7 @@ async fn a_request_is_a_server_span_with_its_attempt_beneath_it() {
         mock.url()["http://".len()..]
     );
     assert_eq!(int(attempt, "http.response.status_code"), 200);
+    assert_eq!(text(attempt, "gen_ai.response.model"), model);
     assert!(attempt.start_time_unix_nano >= server.start_time_unix_nano);
     assert!(attempt.end_time_unix_nano <= server.end_time_unix_nano);
     // What the upstream received: this trace, the attempt's span, sampled; not the client's

@@ -100,9 +100,9 @@ impl Drop for Tail {
         if let Some(meter) = self.ctx.meter.take() {
             let r = &mut self.ctx.record;
             let partial = !matches!(r.outcome, Outcome::Complete | Outcome::Refused);
-            r.tokens = meter
-                .finish()
-                .map(|tokens| RecordedTokens { tokens, partial });
+            let (tokens, model) = meter.finish_with_model();
+            r.tokens = tokens.map(|tokens| RecordedTokens { tokens, partial });
+            r.served_model = model;
         }
         for f in &self.chain.done {
             f.on_done(&mut self.ctx);

@@ -99,6 +99,8 @@ pub struct RequestRecord {
     pub policy_calls: Vec<PolicyCall>,
     /// Tokens the upstream's answer reported, set when the request ends (`tokens.rs`).
     pub tokens: Option<RecordedTokens>,
+    /// The model the upstream's answer named (`tokens.rs`), set when the request ends.
+    pub served_model: Option<Box<str>>,
     /// What those tokens cost, in billionths of `pricing.currency`: set in `on_done` by the
     /// `pricing` filter (first in the chain); `None` when the model has no price.
     pub cost_nanos: Option<u64>,
@@ -240,6 +242,7 @@ impl Ctx {
                 attempt_log: Vec::new(),
                 policy_calls: Vec::new(),
                 tokens: None,
+                served_model: None,
                 cost_nanos: None,
                 // Until the body says otherwise: a context dropped before its response reached
                 // the client belongs to a client that left.

@@ -15,6 +15,10 @@
 //!
 //! Parsing goes into typed structs (unknown members are skipped, nothing is allocated per field).
 //! A request that ends before its answer is complete keeps what was seen and is marked partial.
+//!
+//! The model that served the answer is read on the way: a JSON answer's first `"model"` member
+//! (OpenAI's top-level `model`, Anthropic's), a stream's first event that names one (each
+//! OpenAI chunk, Anthropic's `message_start`); a stream stops looking once it has it.
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -164,6 +168,8 @@ pub enum TokenMeter {
         /// `data:` lines so far (a lower bound of the output tokens of a stream that reports
         /// usage only at its end: OpenAI sends at least one token per event).
         events: u64,
+        /// The model the stream named, once an event did.
+        model: Option<Box<str>>,
     },
 }
 
@@ -176,6 +182,7 @@ impl TokenMeter {
                 skipping: false,
                 seen: None,
                 events: 0,
+                model: None,
             })
         } else if super::headers::has_media_type(ct, "application/json") {
             Some(Self::Json {
@@ -203,6 +210,7 @@ impl TokenMeter {
                 skipping,
                 seen,
                 events,
+                model,
             } => {
                 let mut rest = &chunk[..];
                 while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
@@ -211,11 +219,11 @@ impl TokenMeter {
                         *skipping = false;
                     } else if carry.is_empty() {
                         *events += u64::from(line.starts_with(b"data:"));
-                        sse_line(line, seen);
+                        sse_line(line, seen, model);
                     } else {
                         carry.extend_from_slice(line);
                         *events += u64::from(carry.starts_with(b"data:"));
-                        sse_line(carry, seen);
+                        sse_line(carry, seen, model);
                     }
                     carry.clear();
                     rest = &rest[end + 1..];
@@ -249,10 +257,18 @@ impl TokenMeter {
     }
 
     /// The counts, once the answer ended (or was cut off).
+    #[cfg(test)]
     pub fn finish(self) -> Option<Tokens> {
+        self.finish_with_model().0
+    }
+
+    /// The counts and the model that served the answer, once it ended (or was cut off).
+    pub fn finish_with_model(self) -> (Option<Tokens>, Option<Box<str>>) {
         match self {
             Self::Json { parts, .. } => {
-                let parts = parts?;
+                let Some(parts) = parts else {
+                    return (None, None);
+                };
                 let joined;
                 let body: &[u8] = match parts.as_slice() {
                     [one] => one,
@@ -261,18 +277,19 @@ impl TokenMeter {
                         &joined
                     }
                 };
-                usage_member(body)
+                (usage_member(body), model_member(body))
             }
             Self::Sse {
                 mut carry,
                 skipping,
                 mut seen,
+                mut model,
                 ..
             } => {
                 if !skipping && !carry.is_empty() {
-                    sse_line(&std::mem::take(&mut carry), &mut seen);
+                    sse_line(&std::mem::take(&mut carry), &mut seen, &mut model);
                 }
-                seen
+                (seen, model)
             }
         }
     }
@@ -309,14 +326,49 @@ fn usage_member(body: &[u8]) -> Option<Tokens> {
     None
 }
 
-/// One SSE line: a `data:` line that mentions usage is parsed.
-fn sse_line(line: &[u8], seen: &mut Option<Tokens>) {
+/// One SSE line: a `data:` line that mentions usage is parsed; until one named the model, each
+/// is searched for it.
+fn sse_line(line: &[u8], seen: &mut Option<Tokens>, model: &mut Option<Box<str>>) {
     let Some(data) = line.strip_prefix(b"data:") else {
         return;
     };
+    if model.is_none() {
+        *model = model_member(data);
+    }
     if USAGE_FROM_START.find(data).is_some() {
         from_event(data.trim_ascii(), seen);
     }
+}
+
+const MODEL_KEY: &[u8] = b"\"model\"";
+
+static MODEL_FROM_START: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(MODEL_KEY));
+
+/// The longest served model name kept (a longer one is cut).
+const MAX_MODEL: usize = 256;
+
+/// The first `"model"` member of a JSON document whose value is a string (a quoted `model` in
+/// content is escaped, so it never matches).
+fn model_member(body: &[u8]) -> Option<Box<str>> {
+    let finder = &*MODEL_FROM_START;
+    let mut from = 0;
+    while let Some(at) = finder.find(&body[from..]) {
+        let after = from + at + MODEL_KEY.len();
+        let rest = body[after..].trim_ascii_start();
+        if let Some(value) = rest.strip_prefix(b":") {
+            let mut de = serde_json::Deserializer::from_slice(value.trim_ascii_start());
+            if let Ok(name) = <std::borrow::Cow<'_, str>>::deserialize(&mut de) {
+                let mut end = name.len().min(MAX_MODEL);
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                return Some(name[..end].into());
+            }
+        }
+        from = after;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -329,6 +381,31 @@ mod tests {
             m.feed(&Bytes::copy_from_slice(f.as_bytes()));
         }
         m.finish()
+    }
+
+    #[test]
+    fn the_served_model_is_read_from_a_json_answer_and_from_a_streams_first_event_naming_it() {
+        let mut m = json();
+        m.feed(&Bytes::from_static(
+            br#"{"id":"x","choices":[{"message":{"content":"say \"model\": no"}}],"model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":1}}"#,
+        ));
+        let (tokens, model) = m.finish_with_model();
+        assert_eq!(tokens.map(|t| t.input), Some(1));
+        assert_eq!(model.as_deref(), Some("gpt-4o-2024-08-06"));
+        let mut s = TokenMeter::for_content_type(b"text/event-stream").unwrap();
+        for f in [
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"mod",
+            "el\": \"claude-x\",\"usage\":{\"input_tokens\":3}}}\n\n",
+            "data: {\"type\":\"ping\",\"model\":\"other\"}\n\n",
+        ] {
+            s.feed(&Bytes::copy_from_slice(f.as_bytes()));
+        }
+        assert_eq!(s.finish_with_model().1.as_deref(), Some("claude-x"));
+        assert_eq!(
+            model_member(br#"{"model":42,"x":{"model":"b"}}"#).as_deref(),
+            Some("b")
+        );
+        assert_eq!(model_member(br#"{"content":"no model here"}"#), None);
     }
 
     fn json() -> TokenMeter {

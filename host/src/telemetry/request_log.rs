@@ -86,6 +86,7 @@ impl Filter for RequestLog {
             path: r.path(),
             route: r.route.as_deref(),
             model: r.model.as_deref(),
+            served_model: r.served_model.as_deref(),
             upstream: r.upstream.as_deref(),
             attempts: &r.attempt_log,
             status: r.status,

@@ -278,6 +278,9 @@ fn spans(t: &TraceCtx, ctx: &Ctx) -> Vec<Span> {
     if let Some(m) = model {
         attributes.push(text("gen_ai.request.model", m));
     }
+    if let Some(m) = r.served_model.as_deref() {
+        attributes.push(text("gen_ai.response.model", m));
+    }
     if let Some(route) = r.route.as_deref() {
         attributes.push(text("tollgate.route", route));
     }
@@ -337,6 +340,11 @@ fn spans(t: &TraceCtx, ctx: &Ctx) -> Vec<Span> {
         }
         if let Some(m) = model {
             attributes.push(text("gen_ai.request.model", m));
+        }
+        if i == last
+            && let Some(m) = r.served_model.as_deref()
+        {
+            attributes.push(text("gen_ai.response.model", m));
         }
         // The last attempt lasts as long as its answer was relayed; an earlier one until its
         // head (or failure).

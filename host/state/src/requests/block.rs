@@ -64,6 +64,7 @@ const TEXT_FIELDS: [Option<Field>; TEXTS] = [
     Some(Field::Outcome),
     Some(Field::Error),
     Some(Field::AnsweredBy),
+    None,
 ];
 
 /// A value's hash in the Bloom filter: xxh3, whose output is fixed by its specification, so a
@@ -93,6 +94,7 @@ impl Row<'_> {
             outcome,
             error,
             answered_by,
+            served_model,
         ] = self.texts;
         let attempts = self
             .attempts
@@ -119,6 +121,7 @@ impl Row<'_> {
             path: path.into(),
             route: route.into(),
             model: model.into(),
+            served_model: served_model.into(),
             upstream: upstream.into(),
             attempts: serde_json::Value::Array(attempts),
             status: self.status,
@@ -430,6 +433,7 @@ impl Matcher {
             outcome,
             error,
             answered_by,
+            _,
         ] = r.texts;
         let eq =
             |filter: &Option<String>, value: &str| filter.as_deref().is_none_or(|f| f == value);
@@ -488,6 +492,7 @@ mod tests {
             path: "/v1/chat/completions",
             route: Some("/v1/"),
             model: Some(if i.is_multiple_of(2) { "a" } else { "b" }),
+            served_model: Some("a-2025"),
             upstream: (!refused).then_some("up"),
             attempts,
             status: if refused { 429 } else { 200 },
@@ -555,6 +560,7 @@ mod tests {
         assert!(rows[7].partial && rows[4].captured && !rows[3].captured);
         assert_eq!(rows[8].record(0).path, "/v1/chat/completions");
         assert_eq!(rows[4].record(0).key_name, "team");
+        assert_eq!(rows[4].record(0).served_model, "a-2025");
         assert_eq!(rows[5].tokens, Some((1, 2, 0)));
         assert_eq!((rows[5].first_byte_us, rows[5].cost_nanos), (Some(5), None));
         assert_eq!(split_id(row.id), (1, 3));

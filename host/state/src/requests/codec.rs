@@ -5,7 +5,7 @@
 //! segment = row* string* trailer                           one flush's requests
 //! trailer = u32 rows, u32 strings, u32 bytes of rows, u32 bytes of strings (little-endian)
 //! string  = varint(len) utf-8 bytes
-//! row     = varint(at_ms) string(request_id) varint(text index)×10 ip
+//! row     = varint(at_ms) string(request_id) varint(text index)×11 ip
 //!           varint(attempts) (varint(upstream) varint(status) varint(error) varint(ms))*
 //!           varint(status) varint(first_byte_us + 1, or 0) varint(duration_us)
 //!           flags [varint×3 tokens] [varint cost] varint(bytes_in) varint(bytes_out)
@@ -29,18 +29,19 @@ use std::net::IpAddr;
 
 use super::RequestEntry;
 
-/// The version of the layout, the first byte of `data`.
-pub(super) const FORMAT: u8 = 2;
+/// The version of the layout, the first byte of `data`. Format 2 (the first) had no served
+/// model (ten texts a request); it is still read.
+pub(super) const FORMAT: u8 = 3;
 
 /// The texts of a request written by reference, in this order.
-pub(super) const TEXTS: usize = 10;
+pub(super) const TEXTS: usize = 11;
 
 /// The places of the upstream and the error among [`texts`].
 const UPSTREAM: usize = 6;
 const ERROR: usize = 8;
 
 /// A request's texts written by reference: key id, key name, method, path, route, model,
-/// upstream, outcome, error, answered by (empty when there is none).
+/// upstream, outcome, error, answered by, served model (empty when there is none).
 pub(super) fn texts<'a>(e: &RequestEntry<'a>) -> [&'a str; TEXTS] {
     let (key_id, key_name) = e.key.unwrap_or(("", ""));
     [
@@ -54,6 +55,7 @@ pub(super) fn texts<'a>(e: &RequestEntry<'a>) -> [&'a str; TEXTS] {
         e.outcome,
         e.error.unwrap_or(""),
         e.answered_by.unwrap_or(""),
+        e.served_model.unwrap_or(""),
     ]
 }
 
@@ -241,6 +243,8 @@ impl std::error::Error for Corrupt {}
 struct Reader<'a> {
     data: &'a [u8],
     at: usize,
+    /// Texts a row holds in this block's format.
+    texts: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -295,7 +299,7 @@ impl<'a> Reader<'a> {
         let at_ms = self.varint()?;
         let request_id = self.str()?;
         let mut texts = [""; TEXTS];
-        for t in &mut texts {
+        for t in &mut texts[..self.texts] {
             *t = self.text(strings)?;
         }
         let client_ip = match self.byte()? {
@@ -360,9 +364,7 @@ struct Segment {
 
 /// A block's segments, in order.
 fn segments(data: &[u8]) -> Result<Vec<Segment>, Corrupt> {
-    if data.first() != Some(&FORMAT) {
-        return Err(Corrupt("unknown format"));
-    }
+    texts_of(data)?;
     let mut out = Vec::new();
     let mut end = data.len();
     while end > 1 {
@@ -394,11 +396,21 @@ fn segments(data: &[u8]) -> Result<Vec<Segment>, Corrupt> {
     Ok(out)
 }
 
+/// Texts a row holds in the block's format.
+fn texts_of(data: &[u8]) -> Result<usize, Corrupt> {
+    match data.first() {
+        Some(&FORMAT) => Ok(TEXTS),
+        Some(2) => Ok(TEXTS - 1),
+        _ => Err(Corrupt("unknown format")),
+    }
+}
+
 /// A segment's strings.
 fn strings<'a>(data: &'a [u8], seg: &Segment) -> Result<Vec<&'a str>, Corrupt> {
     let mut r = Reader {
         data: &data[..seg.strings.end],
         at: seg.strings.start,
+        texts: 0,
     };
     let mut out = Vec::with_capacity((seg.string_count as usize).min(1 << 16));
     for _ in 0..seg.string_count {
@@ -409,12 +421,14 @@ fn strings<'a>(data: &'a [u8], seg: &Segment) -> Result<Vec<&'a str>, Corrupt> {
 
 /// Every request of a block, in the order written.
 pub(super) fn rows(data: &[u8]) -> Result<Vec<Row<'_>>, Corrupt> {
+    let texts = texts_of(data)?;
     let mut out = Vec::new();
     for seg in segments(data)? {
         let strings = strings(data, &seg)?;
         let mut r = Reader {
             data: &data[..seg.rows.end],
             at: seg.rows.start,
+            texts,
         };
         out.reserve(seg.count as usize);
         for _ in 0..seg.count {
@@ -427,7 +441,8 @@ pub(super) fn rows(data: &[u8]) -> Result<Vec<Row<'_>>, Corrupt> {
 /// The block without its first `skip` requests (for trimming the oldest away); its other
 /// requests keep their bytes.
 pub(super) fn without_first(data: &[u8], mut skip: u32) -> Result<Vec<u8>, Corrupt> {
-    let mut out = vec![FORMAT];
+    let texts = texts_of(data)?;
+    let mut out = vec![data[0]];
     for seg in segments(data)? {
         if skip >= seg.count {
             skip -= seg.count;
@@ -441,6 +456,7 @@ pub(super) fn without_first(data: &[u8], mut skip: u32) -> Result<Vec<u8>, Corru
         let mut r = Reader {
             data: &data[..seg.rows.end],
             at: seg.rows.start,
+            texts,
         };
         for _ in 0..skip {
             r.row(&strings)?;
@@ -479,13 +495,18 @@ mod tests {
         ] {
             let mut out = Vec::new();
             put_varint(&mut out, v);
-            let mut r = Reader { data: &out, at: 0 };
+            let mut r = Reader {
+                data: &out,
+                at: 0,
+                texts: TEXTS,
+            };
             assert_eq!(r.varint().unwrap(), v);
             assert!(r.done());
         }
         let mut r = Reader {
             data: &[0xff; 11],
             at: 0,
+            texts: TEXTS,
         };
         assert!(r.varint().is_err(), "more than 64 bits");
         assert!(rows(&[FORMAT, 1, 5, b'a']).is_err(), "cut short");
@@ -496,5 +517,26 @@ mod tests {
         }
         assert!(rows(&trailer).is_err(), "rows longer than the block");
         assert!(rows(&[FORMAT]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_block_of_the_first_format_is_read_without_a_served_model() {
+        // Format 2: ten texts a row. One row, one string ("").
+        let mut row = vec![5, 1, b'r'];
+        row.extend([0; 10]);
+        row.extend([4, 10, 0, 0, 1]);
+        row.extend([0, 0xc8, 0x01, 0, 1, 0, 0, 0, 0]);
+        let mut block = vec![2];
+        block.extend(&row);
+        block.push(0);
+        for v in [1u32, 1, row.len() as u32, 1] {
+            block.extend(v.to_le_bytes());
+        }
+        let read = rows(&block).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!((read[0].request_id, read[0].status), ("r", 200));
+        assert_eq!(read[0].texts[TEXTS - 1], "");
+        assert_eq!(read[0].client_ip.to_string(), "10.0.0.1");
+        assert_eq!(without_first(&block, 0).unwrap(), block);
     }
 }

@@ -53,7 +53,10 @@ pub struct RequestEntry<'a> {
     pub method: &'static str,
     pub path: &'a str,
     pub route: Option<&'a str>,
+    /// As the client asked for it.
     pub model: Option<&'a str>,
+    /// As the upstream's answer named it.
+    pub served_model: Option<&'a str>,
     /// The upstream that answered.
     pub upstream: Option<&'a str>,
     pub attempts: &'a [Attempt],
@@ -91,7 +94,9 @@ pub struct RequestRow {
     pub method: String,
     pub path: String,
     pub route: String,
+    /// The model asked for, and the model the answer named ('' when it named none).
     pub model: String,
+    pub served_model: String,
     pub upstream: String,
     pub attempts: serde_json::Value,
     pub status: u16,
