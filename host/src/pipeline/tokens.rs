@@ -349,24 +349,40 @@ static MODEL_FROM_START: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 const MAX_MODEL: usize = 256;
 
 /// The first `"model"` member of a JSON document whose value is a string (a quoted `model` in
-/// content is escaped, so it never matches).
+/// content is escaped, so it never matches). A value without escapes (every model name) is cut
+/// out directly; one with escapes is decoded by serde_json.
 fn model_member(body: &[u8]) -> Option<Box<str>> {
     let finder = &*MODEL_FROM_START;
     let mut from = 0;
     while let Some(at) = finder.find(&body[from..]) {
         let after = from + at + MODEL_KEY.len();
-        let rest = body[after..].trim_ascii_start();
-        if let Some(value) = rest.strip_prefix(b":") {
-            let mut de = serde_json::Deserializer::from_slice(value.trim_ascii_start());
-            if let Ok(name) = <std::borrow::Cow<'_, str>>::deserialize(&mut de) {
-                let mut end = name.len().min(MAX_MODEL);
-                while !name.is_char_boundary(end) {
-                    end -= 1;
-                }
-                return Some(name[..end].into());
-            }
-        }
         from = after;
+        let Some(value) = body[after..].trim_ascii_start().strip_prefix(b":") else {
+            continue;
+        };
+        let value = value.trim_ascii_start();
+        let Some(text) = value.strip_prefix(b"\"") else {
+            continue;
+        };
+        let name: std::borrow::Cow<'_, str> = match memchr::memchr2(b'"', b'\\', text) {
+            Some(end) if text[end] == b'"' => match std::str::from_utf8(&text[..end]) {
+                Ok(plain) => plain.into(),
+                Err(_) => continue,
+            },
+            Some(_) => {
+                let mut de = serde_json::Deserializer::from_slice(value);
+                match <std::borrow::Cow<'_, str>>::deserialize(&mut de) {
+                    Ok(name) => name,
+                    Err(_) => continue,
+                }
+            }
+            None => continue,
+        };
+        let mut end = name.len().min(MAX_MODEL);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        return Some(name[..end].into());
     }
     None
 }
@@ -406,6 +422,12 @@ mod tests {
             Some("b")
         );
         assert_eq!(model_member(br#"{"content":"no model here"}"#), None);
+        assert_eq!(
+            model_member(br#"{"model" : "a\"b\u00e9"}"#).as_deref(),
+            Some("a\"b\u{e9}"),
+            "escapes are decoded"
+        );
+        assert_eq!(model_member(br#"{"model":"unterminated"#), None);
     }
 
     fn json() -> TokenMeter {
