@@ -220,8 +220,7 @@ impl LogWriter {
         }
         let db = &stores.db;
         // Sealing builds each block's Bloom filter (a few hundred instructions a request, no
-        // copy): on the writer's own task. Handing it to the blocking pool cost more, in waking
-        // and parking its thread, than the work itself.
+        // copy): small enough for the writer's own task, without a hand-off to another thread.
         let plan = plan(self.open.take(), blocks);
         let mut written = 0u64;
         let mut failed = None;
