@@ -142,3 +142,127 @@ async fn all_keeps_a_stream_as_its_text_cut_to_max_bytes() {
     assert!(request.ends_with(" …[cut]") && request.len() <= 24 + " …[cut]".len());
     assert!(!request.contains("sk-live"), "{request}");
 }
+
+async fn send_as(gw: &TestGateway, key: &str, status: Option<&str>) -> u16 {
+    let mut r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&sensitive(false));
+    if let Some(s) = status {
+        r = r.header("x-mock-status", s);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    resp.text().await.unwrap();
+    status
+}
+
+/// The rows of `key_name`'s requests, oldest first, as (status, whether bodies were kept).
+fn kept_by(rows: &[Value], key_name: &str) -> Vec<(u64, bool)> {
+    let mut out: Vec<(u64, bool)> = rows
+        .iter()
+        .filter(|r| r["key_name"] == key_name)
+        .map(|r| (r["status"].as_u64().unwrap(), r["request_body"].is_string()))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// A key's own `capture` beats its route's: a config key with `all` keeps every request where the
+/// route keeps none, a key with `off` keeps nothing where the top-level says `errors`, and the
+/// other keys follow the route.
+#[tokio::test]
+async fn a_config_keys_capture_beats_its_routes() {
+    let mock = MockUpstream::start().await;
+    const WATCHED: &str = "sk-watched-client-key-0123456789";
+    const PRIVATE: &str = "sk-private-client-key-0123456789";
+    let keys = format!(
+        "    - name: watched\n      key: {WATCHED}\n      capture: {{requests: all, redact: [metadata.email]}}\n    - name: private\n      key: {PRIVATE}\n      capture: {{requests: off}}\nupstreams:\n"
+    );
+    let yaml = yaml(&mock, "capture: {requests: errors}\n").replacen("upstreams:\n", &keys, 1);
+    let gw = TestGateway::start(&yaml).await;
+    for key in [CLIENT_KEY, WATCHED, PRIVATE] {
+        assert_eq!(send_as(&gw, key, None).await, 200);
+        assert_eq!(send_as(&gw, key, Some("500")).await, 500);
+    }
+    let rows = rows(&gw).await;
+    assert_eq!(rows.len(), 6);
+    assert_eq!(kept_by(&rows, "tester"), [(200, false), (500, true)]);
+    assert_eq!(kept_by(&rows, "watched"), [(200, true), (500, true)]);
+    assert_eq!(kept_by(&rows, "private"), [(200, false), (500, false)]);
+    // The key's own redaction applies to its bodies.
+    let watched = rows.iter().find(|r| r["key_name"] == "watched").unwrap();
+    let kept: Value = serde_json::from_str(watched["request_body"].as_str().unwrap()).unwrap();
+    assert_eq!(kept["metadata"]["email"], "[redacted]");
+    assert_eq!(kept["messages"][0]["content"], "my secret plan");
+}
+
+/// A stored key's `capture` is set, shown and cleared through the admin API, and the request
+/// path follows it at once: kept while set, the route's (none) once cleared; a bad one is
+/// refused naming its field.
+#[tokio::test]
+async fn a_stored_keys_capture_is_set_and_cleared_at_run_time() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(&mock, "")).await;
+    let http = client();
+    let admin = gw.admin_addr.unwrap().to_string();
+    let token = admin_token(&http, &admin, "ops", "correct horse battery").await;
+    let api = |method: reqwest::Method, path: &str, body: Value| {
+        http.request(method, format!("http://{admin}/admin/api{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let resp = api(
+        reqwest::Method::POST,
+        "/keys",
+        json!({"name": "carol", "capture": {"requests": "errors", "redact": ["/(/"]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["param"], "capture", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("redact[0]: is not a valid regular expression"),
+        "{err}"
+    );
+    let resp = api(
+        reqwest::Method::POST,
+        "/keys",
+        json!({"name": "carol", "capture": {"requests": "errors", "max_bytes": 1000}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created: Value = resp.json().await.unwrap();
+    assert_eq!(created["key"]["capture"]["requests"], "errors");
+    assert_eq!(created["key"]["capture"]["max_bytes"], 1000);
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(send_as(&gw, &secret, None).await, 200);
+    assert_eq!(send_as(&gw, &secret, Some("503")).await, 503);
+    let resp = api(
+        reqwest::Method::PATCH,
+        "/keys/carol",
+        json!({"capture": null}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let updated: Value = resp.json().await.unwrap();
+    assert!(updated["capture"].is_null(), "{updated}");
+    assert_eq!(send_as(&gw, &secret, Some("503")).await, 503);
+    let rows = rows(&gw).await;
+    assert_eq!(
+        kept_by(&rows, "carol"),
+        [(200, false), (503, true), (503, false)]
+    );
+    let failed = rows.iter().rev().find(|r| r["status"] == 503).unwrap();
+    assert!(
+        !failed["request_body"].as_str().unwrap().contains("sk-live"),
+        "secrets are always redacted"
+    );
+}

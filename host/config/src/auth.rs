@@ -58,6 +58,9 @@ pub struct KeyConfig {
     pub budgets: Vec<crate::BudgetSpec>,
     /// This key's own rate and concurrency limits, on top of `limits:`.
     pub limits: Option<KeyLimits>,
+    /// Bodies kept in the request log for this key's requests, instead of its route's (or the
+    /// top-level) `capture`: e.g. to follow one client's failures for a while.
+    pub capture: Option<crate::CaptureConfig>,
 }
 
 /// A client key's own limits, beside `limits:` (whose `by: key` limits give every key the same

@@ -40,7 +40,7 @@ pub use auth::{
     AuthConfig, DEMO_KEY, DEMO_SECRET, KeyConfig, KeyLimits, is_model_pattern, parse_instant_ms,
 };
 pub use budgets::{BudgetSpec, BudgetsConfig, MAX_BUDGETS, OwnerBudget, Period};
-pub use capture::{CaptureConfig, CaptureWhen};
+pub use capture::{CaptureConfig, CaptureRules, CaptureWhen};
 pub use credential_keys::{CREDENTIAL_KEY_LEN, credential_keys};
 pub use logging::{LogFileConfig, LogFormat, LoggingConfig};
 pub use plugins::{OnError, PluginConfig, PluginKind, PluginLimits};

@@ -110,6 +110,13 @@ impl<'de> Deserialize<'de> for Duration {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ByteSize(pub u64);
 
+/// Written back as a number of bytes (a stored key's `capture.max_bytes`).
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]

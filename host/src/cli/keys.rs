@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::{ms_to_rfc3339, with_stores};
-use crate::config::{BudgetSpec, Period};
+use crate::config::{BudgetSpec, CaptureConfig, CaptureWhen, Period};
 use crate::pipeline::auth::KeyRing;
 use crate::service::keys::{self, KeyFields, KeyFilter, KeyView};
 use crate::service::{Actor, ServiceError};
@@ -87,6 +87,11 @@ pub(super) struct FieldArgs {
     /// more; on update, replaces them).
     #[arg(long = "budget", value_parser = parse_budget)]
     budgets: Vec<BudgetSpec>,
+    /// Keep this key's request bodies in the request log: `errors`, `all` or `off` (whatever its
+    /// route says; API keys and bearer tokens redacted, 64 KiB each), or `route` to follow its
+    /// route's `capture` again. JSON paths to redact: the admin API's `capture.redact`.
+    #[arg(long, value_parser = ["errors", "all", "off", "route"])]
+    capture: Option<String>,
 }
 
 /// `v`, or `None` (unchanged) when empty.
@@ -148,6 +153,16 @@ impl FieldArgs {
             routes: nonempty(self.routes),
             budgets: nonempty(self.budgets),
             limits: None,
+            capture: self.capture.map(|c| {
+                (c != "route").then(|| CaptureConfig {
+                    requests: match c.as_str() {
+                        "errors" => CaptureWhen::Errors,
+                        "all" => CaptureWhen::All,
+                        _ => CaptureWhen::Off,
+                    },
+                    ..CaptureConfig::default()
+                })
+            }),
             metadata: None,
             expires_ms,
         })

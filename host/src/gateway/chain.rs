@@ -95,7 +95,7 @@ const CHAIN: &[Entry] = &[
     Entry::Shared(|b| maybe(b.config.logging.access_log.then_some(access_log::AccessLog))),
     Entry::Shared(|b| maybe(traces::build(b.config))),
     // Before the request log, which takes the bodies it kept.
-    Entry::PerRoute(|b, r, _| maybe(capture::build(b.config, r))),
+    Entry::PerRoute(|b, r, _| one(capture::build(b.config, r))),
     // Last: it takes the record's attempts.
     Entry::Shared(|b| maybe(request_log::build(b.config, b.stores))),
 ];

@@ -115,6 +115,7 @@ impl KeyRing {
                         owner: k.owner.as_str().into(),
                         budgets: k.budgets.clone(),
                         limits: k.limits.filter(|l| !l.is_empty()),
+                        capture: k.capture.as_ref().map(|c| Arc::new(c.compile())),
                         ..ClientKey::plain(id, &k.name, KeySource::Config)
                     }),
                     secret_expires_ms: None,

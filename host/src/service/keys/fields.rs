@@ -5,7 +5,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::super::ServiceError;
-use crate::config::{BudgetSpec, KeyLimits, MAX_BUDGETS};
+use crate::config::{BudgetSpec, CaptureConfig, KeyLimits, MAX_BUDGETS};
 use crate::pipeline::auth::{KeyMeta, KeyRing};
 use crate::state::{ClientKey, KeyRecord};
 
@@ -38,6 +38,10 @@ pub struct KeyView {
     /// optional), on top of `limits:`.
     #[schema(value_type = Option<Object>)]
     pub limits: Option<KeyLimits>,
+    /// Its own body capture, instead of its route's: `{"requests": "errors" | "all" | "off",
+    /// "max_bytes": 65536, "redact": ["messages[*].content", "/regex/"]}`; null: its route's.
+    #[schema(value_type = Option<Object>)]
+    pub capture: Option<CaptureConfig>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// The secret's first characters (`tg-AbCdE…`); empty for config keys.
@@ -63,6 +67,7 @@ impl KeyView {
             routes: r.routes,
             budgets: r.budgets,
             limits: r.limits,
+            capture: r.capture,
             metadata: r.metadata,
             display_prefix: r.display_prefix,
             created_by: r.created_by,
@@ -87,6 +92,7 @@ impl KeyView {
             routes: k.routes.iter().map(|m| m.to_string()).collect(),
             budgets: k.budgets.clone(),
             limits: k.limits,
+            capture: k.capture.as_ref().map(|c| c.config.clone()),
             metadata: serde_json::json!({}),
             display_prefix: String::new(),
             created_by: "config".into(),
@@ -113,6 +119,10 @@ pub struct KeyFields {
     /// `{}` removes them.
     #[schema(value_type = Option<Object>)]
     pub limits: Option<KeyLimits>,
+    /// Its own body capture (see [`KeyView::capture`]); `null` on update: its route's again.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub capture: Option<Option<CaptureConfig>>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// Unix ms from which the key is refused (`key_expired`); `null` on update: never.
@@ -122,8 +132,12 @@ pub struct KeyFields {
 }
 
 /// `absent` → None, `null` → Some(None), a value → Some(Some(v)).
-fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
-    Option::<u64>::deserialize(d).map(Some)
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A key just created or rotated, with its secret: shown this once.
@@ -240,6 +254,12 @@ pub(super) fn apply(r: &mut KeyRecord, f: KeyFields, ring: &KeyRing) -> Result<(
             return Err(invalid("limits", p));
         }
         r.limits = (!v.is_empty()).then_some(v);
+    }
+    if let Some(v) = f.capture {
+        if let Some((field, p)) = v.as_ref().and_then(|c| c.problems().into_iter().next()) {
+            return Err(invalid("capture", format!("{field}: {p}")));
+        }
+        r.capture = v;
     }
     if let Some(v) = f.metadata {
         if !v.is_object() || v.to_string().len() > 16 << 10 {

@@ -62,6 +62,7 @@ pub async fn create(
         routes: Vec::new(),
         budgets: Vec::new(),
         limits: None,
+        capture: None,
         metadata: serde_json::json!({}),
         display_prefix: display_prefix(&secret),
         created_by: actor.name.clone(),

@@ -154,6 +154,7 @@ fn client_key(r: &KeyRecord) -> Option<ClientKey> {
         owner: r.owner.as_str().into(),
         budgets: r.budgets.clone(),
         limits: r.limits.filter(|l| !l.is_empty()),
+        capture: r.capture.as_ref().map(|c| Arc::new(c.compile())),
         ..ClientKey::plain(KeyId::from_hex(&r.id)?, &r.name, KeySource::Database)
     })
 }

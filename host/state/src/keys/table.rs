@@ -98,6 +98,8 @@ pub struct ClientKey {
     pub budgets: Vec<tollgate_config::BudgetSpec>,
     /// Its own rate and concurrency limits.
     pub limits: Option<tollgate_config::KeyLimits>,
+    /// Its own body capture, instead of its route's (`off` included); `None`: the route's.
+    pub capture: Option<Arc<tollgate_config::CaptureRules>>,
 }
 
 impl ClientKey {
@@ -114,6 +116,7 @@ impl ClientKey {
             owner: Arc::from(""),
             budgets: Vec::new(),
             limits: None,
+            capture: None,
         }
     }
 

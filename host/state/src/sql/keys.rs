@@ -8,7 +8,7 @@ use super::{SqlStore, db_err};
 use crate::StoreResult;
 
 const KEY_COLUMNS: &str = "id, name, owner, description, tags, models, routes, budgets, limits, metadata, \
-     display_prefix, created_by, created_ms, updated_ms, expires_ms, revoked_ms";
+     display_prefix, created_by, created_ms, updated_ms, expires_ms, revoked_ms, capture";
 
 /// A stored key as operators see it (never its secret).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -27,6 +27,8 @@ pub struct KeyRecord {
     pub budgets: Vec<tollgate_config::BudgetSpec>,
     /// Its own rate and concurrency limits.
     pub limits: Option<tollgate_config::KeyLimits>,
+    /// Its own body capture, instead of its route's.
+    pub capture: Option<tollgate_config::CaptureConfig>,
     /// Operator data, never interpreted.
     pub metadata: serde_json::Value,
     /// The secret's first characters, to recognise it (`tg-AbC123…`).
@@ -98,6 +100,10 @@ fn key_from(r: &AnyRow) -> StoreResult<KeyRecord> {
             let text: String = r.try_get("limits").map_err(db_err)?;
             serde_json::from_str(&text).map_err(db_err)?
         },
+        capture: {
+            let text: String = r.try_get("capture").map_err(db_err)?;
+            serde_json::from_str(&text).map_err(db_err)?
+        },
         metadata: serde_json::from_str(&metadata).map_err(db_err)?,
         display_prefix: r.try_get("display_prefix").map_err(db_err)?,
         created_by: r.try_get("created_by").map_err(db_err)?,
@@ -118,7 +124,7 @@ impl SqlStore {
     pub async fn insert_key(&self, k: &KeyRecord) -> StoreResult<bool> {
         let sql = format!(
             "INSERT INTO client_keys ({KEY_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
              ON CONFLICT (name) DO NOTHING"
         );
         let mut tx = self.write_tx().await.map_err(db_err)?;
@@ -141,6 +147,7 @@ impl SqlStore {
                     .bind(k.updated_ms as i64)
                     .bind(k.expires_ms.map(|v| v as i64))
                     .bind(k.revoked_ms.map(|v| v as i64))
+                    .bind(json(&k.capture))
                     .execute(&mut *tx),
             )
             .await?;
@@ -217,14 +224,14 @@ impl SqlStore {
     }
 
     /// Writes a key's editable fields (name, owner, description, tags, models, routes,
-    /// metadata, expiry, revocation); false if there is no such key or the new name is taken.
+    /// budgets, limits, capture, metadata, expiry, revocation); false if there is no such key or the new name is taken.
     pub async fn update_key(&self, k: &KeyRecord) -> StoreResult<bool> {
         let done = self
             .timed(
                 sqlx::query(
                     "UPDATE client_keys SET name = $2, owner = $3, description = $4, tags = $5, \
                      models = $6, routes = $7, metadata = $8, updated_ms = $9, expires_ms = $10, \
-                     revoked_ms = $11, budgets = $12, limits = $13 WHERE id = $1 AND NOT EXISTS \
+                     revoked_ms = $11, budgets = $12, limits = $13, capture = $14 WHERE id = $1 AND NOT EXISTS \
                      (SELECT 1 FROM client_keys o WHERE o.name = $2 AND o.id <> $1)",
                 )
                 .bind(&k.id)
@@ -240,6 +247,7 @@ impl SqlStore {
                 .bind(k.revoked_ms.map(|v| v as i64))
                 .bind(json(&k.budgets))
                 .bind(json(&k.limits))
+                .bind(json(&k.capture))
                 .execute(&self.pool),
             )
             .await?;
