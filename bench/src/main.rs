@@ -118,7 +118,9 @@ enum Workload {
 /// `tollgate-bench fill-log`.
 async fn fill_log(path: &std::path::Path, rows: u64, per_flush: u64) -> anyhow::Result<()> {
     use std::sync::Arc;
-    use tollgate::state::{Attempt, RequestEntry, RequestQuery, Stores};
+    use tollgate::state::{
+        Attempt, ClientKey, KeyId, KeySource, RequestEntry, RequestQuery, Stores,
+    };
     let config = tollgate::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let stores = Stores::open(
         &config.storage,
@@ -129,8 +131,13 @@ async fn fill_log(path: &std::path::Path, rows: u64, per_flush: u64) -> anyhow::
         )),
     )
     .await?;
-    let keys: Vec<(Arc<str>, Arc<str>)> = (1..=200)
-        .map(|i| (format!("{i:064x}").into(), format!("key-{i}").into()))
+    let keys: Vec<Arc<ClientKey>> = (1..=200u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[28..].copy_from_slice(&i.to_be_bytes());
+            let name = format!("key-{i}");
+            Arc::new(ClientKey::plain(KeyId(id), &name, KeySource::Database))
+        })
         .collect();
     let models: Vec<Arc<str>> = ["gpt-4o", "gpt-4o-mini", "claude-3-haiku", "llama-3"]
         .map(Arc::from)
@@ -169,18 +176,18 @@ async fn fill_log(path: &std::path::Path, rows: u64, per_flush: u64) -> anyhow::
                 ms: fastrand::u32(20..900),
             })
             .collect();
-        let (key_id, key_name) = &keys[fastrand::usize(..keys.len())];
+        let key = &keys[fastrand::usize(..keys.len())];
         stores.record_request(RequestEntry {
             at_ms: now - (rows - i) * 600,
             request_id: &request_id,
-            key: Some((key_id, key_name)),
+            key: Some(key),
             client_ip: std::net::IpAddr::from([10, 0, (i % 256) as u8, ((i / 256) % 256) as u8]),
             method: "POST",
             path: "/v1/chat/completions",
             route: Some(&route),
             model: Some(&models[fastrand::usize(..4)]),
             served_model: None,
-            upstream: upstream.as_deref(),
+            upstream: upstream.as_ref(),
             attempts: &attempts,
             status,
             outcome: if refused { "refused" } else { "complete" },

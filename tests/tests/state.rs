@@ -1499,6 +1499,10 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
+fn leak_arc(s: &str) -> &'static Arc<str> {
+    Box::leak(Box::new(Arc::from(s)))
+}
+
 fn logged(i: u32, at_ms: u64) -> tollgate::state::RequestEntry<'static> {
     use tollgate::state::{Attempt, RequestEntry};
     let refused = i.is_multiple_of(3);
@@ -1515,10 +1519,18 @@ fn logged(i: u32, at_ms: u64) -> tollgate::state::RequestEntry<'static> {
     RequestEntry {
         at_ms,
         request_id: leak(format!("rq-{i}")),
-        key: Some((
-            leak(format!("{:02x}{}", (i + 16) % 256, "e".repeat(62))),
-            leak(format!("key-{i}")),
-        )),
+        key: Some(Box::leak(Box::new(Arc::new(
+            tollgate::state::ClientKey::plain(
+                tollgate::state::KeyId::from_hex(&format!(
+                    "{:02x}{}",
+                    (i + 16) % 256,
+                    "e".repeat(62)
+                ))
+                .unwrap(),
+                &format!("key-{i}"),
+                tollgate::state::KeySource::Database,
+            ),
+        )))),
         client_ip: if i == 4 {
             "2001:db8::4".parse().unwrap()
         } else {
@@ -1526,10 +1538,10 @@ fn logged(i: u32, at_ms: u64) -> tollgate::state::RequestEntry<'static> {
         },
         method: "POST",
         path: "/v1/chat/completions",
-        route: Some("/v1/"),
+        route: Some(leak_arc("/v1/")),
         model: Some(if i.is_multiple_of(2) { "even" } else { "odd" }),
         served_model: (!refused).then_some("served-1"),
-        upstream: (!refused).then_some("u1"),
+        upstream: (!refused).then(|| leak_arc("u1")),
         attempts,
         status: if refused { 429 } else { 200 },
         outcome: if refused { "refused" } else { "complete" },

@@ -104,6 +104,10 @@ impl Drop for Tail {
             r.tokens = tokens.map(|tokens| RecordedTokens { tokens, partial });
             r.served_model = model;
         }
+        // The end, read once for every filter below.
+        let r = &mut self.ctx.record;
+        r.took = r.start.elapsed();
+        r.ended_ms = crate::state::unix_ms();
         for f in &self.chain.done {
             f.on_done(&mut self.ctx);
         }

@@ -105,6 +105,11 @@ pub struct RequestRecord {
     /// `pricing` filter (first in the chain); `None` when the model has no price.
     pub cost_nanos: Option<u64>,
     pub outcome: Outcome,
+    /// From `start` to the request's end: read once when it ends, before the `on_done` filters
+    /// (zero until then).
+    pub took: Duration,
+    /// Unix ms when the request ended, read with `took` (0 until then).
+    pub ended_ms: u64,
 }
 
 /// The per-request context that outlives the decision: it travels with the response body.
@@ -247,6 +252,8 @@ impl Ctx {
                 // Until the body says otherwise: a context dropped before its response reached
                 // the client belongs to a client that left.
                 outcome: Outcome::ClientAborted,
+                took: Duration::ZERO,
+                ended_ms: 0,
             },
             ext: http::Extensions::new(),
             in_flight: None,

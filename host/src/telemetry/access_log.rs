@@ -41,7 +41,7 @@ impl Filter for AccessLog {
             status = r.status,
             bytes_in = r.bytes_in,
             bytes_out = r.bytes_out,
-            total_ms = ms(Some(r.start.elapsed())),
+            total_ms = ms(Some(r.took)),
             upstream_connect_ms = ms(r.upstream_connect),
             upstream_head_ms = ms(r.upstream_head),
             first_byte_ms = ms(r.first_byte),

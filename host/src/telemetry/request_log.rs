@@ -74,20 +74,20 @@ impl Filter for RequestLog {
             .remove::<crate::telemetry::capture::Captured>()
             .map(|c| c.0);
         let r = &ctx.record;
-        let took = r.start.elapsed();
+        let took = r.took;
         let us = |d: std::time::Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
         // The entry borrows the record: the stores encode it before this returns.
         self.stores.record_request(RequestEntry {
-            at_ms: crate::state::unix_ms().saturating_sub(took.as_millis() as u64),
+            at_ms: r.ended_ms.saturating_sub(took.as_millis() as u64),
             request_id: &r.request_id,
-            key: r.key.as_ref().map(|k| (&*k.hex, &*k.name)),
+            key: r.key.as_ref(),
             client_ip: r.client_ip,
             method: method(&r.method),
             path: r.path(),
-            route: r.route.as_deref(),
+            route: r.route.as_ref(),
             model: r.model.as_deref(),
             served_model: r.served_model.as_deref(),
-            upstream: r.upstream.as_deref(),
+            upstream: r.upstream.as_ref(),
             attempts: &r.attempt_log,
             status: r.status,
             outcome: r.outcome.as_str(),
@@ -102,14 +102,17 @@ impl Filter for RequestLog {
             cost_nanos: r.cost_nanos,
             bytes_in: r.bytes_in,
             bytes_out: r.bytes_out,
-            decisions: r
-                .policy_calls
-                .iter()
-                .filter_map(|c| {
-                    let d = c.decision.as_ref()?;
-                    Some(serde_json::json!({"policy": &*c.policy, "decision": d}))
-                })
-                .collect(),
+            decisions: if r.policy_calls.is_empty() {
+                Vec::new()
+            } else {
+                r.policy_calls
+                    .iter()
+                    .filter_map(|c| {
+                        let d = c.decision.as_ref()?;
+                        Some(serde_json::json!({"policy": &*c.policy, "decision": d}))
+                    })
+                    .collect()
+            },
             bodies,
         });
     }

@@ -39,7 +39,7 @@ impl Filter for Usage {
             .tokens
             .map_or((Default::default(), false), |t| (t.tokens, t.partial));
         self.stores.record_tokens(TokenUsage {
-            at_ms: crate::state::unix_ms(),
+            at_ms: r.ended_ms,
             key_id: key.hex.clone(),
             upstream: r.upstream.clone().unwrap_or_else(|| Arc::from("")),
             model: r.model.clone().unwrap_or_else(|| Arc::from("")),

@@ -256,7 +256,7 @@ impl Filter for MetricsFilter {
                     .inc();
             }
         }
-        series.duration.observe(r.start.elapsed().as_secs_f64());
+        series.duration.observe(r.took.as_secs_f64());
         if let Some(first) = r.first_byte
             && r.error.is_none()
         {

@@ -42,16 +42,17 @@ const ERROR: usize = 8;
 
 /// A request's texts written by reference: key id, key name, method, path, route, model,
 /// upstream, outcome, error, answered by, served model (empty when there is none).
+#[inline]
 pub(super) fn texts<'a>(e: &RequestEntry<'a>) -> [&'a str; TEXTS] {
-    let (key_id, key_name) = e.key.unwrap_or(("", ""));
+    let (key_id, key_name) = e.key.map_or(("", ""), |k| (&*k.hex, &*k.name));
     [
         key_id,
         key_name,
         e.method,
         e.path,
-        e.route.unwrap_or(""),
+        e.route.map_or("", |r| r),
         e.model.unwrap_or(""),
-        e.upstream.unwrap_or(""),
+        e.upstream.map_or("", |u| u),
         e.outcome,
         e.error.unwrap_or(""),
         e.answered_by.unwrap_or(""),
@@ -67,17 +68,15 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
 /// A segment's strings, as it is written.
 #[derive(Default)]
 pub(super) struct Dict {
     bytes: Vec<u8>,
     /// Where each string's text is in `bytes`.
     spans: Vec<(u32, u32)>,
+    /// For each string, the fields (bits by number) it was already seen in: what the Bloom
+    /// filter holds of this segment (`block.rs`).
+    fields: Vec<u16>,
     index: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
 }
 
@@ -86,6 +85,7 @@ impl Dict {
     pub(super) fn clear(&mut self) {
         self.bytes.clear();
         self.spans.clear();
+        self.fields.clear();
         self.index.clear();
     }
 
@@ -93,6 +93,15 @@ impl Dict {
     pub(super) fn text(&self, i: u32) -> &[u8] {
         let (at, len) = self.spans[i as usize];
         &self.bytes[at as usize..(at + len) as usize]
+    }
+
+    /// Notes string `i` as seen in field number `field` (below 16); true the first time.
+    pub(super) fn first_in(&mut self, i: u32, field: u8) -> bool {
+        let bit = 1 << field;
+        let seen = &mut self.fields[i as usize];
+        let first = *seen & bit == 0;
+        *seen |= bit;
+        first
     }
 
     /// The place of `s`, added if new.
@@ -103,6 +112,7 @@ impl Dict {
         let i = self.spans.len() as u32;
         put_varint(&mut self.bytes, s.len() as u64);
         self.spans.push((self.bytes.len() as u32, s.len() as u32));
+        self.fields.push(0);
         self.bytes.extend_from_slice(s.as_bytes());
         self.index.insert(s.into(), i);
         i
@@ -114,6 +124,42 @@ const PARTIAL: u8 = 2;
 const CAPTURED: u8 = 4;
 const COST: u8 = 8;
 
+/// Writes into a slice sized beforehand: the position stays in a register, where a `Vec`'s
+/// length and capacity are read and written again for every byte pushed (half of what
+/// encoding a request cost under callgrind).
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+/// The longest LEB128 varint of a `u64`.
+const MAX_VARINT: usize = 10;
+
+impl Cursor<'_> {
+    fn byte(&mut self, b: u8) {
+        self.buf[self.at] = b;
+        self.at += 1;
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
+
+    fn str(&mut self, s: &str) {
+        self.varint(s.len() as u64);
+        self.bytes(s.as_bytes());
+    }
+}
+
 /// Writes one request, whose [`texts`] are `values`, at `texts` in `dict`.
 pub(super) fn put_row(
     out: &mut Vec<u8>,
@@ -122,22 +168,35 @@ pub(super) fn put_row(
     (values, texts): (&[&str; TEXTS], &[u32; TEXTS]),
     decisions: &str,
 ) {
-    put_varint(out, e.at_ms);
-    put_str(out, e.request_id);
+    // At most: 24 varints (the texts' included), the two strings' bytes, the address (17) and
+    // the flags (1), and four varints an attempt.
+    let most = MAX_VARINT * (TEXTS + 13)
+        + e.request_id.len()
+        + decisions.len()
+        + 18
+        + e.attempts.len() * 4 * MAX_VARINT;
+    let start = out.len();
+    out.resize(start + most, 0);
+    let mut c = Cursor {
+        buf: &mut out[start..],
+        at: 0,
+    };
+    c.varint(e.at_ms);
+    c.str(e.request_id);
     for &t in texts {
-        put_varint(out, u64::from(t));
+        c.varint(u64::from(t));
     }
     match e.client_ip {
         IpAddr::V4(v4) => {
-            out.push(4);
-            out.extend_from_slice(&v4.octets());
+            c.byte(4);
+            c.bytes(&v4.octets());
         }
         IpAddr::V6(v6) => {
-            out.push(6);
-            out.extend_from_slice(&v6.octets());
+            c.byte(6);
+            c.bytes(&v6.octets());
         }
     }
-    put_varint(out, e.attempts.len() as u64);
+    c.varint(e.attempts.len() as u64);
     for a in e.attempts {
         // Most attempts are the answering upstream's, without an error: no lookup then.
         let upstream = if *a.upstream == *values[UPSTREAM] {
@@ -149,14 +208,14 @@ pub(super) fn put_row(
             None if values[ERROR].is_empty() => texts[ERROR],
             error => dict.intern(error.unwrap_or("")),
         };
-        put_varint(out, u64::from(upstream));
-        put_varint(out, u64::from(a.status));
-        put_varint(out, u64::from(error));
-        put_varint(out, u64::from(a.ms));
+        c.varint(u64::from(upstream));
+        c.varint(u64::from(a.status));
+        c.varint(u64::from(error));
+        c.varint(u64::from(a.ms));
     }
-    put_varint(out, u64::from(e.status));
-    put_varint(out, e.first_byte_us.map_or(0, |v| v.saturating_add(1)));
-    put_varint(out, e.duration_us);
+    c.varint(u64::from(e.status));
+    c.varint(e.first_byte_us.map_or(0, |v| v.saturating_add(1)));
+    c.varint(e.duration_us);
     let mut flags = 0;
     if e.tokens.is_some() {
         flags |= TOKENS;
@@ -170,18 +229,20 @@ pub(super) fn put_row(
     if e.cost_nanos.is_some() {
         flags |= COST;
     }
-    out.push(flags);
+    c.byte(flags);
     if let Some((input, output, cached)) = e.tokens {
-        put_varint(out, input);
-        put_varint(out, output);
-        put_varint(out, cached);
+        c.varint(input);
+        c.varint(output);
+        c.varint(cached);
     }
     if let Some(cost) = e.cost_nanos {
-        put_varint(out, cost);
+        c.varint(cost);
     }
-    put_varint(out, e.bytes_in);
-    put_varint(out, e.bytes_out);
-    put_str(out, decisions);
+    c.varint(e.bytes_in);
+    c.varint(e.bytes_out);
+    c.str(decisions);
+    let written = c.at;
+    out.truncate(start + written);
 }
 
 const TRAILER: usize = 16;
