@@ -291,3 +291,98 @@ fn plugin_new_refuses_a_bad_name_an_unknown_kind_and_a_non_empty_directory() {
         "mine"
     );
 }
+
+/// A plugin author with only the binary: a Rust project written outside any Tollgate checkout
+/// carries the SDK and the WIT the binary holds, builds as its README says, and passes its
+/// cases.
+#[test]
+fn a_rust_project_outside_a_checkout_carries_the_sdk_and_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        !dir.path()
+            .ancestors()
+            .any(|d| d.join("plugins/sdk").exists()),
+        "the project must be outside any checkout"
+    );
+    let project = dir.path().join("outside");
+    generate(&project, "outside", "router", "rust");
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("path = \"vendor/tollgate-sdk\""),
+        "{manifest}"
+    );
+    for file in [
+        "vendor/tollgate-sdk/Cargo.toml",
+        "vendor/tollgate-sdk/src/lib.rs",
+        "wit/worlds.wit",
+        "wit/policies.wit",
+    ] {
+        assert!(project.join(file).is_file(), "{file} missing");
+    }
+    assert_eq!(
+        std::fs::read_to_string(project.join("vendor/tollgate-sdk/src/lib.rs")).unwrap(),
+        std::fs::read_to_string(repo_root().join("plugins/sdk/src/lib.rs")).unwrap(),
+        "the carried SDK is the checkout's"
+    );
+    let target = repo_root().join("target/plugin-new");
+    let built = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let (passed, text) = plugin_test(&project, &target.join("wasm32-wasip2/release/outside.wasm"));
+    assert!(passed && text.contains(" passed, 0 failed"), "{text}");
+}
+
+/// `--sdk` must name Tollgate's SDK, and a `plugin new` that fails leaves nothing: no directory
+/// it made, nothing in an empty one it was given.
+#[test]
+fn a_failed_plugin_new_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |to: &Path, sdk: &Path| {
+        let out = Command::new(BIN)
+            .args(["plugin", "new", "fine", "--kind", "router", "--dir"])
+            .arg(to)
+            .arg("--sdk")
+            .arg(sdk)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let fresh = dir.path().join("fresh");
+    let err = run(&fresh, &dir.path().join("no-such-sdk"));
+    assert!(
+        err.contains("--sdk") && err.contains("no-such-sdk"),
+        "{err}"
+    );
+    assert!(!fresh.exists(), "a directory was left behind");
+    // A directory that is not the SDK (here: the repository's own plugins/).
+    let err = run(&fresh, &repo_root().join("plugins"));
+    assert!(err.contains("not Tollgate's Rust SDK"), "{err}");
+    assert!(!fresh.exists());
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    run(&empty, &dir.path().join("no-such-sdk"));
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    // The real SDK is accepted.
+    let out = Command::new(BIN)
+        .args(["plugin", "new", "fine", "--kind", "router", "--dir"])
+        .arg(&fresh)
+        .arg("--sdk")
+        .arg(repo_root().join("plugins/sdk"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!fresh.join("vendor").exists(), "--sdk: nothing carried");
+}

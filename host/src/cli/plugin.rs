@@ -22,7 +22,9 @@ pub(super) enum PluginCommand {
         /// Where to write it (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Rust only: Tollgate's `plugins/sdk` (default: found above the project directory).
+        /// Rust only: a copy of Tollgate's Rust SDK to depend on, e.g. `plugins/sdk` of a checkout
+        /// (default: the checkout the project is in, else the copy this binary carries, written
+        /// into the project).
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -32,11 +34,15 @@ pub(super) enum PluginCommand {
         #[arg(value_parser = parse_module)]
         file: crate::config::Module,
     },
-    /// Run a plugin against request fixtures (see docs/plugins.md) and compare its decisions.
+    /// Run a plugin against request fixtures and compare its decisions with what they expect.
     Test {
         /// A component file, or builtin:NAME for a plugin shipped in this binary.
         #[arg(value_parser = parse_module)]
         file: crate::config::Module,
+        /// The cases file: YAML with `kind` (optional), `config` (given to `configure`),
+        /// `limits` (optional, as `plugins[].limits`) and `cases`, each a `name`, the inputs
+        /// (`request`, `candidates`, `response`, `phase`, `upstream`) and what to `expect`. The
+        /// full format: docs/plugins.md, "The cases file".
         #[arg(long)]
         cases: PathBuf,
     },
