@@ -386,3 +386,58 @@ fn a_failed_plugin_new_leaves_nothing_behind() {
     );
     assert!(!fresh.join("vendor").exists(), "--sdk: nothing carried");
 }
+
+/// `plugin install` replaces the file a gateway loads only with a checked component: one that
+/// fails its cases, or is not a policy, leaves the installed one as it was (and no staged copy
+/// behind); one that passes is renamed over it, byte for byte.
+#[test]
+fn plugin_install_replaces_only_with_a_checked_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("binding.wasm");
+    let installed_before = b"the component in service".to_vec();
+    std::fs::write(&dest, &installed_before).unwrap();
+    let good = tollgate_tests::plugins::wasm("tollgate_ip_binding");
+    let cases = repo_root().join("plugins/ip-binding/cases/basic.yaml");
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        "config: {prefix_v4: 24}\ncases:\n  - name: expects a refusal it does not get\n    request: {client_ip: 203.0.113.7}\n    expect: {deny: {status: 403}}\n",
+    )
+    .unwrap();
+    let not_wasm = dir.path().join("notes.txt");
+    std::fs::write(&not_wasm, "not a component").unwrap();
+    let install = |file: &Path, cases: Option<&Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["plugin", "install"]).arg(file).arg(&dest);
+        if let Some(c) = cases {
+            cmd.arg("--cases").arg(c);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let left = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("installing"))
+            .count()
+    };
+    let (ok, out) = install(&good, Some(&wrong));
+    assert!(!ok && out.contains("1 of 1 cases failed"), "{out}");
+    assert_eq!(std::fs::read(&dest).unwrap(), installed_before);
+    let (ok, out) = install(&not_wasm, None);
+    assert!(!ok && out.contains("is unchanged"), "{out}");
+    assert_eq!(std::fs::read(&dest).unwrap(), installed_before);
+    assert_eq!(left(), 0, "a staged copy was left behind");
+    let (ok, out) = install(&good, Some(&cases));
+    assert!(ok && out.contains("4 cases passed"), "{out}");
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&good).unwrap());
+    assert_eq!(left(), 0);
+}

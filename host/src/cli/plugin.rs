@@ -48,6 +48,20 @@ pub(super) enum PluginCommand {
     },
     /// List the plugins shipped in this binary (use them as `module: builtin:NAME`).
     Builtins,
+    /// Put a built component where a gateway loads it, only once it is checked: copied next to
+    /// DEST, inspected (a policy the gateway can link) and, with --cases, run against its
+    /// cases; then renamed over DEST in one step, so a watching gateway reloads once, the
+    /// checked bytes. Build somewhere the gateway does not watch (cargo's target/, build.sh's
+    /// project directory) and install from there.
+    Install {
+        /// The component to install.
+        file: PathBuf,
+        /// Where the gateway's config names it (`plugins[].module`).
+        dest: PathBuf,
+        /// A cases file (see `plugin test --help`) that must pass first.
+        #[arg(long)]
+        cases: Option<PathBuf>,
+    },
 }
 
 pub(super) fn parse_module(s: &str) -> Result<crate::config::Module, String> {
@@ -185,6 +199,9 @@ pub(super) fn plugin(cmd: PluginCommand) -> ExitCode {
                     );
                     Ok(failed == 0)
                 }
+                PluginCommand::Install { file, dest, cases } => {
+                    install(&engine, &file, &dest, cases.as_deref()).await
+                }
                 PluginCommand::New { .. } => unreachable!("written above"),
             }
         })
@@ -197,6 +214,92 @@ pub(super) fn plugin(cmd: PluginCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `plugin install`: checks a copy of `file` beside `dest`, then renames it over `dest`.
+async fn install(
+    engine: &crate::policy::PolicyEngine,
+    file: &Path,
+    dest: &Path,
+    cases: Option<&Path>,
+) -> Result<bool, String> {
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dest
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file name", dest.display()))?;
+    let staged = dir.join(format!(
+        ".{}.installing-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::copy(file, &staged).map_err(|e| {
+        format!(
+            "cannot copy {} to {}: {e}",
+            file.display(),
+            staged.display()
+        )
+    })?;
+    let checked = check_staged(engine, &staged, cases).await;
+    let verdict = match checked {
+        Ok(Some(sha256)) => std::fs::rename(&staged, dest)
+            .map(|()| {
+                println!(
+                    "installed {} as {} (sha256 {sha256})",
+                    file.display(),
+                    dest.display()
+                );
+                true
+            })
+            .map_err(|e| format!("cannot install {}: {e}", dest.display())),
+        Ok(None) => Ok(false),
+        Err(e) => Err(e),
+    };
+    if !matches!(verdict, Ok(true)) {
+        let _ = std::fs::remove_file(&staged);
+        eprintln!("{} is unchanged", dest.display());
+    }
+    verdict
+}
+
+/// The staged component's sha256 if it may be installed; `None` (having said why) if not.
+async fn check_staged(
+    engine: &crate::policy::PolicyEngine,
+    staged: &Path,
+    cases: Option<&Path>,
+) -> Result<Option<String>, String> {
+    let module = crate::config::Module::File(staged.to_path_buf());
+    let i = engine.inspect(&module)?;
+    if i.kind.is_none() {
+        eprintln!("refused: it exports no tollgate:policy interface (`plugin inspect` says more)");
+        return Ok(None);
+    }
+    if let Some(e) = &i.link_error {
+        eprintln!("refused: the gateway cannot link it: {e}");
+        return Ok(None);
+    }
+    if let Some(cases) = cases {
+        let report = crate::policy::authoring::run_cases(engine, &module, cases).await?;
+        let failed: Vec<_> = report.results.iter().filter(|r| !r.passed).collect();
+        for r in &failed {
+            eprintln!(
+                "FAILED  {}\n        expected: {}\n        actual:   {}",
+                r.name, r.expected, r.actual
+            );
+        }
+        if !failed.is_empty() {
+            eprintln!(
+                "refused: {} of {} cases failed",
+                failed.len(),
+                report.results.len()
+            );
+            return Ok(None);
+        }
+        println!("{} cases passed", report.results.len());
+    }
+    Ok(Some(i.sha256))
 }
 
 pub(super) fn new_plugin_project(
