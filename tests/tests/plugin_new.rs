@@ -55,8 +55,8 @@ fn generate(project: &Path, name: &str, kind: &str, lang: &str) {
 }
 
 /// Runs a Python or JavaScript project's `build.sh`, with the build tool at `tool` (or, without
-/// one, installing it into the project), and requires it to succeed.
-fn build_sh(project: &Path, lang: &str, tool: Option<&Path>) {
+/// one, installing it into the project), and requires it to succeed; returns what it printed.
+fn build_sh(project: &Path, lang: &str, tool: Option<&Path>) -> String {
     let mut build = Command::new(project.join("build.sh"));
     match tool {
         Some(t) => build.env(tool_var(lang), t),
@@ -70,6 +70,7 @@ fn build_sh(project: &Path, lang: &str, tool: Option<&Path>) {
         String::from_utf8_lossy(&built.stdout),
         String::from_utf8_lossy(&built.stderr)
     );
+    String::from_utf8_lossy(&built.stdout).into_owned()
 }
 
 /// `tollgate plugin test WASM --cases PROJECT/cases/basic.yaml`: whether it passed, and its output.
@@ -116,8 +117,29 @@ fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> PathBuf {
             ))
         }
         _ => {
-            build_sh(&project, lang, Some(&build_tool(lang)));
-            project.join(format!("{name}.wasm"))
+            let tool = build_tool(lang);
+            build_sh(&project, lang, Some(&tool));
+            let wasm = project.join(format!("{name}.wasm"));
+            // Built again with nothing changed: the same bytes (the gateway's compilation cache
+            // hits), where componentize-py and -js alone would give new ones every time.
+            let first = std::fs::read(&wasm).unwrap();
+            let again = build_sh(&project, lang, Some(&tool));
+            assert!(again.contains("is up to date"), "{again}");
+            assert!(std::fs::read(&wasm).unwrap() == first, "{name}: rebuilt");
+            if kind == "router" {
+                // A changed source is built again.
+                let source = project.join(if lang == "python" { "app.py" } else { "app.js" });
+                let mut text = std::fs::read_to_string(&source).unwrap();
+                text.push_str(if lang == "python" {
+                    "\n# edited\n"
+                } else {
+                    "\n// edited\n"
+                });
+                std::fs::write(&source, text).unwrap();
+                let rebuilt = build_sh(&project, lang, Some(&tool));
+                assert!(!rebuilt.contains("is up to date"), "{rebuilt}");
+            }
+            wasm
         }
     };
     let (passed, text) = plugin_test(&project, &wasm);

@@ -227,7 +227,10 @@ fn write_project(
                 "tollgate_sdk.py",
                 include_str!("../../../plugins/sdk-python/tollgate_sdk.py").to_owned(),
             ),
-            (".gitignore", ".venv/\n__pycache__/\n*.wasm\n".to_owned()),
+            (
+                ".gitignore",
+                ".venv/\n__pycache__/\n*.wasm\n.build-inputs\n".to_owned(),
+            ),
         ]),
         Lang::Js => files.extend([
             ("build.sh", fill(include_str!("new_plugin/js/build.sh.txt"))),
@@ -244,7 +247,10 @@ fn write_project(
                 "tollgate_sdk.js",
                 include_str!("../../../plugins/sdk-js/tollgate_sdk.js").to_owned(),
             ),
-            (".gitignore", "node_modules/\n*.wasm\n".to_owned()),
+            (
+                ".gitignore",
+                "node_modules/\n*.wasm\n.build-inputs\n".to_owned(),
+            ),
         ]),
     }
     // The SDK's bindings are generated from ../../wit: the project's own `wit/`.
