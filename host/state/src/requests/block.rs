@@ -283,16 +283,18 @@ impl Builder {
     pub(super) fn push(&mut self, e: &mut RequestEntry<'_>) {
         let now = codec::texts(e);
         let known = self.held.update(e);
-        let mut places = [0u32; TEXTS];
+        let had_prev = self.prev.is_some();
+        let mut places = self.prev.unwrap_or([0; TEXTS]);
         for (i, text) in now.iter().enumerate() {
-            places[i] = match self.prev {
-                Some(p) if known & (1 << i) != 0 || self.dict.text(p[i]) == text.as_bytes() => p[i],
-                _ => self.dict.intern(text),
-            };
+            // The previous request's text: its place, and already in the Bloom filter.
+            if had_prev && (known & (1 << i) != 0 || self.dict.text(places[i]) == text.as_bytes()) {
+                continue;
+            }
+            let place = self.dict.intern(text);
+            places[i] = place;
             if let Some(field) = TEXT_FIELDS[i]
                 && !text.is_empty()
-                && self.prev.is_none_or(|p| p[i] != places[i])
-                && self.dict.first_in(places[i], field as u8)
+                && self.dict.first_in(place, field as u8)
             {
                 self.terms.push(term(field, text.as_bytes()));
             }
@@ -407,32 +409,73 @@ impl Builder {
     }
 }
 
-/// A Bloom filter of `terms`: at least [`BLOOM_BITS_PER_VALUE`] bits each, a power of two of
-/// them (at least 64), so that a probe is a mask rather than a division; little-endian.
+/// The last byte of a blocked filter ([`bloom`]); a filter of exactly a power of two bytes is
+/// of the first layout ([`legacy_has`]), still read.
+const BLOCKED: u8 = 2;
+
+/// A blocked Bloom filter of `terms`: 64-bit words, at least [`BLOOM_BITS_PER_VALUE`] bits a
+/// value and a power of two of them, then the byte [`BLOCKED`]. Each value sets
+/// [`BLOOM_PROBES`] bits of one word (which word: its hash's low half; which bits: six bits each
+/// of its high half), so adding or testing it touches one word, not seven scattered bytes: about
+/// 15 instructions a value instead of 70, for a false-positive rate of about 1.5% instead of
+/// 0.8% at this size. Little-endian.
 fn bloom(terms: &[u64]) -> Vec<u8> {
-    let bits = (terms.len() * BLOOM_BITS_PER_VALUE)
-        .max(64)
+    let words = (terms.len() * BLOOM_BITS_PER_VALUE / 64)
+        .max(1)
         .next_power_of_two();
-    let mut out = vec![0u8; bits / 8];
+    let mut filter = vec![0u64; words];
     for &t in terms {
-        for bit in probes(t, bits) {
-            out[bit / 8] |= 1 << (bit % 8);
-        }
+        let (word, mask) = blocked(t, words);
+        filter[word] |= mask;
     }
+    let mut out = Vec::with_capacity(words * 8 + 1);
+    for w in filter {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out.push(BLOCKED);
     out
 }
 
-/// Where a value's bits are in a filter of `bits` (a power of two) bits: double hashing of its
-/// two halves.
+/// The word of a filter of `words` (a power of two) words that holds `t`, and its bits there.
+fn blocked(t: u64, words: usize) -> (usize, u64) {
+    let word = (t as usize) & (words - 1);
+    let mut mask = 0u64;
+    let mut h = t >> 32;
+    for _ in 0..BLOOM_PROBES {
+        mask |= 1 << (h & 63);
+        // Four bits of the high half are not enough for seven six-bit picks: mix as we go.
+        h = (h >> 6) | (h.wrapping_mul(0x9E37_79B9) << 26);
+    }
+    (word, mask)
+}
+
+/// Where a value's bits are in a first-layout filter of `bits` (a power of two) bits: double
+/// hashing of its two halves.
 fn probes(t: u64, bits: usize) -> impl Iterator<Item = usize> {
     let (h1, h2) = (t as u32 as u64, (t >> 32) | 1);
     let mask = bits as u64 - 1;
     (0..u64::from(BLOOM_PROBES)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) & mask) as usize)
 }
 
-/// Whether `t` may be in the filter (false: surely not). A filter that is not a power of two
-/// bits long is not one this code wrote: it rules nothing out.
+/// Whether `t` may be in the filter (false: surely not). A filter of neither layout is not
+/// one this code wrote: it rules nothing out.
 fn bloom_has(bloom: &[u8], t: u64) -> bool {
+    match bloom.split_last() {
+        Some((&BLOCKED, words))
+            if words.len() >= 8 && (words.len() / 8).is_power_of_two() && words.len() % 8 == 0 =>
+        {
+            let (word, mask) = blocked(t, words.len() / 8);
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&words[word * 8..word * 8 + 8]);
+            u64::from_le_bytes(w) & mask == mask
+        }
+        _ => legacy_has(bloom, t),
+    }
+}
+
+/// [`bloom_has`] for a filter of the first layout: bits set by [`probes`], exactly a power of
+/// two bytes long.
+fn legacy_has(bloom: &[u8], t: u64) -> bool {
     let bits = bloom.len() * 8;
     !bits.is_power_of_two() || probes(t, bits).all(|bit| bloom[bit / 8] & (1 << (bit % 8)) != 0)
 }
@@ -820,6 +863,20 @@ mod tests {
         assert_eq!(row.decisions[0]["decision"].as_str().unwrap().len(), 5000);
     }
 
+    /// A first-layout filter, as blocks written before the blocked one hold.
+    fn legacy(terms: &[u64]) -> Vec<u8> {
+        let bits = (terms.len() * BLOOM_BITS_PER_VALUE)
+            .max(64)
+            .next_power_of_two();
+        let mut out = vec![0u8; bits / 8];
+        for &t in terms {
+            for bit in probes(t, bits) {
+                out[bit / 8] |= 1 << (bit % 8);
+            }
+        }
+        out
+    }
+
     #[test]
     fn an_empty_bloom_filter_holds_nothing_and_a_full_one_everything() {
         assert!(!bloom_has(&bloom(&[]), 1));
@@ -827,11 +884,21 @@ mod tests {
         let terms: Vec<u64> = (0..1000u32)
             .map(|i| term(Field::Model, &i.to_le_bytes()))
             .collect();
-        let b = bloom(&terms);
-        assert!(terms.iter().all(|&t| bloom_has(&b, t)));
-        let false_hits = (0..10_000u32)
-            .filter(|i| bloom_has(&b, term(Field::Route, &i.to_le_bytes())))
-            .count();
-        assert!(false_hits < 300, "{false_hits} false positives in 10,000");
+        // Both layouts: the blocked one written now, the first one still read.
+        for (layout, b, most) in [
+            ("blocked", bloom(&terms), 250),
+            ("first", legacy(&terms), 150),
+        ] {
+            assert!(terms.iter().all(|&t| bloom_has(&b, t)), "{layout}");
+            let false_hits = (0..10_000u32)
+                .filter(|i| bloom_has(&b, term(Field::Route, &i.to_le_bytes())))
+                .count();
+            assert!(
+                false_hits < most,
+                "{layout}: {false_hits} false positives in 10,000"
+            );
+        }
+        assert_eq!(bloom(&terms).last(), Some(&BLOCKED));
+        assert!(legacy(&terms).len().is_power_of_two());
     }
 }
