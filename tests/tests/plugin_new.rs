@@ -88,6 +88,27 @@ fn plugin_test(project: &Path, wasm: &Path) -> (bool, String) {
     )
 }
 
+/// Builds the Rust project `name` as its README says; returns its component. One target
+/// directory serves every generated project, kept between runs.
+fn cargo_build(project: &Path, name: &str) -> PathBuf {
+    let target = repo_root().join("target/plugin-new");
+    let built = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(project)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    target.join(format!(
+        "wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    ))
+}
+
 /// Writes the project with `plugin new` into `dir`, builds it as its README says, runs its
 /// cases; returns the component.
 fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> PathBuf {
@@ -98,23 +119,7 @@ fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> PathBuf {
             // The SDK was found from the project's directory upwards (it is under the repository).
             let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
             assert!(manifest.contains("plugins/sdk"), "{manifest}");
-            // One target directory for every generated project, kept between runs.
-            let target = repo_root().join("target/plugin-new");
-            let built = Command::new("cargo")
-                .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-                .env("CARGO_TARGET_DIR", &target)
-                .current_dir(&project)
-                .output()
-                .unwrap();
-            assert!(
-                built.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&built.stderr)
-            );
-            target.join(format!(
-                "wasm32-wasip2/release/{}.wasm",
-                name.replace('-', "_")
-            ))
+            cargo_build(&project, name)
         }
         _ => {
             let tool = build_tool(lang);
@@ -346,19 +351,8 @@ fn a_rust_project_outside_a_checkout_carries_the_sdk_and_builds() {
         std::fs::read_to_string(repo_root().join("plugins/sdk/src/lib.rs")).unwrap(),
         "the carried SDK is the checkout's"
     );
-    let target = repo_root().join("target/plugin-new");
-    let built = Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(&project)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let (passed, text) = plugin_test(&project, &target.join("wasm32-wasip2/release/outside.wasm"));
+    let wasm = cargo_build(&project, "outside");
+    let (passed, text) = plugin_test(&project, &wasm);
     assert!(passed && text.contains(" passed, 0 failed"), "{text}");
 }
 
