@@ -421,6 +421,19 @@ pub struct Ran {
     pub stderr: String,
 }
 
+/// Runs `cmd`, which must succeed (else the test fails with its stderr, after `what`); its
+/// stdout.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `cmd` with `stdin` written to it; its exit status and output.
 pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> Ran {
     use std::io::Write;

@@ -681,19 +681,14 @@ async fn ip_deny_from_the_command_line_reaches_a_running_gateway() {
     };
     assert_eq!(send().await.unwrap().status(), 200);
     let ip = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("ip")
-            .arg("-c")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        run_ok(
+            Command::new(BIN)
+                .arg("ip")
+                .arg("-c")
+                .arg(&config)
+                .args(args),
+            "tollgate ip",
+        )
     };
     // A bad network is refused with the field named, and nothing is stored.
     let bad = Command::new(BIN)

@@ -10,7 +10,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tollgate_tests::{
     MockUpstream, TestGateway, UPSTREAM_CREDENTIAL, admin_token, client, config_yaml,
-    eventually_async,
+    eventually_async, run_ok,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
@@ -206,18 +206,13 @@ async fn credentials_move_to_a_new_key_with_reencrypt() {
     let config = dir.path().join("gw.yaml");
     std::fs::write(&config, yaml(&mock.url(), Some(&format!("{new},{old}")))).unwrap();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(["credentials", "-c"])
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        run_ok(
+            std::process::Command::new(BIN)
+                .args(["credentials", "-c"])
+                .arg(&config)
+                .args(args),
+            "tollgate credentials",
+        )
     };
     assert!(
         cli(&["reencrypt"]).starts_with("1 credentials"),

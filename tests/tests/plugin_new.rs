@@ -40,17 +40,13 @@ fn build_tool(lang: &str) -> PathBuf {
 
 /// `tollgate plugin new NAME --kind KIND --lang LANG --dir PROJECT`, which must succeed.
 fn generate(project: &Path, name: &str, kind: &str, lang: &str) {
-    let out = Command::new(BIN)
-        .args([
-            "plugin", "new", name, "--kind", kind, "--lang", lang, "--dir",
-        ])
-        .arg(project)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(BIN)
+            .args([
+                "plugin", "new", name, "--kind", kind, "--lang", lang, "--dir",
+            ])
+            .arg(project),
+        name,
     );
 }
 
@@ -62,15 +58,7 @@ fn build_sh(project: &Path, lang: &str, tool: Option<&Path>) -> String {
         Some(t) => build.env(tool_var(lang), t),
         None => build.env_remove(tool_var(lang)),
     };
-    let built = build.output().unwrap();
-    assert!(
-        built.status.success(),
-        "{}: {}{}",
-        project.display(),
-        String::from_utf8_lossy(&built.stdout),
-        String::from_utf8_lossy(&built.stderr)
-    );
-    String::from_utf8_lossy(&built.stdout).into_owned()
+    run_ok(&mut build, &project.display().to_string())
 }
 
 /// `tollgate plugin test WASM --cases PROJECT/cases/basic.yaml`: whether it passed, and its output.
@@ -92,16 +80,12 @@ fn plugin_test(project: &Path, wasm: &Path) -> (bool, String) {
 /// directory serves every generated project, kept between runs.
 fn cargo_build(project: &Path, name: &str) -> PathBuf {
     let target = repo_root().join("target/plugin-new");
-    let built = Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(project)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&built.stderr)
+    run_ok(
+        Command::new("cargo")
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(project),
+        name,
     );
     target.join(format!(
         "wasm32-wasip2/release/{}.wasm",
