@@ -372,17 +372,13 @@ fn a_failed_plugin_new_leaves_nothing_behind() {
     run(&empty, &dir.path().join("no-such-sdk"));
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     // The real SDK is accepted.
-    let out = Command::new(BIN)
-        .args(["plugin", "new", "fine", "--kind", "router", "--dir"])
-        .arg(&fresh)
-        .arg("--sdk")
-        .arg(repo_root().join("plugins/sdk"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(BIN)
+            .args(["plugin", "new", "fine", "--kind", "router", "--dir"])
+            .arg(&fresh)
+            .arg("--sdk")
+            .arg(repo_root().join("plugins/sdk")),
+        "plugin new --sdk plugins/sdk",
     );
     assert!(!fresh.join("vendor").exists(), "--sdk: nothing carried");
 }

@@ -8,13 +8,14 @@
 //!   request's id is the block's id times 2^16 plus its place in the block ([`row_id`]);
 //! - what a query reads to skip it without opening it: the time span, a bit per status class
 //!   seen, how many requests the gateway answered itself, and a Bloom filter of every exact
-//!   filter's value (key, name, address, route, model, upstream, outcome, error code, what
+//!   filter's value (`bloom.rs`: key, name, address, route, model, upstream, outcome, error code, what
 //!   answered, request id). A block a query skips costs reading those few columns; a block it
 //!   opens is decoded, and its requests matched one by one ([`Matcher`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::bloom::{Field, bloom, bloom_has, ip_term, term};
 use super::codec::{self, Dict, Row, TEXTS};
 use super::{RequestEntry, RequestQuery, RequestRow};
 
@@ -24,10 +25,6 @@ pub(super) const MAX_ROWS: usize = 4096;
 /// Bits of a request's id that are its place in its block.
 pub(super) const ROW_BITS: u32 = 16;
 
-/// Bits of the Bloom filter per distinct value, and probes per value: about 1% false positives.
-const BLOOM_BITS_PER_VALUE: usize = 10;
-const BLOOM_PROBES: u32 = 7;
-
 /// A request's id: its block's and its place there.
 pub(super) fn row_id(block: i64, index: u32) -> i64 {
     (block << ROW_BITS) | i64::from(index)
@@ -36,21 +33,6 @@ pub(super) fn row_id(block: i64, index: u32) -> i64 {
 /// The block of a request id, and its place there.
 pub(super) fn split_id(id: i64) -> (i64, u32) {
     (id >> ROW_BITS, (id & ((1 << ROW_BITS) - 1)) as u32)
-}
-
-/// The fields a query matches exactly, each hashed with its own seed into the Bloom filter.
-#[derive(Clone, Copy)]
-enum Field {
-    RequestId = 1,
-    KeyId,
-    KeyName,
-    ClientIp,
-    Route,
-    Model,
-    Upstream,
-    Outcome,
-    Error,
-    AnsweredBy,
 }
 
 /// The field of each of [`codec::texts`] that a query can ask for (method and path: none).
@@ -67,19 +49,6 @@ const TEXT_FIELDS: [Option<Field>; TEXTS] = [
     Some(Field::AnsweredBy),
     None,
 ];
-
-/// A value's hash in the Bloom filter: xxh3, whose output is fixed by its specification, so a
-/// block written by one version is read right by the next.
-fn term(field: Field, value: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(value, field as u64)
-}
-
-fn ip_term(ip: &IpAddr) -> u64 {
-    match ip {
-        IpAddr::V4(v4) => term(Field::ClientIp, &v4.octets()),
-        IpAddr::V6(v6) => term(Field::ClientIp, &v6.octets()),
-    }
-}
 
 impl Row<'_> {
     /// The record the API returns (bodies are filled in by the caller).
@@ -209,7 +178,6 @@ impl Default for Builder {
     }
 }
 
-/// A block ready to write, with its Bloom filter.
 /// The texts many requests share, kept from the previous request so that the next one's are
 /// recognised by identity rather than read: the key (its id and name), the route and the
 /// upstream are the same `Arc` from request to request, and the method and outcome the same
@@ -273,6 +241,7 @@ impl Held {
     }
 }
 
+/// A block ready to write, with its Bloom filter.
 pub(super) struct Sealed {
     pub data: Vec<u8>,
     pub bloom: Vec<u8>,
@@ -407,77 +376,6 @@ impl Builder {
     fn bloom(&mut self) -> Vec<u8> {
         bloom(&self.terms)
     }
-}
-
-/// The last byte of a blocked filter ([`bloom`]); a filter of exactly a power of two bytes is
-/// of the first layout ([`legacy_has`]), still read.
-const BLOCKED: u8 = 2;
-
-/// A blocked Bloom filter of `terms`: 64-bit words, at least [`BLOOM_BITS_PER_VALUE`] bits a
-/// value and a power of two of them, then the byte [`BLOCKED`]. Each value sets
-/// [`BLOOM_PROBES`] bits of one word (which word: its hash's low half; which bits: six bits each
-/// of its high half), so adding or testing it touches one word, not seven scattered bytes: about
-/// 15 instructions a value instead of 70, for a false-positive rate of about 1.5% instead of
-/// 0.8% at this size. Little-endian.
-fn bloom(terms: &[u64]) -> Vec<u8> {
-    let words = (terms.len() * BLOOM_BITS_PER_VALUE / 64)
-        .max(1)
-        .next_power_of_two();
-    let mut filter = vec![0u64; words];
-    for &t in terms {
-        let (word, mask) = blocked(t, words);
-        filter[word] |= mask;
-    }
-    let mut out = Vec::with_capacity(words * 8 + 1);
-    for w in filter {
-        out.extend_from_slice(&w.to_le_bytes());
-    }
-    out.push(BLOCKED);
-    out
-}
-
-/// The word of a filter of `words` (a power of two) words that holds `t`, and its bits there.
-fn blocked(t: u64, words: usize) -> (usize, u64) {
-    let word = (t as usize) & (words - 1);
-    let mut mask = 0u64;
-    let mut h = t >> 32;
-    for _ in 0..BLOOM_PROBES {
-        mask |= 1 << (h & 63);
-        // Four bits of the high half are not enough for seven six-bit picks: mix as we go.
-        h = (h >> 6) | (h.wrapping_mul(0x9E37_79B9) << 26);
-    }
-    (word, mask)
-}
-
-/// Where a value's bits are in a first-layout filter of `bits` (a power of two) bits: double
-/// hashing of its two halves.
-fn probes(t: u64, bits: usize) -> impl Iterator<Item = usize> {
-    let (h1, h2) = (t as u32 as u64, (t >> 32) | 1);
-    let mask = bits as u64 - 1;
-    (0..u64::from(BLOOM_PROBES)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) & mask) as usize)
-}
-
-/// Whether `t` may be in the filter (false: surely not). A filter of neither layout is not
-/// one this code wrote: it rules nothing out.
-fn bloom_has(bloom: &[u8], t: u64) -> bool {
-    match bloom.split_last() {
-        Some((&BLOCKED, words))
-            if words.len() >= 8 && (words.len() / 8).is_power_of_two() && words.len() % 8 == 0 =>
-        {
-            let (word, mask) = blocked(t, words.len() / 8);
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&words[word * 8..word * 8 + 8]);
-            u64::from_le_bytes(w) & mask == mask
-        }
-        _ => legacy_has(bloom, t),
-    }
-}
-
-/// [`bloom_has`] for a filter of the first layout: bits set by [`probes`], exactly a power of
-/// two bytes long.
-fn legacy_has(bloom: &[u8], t: u64) -> bool {
-    let bits = bloom.len() * 8;
-    !bits.is_power_of_two() || probes(t, bits).all(|bit| bloom[bit / 8] & (1 << (bit % 8)) != 0)
 }
 
 /// A query, ready to skip blocks and match requests.
@@ -740,7 +638,7 @@ mod tests {
             (true, 3)
         );
         // Absent values: the summary alone rules the block out (a Bloom filter of this size
-        // has about 1% false positives; these four are fixed, so the test is deterministic).
+        // has a few percent of false positives; these are fixed, so the test is deterministic).
         for absent in [
             q(&|q| q.request_id = Some("req-99".into())),
             q(&|q| q.ip = Some("10.0.0.9".into())),
@@ -861,44 +759,5 @@ mod tests {
         assert_eq!(rows[0].tokens, Some((u64::MAX, u64::MAX, u64::MAX)));
         assert_eq!(row.cost_nanos, Some(u64::MAX));
         assert_eq!(row.decisions[0]["decision"].as_str().unwrap().len(), 5000);
-    }
-
-    /// A first-layout filter, as blocks written before the blocked one hold.
-    fn legacy(terms: &[u64]) -> Vec<u8> {
-        let bits = (terms.len() * BLOOM_BITS_PER_VALUE)
-            .max(64)
-            .next_power_of_two();
-        let mut out = vec![0u8; bits / 8];
-        for &t in terms {
-            for bit in probes(t, bits) {
-                out[bit / 8] |= 1 << (bit % 8);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn an_empty_bloom_filter_holds_nothing_and_a_full_one_everything() {
-        assert!(!bloom_has(&bloom(&[]), 1));
-        assert!(bloom_has(&[0; 3], 1), "not one of ours: rules nothing out");
-        let terms: Vec<u64> = (0..1000u32)
-            .map(|i| term(Field::Model, &i.to_le_bytes()))
-            .collect();
-        // Both layouts: the blocked one written now, the first one still read.
-        for (layout, b, most) in [
-            ("blocked", bloom(&terms), 250),
-            ("first", legacy(&terms), 150),
-        ] {
-            assert!(terms.iter().all(|&t| bloom_has(&b, t)), "{layout}");
-            let false_hits = (0..10_000u32)
-                .filter(|i| bloom_has(&b, term(Field::Route, &i.to_le_bytes())))
-                .count();
-            assert!(
-                false_hits < most,
-                "{layout}: {false_hits} false positives in 10,000"
-            );
-        }
-        assert_eq!(bloom(&terms).last(), Some(&BLOCKED));
-        assert!(legacy(&terms).len().is_power_of_two());
     }
 }

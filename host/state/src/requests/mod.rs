@@ -14,6 +14,7 @@
 //! does.
 
 mod block;
+mod bloom;
 mod codec;
 mod store;
 
