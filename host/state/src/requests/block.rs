@@ -7,9 +7,9 @@
 //! - `data`: its requests, laid out as `codec.rs` says (texts they share written once); a
 //!   request's id is the block's id times 2^16 plus its place in the block ([`row_id`]);
 //! - what a query reads to skip it without opening it: the time span, a bit per status class
-//!   seen, how many requests the gateway answered itself, and a Bloom filter of every exact
-//!   filter's value (`bloom.rs`: key, name, address, route, model, upstream, outcome, error code, what
-//!   answered, request id). A block a query skips costs reading those few columns; a block it
+//!   seen, how many requests the gateway answered itself, and a Bloom filter (`bloom.rs`) of
+//!   every exact filter's value (key, name, address, route, model, upstream, outcome, error
+//!   code, what answered, request id). A block a query skips costs reading those few columns; a block it
 //!   opens is decoded, and its requests matched one by one ([`Matcher`]).
 
 use std::net::IpAddr;
