@@ -73,3 +73,20 @@ export const debug = (message) => log("debug", message);
 export const info = (message) => log("info", message);
 export const warn = (message) => log("warn", message);
 export const error = (message) => log("error", message);
+
+// transform actions.
+/// Go on with these changes: `path` (and query), `headers` (operations), `body` (JSON text),
+/// and `response` (whether to be called for the response).
+export const forward = ({ path, headers = [], body, response = false } = {}) => ({
+  tag: "forward",
+  val: { path, headers, body, response },
+});
+/// Answer the client with this response; no upstream is asked.
+export const answer = (status, body, headers = []) => ({
+  tag: "answer",
+  val: { status, headers: headers.map(([name, value]) => ({ name, value })), body },
+});
+/// Refuse the request with an OpenAI-shaped error.
+export const refuse = (status, code, message) => ({ tag: "deny", val: { status, code, message } });
+/// One server-sent event.
+export const event = (data, name) => ({ event: name, data });

@@ -139,3 +139,34 @@ def warn(message: str) -> None:
 
 def error(message: str) -> None:
     _log.log(_log.Level.ERROR, message)
+
+
+# --- transforms -----------------------------------------------------------------------------
+# The transform types live in `wit_world.exports.transform` (imported lazily here: only a
+# transform plugin's bindings have that module).
+
+def forward(path: Optional[str] = None, headers: Optional[List[Any]] = None,
+            body: Optional[str] = None, response: bool = False) -> Any:
+    """Go on with these changes: a new path (and query), header operations, a new body (JSON
+    text), and whether to be called for the response."""
+    from wit_world.exports import transform as tr
+    return tr.RequestAction_Forward(tr.RequestEdit(path, list(headers or []), body, response))
+
+
+def answer(status: int, body: str, headers: Optional[List[Tuple[str, str]]] = None) -> Any:
+    """Answer the client with this response; no upstream is asked."""
+    from wit_world.exports import transform as tr
+    hs = [t.Header(n, v) for n, v in (headers or [])]
+    return tr.RequestAction_Answer(tr.Answer(status, hs, body))
+
+
+def refuse(status: int, code: str, message: str) -> Any:
+    """Refuse the request with an OpenAI-shaped error."""
+    from wit_world.exports import transform as tr
+    return tr.RequestAction_Deny(t.Denial(status, code, message))
+
+
+def event(data: str, name: Optional[str] = None) -> Any:
+    """One server-sent event."""
+    from wit_world.exports import transform as tr
+    return tr.SseEvent(name, data)

@@ -204,6 +204,19 @@ async fn every_kind_works(lang: &str) {
     assert_eq!(gw.chat().await.status(), 200);
     assert_eq!(a.last_headers().get("x-team").unwrap(), "tester");
 
+    // transform: a request without a budget goes upstream with the configured one.
+    let transform = new_project(dir.path(), "gen-transform", "transform", lang);
+    let gw = TestGateway::start(&config_with(
+        &urls[..1],
+        "transform",
+        &transform,
+        "{default_max_tokens: 77}",
+    ))
+    .await;
+    assert_eq!(gw.chat().await.status(), 200);
+    let sent: serde_json::Value = serde_json::from_slice(&a.last_body()).unwrap();
+    assert_eq!(sent["max_tokens"], 77, "{sent}");
+
     // A config the plugin refuses: the gateway names the plugin's own message.
     let mut refused_config = tollgate::Config::parse(
         &config_with(&urls[..1], "header-rewrite", &wasm, "{key_headr: x-team}"),

@@ -15,6 +15,7 @@ pub enum PluginKind {
     Router,
     Quota,
     HeaderRewrite,
+    Transform,
 }
 
 impl PluginKind {
@@ -25,6 +26,7 @@ impl PluginKind {
             Self::Router => "router",
             Self::Quota => "quota",
             Self::HeaderRewrite => "header-rewrite",
+            Self::Transform => "transform",
         }
     }
 }
@@ -95,6 +97,9 @@ pub struct PluginLimits {
     pub breaker_failures: u32,
     pub breaker_window: Duration,
     pub breaker_cooldown: Duration,
+    /// Transforms: the largest upstream answer read whole for `on-response-body` (a larger one
+    /// fails the request with 502). Request bodies are bounded by `server.max_body`.
+    pub max_body: ByteSize,
 }
 
 impl Default for PluginLimits {
@@ -110,6 +115,7 @@ impl Default for PluginLimits {
             breaker_failures: 5,
             breaker_window: Duration::secs(10),
             breaker_cooldown: Duration::secs(30),
+            max_body: ByteSize(4 << 20),
         }
     }
 }

@@ -21,6 +21,13 @@
 //! headers: {name: value}, first_event}`; header-rewrite takes `phase: request|response` and, for
 //! responses, `upstream`, `response: {status, headers}`. `expect` is compared as a subset: fields
 //! left out are not checked.
+//!
+//! A transform case is one request's life, with a fresh state: `body` (JSON, or a string) goes
+//! to `on-request`; when that asks for the response, `response: {status, headers, body}` goes to
+//! `on-response-head` and `on-response-body`, or `events: [{event, data}]` (data JSON or a
+//! string) to `on-event` one by one and then `on-stream-end`. `expect` may check `request` (the
+//! action, bodies parsed as JSON), `head`, `body` and `events` (every event the client would
+//! get, in order).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -72,7 +79,21 @@ struct Case {
     phase: Phase,
     #[serde(default)]
     upstream: String,
+    /// Transforms: the request body.
+    #[serde(default)]
+    body: Option<Value>,
+    /// Transforms: the upstream's events, when it streams.
+    #[serde(default)]
+    events: Option<Vec<EventFixture>>,
     expect: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventFixture {
+    #[serde(default)]
+    event: Option<String>,
+    data: Value,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +154,8 @@ struct ResponseFixture {
     status: u16,
     headers: BTreeMap<String, String>,
     first_event: Option<String>,
+    /// Transforms: the upstream's body (JSON, or a string).
+    body: Option<Value>,
 }
 
 impl Default for ResponseFixture {
@@ -141,8 +164,116 @@ impl Default for ResponseFixture {
             status: 200,
             headers: BTreeMap::new(),
             first_event: None,
+            body: None,
         }
     }
+}
+
+/// A fixture body as the text a plugin gets: a string as it is, anything else as JSON.
+fn body_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A body a plugin returned, as `expect` compares it: parsed when it is JSON.
+fn body_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+pub fn events_json(events: &[super::transform::SseEvent]) -> Value {
+    Value::Array(
+        events
+            .iter()
+            .map(|e| json!({"event": e.event, "data": body_json(&e.data)}))
+            .collect(),
+    )
+}
+
+/// A transform's request action, as `expect.request` compares it (a body parsed when JSON).
+pub fn request_action_json(a: &super::transform::RequestAction) -> Value {
+    use super::transform::RequestAction;
+    match a {
+        RequestAction::Forward(e) => json!({"forward": {
+            "path": e.path,
+            "headers": ops_json(e.headers.clone()),
+            "body": e.body.as_deref().map(body_json),
+            "response": e.response,
+        }}),
+        RequestAction::Answer(a) => json!({"answer": {
+            "status": a.status,
+            "headers": a.headers.iter().map(|h| json!({"name": h.name, "value": h.value})).collect::<Vec<_>>(),
+            "body": body_json(&a.body),
+        }}),
+        RequestAction::Deny(d) => {
+            json!({"deny": {"status": d.status, "code": d.code, "message": d.message}})
+        }
+    }
+}
+
+/// One transform case: the request, then (when asked) the response or the events. What each
+/// step returned, or the error that stopped it.
+async fn transform_case(
+    plugin: &super::Plugin,
+    req: &Arc<RequestInfo>,
+    body: Option<&Value>,
+    response_fixture: &ResponseFixture,
+    upstream: &str,
+    events: Option<Vec<EventFixture>>,
+) -> Result<Value, String> {
+    use super::transform::{RequestAction, SseEvent};
+    let mut state = None;
+    let mut out = serde_json::Map::new();
+    let body = body.map(body_text).unwrap_or_default();
+    let action = plugin
+        .transform_request(req, &body, &mut state)
+        .await
+        .map_err(|e| e.to_string())?;
+    out.insert("request".into(), request_action_json(&action));
+    let RequestAction::Forward(edit) = action else {
+        return Ok(Value::Object(out));
+    };
+    if !edit.response {
+        return Ok(Value::Object(out));
+    }
+    let resp = Arc::new(response(upstream, response_fixture)?);
+    let head = plugin
+        .transform_response_head(req, &resp, &mut state)
+        .await
+        .map_err(|e| e.to_string())?;
+    out.insert(
+        "head".into(),
+        json!({"status": head.status, "headers": ops_json(head.headers)}),
+    );
+    if let Some(events) = events {
+        let mut sent = Vec::new();
+        for e in events {
+            let event = SseEvent {
+                event: e.event,
+                data: body_text(&e.data),
+            };
+            let more = plugin
+                .transform_event(req, &event, &mut state)
+                .await
+                .map_err(|e| e.to_string())?;
+            sent.extend(more);
+        }
+        let last = plugin
+            .transform_stream_end(req, &mut state)
+            .await
+            .map_err(|e| e.to_string())?;
+        sent.extend(last);
+        out.insert("events".into(), events_json(&sent));
+    } else if let Some(b) = &response_fixture.body {
+        let text = body_text(b);
+        let new = plugin
+            .transform_response_body(req, &resp, &text, &mut state)
+            .await
+            .map_err(|e| e.to_string())?;
+        out.insert("body".into(), body_json(new.as_deref().unwrap_or(&text)));
+    }
+    Ok(Value::Object(out))
 }
 
 fn header_map(map: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
@@ -400,6 +531,31 @@ pub async fn run_cases(
                 }
                 Phase::Request | Phase::Response => Ok(ops_json(Vec::new())),
             },
+            PluginKind::Transform => {
+                let upstream = if case.upstream.is_empty() {
+                    "upstream"
+                } else {
+                    &case.upstream
+                };
+                let out = transform_case(
+                    &plugin,
+                    &req,
+                    case.body.as_ref(),
+                    &case.response,
+                    upstream,
+                    case.events,
+                )
+                .await;
+                case_times.push(started.elapsed());
+                let actual = out.unwrap_or_else(|e| json!({"error": e}));
+                results.push(CaseResult {
+                    passed: matches(&case.expect, &actual),
+                    name: case.name,
+                    actual,
+                    expected: case.expect,
+                });
+                continue;
+            }
         };
         case_times.push(started.elapsed());
         let actual = actual.unwrap_or_else(|e| json!({"error": e.to_string()}));

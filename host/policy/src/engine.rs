@@ -16,7 +16,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 
 use crate::imports::InstanceData;
 use crate::throttle::Throttle;
-use crate::wit::{header_rewrite, ip_binding, plugin, quota, router};
+use crate::wit::{header_rewrite, ip_binding, plugin, quota, router, transform};
 
 use tollgate_config::Module;
 use tollgate_state::Stores;
@@ -256,6 +256,9 @@ impl PolicyEngine {
             PluginKind::Quota => KindIndices::Quota(quota::GuestIndices::new(&pre).map_err(wrong)?),
             PluginKind::HeaderRewrite => {
                 KindIndices::HeaderRewrite(header_rewrite::GuestIndices::new(&pre).map_err(wrong)?)
+            }
+            PluginKind::Transform => {
+                KindIndices::Transform(transform::GuestIndices::new(&pre).map_err(wrong)?)
             }
         };
         Ok(Plugin {

@@ -20,11 +20,12 @@ pub struct Inspection {
     pub code: (CodeOrigin, Duration),
 }
 
-const KINDS: [(&str, PluginKind); 4] = [
+const KINDS: [(&str, PluginKind); 5] = [
     ("ip-binding", PluginKind::IpBinding),
     ("router", PluginKind::Router),
     ("quota", PluginKind::Quota),
     ("header-rewrite", PluginKind::HeaderRewrite),
+    ("transform", PluginKind::Transform),
 ];
 
 impl PolicyEngine {

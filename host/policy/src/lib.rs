@@ -52,7 +52,7 @@ pub(crate) use error::link_error;
 pub use error::{LoadError, PolicyError, REJECTIONS_LOGGED_EVERY};
 pub use inspect::Inspection;
 pub use plugin::Plugin;
-pub(crate) use plugin::{KindGuest, KindIndices, request_handle, response_handle};
+pub(crate) use plugin::{KindGuest, KindIndices, request_handle, response_handle, state_handle};
 pub use spec::PluginSpec;
 pub use stats::{CALL_BUCKETS, CallTimes, PluginStats};
 pub(crate) use ticker::{Ticker, Ticking};
@@ -61,8 +61,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-pub use view::{RequestInfo, ResponseInfo};
-pub use wit::types;
+pub use view::{RequestInfo, ResponseInfo, TransformState};
+pub use wit::{transform, types};
 
 /// Epoch tick: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -93,6 +93,7 @@ pub fn world(kind: PluginKind) -> &'static str {
         PluginKind::Router => "router-policy",
         PluginKind::Quota => "quota-policy",
         PluginKind::HeaderRewrite => "header-rewrite-policy",
+        PluginKind::Transform => "transform-policy",
     }
 }
 

@@ -15,7 +15,7 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::imports::{CallBudget, InstanceData};
 use crate::throttle::Throttle;
-use crate::wit::{header_rewrite, ip_binding, plugin, quota, router};
+use crate::wit::{header_rewrite, ip_binding, plugin, quota, router, transform};
 
 use tollgate_config::Module;
 use tollgate_state::{StoreError, Stores};
@@ -25,6 +25,7 @@ pub(crate) enum KindIndices {
     Router(router::GuestIndices),
     Quota(quota::GuestIndices),
     HeaderRewrite(header_rewrite::GuestIndices),
+    Transform(transform::GuestIndices),
 }
 
 pub(crate) enum KindGuest {
@@ -32,6 +33,7 @@ pub(crate) enum KindGuest {
     Router(router::Guest),
     Quota(quota::Guest),
     HeaderRewrite(header_rewrite::Guest),
+    Transform(transform::Guest),
 }
 
 /// A configured instance, ready for calls.
@@ -107,6 +109,10 @@ pub(crate) fn response_handle() -> Resource<ResponseInfo> {
     Resource::new_borrow(0)
 }
 
+pub(crate) fn state_handle() -> Resource<crate::TransformState> {
+    Resource::new_borrow(0)
+}
+
 impl Plugin {
     /// Creates and configures a fresh instance.
     pub(crate) async fn instantiate(&self) -> Result<Instance, LoadError> {
@@ -162,6 +168,7 @@ impl Plugin {
             KindIndices::HeaderRewrite(i) => {
                 i.load(&mut store, &instance).map(KindGuest::HeaderRewrite)
             }
+            KindIndices::Transform(i) => i.load(&mut store, &instance).map(KindGuest::Transform),
         }
         .map_err(trap)?;
         configure
@@ -333,6 +340,7 @@ impl Plugin {
         let state = instance.store.data_mut();
         let request = state.request.take();
         state.response = None;
+        state.transform_state = None;
         match result {
             Ok(r) => {
                 instance.calls += 1;

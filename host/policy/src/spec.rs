@@ -24,6 +24,8 @@ pub struct PluginSpec {
     pub breaker_failures: u32,
     pub breaker_window: Duration,
     pub breaker_cooldown: Duration,
+    /// Transforms: the largest upstream answer read whole for `on-response-body`.
+    pub max_body: usize,
     /// A shadow candidate: `bindings.bind-first` makes no binding (it answers the binding in
     /// force, or the one that would be made).
     pub dry_run: bool,
@@ -63,6 +65,7 @@ impl PluginSpec {
             breaker_failures: l.breaker_failures,
             breaker_window: l.breaker_window.get(),
             breaker_cooldown: l.breaker_cooldown.get(),
+            max_body: usize::try_from(l.max_body.0).unwrap_or(usize::MAX),
             dry_run: false,
         }
     }

@@ -99,6 +99,13 @@ impl RequestInfo {
     }
 }
 
+/// The `transform-state` resource's type. Its data is the store's `transform_state`, lent for one
+/// call (`Plugin`'s transform calls), so the handle carries nothing.
+pub struct TransformState;
+
+/// Longest value a transform may keep in its state.
+pub const MAX_TRANSFORM_STATE: usize = 64 << 10;
+
 /// An upstream's response head as quota and response header-rewrite policies see it (the
 /// `response` resource's data).
 #[derive(Debug, Clone)]

@@ -17,9 +17,12 @@ wasmtime::component::bindgen!({
     with: {
         "tollgate:policy/types.request": crate::view::RequestInfo,
         "tollgate:policy/types.response": crate::view::ResponseInfo,
+        "tollgate:policy/types.transform-state": crate::view::TransformState,
     },
 });
 
-pub use self::exports::tollgate::policy::{header_rewrite, ip_binding, plugin, quota, router};
+pub use self::exports::tollgate::policy::{
+    header_rewrite, ip_binding, plugin, quota, router, transform,
+};
 pub use self::tollgate::policy::types;
 pub use self::tollgate::policy::{bindings as binding_store, clock, kv, log};

@@ -51,6 +51,7 @@ fn sources(kind: PluginKind, lang: Lang) -> (&'static str, &'static str) {
         PluginKind::Router => pick!("router"),
         PluginKind::Quota => pick!("quota"),
         PluginKind::HeaderRewrite => pick!("header-rewrite"),
+        PluginKind::Transform => pick!("transform"),
     }
 }
 

@@ -11,11 +11,12 @@
 //! |---|---|---|
 //! | [`on_request`](Filter::on_request) | after routing, before authentication | refuse by client IP, path, method; answer ([`Flow::Answer`]) |
 //! | [`on_authenticated`](Filter::on_authenticated) | key known, body read, model known | refuse by key or model; answer |
-//! | [`on_request_body`](Filter::on_request_body) | after `on_authenticated`, on a body read whole | rewrite the body sent upstream |
+//! | [`on_request_body`](Filter::on_request_body) | after `on_authenticated`, on a body read whole | rewrite the body, path and headers sent upstream; answer |
 //! | [`on_select`](Filter::on_select) | once, candidates chosen | reorder or drop candidates |
 //! | [`on_upstream_request`](Filter::on_upstream_request) | before each attempt | change the outgoing headers |
 //! | [`on_upstream_response`](Filter::on_upstream_response) | after each attempt's response head | ask for another upstream |
-//! | [`on_response_head`](Filter::on_response_head) | once, on the head the client gets | change its headers |
+//! | [`on_response_head`](Filter::on_response_head) | once, on the head the client gets | change its status and headers; ask for the whole body ([`Ctx::read_whole_body`]) |
+//! | [`on_response_body`](Filter::on_response_body) | once, on an upstream's whole body, when a filter asked for it | rewrite it (before the head is sent) |
 //! | [`on_body_chunk`](Filter::on_body_chunk) | each relayed data frame, and once more at the end | observe, or replace the frame (never delay) |
 //! | [`on_done`](Filter::on_done) | exactly once, when the request ends | record the outcome |
 //!
@@ -55,6 +56,7 @@ impl Hooks {
     pub const BODY_CHUNK: Self = Self(1 << 6);
     pub const DONE: Self = Self(1 << 7);
     pub const REQUEST_BODY: Self = Self(1 << 8);
+    pub const RESPONSE_BODY: Self = Self(1 << 9);
 
     pub const fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
@@ -161,19 +163,22 @@ pub trait Filter: Send + Sync + 'static {
 
     /// After every `on_authenticated` hook, when the body was read whole (JSON, or any body on a
     /// route that must know the model): the filter may replace `body`, which is what every
-    /// attempt sends upstream (the request's `bytes_in` follows). Not called for a streamed
-    /// upload. An error refuses the request. Default: nothing.
+    /// attempt sends upstream (the request's `bytes_in` follows), and change `s.head` (the path
+    /// and headers every attempt sends). A filter that changes the body says so
+    /// ([`Session::body_changed`]) so that the model and budget are read again. Not called for
+    /// a streamed upload. An error refuses the request; [`Flow::Answer`] answers it. Default:
+    /// [`Flow::Continue`].
     fn on_request_body<'a>(
         &'a self,
         _s: &'a mut Session<'_>,
         _body: &'a mut Bytes,
-    ) -> HookResult<'a> {
+    ) -> HookResult<'a, Flow> {
         debug_assert!(
             !self.hooks().contains(Hooks::REQUEST_BODY),
             "filter {} names on_request_body in hooks() but does not implement it",
             self.name()
         );
-        Step::Now(Ok(()))
+        Step::Now(Ok(Flow::Continue))
     }
 
     /// Once, with the route's upstreams that serve the model, healthy ones first; the filter may
@@ -245,6 +250,25 @@ pub trait Filter: Send + Sync + 'static {
         Step::Now(Ok(()))
     }
 
+    /// Once, after every `on_response_head`, on the whole body of an upstream's answer, when a
+    /// filter asked for it in `on_response_head` ([`Ctx::read_whole_body`]): the body is read
+    /// (up to the limit asked for; past it the client gets 502) before the head is sent, so the
+    /// filter may replace it and change the head. An error replaces the response with the
+    /// error's. Default: nothing.
+    fn on_response_body<'a>(
+        &'a self,
+        _s: &'a mut Session<'_>,
+        _head: &'a mut http::response::Parts,
+        _body: &'a mut Bytes,
+    ) -> HookResult<'a> {
+        debug_assert!(
+            !self.hooks().contains(Hooks::RESPONSE_BODY),
+            "filter {} names on_response_body in hooks() but does not implement it",
+            self.name()
+        );
+        Step::Now(Ok(()))
+    }
+
     /// Each data frame relayed to the client, as it passes (an SSE event is one or more frames),
     /// in chain order: a filter sees the frame as the filters before it left it, and may replace
     /// it (`*chunk = …`; an empty frame sends nothing). `end` is set on the last call, made when
@@ -281,6 +305,7 @@ pub struct Chain {
     pub(super) upstream_request: Vec<Arc<dyn Filter>>,
     pub(super) upstream_response: Vec<Arc<dyn Filter>>,
     pub(super) response_head: Vec<Arc<dyn Filter>>,
+    pub(super) response_body: Vec<Arc<dyn Filter>>,
     pub(super) body_chunk: Vec<Arc<dyn Filter>>,
     pub(super) done: Vec<Arc<dyn Filter>>,
 }
@@ -291,7 +316,7 @@ impl Chain {
         let mut c = Self::default();
         for f in filters {
             let h = f.hooks();
-            let lists: [(Hooks, &mut Vec<Arc<dyn Filter>>); 9] = [
+            let lists: [(Hooks, &mut Vec<Arc<dyn Filter>>); 10] = [
                 (Hooks::REQUEST, &mut c.request),
                 (Hooks::AUTHENTICATED, &mut c.authenticated),
                 (Hooks::REQUEST_BODY, &mut c.request_body),
@@ -299,6 +324,7 @@ impl Chain {
                 (Hooks::UPSTREAM_REQUEST, &mut c.upstream_request),
                 (Hooks::UPSTREAM_RESPONSE, &mut c.upstream_response),
                 (Hooks::RESPONSE_HEAD, &mut c.response_head),
+                (Hooks::RESPONSE_BODY, &mut c.response_body),
                 (Hooks::BODY_CHUNK, &mut c.body_chunk),
                 (Hooks::DONE, &mut c.done),
             ];

@@ -154,6 +154,45 @@ pub async fn handle(
             (head, body) = (h, Relayed::boxed(b));
         }
     }
+    // An upstream's body a filter asked for whole: read before the head goes out, so what
+    // `on_response_body` makes of it can still change the head.
+    if let (Some(limit), Some(_)) = (s.ctx.read_whole.take(), &from) {
+        let rewritten = match read_whole_answer(body, limit).await {
+            Ok(mut whole) => {
+                let mut failed = None;
+                for f in &chain.response_body {
+                    if let Err(e) = f.on_response_body(&mut s, &mut head, &mut whole).await {
+                        s.ctx.record.answered_by(f.name());
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                match failed {
+                    None => {
+                        head.headers.remove(header::CONTENT_LENGTH);
+                        Ok(Relayed::boxed(
+                            Full::new(whole)
+                                .map_err(|never| match never {})
+                                .boxed_unsync(),
+                        ))
+                    }
+                    Some(e) => Err(e),
+                }
+            }
+            Err(e) => {
+                s.ctx.record.answered_by("relay");
+                Err(e)
+            }
+        };
+        body = match rewritten {
+            Ok(b) => b,
+            Err(e) => {
+                let (h, b) = refuse(&mut s, e).into_parts();
+                head = h;
+                Relayed::boxed(b)
+            }
+        };
+    }
     s.ctx.record.status = head.status.as_u16();
     if from.is_some() {
         s.ctx.meter = head
@@ -166,8 +205,11 @@ pub async fn handle(
         drop(s);
         return http::Response::from_parts(head, body.into_box());
     }
+    let sized = head.headers.contains_key(header::CONTENT_LENGTH);
     let tail = Tail { ctx: s.ctx, chain };
-    http::Response::from_parts(head, Relay::new(body, tail).boxed_unsync())
+    let relay = Relay::new(body, tail);
+    let relay = if sized { relay } else { relay.without_length() };
+    http::Response::from_parts(head, relay.boxed_unsync())
 }
 
 /// The gateway's own answer for `e`, recorded; internal and upstream causes are logged here, once.
@@ -275,7 +317,10 @@ async fn run(
     }
     if let RequestBody::Buffered(b) = &mut body {
         for f in &chain.request_body {
-            f.on_request_body(s, b).await.map_err(blame(s, f))?;
+            if let Flow::Answer(resp) = f.on_request_body(s, b).await.map_err(blame(s, f))? {
+                s.ctx.record.answered_by(f.name());
+                return Ok((resp.map(Relayed::boxed), None));
+            }
         }
         s.ctx.record.bytes_in = b.len() as u64;
     }
@@ -402,6 +447,15 @@ fn select(route: &Route, model: Option<&str>) -> Result<Vec<Arc<Upstream>>, Gate
         ready.sort_by_cached_key(|u| !u.is_healthy());
     }
     Ok(ready)
+}
+
+/// An upstream's body read whole for the `on_response_body` filters: past `limit` bytes, or
+/// broken or silent (the `idle` guard) on the way, the client gets 502.
+async fn read_whole_answer(body: Relayed, limit: usize) -> Result<Bytes, GatewayError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(GatewayError::from(ErrorKind::UpstreamProtocol).caused_by(e)),
+    }
 }
 
 /// The request URI with its path replaced (the query is kept).

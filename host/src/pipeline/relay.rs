@@ -124,6 +124,9 @@ pin_project! {
         pending: Option<Pending>,
         // The inner body ended (it is not polled again).
         ended: bool,
+        // The client's head keeps the length the inner body declares; a filter that changes the
+        // body's length removes `Content-Length`, and then no length is promised.
+        sized: bool,
     }
 }
 
@@ -140,6 +143,13 @@ struct Pending {
 }
 
 impl<B: Body> Relay<B> {
+    /// Promises no length to the client: the filters may change the body's (the head carries
+    /// no `Content-Length`).
+    pub(super) fn without_length(mut self) -> Self {
+        self.sized = false;
+        self
+    }
+
     pub(super) fn new(inner: B, mut tail: Tail) -> Self {
         // hyper never polls a body that is already at its end; it is complete as handed over.
         if inner.is_end_stream() {
@@ -150,6 +160,7 @@ impl<B: Body> Relay<B> {
             tail: Some(tail),
             pending: None,
             ended: false,
+            sized: true,
         }
     }
 }
@@ -230,7 +241,7 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
                 let Some(mut p) = this.pending.take() else {
                     unreachable!("polled above");
                 };
-                resume(&mut tail.ctx);
+                resume(&mut tail.ctx, &mut p.data);
                 if tail.ctx.cut.is_some()
                     && let Some(f) = p
                         .next
@@ -310,7 +321,11 @@ impl<B: Body<Data = Bytes>> Body for Relay<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.sized {
+            self.inner.size_hint()
+        } else {
+            SizeHint::default()
+        }
     }
 }
 
@@ -437,7 +452,7 @@ mod tests {
             };
             ctx.wait_for(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                Box::new(move |ctx: &mut Ctx| {
+                Box::new(move |ctx: &mut Ctx, _: &mut Bytes| {
                     if cut {
                         ctx.end_stream(Bytes::from_static(b"X"), "cut");
                     } else {

@@ -126,11 +126,14 @@ pub struct Ctx {
     pub(super) cut: Option<bytes::Bytes>,
     /// Set by [`Ctx::wait_for`]: what the relay waits for before the frame goes on.
     pub(super) wait: Option<Wait>,
+    /// Set by [`Ctx::read_whole_body`]: the upstream's body is read whole, up to this many
+    /// bytes, for the `on_response_body` filters.
+    pub(super) read_whole: Option<usize>,
 }
 
 /// What an `on_body_chunk` filter does to the request once the wait it asked for is over (e.g.
-/// record a grant, or [`Ctx::end_stream`]).
-pub type Resume = Box<dyn FnOnce(&mut Ctx) + Send>;
+/// record a grant, or [`Ctx::end_stream`]), with the frame it held (which it may replace).
+pub type Resume = Box<dyn FnOnce(&mut Ctx, &mut bytes::Bytes) + Send>;
 
 /// A wait an `on_body_chunk` filter asked for ([`Ctx::wait_for`]).
 pub(super) type Wait = std::pin::Pin<Box<dyn std::future::Future<Output = Resume> + Send>>;
@@ -165,6 +168,13 @@ impl Ctx {
     /// needs it: a frame that does not wait costs nothing.
     pub fn wait_for(&mut self, until: impl std::future::Future<Output = Resume> + Send + 'static) {
         self.wait = Some(Box::pin(until));
+    }
+
+    /// From an `on_response_head` filter, on an upstream's answer: read its body whole (up to
+    /// `limit` bytes; the largest limit asked for wins) and hand it to the `on_response_body`
+    /// filters before the head is sent.
+    pub fn read_whole_body(&mut self, limit: usize) {
+        self.read_whole = Some(self.read_whole.map_or(limit, |l| l.max(limit)));
     }
 }
 
@@ -260,6 +270,7 @@ impl Ctx {
             meter: None,
             cut: None,
             wait: None,
+            read_whole: None,
         }
     }
 }
@@ -389,6 +400,15 @@ impl<'a> Session<'a> {
         });
         self.policy_view = Some(view.clone());
         view
+    }
+
+    /// From an `on_request_body` filter that replaced the body or the path: the model, stream
+    /// flag and budget are read again from `body`, and the policies' view of the request is
+    /// rebuilt on its next use, so routing and the filters after this one see the new request.
+    /// The record keeps the model the client named.
+    pub fn body_changed(&mut self, body: &[u8]) {
+        self.probe = serde_json::from_slice(body).unwrap_or_default();
+        self.policy_view = None;
     }
 
     /// The model the client named, if any (in full; the record may hold it truncated).

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
 use crate::config::{CaptureRules, CaptureWhen, Config, RouteConfig};
-use crate::pipeline::{Ctx, Filter, HookResult, Hooks, Outcome, Session, Step};
+use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Outcome, Session, Step};
 
 pub(crate) struct Capture {
     /// The route's rules (or the top-level ones); `None`: keep nothing unless the key asks.
@@ -98,15 +98,15 @@ impl Filter for Capture {
         &'a self,
         s: &'a mut Session<'_>,
         body: &'a mut Bytes,
-    ) -> HookResult<'a> {
+    ) -> HookResult<'a, Flow> {
         if self.rules(s.ctx.record.key.as_deref()).is_none() {
-            return Step::Now(Ok(()));
+            return Step::Now(Ok(Flow::Continue));
         }
         s.ctx.ext.insert(Collected {
             request: body.clone(),
             ..Collected::default()
         });
-        Step::Now(Ok(()))
+        Step::Now(Ok(Flow::Continue))
     }
 
     fn on_body_chunk(&self, ctx: &mut Ctx, chunk: &mut Bytes, _end: bool) {

@@ -1,7 +1,7 @@
 //! Tollgate's plugin SDK.
 //!
 //! A plugin is a crate with `crate-type = ["cdylib", "rlib"]` that depends on this one with the
-//! feature of its kind (`ip-binding`, `router`, `quota` or `header-rewrite`), implements
+//! feature of its kind (`ip-binding`, `router`, `quota`, `header-rewrite` or `transform`), implements
 //! [`Plugin`] and its kind's trait, and calls [`export!`]:
 //!
 //! ```ignore
@@ -30,9 +30,12 @@
     feature = "ip-binding",
     feature = "router",
     feature = "quota",
-    feature = "header-rewrite"
+    feature = "header-rewrite",
+    feature = "transform"
 )))]
-compile_error!("enable exactly one of the features: ip-binding, router, quota, header-rewrite");
+compile_error!(
+    "enable exactly one of the features: ip-binding, router, quota, header-rewrite, transform"
+);
 
 #[cfg(feature = "ip-binding")]
 wit_bindgen::generate!({
@@ -66,6 +69,14 @@ wit_bindgen::generate!({
     export_macro_name: "__export_component",
     default_bindings_module: "tollgate_sdk",
 });
+#[cfg(feature = "transform")]
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "transform-policy",
+    pub_export_macro: true,
+    export_macro_name: "__export_component",
+    default_bindings_module: "tollgate_sdk",
+});
 
 pub use exports::tollgate::policy::plugin::Guest as Plugin;
 pub use tollgate::policy::types::*;
@@ -85,6 +96,10 @@ pub use exports::tollgate::policy::ip_binding::Guest as IpBinding;
 pub use exports::tollgate::policy::quota::Guest as Quota;
 #[cfg(feature = "router")]
 pub use exports::tollgate::policy::router::Guest as Router;
+#[cfg(feature = "transform")]
+pub use exports::tollgate::policy::transform::{
+    Answer, Guest as Transform, HeadEdit, RequestAction, RequestEdit, SseEvent,
+};
 
 /// Exports a type implementing [`Plugin`] and its kind's trait as the component's implementation.
 /// Only wasm builds export anything, so the same crate also builds natively for unit tests.
@@ -114,6 +129,9 @@ pub use Quota as __Kind;
 #[cfg(feature = "router")]
 #[doc(hidden)]
 pub use Router as __Kind;
+#[cfg(feature = "transform")]
+#[doc(hidden)]
+pub use Transform as __Kind;
 
 #[doc(hidden)]
 pub fn __assert_exportable<T: Plugin + __Kind>() {}
@@ -126,6 +144,8 @@ pub fn __assert_exportable<T: Plugin + __Kind>() {}
 /// struct Config { prefer: String }
 /// ```
 pub use serde::{self, Deserialize};
+/// serde_json, for plugins that read and write JSON bodies (transforms).
+pub use serde_json;
 
 /// Parses a plugin's JSON config into `T`, with an error message fit for `configure`.
 pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, String> {

@@ -131,6 +131,8 @@ pub struct InstanceData {
     pub request: Option<Arc<RequestInfo>>,
     /// The response the current call is about, if any (the `response` resource).
     pub response: Option<Arc<ResponseInfo>>,
+    /// A transform call's state (the `transform-state` resource), lent for the call.
+    pub transform_state: Option<String>,
     /// Running time the current call may use, and what it has used so far.
     pub budget: CallBudget,
     pub stores: Arc<Stores>,
@@ -159,6 +161,7 @@ impl InstanceData {
             plugin,
             request: None,
             response: None,
+            transform_state: None,
             budget: CallBudget::new(Duration::ZERO),
             stores,
             limits: Metered {

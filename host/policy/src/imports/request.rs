@@ -4,7 +4,7 @@
 use wasmtime::component::Resource;
 
 use super::InstanceData;
-use crate::view::{RequestInfo, ResponseInfo};
+use crate::view::{MAX_TRANSFORM_STATE, RequestInfo, ResponseInfo, TransformState};
 use crate::wit::types;
 
 impl types::HostRequest for InstanceData {
@@ -71,6 +71,25 @@ impl types::HostResponse for InstanceData {
         Ok(self.response()?.first_event.clone())
     }
     fn drop(&mut self, _: Resource<ResponseInfo>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl types::HostTransformState for InstanceData {
+    fn get(&mut self, _: Resource<TransformState>) -> wasmtime::Result<Option<String>> {
+        Ok(self.transform_state.clone())
+    }
+    fn set(&mut self, _: Resource<TransformState>, value: String) -> wasmtime::Result<()> {
+        if value.len() > MAX_TRANSFORM_STATE {
+            wasmtime::bail!(
+                "transform-state.set: {} bytes is more than the {MAX_TRANSFORM_STATE} a state may hold",
+                value.len()
+            );
+        }
+        self.transform_state = Some(value);
+        Ok(())
+    }
+    fn drop(&mut self, _: Resource<TransformState>) -> wasmtime::Result<()> {
         Ok(())
     }
 }

@@ -18,7 +18,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
-use crate::pipeline::{Ctx, Filter, HookResult, Hooks, Session, Step};
+use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Session, Step};
 use crate::upstream::Upstream;
 
 /// The filter (stateless: the per-request stripper lives in the request's `ctx.ext`).
@@ -42,7 +42,7 @@ impl Filter for StreamUsage {
         &'a self,
         s: &'a mut Session<'_>,
         body: &'a mut Bytes,
-    ) -> HookResult<'a> {
+    ) -> HookResult<'a, Flow> {
         if s.probe.stream == Some(true)
             && takes_stream_options(s.head.uri.path())
             && let Some(asking) = inject(body)
@@ -50,7 +50,7 @@ impl Filter for StreamUsage {
             *body = asking;
             s.ctx.ext.insert(StripUsageChunk::default());
         }
-        Step::Now(Ok(()))
+        Step::Now(Ok(Flow::Continue))
     }
 
     fn on_response_head<'a>(

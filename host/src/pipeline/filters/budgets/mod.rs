@@ -390,7 +390,7 @@ impl Filter for Budgets {
         let stores = self.stores.clone();
         ctx.wait_for(async move {
             let (given, enough) = take_more(&stores, asks).await;
-            Box::new(move |ctx: &mut Ctx| {
+            Box::new(move |ctx: &mut Ctx, _: &mut Bytes| {
                 let Some(t) = ctx.ext.get_mut::<Taken>() else {
                     return;
                 };

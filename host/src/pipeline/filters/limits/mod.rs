@@ -257,13 +257,13 @@ impl Filter for Limits {
         &'a self,
         s: &'a mut Session<'_>,
         body: &'a mut Bytes,
-    ) -> HookResult<'a> {
+    ) -> HookResult<'a, Flow> {
         if let Some(budget) = s.ctx.ext.remove::<Budget>()
             && let Some(with) = with_budget(body, budget)
         {
             *body = with;
         }
-        Step::Now(Ok(()))
+        Step::Now(Ok(Flow::Continue))
     }
 
     fn on_response_head<'a>(

@@ -2,28 +2,14 @@
 
 use std::sync::Arc;
 
-use super::PolicyRef;
+use super::{PolicyRef, denied};
 use crate::config::Failsafe;
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::ErrorKind;
 use crate::pipeline::{Filter, Flow, HookResult, Hooks, Session, Step};
 use crate::policy::PolicyError;
 use crate::policy::authoring::binding_json;
-use crate::policy::types::{BindingDecision, Denial};
+use crate::policy::types::BindingDecision;
 use crate::state::{Intercept, KEY_ID_PREFIX_LEN, Stores};
-
-/// A policy's refusal as the client will see it; a status outside 400–599 becomes 403.
-fn denied(d: Denial) -> GatewayError {
-    let status = http::StatusCode::from_u16(d.status)
-        .ok()
-        .filter(|s| s.is_client_error() || s.is_server_error())
-        .unwrap_or(http::StatusCode::FORBIDDEN);
-    ErrorKind::PolicyDenied {
-        status,
-        code: d.code,
-        message: d.message,
-    }
-    .into()
-}
 
 /// ip-binding: the first refusal ends the request and is written to the intercept log. When the
 /// stores cannot answer, the deployment's failsafe decides (not `on_error`). A request the last

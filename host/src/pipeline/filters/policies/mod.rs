@@ -8,6 +8,7 @@
 //! | router | [`Router`] (`router.rs`) | `on_select` |
 //! | header-rewrite | [`HeaderRewrite`] (`header_rewrite.rs`) | `on_upstream_request` (request rules), `on_response_head` (response rules, upstream answers only) |
 //! | quota | [`Quota`] (`quota.rs`) | `on_upstream_response` |
+//! | transform | [`Transforms`] (`transform.rs`): one filter for all the route's transforms, at the place of the first | `on_request_body`, `on_response_head`, `on_response_body`, `on_body_chunk` |
 //!
 //! Policies see the request as one shared `RequestInfo`, built on the first call of a request
 //! ([`Session::policy_request`]). A policy with a shadow candidate (`routes[].shadow`) hands
@@ -18,6 +19,7 @@ mod header_rewrite;
 mod ip_binding;
 mod quota;
 mod router;
+mod transform;
 
 use std::sync::Arc;
 
@@ -25,12 +27,13 @@ pub(crate) use header_rewrite::HeaderRewrite;
 pub(crate) use ip_binding::IpBinding;
 pub(crate) use quota::Quota;
 pub(crate) use router::Router;
+pub(crate) use transform::Transforms;
 
 use super::shadow::Shadow;
 use crate::config::{OnError, PluginKind};
 use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::Filter;
-use crate::policy::types::UpstreamView;
+use crate::policy::types::{Denial, UpstreamView};
 use crate::policy::{Plugin, PolicyError};
 use crate::state::Stores;
 use crate::upstream::Upstream;
@@ -78,6 +81,20 @@ impl PolicyRef {
             shadow.compare(request_id, to_json(d.clone()), replay);
         }
     }
+}
+
+/// A policy's refusal as the client will see it; a status outside 400–599 becomes 403.
+pub(super) fn denied(d: Denial) -> GatewayError {
+    let status = http::StatusCode::from_u16(d.status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(http::StatusCode::FORBIDDEN);
+    ErrorKind::PolicyDenied {
+        status,
+        code: d.code,
+        message: d.message,
+    }
+    .into()
 }
 
 /// What a router or quota policy sees of an upstream.
@@ -128,11 +145,15 @@ pub(crate) fn build(
     let last_binding = found
         .iter()
         .rposition(|(kind, _)| *kind == PluginKind::IpBinding);
-    found
+    let first_transform = found
+        .iter()
+        .position(|(kind, _)| *kind == PluginKind::Transform);
+    let mut transforms = Vec::new();
+    let mut filters: Vec<Option<Arc<dyn Filter>>> = found
         .into_iter()
         .enumerate()
-        .map(|(i, (kind, policy))| -> Arc<dyn Filter> {
-            match kind {
+        .map(|(i, (kind, policy))| -> Option<Arc<dyn Filter>> {
+            Some(match kind {
                 PluginKind::IpBinding => Arc::new(IpBinding {
                     policy,
                     stores: stores.clone(),
@@ -144,7 +165,17 @@ pub(crate) fn build(
                     policy,
                     stores: stores.clone(),
                 }),
-            }
+                PluginKind::Transform => {
+                    transforms.push(policy);
+                    return None;
+                }
+            })
         })
-        .collect()
+        .collect();
+    if let Some(first) = first_transform {
+        filters[first] = Some(Arc::new(Transforms {
+            policies: transforms.into(),
+        }));
+    }
+    filters.into_iter().flatten().collect()
 }
