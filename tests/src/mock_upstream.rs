@@ -8,6 +8,15 @@
 //! - `x-mock-honour-budget: 1` caps a stream's words at the request's `max_completion_tokens`
 //!   (or `max_tokens`, `max_output_tokens`).
 //!
+//! It speaks OpenAI Chat Completions (`…/chat/completions`) and Anthropic Messages
+//! (`…/messages`), told by the path, and lists models (`GET …/models`). Started with
+//! [`MockUpstream::start_only`], it speaks one protocol only, strictly, as a real provider does:
+//! the other protocol's path is a 404, and a request that breaks the protocol's rules (an
+//! Anthropic request without `max_tokens`, `anthropic-version` or `x-api-key`, or with a system
+//! message; an OpenAI request without `messages` or with a top-level `system`) a 400 in that
+//! protocol's error shape. A request offering `tools` whose last turn is not a tool result is
+//! answered with a call of the first tool (`{"city": "Paris"}`), streamed or not.
+//!
 //! It records what it received and counts streams (or pending heads) that were dropped before they
 //! completed — which is how a test sees that the gateway cancelled the upstream request.
 
@@ -43,6 +52,15 @@ pub struct Recorded {
     pub force_error_event: std::sync::atomic::AtomicBool,
     /// When non-zero, every response head waits this many milliseconds (a slow upstream).
     pub head_delay_ms: std::sync::atomic::AtomicU64,
+    /// The one protocol spoken, strictly ([`MockUpstream::start_only`]); `None`: both, leniently.
+    pub only: Mutex<Option<Protocol>>,
+}
+
+/// An LLM API protocol the mock speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    OpenAi,
+    Anthropic,
 }
 
 pub struct MockUpstream {
@@ -60,6 +78,13 @@ impl Drop for MockUpstream {
 impl MockUpstream {
     pub async fn start() -> Self {
         Self::start_on("127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// A mock speaking only `protocol`, strictly (see the module documentation).
+    pub async fn start_only(protocol: Protocol) -> Self {
+        let mock = Self::start().await;
+        *mock.state.only.lock().expect("lock") = Some(protocol);
+        mock
     }
 
     pub async fn start_on(addr: SocketAddr) -> Self {
@@ -194,7 +219,41 @@ async fn handle(
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = json.get("model").and_then(Value::as_str).unwrap_or("mock");
     let anthropic = uri.path().ends_with("/messages");
-    if !json.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+    if method == axum::http::Method::GET && uri.path().trim_end_matches('/').ends_with("/models") {
+        guard.done = true;
+        let listing = serde_json::json!({"object": "list", "data": [
+            {"id": "gpt-4o-mini", "object": "model", "created": 1_700_000_000, "owned_by": "mock"},
+            {"id": "gpt-4o", "object": "model", "created": 1_700_000_001, "owned_by": "mock"},
+        ]});
+        return ([("content-type", "application/json")], listing.to_string()).into_response();
+    }
+    let only = *state.only.lock().expect("lock");
+    if let Some(protocol) = only
+        && let Err((status, why)) = strictly(protocol, uri.path(), &headers, &json)
+    {
+        guard.done = true;
+        let body = match protocol {
+            Protocol::OpenAi => {
+                serde_json::json!({"error": {"message": why, "type": "invalid_request_error", "param": null, "code": null}})
+            }
+            Protocol::Anthropic => {
+                serde_json::json!({"type": "error", "error": {"type": "invalid_request_error", "message": why}})
+            }
+        };
+        return (
+            StatusCode::from_u16(status).expect("status"),
+            [("content-type", "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+    }
+    let tool = tool_to_call(&json);
+    let streamed = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if let Some(tool) = &tool {
+        guard.done = true;
+        return tool_call_answer(anthropic, streamed, model, tool);
+    }
+    if !streamed {
         guard.done = true;
         let body = if anthropic {
             mock::message("msg_mock", model, "mock answer")
@@ -303,4 +362,174 @@ fn frame(name: Option<&str>, data: &str, eol: &str) -> Bytes {
     s.push_str(eol);
     s.push_str(eol);
     Bytes::from(s)
+}
+
+/// A request `protocol` refuses: the status and why.
+fn strictly(
+    protocol: Protocol,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Value,
+) -> Result<(), (u16, String)> {
+    let bad = |why: &str| Err((400, why.to_owned()));
+    match protocol {
+        Protocol::OpenAi => {
+            if !path.ends_with("/chat/completions") {
+                return Err((404, format!("no such endpoint {path}")));
+            }
+            if !headers.contains_key("authorization") {
+                return Err((401, "missing bearer credential".into()));
+            }
+            if !body["messages"].is_array() {
+                return bad("messages is required");
+            }
+            if ["system", "stop_sequences", "metadata"]
+                .iter()
+                .any(|k| body.get(*k).is_some())
+            {
+                return bad("unknown parameter (an Anthropic request?)");
+            }
+            for m in body["messages"].as_array().into_iter().flatten() {
+                let role = m["role"].as_str().unwrap_or_default();
+                if !["system", "developer", "user", "assistant", "tool"].contains(&role) {
+                    return bad("invalid role");
+                }
+                if let Some(parts) = m["content"].as_array()
+                    && parts
+                        .iter()
+                        .any(|p| p["type"] != "text" && p["type"] != "image_url")
+                {
+                    return bad("invalid content part (an Anthropic block?)");
+                }
+            }
+        }
+        Protocol::Anthropic => {
+            if !path.ends_with("/messages") {
+                return Err((404, format!("no such endpoint {path}")));
+            }
+            if !headers.contains_key("x-api-key") || headers.contains_key("authorization") {
+                return Err((401, "x-api-key is required".into()));
+            }
+            if !headers.contains_key("anthropic-version") {
+                return bad("anthropic-version header is required");
+            }
+            if !body["max_tokens"].is_u64() {
+                return bad("max_tokens: field required");
+            }
+            let mut last = "";
+            for m in body["messages"].as_array().into_iter().flatten() {
+                let role = m["role"].as_str().unwrap_or_default();
+                if role != "user" && role != "assistant" {
+                    return bad("messages: roles must be user or assistant");
+                }
+                if role == last {
+                    return bad("messages: roles must alternate");
+                }
+                last = role;
+            }
+            if body.get("stream_options").is_some() || body.get("tool_calls").is_some() {
+                return bad("unknown parameter (an OpenAI request?)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first offered tool's name, when the last turn is not a tool result (in either protocol).
+fn tool_to_call(body: &Value) -> Option<String> {
+    let tools = body.get("tools")?.as_array()?;
+    let first = tools.first()?;
+    let name = first["function"]["name"]
+        .as_str()
+        .or(first["name"].as_str())?;
+    let last = body["messages"].as_array()?.last()?;
+    let answered = last["role"] == "tool"
+        || last["content"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"));
+    (!answered).then(|| name.to_owned())
+}
+
+/// A call of `tool` with `{"city": "Paris"}`, in the protocol and form asked for.
+fn tool_call_answer(anthropic: bool, streamed: bool, model: &str, tool: &str) -> Response {
+    use serde_json::json;
+    let args = r#"{"city": "Paris"}"#;
+    let usage_o = json!({"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39});
+    match (anthropic, streamed) {
+        (false, false) => {
+            let body = json!({"id": "chatcmpl-tool", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                    "tool_calls": [{"id": "call_mock", "type": "function", "function": {"name": tool, "arguments": args}}]}}],
+                "usage": usage_o});
+            ([("content-type", "application/json")], body.to_string()).into_response()
+        }
+        (true, false) => {
+            let body = json!({"id": "msg_tool", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": "Let me look."}, {"type": "tool_use", "id": "toolu_mock", "name": tool, "input": {"city": "Paris"}}],
+                "stop_reason": "tool_use", "stop_sequence": null, "usage": {"input_tokens": 30, "output_tokens": 9}});
+            ([("content-type", "application/json")], body.to_string()).into_response()
+        }
+        (false, true) => {
+            let chunk = |delta: Value, finish: Value| {
+                json!({"id": "chatcmpl-tool", "object": "chat.completion.chunk", "created": 1, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
+            let mut events = vec![
+                chunk(
+                    json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock", "type": "function", "function": {"name": tool, "arguments": ""}}]}),
+                    Value::Null,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}),
+                    Value::Null,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+                    Value::Null,
+                ),
+                chunk(json!({}), json!("tool_calls")),
+            ];
+            let mut usage = chunk(json!({}), Value::Null);
+            usage["choices"] = json!([]);
+            usage["usage"] = usage_o;
+            events.push(usage);
+            let mut text: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+            text.push_str("data: [DONE]\n\n");
+            ([("content-type", "text/event-stream")], text).into_response()
+        }
+        (true, true) => {
+            let events = [
+                (
+                    "message_start",
+                    json!({"type": "message_start", "message": {"id": "msg_tool", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 30, "output_tokens": 1}}}),
+                ),
+                (
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock", "name": tool, "input": {}}}),
+                ),
+                (
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}}),
+                ),
+                (
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}}),
+                ),
+                (
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+                (
+                    "message_delta",
+                    json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+                ),
+                ("message_stop", json!({"type": "message_stop"})),
+            ];
+            let text: String = events
+                .iter()
+                .map(|(n, d)| format!("event: {n}\ndata: {d}\n\n"))
+                .collect();
+            ([("content-type", "text/event-stream")], text).into_response()
+        }
+    }
 }

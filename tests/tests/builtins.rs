@@ -22,6 +22,8 @@ const SHIPPED: &[(&str, &str)] = &[
     ("latency", "tollgate_latency"),
     ("session-affinity", "tollgate_session_affinity"),
     ("quota-switch", "tollgate_quota_switch"),
+    ("model-alias", "tollgate_model_alias"),
+    ("anthropic-openai", "tollgate_anthropic_openai"),
 ];
 
 fn sha256_of_file(name: &str) -> String {
