@@ -582,3 +582,32 @@ async fn a_transform_swapped_under_streaming_load_drops_nothing() {
     );
     assert!(total > 20, "streams completed: {total}");
 }
+
+/// The golden fixtures (`plugins/anthropic-openai/cases/`, in the shapes of both providers'
+/// published examples) pass through `tollgate plugin test`, as a plugin author would run them.
+#[test]
+fn the_translation_passes_its_golden_fixtures() {
+    let dir = repo_root().join("plugins/anthropic-openai/cases");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for cases in files {
+        let out = run_ok(
+            std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-under-test"))
+                .args(["plugin", "test"])
+                .arg(plugins::wasm("tollgate_anthropic_openai"))
+                .arg("--cases")
+                .arg(&cases),
+            "plugin test",
+        );
+        assert!(
+            out.contains(" passed, 0 failed"),
+            "{}: {out}",
+            cases.display()
+        );
+    }
+}

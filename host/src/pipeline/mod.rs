@@ -141,6 +141,8 @@ pub async fn handle(
 
     // Step 7: the head the client gets.
     let (mut head, mut body) = resp.into_parts();
+    // A length the answer declared and a filter then removed is not promised to the client.
+    let declared = head.headers.contains_key(header::CONTENT_LENGTH);
     for f in &chain.response_head {
         if let Err(e) = f.on_response_head(&mut s, &mut head, from.as_deref()).await {
             s.ctx.record.answered_by(f.name());
@@ -156,6 +158,7 @@ pub async fn handle(
     }
     // An upstream's body a filter asked for whole: read before the head goes out, so what
     // `on_response_body` makes of it can still change the head.
+    let mut rebuilt = false;
     if let (Some(limit), Some(_)) = (s.ctx.read_whole.take(), &from) {
         let rewritten = match read_whole_answer(body, limit).await {
             Ok(mut whole) => {
@@ -184,6 +187,7 @@ pub async fn handle(
                 Err(e)
             }
         };
+        rebuilt = true;
         body = match rewritten {
             Ok(b) => b,
             Err(e) => {
@@ -205,7 +209,7 @@ pub async fn handle(
         drop(s);
         return http::Response::from_parts(head, body.into_box());
     }
-    let sized = head.headers.contains_key(header::CONTENT_LENGTH);
+    let sized = rebuilt || !declared || head.headers.contains_key(header::CONTENT_LENGTH);
     let tail = Tail { ctx: s.ctx, chain };
     let relay = Relay::new(body, tail);
     let relay = if sized { relay } else { relay.without_length() };

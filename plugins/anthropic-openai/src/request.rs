@@ -200,7 +200,23 @@ pub fn anthropic_to_openai(body: &str) -> Result<(String, String, bool), Unsuppo
     if let Some(user) = a.get("metadata").and_then(|m| m.get("user_id")) {
         o.insert("user".into(), user.clone());
     }
+    if let Some(thinking) = a.get("thinking").filter(|t| t["type"] == "enabled") {
+        o.insert(
+            "reasoning_effort".into(),
+            json!(reasoning_effort(thinking["budget_tokens"].as_u64().unwrap_or(0))),
+        );
+    }
     Ok((Value::Object(o).to_string(), model, false))
+}
+
+/// Anthropic's thinking budget as OpenAI's coarse effort (an approximation: OpenAI takes no
+/// token budget for reasoning).
+pub fn reasoning_effort(budget_tokens: u64) -> &'static str {
+    match budget_tokens {
+        0..=2048 => "low",
+        2049..=8192 => "medium",
+        _ => "high",
+    }
 }
 
 /// An OpenAI message's content as text (a string, or text parts).
@@ -501,6 +517,17 @@ mod tests {
         );
         assert_eq!(a["tool_choice"], v(r#"{"type":"tool","name":"f"}"#));
         assert_eq!(a["metadata"]["user_id"], "u1");
+    }
+
+    #[test]
+    fn a_thinking_budget_becomes_an_effort() {
+        let (out, _, _) = anthropic_to_openai(
+            r#"{"model":"m","max_tokens":9000,"thinking":{"type":"enabled","budget_tokens":4000},"messages":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(v(&out)["reasoning_effort"], "medium");
+        assert_eq!(reasoning_effort(1024), "low");
+        assert_eq!(reasoning_effort(16000), "high");
     }
 
     #[test]
