@@ -68,6 +68,20 @@ pub struct RouteConfig {
     /// before any upstream is tried. Unset: no cap.
     #[serde(default)]
     pub max_request_tokens: Option<std::num::NonZeroU64>,
+    /// Model fallbacks: model → the models to try next, in order (`gpt-4o: [gpt-4o-mini]`).
+    /// When every attempt at a model fails retryably (connect error, 429, 5xx, an error event
+    /// before the first token under `stream_bootstrap`), the request is sent again with the next
+    /// model named in its body, to the route's upstreams that serve that model, each model with
+    /// up to `max_attempts` attempts. Needs a body read whole (JSON).
+    #[serde(default)]
+    pub fallbacks: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl RouteConfig {
+    /// The models to try after `model`, in order (empty when none are configured).
+    pub fn fallbacks_for(&self, model: &str) -> &[String] {
+        self.fallbacks.get(model).map_or(&[], Vec::as_slice)
+    }
 }
 
 fn two() -> u32 {

@@ -132,6 +132,31 @@ fn validate_routes(c: &Config, e: &mut Errors) {
                 );
             }
         }
+        for (model, next) in &r.fallbacks {
+            let at = format!("{path}.fallbacks.{model}");
+            if next.is_empty() {
+                e.add(at.clone(), "at least one fallback model is required");
+            }
+            for (j, fallback) in next.iter().enumerate() {
+                if fallback == model || next[..j].contains(fallback) {
+                    e.add(
+                        format!("{at}[{j}]"),
+                        format!("{fallback:?} is already tried before it"),
+                    );
+                }
+                let serving = c
+                    .upstreams
+                    .iter()
+                    .filter(|u| r.upstreams.contains(&u.name))
+                    .any(|u| u.serves(fallback));
+                if !serving {
+                    e.add(
+                        format!("{at}[{j}]"),
+                        format!("no upstream of this route serves {fallback:?}"),
+                    );
+                }
+            }
+        }
         for (live, candidate) in &r.shadow {
             let at = format!("{path}.shadow.{live}");
             if !r.policies.contains(live) {
@@ -154,6 +179,12 @@ fn validate_routes(c: &Config, e: &mut Errors) {
                         cand.kind.as_str(),
                         l.kind.as_str()
                     ),
+                );
+            }
+            if cand.kind == PluginKind::Transform {
+                e.add(
+                    at.clone(),
+                    "a transform cannot be shadowed (its decisions are rewritten bodies, not comparable verdicts)",
                 );
             }
             if c.routes.iter().any(|r| r.policies.contains(candidate)) {

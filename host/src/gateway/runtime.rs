@@ -107,6 +107,16 @@ pub(crate) async fn build(
         routes.push(Route {
             prefix: r.path_prefix.as_str().into(),
             restricts_models: route_upstreams.iter().any(|u| !u.config.models.is_empty()),
+            fallbacks: r
+                .fallbacks
+                .iter()
+                .map(|(m, next)| {
+                    (
+                        m.clone(),
+                        next.iter().map(|n| Arc::from(n.as_str())).collect(),
+                    )
+                })
+                .collect(),
             upstreams: route_upstreams,
             max_attempts: r.max_attempts,
             stream_bootstrap: r.stream_bootstrap,

@@ -17,19 +17,28 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::upstream::{SendError, Upstream, UpstreamBody, UpstreamClient};
 
 /// One attempt on `upstream`: the response to relay, or `None` when a filter asked for the next
-/// candidate and one may be tried.
+/// candidate and one may be tried. `(may_retry, fall_through)`: another attempt may follow; a
+/// fallback model remains, so a 429 or 5xx answer (or an error as a stream's first event) is
+/// itself a reason to move on.
 pub(super) async fn attempt(
     s: &mut Session<'_>,
     client: &UpstreamClient,
     route: &Route,
     upstream: &Arc<Upstream>,
-    may_retry: bool,
+    (may_retry, fall_through): (bool, bool),
     body: &mut RequestBody,
     index: usize,
 ) -> Result<Option<http::Response<Relayed>>, GatewayError> {
     let chain = &*route.chain;
     s.ctx.record.upstream = Some(upstream.name.clone());
     s.ctx.record.attempts = index as u32 + 1;
+    // The model this attempt asks for, when it is not the one the client named (a transform
+    // renamed it, or this is a fallback): what usage and cost are counted for.
+    s.ctx.record.routed_model = s
+        .probe
+        .model
+        .clone()
+        .filter(|m| s.ctx.record.model.as_deref() != Some(&**m));
 
     // The headers are needed again only if another attempt may follow.
     let mut headers = if may_retry {
@@ -86,8 +95,16 @@ pub(super) async fn attempt(
     let (mut head, incoming) = resp.into_parts();
     let guarded = GuardedBody::new(incoming, s.rt.limits.upstream_idle, None);
     headers::to_client(&mut head.headers);
+    let refused =
+        head.status == http::StatusCode::TOO_MANY_REQUESTS || head.status.is_server_error();
+    if fall_through && refused {
+        mark_last(s, "fallback");
+        return Ok(None);
+    }
 
-    if chain.upstream_response.is_empty() {
+    // A stream's first event is read ahead for the quota filters, and for a fallback (an error
+    // before the first token moves on).
+    if chain.upstream_response.is_empty() && !(fall_through && route.stream_bootstrap) {
         return Ok(Some(http::Response::from_parts(
             head,
             Relayed::upstream(guarded),
@@ -100,6 +117,10 @@ pub(super) async fn attempt(
     if route.stream_bootstrap && is_event_stream(&head.headers) {
         match sse::read_first_event(&mut relayed).await {
             Ok((read, event)) => {
+                if fall_through && event.as_deref().is_some_and(is_error_event) {
+                    mark_last(s, "fallback");
+                    return Ok(None);
+                }
                 first_event = event;
                 relayed = Prefixed::new(read, relayed).boxed_unsync();
             }
@@ -141,6 +162,12 @@ pub(super) async fn attempt(
         head,
         Relayed::boxed(relayed),
     )))
+}
+
+/// Whether a stream's first event is an error (OpenAI's `{"error": …}`, Anthropic's
+/// `{"type": "error", …}`): nothing was generated.
+fn is_error_event(data: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| v.get("error").is_some())
 }
 
 /// Marks the last attempt as failed with `error` after its head came.

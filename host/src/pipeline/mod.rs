@@ -338,21 +338,73 @@ async fn run(
         return Err(ErrorKind::NoUpstream("no candidate is left".into()).into());
     }
 
-    // Step 6: forward, in order, while the client has received nothing.
-    let attempts = candidates.len().min(route.max_attempts as usize);
-    for (i, upstream) in candidates.iter().take(attempts).enumerate() {
-        let may_retry = body.replayable() && i + 1 < attempts;
-        match forward::attempt(s, client, route, upstream, may_retry, &mut body, i).await {
-            Ok(Some(resp)) => return Ok((resp, Some(upstream.clone()))),
-            Ok(None) => continue,
-            Err(e) if may_retry && e.is_retryable() => {
-                tracing::warn!(request_id = %s.request_id, upstream = %upstream.name, error = %e.log_line(), "attempt failed; trying the next upstream");
-                continue;
+    // Step 6: forward, in order, while the client has received nothing; when every attempt at
+    // the model failed retryably, the route's fallback models in turn, each with its own
+    // candidates (the body names the model it is sent for).
+    let fallbacks = route.fallbacks_for(s.model()).to_vec();
+    let mut tried = 0;
+    let mut last_error = None;
+    for step in 0..=fallbacks.len() {
+        if step > 0 {
+            let model = &fallbacks[step - 1];
+            let RequestBody::Buffered(b) = &mut body else {
+                break;
+            };
+            let Some(renamed) = with_model(b, model) else {
+                break;
+            };
+            tracing::info!(request_id = %s.request_id, model = %model, "every attempt failed; falling back to the next model");
+            *b = renamed;
+            s.body_changed(b);
+            candidates = match select(route, Some(model)) {
+                Ok(c) => c,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            for f in &chain.select {
+                f.on_select(s, &mut candidates).await.map_err(blame(s, f))?;
             }
-            Err(e) => return Err(e),
+        }
+        // A 429 or 5xx (or an error as a stream's first event) moves on while a later model
+        // remains.
+        let more_models = step < fallbacks.len() && body.replayable();
+        let attempts = candidates.len().min(route.max_attempts as usize);
+        for (i, upstream) in candidates.iter().take(attempts).enumerate() {
+            let may_retry = body.replayable() && (i + 1 < attempts || more_models);
+            let sent = forward::attempt(
+                s,
+                client,
+                route,
+                upstream,
+                (may_retry, more_models),
+                &mut body,
+                tried,
+            )
+            .await;
+            tried += 1;
+            match sent {
+                Ok(Some(resp)) => return Ok((resp, Some(upstream.clone()))),
+                Ok(None) => continue,
+                Err(e) if may_retry && e.is_retryable() => {
+                    tracing::warn!(request_id = %s.request_id, upstream = %upstream.name, error = %e.log_line(), "attempt failed; trying the next upstream");
+                    last_error = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
-    Err(ErrorKind::UpstreamConnect.into())
+    Err(last_error.unwrap_or_else(|| ErrorKind::UpstreamConnect.into()))
+}
+
+/// A JSON body with its `model` replaced (for a fallback attempt); `None` if it is not a JSON
+/// object.
+fn with_model(body: &[u8], model: &str) -> Option<Bytes> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    v.insert("model".into(), serde_json::Value::String(model.to_owned()));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 /// For a hook's error: names the filter as what answered (unless it named itself).

@@ -26,6 +26,17 @@ pub struct Route {
     /// Some upstream of the route serves only listed models, so every request body must be
     /// read for its `model`.
     pub restricts_models: bool,
+    /// `routes[].fallbacks`: model → the models tried after it, in order.
+    pub fallbacks: std::collections::BTreeMap<String, Vec<Arc<str>>>,
+}
+
+impl Route {
+    /// The models tried after `model` (none configured: empty).
+    pub fn fallbacks_for(&self, model: Option<&str>) -> &[Arc<str>] {
+        model
+            .and_then(|m| self.fallbacks.get(m))
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Limits applied on the request path.

@@ -73,6 +73,9 @@ pub struct RequestRecord {
     pub route: Option<Arc<str>>,
     /// As the client named it, cut to `error::MAX_ECHO` characters.
     pub model: Option<Arc<str>>,
+    /// The model the last attempt's body named, when not the client's: a transform renamed it
+    /// (an alias) or the request fell back to it (`routes[].fallbacks`).
+    pub routed_model: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub attempts: u32,
     pub status: u16,
@@ -179,6 +182,12 @@ impl Ctx {
 }
 
 impl RequestRecord {
+    /// The model usage and cost are counted for: the one the upstream was asked for (after an
+    /// alias or a fallback), else the one the client named.
+    pub fn billed_model(&self) -> Option<&Arc<str>> {
+        self.routed_model.as_ref().or(self.model.as_ref())
+    }
+
     /// The normalised path.
     pub fn path(&self) -> &str {
         self.uri.path()
@@ -243,6 +252,7 @@ impl Ctx {
                 key: None,
                 route: None,
                 model: None,
+                routed_model: None,
                 upstream: None,
                 attempts: 0,
                 status: 0,

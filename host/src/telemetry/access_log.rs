@@ -36,6 +36,8 @@ impl Filter for AccessLog {
             key_name = r.key.as_ref().map(|k| &*k.name),
             route = r.route.as_deref(),
             model = r.model.as_deref(),
+            routed_model = r.routed_model.as_deref(),
+            served_model = r.served_model.as_deref(),
             upstream = r.upstream.as_deref(),
             attempts = r.attempts,
             status = r.status,

@@ -42,7 +42,7 @@ impl Filter for Usage {
             at_ms: r.ended_ms,
             key_id: key.hex.clone(),
             upstream: r.upstream.clone().unwrap_or_else(|| Arc::from("")),
-            model: r.model.clone().unwrap_or_else(|| Arc::from("")),
+            model: r.billed_model().cloned().unwrap_or_else(|| Arc::from("")),
             requests: 1,
             errors: u64::from(r.status >= 400 || r.outcome == Outcome::UpstreamAborted),
             partial: u64::from(partial),

@@ -48,7 +48,7 @@ impl Filter for Pricing {
 
     fn on_done(&self, ctx: &mut Ctx) {
         let r = &mut ctx.record;
-        let (Some(t), Some(model)) = (r.tokens, r.model.as_deref()) else {
+        let (Some(t), Some(model)) = (r.tokens, r.billed_model().map(|m| &**m)) else {
             return;
         };
         let t = t.tokens;

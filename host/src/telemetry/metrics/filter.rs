@@ -267,7 +267,7 @@ impl Filter for MetricsFilter {
             series.observe_tokens(
                 m,
                 key,
-                r.model.as_deref().unwrap_or(""),
+                r.billed_model().map_or("", |m| &**m),
                 t.tokens,
                 r.cost_nanos,
             );
