@@ -23,6 +23,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("quota-switch", "quota-switch"),
     ("model-alias", "model-alias"),
     ("anthropic-openai", "anthropic-openai"),
+    ("redact", "redact"),
 ];
 
 /// The value of `key = "…"` on its first line in a Cargo manifest.

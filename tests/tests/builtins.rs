@@ -24,6 +24,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ("quota-switch", "tollgate_quota_switch"),
     ("model-alias", "tollgate_model_alias"),
     ("anthropic-openai", "tollgate_anthropic_openai"),
+    ("redact", "tollgate_redact"),
 ];
 
 fn sha256_of_file(name: &str) -> String {

@@ -611,3 +611,56 @@ fn the_translation_passes_its_golden_fixtures() {
         );
     }
 }
+
+#[tokio::test]
+async fn redact_masks_what_must_not_leave_or_refuses_it() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&yaml(
+        &mock,
+        false,
+        &[plugin("redact", "transform", "tollgate_redact", "{}")],
+        &["redact"],
+    ))
+    .await;
+    let body = json!({"model": "gpt-test", "messages": [
+        {"role": "user", "content": "I am jane@example.com, key sk-live-0123456789abcdefXYZ"},
+    ]});
+    assert_eq!(post_chat_json(&gw, &body).await.status(), 200);
+    let sent: Value = serde_json::from_slice(&mock.last_body()).unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "I am [REDACTED:email], key [REDACTED:key]"
+    );
+    assert_eq!(mock.last_headers()["x-tollgate-redacted"], "2");
+    // Nothing to mask: the body goes as it came, byte for byte.
+    let clean = br#"{"model": "gpt-test",  "messages": [{"role": "user", "content": "hello"}]}"#;
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(&clean[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&mock.last_body()[..], &clean[..]);
+
+    let gw = TestGateway::start(&yaml(
+        &mock,
+        false,
+        &[plugin(
+            "redact",
+            "transform",
+            "tollgate_redact",
+            r#"{"action": "deny"}"#,
+        )],
+        &["redact"],
+    ))
+    .await;
+    let before = mock.requests();
+    let resp = post_chat_json(&gw, &body).await;
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "sensitive_content");
+    assert_eq!(mock.requests(), before);
+}

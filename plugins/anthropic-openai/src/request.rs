@@ -203,7 +203,9 @@ pub fn anthropic_to_openai(body: &str) -> Result<(String, String, bool), Unsuppo
     if let Some(thinking) = a.get("thinking").filter(|t| t["type"] == "enabled") {
         o.insert(
             "reasoning_effort".into(),
-            json!(reasoning_effort(thinking["budget_tokens"].as_u64().unwrap_or(0))),
+            json!(reasoning_effort(
+                thinking["budget_tokens"].as_u64().unwrap_or(0)
+            )),
         );
     }
     Ok((Value::Object(o).to_string(), model, false))
