@@ -24,6 +24,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("model-alias", "model-alias"),
     ("anthropic-openai", "anthropic-openai"),
     ("redact", "redact"),
+    ("headroom", "headroom"),
 ];
 
 /// The value of `key = "…"` on its first line in a Cargo manifest.

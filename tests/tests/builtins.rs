@@ -25,6 +25,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ("model-alias", "tollgate_model_alias"),
     ("anthropic-openai", "tollgate_anthropic_openai"),
     ("redact", "tollgate_redact"),
+    ("headroom", "tollgate_headroom"),
 ];
 
 fn sha256_of_file(name: &str) -> String {

@@ -33,6 +33,29 @@ pub struct UpstreamConfig {
     /// How long an unhealthy upstream is skipped before it is tried again.
     #[serde(default = "ten_seconds")]
     pub fail_timeout: Duration,
+    /// The account's own allowance, as the provider enforces it: the gateway counts what it
+    /// sends (cluster-wide, in the shared cache when there is one) and does not send a request
+    /// past it, so the provider's 429 never comes. Routers see what is left (`capacity` import).
+    #[serde(default)]
+    pub limits: Option<UpstreamLimits>,
+}
+
+/// An upstream account's allowance (`upstreams[].limits`). Each is counted as a bucket that
+/// refills continuously (GCRA): `rpm` and `tpm` over a minute, `monthly_tokens` over 30 days
+/// (a rolling month, not the calendar month).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamLimits {
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<std::num::NonZeroU64>,
+    /// Tokens per minute (prompt estimate plus completion budget when sent, corrected by the
+    /// tokens the answer reports).
+    #[serde(default)]
+    pub tpm: Option<std::num::NonZeroU64>,
+    /// Tokens per rolling 30 days.
+    #[serde(default)]
+    pub monthly_tokens: Option<std::num::NonZeroU64>,
 }
 
 fn one() -> u32 {
@@ -102,6 +125,16 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
         }
         if u.weight == 0 {
             e.add(format!("{path}.weight"), "must be greater than 0");
+        }
+        if let Some(l) = &u.limits
+            && l.rpm.is_none()
+            && l.tpm.is_none()
+            && l.monthly_tokens.is_none()
+        {
+            e.add(
+                format!("{path}.limits"),
+                "set at least one of rpm, tpm, monthly_tokens",
+            );
         }
         for (j, m) in u.models.iter().enumerate() {
             if m.is_empty() || m[..m.len() - 1].contains('*') {

@@ -117,6 +117,7 @@ struct RequestFixture {
     model: Option<String>,
     stream: bool,
     session_hint: Option<String>,
+    estimated_tokens: u64,
 }
 
 impl Default for RequestFixture {
@@ -132,6 +133,7 @@ impl Default for RequestFixture {
             model: Some("gpt-4o-mini".into()),
             stream: false,
             session_hint: None,
+            estimated_tokens: 0,
         }
     }
 }
@@ -301,6 +303,7 @@ fn request(r: RequestFixture) -> Result<RequestInfo, String> {
         model: r.model,
         stream: r.stream,
         session_hint: r.session_hint,
+        estimated_tokens: r.estimated_tokens,
     })
 }
 

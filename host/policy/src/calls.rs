@@ -35,7 +35,19 @@ impl Plugin {
         request: &Arc<RequestInfo>,
         candidates: &[types::UpstreamView],
     ) -> Result<types::RouteDecision, PolicyError> {
+        self.select_with(request, candidates, Vec::new()).await
+    }
+
+    /// router `select`, with the candidates' `headroom` lent to the call (for a plugin that
+    /// [`Plugin::wants_capacity`]).
+    pub async fn select_with(
+        &self,
+        request: &Arc<RequestInfo>,
+        candidates: &[types::UpstreamView],
+        headroom: Vec<(String, crate::wit::capacity::Headroom)>,
+    ) -> Result<types::RouteDecision, PolicyError> {
         let mut i = self.checkout(request, None).await?;
+        i.store.data_mut().headroom = headroom;
         let r = match &i.guest {
             KindGuest::Router(g) => {
                 g.call_select(&mut i.store, request_handle(), candidates)

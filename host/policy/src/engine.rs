@@ -241,6 +241,10 @@ impl PolicyEngine {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(link_error(&e)))?;
+        let wants_capacity = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("tollgate:policy/capacity"));
         let wrong = |e: wasmtime::Error| LoadError::WrongKind {
             world: world(spec.kind),
             reason: format!("{e:#}"),
@@ -273,6 +277,7 @@ impl PolicyEngine {
             plugin_idx,
             kind_idx,
             interest: OnceLock::new(),
+            wants_capacity,
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(spec.max_concurrency as usize)),
             breaker: Breaker::new(),

@@ -62,7 +62,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub use view::{RequestInfo, ResponseInfo, TransformState};
-pub use wit::{transform, types};
+pub use wit::{capacity, transform, types};
 
 /// Epoch tick: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);

@@ -88,6 +88,8 @@ pub struct Plugin {
     pub(crate) plugin_idx: plugin::GuestIndices,
     pub(crate) kind_idx: KindIndices,
     pub(crate) interest: OnceLock<Interest>,
+    /// The component imports `capacity`: its calls need the candidates' headroom.
+    pub(crate) wants_capacity: bool,
     /// Configured instances, boxed so that a checkout or checkin moves a pointer, not the
     /// instance (each call moves it twice).
     #[allow(clippy::vec_box, reason = "the box is what a call moves")]
@@ -256,6 +258,12 @@ impl Plugin {
         self.interest().response_phase
     }
 
+    /// Router: whether the plugin reads the candidates' headroom (it imports `capacity`), so
+    /// the host reads it before each call; otherwise it never does.
+    pub fn wants_capacity(&self) -> bool {
+        self.wants_capacity
+    }
+
     /// Whether the circuit breaker currently refuses calls.
     pub fn breaker_open(&self) -> bool {
         self.breaker.is_open()
@@ -341,6 +349,7 @@ impl Plugin {
         let request = state.request.take();
         state.response = None;
         state.transform_state = None;
+        state.headroom.clear();
         match result {
             Ok(r) => {
                 instance.calls += 1;

@@ -61,6 +61,8 @@ pub struct RequestInfo {
     pub model: Option<String>,
     pub stream: bool,
     pub session_hint: Option<String>,
+    /// Prompt estimate plus completion budget (`request.estimated-tokens`).
+    pub estimated_tokens: u64,
 }
 
 impl RequestInfo {
@@ -87,6 +89,7 @@ impl RequestInfo {
             model: None,
             stream: false,
             session_hint: None,
+            estimated_tokens: 0,
         }
     }
 

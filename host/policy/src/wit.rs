@@ -11,6 +11,7 @@ wasmtime::component::bindgen!({
         "tollgate:policy/types": trappable,
         "tollgate:policy/log": trappable,
         "tollgate:policy/clock": trappable,
+        "tollgate:policy/capacity": trappable,
         default: async | trappable,
     },
     exports: { default: async },
@@ -25,4 +26,4 @@ pub use self::exports::tollgate::policy::{
     header_rewrite, ip_binding, plugin, quota, router, transform,
 };
 pub use self::tollgate::policy::types;
-pub use self::tollgate::policy::{bindings as binding_store, clock, kv, log};
+pub use self::tollgate::policy::{bindings as binding_store, capacity, clock, kv, log};

@@ -25,7 +25,7 @@ use crate::pipeline::filters::response_headers::{ResponseHeaders, SecurityHeader
 use crate::pipeline::filters::shadow::Shadow;
 use crate::pipeline::filters::{
     access, budgets, cors, entitlements, key_limits, limits, maintenance, max_request_tokens,
-    policies, pricing, request_id, stream_usage,
+    policies, pricing, request_id, stream_usage, upstream_capacity,
 };
 use crate::pipeline::{Chain, Filter};
 use crate::policy::Plugin;
@@ -91,6 +91,16 @@ const CHAIN: &[Entry] = &[
         ))
     }),
     Entry::Shared(|b| one(usage::Usage::new(b.stores.clone()))),
+    // Only `on_done`, and only for a request an upstream with declared limits served.
+    Entry::Shared(|b| {
+        maybe(
+            b.config
+                .upstreams
+                .iter()
+                .any(|u| u.limits.is_some())
+                .then_some(upstream_capacity::UpstreamCapacity),
+        )
+    }),
     Entry::Shared(|b| one(metrics::MetricsFilter::new(b.metrics.clone(), b.config))),
     Entry::Shared(|b| maybe(b.config.logging.access_log.then_some(access_log::AccessLog))),
     Entry::Shared(|b| maybe(traces::build(b.config))),

@@ -39,8 +39,12 @@ pub(crate) async fn build(
             .and_then(|p| p.upstreams.iter().find(|old| old.config == *u))
             .cloned();
         let made = || {
-            Upstream::new(u.clone())
-                .map(|up| Arc::new(up.with_credentials(engine.stores().credential_map())))
+            Upstream::new(u.clone()).map(|up| {
+                Arc::new(
+                    up.with_credentials(engine.stores().credential_map())
+                        .with_capacity(engine.stores()),
+                )
+            })
         };
         match kept.map_or_else(made, Ok) {
             Ok(up) => upstreams.push(up),
@@ -147,6 +151,7 @@ pub(crate) async fn build(
             response_head: s.timeouts.response_head.get(),
             upstream_idle: s.timeouts.idle.get(),
             allow_obs_text: s.allow_obs_text,
+            bytes_per_token: u64::from(config.limits.estimate.bytes_per_token.max(1)),
         },
         response_headers,
         prices,

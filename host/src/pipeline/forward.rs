@@ -67,6 +67,21 @@ pub(super) async fn attempt(
     *req.uri_mut() = s.head.uri.clone();
     *req.headers_mut() = headers;
 
+    // The account's declared allowance: an attempt that does not fit is not sent.
+    if let Some(cap) = upstream.capacity.as_ref().filter(|c| c.declared()) {
+        let tokens = s.estimated_tokens();
+        if let Err(wait_ms) = cap.take(tokens).await {
+            let e = GatewayError::from(ErrorKind::AllCooling {
+                retry_after_secs: wait_ms.div_ceil(1000).max(1),
+            })
+            .retryable();
+            s.ctx
+                .record
+                .attempted(&upstream.name, 0, Some("upstream_capacity"));
+            return Err(e);
+        }
+        crate::pipeline::filters::upstream_capacity::reserved(s, upstream, tokens);
+    }
     s.ctx.in_flight = Some(upstream.start_request());
     let attempt_start = std::time::Instant::now();
     let sent = upstream.send(client, req, s.rt.limits.response_head).await;
@@ -93,6 +108,9 @@ pub(super) async fn attempt(
         upstream.record_latency(attempt_start.elapsed());
     }
     let (mut head, incoming) = resp.into_parts();
+    if let Some(cap) = &upstream.capacity {
+        cap.observe(&head.headers);
+    }
     let guarded = GuardedBody::new(incoming, s.rt.limits.upstream_idle, None);
     headers::to_client(&mut head.headers);
     let refused =

@@ -51,6 +51,8 @@ pub struct Limits {
     pub upstream_idle: Duration,
     /// `server.allow_obs_text`: keep header values with bytes past ASCII.
     pub allow_obs_text: bool,
+    /// `limits.estimate.bytes_per_token`: a prompt's tokens estimated from its body's size.
+    pub bytes_per_token: u64,
 }
 
 /// Everything the request path needs from one version of the config.

@@ -400,6 +400,7 @@ impl<'a> Session<'a> {
                 .prompt_cache_key
                 .clone()
                 .or_else(|| self.probe.user.clone()),
+            estimated_tokens: self.estimated_tokens(),
             ..RequestInfo::new(
                 &self.request_id,
                 &self.head,
@@ -419,6 +420,16 @@ impl<'a> Session<'a> {
     pub fn body_changed(&mut self, body: &[u8]) {
         self.probe = serde_json::from_slice(body).unwrap_or_default();
         self.policy_view = None;
+    }
+
+    /// The tokens this request may use: its prompt estimated from the body's size plus its
+    /// completion budget (what upstream capacity and `request.estimated-tokens` count).
+    pub fn estimated_tokens(&self) -> u64 {
+        self.ctx
+            .record
+            .bytes_in
+            .div_ceil(self.rt.limits.bytes_per_token.max(1))
+            + self.probe.completion_budget().unwrap_or(0)
     }
 
     /// The model the client named, if any (in full; the record may hold it truncated).

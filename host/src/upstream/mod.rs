@@ -2,6 +2,7 @@
 //! averages, cooldowns), and [`Upstream::send`], the one way a request reaches one, whether it is
 //! a URL ([`client`]) or the built-in [`mock`].
 
+pub mod capacity;
 mod client;
 mod h1;
 pub mod mock;
@@ -117,6 +118,9 @@ pub struct Upstream {
     /// The latest end of any cooldown: while it is in the past, `cooling_until` answers without
     /// taking the lock (the common case, on every request).
     cooling_max_ms: AtomicU64,
+    /// The account's declared allowance and what its answers said of its headroom (set when
+    /// the runtime is built, [`Upstream::with_capacity`]).
+    pub capacity: Option<capacity::Capacity>,
     /// The last errors (failed attempts, quota answers), for the admin API.
     recent_errors:
         std::sync::Mutex<std::collections::VecDeque<(u64, std::borrow::Cow<'static, str>)>>,
@@ -229,7 +233,18 @@ impl Upstream {
             cooldowns: std::sync::Mutex::new(std::collections::HashMap::new()),
             recent_errors: std::sync::Mutex::new(std::collections::VecDeque::new()),
             cooling_max_ms: AtomicU64::new(0),
+            capacity: None,
         })
+    }
+
+    /// With its capacity counted in `stores` (`upstreams[].limits`, the providers' headers).
+    pub fn with_capacity(mut self, stores: &Arc<crate::state::Stores>) -> Self {
+        self.capacity = Some(capacity::Capacity::new(
+            stores,
+            &self.name,
+            self.config.limits,
+        ));
+        self
     }
 
     /// With the credentials set at run time (shared by every upstream of the gateway).

@@ -12,6 +12,7 @@
 //! a shared cache that is down is replaced by an in-process one.
 
 mod bindings;
+mod capacity;
 mod clock;
 mod kv;
 mod log;
@@ -133,6 +134,8 @@ pub struct InstanceData {
     pub response: Option<Arc<ResponseInfo>>,
     /// A transform call's state (the `transform-state` resource), lent for the call.
     pub transform_state: Option<String>,
+    /// A router call's candidates' headroom (the `capacity` import), lent for the call.
+    pub headroom: Vec<(String, crate::wit::capacity::Headroom)>,
     /// Running time the current call may use, and what it has used so far.
     pub budget: CallBudget,
     pub stores: Arc<Stores>,
@@ -162,6 +165,7 @@ impl InstanceData {
             request: None,
             response: None,
             transform_state: None,
+            headroom: Vec::new(),
             budget: CallBudget::new(Duration::ZERO),
             stores,
             limits: Metered {

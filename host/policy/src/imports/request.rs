@@ -45,6 +45,9 @@ impl types::HostRequest for InstanceData {
     fn session_hint(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<Option<String>> {
         Ok(self.request()?.session_hint.clone())
     }
+    fn estimated_tokens(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<u64> {
+        Ok(self.request()?.estimated_tokens)
+    }
     fn drop(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<()> {
         Ok(())
     }

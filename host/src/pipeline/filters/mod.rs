@@ -21,3 +21,4 @@ pub(crate) mod request_id;
 pub(crate) mod response_headers;
 pub(crate) mod shadow;
 pub(crate) mod stream_usage;
+pub(crate) mod upstream_capacity;

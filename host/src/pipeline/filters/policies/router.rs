@@ -6,6 +6,7 @@ use super::{PolicyRef, upstream_view};
 use crate::error::ErrorKind;
 use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
 use crate::policy::authoring::route_json;
+use crate::policy::capacity::Headroom;
 use crate::policy::types::RouteDecision;
 use crate::upstream::Upstream;
 
@@ -32,8 +33,18 @@ impl Filter for Router {
             let view = s.policy_request();
             let model = s.model();
             let views: Vec<_> = candidates.iter().map(|u| upstream_view(u, model)).collect();
+            // Only a router that reads headroom (imports `capacity`) costs these reads.
+            let headroom = if self.policy.plugin.wants_capacity() {
+                headroom(candidates).await
+            } else {
+                Vec::new()
+            };
             let began = std::time::Instant::now();
-            let decision = self.policy.plugin.select(&view, &views).await;
+            let decision = self
+                .policy
+                .plugin
+                .select_with(&view, &views, headroom)
+                .await;
             let replay = view.clone();
             self.policy
                 .shadow(&s.request_id, &decision, route_json, |p| async move {
@@ -74,6 +85,26 @@ impl Filter for Router {
             }
         })
     }
+}
+
+/// Each candidate's headroom, as the `capacity` import answers it.
+async fn headroom(candidates: &[Arc<Upstream>]) -> Vec<(String, Headroom)> {
+    let mut out = Vec::with_capacity(candidates.len());
+    for u in candidates {
+        let h = match &u.capacity {
+            Some(c) => c.headroom().await,
+            None => Default::default(),
+        };
+        out.push((
+            u.name.to_string(),
+            Headroom {
+                requests: h.requests,
+                tokens: h.tokens,
+                monthly_tokens: h.monthly_tokens,
+            },
+        ));
+    }
+    out
 }
 
 /// The candidates in the router's order; out-of-range and repeated indices are ignored.

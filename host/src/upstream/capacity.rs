@@ -1,0 +1,265 @@
+//! An upstream account's capacity: its declared allowance (`upstreams[].limits`: `rpm`, `tpm`,
+//! `monthly_tokens`) counted as GCRA buckets through the same limiter as the client limits
+//! (`Stores::rate`: one count for the cluster in the shared cache, else per gateway), and what
+//! its answers' `x-ratelimit-remaining-*` headers last said.
+//!
+//! - Every attempt takes one request and the request's estimated tokens before it is sent
+//!   ([`Capacity::take`]); an attempt that does not fit is not sent (the next candidate is tried;
+//!   with none left the client gets 429 `upstream_quota_exhausted`), so the provider's own 429
+//!   never comes. When the answer's tokens are known, the reservation is corrected
+//!   ([`Capacity::settle`]); an attempt that was answered with an error gives its tokens back.
+//! - Routers that import `capacity` see [`Capacity::headroom`]: the smaller of what the buckets
+//!   leave and what the provider's headers said, while their reset time has not passed (each
+//!   request sent since counted off).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::HeaderMap;
+
+use crate::config::UpstreamLimits;
+use crate::state::{Gcra, LocalBuckets, Op, Stores};
+
+/// One declared limit's bucket.
+struct Limit {
+    gcra: Gcra,
+    /// Shared-cache key (the subject is empty: one bucket per upstream and limit).
+    prefix: String,
+    local: Arc<LocalBuckets>,
+}
+
+impl Limit {
+    fn new(stores: &Stores, upstream: &str, kind: &str, count: u64, period_us: u64) -> Self {
+        let gcra = Gcra::new(count, period_us, count.saturating_sub(1));
+        let prefix = format!("up:{kind}:{upstream}:{}:{}", gcra.t_us, gcra.tau_us);
+        Self {
+            local: stores.kept(&prefix, || LocalBuckets::new(1)),
+            prefix,
+            gcra,
+        }
+    }
+
+    async fn apply(&self, stores: &Stores, op: Op) -> crate::state::Decision {
+        stores
+            .rate(&self.prefix, "", &self.gcra, op, &self.local)
+            .await
+    }
+
+    /// Units left, without taking any.
+    async fn left(&self, stores: &Stores) -> u64 {
+        let d = self.apply(stores, Op::Take(0)).await;
+        self.gcra.remaining(d.ahead_us)
+    }
+}
+
+/// What a provider's header said: units remaining, valid until a Unix time (0: nothing seen).
+#[derive(Default)]
+struct Observed {
+    remaining: AtomicU64,
+    until_ms: AtomicU64,
+}
+
+impl Observed {
+    fn get(&self, now_ms: u64) -> Option<u64> {
+        (now_ms < self.until_ms.load(Ordering::Relaxed))
+            .then(|| self.remaining.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, remaining: u64, until_ms: u64) {
+        self.remaining.store(remaining, Ordering::Relaxed);
+        self.until_ms.store(until_ms, Ordering::Relaxed);
+    }
+
+    /// Counts `n` units off a figure still in force.
+    fn spend(&self, n: u64) {
+        let _ = self
+            .remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(n))
+            });
+    }
+}
+
+/// How long a provider's figure is trusted when its answer gave no reset time.
+const OBSERVED_DEFAULT_MS: u64 = 60_000;
+const MINUTE_US: u64 = 60_000_000;
+const MONTH_US: u64 = 30 * 24 * 3600 * 1_000_000;
+
+/// What an upstream can take now; `None` where nothing is known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Headroom {
+    pub requests: Option<u64>,
+    pub tokens: Option<u64>,
+    pub monthly_tokens: Option<u64>,
+}
+
+/// One upstream's capacity (see the module documentation).
+pub struct Capacity {
+    stores: Arc<Stores>,
+    rpm: Option<Limit>,
+    tpm: Option<Limit>,
+    monthly: Option<Limit>,
+    requests_seen: Observed,
+    tokens_seen: Observed,
+}
+
+fn min_known(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+impl Capacity {
+    pub fn new(stores: &Arc<Stores>, upstream: &str, limits: Option<UpstreamLimits>) -> Self {
+        let l = limits.unwrap_or(UpstreamLimits {
+            rpm: None,
+            tpm: None,
+            monthly_tokens: None,
+        });
+        let limit = |kind, n: Option<std::num::NonZeroU64>, period| {
+            n.map(|n| Limit::new(stores, upstream, kind, n.get(), period))
+        };
+        Self {
+            stores: stores.clone(),
+            rpm: limit("rpm", l.rpm, MINUTE_US),
+            tpm: limit("tpm", l.tpm, MINUTE_US),
+            monthly: limit("month", l.monthly_tokens, MONTH_US),
+            requests_seen: Observed::default(),
+            tokens_seen: Observed::default(),
+        }
+    }
+
+    /// Whether any allowance is declared (else nothing is counted).
+    pub fn declared(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.monthly.is_some()
+    }
+
+    /// What the upstream can take now.
+    pub async fn headroom(&self) -> Headroom {
+        let stores = &*self.stores;
+        let now = crate::state::unix_ms();
+        let left = async |l: &Option<Limit>| match l {
+            Some(l) => Some(l.left(stores).await),
+            None => None,
+        };
+        Headroom {
+            requests: min_known(left(&self.rpm).await, self.requests_seen.get(now)),
+            tokens: min_known(left(&self.tpm).await, self.tokens_seen.get(now)),
+            monthly_tokens: left(&self.monthly).await,
+        }
+    }
+
+    /// Takes one request and `tokens` from the declared allowance for an attempt; `Err` with
+    /// the wait in milliseconds when it does not fit (then nothing is taken).
+    pub async fn take(&self, tokens: u64) -> Result<(), u64> {
+        let stores = &*self.stores;
+        let mut taken: Vec<(&Limit, u64)> = Vec::with_capacity(3);
+        let steps = [(&self.rpm, 1), (&self.tpm, tokens), (&self.monthly, tokens)];
+        for (limit, n) in steps {
+            let Some(limit) = limit else { continue };
+            let d = limit.apply(stores, Op::Take(n)).await;
+            if !d.allowed {
+                for (l, n) in taken {
+                    l.apply(stores, Op::Adjust(-(n as i64))).await;
+                }
+                return Err(d.wait_us.div_ceil(1000).max(1));
+            }
+            taken.push((limit, n));
+        }
+        self.requests_seen.spend(1);
+        self.tokens_seen.spend(tokens);
+        Ok(())
+    }
+
+    /// Corrects a reservation by `delta` tokens (used minus reserved; negative gives back).
+    pub async fn settle(&self, delta: i64) {
+        let stores = &*self.stores;
+        for limit in [&self.tpm, &self.monthly].into_iter().flatten() {
+            if delta != 0 {
+                limit.apply(stores, Op::Adjust(delta)).await;
+            }
+        }
+    }
+
+    /// Reads a provider's `x-ratelimit-remaining-{requests,tokens}` (and their
+    /// `x-ratelimit-reset-*` times) from an answer's head.
+    pub fn observe(&self, headers: &HeaderMap) {
+        let now = crate::state::unix_ms();
+        for (remaining, reset, seen) in [
+            (
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+                &self.requests_seen,
+            ),
+            (
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+                &self.tokens_seen,
+            ),
+        ] {
+            let Some(remaining) = headers
+                .get(remaining)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let reset_ms = headers
+                .get(reset)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_reset_ms)
+                .unwrap_or(OBSERVED_DEFAULT_MS);
+            seen.set(remaining, now + reset_ms.max(1));
+        }
+    }
+}
+
+/// A provider's reset time in milliseconds: OpenAI's durations (`1s`, `6m0s`, `59.5s`, `20ms`,
+/// `1h2m3s`) or a plain number of seconds.
+pub fn parse_reset_ms(v: &str) -> Option<u64> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs >= 0.0).then_some((secs * 1000.0) as u64);
+    }
+    let mut total = 0.0;
+    let mut rest = v;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let n: f64 = rest[..split].parse().ok()?;
+        rest = &rest[split..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1.0, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000.0, 1)
+        } else if rest.starts_with('m') {
+            (60_000.0, 1)
+        } else if rest.starts_with('s') {
+            (1000.0, 1)
+        } else {
+            return None;
+        };
+        total += n * unit_ms;
+        rest = &rest[len..];
+    }
+    Some(total as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_reset_times_parse() {
+        assert_eq!(parse_reset_ms("1s"), Some(1000));
+        assert_eq!(parse_reset_ms("6m0s"), Some(360_000));
+        assert_eq!(parse_reset_ms("59.5s"), Some(59_500));
+        assert_eq!(parse_reset_ms("20ms"), Some(20));
+        assert_eq!(parse_reset_ms("1h2m3s"), Some(3_723_000));
+        assert_eq!(parse_reset_ms("12"), Some(12_000));
+        assert_eq!(parse_reset_ms("soon"), None);
+        assert_eq!(parse_reset_ms("5x"), None);
+    }
+}
