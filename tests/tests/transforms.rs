@@ -583,23 +583,51 @@ async fn a_transform_swapped_under_streaming_load_drops_nothing() {
     assert!(total > 20, "streams completed: {total}");
 }
 
-/// The golden fixtures (`plugins/anthropic-openai/cases/`, in the shapes of both providers'
-/// published examples) pass through `tollgate plugin test`, as a plugin author would run them.
+/// Every plugin's cases files (`plugins/*/cases/*.yaml`; the translation's are golden fixtures
+/// in the shapes of both providers' published examples) pass through `tollgate plugin test`, as
+/// a plugin author would run them.
 #[test]
-fn the_translation_passes_its_golden_fixtures() {
-    let dir = repo_root().join("plugins/anthropic-openai/cases");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
+fn every_plugins_cases_pass_through_plugin_test() {
+    let mut files = Vec::new();
+    for plugin in std::fs::read_dir(repo_root().join("plugins")).unwrap() {
+        let dir = plugin.unwrap().path().join("cases");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
     files.sort();
-    assert_eq!(files.len(), 2, "{files:?}");
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(repo_root()).unwrap().display().to_string())
+        .collect();
+    for expected in [
+        "plugins/anthropic-openai/cases/anthropic-client.yaml",
+        "plugins/anthropic-openai/cases/openai-client.yaml",
+        "plugins/headroom/cases/basic.yaml",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
     for cases in files {
+        let crate_dir = cases.parent().unwrap().parent().unwrap();
+        let wasm = format!(
+            "tollgate_{}",
+            crate_dir
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace('-', "_")
+        );
         let out = run_ok(
             std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-under-test"))
                 .args(["plugin", "test"])
-                .arg(plugins::wasm("tollgate_anthropic_openai"))
+                .arg(plugins::wasm(&wasm))
                 .arg("--cases")
                 .arg(&cases),
             "plugin test",

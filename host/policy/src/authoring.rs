@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Routers take `candidates: [{name: a, weight: 2, in_flight: 0, latency_ewma_us: 0,
-//! error_rate: 0, cooling_until_ms: 0, models: []}]`; quota policies take `response: {status,
+//! error_rate: 0, cooling_until_ms: 0, models: [], headroom: {requests, tokens,
+//! monthly_tokens}}]` (`headroom`: what the `capacity` import answers for it); quota policies take `response: {status,
 //! headers: {name: value}, first_event}`; header-rewrite takes `phase: request|response` and, for
 //! responses, `upstream`, `response: {status, headers}`. `expect` is compared as a subset: fields
 //! left out are not checked.
@@ -148,6 +149,16 @@ struct CandidateFixture {
     latency_ewma_us: u64,
     error_rate: f32,
     cooling_until_ms: u64,
+    /// What the `capacity` import answers for this candidate (each figure optional).
+    headroom: HeadroomFixture,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields, default)]
+struct HeadroomFixture {
+    requests: Option<u64>,
+    tokens: Option<u64>,
+    monthly_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -502,8 +513,26 @@ pub async fn run_cases(
         let actual = match kind {
             PluginKind::IpBinding => plugin.check(&req).await.map(binding_json),
             PluginKind::Router => {
+                let headroom = case
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        let h = c.headroom;
+                        (
+                            c.name.clone(),
+                            super::capacity::Headroom {
+                                requests: h.requests,
+                                tokens: h.tokens,
+                                monthly_tokens: h.monthly_tokens,
+                            },
+                        )
+                    })
+                    .collect();
                 let cands: Vec<UpstreamView> = case.candidates.into_iter().map(candidate).collect();
-                plugin.select(&req, &cands).await.map(route_json)
+                plugin
+                    .select_with(&req, &cands, headroom)
+                    .await
+                    .map(route_json)
             }
             PluginKind::Quota => {
                 let up = case
