@@ -261,6 +261,9 @@ fn kv(ops: usize) {
 const BODY: &str = r#"{"model":"gpt-bench","messages":[{"role":"user","content":"Say hello."}]}"#;
 const STREAM_BODY: &str =
     r#"{"model":"gpt-bench","stream":true,"messages":[{"role":"user","content":"Say hello."}]}"#;
+/// The same stream asked for in Anthropic's Messages shape (sent to a URL ending in
+/// `/messages`, for a route that translates it: bench/transform.sh).
+const STREAM_BODY_MESSAGES: &str = r#"{"model":"gpt-bench","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}"#;
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
@@ -387,9 +390,12 @@ async fn one_stream(
 ) -> Result<StreamRun> {
     sender.ready().await?;
     let start = Instant::now();
-    let resp = sender
-        .send_request(request(uri, key, STREAM_BODY, extra))
-        .await?;
+    let body = if uri.path().ends_with("/messages") {
+        STREAM_BODY_MESSAGES
+    } else {
+        STREAM_BODY
+    };
+    let resp = sender.send_request(request(uri, key, body, extra)).await?;
     if !resp.status().is_success() {
         bail!("status {}", resp.status());
     }
@@ -563,6 +569,73 @@ async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
     let limited = sample_response("a", 429);
     assert!(quota.watches(429, false) && !quota.watches(200, false));
     time!("quota_429_us", quota.on_response(&req, &cands[0], &limited));
+
+    // Transforms: what translating an Anthropic request, its JSON answer and one streamed event
+    // costs (anthropic-openai, upstream openai), and a model alias's request call.
+    let translate = load(
+        "tollgate_anthropic_openai.wasm",
+        spec("tr", PluginKind::Transform, r#"{"upstream": "openai"}"#),
+    )?;
+    let alias = load(
+        "tollgate_model_alias.wasm",
+        spec(
+            "alias",
+            PluginKind::Transform,
+            r#"{"aliases": {"fast": "gpt-4o-mini"}}"#,
+        ),
+    )?;
+    for p in [&translate, &alias] {
+        p.validate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mut messages_req = (*sample_request("bench")).clone();
+    messages_req.path = "/v1/messages".into();
+    let messages_req = std::sync::Arc::new(messages_req);
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":256,"system":"Be brief.","messages":[{"role":"user","content":"Write one sentence about the sea."}]}"#;
+    let mut state = None;
+    translate
+        .transform_request(&messages_req, body, &mut state)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let saved = state.clone();
+    time!(
+        "transform_request_us",
+        translate.transform_request(&messages_req, body, &mut state.clone())
+    );
+    let answer = tollgate::mock::chat_completion("chatcmpl-1", "gpt-4o-mini", "The sea is wide.")
+        .to_string();
+    let ok = sample_response("a", 200);
+    time!(
+        "transform_json_answer_us",
+        translate.transform_response_body(&messages_req, &ok, &answer, &mut saved.clone())
+    );
+    // One text delta in the middle of a stream (the state already past message_start).
+    let chunk =
+        tollgate::mock::chat_chunk("chatcmpl-1", "gpt-4o-mini", Some("wave "), false).to_string();
+    let first = tollgate::policy::transform::SseEvent {
+        event: None,
+        data: chunk.clone(),
+    };
+    let mut streaming = saved.clone();
+    translate
+        .transform_event(&messages_req, &first, &mut streaming)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    time!(
+        "transform_event_us",
+        translate.transform_event(&messages_req, &first, &mut streaming.clone())
+    );
+    let mut aliased = (*sample_request("bench")).clone();
+    aliased.model = Some("fast".into());
+    let aliased = std::sync::Arc::new(aliased);
+    let chat = r#"{"model":"fast","messages":[{"role":"user","content":"hi"}]}"#;
+    time!(
+        "alias_request_us",
+        alias.transform_request(&aliased, chat, &mut None)
+    );
+    time!(
+        "alias_passthrough_us",
+        alias.transform_request(&req, chat, &mut None)
+    );
     println!("{}", serde_json::Value::Object(out));
     Ok(())
 }

@@ -115,6 +115,11 @@ impl OpenAiToAnthropic {
             self.usage = Some(u.clone());
         }
         let Some(choice) = chunk["choices"].get(0) else {
+            // The usage chunk after the finish: the message can end now rather than at
+            // `[DONE]`, so the client's last events come as soon as the upstream's.
+            if self.stop.is_some() && self.usage.is_some() {
+                out.extend(self.finish());
+            }
             return out;
         };
         let delta = &choice["delta"];
@@ -151,6 +156,12 @@ impl OpenAiToAnthropic {
         }
         if let Some(f) = choice["finish_reason"].as_str() {
             self.stop = Some(f.to_owned());
+            // Nothing more comes into the block; the message ends with the usage (when the
+            // same chunk carries it) or at the usage chunk or `[DONE]`.
+            self.close(&mut out);
+            if self.usage.is_some() {
+                out.extend(self.finish());
+            }
         }
         out
     }
@@ -349,6 +360,24 @@ mod tests {
         assert_eq!(delta["delta"]["stop_reason"], "end_turn");
         assert_eq!(delta["usage"]["input_tokens"], 9);
         assert_eq!(delta["usage"]["output_tokens"], 2);
+    }
+
+    /// The closing events go out as soon as the upstream has said all it will (the finish, then
+    /// the usage), not a frame later at `[DONE]`: a translated stream's last gap is the
+    /// upstream's.
+    #[test]
+    fn the_message_ends_with_the_usage_chunk_not_at_done() {
+        let mut t = OpenAiToAnthropic::new("gpt-4o");
+        t.on_event(r#"{"id":"c","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#);
+        let at_finish =
+            t.on_event(r#"{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+        assert_eq!(names(&at_finish), ["content_block_stop"]);
+        let at_usage = t.on_event(
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#,
+        );
+        assert_eq!(names(&at_usage), ["message_delta", "message_stop"]);
+        assert!(t.on_event("[DONE]").is_empty());
+        assert!(t.finish().is_empty());
     }
 
     #[test]
