@@ -421,6 +421,36 @@ pub struct Ran {
     pub stderr: String,
 }
 
+/// A chat completion request with `body`, as JSON with the test key, to `/v1/chat/completions`.
+pub async fn post_chat_json(gw: &TestGateway, body: &serde_json::Value) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("the gateway answers")
+}
+
+/// The model ids `GET /v1/models` lists with `key`, in order.
+pub async fn listed_models(gw: &TestGateway, key: &str) -> Vec<String> {
+    let list: serde_json::Value = client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("the gateway answers")
+        .json()
+        .await
+        .expect("a JSON listing");
+    list["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a listing: {list}"))
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Runs `cmd`, which must succeed (else the test fails with its stderr, after `what`); its
 /// stdout.
 pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {

@@ -27,16 +27,6 @@ fn body(stream: bool) -> Value {
     json!({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
 }
 
-async fn post(gw: &TestGateway, body: &Value) -> reqwest::Response {
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn model_sent(mock: &MockUpstream) -> String {
     let b: Value = serde_json::from_slice(&mock.last_body()).unwrap();
     b["model"].as_str().unwrap().to_owned()
@@ -53,7 +43,7 @@ async fn a_two_step_chain_ends_on_the_model_that_answers_and_bills_it() {
     mid.force_status(503);
     let gw = TestGateway::start(&config(&big.url(), &mid.url(), &small.url(), "")).await;
 
-    let resp = post(&gw, &body(false)).await;
+    let resp = post_chat_json(&gw, &body(false)).await;
     assert_eq!(resp.status(), 200);
     let answer: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -108,14 +98,14 @@ async fn a_two_step_chain_ends_on_the_model_that_answers_and_bills_it() {
 
     // A model that answers is not fallen back from.
     big.force_status(0);
-    assert_eq!(post(&gw, &body(false)).await.status(), 200);
+    assert_eq!(post_chat_json(&gw, &body(false)).await.status(), 200);
     assert_eq!(big.requests(), 2);
     assert_eq!(small.requests(), 1);
 
     // The last model's refusal reaches the client as it is.
     big.force_status(429);
     small.force_status(500);
-    let resp = post(&gw, &body(false)).await;
+    let resp = post_chat_json(&gw, &body(false)).await;
     assert_eq!(resp.status(), 500);
     assert_eq!(small.requests(), 2);
 
@@ -123,7 +113,7 @@ async fn a_two_step_chain_ends_on_the_model_that_answers_and_bills_it() {
     let mut other = body(false);
     other["model"] = json!("gpt-4o-mini");
     mid.force_status(429);
-    assert_eq!(post(&gw, &other).await.status(), 429);
+    assert_eq!(post_chat_json(&gw, &other).await.status(), 429);
 }
 
 #[tokio::test]
@@ -138,7 +128,7 @@ async fn an_error_before_the_first_token_and_a_dead_upstream_fall_back_too() {
         "    stream_bootstrap: true\n",
     ))
     .await;
-    let resp = post(&gw, &body(true)).await;
+    let resp = post_chat_json(&gw, &body(true)).await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tollgate_tests::services::{Postgres, Redis};
 use tollgate_tests::{
     MockUpstream, TestGateway, admin_token, chat_body, client, config_yaml, eventually_async,
+    listed_models,
 };
 
 fn with_admin(yaml: &str) -> String {
@@ -299,21 +300,7 @@ async fn entitlements_limit_models_and_routes() {
     assert_eq!(alt.status(), 403);
     let alt: Value = alt.json().await.unwrap();
     assert_eq!(alt["error"]["code"], "route_not_allowed");
-    let models: Value = client()
-        .get(gw.url("/v1/models"))
-        .bearer_auth(&secret)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids = listed_models(&gw, &secret).await;
     assert_eq!(ids, ["claude-3-haiku", "claude-3-opus", "gpt-4o-mini"]);
 }
 

@@ -232,19 +232,9 @@ async fn an_openai_client_is_served_by_an_anthropic_only_upstream() {
     assert_eq!(usage["usage"]["completion_tokens"], 5);
 }
 
-async fn post_chat_json(gw: &TestGateway, body: &Value) -> reqwest::Response {
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Runs `script` with the test venv's Python (where scripts/test.sh installs the SDKs), with
-/// `GW` set to the gateway's base URL and `KEY` to the client key; its stdout.
-async fn python(gw: &TestGateway, script: &str) -> String {
+/// `GW` set to the gateway's base URL and `KEY` to the client key; each line it printed, as JSON.
+async fn python(gw: &TestGateway, script: &str) -> Vec<Value> {
     let py = tools::venv_tool("python");
     let out = tokio::process::Command::new(py)
         .arg("-c")
@@ -260,14 +250,18 @@ async fn python(gw: &TestGateway, script: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 #[tokio::test]
 async fn the_anthropic_sdk_works_against_an_openai_only_upstream() {
     let mock = mock_upstream::MockUpstream::start_only(Protocol::OpenAi).await;
     let gw = gateway(&mock, Protocol::OpenAi, &[], &["translate"]).await;
-    let out = python(
+    let lines = python(
         &gw,
         r#"
 import json, os, anthropic
@@ -297,10 +291,6 @@ print(json.dumps({"stop": final.stop_reason, "name": call.name, "input": call.in
 "#,
     )
     .await;
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(
         lines[0],
         json!({"text": "mock answer", "stop": "end_turn", "in": 8})
@@ -328,7 +318,7 @@ print(json.dumps({"stop": final.stop_reason, "name": call.name, "input": call.in
 async fn the_openai_sdk_works_against_an_anthropic_only_upstream() {
     let mock = mock_upstream::MockUpstream::start_only(Protocol::Anthropic).await;
     let gw = gateway(&mock, Protocol::Anthropic, &[], &["translate"]).await;
-    let out = python(
+    let lines = python(
         &gw,
         r#"
 import json, os, openai
@@ -358,10 +348,6 @@ print(json.dumps({"args": json.loads(args)}))
 "#,
     )
     .await;
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(
         lines[0],
         json!({"text": "mock answer", "finish": "stop", "prompt": 8})
@@ -401,21 +387,7 @@ async fn an_alias_is_renamed_and_listed_and_chains_with_translation() {
     assert_eq!(sent["model"], "gpt-4o-mini");
     assert!(sent["messages"].is_array());
 
-    let list: Value = client()
-        .get(gw.url("/v1/models"))
-        .bearer_auth(CLIENT_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids = listed_models(&gw, CLIENT_KEY).await;
     assert_eq!(ids, ["gpt-4o-mini", "gpt-4o", "fast"]);
 }
 

@@ -120,6 +120,16 @@ pub struct ResponseInfo {
 }
 
 impl ResponseInfo {
+    /// The head `head` from `upstream`, without a first event.
+    pub fn from_head(upstream: &str, head: &http::response::Parts) -> Self {
+        Self {
+            upstream: upstream.to_owned(),
+            status: head.status.as_u16(),
+            headers: head.headers.clone(),
+            first_event: None,
+        }
+    }
+
     pub fn new<B>(upstream: &str, resp: &http::Response<B>, first_event: Option<String>) -> Self {
         Self {
             upstream: upstream.to_owned(),

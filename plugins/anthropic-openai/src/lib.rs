@@ -117,15 +117,6 @@ fn save(state: &TransformState, s: &State) {
     }
 }
 
-fn keep() -> RequestEdit {
-    RequestEdit {
-        path: None,
-        headers: Vec::new(),
-        body: None,
-        response: false,
-    }
-}
-
 struct AnthropicOpenAi;
 
 impl Plugin for AnthropicOpenAi {
@@ -141,10 +132,10 @@ impl Transform for AnthropicOpenAi {
         let c = config();
         let path = request.path();
         let Some(client) = client_protocol(&path) else {
-            return RequestAction::Forward(keep());
+            return RequestAction::Forward(RequestEdit::unchanged());
         };
         if client == c.upstream || request.method() != "POST" {
-            return RequestAction::Forward(keep());
+            return RequestAction::Forward(RequestEdit::unchanged());
         }
         let translated = match client {
             Protocol::Anthropic => anthropic_to_openai(&body),
@@ -191,10 +182,7 @@ impl Transform for AnthropicOpenAi {
     }
 
     fn on_response_head(_: &Request, _: &Response, _: &TransformState) -> HeadEdit {
-        HeadEdit {
-            status: None,
-            headers: Vec::new(),
-        }
+        HeadEdit::unchanged()
     }
 
     fn on_response_body(

@@ -62,18 +62,13 @@ impl Transform for Hostile {
             misbehave();
         }
         RequestAction::Forward(RequestEdit {
-            path: None,
-            headers: Vec::new(),
-            body: None,
             response: true,
+            ..RequestEdit::unchanged()
         })
     }
 
     fn on_response_head(_: &Request, _: &Response, _: &TransformState) -> HeadEdit {
-        HeadEdit {
-            status: None,
-            headers: Vec::new(),
-        }
+        HeadEdit::unchanged()
     }
 
     fn on_response_body(

@@ -102,15 +102,6 @@ pub fn listed(body: &str, aliases: &BTreeMap<String, String>) -> Option<String> 
     Some(v.to_string())
 }
 
-fn keep() -> RequestEdit {
-    RequestEdit {
-        path: None,
-        headers: Vec::new(),
-        body: None,
-        response: false,
-    }
-}
-
 struct ModelAlias;
 
 impl Plugin for ModelAlias {
@@ -127,26 +118,23 @@ impl Transform for ModelAlias {
         let c = config();
         if let Some(model) = request.model() {
             let Some(target) = c.aliases.get(&model) else {
-                return RequestAction::Forward(keep());
+                return RequestAction::Forward(RequestEdit::unchanged());
             };
             return RequestAction::Forward(RequestEdit {
                 body: renamed(&body, target),
-                ..keep()
+                ..RequestEdit::unchanged()
             });
         }
         let listing =
             c.list && !c.aliases.is_empty() && is_listing(&request.method(), &request.path());
         RequestAction::Forward(RequestEdit {
             response: listing,
-            ..keep()
+            ..RequestEdit::unchanged()
         })
     }
 
     fn on_response_head(_: &Request, _: &Response, _: &TransformState) -> HeadEdit {
-        HeadEdit {
-            status: None,
-            headers: Vec::new(),
-        }
+        HeadEdit::unchanged()
     }
 
     fn on_response_body(

@@ -169,26 +169,17 @@ impl Plugin for Redact {
     }
 }
 
-fn keep() -> RequestEdit {
-    RequestEdit {
-        path: None,
-        headers: Vec::new(),
-        body: None,
-        response: false,
-    }
-}
-
 impl Transform for Redact {
     fn on_request(_: &Request, body: String, _: &TransformState) -> RequestAction {
         let Some(r) = REDACTOR.get() else {
-            return RequestAction::Forward(keep());
+            return RequestAction::Forward(RequestEdit::unchanged());
         };
         let Ok(mut v) = serde_json::from_str::<Value>(&body) else {
-            return RequestAction::Forward(keep());
+            return RequestAction::Forward(RequestEdit::unchanged());
         };
         let n = r.redact_body(&mut v);
         if n == 0 {
-            return RequestAction::Forward(keep());
+            return RequestAction::Forward(RequestEdit::unchanged());
         }
         if r.action == Action::Deny {
             return RequestAction::Deny(Denial {
@@ -205,15 +196,12 @@ impl Transform for Redact {
                 value: n.to_string(),
             })],
             body: Some(v.to_string()),
-            ..keep()
+            ..RequestEdit::unchanged()
         })
     }
 
     fn on_response_head(_: &Request, _: &Response, _: &TransformState) -> HeadEdit {
-        HeadEdit {
-            status: None,
-            headers: Vec::new(),
-        }
+        HeadEdit::unchanged()
     }
 
     fn on_response_body(

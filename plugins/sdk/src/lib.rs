@@ -134,6 +134,31 @@ pub use Router as __Kind;
 #[doc(hidden)]
 pub use Transform as __Kind;
 
+#[cfg(feature = "transform")]
+impl RequestEdit {
+    /// An edit that changes nothing and does not ask for the response (set the fields that
+    /// change: `RequestEdit { body: Some(new), ..RequestEdit::unchanged() }`).
+    pub fn unchanged() -> Self {
+        Self {
+            path: None,
+            headers: Vec::new(),
+            body: None,
+            response: false,
+        }
+    }
+}
+
+#[cfg(feature = "transform")]
+impl HeadEdit {
+    /// A head edit that changes nothing.
+    pub fn unchanged() -> Self {
+        Self {
+            status: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
 #[doc(hidden)]
 pub fn __assert_exportable<T: Plugin + __Kind>() {}
 

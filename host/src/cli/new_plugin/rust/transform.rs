@@ -53,20 +53,15 @@ impl Transform for Policy {
     fn on_request(_request: &Request, body: String, _state: &TransformState) -> RequestAction {
         let config = CONFIG.get_or_init(Config::default);
         RequestAction::Forward(RequestEdit {
-            path: None,
-            headers: Vec::new(),
             body: with_default_budget(&body, config.default_max_tokens),
-            // No call for the response: the rest below is never called.
-            response: false,
+            // `unchanged()` asks no call for the response: the rest below is never called.
+            ..RequestEdit::unchanged()
         })
     }
 
     /// Called on the upstream's response head when `on_request` asked for the response.
     fn on_response_head(_request: &Request, _response: &Response, _state: &TransformState) -> HeadEdit {
-        HeadEdit {
-            status: None,
-            headers: Vec::new(),
-        }
+        HeadEdit::unchanged()
     }
 
     /// Called with a whole JSON answer: the new body, or none to keep it.

@@ -75,12 +75,7 @@ impl Filter for HeaderRewrite {
                 return Ok(());
             };
             let view = s.policy_request();
-            let answer = Arc::new(ResponseInfo {
-                upstream: upstream.name.to_string(),
-                status: head.status.as_u16(),
-                headers: head.headers.clone(),
-                first_event: None,
-            });
+            let answer = Arc::new(ResponseInfo::from_head(&upstream.name, head));
             let began = std::time::Instant::now();
             let decision = self.policy.plugin.rewrite_response(&view, &answer).await;
             s.ctx

@@ -170,12 +170,7 @@ impl Filter for Transforms {
             };
             for a in run.active.iter_mut().rev() {
                 let p = &self.policies[a.index];
-                let response = Arc::new(ResponseInfo {
-                    upstream: upstream.name.to_string(),
-                    status: head.status.as_u16(),
-                    headers: head.headers.clone(),
-                    first_event: None,
-                });
+                let response = Arc::new(ResponseInfo::from_head(&upstream.name, head));
                 let began = std::time::Instant::now();
                 let decision = p
                     .plugin
@@ -250,12 +245,7 @@ impl Filter for Transforms {
                     return Err(ErrorKind::UpstreamProtocol.into());
                 }
                 let text = String::from_utf8_lossy(body);
-                let response = Arc::new(ResponseInfo {
-                    upstream: upstream.clone(),
-                    status: head.status.as_u16(),
-                    headers: head.headers.clone(),
-                    first_event: None,
-                });
+                let response = Arc::new(ResponseInfo::from_head(&upstream, head));
                 let decision = p
                     .plugin
                     .transform_response_body(&run.view, &response, &text, &mut a.state)
