@@ -166,3 +166,64 @@ async fn fallbacks_are_validated_with_their_paths() {
         "{err}"
     );
 }
+
+/// A fallback to a model on the other provider goes through the translation: the client's
+/// request is made again for that model, translated for its upstream (`upstream: auto` follows
+/// `upstreams[].protocol`), and the answer translated back.
+#[tokio::test]
+async fn a_fallback_to_the_other_provider_is_translated_both_ways() {
+    use tollgate_tests::mock_upstream::Protocol;
+    let openai = MockUpstream::start_only(Protocol::OpenAi).await;
+    let anthropic = MockUpstream::start_only(Protocol::Anthropic).await;
+    openai.force_status(429);
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nauth:\n  secret: test-secret-0123456789\n  keys:\n    - name: tester\n      key: {CLIENT_KEY}\n\
+upstreams:\n\
+  - {{name: oa, url: {}, credential: c, models: [gpt-4o], max_fails: 100}}\n\
+  - {{name: an, url: {}, credential: c, models: [claude-x], protocol: anthropic, auth_scheme: x-api-key, max_fails: 100}}\n\
+routes:\n  - path_prefix: /v1/\n    upstreams: [oa, an]\n    policies: [translate]\n    fallbacks:\n      gpt-4o: [claude-x]\n\
+plugins:\n  - {{name: translate, kind: transform, module: builtin:anthropic-openai, config: {{upstream: auto}}}}\n\
+logging:\n  access_log: false\n",
+        openai.url(),
+        anthropic.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+
+    // An OpenAI client: gpt-4o is refused, claude-x answers in Anthropic's API.
+    let mut req = body(false);
+    req["messages"] =
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]);
+    let resp = post_chat_json(&gw, &req).await;
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+    assert_eq!(answer["model"], "claude-x");
+    assert_eq!(answer["choices"][0]["message"]["content"], "mock answer");
+    assert_eq!(anthropic.seen().last().unwrap().1, "/v1/messages");
+    let sent: Value = serde_json::from_slice(&anthropic.last_body()).unwrap();
+    assert_eq!(sent["system"], "Be brief.");
+    assert_eq!(sent["model"], "claude-x");
+
+    // An Anthropic client: translated for gpt-4o's OpenAI upstream, then sent as it is to
+    // claude-x's Anthropic one, and its answer not translated.
+    let resp = client()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", CLIENT_KEY)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "gpt-4o", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["type"], "message", "{answer}");
+    assert_eq!(answer["content"][0]["text"], "mock answer");
+    let sent: Value = serde_json::from_slice(&openai.last_body()).unwrap();
+    assert!(
+        sent["messages"].is_array(),
+        "the first attempt was translated: {sent}"
+    );
+    let sent: Value = serde_json::from_slice(&anthropic.last_body()).unwrap();
+    assert_eq!(sent["model"], "claude-x");
+    assert_eq!(sent["max_tokens"], 20);
+}

@@ -49,7 +49,7 @@ pub use routes::{HttpMethod, RouteConfig, StreamUsage};
 pub use server::{RealIpHeader, ServerConfig, Timeouts, TlsConfig, TlsVersion};
 pub use storage::{AlertsConfig, Failsafe, PluginCache, RedisTls, RequestLogConfig, StorageConfig};
 pub use telemetry::{OtlpConfig, TelemetryConfig};
-pub use upstreams::{AuthScheme, MockConfig, UpstreamConfig, UpstreamLimits};
+pub use upstreams::{AuthScheme, MockConfig, Protocol, UpstreamConfig, UpstreamLimits};
 pub(crate) use validate::{Errors, MAX_WORKERS, MIN_KEY_LEN, MIN_SECRET_LEN, check_name};
 
 use std::fmt;

@@ -22,6 +22,10 @@ pub struct UpstreamConfig {
     pub credential: Secret,
     #[serde(default)]
     pub auth_scheme: AuthScheme,
+    /// The API the upstream speaks: what transforms read as `request.upstream-protocol()` (the
+    /// `anthropic-openai` translation with `upstream: auto` translates to it).
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Models served: exact names or prefixes ending in `*`. Empty serves every model.
     #[serde(default)]
     pub models: Vec<String>,
@@ -66,6 +70,26 @@ fn three() -> u32 {
 }
 fn ten_seconds() -> Duration {
     Duration::secs(10)
+}
+
+/// An LLM API protocol.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// OpenAI Chat Completions and compatibles.
+    #[default]
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+        }
+    }
 }
 
 /// How the upstream credential is presented.

@@ -119,6 +119,7 @@ struct RequestFixture {
     stream: bool,
     session_hint: Option<String>,
     estimated_tokens: u64,
+    upstream_protocol: Option<tollgate_config::Protocol>,
 }
 
 impl Default for RequestFixture {
@@ -135,6 +136,7 @@ impl Default for RequestFixture {
             stream: false,
             session_hint: None,
             estimated_tokens: 0,
+            upstream_protocol: None,
         }
     }
 }
@@ -315,6 +317,7 @@ fn request(r: RequestFixture) -> Result<RequestInfo, String> {
         stream: r.stream,
         session_hint: r.session_hint,
         estimated_tokens: r.estimated_tokens,
+        upstream_protocol: r.upstream_protocol.map(|p| p.as_str()),
     })
 }
 

@@ -63,6 +63,8 @@ pub struct RequestInfo {
     pub session_hint: Option<String>,
     /// Prompt estimate plus completion budget (`request.estimated-tokens`).
     pub estimated_tokens: u64,
+    /// What the upstreams serving the model speak, when they agree (`request.upstream-protocol`).
+    pub upstream_protocol: Option<&'static str>,
 }
 
 impl RequestInfo {
@@ -90,6 +92,7 @@ impl RequestInfo {
             stream: false,
             session_hint: None,
             estimated_tokens: 0,
+            upstream_protocol: None,
         }
     }
 

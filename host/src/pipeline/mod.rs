@@ -319,12 +319,16 @@ async fn run(
             return Ok((resp.map(Relayed::boxed), None));
         }
     }
+    // What the client sent, kept when a fallback model may need the request made again.
+    let original = match &body {
+        RequestBody::Buffered(b) if !route.fallbacks_for(s.model()).is_empty() => {
+            Some((b.clone(), s.head.uri.clone(), s.head.headers.clone()))
+        }
+        _ => None,
+    };
     if let RequestBody::Buffered(b) = &mut body {
-        for f in &chain.request_body {
-            if let Flow::Answer(resp) = f.on_request_body(s, b).await.map_err(blame(s, f))? {
-                s.ctx.record.answered_by(f.name());
-                return Ok((resp.map(Relayed::boxed), None));
-            }
+        if let Some(resp) = request_body_phase(s, chain, b).await? {
+            return Ok((resp, None));
         }
         s.ctx.record.bytes_in = b.len() as u64;
     }
@@ -350,12 +354,23 @@ async fn run(
             let RequestBody::Buffered(b) = &mut body else {
                 break;
             };
-            let Some(renamed) = with_model(b, model) else {
+            // The client's request again, naming the next model, through the request-body
+            // filters again: a transform sees it as it would a request for that model (and
+            // translates it for that model's upstreams when they speak another API).
+            let Some((client_body, uri, headers)) = &original else {
+                break;
+            };
+            let Some(renamed) = with_model(client_body, model) else {
                 break;
             };
             tracing::info!(request_id = %s.request_id, model = %model, "every attempt failed; falling back to the next model");
             *b = renamed;
+            s.head.uri = uri.clone();
+            s.head.headers = headers.clone();
             s.body_changed(b);
+            if let Some(resp) = request_body_phase(s, chain, b).await? {
+                return Ok((resp, None));
+            }
             candidates = match select(route, Some(model)) {
                 Ok(c) => c,
                 Err(e) => {
@@ -405,6 +420,22 @@ fn with_model(body: &[u8], model: &str) -> Option<Bytes> {
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
     v.insert("model".into(), serde_json::Value::String(model.to_owned()));
     serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// The `on_request_body` filters on a body read whole, in order; a filter's own answer, if one
+/// answers.
+async fn request_body_phase(
+    s: &mut Session<'_>,
+    chain: &Chain,
+    body: &mut Bytes,
+) -> Result<Option<http::Response<Relayed>>, GatewayError> {
+    for f in &chain.request_body {
+        if let Flow::Answer(resp) = f.on_request_body(s, body).await.map_err(blame(s, f))? {
+            s.ctx.record.answered_by(f.name());
+            return Ok(Some(resp.map(Relayed::boxed)));
+        }
+    }
+    Ok(None)
 }
 
 /// For a hook's error: names the filter as what answered (unless it named itself).

@@ -401,6 +401,7 @@ impl<'a> Session<'a> {
                 .clone()
                 .or_else(|| self.probe.user.clone()),
             estimated_tokens: self.estimated_tokens(),
+            upstream_protocol: self.upstream_protocol(),
             ..RequestInfo::new(
                 &self.request_id,
                 &self.head,
@@ -420,6 +421,17 @@ impl<'a> Session<'a> {
     pub fn body_changed(&mut self, body: &[u8]) {
         self.probe = serde_json::from_slice(body).unwrap_or_default();
         self.policy_view = None;
+    }
+
+    /// What the route's upstreams that serve the model speak, when they all speak one API.
+    pub fn upstream_protocol(&self) -> Option<&'static str> {
+        let route = self.route?;
+        let model = self.model();
+        let mut serving = route.upstreams.iter().filter(|u| u.serves(model));
+        let first = serving.next()?.config.protocol;
+        serving
+            .all(|u| u.config.protocol == first)
+            .then_some(first.as_str())
     }
 
     /// The tokens this request may use: its prompt estimated from the body's size plus its

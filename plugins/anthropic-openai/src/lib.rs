@@ -1,7 +1,9 @@
 //! Anthropic Messages ↔ OpenAI Chat Completions, as a transform.
 //!
-//! Config: `{"upstream": "openai" | "anthropic", "anthropic_version": "2023-06-01",
-//! "default_max_tokens": 4096}`. The route's upstreams speak `upstream`'s protocol; a client
+//! Config: `{"upstream": "openai" | "anthropic" | "auto", "anthropic_version": "2023-06-01",
+//! "default_max_tokens": 4096}`. The route's upstreams speak `upstream`'s protocol (`auto`: the
+//! one `request.upstream-protocol()` names for the request's model, OpenAI when unknown; so a
+//! fallback to a model on the other provider is translated for it); a client
 //! speaking the other one (told by its path: `…/messages` is Anthropic, `…/chat/completions`
 //! OpenAI) is translated both ways, JSON and streamed answers and errors included. A client
 //! speaking the upstream's protocol passes untouched (and its answer is not called for).
@@ -38,11 +40,34 @@ pub enum Protocol {
     Anthropic,
 }
 
+/// What the route's upstreams speak, as configured.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Upstream {
+    #[default]
+    Openai,
+    Anthropic,
+    /// Whatever the upstreams serving the request's model speak (`request.upstream-protocol`).
+    Auto,
+}
+
+impl Upstream {
+    /// The protocol for a request whose upstreams speak `declared` (as the host says).
+    pub fn resolve(self, declared: Option<&str>) -> Protocol {
+        match self {
+            Self::Openai => Protocol::Openai,
+            Self::Anthropic => Protocol::Anthropic,
+            Self::Auto if declared == Some("anthropic") => Protocol::Anthropic,
+            Self::Auto => Protocol::Openai,
+        }
+    }
+}
+
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// What the route's upstreams speak.
-    pub upstream: Protocol,
+    pub upstream: Upstream,
     /// `anthropic-version` sent to an Anthropic upstream when the client sent none.
     pub anthropic_version: String,
     /// `max_tokens` for an OpenAI request that names none (Anthropic requires one).
@@ -52,7 +77,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            upstream: Protocol::Openai,
+            upstream: Upstream::Openai,
             anthropic_version: "2023-06-01".into(),
             default_max_tokens: 4096,
         }
@@ -130,11 +155,15 @@ impl Plugin for AnthropicOpenAi {
 impl Transform for AnthropicOpenAi {
     fn on_request(request: &Request, body: String, state: &TransformState) -> RequestAction {
         let c = config();
+        let upstream = match c.upstream {
+            Upstream::Auto => c.upstream.resolve(request.upstream_protocol().as_deref()),
+            fixed => fixed.resolve(None),
+        };
         let path = request.path();
         let Some(client) = client_protocol(&path) else {
             return RequestAction::Forward(RequestEdit::unchanged());
         };
-        if client == c.upstream || request.method() != "POST" {
+        if client == upstream || request.method() != "POST" {
             return RequestAction::Forward(RequestEdit::unchanged());
         }
         let translated = match client {
@@ -151,7 +180,7 @@ impl Transform for AnthropicOpenAi {
                 });
             }
         };
-        let headers = match c.upstream {
+        let headers = match upstream {
             Protocol::Openai => vec![
                 HeaderOp::Remove("anthropic-version".into()),
                 HeaderOp::Remove("anthropic-beta".into()),
@@ -174,7 +203,7 @@ impl Transform for AnthropicOpenAi {
             },
         );
         RequestAction::Forward(RequestEdit {
-            path: Some(upstream_path(&path, c.upstream)),
+            path: Some(upstream_path(&path, upstream)),
             headers,
             body: Some(new_body),
             response: true,
@@ -241,6 +270,20 @@ tollgate_sdk::export!(AnthropicOpenAi);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_follows_the_upstreams_the_host_names() {
+        assert_eq!(
+            Upstream::Auto.resolve(Some("anthropic")),
+            Protocol::Anthropic
+        );
+        assert_eq!(Upstream::Auto.resolve(Some("openai")), Protocol::Openai);
+        assert_eq!(Upstream::Auto.resolve(None), Protocol::Openai);
+        assert_eq!(
+            Upstream::Anthropic.resolve(Some("openai")),
+            Protocol::Anthropic
+        );
+    }
 
     #[test]
     fn the_client_is_told_by_its_path() {

@@ -45,6 +45,9 @@ impl types::HostRequest for InstanceData {
     fn session_hint(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<Option<String>> {
         Ok(self.request()?.session_hint.clone())
     }
+    fn upstream_protocol(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<Option<String>> {
+        Ok(self.request()?.upstream_protocol.map(str::to_owned))
+    }
     fn estimated_tokens(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<u64> {
         Ok(self.request()?.estimated_tokens)
     }

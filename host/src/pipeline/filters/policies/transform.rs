@@ -84,6 +84,9 @@ impl Filter for Transforms {
         body: &'a mut Bytes,
     ) -> HookResult<'a, Flow> {
         Step::later(async move {
+            // A fallback model's request runs this phase again: what an earlier run asked of
+            // the answer does not hold for it.
+            s.ctx.ext.remove::<Run>();
             let mut active = Vec::new();
             for (index, p) in self.policies.iter().enumerate() {
                 // Transforms read text: a body that is not UTF-8 (an upload on a route that
