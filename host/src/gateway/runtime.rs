@@ -64,6 +64,13 @@ pub(crate) async fn build(
             )),
         }
     }
+    // The providers' rate-limit headers are read only when a loaded router reads headroom.
+    let watched = plugins.iter().any(|p| p.wants_capacity());
+    for u in &upstreams {
+        if let Some(c) = &u.capacity {
+            c.set_watched(watched);
+        }
+    }
     let stores = engine.stores();
     let keys = KeyRing::new(&config.auth, stores.key_table())
         .with_routes(config.routes.iter().map(|r| r.path_prefix.as_str()));
