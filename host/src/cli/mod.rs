@@ -209,29 +209,16 @@ fn with_stores(
         .and_then(|config| {
             existing_database(&config)?;
             async_runtime()?.block_on(async {
-                let client = std::sync::Arc::new(crate::upstream::UpstreamClient::new(
-                    config.server.timeouts.connect.get(),
-                ));
-                // A SQLite file a running gateway is writing can refuse a lock outright (not
-                // every lock waits for the busy timeout): opening is retried for a few seconds
-                // before the command gives up.
-                let mut tries = 0;
-                let stores = loop {
-                    let opened = crate::state::Stores::open(
-                        &config.storage,
-                        &config.base_dir,
-                        &config.alerts,
-                        client.clone(),
-                    )
-                    .await;
-                    match opened {
-                        Err(e) if tries < 20 && e.to_string().contains("database is locked") => {
-                            tries += 1;
-                            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                        }
-                        other => break other.map_err(|e| format!("{e}\n"))?,
-                    }
-                };
+                let client =
+                    crate::upstream::UpstreamClient::new(config.server.timeouts.connect.get());
+                let stores = crate::state::Stores::open(
+                    &config.storage,
+                    &config.base_dir,
+                    &config.alerts,
+                    std::sync::Arc::new(client),
+                )
+                .await
+                .map_err(|e| format!("{e}\n"))?;
                 let out = f(&stores, &config).await;
                 stores.shutdown().await;
                 out
