@@ -520,7 +520,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_tollgate-under-test");
 
 /// `tollgate keys create|list|show|rotate|revoke` on the database of a running gateway: the
 /// printed secret works there within a second, and the revocation stops it within a second.
-#[tokio::test]
+///
+/// Multi-threaded, and each command run with `block_in_place`: the gateway runs in this process,
+/// and a command run on the only thread of a current-thread runtime would freeze it — with its
+/// writer part way through a SQLite write transaction, the command then waited out the busy
+/// timeout and failed with `database is locked` (seen twice under CI's load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_issues_and_revokes_keys_a_running_gateway_honours() {
     let dir = tempfile::tempdir().unwrap();
     let mock = MockUpstream::start().await;
@@ -530,12 +535,14 @@ async fn the_command_line_issues_and_revokes_keys_a_running_gateway_honours() {
     std::fs::write(&config, &yaml).unwrap();
     let gw = TestGateway::start_file(&config).await;
     let keys = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(["keys", "-c"])
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new(BIN)
+                .args(["keys", "-c"])
+                .arg(&config)
+                .args(args)
+                .output()
+                .unwrap()
+        });
         (
             out.status.success(),
             String::from_utf8(out.stdout).unwrap(),
