@@ -227,3 +227,27 @@ logging:\n  access_log: false\n",
     assert_eq!(sent["model"], "claude-x");
     assert_eq!(sent["max_tokens"], 20);
 }
+
+/// Fallbacks are looked up by the model the request-body filters leave: an alias that names a
+/// model with fallbacks falls back like that model.
+#[tokio::test]
+async fn an_alias_falls_back_like_the_model_it_names() {
+    let (big, mid, small) = (
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+    );
+    big.force_status(429);
+    let yaml = config(&big.url(), &mid.url(), &small.url(), "    policies: [alias]\n").replace(
+        "storage:",
+        "plugins:\n  - {name: alias, kind: transform, module: builtin:model-alias, config: {aliases: {smart: gpt-4o}}}\nstorage:",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut req = body(false);
+    req["model"] = json!("smart");
+    let resp = post_chat_json(&gw, &req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!((big.requests(), mid.requests()), (1, 1));
+    assert_eq!(model_sent(&big), "gpt-4o");
+    assert_eq!(model_sent(&mid), "gpt-4o-mini");
+}

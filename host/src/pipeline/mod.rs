@@ -319,9 +319,11 @@ async fn run(
             return Ok((resp.map(Relayed::boxed), None));
         }
     }
-    // What the client sent, kept when a fallback model may need the request made again.
+    // What the client sent, kept when a fallback model may need the request made again (on any
+    // route with fallbacks: the model they are looked up by is known only after the
+    // request-body filters, which may rename it).
     let original = match &body {
-        RequestBody::Buffered(b) if !route.fallbacks_for(s.model()).is_empty() => {
+        RequestBody::Buffered(b) if !route.fallbacks.is_empty() => {
             Some((b.clone(), s.head.uri.clone(), s.head.headers.clone()))
         }
         _ => None,

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::PolicyRef;
 use crate::config::OnError;
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::ErrorKind;
 use crate::pipeline::headers::content_type_is;
 use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Session, Step};
 use crate::policy::transform::{RequestAction, SseEvent};
@@ -52,11 +52,6 @@ struct Active {
     state: Option<String>,
     /// A call failed and `on_error: skip` took it out of this request.
     skipped: bool,
-}
-
-/// What a failed call does to the request: `Ok` when `on_error: skip` lets it go on.
-fn failed(p: &PolicyRef, e: PolicyError) -> Result<(), GatewayError> {
-    p.failed(e)
 }
 
 /// A transform's answer that does not make sense (a path that is no path, a status that is no
@@ -108,12 +103,12 @@ impl Filter for Transforms {
                     Ok(RequestAction::Answer(a)) => match answer(a) {
                         Some(resp) => return Ok(Flow::Answer(resp)),
                         None => {
-                            failed(p, bad_result(p, "answered with an invalid status".into()))?;
+                            p.failed(bad_result(p, "answered with an invalid status".into()))?;
                             continue;
                         }
                     },
                     Err(e) => {
-                        failed(p, e)?;
+                        p.failed(e)?;
                         continue;
                     }
                 };
@@ -121,10 +116,7 @@ impl Filter for Transforms {
                     match with_path_and_query(&s.head.uri, path) {
                         Some(uri) => s.head.uri = uri,
                         None => {
-                            failed(
-                                p,
-                                bad_result(p, format!("returned an invalid path {path:?}")),
-                            )?;
+                            p.failed(bad_result(p, format!("returned an invalid path {path:?}")))?;
                             continue;
                         }
                     }
@@ -189,7 +181,7 @@ impl Filter for Transforms {
                                 Ok(st) => head.status = st,
                                 Err(_) => {
                                     let e = bad_result(p, format!("returned status {status}"));
-                                    failed(p, e)?;
+                                    p.failed(e)?;
                                     a.skipped = true;
                                     continue;
                                 }
@@ -198,7 +190,7 @@ impl Filter for Transforms {
                         apply_ops(&mut head.headers, edit.headers, &p.plugin.spec.name);
                     }
                     Err(e) => {
-                        failed(p, e)?;
+                        p.failed(e)?;
                         a.skipped = true;
                     }
                 }
@@ -256,7 +248,7 @@ impl Filter for Transforms {
                 match decision {
                     Ok(Some(new)) => *body = Bytes::from(new),
                     Ok(None) => {}
-                    Err(e) => failed(p, e)?,
+                    Err(e) => p.failed(e)?,
                 }
             }
             Ok(())
