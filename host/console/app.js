@@ -5,9 +5,10 @@
 // A page is a module whose default export is `{title, render(view, params, page)}`. `render`
 // fills `view`; `page.go(params)` changes the page's parameters (a new URL), `page.refresh()`
 // renders it again (after a change), `page.every(ms, fn)` runs `fn` on a timer until the
-// operator leaves the page.
+// operator leaves the page (and counts as activity for the session, `session.js`).
 
-import { call, setCsrf } from "./api.js";
+import { call } from "./api.js";
+import * as session from "./session.js";
 import { $, h, note, zone } from "./ui.js";
 import dashboard from "./dashboard.js";
 import bindings from "./bindings.js";
@@ -48,7 +49,9 @@ async function render() {
       location.hash = hashOf(name, next);
     },
     refresh: () => render(),
+    refreshing: false,
     every(ms, fn) {
+      page.refreshing = true;
       timers.push(setInterval(() => page.alive && document.visibilityState === "visible" && fn(), ms));
     },
     stop() {
@@ -77,7 +80,9 @@ async function render() {
 function showLogin() {
   loggedIn = false;
   current?.stop();
-  setCsrf(null);
+  session.stop();
+  session.accept({ csrf: null });
+  delete document.body.dataset.role;
   $("login").hidden = false;
   $("view").replaceChildren();
   for (const id of ["nav", "who", "logout"]) $(id).hidden = true;
@@ -85,10 +90,14 @@ function showLogin() {
   $("login-form").querySelector("input")?.focus();
 }
 
-function showConsole(session) {
+function showConsole(s) {
   loggedIn = true;
-  setCsrf(session.csrf);
-  $("who").textContent = session.user;
+  session.accept(s);
+  session.start(showLogin, () => Boolean(current?.refreshing));
+  // What the role may do is enforced by the API; here it hides the controls it would refuse
+  // (app.css: [data-action] and .needs-operator for viewers, .needs-admin below admin).
+  document.body.dataset.role = s.role;
+  $("who").textContent = `${s.user} · ${s.role}`;
   $("login").hidden = true;
   for (const id of ["nav", "who", "logout"]) $(id).hidden = false;
   render();

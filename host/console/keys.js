@@ -135,6 +135,7 @@ export default {
       {
         type: "button",
         id: "key-create",
+        class: "needs-operator",
         on: {
           click: async () => {
             let issued = null;

@@ -23,7 +23,7 @@ export default {
   title: "Plugins",
   async render(view, _params, page) {
     const d = await call("GET", "/plugins");
-    const reload = h("button", { type: "button", id: "reload" }, "Reload config and plugins");
+    const reload = h("button", { type: "button", id: "reload", class: "needs-operator" }, "Reload config and plugins");
     reload.addEventListener("click", async () => {
       reload.disabled = true;
       try {

@@ -45,7 +45,7 @@ function actions(u, c, page) {
             "button",
             {
               type: "button",
-              class: "quiet",
+              class: "quiet needs-admin",
               "data-action": "credential",
               on: {
                 click: () =>
@@ -68,7 +68,7 @@ function actions(u, c, page) {
                 "button",
                 {
                   type: "button",
-                  class: "quiet",
+                  class: "quiet needs-admin",
                   "data-action": "credential-remove",
                   on: {
                     click: () =>

@@ -839,28 +839,7 @@ async fn the_openapi_document_is_generated_and_covers_every_endpoint() {
         .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
-    // Every route the API's router serves, read from its source, with each of its methods.
-    let source =
-        std::fs::read_to_string(tollgate_tests::repo_root().join("host/src/admin/api/mod.rs"))
-            .unwrap();
-    let routes = &source[source.find("pub fn routes()").unwrap()..];
-    let routes = &routes[..routes.find("\n}\n").unwrap()];
-    let mut served = Vec::new();
-    for chunk in routes.split(".route(").skip(1) {
-        let path = chunk.split('"').nth(1).unwrap();
-        for method in ["get", "post", "put", "delete", "patch"] {
-            let call = format!("{method}(");
-            let called = chunk.match_indices(&call).any(|(i, _)| {
-                i == 0 || {
-                    let before = chunk.as_bytes()[i - 1];
-                    !(before.is_ascii_alphanumeric() || before == b'_' || before == b':')
-                }
-            });
-            if called {
-                served.push((path.to_owned(), method));
-            }
-        }
-    }
+    let served = served_routes();
     assert!(
         served.len() >= 25,
         "routes not found in the source: {served:?}"
@@ -891,6 +870,279 @@ async fn the_openapi_document_is_generated_and_covers_every_endpoint() {
         "bearer"
     );
     assert!(doc["components"]["schemas"]["BindingView"].is_object());
+}
+
+/// Every route the API's router serves, read from its source, with each of its methods.
+fn served_routes() -> Vec<(String, &'static str)> {
+    let source =
+        std::fs::read_to_string(tollgate_tests::repo_root().join("host/src/admin/api/mod.rs"))
+            .unwrap();
+    let routes = &source[source.find("pub fn routes()").unwrap()..];
+    let routes = &routes[..routes.find("\n}\n").unwrap()];
+    let mut served = Vec::new();
+    for chunk in routes.split(".route(").skip(1) {
+        let path = chunk.split('"').nth(1).unwrap();
+        for method in ["get", "post", "put", "delete", "patch"] {
+            let call = format!("{method}(");
+            let called = chunk.match_indices(&call).any(|(i, _)| {
+                i == 0 || {
+                    let before = chunk.as_bytes()[i - 1];
+                    !(before.is_ascii_alphanumeric() || before == b'_' || before == b':')
+                }
+            });
+            if called {
+                served.push((path.to_owned(), method));
+            }
+        }
+    }
+    served
+}
+
+/// docs/admin.md "Roles": on every route the router serves (read from its source), a `viewer`
+/// may read but every change gets 403 `forbidden_role` before its body is even looked at; an
+/// `operator` may change all but the settings and the credentials; the role is the config's at
+/// each request, so a reload that promotes a user promotes their token. A viewer sees that a
+/// body was captured, not what it says.
+#[tokio::test]
+async fn roles_are_enforced_on_every_route_the_api_serves() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    let users = |viewer_role: &str| {
+        format!(
+            "    - username: noc\n      password: {PASSWORD}\n      role: {viewer_role}\n    - username: oncall\n      password: {PASSWORD}\n      role: operator"
+        )
+    };
+    let yaml = admin_yaml(&mock.url(), &users("viewer"))
+        .replace("routes:\n", "capture:\n  requests: all\nroutes:\n");
+    std::fs::write(&path, &yaml).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token_of = |user: &'static str| {
+        let admin = &admin;
+        async move {
+            let resp = admin.login(user, PASSWORD).await;
+            assert_eq!(resp.status(), 200, "{user} logs in");
+            resp.json::<Value>().await.unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (viewer, operator, full) = (
+        token_of("noc").await,
+        token_of("oncall").await,
+        admin.token().await,
+    );
+    let admin_only = [
+        ("/settings", "put"),
+        ("/settings/{name}", "delete"),
+        ("/credentials/{upstream}", "put"),
+        ("/credentials/{upstream}", "delete"),
+    ];
+    let open = ["/openapi.json", "/login", "/session", "/session/renew"];
+    let served = served_routes();
+    let mut checked = 0;
+    for (route, method) in &served {
+        if open.contains(&route.as_str()) {
+            continue;
+        }
+        let concrete = route
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with('{') {
+                    "nothing-here"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let body = (*method != "get").then_some("{}");
+        let as_viewer = admin.send(m.clone(), &viewer, &concrete, body).await;
+        if *method == "get" {
+            assert_ne!(as_viewer.status(), 403, "a viewer may read {route}");
+        } else {
+            let (status, err) = error_of(as_viewer).await;
+            assert_eq!(
+                (status, err["code"].as_str()),
+                (403, Some("forbidden_role")),
+                "viewer: {method} {route}"
+            );
+            assert!(
+                err["message"].as_str().unwrap().contains("noc has viewer"),
+                "{err}"
+            );
+            checked += 1;
+        }
+        let as_operator = admin.send(m.clone(), &operator, &concrete, body).await;
+        let status = as_operator.status().as_u16();
+        if admin_only.contains(&(route.as_str(), *method)) {
+            let (status, err) = error_of(as_operator).await;
+            assert_eq!(
+                (status, err["code"].as_str()),
+                (403, Some("forbidden_role")),
+                "operator: {method} {route}"
+            );
+            let as_admin = admin.send(m, &full, &concrete, body).await;
+            assert_ne!(as_admin.status(), 403, "an admin may {method} {route}");
+        } else {
+            assert_ne!(status, 403, "an operator may {method} {route}");
+        }
+    }
+    assert!(checked >= 15, "changes checked: {checked} of {served:?}");
+
+    // A captured body: the operator reads it, the viewer learns only that there is one.
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let r = admin
+            .get(&operator, &format!("/requests/{request_id}"))
+            .await;
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the request was never logged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        row["request_body"].as_str().unwrap().contains("gpt-test"),
+        "{row}"
+    );
+    let seen: Value = admin
+        .get(&viewer, &format!("/requests/{request_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["request_body"], "withheld");
+    let listed: Value = admin.get(&viewer, "/requests").await.json().await.unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert!(
+        !items.is_empty() && items.iter().all(|r| r["request_body"] == "withheld"),
+        "{listed}"
+    );
+
+    // A reload that promotes the viewer: the same token may now change things.
+    let rule = r#"{"cidr": "198.51.100.9", "action": "deny"}"#;
+    assert_eq!(
+        admin
+            .send(reqwest::Method::POST, &viewer, "/ip-rules", Some(rule))
+            .await
+            .status(),
+        403
+    );
+    std::fs::write(
+        dir.path().join("tmp.yaml"),
+        admin_yaml(&mock.url(), &users("operator"))
+            .replace("routes:\n", "capture:\n  requests: all\nroutes:\n"),
+    )
+    .unwrap();
+    std::fs::rename(dir.path().join("tmp.yaml"), &path).unwrap();
+    let ok: Value = admin
+        .send(reqwest::Method::POST, &full, "/reload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ok["ok"], true, "{ok}");
+    let added = admin
+        .send(reqwest::Method::POST, &viewer, "/ip-rules", Some(rule))
+        .await;
+    assert!(added.status().is_success(), "{}", added.status());
+}
+
+/// docs/console.md "Sessions": the console renews its session while used; a renewal gives a new
+/// cookie (and CSRF token) that ends later, never past `admin.session_max` after the login, and
+/// a session at its maximum gets 401 `session_at_maximum`.
+#[tokio::test]
+async fn a_console_session_is_renewed_up_to_its_maximum() {
+    let up = MockUpstream::start().await;
+    let http = client();
+    for (max, renews) in [("1h", true), ("2m", false)] {
+        let gw = TestGateway::start(&admin_yaml(
+            &up.url(),
+            &format!("  token_ttl: 2m\n  session_max: {max}"),
+        ))
+        .await;
+        let base = format!("http://{}/admin/api", gw.admin_addr.unwrap());
+        let resp = http
+            .post(format!("{base}/session"))
+            .json(&json!({"username": "ops", "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let cookie = resp.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let first: Value = resp.json().await.unwrap();
+        assert_eq!(first["role"], "admin");
+        // Tokens are issued per second: wait for the next one so the expiry can move.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let renewed = http
+            .post(format!("{base}/session/renew"))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", first["csrf"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        if !renews {
+            let (status, err) = error_of(renewed).await;
+            assert_eq!(
+                (status, err["code"].as_str()),
+                (401, Some("session_at_maximum"))
+            );
+            continue;
+        }
+        assert_eq!(renewed.status(), 200);
+        let fresh_cookie = renewed.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert_ne!(fresh_cookie, cookie);
+        let second: Value = renewed.json().await.unwrap();
+        assert!(
+            second["expires_at"].as_u64() > first["expires_at"].as_u64(),
+            "{first} {second}"
+        );
+        assert_ne!(second["csrf"], first["csrf"]);
+        // The new cookie works with the new CSRF token; without the CSRF token a renewal is
+        // refused like any change.
+        let me: Value = http
+            .get(format!("{base}/session"))
+            .header("cookie", &fresh_cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["csrf"], second["csrf"]);
+        let no_csrf = http
+            .post(format!("{base}/session/renew"))
+            .header("cookie", &fresh_cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(no_csrf.status(), 403);
+    }
 }
 
 /// docs/admin.md: removing a user from the config ends their tokens at the next reload, and they
@@ -1371,6 +1623,150 @@ async fn live_settings_are_validated_applied_and_audited() {
     assert_eq!(
         (before["failsafe"].as_str(), now["failsafe"].as_str()),
         (Some("closed"), Some("open"))
+    );
+}
+
+/// docs/admin.md "Live settings": every setting says where its value comes from. The file's
+/// `maintenance.enabled` shows as on; an override beats the file (also across a reload that
+/// changes the file) until it is reverted, and then the file's current value applies. Reverting
+/// is audited and needs the admin role.
+#[tokio::test]
+async fn overridden_settings_show_their_source_and_revert_to_the_file() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    let file = |maintenance: bool, threshold: u32| {
+        admin_yaml(&mock.url(), "").replace(
+            "routes:\n",
+            &format!("maintenance:\n  enabled: {maintenance}\nalerts:\n  threshold: {threshold}\nroutes:\n"),
+        )
+    };
+    std::fs::write(&path, file(true, 7)).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    let settings = || async {
+        admin
+            .get(&token, "/settings")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let chat = || async {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let s = settings().await;
+    assert_eq!(
+        (
+            s["maintenance"].as_bool(),
+            s["file"]["maintenance"].as_bool()
+        ),
+        (Some(true), Some(true)),
+        "{s}"
+    );
+    assert_eq!(s["alert_threshold"], 7);
+    assert_eq!(s["overrides"], json!([]));
+    assert_eq!(chat().await, 503);
+
+    // Overridden in the console: off, though the file says on.
+    let put = admin
+        .send(
+            reqwest::Method::PUT,
+            &token,
+            "/settings",
+            Some(r#"{"maintenance": false, "alert_threshold": 9}"#),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+    let s: Value = put.json().await.unwrap();
+    assert_eq!(
+        (
+            s["maintenance"].as_bool(),
+            s["file"]["maintenance"].as_bool()
+        ),
+        (Some(false), Some(true)),
+        "{s}"
+    );
+    let names: Vec<&str> = s["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alert_threshold", "maintenance"]);
+    assert_eq!(s["overrides"][0]["updated_by"], "ops");
+    assert_eq!(chat().await, 200);
+
+    // A reload that changes the file: the override still wins, the file's new value shows.
+    std::fs::write(dir.path().join("tmp.yaml"), file(true, 11)).unwrap();
+    std::fs::rename(dir.path().join("tmp.yaml"), &path).unwrap();
+    let ok: Value = admin
+        .send(reqwest::Method::POST, &token, "/reload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ok["ok"], true, "{ok}");
+    let s = settings().await;
+    assert_eq!(
+        (
+            s["alert_threshold"].as_u64(),
+            s["file"]["alert_threshold"].as_u64()
+        ),
+        (Some(9), Some(11)),
+        "{s}"
+    );
+
+    // Reverted: the file's values apply again, here and in the answer.
+    for name in ["maintenance", "alert_threshold"] {
+        let r = admin
+            .send(
+                reqwest::Method::DELETE,
+                &token,
+                &format!("/settings/{name}"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{name}");
+    }
+    let s = settings().await;
+    assert_eq!(
+        (s["maintenance"].as_bool(), s["alert_threshold"].as_u64()),
+        (Some(true), Some(11)),
+        "{s}"
+    );
+    assert_eq!(s["overrides"], json!([]));
+    assert_eq!(chat().await, 503);
+    let (status, err) = error_of(
+        admin
+            .send(reqwest::Method::DELETE, &token, "/settings/colour", None)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (404, Some("not_found")),
+        "{err}"
+    );
+    let records = audit(&admin, &token, "action=settings.revert").await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    let before: Value = serde_json::from_str(records[1]["before"].as_str().unwrap()).unwrap();
+    let after: Value = serde_json::from_str(records[1]["after"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (
+            records[1]["target"].as_str(),
+            before["maintenance"].as_bool(),
+            after["maintenance"].as_bool()
+        ),
+        (Some("maintenance"), Some(false), Some(true))
     );
 }
 

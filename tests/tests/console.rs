@@ -146,8 +146,13 @@ fn screenshots() -> PathBuf {
 /// Waits until the element `css` shows `text` (part of its text), up to 10 s: six browsers
 /// share two cores while the suite runs.
 async fn wait_text(c: &Client, css: &str, text: &str) -> String {
+    wait_text_for(c, css, text, 10).await
+}
+
+/// [`wait_text`] for up to `secs` seconds.
+async fn wait_text_for(c: &Client, css: &str, text: &str, secs: u64) -> String {
     let mut seen = String::new();
-    for _ in 0..200 {
+    for _ in 0..secs * 20 {
         if let Ok(e) = c.find(Locator::Css(css)).await
             && e.is_displayed().await.unwrap_or(false)
         {
@@ -498,18 +503,47 @@ async fn every_page_acts_on_the_gateway_in_chromium() {
     assert_ne!(window, 0, "{err}");
     // Maintenance on (the refused value put back): proxied requests get 503 at once; off
     // again: served.
+    // Switching it on asks first: cancelled, nothing is saved.
     fill(c, "#setting-alert_window_secs", &window.to_string()).await;
+    wait_text(c, "#setting-maintenance-source", "From the config file").await;
     click(c, "#setting-maintenance").await;
     click(c, "form.settings button[type=submit]").await;
+    wait_text(
+        c,
+        "#dialog-text",
+        "every proxied request on every gateway gets 503",
+    )
+    .await;
+    click(c, "#dialog-cancel").await;
+    wait_text(c, "#settings-status", "Not saved").await;
+    assert_eq!(gw.chat().await.status(), 200);
+    click(c, "form.settings button[type=submit]").await;
+    wait_text(c, "#dialog-text", "every proxied request").await;
+    click(c, "#dialog-ok").await;
     wait_text(c, "#settings-status", "Saved: maintenance").await;
     assert_eq!(
         error_code(gw.chat().await).await,
         (503, "service_unavailable".into())
     );
-    click(c, "#setting-maintenance").await;
-    click(c, "form.settings button[type=submit]").await;
-    wait_text(c, "#settings-status", "Saved: maintenance").await;
+    // The field says it is set here, by whom, and what the file says; reverting to the file
+    // ends maintenance.
+    let source = wait_text(c, "#setting-maintenance-source", "set here").await;
+    assert!(
+        source.contains("by ops") && source.contains("the config file says off"),
+        "{source}"
+    );
+    shot(c, "settings-overridden").await;
+    click(c, "[data-revert=maintenance]").await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#setting-maintenance-source", "From the config file").await;
     assert_eq!(gw.chat().await.status(), 200);
+    assert!(
+        gw.gateway
+            .stores
+            .settings_overrides()
+            .iter()
+            .all(|o| o.name != "maintenance")
+    );
 
     // Bindings: the first-use binding; a ban from the keyboard is cancelled with Escape, then
     // one confirmed with the mouse refuses the key.
@@ -1072,4 +1106,109 @@ async fn the_requests_page_tails_the_log_and_shows_what_refused_a_request_in_chr
     drop(b);
 
     fits_a_phone(&ui, "requests", "#requests-table", "401").await;
+}
+
+/// docs/console.md "Roles" and "Sessions": a `viewer` sees every page but no control that would
+/// change something (and the API refuses the change if it is sent anyway); an idle session warns
+/// before it ends and "Stay signed in" renews it; activity renews it without a warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_reads_without_controls_and_a_session_is_renewed_in_chromium() {
+    let up = MockUpstream::start().await;
+    let yaml = console_yaml(&[up.url()])
+        .replace(
+            "  users:\n",
+            "  token_ttl: 130s\n  users:\n    - username: noc\n      password: correct horse battery\n      role: viewer\n",
+        );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(gw.chat().await.status(), 200);
+    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
+    let b = browser().await;
+    let c = &b.client;
+    c.goto(&ui).await.unwrap();
+    log_in(c, "noc", PASSWORD).await;
+    wait_text(c, "#who", "noc · viewer").await;
+
+    // Pages render, their change controls do not.
+    open(c, &ui, "bindings").await;
+    wait_text(c, "#view tbody", "tester").await;
+    open(c, &ui, "settings").await;
+    wait_text(
+        c,
+        "#view",
+        "Read-only: changing settings needs the admin role",
+    )
+    .await;
+    shot(c, "settings-viewer").await;
+    for page in ["bindings", "keys", "upstreams", "plugins", "settings"] {
+        open(c, &ui, page).await;
+        let visible = js(
+            c,
+            "return [...document.querySelectorAll('#view [data-action], #view .needs-operator, #view .needs-admin, #view button[type=submit]')].filter((e) => e.offsetParent !== null && !(e.closest('form.filters'))).map((e) => e.outerHTML.slice(0, 80))",
+        )
+        .await;
+        assert_eq!(visible, json!([]), "{page}: controls a viewer cannot use");
+    }
+    // Sent anyway (from the page, with the session's CSRF token): refused by the API.
+    let refused = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; import('/admin/ui/assets/api.js').then(({ call }) => call('POST', '/ip-rules', { cidr: '198.51.100.1', action: 'deny' })).then(() => done('saved'), (e) => done(String(e.status)));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, json!("403"));
+    assert!(!gw.gateway.stores.maintenance());
+
+    // Idle on a page that does not refresh itself: the warning shows (130 s lifetime, warned
+    // at 120 s left), and "Stay signed in" renews the session.
+    let expiry = || async {
+        c.execute_async(
+            "const done = arguments[arguments.length - 1]; fetch('/admin/api/session').then((r) => r.json()).then((s) => done(s.expires_at));",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap()
+    };
+    let first = expiry().await;
+    let warning = wait_text_for(c, "#session-warning", "Your session ends in", 30).await;
+    assert!(warning.contains("without activity"), "{warning}");
+    shot(c, "session-warning").await;
+    click(c, "#session-stay").await;
+    wait_js(
+        c,
+        "return document.getElementById('session-warning').hidden",
+    )
+    .await;
+    let renewed = expiry().await;
+    assert!(renewed > first, "{first} → {renewed}");
+    // Activity (a key press) renews it before any warning.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("x")
+        .await
+        .unwrap();
+    let mut later = renewed;
+    for _ in 0..100 {
+        later = expiry().await;
+        if later > renewed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        later > renewed,
+        "activity did not renew: {renewed} → {later}"
+    );
+    assert!(
+        js(
+            c,
+            "return document.getElementById('session-warning').hidden"
+        )
+        .await
+            == json!(true)
+    );
 }

@@ -23,8 +23,11 @@ pub struct AdminConfig {
     /// tokens end with a restart and are not accepted by the other gateways of a cluster; set it
     /// (the same on every gateway) for a cluster.
     pub jwt_secret: Option<Secret>,
-    /// Lifetime of an admin token.
+    /// Lifetime of an admin token, and how long a console session lasts without activity: the
+    /// console renews its session while it is used (or shows a dashboard), up to `session_max`.
     pub token_ttl: Duration,
+    /// Longest a console session lasts from its login, however it is renewed.
+    pub session_max: Duration,
     /// Wrong passwords tolerated per user and client IP before logins are refused.
     pub lockout: LockoutConfig,
 }
@@ -41,6 +44,7 @@ impl Default for AdminConfig {
             users: Vec::new(),
             jwt_secret: None,
             token_ttl: Duration::secs(30 * 60),
+            session_max: Duration::secs(12 * 3600),
             lockout: LockoutConfig::default(),
         }
     }
@@ -57,6 +61,47 @@ pub struct AdminUser {
     pub password_hash: Option<String>,
     #[serde(default)]
     pub password: Option<Secret>,
+    /// What the user may do (default `admin`, what every user could do before roles existed).
+    #[serde(default)]
+    pub role: AdminRole,
+}
+
+/// What an admin user may do. Each role includes the ones before it.
+///
+/// - `viewer`: read every page and listing (a NOC's wall screen); captured request and response
+///   bodies are withheld; changes nothing.
+/// - `operator`: the day-to-day changes: bindings, bans, keys, IP rules, upstream cooldowns,
+///   plugin reloads, intercept exports.
+/// - `admin`: also the live settings (failsafe, maintenance, log level) and upstream credentials.
+#[derive(
+    Debug,
+    Deserialize,
+    serde::Serialize,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    Viewer,
+    Operator,
+    #[default]
+    Admin,
+}
+
+impl AdminRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
 }
 
 /// Login lockout: `max_failures` wrong passwords for one user from one IP within `window` lock
@@ -97,6 +142,13 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
     let ttl = a.token_ttl.get();
     if ttl.is_zero() || ttl > std::time::Duration::from_secs(24 * 3600) {
         e.add("admin.token_ttl", "must be greater than 0 and at most 24h");
+    }
+    if a.session_max.get() < ttl || a.session_max.get() > std::time::Duration::from_secs(7 * 86_400)
+    {
+        e.add(
+            "admin.session_max",
+            "must be at least admin.token_ttl and at most 7d",
+        );
     }
     if a.lockout.max_failures == 0 {
         e.add("admin.lockout.max_failures", "must be greater than 0");

@@ -22,7 +22,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AdminConfig, Cidr, DEMO_ADMIN_PASSWORD, LockoutConfig};
+use crate::config::{AdminConfig, AdminRole, Cidr, DEMO_ADMIN_PASSWORD, LockoutConfig};
 use crate::state::{AuditRecord, Stores, unix_ms};
 
 /// Clock leeway on `exp` and `nbf`, in seconds.
@@ -45,6 +45,10 @@ pub struct Claims {
     /// A random nonce: two logins in the same second get different tokens (and so different
     /// CSRF tokens).
     pub jti: String,
+    /// When the session began (Unix seconds): renewals keep it, and none reaches past
+    /// `admin.session_max` after it.
+    #[serde(default)]
+    pub auth_time: u64,
 }
 
 /// Hashes `password` as an argon2id PHC string (default parameters, random salt).
@@ -79,14 +83,35 @@ fn has_crit_header(token: &str) -> bool {
         .map_or(true, |h| h.contains_key("crit"))
 }
 
-/// Admin user name → argon2 PHC string.
-pub type AdminUsers = HashMap<String, String>;
+/// An admin user as the gateway keeps it.
+#[derive(Debug, Clone)]
+pub struct UserEntry {
+    /// The argon2 PHC string.
+    pub hash: String,
+    pub role: AdminRole,
+}
+
+/// Admin user name → password hash and role.
+pub type AdminUsers = HashMap<String, UserEntry>;
+
+/// Who a valid token belongs to.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub user: String,
+    pub role: AdminRole,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
 
 /// What a login attempt came to.
 #[derive(Debug)]
 pub enum Login {
-    /// A token and when it expires (Unix seconds).
-    Ok { token: String, expires_at: u64 },
+    /// A token, when it expires (Unix seconds) and the user's role.
+    Ok {
+        token: String,
+        expires_at: u64,
+        role: AdminRole,
+    },
     /// Wrong user name or password (the same answer for both).
     Denied,
     /// Locked out for this many more seconds.
@@ -107,6 +132,8 @@ pub struct AdminAuth {
     decoding: DecodingKey,
     validation: Validation,
     ttl_secs: u64,
+    /// `admin.session_max` in seconds.
+    session_max_secs: u64,
     lockout: LockoutConfig,
 }
 
@@ -138,6 +165,7 @@ impl AdminAuth {
             decoding: DecodingKey::from_secret(&secret),
             validation,
             ttl_secs: c.token_ttl.get().as_secs().max(1),
+            session_max_secs: c.session_max.get().as_secs().max(1),
             lockout: c.lockout,
         }))
     }
@@ -162,7 +190,7 @@ impl AdminAuth {
                     c.listen.0
                 ));
             }
-            users.insert(u.username.clone(), hash);
+            users.insert(u.username.clone(), UserEntry { hash, role: u.role });
         }
         Ok(users)
     }
@@ -196,19 +224,34 @@ impl AdminAuth {
             .into()
     }
 
-    /// When a valid token expires (Unix seconds).
-    pub fn token_expiry(&self, token: &str) -> Option<u64> {
-        self.claims(token).map(|c| c.exp)
+    /// The user a token was issued to and their role now, if it is valid now. The role is the
+    /// config's at this moment: a reload that changes it changes what existing tokens may do,
+    /// and one that removes the user ends their sessions.
+    pub fn verify_token(&self, token: &str) -> Option<Signed> {
+        let claims = self.claims(token)?;
+        let role = self.users.load().get(&claims.sub)?.role;
+        Some(Signed {
+            user: claims.sub,
+            role,
+            expires_at: claims.exp,
+        })
     }
 
-    /// The user a token was issued to, if it is valid now.
-    pub fn verify_token(&self, token: &str) -> Option<String> {
+    /// A fresh token for the session of a valid `token`: the same user and login time, a new
+    /// expiry `admin.token_ttl` from now but never past `admin.session_max` after the login.
+    /// `None` when the token is not valid or the session has reached its maximum.
+    pub fn renew(&self, token: &str) -> Option<(String, u64)> {
         let claims = self.claims(token)?;
-        // A user removed from the config loses access at once.
-        self.users
-            .load()
-            .contains_key(&claims.sub)
-            .then_some(claims.sub)
+        self.users.load().get(&claims.sub)?;
+        let started = if claims.auth_time == 0 {
+            claims.iat
+        } else {
+            claims.auth_time
+        };
+        let now = unix_ms() / 1000;
+        let end = started.saturating_add(self.session_max_secs);
+        // Less than a minute left of the session: nothing worth renewing.
+        (end > now + 60 && end > claims.exp).then(|| self.issue_at(&claims.sub, started, end))?
     }
 
     /// The claims of a token that is valid now: signature, algorithm and the registered claims
@@ -230,13 +273,21 @@ impl AdminAuth {
 
     fn issue(&self, user: &str) -> Option<(String, u64)> {
         let now = unix_ms() / 1000;
+        self.issue_at(user, now, now.saturating_add(self.session_max_secs))
+    }
+
+    /// A token for `user`, whose session began at `auth_time`, valid for `admin.token_ttl` but
+    /// not past `session_end`.
+    fn issue_at(&self, user: &str, auth_time: u64, session_end: u64) -> Option<(String, u64)> {
+        let now = unix_ms() / 1000;
         let claims = Claims {
             sub: user.to_owned(),
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             iat: now,
             nbf: now,
-            exp: now + self.ttl_secs,
+            exp: (now + self.ttl_secs).min(session_end),
+            auth_time,
             jti: {
                 let mut nonce = [0u8; 16];
                 OsRng.fill_bytes(&mut nonce);
@@ -305,13 +356,13 @@ impl AdminAuth {
             let known = users
                 .get(&user)
                 .filter(|_| user.len() <= MAX_USERNAME && pass.len() <= MAX_PASSWORD);
-            let hash = known.unwrap_or(&this.dummy_hash);
+            let hash = known.map_or(&this.dummy_hash, |u| &u.hash);
             let matched = verify(&pass[..pass.len().min(MAX_PASSWORD)], hash);
-            matched && known.is_some()
+            known.filter(|_| matched).map(|u| u.role)
         })
         .await
-        .unwrap_or(false);
-        if ok {
+        .unwrap_or(None);
+        if let Some(role) = ok {
             // The right password: the pair's count starts again (this attempt's reservation
             // with it).
             kv.delete(&fail_key).await;
@@ -323,7 +374,11 @@ impl AdminAuth {
                 return Ok(Login::Denied);
             };
             stores.database().record_audit(audit("login", "ok")).await?;
-            return Ok(Login::Ok { token, expires_at });
+            return Ok(Login::Ok {
+                token,
+                expires_at,
+                role,
+            });
         }
         stores
             .database()

@@ -103,7 +103,8 @@ impl Gateway {
         config: &Config,
         stores: Arc<Stores>,
     ) -> Result<Arc<Self>, BuildError> {
-        if let Err(e) = stores.set_default_log_level(&config.logging.level).await {
+        stores.set_file_settings(crate::service::settings::file_settings(config));
+        if let Err(e) = stores.refresh_settings().await {
             tracing::warn!(error = %e, "cannot read live settings; using the config file's");
         }
         follow_log_level(&stores);
@@ -168,6 +169,9 @@ impl Gateway {
         if let Some(commit) = commit {
             commit();
         }
+        // The file's values of the live settings (what applies where no override is stored).
+        self.stores
+            .set_file_settings(crate::service::settings::file_settings(config));
         for name in removed {
             // A key taken out of `auth.keys` stops working with this reload: on the record.
             let record = crate::state::AuditRecord::new("config", "", "key.remove", &name, "ok")

@@ -25,7 +25,7 @@ pub(super) async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
         .collect();
     let state = if gw.draining.load(Ordering::Relaxed) {
         "draining"
-    } else if rt.maintenance || gw.stores.maintenance() {
+    } else if gw.stores.maintenance() {
         "maintenance"
     } else {
         "ready"

@@ -162,7 +162,6 @@ pub(crate) async fn build(
         },
         response_headers,
         prices,
-        maintenance: config.maintenance.enabled,
     })
 }
 

@@ -72,9 +72,6 @@ pub struct Runtime {
     pub response_headers: Arc<super::filters::response_headers::ResponseHeaders>,
     /// `pricing:`: the `pricing` filter's table, also what the operator plane reports spend in.
     pub prices: Arc<crate::config::PriceTable>,
-    /// Maintenance mode of the whole gateway in the config file (the live setting is read from
-    /// the stores).
-    pub maintenance: bool,
 }
 
 impl Runtime {

@@ -87,6 +87,56 @@ impl SettingsChange {
     }
 }
 
+/// The config file's value of each live setting: what it is while no override is stored.
+pub fn file_settings(config: &crate::config::Config) -> Settings {
+    Settings {
+        failsafe: match config.storage.failsafe {
+            crate::config::Failsafe::Closed => "closed",
+            crate::config::Failsafe::Open => "open",
+        }
+        .into(),
+        alert_threshold: config.alerts.threshold,
+        alert_window_secs: config.alerts.window.get().as_secs(),
+        archive_days: config.storage.archive_days,
+        log_level: config.logging.level.clone(),
+        maintenance: config.maintenance.enabled,
+    }
+}
+
+/// The names of the live settings.
+pub const NAMES: &[&str] = &[
+    "failsafe",
+    "alert_threshold",
+    "alert_window_secs",
+    "archive_days",
+    "log_level",
+    "maintenance",
+];
+
+/// Ends the override of the setting `name` (the config file's value applies again on every
+/// gateway sharing the database) and audits it with the values before and after.
+pub async fn revert(stores: &Stores, actor: &Actor, name: &str) -> Result<Settings, ServiceError> {
+    if !NAMES.contains(&name) {
+        return Err(ServiceError::NotFound("setting"));
+    }
+    let before = stores.settings();
+    let had = stores.revert_setting(name).await?;
+    let after = stores.settings();
+    let record = AuditRecord::new(
+        &actor.name,
+        &actor.ip,
+        "settings.revert",
+        name,
+        if had { "ok" } else { "unchanged" },
+    )
+    .with_change(
+        serde_json::to_string(&before).ok(),
+        serde_json::to_string(&after).ok(),
+    );
+    stores.database().record_audit(record).await?;
+    Ok(after)
+}
+
 /// Applies `change` for every gateway sharing the database and audits it; the settings after.
 pub async fn update(
     stores: &Stores,

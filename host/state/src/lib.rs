@@ -78,7 +78,7 @@ pub use self::rate::{Decision, Gcra, LocalBuckets, Op};
 pub use self::recent::MinuteTotals;
 pub use self::redis::RedisKv;
 pub use self::requests::{Attempt, RequestEntry, RequestQuery, RequestRow};
-pub use self::settings::{SETTINGS_POLL, Settings};
+pub use self::settings::{SETTINGS_POLL, SettingOverride, Settings};
 pub use self::sql::{BindingQuery, KeyQuery, KeyRecord, SqlStore, TokenUsage, UsageBy};
 use self::writer::{Event, Writer};
 

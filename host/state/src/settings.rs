@@ -37,6 +37,17 @@ pub struct Settings {
     pub maintenance: bool,
 }
 
+/// A setting saved through the admin API, which beats the config file's value until it is
+/// reverted (`DELETE /admin/api/settings/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SettingOverride {
+    pub name: String,
+    /// The stored value as JSON text.
+    pub value: String,
+    pub updated_ms: u64,
+    pub updated_by: String,
+}
+
 /// The settings as atomics, read on the request path without a lock.
 pub(crate) struct Live {
     failsafe_open: AtomicU8,
@@ -47,6 +58,8 @@ pub(crate) struct Live {
     log_level: Mutex<String>,
     /// The config file's values: what a setting without a row is.
     defaults: Mutex<Settings>,
+    /// The table's rows as last read: the overrides.
+    rows: Mutex<Vec<SettingOverride>>,
     /// Tells the host (log level) about changes.
     changed: tokio::sync::watch::Sender<Settings>,
     /// Newest `updated_ms` applied, to skip re-applying an unchanged table.
@@ -79,6 +92,7 @@ impl Live {
             log_level: Mutex::new(String::new()),
             changed: tokio::sync::watch::channel(defaults.clone()).0,
             defaults: Mutex::new(defaults.clone()),
+            rows: Mutex::new(Vec::new()),
             seen_ms: AtomicU64::new(0),
         };
         live.apply(&defaults);
@@ -144,9 +158,9 @@ impl Live {
 
 /// `base` with the stored settings (name, value as JSON) over it; an unknown name or a value of
 /// the wrong type leaves that setting as it was.
-fn merge(base: &Settings, rows: &[(String, String)]) -> Settings {
+fn merge(base: &Settings, rows: &[SettingOverride]) -> Settings {
     let mut merged = base.clone();
-    for (name, value) in rows {
+    for SettingOverride { name, value, .. } in rows {
         let (Ok(mut v), Ok(parsed)) = (
             serde_json::to_value(&merged),
             serde_json::from_str::<serde_json::Value>(value),
@@ -166,18 +180,58 @@ fn merge(base: &Settings, rows: &[(String, String)]) -> Settings {
 }
 
 impl Stores {
-    /// The log level of the config file (or the command line): what `log_level` is while no
-    /// live value is stored. Applies the settings again.
-    pub async fn set_default_log_level(&self, level: &str) -> StoreResult<()> {
+    /// The config file's values (at start and at each reload): what each setting is while no
+    /// override is stored. Applies the settings again with the overrides last read.
+    pub fn set_file_settings(&self, file: Settings) {
+        *self.live.defaults.lock().unwrap_or_else(|p| p.into_inner()) = file.clone();
+        let rows = self
+            .live
+            .rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.live.apply(&merge(&file, &rows));
+    }
+
+    /// The config file's values of the settings.
+    pub fn file_settings(&self) -> Settings {
         self.live
             .defaults
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .log_level = level.to_owned();
-        self.refresh_settings().await
+            .clone()
     }
 
-    /// Whether maintenance mode was turned on through the live settings.
+    /// The settings saved through the admin API (as last read from the table, at most
+    /// [`SETTINGS_POLL`] ago), which beat the config file's values.
+    pub fn settings_overrides(&self) -> Vec<SettingOverride> {
+        self.live
+            .rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Removes the override of `name`, so the config file's value applies again, here at once
+    /// and on every gateway sharing the database within a second. Whether there was one.
+    pub async fn revert_setting(&self, name: &str) -> StoreResult<bool> {
+        let done = self
+            .db
+            .timed(
+                sqlx::query("DELETE FROM settings WHERE name = $1")
+                    .bind(name)
+                    .execute(&self.db.pool),
+            )
+            .await?;
+        self.refresh_settings().await?;
+        if let Err(e) = self.cache.publish(CHANNEL, "changed").await {
+            self.cache_failed("publish settings", &e);
+        }
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Whether maintenance mode is on: the config file's `maintenance.enabled`, or the live
+    /// setting that overrides it.
     pub fn maintenance(&self) -> bool {
         self.live.maintenance.load(Ordering::Relaxed)
     }
@@ -230,18 +284,23 @@ impl Stores {
         let rows = self
             .db
             .timed(
-                sqlx::query("SELECT name, value, updated_ms FROM settings")
-                    .fetch_all(&self.db.pool),
+                sqlx::query(
+                    "SELECT name, value, updated_ms, updated_by FROM settings ORDER BY name",
+                )
+                .fetch_all(&self.db.pool),
             )
             .await?;
         let mut pairs = Vec::with_capacity(rows.len());
         let mut newest = 0u64;
         for r in &rows {
-            pairs.push((
-                r.try_get::<String, _>("name").map_err(db_err)?,
-                r.try_get::<String, _>("value").map_err(db_err)?,
-            ));
-            newest = newest.max(r.try_get::<i64, _>("updated_ms").map_err(db_err)?.max(0) as u64);
+            let updated_ms = r.try_get::<i64, _>("updated_ms").map_err(db_err)?.max(0) as u64;
+            pairs.push(SettingOverride {
+                name: r.try_get::<String, _>("name").map_err(db_err)?,
+                value: r.try_get::<String, _>("value").map_err(db_err)?,
+                updated_ms,
+                updated_by: r.try_get::<String, _>("updated_by").map_err(db_err)?,
+            });
+            newest = newest.max(updated_ms);
         }
         self.live.seen_ms.store(newest, Ordering::Relaxed);
         let defaults = self
@@ -251,6 +310,7 @@ impl Stores {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         self.live.apply(&merge(&defaults, &pairs));
+        *self.live.rows.lock().unwrap_or_else(|p| p.into_inner()) = pairs;
         Ok(())
     }
 
@@ -309,7 +369,12 @@ mod tests {
             ("colour", "\"blue\""), // unknown: skipped
             ("log_level", "not json"),
         ]
-        .map(|(n, v)| (n.to_owned(), v.to_owned()));
+        .map(|(n, v)| SettingOverride {
+            name: n.to_owned(),
+            value: v.to_owned(),
+            updated_ms: 1,
+            updated_by: "test".into(),
+        });
         let merged = merge(&base, &rows);
         assert_eq!(
             merged,

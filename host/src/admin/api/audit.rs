@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::bindings::Page;
-use super::state::{AdminState, Operator};
+use super::state::{AdminState, Viewer};
 use crate::admin::error::{ApiError, ApiQuery, ErrorBody};
 use crate::state::{AuditQuery, AuditRecord};
 
@@ -63,7 +63,7 @@ impl From<AuditRecord> for AuditView {
     responses((status = 200, body = Page<AuditView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn audit(
     State(st): State<AdminState>,
-    _op: Operator,
+    _: Viewer,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<Json<Page<AuditView>>, ApiError> {
     let q = p.query();
@@ -116,7 +116,7 @@ impl super::export::CsvRow for AuditRecord {
     responses((status = 200, content_type = "text/csv", body = String), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn audit_csv(
     State(st): State<AdminState>,
-    _op: Operator,
+    _: Viewer,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> axum::response::Response {
     const HEADER: &[&str] = &[

@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::state::{AdminState, Operator};
+use super::state::{AdminState, Operator, Viewer};
 use crate::admin::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use crate::service::bindings::{self, BindingView, Change};
 use crate::state::{BindingQuery, BindingStatus};
@@ -38,7 +38,7 @@ pub struct Page<T: ToSchema> {
     responses((status = 200, body = Page<BindingView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn list_bindings(
     State(st): State<AdminState>,
-    _op: Operator,
+    _: Viewer,
     ApiQuery(p): ApiQuery<BindingsParams>,
 ) -> Result<Json<Page<BindingView>>, ApiError> {
     let status = match p.status.as_deref() {
@@ -68,7 +68,7 @@ pub(super) async fn list_bindings(
     responses((status = 200, body = BindingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_binding(
     State(st): State<AdminState>,
-    _op: Operator,
+    _: Viewer,
     Path(key_id): Path<String>,
 ) -> Result<Json<BindingView>, ApiError> {
     Ok(Json(bindings::get(&st.gateway.stores, &key_id).await?))

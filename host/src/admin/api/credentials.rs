@@ -8,7 +8,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::state::{AdminState, Operator};
+use super::state::{Admin, AdminState, Viewer};
 use crate::admin::error::{ApiError, ApiJson, ErrorBody};
 use crate::service::credentials::{self as service, CredentialView};
 
@@ -18,7 +18,7 @@ use crate::service::credentials::{self as service, CredentialView};
     responses((status = 200, body = Vec<CredentialView>), (status = 401, body = ErrorBody)))]
 pub(super) async fn list(
     State(st): State<AdminState>,
-    _op: Operator,
+    _: Viewer,
 ) -> Result<Json<Vec<CredentialView>>, ApiError> {
     let rt = st.gateway.runtime();
     let upstreams: Vec<_> = rt.upstreams.iter().map(|u| &u.config).collect();
@@ -47,7 +47,7 @@ pub struct CredentialSet {
     responses((status = 415, description = "not sent as application/json", body = ErrorBody), (status = 200, body = CredentialSet), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn set(
     State(st): State<AdminState>,
-    Operator(actor): Operator,
+    Admin(actor): Admin,
     Path(upstream): Path<String>,
     ApiJson(req): ApiJson<SetCredential>,
 ) -> Result<Json<CredentialSet>, ApiError> {
@@ -75,7 +75,7 @@ pub(super) async fn set(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn remove(
     State(st): State<AdminState>,
-    Operator(actor): Operator,
+    Admin(actor): Admin,
     Path(upstream): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     service::remove(&st.gateway.stores, &actor, &upstream).await?;

@@ -5,7 +5,7 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::state::{AdminState, Operator};
+use super::state::{AdminState, Viewer};
 use crate::admin::error::{ApiError, ErrorBody};
 use crate::state::HourTotals;
 
@@ -78,7 +78,7 @@ pub struct Dashboard {
     responses((status = 200, body = Dashboard), (status = 401, body = ErrorBody)))]
 pub async fn dashboard(
     State(st): State<AdminState>,
-    _op: Operator,
+    _: Viewer,
 ) -> Result<Json<Dashboard>, ApiError> {
     let now = crate::state::unix_ms();
     let current_hour = now / HOUR_MS * HOUR_MS;

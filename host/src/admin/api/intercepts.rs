@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::bindings::Page;
 use super::export::{CsvRow, EXPORT_PAGE, csv_response, rfc3339_ms};
-use super::state::{AdminState, Operator};
+use super::state::{AdminState, Caller, Viewer};
 use crate::admin::error::{ApiError, ApiQuery, ErrorBody};
 use crate::state::{AuditRecord, Intercept, InterceptQuery, KeyTable};
 
@@ -98,7 +98,7 @@ fn view((id, i): (i64, Intercept), keys: &KeyTable) -> InterceptView {
     responses((status = 200, body = Page<InterceptView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(st): State<AdminState>,
-    _op: Operator,
+    _: Viewer,
     ApiQuery(p): ApiQuery<InterceptParams>,
 ) -> Result<Json<Page<InterceptView>>, ApiError> {
     let keys = st.gateway.stores.key_table().load_full();
@@ -152,7 +152,7 @@ impl CsvRow for (i64, Intercept) {
     responses((status = 200, content_type = "text/csv", body = String), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn csv(
     State(st): State<AdminState>,
-    Operator(actor): Operator,
+    Viewer(Caller { actor, .. }): Viewer,
     ApiQuery(p): ApiQuery<InterceptParams>,
 ) -> Result<Response, ApiError> {
     let q = p.query(&st.gateway.stores.key_table().load())?;

@@ -8,7 +8,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::state::{AdminState, Operator};
+use super::state::{AdminState, Operator, Viewer};
 use crate::admin::error::{ApiError, ApiJson, ErrorBody};
 use crate::service::ip_rules::{self, IpRuleView};
 use crate::state::IpAction;
@@ -42,7 +42,7 @@ pub struct RuleList {
 #[utoipa::path(get, path = "/admin/api/ip-rules", tag = "access",
     security(("bearer" = [])),
     responses((status = 200, body = RuleList), (status = 401, body = ErrorBody)))]
-pub async fn list(State(st): State<AdminState>, _op: Operator) -> Result<Json<RuleList>, ApiError> {
+pub async fn list(State(st): State<AdminState>, _: Viewer) -> Result<Json<RuleList>, ApiError> {
     let stores = &st.gateway.stores;
     Ok(Json(RuleList {
         items: ip_rules::list(stores).await?,

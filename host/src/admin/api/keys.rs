@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::bindings::Page;
-use super::state::{AdminState, Operator};
+use super::state::{AdminState, Operator, Viewer};
 use crate::admin::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use crate::service::keys::{self, IssuedKey, KeyFields, KeyFilter, KeyView};
 
@@ -40,7 +40,7 @@ fn nonempty(s: Option<String>) -> Option<String> {
     responses((status = 200, body = Page<KeyView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn list(
     State(st): State<AdminState>,
-    _op: Operator,
+    _: Viewer,
     ApiQuery(p): ApiQuery<KeysParams>,
 ) -> Result<Json<Page<KeyView>>, ApiError> {
     let rt = st.gateway.runtime();
@@ -81,7 +81,7 @@ pub(super) async fn create(
     responses((status = 200, body = KeyView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get(
     State(st): State<AdminState>,
-    _op: Operator,
+    _: Viewer,
     Path(key): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     let rt = st.gateway.runtime();

@@ -46,7 +46,9 @@ pub(super) async fn login(
         .login(&st.gateway.stores, &req.username, &req.password, ip)
         .await?
     {
-        Login::Ok { token, expires_at } => Ok(Json(LoginResponse { token, expires_at })),
+        Login::Ok {
+            token, expires_at, ..
+        } => Ok(Json(LoginResponse { token, expires_at })),
         other => Err(login_error(other)),
     }
 }

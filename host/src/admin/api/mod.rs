@@ -36,6 +36,7 @@ pub fn routes() -> axum::Router<AdminState> {
                 .get(session::current)
                 .delete(session::end),
         )
+        .route("/session/renew", post(session::renew))
         .route("/dashboard", get(dashboard::dashboard))
         .route("/bindings", get(bindings::list_bindings))
         .route(
@@ -58,6 +59,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/upstreams/{name}/cooldown", post(upstreams::cool_down))
         .route("/upstreams/{name}/restore", post(upstreams::restore))
         .route("/settings", get(settings::get).put(settings::put))
+        .route("/settings/{name}", delete(settings::revert))
         .route("/audit", get(audit::audit))
         .route("/audit.csv", get(audit::audit_csv))
         .route("/reload", put(plugins::reload).post(plugins::reload))
@@ -85,6 +87,7 @@ pub fn routes() -> axum::Router<AdminState> {
         session::create,
         session::current,
         session::end,
+        session::renew,
         dashboard::dashboard,
         bindings::list_bindings,
         bindings::get_binding,
@@ -105,6 +108,7 @@ pub fn routes() -> axum::Router<AdminState> {
         requests::ndjson,
         settings::get,
         settings::put,
+        settings::revert,
         audit::audit,
         audit::audit_csv,
         plugins::reload,

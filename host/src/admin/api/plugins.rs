@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::state::{AdminState, Operator};
+use super::state::{AdminState, Operator, Viewer};
 use crate::admin::error::{ApiError, ErrorBody};
 
 #[derive(Serialize, ToSchema)]
@@ -87,7 +87,7 @@ pub struct PluginsView {
 #[utoipa::path(get, path = "/admin/api/plugins", tag = "plugins",
     security(("bearer" = [])),
     responses((status = 200, body = PluginsView), (status = 401, body = ErrorBody)))]
-pub(super) async fn plugins(State(st): State<AdminState>, _op: Operator) -> Json<PluginsView> {
+pub(super) async fn plugins(State(st): State<AdminState>, _: Viewer) -> Json<PluginsView> {
     use std::sync::atomic::Ordering::Relaxed;
     let rt = st.gateway.runtime();
     let plugins = rt

@@ -9,8 +9,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::export::{CsvRow, EXPORT_PAGE, csv_response, ndjson_response, rfc3339_ms};
-use super::state::{AdminState, Operator};
+use super::state::{AdminState, Caller, Viewer};
 use crate::admin::error::{ApiError, ApiQuery, ErrorBody};
+use crate::config::AdminRole;
 use crate::service::requests::RequestFilter;
 use crate::state::{AuditRecord, RequestQuery, RequestRow};
 
@@ -30,7 +31,7 @@ pub struct RequestPage {
     responses((status = 200, body = RequestPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(st): State<AdminState>,
-    _op: Operator,
+    Viewer(c): Viewer,
     ApiQuery(p): ApiQuery<RequestFilter>,
 ) -> Result<Json<RequestPage>, ApiError> {
     let q = p.query(&st.gateway.stores.key_table().load())?;
@@ -40,11 +41,13 @@ pub async fn list(
         if p.before.is_some() {
             return Err(ApiError::invalid("after", "give before or after, not both"));
         }
-        let items = db.requests_after(&q, after, limit).await?;
+        let mut items = db.requests_after(&q, after, limit).await?;
+        withhold_bodies(c.role, &mut items);
         let next = items.last().map_or(Some(after), |r| Some(r.id));
         return Ok(Json(RequestPage { items, next }));
     }
-    let items = db.requests_page(&q, p.before, limit).await?;
+    let mut items = db.requests_page(&q, p.before, limit).await?;
+    withhold_bodies(c.role, &mut items);
     let next = (items.len() == limit as usize)
         .then(|| items.last().map(|r| r.id))
         .flatten();
@@ -58,7 +61,7 @@ pub async fn list(
     responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(st): State<AdminState>,
-    _op: Operator,
+    Viewer(c): Viewer,
     Path(request_id): Path<String>,
 ) -> Result<Json<RequestRow>, ApiError> {
     let q = RequestQuery {
@@ -71,9 +74,25 @@ pub async fn get(
         .database()
         .requests_page(&q, None, 1)
         .await?;
+    withhold_bodies(c.role, &mut rows);
     rows.pop()
         .map(Json)
         .ok_or_else(|| ApiError::not_found("request"))
+}
+
+/// Captured bodies hold the clients' prompts and the models' answers: a `viewer` sees that a
+/// body was captured (`"withheld"`), not what it says.
+fn withhold_bodies(role: AdminRole, rows: &mut [RequestRow]) {
+    if role >= AdminRole::Operator {
+        return;
+    }
+    for r in rows {
+        for body in [&mut r.request_body, &mut r.response_body] {
+            if body.is_some() {
+                *body = Some("withheld".into());
+            }
+        }
+    }
 }
 
 const CSV_HEADER: &[&str] = &[
@@ -154,11 +173,13 @@ type PageRead =
 /// Audits an export and returns what reads its pages: the rows below an id, newest first.
 async fn export_pages(
     st: &AdminState,
-    actor: &crate::service::Actor,
+    caller: &Caller,
     p: &RequestFilter,
     format: &str,
 ) -> Result<impl FnMut(Option<i64>) -> PageRead + Send + 'static, ApiError> {
     let q = p.query(&st.gateway.stores.key_table().load())?;
+    let actor = &caller.actor;
+    let role = caller.role;
     st.gateway
         .stores
         .database()
@@ -174,10 +195,12 @@ async fn export_pages(
     Ok(move |before| {
         let (stores, q): (_, RequestQuery) = (stores.clone(), q.clone());
         Box::pin(async move {
-            stores
+            let mut rows = stores
                 .database()
                 .requests_page(&q, before, EXPORT_PAGE)
-                .await
+                .await?;
+            withhold_bodies(role, &mut rows);
+            Ok(rows)
         }) as PageRead
     })
 }
@@ -189,10 +212,10 @@ async fn export_pages(
     responses((status = 200, content_type = "text/csv", body = String), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn csv(
     State(st): State<AdminState>,
-    Operator(actor): Operator,
+    Viewer(c): Viewer,
     ApiQuery(p): ApiQuery<RequestFilter>,
 ) -> Result<Response, ApiError> {
-    let pages = export_pages(&st, &actor, &p, "csv").await?;
+    let pages = export_pages(&st, &c, &p, "csv").await?;
     Ok(csv_response("requests.csv", CSV_HEADER, pages))
 }
 
@@ -202,9 +225,9 @@ pub async fn csv(
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn ndjson(
     State(st): State<AdminState>,
-    Operator(actor): Operator,
+    Viewer(c): Viewer,
     ApiQuery(p): ApiQuery<RequestFilter>,
 ) -> Result<Response, ApiError> {
-    let pages = export_pages(&st, &actor, &p, "ndjson").await?;
+    let pages = export_pages(&st, &c, &p, "ndjson").await?;
     Ok(ndjson_response("requests.ndjson", pages))
 }

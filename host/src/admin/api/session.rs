@@ -23,9 +23,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::login::{LoginRequest, login_error};
-use super::state::{AdminState, Operator, client_ip};
+use super::state::{AdminState, Viewer, client_ip};
 use crate::admin::auth::Login;
 use crate::admin::error::{ApiError, ApiJson, ErrorBody};
+use crate::config::AdminRole;
 use crate::listen::ConnInfo;
 
 /// The session cookie's name.
@@ -37,6 +38,8 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 #[derive(Serialize, ToSchema)]
 pub struct SessionView {
     pub user: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
     /// Unix seconds when the session ends.
     pub expires_at: Option<u64>,
     /// Send it as `X-CSRF-Token` with every POST, PUT, PATCH and DELETE.
@@ -104,26 +107,77 @@ pub(super) async fn create(
         .login(&st.gateway.stores, &req.username, &req.password, ip)
         .await?
     {
-        Login::Ok { token, expires_at } => {
-            let now = crate::state::unix_ms() / 1000;
-            let view = SessionView {
-                user: req.username,
-                expires_at: Some(expires_at),
-                csrf: st.auth.csrf_token(&token),
-            };
-            let mut resp = Json(view).into_response();
-            resp.headers_mut().insert(
-                http::header::SET_COOKIE,
-                set_cookie(&token, expires_at.saturating_sub(now), tls),
-            );
-            resp.headers_mut().insert(
-                http::header::CACHE_CONTROL,
-                HeaderValue::from_static("no-store"),
-            );
-            Ok(resp)
-        }
+        Login::Ok {
+            token,
+            expires_at,
+            role,
+        } => Ok(session_answer(
+            &st,
+            req.username,
+            role,
+            &token,
+            expires_at,
+            tls,
+        )),
         other => Err(login_error(other)),
     }
+}
+
+/// A session's view with its cookie set (never the token in the body).
+fn session_answer(
+    st: &AdminState,
+    user: String,
+    role: AdminRole,
+    token: &str,
+    expires_at: u64,
+    tls: bool,
+) -> Response {
+    let now = crate::state::unix_ms() / 1000;
+    let view = SessionView {
+        user,
+        role: role.as_str().into(),
+        expires_at: Some(expires_at),
+        csrf: st.auth.csrf_token(token),
+    };
+    let mut resp = Json(view).into_response();
+    resp.headers_mut().insert(
+        http::header::SET_COOKIE,
+        set_cookie(token, expires_at.saturating_sub(now), tls),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// Renews the console session: a new cookie `admin.token_ttl` from now (never past
+/// `admin.session_max` after the login) and its new CSRF token. The console calls it while it
+/// is used; 401 once the session cannot be renewed.
+#[utoipa::path(post, path = "/admin/api/session/renew", tag = "auth",
+    responses((status = 200, body = SessionView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn renew(
+    State(st): State<AdminState>,
+    parts: http::request::Parts,
+    Viewer(c): Viewer,
+) -> Result<Response, ApiError> {
+    let tls = parts.extensions.get::<ConnInfo>().is_some_and(|c| c.tls) || forwarded_https(&parts);
+    let token = cookie_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+    let (fresh, expires_at) = st.auth.renew(token).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "session_at_maximum",
+            "this session has reached admin.session_max; sign in again",
+        )
+    })?;
+    Ok(session_answer(
+        &st,
+        c.actor.name,
+        c.role,
+        &fresh,
+        expires_at,
+        tls,
+    ))
 }
 
 /// The current console session and its CSRF token.
@@ -132,12 +186,13 @@ pub(super) async fn create(
 pub(super) async fn current(
     State(st): State<AdminState>,
     parts: http::request::Parts,
-    op: Operator,
+    Viewer(c): Viewer,
 ) -> Result<Response, ApiError> {
     let token = cookie_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
     let view = SessionView {
-        user: op.0.name,
-        expires_at: st.auth.token_expiry(token),
+        user: c.actor.name,
+        role: c.role.as_str().into(),
+        expires_at: st.auth.verify_token(token).map(|s| s.expires_at),
         csrf: st.auth.csrf_token(token),
     };
     let mut resp = Json(view).into_response();
@@ -151,7 +206,7 @@ pub(super) async fn current(
 /// Ends the console session (clears the cookie).
 #[utoipa::path(delete, path = "/admin/api/session", tag = "auth",
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub(super) async fn end(parts: http::request::Parts, _op: Operator) -> Response {
+pub(super) async fn end(parts: http::request::Parts, _: Viewer) -> Response {
     let tls = parts.extensions.get::<ConnInfo>().is_some_and(|c| c.tls) || forwarded_https(&parts);
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::state::{AdminState, Operator};
+use super::state::{AdminState, Operator, Viewer};
 use crate::admin::error::{ApiError, ApiJson, ErrorBody};
 use crate::service::upstreams::{self as service, UpstreamView};
 
@@ -14,10 +14,7 @@ use crate::service::upstreams::{self as service, UpstreamView};
 #[utoipa::path(get, path = "/admin/api/upstreams", tag = "upstreams",
     security(("bearer" = [])),
     responses((status = 200, body = Vec<UpstreamView>), (status = 401, body = ErrorBody)))]
-pub(super) async fn upstreams(
-    State(st): State<AdminState>,
-    _op: Operator,
-) -> Json<Vec<UpstreamView>> {
+pub(super) async fn upstreams(State(st): State<AdminState>, _: Viewer) -> Json<Vec<UpstreamView>> {
     Json(service::list(&st.gateway))
 }
 

@@ -5,7 +5,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::state::{AdminState, Operator};
+use super::state::{AdminState, Viewer};
 use crate::admin::error::{ApiError, ApiQuery, ErrorBody};
 use crate::state::UsageBy;
 
@@ -48,7 +48,7 @@ pub struct UsageRow {
     responses((status = 200, body = Vec<UsageRow>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn usage(
     State(st): State<AdminState>,
-    _op: Operator,
+    _: Viewer,
     ApiQuery(p): ApiQuery<UsageParams>,
 ) -> Result<Json<Vec<UsageRow>>, ApiError> {
     let by = match p.by.as_deref().unwrap_or("key") {

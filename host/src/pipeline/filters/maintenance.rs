@@ -1,5 +1,5 @@
-//! `maintenance`: while maintenance mode is on — the config file's `maintenance.enabled`, the
-//! route's `maintenance`, or the live setting `maintenance` of the admin API — proxied requests
+//! `maintenance`: while maintenance mode is on — the route's `maintenance`, or the live setting
+//! `maintenance` (the config file's `maintenance.enabled` unless the admin API overrides it) — proxied requests
 //! get 503 `service_unavailable` with `Retry-After` (hook `on_request`, before authentication).
 //! `/health` is not a route and stays up; `/ready` answers 503 `maintenance`.
 
@@ -40,7 +40,7 @@ impl Filter for Maintenance {
     }
 
     fn on_request<'a>(&'a self, _s: &'a mut Session<'_>) -> HookResult<'a, Flow> {
-        if self.config.enabled || self.route || self.stores.maintenance() {
+        if self.route || self.stores.maintenance() {
             return Step::Now(Err(Refusal::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
