@@ -19,8 +19,12 @@ import usage from "./usage.js";
 import upstreams from "./upstreams.js";
 import plugins from "./plugins.js";
 import settings from "./settings.js";
+import status from "./status.js";
+import config from "./config.js";
+import iprules from "./iprules.js";
+import { clearToasts } from "./ui.js";
 
-const pages = { dashboard, requests, keys, bindings, intercepts, audit, usage, upstreams, plugins, settings };
+const pages = { dashboard, status, requests, keys, bindings, intercepts, audit, usage, upstreams, plugins, "ip-rules": iprules, config, settings };
 
 let current = null; // the page being shown: its timers end when another is rendered
 let loggedIn = false;
@@ -41,6 +45,9 @@ function hashOf(name, params) {
 async function render() {
   if (!loggedIn) return;
   current?.stop();
+  // A page's messages do not follow the operator to the next page; the phone menu closes.
+  clearToasts();
+  document.body.classList.remove("menu-open");
   const { name, params } = parseHash();
   const timers = [];
   const page = {
@@ -85,7 +92,7 @@ function showLogin() {
   delete document.body.dataset.role;
   $("login").hidden = false;
   $("view").replaceChildren();
-  for (const id of ["nav", "who", "logout"]) $(id).hidden = true;
+  for (const id of ["nav", "who", "logout", "menu"]) $(id).hidden = true;
   document.title = "Log in · Tollgate";
   $("login-form").querySelector("input")?.focus();
 }
@@ -99,11 +106,15 @@ function showConsole(s) {
   document.body.dataset.role = s.role;
   $("who").textContent = `${s.user} · ${s.role}`;
   $("login").hidden = true;
-  for (const id of ["nav", "who", "logout"]) $(id).hidden = false;
+  for (const id of ["nav", "who", "logout", "menu"]) $(id).hidden = false;
   render();
 }
 
 $("tz").textContent = zone;
+$("menu").addEventListener("click", () => {
+  const open = document.body.classList.toggle("menu-open");
+  $("menu").setAttribute("aria-expanded", String(open));
+});
 
 $("login-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();

@@ -159,12 +159,7 @@ export function ask({ title, text, fields = [], ok = "OK", danger = false, submi
       on: {
         click: async () => {
           input.select();
-          try {
-            await navigator.clipboard.writeText(input.value);
-          } catch {
-            document.execCommand("copy");
-          }
-          toast("Copied");
+          await copyText(input.value);
         },
       },
     }, "Copy");
@@ -208,16 +203,48 @@ export function ask({ title, text, fields = [], ok = "OK", danger = false, submi
   });
 }
 
-/** A short message that goes away by itself. */
+/** Toasts shown at once at most; an older one makes room. */
+const MAX_TOASTS = 3;
+
+/**
+ * A short message that goes away by itself after 4 s, or when dismissed (its × or Escape), or
+ * when the operator opens another page. At most three show at once.
+ */
 export function toast(text) {
   let box = document.getElementById("toasts");
   if (!box) {
-    box = h("div", { id: "toasts", class: "toasts" });
+    box = h("div", { id: "toasts", class: "toasts", "aria-live": "polite" });
     document.body.append(box);
   }
-  const t = h("div", { class: "toast", role: "status", text });
+  while (box.children.length >= MAX_TOASTS) box.firstElementChild.remove();
+  const t = h("div", { class: "toast", role: "status" }, h("span", { text }));
+  t.append(h("button", { type: "button", class: "dismiss", "aria-label": "Dismiss", title: "Dismiss", on: { click: () => t.remove() } }, "×"));
   box.append(t);
   setTimeout(() => t.remove(), 4000);
+}
+
+/** Removes every toast (a new page starts without the last one's messages). */
+export function clearToasts() {
+  document.getElementById("toasts")?.replaceChildren();
+}
+
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && !document.querySelector("dialog[open]")) clearToasts();
+});
+
+/** Copies `text` to the clipboard (a fallback for plain-HTTP pages), and says so. */
+export async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const area = h("textarea", { class: "offscreen", readonly: true });
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  toast("Copied");
 }
 
 /** A small coloured label, e.g. a binding's status. */
@@ -225,7 +252,12 @@ export function badge(text, kind = text) {
   return h("span", { class: `badge ${kind}`, text });
 }
 
-/** A long id cut to its first 12 characters, whole in its tooltip and on copy. */
+/** A long id cut to its first 12 characters, whole in its tooltip, with a button that copies it whole. */
 export function shortId(id) {
-  return h("code", { title: id, text: id.length > 12 ? `${id.slice(0, 12)}…` : id });
+  return h(
+    "span",
+    { class: "id" },
+    h("code", { title: id, text: id.length > 12 ? `${id.slice(0, 12)}…` : id }),
+    h("button", { type: "button", class: "quiet copy-id", title: `Copy ${id}`, "aria-label": "Copy the whole id", "data-copy": id, on: { click: () => copyText(id) } }, "⧉"),
+  );
 }

@@ -155,8 +155,8 @@ export default {
       { label: "URL", get: (u) => h("code", { text: u.url }) },
       { label: "Health", get: (u) => badge(u.healthy ? "healthy" : "down", u.healthy ? "active" : "banned") },
       { label: "In flight", class: "num", get: (u) => fmtNum(u.in_flight) },
-      { label: "Latency", class: "num", get: (u) => `${u.latency_ewma_ms.toFixed(1)} ms` },
-      { label: "Error rate", class: "num", get: (u) => `${(u.error_rate * 100).toFixed(1)} %` },
+      { label: "Latency to head (avg. of ~10 latest)", class: "num", get: (u) => (u.latency_ewma_ms === null ? "no request yet" : `${u.latency_ewma_ms.toFixed(1)} ms`) },
+      { label: "Error rate (avg. of ~10 latest)", class: "num", get: (u) => (u.error_rate === null ? "no request yet" : `${(u.error_rate * 100).toFixed(1)} %`) },
       { label: "Models", get: (u) => (u.models.length ? u.models.join(", ") : "any") },
       { label: "Cooldowns", get: cooldowns },
       { label: "Recent errors", get: errors },
@@ -165,22 +165,37 @@ export default {
     ];
     let creds = new Map();
     const holder = h("div", { id: "upstreams" });
+    const state = h("p", { id: "upstreams-state", class: "note ok", role: "status", "data-state": "ok" });
     const show = (list) => holder.replaceChildren(table(columns, list, "The config has no upstreams."));
     const load = async () => {
       const [list, credentials] = await Promise.all([call("GET", "/upstreams"), call("GET", "/credentials")]);
       creds = new Map(credentials.map((c) => [c.upstream, c]));
       show(list);
+      holder.classList.remove("stale");
+      state.className = "note ok";
+      state.dataset.state = "ok";
+      state.dataset.updated = new Date().toLocaleTimeString();
+      state.textContent = `Updated ${state.dataset.updated}`;
     };
     await load();
     view.replaceChildren(
       h("h1", { text: "Upstreams" }),
-      h("p", { class: "muted small", text: "Health, latency and error rate are this gateway's view; cooldowns are shared with every gateway on the same cache. Refreshes every 5 s." }),
+      h("p", { class: "muted small", text: "Health, latency and error rate are this gateway's view (latency: time to the response head of successful attempts); cooldowns are shared with every gateway on the same cache. Refreshes every 5 s." }),
+      state,
       holder,
     );
-    // Not while a dialog is open: it would replace the row the operator is acting on.
+    // Not while a dialog is open: it would replace the row the operator is acting on. A refresh
+    // that fails says so and greys out the table: its health is then as of the time shown.
     page.every(5000, async () => {
       if (document.getElementById("dialog").open) return;
-      await load();
+      try {
+        await load();
+      } catch (e) {
+        holder.classList.add("stale");
+        state.className = "note error";
+        state.dataset.state = "stale";
+        state.textContent = `Could not refresh (${e.message}): the table below is as of ${state.dataset.updated ?? "the last update"} and may be stale.`;
+      }
     });
   },
 };

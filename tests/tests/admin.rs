@@ -1770,6 +1770,114 @@ async fn overridden_settings_show_their_source_and_revert_to_the_file() {
     );
 }
 
+/// docs/admin.md "Status": version, uptime, the config file, both stores' health and the
+/// conditions that need attention; the cache going down shows as critical. `/config` shows the
+/// running config with every secret redacted; `/alerts` the conditions and the alerts sent.
+#[tokio::test]
+async fn status_says_what_needs_attention_and_config_shows_no_secret() {
+    let mock = MockUpstream::start().await;
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    let yaml = admin_yaml(&mock.url(), "").replace(
+        "routes:\n",
+        &format!(
+            "storage:\n  cache: redis://127.0.0.1:{}\nalerts:\n  webhook: https://hooks.example.invalid/services/T0/B0/s3cret-path\nroutes:\n",
+            redis.port
+        ),
+    );
+    std::fs::write(&path, &yaml).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    let admin = Admin::new(gw.admin_addr.unwrap());
+    let token = admin.token().await;
+    let s: Value = admin.get(&token, "/status").await.json().await.unwrap();
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        s["config_path"].as_str(),
+        Some(std::fs::canonicalize(&path).unwrap().to_str().unwrap()),
+        "{s}"
+    );
+    assert!(s["uptime_secs"].as_u64().is_some());
+    assert_eq!(
+        (
+            s["stores"]["database"]["kind"].as_str(),
+            s["stores"]["database"]["up"].as_bool()
+        ),
+        (Some("sqlite"), Some(true))
+    );
+    assert_eq!(
+        (
+            s["stores"]["cache"]["kind"].as_str(),
+            s["stores"]["cache"]["up"].as_bool()
+        ),
+        (Some("redis"), Some(true))
+    );
+    assert_eq!(s["conditions"], json!([]), "{s}");
+
+    // Maintenance on and the cache gone: both show, the critical one first.
+    admin
+        .send(
+            reqwest::Method::PUT,
+            &token,
+            "/settings",
+            Some(r#"{"maintenance": true}"#),
+        )
+        .await;
+    redis.kill9();
+    let s: Value = admin.get(&token, "/status").await.json().await.unwrap();
+    assert_eq!(s["stores"]["cache"]["up"], false, "{s}");
+    let codes: Vec<(&str, &str)> = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["level"].as_str().unwrap(), c["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        codes,
+        [("critical", "cache_down"), ("warning", "maintenance")],
+        "{s}"
+    );
+    let alerts: Value = admin.get(&token, "/alerts").await.json().await.unwrap();
+    assert_eq!(
+        alerts["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["code"].clone())
+            .collect::<Vec<_>>(),
+        [json!("cache_down"), json!("maintenance")]
+    );
+    assert_eq!(
+        (
+            alerts["webhook"].as_bool(),
+            alerts["sent"].as_array().map(Vec::len)
+        ),
+        (Some(true), Some(0))
+    );
+
+    // The running config: routes and upstreams in full, no secret anywhere.
+    let shown = admin.get(&token, "/config").await.text().await.unwrap();
+    let config: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(config["upstreams"][0]["name"], "u0");
+    assert_eq!(config["upstreams"][0]["credential"], "<redacted>");
+    assert_eq!(config["routes"][0]["upstreams"], json!(["u0"]));
+    assert_eq!(config["admin"]["users"][0]["password"], "<redacted>");
+    assert_eq!(
+        config["alerts"]["webhook"],
+        "https://hooks.example.invalid/<redacted>"
+    );
+    for secret in [
+        CLIENT_KEY,
+        tollgate_tests::UPSTREAM_CREDENTIAL,
+        PASSWORD,
+        JWT_SECRET,
+        "test-secret-0123456789",
+        "s3cret-path",
+    ] {
+        assert!(!shown.contains(secret), "{secret} is shown: {shown}");
+    }
+}
+
 #[tokio::test]
 async fn the_audit_log_exports_as_csv_with_its_filters() {
     let mock = MockUpstream::start().await;

@@ -340,4 +340,11 @@ async fn a_budget_passing_its_alert_percentages_sends_one_alert_each() {
     assert_eq!(got[1]["unit"], "tokens");
     assert_eq!(got[1]["limit"], 100.0);
     assert_eq!(got[1]["period"], "week");
+    // The admin API's /alerts lists what this gateway sent, newest first, delivered.
+    let sent = gw.gateway.stores.recent_alerts();
+    let shown: Vec<(u64, &str)> = sent
+        .iter()
+        .map(|a| (a.alert["percent"].as_u64().unwrap(), a.delivery))
+        .collect();
+    assert_eq!(shown, [(20, "delivered"), (10, "delivered")], "{sent:?}");
 }

@@ -457,16 +457,137 @@ async fn every_page_acts_on_the_gateway_in_chromium() {
     wait_text(c, "#tz", "Asia/Tokyo").await;
     assert_eq!(js(c, "return new Date(0).getHours()").await, json!(9));
 
-    // Dashboard: the tiles and both charts (uPlot draws on canvas).
-    open(c, &ui, "dashboard").await;
-    wait_text(c, "#tiles", "Requests today").await;
+    // Dashboard: the tiles ("today" from midnight in the browser's zone) and one chart per
+    // metric, each plotting exactly what the API answers, with integer ticks for counts and a
+    // legend that shows the current values.
+    c.goto(&format!("{ui}#/dashboard?refresh=0")).await.unwrap();
+    let tiles = wait_text(c, "#tiles", "Requests today").await;
+    assert!(tiles.contains("since 00:00 Asia/Tokyo"), "{tiles}");
+    let charts = [
+        "requests",
+        "error-rate",
+        "latency",
+        "first-byte",
+        "tokens",
+        "day-requests",
+        "day-tokens",
+    ];
     wait_js(
         c,
-        "return document.querySelectorAll('.chart canvas').length >= 2",
+        &format!(
+            "return document.querySelectorAll('.chart canvas').length === {}",
+            charts.len()
+        ),
     )
     .await;
-    let legend = wait_text(c, "#chart-hour", "Requests").await;
-    assert!(legend.contains("Last hour"), "{legend}");
+    let api = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; const d = new Date(); d.setHours(0, 0, 0, 0); fetch('/admin/api/dashboard?today_from_ms=' + d.getTime()).then((r) => r.json()).then(done);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    // "Today" is Tokyo's day: the tile shows what the API counts from Tokyo's midnight.
+    assert_eq!(
+        tile(c, "Requests today").await,
+        api["today"]["requests"].as_u64().unwrap()
+    );
+    let plotted = js(
+        c,
+        "return Object.fromEntries([...document.querySelectorAll('.chart')].map((el) => [el.id.replace('chart-', ''), { data: el.data, ticks: el.plot && el.plot.axes[1]._splits, legend: Object.fromEntries([...el.querySelectorAll('.legend li')].map((li) => [li.dataset.series, li.querySelector('.value').dataset.value])) }]))",
+    )
+    .await;
+    let series = |list: &str,
+                  key: &str,
+                  get: &dyn Fn(&serde_json::Value) -> serde_json::Value|
+     -> Vec<(u64, serde_json::Value)> {
+        api[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b[key].as_u64().unwrap() / 1000, get(b)))
+            .collect()
+    };
+    let check = |chart: &str, idx: usize, want: Vec<(u64, serde_json::Value)>| {
+        let data = &plotted[chart]["data"];
+        let xs = data[0].as_array().unwrap();
+        let ys = data[idx].as_array().unwrap();
+        assert_eq!(xs.len(), want.len(), "{chart}");
+        for ((x, y), (wx, wy)) in xs.iter().zip(ys).zip(&want) {
+            assert_eq!(x.as_f64().unwrap() as u64, *wx, "{chart}: the time axis");
+            match (y.as_f64(), wy.as_f64()) {
+                (Some(a), Some(b)) => {
+                    assert!((a - b).abs() < 1e-9, "{chart}[{idx}] at {wx}: {a} vs {b}")
+                }
+                _ => assert_eq!(y, wy, "{chart}[{idx}] at {wx}"),
+            }
+        }
+    };
+    check(
+        "requests",
+        1,
+        series("minutes", "minute_ms", &|m| m["requests"].clone()),
+    );
+    check(
+        "requests",
+        3,
+        series("minutes", "minute_ms", &|m| m["rate_limited"].clone()),
+    );
+    check(
+        "latency",
+        2,
+        series("minutes", "minute_ms", &|m| m["latency_p95_ms"].clone()),
+    );
+    check(
+        "first-byte",
+        1,
+        series("minutes", "minute_ms", &|m| m["first_byte_p50_ms"].clone()),
+    );
+    check(
+        "tokens",
+        2,
+        series("minutes", "minute_ms", &|m| m["output_tokens"].clone()),
+    );
+    check(
+        "day-requests",
+        1,
+        series("hours", "hour_ms", &|h| h["requests"].clone()),
+    );
+    check(
+        "error-rate",
+        1,
+        series("minutes", "minute_ms", &|m| {
+            let r = m["requests"].as_f64().unwrap();
+            if r == 0.0 {
+                serde_json::Value::Null
+            } else {
+                json!(100.0 * m["errors"].as_f64().unwrap() / r)
+            }
+        }),
+    );
+    let sent: u64 = api["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["requests"].as_u64().unwrap())
+        .sum();
+    assert!(sent >= 1, "{api}");
+    let latest = api["minutes"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        plotted["requests"]["legend"]["Requests"],
+        json!(latest["requests"].to_string())
+    );
+    let legend = wait_text(c, "#chart-requests .legend", "Requests").await;
+    assert!(legend.contains(&format!("{sent} in all")), "{legend}");
+    for chart in ["requests", "tokens", "day-requests", "day-tokens"] {
+        let ticks = plotted[chart]["ticks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{chart}: {plotted}"));
+        assert!(
+            !ticks.is_empty() && ticks.iter().all(|t| t.as_f64().unwrap().fract() == 0.0),
+            "{chart}: ticks {ticks:?}"
+        );
+    }
     shot(c, "dashboard").await;
     // Refreshed live: a new proxied request shows up without a page load (the marker set on
     // the page's window survives), at the interval picked on the page.
@@ -663,6 +784,20 @@ async fn every_page_acts_on_the_gateway_in_chromium() {
     // Usage: the key's requests (written in batches: wait for the flush).
     open_until(c, &ui, "usage", "#view tbody", "tester").await;
     shot(c, "usage").await;
+    // "This hour" covers the current hour so far, and says so: under 60 minutes, from its
+    // start in the browser's zone.
+    c.goto(&format!("{ui}#/usage?range=1h")).await.unwrap();
+    let span = wait_text(c, "#usage-span", "Counted").await;
+    let minutes = js(c, "return new Date().getMinutes()")
+        .await
+        .as_u64()
+        .unwrap();
+    assert!(
+        span.contains(&format!("({minutes} min)"))
+            || span.contains(&format!("({} min)", minutes + 1)),
+        "{span}"
+    );
+    assert!(span.contains(":00:00"), "{span}");
 
     // Upstreams: a cooldown from the dialog, seen by the gateway, then restored.
     open(c, &ui, "upstreams").await;
@@ -811,11 +946,17 @@ async fn a_100k_binding_table_at_phone_width_and_in_dark_mode_in_chromium() {
         tiles.contains("90,000\nActive bindings") && tiles.contains("10,000\nBanned keys"),
         "{tiles}"
     );
-    wait_js(
-        c,
-        "return document.querySelectorAll('.chart canvas').length >= 2",
-    )
-    .await;
+    // No traffic at all: every chart says so rather than drawing an invented scale.
+    let empty = wait_text(c, "#chart-requests", "No requests in the last hour").await;
+    assert!(!empty.contains("100"), "{empty}");
+    assert_eq!(
+        js(
+            c,
+            "return document.querySelectorAll('.chart canvas').length"
+        )
+        .await,
+        json!(0)
+    );
     shot(c, "dashboard-dark").await;
     b.client.clone().close().await.unwrap();
     drop(b);
@@ -1211,4 +1352,216 @@ async fn a_viewer_reads_without_controls_and_a_session_is_renewed_in_chromium() 
         .await
             == json!(true)
     );
+}
+
+/// docs/console.md: the pages an operator on call opens first. Status says all is clear and
+/// which stores answer; Config shows the routes and upstreams in service without a secret; IP
+/// rules adds and removes entries and asks before the first allow entry switches the deployment
+/// to allow-list mode; toasts are bounded, dismissible and end with their page; ids copy whole;
+/// the Upstreams page says when its refresh failed and greys its stale table; on a phone the
+/// navigation folds behind one button.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_config_and_ip_rules_pages_and_the_console_chrome_in_chromium() {
+    let up = MockUpstream::start().await;
+    let gw = TestGateway::start(&console_yaml(&[up.url()])).await;
+    assert_eq!(gw.chat().await.status(), 200);
+    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
+    let b = logged_in(&ui, DESKTOP).await;
+    let c = &b.client;
+
+    // Status.
+    open(c, &ui, "status").await;
+    wait_text(c, "#conditions", "All clear").await;
+    let page = wait_text(c, "#view", "Stores").await;
+    assert!(
+        page.contains(env!("CARGO_PKG_VERSION"))
+            && page.contains("sqlite")
+            && page.contains("memory"),
+        "{page}"
+    );
+    assert!(page.contains("No webhook is configured"), "{page}");
+    shot(c, "status").await;
+
+    // Config: what runs, and nothing secret.
+    open(c, &ui, "config").await;
+    let page = wait_text(c, "#view", "Routes").await;
+    assert!(
+        page.contains("/v1/") && page.contains("u0 (1)") && page.contains("bind"),
+        "{page}"
+    );
+    let document = js(
+        c,
+        "return document.querySelector('#config-document pre').textContent",
+    )
+    .await;
+    let document = document.as_str().unwrap();
+    assert!(document.contains("<redacted>"), "{document}");
+    for secret in [
+        CLIENT_KEY,
+        UPSTREAM_CREDENTIAL,
+        PASSWORD,
+        "a-console-signing-key-of-32-chars!",
+    ] {
+        assert!(!document.contains(secret), "{secret} shown");
+    }
+    shot(c, "config").await;
+
+    // IP rules: a deny entry; the first allow entry asks, and a dismissed question adds nothing.
+    open(c, &ui, "ip-rules").await;
+    wait_text(c, "#ip-mode", "Deny-list mode").await;
+    let add = |cidr: &'static str, action: &'static str| async move {
+        click(c, "#ip-add").await;
+        fill(c, "#dialog-fields input[name=cidr]", cidr).await;
+        fill(c, "#dialog-fields input[name=action]", action).await;
+        click(c, "#dialog-ok").await;
+    };
+    add("198.51.100.0/24", "deny").await;
+    wait_text(c, "#view tbody", "198.51.100.0/24").await;
+    add("203.0.113.0/24", "allow").await;
+    let warning = wait_text(c, "#dialog-error", "Not added yet").await;
+    assert!(warning.contains("ONLY the networks allowed"), "{warning}");
+    shot(c, "ip-rules-first-allow").await;
+    click(c, "#dialog-cancel").await;
+    assert!(!gw.gateway.stores.ip_table().is_allow_list());
+    add("203.0.113.0/24", "allow").await;
+    wait_text(c, "#dialog-error", "Not added yet").await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#ip-mode", "Allow-list mode").await;
+    assert!(gw.gateway.stores.ip_table().is_allow_list());
+    shot(c, "ip-rules").await;
+    // Removing the allow entry ends allow-list mode.
+    let rows = js(
+        c,
+        "return [...document.querySelectorAll('#view tbody tr')].map((r) => r.textContent)",
+    )
+    .await;
+    let index = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|r| r.as_str().unwrap().contains("203.0.113.0/24"))
+        .unwrap();
+    click(
+        c,
+        &format!(
+            "#view tbody tr:nth-child({}) [data-action=remove]",
+            index + 1
+        ),
+    )
+    .await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#ip-mode", "Deny-list mode").await;
+
+    // Toasts: at most three, each dismissible, none carried to the next page.
+    let shown = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; import('/admin/ui/assets/ui.js').then(({ toast }) => { for (let i = 0; i < 5; i++) toast('note ' + i); done(document.querySelectorAll('#toasts .toast').length); });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(shown, json!(3));
+    click(c, "#toasts .toast .dismiss").await;
+    assert_eq!(
+        js(
+            c,
+            "return document.querySelectorAll('#toasts .toast').length"
+        )
+        .await,
+        json!(2)
+    );
+    open(c, &ui, "bindings").await;
+    assert_eq!(
+        js(
+            c,
+            "return document.querySelectorAll('#toasts .toast').length"
+        )
+        .await,
+        json!(0)
+    );
+
+    // A truncated id copies whole.
+    let key_id = gw.gateway.stores.database().bindings(10).await.unwrap()[0]
+        .key_id
+        .clone();
+    wait_text(c, "#view tbody", &key_id[..12]).await;
+    assert_eq!(
+        js(
+            c,
+            "return document.querySelector('#view tbody .copy-id').dataset.copy"
+        )
+        .await,
+        json!(key_id)
+    );
+    click(c, "#view tbody .copy-id").await;
+    wait_text(c, "#toasts", "Copied").await;
+
+    // Upstreams: a failed refresh says so and greys the table (the network is cut in the page).
+    open(c, &ui, "upstreams").await;
+    wait_text(c, "#upstreams-state", "Updated").await;
+    js(c, "const f = window.fetch; window.fetch = (u, o) => String(u).includes('/upstreams') ? Promise.reject(new TypeError('cut')) : f(u, o); return true;").await;
+    let state = wait_text_for(c, "#upstreams-state", "Could not refresh", 15).await;
+    assert!(state.contains("may be stale"), "{state}");
+    assert_eq!(
+        js(
+            c,
+            "return document.getElementById('upstreams').classList.contains('stale')"
+        )
+        .await,
+        json!(true)
+    );
+    shot(c, "upstreams-stale").await;
+    b.client.clone().close().await.unwrap();
+    drop(b);
+
+    // A phone: the header is one line until the menu opens.
+    let b = logged_in(
+        &ui,
+        Options {
+            width: 390,
+            height: 844,
+            ..DESKTOP
+        },
+    )
+    .await;
+    let c = &b.client;
+    open(c, &ui, "dashboard").await;
+    let header = js(
+        c,
+        "return document.querySelector('header.bar').getBoundingClientRect().height",
+    )
+    .await;
+    assert!(
+        header.as_f64().unwrap() < 844.0 * 0.1,
+        "header {header} px of 844"
+    );
+    assert_eq!(
+        js(
+            c,
+            "return getComputedStyle(document.getElementById('nav')).display"
+        )
+        .await,
+        json!("none")
+    );
+    click(c, "#menu").await;
+    assert_eq!(
+        js(
+            c,
+            "return getComputedStyle(document.getElementById('nav')).display"
+        )
+        .await,
+        json!("flex")
+    );
+    shot(c, "phone-menu").await;
+    click(c, "#nav a[href='#/status']").await;
+    wait_text(c, "#conditions", "All clear").await;
+    assert_eq!(
+        js(
+            c,
+            "return getComputedStyle(document.getElementById('nav')).display"
+        )
+        .await,
+        json!("none")
+    );
+    b.client.clone().close().await.unwrap();
 }

@@ -199,11 +199,11 @@ async fn behaviour_suite(stores: Arc<Stores>) {
         cached_tokens: 1,
         cost_nanos: input * 10,
     };
-    stores.record_tokens(used("ka", "m1", hour + 10, 100, 0));
-    stores.record_tokens(used("ka", "m1", hour + 20, 50, 1));
+    stores.record_tokens(used("ka", "m1", hour + 10, 100, 0), Default::default());
+    stores.record_tokens(used("ka", "m1", hour + 20, 50, 1), Default::default());
     stores.flush().await;
-    stores.record_tokens(used("ka", "m2", hour + 30, 7, 0));
-    stores.record_tokens(used("kb", "m1", hour + 3_600_000, 5, 0));
+    stores.record_tokens(used("ka", "m2", hour + 30, 7, 0), Default::default());
+    stores.record_tokens(used("kb", "m1", hour + 3_600_000, 5, 0), Default::default());
     stores.flush().await;
     let db = stores.database();
     let by_key = db.token_usage(UsageBy::Key, hour, hour).await.unwrap();
@@ -1428,7 +1428,7 @@ async fn the_write_queue_drops_and_counts_its_overflow_and_writes_the_rest() {
         ..TokenUsage::default()
     };
     for _ in 0..65_536 + 10 {
-        stores.record_tokens(usage.clone());
+        stores.record_tokens(usage.clone(), Default::default());
     }
     assert_eq!(dropped(), 10);
     // Key use: 65,536 distinct keys between two flushes.

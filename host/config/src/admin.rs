@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 /// The admin plane: `/metrics`, `/admin/api/…`, `/admin/ui/…` are served here and never on the
 /// data-plane listener. Read at start only.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Serve the admin listener at all.
@@ -53,11 +53,11 @@ impl Default for AdminConfig {
 /// An operator of the admin API. Exactly one of `password_hash` (preferred; an argon2 PHC string
 /// from `tollgate admin hash-password`) or `password` (hashed at start; for passwords given
 /// through the environment) is set.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminUser {
     pub username: String,
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::show::redacted_opt")]
     pub password_hash: Option<String>,
     #[serde(default)]
     pub password: Option<Secret>,
@@ -106,7 +106,7 @@ impl AdminRole {
 
 /// Login lockout: `max_failures` wrong passwords for one user from one IP within `window` lock
 /// that pair out for `duration`. Counted in the cache, so it holds across a cluster.
-#[derive(Debug, Deserialize, Clone, Copy, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, Copy, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LockoutConfig {
     pub max_failures: u32,

@@ -14,7 +14,7 @@ pub const DEMO_SECRET: &str = "dev-only-secret-change-me";
 pub const DEMO_KEY: &str = "sk-tollgate-demo";
 
 /// Client API keys.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Server secret: keys are identified by `HMAC-SHA256(secret, key)`. Changing it changes
@@ -28,7 +28,7 @@ pub struct AuthConfig {
 
 /// One client API key, given either as the key itself or as its key id. The optional fields are
 /// those of keys issued at run time (`tollgate keys`); a key from this file is read-only there.
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     #[serde(deserialize_with = "env::string")]

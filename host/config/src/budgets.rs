@@ -76,7 +76,7 @@ impl BudgetSpec {
 }
 
 /// An owner's (a team's) budget, shared by every key it owns.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnerBudget {
     pub owner: String,
@@ -84,7 +84,7 @@ pub struct OwnerBudget {
     pub budget: BudgetSpec,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetsConfig {
     /// The zone the calendar periods follow: `UTC` (default) or an IANA name such as

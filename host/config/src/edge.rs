@@ -91,7 +91,9 @@ impl schemars::JsonSchema for Rate {
 }
 
 /// What a limit counts separately.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LimitBy {
     /// The trusted client IP (checked before authentication).
@@ -116,7 +118,7 @@ impl LimitBy {
 }
 
 /// All limits. Each list entry is one limit; a request must pass every limit that applies to it.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Request rate limits (nginx `limit_req`).
@@ -147,7 +149,7 @@ impl Default for LimitsConfig {
 }
 
 /// Which requests a limit applies to; empty lists mean all.
-#[derive(Debug, Deserialize, Clone, Default, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitScope {
     /// Route `path_prefix`es the limit applies to.
@@ -157,7 +159,7 @@ pub struct LimitScope {
 }
 
 /// One request rate limit, with nginx `limit_req` semantics.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLimit {
     /// Names the limit in logs and metrics.
@@ -181,7 +183,9 @@ fn yes() -> bool {
 }
 
 /// When a token limit acts on a stream.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Enforce {
     /// At admission only: a request that overruns its reservation finishes, and the overrun is
@@ -194,7 +198,7 @@ pub enum Enforce {
 }
 
 /// One token rate limit.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenLimit {
     pub name: String,
@@ -209,7 +213,7 @@ pub struct TokenLimit {
 }
 
 /// One concurrency limit.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InFlightLimit {
     pub name: String,
@@ -224,7 +228,7 @@ pub struct InFlightLimit {
 /// The reservation of a request at admission: its `max_completion_tokens` (or `max_tokens`, or
 /// `max_output_tokens`, or `default_max_tokens` when it names none) plus its body size divided by
 /// `bytes_per_token`.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenEstimate {
     pub bytes_per_token: u32,
@@ -249,7 +253,7 @@ impl Default for TokenEstimate {
 
 /// IP allow and deny lists. The most specific network that matches the client decides (a deny
 /// wins a tie); a client no entry matches is allowed, unless `allow` has entries.
-#[derive(Debug, Deserialize, Clone, Default, PartialEq, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, Default, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
     pub allow: Vec<Cidr>,
@@ -257,7 +261,7 @@ pub struct AccessConfig {
 }
 
 /// Headers set on every data-plane answer, the gateway's own errors included.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResponseHeadersConfig {
     /// `Strict-Transport-Security` value, sent only on TLS connections; empty sends none.
@@ -285,7 +289,7 @@ impl Default for ResponseHeadersConfig {
 
 /// Cross-origin access for browser clients. Absent: no CORS headers; preflights are routed like
 /// any request.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
     /// Exact origins (`https://app.example.com`), or `*` for any.
@@ -325,7 +329,7 @@ fn cors_max_age() -> Duration {
 /// Maintenance mode: proxied requests get 503 `service_unavailable` with `Retry-After`, while
 /// `/health` stays up and `/ready` answers 503 `maintenance`. Also a live setting of the admin
 /// API (`maintenance`), which turns it on for every gateway of a cluster.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaintenanceConfig {
     pub enabled: bool,

@@ -29,6 +29,7 @@ mod pricing;
 pub mod redis_url;
 mod routes;
 mod server;
+pub mod show;
 mod storage;
 mod telemetry;
 pub mod types;
@@ -92,7 +93,7 @@ pub use locations::{CacheUrl, DatabaseUrl, Module};
 pub use types::{ByteSize, Cidr, Duration, IpText, ListenAddr, Secret, UpstreamUrl, canonical_ip};
 
 /// The whole config file.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]

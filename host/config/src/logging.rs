@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::env;
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `tollgate=debug`.
@@ -35,7 +35,7 @@ impl Default for LoggingConfig {
 /// Rotated log files: `path`, then `path.1` (newest) to `path.<max_files>`. A file is rotated when
 /// it passes `max_total_size / (max_files + 1)`, so all of them together stay within
 /// `max_total_size` (plus at most one line).
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogFileConfig {
     /// Relative paths are resolved against the config file's directory.
@@ -55,7 +55,9 @@ fn default_log_files() -> u32 {
     9
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     Json,

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use crate::env;
 
 /// The kind of a policy plugin: which WIT world it implements.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PluginKind {
     IpBinding,
@@ -32,7 +34,9 @@ impl PluginKind {
 }
 
 /// What happens to a request when a plugin traps, times out or runs out of memory.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnError {
     /// Fail closed: the client gets 503.
@@ -43,7 +47,7 @@ pub enum OnError {
 }
 
 /// One WebAssembly policy plugin.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     #[serde(deserialize_with = "env::string")]
@@ -57,7 +61,10 @@ pub struct PluginConfig {
     pub sha256: Option<String>,
     /// Passed to the plugin's `configure` as JSON, verbatim: no `${VAR}` expansion, because
     /// plugins use `${…}` for their own per-request templates (e.g. `${request_id}`).
-    #[serde(default = "empty_object")]
+    #[serde(
+        default = "empty_object",
+        serialize_with = "crate::show::plugin_config"
+    )]
     pub config: serde_json::Value,
     #[serde(default)]
     pub on_error: OnError,
@@ -70,7 +77,7 @@ fn empty_object() -> serde_json::Value {
 }
 
 /// Sandbox limits for one plugin.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
     /// Linear memory the plugin may grow to.

@@ -19,7 +19,7 @@ use crate::{Config, Errors};
 /// Largest price file read, in bytes.
 pub const MAX_PRICE_FILE: u64 = 64 << 20;
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PricingConfig {
     /// LiteLLM's `model_prices_and_context_window.json` (relative to this file).
@@ -47,7 +47,7 @@ impl Default for PricingConfig {
 }
 
 /// One model's (or model prefix's) prices per million tokens.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriceEntry {
     /// A model name, or a prefix ending in `*`.
@@ -111,7 +111,7 @@ impl PriceTable {
 }
 
 /// A LiteLLM price-file entry (other members ignored).
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 struct LiteLlmEntry {
     input_cost_per_token: Option<f64>,
     output_cost_per_token: Option<f64>,

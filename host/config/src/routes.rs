@@ -7,7 +7,9 @@ use serde::Deserialize;
 use crate::env;
 
 /// A route's handling of usage in OpenAI streams (see `RouteConfig::stream_usage`).
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum StreamUsage {
     #[default]
@@ -16,7 +18,7 @@ pub enum StreamUsage {
 }
 
 /// Maps a path prefix to a pool of upstreams.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Requests whose path starts with this are served by the route; the longest prefix wins.

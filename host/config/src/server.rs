@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// Listener, client identity and limits.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: ListenAddr,
@@ -88,7 +88,9 @@ impl Default for ServerConfig {
 }
 
 /// Which header a trusted proxy uses to pass the client address.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RealIpHeader {
     /// Walk `X-Forwarded-For` from the right, skipping trusted proxies (nginx `real_ip_recursive on`).
@@ -98,7 +100,7 @@ pub enum RealIpHeader {
 }
 
 /// Every timeout the gateway enforces.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Time a client has to send the complete request head (slowloris guard): from accept until
@@ -155,7 +157,7 @@ impl Default for Timeouts {
 }
 
 /// TLS termination. Files are re-read when they change on disk.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain (leaf first), e.g. certbot's `fullchain.pem`.
@@ -166,7 +168,9 @@ pub struct TlsConfig {
     pub min_version: TlsVersion,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 pub enum TlsVersion {
     #[default]
     #[serde(rename = "1.2")]

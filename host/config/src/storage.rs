@@ -12,7 +12,9 @@ use crate::env;
 
 /// What happens to a request the stores cannot decide (a first use while the database is down, or a
 /// key neither the cache nor the database can answer for).
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Failsafe {
     /// Refuse with 503.
@@ -23,7 +25,7 @@ pub enum Failsafe {
 }
 
 /// Stores: see `tollgate::state`.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Source of truth for bindings and the intercept log.
@@ -66,7 +68,7 @@ pub struct StorageConfig {
 
 /// `storage.request_log`: what is kept of each request, and for how long. `enabled` and
 /// `sample` follow a reload; `max_age`, `max_rows` and `max_pending` are read at start.
-#[derive(Debug, Deserialize, Clone, PartialEq, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestLogConfig {
     /// Log requests at all.
@@ -97,7 +99,7 @@ impl Default for RequestLogConfig {
 }
 
 /// `storage.plugin_cache`: `auto`, `off` or a directory.
-#[derive(Debug, Deserialize, Clone, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct PluginCache(pub String);
 
@@ -160,7 +162,9 @@ impl Default for StorageConfig {
 
 /// `storage.redis_tls`: certificates for `rediss…` caches. Paths are relative to the config
 /// file. Read at start.
-#[derive(Debug, Deserialize, Clone, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisTls {
     /// PEM file of the CA(s) that signed the Redis servers' certificates; the system's trust
@@ -177,9 +181,10 @@ pub struct RedisTls {
 
 /// Alerts on repeated intercepts: when one key is refused `threshold` times within `window`, a
 /// JSON document is POSTed to `webhook`, once per key per window.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
+    #[serde(serialize_with = "crate::show::origin_only")]
     pub webhook: Option<UpstreamUrl>,
     pub threshold: u32,
     pub window: Duration,

@@ -8,7 +8,7 @@ use super::{Duration, Secret, UpstreamUrl};
 use crate::Errors;
 
 /// `telemetry`: where traces go. Follows a reload.
-#[derive(Debug, Deserialize, Clone, Default, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// Export one span per request (with a child per upstream attempt and per policy call) to
@@ -17,7 +17,7 @@ pub struct TelemetryConfig {
 }
 
 /// `telemetry.otlp`.
-#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// The collector's OTLP/HTTP traces URL, e.g. `http://otel-collector:4318/v1/traces`

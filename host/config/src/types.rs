@@ -119,7 +119,7 @@ impl serde::Serialize for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
+        #[derive(Deserialize, serde::Serialize)]
         #[serde(untagged)]
         enum Raw {
             Num(u64),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::env;
 
 /// One upstream account or server.
-#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     #[serde(deserialize_with = "env::string")]
@@ -47,7 +47,9 @@ pub struct UpstreamConfig {
 /// An upstream account's allowance (`upstreams[].limits`). Each is counted as a bucket that
 /// refills continuously (GCRA): `rpm` and `tpm` over a minute, `monthly_tokens` over 30 days
 /// (a rolling month, not the calendar month).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamLimits {
     /// Requests per minute.
@@ -73,7 +75,9 @@ fn ten_seconds() -> Duration {
 }
 
 /// An LLM API protocol.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
     /// OpenAI Chat Completions and compatibles.
@@ -93,7 +97,9 @@ impl Protocol {
 }
 
 /// How the upstream credential is presented.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthScheme {
     /// `Authorization: Bearer <credential>` (OpenAI and compatibles).
@@ -104,7 +110,7 @@ pub enum AuthScheme {
 }
 
 /// Built-in mock upstream behaviour.
-#[derive(Debug, Deserialize, Clone, PartialEq, schemars::JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MockConfig {
     /// Text of every completion.

@@ -143,6 +143,12 @@ enum Command {
 enum ConfigCommand {
     /// Print the JSON Schema of the config file (for editors: see docs/config-schema.md).
     Schema,
+    /// Print the config file as the gateway reads it: defaults filled in, `${VAR}` expanded,
+    /// every secret and URL password `<redacted>` (what the console's Config page shows).
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 /// `f` on the config file `arg` names, or exit 1 when the environment file cannot be read.
@@ -174,6 +180,13 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Config(ConfigCommand::Show { config }) => with_config(&config, |p| {
+            report(
+                Config::load(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| yaml_serde::to_string(&c).map_err(|e| format!("{e}\n"))),
+            )
+        }),
         Command::Run { config, log_level } => with_config(&config, |p| run::run(p, log_level)),
         Command::Plugin(cmd) => plugin::plugin(cmd),
         Command::Migrate { config } => with_config(&config, run::migrate),

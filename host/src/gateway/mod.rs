@@ -58,6 +58,14 @@ pub struct Gateway {
     /// serves), registered by its owner; see [`ReloadPart`].
     pub(crate) reload_part: std::sync::OnceLock<Arc<dyn ReloadPart>>,
     last_reload: std::sync::Mutex<Option<ReloadStatus>>,
+    /// Unix ms when this gateway was built.
+    pub started_ms: u64,
+    /// The config file it runs from, once the reloader watches it (none for a gateway built
+    /// from a string, as tests do).
+    pub(crate) config_path: std::sync::OnceLock<std::path::PathBuf>,
+    /// The config in service as shown to operators (`config::show`: secrets redacted), replaced
+    /// at each reload.
+    shown_config: ArcSwap<serde_json::Value>,
 }
 
 /// What a [`ReloadPart`] applies once the new runtime is in service.
@@ -132,6 +140,9 @@ impl Gateway {
             reload_requests: std::sync::OnceLock::new(),
             reload_part: std::sync::OnceLock::new(),
             last_reload: std::sync::Mutex::new(None),
+            started_ms: crate::state::unix_ms(),
+            config_path: std::sync::OnceLock::new(),
+            shown_config: ArcSwap::from_pointee(shown(config)),
         });
         if let Some(feed) = gateway.stores.shared_cooldowns() {
             tokio::spawn(apply_shared_cooldowns(Arc::downgrade(&gateway), feed));
@@ -169,6 +180,7 @@ impl Gateway {
         if let Some(commit) = commit {
             commit();
         }
+        self.shown_config.store(Arc::new(shown(config)));
         // The file's values of the live settings (what applies where no override is stored).
         self.stores
             .set_file_settings(crate::service::settings::file_settings(config));
@@ -220,6 +232,16 @@ impl Gateway {
         });
     }
 
+    /// The config in service, secrets redacted (`config::show`).
+    pub fn shown_config(&self) -> Arc<serde_json::Value> {
+        self.shown_config.load_full()
+    }
+
+    /// The config file this gateway runs from, if it watches one.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.get().map(|p| p.as_path())
+    }
+
     /// The latest reload's result, if there was one.
     pub fn last_reload(&self) -> Option<ReloadStatus> {
         self.last_reload
@@ -255,6 +277,11 @@ impl Gateway {
 
 /// Applies cooldowns decided by other gateways of the cluster to this one's upstreams of the same
 /// name, until the gateway is dropped.
+/// `config` as operators may see it: every secret redacted (`config::show`).
+fn shown(config: &Config) -> serde_json::Value {
+    serde_json::to_value(config).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
+}
+
 /// Applies the `log_level` live setting to the log output whenever it changes.
 fn follow_log_level(stores: &Stores) {
     let mut changes = stores.settings_changes();

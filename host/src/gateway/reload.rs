@@ -45,6 +45,7 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let mut files = watched_files(&config_path, Some(initial));
     let (tx, mut requests) = tokio::sync::mpsc::channel(4);
+    let _ = gateway.config_path.set(config_path.clone());
     if gateway.reload_requests.set(tx).is_err() {
         tracing::warn!("a reloader already runs for this gateway; admin reloads go to the first");
     }

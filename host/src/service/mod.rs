@@ -9,6 +9,7 @@ pub mod keys;
 pub mod reload;
 pub mod requests;
 pub mod settings;
+pub mod status;
 pub mod upstreams;
 
 use crate::state::StoreError;

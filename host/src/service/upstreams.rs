@@ -39,10 +39,12 @@ pub struct UpstreamView {
     /// Passive health: false while marked down after consecutive failures.
     pub healthy: bool,
     pub in_flight: u32,
-    /// Moving average of the time to the response head, ms.
-    pub latency_ewma_ms: f64,
-    /// Moving average of failed attempts (0–1).
-    pub error_rate: f32,
+    /// Moving average of the time to the response head of successful attempts, ms, weighted
+    /// to the last ten or so (each new one counts for a fifth); `null` before the first.
+    pub latency_ewma_ms: Option<f64>,
+    /// Moving average of failed attempts (0–1), weighted like the latency; `null` before this
+    /// gateway sent the upstream any attempt.
+    pub error_rate: Option<f32>,
     pub cooldowns: Vec<Cooldown>,
     /// The last errors (failed attempts, 429 answers), oldest first.
     pub recent_errors: Vec<RecentError>,
@@ -60,8 +62,10 @@ impl From<&Upstream> for UpstreamView {
             ),
             healthy: u.is_healthy(),
             in_flight: u.in_flight(),
-            latency_ewma_ms: u.latency_ewma_us() as f64 / 1000.0,
-            error_rate: u.error_rate(),
+            latency_ewma_ms: Some(u.latency_ewma_us())
+                .filter(|&us| us > 0)
+                .map(|us| us as f64 / 1000.0),
+            error_rate: u.error_rate_observed(),
             cooldowns: u
                 .cooldowns()
                 .into_iter()

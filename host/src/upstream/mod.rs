@@ -229,7 +229,8 @@ impl Upstream {
             epoch: Instant::now(),
             in_flight: Arc::new(AtomicU32::new(0)),
             latency_ewma_us: AtomicU64::new(0),
-            error_rate: AtomicU32::new(0f32.to_bits()),
+            // NaN: no attempt observed yet (`error_rate_observed`).
+            error_rate: AtomicU32::new(f32::NAN.to_bits()),
             cooldowns: std::sync::Mutex::new(std::collections::HashMap::new()),
             recent_errors: std::sync::Mutex::new(std::collections::VecDeque::new()),
             cooling_max_ms: AtomicU64::new(0),
@@ -319,7 +320,12 @@ impl Upstream {
 
     fn observe(&self, failed: bool) {
         let old = f32::from_bits(self.error_rate.load(Ordering::Relaxed)) as f64;
-        let new = old + EWMA_ALPHA * (if failed { 1.0 } else { 0.0 } - old);
+        let sample = if failed { 1.0 } else { 0.0 };
+        let new = if old.is_nan() {
+            sample
+        } else {
+            old + EWMA_ALPHA * (sample - old)
+        };
         self.error_rate
             .store((new as f32).to_bits(), Ordering::Relaxed);
     }
@@ -340,8 +346,15 @@ impl Upstream {
         self.latency_ewma_us.load(Ordering::Relaxed)
     }
 
+    /// The moving average of failed attempts (0–1; 0 before any attempt), as routers see it.
     pub fn error_rate(&self) -> f32 {
-        f32::from_bits(self.error_rate.load(Ordering::Relaxed))
+        self.error_rate_observed().unwrap_or(0.0)
+    }
+
+    /// The moving average of failed attempts, `None` before this gateway sent it any.
+    pub fn error_rate_observed(&self) -> Option<f32> {
+        let r = f32::from_bits(self.error_rate.load(Ordering::Relaxed));
+        (!r.is_nan()).then_some(r)
     }
 
     /// Cools the upstream down until `until_ms` (Unix ms) for `model`, or for every model.

@@ -72,11 +72,44 @@ pub struct Alert {
 pub(super) struct Alerts {
     config: AlertsConfig,
     client: Arc<dyn Webhook>,
+    /// The last [`KEPT_ALERTS`] alerts this gateway sent, newest last, with how their delivery
+    /// went (for the admin API's `/alerts`).
+    sent: Arc<std::sync::Mutex<std::collections::VecDeque<SentAlert>>>,
+}
+
+/// Alerts kept in memory for the admin API.
+pub const KEPT_ALERTS: usize = 100;
+
+/// An alert this gateway sent to the webhook, and how its delivery went.
+#[derive(Debug, Clone, Serialize)]
+pub struct SentAlert {
+    pub id: u64,
+    /// Unix ms when it was raised.
+    pub at_ms: u64,
+    /// What it is about (a key id prefix, an owner's budget).
+    pub about: String,
+    /// The document sent.
+    pub alert: serde_json::Value,
+    /// `sending`, `delivered` or `failed`.
+    pub delivery: &'static str,
+    pub attempts: u32,
+    /// The last delivery error, if any.
+    pub error: Option<String>,
 }
 
 impl Alerts {
     pub(super) fn new(config: AlertsConfig, client: Arc<dyn Webhook>) -> Self {
-        Self { config, client }
+        Self {
+            config,
+            client,
+            sent: Arc::default(),
+        }
+    }
+
+    /// The alerts this gateway sent lately, newest first.
+    pub(super) fn recent(&self) -> Vec<SentAlert> {
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.iter().rev().cloned().collect()
     }
 
     /// Counts one intercept of `key_id`; sends the alert if it is the one reaching the threshold.
@@ -119,11 +152,36 @@ impl Alerts {
         let Some(webhook) = &self.config.webhook else {
             return;
         };
-        let body = match serde_json::to_vec(alert) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                tracing::error!(target: "alerts", error = %e, "cannot encode alert");
-                return;
+        let (body, value) =
+            match serde_json::to_value(alert).and_then(|v| Ok((serde_json::to_vec(&v)?, v))) {
+                Ok((b, v)) => (Bytes::from(b), v),
+                Err(e) => {
+                    tracing::error!(target: "alerts", error = %e, "cannot encode alert");
+                    return;
+                }
+            };
+        let id = {
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            let id = sent.back().map_or(1, |a| a.id + 1);
+            if sent.len() == KEPT_ALERTS {
+                sent.pop_front();
+            }
+            sent.push_back(SentAlert {
+                id,
+                at_ms: super::unix_ms(),
+                about: about.to_owned(),
+                alert: value,
+                delivery: "sending",
+                attempts: 0,
+                error: None,
+            });
+            id
+        };
+        let sent = self.sent.clone();
+        let note = move |delivery: &'static str, attempts: u32, error: Option<String>| {
+            let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(a) = sent.iter_mut().find(|a| a.id == id) {
+                (a.delivery, a.attempts, a.error) = (delivery, attempts, error);
             }
         };
         tokio::spawn(deliver(
@@ -132,6 +190,7 @@ impl Alerts {
             body,
             about.to_owned(),
             self.config.retries,
+            note,
         ));
     }
 }
@@ -142,6 +201,11 @@ impl Stores {
     pub fn alert(&self, alert: &impl Serialize, about: &str) {
         self.alerts.send(alert, about);
     }
+
+    /// The last [`KEPT_ALERTS`] alerts this gateway sent, newest first, with their delivery.
+    pub fn recent_alerts(&self) -> Vec<SentAlert> {
+        self.alerts.recent()
+    }
 }
 
 /// POSTs `body` until a 2xx answer or the retries run out.
@@ -151,6 +215,7 @@ async fn deliver(
     body: Bytes,
     about: String,
     retries: u32,
+    note: impl Fn(&'static str, u32, Option<String>),
 ) {
     let uri = format!(
         "{}://{}{}",
@@ -174,14 +239,17 @@ async fn deliver(
         match outcome {
             Ok(()) => {
                 tracing::info!(target: "alerts", about = %about, attempt, "alert delivered");
+                note("delivered", attempt + 1, None);
                 return;
             }
             Err(e) if attempt < retries => {
                 tracing::warn!(target: "alerts", error = %e, attempt, "alert delivery failed; retrying");
+                note("sending", attempt + 1, Some(e));
                 tokio::time::sleep(retry_delay(attempt, fastrand::f64())).await;
             }
             Err(e) => {
                 tracing::error!(target: "alerts", error = %e, about = %about, "alert not delivered; giving up");
+                note("failed", attempt + 1, Some(e));
             }
         }
     }

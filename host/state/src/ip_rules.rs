@@ -115,6 +115,12 @@ impl IpTable {
         self.len
     }
 
+    /// Whether the table holds allow entries: then it admits only what they list (every
+    /// address no entry names is refused).
+    pub fn is_allow_list(&self) -> bool {
+        self.allows > 0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

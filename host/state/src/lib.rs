@@ -31,6 +31,7 @@ mod credentials;
 mod dashboard;
 mod error;
 mod follow;
+mod health;
 mod intercepts;
 mod ip_rules;
 mod keys;
@@ -55,7 +56,7 @@ use tokio::sync::mpsc;
 
 use tollgate_config::{AlertsConfig, CacheUrl, Failsafe, StorageConfig};
 
-pub use self::alerts::{Alert, Delivery, NoWebhook, Webhook};
+pub use self::alerts::{Alert, Delivery, KEPT_ALERTS, NoWebhook, SentAlert, Webhook};
 pub use self::audit::{AuditQuery, AuditRecord};
 use self::bindings::{BINDINGS, NEAR_TTL, NearBindings};
 pub use self::bindings::{Binding, BindingStatus, normalize_net};
@@ -64,6 +65,7 @@ pub use self::cooldowns::SharedCooldown;
 pub use self::credentials::{CREDENTIALS_POLL, CredentialInfo, CredentialMap, fingerprint};
 pub use self::dashboard::{BindingCounts, HourTotals};
 pub use self::error::{StoreError, StoreResult};
+pub use self::health::{Probe, StoreHealth};
 pub use self::intercepts::InterceptQuery;
 pub use self::ip_rules::{IP_RULES_POLL, IpAction, IpRule, IpTable};
 pub use self::keys::{
@@ -75,7 +77,7 @@ pub use self::plugin_kv::PluginKv;
 pub use self::queues::{Intercept, KEY_ID_PREFIX_LEN};
 use self::queues::{KeyUses, QUEUE_CAPACITY};
 pub use self::rate::{Decision, Gcra, LocalBuckets, Op};
-pub use self::recent::MinuteTotals;
+pub use self::recent::{LogHistogram, MinuteTotals, Observed};
 pub use self::redis::RedisKv;
 pub use self::requests::{Attempt, RequestEntry, RequestQuery, RequestRow};
 pub use self::settings::{SETTINGS_POLL, SettingOverride, Settings};

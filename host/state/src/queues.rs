@@ -87,12 +87,19 @@ impl Stores {
 
     /// Queues one request's token usage (summed per hour, key, upstream and model by the
     /// writer).
-    pub fn record_tokens(&self, usage: TokenUsage) {
+    pub fn record_tokens(&self, usage: TokenUsage, seen: recent::Observed) {
         let mut pending = self.pending();
         let (buffer, last_hour) = &mut *pending;
         let m = last_hour.at(usage.at_ms);
         m.requests += usage.requests;
         m.errors += usage.errors;
+        m.rate_limited += u64::from(seen.status == 429);
+        if let Some(took) = seen.took {
+            m.latency.add(took);
+        }
+        if let Some(first) = seen.first_byte {
+            m.first_byte.add(first);
+        }
         m.input_tokens += usage.input_tokens;
         m.output_tokens += usage.output_tokens;
         if buffer.len() >= QUEUE_CAPACITY {

@@ -2,12 +2,22 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::state::{AdminState, Viewer};
-use crate::admin::error::{ApiError, ErrorBody};
+use crate::admin::error::{ApiError, ApiQuery, ErrorBody};
 use crate::state::HourTotals;
+
+/// Where "today" starts.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardParams {
+    /// Unix ms of midnight in the reader's time zone (the console sends the browser's), within
+    /// the last 48 hours. Totals are kept per hour, so today counts from the start of the hour
+    /// that holds it (the same in every zone whose offset is whole hours). Default: 00:00 UTC.
+    pub today_from_ms: Option<u64>,
+}
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -46,14 +56,26 @@ pub struct Minute {
     pub minute_ms: u64,
     #[serde(flatten)]
     pub totals: Totals,
+    /// Answers with status 429.
+    pub rate_limited: u64,
+    /// Of the requests that reached an upstream: how long they took (median and 95th
+    /// percentile, within 10%), `null` when none did.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    /// Their time to the first body byte sent to the client (for a stream, its first event:
+    /// the time to first token), `null` when none.
+    pub first_byte_p50_ms: Option<f64>,
+    pub first_byte_p95_ms: Option<f64>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Dashboard {
     /// Unix ms when the figures were read.
     pub now_ms: u64,
-    /// Since 00:00 UTC.
+    /// Since `today_from_ms` (rounded down to its hour).
     pub today: Totals,
+    /// Where `today` starts, Unix ms.
+    pub today_from_ms: u64,
     pub last_24h: Totals,
     /// The last 24 hours, oldest first, one entry per hour (the current hour last, so far).
     pub hours: Vec<Hour>,
@@ -73,17 +95,27 @@ pub struct Dashboard {
 
 /// Totals for today and the last 24 h, an hourly series, bindings and upstream state. Token and
 /// request counts are written in batches (`storage.flush_interval` behind).
-#[utoipa::path(get, path = "/admin/api/dashboard", tag = "dashboard",
+#[utoipa::path(get, path = "/admin/api/dashboard", tag = "dashboard", params(DashboardParams),
     security(("bearer" = [])),
-    responses((status = 200, body = Dashboard), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Dashboard), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn dashboard(
     State(st): State<AdminState>,
     _: Viewer,
+    ApiQuery(p): ApiQuery<DashboardParams>,
 ) -> Result<Json<Dashboard>, ApiError> {
     let now = crate::state::unix_ms();
     let current_hour = now / HOUR_MS * HOUR_MS;
     let first_hour = current_hour - 23 * HOUR_MS;
-    let midnight = now / (24 * HOUR_MS) * (24 * HOUR_MS);
+    let midnight = match p.today_from_ms {
+        None => now / (24 * HOUR_MS) * (24 * HOUR_MS),
+        Some(t) if t <= now && now - t <= 48 * HOUR_MS => t / HOUR_MS * HOUR_MS,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "today_from_ms",
+                "must be a Unix ms time within the last 48 hours",
+            ));
+        }
+    };
     let db = st.gateway.stores.database();
     let rows = db.hourly_totals(first_hour.min(midnight)).await?;
     let bindings = db.binding_counts().await?;
@@ -109,6 +141,7 @@ pub async fn dashboard(
     Ok(Json(Dashboard {
         now_ms: now,
         today,
+        today_from_ms: midnight,
         last_24h,
         hours,
         minutes: st
@@ -125,6 +158,11 @@ pub async fn dashboard(
                     output_tokens: m.output_tokens,
                     intercepts: m.intercepts,
                 },
+                rate_limited: m.rate_limited,
+                latency_p50_ms: m.latency.quantile_ms(0.5),
+                latency_p95_ms: m.latency.quantile_ms(0.95),
+                first_byte_p50_ms: m.first_byte.quantile_ms(0.5),
+                first_byte_p95_ms: m.first_byte.quantile_ms(0.95),
             })
             .collect(),
         active_bindings: bindings.active,

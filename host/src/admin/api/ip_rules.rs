@@ -36,6 +36,9 @@ pub struct RuleList {
     pub items: Vec<IpRuleView>,
     /// Entries in the table in force on this gateway (config file and stored).
     pub in_force: usize,
+    /// Whether the table in force holds allow entries: then only the networks they list reach
+    /// any route (adding the first allow entry switches every gateway to this).
+    pub allow_list: bool,
 }
 
 /// The stored entries, newest first.
@@ -44,9 +47,11 @@ pub struct RuleList {
     responses((status = 200, body = RuleList), (status = 401, body = ErrorBody)))]
 pub async fn list(State(st): State<AdminState>, _: Viewer) -> Result<Json<RuleList>, ApiError> {
     let stores = &st.gateway.stores;
+    let table = stores.ip_table();
     Ok(Json(RuleList {
         items: ip_rules::list(stores).await?,
-        in_force: stores.ip_table().len(),
+        in_force: table.len(),
+        allow_list: table.is_allow_list(),
     }))
 }
 

@@ -16,6 +16,7 @@ mod requests;
 pub(crate) mod session;
 mod settings;
 mod state;
+mod status;
 mod upstreams;
 mod usage;
 
@@ -38,6 +39,9 @@ pub fn routes() -> axum::Router<AdminState> {
         )
         .route("/session/renew", post(session::renew))
         .route("/dashboard", get(dashboard::dashboard))
+        .route("/status", get(status::get))
+        .route("/alerts", get(status::alerts))
+        .route("/config", get(status::config))
         .route("/bindings", get(bindings::list_bindings))
         .route(
             "/bindings/{key_id}",
@@ -89,6 +93,9 @@ pub fn routes() -> axum::Router<AdminState> {
         session::end,
         session::renew,
         dashboard::dashboard,
+        status::get,
+        status::alerts,
+        status::config,
         bindings::list_bindings,
         bindings::get_binding,
         bindings::move_binding,

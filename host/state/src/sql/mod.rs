@@ -170,6 +170,16 @@ impl SqlStore {
         migrator.run(&self.pool).await.map_err(db_err)
     }
 
+    /// Whether this is PostgreSQL (else SQLite).
+    pub(crate) fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
+    /// The statement timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub(crate) async fn timed<T, E: std::fmt::Display>(
         &self,
         fut: impl std::future::Future<Output = Result<T, E>>,
