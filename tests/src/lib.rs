@@ -259,6 +259,31 @@ impl TestCert {
         }
     }
 
+    /// One valid from yesterday until `days` from now (negative: already expired), to the day.
+    pub fn expiring_in(days: i64) -> Self {
+        let ymd = |offset_days: i64| {
+            let now = std::time::SystemTime::now();
+            let t = if offset_days >= 0 {
+                now + std::time::Duration::from_secs(offset_days as u64 * 86_400)
+            } else {
+                now - std::time::Duration::from_secs(offset_days.unsigned_abs() * 86_400)
+            };
+            let text = humantime::format_rfc3339_seconds(t).to_string();
+            let num = |r: std::ops::Range<usize>| text[r].parse::<i32>().expect("a date");
+            rcgen::date_time_ymd(num(0..4), num(5..7) as u8, num(8..10) as u8)
+        };
+        let key = rcgen::KeyPair::generate().expect("key pair");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+        params.not_before = ymd(days.min(0) - 2);
+        params.not_after = ymd(days);
+        let cert = params.self_signed(&key).expect("self-signed");
+        Self {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// Writes `cert.pem` and `key.pem` in `dir` (atomically, as certbot does), returning the paths.
     pub fn write(&self, dir: &Path) -> (PathBuf, PathBuf) {
         let cert = dir.join("cert.pem");

@@ -1031,7 +1031,7 @@ async fn operators_list_ban_and_delete_bindings_with_the_cli() {
         [id.as_str(), "127.0.0.2/32", "active"],
         "{listed}"
     );
-    assert_eq!(row[5..], ["127.0.0.2", "1"], "{listed}");
+    assert_eq!(row[5..], ["127.0.0.2", "1", "k0"], "{listed}");
     let (ok, intercepts, _) = cli(&["intercepts", "--key", &id]);
     assert!(ok);
     let row: Vec<&str> = intercepts.trim().split('\t').collect();

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use super::output::listing;
 use super::{ms_to_rfc3339, with_stores};
 use crate::service;
 
@@ -13,8 +14,17 @@ pub(super) enum BindingsAction {
     /// Bindings, most recently used first: key id, network, status, created, last used, last IP,
     /// requests.
     List {
+        /// A key's name, or the start of a key id or of a bound network.
+        #[arg(long)]
+        search: Option<String>,
+        /// `active` or `banned`.
+        #[arg(long)]
+        status: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Skip this many (with --limit: one page after another).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
     },
     /// Refuse the key from everywhere (403 key_banned).
     Ban { key_id: String },
@@ -55,25 +65,50 @@ pub(super) fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCo
     with_stores(path, async |stores, _| {
         let failed = |e: crate::state::StoreError| format!("{e}\n");
         match action {
-            BindingsAction::List { limit } => {
-                let rows = stores.database().bindings(limit).await;
-                let rows = rows.map_err(failed)?;
-                let lines: Vec<String> = rows
-                    .iter()
-                    .map(|b| {
-                        format!(
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                            b.key_id,
-                            b.cidr,
-                            b.status.as_str(),
-                            ms_to_rfc3339(b.created_ms),
-                            ms_to_rfc3339(b.last_used_ms),
-                            b.last_ip.as_deref().unwrap_or("-"),
-                            b.request_count
-                        )
-                    })
-                    .collect();
-                Ok(lines.join("\n"))
+            BindingsAction::List {
+                search,
+                status,
+                limit,
+                offset,
+            } => {
+                let status = match status.as_deref() {
+                    None => None,
+                    Some(s) => {
+                        Some(crate::state::BindingStatus::parse(s).ok_or_else(|| {
+                            format!("--status: {s:?} is not `active` or `banned`\n")
+                        })?)
+                    }
+                };
+                let query = crate::state::BindingQuery {
+                    search,
+                    status,
+                    limit,
+                    offset,
+                };
+                let (rows, total) = service::bindings::list(stores, query)
+                    .await
+                    .map_err(|e| format!("{e}\n"))?;
+                let mut out = listing(&rows, "", |b| {
+                    format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        b.key_id,
+                        b.cidr,
+                        b.status,
+                        ms_to_rfc3339(b.created_ms),
+                        ms_to_rfc3339(b.last_used_ms),
+                        b.last_ip.as_deref().unwrap_or("-"),
+                        b.request_count,
+                        b.key_name.as_deref().unwrap_or("-"),
+                    )
+                })?;
+                if !super::output::json() && total > offset + rows.len() as u64 {
+                    out.push_str(&format!(
+                        "\n… {} more (use --offset {})",
+                        total - offset - rows.len() as u64,
+                        offset + rows.len() as u64
+                    ));
+                }
+                Ok(out)
             }
             BindingsAction::Ban { key_id } => change(stores, &key_id, Change::Ban, "banned").await,
             BindingsAction::Unban { key_id } => {
@@ -91,22 +126,18 @@ pub(super) fn bindings(path: &std::path::Path, action: BindingsAction) -> ExitCo
                     key.map(|k| k.chars().take(KEY_ID_PREFIX_LEN).collect());
                 let rows = stores.database().intercepts(prefix.as_deref(), limit).await;
                 let rows = rows.map_err(failed)?;
-                let lines: Vec<String> = rows
-                    .iter()
-                    .map(|i| {
-                        format!(
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                            ms_to_rfc3339(i.at_ms),
-                            i.key_id_prefix,
-                            i.bound_cidr.as_deref().unwrap_or("-"),
-                            i.attempted_ip,
-                            i.method,
-                            i.path,
-                            i.reason
-                        )
-                    })
-                    .collect();
-                Ok(lines.join("\n"))
+                listing(&rows, "", |i| {
+                    format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        ms_to_rfc3339(i.at_ms),
+                        i.key_id_prefix,
+                        i.bound_cidr.as_deref().unwrap_or("-"),
+                        i.attempted_ip,
+                        i.method,
+                        i.path,
+                        i.reason
+                    )
+                })
             }
         }
     })

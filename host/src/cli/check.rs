@@ -1,6 +1,5 @@
 //! `tollgate check` and `tollgate key-id`.
 
-use std::io::Read;
 use std::process::ExitCode;
 
 use super::{async_runtime, build, load_checked, report};
@@ -23,11 +22,13 @@ pub(super) fn key_id(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut key = String::new();
-    if std::io::stdin().read_to_string(&mut key).is_err() {
-        eprintln!("cannot read the key from stdin");
-        return ExitCode::FAILURE;
-    }
+    let key = match super::admin_client::read_secret("Client key: ") {
+        Ok(k) => k,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if config.auth.secret.expose() == crate::config::DEMO_SECRET
         && let Ok(Some(env_file)) = crate::config::env_file::load()
     {

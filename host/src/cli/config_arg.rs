@@ -14,7 +14,8 @@ use crate::config::{Config, DatabaseUrl};
 pub(super) struct ConfigArg {
     /// The config file [default: $TOLLGATE_CONFIG (also read from /etc/tollgate/env), else
     /// policies.yaml]
-    #[arg(long, short, env = "TOLLGATE_CONFIG")]
+    /// (Global: it may follow a subcommand, as in `tollgate bindings list --config …`.)
+    #[arg(long, short, env = "TOLLGATE_CONFIG", global = true)]
     config: Option<PathBuf>,
 }
 

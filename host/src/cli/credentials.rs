@@ -33,20 +33,16 @@ pub(super) fn credentials(path: &std::path::Path, action: CredentialsCommand) ->
         match action {
             CredentialsCommand::List => {
                 let rows = service::list(stores, &upstreams).await.map_err(done)?;
-                Ok(rows
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{}\t{}\t{}\t{}\t{}",
-                            c.upstream,
-                            c.source,
-                            c.fingerprint.as_deref().unwrap_or("-"),
-                            c.key_id.as_deref().unwrap_or("-"),
-                            c.updated_ms.map_or_else(|| "-".to_owned(), ms_to_rfc3339),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n"))
+                super::output::listing(&rows, "", |c| {
+                    format!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        c.upstream,
+                        c.source,
+                        c.fingerprint.as_deref().unwrap_or("-"),
+                        c.key_id.as_deref().unwrap_or("-"),
+                        c.updated_ms.map_or_else(|| "-".to_owned(), ms_to_rfc3339),
+                    )
+                })
             }
             CredentialsCommand::Set { upstream } => {
                 let mut value = String::new();

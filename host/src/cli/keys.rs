@@ -194,7 +194,14 @@ fn line(k: &KeyView) -> String {
     )
 }
 
+/// A key just issued or rotated, with its secret (shown this once): as text, or with
+/// `--output json` as the admin API answers it (`{"key": …, "secret": …}`).
 fn issued(verb: &str, k: &keys::IssuedKey) -> String {
+    if super::output::json()
+        && let Ok(text) = serde_json::to_string_pretty(k)
+    {
+        return text;
+    }
     format!(
         "{verb} key {} (id {})\nsecret (shown once, stored nowhere): {}",
         k.key.name, k.key.id, k.secret
@@ -225,14 +232,14 @@ pub(super) fn keys(path: &std::path::Path, action: KeysCommand) -> ExitCode {
                     offset: 0,
                 };
                 let (rows, total) = keys::list(stores, &ring, filter).await.map_err(done)?;
-                let mut out: Vec<String> = rows.iter().map(line).collect();
-                if total > rows.len() as u64 {
-                    out.push(format!(
-                        "… {} more (use --limit)",
+                let mut out = super::output::listing(&rows, "", line)?;
+                if !super::output::json() && total > rows.len() as u64 {
+                    out.push_str(&format!(
+                        "\n… {} more (use --limit)",
                         total - rows.len() as u64
                     ));
                 }
-                Ok(out.join("\n"))
+                Ok(out)
             }
             KeysCommand::Create { name, fields } => {
                 let fields = fields.into_fields(Some(name))?;

@@ -10,17 +10,22 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod admin;
+mod admin_client;
 mod bindings;
 mod check;
 mod config_arg;
 mod credentials;
+mod doctor;
 mod health;
 mod ip;
 mod keys;
 mod new_plugin;
+mod output;
 mod plugin;
+mod remote;
 mod requests;
 mod run;
+mod settings;
 mod usage;
 
 use config_arg::{ConfigArg, existing_database};
@@ -36,6 +41,9 @@ use crate::gateway::Gateway;
     about = "Gateway for OpenAI-compatible LLM APIs"
 )]
 struct Cli {
+    /// `text` (tab-separated lines) or `json` (one JSON document) for listings and reports.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: output::Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -131,11 +139,57 @@ enum Command {
     /// Admin plane helpers.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
-    /// Print the key id (HMAC-SHA256 under the config's secret) of the key read from stdin, for
-    /// `auth.keys[].key_id`.
+    /// Print the key id (HMAC-SHA256 under the config's secret) of a key typed at a prompt that
+    /// does not echo it (or read from stdin's first line), for `auth.keys[].key_id`.
     KeyId {
         #[command(flatten)]
         config: ConfigArg,
+    },
+    /// The running gateway's status through its admin API: version, uptime, config file,
+    /// stores, upstreams, and what needs attention. Exit 2 when something is critical, 1 for a
+    /// warning.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        admin: admin_client::AdminArgs,
+    },
+    /// Ask the running gateway to reload its config file and plugins (as SIGHUP); exit 1 with
+    /// the reason when the new config is refused (the running one stays).
+    Reload {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        admin: admin_client::AdminArgs,
+    },
+    /// The running gateway's upstreams through its admin API: list them with their health, cool
+    /// one down, restore it.
+    Upstreams {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        admin: admin_client::AdminArgs,
+        #[command(subcommand)]
+        action: remote::UpstreamsCommand,
+    },
+    /// The live settings in the database: show each with its source, set some, revert one to
+    /// the config file's value.
+    Settings {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: settings::SettingsCommand,
+    },
+    /// Check everything that stops a gateway from starting or serving well: the config and its
+    /// plugins, the TLS certificate's expiry, the stores, file permissions, demo secrets.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print a completion script for a shell: `tollgate completions bash > /etc/bash_completion.d/tollgate`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -164,7 +218,29 @@ fn with_config(arg: &ConfigArg, f: impl FnOnce(&Path) -> ExitCode) -> ExitCode {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    output::set(cli.output);
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tollgate",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Status { config, admin } => with_config(&config, |p| remote::status(p, &admin)),
+        Command::Reload { config, admin } => with_config(&config, |p| remote::reload(p, &admin)),
+        Command::Upstreams {
+            config,
+            admin,
+            action,
+        } => with_config(&config, |p| remote::upstreams(p, &admin, action)),
+        Command::Settings { config, action } => {
+            with_config(&config, |p| settings::settings(p, action))
+        }
+        Command::Doctor { config } => with_config(&config, doctor::doctor),
         Command::Check { config } => with_config(&config, check::check),
         Command::Health { url, timeout } => health::health(&url, timeout.into()),
         Command::KeyId { config } => with_config(&config, check::key_id),
@@ -232,6 +308,9 @@ fn with_stores(
                 )
                 .await
                 .map_err(|e| format!("{e}\n"))?;
+                // The config file's keys by name, beside the stored ones (listings show names).
+                let ring = crate::pipeline::auth::KeyRing::new(&config.auth, stores.key_table());
+                stores.set_config_keys(ring.config_entries(&config.auth));
                 let out = f(&stores, &config).await;
                 stores.shutdown().await;
                 out

@@ -22,7 +22,8 @@ pub(super) struct RequestsArgs {
     /// Keep printing requests as they are written, oldest first, until interrupted.
     #[arg(long)]
     follow: bool,
-    /// One JSON object per line (as the admin API returns them) instead of a table.
+    /// One JSON object per line (as the admin API returns them) instead of a table (the same
+    /// as `--output json`).
     #[arg(long)]
     json: bool,
 }
@@ -81,28 +82,30 @@ pub(super) fn requests(path: &std::path::Path, mut args: RequestsArgs) -> ExitCo
         let db = stores.database();
         let limit = args.filter.limit.unwrap_or(50).clamp(1, 1000);
         let fail = |e: crate::state::StoreError| format!("{e}\n");
+        // `--output json` is `--json`: one object per line, which `--follow` can keep printing.
+        let json = args.json || super::output::json();
         if !args.follow {
             let rows = db
                 .requests_page(&q, args.filter.before, limit)
                 .await
                 .map_err(fail)?;
             let mut out: Vec<String> = Vec::with_capacity(rows.len() + 1);
-            if !args.json {
+            if !json {
                 out.push(HEADER.into());
             }
-            out.extend(rows.iter().map(|r| line(r, args.json)));
+            out.extend(rows.iter().map(|r| line(r, json)));
             return Ok(out.join("\n"));
         }
         // The newest rows first shown oldest first, then whatever comes after them.
         let mut rows = db.requests_page(&q, None, limit).await.map_err(fail)?;
         rows.reverse();
-        if !args.json {
+        if !json {
             println!("{HEADER}");
         }
         let mut after = args.filter.after.unwrap_or(0);
         loop {
             for r in &rows {
-                println!("{}", line(r, args.json));
+                println!("{}", line(r, json));
                 after = after.max(r.id);
             }
             tokio::select! {

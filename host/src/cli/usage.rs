@@ -6,6 +6,21 @@ use std::process::ExitCode;
 use super::{ms_to_rfc3339, with_stores};
 use crate::pipeline::auth::KeyRing;
 
+/// One line of `tollgate usage` (and one object with `--output json`).
+#[derive(serde::Serialize)]
+struct Row {
+    name: String,
+    requests: u64,
+    errors: u64,
+    partial: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cached_tokens: u64,
+    cost: f64,
+    currency: String,
+    last_used_ms: u64,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub(super) enum UsageGroup {
     Key,
@@ -25,9 +40,8 @@ pub(super) fn usage(
         UsageGroup::Model => UsageBy::Model,
     };
     with_stores(path, async |stores, config| {
-        // Names of the config file's keys and of the stored ones.
+        // Names of the config file's keys and of the stored ones (`with_stores` put them in).
         let ring = KeyRing::new(&config.auth, stores.key_table());
-        stores.set_config_keys(ring.config_entries(&config.auth));
         let now = crate::state::unix_ms();
         // Hours are counted from their start: include the hour `since` falls in.
         let from = now.saturating_sub(since.as_millis() as u64) / 3_600_000 * 3_600_000;
@@ -37,30 +51,46 @@ pub(super) fn usage(
             .await
             .map_err(|e| format!("{e}\n"))?;
         let currency = &config.pricing.currency;
-        let mut out = vec![format!(
-            "name\trequests\terrors\tpartial\tinput\toutput\tcached\tcost ({currency})\tlast used"
-        )];
-        out.extend(rows.iter().map(|u| {
-            let name = match by {
-                UsageBy::Key => ring
-                    .name_of_id(&u.key_id)
-                    .unwrap_or_else(|| u.key_id.chars().take(12).collect()),
-                UsageBy::Upstream => u.upstream.to_string(),
-                UsageBy::Model => u.model.to_string(),
-            };
-            format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{}",
-                if name.is_empty() { "-" } else { &name },
-                u.requests,
-                u.errors,
-                u.partial,
-                u.input_tokens,
-                u.output_tokens,
-                u.cached_tokens,
-                u.cost_nanos as f64 / 1e9,
-                ms_to_rfc3339(u.at_ms)
-            )
-        }));
-        Ok(out.join("\n"))
+        let rows: Vec<Row> = rows
+            .iter()
+            .map(|u| Row {
+                name: match by {
+                    UsageBy::Key => ring
+                        .name_of_id(&u.key_id)
+                        .unwrap_or_else(|| u.key_id.chars().take(12).collect()),
+                    UsageBy::Upstream => u.upstream.to_string(),
+                    UsageBy::Model => u.model.to_string(),
+                },
+                requests: u.requests,
+                errors: u.errors,
+                partial: u.partial,
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                cached_tokens: u.cached_tokens,
+                cost: u.cost_nanos as f64 / 1e9,
+                currency: currency.clone(),
+                last_used_ms: u.at_ms,
+            })
+            .collect();
+        super::output::listing(
+            &rows,
+            &format!(
+                "name\trequests\terrors\tpartial\tinput\toutput\tcached\tcost ({currency})\tlast used"
+            ),
+            |r| {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{}",
+                    if r.name.is_empty() { "-" } else { &r.name },
+                    r.requests,
+                    r.errors,
+                    r.partial,
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.cached_tokens,
+                    r.cost,
+                    ms_to_rfc3339(r.last_used_ms)
+                )
+            },
+        )
     })
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 /// One refused request, as stored in the intercept log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Intercept {
     pub at_ms: u64,
     /// First 12 hex digits of the key id: enough to find the binding, useless to an attacker.

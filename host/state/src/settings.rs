@@ -64,6 +64,9 @@ pub(crate) struct Live {
     changed: tokio::sync::watch::Sender<Settings>,
     /// Newest `updated_ms` applied, to skip re-applying an unchanged table.
     seen_ms: AtomicU64,
+    /// Rows in the table when it was last read: a revert deletes one, which the newest
+    /// change time alone would not show.
+    seen_rows: AtomicU64,
 }
 
 fn failsafe_name(f: Failsafe) -> &'static str {
@@ -94,6 +97,7 @@ impl Live {
             defaults: Mutex::new(defaults.clone()),
             rows: Mutex::new(Vec::new()),
             seen_ms: AtomicU64::new(0),
+            seen_rows: AtomicU64::new(0),
         };
         live.apply(&defaults);
         live
@@ -303,6 +307,9 @@ impl Stores {
             newest = newest.max(updated_ms);
         }
         self.live.seen_ms.store(newest, Ordering::Relaxed);
+        self.live
+            .seen_rows
+            .store(pairs.len() as u64, Ordering::Relaxed);
         let defaults = self
             .live
             .defaults
@@ -317,19 +324,23 @@ impl Stores {
     /// Re-reads the settings table if it changed since it was last read (or if `force`).
     async fn sync_settings(&self, force: bool) -> StoreResult<()> {
         if !force {
-            // Cheap check first: has anything changed since we last read the table?
-            let newest = self
+            // Cheap check first: has anything changed since we last read the table? A newer
+            // change time means a row was set; fewer rows, that one was reverted.
+            let row = self
                 .db
                 .timed(
                     sqlx::query(
-                        "SELECT CAST(COALESCE(MAX(updated_ms), 0) AS BIGINT) AS n FROM settings",
+                        "SELECT CAST(COALESCE(MAX(updated_ms), 0) AS BIGINT) AS n, \
+                         CAST(COUNT(*) AS BIGINT) AS c FROM settings",
                     )
                     .fetch_one(&self.db.pool),
                 )
-                .await?
-                .try_get::<i64, _>("n")
-                .map_err(db_err)?;
-            if newest.max(0) as u64 <= self.live.seen_ms.load(Ordering::Relaxed) {
+                .await?;
+            let newest = row.try_get::<i64, _>("n").map_err(db_err)?.max(0) as u64;
+            let rows = row.try_get::<i64, _>("c").map_err(db_err)?.max(0) as u64;
+            if newest <= self.live.seen_ms.load(Ordering::Relaxed)
+                && rows == self.live.seen_rows.load(Ordering::Relaxed)
+            {
                 return Ok(());
             }
         }

@@ -18,7 +18,7 @@ pub struct Usage {
 }
 
 /// One request's tokens, or the sum of several in one hour for one key, upstream and model.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TokenUsage {
     /// When the request ended (for a sum: the latest).
     pub at_ms: u64,
