@@ -84,6 +84,37 @@ async function render() {
   }
 }
 
+/** What a refused single sign-on means, by the code the callback sends back (`api/oidc.rs`). */
+const SSO_ERRORS = {
+  no_role: "Your account at the identity provider has no group that gives a role here. Ask an administrator.",
+  denied: "The identity provider did not sign you in.",
+  state: "The sign-in could not be matched to this browser (an old or foreign link). Try again.",
+  expired: "The sign-in took too long. Try again.",
+  code: "The identity provider refused the sign-in code. Try again.",
+  token: "The identity provider's answer could not be verified. An administrator can find why in the audit log.",
+  provider: "The identity provider cannot be reached. Try again, or sign in with a password.",
+};
+
+/** The SSO button when `admin.oidc` is set, and the message of a refused SSO sign-in. */
+async function offerSso() {
+  const params = new URLSearchParams(location.search);
+  const code = params.get("sso_error");
+  if (code) {
+    $("login-error").textContent = SSO_ERRORS[code] ?? `Single sign-on failed (${code}).`;
+    $("login-error").hidden = false;
+    history.replaceState(null, "", location.pathname + location.hash);
+  }
+  try {
+    const sso = await call("GET", "/oidc");
+    if (sso.enabled) {
+      $("sso").textContent = sso.button;
+      $("sso-box").hidden = false;
+    }
+  } catch {
+    // No SSO offered: the password form stays.
+  }
+}
+
 function showLogin() {
   loggedIn = false;
   current?.stop();
@@ -94,6 +125,7 @@ function showLogin() {
   $("view").replaceChildren();
   for (const id of ["nav", "who", "logout", "menu"]) $(id).hidden = true;
   document.title = "Log in · Tollgate";
+  offerSso();
   $("login-form").querySelector("input")?.focus();
 }
 

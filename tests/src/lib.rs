@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 pub mod mock_upstream;
+pub mod oidc_provider;
 pub mod plugins;
 pub mod services;
 pub mod tools;
@@ -112,8 +113,11 @@ impl TestGateway {
     }
 
     async fn start_config(mut config: Config, reload_from: Option<&Path>) -> Self {
-        // Tests run many gateways at once: the admin listener gets a free port, not 8318.
-        config.admin.listen = tollgate::config::ListenAddr("127.0.0.1:0".parse().unwrap());
+        // Tests run many gateways at once: the admin listener gets a free port, not 8318 (a
+        // test that needs to know its port in advance, for an SSO redirect, names one).
+        if config.admin.listen.0.port() == 8318 {
+            config.admin.listen = tollgate::config::ListenAddr("127.0.0.1:0".parse().unwrap());
+        }
         let gateway = Gateway::new(&config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));

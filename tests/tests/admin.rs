@@ -2333,3 +2333,292 @@ async fn live_settings_survive_a_restart() {
     );
     assert_eq!(gw.gateway.stores.settings().alert_threshold, 17);
 }
+
+/// Follows one SSO sign-in by hand, as a browser would: the gateway's login redirect (its flow
+/// cookie kept), the provider's authorization redirect, then the callback, with `tamper` free to
+/// change the callback's query and cookie. The console URL the callback sends the browser to,
+/// and the session cookie it set, if any.
+async fn sso_sign_in(
+    admin: &str,
+    tamper: impl FnOnce(&mut String, &mut String),
+) -> (String, Option<String>) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let start = http
+        .get(format!("{admin}/admin/api/oidc/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    let flow = start.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attr in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/admin/api/oidc",
+        "Max-Age=600",
+    ] {
+        assert!(flow.contains(attr), "{attr}: {flow}");
+    }
+    let mut cookie = flow.split(';').next().unwrap().to_owned();
+    let authorize = start.headers()["location"].to_str().unwrap().to_owned();
+    let at_provider = http.get(&authorize).send().await.unwrap();
+    assert_eq!(at_provider.status(), 303, "{authorize}");
+    let back = at_provider.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut query = back.split_once('?').unwrap().1.to_owned();
+    tamper(&mut query, &mut cookie);
+    let done = http
+        .get(format!("{admin}/admin/api/oidc/callback?{query}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 302);
+    let to = done.headers()["location"].to_str().unwrap().to_owned();
+    let session = done
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("tollgate_session=") && !c.starts_with("tollgate_session=;"))
+        .map(|c| c.split(';').next().unwrap().to_owned());
+    (to, session)
+}
+
+/// docs/console.md "Single sign-on": the authorization code flow with PKCE against a provider the
+/// test runs. The gateway sends an S256 challenge and a nonce, the provider's `groups` claim maps
+/// to the role (the highest of several), the session works like a password one and the role is
+/// enforced; every way an attacker or a broken provider can bend the flow is refused and
+/// audited: a wrong or missing state, a forged flow cookie, a replayed code, an ID token signed
+/// by another key, with HS256, for another audience or issuer, expired, or with another nonce;
+/// a user whose groups map to nothing gets no session.
+#[tokio::test]
+async fn sso_signs_in_with_pkce_and_refuses_every_bent_flow() {
+    use tollgate_tests::oidc_provider::{CLIENT_ID, OidcProvider, Trick};
+    let mock = MockUpstream::start().await;
+    let idp = OidcProvider::start().await;
+    let extra = format!(
+        "  oidc:\n    issuer: {}\n    client_id: {CLIENT_ID}\n    redirect_url: http://127.0.0.1:9/admin/api/oidc/callback\n    roles: {{noc: viewer, ops: operator, admins: admin}}",
+        idp.issuer()
+    );
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), &extra)).await;
+    let admin = format!("http://{}", gw.admin_addr.unwrap());
+    let info: Value = client()
+        .get(format!("{admin}/admin/api/oidc"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info, json!({"enabled": true, "button": "Sign in with SSO"}));
+
+    idp.sign_in_as("alice", &["noc", "ops"]);
+    let (to, session) = sso_sign_in(&admin, |_, _| {}).await;
+    assert_eq!(to, "/admin/ui/");
+    let session = session.expect("a session cookie");
+    let asked = idp.last_authorize();
+    assert_eq!(asked["code_challenge_method"], "S256");
+    assert_eq!(asked["code_challenge"].len(), 43, "{asked:?}");
+    assert!(
+        asked["nonce"].len() >= 32 && asked["scope"].split(' ').any(|s| s == "openid"),
+        "{asked:?}"
+    );
+    let me: Value = client()
+        .get(format!("{admin}/admin/api/session"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (me["user"].as_str(), me["role"].as_str()),
+        (Some("sso:alice"), Some("operator")),
+        "{me}"
+    );
+    // The operator may cool an upstream down but not change settings.
+    let csrf = me["csrf"].as_str().unwrap();
+    let change = |path: &str, body: Value, method: reqwest::Method| {
+        client()
+            .request(method, format!("{admin}/admin/api{path}"))
+            .header("cookie", &session)
+            .header("x-csrf-token", csrf)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        change(
+            "/upstreams/u0/cooldown",
+            json!({"seconds": 5}),
+            reqwest::Method::POST
+        )
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    assert_eq!(
+        change(
+            "/settings",
+            json!({"maintenance": true}),
+            reqwest::Method::PUT
+        )
+        .await
+        .unwrap()
+        .status(),
+        403
+    );
+    idp.sign_in_as("root", &["admins", "noc"]);
+    let (_, session) = sso_sign_in(&admin, |_, _| {}).await;
+    let me: Value = client()
+        .get(format!("{admin}/admin/api/session"))
+        .header("cookie", session.unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "admin", "the highest of the user's groups");
+
+    // Groups that map to nothing: no session.
+    idp.sign_in_as("mallory", &["interns"]);
+    let (to, session) = sso_sign_in(&admin, |_, _| {}).await;
+    assert_eq!(
+        (to.as_str(), session),
+        ("/admin/ui/?sso_error=no_role", None)
+    );
+    idp.sign_in_as("alice", &["ops"]);
+
+    // A bent flow.
+    let (to, session) = sso_sign_in(&admin, |q, _| *q = q.replace("state=", "state=x")).await;
+    assert_eq!((to.as_str(), session), ("/admin/ui/?sso_error=state", None));
+    let (to, _) = sso_sign_in(&admin, |_, c| *c = String::new()).await;
+    assert_eq!(to, "/admin/ui/?sso_error=state");
+    let (to, _) = sso_sign_in(&admin, |_, c| {
+        // The flow cookie's payload swapped for another, its signature kept.
+        let (name, value) = c.split_once('=').unwrap();
+        let (_, mac) = value.split_once('.').unwrap();
+        let forged = B64.encode(br#"{"state":"s","nonce":"n","verifier":"v","exp":99999999999}"#);
+        *c = format!("{name}={forged}.{mac}");
+    })
+    .await;
+    assert_eq!(to, "/admin/ui/?sso_error=state");
+    // A code replayed: the provider refuses it the second time.
+    let mut replay = None;
+    let (to, _) = sso_sign_in(&admin, |q, c| replay = Some((q.clone(), c.clone()))).await;
+    assert_eq!(to, "/admin/ui/");
+    let (q, c) = replay.unwrap();
+    let again = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{admin}/admin/api/oidc/callback?{q}"))
+        .header("cookie", c)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["location"], "/admin/ui/?sso_error=code");
+    assert!(
+        idp.refused().iter().any(|r| r.contains("used code")),
+        "{:?}",
+        idp.refused()
+    );
+    for trick in [
+        Trick::ForeignKey,
+        Trick::Hs256,
+        Trick::WrongAudience,
+        Trick::WrongIssuer,
+        Trick::Expired,
+        Trick::WrongNonce,
+    ] {
+        idp.trick(trick);
+        let (to, session) = sso_sign_in(&admin, |_, _| {}).await;
+        assert_eq!(
+            (to.as_str(), session),
+            ("/admin/ui/?sso_error=token", None),
+            "{trick:?}"
+        );
+    }
+    idp.trick(Trick::None);
+    // The provider said no.
+    let (to, _) = sso_sign_in(&admin, |q, _| *q = format!("error=access_denied&{q}")).await;
+    assert_eq!(to, "/admin/ui/?sso_error=denied");
+
+    // Every outcome is audited, the refusals with why.
+    let token = Admin::new(gw.admin_addr.unwrap()).token().await;
+    let records = audit(
+        &Admin::new(gw.admin_addr.unwrap()),
+        &token,
+        "action=login.sso&limit=100",
+    )
+    .await;
+    let ok = records.iter().filter(|r| r["outcome"] == "ok").count();
+    let denied: Vec<&str> = records
+        .iter()
+        .filter(|r| r["outcome"] == "denied")
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(ok, 3, "{records:?}");
+    assert_eq!(
+        denied.iter().filter(|t| **t == "token").count(),
+        6,
+        "{denied:?}"
+    );
+    for code in ["no_role", "state", "code", "denied"] {
+        assert!(denied.contains(&code), "{code}: {denied:?}");
+    }
+}
+
+/// Without `admin.oidc` the SSO endpoints answer 404 in the OpenAI error shape, and a token that
+/// claims an SSO role is refused (only a gateway with SSO issues them).
+#[tokio::test]
+async fn without_sso_its_endpoints_and_tokens_are_refused() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&admin_yaml(&mock.url(), "")).await;
+    let admin = format!("http://{}", gw.admin_addr.unwrap());
+    let info: Value = client()
+        .get(format!("{admin}/admin/api/oidc"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["enabled"], false);
+    let (status, err) = error_of(
+        client()
+            .get(format!("{admin}/admin/api/oidc/login"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (404, Some("sso_not_configured"))
+    );
+    let mut claims = claims();
+    claims["sub"] = json!("sso:eve");
+    claims["sso_role"] = json!("admin");
+    let forged = forge(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &claims,
+        JWT_SECRET,
+        false,
+    );
+    let resp = Admin::new(gw.admin_addr.unwrap())
+        .get(&forged, "/settings")
+        .await;
+    assert_eq!(
+        resp.status(),
+        401,
+        "a well-signed SSO token on a gateway without SSO"
+    );
+}

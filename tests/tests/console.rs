@@ -1565,3 +1565,56 @@ async fn status_config_and_ip_rules_pages_and_the_console_chrome_in_chromium() {
     );
     b.client.clone().close().await.unwrap();
 }
+
+/// docs/console.md "Single sign-on", in Chromium against a provider the test runs: the login
+/// page offers the provider's button; a click goes through the provider and back into the
+/// console as `sso:NAME` with the role its groups map to; a user whose groups map to nothing is
+/// back on the login page with a message saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn sso_signs_in_through_the_provider_in_chromium() {
+    use tollgate_tests::oidc_provider::{CLIENT_ID, OidcProvider};
+    let up = MockUpstream::start().await;
+    let idp = OidcProvider::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = console_yaml(&[up.url()]).replace(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        &format!(
+            "admin:\n  listen: 127.0.0.1:{port}\n  oidc:\n    issuer: {}\n    client_id: {CLIENT_ID}\n    redirect_url: http://127.0.0.1:{port}/admin/api/oidc/callback\n    roles: {{noc: viewer, ops: operator}}\n    button: Sign in with Example SSO\n",
+            idp.issuer()
+        ),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(gw.admin_addr.unwrap().port(), port);
+    let ui = format!("http://127.0.0.1:{port}/admin/ui/");
+    let b = browser().await;
+    let c = &b.client;
+    c.goto(&ui).await.unwrap();
+    wait_text(c, "#sso", "Sign in with Example SSO").await;
+    shot(c, "login-sso").await;
+    idp.sign_in_as("wall", &["noc"]);
+    click(c, "#sso").await;
+    wait_text(c, "#who", "sso:wall · viewer").await;
+    wait_text(c, "#dash-state", "Updated").await;
+    assert_eq!(idp.last_authorize()["code_challenge_method"], "S256");
+    // Logged out, and signed in again as a user without a mapped group: refused, said why.
+    click(c, "#logout").await;
+    wait_text(c, "#login h1", "Log in").await;
+    idp.sign_in_as("intern", &["interns"]);
+    click(c, "#sso").await;
+    let message = wait_text(c, "#login-error", "no group that gives a role here").await;
+    assert!(!message.is_empty());
+    assert!(
+        !c.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains("sso_error"),
+        "the code leaves the address bar"
+    );
+    shot(c, "login-sso-refused").await;
+    b.client.clone().close().await.unwrap();
+}

@@ -30,6 +30,62 @@ pub struct AdminConfig {
     pub session_max: Duration,
     /// Wrong passwords tolerated per user and client IP before logins are refused.
     pub lockout: LockoutConfig,
+    /// Sign-in to the console through an OpenID Connect provider (authorization code with
+    /// PKCE), a claim of the ID token mapped to the role. Optional; `admin.users` still log in.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// `admin.oidc`: an OpenID Connect provider for the console (Keycloak, Authentik, Okta, Entra ID,
+/// Google, Dex…). Register `redirect_url` with it as the client's redirect URI.
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer URL; its discovery document is read from
+    /// `{issuer}/.well-known/openid-configuration`. `https://`, or `http://` on loopback only.
+    #[serde(deserialize_with = "crate::env::string")]
+    pub issuer: String,
+    #[serde(deserialize_with = "crate::env::string")]
+    pub client_id: String,
+    /// For a confidential client (sent as `client_secret_post`); unset for a public one
+    /// (PKCE alone).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// Where the provider sends the browser back: this gateway's
+    /// `/admin/api/oidc/callback` as the browser reaches it, e.g.
+    /// `https://gw.example.com/admin/api/oidc/callback`.
+    #[serde(deserialize_with = "crate::env::string")]
+    pub redirect_url: String,
+    /// Scopes asked for (`openid` is always sent).
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// The ID token claim that holds the user's groups or roles (a string or a list of them).
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// A value of `role_claim` → the role it gives. A user with several gets the highest.
+    pub roles: HashMap<String, AdminRole>,
+    /// The role of a user none of whose values is in `roles`; unset: such a user is refused.
+    #[serde(default)]
+    pub default_role: Option<AdminRole>,
+    /// The claim shown as the user's name (and in the audit log as `sso:NAME`); `sub` when the
+    /// token lacks it.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// The login page's button.
+    #[serde(default = "default_button")]
+    pub button: String,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into(), "email".into()]
+}
+fn default_role_claim() -> String {
+    "groups".into()
+}
+fn default_username_claim() -> String {
+    "preferred_username".into()
+}
+fn default_button() -> String {
+    "Sign in with SSO".into()
 }
 
 impl Default for AdminConfig {
@@ -46,6 +102,7 @@ impl Default for AdminConfig {
             token_ttl: Duration::secs(30 * 60),
             session_max: Duration::secs(12 * 3600),
             lockout: LockoutConfig::default(),
+            oidc: None,
         }
     }
 }
@@ -161,6 +218,9 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
             e.add(format!("admin.lockout.{name}"), "must be greater than 0");
         }
     }
+    if let Some(o) = &a.oidc {
+        validate_oidc(o, e);
+    }
     let mut names = HashMap::new();
     for (i, u) in a.users.iter().enumerate() {
         let path = format!("admin.users[{i}]");
@@ -193,5 +253,51 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
             }
             _ => {}
         }
+    }
+}
+
+/// Whether `url` is `https://`, or `http://` to a loopback host (a provider on this machine, or a
+/// test's).
+fn secure_or_loopback(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https"), Some(_)) => true,
+        (Some("http"), Some(host)) => {
+            host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
+    }
+}
+
+fn validate_oidc(o: &OidcConfig, e: &mut Errors) {
+    for (field, url) in [("issuer", &o.issuer), ("redirect_url", &o.redirect_url)] {
+        if !secure_or_loopback(url) {
+            e.add(
+                format!("admin.oidc.{field}"),
+                "must be an https:// URL (http:// only to a loopback address)",
+            );
+        }
+    }
+    if !o.redirect_url.ends_with("/admin/api/oidc/callback") {
+        e.add(
+            "admin.oidc.redirect_url",
+            "must end with /admin/api/oidc/callback (this gateway's callback, as the browser reaches it)",
+        );
+    }
+    if o.client_id.is_empty() {
+        e.add("admin.oidc.client_id", "must not be empty");
+    }
+    if o.roles.is_empty() && o.default_role.is_none() {
+        e.add(
+            "admin.oidc.roles",
+            "map at least one claim value to a role (or set default_role)",
+        );
     }
 }

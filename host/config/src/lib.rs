@@ -36,7 +36,9 @@ pub mod types;
 mod upstreams;
 mod validate;
 
-pub use admin::{AdminConfig, AdminRole, AdminUser, DEMO_ADMIN_PASSWORD, LockoutConfig};
+pub use admin::{
+    AdminConfig, AdminRole, AdminUser, DEMO_ADMIN_PASSWORD, LockoutConfig, OidcConfig,
+};
 pub use auth::{
     AuthConfig, DEMO_KEY, DEMO_SECRET, KeyConfig, KeyLimits, is_model_pattern, parse_instant_ms,
 };

@@ -49,6 +49,11 @@ pub struct Claims {
     /// `admin.session_max` after it.
     #[serde(default)]
     pub auth_time: u64,
+    /// Set for a session signed in through `admin.oidc` (`sub` is then `sso:NAME`): the role
+    /// the provider's claim gave at sign-in. A local user's role is read from the config at
+    /// each request instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso_role: Option<AdminRole>,
 }
 
 /// Hashes `password` as an argon2id PHC string (default parameters, random salt).
@@ -135,6 +140,8 @@ pub struct AdminAuth {
     /// `admin.session_max` in seconds.
     session_max_secs: u64,
     lockout: LockoutConfig,
+    /// Console sign-in through an OpenID Connect provider (`admin.oidc`), read at start.
+    oidc: Option<crate::admin::oidc::Oidc>,
 }
 
 impl AdminAuth {
@@ -167,6 +174,10 @@ impl AdminAuth {
             ttl_secs: c.token_ttl.get().as_secs().max(1),
             session_max_secs: c.session_max.get().as_secs().max(1),
             lockout: c.lockout,
+            oidc: c
+                .oidc
+                .clone()
+                .map(|o| crate::admin::oidc::Oidc::new(o, &secret)),
         }))
     }
 
@@ -229,7 +240,12 @@ impl AdminAuth {
     /// and one that removes the user ends their sessions.
     pub fn verify_token(&self, token: &str) -> Option<Signed> {
         let claims = self.claims(token)?;
-        let role = self.users.load().get(&claims.sub)?.role;
+        let role = match claims.sso_role {
+            // Only this gateway signs tokens, and only the OIDC callback sets the claim.
+            Some(role) if self.oidc.is_some() && claims.sub.starts_with("sso:") => role,
+            Some(_) => return None,
+            None => self.users.load().get(&claims.sub)?.role,
+        };
         Some(Signed {
             user: claims.sub,
             role,
@@ -242,7 +258,7 @@ impl AdminAuth {
     /// `None` when the token is not valid or the session has reached its maximum.
     pub fn renew(&self, token: &str) -> Option<(String, u64)> {
         let claims = self.claims(token)?;
-        self.users.load().get(&claims.sub)?;
+        self.verify_token(token)?;
         let started = if claims.auth_time == 0 {
             claims.iat
         } else {
@@ -251,7 +267,24 @@ impl AdminAuth {
         let now = unix_ms() / 1000;
         let end = started.saturating_add(self.session_max_secs);
         // Less than a minute left of the session: nothing worth renewing.
-        (end > now + 60 && end > claims.exp).then(|| self.issue_at(&claims.sub, started, end))?
+        (end > now + 60 && end > claims.exp)
+            .then(|| self.issue_at(&claims.sub, started, end, claims.sso_role))?
+    }
+
+    /// The OpenID Connect sign-in, when `admin.oidc` is set.
+    pub fn oidc(&self) -> Option<&crate::admin::oidc::Oidc> {
+        self.oidc.as_ref()
+    }
+
+    /// A session for `user` (`sso:NAME`) signed in through the OpenID provider with `role`.
+    pub fn issue_sso(&self, user: &str, role: AdminRole) -> Option<(String, u64)> {
+        let now = unix_ms() / 1000;
+        self.issue_at(
+            user,
+            now,
+            now.saturating_add(self.session_max_secs),
+            Some(role),
+        )
     }
 
     /// The claims of a token that is valid now: signature, algorithm and the registered claims
@@ -273,12 +306,18 @@ impl AdminAuth {
 
     fn issue(&self, user: &str) -> Option<(String, u64)> {
         let now = unix_ms() / 1000;
-        self.issue_at(user, now, now.saturating_add(self.session_max_secs))
+        self.issue_at(user, now, now.saturating_add(self.session_max_secs), None)
     }
 
     /// A token for `user`, whose session began at `auth_time`, valid for `admin.token_ttl` but
     /// not past `session_end`.
-    fn issue_at(&self, user: &str, auth_time: u64, session_end: u64) -> Option<(String, u64)> {
+    fn issue_at(
+        &self,
+        user: &str,
+        auth_time: u64,
+        session_end: u64,
+        sso_role: Option<AdminRole>,
+    ) -> Option<(String, u64)> {
         let now = unix_ms() / 1000;
         let claims = Claims {
             sub: user.to_owned(),
@@ -288,6 +327,7 @@ impl AdminAuth {
             nbf: now,
             exp: (now + self.ttl_secs).min(session_end),
             auth_time,
+            sso_role,
             jti: {
                 let mut nonce = [0u8; 16];
                 OsRng.fill_bytes(&mut nonce);

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod oidc;
 pub mod ui;
 
 /// Longest page any list endpoint serves at once.

@@ -9,7 +9,6 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 use crate::config::Config;
@@ -101,46 +100,21 @@ impl AdminClient {
         body: Option<Value>,
     ) -> Result<Value, String> {
         let url = format!("{}{path}", self.base);
-        let mut req = http::Request::builder().method(method).uri(&url);
+        let mut headers = Vec::new();
         if !self.token.is_empty() {
-            req = req.header(
+            headers.push((
                 http::header::AUTHORIZATION,
                 format!("Bearer {}", self.token),
-            );
+            ));
         }
-        let bytes = match body {
-            Some(b) => {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(b.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let req = req
-            .body(
-                Full::new(bytes)
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
-            .map_err(|e| format!("{e}\n"))?;
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
+        let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+        let (status, value) = self
+            .http
+            .exchange_json(method, &url, &headers, body, Duration::from_secs(30))
             .await
-            .map_err(|_| format!("{url}: no answer within 30 s\n"))?
             .map_err(|e| {
                 format!("{url}: {e} (is the gateway running, and admin.listen reachable?)\n")
             })?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("{url}: {e}\n"))?
-            .to_bytes();
-        let value: Value = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-        };
         if status.is_success() {
             Ok(value)
         } else {

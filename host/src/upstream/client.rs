@@ -81,6 +81,59 @@ impl UpstreamClient {
         Self { client, h1 }
     }
 
+    /// One small exchange with a JSON (or any text) answer, read whole (at most 1 MiB) within
+    /// `timeout`: for the control plane's own calls (an OpenID provider, the CLI's admin API
+    /// client), never for proxied traffic. The answer's status and body as JSON (a body that is
+    /// not JSON comes back as a JSON string).
+    pub async fn exchange_json(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(http::HeaderName, String)],
+        body: Option<(&'static str, Bytes)>,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, serde_json::Value), String> {
+        const MAX: usize = 1 << 20;
+        let mut req = http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let bytes = match body {
+            Some((content_type, b)) => {
+                req = req.header(http::header::CONTENT_TYPE, content_type);
+                b
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(
+                Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let resp = self.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = http_body_util::Limited::new(resp.into_body(), MAX)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            let value = if body.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_slice(&body).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+                })
+            };
+            Ok((status, value))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+    }
+
     /// Sends `req` (an absolute URI) and waits for the answer's head.
     pub async fn request(
         &self,

@@ -11,6 +11,7 @@ mod intercepts;
 mod ip_rules;
 mod keys;
 mod login;
+mod oidc;
 mod plugins;
 mod requests;
 pub(crate) mod session;
@@ -38,6 +39,9 @@ pub fn routes() -> axum::Router<AdminState> {
                 .delete(session::end),
         )
         .route("/session/renew", post(session::renew))
+        .route("/oidc", get(oidc::info))
+        .route("/oidc/login", get(oidc::login))
+        .route("/oidc/callback", get(oidc::callback))
         .route("/dashboard", get(dashboard::dashboard))
         .route("/status", get(status::get))
         .route("/alerts", get(status::alerts))
@@ -92,6 +96,9 @@ pub fn routes() -> axum::Router<AdminState> {
         session::current,
         session::end,
         session::renew,
+        oidc::info,
+        oidc::login,
+        oidc::callback,
         dashboard::dashboard,
         status::get,
         status::alerts,

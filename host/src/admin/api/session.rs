@@ -63,7 +63,7 @@ pub fn cookie_token(headers: &http::HeaderMap) -> Option<&str> {
 /// or `Forwarded: proto=https`). The admin listener itself serves plain HTTP, so this is how the
 /// cookie learns it must be `Secure`. No trust is needed: a client that sends it only makes its
 /// own cookie stricter.
-fn forwarded_https(parts: &http::request::Parts) -> bool {
+pub(super) fn forwarded_https(parts: &http::request::Parts) -> bool {
     let says = |name: &str, https: &dyn Fn(&str) -> bool| {
         parts
             .headers
@@ -82,7 +82,7 @@ fn forwarded_https(parts: &http::request::Parts) -> bool {
     })
 }
 
-fn set_cookie(value: &str, max_age: u64, tls: bool) -> HeaderValue {
+pub(super) fn set_cookie(value: &str, max_age: u64, tls: bool) -> HeaderValue {
     let secure = if tls { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{COOKIE}={value}; Path=/admin; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
