@@ -216,6 +216,8 @@ function panel(p) {
       el.data = data;
       const empty = isEmpty(p.kind, data);
       el.dataset.state = empty ? "empty" : "chart";
+      // An empty chart has no current values to show: its note says why.
+      legend.hidden = empty;
       showLegend(null);
       if (empty) {
         drop();

@@ -136,7 +136,7 @@ export default {
     view.replaceChildren(
       h("h1", { text: "Settings" }),
       h("p", { class: "muted small", text: "Each setting starts from the config file. A value saved here beats the file on every gateway, across restarts and reloads, until it is reverted to the file." }),
-      admin ? null : note("empty", "Read-only: changing settings needs the admin role."),
+      ...(admin ? [] : [note("empty", "Read-only: changing settings needs the admin role.")]),
       form,
     );
   },

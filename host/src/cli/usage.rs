@@ -6,21 +6,6 @@ use std::process::ExitCode;
 use super::{ms_to_rfc3339, with_stores};
 use crate::pipeline::auth::KeyRing;
 
-/// One line of `tollgate usage` (and one object with `--output json`).
-#[derive(serde::Serialize)]
-struct Row {
-    name: String,
-    requests: u64,
-    errors: u64,
-    partial: u64,
-    input_tokens: u64,
-    output_tokens: u64,
-    cached_tokens: u64,
-    cost: f64,
-    currency: String,
-    last_used_ms: u64,
-}
-
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub(super) enum UsageGroup {
     Key,
@@ -43,35 +28,11 @@ pub(super) fn usage(
         // Names of the config file's keys and of the stored ones (`with_stores` put them in).
         let ring = KeyRing::new(&config.auth, stores.key_table());
         let now = crate::state::unix_ms();
-        // Hours are counted from their start: include the hour `since` falls in.
-        let from = now.saturating_sub(since.as_millis() as u64) / 3_600_000 * 3_600_000;
-        let rows = stores
-            .database()
-            .token_usage(by, from, now)
+        let from = now.saturating_sub(since.as_millis() as u64);
+        let currency = &config.pricing.currency;
+        let rows = crate::service::usage::rows(stores, &ring, by, from, now, currency)
             .await
             .map_err(|e| format!("{e}\n"))?;
-        let currency = &config.pricing.currency;
-        let rows: Vec<Row> = rows
-            .iter()
-            .map(|u| Row {
-                name: match by {
-                    UsageBy::Key => ring
-                        .name_of_id(&u.key_id)
-                        .unwrap_or_else(|| u.key_id.chars().take(12).collect()),
-                    UsageBy::Upstream => u.upstream.to_string(),
-                    UsageBy::Model => u.model.to_string(),
-                },
-                requests: u.requests,
-                errors: u.errors,
-                partial: u.partial,
-                input_tokens: u.input_tokens,
-                output_tokens: u.output_tokens,
-                cached_tokens: u.cached_tokens,
-                cost: u.cost_nanos as f64 / 1e9,
-                currency: currency.clone(),
-                last_used_ms: u.at_ms,
-            })
-            .collect();
         super::output::listing(
             &rows,
             &format!(

@@ -11,6 +11,7 @@ pub mod requests;
 pub mod settings;
 pub mod status;
 pub mod upstreams;
+pub mod usage;
 
 use crate::state::StoreError;
 

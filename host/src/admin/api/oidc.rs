@@ -15,7 +15,7 @@ use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::session::{forwarded_https, set_cookie};
+use super::session::{cookie, forwarded_https, set_cookie};
 use super::state::{AdminState, client_ip};
 use crate::admin::error::{ApiError, ApiQuery, ErrorBody};
 use crate::admin::oidc::FLOW_COOKIE;
@@ -111,16 +111,7 @@ pub(super) async fn callback(
     let secure =
         parts.extensions.get::<ConnInfo>().is_some_and(|c| c.tls) || forwarded_https(&parts);
     let ip = client_ip(&parts).to_string();
-    let flow_cookie = parts
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == FLOW_COOKIE).then_some(value)
-        });
+    let flow_cookie = cookie(&parts.headers, FLOW_COOKIE);
     let clear_flow =
         format!("{FLOW_COOKIE}=; Path=/admin/api/oidc; Max-Age=0; HttpOnly; SameSite=Lax");
     let outcome = match (&p.error, &p.code, &p.state) {

@@ -48,6 +48,12 @@ pub struct SessionView {
 
 /// The session token in the request's cookies, if any.
 pub fn cookie_token(headers: &http::HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE)
+}
+
+/// The value of the cookie `wanted` in the request's `Cookie` headers, if it is there and not
+/// empty.
+pub(crate) fn cookie<'a>(headers: &'a http::HeaderMap, wanted: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -55,7 +61,7 @@ pub fn cookie_token(headers: &http::HeaderMap) -> Option<&str> {
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE && !value.is_empty()).then_some(value)
+            (name == wanted && !value.is_empty()).then_some(value)
         })
 }
 

@@ -2,11 +2,12 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::state::{AdminState, Viewer};
 use crate::admin::error::{ApiError, ApiQuery, ErrorBody};
+use crate::service::usage::{self, UsageRow};
 use crate::state::UsageBy;
 
 #[derive(Deserialize, IntoParams)]
@@ -19,27 +20,6 @@ pub struct UsageParams {
     pub from_ms: Option<u64>,
     /// Unix ms; default now.
     pub to_ms: Option<u64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct UsageRow {
-    /// The key's configured name (or its id's first 12 digits if the config no longer has it),
-    /// the upstream or the model; '' for none.
-    pub name: String,
-    pub key_id: Option<String>,
-    pub requests: u64,
-    pub errors: u64,
-    /// Requests that ended before their answer did (tokens as seen).
-    pub partial: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cached_tokens: u64,
-    /// What the tokens cost, in `currency` (requests whose model has no price count 0).
-    pub cost: f64,
-    /// `pricing.currency`.
-    pub currency: String,
-    /// Unix ms.
-    pub last_used_ms: u64,
 }
 
 /// Requests and tokens per key, upstream or model over a time range (hours that start in it).
@@ -68,42 +48,15 @@ pub(super) async fn usage(
     if from > to {
         return Err(ApiError::invalid("from_ms", "must not be after to_ms"));
     }
-    // Hours that start in the range: the range is widened to the start of its first hour.
-    let from = from / 3_600_000 * 3_600_000;
-    let rows = st
-        .gateway
-        .stores
-        .database()
-        .token_usage(by, from, to)
-        .await?;
     let rt = st.gateway.runtime();
-    Ok(Json(
-        rows.into_iter()
-            .map(|u| {
-                let (name, key_id) = match by {
-                    UsageBy::Key => (
-                        rt.keys
-                            .name_of_id(&u.key_id)
-                            .unwrap_or_else(|| u.key_id.chars().take(12).collect()),
-                        Some(u.key_id.to_string()),
-                    ),
-                    UsageBy::Upstream => (u.upstream.to_string(), None),
-                    UsageBy::Model => (u.model.to_string(), None),
-                };
-                UsageRow {
-                    name,
-                    key_id,
-                    requests: u.requests,
-                    errors: u.errors,
-                    partial: u.partial,
-                    input_tokens: u.input_tokens,
-                    output_tokens: u.output_tokens,
-                    cached_tokens: u.cached_tokens,
-                    cost: u.cost_nanos as f64 / 1e9,
-                    currency: rt.prices.currency.clone(),
-                    last_used_ms: u.at_ms,
-                }
-            })
-            .collect(),
-    ))
+    let rows = usage::rows(
+        &st.gateway.stores,
+        &rt.keys,
+        by,
+        from,
+        to,
+        &rt.prices.currency,
+    )
+    .await?;
+    Ok(Json(rows))
 }
