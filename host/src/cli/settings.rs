@@ -46,7 +46,7 @@ pub(super) fn settings(path: &std::path::Path, action: SettingsCommand) -> ExitC
     let actor = Actor::cli();
     with_stores(path, async |stores, config| {
         let done = |e: ServiceError| format!("{e}\n");
-        stores.set_file_settings(settings::file_settings(config));
+        stores.set_file_settings(crate::state::Settings::from_file(config));
         stores
             .refresh_settings()
             .await

@@ -111,7 +111,7 @@ impl Gateway {
         config: &Config,
         stores: Arc<Stores>,
     ) -> Result<Arc<Self>, BuildError> {
-        stores.set_file_settings(crate::service::settings::file_settings(config));
+        stores.set_file_settings(crate::state::Settings::from_file(config));
         if let Err(e) = stores.refresh_settings().await {
             tracing::warn!(error = %e, "cannot read live settings; using the config file's");
         }
@@ -183,7 +183,7 @@ impl Gateway {
         self.shown_config.store(Arc::new(shown(config)));
         // The file's values of the live settings (what applies where no override is stored).
         self.stores
-            .set_file_settings(crate::service::settings::file_settings(config));
+            .set_file_settings(crate::state::Settings::from_file(config));
         for name in removed {
             // A key taken out of `auth.keys` stops working with this reload: on the record.
             let record = crate::state::AuditRecord::new("config", "", "key.remove", &name, "ok")

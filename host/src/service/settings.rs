@@ -87,22 +87,6 @@ impl SettingsChange {
     }
 }
 
-/// The config file's value of each live setting: what it is while no override is stored.
-pub fn file_settings(config: &crate::config::Config) -> Settings {
-    Settings {
-        failsafe: match config.storage.failsafe {
-            crate::config::Failsafe::Closed => "closed",
-            crate::config::Failsafe::Open => "open",
-        }
-        .into(),
-        alert_threshold: config.alerts.threshold,
-        alert_window_secs: config.alerts.window.get().as_secs(),
-        archive_days: config.storage.archive_days,
-        log_level: config.logging.level.clone(),
-        maintenance: config.maintenance.enabled,
-    }
-}
-
 /// The names of the live settings.
 pub const NAMES: &[&str] = &[
     "failsafe",

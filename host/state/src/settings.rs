@@ -48,6 +48,20 @@ pub struct SettingOverride {
     pub updated_by: String,
 }
 
+impl Settings {
+    /// The config file's value of each setting: what it is while no override is stored.
+    pub fn from_file(config: &tollgate_config::Config) -> Self {
+        Self {
+            failsafe: failsafe_name(config.storage.failsafe).into(),
+            alert_threshold: config.alerts.threshold,
+            alert_window_secs: config.alerts.window.get().as_secs(),
+            archive_days: config.storage.archive_days,
+            log_level: config.logging.level.clone(),
+            maintenance: config.maintenance.enabled,
+        }
+    }
+}
+
 /// The settings as atomics, read on the request path without a lock.
 pub(crate) struct Live {
     failsafe_open: AtomicU8,
