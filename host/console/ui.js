@@ -2,7 +2,6 @@
 // time formatting. Text always goes in as text (never as HTML), so nothing the API returns can
 // become markup.
 
-import { ApiError } from "./api.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -142,8 +141,8 @@ export function filters(fields, params, apply) {
 /**
  * The dialog: a confirmation, or a small form. `fields`: `{name, label, value, placeholder,
  * required, readonly, copy}` (required unless `required: false`; `copy` adds a Copy button).
- * `submit(values)` runs on OK; if it throws an `ApiError` the dialog stays open and shows the
- * server's message. Resolves to whether the action was done.
+ * `submit(values)` runs on OK; if it throws (an `ApiError`, or an `Error` of the page's own)
+ * the dialog stays open and shows its message. Resolves to whether the action was done.
  */
 export function ask({ title, text, fields = [], ok = "OK", danger = false, submit }) {
   const dialog = $("dialog");
@@ -189,7 +188,7 @@ export function ask({ title, text, fields = [], ok = "OK", danger = false, submi
         await submit(values);
         done(true);
       } catch (e) {
-        err.textContent = e instanceof ApiError ? e.message : String(e);
+        err.textContent = e instanceof Error ? e.message : String(e);
         err.hidden = false;
       } finally {
         okButton.disabled = false;
