@@ -266,6 +266,16 @@ async fn listings_print_json_and_bindings_filter() {
         let v = json_of(&tollgate(&full, "", &[]).await);
         assert!(v.is_array(), "{args:?}: {v}");
     }
+    let builtins = json_of(&tollgate(&["--output", "json", "plugin", "builtins"], "", &[]).await);
+    assert!(
+        builtins
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["module"] == "builtin:ip-binding"
+                && b["sha256"].as_str().unwrap().len() == 64),
+        "{builtins}"
+    );
     let keys = json_of(
         &tollgate(
             &["--output", "json", "keys", "list", "-c", &config],

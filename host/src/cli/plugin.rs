@@ -149,6 +149,22 @@ pub(super) fn plugin(cmd: PluginCommand) -> ExitCode {
                         println!("{}", tollgate_builtins::unknown("…"));
                         return Ok(false);
                     }
+                    if super::output::json() {
+                        let rows: Vec<serde_json::Value> = all
+                            .iter()
+                            .map(|b| {
+                                serde_json::json!({
+                                    "module": format!("builtin:{}", b.name),
+                                    "kind": b.kind,
+                                    "version": b.version,
+                                    "description": b.description,
+                                    "sha256": crate::policy::sha256_hex(b.bytes),
+                                })
+                            })
+                            .collect();
+                        println!("{}", serde_json::Value::Array(rows));
+                        return Ok(true);
+                    }
                     for b in all {
                         println!(
                             "builtin:{:<18} {:<15} {}  {}\n  sha256 {}",
