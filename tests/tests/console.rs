@@ -1618,3 +1618,56 @@ async fn sso_signs_in_through_the_provider_in_chromium() {
     shot(c, "login-sso-refused").await;
     b.client.clone().close().await.unwrap();
 }
+
+/// docs/console.md "Roles": an `operator` sees the day-to-day controls (a cooldown, a ban) and
+/// uses them, but not the settings' Save or the upstream credential buttons, which the API
+/// would refuse it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_acts_but_changes_no_setting_or_credential_in_chromium() {
+    let up = MockUpstream::start().await;
+    let yaml = console_yaml(&[up.url()]).replace(
+        "  users:\n",
+        "  users:\n    - username: oncall\n      password: correct horse battery\n      role: operator\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(gw.chat().await.status(), 200);
+    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
+    let b = browser().await;
+    let c = &b.client;
+    c.goto(&ui).await.unwrap();
+    log_in(c, "oncall", PASSWORD).await;
+    wait_text(c, "#who", "oncall · operator").await;
+    let shown = |css: &'static str| async move {
+        js(
+            c,
+            &format!("return [...document.querySelectorAll('{css}')].filter((e) => e.offsetParent !== null).length"),
+        )
+        .await
+        .as_u64()
+        .unwrap()
+    };
+    open(c, &ui, "upstreams").await;
+    wait_text(c, "#upstreams", "u0").await;
+    assert_eq!(shown("[data-action=cooldown]").await, 1);
+    assert_eq!(
+        shown("[data-action=credential]").await,
+        0,
+        "credentials are the admin's"
+    );
+    click(c, "[data-action=cooldown]").await;
+    click(c, "#dialog-ok").await;
+    wait_text(c, "#upstreams", "every model until").await;
+    assert!(!gw.gateway.runtime().upstreams[0].cooldowns().is_empty());
+    open(c, &ui, "bindings").await;
+    wait_text(c, "#view tbody", "tester").await;
+    assert_eq!(shown("[data-action=ban]").await, 1);
+    open(c, &ui, "settings").await;
+    wait_text(
+        c,
+        "#view",
+        "Read-only: changing settings needs the admin role",
+    )
+    .await;
+    assert_eq!(shown("form.settings button[type=submit]").await, 0);
+    b.client.clone().close().await.unwrap();
+}
