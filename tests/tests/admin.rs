@@ -994,13 +994,7 @@ async fn roles_are_enforced_on_every_route_the_api_serves() {
     assert!(checked >= 15, "changes checked: {checked} of {served:?}");
 
     // A captured body: the operator reads it, the viewer learns only that there is one.
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat().await;
     assert_eq!(resp.status(), 200);
     let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1653,16 +1647,7 @@ async fn overridden_settings_show_their_source_and_revert_to_the_file() {
             .await
             .unwrap()
     };
-    let chat = || async {
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    };
+    let chat = || async { gw.chat().await.status() };
     let s = settings().await;
     assert_eq!(
         (
