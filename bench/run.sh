@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Benchmark: the same workloads, in one run, against the mock upstream directly, against nginx as
-# an equivalent streaming reverse proxy, and against Tollgate. Prints figures and ratios.
-# Not a test: it never fails on timing. Loopback only.
+# Benchmark: the same workloads, in one run, against the mock upstream directly, against nginx and
+# HAProxy as equivalent streaming reverse proxies, and against Tollgate. Prints figures and ratios.
+# Not a test: it never fails on timing. Loopback only. The saturation runs use wrk (Debian's
+# package), the load generator operators use; the fixed-rate and SSE runs use tollgate-bench
+# (open loop, SSE timing), which wrk cannot do. LOADGEN=rust puts tollgate-bench on the
+# saturation runs too (the figures of the runs before issue #36).
 #
 #   bench/run.sh            # 5 rounds, per target, of: a 5 s RPS run at 64 connections, a
 #                           # 10 s open-loop run at 5000 rps, 200 SSE streams at once, 1000
@@ -26,6 +29,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/nginx.sh
+. bench/haproxy.sh
+. bench/wrk.sh
 . bench/machine.sh
 . bench/gateway.sh
 ROUNDS=${ROUNDS:-5}
@@ -45,6 +50,8 @@ KEY=sk-bench-key-0001
 ulimit -n 65536 2>/dev/null || true
 MOCK=127.0.0.1:19000 NGINX=127.0.0.1:19001 GATE=127.0.0.1:19002 CHAIN=127.0.0.1:19003
 BASE=127.0.0.1:19004 BASE_CHAIN=127.0.0.1:19005 EDGE=127.0.0.1:19006 FLOOR=127.0.0.1:19007
+HAPROXY=127.0.0.1:19008
+LOADGEN=${LOADGEN:-wrk}
 # Entries of the edge target's deny list (none matches the load generator).
 DENY=${DENY:-1000}
 BASELINE=${BASELINE:-}
@@ -58,6 +65,12 @@ if ! command -v nginx >/dev/null; then
   as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
 fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+fi
+HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
+ensure_wrk
 
 # BUILD=0: measure the release binaries already built (e.g. while the tree has moved on).
 if [ "${BUILD:-1}" = 1 ]; then
@@ -78,6 +91,10 @@ fi
 
 nginx_conf "$out" "$MOCK" "$NGINX" > "$out/nginx.conf"
 "${proxy_cpu[@]}" "$NGINX_BIN" -c "$out/nginx.conf" -p "$out" -e "$out/nginx-error.log"
+haproxy_conf "$MOCK" "$HAPROXY" > "$out/haproxy.cfg"
+"${proxy_cpu[@]}" "$HAPROXY_BIN" -f "$out/haproxy.cfg" -db >"$out/haproxy.log" 2>&1 & pids+=($!); haproxy_pid=$!
+wrk_script "$out" "$KEY"
+WRK_CPU="${load_cpu[*]}"
 
 cat > "$out/tollgate.yaml" <<YAML
 server:
@@ -133,7 +150,7 @@ for i in range($DENY):
 # else (what hyper and tokio cost; the gap between it and Tollgate is what Tollgate's own work
 # costs).
 "${proxy_cpu[@]}" "$bin/tollgate-bench" floor --listen "$FLOOR" --upstream "http://$MOCK" & pids+=($!); floor_pid=$!
-targets="direct:$MOCK nginx:$NGINX floor:$FLOOR tollgate:$GATE chain:$CHAIN edge:$EDGE"
+targets="direct:$MOCK nginx:$NGINX haproxy:$HAPROXY floor:$FLOOR tollgate:$GATE chain:$CHAIN edge:$EDGE"
 if [ -n "$BASELINE" ]; then
   # Own database files (an older binary refuses a schema with newer migrations, and two
   # processes must not migrate one SQLite file at once).
@@ -148,6 +165,7 @@ fi
 pids_of() {
   case $1 in
     floor) echo "$floor_pid" ;; tollgate) echo "$gate_pid" ;; chain) echo "$chain_pid" ;; edge) echo "$edge_pid" ;;
+    haproxy) echo "$haproxy_pid" ;;
     base) echo "$base_pid" ;; base-chain) echo "$base_chain_pid" ;;
     nginx) m=$(cat "$out/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
     *) echo "" ;;
@@ -158,7 +176,7 @@ cpu_secs() { local t=0; for p in $1; do t=$(awk -v t="$t" -v hz="$(getconf CLK_T
 # Resident memory (field VmRSS, or VmHWM for the peak) of the processes, in MiB.
 rss_mib() { local t=0; for p in $1; do t=$(awk -v t="$t" -v f="$2:" '$1 == f {t += $2} END {print t}' "/proc/$p/status"); done; awk -v t="$t" 'BEGIN {print t / 1024}'; }
 
-for addr in $MOCK $NGINX $FLOOR $GATE $CHAIN $EDGE $([ -n "$BASELINE" ] && echo "$BASE $BASE_CHAIN"); do
+for addr in $MOCK $NGINX $HAPROXY $FLOOR $GATE $CHAIN $EDGE $([ -n "$BASELINE" ] && echo "$BASE $BASE_CHAIN"); do
   for _ in $(seq 100); do (echo >/dev/tcp/${addr%:*}/${addr#*:}) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -179,13 +197,17 @@ for round in $(seq "$ROUNDS"); do
     load rps --url "$url" --concurrency 8 --seconds 1 --key $KEY >/dev/null  # warm-up
     pids=$(pids_of "$name")
     c0=$(cpu_secs "$pids")
-    r=$(load rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --key $KEY)
+    if [ "$LOADGEN" = rust ]; then
+      r=$(load rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --key $KEY)
+    else
+      r=$(wrk_rps "$out" "$url" "$CONCURRENCY" "$SECONDS_PER_RUN")
+    fi
     c1=$(cpu_secs "$pids")
     f=$(load rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$FIXED_SECONDS" --key $KEY --rate "$RATE")
     c2=$(cpu_secs "$pids")
     s=$(load sse --url "$url" --streams "$STREAMS" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY)
     case $name in
-      direct|nginx|tollgate|chain) h=$(load sse --url "$url" --streams "$STREAMS_HIGH" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY --seconds "$SSE_HIGH_SECONDS") ;;
+      direct|nginx|haproxy|tollgate|chain) h=$(load sse --url "$url" --streams "$STREAMS_HIGH" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY --seconds "$SSE_HIGH_SECONDS") ;;
       *) h=null ;;
     esac
     echo "{\"round\":$round,\"target\":\"$name\",\"cpu_s\":$(awk "BEGIN{print $c1-$c0}"),\"rps\":$r,\"fixed_cpu_s\":$(awk "BEGIN{print $c2-$c1}"),\"fixed\":$f,\"sse\":$s,\"sse_high\":$h}" | tee -a "$results"
@@ -197,8 +219,8 @@ for target in $targets; do
   [ -n "$(pids_of "$name")" ] && echo "{\"target\":\"$name\",\"peak_mib\":$(rss_mib "$(pids_of "$name")" VmHWM)}" >> "$memory"
 done
 
-python3 - "$results" "$memory" <<'PY'
-import json, statistics, sys
+LOADGEN=$LOADGEN python3 - "$results" "$memory" <<'PY'
+import json, os, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 mem = {}
 for l in open(sys.argv[2]):
@@ -216,9 +238,10 @@ def paired(f, new, old):
 def fmt(t):
     return f"{t[0]:.2f}x ({t[1]:.2f}-{t[2]:.2f})"
 cpu_req = lambda cpu, run: (lambda t: t[cpu] / t[run]["requests"] * 1e6)
-names = [n for n in ("direct", "nginx", "floor", "tollgate", "chain", "edge") if n in {r["target"] for r in rows}]
+names = [n for n in ("direct", "nginx", "haproxy", "floor", "tollgate", "chain", "edge") if n in {r["target"] for r in rows}]
 n_rounds = len(by_round)
-print(f"\n== non-streaming POST (median of {n_rounds} rounds; CPU per request in us; RSS in MiB)")
+gen = "wrk" if os.environ.get("LOADGEN", "wrk") != "rust" else "tollgate-bench"
+print(f"\n== non-streaming POST (median of {n_rounds} rounds; saturation by {gen}; CPU per request in us; RSS in MiB)")
 print(f"{'':10}{'rps':>9}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}{'cpu sat':>9}{'cpu 5k':>8}"
       f"{'5k p50':>8}{'5k p99':>8}{'+p50 us':>9}{'+p99 us':>9}{'idle':>7}{'peak':>7}")
 for n in names:
@@ -231,12 +254,14 @@ for n in names:
           f"{sat:>9.1f}{fix:>8.1f}{med(n,'fixed','p50_ms'):>8.3f}{med(n,'fixed','p99_ms'):>8.3f}{add50:>9.0f}{add99:>9.0f}"
           f"{m.get('idle_mib', float('nan')):>7.1f}{m.get('peak_mib', float('nan')):>7.1f}")
 print("(+p50/+p99: latency added over direct in the open-loop run at the fixed rate, per round)")
-for new in ("floor", "tollgate", "chain"):
-    for base in ("nginx", "direct"):
+for new in ("haproxy", "floor", "tollgate", "chain"):
+    for base in ("nginx", "haproxy", "direct"):
+        if new == base or base not in names or new not in names:
+            continue
         print(f"{new}/{base} per round: rps {fmt(paired(lambda t: t['rps']['rps'], new, base))}, "
               f"p99 {fmt(paired(lambda t: t['rps']['p99_ms'], new, base))}"
               + (f", CPU/request at saturation {fmt(paired(cpu_req('cpu_s', 'rps'), new, base))}, "
-                 f"at the fixed rate {fmt(paired(cpu_req('fixed_cpu_s', 'fixed'), new, base))}" if base == "nginx" else ""))
+                 f"at the fixed rate {fmt(paired(cpu_req('fixed_cpu_s', 'fixed'), new, base))}" if base != "direct" else ""))
 chain_vs_plain = paired(lambda t: t["rps"]["rps"], "chain", "tollgate")
 print(f"chain/tollgate per round: rps {fmt(chain_vs_plain)}")
 print(f"tollgate/floor per round (what Tollgate's own work costs): "
