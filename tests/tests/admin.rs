@@ -1553,6 +1553,45 @@ async fn the_dashboard_sums_today_and_the_last_24_hours() {
         (d["upstreams"].as_u64(), d["healthy_upstreams"].as_u64()),
         (Some(1), Some(1))
     );
+    // Requests that reached the upstream have a latency and a time to first byte; a minute
+    // without any has none (not 0).
+    let latest = minutes
+        .iter()
+        .rev()
+        .find(|m| m["requests"].as_u64() > Some(0))
+        .unwrap();
+    assert!(latest["latency_p95_ms"].as_f64().unwrap() > 0.0, "{latest}");
+    assert!(
+        latest["first_byte_p50_ms"].as_f64().unwrap() > 0.0,
+        "{latest}"
+    );
+    assert!(minutes[0]["latency_p50_ms"].is_null(), "{}", minutes[0]);
+
+    // "Today" from the reader's midnight: an hour ago counts this hour and the last (whole
+    // hours); the future or more than 48 hours back is refused with the parameter named.
+    let now = d["now_ms"].as_u64().unwrap();
+    let from = now - 3_600_000;
+    let local: Value = admin
+        .get(&token, &format!("/dashboard?today_from_ms={from}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(local["today_from_ms"], json!(from / 3_600_000 * 3_600_000));
+    assert_eq!(local["today"]["requests"], 2, "{local}");
+    for bad in [now + 60_000, now - 49 * 3_600_000] {
+        let (status, err) = error_of(
+            admin
+                .get(&token, &format!("/dashboard?today_from_ms={bad}"))
+                .await,
+        )
+        .await;
+        assert_eq!(
+            (status, err["param"].as_str()),
+            (400, Some("today_from_ms")),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -2403,7 +2442,12 @@ async fn sso_signs_in_with_pkce_and_refuses_every_bent_flow() {
     assert_eq!(info, json!({"enabled": true, "button": "Sign in with SSO"}));
 
     idp.sign_in_as("alice", &["noc", "ops"]);
-    let (to, session) = sso_sign_in(&admin, |_, _| {}).await;
+    // Providers add their own parameters to the redirect (Keycloak: `session_state`, RFC 9207:
+    // `iss`); they are ignored.
+    let (to, session) = sso_sign_in(&admin, |q, _| {
+        q.push_str("&session_state=abc&iss=https%3A%2F%2Fsso.example")
+    })
+    .await;
     assert_eq!(to, "/admin/ui/");
     let session = session.expect("a session cookie");
     let asked = idp.last_authorize();

@@ -240,12 +240,7 @@ impl AdminAuth {
     /// and one that removes the user ends their sessions.
     pub fn verify_token(&self, token: &str) -> Option<Signed> {
         let claims = self.claims(token)?;
-        let role = match claims.sso_role {
-            // Only this gateway signs tokens, and only the OIDC callback sets the claim.
-            Some(role) if self.oidc.is_some() && claims.sub.starts_with("sso:") => role,
-            Some(_) => return None,
-            None => self.users.load().get(&claims.sub)?.role,
-        };
+        let role = self.role_of(&claims)?;
         Some(Signed {
             user: claims.sub,
             role,
@@ -253,12 +248,22 @@ impl AdminAuth {
         })
     }
 
+    /// The role a valid token's claims carry now: an SSO session's own (only this gateway signs
+    /// tokens, and only the OIDC callback sets it), or a local user's from the config.
+    fn role_of(&self, claims: &Claims) -> Option<AdminRole> {
+        match claims.sso_role {
+            Some(role) if self.oidc.is_some() && claims.sub.starts_with("sso:") => Some(role),
+            Some(_) => None,
+            None => self.users.load().get(&claims.sub).map(|u| u.role),
+        }
+    }
+
     /// A fresh token for the session of a valid `token`: the same user and login time, a new
     /// expiry `admin.token_ttl` from now but never past `admin.session_max` after the login.
     /// `None` when the token is not valid or the session has reached its maximum.
     pub fn renew(&self, token: &str) -> Option<(String, u64)> {
         let claims = self.claims(token)?;
-        self.verify_token(token)?;
+        self.role_of(&claims)?;
         let started = if claims.auth_time == 0 {
             claims.iat
         } else {

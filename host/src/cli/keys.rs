@@ -213,7 +213,6 @@ pub(super) fn keys(path: &std::path::Path, action: KeysCommand) -> ExitCode {
     with_stores(path, async |stores, config| {
         let ring = KeyRing::new(&config.auth, stores.key_table())
             .with_routes(config.routes.iter().map(|r| r.path_prefix.as_str()));
-        stores.set_config_keys(ring.config_entries(&config.auth));
         let done = |e: ServiceError| format!("{e}\n");
         match action {
             KeysCommand::List {

@@ -5,7 +5,6 @@
 use std::process::ExitCode;
 
 use super::{ms_to_rfc3339, with_stores};
-use crate::pipeline::auth::KeyRing;
 use crate::service::requests::RequestFilter;
 use crate::state::RequestRow;
 
@@ -72,9 +71,7 @@ pub(super) fn requests(path: &std::path::Path, mut args: RequestsArgs) -> ExitCo
         args.filter.from_ms =
             Some(crate::state::unix_ms().saturating_sub(since.as_millis() as u64));
     }
-    with_stores(path, async |stores, config| {
-        let ring = KeyRing::new(&config.auth, stores.key_table());
-        stores.set_config_keys(ring.config_entries(&config.auth));
+    with_stores(path, async |stores, _| {
         let q = args
             .filter
             .query(&stores.key_table().load())

@@ -206,6 +206,11 @@ impl Stores {
     pub fn recent_alerts(&self) -> Vec<SentAlert> {
         self.alerts.recent()
     }
+
+    /// Whether `alerts.webhook` is set (without it no alert is sent).
+    pub fn alerts_webhook_set(&self) -> bool {
+        self.alerts.config.webhook.is_some()
+    }
 }
 
 /// POSTs `body` until a 2xx answer or the retries run out.

@@ -41,7 +41,7 @@ pub(super) async fn alerts(State(st): State<AdminState>, _: Viewer) -> Json<Aler
     Json(AlertsView {
         conditions: s.conditions,
         sent: st.gateway.stores.recent_alerts(),
-        webhook: st.gateway.shown_config()["alerts"]["webhook"].is_string(),
+        webhook: st.gateway.stores.alerts_webhook_set(),
     })
 }
 
