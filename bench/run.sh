@@ -15,6 +15,7 @@
 #                           # PIN=0, leaves every process unpinned, sharing every core: how a
 #                           # gateway is deployed, and the headline figure)
 #   DENY=100000 bench/run.sh   # the edge target's deny list size (default 1000)
+#   PROFILE=dist bench/run.sh   # the gateway as install.sh and the image build it (fat LTO)
 #   BASELINE=/path/to/old/tollgate bench/run.sh
 #                           # also runs that binary (auth only and chain), interleaved with this
 #                           # build, and prints this build's figures as ratios of it (before/after
@@ -55,6 +56,10 @@ LOADGEN=${LOADGEN:-wrk}
 # Entries of the edge target's deny list (none matches the load generator).
 DENY=${DENY:-1000}
 BASELINE=${BASELINE:-}
+# PROFILE=dist: the gateway built with that Cargo profile (what install.sh and the image ship)
+# instead of the release build; the mock, the floor and the load generator stay release builds.
+PROFILE=${PROFILE:-}
+gate=target/${PROFILE:-release}/tollgate
 out=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$out/nginx.pid" ] && kill "$(cat "$out/nginx.pid")" 2>/dev/null || true; }
@@ -75,6 +80,7 @@ ensure_wrk
 # BUILD=0: measure the release binaries already built (e.g. while the tree has moved on).
 if [ "${BUILD:-1}" = 1 ]; then
   cargo build --release --locked -q -p tollgate -p tollgate-tests -p tollgate-bench
+  [ -z "$PROFILE" ] || cargo build --profile "$PROFILE" --locked -q -p tollgate
 fi
 rustup target add wasm32-wasip2 >/dev/null 2>&1
 plugins/build.sh build >/dev/null 2>&1
@@ -119,11 +125,11 @@ logging:
   level: warn
   access_log: false
 YAML
-"${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/tollgate.yaml" & pids+=($!); gate_pid=$!
+"${proxy_cpu[@]}" "$gate" run --config "$out/tollgate.yaml" & pids+=($!); gate_pid=$!
 
 # The same gateway with all four policy kinds on the route (bench/gateway.sh, `chain_yaml`).
 chain_yaml "$CHAIN" "$MOCK" chain.db > "$out/chain.yaml"
-"${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/chain.yaml" & pids+=($!); chain_pid=$!
+"${proxy_cpu[@]}" "$gate" run --config "$out/chain.yaml" & pids+=($!); chain_pid=$!
 
 # The plain gateway with edge protection on: a per-IP and a per-key request limit (never reached:
 # they count, they do not refuse), a deny list of $DENY networks, and the security headers.
@@ -144,7 +150,7 @@ for i in range($DENY):
     a, b, c, d = 10, random.randrange(256), random.randrange(256), random.randrange(256)
     print(f'    - {a}.{b}.{c}.{d}/32' if i % 2 else f'    - {a}.{b}.{c}.0/24')"
 } > "$out/edge.yaml"
-"${proxy_cpu[@]}" "$bin/tollgate" run --config "$out/edge.yaml" & pids+=($!); edge_pid=$!
+"${proxy_cpu[@]}" "$gate" run --config "$out/edge.yaml" & pids+=($!); edge_pid=$!
 
 # The floor: a bare hyper proxy with Tollgate's thread layout and upstream client, and nothing
 # else (what hyper and tokio cost; the gap between it and Tollgate is what Tollgate's own work
@@ -205,6 +211,8 @@ for round in $(seq "$ROUNDS"); do
     c1=$(cpu_secs "$pids")
     f=$(load rps --url "$url" --concurrency "$CONCURRENCY" --seconds "$FIXED_SECONDS" --key $KEY --rate "$RATE")
     c2=$(cpu_secs "$pids")
+    # The high-water mark under the 64-connection load, before the stream runs raise it.
+    [ "$round" = 1 ] && echo "{\"target\":\"$name\",\"load_mib\":$(rss_mib "$pids" VmHWM)}" >> "$memory"
     s=$(load sse --url "$url" --streams "$STREAMS" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY)
     case $name in
       direct|nginx|haproxy|tollgate|chain) h=$(load sse --url "$url" --streams "$STREAMS_HIGH" --events "$EVENTS" --delay-ms "$DELAY_MS" --key $KEY --seconds "$SSE_HIGH_SECONDS") ;;
@@ -243,7 +251,7 @@ n_rounds = len(by_round)
 gen = "wrk" if os.environ.get("LOADGEN", "wrk") != "rust" else "tollgate-bench"
 print(f"\n== non-streaming POST (median of {n_rounds} rounds; saturation by {gen}; CPU per request in us; RSS in MiB)")
 print(f"{'':10}{'rps':>9}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}{'cpu sat':>9}{'cpu 5k':>8}"
-      f"{'5k p50':>8}{'5k p99':>8}{'+p50 us':>9}{'+p99 us':>9}{'idle':>7}{'peak':>7}")
+      f"{'5k p50':>8}{'5k p99':>8}{'+p50 us':>9}{'+p99 us':>9}{'idle':>7}{'load':>7}{'peak':>7}")
 for n in names:
     sat = statistics.median(cpu_req("cpu_s", "rps")(v[n]) for v in by_round.values()) if n != "direct" else float("nan")
     fix = statistics.median(cpu_req("fixed_cpu_s", "fixed")(v[n]) for v in by_round.values()) if n != "direct" else float("nan")
@@ -252,8 +260,9 @@ for n in names:
     m = mem.get(n, {})
     print(f"{n:10}{med(n,'rps','rps'):>9.0f}{med(n,'rps','p50_ms'):>8.3f}{med(n,'rps','p99_ms'):>8.3f}{med(n,'rps','errors'):>5.0f}"
           f"{sat:>9.1f}{fix:>8.1f}{med(n,'fixed','p50_ms'):>8.3f}{med(n,'fixed','p99_ms'):>8.3f}{add50:>9.0f}{add99:>9.0f}"
-          f"{m.get('idle_mib', float('nan')):>7.1f}{m.get('peak_mib', float('nan')):>7.1f}")
-print("(+p50/+p99: latency added over direct in the open-loop run at the fixed rate, per round)")
+          f"{m.get('idle_mib', float('nan')):>7.1f}{m.get('load_mib', float('nan')):>7.1f}{m.get('peak_mib', float('nan')):>7.1f}")
+print("(+p50/+p99: latency added over direct in the open-loop run at the fixed rate, per round;")
+print(" RSS: idle before the first round, load the high-water mark after round 1's POST runs, peak after all)")
 for new in ("haproxy", "floor", "tollgate", "chain"):
     for base in ("nginx", "haproxy", "direct"):
         if new == base or base not in names or new not in names:

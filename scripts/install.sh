@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs Tollgate on this host: the binary (its policy plugins are built in: `tollgate plugin
-# builtins`), the systemd unit, the production config and an environment file with fresh secrets.
-# An existing config or env file is never overwritten.
+# builtins`), stripped, with its debug info beside it under /usr/lib/debug for backtraces
+# (scripts/split-debug.sh), the systemd unit, the production config and an environment file with
+# fresh secrets. An existing config or env file is never overwritten.
 #
 #   sudo scripts/install.sh                     # build, install under /usr/local, create the user
 #   DESTDIR=/tmp/stage PREFIX=/usr scripts/install.sh   # stage into a directory (packaging)
@@ -22,14 +23,19 @@ if [ -z "$bin" ]; then
   rustup target add wasm32-wasip2
   plugins/build.sh build
   # A binary without its built-in plugins would refuse the installed config: fail here instead.
-  TOLLGATE_REQUIRE_BUILTINS=1 cargo build --release --locked -p tollgate
-  bin=target/release/tollgate
+  # The `dist` profile: the release build with whole-program LTO (Cargo.toml).
+  TOLLGATE_REQUIRE_BUILTINS=1 cargo build --profile dist --locked -p tollgate
+  bin=target/dist/tollgate
 fi
 
-install -D -m 0755 "$bin" "$DESTDIR$PREFIX/bin/tollgate"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+scripts/split-debug.sh "$bin" "$work/tollgate"
+install -D -m 0755 "$work/tollgate" "$DESTDIR$PREFIX/bin/tollgate"
+# Where debuggers and Rust's backtraces look for it (the binary's .gnu_debuglink names it).
+install -D -m 0644 "$work/tollgate.debug" "$DESTDIR/usr/lib/debug$PREFIX/bin/tollgate.debug"
 
-unit=$(mktemp)
-trap 'rm -f "$unit"' EXIT
+unit=$work/tollgate.service
 sed -e "s|/usr/local/bin/tollgate|$PREFIX/bin/tollgate|g" \
     -e "s|/etc/tollgate|$SYSCONFDIR/tollgate|g" \
     deploy/systemd/tollgate.service >"$unit"

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::path::Path;
 use std::process::Command;
 
 use tollgate_tests::tools::{run, tool};
@@ -96,6 +97,11 @@ fn install_stages_a_host_whose_unit_verifies_and_whose_cli_uses_the_services_env
             & 0o777
     };
     assert_eq!(mode("usr/local/bin/tollgate"), 0o755);
+    assert_eq!(mode("usr/lib/debug/usr/local/bin/tollgate.debug"), 0o644);
+    stripped_with_its_debug_info_apart(
+        &d.join("usr/local/bin/tollgate"),
+        &d.join("usr/lib/debug/usr/local/bin/tollgate.debug"),
+    );
     assert_eq!(mode("etc/systemd/system/tollgate.service"), 0o644);
     assert_eq!(
         mode("usr/local/share/tollgate/certbot-deploy-hook.sh"),
@@ -358,4 +364,46 @@ fn the_alerting_rules_fire_and_the_dashboard_queries_only_exposed_metrics() {
     std::fs::write(&file, recording).unwrap();
     let (ok, out) = run(Command::new(&promtool).arg("check").arg("rules").arg(&file));
     assert!(ok, "{out}");
+}
+
+/// `bin` carries no symbols and no debug info; `debug` is that debug info, which `bin`'s
+/// `.gnu_debuglink` names (with its CRC, so a debugger or a Rust backtrace finds it beside the
+/// binary or under /usr/lib/debug): an address in the stripped binary resolves through it to the
+/// function and the source file it was built from.
+fn stripped_with_its_debug_info_apart(bin: &Path, debug: &Path) {
+    let readelf = tool("readelf");
+    let (ok, sections) = run(Command::new(&readelf).args(["-S", "-W"]).arg(bin));
+    assert!(ok, "{sections}");
+    for gone in [".debug_line", ".debug_info", ".symtab"] {
+        assert!(
+            !sections.contains(gone),
+            "{gone} left in the installed binary"
+        );
+    }
+    let (ok, link) = run(Command::new(&readelf)
+        .args(["--string-dump=.gnu_debuglink"])
+        .arg(bin));
+    assert!(ok && link.contains("tollgate.debug"), "{link}");
+
+    // The debug file's own symbol table says where a function of ours is; addr2line, asked about
+    // that address in the stripped binary (with the debug file beside it, where the link
+    // points), names the function and its source file.
+    let (ok, symbols) = run(Command::new(tool("nm")).args(["-C"]).arg(debug));
+    assert!(ok, "{symbols}");
+    let addr = symbols
+        .lines()
+        .find_map(|l| l.strip_suffix(" T tollgate::cli::main"))
+        .unwrap_or_else(|| panic!("no tollgate::cli::main in the debug file"));
+    let beside = tempfile::tempdir().unwrap();
+    std::fs::copy(bin, beside.path().join("tollgate")).unwrap();
+    std::fs::copy(debug, beside.path().join("tollgate.debug")).unwrap();
+    let (ok, resolved) = run(Command::new(tool("addr2line"))
+        .args(["-f", "-C", "-e"])
+        .arg(beside.path().join("tollgate"))
+        .arg(format!("0x{addr}")));
+    assert!(ok, "{resolved}");
+    assert!(
+        resolved.contains("tollgate::cli::main") && resolved.contains("src/cli/mod.rs"),
+        "addr2line did not find the debug info through the link:\n{resolved}"
+    );
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use tollgate_tests::tools::{run, tool, venv_tool};
@@ -193,12 +193,19 @@ async fn the_image_runs_read_only_as_its_user_and_passes_its_healthcheck() {
     // tests built), and the volume.
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path();
+    let work = tempfile::tempdir().unwrap();
     for (src, dst) in &stage.copies {
         let to = tree.join(dst.trim_start_matches('/'));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         let from = if src.starts_with("--from=") {
-            assert!(src.ends_with("/target/release/tollgate"), "{src}");
-            PathBuf::from(BIN)
+            // The build stage's binary, split as it splits it: the image carries the stripped one.
+            assert_eq!(src, "--from=build /out/tollgate");
+            let split = work.path().join("tollgate");
+            let (ok, out) = run(Command::new(repo_root().join("scripts/split-debug.sh"))
+                .arg(BIN)
+                .arg(&split));
+            assert!(ok, "split-debug.sh: {out}");
+            split
         } else {
             repo_root().join(src)
         };
