@@ -21,6 +21,8 @@ command -v caddy >/dev/null || need+=(caddy)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # The image's contract runs the gateway under bubblewrap as the image would (tests/tests/image.rs).
 command -v bwrap >/dev/null || need+=(bubblewrap)
+# scripts/split-debug.sh (objcopy) and the checks of what it makes (readelf, nm, addr2line).
+for t in objcopy readelf nm addr2line; do command -v "$t" >/dev/null || { need+=(binutils); break; }; done
 # Python with venv, for schemathesis (below) and Python plugin projects (componentize-py); npm
 # for JavaScript plugin projects (componentize-js). The plugin_new tests install both tools
 # themselves, at the versions `tollgate plugin new` pins.

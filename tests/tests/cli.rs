@@ -355,7 +355,7 @@ fn plugin_inspect_says_what_to_do_about_an_import_the_host_lacks() {
     ];
     for (i, (wat, advice)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("c{i}.wasm"));
-        std::fs::write(&path, wat).unwrap();
+        std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
         let out = Command::new(BIN)
             .args(["plugin", "inspect"])
             .arg(&path)

@@ -367,7 +367,10 @@ async fn unknown_imports_and_garbage_are_refused() {
     let evil = dir.path().join("evil.wasm");
     std::fs::write(
         &evil,
-        r#"(component (import "evil:thing/backdoor" (instance (export "open" (func)))))"#,
+        wat::parse_str(
+            r#"(component (import "evil:thing/backdoor" (instance (export "open" (func)))))"#,
+        )
+        .unwrap(),
     )
     .unwrap();
     assert!(matches!(
