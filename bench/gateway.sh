@@ -48,3 +48,11 @@ listening_pids() {
     pgrep -P "$l" || true
   done | sort -u
 }
+
+# A scratch directory for a script's files, `$out`, and `pids`, the processes it starts: on exit
+# they are killed, and so is an nginx that wrote its pid file into `$out`.
+bench_scratch() {
+  out=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$out/nginx.pid" ] && kill "$(cat "$out/nginx.pid")" 2>/dev/null || true' EXIT
+}

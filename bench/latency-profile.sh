@@ -22,10 +22,7 @@ ensure_wrk
 SECS=${SECS:-5} CONNS=${CONNS:-64}
 bin=target/release
 tollgate=${1:-$bin/tollgate}
-out=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$out/nginx.pid" ] && kill "$(cat "$out/nginx.pid")" 2>/dev/null || true; }
-trap cleanup EXIT
+bench_scratch
 MOCK=127.0.0.1:19740 NGINX=127.0.0.1:19741 TG=127.0.0.1:19742
 "$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
 wrk_script "$out" sk-bench-key-0001

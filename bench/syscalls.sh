@@ -18,10 +18,7 @@ command -v perf >/dev/null || { echo "perf is needed: apt-get install linux-perf
 RATE=${RATE:-3000} SECS=${SECS:-4}
 bin=target/release
 tollgate=${1:-$bin/tollgate}
-out=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$out/nginx.pid" ] && kill "$(cat "$out/nginx.pid")" 2>/dev/null || true; }
-trap cleanup EXIT
+bench_scratch
 MOCK=127.0.0.1:19400 NGINX=127.0.0.1:19401 FLOOR=127.0.0.1:19402 TG=127.0.0.1:19403
 "$bin/mock-upstream" "$MOCK" 2>/dev/null & pids+=($!)
 "$bin/tollgate-bench" floor --listen "$FLOOR" --upstream "http://$MOCK" & pids+=($!)

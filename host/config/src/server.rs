@@ -14,7 +14,8 @@ use serde::Deserialize;
 pub struct ServerConfig {
     pub listen: ListenAddr,
     /// Threads serving the data plane, each with its own event loop and upstream connection
-    /// pool, all accepting from the one listening socket. 0 = one per CPU core.
+    /// pool, all accepting from the one listening socket; a connection goes to the thread that
+    /// serves the fewest. 0 = one per CPU core.
     pub workers: usize,
     pub tls: Option<TlsConfig>,
     /// Peers allowed to tell us the client's address in `real_ip_header`.

@@ -4,20 +4,27 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch as signal;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, watch as signal};
 use tokio::task::JoinSet;
 
+use super::balance::{Handoff, Serving, Worker};
+use super::per_ip::IpPermit;
 use super::watch::{ConnWatch, Signal};
 use super::{Connection, Handler, SHED_RETRY, Shared, per_ip};
 
 /// One thread's accept loop: serves connections until `stop` turns true, then closes its copy
-/// of the listener and drains its connections within the grace period.
+/// of the listener and drains its connections within the grace period. With a `worker` (one of
+/// several threads on the socket), a connection accepted while another worker serves fewer goes
+/// to that worker, and the ones handed to this worker arrive in its inbox (`balance.rs`).
 pub(super) async fn accept_loop<H: Handler>(
     shared: Arc<Shared>,
     listener: TcpListener,
     handler: H,
     stop: signal::Receiver<bool>,
+    mut worker: Option<Worker>,
 ) {
     let mut conns = JoinSet::new();
     let mut waiter = stop;
@@ -26,8 +33,21 @@ pub(super) async fn accept_loop<H: Handler>(
     };
     tokio::pin!(stopped);
     loop {
+        let inbox = async {
+            match worker.as_mut() {
+                Some(w) => w.inbox.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let (tcp, peer) = tokio::select! {
             _ = &mut stopped => break,
+            Some(h) = inbox => {
+                match TcpStream::from_std(h.tcp) {
+                    Ok(tcp) => serve(&mut conns, &shared, &handler, (tcp, h.peer), (h.permit, h.ip_permit, Some(h.counted))),
+                    Err(e) => tracing::warn!(error = %e, "a connection handed over could not be served"),
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -52,18 +72,10 @@ pub(super) async fn accept_loop<H: Handler>(
                 permit = shared.make_room() => permit,
             },
         };
-        let _ = tcp.set_nodelay(true);
-        let conn = Connection {
-            handler: handler.clone(),
-            shared: shared.clone(),
-            peer,
+        let Some((tcp, permits)) = hand_over(worker.as_ref(), tcp, peer, permit, ip_permit) else {
+            continue;
         };
-        let watch = ConnWatch::new(shared.limits);
-        shared.register(&watch);
-        conns.spawn(async move {
-            conn.run(tcp, watch).await;
-            drop((permit, ip_permit));
-        });
+        serve(&mut conns, &shared, &handler, (tcp, peer), permits);
         // Reap finished connection tasks so the set does not grow without bound.
         while conns.try_join_next().is_some() {}
     }
@@ -82,6 +94,78 @@ pub(super) async fn accept_loop<H: Handler>(
         );
     }
     conns.shutdown().await;
+}
+
+/// The permits a connection holds while it is served, and its count on its worker.
+type Held = (OwnedSemaphorePermit, Option<IpPermit>, Option<Serving>);
+
+/// Gives a connection this worker accepted to a less loaded one; `None` once it is handed over,
+/// else the connection, to serve here.
+fn hand_over(
+    worker: Option<&Worker>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    ip_permit: Option<IpPermit>,
+) -> Option<(TcpStream, Held)> {
+    let Some(w) = worker else {
+        return Some((tcp, (permit, ip_permit, None)));
+    };
+    let to = w.balance.target(w.index);
+    if to == w.index {
+        return Some((tcp, (permit, ip_permit, Some(w.balance.serving(w.index)))));
+    }
+    let std = match tcp.into_std() {
+        Ok(std) => std,
+        Err(e) => {
+            // Deregistering failed: the socket is gone with the error.
+            tracing::debug!(error = %e, "a connection could not be handed over");
+            return None;
+        }
+    };
+    let handoff = Handoff {
+        tcp: std,
+        peer,
+        permit,
+        ip_permit,
+        counted: w.balance.serving(to),
+    };
+    match w.balance.hand_over(to, handoff) {
+        Ok(()) => None,
+        // That worker has stopped: serve it here.
+        Err(h) => match TcpStream::from_std(h.tcp) {
+            Ok(tcp) => Some((
+                tcp,
+                (h.permit, h.ip_permit, Some(w.balance.serving(w.index))),
+            )),
+            Err(e) => {
+                tracing::debug!(error = %e, "a connection could not be taken back");
+                None
+            }
+        },
+    }
+}
+
+/// Serves one connection on this thread; what it holds is released when it ends.
+fn serve<H: Handler>(
+    conns: &mut JoinSet<()>,
+    shared: &Arc<Shared>,
+    handler: &H,
+    (tcp, peer): (TcpStream, SocketAddr),
+    held: Held,
+) {
+    let _ = tcp.set_nodelay(true);
+    let conn = Connection {
+        handler: handler.clone(),
+        shared: shared.clone(),
+        peer,
+    };
+    let watch = ConnWatch::new(shared.limits);
+    shared.register(&watch);
+    conns.spawn(async move {
+        conn.run(tcp, watch).await;
+        drop(held);
+    });
 }
 
 impl Shared {

@@ -23,6 +23,7 @@
 //! client socket, and the answers hyper makes before the handler), `per_ip.rs`, `tls.rs`.
 
 mod accept;
+mod balance;
 mod conn;
 mod io;
 mod per_ip;
@@ -226,7 +227,7 @@ impl Server {
         on_drain: impl FnOnce(),
     ) {
         let (stop_tx, stop_rx) = signal::channel(false);
-        let serving = accept_loop(self.shared.clone(), self.listener, handler, stop_rx);
+        let serving = accept_loop(self.shared.clone(), self.listener, handler, stop_rx, None);
         let signal = async {
             shutdown.await;
             on_drain();
@@ -241,8 +242,9 @@ impl Server {
     /// Serves on `server.workers` threads, each running its own single-threaded runtime with
     /// its own handler (`make_handler` runs on that thread, so per-thread state such as an
     /// upstream connection pool lives there) and accepting from the same socket. A connection
-    /// and everything it causes (its requests, its upstream connections, their timers) stay on
-    /// the thread that accepted it: no request wakes another thread.
+    /// goes to the thread that serves the fewest (`balance.rs`: the one that accepted it, or
+    /// another it hands the socket to), and everything it causes (its requests, its upstream
+    /// connections, their timers) stays there: no request wakes another thread.
     ///
     /// Until `shutdown` completes; then `on_drain` is called once and every thread drains.
     pub async fn serve_per_thread<H: Handler>(
@@ -262,7 +264,10 @@ impl Server {
             }
         };
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
-        for n in 0..self.shared.workers {
+        for (n, worker) in balance::Balance::workers(self.shared.workers)
+            .into_iter()
+            .enumerate()
+        {
             let listener = match std_listener.try_clone() {
                 Ok(l) => l,
                 Err(e) => {
@@ -290,7 +295,8 @@ impl Server {
                     runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
                             Ok(listener) => {
-                                accept_loop(shared, listener, make_handler(), stop).await;
+                                accept_loop(shared, listener, make_handler(), stop, Some(worker))
+                                    .await;
                             }
                             Err(e) => tracing::error!(error = %e, worker = n, "cannot listen"),
                         }
@@ -316,5 +322,68 @@ impl Server {
         if let Some(w) = self.cert_watch {
             w.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers with the name of the thread that serves the request.
+    #[derive(Clone)]
+    struct ThreadName;
+
+    impl Handler for ThreadName {
+        async fn handle(&self, _req: http::Request<Incoming>, _conn: ConnInfo) -> Response {
+            let name = std::thread::current().name().unwrap_or_default().to_owned();
+            http::Response::new(
+                http_body_util::Full::new(bytes::Bytes::from(name))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+        }
+    }
+
+    /// Connections that are all waiting when the workers start are the burst one worker would
+    /// otherwise accept alone (it drains the queue before the other runs): they end up split
+    /// evenly, and each is served where it was counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_connections_is_split_evenly_between_the_workers() {
+        let config = ServerConfig {
+            listen: crate::config::ListenAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            workers: 2,
+            ..ServerConfig::default()
+        };
+        let server = Server::bind(&config).await.unwrap();
+        let addr = server.local_addr();
+        let mut clients = Vec::new();
+        for _ in 0..20 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve_per_thread(
+            || ThreadName,
+            async {
+                let _ = stopped.await;
+            },
+            || {},
+        ));
+        let mut served = std::collections::BTreeMap::<String, usize>::new();
+        for mut c in clients {
+            c.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = String::new();
+            c.read_to_string(&mut answer).await.unwrap();
+            let name = answer.rsplit("\r\n\r\n").next().unwrap().to_owned();
+            *served.entry(name).or_default() += 1;
+        }
+        let _ = stop.send(());
+        serving.await.unwrap();
+        // Within one: both workers may accept at once and each keep a connection on a tie.
+        assert_eq!(served.len(), 2, "{served:?}");
+        assert!(served.values().all(|n| (9..=11).contains(n)), "{served:?}");
     }
 }
