@@ -48,10 +48,12 @@ for target in nginx:$NGINX tollgate:$TG; do
   # The target's threads by thread id, so its lines can be told from the rest.
   tids=$(for p in $target_pids; do ls "/proc/$p/task"; done | paste -sd'|')
   perf sched latency -i "$out/$name.data" --pids --sort max 2>/dev/null |
-    awk -v tids="^($tids)$" '
-      /^ *[^ ].*:[0-9]+ *\|/ {
-        split($1, a, ":"); tid = a[length(a)]
-        line = sprintf("  %-28s %10s ms on CPU %8s switches  delay avg %8s ms  max %8s ms", $1, $3, $6, $9, $13)
+    awk -F'|' -v tids="^($tids)$" '
+      # Task | Runtime ms | Switches | Avg delay ms | Max delay ms | ...: names may hold spaces.
+      $1 ~ /:[0-9]+ *$/ && NF >= 5 {
+        task = $1; gsub(/^ +| +$/, "", task); tid = task; sub(/.*:/, "", tid)
+        split($2, run, " "); split($4, avg, " "); split($5, max, " ")
+        line = sprintf("  %-28s %10s ms on CPU %8s switches  delay avg %8s ms  max %8s ms", task, run[1], $3 + 0, avg[2], max[2])
         if (tid ~ tids) mine = mine line "\n"; else if (n++ < 6) other = other line "\n"
       }
       END { printf "its threads:\n%s", mine; printf "the processes beside it with the longest waits:\n%s", other }'
