@@ -1249,25 +1249,38 @@ async fn the_requests_page_tails_the_log_and_shows_what_refused_a_request_in_chr
     fits_a_phone(&ui, "requests", "#requests-table", "401").await;
 }
 
+/// A console whose admin users include `user` with `role` (and `admin_extra`, admin settings
+/// set before the users), after one chat request, signed in as that user in Chromium.
+struct SignedIn {
+    _up: MockUpstream,
+    gw: TestGateway,
+    ui: String,
+    b: Browser,
+}
+
+async fn signed_in(user: &str, role: &str, admin_extra: &str) -> SignedIn {
+    let up = MockUpstream::start().await;
+    let yaml = console_yaml(&[up.url()]).replace(
+        "  users:\n",
+        &format!("{admin_extra}  users:\n    - username: {user}\n      password: {PASSWORD}\n      role: {role}\n"),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(gw.chat().await.status(), 200);
+    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
+    let b = browser().await;
+    b.client.goto(&ui).await.unwrap();
+    log_in(&b.client, user, PASSWORD).await;
+    wait_text(&b.client, "#who", &format!("{user} · {role}")).await;
+    SignedIn { _up: up, gw, ui, b }
+}
+
 /// docs/console.md "Roles" and "Sessions": a `viewer` sees every page but no control that would
 /// change something (and the API refuses the change if it is sent anyway); an idle session warns
 /// before it ends and "Stay signed in" renews it; activity renews it without a warning.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_viewer_reads_without_controls_and_a_session_is_renewed_in_chromium() {
-    let up = MockUpstream::start().await;
-    let yaml = console_yaml(&[up.url()])
-        .replace(
-            "  users:\n",
-            "  token_ttl: 130s\n  users:\n    - username: noc\n      password: correct horse battery\n      role: viewer\n",
-        );
-    let gw = TestGateway::start(&yaml).await;
-    assert_eq!(gw.chat().await.status(), 200);
-    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
-    let b = browser().await;
+    let SignedIn { _up, gw, ui, b } = signed_in("noc", "viewer", "  token_ttl: 130s\n").await;
     let c = &b.client;
-    c.goto(&ui).await.unwrap();
-    log_in(c, "noc", PASSWORD).await;
-    wait_text(c, "#who", "noc · viewer").await;
 
     // Pages render, their change controls do not.
     open(c, &ui, "bindings").await;
@@ -1624,19 +1637,8 @@ async fn sso_signs_in_through_the_provider_in_chromium() {
 /// would refuse it.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_acts_but_changes_no_setting_or_credential_in_chromium() {
-    let up = MockUpstream::start().await;
-    let yaml = console_yaml(&[up.url()]).replace(
-        "  users:\n",
-        "  users:\n    - username: oncall\n      password: correct horse battery\n      role: operator\n",
-    );
-    let gw = TestGateway::start(&yaml).await;
-    assert_eq!(gw.chat().await.status(), 200);
-    let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
-    let b = browser().await;
+    let SignedIn { _up, gw, ui, b } = signed_in("oncall", "operator", "").await;
     let c = &b.client;
-    c.goto(&ui).await.unwrap();
-    log_in(c, "oncall", PASSWORD).await;
-    wait_text(c, "#who", "oncall · operator").await;
     let shown = |css: &'static str| async move {
         js(
             c,

@@ -76,11 +76,25 @@ pub(super) async fn accept_loop<H: Handler>(
             continue;
         };
         serve(&mut conns, &shared, &handler, (tcp, peer), permits);
-        // Reap finished connection tasks so the set does not grow without bound.
-        while conns.try_join_next().is_some() {}
     }
 
     drop(listener);
+    // No connection is handed to this worker any more (a handover now fails and the other worker
+    // serves it itself); the ones already in its inbox are served and drained with the rest.
+    if let Some(w) = worker.as_mut() {
+        w.inbox.close();
+        while let Ok(h) = w.inbox.try_recv() {
+            if let Ok(tcp) = TcpStream::from_std(h.tcp) {
+                serve(
+                    &mut conns,
+                    &shared,
+                    &handler,
+                    (tcp, h.peer),
+                    (h.permit, h.ip_permit, Some(h.counted)),
+                );
+            }
+        }
+    }
     // Every loop tells every connection (its own and the others'): raising twice is harmless.
     for watch in shared.live_conns() {
         watch.raise(Signal::Drain);
@@ -166,6 +180,8 @@ fn serve<H: Handler>(
         conn.run(tcp, watch).await;
         drop(held);
     });
+    // Reap finished connection tasks so the set does not grow without bound.
+    while conns.try_join_next().is_some() {}
 }
 
 impl Shared {
