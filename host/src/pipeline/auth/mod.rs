@@ -4,7 +4,10 @@
 //! keys and the ones issued at run time) holds only digests, and everything downstream (logs,
 //! bindings, metrics) sees the [`KeyId`]. Lookup is by digest, so what an attacker could time is
 //! a hash-table probe on an HMAC output they cannot steer without the server secret; the final
-//! match is still compared in constant time.
+//! match is still compared in constant time. The ids of keys the table recognised are remembered
+//! by a keyed tag of the key (`memo.rs`), so a known key's next request skips the HMAC.
+
+mod memo;
 
 use std::sync::Arc;
 
@@ -24,6 +27,8 @@ type HmacSha256 = Hmac<Sha256>;
 /// operations (`service::keys`) need from the config: its keys' descriptions and the routes.
 pub struct KeyRing {
     mac: HmacSha256,
+    /// Ids of keys the table recognised (they live as long as `mac`'s secret).
+    memo: memo::IdMemo,
     table: Arc<ArcSwap<KeyTable>>,
     /// `auth.keys`' descriptive fields, by name.
     config_keys: Vec<KeyMeta>,
@@ -60,6 +65,7 @@ impl KeyRing {
             .collect();
         Self {
             mac,
+            memo: memo::IdMemo::new(),
             table,
             config_keys,
             routes: Vec::new(),
@@ -131,9 +137,16 @@ impl KeyRing {
         if presented.is_empty() || presented.len() > MAX_PRESENTED_KEY {
             return Err(ErrorKind::Unauthorized.into());
         }
-        let digest = key_id(&self.mac, presented);
+        let tag = self.memo.tag(presented.as_bytes());
+        let remembered = self.memo.get(tag);
+        let digest = remembered.unwrap_or_else(|| key_id(&self.mac, presented));
         match self.table.load().lookup(&digest, crate::state::unix_ms) {
-            KeyLookup::Valid(k) => Ok(k),
+            KeyLookup::Valid(k) => {
+                if remembered.is_none() {
+                    self.memo.put(tag, digest);
+                }
+                Ok(k)
+            }
             KeyLookup::Expired(_) => Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
@@ -225,6 +238,51 @@ mod tests {
                 .name,
             "alice"
         );
+    }
+
+    #[test]
+    fn a_recognised_keys_id_is_remembered_and_unknown_keys_are_not() {
+        let r = ring();
+        let alice = headers("authorization", "Bearer sk-alice-1");
+        let first = r.authenticate(&alice).unwrap();
+        assert_eq!(r.memo.len(), 1);
+        // The remembered id is the HMAC's, and the key found through it is the same.
+        let again = r.authenticate(&alice).unwrap();
+        assert_eq!(again.id.0, r.id_of("sk-alice-1").0);
+        assert!(Arc::ptr_eq(&first, &again));
+        for i in 0..100 {
+            let h = headers("authorization", &format!("Bearer sk-guess-{i}"));
+            assert!(r.authenticate(&h).is_err());
+        }
+        assert_eq!(r.memo.len(), 1, "unknown keys are not remembered");
+    }
+
+    #[test]
+    fn a_remembered_key_that_leaves_the_table_is_refused() {
+        let r = ring();
+        let alice = headers("x-api-key", "sk-alice-1");
+        r.authenticate(&alice).unwrap();
+        assert_eq!(r.memo.len(), 1);
+        // Revoked (or rotated away): the table no longer holds its id.
+        r.table.store(Arc::new(KeyTable::new(Vec::new())));
+        let e = r.authenticate(&alice).unwrap_err();
+        assert_eq!(e.code(), "invalid_api_key");
+    }
+
+    #[test]
+    fn the_memo_is_emptied_when_full_and_tags_depend_on_its_random_key() {
+        let m = memo::IdMemo::new();
+        let id = KeyId([7; 32]);
+        for tag in 0..memo::CAPACITY as u128 {
+            m.put(tag, id);
+        }
+        assert_eq!(m.len(), memo::CAPACITY);
+        m.put(u128::MAX, id);
+        assert_eq!(m.len(), 1);
+        assert!(m.get(u128::MAX).is_some() && m.get(0).is_none());
+        // Two memos (two rings) tag the same key differently.
+        assert_ne!(m.tag(b"sk-alice-1"), memo::IdMemo::new().tag(b"sk-alice-1"));
+        assert_eq!(m.tag(b"sk-alice-1"), m.tag(b"sk-alice-1"));
     }
 
     #[test]
