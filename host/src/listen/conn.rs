@@ -57,8 +57,11 @@ impl<H: Handler> Connection<H> {
                     return Ok(resp.map(|b| watch.watch_body(b, guard, h2)));
                 }
                 // Boxed once: hyper moves the service future it is given (into its in-flight
-                // slot), and the request's whole pipeline state is several KiB.
-                let resp = Box::pin(handler.handle(req, info)).await;
+                // slot), and the request's whole pipeline state is several KiB. The box is
+                // allocated first and the future written into it, so that it is built in place
+                // rather than on the stack and then copied (`Box::pin(f)` evaluates `f` first).
+                let slot = Box::new_uninit();
+                let resp = Box::into_pin(Box::write(slot, handler.handle(req, info))).await;
                 Ok::<_, std::convert::Infallible>(resp.map(|b| watch.watch_body(b, guard, h2)))
             }
         });

@@ -9,6 +9,7 @@ pub mod mock;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -290,7 +291,13 @@ impl Upstream {
     ) -> Result<http::Response<UpstreamBody>, SendError> {
         let (url, credential) = match &self.target {
             Target::Http { url, credential } => (url, credential),
-            Target::Mock(cfg) => return Ok(respond_mock(cfg, req).await.map(UpstreamBody::Mock)),
+            // Boxed: the in-process mock is for demos and tests, and its future would otherwise
+            // enlarge every send's.
+            Target::Mock(cfg) => {
+                return Ok(Box::pin(respond_mock(cfg, req))
+                    .await
+                    .map(UpstreamBody::Mock));
+            }
         };
         *req.uri_mut() = upstream_uri(url, req.uri()).ok_or(SendError::Uri)?;
         let stored = self.credentials.load();
@@ -301,11 +308,22 @@ impl Upstream {
         if let Some((name, value)) = stored.as_ref().or(credential.as_ref()) {
             req.headers_mut().insert(name.clone(), value.clone());
         }
-        match tokio::time::timeout(head_timeout, client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(SendError::Timeout(head_timeout)),
-        }
+        // The exchange and its deadline side by side in this future: the exchange is moved once
+        // (pinned here) where `timeout(…)` moved it into a `Timeout` and that again into this
+        // future.
+        let exchange = client.request(req);
+        let deadline = tokio::time::sleep(head_timeout);
+        tokio::pin!(exchange, deadline);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(r.map_err(SendError::from));
+            }
+            deadline
+                .as_mut()
+                .poll(cx)
+                .map(|()| Err(SendError::Timeout(head_timeout)))
+        })
+        .await
     }
 
     /// Marks a request in flight until the returned guard is dropped.
