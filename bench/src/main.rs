@@ -200,7 +200,7 @@ async fn fill_log(path: &std::path::Path, rows: u64, per_flush: u64) -> anyhow::
             cost_nanos: (!refused).then_some(1_200),
             bytes_in: 512,
             bytes_out: 2048,
-            decisions: vec![],
+            decisions: String::new(),
             bodies: None,
         });
         if (i + 1) % per_flush == 0 || i + 1 == rows {

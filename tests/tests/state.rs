@@ -1554,7 +1554,7 @@ fn logged(i: u32, at_ms: u64) -> tollgate::state::RequestEntry<'static> {
         cost_nanos: None,
         bytes_in: 100,
         bytes_out: 200,
-        decisions: vec![],
+        decisions: String::new(),
         bodies: (i == 2).then(|| ("{\"q\":2}".to_owned(), "{\"a\":2}".to_owned())),
     }
 }

@@ -102,18 +102,63 @@ impl Filter for RequestLog {
             cost_nanos: r.cost_nanos,
             bytes_in: r.bytes_in,
             bytes_out: r.bytes_out,
-            decisions: if r.policy_calls.is_empty() {
-                Vec::new()
-            } else {
-                r.policy_calls
-                    .iter()
-                    .filter_map(|c| {
-                        let d = c.decision.as_ref()?;
-                        Some(serde_json::json!({"policy": &*c.policy, "decision": d}))
-                    })
-                    .collect()
-            },
+            decisions: decisions_json(&r.policy_calls),
             bodies,
         });
+    }
+}
+
+/// The policies' decisions as the log keeps them: a JSON array of `{"policy", "decision"}`
+/// objects, written straight from each call's decision (empty when none recorded one).
+fn decisions_json(calls: &[crate::pipeline::session::PolicyCall]) -> String {
+    let mut out = Vec::new();
+    for c in calls {
+        let Some(d) = &c.decision else { continue };
+        out.extend_from_slice(if out.is_empty() { b"[" } else { b"," });
+        out.extend_from_slice(b"{\"policy\":");
+        // Writing a string or a `Value` into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &*c.policy);
+        out.extend_from_slice(b",\"decision\":");
+        let _ = serde_json::to_writer(&mut out, d);
+        out.push(b'}');
+    }
+    if !out.is_empty() {
+        out.push(b']');
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::session::PolicyCall;
+
+    fn call(policy: &str, decision: Option<serde_json::Value>) -> PolicyCall {
+        PolicyCall {
+            policy: policy.into(),
+            began: std::time::Instant::now(),
+            took: std::time::Duration::ZERO,
+            failed: false,
+            decision,
+        }
+    }
+
+    #[test]
+    fn decisions_are_a_json_array_of_the_calls_that_recorded_one() {
+        assert_eq!(decisions_json(&[]), "");
+        assert_eq!(decisions_json(&[call("plugin:bind", None)]), "");
+        let text = decisions_json(&[
+            call("plugin:bind", None),
+            call("plugin:\"rr\"", Some(serde_json::json!(["u0", "u1"]))),
+            call("plugin:quota", Some(serde_json::json!({"upstream": "u0"}))),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"policy": "plugin:\"rr\"", "decision": ["u0", "u1"]},
+                {"policy": "plugin:quota", "decision": {"upstream": "u0"}},
+            ])
+        );
     }
 }

@@ -274,17 +274,12 @@ impl Builder {
             self.terms.push(ip_term(&e.client_ip));
             self.prev_ip = Some(e.client_ip);
         }
-        let decisions = if e.decisions.is_empty() {
-            String::new()
-        } else {
-            serde_json::to_string(&e.decisions).unwrap_or_default()
-        };
         codec::put_row(
             &mut self.encoded,
             &mut self.dict,
             e,
             (&now, &places),
-            &decisions,
+            &e.decisions,
         );
         self.prev = Some(places);
         self.from_ms = self.from_ms.min(e.at_ms);
@@ -552,7 +547,8 @@ mod tests {
             cost_nanos: None,
             bytes_in: 10,
             bytes_out: 20,
-            decisions: vec![serde_json::json!({"policy": "p", "decision": {"order": ["up"]}})],
+            decisions: serde_json::json!([{"policy": "p", "decision": {"order": ["up"]}}])
+                .to_string(),
             bodies: (i == 4).then(|| ("{}".to_owned(), "{\"x\":1}".to_owned())),
         }
     }
@@ -739,7 +735,8 @@ mod tests {
             cost_nanos: Some(u64::MAX),
             bytes_in: u64::MAX,
             bytes_out: u64::MAX,
-            decisions: vec![serde_json::json!({"policy": "p", "decision": "x".repeat(5000)})],
+            decisions: serde_json::json!([{"policy": "p", "decision": "x".repeat(5000)}])
+                .to_string(),
             ..entry(1)
         };
         let mut b = Builder::default();

@@ -80,8 +80,10 @@ pub struct RequestEntry<'a> {
     pub cost_nanos: Option<u64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// What the policies decided, in order (empty: nothing recorded).
-    pub decisions: Vec<serde_json::Value>,
+    /// What the policies decided, in order, as a JSON array of `{"policy", "decision"}`
+    /// objects (empty: nothing recorded). Written as text where the request ends, so no JSON
+    /// value is built for the log.
+    pub decisions: String,
     /// The request's and the answer's bodies, redacted and capped, where `capture` keeps them.
     pub bodies: Option<(String, String)>,
 }
