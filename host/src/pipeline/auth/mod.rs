@@ -280,9 +280,14 @@ mod tests {
         m.put(u128::MAX, id);
         assert_eq!(m.len(), 1);
         assert!(m.get(u128::MAX).is_some() && m.get(0).is_none());
-        // Two memos (two rings) tag the same key differently.
-        assert_ne!(m.tag(b"sk-alice-1"), memo::IdMemo::new().tag(b"sk-alice-1"));
+        // Two memos (two rings) tag the same key differently, and one never reads the ids the
+        // other remembered on this thread.
+        let other = memo::IdMemo::new();
+        assert_ne!(m.tag(b"sk-alice-1"), other.tag(b"sk-alice-1"));
         assert_eq!(m.tag(b"sk-alice-1"), m.tag(b"sk-alice-1"));
+        assert!(other.get(u128::MAX).is_none());
+        other.put(1, id);
+        assert!(m.get(1).is_none() && m.len() == 0);
     }
 
     #[test]
