@@ -907,7 +907,10 @@ async fn a_100k_binding_table_at_phone_width_and_in_dark_mode_in_chromium() {
         json!("rgb(20, 23, 27)")
     );
     open(c, &ui, "bindings").await;
-    let timing = wait_text(c, "#bindings-timing", "100,000 bindings").await;
+    // The first open of a 100,000-row table, with the suite's other browsers on the same two
+    // cores, once missed 10 s (a CI run on 2026-12-07); how long the gateway took to read the page
+    // is what is bounded, just below.
+    let timing = wait_text_for(c, "#bindings-timing", "100,000 bindings", 30).await;
     assert_page_read_quickly(&timing, "the first page");
     assert_eq!(
         js(
