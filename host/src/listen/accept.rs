@@ -42,10 +42,7 @@ pub(super) async fn accept_loop<H: Handler>(
         let (tcp, peer) = tokio::select! {
             _ = &mut stopped => break,
             Some(h) = inbox => {
-                match TcpStream::from_std(h.tcp) {
-                    Ok(tcp) => serve(&mut conns, &shared, &handler, (tcp, h.peer), (h.permit, h.ip_permit, Some(h.counted))),
-                    Err(e) => tracing::warn!(error = %e, "a connection handed over could not be served"),
-                }
+                serve_handed(&mut conns, &shared, &handler, h);
                 continue;
             }
             accepted = listener.accept() => match accepted {
@@ -84,15 +81,7 @@ pub(super) async fn accept_loop<H: Handler>(
     if let Some(w) = worker.as_mut() {
         w.inbox.close();
         while let Ok(h) = w.inbox.try_recv() {
-            if let Ok(tcp) = TcpStream::from_std(h.tcp) {
-                serve(
-                    &mut conns,
-                    &shared,
-                    &handler,
-                    (tcp, h.peer),
-                    (h.permit, h.ip_permit, Some(h.counted)),
-                );
-            }
+            serve_handed(&mut conns, &shared, &handler, h);
         }
     }
     // Every loop tells every connection (its own and the others'): raising twice is harmless.
@@ -157,6 +146,25 @@ fn hand_over(
                 None
             }
         },
+    }
+}
+
+/// Serves a connection another worker handed to this one, with what it holds and its count here.
+fn serve_handed<H: Handler>(
+    conns: &mut JoinSet<()>,
+    shared: &Arc<Shared>,
+    handler: &H,
+    h: Handoff,
+) {
+    match TcpStream::from_std(h.tcp) {
+        Ok(tcp) => serve(
+            conns,
+            shared,
+            handler,
+            (tcp, h.peer),
+            (h.permit, h.ip_permit, Some(h.counted)),
+        ),
+        Err(e) => tracing::warn!(error = %e, "a connection handed over could not be served"),
     }
 }
 

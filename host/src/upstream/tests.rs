@@ -1,6 +1,7 @@
 //! The upstream's health and cooldown bookkeeping.
 
 use super::*;
+use crate::state::unix_ms;
 
 fn upstream() -> Upstream {
     let yaml = "name: a\nmock: {}\n";
