@@ -222,11 +222,14 @@ impl Shared {
                     .min_by_key(|(rank, _)| *rank)
             };
             if let Some((rank, watch)) = victim {
+                if !watch.claim_shed() {
+                    // Another accept loop claimed it between the choice and now: choose again.
+                    continue;
+                }
                 tracing::debug!(
                     rank = rank.0,
                     "max_connections reached: shedding a connection"
                 );
-                watch.raise(Signal::Shed);
             }
             let wait = tokio::time::timeout(SHED_RETRY, self.permits.clone().acquire_owned());
             if let Ok(permit) = wait.await {

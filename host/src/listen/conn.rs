@@ -170,7 +170,7 @@ impl<H: Handler> Connection<H> {
                     if Signal::Rearm.is_in(raised) {
                         next = now;
                     }
-                    if Signal::Shed.is_in(raised) && !watch.busy() {
+                    if Signal::Shed.is_in(raised) && watch.accept_shed() {
                         tracing::debug!(peer = %self.peer, "connection shed (max_connections)");
                         return;
                     }

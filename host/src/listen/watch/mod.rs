@@ -78,6 +78,9 @@ pub struct ConnWatch {
     next_check: AtomicU64,
     /// Events for the connection task ([`Signal`]), raised from anywhere.
     raised: AtomicU8,
+    /// A new client's accept loop chose this connection to shed ([`ConnWatch::claim_shed`]): its
+    /// slot is spoken for, so no other waiting client chooses it too.
+    shed_claimed: AtomicBool,
     /// The connection task, woken when a signal is raised.
     task: AtomicWaker,
     streams: Mutex<Vec<Weak<Stream>>>,
@@ -132,6 +135,7 @@ impl ConnWatch {
             }),
             next_check: AtomicU64::new(0),
             raised: AtomicU8::new(0),
+            shed_claimed: AtomicBool::new(false),
             task: AtomicWaker::new(),
             streams: Mutex::new(Vec::new()),
         })
@@ -173,9 +177,11 @@ impl ConnWatch {
     /// How readily this connection is closed to make room at `max_connections`, lowest first:
     /// one that never completed a request head (silent, slow TLS or HTTP/2 preface, slowloris)
     /// before one that is part-way through a later head, before an idle keep-alive one; the
-    /// oldest first within each. `None` while a request is in flight: it is never shed.
+    /// oldest first within each. `None` while a request is in flight (it is never shed) and
+    /// once it is claimed to be shed (it is closing, and its slot goes to the client that
+    /// claimed it).
     pub fn shed_rank(&self) -> Option<(u8, Instant)> {
-        if self.active.load(Ordering::Relaxed) != 0 {
+        if self.active.load(Ordering::Relaxed) != 0 || self.shed_claimed.load(Ordering::Relaxed) {
             return None;
         }
         if !self.seen_request.load(Ordering::Relaxed) {
@@ -189,9 +195,28 @@ impl ConnWatch {
         Some((2, self.start + Duration::from_millis(idle)))
     }
 
-    /// Whether a request is in flight now (a shed connection re-checks before it closes).
-    pub fn busy(&self) -> bool {
-        self.active.load(Ordering::Relaxed) != 0
+    /// Claims this connection to be shed for one waiting client, then tells it
+    /// ([`Signal::Shed`]); `false` if another client's accept loop claimed it first. Without the
+    /// claim, two accept loops at `max_connections` chose the same connection, one slot came
+    /// free for two clients, and one of them waited out `SHED_RETRY` (50 ms) for each such
+    /// collision: 500 silent connections took a second and more to shed.
+    pub fn claim_shed(&self) -> bool {
+        if self.shed_claimed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.raise(Signal::Shed);
+        true
+    }
+
+    /// Whether a connection told to shed closes now: yes when no request is in flight; a request
+    /// that arrived since the claim keeps it open, and the claim is lifted so that it may be
+    /// chosen again once idle.
+    pub fn accept_shed(&self) -> bool {
+        if self.active.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        self.shed_claimed.store(false, Ordering::Relaxed);
+        false
     }
 
     /// A request head arrived: the returned guard keeps it counted as in flight until dropped.
@@ -358,5 +383,51 @@ impl Drop for RequestGuard {
                 self.conn.raise(Signal::Rearm);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnLimits {
+        let s = Duration::from_secs(30);
+        ConnLimits {
+            client_header: s,
+            client_idle: s,
+            client_write: s,
+            upstream_idle: s,
+            max_cancels: 100,
+        }
+    }
+
+    #[test]
+    fn a_connection_is_claimed_for_one_waiting_client_only() {
+        let conn = ConnWatch::new(limits());
+        assert_eq!(conn.shed_rank().map(|r| r.0), Some(0), "silent: shed first");
+        assert!(conn.claim_shed());
+        assert!(
+            !conn.claim_shed(),
+            "a second accept loop must choose another"
+        );
+        assert_eq!(
+            conn.shed_rank(),
+            None,
+            "a claimed connection is not chosen again"
+        );
+        assert!(Signal::Shed.is_in(conn.raised.load(Ordering::Relaxed)));
+        assert!(conn.accept_shed(), "idle: it closes");
+    }
+
+    #[test]
+    fn a_busy_connection_declines_the_shed_and_can_be_chosen_again_once_idle() {
+        let conn = ConnWatch::new(limits());
+        assert!(conn.claim_shed());
+        let request = conn.request();
+        assert!(!conn.accept_shed(), "a request in flight keeps it open");
+        assert_eq!(conn.shed_rank(), None, "busy");
+        drop(request);
+        assert!(conn.shed_rank().is_some(), "the claim was lifted");
+        assert!(conn.claim_shed());
     }
 }
