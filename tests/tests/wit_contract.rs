@@ -149,6 +149,11 @@ async fn every_host_import_and_request_method_returns_what_the_wit_documents() {
         "127.0.0.1/32 active",
         "the binding ip-binding made before this policy ran"
     );
+    assert_eq!(
+        text(&up, "binding-for"),
+        "127.0.0.1/32 active",
+        "get-for(request) answers what get(request.key-id()) does"
+    );
     assert_eq!(text(&up, "kv"), "1,5,true,false,2,<none>");
     assert_eq!(text(&up, "kv-ttl"), "<none>");
     assert_eq!(text(&up, "kv-incr-ttl"), "1");

@@ -72,10 +72,12 @@ impl IpBinding for Binder {
             return deny("ip_not_allowed", "client address not recognised");
         };
         let config = CONFIG.get().copied().unwrap_or_default();
-        let key_id = request.key_id();
-        let binding = match host::bindings::get(&key_id) {
+        // The request's own binding, without reading its key id: that is only needed to make the
+        // first binding, or to name the key in a log line.
+        let binding = match host::bindings::get_for(request) {
             Some(b) => b,
             None => {
+                let key_id = request.key_id();
                 let net = match network_of(ip, config) {
                     Ok(n) => n,
                     Err(e) => return deny("ip_not_allowed", &e),
@@ -98,6 +100,7 @@ impl IpBinding for Binder {
         if allowed(&binding.cidr, ip) {
             BindingDecision::Allow
         } else {
+            let key_id = request.key_id();
             host::log(
                 Level::Warn,
                 &format!(

@@ -10,6 +10,9 @@
 //! `get t` and, only when `t` was absent, sets `t=x` with a 3 s TTL; `kv-incr-ttl` reports
 //! `incr c by 1` with a 3 s TTL (which applies only when `c` is created).
 //!
+//! `binding` is `bindings.get(request.key-id())`, `binding-for` is `bindings.get-for(request)`:
+//! the same binding, two ways.
+//!
 //! `bind-first` binds the made-up key id `<key id>-probe` to `10.1.2.3/8`, then to
 //! `192.0.2.1/32`, then to `not-a-network`, and reports each answer, `;`-separated.
 
@@ -102,6 +105,7 @@ impl HeaderRewrite for Probe {
         log(Level::Warn, "probe warns");
         let binding =
             bindings::get(&request.key_id()).map_or("<none>".into(), |b| binding_text(&b));
+        let binding_for = bindings::get_for(request).map_or("<none>".into(), |b| binding_text(&b));
         let made_up = format!("{}-probe", request.key_id());
         let bind_first = ["10.1.2.3/8", "192.0.2.1/32", "not-a-network"]
             .map(|cidr| match bindings::bind_first(&made_up, cidr) {
@@ -130,6 +134,7 @@ impl HeaderRewrite for Probe {
             set("kv-ttl", or_none(ttl)),
             set("kv-incr-ttl", incr_ttl.to_string()),
             set("binding", binding),
+            set("binding-for", binding_for),
             set("bind-first", bind_first),
         ]
     }

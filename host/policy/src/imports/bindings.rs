@@ -1,7 +1,10 @@
 //! `bindings`: the key→network table. A call the stores cannot answer traps the plugin call with
 //! the store error, so the caller applies the failsafe. Each call restarts the budget clock.
 
+use wasmtime::component::Resource;
+
 use super::InstanceData;
+use crate::view::RequestInfo;
 use crate::wit::binding_store;
 use tollgate_state::{Binding, BindingStatus};
 
@@ -19,6 +22,14 @@ fn to_wit(b: Binding) -> binding_store::Binding {
 impl binding_store::Host for InstanceData {
     async fn get(&mut self, key_id: String) -> wasmtime::Result<Option<binding_store::Binding>> {
         let found = self.stores.binding(&key_id).await;
+        self.budget.resume();
+        Ok(found?.map(to_wit))
+    }
+    async fn get_for(
+        &mut self,
+        _: Resource<RequestInfo>,
+    ) -> wasmtime::Result<Option<binding_store::Binding>> {
+        let found = self.stores.binding(&self.request()?.key_id).await;
         self.budget.resume();
         Ok(found?.map(to_wit))
     }
