@@ -2,7 +2,7 @@
 //! is cooling down (the host leaves cooling upstreams out) or unreachable (failover). Cooling
 //! candidates, if the host passes any, go last.
 
-use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView, host};
+use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView};
 
 pub fn order(cooling_until: &[u64], now_ms: u64) -> Vec<u32> {
     let (ready, cooling): (Vec<u32>, Vec<u32>) =
@@ -20,8 +20,9 @@ impl Plugin for FillFirst {
 
 impl Router for FillFirst {
     fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
+        let now = tollgate_sdk::cooling_clock(&candidates);
         let cooling: Vec<u64> = candidates.iter().map(|c| c.cooling_until_ms).collect();
-        RouteDecision::Pick(order(&cooling, host::now_ms()))
+        RouteDecision::Pick(order(&cooling, now))
     }
 }
 

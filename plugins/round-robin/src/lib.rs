@@ -28,8 +28,9 @@ impl Plugin for RoundRobin {
 impl Router for RoundRobin {
     fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
         let n = host::kv::incr("rr", 1, None) as u64;
+        let now = tollgate_sdk::cooling_clock(&candidates);
         let cooling: Vec<(u64,)> = candidates.iter().map(|c| (c.cooling_until_ms,)).collect();
-        RouteDecision::Pick(order(n.wrapping_sub(1), &cooling, host::now_ms()))
+        RouteDecision::Pick(order(n.wrapping_sub(1), &cooling, now))
     }
 }
 
