@@ -4,10 +4,12 @@
 
 use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView};
 
-pub fn order(cooling_until: &[u64], now_ms: u64) -> Vec<u32> {
-    let (ready, cooling): (Vec<u32>, Vec<u32>) =
-        (0..cooling_until.len() as u32).partition(|&i| cooling_until[i as usize] <= now_ms);
-    ready.into_iter().chain(cooling).collect()
+/// The configured order, candidates for which `cooling(i)` holds last; one allocation.
+pub fn order(len: usize, cooling: impl Fn(usize) -> bool) -> Vec<u32> {
+    let mut out = Vec::with_capacity(len);
+    out.extend((0..len).filter(|&i| !cooling(i)).map(|i| i as u32));
+    out.extend((0..len).filter(|&i| cooling(i)).map(|i| i as u32));
+    out
 }
 
 struct FillFirst;
@@ -21,8 +23,9 @@ impl Plugin for FillFirst {
 impl Router for FillFirst {
     fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
         let now = tollgate_sdk::cooling_clock(&candidates);
-        let cooling: Vec<u64> = candidates.iter().map(|c| c.cooling_until_ms).collect();
-        RouteDecision::Pick(order(&cooling, now))
+        RouteDecision::Pick(order(candidates.len(), |i| {
+            candidates[i].cooling_until_ms > now
+        }))
     }
 }
 
@@ -32,7 +35,13 @@ tollgate_sdk::export!(FillFirst);
 mod tests {
     #[test]
     fn keeps_configured_order_with_cooling_last() {
-        assert_eq!(super::order(&[0, 0, 0], 5), [0, 1, 2]);
-        assert_eq!(super::order(&[9, 0, 0], 5), [1, 2, 0]);
+        let at = |until: [u64; 3], now: u64| move |i: usize| until[i] > now;
+        assert_eq!(super::order(3, at([0, 0, 0], 5)), [0, 1, 2]);
+        assert_eq!(super::order(3, at([9, 0, 0], 5)), [1, 2, 0]);
+        assert_eq!(
+            super::order(3, at([9, 0, 0], 9)),
+            [0, 1, 2],
+            "cooled down at 9"
+        );
     }
 }

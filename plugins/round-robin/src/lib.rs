@@ -4,17 +4,19 @@
 
 use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView, host};
 
-/// The order for the `n`-th request: rotation by `n`, candidates cooling at `now_ms` last.
-pub fn order(n: u64, candidates: &[(u64,)], now_ms: u64) -> Vec<u32> {
-    let len = candidates.len();
+/// The order for the `n`-th request among `len` candidates: rotation by `n`, candidates for which
+/// `cooling(i)` holds last. One allocation, the answer itself: each allocation in a guest is a
+/// call into its allocator.
+pub fn order(n: u64, len: usize, cooling: impl Fn(usize) -> bool) -> Vec<u32> {
+    let mut out = Vec::with_capacity(len);
     if len == 0 {
-        return Vec::new();
+        return out;
     }
     let start = (n % len as u64) as usize;
-    let rotated = (0..len).map(|i| ((start + i) % len) as u32);
-    let (ready, cooling): (Vec<u32>, Vec<u32>) =
-        rotated.partition(|&i| candidates[i as usize].0 <= now_ms);
-    ready.into_iter().chain(cooling).collect()
+    let rotated = (0..len).map(|i| (start + i) % len);
+    out.extend(rotated.clone().filter(|&i| !cooling(i)).map(|i| i as u32));
+    out.extend(rotated.filter(|&i| cooling(i)).map(|i| i as u32));
+    out
 }
 
 struct RoundRobin;
@@ -29,8 +31,9 @@ impl Router for RoundRobin {
     fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
         let n = host::kv::incr("rr", 1, None) as u64;
         let now = tollgate_sdk::cooling_clock(&candidates);
-        let cooling: Vec<(u64,)> = candidates.iter().map(|c| (c.cooling_until_ms,)).collect();
-        RouteDecision::Pick(order(n.wrapping_sub(1), &cooling, now))
+        RouteDecision::Pick(order(n.wrapping_sub(1), candidates.len(), |i| {
+            candidates[i].cooling_until_ms > now
+        }))
     }
 }
 
@@ -40,18 +43,28 @@ tollgate_sdk::export!(RoundRobin);
 mod tests {
     use super::*;
 
+    /// Candidates cooling until these times, seen at `now`.
+    fn cooling_at(until: &[u64], now: u64) -> impl Fn(usize) -> bool + '_ {
+        move |i| until[i] > now
+    }
+
     #[test]
     fn rotates_the_first_choice() {
-        let c = [(0,), (0,), (0,)];
-        assert_eq!(order(0, &c, 10), [0, 1, 2]);
-        assert_eq!(order(1, &c, 10), [1, 2, 0]);
-        assert_eq!(order(5, &c, 10), [2, 0, 1]);
+        let c = [0, 0, 0];
+        assert_eq!(order(0, 3, cooling_at(&c, 10)), [0, 1, 2]);
+        assert_eq!(order(1, 3, cooling_at(&c, 10)), [1, 2, 0]);
+        assert_eq!(order(5, 3, cooling_at(&c, 10)), [2, 0, 1]);
     }
 
     #[test]
     fn cooling_candidates_go_last() {
-        let c = [(0,), (99,), (0,)];
-        assert_eq!(order(1, &c, 10), [2, 0, 1]);
-        assert!(order(0, &[], 10).is_empty());
+        let c = [0, 99, 0];
+        assert_eq!(order(1, 3, cooling_at(&c, 10)), [2, 0, 1]);
+        assert_eq!(
+            order(1, 3, cooling_at(&c, 100)),
+            [1, 2, 0],
+            "cooled down by 100"
+        );
+        assert!(order(0, 0, |_| true).is_empty());
     }
 }
