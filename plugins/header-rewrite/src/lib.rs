@@ -96,6 +96,11 @@ impl Template {
 
     /// The value with each variable replaced by what `var` gives for it.
     pub fn render(&self, var: &mut impl FnMut(Var) -> String) -> String {
+        // A value that is one variable and nothing else (`${request_id}`) is the string the host
+        // gave, not a copy of it: one allocation and one copy fewer in the guest per call.
+        if let [Piece::Var(v)] = self.0.as_slice() {
+            return var(*v);
+        }
         let mut out = String::new();
         for piece in &self.0 {
             match piece {
@@ -234,6 +239,17 @@ mod tests {
             HeaderOp::Set(h) => assert_eq!(h.value, "r1@10.0.0.1"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_value_that_is_one_variable_is_that_variable() {
+        let mut vars = vars;
+        assert_eq!(Template::parse("${request_id}").render(&mut vars), "r1");
+        assert_eq!(
+            Template::parse("${client_ip}!").render(&mut vars),
+            "10.0.0.1!"
+        );
+        assert_eq!(Template::parse("plain").render(&mut vars), "plain");
     }
 
     #[test]
