@@ -146,9 +146,9 @@ impl Upstream {
         }
     }
 
-    /// A connect error, timeout or 5xx. After `max_fails` in a row the upstream is skipped for
+    /// Counts a failed attempt (a connect error, timeout or 5xx; `why`, e.g. `status 503`, is
+    /// kept among the recent errors). After `max_fails` in a row the upstream is skipped for
     /// `fail_timeout`.
-    /// Counts a failed attempt (`why`, e.g. `status 503`, is kept among the recent errors).
     pub fn record_failure(&self, why: impl Into<std::borrow::Cow<'static, str>>) {
         self.note_error(why);
         self.observe(true);

@@ -1,6 +1,6 @@
 //! Upstreams: each one's target and runtime state (health, in-flight, latency and error
-//! averages, cooldowns: written and read in `health.rs`), and [`Upstream::send`], the one way a request reaches one, whether it is
-//! a URL ([`client`]) or the built-in [`mock`].
+//! averages, cooldowns: written and read in `health.rs`), and [`Upstream::send`], the one way a
+//! request reaches one, whether it is a URL ([`client`]) or the built-in [`mock`].
 
 pub mod capacity;
 mod client;

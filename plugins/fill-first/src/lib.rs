@@ -4,12 +4,9 @@
 
 use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView};
 
-/// The configured order, candidates for which `cooling(i)` holds last; one allocation.
+/// The configured order, candidates for which `cooling(i)` holds last.
 pub fn order(len: usize, cooling: impl Fn(usize) -> bool) -> Vec<u32> {
-    let mut out = Vec::with_capacity(len);
-    out.extend((0..len).filter(|&i| !cooling(i)).map(|i| i as u32));
-    out.extend((0..len).filter(|&i| cooling(i)).map(|i| i as u32));
-    out
+    tollgate_sdk::ready_first(0, len, cooling)
 }
 
 struct FillFirst;

@@ -5,18 +5,9 @@
 use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView, host};
 
 /// The order for the `n`-th request among `len` candidates: rotation by `n`, candidates for which
-/// `cooling(i)` holds last. One allocation, the answer itself: each allocation in a guest is a
-/// call into its allocator.
+/// `cooling(i)` holds last.
 pub fn order(n: u64, len: usize, cooling: impl Fn(usize) -> bool) -> Vec<u32> {
-    let mut out = Vec::with_capacity(len);
-    if len == 0 {
-        return out;
-    }
-    let start = (n % len as u64) as usize;
-    let rotated = (0..len).map(|i| (start + i) % len);
-    out.extend(rotated.clone().filter(|&i| !cooling(i)).map(|i| i as u32));
-    out.extend(rotated.filter(|&i| cooling(i)).map(|i| i as u32));
-    out
+    tollgate_sdk::ready_first(n, len, cooling)
 }
 
 struct RoundRobin;

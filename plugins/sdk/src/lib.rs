@@ -173,6 +173,23 @@ pub fn cooling_clock(candidates: &[UpstreamView]) -> u64 {
     }
 }
 
+/// The candidates' indices from `start` round to `start - 1` (`start` is taken modulo `len`), the
+/// ones for which `cooling(i)` holds moved to the end in the same rotation: a router's answer
+/// when it only rotates (round-robin) or keeps the configured order (fill-first, `start` 0). One
+/// allocation, the answer itself: each allocation in a guest is a call into its allocator.
+#[cfg(feature = "router")]
+pub fn ready_first(start: u64, len: usize, cooling: impl Fn(usize) -> bool) -> Vec<u32> {
+    let mut out = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    let start = (start % len as u64) as usize;
+    let rotated = (0..len).map(|i| (start + i) % len);
+    out.extend(rotated.clone().filter(|&i| !cooling(i)).map(|i| i as u32));
+    out.extend(rotated.filter(|&i| cooling(i)).map(|i| i as u32));
+    out
+}
+
 #[doc(hidden)]
 pub fn __assert_exportable<T: Plugin + __Kind>() {}
 
