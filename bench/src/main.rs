@@ -500,6 +500,7 @@ async fn sse(
 
 async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
     use tollgate::policy::authoring::{sample_request, sample_response, sample_upstream};
+    use tollgate::policy::view::{Candidates, figures};
     use tollgate::policy::{PluginKind, PluginSpec, PolicyEngine};
     let stores = tollgate::state::Stores::ephemeral()
         .await
@@ -541,6 +542,12 @@ async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
     let req = sample_request("bench");
     let up = sample_upstream;
     let cands = vec![up("a"), up("b")];
+    // As the gateway hands them over: figures alone to a lean router.
+    let views = if router.lean_router() {
+        Candidates::Figures(cands.iter().map(figures).collect())
+    } else {
+        Candidates::Views(cands.clone())
+    };
     let mut out = serde_json::Map::new();
     macro_rules! time {
         ($name:literal, $call:expr) => {{
@@ -557,7 +564,7 @@ async fn policy(dir: &std::path::Path, iterations: u32) -> Result<()> {
     }
     time!("ip_binding_us", bind.check(&req));
     time!("header_rewrite_us", rewrite.rewrite_request(&req));
-    time!("router_us", router.select(&req, &cands));
+    time!("router_us", router.select(&req, &views));
     // A successful request makes the three calls above: quota-switch does not watch 200s and this
     // header rewrite has no response rules, so the gateway skips those calls.
     let total: f64 = out.values().filter_map(serde_json::Value::as_f64).sum();

@@ -35,18 +35,21 @@ fn manifest_value(manifest: &str, key: &str) -> Option<String> {
     })
 }
 
-/// The plugin kind: the SDK feature the plugin's manifest selects.
+/// The plugin kind (`kind:` in YAML): the SDK feature the plugin's manifest selects, where
+/// `lean-router` is the router kind's lean form.
 fn kind(manifest: &str) -> String {
     [
-        "ip-binding",
-        "router",
-        "quota",
-        "header-rewrite",
-        "transform",
+        ("ip-binding", "ip-binding"),
+        ("router", "router"),
+        ("lean-router", "router"),
+        ("quota", "quota"),
+        ("header-rewrite", "header-rewrite"),
+        ("transform", "transform"),
     ]
     .into_iter()
-    .find(|k| manifest.contains(&format!("features = [\"{k}\"]")))
+    .find(|(feature, _)| manifest.contains(&format!("features = [\"{feature}\"]")))
     .unwrap_or_else(|| panic!("no plugin kind in manifest:\n{manifest}"))
+    .1
     .to_owned()
 }
 

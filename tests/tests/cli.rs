@@ -288,7 +288,8 @@ fn plugin_inspect_reports_kind_and_linkability() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("kind:    router-policy"), "{text}");
+    // A lean router: kind router, in its lean form.
+    assert!(text.contains("kind:    lean-router-policy"), "{text}");
     assert!(text.contains("links:   ok"), "{text}");
     let field = |name: &str| {
         text.lines()
@@ -311,7 +312,7 @@ fn plugin_inspect_reports_kind_and_linkability() {
         "{text}"
     );
     assert!(
-        field("exports").contains("tollgate:policy/router@"),
+        field("exports").contains("tollgate:policy/lean-router@"),
         "{text}"
     );
     // What loading it costs, as `plugin test` reports it: compiled or cached, and an instance's

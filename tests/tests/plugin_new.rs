@@ -345,7 +345,7 @@ fn plugin_new_refuses_a_bad_name_an_unknown_kind_and_a_non_empty_directory() {
     assert!(!ok && err.contains("invalid name"), "{err}");
     let (ok, err) = run(&["fine", "--kind", "firewall"], &dir.path().join("y"));
     assert!(
-        !ok && err.contains("ip-binding, router, quota or header-rewrite"),
+        !ok && err.contains("ip-binding, router, quota, header-rewrite or transform"),
         "{err}"
     );
     std::fs::write(dir.path().join("keep.txt"), "mine").unwrap();

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tollgate::policy::RequestInfo;
 use tollgate::policy::authoring::{sample_request, sample_upstream};
-use tollgate::policy::types::{RouteDecision, UpstreamView};
+use tollgate::policy::types::RouteDecision;
+use tollgate::policy::view::{Candidates, figures};
 use tollgate::policy::{LoadError, PluginKind, PluginSpec, PolicyEngine, PolicyError};
 use tollgate::state::Stores;
 use tollgate_tests::eventually;
@@ -21,12 +22,58 @@ fn request(id: &str) -> Arc<RequestInfo> {
     sample_request(id)
 }
 
-fn candidates() -> Vec<UpstreamView> {
-    vec![
+fn candidates() -> Candidates {
+    Candidates::Views(vec![
         sample_upstream("a"),
         sample_upstream("b"),
         sample_upstream("c"),
-    ]
+    ])
+}
+
+/// A router exports `router` (views with names and models) or `lean-router` (figures only), and
+/// both are `kind: router`. A lean router answers the same from views as from their figures; a
+/// full router needs views and refuses figures rather than guess names.
+#[tokio::test]
+async fn both_router_forms_load_as_kind_router_and_read_what_they_are_given() {
+    let e = engine().await;
+    let lean = e
+        .load(
+            wasm("tollgate_fill_first"),
+            spec("ff", PluginKind::Router, "{}"),
+        )
+        .unwrap();
+    let full = e
+        .load(
+            wasm("tollgate_session_affinity"),
+            spec("aff", PluginKind::Router, "{}"),
+        )
+        .unwrap();
+    assert!(lean.lean_router() && !full.lean_router());
+    // The second candidate is the only one not cooling: fill-first puts it first, which it can
+    // only know from the `cooling-until-ms` figure crossing into the guest.
+    let mut views = vec![
+        sample_upstream("a"),
+        sample_upstream("b"),
+        sample_upstream("c"),
+    ];
+    views[0].cooling_until_ms = u64::MAX;
+    views[2].cooling_until_ms = u64::MAX;
+    let as_figures = Candidates::Figures(views.iter().map(figures).collect());
+    let as_views = Candidates::Views(views);
+    for c in [&as_figures, &as_views] {
+        match lean.select(&request("lean"), c).await.unwrap() {
+            RouteDecision::Pick(order) => assert_eq!(order, [1, 0, 2]),
+            RouteDecision::None(r) => panic!("no pick: {r}"),
+        }
+    }
+    match full.select(&request("full"), &as_views).await.unwrap() {
+        RouteDecision::Pick(order) => assert_eq!(order.len(), 3),
+        RouteDecision::None(r) => panic!("no pick: {r}"),
+    }
+    assert!(matches!(
+        full.select(&request("full"), &as_figures).await,
+        Err(PolicyError::Trap { .. })
+    ));
 }
 
 #[tokio::test]

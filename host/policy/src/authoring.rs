@@ -46,7 +46,7 @@ use super::types::{
     BindingDecision, CooldownScope, HeaderOp, QuotaDecision, RouteDecision, UpstreamView,
 };
 use super::{CodeOrigin, PluginKind, PluginSpec, PolicyEngine};
-use crate::view::{RequestInfo, ResponseInfo};
+use crate::view::{Candidates, RequestInfo, ResponseInfo};
 use tollgate_config::Module;
 
 #[derive(Deserialize)]
@@ -531,7 +531,7 @@ pub async fn run_cases(
                         )
                     })
                     .collect();
-                let cands: Vec<UpstreamView> = case.candidates.into_iter().map(candidate).collect();
+                let cands = Candidates::Views(case.candidates.into_iter().map(candidate).collect());
                 plugin
                     .select_with(&req, &cands, headroom)
                     .await

@@ -1,6 +1,7 @@
 //! The calls into a plugin, one per policy kind's export, each through the pool and breaker.
 
 use crate::types;
+use crate::view::Candidates;
 use crate::wit::transform;
 use crate::{
     KindGuest, Plugin, PolicyError, RequestInfo, ResponseInfo, request_handle, response_handle,
@@ -29,28 +30,32 @@ impl Plugin {
         self.checkin(i, r)
     }
 
-    /// router `select`.
+    /// router (or lean-router) `select`.
     pub async fn select(
         &self,
         request: &Arc<RequestInfo>,
-        candidates: &[types::UpstreamView],
+        candidates: &Candidates,
     ) -> Result<types::RouteDecision, PolicyError> {
         self.select_with(request, candidates, Vec::new()).await
     }
 
-    /// router `select`, with the candidates' `headroom` lent to the call (for a plugin that
-    /// [`Plugin::wants_capacity`]).
+    /// router (or lean-router) `select`, with the candidates' `headroom` lent to the call (for a
+    /// plugin that [`Plugin::wants_capacity`]). A `router` needs [`Candidates::Views`]; a lean
+    /// router takes either.
     pub async fn select_with(
         &self,
         request: &Arc<RequestInfo>,
-        candidates: &[types::UpstreamView],
+        candidates: &Candidates,
         headroom: Vec<(String, crate::wit::capacity::Headroom)>,
     ) -> Result<types::RouteDecision, PolicyError> {
         let mut i = self.checkout(request, None).await?;
         i.store.data_mut().headroom = headroom;
-        let r = match &i.guest {
-            KindGuest::Router(g) => {
-                g.call_select(&mut i.store, request_handle(), candidates)
+        let r = match (&i.guest, candidates) {
+            (KindGuest::Router(g), Candidates::Views(views)) => {
+                g.call_select(&mut i.store, request_handle(), views).await
+            }
+            (KindGuest::LeanRouter(g), c) => {
+                g.call_select(&mut i.store, request_handle(), &c.figures())
                     .await
             }
             _ => return Err(self.kind_mismatch()),

@@ -16,7 +16,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 
 use crate::imports::InstanceData;
 use crate::throttle::Throttle;
-use crate::wit::{header_rewrite, ip_binding, plugin, quota, router, transform};
+use crate::wit::{header_rewrite, ip_binding, lean_router, plugin, quota, router, transform};
 
 use tollgate_config::Module;
 use tollgate_state::Stores;
@@ -254,9 +254,18 @@ impl PolicyEngine {
             PluginKind::IpBinding => {
                 KindIndices::IpBinding(ip_binding::GuestIndices::new(&pre).map_err(wrong)?)
             }
-            PluginKind::Router => {
-                KindIndices::Router(router::GuestIndices::new(&pre).map_err(wrong)?)
-            }
+            // A router exports `router` or its lean form; the first found is the one called.
+            PluginKind::Router => match router::GuestIndices::new(&pre) {
+                Ok(i) => KindIndices::Router(i),
+                Err(_) => KindIndices::LeanRouter(
+                    lean_router::GuestIndices::new(&pre).map_err(|e| LoadError::WrongKind {
+                        world: world(spec.kind),
+                        reason: format!(
+                            "it exports neither tollgate:policy/router nor                              tollgate:policy/lean-router ({e:#})"
+                        ),
+                    })?,
+                ),
+            },
             PluginKind::Quota => KindIndices::Quota(quota::GuestIndices::new(&pre).map_err(wrong)?),
             PluginKind::HeaderRewrite => {
                 KindIndices::HeaderRewrite(header_rewrite::GuestIndices::new(&pre).map_err(wrong)?)

@@ -12,6 +12,8 @@ pub struct Inspection {
     pub size: u64,
     pub sha256: String,
     pub kind: Option<PluginKind>,
+    /// The world its exports implement (`router-policy` or `lean-router-policy` for a router).
+    pub world: Option<&'static str>,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
     /// Why the host could not link it, if it cannot.
@@ -20,12 +22,18 @@ pub struct Inspection {
     pub code: (CodeOrigin, Duration),
 }
 
-const KINDS: [(&str, PluginKind); 5] = [
-    ("ip-binding", PluginKind::IpBinding),
-    ("router", PluginKind::Router),
-    ("quota", PluginKind::Quota),
-    ("header-rewrite", PluginKind::HeaderRewrite),
-    ("transform", PluginKind::Transform),
+/// Each exported interface a kind is known by, with its world.
+const KINDS: [(&str, &str, PluginKind); 6] = [
+    ("ip-binding", "ip-binding-policy", PluginKind::IpBinding),
+    ("router", "router-policy", PluginKind::Router),
+    ("lean-router", "lean-router-policy", PluginKind::Router),
+    ("quota", "quota-policy", PluginKind::Quota),
+    (
+        "header-rewrite",
+        "header-rewrite-policy",
+        PluginKind::HeaderRewrite,
+    ),
+    ("transform", "transform-policy", PluginKind::Transform),
 ];
 
 impl PolicyEngine {
@@ -43,7 +51,7 @@ impl PolicyEngine {
             .exports(&self.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
-        let kind = kind_of(&exports);
+        let found = exported(&exports);
         let link_error = self
             .linker
             .instantiate_pre(&component)
@@ -52,7 +60,8 @@ impl PolicyEngine {
         Ok(Inspection {
             size: bytes.len() as u64,
             sha256,
-            kind,
+            kind: found.map(|(_, k)| k),
+            world: found.map(|(w, _)| w),
             imports,
             exports,
             link_error,
@@ -78,12 +87,17 @@ impl PolicyEngine {
 
 /// The policy kind a component's exports implement, if any.
 pub(crate) fn kind_of<S: AsRef<str>>(exports: &[S]) -> Option<PluginKind> {
+    exported(exports).map(|(_, k)| k)
+}
+
+/// The world and policy kind a component's exports implement, if any.
+fn exported<S: AsRef<str>>(exports: &[S]) -> Option<(&'static str, PluginKind)> {
     KINDS
         .iter()
-        .find(|(name, _)| {
+        .find(|(name, _, _)| {
             exports
                 .iter()
                 .any(|e| e.as_ref().starts_with(&format!("tollgate:policy/{name}@")))
         })
-        .map(|(_, k)| *k)
+        .map(|(_, w, k)| (*w, *k))
 }

@@ -15,7 +15,7 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::imports::{CallBudget, InstanceData};
 use crate::throttle::Throttle;
-use crate::wit::{header_rewrite, ip_binding, plugin, quota, router, transform};
+use crate::wit::{header_rewrite, ip_binding, lean_router, plugin, quota, router, transform};
 
 use tollgate_config::Module;
 use tollgate_state::{StoreError, Stores};
@@ -23,6 +23,8 @@ use tollgate_state::{StoreError, Stores};
 pub(crate) enum KindIndices {
     IpBinding(ip_binding::GuestIndices),
     Router(router::GuestIndices),
+    /// A router that exports `lean-router` (candidates without strings).
+    LeanRouter(lean_router::GuestIndices),
     Quota(quota::GuestIndices),
     HeaderRewrite(header_rewrite::GuestIndices),
     Transform(transform::GuestIndices),
@@ -31,6 +33,7 @@ pub(crate) enum KindIndices {
 pub(crate) enum KindGuest {
     IpBinding(ip_binding::Guest),
     Router(router::Guest),
+    LeanRouter(lean_router::Guest),
     Quota(quota::Guest),
     HeaderRewrite(header_rewrite::Guest),
     Transform(transform::Guest),
@@ -166,6 +169,7 @@ impl Plugin {
         let guest = match &self.kind_idx {
             KindIndices::IpBinding(i) => i.load(&mut store, &instance).map(KindGuest::IpBinding),
             KindIndices::Router(i) => i.load(&mut store, &instance).map(KindGuest::Router),
+            KindIndices::LeanRouter(i) => i.load(&mut store, &instance).map(KindGuest::LeanRouter),
             KindIndices::Quota(i) => i.load(&mut store, &instance).map(KindGuest::Quota),
             KindIndices::HeaderRewrite(i) => {
                 i.load(&mut store, &instance).map(KindGuest::HeaderRewrite)
@@ -262,6 +266,12 @@ impl Plugin {
     /// the host reads it before each call; otherwise it never does.
     pub fn wants_capacity(&self) -> bool {
         self.wants_capacity
+    }
+
+    /// Router: whether the plugin exports `lean-router`, so its calls take the candidates'
+    /// figures alone ([`crate::view::Candidates::Figures`]); otherwise it needs their views.
+    pub fn lean_router(&self) -> bool {
+        matches!(self.kind_idx, KindIndices::LeanRouter(_))
     }
 
     /// Whether the circuit breaker currently refuses calls.

@@ -3,13 +3,55 @@
 //! Requests and responses reach plugins as WIT resources (`request`, `response`): the host keeps
 //! the data in a [`RequestInfo`] / [`ResponseInfo`] and the plugin reads the fields it needs
 //! through methods, so nothing is copied into the plugin that it does not read. Upstreams are
-//! plain records ([`UpstreamView`]): a router reads most of their fields.
+//! plain records: [`UpstreamView`] (with name and models) for a quota policy and a `router`,
+//! [`Candidate`] (figures only) for a `lean-router`; a router reads most of their fields.
 
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::wit::types::{Header, HeaderOp};
+use crate::wit::types::{Candidate, Header, HeaderOp, UpstreamView};
+
+/// A router call's candidates, in the form its export takes: [`UpstreamView`]s for `router`,
+/// figures alone for `lean-router` ([`crate::Plugin::lean_router`] says which). Views serve
+/// either: a lean router gets their figures.
+#[derive(Clone)]
+pub enum Candidates {
+    Views(Vec<UpstreamView>),
+    Figures(Vec<Candidate>),
+}
+
+impl Candidates {
+    /// The candidates' figures, for a lean router.
+    pub fn figures(&self) -> std::borrow::Cow<'_, [Candidate]> {
+        match self {
+            Candidates::Figures(f) => f.as_slice().into(),
+            Candidates::Views(v) => v.iter().map(figures).collect::<Vec<_>>().into(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Candidates::Views(v) => v.len(),
+            Candidates::Figures(f) => f.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An upstream view's figures: a lean router's candidate.
+pub fn figures(v: &UpstreamView) -> Candidate {
+    Candidate {
+        weight: v.weight,
+        in_flight: v.in_flight,
+        latency_ewma_us: v.latency_ewma_us,
+        error_rate: v.error_rate,
+        cooling_until_ms: v.cooling_until_ms,
+    }
+}
 
 /// Headers a policy never sees or sets: the client's credential.
 fn is_credential(name: &str) -> bool {

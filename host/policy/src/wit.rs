@@ -23,7 +23,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::exports::tollgate::policy::{
-    header_rewrite, ip_binding, plugin, quota, router, transform,
+    header_rewrite, ip_binding, lean_router, plugin, quota, router, transform,
 };
 pub use self::tollgate::policy::types;
 pub use self::tollgate::policy::{bindings as binding_store, capacity, clock, kv, log};

@@ -315,11 +315,18 @@ mod tests {
         let want = entries(workspace, "[workspace.dependencies]", &deps);
         assert_eq!(want.len(), 3, "{want:?}");
         assert_eq!(entries(carried, "[dependencies]", &deps), want);
-        let features = ["ip-binding", "router", "quota", "header-rewrite"];
+        let features = [
+            "ip-binding",
+            "router",
+            "lean-router",
+            "quota",
+            "header-rewrite",
+            "transform",
+        ];
         assert_eq!(
             entries(carried, "[features]", &features),
             entries(sdk, "[features]", &features)
         );
-        assert_eq!(entries(sdk, "[features]", &features).len(), 4);
+        assert_eq!(entries(sdk, "[features]", &features).len(), 6);
     }
 }

@@ -113,10 +113,7 @@ pub(super) fn plugin(cmd: PluginCommand) -> ExitCode {
                         }
                     }
                     println!("sha256:  {}", i.sha256);
-                    let kind = i.kind.map_or(
-                        "none (exports no tollgate:policy interface)",
-                        crate::policy::world,
-                    );
+                    let kind = i.world.unwrap_or("none (exports no tollgate:policy interface)");
                     println!("kind:    {kind}");
                     println!("exports: {}", i.exports.join(", "));
                     println!("imports: {}", i.imports.join(", "));
@@ -327,7 +324,7 @@ pub(super) fn new_plugin_project(
 ) -> ExitCode {
     let Ok(kind) = serde_json::from_value::<crate::policy::PluginKind>(serde_json::json!(kind))
     else {
-        eprintln!("--kind {kind:?}: use ip-binding, router, quota or header-rewrite");
+        eprintln!("--kind {kind:?}: use ip-binding, router, quota, header-rewrite or transform");
         return ExitCode::FAILURE;
     };
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));

@@ -2,7 +2,7 @@
 //! is cooling down (the host leaves cooling upstreams out) or unreachable (failover). Cooling
 //! candidates, if the host passes any, go last.
 
-use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView};
+use tollgate_sdk::{Candidate, LeanRouter, Plugin, Request, RouteDecision};
 
 /// The configured order, candidates for which `cooling(i)` holds last.
 pub fn order(len: usize, cooling: impl Fn(usize) -> bool) -> Vec<u32> {
@@ -17,8 +17,8 @@ impl Plugin for FillFirst {
     }
 }
 
-impl Router for FillFirst {
-    fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
+impl LeanRouter for FillFirst {
+    fn select(_request: &Request, candidates: Vec<Candidate>) -> RouteDecision {
         let now = tollgate_sdk::cooling_clock(&candidates);
         RouteDecision::Pick(order(candidates.len(), |i| {
             candidates[i].cooling_until_ms > now

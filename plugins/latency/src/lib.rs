@@ -2,7 +2,7 @@
 //! measurement yet counts as fastest, so every one gets tried; errors are penalised by
 //! `latency × (1 + 10 × error_rate)`.
 
-use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView};
+use tollgate_sdk::{Candidate, LeanRouter, Plugin, Request, RouteDecision};
 
 /// Score (lower is better) of an upstream's EWMA latency in µs and error rate.
 pub fn score(latency_us: u64, error_rate: f32) -> f64 {
@@ -29,8 +29,8 @@ impl Plugin for Latency {
     }
 }
 
-impl Router for Latency {
-    fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
+impl LeanRouter for Latency {
+    fn select(_request: &Request, candidates: Vec<Candidate>) -> RouteDecision {
         let stats: Vec<(u64, f32)> = candidates
             .iter()
             .map(|c| (c.latency_ewma_us, c.error_rate))

@@ -1,7 +1,7 @@
 //! Least-busy router: fewest requests in flight first; ties by higher weight, then configured
 //! order.
 
-use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView};
+use tollgate_sdk::{Candidate, LeanRouter, Plugin, Request, RouteDecision};
 
 /// `(in_flight, weight)` per candidate → order.
 pub fn order(load: &[(u32, u32)]) -> Vec<u32> {
@@ -21,8 +21,8 @@ impl Plugin for LeastBusy {
     }
 }
 
-impl Router for LeastBusy {
-    fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
+impl LeanRouter for LeastBusy {
+    fn select(_request: &Request, candidates: Vec<Candidate>) -> RouteDecision {
         let load: Vec<(u32, u32)> = candidates.iter().map(|c| (c.in_flight, c.weight)).collect();
         RouteDecision::Pick(order(&load))
     }

@@ -2,7 +2,7 @@
 //! it is exact across the plugin's pooled instances and, with a shared store, across gateways.
 //! Cooling candidates go last; the rest follow the rotation.
 
-use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView, host};
+use tollgate_sdk::{Candidate, LeanRouter, Plugin, Request, RouteDecision, host};
 
 /// The order for the `n`-th request among `len` candidates: rotation by `n`, candidates for which
 /// `cooling(i)` holds last.
@@ -18,8 +18,8 @@ impl Plugin for RoundRobin {
     }
 }
 
-impl Router for RoundRobin {
-    fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
+impl LeanRouter for RoundRobin {
+    fn select(_request: &Request, candidates: Vec<Candidate>) -> RouteDecision {
         let n = host::kv::incr("rr", 1, None) as u64;
         let now = tollgate_sdk::cooling_clock(&candidates);
         RouteDecision::Pick(order(n.wrapping_sub(1), candidates.len(), |i| {

@@ -2,7 +2,7 @@
 //! interleaved (smooth weighted round-robin, computed from one shared counter in the host's kv so it
 //! is exact across instances). The others follow by descending weight.
 
-use tollgate_sdk::{Plugin, Request, RouteDecision, Router, UpstreamView, host};
+use tollgate_sdk::{Candidate, LeanRouter, Plugin, Request, RouteDecision, host};
 
 /// The order for the `n`-th request over candidates with `weights`.
 pub fn order(n: u64, weights: &[u32]) -> Vec<u32> {
@@ -38,8 +38,8 @@ impl Plugin for Weighted {
     }
 }
 
-impl Router for Weighted {
-    fn select(_request: &Request, candidates: Vec<UpstreamView>) -> RouteDecision {
+impl LeanRouter for Weighted {
+    fn select(_request: &Request, candidates: Vec<Candidate>) -> RouteDecision {
         let n = (host::kv::incr("n", 1, None) as u64).wrapping_sub(1);
         let weights: Vec<u32> = candidates.iter().map(|c| c.weight).collect();
         RouteDecision::Pick(order(n, &weights))

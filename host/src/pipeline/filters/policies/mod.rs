@@ -33,7 +33,7 @@ use super::shadow::Shadow;
 use crate::config::{OnError, PluginKind};
 use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::Filter;
-use crate::policy::types::{Denial, UpstreamView};
+use crate::policy::types::{Candidate, Denial, UpstreamView};
 use crate::policy::{Plugin, PolicyError};
 use crate::state::Stores;
 use crate::upstream::Upstream;
@@ -103,6 +103,17 @@ fn upstream_view(u: &Upstream, model: Option<&str>) -> UpstreamView {
         name: u.name.to_string(),
         weight: u.weight(),
         models: u.config.models.clone(),
+        in_flight: u.in_flight(),
+        latency_ewma_us: u.latency_ewma_us(),
+        error_rate: u.error_rate(),
+        cooling_until_ms: u.cooling_until(model),
+    }
+}
+
+/// What a lean router sees of an upstream: [`upstream_view`]'s figures, without its strings.
+fn figures(u: &Upstream, model: Option<&str>) -> Candidate {
+    Candidate {
+        weight: u.weight(),
         in_flight: u.in_flight(),
         latency_ewma_us: u.latency_ewma_us(),
         error_rate: u.error_rate(),

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use super::{PolicyRef, upstream_view};
+use super::{PolicyRef, figures, upstream_view};
 use crate::error::ErrorKind;
 use crate::pipeline::{Filter, HookResult, Hooks, Session, Step};
 use crate::policy::authoring::route_json;
 use crate::policy::capacity::Headroom;
 use crate::policy::types::RouteDecision;
+use crate::policy::view::Candidates;
 use crate::upstream::Upstream;
 
 /// router: orders the candidates; `none` refuses the request (503 `no_upstream`).
@@ -32,7 +33,15 @@ impl Filter for Router {
         Step::later(async move {
             let view = s.policy_request();
             let model = s.model();
-            let views: Vec<_> = candidates.iter().map(|u| upstream_view(u, model)).collect();
+            // A lean router (and a lean shadow) takes the candidates' figures alone: no name
+            // or model list is built here or copied into the guest.
+            let lean = self.policy.plugin.lean_router()
+                && (self.policy.shadow.as_ref()).is_none_or(|s| s.candidate.lean_router());
+            let views = if lean {
+                Candidates::Figures(candidates.iter().map(|u| figures(u, model)).collect())
+            } else {
+                Candidates::Views(candidates.iter().map(|u| upstream_view(u, model)).collect())
+            };
             // Only a router that reads headroom (imports `capacity`) costs these reads.
             let headroom = if self.policy.plugin.wants_capacity() {
                 headroom(candidates).await
