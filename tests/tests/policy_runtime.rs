@@ -548,7 +548,7 @@ async fn a_dry_run_ip_binding_makes_no_binding() {
         .unwrap();
     live.check(&req).await.unwrap();
     let bound = e.stores().binding(&req.key_id).await.unwrap();
-    assert!(bound.is_some_and(|b| b.cidr.to_string() == format!("{}/32", req.client_ip_text)));
+    assert!(bound.is_some_and(|b| b.cidr.to_string() == format!("{}/32", req.client_ip)));
 }
 
 /// `max_calls`: an instance serves that many calls and is then replaced, bounding what a plugin

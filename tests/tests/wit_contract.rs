@@ -154,6 +154,11 @@ async fn every_host_import_and_request_method_returns_what_the_wit_documents() {
         "127.0.0.1/32 active",
         "get-for(request) answers what get(request.key-id()) does"
     );
+    assert_eq!(
+        text(&up, "binding-match"),
+        "BindingMatch::Inside",
+        "match-for(request): 127.0.0.1 is inside 127.0.0.1/32"
+    );
     assert_eq!(text(&up, "kv"), "1,5,true,false,2,<none>");
     assert_eq!(text(&up, "kv-ttl"), "<none>");
     assert_eq!(text(&up, "kv-incr-ttl"), "1");

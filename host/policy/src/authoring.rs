@@ -310,7 +310,6 @@ fn request(r: RequestFixture) -> Result<RequestInfo, String> {
         path: r.path,
         headers: header_map(&r.headers)?,
         client_ip: r.client_ip,
-        client_ip_text: r.client_ip.to_string(),
         key_id: r.key_id,
         key_name: r.key_name,
         model: r.model,

@@ -95,9 +95,8 @@ pub struct RequestInfo {
     pub path: String,
     /// The client's headers as received (credentials are filtered when read).
     pub headers: HeaderMap,
+    /// The client's address (formatted only for a plugin that asks, `request.client-ip`).
     pub client_ip: IpAddr,
-    /// `client_ip` as text, formatted once.
-    pub client_ip_text: String,
     pub key_id: String,
     pub key_name: String,
     pub model: Option<String>,
@@ -127,7 +126,6 @@ impl RequestInfo {
                 .to_owned(),
             headers: parts.headers.clone(),
             client_ip,
-            client_ip_text: tollgate_config::IpText::new(client_ip).as_str().to_owned(),
             key_id,
             key_name: key_name.to_owned(),
             model: None,

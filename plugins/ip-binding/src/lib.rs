@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use tollgate_sdk::host::{self, BindingStatus, Level};
+use tollgate_sdk::host::{self, BindingMatch, BindingStatus, Level};
 use tollgate_sdk::{BindingDecision, Denial, IpBinding, Plugin, Request};
 
 #[derive(Deserialize, Clone, Copy)]
@@ -68,49 +68,62 @@ impl Plugin for Binder {
 
 impl IpBinding for Binder {
     fn check(request: &Request) -> BindingDecision {
-        let Ok(ip) = request.client_ip().parse::<IpAddr>() else {
-            return deny("ip_not_allowed", "client address not recognised");
-        };
-        let config = CONFIG.get().copied().unwrap_or_default();
-        // The request's own binding, without reading its key id: that is only needed to make the
-        // first binding, or to name the key in a log line.
-        let binding = match host::bindings::get_for(request) {
-            Some(b) => b,
-            None => {
-                let key_id = request.key_id();
-                let net = match network_of(ip, config) {
-                    Ok(n) => n,
-                    Err(e) => return deny("ip_not_allowed", &e),
-                };
-                match host::bindings::bind_first(&key_id, &net.to_string()) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        host::log(Level::Error, &format!("binding failed: {e}"));
-                        return deny(
-                            "binding_unavailable",
-                            "the key binding could not be recorded",
-                        );
-                    }
+        // The host compares the address with the binding: nothing crosses on the usual path.
+        match host::bindings::match_for(request) {
+            BindingMatch::Inside => BindingDecision::Allow,
+            BindingMatch::Banned => banned(),
+            BindingMatch::Outside | BindingMatch::Unbound => first_use_or_elsewhere(request),
+        }
+    }
+}
+
+fn banned() -> BindingDecision {
+    deny("key_banned", "this API key has been banned")
+}
+
+/// The rare paths, with the strings: a first use binds the key to the client's network (or finds
+/// the binding a racing first request made), and a request from elsewhere is logged and refused.
+fn first_use_or_elsewhere(request: &Request) -> BindingDecision {
+    let Ok(ip) = request.client_ip().parse::<IpAddr>() else {
+        return deny("ip_not_allowed", "client address not recognised");
+    };
+    let config = CONFIG.get().copied().unwrap_or_default();
+    let binding = match host::bindings::get_for(request) {
+        Some(b) => b,
+        None => {
+            let key_id = request.key_id();
+            let net = match network_of(ip, config) {
+                Ok(n) => n,
+                Err(e) => return deny("ip_not_allowed", &e),
+            };
+            match host::bindings::bind_first(&key_id, &net.to_string()) {
+                Ok(b) => b,
+                Err(e) => {
+                    host::log(Level::Error, &format!("binding failed: {e}"));
+                    return deny(
+                        "binding_unavailable",
+                        "the key binding could not be recorded",
+                    );
                 }
             }
-        };
-        if binding.status == BindingStatus::Banned {
-            return deny("key_banned", "this API key has been banned");
         }
-        if allowed(&binding.cidr, ip) {
-            BindingDecision::Allow
-        } else {
-            let key_id = request.key_id();
-            host::log(
-                Level::Warn,
-                &format!(
-                    "key {} used from {ip}, bound to {}",
-                    &key_id[..8.min(key_id.len())],
-                    binding.cidr
-                ),
-            );
-            deny("ip_not_allowed", "this API key is bound to another network")
-        }
+    };
+    if binding.status == BindingStatus::Banned {
+        return banned();
+    }
+    if allowed(&binding.cidr, ip) {
+        BindingDecision::Allow
+    } else {
+        let key_id = request.key_id();
+        host::log(
+            Level::Warn,
+            &format!(
+                "key {} used from {ip}, bound to {}",
+                &key_id[..8.min(key_id.len())],
+                binding.cidr
+            ),
+        );
+        deny("ip_not_allowed", "this API key is bound to another network")
     }
 }
 

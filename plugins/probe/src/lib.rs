@@ -11,7 +11,7 @@
 //! `incr c by 1` with a 3 s TTL (which applies only when `c` is created).
 //!
 //! `binding` is `bindings.get(request.key-id())`, `binding-for` is `bindings.get-for(request)`:
-//! the same binding, two ways.
+//! the same binding, two ways; `binding-match` is `bindings.match-for(request)`.
 //!
 //! `bind-first` binds the made-up key id `<key id>-probe` to `10.1.2.3/8`, then to
 //! `192.0.2.1/32`, then to `not-a-network`, and reports each answer, `;`-separated.
@@ -106,6 +106,7 @@ impl HeaderRewrite for Probe {
         let binding =
             bindings::get(&request.key_id()).map_or("<none>".into(), |b| binding_text(&b));
         let binding_for = bindings::get_for(request).map_or("<none>".into(), |b| binding_text(&b));
+        let binding_match = format!("{:?}", bindings::match_for(request));
         let made_up = format!("{}-probe", request.key_id());
         let bind_first = ["10.1.2.3/8", "192.0.2.1/32", "not-a-network"]
             .map(|cidr| match bindings::bind_first(&made_up, cidr) {
@@ -135,6 +136,7 @@ impl HeaderRewrite for Probe {
             set("kv-incr-ttl", incr_ttl.to_string()),
             set("binding", binding),
             set("binding-for", binding_for),
+            set("binding-match", binding_match),
             set("bind-first", bind_first),
         ]
     }

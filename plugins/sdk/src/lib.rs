@@ -97,7 +97,7 @@ pub use exports::tollgate::policy::plugin::Guest as Plugin;
 pub use tollgate::policy::types::*;
 /// Host services: key-value store, bindings table, log, clock, upstream capacity.
 pub mod host {
-    pub use crate::tollgate::policy::bindings::{self, Binding, BindingStatus};
+    pub use crate::tollgate::policy::bindings::{self, Binding, BindingMatch, BindingStatus};
     pub use crate::tollgate::policy::capacity::{self, Headroom};
     pub use crate::tollgate::policy::clock::now_ms;
     pub use crate::tollgate::policy::kv;

@@ -33,6 +33,22 @@ impl binding_store::Host for InstanceData {
         self.budget.resume();
         Ok(found?.map(to_wit))
     }
+    async fn match_for(
+        &mut self,
+        _: Resource<RequestInfo>,
+    ) -> wasmtime::Result<binding_store::BindingMatch> {
+        use binding_store::BindingMatch;
+        let request = self.request()?;
+        let ip = request.client_ip;
+        let found = self.stores.binding(&request.key_id).await;
+        self.budget.resume();
+        Ok(match found? {
+            None => BindingMatch::Unbound,
+            Some(b) if b.status == BindingStatus::Banned => BindingMatch::Banned,
+            Some(b) if b.cidr.contains(&ip) => BindingMatch::Inside,
+            Some(_) => BindingMatch::Outside,
+        })
+    }
     async fn bind_first(
         &mut self,
         key_id: String,

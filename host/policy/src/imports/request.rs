@@ -28,7 +28,8 @@ impl types::HostRequest for InstanceData {
         Ok(self.request()?.header_list())
     }
     fn client_ip(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<String> {
-        Ok(self.request()?.client_ip_text.clone())
+        let ip = self.request()?.client_ip;
+        Ok(tollgate_config::IpText::new(ip).as_str().to_owned())
     }
     fn key_id(&mut self, _: Resource<RequestInfo>) -> wasmtime::Result<String> {
         Ok(self.request()?.key_id.clone())

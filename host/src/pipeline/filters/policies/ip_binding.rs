@@ -52,7 +52,7 @@ impl Filter for IpBinding {
                             at_ms: crate::state::unix_ms(),
                             key_id_prefix: view.key_id.chars().take(KEY_ID_PREFIX_LEN).collect(),
                             bound_cidr: None,
-                            attempted_ip: view.client_ip_text.clone(),
+                            attempted_ip: view.client_ip.to_string(),
                             method: s.head.method.to_string(),
                             path: s.head.uri.path().to_owned(),
                             reason: d.code.clone(),
