@@ -29,17 +29,6 @@ impl Candidates {
             Candidates::Views(v) => v.iter().map(figures).collect::<Vec<_>>().into(),
         }
     }
-
-    pub fn len(&self) -> usize {
-        match self {
-            Candidates::Views(v) => v.len(),
-            Candidates::Figures(f) => f.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// An upstream view's figures: a lean router's candidate.
