@@ -394,6 +394,23 @@ async fn a_plugin_of_another_kind_is_refused() {
         "{:?}",
         r.err()
     );
+    // A router may export either form; one that exports neither names both.
+    let r = e.load(
+        wasm("tollgate_ip_binding"),
+        spec("bind", PluginKind::Router, "{}"),
+    );
+    match r {
+        Err(LoadError::WrongKind { world, reason }) => {
+            assert_eq!(world, "router-policy");
+            assert!(
+                reason.starts_with(
+                    "it exports neither tollgate:policy/router nor tollgate:policy/lean-router ("
+                ),
+                "{reason}"
+            );
+        }
+        other => panic!("{:?}", other.err()),
+    }
 }
 
 #[tokio::test]

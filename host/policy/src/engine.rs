@@ -261,7 +261,8 @@ impl PolicyEngine {
                     lean_router::GuestIndices::new(&pre).map_err(|e| LoadError::WrongKind {
                         world: world(spec.kind),
                         reason: format!(
-                            "it exports neither tollgate:policy/router nor                              tollgate:policy/lean-router ({e:#})"
+                            "it exports neither tollgate:policy/router nor tollgate:policy/lean-router \
+                             ({e:#})"
                         ),
                     })?,
                 ),
