@@ -154,3 +154,105 @@ async fn two_gateways_on_one_redis_share_an_upstreams_allowance() {
         "a took its 4 for the cluster, not 4 per gateway"
     );
 }
+
+/// `gpt-test` at one currency unit a token (input and output), so a request's cost is its
+/// token count: the mock's answer is 8 prompt and 2 completion tokens, 10 in all.
+const PRICES: &str =
+    "pricing:\n  models:\n    - {match: gpt-test, input: 1000000, output: 1000000}\n";
+
+/// A request reserving 25 prompt tokens (its 100-byte body at 4 bytes a token) plus its
+/// `max_tokens` of 10: 35 reserved, 10 used.
+fn priced_body(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi there, what is new?"}]})
+}
+
+/// Sends `n` requests one after the other, each settled before the next (the correction runs
+/// once the answer has gone); every status.
+async fn priced_requests(gw: &TestGateway, model: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        statuses.push(chat(gw, &priced_body(model), None).await.status().as_u16());
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    statuses
+}
+
+/// `monthly_budget`: an attempt reserves what it may cost and is not sent past the month's
+/// money; what it reserved is corrected to what its answer cost, so the room a cheap answer
+/// leaves is used; a restarted gateway (a fresh cache) counts the month from the usage table.
+#[tokio::test]
+async fn an_upstreams_monthly_budget_is_never_overspent_and_survives_a_restart() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let yaml = config(&a, "{monthly_budget: 45}", &b, "", false).replace(
+        "logging:",
+        &format!("{PRICES}storage:\n  database: {db}\n  flush_interval: 100ms\nlogging:"),
+    );
+    // The body's size is what the reservation is estimated from: pin it.
+    assert_eq!(
+        serde_json::to_vec(&priced_body("gpt-test")).unwrap().len(),
+        100
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // Reserves 25 + 10 = 35 each (100 bytes: 25 prompt tokens), costs 10: the first takes the
+    // counter to 10, the second to 20 (10 + 35 = 45 fits), the third would reach 55.
+    assert_eq!(priced_requests(&gw, "gpt-test", 5).await, [200; 5]);
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (2, 3),
+        "a took what its month allows once each answer's cost was settled, b the rest"
+    );
+    // The usage table has a's 20; a new gateway on the same database (its own cache) starts
+    // its month there, not at zero.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    drop(gw);
+    let again = TestGateway::start(&yaml).await;
+    assert_eq!(priced_requests(&again, "gpt-test", 2).await, [200; 2]);
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (2, 5),
+        "the restarted gateway knew a's month was spent"
+    );
+}
+
+/// With a money allowance, a model without a price cannot be counted: the upstream is not sent
+/// it (the next one is; alone it answers 403 `model_not_priced`), and a model the upstream
+/// lists without a price is a config error at the allowance's path.
+#[tokio::test]
+async fn a_money_allowance_refuses_what_it_cannot_price() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = config(&a, "{monthly_budget: 1000}", &b, "", false)
+        .replace("logging:", &format!("{PRICES}logging:"));
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(priced_requests(&gw, "unpriced-model", 1).await, [200]);
+    assert_eq!(priced_requests(&gw, "gpt-test", 1).await, [200]);
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (1, 1),
+        "a got only the priced one"
+    );
+
+    let alone = TestGateway::start(&yaml.replace("upstreams: [a, b]", "upstreams: [a]")).await;
+    let resp = chat(&alone, &priced_body("unpriced-model"), None).await;
+    assert_eq!(resp.status(), 403);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "model_not_priced", "{e}");
+    assert_eq!(a.requests(), 1, "nothing reached a");
+
+    let listed = yaml.replace(
+        "max_fails: 100, limits",
+        "max_fails: 100, models: [gpt-test, unpriced-model], limits",
+    );
+    let config = tollgate::Config::parse(&listed, "test.yaml", Box::new(|_| None)).unwrap();
+    let err = tollgate::Gateway::new(&config)
+        .await
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("upstreams[0].limits.monthly_budget")
+            && err.contains("none for unpriced-model"),
+        "{err}"
+    );
+}

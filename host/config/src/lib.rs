@@ -24,6 +24,7 @@ pub mod env;
 pub mod env_file;
 mod locations;
 mod logging;
+pub mod period;
 mod plugins;
 mod pricing;
 pub mod redis_url;

@@ -44,12 +44,11 @@ pub struct UpstreamConfig {
     pub limits: Option<UpstreamLimits>,
 }
 
-/// An upstream account's allowance (`upstreams[].limits`). Each is counted as a bucket that
-/// refills continuously (GCRA): `rpm` and `tpm` over a minute, `monthly_tokens` over 30 days
-/// (a rolling month, not the calendar month).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
-)]
+/// An upstream account's allowance (`upstreams[].limits`). `rpm`, `tpm` and `monthly_tokens`
+/// are each counted as a bucket that refills continuously (GCRA): `rpm` and `tpm` over a
+/// minute, `monthly_tokens` over 30 days (a rolling month). `monthly_budget` is money per
+/// calendar month (UTC, as providers bill), counted like a key's money budget.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamLimits {
     /// Requests per minute.
@@ -62,6 +61,19 @@ pub struct UpstreamLimits {
     /// Tokens per rolling 30 days.
     #[serde(default)]
     pub monthly_tokens: Option<std::num::NonZeroU64>,
+    /// Money per calendar month (UTC), in `pricing.currency`: what the requests sent to this
+    /// upstream cost at their model's price (`pricing:`). An attempt reserves what its prompt
+    /// and completion budget may cost and is not sent when that does not fit; its answer's
+    /// reported cost settles it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_budget: Option<f64>,
+}
+
+impl UpstreamLimits {
+    /// `monthly_budget` in billionths of the currency (what costs are counted in).
+    pub fn monthly_budget_nanos(&self) -> Option<u64> {
+        self.monthly_budget.map(|a| (a * 1e9).round() as u64)
+    }
 }
 
 fn one() -> u32 {
@@ -156,15 +168,32 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
         if u.weight == 0 {
             e.add(format!("{path}.weight"), "must be greater than 0");
         }
-        if let Some(l) = &u.limits
-            && l.rpm.is_none()
-            && l.tpm.is_none()
-            && l.monthly_tokens.is_none()
-        {
-            e.add(
-                format!("{path}.limits"),
-                "set at least one of rpm, tpm, monthly_tokens",
-            );
+        if let Some(l) = &u.limits {
+            if l.rpm.is_none()
+                && l.tpm.is_none()
+                && l.monthly_tokens.is_none()
+                && l.monthly_budget.is_none()
+            {
+                e.add(
+                    format!("{path}.limits"),
+                    "set at least one of rpm, tpm, monthly_tokens, monthly_budget",
+                );
+            }
+            if let Some(a) = l.monthly_budget
+                && (!a.is_finite() || a <= 0.0 || a > 1e9)
+            {
+                e.add(
+                    format!("{path}.limits.monthly_budget"),
+                    "must be a positive amount of money (in pricing.currency)",
+                );
+            }
+            if l.monthly_budget.is_some() && c.pricing.models.is_empty() && c.pricing.file.is_none()
+            {
+                e.add(
+                    format!("{path}.limits.monthly_budget"),
+                    "a money allowance needs prices: set `pricing.models` or `pricing.file`",
+                );
+            }
         }
         for (j, m) in u.models.iter().enumerate() {
             if m.is_empty() || m[..m.len() - 1].contains('*') {

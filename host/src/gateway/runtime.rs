@@ -93,6 +93,27 @@ pub(crate) async fn build(
             Arc::default()
         }
     };
+    // A money allowance counts what requests cost: every model its upstream names must have a
+    // price (one the list does not name is refused at the attempt, `model_not_priced`).
+    for (i, u) in config.upstreams.iter().enumerate() {
+        if u.limits.is_some_and(|l| l.monthly_budget.is_some()) {
+            let unpriced: Vec<&str> = u
+                .models
+                .iter()
+                .filter(|m| !m.ends_with('*') && prices.price(m).is_none())
+                .map(|m| m.as_str())
+                .collect();
+            if !unpriced.is_empty() {
+                errors.push(config_error(
+                    format!("upstreams[{i}].limits.monthly_budget"),
+                    format!(
+                        "a money allowance needs each model's price; none for {} (pricing:)",
+                        unpriced.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }

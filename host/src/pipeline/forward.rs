@@ -14,6 +14,7 @@ use super::route::Route;
 use super::sse;
 use super::{RequestBody, Session, UpstreamResponse, Verdict, is_event_stream};
 use crate::error::{ErrorKind, GatewayError};
+use crate::upstream::capacity::{Demand, Refused};
 use crate::upstream::{SendError, Upstream, UpstreamBody, UpstreamClient};
 
 /// One attempt on `upstream`: the response to relay, or `None` when a filter asked for the next
@@ -69,18 +70,27 @@ pub(super) async fn attempt(
 
     // The account's declared allowance: an attempt that does not fit is not sent.
     if let Some(cap) = upstream.capacity.as_ref().filter(|c| c.declared()) {
-        let tokens = s.estimated_tokens();
-        if let Err(wait_ms) = cap.take(tokens).await {
-            let e = GatewayError::from(ErrorKind::AllCooling {
-                retry_after_secs: wait_ms.div_ceil(1000).max(1),
-            })
-            .retryable();
-            s.ctx
-                .record
-                .attempted(&upstream.name, 0, Some("upstream_capacity"));
-            return Err(e);
+        let (prompt, completion) = s.estimate();
+        let cost_nanos = if cap.counts_money() {
+            s.model()
+                .and_then(|m| s.rt.prices.price(m))
+                .map(|p| p.cost_nanos(prompt, 0, completion))
+        } else {
+            None
+        };
+        let demand = Demand {
+            tokens: prompt + completion,
+            cost_nanos,
+        };
+        match cap.take(demand).await {
+            Ok(taken) => crate::pipeline::filters::upstream_capacity::reserved(s, upstream, taken),
+            Err(refused) => {
+                s.ctx
+                    .record
+                    .attempted(&upstream.name, 0, Some("upstream_capacity"));
+                return Err(capacity_refused(upstream, s.model(), refused));
+            }
         }
-        crate::pipeline::filters::upstream_capacity::reserved(s, upstream, tokens);
     }
     s.ctx.in_flight = Some(upstream.start_request());
     let attempt_start = std::time::Instant::now();
@@ -193,6 +203,28 @@ fn mark_last(s: &mut Session<'_>, error: &'static str) {
     if let Some(last) = s.ctx.record.attempt_log.last_mut() {
         last.error = Some(error);
     }
+}
+
+/// The error of an attempt its upstream's allowance refused (retryable: the next candidate may
+/// take it).
+fn capacity_refused(upstream: &Upstream, model: Option<&str>, refused: Refused) -> GatewayError {
+    match refused {
+        Refused::Full { wait_ms } => GatewayError::from(ErrorKind::AllCooling {
+            retry_after_secs: wait_ms.div_ceil(1000).max(1),
+        }),
+        Refused::Unpriced => crate::error::Refusal::new(
+            http::StatusCode::FORBIDDEN,
+            "permission_error",
+            "model_not_priced",
+            format!(
+                "the upstream {} has a monthly budget and the model {:?} has no price (pricing:)",
+                upstream.name,
+                crate::error::truncate(model.unwrap_or(""))
+            ),
+        )
+        .into(),
+    }
+    .retryable()
 }
 
 /// Maps a failed send to what the client is told, and charges the upstream's health where the

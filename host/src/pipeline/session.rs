@@ -437,11 +437,20 @@ impl<'a> Session<'a> {
     /// The tokens this request may use: its prompt estimated from the body's size plus its
     /// completion budget (what upstream capacity and `request.estimated-tokens` count).
     pub fn estimated_tokens(&self) -> u64 {
-        self.ctx
-            .record
-            .bytes_in
-            .div_ceil(self.rt.limits.bytes_per_token.max(1))
-            + self.probe.completion_budget().unwrap_or(0)
+        let (prompt, completion) = self.estimate();
+        prompt + completion
+    }
+
+    /// [`Session::estimated_tokens`] in its two parts, which are priced apart: the prompt
+    /// (from the body's size) and the completion budget (`max_tokens`, else 0).
+    pub fn estimate(&self) -> (u64, u64) {
+        (
+            self.ctx
+                .record
+                .bytes_in
+                .div_ceil(self.rt.limits.bytes_per_token.max(1)),
+            self.probe.completion_budget().unwrap_or(0),
+        )
     }
 
     /// The model the client named, if any (in full; the record may hold it truncated).

@@ -1,13 +1,17 @@
-//! An upstream account's capacity: its declared allowance (`upstreams[].limits`: `rpm`, `tpm`,
-//! `monthly_tokens`) counted as GCRA buckets through the same limiter as the client limits
-//! (`Stores::rate`: one count for the cluster in the shared cache, else per gateway), and what
-//! its answers' `x-ratelimit-remaining-*` headers last said.
+//! An upstream account's capacity: its declared allowance (`upstreams[].limits`) and what its
+//! answers' `x-ratelimit-remaining-*` headers last said.
 //!
-//! - Every attempt takes one request and the request's estimated tokens before it is sent
-//!   ([`Capacity::take`]); an attempt that does not fit is not sent (the next candidate is tried;
-//!   with none left the client gets 429 `upstream_quota_exhausted`), so the provider's own 429
-//!   never comes. When the answer's tokens are known, the reservation is corrected
-//!   ([`Capacity::settle`]); an attempt that was answered with an error gives its tokens back.
+//! - `rpm`, `tpm` and `monthly_tokens` are GCRA buckets counted through the same limiter as the
+//!   client limits (`Stores::rate`: one count for the cluster in the shared cache, else per
+//!   gateway). `monthly_budget` is money per calendar month (UTC), a counter in the shared cache
+//!   like a key's money budget (`Stores::budget_kv`), seeded from the usage table the first
+//!   time a month is counted on a cache, so a restart forgets nothing that was flushed.
+//! - Every attempt takes one request, the request's estimated tokens and what they may cost
+//!   before it is sent ([`Capacity::take`]); an attempt that does not fit is not sent (the next
+//!   candidate is tried; with none left the client gets 429 `upstream_quota_exhausted`), so the
+//!   provider's own 429 never comes. When the answer's tokens and cost are known, the
+//!   reservation is corrected ([`Capacity::settle`]); an attempt that was answered with an
+//!   error gives back what it took.
 //! - Routers that import `capacity` see [`Capacity::headroom`]: the smaller of what the buckets
 //!   leave and what the provider's headers said, while their reset time has not passed (each
 //!   request sent since counted off).
@@ -17,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderMap;
 
-use crate::config::UpstreamLimits;
+use crate::config::{Period, UpstreamLimits, period};
 use crate::state::{Gcra, LocalBuckets, Op, Stores};
 
 /// One declared limit's bucket.
@@ -93,6 +97,47 @@ pub struct Headroom {
     pub monthly_tokens: Option<u64>,
 }
 
+/// A money allowance per calendar month (`monthly_budget`).
+struct MonthBudget {
+    upstream: String,
+    /// Billionths of the currency.
+    limit: u64,
+}
+
+/// What an attempt asks of its upstream's allowance.
+#[derive(Debug, Clone, Copy)]
+pub struct Demand {
+    /// The prompt estimate plus the completion budget.
+    pub tokens: u64,
+    /// What those tokens may cost at the attempt's model's price (`None`: it has no price).
+    pub cost_nanos: Option<u64>,
+}
+
+/// What an attempt took; [`Capacity::settle`] corrects it when the request ends.
+#[derive(Debug, Clone, Default)]
+pub struct Taken {
+    pub tokens: u64,
+    /// The month's counter and the billionths reserved in it.
+    money: Option<(String, u64)>,
+}
+
+impl Taken {
+    /// The money reserved (billionths of the currency).
+    pub fn cost_nanos(&self) -> u64 {
+        self.money.as_ref().map_or(0, |m| m.1)
+    }
+}
+
+/// Why an attempt was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The allowance cannot take it now; it can in this many milliseconds.
+    Full { wait_ms: u64 },
+    /// The upstream has a money allowance and the attempt's model no price: what it costs
+    /// cannot be counted, so it is not sent.
+    Unpriced,
+}
+
 /// One upstream's capacity (see the module documentation).
 pub struct Capacity {
     stores: Arc<Stores>,
@@ -102,6 +147,7 @@ pub struct Capacity {
     rpm: Option<Limit>,
     tpm: Option<Limit>,
     monthly: Option<Limit>,
+    budget: Option<MonthBudget>,
     requests_seen: Observed,
     tokens_seen: Observed,
 }
@@ -119,6 +165,7 @@ impl Capacity {
             rpm: None,
             tpm: None,
             monthly_tokens: None,
+            monthly_budget: None,
         });
         let limit = |kind, n: Option<std::num::NonZeroU64>, period| {
             n.map(|n| Limit::new(stores, upstream, kind, n.get(), period))
@@ -129,6 +176,10 @@ impl Capacity {
             rpm: limit("rpm", l.rpm, MINUTE_US),
             tpm: limit("tpm", l.tpm, MINUTE_US),
             monthly: limit("month", l.monthly_tokens, MONTH_US),
+            budget: l.monthly_budget_nanos().map(|limit| MonthBudget {
+                upstream: upstream.to_owned(),
+                limit,
+            }),
             requests_seen: Observed::default(),
             tokens_seen: Observed::default(),
         }
@@ -136,7 +187,12 @@ impl Capacity {
 
     /// Whether any allowance is declared (else nothing is counted).
     pub fn declared(&self) -> bool {
-        self.rpm.is_some() || self.tpm.is_some() || self.monthly.is_some()
+        self.rpm.is_some() || self.tpm.is_some() || self.monthly.is_some() || self.budget.is_some()
+    }
+
+    /// Whether a money allowance is declared (an attempt then needs its cost).
+    pub fn counts_money(&self) -> bool {
+        self.budget.is_some()
     }
 
     /// Whether a loaded router reads headroom (see [`Capacity::observe`]).
@@ -159,35 +215,96 @@ impl Capacity {
         }
     }
 
-    /// Takes one request and `tokens` from the declared allowance for an attempt; `Err` with
-    /// the wait in milliseconds when it does not fit (then nothing is taken).
-    pub async fn take(&self, tokens: u64) -> Result<(), u64> {
+    /// Takes one request, the demand's tokens and its cost from the declared allowance for an
+    /// attempt; refused (and then nothing is taken) when it does not fit.
+    pub async fn take(&self, demand: Demand) -> Result<Taken, Refused> {
         let stores = &*self.stores;
+        let tokens = demand.tokens;
+        let cost = match (&self.budget, demand.cost_nanos) {
+            (Some(_), None) => return Err(Refused::Unpriced),
+            (_, cost) => cost.unwrap_or(0),
+        };
         let mut taken: Vec<(&Limit, u64)> = Vec::with_capacity(3);
         let steps = [(&self.rpm, 1), (&self.tpm, tokens), (&self.monthly, tokens)];
+        let mut refused = None;
         for (limit, n) in steps {
             let Some(limit) = limit else { continue };
             let d = limit.apply(stores, Op::Take(n)).await;
             if !d.allowed {
-                for (l, n) in taken {
-                    l.apply(stores, Op::Adjust(-(n as i64))).await;
-                }
-                return Err(d.wait_us.div_ceil(1000).max(1));
+                refused = Some(d.wait_us.div_ceil(1000).max(1));
+                break;
             }
             taken.push((limit, n));
         }
+        let money = match (&self.budget, refused) {
+            (Some(b), None) => match self.take_money(b, cost).await {
+                Ok(counter) => Some((counter, cost)),
+                Err(wait_ms) => {
+                    refused = Some(wait_ms);
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(wait_ms) = refused {
+            for (l, n) in taken {
+                l.apply(stores, Op::Adjust(-(n as i64))).await;
+            }
+            return Err(Refused::Full { wait_ms });
+        }
         self.requests_seen.spend(1);
         self.tokens_seen.spend(tokens);
-        Ok(())
+        Ok(Taken { tokens, money })
     }
 
-    /// Corrects a reservation by `delta` tokens (used minus reserved; negative gives back).
-    pub async fn settle(&self, delta: i64) {
-        let stores = &*self.stores;
-        for limit in [&self.tpm, &self.monthly].into_iter().flatten() {
-            if delta != 0 {
-                limit.apply(stores, Op::Adjust(delta)).await;
+    /// Adds `nanos` to this month's counter; the counter's key, or the milliseconds until the
+    /// month ends when the allowance cannot take it (then nothing stays added).
+    async fn take_money(&self, b: &MonthBudget, nanos: u64) -> Result<String, u64> {
+        let now = crate::state::unix_ms();
+        let (start, end) = period::window(Period::Month, &jiff::tz::TimeZone::UTC, now);
+        let counter = format!(
+            "upstream\u{0}{}\u{0}month\u{0}nanos\u{0}{start}",
+            b.upstream
+        );
+        let kv = self.stores.budget_kv();
+        let history = async {
+            match self
+                .stores
+                .database()
+                .upstream_spend_since(&b.upstream, start)
+                .await
+            {
+                Ok(spent) => spent,
+                Err(e) => {
+                    tracing::warn!(upstream = %b.upstream, error = %e,
+                        "cannot read an upstream's spend this month; counting from now");
+                    0
+                }
             }
+        };
+        let ttl = end.saturating_sub(start) + 86_400_000;
+        let total = kv.add_seeded(&counter, nanos, ttl, history).await;
+        if total > b.limit {
+            kv.incr(&counter, -(nanos as i64), None).await;
+            return Err(end.saturating_sub(now).max(1));
+        }
+        Ok(counter)
+    }
+
+    /// Corrects what an attempt took: by `tokens` (used minus reserved; negative gives back)
+    /// and, for its money, to `cost_nanos` (`None`: what it reserved stands).
+    pub async fn settle(&self, taken: &Taken, tokens: i64, cost_nanos: Option<u64>) {
+        let stores = &*self.stores;
+        if tokens != 0 {
+            for limit in [&self.tpm, &self.monthly].into_iter().flatten() {
+                limit.apply(stores, Op::Adjust(tokens)).await;
+            }
+        }
+        if let (Some((counter, reserved)), Some(used)) = (&taken.money, cost_nanos)
+            && used != *reserved
+        {
+            let delta = used as i64 - *reserved as i64;
+            stores.budget_kv().incr(counter, delta, None).await;
         }
     }
 

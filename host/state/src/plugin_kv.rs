@@ -66,6 +66,27 @@ impl PluginKv<'_> {
             .or_local("kv incr", r, |m| m.incr_now(&k, delta, ttl_ms))
     }
 
+    /// Adds `units` to the counter `key` of a window (its entries live `ttl_ms`), seeding it the
+    /// first time the window is used on this cache with what `history` says was spent before
+    /// (read from the database: a restart or a new cache forgets nothing that was flushed); the
+    /// counter's value after. Only the request that found the counter empty (a window new to
+    /// this cache, or one fully given back) may need the history, and a marker makes one of
+    /// them read it.
+    pub async fn add_seeded<F>(&self, key: &str, units: u64, ttl_ms: u64, history: F) -> u64
+    where
+        F: Future<Output = u64>,
+    {
+        let total = self.incr(key, units as i64, Some(ttl_ms)).await;
+        let marker = format!("seeded\u{0}{key}");
+        if total == units as i64 && self.compare_and_set(&marker, None, "1", Some(ttl_ms)).await {
+            let seed = history.await;
+            if seed > 0 {
+                return self.incr(key, seed as i64, Some(ttl_ms)).await.max(0) as u64;
+            }
+        }
+        total.max(0) as u64
+    }
+
     pub async fn compare_and_set(
         &self,
         key: &str,

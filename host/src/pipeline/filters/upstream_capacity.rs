@@ -3,7 +3,7 @@
 //!
 //! | hook | does |
 //! |---|---|
-//! | `on_done` | the last attempt's token reservation is corrected to the tokens its answer reported (none reported: kept for a success, given back for an error answer or no answer) |
+//! | `on_done` | the last attempt's reservation is corrected to the tokens its answer reported and, for a money allowance, to its cost (the `pricing` filter's, which runs first); none reported: kept for a success, given back for an error answer or no answer |
 //!
 //! An earlier attempt's reservation is given back when the next attempt reserves
 //! ([`reserved`], called by the forward step): that upstream did not serve the request. The
@@ -13,33 +13,38 @@ use std::sync::Arc;
 
 use crate::pipeline::{Ctx, Filter, Hooks, Session};
 use crate::upstream::Upstream;
+use crate::upstream::capacity::Taken;
 
 /// What the latest attempt took from its upstream's allowance.
 #[derive(Clone)]
 struct Reserved {
     upstream: Arc<Upstream>,
-    tokens: u64,
+    taken: Taken,
 }
 
-fn settle(upstream: Arc<Upstream>, delta: i64) {
-    if delta == 0 {
+/// Corrects `taken` on `upstream` by `tokens` and to `cost_nanos` (see [`Capacity::settle`]).
+///
+/// [`Capacity::settle`]: crate::upstream::capacity::Capacity::settle
+fn settle(r: Reserved, tokens: i64, cost_nanos: Option<u64>) {
+    if tokens == 0 && cost_nanos.is_none_or(|c| c == r.taken.cost_nanos()) {
         return;
     }
     tokio::spawn(async move {
-        if let Some(cap) = &upstream.capacity {
-            cap.settle(delta).await;
+        if let Some(cap) = &r.upstream.capacity {
+            cap.settle(&r.taken, tokens, cost_nanos).await;
         }
     });
 }
 
-/// Notes an attempt's reservation; the previous attempt's tokens go back to its upstream.
-pub(crate) fn reserved(s: &mut Session<'_>, upstream: &Arc<Upstream>, tokens: u64) {
+/// Notes an attempt's reservation; what the previous attempt took goes back to its upstream.
+pub(crate) fn reserved(s: &mut Session<'_>, upstream: &Arc<Upstream>, taken: Taken) {
     let now = Reserved {
         upstream: upstream.clone(),
-        tokens,
+        taken,
     };
     if let Some(before) = s.ctx.ext.insert(now) {
-        settle(before.upstream, -(before.tokens as i64));
+        let tokens = -(before.taken.tokens as i64);
+        settle(before, tokens, Some(0));
     }
 }
 
@@ -60,11 +65,13 @@ impl Filter for UpstreamCapacity {
             return;
         };
         let used = ctx.record.tokens.map(|t| t.tokens.total());
-        let delta = match used {
-            Some(used) => used as i64 - r.tokens as i64,
-            None if ctx.record.status >= 400 || ctx.record.status == 0 => -(r.tokens as i64),
-            None => 0,
+        let failed = ctx.record.status >= 400 || ctx.record.status == 0;
+        let reserved = r.taken.tokens as i64;
+        let (tokens, cost) = match used {
+            Some(used) => (used as i64 - reserved, ctx.record.cost_nanos),
+            None if failed => (-reserved, Some(0)),
+            None => (0, None),
         };
-        settle(r.upstream, delta);
+        settle(r, tokens, cost);
     }
 }

@@ -214,6 +214,22 @@ impl SqlStore {
         Ok((n("tokens")?, n("cost")?))
     }
 
+    /// What the requests sent to `upstream` have cost since `from_ms` (from the start of its
+    /// hour), in billionths of the currency: where an upstream's money allowance starts a window.
+    pub async fn upstream_spend_since(&self, upstream: &str, from_ms: u64) -> StoreResult<u64> {
+        let hour = from_ms / 3_600_000 * 3_600_000;
+        let q = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS cost FROM token_usage \
+             WHERE hour_ms >= $1 AND upstream = $2",
+        )
+        .bind(hour.min(i64::MAX as u64) as i64)
+        .bind(upstream);
+        let row = self.timed(q.fetch_one(&self.pool)).await?;
+        row.try_get::<i64, _>("cost")
+            .map(|v| v.max(0) as u64)
+            .map_err(db_err)
+    }
+
     /// Writes intercepts in one transaction, in order.
     pub async fn record_intercepts(&self, intercepts: &[Intercept]) -> StoreResult<()> {
         fn bind<'a>(q: AnyQuery<'a>, i: &'a Intercept) -> AnyQuery<'a> {

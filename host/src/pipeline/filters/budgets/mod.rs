@@ -18,15 +18,13 @@
 //! and a stream is ended only when even that is gone. A JSON answer cannot be ended part way: it
 //! is charged what it reports when it ends.
 
-mod period;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
 
-use crate::config::{BudgetSpec, Config, Enforce, Price, PriceTable};
+use crate::config::{BudgetSpec, Config, Enforce, Price, PriceTable, period};
 use crate::error::{GatewayError, Refusal};
 use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Resume, Session, Step};
 use crate::state::{ClientKey, Stores};
@@ -177,20 +175,15 @@ impl Budgets {
         units: u64,
         window: (u64, u64),
     ) -> u64 {
-        let kv = self.stores.budget_kv();
-        let ttl = Some(window.1.saturating_sub(window.0) + 86_400_000);
-        let total = kv.incr(counter, units as i64, ttl).await;
-        // Only the request that found the counter empty (a window new to this cache, or one
-        // fully refunded) may need the history; the marker makes one of them seed it.
-        let marker = format!("seeded\u{0}{counter}");
-        if total == units as i64 && kv.compare_and_set(&marker, None, "1", ttl).await {
+        let ttl = window.1.saturating_sub(window.0) + 86_400_000;
+        let history = async {
             let (tokens, cost) = self.spent(scope, window.0).await;
-            let seed = if b.is_money() { cost } else { tokens };
-            if seed > 0 {
-                return kv.incr(counter, seed as i64, ttl).await.max(0) as u64;
-            }
-        }
-        total.max(0) as u64
+            if b.is_money() { cost } else { tokens }
+        };
+        self.stores
+            .budget_kv()
+            .add_seeded(counter, units, ttl, history)
+            .await
     }
 
     async fn reserve(&self, s: &mut Session<'_>) -> Result<(), GatewayError> {

@@ -1,13 +1,14 @@
 //! The calendar window a budget counts over: this day, week (from Monday) or month, in the
-//! configured zone (`budgets.timezone`), as Unix milliseconds.
+//! configured zone (`budgets.timezone`; UTC for an upstream's `monthly_budget`), as Unix
+//! milliseconds. Shared by the key budgets and the upstream allowances.
 
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
 
-use crate::config::Period;
+use crate::Period;
 
 /// `[start, end)` of the `period` that contains `now_ms`, in `tz`.
-pub(crate) fn window(period: Period, tz: &TimeZone, now_ms: u64) -> (u64, u64) {
+pub fn window(period: Period, tz: &TimeZone, now_ms: u64) -> (u64, u64) {
     let fallback = (now_ms, now_ms.saturating_add(86_400_000));
     let Ok(ts) = Timestamp::from_millisecond(now_ms.min(i64::MAX as u64) as i64) else {
         return fallback;
@@ -45,7 +46,7 @@ fn start(period: Period, now: &Zoned) -> Option<Zoned> {
 }
 
 /// `ms` as RFC 3339 (UTC), for messages.
-pub(crate) fn rfc3339(ms: u64) -> String {
+pub fn rfc3339(ms: u64) -> String {
     Timestamp::from_millisecond(ms.min(i64::MAX as u64) as i64)
         .map(|t| t.to_string())
         .unwrap_or_default()
