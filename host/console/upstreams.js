@@ -1,10 +1,11 @@
 // Upstreams: health, in-flight requests, latency, error rate, cooldowns and recent errors of each
 // upstream of the running config, refreshed every 5 seconds; cool one down by hand (for every
 // model or one) or restore it, on every gateway sharing the cache; where its credential comes
-// from (its fingerprint only), and set or remove one at run time (sealed by the server).
+// from (its fingerprint only), and set or remove one at run time (sealed by the server); what is
+// left of each declared allowance (upstreams[].limits) and what the provider said is left.
 
 import { call } from "./api.js";
-import { ask, badge, fmtNum, fmtTime, h, table, toast } from "./ui.js";
+import { ask, badge, fmtMoney, fmtNum, fmtTime, h, table, toast } from "./ui.js";
 
 function cooldowns(u) {
   if (!u.cooldowns.length) return "–";
@@ -28,6 +29,22 @@ function errors(u) {
       u.recent_errors.map((e) => h("li", { text: `${fmtTime(e.at_ms)}: ${e.error}` })),
     ),
   );
+}
+
+// One line per declared allowance: "rpm 498 of 500 left", "month 12.30 of 400.00 USD spent
+// (until …)", and the provider's own figures.
+function allowance(u) {
+  const a = u.allowance;
+  if (!a) return "–";
+  const lines = [];
+  for (const [key, label] of [["rpm", "requests/min"], ["tpm", "tokens/min"], ["monthly_tokens", "tokens/30 days"]]) {
+    if (a[key]) lines.push(`${label}: ${fmtNum(a[key].left)} of ${fmtNum(a[key].limit)} left`);
+  }
+  const m = a.monthly_budget;
+  if (m) lines.push(`month: ${fmtMoney(m.spent, m.currency)} of ${fmtMoney(m.limit, m.currency)} spent (resets ${fmtTime(m.resets_ms)})`);
+  if (a.provider_requests_left !== null) lines.push(`provider says: ${fmtNum(a.provider_requests_left)} requests left`);
+  if (a.provider_tokens_left !== null) lines.push(`provider says: ${fmtNum(a.provider_tokens_left)} tokens left`);
+  return h("ul", { class: "plain allowance" }, lines.map((text) => h("li", { text })));
 }
 
 function credential(c) {
@@ -158,6 +175,7 @@ export default {
       { label: "Latency to head (avg. of ~10 latest)", class: "num", get: (u) => (u.latency_ewma_ms === null ? "no request yet" : `${u.latency_ewma_ms.toFixed(1)} ms`) },
       { label: "Error rate (avg. of ~10 latest)", class: "num", get: (u) => (u.error_rate === null ? "no request yet" : `${(u.error_rate * 100).toFixed(1)} %`) },
       { label: "Models", get: (u) => (u.models.length ? u.models.join(", ") : "any") },
+      { label: "Allowance", get: allowance },
       { label: "Cooldowns", get: cooldowns },
       { label: "Recent errors", get: errors },
       { label: "Credential", get: (u) => credential(creds.get(u.name)) },

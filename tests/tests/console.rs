@@ -1136,16 +1136,22 @@ async fn fits_a_phone(ui: &str, page: &str, css: &str, text: &str) {
     shot(&phone.client, &format!("{page}-phone")).await;
 }
 
-/// The Upstreams page sets an upstream's credential at run time: the upstream gets it on the
-/// next request, the page shows only its fingerprint, and removing it brings back the config
-/// file's.
+/// The Upstreams page shows what is left of an upstream's declared allowance (as the admin API
+/// says) and sets its credential at run time: the upstream gets it on the next request, the page
+/// shows only its fingerprint, and removing it brings back the config file's.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_upstream_credential_is_set_and_removed_on_the_upstreams_page_in_chromium() {
+async fn the_upstreams_page_shows_allowances_and_sets_a_credential_in_chromium() {
     use base64::Engine;
     const NEW: &str = "sk-set-from-the-console-0123456789";
     let up = MockUpstream::start().await;
     let keys = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
-    let yaml = console_yaml(&[up.url()]) + &format!("storage:\n  credential_keys: \"k1:{keys}\"\n");
+    // A tenth of a cent a token: the mock's answer (10 tokens) costs 0.01.
+    let yaml = console_yaml(&[up.url()]).replace(
+        "    max_fails: 100\n",
+        "    max_fails: 100\n    limits: {monthly_tokens: 1000000, monthly_budget: 400}\n",
+    ) + &format!(
+        "storage:\n  credential_keys: \"k1:{keys}\"\npricing:\n  models:\n    - {{match: gpt-test, input: 1000, output: 1000}}\n"
+    );
     let gw = TestGateway::start(&yaml).await;
     let ui = format!("http://{}/admin/ui/", gw.admin_addr.unwrap());
     let b = logged_in(&ui, DESKTOP).await;
@@ -1162,6 +1168,28 @@ async fn an_upstream_credential_is_set_and_removed_on_the_upstreams_page_in_chro
         format!("Bearer {UPSTREAM_CREDENTIAL}")
     );
     open(c, &ui, "upstreams").await;
+    // One request of 10 tokens settled: what the page shows is what the API says.
+    let cell = wait_text(c, "#upstreams", "999,990 of 1,000,000 left").await;
+    assert!(
+        cell.contains("month: 0.01 USD of 400.00 USD spent"),
+        "{cell}"
+    );
+    let api = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; fetch('/admin/api/upstreams').then((r) => r.json()).then(done);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        api[0]["allowance"]["monthly_tokens"],
+        serde_json::json!({"left": 999990, "limit": 1000000}),
+        "{api}"
+    );
+    assert_eq!(
+        api[0]["allowance"]["monthly_budget"]["spent"], 0.01,
+        "{api}"
+    );
     wait_text(c, "#upstreams", "config file").await;
     click(c, "#upstreams button[data-action=credential]").await;
     wait_js(c, "return document.getElementById('dialog').open").await;

@@ -56,12 +56,15 @@ async fn chat(gw: &TestGateway, body: &Value, extra: Option<(&str, &str)>) -> re
 async fn the_gateway_never_sends_past_a_declared_rpm() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     // No router: configured order, `a` first.
-    let gw = TestGateway::start(&config(&a, "{rpm: 3}", &b, "{rpm: 4}", false)).await;
+    let gw = TestGateway::start(&with_admin(&config(&a, "{rpm: 3}", &b, "{rpm: 4}", false))).await;
     for i in 0..7 {
         let resp = chat(&gw, &chat_body(false), None).await;
         assert_eq!(resp.status(), 200, "request {i}");
     }
     assert_eq!((a.requests(), b.requests()), (3, 4), "a took 3, b the rest");
+    let left = allowances(&gw).await;
+    assert_eq!(left["a"]["rpm"], json!({"left": 0, "limit": 3}), "{left}");
+    assert_eq!(left["b"]["rpm"], json!({"left": 0, "limit": 4}), "{left}");
     // Both at their allowance: the client is told to wait, and neither hears of it.
     let resp = chat(&gw, &chat_body(false), None).await;
     assert_eq!(resp.status(), 429);
@@ -110,7 +113,14 @@ async fn the_headroom_router_prefers_the_most_left_and_skips_what_cannot_fit() {
 async fn a_providers_remaining_header_steers_the_next_requests() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     // a is preferred (more requests declared) until its own answer says it has none left.
-    let gw = TestGateway::start(&config(&a, "{rpm: 1000}", &b, "{rpm: 100}", true)).await;
+    let gw = TestGateway::start(&with_admin(&config(
+        &a,
+        "{rpm: 1000}",
+        &b,
+        "{rpm: 100}",
+        true,
+    )))
+    .await;
     let exhausted = ("x-mock-reply-header", "x-ratelimit-remaining-requests: 0");
     assert_eq!(
         chat(&gw, &chat_body(false), Some(exhausted)).await.status(),
@@ -125,6 +135,10 @@ async fn a_providers_remaining_header_steers_the_next_requests() {
         (1, 4),
         "a said it had nothing left"
     );
+    let said = allowances(&gw).await;
+    assert_eq!(said["a"]["provider_requests_left"], 0, "{said}");
+    assert_eq!(said["a"]["provider_tokens_left"], Value::Null, "{said}");
+    assert_eq!(said["b"]["provider_requests_left"], Value::Null, "{said}");
 }
 
 /// Two gateways on one Redis count one allowance: the upstream's rpm holds for the cluster.
@@ -153,6 +167,33 @@ async fn two_gateways_on_one_redis_share_an_upstreams_allowance() {
         (4, 2),
         "a took its 4 for the cluster, not 4 per gateway"
     );
+}
+
+/// The config with an admin user (`ops`) who can read `/admin/api/upstreams`.
+fn with_admin(yaml: &str) -> String {
+    yaml.replace(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        "admin:\n  listen: 127.0.0.1:0\n  jwt_secret: an-admin-signing-key-of-32-chars!!\n  users:\n    - {username: ops, password: correct horse battery}\n",
+    )
+}
+
+/// Each upstream's `allowance` from the admin API, by name.
+async fn allowances(gw: &TestGateway) -> Value {
+    let http = client();
+    let admin = gw.admin_addr.unwrap().to_string();
+    let token = admin_token(&http, &admin, "ops", "correct horse battery").await;
+    let list = admin_get(&http, &admin, &token, "/admin/api/upstreams").await;
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["name"].as_str().unwrap().to_owned(),
+                u["allowance"].clone(),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// `gpt-test` at one currency unit a token (input and output), so a request's cost is its
@@ -185,9 +226,9 @@ async fn an_upstreams_monthly_budget_is_never_overspent_and_survives_a_restart()
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let yaml = config(&a, "{monthly_budget: 45}", &b, "", false).replace(
+    let yaml = with_admin(&config(&a, "{monthly_budget: 45}", &b, "", false)).replace(
         "logging:",
-        &format!("{PRICES}storage:\n  database: {db}\n  flush_interval: 100ms\nlogging:"),
+        &format!("{PRICES}storage:\n  database: {db}\nlogging:"),
     );
     // The body's size is what the reservation is estimated from: pin it.
     assert_eq!(
@@ -203,11 +244,22 @@ async fn an_upstreams_monthly_budget_is_never_overspent_and_survives_a_restart()
         (2, 3),
         "a took what its month allows once each answer's cost was settled, b the rest"
     );
+    // Operators see the month as it stands: 20 of 45 spent, nothing declared on b.
+    let month = allowances(&gw).await;
+    assert_eq!(month["a"]["monthly_budget"]["spent"], 20.0, "{month}");
+    assert_eq!(month["a"]["monthly_budget"]["limit"], 45.0, "{month}");
+    assert_eq!(month["a"]["monthly_budget"]["currency"], "USD", "{month}");
+    assert_eq!(month["a"]["rpm"], Value::Null, "{month}");
+    assert_eq!(month["b"], Value::Null, "{month}");
     // The usage table has a's 20; a new gateway on the same database (its own cache) starts
-    // its month there, not at zero.
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // its month there, not at zero, before any request and when one comes.
+    gw.gateway.stores.flush().await;
     drop(gw);
     let again = TestGateway::start(&yaml).await;
+    assert_eq!(
+        allowances(&again).await["a"]["monthly_budget"]["spent"],
+        20.0
+    );
     assert_eq!(priced_requests(&again, "gpt-test", 2).await, [200; 2]);
     assert_eq!(
         (a.requests(), b.requests()),

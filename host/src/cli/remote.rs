@@ -144,6 +144,39 @@ pub(super) fn reload(path: &std::path::Path, args: &AdminArgs) -> ExitCode {
     })
 }
 
+/// An upstream's allowance on one line: `rpm 498/500, month 12.30/400 USD, …`, or `-`.
+fn allowance(a: &Value) -> String {
+    let mut parts: Vec<String> = ["rpm", "tpm", "monthly_tokens"]
+        .into_iter()
+        .filter_map(|k| {
+            let l = &a[k];
+            Some(format!(
+                "{k} {}/{} left",
+                l["left"].as_u64()?,
+                l["limit"].as_u64()?
+            ))
+        })
+        .collect();
+    let m = &a["monthly_budget"];
+    if let (Some(spent), Some(limit)) = (m["spent"].as_f64(), m["limit"].as_f64()) {
+        let currency = m["currency"].as_str().unwrap_or("");
+        parts.push(format!("month {spent:.2}/{limit:.2} {currency} spent"));
+    }
+    for (k, what) in [
+        ("provider_requests_left", "requests"),
+        ("provider_tokens_left", "tokens"),
+    ] {
+        if let Some(n) = a[k].as_u64() {
+            parts.push(format!("provider: {n} {what} left"));
+        }
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 pub(super) fn upstreams(
     path: &std::path::Path,
     args: &AdminArgs,
@@ -155,10 +188,10 @@ pub(super) fn upstreams(
             let rows = list.as_array().cloned().unwrap_or_default();
             listing(
                 &rows,
-                "name\thealth\tin flight\tlatency\terror rate\tcooldowns\tmodels",
+                "name\thealth\tin flight\tlatency\terror rate\tcooldowns\tmodels\tallowance",
                 |u| {
                     format!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                         u["name"].as_str().unwrap_or("?"),
                         if u["healthy"] == true {
                             "healthy"
@@ -200,6 +233,7 @@ pub(super) fn upstreams(
                             })
                             .filter(|s| !s.is_empty())
                             .unwrap_or_else(|| "any".into()),
+                        allowance(&u["allowance"]),
                     )
                 },
             )
@@ -242,4 +276,23 @@ fn encode(name: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allowance_is_one_line_of_what_is_declared() {
+        let a = serde_json::json!({
+            "rpm": {"left": 3, "limit": 500}, "tpm": null, "monthly_tokens": null,
+            "monthly_budget": {"spent": 12.3, "limit": 400.0, "currency": "USD", "resets_ms": 1},
+            "provider_requests_left": 7, "provider_tokens_left": null,
+        });
+        assert_eq!(
+            allowance(&a),
+            "rpm 3/500 left, month 12.30/400.00 USD spent, provider: 7 requests left"
+        );
+        assert_eq!(allowance(&Value::Null), "-");
+    }
 }

@@ -10,6 +10,7 @@ use super::{Actor, ServiceError};
 use crate::gateway::Gateway;
 use crate::state::{AuditRecord, SharedCooldown};
 use crate::upstream::Upstream;
+use crate::upstream::capacity::Allowance;
 
 /// Longest manual cooldown, in seconds (one day).
 pub const MAX_COOLDOWN_SECS: u64 = 86_400;
@@ -28,6 +29,64 @@ pub struct RecentError {
     pub at_ms: u64,
     /// e.g. `status 503`, `connect failed`, `no response head in time`.
     pub error: String,
+}
+
+/// What is left of one declared allowance (`upstreams[].limits`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Left {
+    /// Left now (the bucket refills continuously).
+    pub left: u64,
+    /// Declared per window.
+    pub limit: u64,
+}
+
+/// This calendar month's money (`monthly_budget`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MonthSpend {
+    /// Spent this month (UTC) on requests sent to the upstream, including what requests in
+    /// flight reserved; in `currency`.
+    pub spent: f64,
+    pub limit: f64,
+    pub currency: String,
+    /// When the month ends and the allowance is whole again (Unix ms).
+    pub resets_ms: u64,
+}
+
+/// The upstream account's allowance as it stands, cluster-wide when the cache is shared.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AllowanceView {
+    /// `null`: not declared.
+    pub rpm: Option<Left>,
+    pub tpm: Option<Left>,
+    pub monthly_tokens: Option<Left>,
+    pub monthly_budget: Option<MonthSpend>,
+    /// The provider's last `x-ratelimit-remaining-requests`, while its reset time has not
+    /// passed (each request sent since counted off); this gateway's view.
+    pub provider_requests_left: Option<u64>,
+    /// Likewise `x-ratelimit-remaining-tokens`.
+    pub provider_tokens_left: Option<u64>,
+}
+
+impl AllowanceView {
+    fn new(a: Allowance, currency: &str) -> Option<Self> {
+        let left = |x: Option<(u64, u64)>| x.map(|(left, limit)| Left { left, limit });
+        let view = Self {
+            rpm: left(a.rpm),
+            tpm: left(a.tpm),
+            monthly_tokens: left(a.monthly_tokens),
+            monthly_budget: a
+                .monthly_budget
+                .map(|(spent, limit, resets_ms)| MonthSpend {
+                    spent: spent as f64 / 1e9,
+                    limit: limit as f64 / 1e9,
+                    currency: currency.to_owned(),
+                    resets_ms,
+                }),
+            provider_requests_left: a.provider_requests,
+            provider_tokens_left: a.provider_tokens,
+        };
+        (a != Allowance::default()).then_some(view)
+    }
 }
 
 /// One upstream of the running config as operators see it.
@@ -50,6 +109,9 @@ pub struct UpstreamView {
     pub recent_errors: Vec<RecentError>,
     /// Models it serves (empty: any).
     pub models: Vec<String>,
+    /// What is left of its declared allowance and what the provider said is left; `null` when
+    /// neither is known.
+    pub allowance: Option<AllowanceView>,
 }
 
 impl From<&Upstream> for UpstreamView {
@@ -77,14 +139,30 @@ impl From<&Upstream> for UpstreamView {
                 .map(|(at_ms, error)| RecentError { at_ms, error })
                 .collect(),
             models: u.config.models.clone(),
+            allowance: None,
         }
     }
 }
 
+impl UpstreamView {
+    /// With its allowance read (a shared-cache round trip per declared limit).
+    async fn with_allowance(u: &Upstream, currency: &str) -> Self {
+        let mut view = Self::from(u);
+        if let Some(c) = &u.capacity {
+            view.allowance = AllowanceView::new(c.allowance().await, currency);
+        }
+        view
+    }
+}
+
 /// Every upstream of the running config, in config order.
-pub fn list(gateway: &Gateway) -> Vec<UpstreamView> {
+pub async fn list(gateway: &Gateway) -> Vec<UpstreamView> {
     let rt = gateway.runtime();
-    rt.upstreams.iter().map(|u| u.as_ref().into()).collect()
+    let mut views = Vec::with_capacity(rt.upstreams.len());
+    for u in &rt.upstreams {
+        views.push(UpstreamView::with_allowance(u, &rt.prices.currency).await);
+    }
+    views
 }
 
 fn by_name(gateway: &Gateway, name: &str) -> Result<Arc<Upstream>, ServiceError> {
@@ -147,7 +225,8 @@ async fn apply(
         model,
         until_ms,
     });
-    let view = UpstreamView::from(u.as_ref());
+    let currency = gateway.runtime().prices.currency.clone();
+    let view = UpstreamView::with_allowance(&u, &currency).await;
     let after = serde_json::to_string(&view.cooldowns).ok();
     let record =
         AuditRecord::new(&actor.name, &actor.ip, action, name, "ok").with_change(before, after);

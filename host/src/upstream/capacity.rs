@@ -27,6 +27,8 @@ use crate::state::{Gcra, LocalBuckets, Op, Stores};
 /// One declared limit's bucket.
 struct Limit {
     gcra: Gcra,
+    /// What was declared, per window.
+    count: u64,
     /// Shared-cache key (the subject is empty: one bucket per upstream and limit).
     prefix: String,
     local: Arc<LocalBuckets>,
@@ -40,6 +42,7 @@ impl Limit {
             local: stores.kept(&prefix, || LocalBuckets::new(1)),
             prefix,
             gcra,
+            count,
         }
     }
 
@@ -126,6 +129,21 @@ impl Taken {
     pub fn cost_nanos(&self) -> u64 {
         self.money.as_ref().map_or(0, |m| m.1)
     }
+}
+
+/// What is left of each declared allowance, for operators (`None`: not declared or not known).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allowance {
+    /// `(left, declared)`: `rpm`, `tpm` and `monthly_tokens` as their buckets stand.
+    pub rpm: Option<(u64, u64)>,
+    pub tpm: Option<(u64, u64)>,
+    pub monthly_tokens: Option<(u64, u64)>,
+    /// `(spent, declared)` this calendar month, in billionths of the currency, and when the
+    /// month ends (Unix ms).
+    pub monthly_budget: Option<(u64, u64, u64)>,
+    /// What the provider's headers last said is left, while their reset time has not passed.
+    pub provider_requests: Option<u64>,
+    pub provider_tokens: Option<u64>,
 }
 
 /// Why an attempt was not sent.
@@ -257,16 +275,14 @@ impl Capacity {
         Ok(Taken { tokens, money })
     }
 
-    /// Adds `nanos` to this month's counter; the counter's key, or the milliseconds until the
-    /// month ends when the allowance cannot take it (then nothing stays added).
-    async fn take_money(&self, b: &MonthBudget, nanos: u64) -> Result<String, u64> {
-        let now = crate::state::unix_ms();
+    /// Adds `nanos` to this month's counter (seeded from the usage table the first time this
+    /// cache counts the month); the counter's value after, its key and when the month ends.
+    async fn month_add(&self, b: &MonthBudget, nanos: u64, now: u64) -> (u64, String, u64) {
         let (start, end) = period::window(Period::Month, &jiff::tz::TimeZone::UTC, now);
         let counter = format!(
             "upstream\u{0}{}\u{0}month\u{0}nanos\u{0}{start}",
             b.upstream
         );
-        let kv = self.stores.budget_kv();
         let history = async {
             match self
                 .stores
@@ -283,12 +299,52 @@ impl Capacity {
             }
         };
         let ttl = end.saturating_sub(start) + 86_400_000;
-        let total = kv.add_seeded(&counter, nanos, ttl, history).await;
+        let total = self
+            .stores
+            .budget_kv()
+            .add_seeded(&counter, nanos, ttl, history)
+            .await;
+        (total, counter, end)
+    }
+
+    /// Takes `nanos` from this month's money; the counter's key, or the milliseconds until the
+    /// month ends when the allowance cannot take it (then nothing stays added).
+    async fn take_money(&self, b: &MonthBudget, nanos: u64) -> Result<String, u64> {
+        let now = crate::state::unix_ms();
+        let (total, counter, end) = self.month_add(b, nanos, now).await;
         if total > b.limit {
-            kv.incr(&counter, -(nanos as i64), None).await;
+            self.stores
+                .budget_kv()
+                .incr(&counter, -(nanos as i64), None)
+                .await;
             return Err(end.saturating_sub(now).max(1));
         }
         Ok(counter)
+    }
+
+    /// What is left of each declared allowance (reading it takes nothing).
+    pub async fn allowance(&self) -> Allowance {
+        let stores = &*self.stores;
+        let left = async |l: &Option<Limit>| match l {
+            Some(l) => Some((l.left(stores).await, l.count)),
+            None => None,
+        };
+        let now = crate::state::unix_ms();
+        let monthly_budget = match &self.budget {
+            Some(b) => {
+                let (spent, _, end) = self.month_add(b, 0, now).await;
+                Some((spent, b.limit, end))
+            }
+            None => None,
+        };
+        Allowance {
+            rpm: left(&self.rpm).await,
+            tpm: left(&self.tpm).await,
+            monthly_tokens: left(&self.monthly).await,
+            monthly_budget,
+            provider_requests: self.requests_seen.get(now),
+            provider_tokens: self.tokens_seen.get(now),
+        }
     }
 
     /// Corrects what an attempt took: by `tokens` (used minus reserved; negative gives back)

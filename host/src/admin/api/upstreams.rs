@@ -10,12 +10,13 @@ use super::state::{AdminState, Operator, Viewer};
 use crate::admin::error::{ApiError, ApiJson, ErrorBody};
 use crate::service::upstreams::{self as service, UpstreamView};
 
-/// Upstreams of the running config: health, in-flight, latency, error rate, cooldowns.
+/// Upstreams of the running config: health, in-flight, latency, error rate, cooldowns, and what
+/// is left of each declared allowance.
 #[utoipa::path(get, path = "/admin/api/upstreams", tag = "upstreams",
     security(("bearer" = [])),
     responses((status = 200, body = Vec<UpstreamView>), (status = 401, body = ErrorBody)))]
 pub(super) async fn upstreams(State(st): State<AdminState>, _: Viewer) -> Json<Vec<UpstreamView>> {
-    Json(service::list(&st.gateway))
+    Json(service::list(&st.gateway).await)
 }
 
 #[derive(Deserialize, ToSchema)]
