@@ -474,6 +474,71 @@ async fn a_transform_that_traps_or_loops_fails_the_request_by_its_fail_mode() {
     assert!(o.contains("CHAT.COMPLETION"), "{o}");
 }
 
+/// An upstream that answers every request with an event stream: one whole event, then
+/// `endless` bytes of an event that never ends, then silence with the connection open.
+async fn endless_event_upstream(endless: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let first = "data: {\"object\":\"chat.completion.chunk\",\"choices\":[]}\n\n";
+                let start = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n{first}data: "
+                );
+                if sock.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                let piece = vec![b'a'; 16 << 10];
+                let mut sent = 0;
+                while sent < endless {
+                    if sock.write_all(&piece).await.is_err() {
+                        return;
+                    }
+                    sent += piece.len();
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    url
+}
+
+/// An upstream's event that never ends is not held past the transforms' `max_body`: the client
+/// gets the events before it, then an error event, at once (not when the upstream gives up).
+#[tokio::test]
+async fn an_endless_upstream_event_ends_the_stream_at_the_transforms_limit() {
+    let url = endless_event_upstream(1 << 20).await;
+    let config = r#"{"on": "event", "behaviour": "trap", "after": 1000}"#;
+    let yaml = policy_config_yaml(&[url], &[hostile(config, "deny")], &["hostile"]).replace(
+        "    on_error: deny\n",
+        "    on_error: deny\n    limits: {max_body: 64KiB}\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let began = Instant::now();
+    let resp = gw.stream(1, 0).await;
+    assert_eq!(resp.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(10), resp.text())
+        .await
+        .expect("the stream ends at the limit, not when the upstream stops")
+        .unwrap();
+    let evs = events(&text);
+    assert_eq!(evs.len(), 2, "{:?}", &text[..text.len().min(300)]);
+    assert!(evs[0].1.contains("CHAT.COMPLETION.CHUNK"), "{evs:?}");
+    assert_eq!(evs[1].0.as_deref(), Some("error"));
+    assert!(evs[1].1.contains("bad_upstream_response"), "{evs:?}");
+    assert!(began.elapsed() < Duration::from_secs(10));
+}
+
 #[tokio::test]
 async fn a_transform_swapped_under_streaming_load_drops_nothing() {
     let mock = mock_upstream::MockUpstream::start_only(Protocol::OpenAi).await;

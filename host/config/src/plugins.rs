@@ -105,7 +105,9 @@ pub struct PluginLimits {
     pub breaker_window: Duration,
     pub breaker_cooldown: Duration,
     /// Transforms: the largest upstream answer read whole for `on-response-body` (a larger one
-    /// fails the request with 502). Request bodies are bounded by `server.max_body`.
+    /// fails the request with 502), and the largest event of a stream held for `on-event` (a
+    /// larger one ends the stream with an error event). Request bodies are bounded by
+    /// `server.max_body`.
     pub max_body: ByteSize,
 }
 

@@ -7,7 +7,7 @@
 //! | `on_request_body` | each transform's `on-request` with the body as the one before it left it: applies the path, headers and body it returns, or answers, or refuses; notes the transforms that asked for the response |
 //! | `on_response_head` | those transforms' `on-response-head` (an upstream's answer only); an event stream is then handed event by event to `on_body_chunk`, any other answer is read whole for `on_response_body` |
 //! | `on_response_body` | their `on-response-body` on the whole answer, before the head is sent |
-//! | `on_body_chunk` | splits the stream into events and passes each through their `on-event` (holding the frame while the calls run, `Ctx::wait_for`); at the stream's end, `on-stream-end` |
+//! | `on_body_chunk` | splits the stream into events and passes each through their `on-event` (holding the frame while the calls run, `Ctx::wait_for`); at the stream's end, `on-stream-end`; an unfinished event larger than every transform's `limits.max_body` ends the stream with an error event (`bad_upstream_response`) |
 //!
 //! A failed call is decided by the plugin's `on_error`: `skip` goes on without that transform
 //! (for the rest of the request), `deny` fails the request: 503 before the response head, or an
@@ -44,6 +44,10 @@ struct Run {
     active: Vec<Active>,
     /// The answer is an event stream: the bytes of its unfinished event.
     events: Option<BytesMut>,
+    /// The largest event any active transform takes (their `limits.max_body`): an unfinished
+    /// event past it ends the stream, so an upstream cannot make the gateway hold an endless
+    /// event.
+    event_limit: usize,
 }
 
 #[derive(Clone)]
@@ -142,6 +146,7 @@ impl Filter for Transforms {
                     view,
                     active,
                     events: None,
+                    event_limit: 0,
                 });
             }
             Ok(Flow::Continue)
@@ -201,15 +206,16 @@ impl Filter for Transforms {
             }
             // The body the client gets is not the upstream's: its length is the relay's.
             head.headers.remove(header::CONTENT_LENGTH);
+            let limit = run
+                .active
+                .iter()
+                .map(|a| self.policies[a.index].plugin.spec.max_body)
+                .max()
+                .unwrap_or(0);
             if content_type_is(&head.headers, "text/event-stream") {
                 run.events = Some(BytesMut::new());
+                run.event_limit = limit;
             } else {
-                let limit = run
-                    .active
-                    .iter()
-                    .map(|a| self.policies[a.index].plugin.spec.max_body)
-                    .max()
-                    .unwrap_or(0);
                 s.ctx.read_whole_body(limit);
             }
             s.ctx.ext.insert(run);
@@ -268,7 +274,13 @@ impl Filter for Transforms {
             // An unterminated last event is still an event.
             blocks.push(pending.split().freeze());
         }
-        if blocks.is_empty() && !end {
+        // An event no transform may take: what came before it still goes through them, then
+        // the stream ends (the rest of the upstream's answer is not read).
+        let oversized = pending.len() > run.event_limit;
+        if oversized {
+            *pending = BytesMut::new();
+        }
+        if blocks.is_empty() && !end && !oversized {
             *chunk = Bytes::new();
             return;
         }
@@ -311,6 +323,13 @@ impl Filter for Transforms {
                     tracing::warn!(request_id = %ctx.record.request_id, error = %e, "transform failed mid-stream; the stream is ended");
                     out.extend_from_slice(&error_event());
                     ctx.end_stream(out.freeze(), "policy_error");
+                    return;
+                }
+                if oversized {
+                    tracing::warn!(request_id = %ctx.record.request_id, limit = run.event_limit,
+                        "an upstream's event is larger than its transforms take (limits.max_body); the stream is ended");
+                    out.extend_from_slice(&oversized_event());
+                    ctx.end_stream(out.freeze(), "bad_upstream_response");
                     return;
                 }
                 *chunk = out.freeze();
@@ -469,6 +488,16 @@ fn error_event() -> Bytes {
         "message": "a policy failed while the response was being sent",
         "type": "server_error",
         "code": "policy_error",
+    }});
+    Bytes::from(format!("event: error\ndata: {body}\n\n"))
+}
+
+/// The last event of a stream whose upstream sent an event larger than its transforms take.
+fn oversized_event() -> Bytes {
+    let body = json!({"error": {
+        "message": "the upstream sent an event larger than this route's transforms take",
+        "type": "server_error",
+        "code": "bad_upstream_response",
     }});
     Bytes::from(format!("event: error\ndata: {body}\n\n"))
 }
