@@ -348,3 +348,38 @@ async fn a_budget_passing_its_alert_percentages_sends_one_alert_each() {
         .collect();
     assert_eq!(shown, [(20, "delivered"), (10, "delivered")], "{sent:?}");
 }
+
+/// A reservation too large to be counted (a `max_tokens` near 2^64, whose tokens or price are
+/// past what a counter holds) is refused like any that does not fit, never counted as a
+/// negative or wrapped one.
+#[tokio::test]
+async fn a_reservation_past_what_a_counter_holds_is_refused() {
+    let mock = MockUpstream::start().await;
+    // A key's own token limit too (there, with the prompt added, it used to wrap to a few).
+    for (fields, code) in [
+        (
+            "      budgets: [{amount: 5, period: day}]\n",
+            "insufficient_quota",
+        ),
+        (
+            "      budgets: [{tokens: 100000, period: day}]\n",
+            "insufficient_quota",
+        ),
+        ("      limits: {tokens: 100000/d}\n", "rate_limit_exceeded"),
+    ] {
+        let yaml = yaml_with(&mock.url(), fields, PRICING);
+        let gw = TestGateway::start(&yaml).await;
+        for max_tokens in [
+            u64::MAX - 5,
+            18_000_000_000_000_000_000,
+            5_000_000_000_000_000_000,
+        ] {
+            let (status, text) = stream(&gw, max_tokens, "1").await;
+            assert_eq!(status, 429, "{fields}, max_tokens {max_tokens}: {text}");
+            assert!(text.contains(code), "{text}");
+        }
+        // The budget is whole: a small request still fits.
+        let (status, text) = stream(&gw, 10, "1").await;
+        assert_eq!(status, 200, "{fields}: {text}");
+    }
+}

@@ -308,3 +308,46 @@ async fn a_money_allowance_refuses_what_it_cannot_price() {
         "{err}"
     );
 }
+
+/// A `max_tokens` past what a count holds (near 2^64) against an upstream's `tpm` counted in
+/// Redis: the upstream is not sent it, and its bucket keeps what was spent. Sent to the script
+/// as it came, such a count wrapped to a negative take, which let the request through and
+/// emptied the bucket.
+#[tokio::test]
+async fn a_huge_max_tokens_neither_passes_nor_resets_a_shared_allowance() {
+    use tollgate_tests::services::Redis;
+    let redis = Redis::start();
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let yaml = config(&a, "{tpm: 1000}", &b, "", false)
+        .replace("upstreams: [a, b]", "upstreams: [a]")
+        .replace(
+            "logging:",
+            &format!(
+                "storage:\n  cache: {}\n  op_timeout: 10s\nlogging:",
+                redis.url()
+            ),
+        );
+    let gw = TestGateway::start(&yaml).await;
+    let ask = |max_tokens: u64| {
+        json!({"model": "gpt-test", "max_tokens": max_tokens,
+               "messages": [{"role": "user", "content": "hi"}]})
+    };
+    // 600 reserved; the mock's answer uses 8 + 2, which settles it to 10.
+    assert_eq!(chat(&gw, &ask(600), None).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for huge in [
+        u64::MAX,
+        18_000_000_000_000_000_000,
+        9_300_000_000_000_000_000,
+    ] {
+        let r = chat(&gw, &ask(huge), None).await;
+        assert_eq!(r.status(), 429, "max_tokens {huge}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "upstream_quota_exhausted", "{e}");
+    }
+    assert_eq!(a.requests(), 1, "a was sent none of them");
+    // What was spent is still spent: 10 + 1000 does not fit, 10 + 900 does.
+    assert_eq!(chat(&gw, &ask(1000), None).await.status(), 429);
+    assert_eq!(chat(&gw, &ask(900), None).await.status(), 200);
+    assert_eq!(a.requests(), 2);
+}

@@ -45,15 +45,22 @@ pub struct BudgetSpec {
     pub alert_at: Vec<u8>,
 }
 
+/// The largest money budget, in its currency: 10^18 billionths, so a counter (an `i64`) holds
+/// the budget plus any reservation that fits in it.
+pub const MAX_AMOUNT: f64 = 1e9;
+/// The largest token budget, for the same reason.
+pub const MAX_TOKENS: u64 = 1_000_000_000_000_000_000;
+
 impl BudgetSpec {
     /// What is wrong with it, if anything.
     pub fn problem(&self) -> Option<&'static str> {
         match (self.amount, self.tokens) {
             (Some(_), Some(_)) | (None, None) => Some("set exactly one of `amount` and `tokens`"),
-            (Some(a), None) if !a.is_finite() || a <= 0.0 || a > 1e12 => {
-                Some("`amount` must be a positive amount of money")
+            (Some(a), None) if !a.is_finite() || a <= 0.0 || a > MAX_AMOUNT => {
+                Some("`amount` must be a positive amount of money, at most 1000000000")
             }
             (None, Some(0)) => Some("`tokens` must be positive"),
+            (None, Some(t)) if t > MAX_TOKENS => Some("`tokens` must be at most 10^18"),
             _ if self.alert_at.iter().any(|p| *p == 0 || *p > 100) => {
                 Some("`alert_at` percentages must be 1 to 100")
             }

@@ -180,11 +180,11 @@ pub(crate) fn validate(c: &Config, e: &mut Errors) {
                 );
             }
             if let Some(a) = l.monthly_budget
-                && (!a.is_finite() || a <= 0.0 || a > 1e9)
+                && (!a.is_finite() || a <= 0.0 || a > crate::budgets::MAX_AMOUNT)
             {
                 e.add(
                     format!("{path}.limits.monthly_budget"),
-                    "must be a positive amount of money (in pricing.currency)",
+                    "must be a positive amount of money (in pricing.currency), at most 1000000000",
                 );
             }
             if l.monthly_budget.is_some() && c.pricing.models.is_empty() && c.pricing.file.is_none()

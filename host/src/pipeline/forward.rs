@@ -79,7 +79,7 @@ pub(super) async fn attempt(
             None
         };
         let demand = Demand {
-            tokens: prompt + completion,
+            tokens: prompt.saturating_add(completion),
             cost_nanos,
         };
         match cap.take(demand).await {

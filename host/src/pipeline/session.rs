@@ -438,7 +438,7 @@ impl<'a> Session<'a> {
     /// completion budget (what upstream capacity and `request.estimated-tokens` count).
     pub fn estimated_tokens(&self) -> u64 {
         let (prompt, completion) = self.estimate();
-        prompt + completion
+        prompt.saturating_add(completion)
     }
 
     /// [`Session::estimated_tokens`] in its two parts, which are priced apart: the prompt

@@ -311,6 +311,11 @@ impl Capacity {
     /// month ends when the allowance cannot take it (then nothing stays added).
     async fn take_money(&self, b: &MonthBudget, nanos: u64) -> Result<String, u64> {
         let now = crate::state::unix_ms();
+        if nanos > b.limit {
+            // More than the whole month: it can never fit (and is not counted).
+            let (_, end) = period::window(Period::Month, &jiff::tz::TimeZone::UTC, now);
+            return Err(end.saturating_sub(now).max(1));
+        }
         let (total, counter, end) = self.month_add(b, nanos, now).await;
         if total > b.limit {
             self.stores

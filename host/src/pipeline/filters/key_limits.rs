@@ -165,10 +165,11 @@ impl KeyLimits {
         let mut tokens = None;
         if let Some(rate) = limits.tokens {
             let prompt = s.ctx.record.bytes_in.div_ceil(self.bytes_per_token);
-            let want = prompt
-                + s.probe
+            let want = prompt.saturating_add(
+                s.probe
                     .completion_budget()
-                    .unwrap_or(self.default_max_tokens);
+                    .unwrap_or(self.default_max_tokens),
+            );
             let d = self
                 .apply(Kind::Tokens, rate, &key.hex, Op::Take(want))
                 .await;

@@ -325,7 +325,13 @@ impl Kv for RedisKv {
     async fn gcra(&self, key: &str, gcra: &Gcra, op: Op) -> StoreResult<Option<Decision>> {
         let k = cache_key(key);
         let (name, n) = match op {
-            Op::Take(n) => ("take", n as i64),
+            // More than the bucket holds is refused whatever its state: sent as one more than
+            // it holds, so the script's arithmetic (Lua doubles, then an integer reply) stays
+            // small. Sent as it came, a count past i64 would wrap to a negative take.
+            Op::Take(n) => (
+                "take",
+                i64::try_from(n.min(gcra.capacity().saturating_add(1))).unwrap_or(i64::MAX),
+            ),
             Op::Adjust(d) => ("adjust", d),
         };
         let (allowed, wait, ahead): (i64, i64, i64) = self

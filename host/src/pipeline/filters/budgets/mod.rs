@@ -223,7 +223,7 @@ impl Budgets {
         for (scope, b) in &budgets {
             let units = match price {
                 Some(p) if b.is_money() => p.cost_nanos(prompt, 0, completion),
-                _ => prompt + completion,
+                _ => prompt.saturating_add(completion),
             };
             let window = period::window(b.period, &self.tz, now);
             let (who, id) = match scope {
@@ -236,11 +236,21 @@ impl Budgets {
                 b.period.as_str(),
                 window.0
             );
-            let total = self.add(scope, b, &counter, units, window).await;
-            if total > b.limit_units() {
-                // Undo this one and every one taken before it: a refused request holds nothing.
+            // A reservation past the whole budget cannot fit: it is refused without counting
+            // it (a `max_tokens` near 2^64 would not even fit the counter).
+            let fits = units <= b.limit_units() && {
+                let total = self.add(scope, b, &counter, units, window).await;
+                total <= b.limit_units() || {
+                    self.stores
+                        .budget_kv()
+                        .incr(&counter, -(units as i64), None)
+                        .await;
+                    false
+                }
+            };
+            if !fits {
+                // Undo every one taken before it: a refused request holds nothing.
                 let kv = self.stores.budget_kv();
-                kv.incr(&counter, -(units as i64), None).await;
                 for h in &taken.held {
                     kv.incr(&h.counter, -(h.reserved as i64), None).await;
                 }
