@@ -261,17 +261,18 @@ async fn handle(
             mock::chat_completion("chatcmpl-mock", model, "mock answer")
         };
         let mut resp = ([("content-type", "application/json")], body.to_string()).into_response();
-        // `x-mock-reply-header: name: value` adds that header to the answer.
-        if let Some((name, value)) = headers
-            .get("x-mock-reply-header")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(": "))
-            && let (Ok(n), Ok(v)) = (
+        // Each `x-mock-reply-header: name: value` adds that header to the answer.
+        for (name, value) in headers
+            .get_all("x-mock-reply-header")
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.split_once(": "))
+        {
+            if let (Ok(n), Ok(v)) = (
                 axum::http::HeaderName::try_from(name),
                 axum::http::HeaderValue::try_from(value),
-            )
-        {
-            resp.headers_mut().insert(n, v);
+            ) {
+                resp.headers_mut().insert(n, v);
+            }
         }
         return resp;
     }

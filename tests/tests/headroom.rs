@@ -139,6 +139,18 @@ async fn a_providers_remaining_header_steers_the_next_requests() {
     assert_eq!(said["a"]["provider_requests_left"], 0, "{said}");
     assert_eq!(said["a"]["provider_tokens_left"], Value::Null, "{said}");
     assert_eq!(said["b"]["provider_requests_left"], Value::Null, "{said}");
+    // An absurd reset time is trusted for a day at most, and breaks nothing.
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-reply-header", "x-ratelimit-remaining-tokens: 5")
+        .header("x-mock-reply-header", "x-ratelimit-reset-tokens: 1e300")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(allowances(&gw).await["b"]["provider_tokens_left"], 5);
 }
 
 /// Two gateways on one Redis count one allowance: the upstream's rpm holds for the cluster.

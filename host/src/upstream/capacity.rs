@@ -89,6 +89,9 @@ impl Observed {
 
 /// How long a provider's figure is trusted when its answer gave no reset time.
 const OBSERVED_DEFAULT_MS: u64 = 60_000;
+/// The longest a provider's figure is trusted, whatever its reset time says (a day: the longest
+/// window providers count in), so an answer cannot pin an upstream as spent for ever.
+const OBSERVED_MAX_MS: u64 = 86_400_000;
 const MINUTE_US: u64 = 60_000_000;
 const MONTH_US: u64 = 30 * 24 * 3600 * 1_000_000;
 
@@ -401,8 +404,9 @@ impl Capacity {
                 .get(reset)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_reset_ms)
-                .unwrap_or(OBSERVED_DEFAULT_MS);
-            seen.set(remaining, now + reset_ms.max(1));
+                .unwrap_or(OBSERVED_DEFAULT_MS)
+                .clamp(1, OBSERVED_MAX_MS);
+            seen.set(remaining, now + reset_ms);
         }
     }
 }
@@ -452,6 +456,11 @@ mod tests {
         assert_eq!(parse_reset_ms("1h2m3s"), Some(3_723_000));
         assert_eq!(parse_reset_ms("12"), Some(12_000));
         assert_eq!(parse_reset_ms("soon"), None);
+        // Absurd figures parse (saturated) and are clamped where they are used.
+        assert_eq!(parse_reset_ms("1e300"), Some(u64::MAX));
+        assert_eq!(parse_reset_ms("inf"), Some(u64::MAX));
+        assert_eq!(parse_reset_ms("NaN"), None);
+        assert_eq!(parse_reset_ms("-5"), None);
         assert_eq!(parse_reset_ms("5x"), None);
     }
 }
