@@ -59,6 +59,10 @@ pub struct PriceEntry {
     pub cached_input: Option<f64>,
 }
 
+/// The largest cost one request is counted at (2^62 billionths, about 4.6 billion in the
+/// currency): costs are summed and corrected as signed 64-bit counts, which it keeps well inside.
+pub const MAX_COST_NANOS: u64 = 1 << 62;
+
 /// Prices per million tokens of one model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
@@ -76,7 +80,7 @@ impl Price {
         let nanos = (input - cached) as f64 * self.input * 1000.0
             + cached as f64 * self.cached_input * 1000.0
             + output as f64 * self.output * 1000.0;
-        nanos.round().clamp(0.0, u64::MAX as f64) as u64
+        nanos.round().clamp(0.0, MAX_COST_NANOS as f64) as u64
     }
 }
 
@@ -260,6 +264,7 @@ mod tests {
         };
         // 1000 prompt tokens at $2.50/M = $0.0025; 100 output at $10/M = $0.001.
         assert_eq!(p.cost_nanos(1000, 0, 100), 3_500_000);
+        assert_eq!(p.cost_nanos(u64::MAX, 0, u64::MAX), MAX_COST_NANOS);
         assert_eq!(p.cost_nanos(1000, 400, 0), 600 * 2_500 + 400 * 1_250);
         assert_eq!(
             p.cost_nanos(10, 50, 0),

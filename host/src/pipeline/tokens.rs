@@ -44,6 +44,11 @@ impl Tokens {
     }
 }
 
+/// The most tokens one count of an answer is taken at (2^40, a thousand times any context
+/// window): an upstream's figure beyond it is clamped, so sums and the signed corrections of
+/// reservations (`used - reserved`) cannot overflow, whatever an upstream reports.
+pub const MAX_REPORTED: u64 = 1 << 40;
+
 /// The tokens of a finished request, as the record and the access log carry them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordedTokens {
@@ -76,23 +81,23 @@ impl Usage {
         // Anthropic counts cache reads and writes outside `input_tokens`.
         let input = self.prompt_tokens.or_else(|| {
             self.input_tokens.map(|i| {
-                i + self.cache_read_input_tokens.unwrap_or(0)
-                    + self.cache_creation_input_tokens.unwrap_or(0)
+                i.saturating_add(self.cache_read_input_tokens.unwrap_or(0))
+                    .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
             })
         });
         let output = self.completion_tokens.or(self.output_tokens);
+        let clamp = |n: Option<u64>| n.unwrap_or(0).min(MAX_REPORTED);
         if input.is_none() && output.is_none() {
             return None;
         }
         let detail = |d: &Option<Details>| d.as_ref().and_then(|d| d.cached_tokens);
         let cached = detail(&self.prompt_tokens_details)
             .or_else(|| detail(&self.input_tokens_details))
-            .or(self.cache_read_input_tokens)
-            .unwrap_or(0);
+            .or(self.cache_read_input_tokens);
         Some(Tokens {
-            input: input.unwrap_or(0),
-            output: output.unwrap_or(0),
-            cached,
+            input: clamp(input),
+            output: clamp(output),
+            cached: clamp(cached),
         })
     }
 }
@@ -444,6 +449,19 @@ mod tests {
         assert_eq!(m.seen(), None);
         let t = m.finish().unwrap();
         assert_eq!((t.input, t.output, t.cached, t.total()), (12, 5, 4, 17));
+        // An upstream's absurd figures are clamped, never summed past u64 or i64.
+        let body = format!(
+            r#"{{"usage":{{"input_tokens":{m},"cache_read_input_tokens":{m},"output_tokens":{m}}}}}"#,
+            m = u64::MAX
+        );
+        let mut m = json();
+        m.feed(&Bytes::from(body));
+        let t = m.finish().unwrap();
+        assert_eq!(
+            (t.input, t.output, t.cached),
+            (MAX_REPORTED, MAX_REPORTED, MAX_REPORTED)
+        );
+        assert_eq!(t.total(), 2 * MAX_REPORTED);
     }
 
     #[test]
