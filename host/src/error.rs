@@ -237,6 +237,15 @@ pub fn error_body(message: &str, kind: &str, code: &str) -> String {
     .to_string()
 }
 
+/// The last event of a stream the gateway ends part way: an SSE `error` event carrying the
+/// OpenAI error shape, which OpenAI and Anthropic clients both surface.
+pub fn error_event(message: &str, kind: &str, code: &str) -> bytes::Bytes {
+    bytes::Bytes::from(format!(
+        "event: error\ndata: {}\n\n",
+        error_body(message, kind, code)
+    ))
+}
+
 /// An OpenAI-shaped error response with the given fields.
 pub fn error_response(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
     let mut resp = (status, error_body(message, kind, code)).into_response();

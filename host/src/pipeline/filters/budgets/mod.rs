@@ -323,12 +323,11 @@ async fn take_more(
 
 /// The final event of a stream a budget ended.
 fn cut_event() -> Bytes {
-    let body = crate::error::error_body(
+    crate::error::error_event(
         "the answer used all its budget allows; the stream was ended",
         "insufficient_quota",
         "insufficient_quota",
-    );
-    Bytes::from(format!("event: error\ndata: {body}\n\n"))
+    )
 }
 
 impl Filter for Budgets {

@@ -39,17 +39,15 @@ pub(super) fn budget_member(path: &str) -> &'static str {
     }
 }
 
-/// The final event of a stream a strict token limit ended: OpenAI's error shape, which OpenAI
-/// and Anthropic clients both surface.
+/// The final event of a stream a strict token limit ended.
 pub(super) fn cut_event(reserved: u64) -> Bytes {
-    let body = crate::error::error_body(
+    crate::error::error_event(
         &format!(
             "the answer passed this request's token reservation of {reserved} (a strict token limit); the stream was ended"
         ),
         "tokens",
         "token_limit_exceeded",
-    );
-    Bytes::from(format!("event: error\ndata: {body}\n\n"))
+    )
 }
 
 impl Limits {

@@ -321,14 +321,22 @@ impl Filter for Transforms {
             Box::new(move |ctx: &mut Ctx, chunk: &mut Bytes| {
                 if let Some(e) = cut {
                     tracing::warn!(request_id = %ctx.record.request_id, error = %e, "transform failed mid-stream; the stream is ended");
-                    out.extend_from_slice(&error_event());
+                    out.extend_from_slice(&crate::error::error_event(
+                        "a policy failed while the response was being sent",
+                        "server_error",
+                        "policy_error",
+                    ));
                     ctx.end_stream(out.freeze(), "policy_error");
                     return;
                 }
                 if oversized {
                     tracing::warn!(request_id = %ctx.record.request_id, limit = run.event_limit,
                         "an upstream's event is larger than its transforms take (limits.max_body); the stream is ended");
-                    out.extend_from_slice(&oversized_event());
+                    out.extend_from_slice(&crate::error::error_event(
+                        "the upstream sent an event larger than this route's transforms take",
+                        "server_error",
+                        "bad_upstream_response",
+                    ));
                     ctx.end_stream(out.freeze(), "bad_upstream_response");
                     return;
                 }
@@ -480,26 +488,6 @@ fn write_events(out: &mut BytesMut, events: &[SseEvent]) {
         }
         out.put_u8(b'\n');
     }
-}
-
-/// The last event of a stream a transform failed in.
-fn error_event() -> Bytes {
-    let body = json!({"error": {
-        "message": "a policy failed while the response was being sent",
-        "type": "server_error",
-        "code": "policy_error",
-    }});
-    Bytes::from(format!("event: error\ndata: {body}\n\n"))
-}
-
-/// The last event of a stream whose upstream sent an event larger than its transforms take.
-fn oversized_event() -> Bytes {
-    let body = json!({"error": {
-        "message": "the upstream sent an event larger than this route's transforms take",
-        "type": "server_error",
-        "code": "bad_upstream_response",
-    }});
-    Bytes::from(format!("event: error\ndata: {body}\n\n"))
 }
 
 /// A transform's own answer as a response; `None` for a status that is not one.
