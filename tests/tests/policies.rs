@@ -81,6 +81,63 @@ async fn header_rewrite_changes_request_and_response_headers() {
     assert!(!seen.contains_key("x-debug"));
 }
 
+/// A policy cannot change how an answer is framed: a response rule setting `content-length`,
+/// `transfer-encoding`, `connection` or `upgrade` is skipped, so two pipelined requests on one
+/// connection get two whole answers (hyper trusts a `content-length` it is handed: a release
+/// build cut each answer to 3 bytes, a debug build panicked).
+#[tokio::test]
+async fn a_policy_cannot_set_an_answers_framing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockUpstream::start().await;
+    let config = r#"{"response": [{"set": {"name": "Content-Length", "value": "3"}},
+                                  {"set": {"name": "transfer-encoding", "value": "chunked"}},
+                                  {"set": {"name": "connection", "value": "keep-alive, upgrade"}},
+                                  {"set": {"name": "upgrade", "value": "h2c"}},
+                                  {"set": {"name": "x-kept", "value": "yes"}}]}"#;
+    let gw = rewrite_gateway(&mock, config).await;
+    let body = serde_json::to_string(&chat_body(false)).unwrap();
+    let one = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let last = one.replace("host: gw\r\n", "host: gw\r\nconnection: close\r\n");
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(format!("{one}{last}").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the connection closes after the second answer")
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    assert_eq!(text.matches("http/1.1 200 ok\r\n").count(), 2, "{text}");
+    assert_eq!(text.matches("x-kept: yes").count(), 2, "{text}");
+    for bad in [
+        "content-length: 3\r\n",
+        "upgrade: h2c",
+        "transfer-encoding: chunked",
+    ] {
+        assert!(!text.contains(bad), "{bad} in {text}");
+    }
+    // Each answer is whole JSON, as long as it says.
+    for part in text.split("http/1.1 200 ok\r\n").skip(1) {
+        let (head, rest) = part.split_once("\r\n\r\n").unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let v: Value = serde_json::from_str(&rest[..len]).unwrap();
+        assert_eq!(v["object"], "chat.completion");
+    }
+}
+
 /// Headers the client names in `Connection` are removed on arrival, before the policy runs, so a
 /// client cannot delete what the operator's policy sets.
 #[tokio::test]

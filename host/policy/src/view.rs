@@ -47,6 +47,26 @@ fn is_credential(name: &str) -> bool {
     name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-api-key")
 }
 
+/// Headers a policy may not set, remove or rename, besides the credential: how a message is
+/// framed and the connection it travels on (`content-length`, `host` and the hop-by-hop
+/// headers). The gateway frames what it sends; hyper trusts a `content-length` it is handed,
+/// so one a policy wrote on an answer would cut the body short.
+pub fn is_framing(name: &str) -> bool {
+    [
+        "content-length",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+    .iter()
+    .any(|f| name.eq_ignore_ascii_case(f))
+}
+
 /// Every header as a WIT list, without credentials; values that are not UTF-8 are left out.
 fn header_list(h: &HeaderMap) -> Vec<Header> {
     h.iter()
@@ -181,10 +201,11 @@ impl ResponseInfo {
 }
 
 /// Applies header operations in order. Invalid names or values, and any attempt to touch the
-/// client's credential, are skipped (and logged at debug level).
+/// client's credential or the message's framing ([`is_framing`]), are skipped (and logged at
+/// debug level).
 pub fn apply_ops(h: &mut HeaderMap, ops: Vec<HeaderOp>, plugin: &str) {
     let parse = |name: &str, value: Option<&str>| -> Option<(HeaderName, Option<HeaderValue>)> {
-        if is_credential(name) {
+        if is_credential(name) || is_framing(name) {
             return None;
         }
         let n = HeaderName::from_bytes(name.as_bytes()).ok()?;

@@ -27,7 +27,7 @@ use crate::error::ErrorKind;
 use crate::pipeline::headers::content_type_is;
 use crate::pipeline::{Ctx, Filter, Flow, HookResult, Hooks, Session, Step};
 use crate::policy::transform::{RequestAction, SseEvent};
-use crate::policy::view::apply_ops;
+use crate::policy::view::{apply_ops, is_framing};
 use crate::policy::{PolicyError, RequestInfo, ResponseInfo};
 use crate::upstream::Upstream;
 
@@ -499,7 +499,8 @@ fn answer(a: crate::policy::transform::Answer) -> Option<http::Response<crate::l
             .boxed_unsync(),
     );
     *resp.status_mut() = status;
-    for h in a.headers {
+    // The gateway frames the answer (its length is the body's).
+    for h in a.headers.into_iter().filter(|h| !is_framing(&h.name)) {
         if let (Ok(n), Ok(v)) = (
             http::HeaderName::from_bytes(h.name.as_bytes()),
             http::HeaderValue::from_str(&h.value),
