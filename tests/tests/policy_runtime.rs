@@ -632,3 +632,48 @@ async fn the_sandbox_denies_files_environment_and_network_to_a_guest_that_tries(
         }
     }
 }
+
+/// A plugin's `kv` is bounded as a third party's writes must be: a value past 64 KiB fails the
+/// call (as a trap does), and a plugin writing new keys without end (16 × 60 KiB a call, no
+/// expiry: 120 MiB over 128 calls) leaves the in-process store at its 64 MiB, losing its least
+/// used keys, while the gateway's own namespaces (budgets, lockouts) keep theirs.
+#[tokio::test]
+async fn a_plugins_kv_is_bounded_in_key_value_and_total_size() {
+    let e = engine().await;
+    let big = e
+        .load(
+            wasm("tollgate_hostile"),
+            spec("big", PluginKind::Router, r#"{"behaviour":"kv-oversized"}"#),
+        )
+        .unwrap();
+    big.validate().await.unwrap();
+    match big.select(&request("b"), &candidates()).await {
+        Err(PolicyError::Trap { reason, .. }) => {
+            assert!(reason.contains("kv: a value of 65537 bytes"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let stores = e.stores().clone();
+    stores.budget_kv().set("kept", "1", None).await;
+    let flood = e
+        .load(
+            wasm("tollgate_hostile"),
+            spec("flood", PluginKind::Router, r#"{"behaviour":"kv-flood"}"#),
+        )
+        .unwrap();
+    flood.validate().await.unwrap();
+    for i in 0..128 {
+        let r = flood
+            .select(&request(&format!("f{i}")), &candidates())
+            .await;
+        assert!(r.is_ok(), "call {i}: {r:?}");
+    }
+    let held = stores.plugin_kv_bytes();
+    assert!(
+        held <= tollgate::state::PLUGIN_KV_MEMORY,
+        "plugins hold {held} bytes in process"
+    );
+    assert!(held > tollgate::state::PLUGIN_KV_MEMORY / 2, "{held}");
+    assert_eq!(stores.budget_kv().get("kept").await.as_deref(), Some("1"));
+}

@@ -105,11 +105,20 @@ pub struct StoreStats {
 }
 
 /// The database, the cache, and the background work around them.
+/// The most plugins' `kv` namespaces hold in process, together (keys and values, weighed):
+/// past it, the entries used least are dropped. A shared cache (Redis) is bounded by its own
+/// `maxmemory`.
+pub const PLUGIN_KV_MEMORY: u64 = 64 << 20;
+
 pub struct Stores {
     db: SqlStore,
     cache: Arc<dyn Kv>,
-    /// Stand-in for a shared cache that is down, so plugin counters keep working (per process).
+    /// Stand-in for a shared cache that is down, so the gateway's own counters keep working
+    /// (per process).
     local: MemoryKv,
+    /// Plugins' `kv` namespaces when the cache is in process, and their stand-in when a shared
+    /// cache is down: bounded ([`PLUGIN_KV_MEMORY`]), since third parties write it.
+    plugin_local: MemoryKv,
     /// Bindings this gateway read recently, decoded ([`NearBindings`]).
     near: NearBindings,
     /// Whether `cache` is shared with other gateways (Redis): bindings are then also kept there,
@@ -214,6 +223,7 @@ impl Stores {
             db,
             cache,
             local: MemoryKv::default(),
+            plugin_local: MemoryKv::bounded(PLUGIN_KV_MEMORY),
             near: NearBindings::new(if changes.is_some() {
                 config.binding_cache_ttl.get().min(NEAR_TTL)
             } else {
@@ -272,7 +282,7 @@ impl Stores {
     /// The key-value namespace of the admin plane (login failures and lockouts), shared by the
     /// gateways of a cluster through the cache.
     pub fn admin_kv(&self) -> PluginKv<'_> {
-        self.plugin_kv("a:admin\u{0}")
+        self.own_kv("a:admin\u{0}")
     }
 
     /// `result` from the shared cache, or `local` computed on the in-process stand-in if the

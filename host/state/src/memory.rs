@@ -47,6 +47,14 @@ impl Value {
         Self::Count(Arc::new(Mutex::new(Counter { value, live: true })))
     }
 
+    /// Bytes it stands for, to weigh a bounded store's entries.
+    fn size(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+            Self::Count(_) => 8,
+        }
+    }
+
     fn text(&self) -> String {
         match self {
             Self::Text(t) => t.to_string(),
@@ -110,6 +118,28 @@ impl Default for MemoryKv {
 }
 
 impl MemoryKv {
+    /// A store of about `max_bytes` of keys and values at most (each entry weighed as its key,
+    /// its value and 64 bytes of bookkeeping); past it, the entries used least are dropped
+    /// first (moka's TinyLFU). For what third parties write: plugins' `kv` namespaces.
+    pub fn bounded(max_bytes: u64) -> Self {
+        Self {
+            entries: Cache::builder()
+                .expire_after(PerEntry)
+                .weigher(|k: &String, e: &Entry| {
+                    u32::try_from(k.len() + e.value.size() + 64).unwrap_or(u32::MAX)
+                })
+                .max_capacity(max_bytes)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
+        }
+    }
+
+    /// The weighed size of what it holds (a bounded store's measure; pending evictions run
+    /// first).
+    pub fn weighed_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+
     pub fn get_now(&self, key: &str) -> Option<String> {
         self.entries.get(key).map(|e| e.value.text())
     }

@@ -1,7 +1,7 @@
 //! The plugin `kv` namespace: each plugin reads and writes only keys under its own prefix, in the
 //! shared cache when there is one, in process when that cache fails.
 
-use super::Stores;
+use super::{MemoryKv, Stores};
 
 impl Stores {
     /// The cache key prefix of `plugin`'s namespace.
@@ -9,30 +9,73 @@ impl Stores {
         format!("p:{plugin}\u{0}")
     }
 
-    /// The budget counters' namespace (`pipeline/filters/budgets`), shared by the gateways of a
-    /// cluster through the cache.
+    /// The budget counters' namespace (`pipeline/filters/budgets`, upstream money allowances),
+    /// shared by the gateways of a cluster through the cache. The gateway's own: never evicted.
     pub fn budget_kv(&self) -> PluginKv<'_> {
-        self.plugin_kv("b:budget\u{0}")
+        self.own_kv("b:budget\u{0}")
+    }
+
+    /// A namespace of the gateway's own (budgets, the admin plane's lockouts): in process, it
+    /// lives beside the gateway's other state, where no plugin's writes can evict it.
+    pub(crate) fn own_kv<'a>(&'a self, prefix: &'a str) -> PluginKv<'a> {
+        PluginKv {
+            stores: self,
+            prefix,
+            bounded: false,
+        }
     }
 
     /// Plugin key-value access within `prefix` (from [`Stores::kv_prefix`]). A shared cache that
     /// fails falls back to an in-process one, so counters degrade to per-gateway instead of
-    /// failing requests.
+    /// failing requests. In process, plugins' keys live in a bounded store
+    /// ([`crate::PLUGIN_KV_MEMORY`]): a plugin that writes without end loses its least used keys
+    /// instead of growing the gateway.
     pub fn plugin_kv<'a>(&'a self, prefix: &'a str) -> PluginKv<'a> {
         PluginKv {
             stores: self,
             prefix,
+            bounded: true,
         }
+    }
+
+    /// The weighed bytes plugins' `kv` namespaces hold in process.
+    pub fn plugin_kv_bytes(&self) -> u64 {
+        self.plugin_local.weighed_size()
     }
 }
 
-/// A plugin's view of the cache: its keys only.
+/// A view of the cache: one namespace's keys only.
 pub struct PluginKv<'a> {
     stores: &'a Stores,
     prefix: &'a str,
+    /// A plugin's namespace: in process, it lives in the bounded store.
+    bounded: bool,
 }
 
 impl PluginKv<'_> {
+    /// The in-process store this namespace uses by itself (no shared cache), if it is the
+    /// bounded one.
+    fn direct(&self) -> Option<&MemoryKv> {
+        (self.bounded && !self.stores.shared).then_some(&self.stores.plugin_local)
+    }
+
+    /// What a failed shared cache's answer becomes: `local` on this namespace's stand-in.
+    fn or_local<T>(
+        &self,
+        op: &str,
+        result: crate::StoreResult<T>,
+        local: impl FnOnce(&MemoryKv) -> T,
+    ) -> T {
+        if self.bounded {
+            result.unwrap_or_else(|e| {
+                self.stores.cache_failed(op, &e);
+                local(&self.stores.plugin_local)
+            })
+        } else {
+            self.stores.or_local(op, result, local)
+        }
+    }
+
     fn key(&self, key: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + key.len());
         k.push_str(self.prefix);
@@ -42,28 +85,38 @@ impl PluginKv<'_> {
 
     pub async fn get(&self, key: &str) -> Option<String> {
         let k = self.key(key);
+        if let Some(m) = self.direct() {
+            return m.get_now(&k);
+        }
         let r = self.stores.cache.get(&k).await;
-        self.stores.or_local("kv get", r, |m| m.get_now(&k))
+        self.or_local("kv get", r, |m| m.get_now(&k))
     }
 
     pub async fn set(&self, key: &str, value: &str, ttl_ms: Option<u64>) {
         let k = self.key(key);
+        if let Some(m) = self.direct() {
+            return m.set_now(&k, value, ttl_ms);
+        }
         let r = self.stores.cache.set(&k, value, ttl_ms).await;
-        self.stores
-            .or_local("kv set", r, |m| m.set_now(&k, value, ttl_ms));
+        self.or_local("kv set", r, |m| m.set_now(&k, value, ttl_ms));
     }
 
     pub async fn delete(&self, key: &str) {
         let k = self.key(key);
+        if let Some(m) = self.direct() {
+            return m.delete_now(&k);
+        }
         let r = self.stores.cache.delete(&k).await;
-        self.stores.or_local("kv delete", r, |m| m.delete_now(&k));
+        self.or_local("kv delete", r, |m| m.delete_now(&k));
     }
 
     pub async fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
         let k = self.key(key);
+        if let Some(m) = self.direct() {
+            return m.incr_now(&k, delta, ttl_ms);
+        }
         let r = self.stores.cache.incr(&k, delta, ttl_ms).await;
-        self.stores
-            .or_local("kv incr", r, |m| m.incr_now(&k, delta, ttl_ms))
+        self.or_local("kv incr", r, |m| m.incr_now(&k, delta, ttl_ms))
     }
 
     /// Adds `units` to the counter `key` of a window (its entries live `ttl_ms`), seeding it the
@@ -95,12 +148,15 @@ impl PluginKv<'_> {
         ttl_ms: Option<u64>,
     ) -> bool {
         let k = self.key(key);
+        if let Some(m) = self.direct() {
+            return m.compare_and_set_now(&k, expected, new, ttl_ms);
+        }
         let r = self
             .stores
             .cache
             .compare_and_set(&k, expected, new, ttl_ms)
             .await;
-        self.stores.or_local("kv compare-and-set", r, |m| {
+        self.or_local("kv compare-and-set", r, |m| {
             m.compare_and_set_now(&k, expected, new, ttl_ms)
         })
     }

@@ -1,7 +1,9 @@
 //! Test fixture for the sandbox: a router whose `select` misbehaves as its config says, so the
 //! host's limits (deadline, memory, traps) can be tested against a real component.
 //! `{"behaviour": "ok" | "loop" | "grow" | "trap" | "reject-config" | "loop-in-configure" | "wasi"
-//! | "escape"}`; `loop-in-configure` never returns from `configure`; `wasi` answers
+//! | "escape" | "kv-flood" | "kv-oversized"}`; `loop-in-configure` never returns from `configure`;
+//! `kv-flood` writes 16 new keys of 60 KiB without expiry on every call (then picks as `ok`
+//! does); `kv-oversized` writes one value of 64 KiB + 1 (the host's bound); `wasi` answers
 //! `none("<wall clock seconds> <a random u64>")` read through WASI, to show what the sandbox
 //! grants; `escape` tries what it must not get — a file, the environment, the network, stdout —
 //! and answers `none` with what each attempt came to, one `name=outcome` per line.
@@ -22,6 +24,8 @@ enum Behaviour {
     LoopInConfigure,
     Wasi,
     Escape,
+    KvFlood,
+    KvOversized,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +47,8 @@ impl Plugin for Hostile {
             Behaviour::Trap => 3,
             Behaviour::Wasi => 4,
             Behaviour::Escape => 5,
+            Behaviour::KvFlood => 6,
+            Behaviour::KvOversized => 7,
             Behaviour::RejectConfig => {
                 return Err("this configuration is refused on purpose".into());
             }
@@ -86,6 +92,21 @@ impl Router for Hostile {
                 RouteDecision::None(format!("{secs} {random}"))
             }
             5 => RouteDecision::None(escape_attempts()),
+            6 => {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let value = "v".repeat(60 << 10);
+                for _ in 0..16 {
+                    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+                    // Unique across instances too: the clock and a per-instance count.
+                    let key = format!("flood-{}-{n}", tollgate_sdk::host::now_ms());
+                    tollgate_sdk::host::kv::set(&key, &value, None);
+                }
+                RouteDecision::Pick((0..candidates.len() as u32).collect())
+            }
+            7 => {
+                tollgate_sdk::host::kv::set("big", &"v".repeat((64 << 10) + 1), None);
+                RouteDecision::Pick((0..candidates.len() as u32).collect())
+            }
             _ => RouteDecision::Pick((0..candidates.len() as u32).collect()),
         }
     }
