@@ -329,6 +329,14 @@ impl Stores {
         op: Op,
         local: &LocalBuckets,
     ) -> Decision {
+        // More than the bucket holds is refused whatever its state: taken as one more than it
+        // holds, so both backends decide (and compute the wait) alike, and the shared cache's
+        // script (Lua doubles, an i64 reply) only ever sees small counts. A count past i64 used
+        // to reach it as a negative take.
+        let op = match op {
+            Op::Take(n) => Op::Take(n.min(gcra.capacity().saturating_add(1))),
+            adjust => adjust,
+        };
         if self.shared {
             let key = [prefix, subject].concat();
             match self.cache.gcra(&key, gcra, op).await {

@@ -325,13 +325,8 @@ impl Kv for RedisKv {
     async fn gcra(&self, key: &str, gcra: &Gcra, op: Op) -> StoreResult<Option<Decision>> {
         let k = cache_key(key);
         let (name, n) = match op {
-            // More than the bucket holds is refused whatever its state: sent as one more than
-            // it holds, so the script's arithmetic (Lua doubles, then an integer reply) stays
-            // small. Sent as it came, a count past i64 would wrap to a negative take.
-            Op::Take(n) => (
-                "take",
-                i64::try_from(n.min(gcra.capacity().saturating_add(1))).unwrap_or(i64::MAX),
-            ),
+            // `Stores::rate` has bounded the count to what the bucket holds, plus one.
+            Op::Take(n) => ("take", i64::try_from(n).unwrap_or(i64::MAX)),
             Op::Adjust(d) => ("adjust", d),
         };
         let (allowed, wait, ahead): (i64, i64, i64) = self
