@@ -47,24 +47,31 @@ fn is_credential(name: &str) -> bool {
     name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-api-key")
 }
 
+/// Whether `name` (lowercase, as a [`HeaderName`] spells it) describes one connection, not the
+/// message (RFC 9110 §7.6.1), or is a proxy credential meant for the gateway. The gateway's one
+/// list: the proxy strips these (`pipeline/headers.rs`) and policies may not write them.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
 /// Headers a policy may not set, remove or rename, besides the credential: how a message is
 /// framed and the connection it travels on (`content-length`, `host` and the hop-by-hop
 /// headers). The gateway frames what it sends; hyper trusts a `content-length` it is handed,
 /// so one a policy wrote on an answer would cut the body short.
-pub fn is_framing(name: &str) -> bool {
-    [
-        "content-length",
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|f| name.eq_ignore_ascii_case(f))
+pub fn is_framing(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "content-length" || n == "host" || is_hop_by_hop(n)
 }
 
 /// Every header as a WIT list, without credentials; values that are not UTF-8 are left out.
@@ -205,10 +212,12 @@ impl ResponseInfo {
 /// debug level).
 pub fn apply_ops(h: &mut HeaderMap, ops: Vec<HeaderOp>, plugin: &str) {
     let parse = |name: &str, value: Option<&str>| -> Option<(HeaderName, Option<HeaderValue>)> {
-        if is_credential(name) || is_framing(name) {
+        if is_credential(name) {
             return None;
         }
-        let n = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .ok()
+            .filter(|n| !is_framing(n))?;
         let v = match value {
             Some(v) => Some(HeaderValue::from_str(v).ok()?),
             None => None,

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::policy::view;
+
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -13,25 +15,11 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-/// Whether `name` describes one connection, not the message (RFC 9110 §7.6.1), or is a proxy
-/// credential meant for us. Matched by its text: one switch rather than nine comparisons.
+/// Whether `name` describes one connection, not the message, or is a proxy credential meant
+/// for us (the list is `policy::view::is_hop_by_hop`, which policies' header operations obey
+/// too).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    is_hop_by_hop_name(name.as_str())
-}
-
-fn is_hop_by_hop_name(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    view::is_hop_by_hop(name.as_str())
 }
 
 /// Removes every header whose name `drop` selects. The names present are scanned (a handful)
@@ -53,7 +41,7 @@ fn is_underscore_alias(name: &HeaderName) -> bool {
         return false;
     }
     let dashed = n.replace('_', "-");
-    is_hop_by_hop_name(&dashed)
+    view::is_hop_by_hop(&dashed)
         || matches!(
             dashed.as_str(),
             "host"

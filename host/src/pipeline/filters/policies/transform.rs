@@ -499,12 +499,13 @@ fn answer(a: crate::policy::transform::Answer) -> Option<http::Response<crate::l
             .boxed_unsync(),
     );
     *resp.status_mut() = status;
-    // The gateway frames the answer (its length is the body's).
-    for h in a.headers.into_iter().filter(|h| !is_framing(&h.name)) {
+    for h in a.headers {
         if let (Ok(n), Ok(v)) = (
             http::HeaderName::from_bytes(h.name.as_bytes()),
             http::HeaderValue::from_str(&h.value),
-        ) {
+        ) && !is_framing(&n)
+        {
+            // The gateway frames the answer (its length is the body's).
             resp.headers_mut().append(n, v);
         }
     }
