@@ -71,7 +71,7 @@ impl BudgetSpec {
     /// The cap in the budget's unit: billionths of the currency, or tokens.
     pub fn limit_units(&self) -> u64 {
         match (self.amount, self.tokens) {
-            (Some(a), _) => (a * 1e9).round() as u64,
+            (Some(a), _) => crate::to_nanos(a),
             (None, Some(t)) => t,
             (None, None) => 0,
         }

@@ -48,7 +48,7 @@ pub use capture::{CaptureConfig, CaptureRules, CaptureWhen};
 pub use credential_keys::{CREDENTIAL_KEY_LEN, credential_keys};
 pub use logging::{LogFileConfig, LogFormat, LoggingConfig};
 pub use plugins::{OnError, PluginConfig, PluginKind, PluginLimits};
-pub use pricing::{Price, PriceEntry, PriceTable, PricingConfig};
+pub use pricing::{Price, PriceEntry, PriceTable, PricingConfig, from_nanos, to_nanos};
 pub use routes::{HttpMethod, RouteConfig, StreamUsage};
 pub use server::{RealIpHeader, ServerConfig, Timeouts, TlsConfig, TlsVersion};
 pub use storage::{AlertsConfig, Failsafe, PluginCache, RedisTls, RequestLogConfig, StorageConfig};

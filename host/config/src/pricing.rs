@@ -59,6 +59,16 @@ pub struct PriceEntry {
     pub cached_input: Option<f64>,
 }
 
+/// `amount` of the currency in billionths, the unit costs, budgets and allowances are counted in.
+pub fn to_nanos(amount: f64) -> u64 {
+    (amount * 1e9).round() as u64
+}
+
+/// Billionths of the currency as an amount of it, for reports.
+pub fn from_nanos(nanos: u64) -> f64 {
+    nanos as f64 / 1e9
+}
+
 /// The largest cost one request is counted at (2^62 billionths, about 4.6 billion in the
 /// currency): costs are summed and corrected as signed 64-bit counts, which it keeps well inside.
 pub const MAX_COST_NANOS: u64 = 1 << 62;

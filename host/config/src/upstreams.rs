@@ -72,7 +72,7 @@ pub struct UpstreamLimits {
 impl UpstreamLimits {
     /// `monthly_budget` in billionths of the currency (what costs are counted in).
     pub fn monthly_budget_nanos(&self) -> Option<u64> {
-        self.monthly_budget.map(|a| (a * 1e9).round() as u64)
+        self.monthly_budget.map(crate::to_nanos)
     }
 }
 

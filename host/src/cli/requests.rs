@@ -57,8 +57,10 @@ fn line(r: &RequestRow, json: bool) -> String {
         dash(&r.model),
         dash(&r.upstream),
         r.duration_us as f64 / 1e3,
-        r.cost_nanos
-            .map_or("-".into(), |c| format!("{:.6}", c as f64 / 1e9)),
+        r.cost_nanos.map_or("-".into(), |c| format!(
+            "{:.6}",
+            crate::config::from_nanos(c)
+        )),
         r.request_id,
     )
 }

@@ -77,8 +77,8 @@ impl AllowanceView {
             monthly_budget: a
                 .monthly_budget
                 .map(|(spent, limit, resets_ms)| MonthSpend {
-                    spent: spent as f64 / 1e9,
-                    limit: limit as f64 / 1e9,
+                    spent: crate::config::from_nanos(spent),
+                    limit: crate::config::from_nanos(limit),
                     currency: currency.to_owned(),
                     resets_ms,
                 }),

@@ -62,7 +62,7 @@ pub async fn rows(
                 input_tokens: u.input_tokens,
                 output_tokens: u.output_tokens,
                 cached_tokens: u.cached_tokens,
-                cost: u.cost_nanos as f64 / 1e9,
+                cost: crate::config::from_nanos(u.cost_nanos),
                 currency: currency.to_owned(),
                 last_used_ms: u.at_ms,
             }

@@ -52,7 +52,7 @@ impl Filter for AccessLog {
             output_tokens = r.tokens.map(|t| t.tokens.output),
             cached_tokens = r.tokens.map(|t| t.tokens.cached),
             tokens_partial = r.tokens.map(|t| t.partial),
-            cost = r.cost_nanos.map(|c| c as f64 / 1e9),
+            cost = r.cost_nanos.map(crate::config::from_nanos),
             outcome = r.outcome.as_str(),
         );
     }

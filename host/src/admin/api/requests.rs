@@ -159,7 +159,7 @@ impl CsvRow for RequestRow {
             opt(self.output_tokens),
             opt(self.cached_tokens),
             self.partial.to_string(),
-            opt(self.cost_nanos.map(|c| c as f64 / 1e9)),
+            opt(self.cost_nanos.map(crate::config::from_nanos)),
             self.bytes_in.to_string(),
             self.bytes_out.to_string(),
         ]

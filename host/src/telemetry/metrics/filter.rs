@@ -163,7 +163,7 @@ impl Series {
             h.input.observe(t.input as f64);
             h.output.observe(t.output as f64);
             if let Some(c) = cost_nanos {
-                h.spend.inc_by(c as f64 / 1e9);
+                h.spend.inc_by(crate::config::from_nanos(c));
             }
         };
         {
