@@ -104,12 +104,12 @@ pub struct StoreStats {
     pub requests_dropped: AtomicU64,
 }
 
-/// The database, the cache, and the background work around them.
 /// The most plugins' `kv` namespaces hold in process, together (keys and values, weighed):
 /// past it, the entries used least are dropped. A shared cache (Redis) is bounded by its own
 /// `maxmemory`.
 pub const PLUGIN_KV_MEMORY: u64 = 64 << 20;
 
+/// The database, the cache, and the background work around them.
 pub struct Stores {
     db: SqlStore,
     cache: Arc<dyn Kv>,

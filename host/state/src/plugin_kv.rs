@@ -54,26 +54,27 @@ pub struct PluginKv<'a> {
 
 impl PluginKv<'_> {
     /// The in-process store this namespace uses by itself (no shared cache), if it is the
-    /// bounded one.
+    /// bounded one; an own namespace goes through the cache (then in process too).
     fn direct(&self) -> Option<&MemoryKv> {
         (self.bounded && !self.stores.shared).then_some(&self.stores.plugin_local)
     }
 
-    /// What a failed shared cache's answer becomes: `local` on this namespace's stand-in.
+    /// `result` from the shared cache, or `local` computed on this namespace's in-process
+    /// stand-in if the shared cache failed.
     fn or_local<T>(
         &self,
         op: &str,
         result: crate::StoreResult<T>,
         local: impl FnOnce(&MemoryKv) -> T,
     ) -> T {
-        if self.bounded {
-            result.unwrap_or_else(|e| {
-                self.stores.cache_failed(op, &e);
-                local(&self.stores.plugin_local)
+        result.unwrap_or_else(|e| {
+            self.stores.cache_failed(op, &e);
+            local(if self.bounded {
+                &self.stores.plugin_local
+            } else {
+                &self.stores.local
             })
-        } else {
-            self.stores.or_local(op, result, local)
-        }
+        })
     }
 
     fn key(&self, key: &str) -> String {
@@ -138,6 +139,31 @@ impl PluginKv<'_> {
             }
         }
         total.max(0) as u64
+    }
+
+    /// Reserves `units` in the counter `key` (seeded as [`PluginKv::add_seeded`] says) if the
+    /// counter stays at or under `ceiling`; whether it did. A refused reservation leaves the
+    /// counter as it was, and one larger than the ceiling is refused without being counted (a
+    /// count near 2^64 would not fit the counter).
+    pub async fn reserve_seeded<F>(
+        &self,
+        key: &str,
+        units: u64,
+        ceiling: u64,
+        ttl_ms: u64,
+        history: F,
+    ) -> bool
+    where
+        F: Future<Output = u64>,
+    {
+        if units > ceiling {
+            return false;
+        }
+        if self.add_seeded(key, units, ttl_ms, history).await > ceiling {
+            self.incr(key, -(units as i64), None).await;
+            return false;
+        }
+        true
     }
 
     pub async fn compare_and_set(

@@ -1,5 +1,5 @@
 //! `upstream_capacity`: settles what the attempts of a request took from their upstreams'
-//! declared allowances (`upstreams[].limits`; the counting is `upstream/capacity.rs`).
+//! declared allowances (`upstreams[].limits`; the counting is `upstream/capacity/`).
 //!
 //! | hook | does |
 //! |---|---|

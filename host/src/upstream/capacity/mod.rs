@@ -17,12 +17,14 @@
 //!   request sent since counted off).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use http::HeaderMap;
 
 use crate::config::{Period, UpstreamLimits, period};
 use crate::state::{Gcra, LocalBuckets, Op, Stores};
+
+mod provider;
 
 /// One declared limit's bucket.
 struct Limit {
@@ -59,39 +61,6 @@ impl Limit {
     }
 }
 
-/// What a provider's header said: units remaining, valid until a Unix time (0: nothing seen).
-#[derive(Default)]
-struct Observed {
-    remaining: AtomicU64,
-    until_ms: AtomicU64,
-}
-
-impl Observed {
-    fn get(&self, now_ms: u64) -> Option<u64> {
-        (now_ms < self.until_ms.load(Ordering::Relaxed))
-            .then(|| self.remaining.load(Ordering::Relaxed))
-    }
-
-    fn set(&self, remaining: u64, until_ms: u64) {
-        self.remaining.store(remaining, Ordering::Relaxed);
-        self.until_ms.store(until_ms, Ordering::Relaxed);
-    }
-
-    /// Counts `n` units off a figure still in force.
-    fn spend(&self, n: u64) {
-        let _ = self
-            .remaining
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                Some(r.saturating_sub(n))
-            });
-    }
-}
-
-/// How long a provider's figure is trusted when its answer gave no reset time.
-const OBSERVED_DEFAULT_MS: u64 = 60_000;
-/// The longest a provider's figure is trusted, whatever its reset time says (a day: the longest
-/// window providers count in), so an answer cannot pin an upstream as spent for ever.
-const OBSERVED_MAX_MS: u64 = 86_400_000;
 const MINUTE_US: u64 = 60_000_000;
 const MONTH_US: u64 = 30 * 24 * 3600 * 1_000_000;
 
@@ -169,8 +138,8 @@ pub struct Capacity {
     tpm: Option<Limit>,
     monthly: Option<Limit>,
     budget: Option<MonthBudget>,
-    requests_seen: Observed,
-    tokens_seen: Observed,
+    /// What the provider's headers last said.
+    provider: provider::Figures,
 }
 
 fn min_known(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -201,8 +170,7 @@ impl Capacity {
                 upstream: upstream.to_owned(),
                 limit,
             }),
-            requests_seen: Observed::default(),
-            tokens_seen: Observed::default(),
+            provider: provider::Figures::default(),
         }
     }
 
@@ -230,8 +198,8 @@ impl Capacity {
             None => None,
         };
         Headroom {
-            requests: min_known(left(&self.rpm).await, self.requests_seen.get(now)),
-            tokens: min_known(left(&self.tpm).await, self.tokens_seen.get(now)),
+            requests: min_known(left(&self.rpm).await, self.provider.requests.get(now)),
+            tokens: min_known(left(&self.tpm).await, self.provider.tokens.get(now)),
             monthly_tokens: left(&self.monthly).await,
         }
     }
@@ -273,61 +241,53 @@ impl Capacity {
             }
             return Err(Refused::Full { wait_ms });
         }
-        self.requests_seen.spend(1);
-        self.tokens_seen.spend(tokens);
+        self.provider.requests.spend(1);
+        self.provider.tokens.spend(tokens);
         Ok(Taken { tokens, money })
     }
 
-    /// Adds `nanos` to this month's counter (seeded from the usage table the first time this
-    /// cache counts the month); the counter's value after, its key and when the month ends.
-    async fn month_add(&self, b: &MonthBudget, nanos: u64, now: u64) -> (u64, String, u64) {
+    /// This month's counter (UTC), its time to live and when the month ends; and what the
+    /// usage table says the upstream spent in it, which seeds the counter the first time this
+    /// cache counts the month.
+    fn month<'a>(
+        &'a self,
+        b: &'a MonthBudget,
+        now: u64,
+    ) -> (String, u64, u64, impl Future<Output = u64> + 'a) {
         let (start, end) = period::window(Period::Month, &jiff::tz::TimeZone::UTC, now);
         let counter = format!(
             "upstream\u{0}{}\u{0}month\u{0}nanos\u{0}{start}",
             b.upstream
         );
-        let history = async {
-            match self
-                .stores
+        let ttl = end.saturating_sub(start) + 86_400_000;
+        let history = async move {
+            self.stores
                 .database()
                 .upstream_spend_since(&b.upstream, start)
                 .await
-            {
-                Ok(spent) => spent,
-                Err(e) => {
+                .unwrap_or_else(|e| {
                     tracing::warn!(upstream = %b.upstream, error = %e,
                         "cannot read an upstream's spend this month; counting from now");
                     0
-                }
-            }
+                })
         };
-        let ttl = end.saturating_sub(start) + 86_400_000;
-        let total = self
-            .stores
-            .budget_kv()
-            .add_seeded(&counter, nanos, ttl, history)
-            .await;
-        (total, counter, end)
+        (counter, ttl, end, history)
     }
 
     /// Takes `nanos` from this month's money; the counter's key, or the milliseconds until the
-    /// month ends when the allowance cannot take it (then nothing stays added).
+    /// month ends when the allowance cannot take it (then nothing stays taken).
     async fn take_money(&self, b: &MonthBudget, nanos: u64) -> Result<String, u64> {
         let now = crate::state::unix_ms();
-        if nanos > b.limit {
-            // More than the whole month: it can never fit (and is not counted).
-            let (_, end) = period::window(Period::Month, &jiff::tz::TimeZone::UTC, now);
-            return Err(end.saturating_sub(now).max(1));
+        let (counter, ttl, end, history) = self.month(b, now);
+        let kv = self.stores.budget_kv();
+        if kv
+            .reserve_seeded(&counter, nanos, b.limit, ttl, history)
+            .await
+        {
+            Ok(counter)
+        } else {
+            Err(end.saturating_sub(now).max(1))
         }
-        let (total, counter, end) = self.month_add(b, nanos, now).await;
-        if total > b.limit {
-            self.stores
-                .budget_kv()
-                .incr(&counter, -(nanos as i64), None)
-                .await;
-            return Err(end.saturating_sub(now).max(1));
-        }
-        Ok(counter)
     }
 
     /// What is left of each declared allowance (reading it takes nothing).
@@ -340,7 +300,9 @@ impl Capacity {
         let now = crate::state::unix_ms();
         let monthly_budget = match &self.budget {
             Some(b) => {
-                let (spent, _, end) = self.month_add(b, 0, now).await;
+                let (counter, ttl, end, history) = self.month(b, now);
+                let kv = self.stores.budget_kv();
+                let spent = kv.add_seeded(&counter, 0, ttl, history).await;
                 Some((spent, b.limit, end))
             }
             None => None,
@@ -350,8 +312,8 @@ impl Capacity {
             tpm: left(&self.tpm).await,
             monthly_tokens: left(&self.monthly).await,
             monthly_budget,
-            provider_requests: self.requests_seen.get(now),
-            provider_tokens: self.tokens_seen.get(now),
+            provider_requests: self.provider.requests.get(now),
+            provider_tokens: self.provider.tokens.get(now),
         }
     }
 
@@ -381,86 +343,6 @@ impl Capacity {
         if !self.declared() && !self.watched.load(Ordering::Relaxed) {
             return;
         }
-        use http::HeaderName;
-        static NAMES: [HeaderName; 4] = [
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
-            HeaderName::from_static("x-ratelimit-reset-requests"),
-            HeaderName::from_static("x-ratelimit-remaining-tokens"),
-            HeaderName::from_static("x-ratelimit-reset-tokens"),
-        ];
-        let now = crate::state::unix_ms();
-        for (remaining, reset, seen) in [
-            (&NAMES[0], &NAMES[1], &self.requests_seen),
-            (&NAMES[2], &NAMES[3], &self.tokens_seen),
-        ] {
-            let Some(remaining) = headers
-                .get(remaining)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let reset_ms = headers
-                .get(reset)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_reset_ms)
-                .unwrap_or(OBSERVED_DEFAULT_MS)
-                .clamp(1, OBSERVED_MAX_MS);
-            seen.set(remaining, now + reset_ms);
-        }
-    }
-}
-
-/// A provider's reset time in milliseconds: OpenAI's durations (`1s`, `6m0s`, `59.5s`, `20ms`,
-/// `1h2m3s`) or a plain number of seconds.
-pub fn parse_reset_ms(v: &str) -> Option<u64> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<f64>() {
-        return (secs >= 0.0).then_some((secs * 1000.0) as u64);
-    }
-    let mut total = 0.0;
-    let mut rest = v;
-    while !rest.is_empty() {
-        let split = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .filter(|&i| i > 0)?;
-        let n: f64 = rest[..split].parse().ok()?;
-        rest = &rest[split..];
-        let (unit_ms, len) = if rest.starts_with("ms") {
-            (1.0, 2)
-        } else if rest.starts_with('h') {
-            (3_600_000.0, 1)
-        } else if rest.starts_with('m') {
-            (60_000.0, 1)
-        } else if rest.starts_with('s') {
-            (1000.0, 1)
-        } else {
-            return None;
-        };
-        total += n * unit_ms;
-        rest = &rest[len..];
-    }
-    Some(total as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn provider_reset_times_parse() {
-        assert_eq!(parse_reset_ms("1s"), Some(1000));
-        assert_eq!(parse_reset_ms("6m0s"), Some(360_000));
-        assert_eq!(parse_reset_ms("59.5s"), Some(59_500));
-        assert_eq!(parse_reset_ms("20ms"), Some(20));
-        assert_eq!(parse_reset_ms("1h2m3s"), Some(3_723_000));
-        assert_eq!(parse_reset_ms("12"), Some(12_000));
-        assert_eq!(parse_reset_ms("soon"), None);
-        // Absurd figures parse (saturated) and are clamped where they are used.
-        assert_eq!(parse_reset_ms("1e300"), Some(u64::MAX));
-        assert_eq!(parse_reset_ms("inf"), Some(u64::MAX));
-        assert_eq!(parse_reset_ms("NaN"), None);
-        assert_eq!(parse_reset_ms("-5"), None);
-        assert_eq!(parse_reset_ms("5x"), None);
+        self.provider.read(headers);
     }
 }

@@ -165,16 +165,17 @@ impl Budgets {
         }
     }
 
-    /// Adds `units` to the counter, seeding it from the usage table the first time its window
-    /// is used on this cache; the counter's value after.
-    async fn add(
+    /// Reserves `units` in the budget's counter if it stays within the budget (the counter is
+    /// seeded from the usage table the first time its window is used on this cache); whether
+    /// it did.
+    async fn take(
         &self,
         scope: &Scope<'_>,
         b: &BudgetSpec,
         counter: &str,
         units: u64,
         window: (u64, u64),
-    ) -> u64 {
+    ) -> bool {
         let ttl = window.1.saturating_sub(window.0) + 86_400_000;
         let history = async {
             let (tokens, cost) = self.spent(scope, window.0).await;
@@ -182,7 +183,7 @@ impl Budgets {
         };
         self.stores
             .budget_kv()
-            .add_seeded(counter, units, ttl, history)
+            .reserve_seeded(counter, units, b.limit_units(), ttl, history)
             .await
     }
 
@@ -236,19 +237,7 @@ impl Budgets {
                 b.period.as_str(),
                 window.0
             );
-            // A reservation past the whole budget cannot fit: it is refused without counting
-            // it (a `max_tokens` near 2^64 would not even fit the counter).
-            let fits = units <= b.limit_units() && {
-                let total = self.add(scope, b, &counter, units, window).await;
-                total <= b.limit_units() || {
-                    self.stores
-                        .budget_kv()
-                        .incr(&counter, -(units as i64), None)
-                        .await;
-                    false
-                }
-            };
-            if !fits {
+            if !self.take(scope, b, &counter, units, window).await {
                 // Undo every one taken before it: a refused request holds nothing.
                 let kv = self.stores.budget_kv();
                 for h in &taken.held {
